@@ -1,0 +1,799 @@
+//! Loads `cutover.toml` and validates it with no side effects (stage one of start-up).
+//!
+//! Every error names the file, the line and the dotted key, and says what was expected.
+//! Unknown keys are errors: a typo must never silently turn a safety setting off.
+//!
+//! # Layout
+//! - [`Config`] and friends: the validated, typed configuration.
+//! - [`Duration`]: a `"500ms"`/`"30s"`/`"10m"` string in the file.
+//! - [`load`] / [`parse`]: read, deserialize, then check cross-field rules.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A configuration error, already located in the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line; 0 when the error is about the whole file (for example, it cannot be read).
+    pub line: usize,
+    /// Dotted key path, e.g. `services.chat.health.interval`; empty when not known.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration written as a string such as `"500ms"`, `"30s"`, `"10m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Self {
+        Duration(std::time::Duration::from_secs(s))
+    }
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); expected a string such as \"500ms\", \"30s\" or \"10m\""
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// The whole configuration after validation. Paths are absolute (resolved against the
+/// config file's folder).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Folder for managed processes' logs and other runtime files (default: next to the store).
+    pub data_dir: PathBuf,
+}
+
+/// The upstream protocol a service's model servers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP, for gRPC model servers.
+    H2c,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub preview_listen: Option<SocketAddr>,
+    pub upstream_protocol: UpstreamProtocol,
+    pub health: HealthConfig,
+    pub limits: LimitsConfig,
+    pub environments: Environments,
+    pub release: ReleaseConfig,
+}
+
+/// Where the two colors' endpoints come from.
+#[derive(Debug, Clone)]
+pub enum Environments {
+    /// Deployed by the user's own pipeline; cutover only routes and records versions.
+    Static { blue: StaticColor, green: StaticColor },
+    /// Processes cutover starts itself from one template shared by both colors.
+    Managed(RunConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticColor {
+    pub endpoints: Vec<SocketAddr>,
+    /// Version label to show before any release recorded one.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// argv template; `{version}`, `{port}`, `{color}`, `{replica}` are substituted.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub ports: ColorPorts,
+    #[serde(default = "defaults::stop_timeout")]
+    pub stop_timeout: Duration,
+    /// Working directory of the processes (relative to the config file's folder).
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Host the processes listen on, used to build endpoint addresses.
+    #[serde(default = "defaults::run_host")]
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorPorts {
+    pub blue: Vec<u16>,
+    pub green: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    #[serde(default = "defaults::health_interval")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes before an unhealthy endpoint is healthy again.
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures before a healthy endpoint is taken out of rotation.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: defaults::health_path(),
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            healthy_threshold: defaults::healthy_threshold(),
+            unhealthy_threshold: defaults::unhealthy_threshold(),
+        }
+    }
+}
+
+/// Limits and timeouts of a service's listeners and upstream calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers); larger gets 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Largest request body; larger gets 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Client connections open at once per listener; more wait in the kernel backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the upstream's response head (a model may think long).
+    #[serde(default = "defaults::first_byte_timeout")]
+    pub first_byte_timeout: Duration,
+    /// Whole exchange, first request byte to last response byte; the only limit on a live stream.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// Idle upstream connections kept per endpoint.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: defaults::max_header_bytes(),
+            header_read_timeout: defaults::header_read_timeout(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_connections: defaults::max_connections(),
+            connect_timeout: defaults::connect_timeout(),
+            first_byte_timeout: defaults::first_byte_timeout(),
+            request_timeout: defaults::request_timeout(),
+            pool_max_idle: defaults::pool_max_idle(),
+            pool_idle_timeout: defaults::pool_idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    #[default]
+    Auto,
+    Manual,
+}
+
+/// What verification does when the bake window ends with fewer than `min_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInconclusive {
+    /// Keep the new version live and complete the release, recording it as inconclusive.
+    #[default]
+    Complete,
+    /// Treat "not enough evidence" as a failure and roll back.
+    Rollback,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseConfig {
+    #[serde(default = "defaults::health_timeout_release")]
+    pub health_timeout: Duration,
+    #[serde(default)]
+    pub warmup: Option<WarmupConfig>,
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// With manual promotion: approve by itself after this long (unset: wait forever).
+    #[serde(default)]
+    pub auto_promote_after: Option<Duration>,
+    #[serde(default = "defaults::scale_down_delay")]
+    pub scale_down_delay: Duration,
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    #[serde(default)]
+    pub smoke: Vec<SmokeConfig>,
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
+    #[serde(default = "defaults::phase_timeout")]
+    pub phase_timeout: Duration,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig {
+            health_timeout: defaults::health_timeout_release(),
+            warmup: None,
+            promotion: Promotion::Auto,
+            auto_promote_after: None,
+            scale_down_delay: defaults::scale_down_delay(),
+            drain_timeout: defaults::drain_timeout(),
+            smoke: Vec::new(),
+            verify: None,
+            hooks: HooksConfig::default(),
+            phase_timeout: defaults::phase_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default = "defaults::method")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupConfig {
+    #[serde(default = "defaults::warmup_requests")]
+    pub requests: u32,
+    #[serde(default = "defaults::warmup_concurrency")]
+    pub concurrency: u32,
+    pub request: RequestSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeConfig {
+    pub name: String,
+    pub request: RequestSpec,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// JSON pointer → expected value.
+    #[serde(default)]
+    pub json: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    #[serde(default)]
+    pub max_latency: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    #[serde(default = "defaults::bake")]
+    pub bake: Duration,
+    #[serde(default = "defaults::max_error_rate")]
+    pub max_error_rate: f64,
+    #[serde(default)]
+    pub max_p99_latency: Option<Duration>,
+    #[serde(default = "defaults::min_requests")]
+    pub min_requests: u64,
+    #[serde(default = "defaults::yes")]
+    pub auto_rollback: bool,
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    #[serde(default)]
+    pub pre_switch: Vec<Vec<String>>,
+    #[serde(default)]
+    pub post_switch: Vec<Vec<String>>,
+    #[serde(default)]
+    pub on_rollback: Vec<Vec<String>>,
+    #[serde(default = "defaults::hook_timeout")]
+    pub timeout: Duration,
+}
+
+mod defaults {
+    use super::Duration;
+    pub fn stop_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn run_host() -> String {
+        "127.0.0.1".into()
+    }
+    pub fn health_path() -> String {
+        "/health".into()
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn healthy_threshold() -> u32 {
+        1
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        2
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_body_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn first_byte_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn pool_max_idle() -> usize {
+        256
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn health_timeout_release() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn scale_down_delay() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn phase_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn method() -> String {
+        "GET".into()
+    }
+    pub fn warmup_requests() -> u32 {
+        20
+    }
+    pub fn warmup_concurrency() -> u32 {
+        2
+    }
+    pub fn bake() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn max_error_rate() -> f64 {
+        0.01
+    }
+    pub fn min_requests() -> u64 {
+        20
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn hook_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+// ---- the file's shape, before validation -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<RawService>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token_file: Option<PathBuf>,
+    /// Must be set to bind the admin API to a non-loopback address.
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    listen: Spanned<String>,
+    preview_listen: Option<Spanned<String>>,
+    /// Must be set to bind the preview listener to a non-loopback address.
+    #[serde(default)]
+    preview_allow_remote: bool,
+    #[serde(default)]
+    upstream_protocol: UpstreamProtocol,
+    #[serde(default)]
+    health: HealthConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    blue: Option<Spanned<RawStaticColor>>,
+    green: Option<Spanned<RawStaticColor>>,
+    run: Option<Spanned<RunConfig>>,
+    #[serde(default)]
+    release: ReleaseConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaticColor {
+    endpoints: Vec<Spanned<String>>,
+    version: Option<String>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` names it in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = Ctx { path, text };
+    let de = toml::Deserializer::parse(text).map_err(|e| ctx.toml_error(&e, String::new()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned<T> shows up in the path as a private field; it is not a key of the file.
+        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let key = if key == "." { String::new() } else { key };
+        ctx.toml_error(e.inner(), key)
+    })?;
+    ctx.validate(raw)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: e.span().map(|s| self.line_of(s.start)).unwrap_or(0),
+            key,
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn err<T>(&self, span: std::ops::Range<usize>, key: String, message: String) -> Result<T, ConfigError> {
+        Err(ConfigError { file: self.path.to_path_buf(), line: self.line_of(span.start), key, message })
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn addr(&self, s: &Spanned<String>, key: String) -> Result<SocketAddr, ConfigError> {
+        s.get_ref().parse::<SocketAddr>().or_else(|_| {
+            self.err(
+                s.span(),
+                key,
+                format!("invalid address {:?}; expected IP:PORT such as \"127.0.0.1:8080\"", s.get_ref()),
+            )
+        })
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // Each bound address and its owner, to reject two listeners on one port.
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        let mut claim = |addr: SocketAddr, key: String, span: std::ops::Range<usize>| -> Result<(), ConfigError> {
+            if addr.port() != 0 {
+                if let Some(other) = bound.get(&addr) {
+                    return self.err(span, key, format!("address {addr} is already used by `{other}`"));
+                }
+                bound.insert(addr, key);
+            }
+            Ok(())
+        };
+
+        let admin_listen = match &raw.admin.listen {
+            Some(s) => {
+                let a = self.addr(s, "admin.listen".into())?;
+                if !a.ip().is_loopback() && !raw.admin.allow_remote {
+                    return self.err(
+                        s.span(),
+                        "admin.listen".into(),
+                        format!("{a} is not a loopback address; the admin API can switch live traffic, so set `admin.allow_remote = true` to expose it on purpose"),
+                    );
+                }
+                claim(a, "admin.listen".into(), s.span())?;
+                a
+            }
+            None => {
+                let a: SocketAddr = "127.0.0.1:9901".parse().expect("constant address");
+                claim(a, "admin.listen".into(), 0..0)?;
+                a
+            }
+        };
+        let admin = AdminConfig {
+            listen: admin_listen,
+            token_file: self.resolve(raw.admin.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
+        };
+        let store_path = self.resolve(raw.store.path.as_deref().unwrap_or(Path::new("cutover.db")));
+        let data_dir = match &raw.store.data_dir {
+            Some(d) => self.resolve(d),
+            None => store_path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
+        };
+        let store = StoreConfig { path: store_path, data_dir };
+
+        let mut services = BTreeMap::new();
+        let mut managed_ports: HashMap<u16, String> = HashMap::new();
+        for (name, svc) in raw.services {
+            let span = svc.span();
+            let svc = svc.into_inner();
+            let k = |rest: &str| format!("services.{name}.{rest}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return self.err(span, format!("services.{name}"), "service names may use only letters, digits, '-' and '_'".into());
+            }
+            let listen = self.addr(&svc.listen, k("listen"))?;
+            claim(listen, k("listen"), svc.listen.span())?;
+            let preview_listen = match &svc.preview_listen {
+                Some(s) => {
+                    let a = self.addr(s, k("preview_listen"))?;
+                    if !a.ip().is_loopback() && !svc.preview_allow_remote {
+                        return self.err(
+                            s.span(),
+                            k("preview_listen"),
+                            format!("{a} is not a loopback address; the preview listener serves an unreleased version, so set `preview_allow_remote = true` to expose it on purpose"),
+                        );
+                    }
+                    claim(a, k("preview_listen"), s.span())?;
+                    Some(a)
+                }
+                None => None,
+            };
+            let h = &svc.health;
+            if !h.path.starts_with('/') {
+                return self.err(span.clone(), k("health.path"), format!("must start with '/', got {:?}", h.path));
+            }
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                return self.err(span.clone(), k("health"), "healthy_threshold and unhealthy_threshold must be at least 1".into());
+            }
+            if h.interval.get().is_zero() || h.timeout.get().is_zero() {
+                return self.err(span.clone(), k("health"), "interval and timeout must be greater than zero".into());
+            }
+            if svc.limits.max_connections == 0 {
+                return self.err(span.clone(), k("limits.max_connections"), "must be at least 1".into());
+            }
+            let environments = match (svc.blue, svc.green, svc.run) {
+                (Some(b), Some(g), None) => Environments::Static {
+                    blue: self.static_color(b, &k("blue"))?,
+                    green: self.static_color(g, &k("green"))?,
+                },
+                (None, None, Some(run)) => {
+                    let rspan = run.span();
+                    let run = run.into_inner();
+                    if run.command.is_empty() {
+                        return self.err(rspan, k("run.command"), "must name a program to run".into());
+                    }
+                    if run.ports.blue.is_empty() || run.ports.green.is_empty() {
+                        return self.err(rspan, k("run.ports"), "each color needs at least one port (one per replica)".into());
+                    }
+                    if run.ports.blue.len() != run.ports.green.len() {
+                        return self.err(rspan, k("run.ports"), "both colors must have the same number of ports: they are identical environments".into());
+                    }
+                    for (color, ports) in [("blue", &run.ports.blue), ("green", &run.ports.green)] {
+                        for p in ports {
+                            let key = format!("{}.{color}", k("run.ports"));
+                            if *p == 0 {
+                                return self.err(rspan, key, "port 0 is not allowed: cutover must know where the model server listens".into());
+                            }
+                            if let Some(other) = managed_ports.insert(*p, key.clone()) {
+                                return self.err(rspan, key, format!("port {p} is also used by `{other}`"));
+                            }
+                            if let Ok(ip) = run.host.parse() {
+                                claim(SocketAddr::new(ip, *p), key, rspan.clone())?;
+                            }
+                        }
+                    }
+                    if run.host.parse::<std::net::IpAddr>().is_err() {
+                        return self.err(rspan, k("run.host"), format!("invalid IP address {:?}", run.host));
+                    }
+                    let mut run = run;
+                    run.workdir = run.workdir.map(|w| self.resolve(&w));
+                    Environments::Managed(run)
+                }
+                (None, None, None) => {
+                    return self.err(
+                        span,
+                        format!("services.{name}"),
+                        "needs either static endpoints ([services.NAME.blue] and [services.NAME.green]) or a managed environment ([services.NAME.run])".into(),
+                    )
+                }
+                (b, g, Some(run)) if b.is_some() || g.is_some() => {
+                    return self.err(run.span(), k("run"), "use either static endpoints (blue/green) or `run`, not both".into())
+                }
+                _ => {
+                    return self.err(span, format!("services.{name}"), "static endpoints need both [blue] and [green] tables".into())
+                }
+            };
+            let rel = &svc.release;
+            if let Some(v) = &rel.verify {
+                if !(0.0..=1.0).contains(&v.max_error_rate) {
+                    return self.err(span.clone(), k("release.verify.max_error_rate"), format!("must be between 0 and 1, got {}", v.max_error_rate));
+                }
+            }
+            if let Some(w) = &rel.warmup {
+                if w.concurrency == 0 {
+                    return self.err(span.clone(), k("release.warmup.concurrency"), "must be at least 1".into());
+                }
+            }
+            for (i, hook) in rel.hooks.pre_switch.iter().chain(&rel.hooks.post_switch).chain(&rel.hooks.on_rollback).enumerate() {
+                if hook.is_empty() {
+                    return self.err(span.clone(), k("release.hooks"), format!("hook #{} is an empty argv list", i + 1));
+                }
+            }
+            for s in &rel.smoke {
+                if !s.request.path.starts_with('/') {
+                    return self.err(span.clone(), k("release.smoke.request.path"), format!("smoke check {:?}: path must start with '/'", s.name));
+                }
+            }
+            services.insert(
+                name.clone(),
+                ServiceConfig {
+                    name: name.clone(),
+                    listen,
+                    preview_listen,
+                    upstream_protocol: svc.upstream_protocol,
+                    health: svc.health,
+                    limits: svc.limits,
+                    environments,
+                    release: svc.release,
+                },
+            );
+        }
+        drop(claim);
+        // A listener of ours on an upstream's address would proxy to itself.
+        for svc in services.values() {
+            if let Environments::Static { blue, green } = &svc.environments {
+                for e in blue.endpoints.iter().chain(&green.endpoints) {
+                    if let Some(owner) = bound.get(e) {
+                        return Err(ConfigError {
+                            file: self.path.to_path_buf(),
+                            line: 0,
+                            key: format!("services.{}", svc.name),
+                            message: format!("endpoint {e} is also the address of `{owner}`; cutover would proxy to itself"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Config { path: self.path.to_path_buf(), admin, store, services })
+    }
+
+    fn static_color(&self, c: Spanned<RawStaticColor>, key: &str) -> Result<StaticColor, ConfigError> {
+        let span = c.span();
+        let c = c.into_inner();
+        if c.endpoints.is_empty() {
+            return self.err(span, format!("{key}.endpoints"), "needs at least one HOST:PORT".into());
+        }
+        let mut endpoints = Vec::new();
+        for e in &c.endpoints {
+            let a = self.addr(e, format!("{key}.endpoints"))?;
+            if endpoints.contains(&a) {
+                return self.err(e.span(), format!("{key}.endpoints"), format!("endpoint {a} is listed twice"));
+            }
+            endpoints.push(a);
+        }
+        Ok(StaticColor { endpoints, version: c.version })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use super::*;
+
+fn check(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("/etc/cutover/cutover.toml"), text)
+}
+
+const GOOD: &str = r#"
+[admin]
+listen = "127.0.0.1:9901"
+
+[services.chat]
+listen = "127.0.0.1:8080"
+preview_listen = "127.0.0.1:8081"
+health = { path = "/health", interval = "500ms", timeout = "1s" }
+
+[services.chat.blue]
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9003"]
+version = "v1"
+
+[services.chat.green]
+endpoints = ["127.0.0.1:9002"]
+
+[services.chat.release]
+promotion = "manual"
+[services.chat.release.verify]
+bake = "2m"
+max_error_rate = 0.01
+"#;
+
+#[test]
+fn good_config_parses_with_defaults_and_resolved_paths() {
+    let c = check(GOOD).unwrap();
+    let chat = &c.services["chat"];
+    assert_eq!(chat.listen.port(), 8080);
+    assert_eq!(chat.health.interval.get(), std::time::Duration::from_millis(500));
+    assert_eq!(chat.release.promotion, Promotion::Manual);
+    assert_eq!(chat.release.verify.as_ref().unwrap().bake.get().as_secs(), 120);
+    assert_eq!(c.store.path, Path::new("/etc/cutover/cutover.db"));
+    assert_eq!(c.admin.token_file, Path::new("/etc/cutover/admin.token"));
+    match &chat.environments {
+        Environments::Static { blue, green } => {
+            assert_eq!(blue.endpoints.len(), 2);
+            assert_eq!(blue.version.as_deref(), Some("v1"));
+            assert_eq!(green.version, None);
+        }
+        other => panic!("expected static, got {other:?}"),
+    }
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let e = check("[admin]\nlisten = \"127.0.0.1:9901\"\n\n[services.chat\n").unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.to_string().starts_with("/etc/cutover/cutover.toml:4"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = GOOD.replace("max_error_rate = 0.01", "max_eror_rate = 0.01");
+    let e = check(&text).unwrap_err();
+    let line = text.lines().position(|l| l.contains("max_eror_rate")).unwrap() + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.message.contains("max_eror_rate"), "{e}");
+    assert!(e.key.contains("services.chat.release.verify"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let text = GOOD.replace("interval = \"500ms\"", "interval = \"fast\"");
+    let e = check(&text).unwrap_err();
+    let line = text.lines().position(|l| l.contains("\"fast\"")).unwrap() + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert_eq!(e.key, "services.chat.health.interval", "{e}");
+    assert!(e.message.contains("invalid duration \"fast\""), "{e}");
+}
+
+#[test]
+fn duplicate_listen_port_is_rejected_at_its_line() {
+    let text = GOOD.replace("127.0.0.1:8081", "127.0.0.1:8080");
+    let e = check(&text).unwrap_err();
+    let line = text.lines().position(|l| l.starts_with("preview_listen")).unwrap() + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert_eq!(e.key, "services.chat.preview_listen");
+    assert!(e.message.contains("already used by `services.chat.listen`"), "{e}");
+}
+
+#[test]
+fn endpoint_that_is_our_own_listener_is_rejected() {
+    let text = GOOD.replace("127.0.0.1:9002", "127.0.0.1:8080");
+    let e = check(&text).unwrap_err();
+    assert!(e.message.contains("proxy to itself"), "{e}");
+}
+
+#[test]
+fn non_loopback_admin_needs_explicit_opt_in() {
+    let text = GOOD.replace("listen = \"127.0.0.1:9901\"", "listen = \"0.0.0.0:9901\"");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "admin.listen");
+    assert_eq!(e.line, 3);
+    let ok = text.replace("[admin]\n", "[admin]\nallow_remote = true\n");
+    check(&ok).unwrap();
+}
+
+#[test]
+fn non_loopback_preview_needs_explicit_opt_in() {
+    let text = GOOD.replace("127.0.0.1:8081", "0.0.0.0:8081");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.preview_listen");
+}
+
+#[test]
+fn run_and_static_are_exclusive_and_one_is_required() {
+    let text = format!("{GOOD}\n[services.chat.run]\ncommand = [\"x\"]\nports = {{ blue = [1], green = [2] }}\n");
+    let e = check(&text).unwrap_err();
+    assert!(e.message.contains("not both"), "{e}");
+    let e = check("[services.chat]\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
+    assert_eq!(e.line, 1, "{e}");
+    assert!(e.message.contains("needs either static endpoints"), "{e}");
+}
+
+#[test]
+fn managed_ports_must_be_distinct_and_balanced() {
+    let base = "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = [\"mock-model\", \"--port\", \"{port}\"]\n";
+    let ok = check(&format!("{base}ports = {{ blue = [9001, 9002], green = [9003, 9004] }}\n")).unwrap();
+    assert!(matches!(ok.services["chat"].environments, Environments::Managed(_)));
+    let e = check(&format!("{base}ports = {{ blue = [9001], green = [9001] }}\n")).unwrap_err();
+    assert!(e.message.contains("also used"), "{e}");
+    assert_eq!(e.line, 3);
+    let e = check(&format!("{base}ports = {{ blue = [9001, 9002], green = [9003] }}\n")).unwrap_err();
+    assert!(e.message.contains("same number of ports"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let text = GOOD.replace("max_error_rate = 0.01", "max_error_rate = \"high\"");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.verify.max_error_rate", "{e}");
+    assert!(e.line > 0);
+}
+
+#[test]
+fn out_of_range_error_rate_is_rejected() {
+    let e = check(&GOOD.replace("max_error_rate = 0.01", "max_error_rate = 5.0")).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.verify.max_error_rate");
+}
+
+#[test]
+fn full_design_example_parses() {
+    let text = r#"
+[admin]
+listen = "127.0.0.1:9901"
+token_file = "admin.token"
+[store]
+path = "cutover.db"
+[services.chat]
+listen = "127.0.0.1:8080"
+preview_listen = "127.0.0.1:8081"
+health = { path = "/health", interval = "1s", timeout = "1s" }
+[services.chat.run]
+command = ["vllm", "serve", "{version}", "--port", "{port}"]
+env = { MODEL_VERSION = "{version}" }
+ports = { blue = [9001], green = [9002] }
+stop_timeout = "30s"
+[services.chat.release]
+health_timeout = "10m"
+warmup = { requests = 20, concurrency = 2, request = { method = "POST", path = "/v1/chat/completions", body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' } }
+promotion = "auto"
+scale_down_delay = "10m"
+drain_timeout = "5m"
+[[services.chat.release.smoke]]
+name = "chat answers"
+request = { method = "POST", path = "/v1/chat/completions", body = '{"model":"m","messages":[{"role":"user","content":"ping"}]}' }
+expect = { status = 200, json = { "/object" = "chat.completion" }, max_latency = "10s" }
+[services.chat.release.verify]
+bake = "2m"
+max_error_rate = 0.01
+max_p99_latency = "3s"
+min_requests = 20
+auto_rollback = true
+[services.chat.release.hooks]
+pre_switch = [["./migrate.sh", "expand"]]
+post_switch = []
+"#;
+    let c = check(text).unwrap();
+    let r = &c.services["chat"].release;
+    assert_eq!(r.smoke[0].expect.status, Some(200));
+    assert_eq!(r.hooks.pre_switch[0][0], "./migrate.sh");
+    assert_eq!(r.warmup.as_ref().unwrap().requests, 20);
+}
