@@ -1,1 +1,29 @@
-//! placeholder
+//! The data plane: per-service listeners that route every request to the live color.
+//!
+//! It knows nothing of releases, stores or the admin API. The control plane hands it complete,
+//! immutable routing snapshots ([`RouteTable`]) and reads back its per-color statistics.
+//!
+//! # Layout
+//! - [`route`]: [`Color`], [`RouteTable`], [`ColorRoute`], [`Endpoint`] and the per-service
+//!   [`Service`] that holds one `ArcSwap<RouteTable>`, replaced whole on a switch.
+//! - [`forward`]: the request path: pick a color (one atomic load), an endpoint, forward, stream back.
+//! - [`upstream`]: per-endpoint connection pools (HTTP/1.1 or h2c) with explicit timeouts.
+//! - [`body`]: request and response bodies that stream, count and enforce limits.
+//! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
+//! - [`health`]: active health checks with consecutive-result thresholds.
+//! - [`stats`]: lock-free per-color counters and histograms, read by gates and metrics.
+//! - [`error`]: the proxy's own error responses (JSON, with where the error came from).
+
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod listener;
+pub mod route;
+pub mod stats;
+pub mod upstream;
+
+pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service, ServiceSettings};
+pub use stats::{ColorStats, HistogramSnapshot, StatsSnapshot};

@@ -1,0 +1,275 @@
+//! Request and response bodies: streamed frame by frame, never buffered.
+//!
+//! [`RespBody`] carries the request's color guard, so the color's in-flight count covers the
+//! whole response, and hands the upstream connection back to its pool only after a clean end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::route::{ColorRoute, Endpoint};
+use crate::upstream::Conn;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body's size passed the configured limit.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body larger than the limit of {} bytes", self.0)
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// A request body on its way upstream, cut off with [`BodyTooLarge`] past the limit.
+pub struct ReqBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, limit: u64) -> ReqBody {
+        ReqBody { inner: Some(inner), limit, seen: 0 }
+    }
+
+    pub fn empty() -> ReqBody {
+        ReqBody { inner: None, limit: 0, seen: 0 }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Holds one request's place in its color's in-flight count; records its duration on drop.
+pub(crate) struct Guard {
+    pub(crate) route: Arc<ColorRoute>,
+    pub(crate) started: Instant,
+}
+
+impl Guard {
+    pub(crate) fn new(route: Arc<ColorRoute>, started: Instant) -> Guard {
+        route.stats.in_flight.fetch_add(1, Relaxed);
+        Guard { route, started }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.route.stats.in_flight.fetch_sub(1, Relaxed);
+        self.route.stats.duration.observe(self.started.elapsed());
+    }
+}
+
+/// A response body: either a proxied upstream stream or a small body the proxy made itself.
+pub struct RespBody(Kind);
+
+enum Kind {
+    Full(Option<Bytes>),
+    Proxied(Box<Proxied>),
+}
+
+struct Proxied {
+    inner: Incoming,
+    guard: Option<Guard>,
+    /// The upstream connection, given back to `endpoint`'s pool after a clean end.
+    conn: Option<(Arc<Endpoint>, Conn)>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// `text/event-stream`: events are counted and an upstream failure is told in-band.
+    sse: bool,
+    last_was_newline: bool,
+    state: State,
+}
+
+#[derive(PartialEq)]
+enum State {
+    Streaming,
+    /// An error event went out; the next poll fails the body so the client sees a cut.
+    FailAfterEvent,
+    Done,
+}
+
+impl RespBody {
+    pub fn full(b: impl Into<Bytes>) -> RespBody {
+        RespBody(Kind::Full(Some(b.into())))
+    }
+
+    pub(crate) fn proxied(
+        inner: Incoming,
+        guard: Guard,
+        conn: (Arc<Endpoint>, Conn),
+        deadline: tokio::time::Instant,
+        sse: bool,
+    ) -> RespBody {
+        let mut p = Proxied {
+            inner,
+            guard: Some(guard),
+            conn: Some(conn),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            sse,
+            last_was_newline: false,
+            state: State::Streaming,
+        };
+        if p.inner.is_end_stream() {
+            p.finish();
+        }
+        RespBody(Kind::Proxied(Box::new(p)))
+    }
+}
+
+impl Proxied {
+    /// Clean end: the connection can serve another request, and the request is done.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some((ep, conn)) = self.conn.take() {
+            if let Some(s) = conn.into_reusable() {
+                ep.pool.put(s);
+            }
+        }
+        self.guard = None;
+    }
+
+    fn fail(&mut self, why: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(g) = &self.guard {
+            g.route.stats.aborted_bodies.fetch_add(1, Relaxed);
+        }
+        // Dropping the connection closes it: the upstream sees the request cancelled.
+        self.conn = None;
+        if self.sse && self.state == State::Streaming {
+            self.state = State::FailAfterEvent;
+            let ev = format!(
+                "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
+                why.replace(['"', '\\', '\n'], " ")
+            );
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(ev)))));
+        }
+        self.state = State::Done;
+        self.guard = None;
+        Poll::Ready(Some(Err(why.to_string().into())))
+    }
+
+    fn count_events(&mut self, d: &Bytes) {
+        let mut n = 0;
+        for &b in d.iter() {
+            if b == b'\n' {
+                if self.last_was_newline {
+                    n += 1;
+                }
+                self.last_was_newline = true;
+            } else if b != b'\r' {
+                self.last_was_newline = false;
+            }
+        }
+        if n > 0 {
+            if let Some(g) = &self.guard {
+                g.route.stats.stream_events.fetch_add(n, Relaxed);
+            }
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let p = match &mut self.get_mut().0 {
+            Kind::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Proxied(p) => p,
+        };
+        match p.state {
+            State::Done => return Poll::Ready(None),
+            State::FailAfterEvent => {
+                p.state = State::Done;
+                p.guard = None;
+                return Poll::Ready(Some(Err("upstream stream failed".into())));
+            }
+            State::Streaming => {}
+        }
+        if p.guard.as_ref().is_some_and(|g| g.route.closing.load(Relaxed)) {
+            if let Some(g) = &p.guard {
+                g.route.stats.drain_closed.fetch_add(1, Relaxed);
+            }
+            return p.fail("closed: the drain deadline of the old color passed");
+        }
+        match Pin::new(&mut p.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if p.sse {
+                    if let Some(d) = f.data_ref() {
+                        let d = d.clone();
+                        p.count_events(&d);
+                    }
+                }
+                if p.inner.is_end_stream() {
+                    p.finish();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => p.fail(&format!("upstream failed mid-body: {e}")),
+            Poll::Ready(None) => {
+                p.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if p.deadline.as_mut().poll(cx).is_ready() {
+                    return p.fail("request timeout: the whole exchange took longer than limits.request_timeout");
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Full(b) => b.is_none(),
+            Kind::Proxied(p) => p.state == State::Done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Proxied(p) if p.state == State::Streaming && !p.sse => p.inner.size_hint(),
+            Kind::Proxied(_) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The proxy's own error responses: JSON, with a stable code and where the error came from.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::RespBody;
+use crate::route::ColorRoute;
+
+/// Which side an error came from, for operators reading the response or the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse.
+    Client,
+    /// The upstream could not be reached or misbehaved.
+    Upstream,
+    /// The proxy has nowhere to send the request (no live color, no healthy endpoint).
+    Routing,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Routing => "routing",
+        }
+    }
+}
+
+/// An error the proxy answers itself instead of forwarding.
+#[derive(Debug, Clone)]
+pub struct ProxyError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub source: Source,
+    pub message: String,
+}
+
+impl ProxyError {
+    pub fn new(status: StatusCode, code: &'static str, source: Source, message: impl Into<String>) -> ProxyError {
+        ProxyError { status, code, source, message: message.into() }
+    }
+
+    pub fn into_response(self, service: &str, route: Option<&ColorRoute>) -> Response<RespBody> {
+        let mut body = json!({"error": {"code": self.code, "message": self.message, "source": self.source.as_str(), "service": service}});
+        if let Some(r) = route {
+            body["error"]["color"] = r.color.as_str().into();
+        }
+        let mut resp = Response::new(RespBody::full(body.to_string()));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert("x-cutover-error", HeaderValue::from_static(self.code));
+        if let Some(r) = route {
+            h.insert("x-cutover-color", r.color_header.clone());
+            if let Some(v) = &r.version_header {
+                h.insert("x-cutover-version", v.clone());
+            }
+        }
+        if self.status == StatusCode::BAD_REQUEST || self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the request may still be on the wire; do not read it as a new one.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,107 @@
+//! Accepts client connections for one listener and serves HTTP/1.1 and HTTP/2 (h2c prior
+//! knowledge) on them, with a connection cap and a graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::forward::Forwarder;
+
+/// Counters of one listener, for metrics and logs.
+#[derive(Default)]
+pub struct ListenerStats {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    /// Times the accept loop waited because `max_connections` were open.
+    pub at_cap: AtomicU64,
+}
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
+/// connections up to `grace` to finish their requests (streams included).
+pub async fn serve(
+    listener: TcpListener,
+    fwd: Arc<Forwarder>,
+    stats: Arc<ListenerStats>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let settings = fwd.service.settings.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(1024)
+        // A model can think for minutes before its first token: no idle limit on streams,
+        // but dead peers are found with pings.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let cap = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let addr = listener.local_addr().ok();
+    loop {
+        let permit = match cap.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Log once per episode, not once per refused connection.
+                if stats.at_cap.fetch_add(1, Relaxed) == 0 || stats.at_cap.load(Relaxed) % 1000 == 0 {
+                    tracing::warn!(
+                        service = %fwd.service.name,
+                        listener = ?addr,
+                        max_connections = settings.max_connections,
+                        "connection cap reached: new connections wait in the listen backlog until one closes"
+                    );
+                }
+                tokio::select! {
+                    p = cap.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin on the error.
+                    tracing::warn!(service = %fwd.service.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        stats.accepted.fetch_add(1, Relaxed);
+        stats.open.fetch_add(1, Relaxed);
+        let fwd = fwd.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let fwd = fwd.clone();
+            async move { Ok::<_, Infallible>(fwd.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            stats.open.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-endpoint upstream connection pools (HTTP/1.1 or h2c) with explicit timeouts.
+//!
+//! One pool per endpoint per color, so a switch never reuses the other color's connections.
+//! HTTP/1.1 connections are kept in a LIFO stack (hot ones are reused, cold ones age out);
+//! an h2c endpoint shares one multiplexed connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::ReqBody;
+use crate::route::{Protocol, ServiceSettings};
+
+/// Why a new connection could not be made. Nothing was sent: safe to retry elsewhere.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(std::io::Error),
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connect timed out"),
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+/// A connection ready for one request.
+pub(crate) enum Conn {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// What became of a send on one connection.
+pub(crate) enum SendError {
+    /// The connection turned out dead before the request left: the request comes back.
+    NotSent(Request<ReqBody>),
+    /// The request (or part of it) may have reached the upstream: never retried.
+    Failed(hyper::Error),
+}
+
+impl Conn {
+    pub(crate) async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
+        let r = match self {
+            Conn::H1(s) => {
+                if s.ready().await.is_err() {
+                    return Err(SendError::NotSent(req));
+                }
+                s.try_send_request(req).await
+            }
+            Conn::H2(s) => {
+                if s.ready().await.is_err() {
+                    return Err(SendError::NotSent(req));
+                }
+                s.try_send_request(req).await
+            }
+        };
+        r.map_err(|mut e| match e.take_message() {
+            Some(req) => SendError::NotSent(req),
+            None => SendError::Failed(e.into_error()),
+        })
+    }
+
+    /// The HTTP/1.1 sender to give back to the pool once the response body has ended.
+    pub(crate) fn into_reusable(self) -> Option<http1::SendRequest<ReqBody>> {
+        match self {
+            Conn::H1(s) => Some(s),
+            // The shared h2 connection stays in the pool; nothing to give back.
+            Conn::H2(_) => None,
+        }
+    }
+}
+
+pub(crate) struct Pool {
+    addr: SocketAddr,
+    settings: Arc<ServiceSettings>,
+    idle: Mutex<Vec<(http1::SendRequest<ReqBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+}
+
+impl Pool {
+    pub(crate) fn new(addr: SocketAddr, settings: Arc<ServiceSettings>) -> Pool {
+        Pool { addr, settings, idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+    }
+
+    /// A pooled connection, if one is open and fresh enough.
+    pub(crate) fn take(&self) -> Option<Conn> {
+        match self.settings.protocol {
+            Protocol::Http1 => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                while let Some((s, since)) = idle.pop() {
+                    if !s.is_closed() && since.elapsed() < self.settings.pool_idle_timeout {
+                        return Some(Conn::H1(s));
+                    }
+                }
+                None
+            }
+            Protocol::H2c => {
+                let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                match h2.as_ref() {
+                    Some(s) if !s.is_closed() => Some(Conn::H2(s.clone())),
+                    _ => {
+                        *h2 = None;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Give an HTTP/1.1 connection back after its response ended cleanly.
+    pub(crate) fn put(&self, s: http1::SendRequest<ReqBody>) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.settings.pool_max_idle {
+            idle.push((s, Instant::now()));
+        }
+    }
+
+    pub(crate) fn idle_len(&self) -> usize {
+        match self.settings.protocol {
+            Protocol::Http1 => self.idle.lock().map(|v| v.len()).unwrap_or(0),
+            Protocol::H2c => self.h2.lock().map(|v| v.is_some() as usize).unwrap_or(0),
+        }
+    }
+
+    /// Open a new connection (bounded by the connect timeout, handshake included).
+    pub(crate) async fn connect(&self) -> Result<Conn, ConnectError> {
+        let fut = async {
+            let stream = TcpStream::connect(self.addr).await.map_err(ConnectError::Io)?;
+            let _ = stream.set_nodelay(true);
+            let io = TokioIo::new(stream);
+            match self.settings.protocol {
+                Protocol::Http1 => {
+                    let (send, conn) = http1::Builder::new().handshake(io).await.map_err(ConnectError::Handshake)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok(Conn::H1(send))
+                }
+                Protocol::H2c => {
+                    let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(io)
+                        .await
+                        .map_err(ConnectError::Handshake)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(send.clone());
+                    Ok(Conn::H2(send))
+                }
+            }
+        };
+        match tokio::time::timeout(self.settings.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+}
