@@ -568,7 +568,12 @@ impl Ctx<'_> {
     }
 
     fn err<T>(&self, span: std::ops::Range<usize>, key: String, message: String) -> Result<T, ConfigError> {
-        Err(ConfigError { file: self.path.to_path_buf(), line: self.line_of(span.start), key, message })
+        Err(ConfigError {
+            file: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key,
+            message,
+        })
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
@@ -584,7 +589,10 @@ impl Ctx<'_> {
             self.err(
                 s.span(),
                 key,
-                format!("invalid address {:?}; expected IP:PORT such as \"127.0.0.1:8080\"", s.get_ref()),
+                format!(
+                    "invalid address {:?}; expected IP:PORT such as \"127.0.0.1:8080\"",
+                    s.get_ref()
+                ),
             )
         })
     }
@@ -630,7 +638,10 @@ impl Ctx<'_> {
             Some(d) => self.resolve(d),
             None => store_path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
         };
-        let store = StoreConfig { path: store_path, data_dir };
+        let store = StoreConfig {
+            path: store_path,
+            data_dir,
+        };
 
         let mut services = BTreeMap::new();
         let mut managed_ports: HashMap<u16, String> = HashMap::new();
@@ -639,7 +650,11 @@ impl Ctx<'_> {
             let svc = svc.into_inner();
             let k = |rest: &str| format!("services.{name}.{rest}");
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return self.err(span, format!("services.{name}"), "service names may use only letters, digits, '-' and '_'".into());
+                return self.err(
+                    span,
+                    format!("services.{name}"),
+                    "service names may use only letters, digits, '-' and '_'".into(),
+                );
             }
             let listen = self.addr(&svc.listen, k("listen"))?;
             claim(listen, k("listen"), svc.listen.span())?;
@@ -660,13 +675,25 @@ impl Ctx<'_> {
             };
             let h = &svc.health;
             if !h.path.starts_with('/') {
-                return self.err(span.clone(), k("health.path"), format!("must start with '/', got {:?}", h.path));
+                return self.err(
+                    span.clone(),
+                    k("health.path"),
+                    format!("must start with '/', got {:?}", h.path),
+                );
             }
             if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-                return self.err(span.clone(), k("health"), "healthy_threshold and unhealthy_threshold must be at least 1".into());
+                return self.err(
+                    span.clone(),
+                    k("health"),
+                    "healthy_threshold and unhealthy_threshold must be at least 1".into(),
+                );
             }
             if h.interval.get().is_zero() || h.timeout.get().is_zero() {
-                return self.err(span.clone(), k("health"), "interval and timeout must be greater than zero".into());
+                return self.err(
+                    span.clone(),
+                    k("health"),
+                    "interval and timeout must be greater than zero".into(),
+                );
             }
             if svc.limits.max_connections == 0 {
                 return self.err(span.clone(), k("limits.max_connections"), "must be at least 1".into());
@@ -726,22 +753,45 @@ impl Ctx<'_> {
             let rel = &svc.release;
             if let Some(v) = &rel.verify {
                 if !(0.0..=1.0).contains(&v.max_error_rate) {
-                    return self.err(span.clone(), k("release.verify.max_error_rate"), format!("must be between 0 and 1, got {}", v.max_error_rate));
+                    return self.err(
+                        span.clone(),
+                        k("release.verify.max_error_rate"),
+                        format!("must be between 0 and 1, got {}", v.max_error_rate),
+                    );
                 }
             }
             if let Some(w) = &rel.warmup {
                 if w.concurrency == 0 {
-                    return self.err(span.clone(), k("release.warmup.concurrency"), "must be at least 1".into());
+                    return self.err(
+                        span.clone(),
+                        k("release.warmup.concurrency"),
+                        "must be at least 1".into(),
+                    );
                 }
             }
-            for (i, hook) in rel.hooks.pre_switch.iter().chain(&rel.hooks.post_switch).chain(&rel.hooks.on_rollback).enumerate() {
+            for (i, hook) in rel
+                .hooks
+                .pre_switch
+                .iter()
+                .chain(&rel.hooks.post_switch)
+                .chain(&rel.hooks.on_rollback)
+                .enumerate()
+            {
                 if hook.is_empty() {
-                    return self.err(span.clone(), k("release.hooks"), format!("hook #{} is an empty argv list", i + 1));
+                    return self.err(
+                        span.clone(),
+                        k("release.hooks"),
+                        format!("hook #{} is an empty argv list", i + 1),
+                    );
                 }
             }
             for s in &rel.smoke {
                 if !s.request.path.starts_with('/') {
-                    return self.err(span.clone(), k("release.smoke.request.path"), format!("smoke check {:?}: path must start with '/'", s.name));
+                    return self.err(
+                        span.clone(),
+                        k("release.smoke.request.path"),
+                        format!("smoke check {:?}: path must start with '/'", s.name),
+                    );
                 }
             }
             services.insert(
@@ -758,7 +808,6 @@ impl Ctx<'_> {
                 },
             );
         }
-        drop(claim);
         // A listener of ours on an upstream's address would proxy to itself.
         for svc in services.values() {
             if let Environments::Static { blue, green } = &svc.environments {
@@ -768,13 +817,20 @@ impl Ctx<'_> {
                             file: self.path.to_path_buf(),
                             line: 0,
                             key: format!("services.{}", svc.name),
-                            message: format!("endpoint {e} is also the address of `{owner}`; cutover would proxy to itself"),
+                            message: format!(
+                                "endpoint {e} is also the address of `{owner}`; cutover would proxy to itself"
+                            ),
                         });
                     }
                 }
             }
         }
-        Ok(Config { path: self.path.to_path_buf(), admin, store, services })
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            admin,
+            store,
+            services,
+        })
     }
 
     fn static_color(&self, c: Spanned<RawStaticColor>, key: &str) -> Result<StaticColor, ConfigError> {
@@ -787,11 +843,18 @@ impl Ctx<'_> {
         for e in &c.endpoints {
             let a = self.addr(e, format!("{key}.endpoints"))?;
             if endpoints.contains(&a) {
-                return self.err(e.span(), format!("{key}.endpoints"), format!("endpoint {a} is listed twice"));
+                return self.err(
+                    e.span(),
+                    format!("{key}.endpoints"),
+                    format!("endpoint {a} is listed twice"),
+                );
             }
             endpoints.push(a);
         }
-        Ok(StaticColor { endpoints, version: c.version })
+        Ok(StaticColor {
+            endpoints,
+            version: c.version,
+        })
     }
 }
 

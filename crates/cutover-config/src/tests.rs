@@ -121,7 +121,10 @@ fn run_and_static_are_exclusive_and_one_is_required() {
 #[test]
 fn managed_ports_must_be_distinct_and_balanced() {
     let base = "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = [\"mock-model\", \"--port\", \"{port}\"]\n";
-    let ok = check(&format!("{base}ports = {{ blue = [9001, 9002], green = [9003, 9004] }}\n")).unwrap();
+    let ok = check(&format!(
+        "{base}ports = {{ blue = [9001, 9002], green = [9003, 9004] }}\n"
+    ))
+    .unwrap();
     assert!(matches!(ok.services["chat"].environments, Environments::Managed(_)));
     let e = check(&format!("{base}ports = {{ blue = [9001], green = [9001] }}\n")).unwrap_err();
     assert!(e.message.contains("also used"), "{e}");

@@ -39,11 +39,19 @@ pub struct ReqBody {
 
 impl ReqBody {
     pub fn new(inner: Incoming, limit: u64) -> ReqBody {
-        ReqBody { inner: Some(inner), limit, seen: 0 }
+        ReqBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
     }
 
     pub fn empty() -> ReqBody {
-        ReqBody { inner: None, limit: 0, seen: 0 }
+        ReqBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
     }
 }
 
@@ -53,7 +61,9 @@ impl Body for ReqBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

@@ -38,7 +38,12 @@ pub struct ProxyError {
 
 impl ProxyError {
     pub fn new(status: StatusCode, code: &'static str, source: Source, message: impl Into<String>) -> ProxyError {
-        ProxyError { status, code, source, message: message.into() }
+        ProxyError {
+            status,
+            code,
+            source,
+            message: message.into(),
+        }
     }
 
     pub fn into_response(self, service: &str, route: Option<&ColorRoute>) -> Response<RespBody> {

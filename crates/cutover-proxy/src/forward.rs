@@ -52,7 +52,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n);
         }
     }
-    let trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for n in &HOP_BY_HOP {
         h.remove(n);
     }
@@ -69,9 +71,13 @@ impl Forwarder {
             let msg = if self.preview {
                 format!("service {} has no idle color to preview", svc.name)
             } else {
-                format!("service {} has no live color yet: switch to a color or release a version first", svc.name)
+                format!(
+                    "service {} has no live color yet: switch to a color or release a version first",
+                    svc.name
+                )
             };
-            return ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg).into_response(&svc.name, None);
+            return ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg)
+                .into_response(&svc.name, None);
         };
         let guard = Guard::new(route.clone(), started);
         match self.forward(req, peer, &route, guard, started).await {
@@ -96,19 +102,29 @@ impl Forwarder {
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &self.service.settings;
         let (mut parts, body) = req.into_parts();
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
             if len > settings.max_body_bytes {
                 return Err(ProxyError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     Source::Client,
-                    format!("request body of {len} bytes is larger than the limit of {} bytes", settings.max_body_bytes),
+                    format!(
+                        "request body of {len} bytes is larger than the limit of {} bytes",
+                        settings.max_body_bytes
+                    ),
                 ));
             }
         }
 
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         strip_hop_by_hop(&mut parts.headers);
         let ip = peer.ip().to_string();
@@ -119,7 +135,9 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
             parts.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
@@ -129,10 +147,18 @@ impl Forwarder {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_healthy_endpoint",
                 Source::Routing,
-                format!("no healthy endpoint in color {} of service {}", route.color, self.service.name),
+                format!(
+                    "no healthy endpoint in color {} of service {}",
+                    route.color, self.service.name
+                ),
             ));
         };
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
         let mut retried = false;
         let first_byte_deadline = tokio::time::Instant::from_std(started) + settings.first_byte_timeout;
@@ -140,7 +166,13 @@ impl Forwarder {
         // Connect failures move to another endpoint of the same color, once; a request whose
         // bytes may have reached an upstream is never sent again.
         let (resp, conn, endpoint) = loop {
-            prepare(&mut upstream_req, endpoint, settings.protocol, &path, original_host.as_ref());
+            prepare(
+                &mut upstream_req,
+                endpoint,
+                settings.protocol,
+                &path,
+                original_host.as_ref(),
+            );
             let attempt = tokio::time::timeout_at(first_byte_deadline, send(endpoint, upstream_req));
             match attempt.await {
                 Err(_) => {
@@ -164,7 +196,11 @@ impl Forwarder {
                             upstream_req = req;
                         }
                         _ => {
-                            let status = if matches!(e, ConnectError::Timeout) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+                            let status = if matches!(e, ConnectError::Timeout) {
+                                StatusCode::GATEWAY_TIMEOUT
+                            } else {
+                                StatusCode::BAD_GATEWAY
+                            };
                             return Err(ProxyError::new(
                                 status,
                                 "upstream_connect_failed",
@@ -182,11 +218,16 @@ impl Forwarder {
         route.stats.record_status(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
+        parts
+            .headers
+            .insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
         if let Some(v) = &route.version_header {
             parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
         }
-        let sse = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let deadline = tokio::time::Instant::from_std(started) + settings.request_timeout;
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
@@ -194,7 +235,13 @@ impl Forwarder {
 }
 
 /// Point the request at `endpoint` in the form its protocol wants.
-fn prepare(req: &mut Request<ReqBody>, endpoint: &Endpoint, protocol: Protocol, path: &str, host: Option<&HeaderValue>) {
+fn prepare(
+    req: &mut Request<ReqBody>,
+    endpoint: &Endpoint,
+    protocol: Protocol,
+    path: &str,
+    host: Option<&HeaderValue>,
+) {
     match protocol {
         Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
@@ -202,7 +249,9 @@ fn prepare(req: &mut Request<ReqBody>, endpoint: &Endpoint, protocol: Protocol, 
                 *req.uri_mut() = u;
             }
             if !req.headers().contains_key(header::HOST) {
-                let h = host.cloned().or_else(|| HeaderValue::from_str(&endpoint.addr.to_string()).ok());
+                let h = host
+                    .cloned()
+                    .or_else(|| HeaderValue::from_str(&endpoint.addr.to_string()).ok());
                 if let Some(h) = h {
                     req.headers_mut().insert(header::HOST, h);
                 }
@@ -210,8 +259,16 @@ fn prepare(req: &mut Request<ReqBody>, endpoint: &Endpoint, protocol: Protocol, 
         }
         Protocol::H2c => {
             *req.version_mut() = Version::HTTP_2;
-            let authority = host.and_then(|h| h.to_str().ok()).map(str::to_string).unwrap_or_else(|| endpoint.addr.to_string());
-            if let Ok(u) = Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
+            let authority = host
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| endpoint.addr.to_string());
+            if let Ok(u) = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+            {
                 *req.uri_mut() = u;
             }
             req.headers_mut().remove(header::HOST);
@@ -219,6 +276,9 @@ fn prepare(req: &mut Request<ReqBody>, endpoint: &Endpoint, protocol: Protocol, 
     }
 }
 
+// The request rides back on the rare retry path; the Ok side carries a Response of
+// similar size, so boxing would add an allocation without shrinking the Result.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// No connection could be made; the request is returned untouched.
     Connect(ConnectError, Request<ReqBody>),
@@ -241,7 +301,10 @@ async fn send(endpoint: &Arc<Endpoint>, mut req: Request<ReqBody>) -> Result<(Re
     };
     match conn.send(req).await {
         Ok(resp) => Ok((resp, conn)),
-        Err(SendError::NotSent(r)) => Err(Attempt::Connect(ConnectError::Io(std::io::Error::other("connection closed at once")), r)),
+        Err(SendError::NotSent(r)) => Err(Attempt::Connect(
+            ConnectError::Io(std::io::Error::other("connection closed at once")),
+            r,
+        )),
         Err(SendError::Failed(e)) => Err(Attempt::Failed(e)),
     }
 }
@@ -250,7 +313,12 @@ fn classify(e: &hyper::Error, endpoint: &Endpoint) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
-            return ProxyError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", Source::Client, t.to_string());
+            return ProxyError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                Source::Client,
+                t.to_string(),
+            );
         }
         src = s.source();
     }
@@ -263,7 +331,12 @@ fn classify(e: &hyper::Error, endpoint: &Endpoint) -> ProxyError {
         );
     }
     if e.is_user() || e.is_body_write_aborted() {
-        return ProxyError::new(StatusCode::BAD_REQUEST, "client_body_failed", Source::Client, format!("reading the request body failed: {e}"));
+        return ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "client_body_failed",
+            Source::Client,
+            format!("reading the request body failed: {e}"),
+        );
     }
     ProxyError::new(
         StatusCode::BAD_GATEWAY,

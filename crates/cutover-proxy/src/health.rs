@@ -35,7 +35,12 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(healthy_threshold: u32, unhealthy_threshold: u32) -> Tracker {
-        Tracker { ok_streak: 0, fail_streak: 0, healthy_threshold, unhealthy_threshold }
+        Tracker {
+            ok_streak: 0,
+            fail_streak: 0,
+            healthy_threshold,
+            unhealthy_threshold,
+        }
     }
 
     /// Records one result against the endpoint's `current` state; `Some` when it flips.
@@ -65,7 +70,9 @@ pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> Result<(), String> {
         let io = TokioIo::new(stream);
         let status = match spec.protocol {
             Protocol::Http1 => {
-                let (mut send, conn) = http1::handshake::<_, Empty<bytes::Bytes>>(io).await.map_err(|e| e.to_string())?;
+                let (mut send, conn) = http1::handshake::<_, Empty<bytes::Bytes>>(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tokio::spawn(conn);
                 let req = Request::get(spec.path.as_str())
                     .header(header::HOST, addr.to_string())
@@ -107,8 +114,12 @@ fn apply(service: &str, route: &ColorRoute, ep: &Endpoint, tracker: &mut Tracker
         ep.set_health(new);
         let version = route.version.as_deref().unwrap_or("-");
         match (new, result) {
-            (Health::Healthy, _) => tracing::info!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, "endpoint healthy"),
-            (_, Err(e)) => tracing::warn!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, reason = %e, "endpoint unhealthy"),
+            (Health::Healthy, _) => {
+                tracing::info!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, "endpoint healthy")
+            }
+            (_, Err(e)) => {
+                tracing::warn!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, reason = %e, "endpoint unhealthy")
+            }
             _ => {}
         }
     }

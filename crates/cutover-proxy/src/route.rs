@@ -117,7 +117,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, settings: &Arc<ServiceSettings>) -> Arc<Endpoint> {
-        Arc::new(Endpoint { addr, health: AtomicU8::new(0), pool: Pool::new(addr, settings.clone()) })
+        Arc::new(Endpoint {
+            addr,
+            health: AtomicU8::new(0),
+            pool: Pool::new(addr, settings.clone()),
+        })
     }
 
     pub fn health(&self) -> Health {
@@ -163,7 +167,12 @@ pub struct ColorRoute {
 }
 
 impl ColorRoute {
-    pub fn new(color: Color, version: Option<String>, addrs: &[SocketAddr], settings: &Arc<ServiceSettings>) -> Arc<ColorRoute> {
+    pub fn new(
+        color: Color,
+        version: Option<String>,
+        addrs: &[SocketAddr],
+        settings: &Arc<ServiceSettings>,
+    ) -> Arc<ColorRoute> {
         Arc::new(ColorRoute {
             color,
             color_header: HeaderValue::from_static(color.as_str()),
@@ -226,7 +235,10 @@ impl RouteTable {
     }
 
     pub fn route(&self, color: Color) -> Option<&Arc<ColorRoute>> {
-        [&self.live, &self.idle].into_iter().flatten().find(|r| r.color == color)
+        [&self.live, &self.idle]
+            .into_iter()
+            .flatten()
+            .find(|r| r.color == color)
     }
 }
 
@@ -239,7 +251,11 @@ pub struct Service {
 
 impl Service {
     pub fn new(name: impl Into<String>, settings: ServiceSettings, table: RouteTable) -> Arc<Service> {
-        Arc::new(Service { name: name.into(), settings: Arc::new(settings), table: ArcSwap::from_pointee(table) })
+        Arc::new(Service {
+            name: name.into(),
+            settings: Arc::new(settings),
+            table: ArcSwap::from_pointee(table),
+        })
     }
 
     /// The current snapshot.

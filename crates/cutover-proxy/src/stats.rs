@@ -8,8 +8,23 @@ use std::time::Duration;
 
 /// Upper bounds of the histogram buckets, in microseconds (the last bucket is +Inf).
 pub const BUCKETS_US: [u64; 17] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000, 30_000_000, 60_000_000, 120_000_000, 300_000_000,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    120_000_000,
+    300_000_000,
 ];
 const NB: usize = BUCKETS_US.len() + 1;
 
@@ -29,7 +44,10 @@ impl Histogram {
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot { buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)), sum_us: self.sum_us.load(Relaxed) }
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
     }
 }
 

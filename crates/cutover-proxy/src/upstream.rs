@@ -42,6 +42,9 @@ pub(crate) enum Conn {
 }
 
 /// What became of a send on one connection.
+// The request rides back on the rare retry path; the Ok side carries a Response of
+// similar size, so boxing would add an allocation without shrinking the Result.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum SendError {
     /// The connection turned out dead before the request left: the request comes back.
     NotSent(Request<ReqBody>),
@@ -90,7 +93,12 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(addr: SocketAddr, settings: Arc<ServiceSettings>) -> Pool {
-        Pool { addr, settings, idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        Pool {
+            addr,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
     }
 
     /// A pooled connection, if one is open and fresh enough.
@@ -144,7 +152,10 @@ impl Pool {
             let io = TokioIo::new(stream);
             match self.settings.protocol {
                 Protocol::Http1 => {
-                    let (send, conn) = http1::Builder::new().handshake(io).await.map_err(ConnectError::Handshake)?;
+                    let (send, conn) = http1::Builder::new()
+                        .handshake(io)
+                        .await
+                        .map_err(ConnectError::Handshake)?;
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });

@@ -164,7 +164,12 @@ impl Store {
 
     /// Makes sure the service has a row; a new one starts with nothing live. Versions are
     /// filled in only where the store has none yet (config labels never override history).
-    pub fn ensure_service(&self, name: &str, blue_version: Option<&str>, green_version: Option<&str>) -> Result<ServiceState> {
+    pub fn ensure_service(
+        &self,
+        name: &str,
+        blue_version: Option<&str>,
+        green_version: Option<&str>,
+    ) -> Result<ServiceState> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -192,7 +197,10 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let cur = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
         if cur.generation != rec.expected_generation {
-            return Err(StoreError::Conflict { expected: rec.expected_generation, actual: cur.generation });
+            return Err(StoreError::Conflict {
+                expected: rec.expected_generation,
+                actual: cur.generation,
+            });
         }
         let generation = cur.generation + 1;
         let at = now_rfc3339();
@@ -225,7 +233,11 @@ impl Store {
     pub fn set_version(&self, service: &str, color: &str, version: Option<&str>) -> Result<ServiceState> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let col = if color == "blue" { "blue_version" } else { "green_version" };
+        let col = if color == "blue" {
+            "blue_version"
+        } else {
+            "green_version"
+        };
         let n = tx.execute(
             &format!("UPDATE services SET {col} = ?2, updated_at = ?3 WHERE name = ?1"),
             params![service, version, now_rfc3339()],
@@ -287,7 +299,10 @@ impl Store {
     /// Stores a new release document and returns its id.
     pub fn insert_release(&self, service: &str, doc: &serde_json::Value) -> Result<i64> {
         let conn = self.conn();
-        conn.execute("INSERT INTO releases (service, doc, finished) VALUES (?1, ?2, 0)", params![service, doc.to_string()])?;
+        conn.execute(
+            "INSERT INTO releases (service, doc, finished) VALUES (?1, ?2, 0)",
+            params![service, doc.to_string()],
+        )?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -305,8 +320,11 @@ impl Store {
 
     pub fn release(&self, id: i64) -> Result<Option<(String, serde_json::Value)>> {
         let conn = self.conn();
-        let row: Option<(String, String)> =
-            conn.query_row("SELECT service, doc FROM releases WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let row: Option<(String, String)> = conn
+            .query_row("SELECT service, doc FROM releases WHERE id = ?1", params![id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
         match row {
             Some((svc, doc)) => Ok(Some((svc, serde_json::from_str(&doc)?))),
             None => Ok(None),
@@ -330,7 +348,9 @@ impl Store {
     pub fn releases(&self, service: &str, limit: u32) -> Result<Vec<(i64, serde_json::Value)>> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT id, doc FROM releases WHERE service = ?1 ORDER BY id DESC LIMIT ?2")?;
-        let rows = st.query_map(params![service, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = st.query_map(params![service, limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = row?;
@@ -348,7 +368,10 @@ impl Store {
     }
 
     pub fn remove_processes(&self, service: &str, color: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM processes WHERE service = ?1 AND color = ?2", params![service, color])?;
+        self.conn().execute(
+            "DELETE FROM processes WHERE service = ?1 AND color = ?2",
+            params![service, color],
+        )?;
         Ok(())
     }
 
@@ -407,11 +430,22 @@ mod tests {
     }
 
     fn rand_suffix() -> u128 {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     }
 
     fn switch<'a>(service: &'a str, gen: u64, to: &'a str) -> SwitchRecord<'a> {
-        SwitchRecord { service, expected_generation: gen, to, kind: "switched", actor: "test", reason: "because", release_id: None }
+        SwitchRecord {
+            service,
+            expected_generation: gen,
+            to,
+            kind: "switched",
+            actor: "test",
+            reason: "because",
+            release_id: None,
+        }
     }
 
     #[test]
@@ -429,7 +463,10 @@ mod tests {
         assert_eq!(st.generation, 2);
         let h = s.history("chat", 10).unwrap();
         assert_eq!(h.len(), 2);
-        assert_eq!((h[0].from.as_deref(), h[0].to.as_deref(), h[0].generation), (Some("blue"), Some("green"), 2));
+        assert_eq!(
+            (h[0].from.as_deref(), h[0].to.as_deref(), h[0].generation),
+            (Some("blue"), Some("green"), 2)
+        );
         assert_eq!(h[0].version.as_deref(), Some("v2"));
         assert_eq!(h[1].from, None);
     }
@@ -454,12 +491,23 @@ mod tests {
     fn releases_and_processes_round_trip() {
         let (s, _) = temp_store();
         s.ensure_service("chat", None, None).unwrap();
-        let id = s.insert_release("chat", &serde_json::json!({"phase": "provisioning"})).unwrap();
+        let id = s
+            .insert_release("chat", &serde_json::json!({"phase": "provisioning"}))
+            .unwrap();
         assert_eq!(s.unfinished_releases("chat").unwrap().len(), 1);
-        s.update_release(id, &serde_json::json!({"phase": "completed"}), true).unwrap();
+        s.update_release(id, &serde_json::json!({"phase": "completed"}), true)
+            .unwrap();
         assert!(s.unfinished_releases("chat").unwrap().is_empty());
         assert_eq!(s.release(id).unwrap().unwrap().1["phase"], "completed");
-        let p = ProcessRecord { service: "chat".into(), color: "green".into(), replica: 0, port: 9002, pid: 42, start_time: 7, version: "v2".into() };
+        let p = ProcessRecord {
+            service: "chat".into(),
+            color: "green".into(),
+            replica: 0,
+            port: 9002,
+            pid: 42,
+            start_time: 7,
+            version: "v2".into(),
+        };
         s.put_process(&p).unwrap();
         assert_eq!(s.processes("chat").unwrap(), vec![p]);
         s.remove_processes("chat", "green").unwrap();

@@ -1,1 +1,299 @@
-fn main() {}
+//! The `cutover` binary: parses the command line, then either runs the router and controller
+//! (`serve`), validates a config (`check`), or talks to a running router over the admin API.
+//!
+//! Exit codes: 0 success; 1 the operation ran and failed; 2 usage or config error;
+//! 3 the router could not be reached or refused the token.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, Failure};
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Blue-green releases for AI model services, with zero downtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// Admin API of the running router.
+    #[arg(long, env = "CUTOVER_ADMIN", global = true)]
+    admin: Option<String>,
+    /// Admin bearer token.
+    #[arg(long, env = "CUTOVER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the admin bearer token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Take the admin address and token file from this config.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router (data plane) and the release controller.
+    Serve {
+        /// Config file.
+        #[arg(long, short, default_value = "cutover.toml")]
+        config: PathBuf,
+        /// How long in-flight requests may finish after SIGTERM.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: Duration,
+        /// Worker threads; 1 runs everything on one thread (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file without starting anything.
+    Check {
+        /// Config file.
+        file: PathBuf,
+    },
+    /// Show services: live color, generation, versions, endpoints.
+    Status {
+        service: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show the switch and release history of a service.
+    History {
+        service: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a color live now (manual, no gates). Without a color: the idle one.
+    Switch {
+        service: String,
+        color: Option<String>,
+        /// Switch even if the target has no healthy endpoint.
+        #[arg(long)]
+        force: bool,
+        /// Refuse unless the generation is still this one.
+        #[arg(long)]
+        if_generation: Option<u64>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Switch back to the previous live color.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run the stand-in model server (the same as the `mock-model` binary).
+    #[command(hide = true, disable_help_flag = true)]
+    MockModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 500ms, 30s, 10m"))
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::MockModel { args } => {
+            let argv = std::iter::once("mock-model".to_string()).chain(args);
+            mock_model::main_with_args(<mock_model::Args as Parser>::parse_from(argv))
+        }
+        Command::Check { file } => match cutover_config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} service{})",
+                    file.display(),
+                    c.services.len(),
+                    if c.services.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve {
+            config,
+            grace,
+            threads,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let cfg = match cutover_config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match threads {
+                Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+                Some(n) => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .enable_all()
+                    .build(),
+                None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            };
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(cutover_control::server::serve(
+                cfg,
+                cutover_control::server::ServeOptions { grace },
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        cmd => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(remote(cmd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    ExitCode::from(f.exit)
+                }
+            }
+        }
+    }
+}
+
+async fn remote(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Status { service, remote } => {
+            let c = Client::new(&remote)?;
+            match service {
+                Some(s) => {
+                    let v = c.get(&format!("/v1/services/{s}")).await?;
+                    output::print(&remote, &v, output::status)
+                }
+                None => {
+                    let v = c.get("/v1/services").await?;
+                    output::print(&remote, &v, |v| {
+                        v["services"]
+                            .as_array()
+                            .map(|a| a.iter().map(output::status).collect::<Vec<_>>().join("\n"))
+                            .unwrap_or_default()
+                    })
+                }
+            }
+        }
+        Command::History { service, limit, remote } => {
+            let c = Client::new(&remote)?;
+            let names = match service {
+                Some(s) => vec![s],
+                None => {
+                    let v = c.get("/v1/services").await?;
+                    v["services"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s["name"].as_str().map(String::from))
+                        .collect()
+                }
+            };
+            for name in names {
+                let v = c.get(&format!("/v1/services/{name}/history?limit={limit}")).await?;
+                output::print(&remote, &v, output::history)?;
+            }
+            Ok(())
+        }
+        Command::Switch {
+            service,
+            color,
+            force,
+            if_generation,
+            reason,
+            remote,
+        } => {
+            let c = Client::new(&remote)?;
+            let body =
+                serde_json::json!({"to": color, "force": force, "if_generation": if_generation, "reason": reason});
+            let v = c.post(&format!("/v1/services/{service}/switch"), &body).await?;
+            output::print(&remote, &v, |v| {
+                format!(
+                    "{service}: {} is live (generation {}, version {})",
+                    v["live"].as_str().unwrap_or("?"),
+                    v["generation"],
+                    v["version"].as_str().unwrap_or("-")
+                )
+            })
+        }
+        Command::Rollback {
+            service,
+            force,
+            reason,
+            remote,
+        } => {
+            let c = Client::new(&remote)?;
+            let body = serde_json::json!({"force": force, "reason": reason});
+            let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
+            output::print(&remote, &v, |v| {
+                format!(
+                    "{service}: rolled back to {} (generation {}, version {})",
+                    v["live"].as_str().unwrap_or("?"),
+                    v["generation"],
+                    v["version"].as_str().unwrap_or("-")
+                )
+            })
+        }
+        Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } => unreachable!("handled in main"),
+    }
+}

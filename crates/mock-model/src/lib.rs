@@ -30,7 +30,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mock-model", about = "A stand-in OpenAI-compatible model server with fault injection")]
+#[command(
+    name = "mock-model",
+    about = "A stand-in OpenAI-compatible model server with fault injection"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -96,7 +99,10 @@ pub fn main_with_args(args: Args) -> ! {
     let rt = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
     };
     let rt = rt.unwrap_or_else(|e| {
         eprintln!("mock-model: cannot start runtime: {e}");
@@ -157,7 +163,8 @@ type MockBody = http_body_util::Either<Full<Bytes>, TokenStream>;
 fn json_response(state: &State, status: StatusCode, v: &Value) -> Response<MockBody> {
     let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(v.to_string()))));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert("x-model-version", state.version.clone());
     r
 }
@@ -169,9 +176,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let resp = match (method, path.as_str()) {
         (Method::GET, "/health") => {
             if state.health_failing.load(Relaxed) {
-                json_response(&state, StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "failing", "version": state.args.version}))
+                json_response(
+                    &state,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "failing", "version": state.args.version}),
+                )
             } else {
-                json_response(&state, StatusCode::OK, &json!({"status": "ok", "version": state.args.version}))
+                json_response(
+                    &state,
+                    StatusCode::OK,
+                    &json!({"status": "ok", "version": state.args.version}),
+                )
             }
         }
         (Method::GET, "/v1/models") => json_response(
@@ -202,9 +217,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             state.health_failing.store(fail, Relaxed);
             json_response(&state, StatusCode::OK, &json!({"health_failing": fail}))
         }
-        (Method::POST, "/v1/chat/completions") | (Method::POST, "/v1/completions") | (Method::POST, "/v1/embeddings") => {
-            model_request(&state, req, &path).await
-        }
+        (Method::POST, "/v1/chat/completions")
+        | (Method::POST, "/v1/completions")
+        | (Method::POST, "/v1/embeddings") => model_request(&state, req, &path).await,
         (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => json_response(
             &state,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -235,7 +250,11 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
     let body = match Limited::new(req.into_body(), 8 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return json_response(state, StatusCode::BAD_REQUEST, &json!({"error": {"message": format!("cannot read body: {e}")}}))
+            return json_response(
+                state,
+                StatusCode::BAD_REQUEST,
+                &json!({"error": {"message": format!("cannot read body: {e}")}}),
+            )
         }
     };
     let parsed: Value = match serde_json::from_slice(&body) {
@@ -280,7 +299,10 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
             &json!({"object": "list", "data": data, "model": version, "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
         );
     }
-    let tokens = parsed["max_tokens"].as_u64().unwrap_or(state.args.tokens).clamp(1, 100_000);
+    let tokens = parsed["max_tokens"]
+        .as_u64()
+        .unwrap_or(state.args.tokens)
+        .clamp(1, 100_000);
     let id = format!("chatcmpl-{n}");
     if parsed["stream"].as_bool() == Some(true) {
         state.stats.streams_started.fetch_add(1, Relaxed);
@@ -292,8 +314,10 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
             done: false,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         r.headers_mut().insert("x-model-version", state.version.clone());
         return r;
     }
@@ -310,7 +334,10 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A deterministic 8-dimensional unit vector, so equal inputs embed equally.
@@ -384,7 +411,9 @@ mod tests {
     #[test]
     fn errors_are_spread_evenly() {
         let rate: f64 = 0.25;
-        let failing: Vec<u64> = (1..=12u64).filter(|n| ((*n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor()).collect();
+        let failing: Vec<u64> = (1..=12u64)
+            .filter(|n| ((*n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor())
+            .collect();
         assert_eq!(failing, vec![4, 8, 12]);
     }
 

@@ -1,0 +1,189 @@
+//! The admin API (JSON over HTTP, bearer token on every `/v1` call), on its own listener.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cutover_proxy::Color;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::controller::{Controller, SwitchRequest};
+use crate::error::ApiError;
+use crate::token::Token;
+
+/// Admin request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub ctl: Arc<Controller>,
+    pub token: Token,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{svc}", get(get_service))
+        .route("/v1/services/{svc}/switch", post(switch))
+        .route("/v1/services/{svc}/rollback", post(rollback))
+        .route("/v1/services/{svc}/history", get(history))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such admin endpoint; see GET /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(405, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare even when nothing was presented, so a missing and a wrong token take the same path.
+    if !st.token.matches(presented.trim()) {
+        return ApiError::new(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Parses a JSON body strictly: unknown fields and wrong types are 400s with the reason. An
+/// empty body means "all defaults".
+fn parse_body<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status().as_u16();
+        let code = if status == 413 {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(status, code, format!("request body: {}", e.body_text()))
+    })?;
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))
+}
+
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("x-cutover-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().filter(|c| !c.is_control()).take(100).collect())
+        .unwrap_or_else(|| "api".to_string())
+}
+
+async fn list_services(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for name in st.ctl.services.keys() {
+        out.push(service_json(&st, name)?);
+    }
+    Ok(Json(json!({ "services": out })))
+}
+
+fn service_json(st: &AdminState, name: &str) -> Result<Value, ApiError> {
+    let svc = st.ctl.service(name)?;
+    serde_json::to_value(svc.status(None)).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+async fn get_service(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(service_json(&st, &svc)?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SwitchBody {
+    to: Option<Color>,
+    if_generation: Option<u64>,
+    #[serde(default)]
+    force: bool,
+    reason: Option<String>,
+}
+
+async fn switch(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    st.ctl.service(&svc)?;
+    let b: SwitchBody = parse_body(body)?;
+    let out = st
+        .ctl
+        .switch(
+            &svc,
+            SwitchRequest {
+                to: b.to,
+                if_generation: b.if_generation,
+                force: b.force,
+                kind: "switched",
+                actor: actor(&headers),
+                reason: b.reason.unwrap_or_else(|| "manual switch".into()),
+                release_id: None,
+            },
+        )
+        .await?;
+    Ok(Json(
+        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    force: bool,
+    reason: Option<String>,
+}
+
+async fn rollback(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    st.ctl.service(&svc)?;
+    let b: RollbackBody = parse_body(body)?;
+    let out = st
+        .ctl
+        .rollback(&svc, actor(&headers), b.reason.unwrap_or_default(), b.force)
+        .await?;
+    Ok(Json(
+        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let h = st.ctl.history(&svc, limit).await?;
+    Ok(Json(json!({ "service": svc, "history": h })))
+}

@@ -1,0 +1,122 @@
+//! `cutover serve`: binds every listener first (failing before serving anything), then runs
+//! the data plane, the admin API and the controller until a signal, then drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cutover_config::Config;
+use cutover_proxy::forward::Forwarder;
+use cutover_proxy::listener::{self, ListenerStats};
+use cutover_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::controller::Controller;
+use crate::token;
+
+pub struct ServeOptions {
+    /// How long in-flight requests (streams included) may run on after SIGTERM.
+    pub grace: Duration,
+}
+
+/// Runs until SIGINT or SIGTERM, then stops accepting and drains for up to `grace`.
+pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    let token = token::load_or_create(&config.admin.token_file)?;
+    if let Some(dir) = config.store.path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the store folder {}", dir.display()))?;
+    }
+    let store = Store::open(&config.store.path)
+        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+    let ctl = Arc::new(Controller::build(config.clone(), store)?);
+
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+    let mut data = Vec::new();
+    for svc in ctl.services.values() {
+        let l = TcpListener::bind(svc.cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on services.{}.listen {}", svc.cfg.name, svc.cfg.listen))?;
+        data.push((l, svc.clone(), false));
+        if let Some(p) = svc.cfg.preview_listen {
+            let l = TcpListener::bind(p)
+                .await
+                .with_context(|| format!("cannot listen on services.{}.preview_listen {p}", svc.cfg.name))?;
+            data.push((l, svc.clone(), true));
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (l, svc, preview) in data {
+        tracing::info!(
+            service = %svc.cfg.name,
+            listen = %l.local_addr()?,
+            kind = if preview { "preview" } else { "live" },
+            "data plane listening"
+        );
+        let fwd = Arc::new(Forwarder {
+            service: svc.proxy.clone(),
+            preview,
+        });
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            fwd,
+            Arc::new(ListenerStats::default()),
+            stop_rx.clone(),
+            opts.grace,
+        )));
+    }
+    let app = admin::router(AdminState {
+        ctl: ctl.clone(),
+        token,
+    });
+    tracing::info!(listen = %admin_listener.local_addr()?, "admin API listening");
+    let mut admin_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }));
+
+    wait_for_signal().await;
+    tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
+    let _ = stop_tx.send(true);
+    let all = futures_join(tasks);
+    if tokio::time::timeout(opts.grace + Duration::from_secs(1), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with requests still running; exiting");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop cutover");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

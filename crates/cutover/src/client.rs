@@ -1,0 +1,124 @@
+//! A small admin API client for the CLI commands.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::Remote;
+
+/// A failed CLI operation and the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub exit: u8,
+}
+
+impl Failure {
+    pub fn new(exit: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            exit,
+        }
+    }
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+fn read_token(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Failure::new(3, format!("cannot read the token file {}: {e}", path.display())))
+}
+
+impl Client {
+    /// Resolves the admin address and token: flags, then environment, then `--config`.
+    pub fn new(r: &Remote) -> Result<Client, Failure> {
+        let cfg = match &r.config {
+            Some(p) => Some(cutover_config::load(p).map_err(|e| Failure::new(2, e.to_string()))?),
+            None => None,
+        };
+        let base = r
+            .admin
+            .clone()
+            .or_else(|| cfg.as_ref().map(|c| format!("http://{}", c.admin.listen)))
+            .unwrap_or_else(|| "http://127.0.0.1:9901".to_string());
+        let token = match (&r.token, &r.token_file, &cfg) {
+            (Some(t), _, _) => t.clone(),
+            (None, Some(f), _) => read_token(f)?,
+            (None, None, Some(c)) => read_token(&c.admin.token_file)?,
+            (None, None, None) => {
+                return Err(Failure::new(
+                    2,
+                    "no admin token: pass --token, --token-file, --config FILE, or set CUTOVER_TOKEN",
+                ))
+            }
+        };
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-cutover-actor", format!("cli:{user}"))
+            .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
+            .map_err(|e| Failure::new(2, format!("bad admin URL {url}: {e}")))?;
+        let fut = self.http.request(req);
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(120), fut)
+            .await
+            .map_err(|_| Failure::new(3, format!("the router at {} did not answer within 120 s", self.base)))?
+            .map_err(|e| Failure::new(3, format!("cannot reach the router at {}: {e}", self.base)))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Failure::new(3, format!("reading the answer from {} failed: {e}", self.base)))?
+            .to_bytes();
+        let v: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        if status.is_success() {
+            return Ok(v);
+        }
+        let msg = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        let exit = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => 3,
+            s if s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED => 2,
+            _ => 1,
+        };
+        Err(Failure::new(exit, format!("{msg} (HTTP {})", status.as_u16())))
+    }
+}
