@@ -426,7 +426,9 @@ mod defaults {
         256
     }
     pub fn pool_idle_timeout() -> Duration {
-        Duration::from_secs(60)
+        // Below uvicorn's 5 s keep-alive (vLLM and many Python model servers), so we stop
+        // reusing a connection before the server may close it under our feet.
+        Duration::from_secs(4)
     }
     pub fn health_timeout_release() -> Duration {
         Duration::from_secs(600)

@@ -7,7 +7,8 @@
 //!
 //! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
 //! `POST /mock/health?fail=true|false` flips health at run time, and a request header
-//! `x-mock-delay` adds latency (e.g. `2s`) to that request only.
+//! `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo` answers with the
+//! request's method, URI, HTTP version and headers, to check what a proxy forwarded.
 
 #![forbid(unsafe_code)]
 
@@ -210,6 +211,22 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                     "streams_completed": s.streams_completed.load(Relaxed),
                     "streams_cancelled": s.streams_cancelled.load(Relaxed),
                 }),
+            )
+        }
+        (_, "/mock/echo") => {
+            let headers: serde_json::Map<String, Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+                .collect();
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let version = format!("{:?}", req.version());
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            json_response(
+                &state,
+                StatusCode::OK,
+                &json!({"method": method, "uri": uri, "http_version": version, "headers": headers, "body_bytes": body}),
             )
         }
         (Method::POST, "/mock/health") => {

@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `cutover` binary and real `mock-model` processes on loopback,
+//! driven with real HTTP clients (hyper, curl). One test binary, so the suite links once.
+//!
+//! - `routing`: what the data plane does with one request (headers, errors, retries, limits).
+//! - `switching`: switches under load, keep-alive, streams that outlive a switch.
+//! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
+//! - `config`: `cutover check` errors name file, line and key.
+//! - `restart`: kill -9 and restart keep every acknowledged switch.
+
+mod admin;
+mod config;
+mod restart;
+mod routing;
+mod support;
+mod switching;

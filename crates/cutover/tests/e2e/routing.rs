@@ -1,0 +1,215 @@
+//! What the data plane does with a request: headers, protocols, errors, retries, limits.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn nothing_live_answers_503_with_a_json_reason() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    let resp = get(&r.url("/v1/models")).await.unwrap();
+    assert_eq!(resp.status, 503);
+    let v = resp.json();
+    assert_eq!(v["error"]["code"], "no_live_color");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no live color"));
+}
+
+#[tokio::test]
+async fn proxy_headers_are_set_and_hop_by_hop_headers_removed() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let c = http_client();
+    let resp = send(
+        &c,
+        Method::POST,
+        &r.url("/mock/echo?x=1"),
+        &[
+            ("host", "models.example"),
+            ("connection", "x-secret"),
+            ("x-secret", "drop me"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-kept", "yes"),
+        ],
+        "hello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-cutover-color"), "blue");
+    assert_eq!(resp.header("x-cutover-version"), "v1");
+    let v = resp.json();
+    let h = &v["headers"];
+    assert_eq!(v["uri"], "/mock/echo?x=1");
+    assert_eq!(v["body_bytes"], 5);
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "models.example");
+    assert_eq!(h["host"], "models.example");
+    assert_eq!(h["x-kept"], "yes");
+    assert!(h.get("x-secret").is_none(), "header named in Connection must not be forwarded: {h}");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_client_with_curl() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("green").await.status, 200);
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge", "-d", r#"{"stream":true,"max_tokens":3}"#])
+        .arg(r.url("/v1/chat/completions"))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("x-cutover-color: green"), "{text}");
+    assert!(text.contains("data: [DONE]"), "{text}");
+    // The preview listener serves the idle color, over HTTP/2 as well.
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge"])
+        .arg(r.preview_url("/v1/models"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("x-cutover-color: blue"), "{text}");
+}
+
+#[tokio::test]
+async fn h2c_upstreams_carry_requests_and_streams() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "upstream_protocol = \"h2c\"")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let resp = get(&r.url("/mock/echo")).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["http_version"], "HTTP/2.0");
+    let c = http_client();
+    let req = Request::post(r.url("/v1/chat/completions"))
+        .body(Full::new(Bytes::from(r#"{"stream":true,"max_tokens":5}"#)))
+        .unwrap();
+    let (events, err) = read_stream(c.request(req).await.unwrap()).await;
+    assert_eq!(err, None);
+    assert_eq!(stream_versions(&events).unwrap(), vec!["v1"; 6]);
+}
+
+#[tokio::test]
+async fn one_dead_endpoint_of_the_live_color_costs_no_request() {
+    let mut b1 = Mock::start("v1", &[]).await;
+    let b2 = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&b1, &b2], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    b1.proc.kill9();
+    // Before and after health checks notice: connect failures move to the other blue endpoint.
+    let c = http_client();
+    for i in 0..60 {
+        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}").await.unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert_eq!(resp.header("x-cutover-color"), "blue", "never the other color");
+        if i == 30 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    assert!(b2.stats().await["model_requests"].as_u64().unwrap() >= 60);
+    assert_eq!(green.stats().await["model_requests"], 0);
+    let st = r.status().await;
+    assert_eq!(st["colors"]["blue"]["endpoints"][0]["health"], "unhealthy");
+}
+
+#[tokio::test]
+async fn all_endpoints_down_gives_a_json_5xx_not_a_hang() {
+    let mut blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    blue.proc.kill9();
+    let resp = get(&r.url("/v1/models")).await.unwrap();
+    assert!(resp.status == 502 || resp.status == 503, "{}", resp.status);
+    let code = resp.json()["error"]["code"].as_str().unwrap().to_string();
+    assert!(code == "upstream_connect_failed" || code == "no_healthy_endpoint", "{code}");
+    // Once health checks notice, the answer says so directly.
+    wait_for("health to mark blue down", Duration::from_secs(5), || async {
+        let resp = get(&r.url("/v1/models")).await.unwrap();
+        (resp.status == 503 && resp.json()["error"]["code"] == "no_healthy_endpoint").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn slow_first_byte_is_a_504_and_fast_requests_are_unaffected() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let extra = "limits = { first_byte_timeout = \"400ms\" }";
+    let r = Router::start(&static_service(&[&blue], &[&green], extra)).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let c = http_client();
+    let url = r.url("/v1/chat/completions");
+    let slow = send(&c, Method::POST, &url, &[("x-mock-delay", "3s")], "{}");
+    let fast = send(&c, Method::POST, &url, &[], "{}");
+    let (slow, fast) = tokio::join!(slow, fast);
+    let slow = slow.unwrap();
+    assert_eq!(slow.status, 504, "{}", slow.text());
+    assert_eq!(slow.json()["error"]["code"], "upstream_timeout");
+    assert_eq!(fast.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_cancels_the_upstream_request() {
+    let blue = Mock::start("v1", &["--token-interval", "20ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "chat")
+        .body(Full::new(Bytes::from(r#"{"stream":true,"max_tokens":1000}"#)))
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    for _ in 0..3 {
+        body.frame().await.unwrap().unwrap();
+    }
+    // The client goes away: drop everything, which closes the socket.
+    drop(body);
+    drop(send);
+    conn.abort();
+
+    wait_for("the model server to see its stream cancelled", Duration::from_secs(5), || async {
+        let s = blue.stats().await;
+        (s["streams_cancelled"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(blue.stats().await["streams_completed"], 0);
+    wait_for("blue in-flight back to 0", Duration::from_secs(5), || async {
+        (r.status().await["colors"]["blue"]["in_flight"] == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_oversized_bodies_413() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let extra = "limits = { max_header_bytes = 8192, max_body_bytes = 1000 }";
+    let r = Router::start(&static_service(&[&blue], &[&green], extra)).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let big = "x".repeat(20_000);
+    let resp = send(&http_client(), Method::GET, &r.url("/v1/models"), &[("x-big", &big)], "").await.unwrap();
+    assert_eq!(resp.status, 431);
+    let resp = send(&http_client(), Method::POST, &r.url("/v1/chat/completions"), &[], &"y".repeat(5000)).await.unwrap();
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.json()["error"]["code"], "body_too_large");
+    assert_eq!(blue.stats().await["model_requests"], 0, "nothing reached the model");
+}

@@ -1,0 +1,359 @@
+//! Shared harness: real `cutover` and `mock-model` processes on free loopback ports, a temp
+//! folder per router, and plain HTTP clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-model");
+
+/// A loopback port nobody in this process was given before and that was free a moment ago.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        let mut g = GIVEN.lock().unwrap();
+        if g.get_or_insert_with(HashSet::new).insert(p) {
+            return p;
+        }
+    }
+}
+
+/// A folder removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cutover-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(HttpConnector::new())
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+pub async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .map_err(|_| format!("{url}: no answer in 30 s"))?
+        .map_err(|e| format!("{url}: {e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| format!("{url}: body: {e}"))?.to_bytes();
+    Ok(Resp { status: parts.status, headers: parts.headers, body })
+}
+
+pub async fn get(url: &str) -> Result<Resp, String> {
+    send(&http_client(), Method::GET, url, &[], "").await
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Option<Child>);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let c = self.0.as_mut()?;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.0 = None;
+                return st.code();
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `mock-model`.
+pub struct Mock {
+    pub port: u16,
+    pub version: String,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub async fn start(version: &str, extra: &[&str]) -> Mock {
+        let port = free_port();
+        Mock::start_on(port, version, extra).await
+    }
+
+    pub async fn start_on(port: u16, version: &str, extra: &[&str]) -> Mock {
+        let child = Command::new(MOCK)
+            .args(["--port", &port.to_string(), "--model-version", version])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mock-model");
+        let m = Mock { port, version: version.into(), proc: Proc(Some(child)) };
+        let url = format!("http://127.0.0.1:{port}/v1/models");
+        wait_for("mock-model to listen", Duration::from_secs(10), || async { get(&url).await.ok() }).await;
+        m
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stats(&self) -> Value {
+        get(&format!("http://127.0.0.1:{}/mock/stats", self.port)).await.unwrap().json()
+    }
+}
+
+/// A running `cutover serve` in its own folder.
+pub struct Router {
+    pub dir: TempDir,
+    pub admin: u16,
+    pub listen: u16,
+    pub preview: u16,
+    pub token: String,
+    pub config: PathBuf,
+    pub proc: Proc,
+    pub http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Router {
+    /// `services` is TOML for `[services.chat...]`; `{listen}` and `{preview}` are filled in.
+    pub async fn start(services: &str) -> Router {
+        let dir = TempDir::new("router");
+        let (admin, listen, preview) = (free_port(), free_port(), free_port());
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[store]\npath = \"cutover.db\"\n\n{}",
+            services.replace("{listen}", &format!("127.0.0.1:{listen}")).replace("{preview}", &format!("127.0.0.1:{preview}"))
+        );
+        let config = dir.path().join("cutover.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut r = Router { dir, admin, listen, preview, token: String::new(), config, proc: Proc(None), http: http_client() };
+        r.spawn().await;
+        r
+    }
+
+    /// Starts (again) the serve process on the same folder and ports.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let child = Command::new(CUTOVER)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--grace", "5s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cutover");
+        self.proc = Proc(Some(child));
+        let url = format!("http://127.0.0.1:{}/healthz", self.admin);
+        let proc = &mut self.proc;
+        let log_path = self.dir.path().join("serve.log");
+        wait_for("cutover to serve", Duration::from_secs(15), || {
+            if let Some(c) = proc.0.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("cutover exited with {st}: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                }
+            }
+            let url = url.clone();
+            async move { get(&url).await.ok().filter(|r| r.status == 200) }
+        })
+        .await;
+        self.token = std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap().trim().to_string();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen)
+    }
+
+    pub fn preview_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.preview)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// An admin call with the right token.
+    pub async fn api(&self, method: Method, path: &str, body: Value) -> Resp {
+        let auth = format!("Bearer {}", self.token);
+        let b = if body.is_null() { String::new() } else { body.to_string() };
+        send(&self.http, method, &self.admin_url(path), &[("authorization", &auth)], &b).await.unwrap()
+    }
+
+    pub async fn switch(&self, to: &str) -> Resp {
+        self.api(Method::POST, "/v1/services/chat/switch", serde_json::json!({ "to": to })).await
+    }
+
+    pub async fn status(&self) -> Value {
+        let r = self.api(Method::GET, "/v1/services/chat", Value::Null).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Runs the CLI against this router; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(CUTOVER)
+            .args(args)
+            .env("CUTOVER_ADMIN", self.admin_url(""))
+            .env("CUTOVER_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// The config of a service `chat` with static endpoints.
+pub fn static_service(blue: &[&Mock], green: &[&Mock], extra: &str) -> String {
+    let eps = |ms: &[&Mock]| ms.iter().map(|m| format!("\"{}\"", m.addr())).collect::<Vec<_>>().join(", ");
+    let ver = |ms: &[&Mock]| ms.first().map(|m| m.version.clone()).unwrap_or_default();
+    format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\npreview_listen = \"{{preview}}\"\nhealth = {{ path = \"/health\", interval = \"200ms\", timeout = \"1s\" }}\n{extra}\n\
+         [services.chat.blue]\nendpoints = [{}]\nversion = \"{}\"\n\n[services.chat.green]\nendpoints = [{}]\nversion = \"{}\"\n",
+        eps(blue),
+        ver(blue),
+        eps(green),
+        ver(green)
+    )
+}
+
+/// Reads a streaming response to its end, returning the SSE `data:` payloads, or the error
+/// that cut it.
+pub async fn read_stream(resp: http::Response<hyper::body::Incoming>) -> (Vec<String>, Option<String>) {
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+    let mut err = None;
+    while let Some(f) = body.frame().await {
+        match f {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    buf.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            Err(e) => {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let events = buf.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect();
+    (events, err)
+}
+
+/// The `model` of each chunk of a chat completion stream, checking it ends with `[DONE]`.
+pub fn stream_versions(events: &[String]) -> Result<Vec<String>, String> {
+    if events.last().map(String::as_str) != Some("[DONE]") {
+        return Err(format!("stream did not end with [DONE]: last {:?}", events.last()));
+    }
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(e).map_err(|x| format!("bad chunk {e:?}: {x}"))?;
+            v["model"].as_str().map(str::to_string).ok_or_else(|| format!("chunk without model: {e}"))
+        })
+        .collect()
+}
