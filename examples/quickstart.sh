@@ -21,10 +21,12 @@ curl -s http://127.0.0.1:8080/v1/models; echo
 echo "== make blue live:"
 "$bin/cutover" switch chat blue
 echo "== a 20-token stream starts on blue, and we switch to green while it runs:"
-curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{"stream":true,"max_tokens":20}' | grep -o '"model":"v[0-9]"' | sort | uniq -c &
+( curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{"stream":true,"max_tokens":20}' \
+    | grep -o '"model":"v[0-9]"' | sort | uniq -c | sed 's/^/   stream chunks: /' ) &
+stream=$!
 sleep 0.3
 "$bin/cutover" switch chat green
-wait %1 2>/dev/null || true
+wait "$stream"
 echo "== new requests go to green:"
 curl -s -D - -o /dev/null http://127.0.0.1:8080/v1/models | grep -i x-cutover
 "$bin/cutover" status chat
