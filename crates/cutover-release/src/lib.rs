@@ -1,1 +1,315 @@
-//! placeholder
+//! The release state machine and its gates: pure logic, no I/O, no clock.
+//!
+//! A release moves through [`Phase`]s in a fixed order. [`Release::apply`] takes an [`Event`]
+//! and either moves to the next phase or refuses with the reason; the controller commits each
+//! accepted transition to the store before acting on it. [`judge`] turns a window of the new
+//! color's statistics into gate readings with a worst-wins verdict.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a release is. Phases before [`Phase::Switching`] leave live traffic untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Provisioning,
+    WaitingHealthy,
+    WarmingUp,
+    SmokeTesting,
+    AwaitingApproval,
+    PreSwitchHooks,
+    Switching,
+    Verifying,
+    Completed,
+    Aborted,
+    RolledBack,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Aborted | Phase::RolledBack)
+    }
+
+    /// True while live traffic has not been touched: an abort is still a no-op for users.
+    pub fn is_pre_switch(self) -> bool {
+        self < Phase::Switching
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Provisioning => "provisioning",
+            Phase::WaitingHealthy => "waiting_healthy",
+            Phase::WarmingUp => "warming_up",
+            Phase::SmokeTesting => "smoke_testing",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::PreSwitchHooks => "pre_switch_hooks",
+            Phase::Switching => "switching",
+            Phase::Verifying => "verifying",
+            Phase::Completed => "completed",
+            Phase::Aborted => "aborted",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a release ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Aborted,
+    RolledBack,
+    /// cutover restarted while the release ran; routing stayed as last committed.
+    Interrupted,
+}
+
+/// Something that happened to a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The current phase finished its work.
+    Done,
+    /// The current phase failed (deadline, smoke check, hook, gate, ...).
+    Failed(String),
+    /// A person approved the switch.
+    Approve,
+    /// A person (or CI) asked to stop.
+    Abort(String),
+    /// cutover restarted; the release cannot continue.
+    Interrupted,
+}
+
+/// Fixed facts about a release that decide its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Wait in `awaiting_approval` for a person.
+    pub manual: bool,
+    /// Something was live when the release began: there is a color to roll back to. The first
+    /// release of a service goes straight to live after its checks and is not verified.
+    pub has_previous: bool,
+}
+
+/// The state of one release as the machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub plan: Plan,
+    pub phase: Phase,
+    pub outcome: Option<Outcome>,
+}
+
+/// A refused event: what was asked, and why it cannot happen now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub phase: Phase,
+    pub reason: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (release is {})", self.reason, self.phase)
+    }
+}
+
+impl Release {
+    pub fn new(plan: Plan) -> Release {
+        Release {
+            plan,
+            phase: Phase::Provisioning,
+            outcome: None,
+        }
+    }
+
+    fn after(&self, p: Phase) -> Phase {
+        match p {
+            Phase::Provisioning => Phase::WaitingHealthy,
+            Phase::WaitingHealthy => Phase::WarmingUp,
+            Phase::WarmingUp => Phase::SmokeTesting,
+            Phase::SmokeTesting if self.plan.manual && self.plan.has_previous => Phase::AwaitingApproval,
+            Phase::SmokeTesting | Phase::AwaitingApproval => Phase::PreSwitchHooks,
+            Phase::PreSwitchHooks => Phase::Switching,
+            Phase::Switching if self.plan.has_previous => Phase::Verifying,
+            Phase::Switching | Phase::Verifying => Phase::Completed,
+            terminal => terminal,
+        }
+    }
+
+    /// Applies `event`; on success returns the new phase (already stored in `self`).
+    pub fn apply(&mut self, event: &Event) -> Result<Phase, Refused> {
+        let refuse = |reason: &str| {
+            Err(Refused {
+                phase: self.phase,
+                reason: reason.to_string(),
+            })
+        };
+        if self.outcome.is_some() {
+            return refuse("the release has already ended");
+        }
+        let (next, outcome) = match event {
+            Event::Interrupted => (self.phase, Some(Outcome::Interrupted)),
+            Event::Done if self.phase == Phase::AwaitingApproval => {
+                return refuse("waiting for approval, not for work")
+            }
+            Event::Done => {
+                let n = self.after(self.phase);
+                (n, (n == Phase::Completed).then_some(Outcome::Completed))
+            }
+            Event::Approve if self.phase == Phase::AwaitingApproval => (Phase::PreSwitchHooks, None),
+            Event::Approve => return refuse("only a release awaiting approval can be approved"),
+            Event::Abort(_) if self.phase.is_pre_switch() => (Phase::Aborted, Some(Outcome::Aborted)),
+            Event::Abort(_) => return refuse("traffic has already switched: roll back instead"),
+            // A failed switch changed nothing (the store refused or the target was unhealthy).
+            Event::Failed(_) if self.phase <= Phase::Switching => (Phase::Aborted, Some(Outcome::Aborted)),
+            Event::Failed(_) => (Phase::RolledBack, Some(Outcome::RolledBack)),
+        };
+        self.phase = next;
+        self.outcome = outcome;
+        Ok(next)
+    }
+}
+
+/// A gate's reading, ordered worst-last: a verdict takes the worst of its gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateResult {
+    Passing,
+    /// Not enough evidence to judge (too few requests).
+    Inconclusive,
+    Failing,
+}
+
+/// One gate's reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    pub name: String,
+    pub value: Option<f64>,
+    pub limit: f64,
+    pub result: GateResult,
+}
+
+/// What the new color did during the window being judged.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    pub p99: Option<Duration>,
+    /// No endpoint of the new color is healthy.
+    pub all_unhealthy: bool,
+}
+
+/// Limits the window is judged against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_error_rate: f64,
+    pub max_p99: Option<Duration>,
+    pub min_requests: u64,
+}
+
+/// Gate readings and the verdict with its reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub gates: Vec<Gate>,
+    pub result: GateResult,
+    pub reason: String,
+}
+
+/// Judges a window. Too few requests make the rate and latency gates inconclusive, never
+/// failing: "no data" is not evidence of a bad version. All endpoints unhealthy fails at once.
+pub fn judge(w: &Window, l: &Limits) -> Verdict {
+    let enough = w.requests >= l.min_requests;
+    let mut gates = Vec::new();
+    let mut reasons = Vec::new();
+
+    gates.push(Gate {
+        name: "requests".into(),
+        value: Some(w.requests as f64),
+        limit: l.min_requests as f64,
+        result: if enough {
+            GateResult::Passing
+        } else {
+            GateResult::Inconclusive
+        },
+    });
+    if !enough {
+        reasons.push(format!(
+            "only {} requests, fewer than min_requests {}",
+            w.requests, l.min_requests
+        ));
+    }
+
+    let rate = (w.requests > 0).then(|| w.errors as f64 / w.requests as f64);
+    let rate_result = match rate {
+        Some(r) if r > l.max_error_rate && enough => {
+            reasons.push(format!(
+                "error rate {:.1}% > {:.1}% over {} requests",
+                r * 100.0,
+                l.max_error_rate * 100.0,
+                w.requests
+            ));
+            GateResult::Failing
+        }
+        _ if !enough => GateResult::Inconclusive,
+        _ => GateResult::Passing,
+    };
+    gates.push(Gate {
+        name: "error_rate".into(),
+        value: rate,
+        limit: l.max_error_rate,
+        result: rate_result,
+    });
+
+    if let Some(max) = l.max_p99 {
+        let result = match w.p99 {
+            Some(p) if p > max && enough => {
+                reasons.push(format!("p99 latency {p:?} > {max:?} over {} requests", w.requests));
+                GateResult::Failing
+            }
+            _ if !enough => GateResult::Inconclusive,
+            _ => GateResult::Passing,
+        };
+        gates.push(Gate {
+            name: "p99_latency".into(),
+            value: w.p99.map(|d| {
+                if d == Duration::MAX {
+                    f64::INFINITY
+                } else {
+                    d.as_secs_f64()
+                }
+            }),
+            limit: max.as_secs_f64(),
+            result,
+        });
+    }
+
+    gates.push(Gate {
+        name: "healthy_endpoints".into(),
+        value: Some(if w.all_unhealthy { 0.0 } else { 1.0 }),
+        limit: 1.0,
+        result: if w.all_unhealthy {
+            GateResult::Failing
+        } else {
+            GateResult::Passing
+        },
+    });
+    if w.all_unhealthy {
+        reasons.insert(0, "every endpoint of the new color is unhealthy".into());
+    }
+
+    let result = gates.iter().map(|g| g.result).max().unwrap_or(GateResult::Passing);
+    let reason = match result {
+        GateResult::Passing => format!("all gates passing over {} requests", w.requests),
+        _ => reasons.join("; "),
+    };
+    Verdict { gates, result, reason }
+}
+
+#[cfg(test)]
+mod tests;

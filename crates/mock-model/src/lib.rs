@@ -217,7 +217,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             let headers: serde_json::Map<String, Value> = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
                 .collect();
             let method = req.method().to_string();
             let uri = req.uri().to_string();

@@ -12,15 +12,24 @@ async fn every_v1_call_needs_the_token() {
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     let c = http_client();
-    for (method, path) in [(Method::GET, "/v1/services"), (Method::POST, "/v1/services/chat/switch")] {
+    for (method, path) in [
+        (Method::GET, "/v1/services"),
+        (Method::POST, "/v1/services/chat/switch"),
+    ] {
         for auth in [None, Some("Bearer wrong"), Some("Basic abc"), Some("Bearer ")] {
             let headers: Vec<(&str, &str)> = auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
-            let resp = send(&c, method.clone(), &r.admin_url(path), &headers, r#"{"to":"blue"}"#).await.unwrap();
+            let resp = send(&c, method.clone(), &r.admin_url(path), &headers, r#"{"to":"blue"}"#)
+                .await
+                .unwrap();
             assert_eq!(resp.status, 401, "{method} {path} with {auth:?}");
             assert_eq!(resp.json()["error"]["code"], "unauthorized");
         }
     }
-    assert_eq!(r.status().await["live"], serde_json::Value::Null, "no unauthorized call changed anything");
+    assert_eq!(
+        r.status().await["live"],
+        serde_json::Value::Null,
+        "no unauthorized call changed anything"
+    );
     assert_eq!(get(&r.admin_url("/healthz")).await.unwrap().status, 200);
     // The data plane never serves admin paths: they go to the model like any other path.
     assert_eq!(r.switch("blue").await.status, 200);
@@ -34,14 +43,32 @@ async fn stale_if_generation_is_409_and_changes_nothing() {
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
-    let ok = r.api(Method::POST, "/v1/services/chat/switch", json!({"to": "blue", "if_generation": 0})).await;
+    let ok = r
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            json!({"to": "blue", "if_generation": 0}),
+        )
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(ok.json(), json!({"live": "blue", "previous": null, "generation": 1, "version": "v1"}));
-    let stale = r.api(Method::POST, "/v1/services/chat/switch", json!({"to": "green", "if_generation": 0})).await;
+    assert_eq!(
+        ok.json(),
+        json!({"live": "blue", "previous": null, "generation": 1, "version": "v1"})
+    );
+    let stale = r
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            json!({"to": "green", "if_generation": 0}),
+        )
+        .await;
     assert_eq!(stale.status, 409);
     assert_eq!(stale.json()["error"]["code"], "stale_generation");
     let st = r.status().await;
-    assert_eq!((st["live"].as_str(), st["generation"].as_u64()), (Some("blue"), Some(1)));
+    assert_eq!(
+        (st["live"].as_str(), st["generation"].as_u64()),
+        (Some("blue"), Some(1))
+    );
     let again = r.switch("blue").await;
     assert_eq!(again.status, 409);
     assert_eq!(again.json()["error"]["code"], "already_live");
@@ -56,8 +83,17 @@ async fn unhealthy_target_is_refused_unless_forced() {
     let refused = r.switch("green").await;
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert_eq!(refused.json()["error"]["code"], "target_unhealthy");
-    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-color"), "blue");
-    let forced = r.api(Method::POST, "/v1/services/chat/switch", json!({"to": "green", "force": true})).await;
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-color"),
+        "blue"
+    );
+    let forced = r
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            json!({"to": "green", "force": true}),
+        )
+        .await;
     assert_eq!(forced.status, 200, "{}", forced.text());
 }
 
@@ -83,22 +119,55 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     let c = http_client();
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("/v1/services/chat/switch", "{not json".into(), 400, "invalid_body"),
-        ("/v1/services/chat/switch", r#"{"to":"purple"}"#.into(), 400, "invalid_body"),
-        ("/v1/services/chat/switch", r#"{"to":"blue","forse":true}"#.into(), 400, "invalid_body"),
-        ("/v1/services/chat/switch", r#"{"to":"blue","if_generation":"x"}"#.into(), 400, "invalid_body"),
+        (
+            "/v1/services/chat/switch",
+            r#"{"to":"purple"}"#.into(),
+            400,
+            "invalid_body",
+        ),
+        (
+            "/v1/services/chat/switch",
+            r#"{"to":"blue","forse":true}"#.into(),
+            400,
+            "invalid_body",
+        ),
+        (
+            "/v1/services/chat/switch",
+            r#"{"to":"blue","if_generation":"x"}"#.into(),
+            400,
+            "invalid_body",
+        ),
         ("/v1/services/nope/switch", r#"{"to":"blue"}"#.into(), 404, "not_found"),
-        ("/v1/services/chat/switch", format!(r#"{{"reason":"{}"}}"#, "x".repeat(100_000)), 413, "body_too_large"),
+        (
+            "/v1/services/chat/switch",
+            format!(r#"{{"reason":"{}"}}"#, "x".repeat(100_000)),
+            413,
+            "body_too_large",
+        ),
         ("/v1/services/chat/rollback", "".into(), 409, "nothing_live"),
         ("/v1/nothing", "".into(), 404, "not_found"),
     ];
     for (path, body, status, code) in cases {
-        let resp = send(&c, Method::POST, &r.admin_url(path), &[("authorization", &auth)], &body).await.unwrap();
-        assert_eq!(resp.status, status, "{path} {}: {}", &body[..body.len().min(40)], resp.text());
+        let resp = send(&c, Method::POST, &r.admin_url(path), &[("authorization", &auth)], &body)
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status,
+            status,
+            "{path} {}: {}",
+            &body[..body.len().min(40)],
+            resp.text()
+        );
         assert_eq!(resp.json()["error"]["code"], code, "{path}");
     }
     let st = r.status().await;
-    assert_eq!((st["live"].clone(), st["generation"].as_u64()), (serde_json::Value::Null, Some(0)));
-    let h = r.api(Method::GET, "/v1/services/chat/history", serde_json::Value::Null).await;
+    assert_eq!(
+        (st["live"].clone(), st["generation"].as_u64()),
+        (serde_json::Value::Null, Some(0))
+    );
+    let h = r
+        .api(Method::GET, "/v1/services/chat/history", serde_json::Value::Null)
+        .await;
     assert_eq!(h.json()["history"].as_array().unwrap().len(), 0);
 }
 
@@ -127,19 +196,36 @@ async fn cli_commands_and_exit_codes() {
     let (code, out, _) = r.cli(&["history", "chat", "--json"]);
     assert_eq!(code, 0);
     let h: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let kinds: Vec<&str> = h["history"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, vec!["rolled_back", "switched", "switched"]);
     assert!(h["history"][0]["actor"].as_str().unwrap().starts_with("cli:"));
 
     let (code, _, err) = r.cli(&["status", "nope"]);
     assert_eq!(code, 2, "unknown service is a usage error: {err}");
     let out = std::process::Command::new(CUTOVER)
-        .args(["status", "--admin", &r.admin_url(""), "--token", "wrong-token-wrong-token"])
+        .args([
+            "status",
+            "--admin",
+            &r.admin_url(""),
+            "--token",
+            "wrong-token-wrong-token",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "refused token exits 3");
     let out = std::process::Command::new(CUTOVER)
-        .args(["status", "--admin", &format!("http://127.0.0.1:{}", free_port()), "--token", "t"])
+        .args([
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--token",
+            "t",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "unreachable router exits 3");
@@ -150,5 +236,10 @@ async fn cli_commands_and_exit_codes() {
         .env_remove("CUTOVER_ADMIN")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "--config supplies address and token: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "--config supplies address and token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -24,7 +24,10 @@ async fn kill_9_then_restart_keeps_live_color_and_generation() {
     assert_eq!(after["generation"], before["generation"].as_u64().unwrap() + 1);
     let resp = get(&r.url("/v1/models")).await.unwrap();
     assert_eq!(resp.header("x-cutover-color"), "green");
-    let h = r.api(Method::GET, "/v1/services/chat/history", serde_json::Value::Null).await.json();
+    let h = r
+        .api(Method::GET, "/v1/services/chat/history", serde_json::Value::Null)
+        .await
+        .json();
     assert_eq!(h["history"].as_array().unwrap().len(), 6);
     assert!(r.log().contains("restored routing from the store"));
 }
@@ -37,7 +40,9 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     assert_eq!(r.switch("blue").await.status, 200);
     let c = http_client();
     let req = http::Request::post(r.url("/v1/chat/completions"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"stream":true,"max_tokens":50}"#)))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"stream":true,"max_tokens":50}"#,
+        )))
         .unwrap();
     let resp = c.request(req).await.unwrap();
     let reader = tokio::spawn(read_stream(resp));
@@ -45,7 +50,10 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     r.proc.signal("TERM");
     // New connections are refused soon after; the running stream goes on.
     wait_for("the listener to close", Duration::from_secs(5), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(("127.0.0.1", r.listen))
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     let (events, err) = reader.await.unwrap();

@@ -56,7 +56,10 @@ async fn proxy_headers_are_set_and_hop_by_hop_headers_removed() {
     assert_eq!(h["x-forwarded-host"], "models.example");
     assert_eq!(h["host"], "models.example");
     assert_eq!(h["x-kept"], "yes");
-    assert!(h.get("x-secret").is_none(), "header named in Connection must not be forwarded: {h}");
+    assert!(
+        h.get("x-secret").is_none(),
+        "header named in Connection must not be forwarded: {h}"
+    );
 }
 
 #[tokio::test]
@@ -66,7 +69,13 @@ async fn http2_prior_knowledge_client_with_curl() {
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     assert_eq!(r.switch("green").await.status, 200);
     let out = Command::new("curl")
-        .args(["-sS", "-i", "--http2-prior-knowledge", "-d", r#"{"stream":true,"max_tokens":3}"#])
+        .args([
+            "-sS",
+            "-i",
+            "--http2-prior-knowledge",
+            "-d",
+            r#"{"stream":true,"max_tokens":3}"#,
+        ])
         .arg(r.url("/v1/chat/completions"))
         .output()
         .expect("curl is installed (.ci/run installs it)");
@@ -113,7 +122,9 @@ async fn one_dead_endpoint_of_the_live_color_costs_no_request() {
     // Before and after health checks notice: connect failures move to the other blue endpoint.
     let c = http_client();
     for i in 0..60 {
-        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}").await.unwrap();
+        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
         assert_eq!(resp.header("x-cutover-color"), "blue", "never the other color");
         if i == 30 {
@@ -136,7 +147,10 @@ async fn all_endpoints_down_gives_a_json_5xx_not_a_hang() {
     let resp = get(&r.url("/v1/models")).await.unwrap();
     assert!(resp.status == 502 || resp.status == 503, "{}", resp.status);
     let code = resp.json()["error"]["code"].as_str().unwrap().to_string();
-    assert!(code == "upstream_connect_failed" || code == "no_healthy_endpoint", "{code}");
+    assert!(
+        code == "upstream_connect_failed" || code == "no_healthy_endpoint",
+        "{code}"
+    );
     // Once health checks notice, the answer says so directly.
     wait_for("health to mark blue down", Duration::from_secs(5), || async {
         let resp = get(&r.url("/v1/models")).await.unwrap();
@@ -171,7 +185,9 @@ async fn client_disconnect_mid_stream_cancels_the_upstream_request() {
     assert_eq!(r.switch("blue").await.status, 200);
 
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     let conn = tokio::spawn(conn);
     let req = Request::post("/v1/chat/completions")
         .header("host", "chat")
@@ -186,10 +202,14 @@ async fn client_disconnect_mid_stream_cancels_the_upstream_request() {
     drop(send);
     conn.abort();
 
-    wait_for("the model server to see its stream cancelled", Duration::from_secs(5), || async {
-        let s = blue.stats().await;
-        (s["streams_cancelled"] == 1).then_some(())
-    })
+    wait_for(
+        "the model server to see its stream cancelled",
+        Duration::from_secs(5),
+        || async {
+            let s = blue.stats().await;
+            (s["streams_cancelled"] == 1).then_some(())
+        },
+    )
     .await;
     assert_eq!(blue.stats().await["streams_completed"], 0);
     wait_for("blue in-flight back to 0", Duration::from_secs(5), || async {
@@ -206,9 +226,25 @@ async fn oversized_headers_get_431_and_oversized_bodies_413() {
     let r = Router::start(&static_service(&[&blue], &[&green], extra)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let big = "x".repeat(20_000);
-    let resp = send(&http_client(), Method::GET, &r.url("/v1/models"), &[("x-big", &big)], "").await.unwrap();
+    let resp = send(
+        &http_client(),
+        Method::GET,
+        &r.url("/v1/models"),
+        &[("x-big", &big)],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status, 431);
-    let resp = send(&http_client(), Method::POST, &r.url("/v1/chat/completions"), &[], &"y".repeat(5000)).await.unwrap();
+    let resp = send(
+        &http_client(),
+        Method::POST,
+        &r.url("/v1/chat/completions"),
+        &[],
+        &"y".repeat(5000),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json()["error"]["code"], "body_too_large");
     assert_eq!(blue.stats().await["model_requests"], 0, "nothing reached the model");

@@ -79,7 +79,9 @@ where
 }
 
 pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build(HttpConnector::new())
 }
 
 pub struct Resp {
@@ -117,8 +119,16 @@ pub async fn send(
         .map_err(|_| format!("{url}: no answer in 30 s"))?
         .map_err(|e| format!("{url}: {e:?}"))?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| format!("{url}: body: {e}"))?.to_bytes();
-    Ok(Resp { status: parts.status, headers: parts.headers, body })
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 pub async fn get(url: &str) -> Result<Resp, String> {
@@ -139,7 +149,11 @@ impl Proc {
         }
     }
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     /// Waits for the process to exit and returns its exit code.
@@ -186,9 +200,16 @@ impl Mock {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mock-model");
-        let m = Mock { port, version: version.into(), proc: Proc(Some(child)) };
+        let m = Mock {
+            port,
+            version: version.into(),
+            proc: Proc(Some(child)),
+        };
         let url = format!("http://127.0.0.1:{port}/v1/models");
-        wait_for("mock-model to listen", Duration::from_secs(10), || async { get(&url).await.ok() }).await;
+        wait_for("mock-model to listen", Duration::from_secs(10), || async {
+            get(&url).await.ok()
+        })
+        .await;
         m
     }
 
@@ -197,7 +218,10 @@ impl Mock {
     }
 
     pub async fn stats(&self) -> Value {
-        get(&format!("http://127.0.0.1:{}/mock/stats", self.port)).await.unwrap().json()
+        get(&format!("http://127.0.0.1:{}/mock/stats", self.port))
+            .await
+            .unwrap()
+            .json()
     }
 }
 
@@ -220,18 +244,33 @@ impl Router {
         let (admin, listen, preview) = (free_port(), free_port(), free_port());
         let text = format!(
             "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[store]\npath = \"cutover.db\"\n\n{}",
-            services.replace("{listen}", &format!("127.0.0.1:{listen}")).replace("{preview}", &format!("127.0.0.1:{preview}"))
+            services
+                .replace("{listen}", &format!("127.0.0.1:{listen}"))
+                .replace("{preview}", &format!("127.0.0.1:{preview}"))
         );
         let config = dir.path().join("cutover.toml");
         std::fs::write(&config, text).unwrap();
-        let mut r = Router { dir, admin, listen, preview, token: String::new(), config, proc: Proc(None), http: http_client() };
+        let mut r = Router {
+            dir,
+            admin,
+            listen,
+            preview,
+            token: String::new(),
+            config,
+            proc: Proc(None),
+            http: http_client(),
+        };
         r.spawn().await;
         r
     }
 
     /// Starts (again) the serve process on the same folder and ports.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("serve.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
         let child = Command::new(CUTOVER)
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -248,14 +287,20 @@ impl Router {
         wait_for("cutover to serve", Duration::from_secs(15), || {
             if let Some(c) = proc.0.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("cutover exited with {st}: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                    panic!(
+                        "cutover exited with {st}: {}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
                 }
             }
             let url = url.clone();
             async move { get(&url).await.ok().filter(|r| r.status == 200) }
         })
         .await;
-        self.token = std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap().trim().to_string();
+        self.token = std::fs::read_to_string(self.dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
     }
 
     pub fn log(&self) -> String {
@@ -277,12 +322,29 @@ impl Router {
     /// An admin call with the right token.
     pub async fn api(&self, method: Method, path: &str, body: Value) -> Resp {
         let auth = format!("Bearer {}", self.token);
-        let b = if body.is_null() { String::new() } else { body.to_string() };
-        send(&self.http, method, &self.admin_url(path), &[("authorization", &auth)], &b).await.unwrap()
+        let b = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        send(
+            &self.http,
+            method,
+            &self.admin_url(path),
+            &[("authorization", &auth)],
+            &b,
+        )
+        .await
+        .unwrap()
     }
 
     pub async fn switch(&self, to: &str) -> Resp {
-        self.api(Method::POST, "/v1/services/chat/switch", serde_json::json!({ "to": to })).await
+        self.api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            serde_json::json!({ "to": to }),
+        )
+        .await
     }
 
     pub async fn status(&self) -> Value {
@@ -309,7 +371,12 @@ impl Router {
 
 /// The config of a service `chat` with static endpoints.
 pub fn static_service(blue: &[&Mock], green: &[&Mock], extra: &str) -> String {
-    let eps = |ms: &[&Mock]| ms.iter().map(|m| format!("\"{}\"", m.addr())).collect::<Vec<_>>().join(", ");
+    let eps = |ms: &[&Mock]| {
+        ms.iter()
+            .map(|m| format!("\"{}\"", m.addr()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let ver = |ms: &[&Mock]| ms.first().map(|m| m.version.clone()).unwrap_or_default();
     format!(
         "[services.chat]\nlisten = \"{{listen}}\"\npreview_listen = \"{{preview}}\"\nhealth = {{ path = \"/health\", interval = \"200ms\", timeout = \"1s\" }}\n{extra}\n\
@@ -340,7 +407,10 @@ pub async fn read_stream(resp: http::Response<hyper::body::Incoming>) -> (Vec<St
             }
         }
     }
-    let events = buf.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect();
+    let events = buf
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
+        .collect();
     (events, err)
 }
 
@@ -353,7 +423,10 @@ pub fn stream_versions(events: &[String]) -> Result<Vec<String>, String> {
         .iter()
         .map(|e| {
             let v: Value = serde_json::from_str(e).map_err(|x| format!("bad chunk {e:?}: {x}"))?;
-            v["model"].as_str().map(str::to_string).ok_or_else(|| format!("chunk without model: {e}"))
+            v["model"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("chunk without model: {e}"))
         })
         .collect()
 }

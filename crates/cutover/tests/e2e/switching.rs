@@ -24,14 +24,25 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
     let (plain_ok, streams_ok) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (r, stop, errors, plain_ok, streams_ok) =
-            (r.clone(), stop.clone(), errors.clone(), plain_ok.clone(), streams_ok.clone());
+        let (r, stop, errors, plain_ok, streams_ok) = (
+            r.clone(),
+            stop.clone(),
+            errors.clone(),
+            plain_ok.clone(),
+            streams_ok.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let c = http_client();
             let streaming = w % 3 == 0;
             while !stop.load(Relaxed) {
-                let body = if streaming { r#"{"stream":true,"max_tokens":10}"# } else { r#"{"max_tokens":2}"# };
-                let req = Request::post(r.url("/v1/chat/completions")).body(Full::new(Bytes::from(body))).unwrap();
+                let body = if streaming {
+                    r#"{"stream":true,"max_tokens":10}"#
+                } else {
+                    r#"{"max_tokens":2}"#
+                };
+                let req = Request::post(r.url("/v1/chat/completions"))
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
                 let resp = match c.request(req).await {
                     Ok(resp) => resp,
                     Err(e) => {
@@ -54,7 +65,10 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
                         Ok(vs) if vs.len() == 11 && vs.iter().all(|v| *v == header_version) => {
                             streams_ok.fetch_add(1, Relaxed);
                         }
-                        Ok(vs) => errors.lock().unwrap().push(format!("stream mixed or short: {vs:?} vs {header_version}")),
+                        Ok(vs) => errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("stream mixed or short: {vs:?} vs {header_version}")),
                         Err(e) => errors.lock().unwrap().push(e),
                     }
                 } else {
@@ -62,7 +76,10 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
                     if v["model"] != header_version.as_str() {
-                        errors.lock().unwrap().push(format!("body from {} but header says {header_version}", v["model"]));
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("body from {} but header says {header_version}", v["model"]));
                     } else {
                         plain_ok.fetch_add(1, Relaxed);
                     }
@@ -97,8 +114,15 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
         streams_ok.load(Relaxed),
         errors.len()
     );
-    assert!(errors.is_empty(), "failures during the storm: {:?}", &errors[..errors.len().min(10)]);
-    assert!(plain_ok.load(Relaxed) > 100 && streams_ok.load(Relaxed) > 10, "too little load to mean anything");
+    assert!(
+        errors.is_empty(),
+        "failures during the storm: {:?}",
+        &errors[..errors.len().min(10)]
+    );
+    assert!(
+        plain_ok.load(Relaxed) > 100 && streams_ok.load(Relaxed) > 10,
+        "too little load to mean anything"
+    );
     let st = r.status().await;
     assert_eq!(st["generation"], switches + 1);
     assert_eq!(st["colors"]["blue"]["in_flight"], 0);
@@ -114,9 +138,16 @@ async fn keep_alive_connection_follows_the_switch() {
 
     // One TCP connection, opened before the switch, used for both requests.
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     let conn = tokio::spawn(conn);
-    let req = || Request::get("/v1/models").header("host", "chat").body(Full::new(Bytes::new())).unwrap();
+    let req = || {
+        Request::get("/v1/models")
+            .header("host", "chat")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
     let first = send.send_request(req()).await.unwrap();
     assert_eq!(first.headers()["x-cutover-color"], "blue");
     http_body_util::BodyExt::collect(first.into_body()).await.unwrap();
@@ -145,7 +176,11 @@ async fn long_stream_started_on_blue_finishes_on_blue_after_switch() {
     let reader = tokio::spawn(read_stream(resp));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.status().await["colors"]["blue"]["in_flight"], 1, "the stream counts while it runs");
+    assert_eq!(
+        r.status().await["colors"]["blue"]["in_flight"],
+        1,
+        "the stream counts while it runs"
+    );
     assert_eq!(r.switch("green").await.status, 200);
     let after = get(&r.url("/v1/models")).await.unwrap();
     assert_eq!(after.header("x-cutover-color"), "green");

@@ -1,0 +1,265 @@
+use super::*;
+
+const EVENTS: [fn() -> Event; 5] = [
+    || Event::Done,
+    || Event::Failed("x".into()),
+    || Event::Approve,
+    || Event::Abort("y".into()),
+    || Event::Interrupted,
+];
+
+fn plans() -> Vec<Plan> {
+    let mut v = Vec::new();
+    for manual in [false, true] {
+        for has_previous in [false, true] {
+            v.push(Plan { manual, has_previous });
+        }
+    }
+    v
+}
+
+fn run(plan: Plan, events: &[Event]) -> (Release, Vec<Phase>) {
+    let mut r = Release::new(plan);
+    let mut seen = vec![r.phase];
+    for e in events {
+        if r.apply(e).is_ok() {
+            seen.push(r.phase);
+        }
+    }
+    (r, seen)
+}
+
+#[test]
+fn happy_path_auto_with_previous_goes_through_every_phase() {
+    let plan = Plan {
+        manual: false,
+        has_previous: true,
+    };
+    let (r, seen) = run(plan, &vec![Event::Done; 8]);
+    assert_eq!(r.outcome, Some(Outcome::Completed));
+    use Phase::*;
+    assert_eq!(
+        seen,
+        vec![
+            Provisioning,
+            WaitingHealthy,
+            WarmingUp,
+            SmokeTesting,
+            PreSwitchHooks,
+            Switching,
+            Verifying,
+            Completed
+        ]
+    );
+}
+
+#[test]
+fn first_release_skips_approval_and_verification() {
+    let (r, seen) = run(
+        Plan {
+            manual: true,
+            has_previous: false,
+        },
+        &vec![Event::Done; 7],
+    );
+    assert_eq!(r.outcome, Some(Outcome::Completed));
+    assert!(!seen.contains(&Phase::AwaitingApproval));
+    assert!(!seen.contains(&Phase::Verifying));
+}
+
+#[test]
+fn manual_release_waits_for_approval() {
+    let mut r = Release::new(Plan {
+        manual: true,
+        has_previous: true,
+    });
+    for _ in 0..4 {
+        r.apply(&Event::Done).unwrap();
+    }
+    assert_eq!(r.phase, Phase::AwaitingApproval);
+    assert!(r.apply(&Event::Done).is_err(), "work finishing cannot approve");
+    assert_eq!(r.apply(&Event::Approve), Ok(Phase::PreSwitchHooks));
+}
+
+#[test]
+fn abort_works_before_the_switch_only() {
+    let mut r = Release::new(Plan {
+        manual: false,
+        has_previous: true,
+    });
+    r.apply(&Event::Done).unwrap();
+    assert_eq!(r.apply(&Event::Abort("stop".into())), Ok(Phase::Aborted));
+    assert_eq!(r.outcome, Some(Outcome::Aborted));
+
+    let mut r = Release::new(Plan {
+        manual: false,
+        has_previous: true,
+    });
+    while r.phase != Phase::Verifying {
+        r.apply(&Event::Done).unwrap();
+    }
+    let e = r.apply(&Event::Abort("stop".into())).unwrap_err();
+    assert!(e.reason.contains("roll back"), "{e}");
+    assert_eq!(r.apply(&Event::Failed("gate".into())), Ok(Phase::RolledBack));
+    assert_eq!(r.outcome, Some(Outcome::RolledBack));
+}
+
+#[test]
+fn a_failed_switch_is_an_abort_not_a_rollback() {
+    let mut r = Release::new(Plan {
+        manual: false,
+        has_previous: true,
+    });
+    while r.phase != Phase::Switching {
+        r.apply(&Event::Done).unwrap();
+    }
+    assert_eq!(r.apply(&Event::Failed("store read-only".into())), Ok(Phase::Aborted));
+}
+
+/// Every sequence of up to 7 events, for every plan: the machine never reaches an invalid
+/// state. Invariants:
+/// - phases only move forward, and a terminal phase or an outcome ends all change;
+/// - an outcome is set exactly when the release ended;
+/// - `completed` is reached only through `switching` (and `verifying` when there is a
+///   previous color); `rolled_back` only after the switch and only with a previous color;
+/// - `awaiting_approval` only for manual releases with a previous color, and it is left only
+///   by an approval or an abort.
+#[test]
+fn no_event_sequence_reaches_an_invalid_state() {
+    let mut checked = 0u64;
+    for plan in plans() {
+        let n = EVENTS.len();
+        for len in 0..=7u32 {
+            for code in 0..n.pow(len) {
+                let mut c = code;
+                let events: Vec<Event> = (0..len)
+                    .map(|_| {
+                        let e = EVENTS[c % n]();
+                        c /= n;
+                        e
+                    })
+                    .collect();
+                let mut r = Release::new(plan);
+                let mut path = vec![r.phase];
+                for e in &events {
+                    let before = r.clone();
+                    match r.apply(e) {
+                        Ok(p) => {
+                            assert!(before.outcome.is_none(), "changed after the end: {events:?}");
+                            if before.phase == Phase::AwaitingApproval && p != Phase::AwaitingApproval {
+                                assert!(
+                                    matches!(e, Event::Approve | Event::Abort(_) | Event::Failed(_)),
+                                    "left approval by {e:?}"
+                                );
+                            }
+                            if !p.is_terminal() {
+                                assert!(p >= before.phase, "went back: {before:?} -> {p:?}");
+                            }
+                            if *path.last().unwrap() != p {
+                                path.push(p);
+                            }
+                        }
+                        Err(_) => assert_eq!(r, before, "a refused event changed the state"),
+                    }
+                }
+                assert_eq!(
+                    r.outcome.is_some(),
+                    r.phase.is_terminal() || r.outcome == Some(Outcome::Interrupted)
+                );
+                if r.phase == Phase::Completed {
+                    assert!(path.contains(&Phase::Switching), "{path:?}");
+                    assert_eq!(path.contains(&Phase::Verifying), plan.has_previous, "{path:?}");
+                }
+                if r.phase == Phase::RolledBack {
+                    assert!(plan.has_previous && path.contains(&Phase::Verifying), "{path:?}");
+                }
+                if path.contains(&Phase::AwaitingApproval) {
+                    assert!(plan.manual && plan.has_previous);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300_000, "{checked}");
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_error_rate: 0.01,
+        max_p99: Some(Duration::from_secs(3)),
+        min_requests: 20,
+    }
+}
+
+#[test]
+fn too_few_requests_is_inconclusive_not_failing() {
+    let v = judge(
+        &Window {
+            requests: 5,
+            errors: 5,
+            p99: Some(Duration::from_secs(10)),
+            all_unhealthy: false,
+        },
+        &limits(),
+    );
+    assert_eq!(v.result, GateResult::Inconclusive);
+    assert!(v.reason.contains("only 5 requests"), "{}", v.reason);
+    assert!(v.gates.iter().all(|g| g.result != GateResult::Failing));
+}
+
+#[test]
+fn error_rate_breach_fails_with_a_reason_that_quotes_figures() {
+    let v = judge(
+        &Window {
+            requests: 40,
+            errors: 5,
+            p99: Some(Duration::from_millis(100)),
+            all_unhealthy: false,
+        },
+        &limits(),
+    );
+    assert_eq!(v.result, GateResult::Failing);
+    assert_eq!(v.reason, "error rate 12.5% > 1.0% over 40 requests");
+    let g = v.gates.iter().find(|g| g.name == "error_rate").unwrap();
+    assert_eq!((g.value, g.result), (Some(0.125), GateResult::Failing));
+}
+
+#[test]
+fn slow_p99_fails_and_healthy_window_passes() {
+    let v = judge(
+        &Window {
+            requests: 100,
+            errors: 0,
+            p99: Some(Duration::from_secs(5)),
+            all_unhealthy: false,
+        },
+        &limits(),
+    );
+    assert_eq!(v.result, GateResult::Failing);
+    assert!(v.reason.starts_with("p99 latency 5s > 3s"), "{}", v.reason);
+    let v = judge(
+        &Window {
+            requests: 100,
+            errors: 1,
+            p99: Some(Duration::from_millis(250)),
+            all_unhealthy: false,
+        },
+        &limits(),
+    );
+    assert_eq!(v.result, GateResult::Passing);
+}
+
+#[test]
+fn all_unhealthy_fails_even_without_traffic() {
+    let v = judge(
+        &Window {
+            requests: 0,
+            errors: 0,
+            p99: None,
+            all_unhealthy: true,
+        },
+        &limits(),
+    );
+    assert_eq!(v.result, GateResult::Failing);
+    assert!(v.reason.starts_with("every endpoint of the new color is unhealthy"));
+}
