@@ -578,11 +578,19 @@ impl Ctx<'_> {
         })
     }
 
+    /// The config file's folder, absolute: managed processes and hooks run from it.
+    fn dir(&self) -> PathBuf {
+        let abs = std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf());
+        abs.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(p)
+            self.dir().join(p)
         }
     }
 
@@ -828,7 +836,7 @@ impl Ctx<'_> {
             }
         }
         Ok(Config {
-            path: self.path.to_path_buf(),
+            path: std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf()),
             admin,
             store,
             services,

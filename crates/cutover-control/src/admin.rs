@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +35,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/switch", post(switch))
         .route("/v1/services/{svc}/rollback", post(rollback))
         .route("/v1/services/{svc}/history", get(history))
+        .route("/v1/services/{svc}/releases", post(start_release).get(list_releases))
+        .route("/v1/services/{svc}/releases/{id}", get(get_release))
+        .route("/v1/services/{svc}/releases/{id}/approve", post(approve))
+        .route("/v1/services/{svc}/releases/{id}/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -102,7 +106,11 @@ async fn list_services(State(st): State<AdminState>) -> Result<Json<Value>, ApiE
 
 fn service_json(st: &AdminState, name: &str) -> Result<Value, ApiError> {
     let svc = st.ctl.service(name)?;
-    serde_json::to_value(svc.status(None)).map_err(|e| ApiError::internal(e.to_string()))
+    let release = st
+        .ctl
+        .active_release_doc(name)
+        .map(|d| serde_json::to_value(d).unwrap_or_default());
+    serde_json::to_value(svc.status(release)).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn get_service(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -153,6 +161,9 @@ struct RollbackBody {
     #[serde(default)]
     force: bool,
     reason: Option<String>,
+    /// The previous color was scaled down: release its version again through the pipeline.
+    #[serde(default)]
+    redeploy: bool,
 }
 
 async fn rollback(
@@ -160,16 +171,90 @@ async fn rollback(
     Path(svc): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
     let b: RollbackBody = parse_body(body)?;
+    if b.redeploy {
+        let s = st.ctl.service(&svc)?;
+        let live = s.proxy.table().live_color();
+        let version = live
+            .and_then(|c| s.status(None).colors.get(&c.other()).and_then(|c| c.version.clone()))
+            .ok_or_else(|| ApiError::conflict("no_previous_version", "there is no previous version to redeploy"))?;
+        let doc = st.ctl.start_release(&svc, &version, &actor(&headers)).await?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "release": doc }))).into_response());
+    }
     let out = st
         .ctl
         .rollback(&svc, actor(&headers), b.reason.unwrap_or_default(), b.force)
         .await?;
-    Ok(Json(
-        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version}),
-    ))
+    let v = json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    version: String,
+}
+
+async fn start_release(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    st.ctl.service(&svc)?;
+    let b: ReleaseBody = parse_body(body)?;
+    if b.version.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "request body: missing field `version`",
+        ));
+    }
+    let doc = st.ctl.start_release(&svc, &b.version, &actor(&headers)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::to_value(doc).unwrap_or_default()),
+    )
+        .into_response())
+}
+
+async fn list_releases(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
+    let r = st.ctl.releases(&svc, 50).await?;
+    Ok(Json(json!({"service": svc, "releases": r})))
+}
+
+fn release_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", format!("release id must be a number, got {id:?}")))
+}
+
+async fn get_release(
+    State(st): State<AdminState>,
+    Path((svc, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let doc = st.ctl.release_doc(&svc, release_id(&id)?).await?;
+    Ok(Json(serde_json::to_value(doc).unwrap_or_default()))
+}
+
+async fn approve(
+    State(st): State<AdminState>,
+    Path((svc, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let id = release_id(&id)?;
+    st.ctl.approve(&svc, id, &actor(&headers))?;
+    Ok(Json(json!({"id": id, "approved": true})))
+}
+
+async fn abort(
+    State(st): State<AdminState>,
+    Path((svc, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let id = release_id(&id)?;
+    st.ctl.abort(&svc, id, &actor(&headers))?;
+    Ok(Json(json!({"id": id, "aborting": true})))
 }
 
 #[derive(Deserialize)]

@@ -27,6 +27,11 @@ pub struct ServiceCtl {
     pub proxy: Arc<Service>,
     pub health: HealthSpec,
     slots: Mutex<[Option<Slot>; 2]>,
+    /// Overrides of a color's displayed state (`provisioning`, `warm`, `stopped`, `stale`,
+    /// `failed`); `None` means it is derived: live, idle or empty.
+    states: Mutex<[Option<&'static str>; 2]>,
+    /// Managed processes this cutover started (adopted ones are not our children).
+    pub(crate) children: Mutex<Vec<(Color, tokio::process::Child)>>,
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -126,6 +131,14 @@ pub struct ServiceStatus {
 }
 
 impl ServiceCtl {
+    pub(crate) fn set_state(&self, c: Color, state: Option<&'static str>) {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)] = state;
+    }
+
+    pub(crate) fn state(&self, c: Color) -> Option<&'static str> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
+    }
+
     pub(crate) fn route(&self, c: Color) -> Option<Arc<ColorRoute>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
             .as_ref()
@@ -169,6 +182,8 @@ impl ServiceCtl {
             let Some(r) = self.route(c) else { continue };
             let state = if table.live_color() == Some(c) {
                 "live"
+            } else if let Some(s) = self.state(c) {
+                s
             } else if r.version.is_some() {
                 "idle"
             } else {
@@ -216,6 +231,10 @@ pub struct Controller {
     pub services: BTreeMap<String, Arc<ServiceCtl>>,
     pub store: Arc<Store>,
     pub config: Config,
+    /// The release in progress per service (at most one).
+    pub(crate) active: Mutex<std::collections::HashMap<String, crate::release::Active>>,
+    /// Pending scale-downs of old colors, per service.
+    pub(crate) scale_downs: crate::release::ScaleDowns,
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -271,6 +290,8 @@ impl Controller {
                 proxy: svc,
                 health,
                 slots: Mutex::new([None, None]),
+                states: Mutex::new([None, None]),
+                children: Mutex::new(Vec::new()),
                 op: tokio::sync::Mutex::new(()),
             });
             ctl.install(Color::Blue, state.blue_version.clone());
@@ -285,11 +306,79 @@ impl Controller {
             );
             services.insert(name.clone(), ctl);
         }
-        Ok(Controller {
+        let ctl = Controller {
             services,
             store,
             config,
-        })
+            active: Mutex::new(Default::default()),
+            scale_downs: Mutex::new(Default::default()),
+        };
+        for svc in ctl.services.values() {
+            ctl.interrupt_unfinished(svc)?;
+            ctl.adopt(svc)?;
+        }
+        Ok(ctl)
+    }
+
+    /// Keeps the managed processes a previous cutover started that are still the same
+    /// processes (pid and start time); forgets the rest.
+    fn adopt(&self, svc: &ServiceCtl) -> anyhow::Result<()> {
+        if !matches!(svc.cfg.environments, Environments::Managed(_)) {
+            return Ok(());
+        }
+        let name = &svc.cfg.name;
+        let records = self.store.processes(name)?;
+        let live = svc.proxy.table().live_color();
+        for c in Color::ALL {
+            let mine: Vec<_> = records.iter().filter(|p| p.color == c.as_str()).cloned().collect();
+            let (alive, dead): (Vec<_>, Vec<_>) = mine.into_iter().partition(crate::supervisor::alive);
+            for p in &alive {
+                tracing::info!(service = %name, color = %c, pid = p.pid, version = %p.version, port = p.port, "adopted running model server");
+            }
+            if !dead.is_empty() {
+                tracing::warn!(service = %name, color = %c, gone = dead.len(), "managed processes from before the restart are gone");
+                self.store.remove_processes(name, c.as_str())?;
+                for p in &alive {
+                    self.store.put_process(p)?;
+                }
+            }
+            if alive.is_empty() && live != Some(c) && svc.route(c).is_some_and(|r| r.version.is_some()) {
+                svc.set_state(c, Some("stopped"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Work a previous process left scheduled: the scale-down of an old color.
+    pub fn resume(self: &Arc<Controller>) {
+        for svc in self.services.values() {
+            let Ok(rows) = self.store.releases(&svc.cfg.name, 1) else {
+                continue;
+            };
+            let Some((id, v)) = rows.into_iter().next() else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_value::<crate::release::ReleaseDoc>(v) else {
+                continue;
+            };
+            if let (Some(at), Some(prev), false) = (doc.scale_down_at, doc.previous_color, doc.scaled_down) {
+                if doc.outcome == Some(cutover_release::Outcome::Completed)
+                    && svc.proxy.table().live_color() != Some(prev)
+                {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    svc.set_state(prev, Some("warm"));
+                    self.schedule_scale_down(
+                        svc.clone(),
+                        prev,
+                        std::time::Duration::from_secs(at.saturating_sub(now)),
+                        id,
+                    );
+                }
+            }
+        }
     }
 
     pub fn service(&self, name: &str) -> Result<&Arc<ServiceCtl>, ApiError> {
@@ -445,6 +534,13 @@ impl Controller {
             ));
         };
         let target = live.other();
+        if svc.state(target) == Some("stopped") && !force {
+            let v = svc.route(target).and_then(|r| r.version.clone()).unwrap_or_default();
+            return Err(ApiError::conflict(
+                "scaled_down",
+                format!("{target} ({v}) was scaled down, so a rollback is no longer one switch; run `cutover rollback {} --redeploy` to release {v} again through the pipeline", svc.cfg.name),
+            ));
+        }
         if svc.route(target).is_none_or(|r| r.version.is_none()) {
             return Err(ApiError::conflict(
                 "no_previous_version",

@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`controller`]: services, colors, switch and rollback (store first, then publish).
+//! - [`release`]: the release pipeline driver (phases, warm-up, smoke, hooks, verification,
+//!   rollback, scale-down).
+//! - [`supervisor`]: managed model-server processes (start, stop, adopt).
 //! - [`admin`]: the admin API routes, bearer-token auth and JSON errors.
 //! - [`server`]: start-up sequencing and graceful shutdown for `cutover serve`.
 //! - [`token`]: the admin token file.
@@ -13,7 +16,9 @@
 pub mod admin;
 pub mod controller;
 pub mod error;
+pub mod release;
 pub mod server;
+pub mod supervisor;
 pub mod token;
 
 pub use controller::Controller;

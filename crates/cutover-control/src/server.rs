@@ -30,6 +30,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     let store = Store::open(&config.store.path)
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
     let ctl = Arc::new(Controller::build(config.clone(), store)?);
+    ctl.resume();
 
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await

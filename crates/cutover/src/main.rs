@@ -103,9 +103,34 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Release VERSION into the idle color through the whole pipeline.
+    Release {
+        service: String,
+        version: String,
+        /// Follow the release phase by phase; exit 0 when live and verified, 1 otherwise.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve the release awaiting approval.
+    Approve {
+        service: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Abort the release in progress (before the switch; live traffic is untouched).
+    Abort {
+        service: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Switch back to the previous live color.
     Rollback {
         service: String,
+        /// The previous color was scaled down: release its version again through the pipeline.
+        #[arg(long)]
+        redeploy: bool,
         #[arg(long)]
         force: bool,
         #[arg(long)]
@@ -276,15 +301,74 @@ async fn remote(cmd: Command) -> Result<(), Failure> {
                 )
             })
         }
+        Command::Release {
+            service,
+            version,
+            wait,
+            remote,
+        } => {
+            let c = Client::new(&remote)?;
+            let v = c
+                .post(
+                    &format!("/v1/services/{service}/releases"),
+                    &serde_json::json!({"version": version}),
+                )
+                .await?;
+            let id = v["id"].as_i64().unwrap_or(0);
+            if !wait {
+                return output::print(&remote, &v, |v| {
+                    format!(
+                        "{service}: release #{id} of {version} into {} started",
+                        v["color"].as_str().unwrap_or("?")
+                    )
+                });
+            }
+            println!(
+                "{service}: release #{id} of {version} into {}",
+                v["color"].as_str().unwrap_or("?")
+            );
+            follow(&c, &remote, &service, id).await
+        }
+        Command::Approve { service, remote } => {
+            let c = Client::new(&remote)?;
+            let id = active_release(&c, &service).await?;
+            let v = c
+                .post(
+                    &format!("/v1/services/{service}/releases/{id}/approve"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            output::print(&remote, &v, |_| format!("{service}: release #{id} approved"))
+        }
+        Command::Abort { service, remote } => {
+            let c = Client::new(&remote)?;
+            let id = active_release(&c, &service).await?;
+            let v = c
+                .post(
+                    &format!("/v1/services/{service}/releases/{id}/abort"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            output::print(&remote, &v, |_| format!("{service}: aborting release #{id}"))
+        }
         Command::Rollback {
             service,
+            redeploy,
             force,
             reason,
             remote,
         } => {
             let c = Client::new(&remote)?;
-            let body = serde_json::json!({"force": force, "reason": reason});
+            let body = serde_json::json!({"force": force, "reason": reason, "redeploy": redeploy});
             let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
+            if redeploy {
+                let id = v["release"]["id"].as_i64().unwrap_or(0);
+                println!(
+                    "{service}: redeploying {} as release #{id}",
+                    v["release"]["version"].as_str().unwrap_or("?")
+                );
+                return follow(&c, &remote, &service, id).await;
+            }
             output::print(&remote, &v, |v| {
                 format!(
                     "{service}: rolled back to {} (generation {}, version {})",
@@ -295,5 +379,31 @@ async fn remote(cmd: Command) -> Result<(), Failure> {
             })
         }
         Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } => unreachable!("handled in main"),
+    }
+}
+
+async fn active_release(c: &Client, service: &str) -> Result<i64, Failure> {
+    let v = c.get(&format!("/v1/services/{service}")).await?;
+    v["release"]["id"]
+        .as_i64()
+        .ok_or_else(|| Failure::new(1, format!("no release is in progress in {service}")))
+}
+
+/// Follows a release until it ends: 0 when completed, 1 when aborted or rolled back.
+async fn follow(c: &Client, remote: &Remote, service: &str, id: i64) -> Result<(), Failure> {
+    let doc = output::follow_release(c, service, id, remote.json).await?;
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    match doc["outcome"].as_str() {
+        Some("completed") => Ok(()),
+        other => Err(Failure::new(
+            1,
+            format!(
+                "release #{id} {}: {}",
+                other.unwrap_or("ended"),
+                doc["reason"].as_str().unwrap_or("")
+            ),
+        )),
     }
 }

@@ -65,17 +65,79 @@ pub fn history(v: &Value) -> String {
         out.push_str("  (no history yet)");
     }
     for e in entries {
+        let kind = s(&e["kind"]);
+        // Switches read "from → to"; other events name the color they concern.
+        let what = if kind == "switched" || kind == "rolled_back" {
+            format!("{} → {}", e["from"].as_str().unwrap_or("none"), s(&e["to"]))
+        } else {
+            format!("{}", s(&e["to"]))
+        };
         out.push_str(&format!(
-            "  {}  gen {:<4} {:<18} {} → {}  {}  by {}: {}\n",
+            "  {}  gen {:<4} {:<20} {:<14} {:<10} by {}: {}\n",
             s(&e["at"]),
             e["generation"],
-            s(&e["kind"]),
-            e["from"].as_str().unwrap_or("none"),
-            s(&e["to"]),
+            kind,
+            what,
             s(&e["version"]),
             s(&e["actor"]),
             s(&e["reason"])
         ));
     }
     out.trim_end().to_string()
+}
+
+/// Polls a release and prints each phase as it ends (with a live line on a terminal).
+pub async fn follow_release(c: &crate::client::Client, service: &str, id: i64, quiet: bool) -> Result<Value, Failure> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal() && !quiet;
+    let mut printed = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let doc = c.get(&format!("/v1/services/{service}/releases/{id}")).await?;
+        let phases = doc["phases"].as_array().cloned().unwrap_or_default();
+        if !quiet {
+            if tty {
+                print!("\r\x1b[2K");
+            }
+            while printed < phases.len() {
+                let p = &phases[printed];
+                if p["ended_at"].is_null() {
+                    break;
+                }
+                let ms = p["elapsed_ms"].as_u64().unwrap_or(0);
+                println!(
+                    "  {:<18} {:>7.1} s  {}",
+                    s(&p["phase"]),
+                    ms as f64 / 1000.0,
+                    s(&p["detail"])
+                );
+                printed += 1;
+            }
+            if tty && doc["outcome"].is_null() {
+                print!("  {:<18} … {:.1} s", s(&doc["phase"]), started.elapsed().as_secs_f64());
+                let gates: Vec<String> = doc["gates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| format!("{}={}", s(&g["name"]), s(&g["result"])))
+                    .collect();
+                if !gates.is_empty() {
+                    print!("  [{}]", gates.join(" "));
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+        if !doc["outcome"].is_null() {
+            if !quiet {
+                println!(
+                    "release #{id} of {} {}: {}",
+                    s(&doc["version"]),
+                    s(&doc["outcome"]),
+                    s(&doc["reason"])
+                );
+            }
+            return Ok(doc);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
