@@ -81,6 +81,17 @@ pub(crate) struct Active {
     pub(crate) signals: Arc<Signals>,
 }
 
+impl Active {
+    /// The document as the API serves it. The final transition is stored before it takes
+    /// effect (a rollback's switch comes after it), so the outcome shows only once the
+    /// release has really ended and left the active set.
+    pub(crate) fn view(&self) -> ReleaseDoc {
+        let mut d = self.doc.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        d.outcome = None;
+        d
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -225,8 +236,7 @@ impl Controller {
 
     /// The document of the release in progress, if any.
     pub fn active_release_doc(&self, name: &str) -> Option<ReleaseDoc> {
-        self.active_release(name)
-            .map(|a| a.doc.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.active_release(name).map(|a| a.view())
     }
 
     pub(crate) fn active_release(&self, name: &str) -> Option<Active> {
@@ -237,7 +247,7 @@ impl Controller {
     pub async fn release_doc(&self, name: &str, id: i64) -> Result<ReleaseDoc, ApiError> {
         self.service(name)?;
         if let Some(a) = self.active_release(name).filter(|a| a.id == id) {
-            return Ok(a.doc.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            return Ok(a.view());
         }
         let stored = blocking(&self.store, move |s| s.release(id)).await?;
         match stored {
@@ -254,7 +264,7 @@ impl Controller {
         Ok(rows
             .into_iter()
             .filter_map(|(id, v)| match &active {
-                Some(a) if a.id == id => Some(a.doc.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+                Some(a) if a.id == id => Some(a.view()),
                 _ => serde_json::from_value(v).ok(),
             })
             .collect())

@@ -70,7 +70,7 @@ pub fn history(v: &Value) -> String {
         let what = if kind == "switched" || kind == "rolled_back" {
             format!("{} → {}", e["from"].as_str().unwrap_or("none"), s(&e["to"]))
         } else {
-            format!("{}", s(&e["to"]))
+            s(&e["to"]).to_string()
         };
         out.push_str(&format!(
             "  {}  gen {:<4} {:<20} {:<14} {:<10} by {}: {}\n",

@@ -48,6 +48,10 @@ pub struct Args {
     /// Fraction of model requests (0.0-1.0) answered with HTTP 500, spread evenly.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// `VERSION=RATE`: use this error rate when running as VERSION (repeatable). Lets one
+    /// command template play a faulty release, as the demo does.
+    #[arg(long = "error-rate-for", value_parser = parse_version_rate)]
+    pub error_rate_for: Vec<(String, f64)>,
     /// Extra latency before every model response's head.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub latency: Duration,
@@ -69,6 +73,14 @@ pub struct Args {
     /// Worker threads (1 = a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+fn parse_version_rate(s: &str) -> Result<(String, f64), String> {
+    let (v, r) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected VERSION=RATE, got {s:?}"))?;
+    let r: f64 = r.parse().map_err(|_| format!("invalid rate {r:?}"))?;
+    Ok((v.to_string(), r))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,7 +142,10 @@ pub async fn run(args: Args) -> std::io::Result<()> {
 }
 
 /// Serves on an already bound listener (used by tests that want the port first).
-pub async fn serve(listener: TcpListener, args: Args) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, mut args: Args) -> std::io::Result<()> {
+    if let Some((_, rate)) = args.error_rate_for.iter().find(|(v, _)| *v == args.version) {
+        args.error_rate = *rate;
+    }
     let state = Arc::new(State {
         version: HeaderValue::from_str(&args.version).unwrap_or(HeaderValue::from_static("invalid")),
         health_failing: AtomicBool::new(args.fail_health),

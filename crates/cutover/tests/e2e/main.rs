@@ -5,10 +5,12 @@
 //! - `switching`: switches under load, keep-alive, streams that outlive a switch.
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
 //! - `config`: `cutover check` errors name file, line and key.
+//! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 
 mod admin;
 mod config;
+mod release;
 mod restart;
 mod routing;
 mod support;

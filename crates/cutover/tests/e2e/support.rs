@@ -353,6 +353,22 @@ impl Router {
         r.json()
     }
 
+    /// `cli` without blocking the test's runtime (for tests that keep traffic running).
+    pub async fn cli_async(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(CUTOVER)
+            .args(args)
+            .env("CUTOVER_ADMIN", self.admin_url(""))
+            .env("CUTOVER_TOKEN", &self.token)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs the CLI against this router; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(CUTOVER)
@@ -429,4 +445,167 @@ pub fn stream_versions(events: &[String]) -> Result<Vec<String>, String> {
                 .ok_or_else(|| format!("chunk without model: {e}"))
         })
         .collect()
+}
+
+/// Kills whatever `mock-model` listens on `port` (managed processes outlive cutover on
+/// purpose, so tests clean them up themselves).
+pub fn kill_mock_on(port: u16) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /mock/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let Some(i) = buf.find("\"pid\":") else { return };
+    let pid: String = buf[i + 6..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+}
+
+/// Ports of a managed service's two colors; their processes are killed when this drops.
+pub struct ManagedPorts {
+    pub blue: u16,
+    pub green: u16,
+}
+
+impl ManagedPorts {
+    pub fn new() -> ManagedPorts {
+        ManagedPorts {
+            blue: free_port(),
+            green: free_port(),
+        }
+    }
+}
+
+impl Drop for ManagedPorts {
+    fn drop(&mut self) {
+        kill_mock_on(self.blue);
+        kill_mock_on(self.green);
+    }
+}
+
+/// A service whose colors cutover starts itself from the mock-model template. `release` is
+/// TOML for the body of `[services.chat.release]` and its sub-tables.
+pub fn managed_service(ports: &ManagedPorts, mock_args: &[&str], release: &str) -> String {
+    let mut cmd = vec![
+        MOCK.to_string(),
+        "--port".into(),
+        "{port}".into(),
+        "--model-version".into(),
+        "{version}".into(),
+    ];
+    cmd.extend(mock_args.iter().map(|s| s.to_string()));
+    let cmd: Vec<String> = cmd.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\npreview_listen = \"{{preview}}\"\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n\
+         [services.chat.run]\ncommand = [{}]\nports = {{ blue = [{}], green = [{}] }}\nstop_timeout = \"2s\"\n\n[services.chat.release]\n{release}\n",
+        cmd.join(", "),
+        ports.blue,
+        ports.green
+    )
+}
+
+impl Router {
+    /// Starts a release and returns its id.
+    pub async fn release(&self, version: &str) -> i64 {
+        let r = self
+            .api(
+                Method::POST,
+                "/v1/services/chat/releases",
+                serde_json::json!({ "version": version }),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.json()["id"].as_i64().unwrap()
+    }
+
+    pub async fn release_doc(&self, id: i64) -> Value {
+        let r = self
+            .api(Method::GET, &format!("/v1/services/chat/releases/{id}"), Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Waits for a release to reach `phase` (or end), returning its document.
+    pub async fn wait_phase(&self, id: i64, phase: &str, timeout: Duration) -> Value {
+        wait_for(&format!("release {id} to reach {phase}"), timeout, || async {
+            let d = self.release_doc(id).await;
+            (d["phase"] == phase || !d["outcome"].is_null()).then_some(d)
+        })
+        .await
+    }
+
+    /// Waits for a release to end.
+    pub async fn wait_end(&self, id: i64, timeout: Duration) -> Value {
+        wait_for(&format!("release {id} to end"), timeout, || async {
+            let d = self.release_doc(id).await;
+            (!d["outcome"].is_null()).then_some(d)
+        })
+        .await
+    }
+}
+
+/// Sends requests through the live listener until stopped; counts successes and failures.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    pub ok: std::sync::Arc<AtomicU64>,
+    pub failed: std::sync::Arc<Mutex<Vec<String>>>,
+    pub by_version: std::sync::Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+}
+
+impl Traffic {
+    pub fn start(url: String, workers: usize, pause: Duration) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(AtomicU64::new(0));
+        let failed = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let by_version = std::sync::Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (stop, ok, failed, by_version, url) = (
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                by_version.clone(),
+                url.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                let c = http_client();
+                while !stop.load(Ordering::Relaxed) {
+                    match send(&c, Method::POST, &url, &[], r#"{"max_tokens":2}"#).await {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            *by_version
+                                .lock()
+                                .unwrap()
+                                .entry(r.header("x-cutover-version").to_string())
+                                .or_insert(0) += 1;
+                        }
+                        Ok(r) => failed.lock().unwrap().push(format!("{} {}", r.status, r.text())),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }));
+        }
+        Traffic {
+            stop,
+            handles,
+            ok,
+            failed,
+            by_version,
+        }
+    }
+
+    pub async fn stop(self) -> (u64, Vec<String>, std::collections::BTreeMap<String, u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.await;
+        }
+        let failed = self.failed.lock().unwrap().clone();
+        let by = self.by_version.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failed, by)
+    }
 }

@@ -106,7 +106,7 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
     for w in workers {
         w.await.unwrap();
     }
-    let errors = errors.lock().unwrap();
+    let errors = errors.lock().unwrap().clone();
     eprintln!(
         "switch storm: {switches} switches in {elapsed:?} ({:.0}/s), {} plain + {} streams ok, {} errors",
         switches as f64 / elapsed.as_secs_f64(),
