@@ -23,6 +23,15 @@ pub struct ServeOptions {
 
 /// Runs until SIGINT or SIGTERM, then stops accepting and drains for up to `grace`.
 pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    serve_until(config, opts, wait_for_signal()).await
+}
+
+/// Runs until `stop` resolves, then stops accepting and drains for up to `grace`.
+pub async fn serve_until(
+    config: Config,
+    opts: ServeOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let token = token::load_or_create(&config.admin.token_file)?;
     if let Some(dir) = config.store.path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create the store folder {}", dir.display()))?;
@@ -87,7 +96,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         }
     }));
 
-    wait_for_signal().await;
+    stop.await;
     tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
     let _ = stop_tx.send(true);
     let all = futures_join(tasks);

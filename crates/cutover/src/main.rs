@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod demo;
 mod output;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
+    Demo,
     /// Validate a config file without starting anything.
     Check {
         /// Config file.
@@ -168,6 +171,20 @@ fn main() -> ExitCode {
         Command::MockModel { args } => {
             let argv = std::iter::once("mock-model".to_string()).chain(args);
             mock_model::main_with_args(<mock_model::Args as Parser>::parse_from(argv))
+        }
+        Command::Demo => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    ExitCode::from(f.exit)
+                }
+            }
         }
         Command::Check { file } => match cutover_config::load(&file) {
             Ok(c) => {
@@ -378,7 +395,9 @@ async fn remote(cmd: Command) -> Result<(), Failure> {
                 )
             })
         }
-        Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } | Command::Demo => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -5,11 +5,13 @@
 //! - `switching`: switches under load, keep-alive, streams that outlive a switch.
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
 //! - `config`: `cutover check` errors name file, line and key.
+//! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 
 mod admin;
 mod config;
+mod demo;
 mod release;
 mod restart;
 mod routing;

@@ -1,0 +1,324 @@
+//! `cutover demo`: the whole story on this machine with no set-up. A router in a temporary
+//! folder with managed `mock-model` environments takes steady mixed traffic while v1, then v2
+//! are released, then a faulty v3 that verification catches and rolls back by itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::client::{Client, Failure};
+use crate::{output, Remote};
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What the traffic saw, per version.
+#[derive(Default)]
+struct Tally {
+    ok: BTreeMap<String, u64>,
+    failed: BTreeMap<String, u64>,
+    streams: u64,
+    first_failures: Vec<String>,
+}
+
+impl Tally {
+    fn fail(&mut self, version: &str, what: String) {
+        *self.failed.entry(version.to_string()).or_insert(0) += 1;
+        if self.first_failures.len() < 2 {
+            self.first_failures.push(what);
+        }
+    }
+}
+
+async fn one_request(c: &HyperClient<HttpConnector, Full<Bytes>>, url: &str, stream: bool, tally: &Mutex<Tally>) {
+    let body = if stream {
+        r#"{"stream":true,"max_tokens":20}"#
+    } else {
+        r#"{"max_tokens":4}"#
+    };
+    let req = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static request");
+    let resp = match c.request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fail("-", format!("request failed: {e}"));
+            return;
+        }
+    };
+    let status = resp.status();
+    let version = resp
+        .headers()
+        .get("x-cutover-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    match body {
+        Ok(b) if status == 200 => {
+            let text = String::from_utf8_lossy(&b);
+            // A stream must end with [DONE] and every chunk must come from one version.
+            let intact = !stream || (text.ends_with("data: [DONE]\n\n") && !text.contains("event: error"));
+            let mixed = text
+                .match_indices("\"model\":\"")
+                .any(|(i, _)| !text[i + 9..].starts_with(&format!("{version}\"")));
+            if intact && !mixed {
+                *t.ok.entry(version).or_insert(0) += 1;
+                if stream {
+                    t.streams += 1;
+                }
+            } else {
+                t.fail(&version, format!("stream from {version} cut short or mixed"));
+            }
+        }
+        Ok(b) => {
+            let why = String::from_utf8_lossy(&b).chars().take(120).collect::<String>();
+            t.fail(&version, format!("HTTP {status} from {version}: {why}"));
+        }
+        Err(e) => t.fail(&version, format!("body from {version} failed: {e}")),
+    }
+}
+
+fn start_traffic(url: String, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -> Vec<tokio::task::JoinHandle<()>> {
+    let c: HyperClient<HttpConnector, Full<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    (0..6)
+        .map(|w| {
+            let (c, url, stop, tally) = (c.clone(), url.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    one_request(&c, &url, w < 2, &tally).await;
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+fn config_text(exe: &str, admin: u16, listen: u16, blue: u16, green: u16) -> String {
+    format!(
+        r#"# Written by `cutover demo`.
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[store]
+path = "cutover.db"
+
+[services.chat]
+listen = "127.0.0.1:{listen}"
+health = {{ path = "/health", interval = "200ms", timeout = "1s" }}
+
+[services.chat.run]
+# v3 plays a faulty build: 30% of its answers are HTTP 500.
+command = [{exe:?}, "mock-model", "--port", "{{port}}", "--model-version", "{{version}}", "--token-interval", "10ms", "--error-rate-for", "v3=0.3"]
+ports = {{ blue = [{blue}], green = [{green}] }}
+stop_timeout = "5s"
+
+[services.chat.release]
+health_timeout = "30s"
+scale_down_delay = "5m"
+drain_timeout = "30s"
+warmup = {{ requests = 10, concurrency = 2, request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":4}}' }} }}
+
+[[services.chat.release.smoke]]
+name = "chat answers"
+request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":1}}' }}
+expect = {{ status = 200, json = {{ "/object" = "chat.completion" }}, max_latency = "2s" }}
+
+[services.chat.release.verify]
+bake = "8s"
+max_error_rate = 0.02
+max_p99_latency = "2s"
+min_requests = 30
+"#
+    )
+}
+
+async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
+    let v = c
+        .post("/v1/services/chat/releases", &serde_json::json!({ "version": version }))
+        .await?;
+    let id = v["id"].as_i64().unwrap_or(0);
+    println!(
+        "\n▶ release #{id}: {version} into {}",
+        v["color"].as_str().unwrap_or("?")
+    );
+    output::follow_release(c, "chat", id, false).await
+}
+
+pub async fn run() -> Result<(), Failure> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, format!("cannot create {}: {e}", dir.display())))?;
+    let exe = std::env::current_exe().map_err(|e| Failure::new(1, format!("cannot find my own binary: {e}")))?;
+    let ports = (|| Ok::<_, std::io::Error>((free_port()?, free_port()?, free_port()?, free_port()?)))()
+        .map_err(|e| Failure::new(1, format!("no free port: {e}")))?;
+    let (admin, listen, blue, green) = ports;
+    let cfg_path = dir.join("cutover.toml");
+    std::fs::write(
+        &cfg_path,
+        config_text(&exe.to_string_lossy(), admin, listen, blue, green),
+    )
+    .map_err(|e| Failure::new(1, e.to_string()))?;
+    let config = cutover_config::load(&cfg_path).map_err(|e| Failure::new(2, e.to_string()))?;
+    let store_path = config.store.path.clone();
+
+    println!("cutover demo — everything runs on this machine, in {}", dir.display());
+    println!("  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}");
+    println!("  model servers: managed `mock-model` processes, blue on :{blue}, green on :{green}");
+    println!("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cutover_control::server::serve_until(
+        config,
+        cutover_control::server::ServeOptions {
+            grace: Duration::from_secs(5),
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let remote = Remote {
+        admin: Some(format!("http://127.0.0.1:{admin}")),
+        token: None,
+        token_file: Some(dir.join("admin.token")),
+        config: None,
+        json: false,
+    };
+    let story = async {
+        let mut up = false;
+        for _ in 0..100 {
+            if std::fs::metadata(dir.join("admin.token")).is_ok() {
+                if let Ok(c) = Client::new(&remote) {
+                    if c.get("/v1/services").await.is_ok() {
+                        up = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !up {
+            return Err(Failure::new(1, "the router did not come up"));
+        }
+        let c = Client::new(&remote)?;
+        story(&c, listen, started).await
+    };
+    let result = tokio::select! {
+        r = story => r,
+        _ = tokio::signal::ctrl_c() => Err(Failure::new(1, "interrupted")),
+    };
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    // Managed model servers outlive cutover on purpose; the demo cleans up after itself.
+    if let Ok(store) = cutover_store::Store::open(&store_path) {
+        if let Ok(procs) = store.processes("chat") {
+            cutover_control::supervisor::stop(&procs, Duration::from_secs(5)).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure> {
+    let v1 = release(c, "v1").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let traffic = start_traffic(
+        format!("http://127.0.0.1:{listen}/v1/chat/completions"),
+        stop.clone(),
+        tally.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_v2 = snapshot(&tally);
+    let v2 = release(c, "v2").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_v2 = snapshot(&tally);
+    let v3 = release(c, "v3").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Relaxed);
+    for t in traffic {
+        let _ = t.await;
+    }
+    let status = c.get("/v1/services/chat").await?;
+    println!("\n{}", output::status(&status));
+
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    println!("\nSummary ({:.0} s)", started.elapsed().as_secs_f64());
+    println!("  {:<8} {:>10} {:>8}", "version", "served", "failed");
+    let mut versions: Vec<&String> = t.ok.keys().chain(t.failed.keys()).collect();
+    versions.sort();
+    versions.dedup();
+    for v in versions {
+        println!(
+            "  {:<8} {:>10} {:>8}",
+            v,
+            t.ok.get(v).unwrap_or(&0),
+            t.failed.get(v).unwrap_or(&0)
+        );
+    }
+    println!("  streams completed intact: {}", t.streams);
+    let ms = |d: &Value, k: &str| {
+        d[k].as_f64()
+            .map(|x| format!("{x:.1} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("  {:<28} {:>12} {:>14}", "release", "outcome", "time");
+    println!(
+        "  {:<28} {:>12} {:>14}",
+        "v1 (first, straight to live)",
+        v1["outcome"].as_str().unwrap_or("?"),
+        format!("switch {}", ms(&v1, "switch_ms"))
+    );
+    println!(
+        "  {:<28} {:>12} {:>14}",
+        "v2 (verified)",
+        v2["outcome"].as_str().unwrap_or("?"),
+        format!("switch {}", ms(&v2, "switch_ms"))
+    );
+    println!(
+        "  {:<28} {:>12} {:>14}",
+        "v3 (30% errors)",
+        v3["outcome"].as_str().unwrap_or("?"),
+        format!("rollback {}", ms(&v3, "rollback_ms"))
+    );
+    let v2_window_failures = after_v2.1.saturating_sub(before_v2.1);
+    println!("  failed requests across the v1 → v2 release: {v2_window_failures}");
+    if let Some(r) = v3["reason"].as_str() {
+        println!("  v3 was rolled back because: {r}");
+    }
+    for f in &t.first_failures {
+        println!("    e.g. {f}");
+    }
+    let ok = v1["outcome"] == "completed"
+        && v2["outcome"] == "completed"
+        && v3["outcome"] == "rolled_back"
+        && v2_window_failures == 0;
+    if ok {
+        println!("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught and rolled back by itself.");
+        Ok(())
+    } else {
+        Err(Failure::new(1, "the demo did not go as expected (see above)"))
+    }
+}
+
+/// (successes, failures) so far.
+fn snapshot(t: &Mutex<Tally>) -> (u64, u64) {
+    let t = t.lock().unwrap_or_else(|p| p.into_inner());
+    (t.ok.values().sum(), t.failed.values().sum())
+}

@@ -1,0 +1,22 @@
+//! `cutover demo`, the README's first command, runs to its happy end.
+
+use std::process::Command;
+
+use crate::support::CUTOVER;
+
+#[test]
+fn demo_ships_v2_with_zero_failures_and_rolls_back_v3() {
+    let out = Command::new(CUTOVER).arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("release #1 of v1 completed"), "{text}");
+    assert!(text.contains("release #2 of v2 completed: bake of 8s passed"), "{text}");
+    assert!(text.contains("release #3 of v3 rolled_back: error rate"), "{text}");
+    assert!(text.contains("failed requests across the v1 → v2 release: 0"), "{text}");
+    assert!(text.contains("chat  live: green"), "v2 is live at the end: {text}");
+}
