@@ -207,7 +207,15 @@ async fn idle(addr: String, path: String, n: u64, hold: Duration) {
     for _ in 0..n {
         match async {
             let mut s = connect(&addr).await.ok()?;
-            let resp = s.send_request(Request::get(path.as_str()).header("host", addr.as_str()).body(Full::new(Bytes::new())).ok()?).await.ok()?;
+            let resp = s
+                .send_request(
+                    Request::get(path.as_str())
+                        .header("host", addr.as_str())
+                        .body(Full::new(Bytes::new()))
+                        .ok()?,
+                )
+                .await
+                .ok()?;
             resp.into_body().collect().await.ok()?;
             Some(s)
         }
@@ -224,12 +232,32 @@ async fn idle(addr: String, path: String, n: u64, hold: Duration) {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         match cli.mode {
-            Mode::Rate { addr, path, rps, connections, duration, body } => rate(addr, path, rps, connections, duration, body).await,
-            Mode::Stream { addr, path, streams, tokens } => stream(addr, path, streams, tokens).await,
-            Mode::Idle { addr, path, connections, hold } => idle(addr, path, connections, hold).await,
+            Mode::Rate {
+                addr,
+                path,
+                rps,
+                connections,
+                duration,
+                body,
+            } => rate(addr, path, rps, connections, duration, body).await,
+            Mode::Stream {
+                addr,
+                path,
+                streams,
+                tokens,
+            } => stream(addr, path, streams, tokens).await,
+            Mode::Idle {
+                addr,
+                path,
+                connections,
+                hold,
+            } => idle(addr, path, connections, hold).await,
         }
     });
 }

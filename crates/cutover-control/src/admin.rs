@@ -26,6 +26,14 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct AdminState {
     pub ctl: Arc<Controller>,
     pub token: Token,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+impl AdminState {
+    pub fn new(ctl: Arc<Controller>, token: Token) -> AdminState {
+        let metrics = Arc::new(crate::metrics::registry(ctl.clone()));
+        AdminState { ctl, token, metrics }
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -42,6 +50,7 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see GET /openapi.json") })
         .method_not_allowed_fallback(|| async {
@@ -49,6 +58,31 @@ pub fn router(state: AdminState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
+    let body = crate::metrics::render(&st.metrics);
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response()
+    } else {
+        let text = crate::metrics::to_prometheus_text(&body);
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response()
+    }
 }
 
 async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {

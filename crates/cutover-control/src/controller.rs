@@ -32,6 +32,9 @@ pub struct ServiceCtl {
     states: Mutex<[Option<&'static str>; 2]>,
     /// Managed processes this cutover started (adopted ones are not our children).
     pub(crate) children: Mutex<Vec<(Color, tokio::process::Child)>>,
+    /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
+    pub(crate) switches: std::sync::atomic::AtomicU64,
+    pub(crate) rollbacks: std::sync::atomic::AtomicU64,
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -292,6 +295,8 @@ impl Controller {
                 slots: Mutex::new([None, None]),
                 states: Mutex::new([None, None]),
                 children: Mutex::new(Vec::new()),
+                switches: Default::default(),
+                rollbacks: Default::default(),
                 op: tokio::sync::Mutex::new(()),
             });
             ctl.install(Color::Blue, state.blue_version.clone());
@@ -476,6 +481,10 @@ impl Controller {
         })
         .await?;
         svc.publish(Some(to), state.generation);
+        svc.switches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if req.kind == "rolled_back" {
+            svc.rollbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(
             service = %svc.cfg.name,
             from = previous.map(Color::as_str).unwrap_or("none"),

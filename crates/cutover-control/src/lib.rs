@@ -6,6 +6,7 @@
 //! - [`release`]: the release pipeline driver (phases, warm-up, smoke, hooks, verification,
 //!   rollback, scale-down).
 //! - [`supervisor`]: managed model-server processes (start, stop, adopt).
+//! - [`metrics`]: Prometheus exposition read from the data plane's counters at scrape time.
 //! - [`admin`]: the admin API routes, bearer-token auth and JSON errors.
 //! - [`server`]: start-up sequencing and graceful shutdown for `cutover serve`.
 //! - [`token`]: the admin token file.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod controller;
 pub mod error;
+pub mod metrics;
 pub mod release;
 pub mod server;
 pub mod supervisor;

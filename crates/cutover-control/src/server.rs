@@ -79,10 +79,7 @@ pub async fn serve_until(
             opts.grace,
         )));
     }
-    let app = admin::router(AdminState {
-        ctl: ctl.clone(),
-        token,
-    });
+    let app = admin::router(AdminState::new(ctl.clone(), token));
     tracing::info!(listen = %admin_listener.local_addr()?, "admin API listening");
     let mut admin_stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {

@@ -6,12 +6,14 @@
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
 //! - `config`: `cutover check` errors name file, line and key.
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `observability`: metrics match the traffic and pass promtool.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 
 mod admin;
 mod config;
 mod demo;
+mod observability;
 mod release;
 mod restart;
 mod routing;

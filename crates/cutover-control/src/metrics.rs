@@ -1,0 +1,268 @@
+//! Prometheus metrics at `GET /metrics`, rendered at scrape time from the data plane's own
+//! lock-free counters: the request path pays nothing for them beyond its atomic adds.
+
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use cutover_proxy::stats::{Histogram, BUCKETS_US};
+use cutover_proxy::{Color, ColorRoute, Health};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::controller::{Controller, ServiceCtl};
+
+struct ControllerCollector(Arc<Controller>);
+
+impl fmt::Debug for ControllerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ControllerCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A per-color counter: name, help, and how to read it.
+type ColorCounter = (&'static str, &'static str, fn(&ColorRoute) -> u64);
+
+fn color_labels(svc: &ServiceCtl, r: &ColorRoute) -> Labels {
+    vec![
+        ("service", svc.cfg.name.clone()),
+        ("color", r.color.as_str().to_string()),
+        ("version", r.version.clone().unwrap_or_default()),
+    ]
+}
+
+/// Every (service, color route) pair, in a stable order.
+fn routes(ctl: &Controller) -> Vec<(Arc<ServiceCtl>, Arc<ColorRoute>)> {
+    let mut out = Vec::new();
+    for svc in ctl.services.values() {
+        for c in Color::ALL {
+            if let Some(r) = svc.route(c) {
+                out.push((svc.clone(), r));
+            }
+        }
+    }
+    out
+}
+
+fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> fmt::Result {
+    let s = h.snapshot();
+    let mut buckets: Vec<(f64, u64)> = BUCKETS_US
+        .iter()
+        .zip(s.buckets.iter())
+        .map(|(b, n)| (*b as f64 / 1e6, *n))
+        .collect();
+    buckets.push((f64::MAX, s.buckets[BUCKETS_US.len()]));
+    m.encode_family(labels)?
+        .encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, s.count(), &buckets, None)
+}
+
+impl Collector for ControllerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let ctl = &self.0;
+        let routes = routes(ctl);
+
+        let mut m = enc.encode_descriptor(
+            "cutover_requests",
+            "Responses by status code (proxy-made errors included)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (svc, r) in &routes {
+            for (code, n) in r.stats.codes() {
+                let mut l = color_labels(svc, r);
+                l.push(("code", code.to_string()));
+                m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_request_duration_seconds",
+            "Request arrival to last response byte",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (svc, r) in &routes {
+            histogram(&mut m, &color_labels(svc, r), &r.stats.duration)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_time_to_first_byte_seconds",
+            "Request arrival to response head: time to first token for streams",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (svc, r) in &routes {
+            histogram(&mut m, &color_labels(svc, r), &r.stats.ttfb)?;
+        }
+        let counters: [ColorCounter; 4] = [
+            (
+                "cutover_stream_events",
+                "Server-sent events relayed (derive tokens/s)",
+                |r| r.stats.stream_events.load(Relaxed),
+            ),
+            (
+                "cutover_upstream_failures",
+                "Requests the proxy failed for the upstream (no endpoint, connect, timeout, bad response)",
+                |r| r.stats.upstream_failures.load(Relaxed),
+            ),
+            (
+                "cutover_aborted_bodies",
+                "Response bodies cut short after the head was sent",
+                |r| r.stats.aborted_bodies.load(Relaxed),
+            ),
+            (
+                "cutover_drain_closed",
+                "Requests closed at the drain deadline of an old color",
+                |r| r.stats.drain_closed.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (svc, r) in &routes {
+                m.encode_family(&color_labels(svc, r))?
+                    .encode_counter::<NoLabelSet, _, u64>(&get(r), None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_in_flight",
+            "Requests whose response has not finished",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (svc, r) in &routes {
+            m.encode_family(&color_labels(svc, r))?.encode_gauge(&r.in_flight())?;
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_live_info",
+            "1 for the live color of a service, 0 for the other",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (svc, r) in &routes {
+            let live = (svc.proxy.table().live_color() == Some(r.color)) as i64;
+            m.encode_family(&color_labels(svc, r))?.encode_gauge(&live)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_endpoint_healthy",
+            "1 healthy, 0 unhealthy, -1 not checked yet",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (svc, r) in &routes {
+            for e in &r.endpoints {
+                let mut l = color_labels(svc, r);
+                l.push(("endpoint", e.addr.to_string()));
+                let v: i64 = match e.health() {
+                    Health::Healthy => 1,
+                    Health::Unhealthy => 0,
+                    Health::Unknown => -1,
+                };
+                m.encode_family(&l)?.encode_gauge(&v)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_generation",
+            "Switches ever made (survives restarts)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for svc in ctl.services.values() {
+            let l: Labels = vec![("service", svc.cfg.name.clone())];
+            m.encode_family(&l)?
+                .encode_gauge(&(svc.proxy.table().generation as i64))?;
+        }
+        for (name, help, kind) in [
+            (
+                "cutover_switches",
+                "Switches made by this process (rollbacks included)",
+                0,
+            ),
+            ("cutover_rollbacks", "Rollbacks made by this process", 1),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for svc in ctl.services.values() {
+                let l: Labels = vec![("service", svc.cfg.name.clone())];
+                let v = if kind == 0 {
+                    svc.switches.load(Relaxed)
+                } else {
+                    svc.rollbacks.load(Relaxed)
+                };
+                m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "cutover_release_phase_info",
+            "1 for the phase of the release in progress",
+            None,
+            MetricType::Gauge,
+        )?;
+        for svc in ctl.services.values() {
+            if let Some(d) = ctl.active_release_doc(&svc.cfg.name) {
+                let l: Labels = vec![
+                    ("service", svc.cfg.name.clone()),
+                    ("release", d.id.to_string()),
+                    ("version", d.version.clone()),
+                    ("color", d.color.as_str().to_string()),
+                    ("phase", d.phase.as_str().to_string()),
+                ];
+                m.encode_family(&l)?.encode_gauge(&1i64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A registry whose one collector reads the controller at every scrape.
+pub fn registry(ctl: Arc<Controller>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(ControllerCollector(ctl)));
+    r
+}
+
+/// The text exposition.
+pub fn render(r: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; an encoder error would be a bug in a label.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, r) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+/// The same exposition in the Prometheus text format 0.0.4, for clients that do not ask for
+/// OpenMetrics (curl, promtool, older scrapers): counter families are named with their
+/// `_total` suffix and there is no `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_name_in_prometheus_text() {
+        let om = "# HELP x_requests Reqs.\n# TYPE x_requests counter\nx_requests_total{a=\"b\"} 3\n# HELP y Gauge.\n# TYPE y gauge\ny 1\n# EOF\n";
+        let t = to_prometheus_text(om);
+        assert_eq!(t, "# HELP x_requests_total Reqs.\n# TYPE x_requests_total counter\nx_requests_total{a=\"b\"} 3\n# HELP y Gauge.\n# TYPE y gauge\ny 1\n");
+    }
+}
