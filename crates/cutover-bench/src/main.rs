@@ -100,10 +100,7 @@ async fn rate(addr: String, path: String, rps: u64, conns: u64, duration: Durati
     for i in 0..conns {
         let (addr, path, body, lat, failed) = (addr.clone(), path.clone(), body.clone(), lat.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut send = match connect(&addr).await {
-                Ok(s) => Some(s),
-                Err(_) => None,
-            };
+            let mut send = connect(&addr).await.ok();
             let mut local = Vec::new();
             // Stagger the connections evenly over one interval.
             let mut due = start + per_conn.mul_f64(i as f64 / conns as f64);
