@@ -43,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/switch", post(switch))
         .route("/v1/services/{svc}/rollback", post(rollback))
         .route("/v1/services/{svc}/history", get(history))
+        .route("/v1/services/{svc}/series", get(series))
         .route("/v1/services/{svc}/releases", post(start_release).get(list_releases))
         .route("/v1/services/{svc}/releases/{id}", get(get_release))
         .route("/v1/services/{svc}/releases/{id}/approve", post(approve))
@@ -51,6 +52,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .route("/openapi.json", get(openapi))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see GET /openapi.json") })
         .method_not_allowed_fallback(|| async {
@@ -58,6 +61,28 @@ pub fn router(state: AdminState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything is inline and served from here: nothing loads from elsewhere.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+async fn series(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
+    let points = st.ctl.series(&svc)?;
+    Ok(Json(json!({"service": svc, "interval_s": crate::controller::SAMPLE_EVERY.as_secs(), "points": points})))
 }
 
 async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
@@ -305,4 +330,41 @@ async fn history(
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let h = st.ctl.history(&svc, limit).await?;
     Ok(Json(json!({ "service": svc, "history": h })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every route the router declares, as (METHOD, path), read from this file's source.
+    fn declared_routes() -> BTreeSet<(String, String)> {
+        let src = include_str!("admin.rs");
+        let mut out = BTreeSet::new();
+        for line in src.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+            let path = line[8..].split('"').next().unwrap().to_string();
+            let rest = &line[8 + path.len()..];
+            for m in ["get", "post", "put", "delete", "patch"] {
+                if rest.contains(&format!(" {m}(")) || rest.contains(&format!(".{m}(")) || rest.contains(&format!(", {m}(")) {
+                    out.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes_the_router_serves() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for m in ["get", "post", "put", "delete", "patch"] {
+                if item.get(m).is_some() {
+                    documented.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let declared = declared_routes();
+        assert!(declared.len() >= 14, "the source scan found the routes: {declared:?}");
+        assert_eq!(declared, documented, "router and /openapi.json disagree");
+    }
 }

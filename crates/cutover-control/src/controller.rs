@@ -32,6 +32,8 @@ pub struct ServiceCtl {
     states: Mutex<[Option<&'static str>; 2]>,
     /// Managed processes this cutover started (adopted ones are not our children).
     pub(crate) children: Mutex<Vec<(Color, tokio::process::Child)>>,
+    /// Requests/s and error rate per color over the last minutes, for the dashboard.
+    pub(crate) series: Mutex<Series>,
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
     pub(crate) switches: std::sync::atomic::AtomicU64,
     pub(crate) rollbacks: std::sync::atomic::AtomicU64,
@@ -83,6 +85,35 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<SocketAddr> {
         }
     }
 }
+
+/// One sample of a color's traffic.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColorPoint {
+    pub version: Option<String>,
+    pub rps: f64,
+    pub error_rate: f64,
+    pub in_flight: i64,
+}
+
+/// One sample of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Unix time, seconds.
+    pub t: u64,
+    pub live: Option<Color>,
+    pub colors: BTreeMap<Color, ColorPoint>,
+}
+
+/// A small in-memory time series (a few minutes), sampled by [`Controller::sample`].
+#[derive(Default)]
+pub struct Series {
+    pub points: std::collections::VecDeque<Point>,
+    last: Vec<(Arc<ColorRoute>, cutover_proxy::StatsSnapshot)>,
+}
+
+/// How many samples the dashboard series keeps (at [`SAMPLE_EVERY`], six minutes).
+pub const SERIES_LEN: usize = 180;
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a switch did.
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +328,7 @@ impl Controller {
                 children: Mutex::new(Vec::new()),
                 switches: Default::default(),
                 rollbacks: Default::default(),
+                series: Default::default(),
                 op: tokio::sync::Mutex::new(()),
             });
             ctl.install(Color::Blue, state.blue_version.clone());
@@ -502,6 +534,45 @@ impl Controller {
             generation: state.generation,
             version: route.version.clone(),
         })
+    }
+
+    /// Takes one sample of every service's traffic per color (called every [`SAMPLE_EVERY`]).
+    pub fn sample(&self) {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        for svc in self.services.values() {
+            let mut series = svc.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut colors = BTreeMap::new();
+            let mut last = Vec::new();
+            for c in Color::ALL {
+                let Some(r) = svc.route(c) else { continue };
+                let now = r.stats.snapshot();
+                // A new route (new version) starts from zero, not from the old route's counts.
+                let prev = series.last.iter().find(|(pr, _)| Arc::ptr_eq(pr, &r)).map(|(_, s)| *s).unwrap_or_default();
+                let w = now.since(&prev);
+                let secs = SAMPLE_EVERY.as_secs_f64();
+                colors.insert(
+                    c,
+                    ColorPoint {
+                        version: r.version.clone(),
+                        rps: w.requests as f64 / secs,
+                        error_rate: w.error_rate().unwrap_or(0.0),
+                        in_flight: r.in_flight(),
+                    },
+                );
+                last.push((r, now));
+            }
+            series.last = last;
+            series.points.push_back(Point { t, live: svc.proxy.table().live_color(), colors });
+            while series.points.len() > SERIES_LEN {
+                series.points.pop_front();
+            }
+        }
+    }
+
+    pub fn series(&self, name: &str) -> Result<Vec<Point>, ApiError> {
+        let svc = self.service(name)?;
+        let s = svc.series.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(s.points.iter().cloned().collect())
     }
 
     pub async fn history(&self, name: &str, limit: u32) -> Result<Vec<HistoryEntry>, ApiError> {

@@ -40,6 +40,15 @@ pub async fn serve_until(
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
     let ctl = Arc::new(Controller::build(config.clone(), store)?);
     ctl.resume();
+    let sampler = ctl.clone();
+    let sampling = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::controller::SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            sampler.sample();
+        }
+    });
+    let _sampling = AbortOnDrop(sampling);
 
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
@@ -125,5 +134,14 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Stops a background task when the server returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
