@@ -83,14 +83,14 @@ def setup(binp):
     body = json.dumps({"object": "chat.completion", "model": "bench", "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 900}}]})
     open(os.path.join(WORK, "upstream.conf"), "w").write(f"""
 worker_processes 1; daemon off; pid {WORK}/upstream.pid; error_log /dev/null;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 9000; }}
 http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{P['upstream']} backlog=4096; default_type application/json;
     location / {{ return 200 '{body}'; }} }} }}
 """)
     open(os.path.join(WORK, "nginx.conf"), "w").write(f"""
-worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log /dev/null; worker_rlimit_nofile 65536;
-events {{ worker_connections 20000; }}
+worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log /dev/null; 
+events {{ worker_connections 9000; }}
 http {{ access_log off; keepalive_requests 1000000;
   upstream u {{ server 127.0.0.1:{P['upstream']}; keepalive 64; keepalive_requests 1000000; }}
   upstream s {{ server 127.0.0.1:{P['mock_a']}; keepalive 64; }}
@@ -101,7 +101,7 @@ http {{ access_log off; keepalive_requests 1000000;
     open(os.path.join(WORK, "haproxy.cfg"), "w").write(f"""
 global
   nbthread 1
-  maxconn 20000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s
@@ -109,6 +109,7 @@ defaults
   timeout server 300s
   http-reuse always
   option http-keep-alive
+  option http-no-delay
 frontend f
   bind 127.0.0.1:{P['haproxy']}
   default_backend u
@@ -188,7 +189,8 @@ def main():
     WORK = tempfile.mkdtemp(prefix="cutover-bench-")
     try:
         import resource
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
     pids = setup(binp)

@@ -123,7 +123,10 @@ struct Proxied {
     guard: Option<Guard>,
     /// The upstream connection, given back to `endpoint`'s pool after a clean end.
     conn: Option<(Arc<Endpoint>, Conn)>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Armed only when the body first has to wait: most small bodies never do, and a timer
+    /// registration per request is measurable on the request path.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `text/event-stream`: events are counted and an upstream failure is told in-band.
     sse: bool,
     last_was_newline: bool,
@@ -154,7 +157,8 @@ impl RespBody {
             inner,
             guard: Some(guard),
             conn: Some(conn),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            sleep: None,
             sse,
             last_was_newline: false,
             state: State::Streaming,
@@ -260,7 +264,9 @@ impl Body for RespBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if p.deadline.as_mut().poll(cx).is_ready() {
+                let deadline = p.deadline;
+                let sleep = p.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
                     return p.fail("request timeout: the whole exchange took longer than limits.request_timeout");
                 }
                 Poll::Pending
