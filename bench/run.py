@@ -155,6 +155,10 @@ version = "b"
     for port in [P["upstream"], P["mock_a"], P["mock_b"], P["cutover"], P["admin"], P["nginx"], P["haproxy"]]:
         wait_port(port)
     time.sleep(0.5)
+    for _ in range(100):  # the nginx master forks its worker after it binds
+        if children(ng.pid):
+            break
+        time.sleep(0.05)
     pids["nginx"] = [ng.pid] + children(ng.pid)
     pids["haproxy"] = [hp.pid] + children(hp.pid)
     admin("/v1/services/bench/switch", {"to": "blue"})
@@ -285,6 +289,8 @@ def report(med, lat, streams, storm, switches, storm_secs, mem, lowest, quick):
     ratios = []
     for o in ["nginx", "haproxy"]:
         ot = med[o]["user_us"] + med[o]["sys_us"]
+        if not ot:
+            continue
         ratios.append(f"cutover/{o}: throughput {c['rps'] / med[o]['rps']:.2f}×, CPU per request {ct / ot:.2f}×")
     lines += ["", "Ratios: " + "; ".join(ratios) + ".", ""]
     lines += [f"### Latency added over direct at a fixed rate (open loop, 16 connections; lowest capacity {lowest:.0f}/s)", "",

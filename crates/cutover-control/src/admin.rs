@@ -68,7 +68,10 @@ async fn dashboard() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             // Everything is inline and served from here: nothing loads from elsewhere.
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:",
+            ),
             (header::X_FRAME_OPTIONS, "DENY"),
         ],
         include_str!("dashboard.html"),
@@ -77,12 +80,18 @@ async fn dashboard() -> Response {
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn series(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
     let points = st.ctl.series(&svc)?;
-    Ok(Json(json!({"service": svc, "interval_s": crate::controller::SAMPLE_EVERY.as_secs(), "points": points})))
+    Ok(Json(
+        json!({"service": svc, "interval_s": crate::controller::SAMPLE_EVERY.as_secs(), "points": points}),
+    ))
 }
 
 async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
@@ -344,7 +353,10 @@ mod tests {
             let path = line[8..].split('"').next().unwrap().to_string();
             let rest = &line[8 + path.len()..];
             for m in ["get", "post", "put", "delete", "patch"] {
-                if rest.contains(&format!(" {m}(")) || rest.contains(&format!(".{m}(")) || rest.contains(&format!(", {m}(")) {
+                if rest.contains(&format!(" {m}("))
+                    || rest.contains(&format!(".{m}("))
+                    || rest.contains(&format!(", {m}("))
+                {
                     out.insert((m.to_uppercase(), path.clone()));
                 }
             }

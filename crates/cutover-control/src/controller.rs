@@ -538,7 +538,10 @@ impl Controller {
 
     /// Takes one sample of every service's traffic per color (called every [`SAMPLE_EVERY`]).
     pub fn sample(&self) {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         for svc in self.services.values() {
             let mut series = svc.series.lock().unwrap_or_else(|p| p.into_inner());
             let mut colors = BTreeMap::new();
@@ -547,7 +550,12 @@ impl Controller {
                 let Some(r) = svc.route(c) else { continue };
                 let now = r.stats.snapshot();
                 // A new route (new version) starts from zero, not from the old route's counts.
-                let prev = series.last.iter().find(|(pr, _)| Arc::ptr_eq(pr, &r)).map(|(_, s)| *s).unwrap_or_default();
+                let prev = series
+                    .last
+                    .iter()
+                    .find(|(pr, _)| Arc::ptr_eq(pr, &r))
+                    .map(|(_, s)| *s)
+                    .unwrap_or_default();
                 let w = now.since(&prev);
                 let secs = SAMPLE_EVERY.as_secs_f64();
                 colors.insert(
@@ -562,7 +570,11 @@ impl Controller {
                 last.push((r, now));
             }
             series.last = last;
-            series.points.push_back(Point { t, live: svc.proxy.table().live_color(), colors });
+            series.points.push_back(Point {
+                t,
+                live: svc.proxy.table().live_color(),
+                colors,
+            });
             while series.points.len() > SERIES_LEN {
                 series.points.pop_front();
             }

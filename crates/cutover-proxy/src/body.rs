@@ -265,7 +265,9 @@ impl Body for RespBody {
             }
             Poll::Pending => {
                 let deadline = p.deadline;
-                let sleep = p.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let sleep = p
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     return p.fail("request timeout: the whole exchange took longer than limits.request_timeout");
                 }

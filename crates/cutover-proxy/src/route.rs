@@ -186,15 +186,23 @@ impl ColorRoute {
     }
 
     /// Round-robin over routable endpoints, skipping `exclude` (the one that just failed).
+    ///
+    /// When health checks call every endpoint down, all of them are tried anyway (Envoy's
+    /// "panic" routing): a probe that times out on a loaded machine must not turn a working
+    /// model server into 503s, and a server that is really down fails fast with a connect
+    /// error all the same.
     pub(crate) fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Relaxed);
-        (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.routable() && exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
+        let candidates = || {
+            (0..n)
+                .map(move |i| &self.endpoints[(start + i) % n])
+                .filter(|e| exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
+        };
+        candidates().find(|e| e.routable()).or_else(|| candidates().next())
     }
 
     /// True when at least one endpoint is known healthy.

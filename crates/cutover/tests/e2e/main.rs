@@ -5,14 +5,18 @@
 //! - `switching`: switches under load, keep-alive, streams that outlive a switch.
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
 //! - `config`: `cutover check` errors name file, line and key.
+//! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 
 mod admin;
 mod config;
+mod dashboard;
 mod demo;
+mod hardening;
 mod observability;
 mod release;
 mod restart;

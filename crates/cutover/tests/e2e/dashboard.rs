@@ -1,0 +1,48 @@
+//! The dashboard in a real browser: headless Chromium (Debian's) driven by playwright-core.
+//! It must show what the API says, and a click on "Switch" must switch and show it.
+//! Screenshots land in target/dashboard-{before,after}.png.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_api_state_and_switches_on_click() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("tests/browser/dashboard.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (bash .ci/run does) and install chromium"
+    );
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    // Some traffic, so the chart has something to draw.
+    for _ in 0..20 {
+        get(&r.url("/v1/models")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Under the clone's target/ even when CARGO_TARGET_DIR points elsewhere: CI keeps it.
+    let target = root.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let shot = target.join("dashboard");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(r.admin_url(""))
+        .arg(&r.token)
+        .arg(&shot)
+        .output()
+        .await
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {text}");
+    assert!(text.contains("ok: blue -> green, generation 2"), "{text}");
+    assert_eq!(r.status().await["live"], "green");
+    assert!(target.join("dashboard-after.png").exists());
+}
