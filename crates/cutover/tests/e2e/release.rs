@@ -336,3 +336,138 @@ async fn good_release_under_load_fails_no_request() {
     );
     assert!(ok > 50);
 }
+
+#[tokio::test]
+async fn warm_up_failing_aborts_before_any_traffic_moves() {
+    let release = "warmup = { requests = 10, concurrency = 2, request = { method = \"POST\", path = \"/v1/chat/completions\", body = '{}' } }\n";
+    let (r, _b, green) = static_router(&["--error-rate", "1.0"], release).await;
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "aborted");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("warm-up of") && reason.contains("10 of 10 requests failed"),
+        "{reason}"
+    );
+    assert_eq!(
+        green.stats().await["model_requests"],
+        10,
+        "warm-up went to green directly"
+    );
+    assert_eq!(live(&r).await, ("blue".into(), 1));
+}
+
+#[tokio::test]
+async fn killing_the_new_model_server_during_verification_rolls_back() {
+    let ports = ManagedPorts::new();
+    let release = "[services.chat.release.verify]\nbake = \"60s\"\nmin_requests = 1000\n";
+    let r = Router::start(&managed_service(&ports, &[], release)).await;
+    let id = r.release("v1").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    let id = r.release("v2").await;
+    r.wait_phase(id, "verifying", Duration::from_secs(30)).await;
+    kill_mock_on(ports.green);
+    let d = r.wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "rolled_back");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("every endpoint of the new color is unhealthy"),
+        "{d}"
+    );
+    assert_eq!(live(&r).await.0, "blue");
+    let c = http_client();
+    for _ in 0..20 {
+        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+            .await
+            .unwrap();
+        assert_eq!((resp.status.as_u16(), resp.header("x-cutover-version")), (200, "v1"));
+    }
+}
+
+#[tokio::test]
+async fn rollback_after_scale_down_redeploys_the_previous_version_through_the_pipeline() {
+    let ports = ManagedPorts::new();
+    let release = format!("scale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
+    let r = Router::start(&managed_service(&ports, &[], &release)).await;
+    for v in ["v1", "v2"] {
+        let id = r.release(v).await;
+        assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    }
+    wait_for("blue to be scaled down", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["state"] == "stopped").then_some(())
+    })
+    .await;
+    let (code, out, err) = r.cli_async(&["rollback", "chat", "--redeploy"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("redeploying v1 as release #3"), "{out}");
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["blue"]["version"].as_str()),
+        (Some("blue"), Some("v1"))
+    );
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v1"
+    );
+}
+
+#[tokio::test]
+async fn manual_release_promotes_itself_after_auto_promote_after() {
+    let release = format!("promotion = \"manual\"\nauto_promote_after = \"300ms\"\n{VERIFY_SHORT}");
+    let (r, _b, _g) = static_router(&[], &release).await;
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "completed");
+    let approved = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "awaiting_approval")
+        .unwrap()
+        .clone();
+    assert_eq!(approved["detail"], "approved by auto_promote_after (300ms)");
+}
+
+#[tokio::test]
+async fn abort_tears_the_managed_idle_color_down_and_leaves_live_alone() {
+    let ports = ManagedPorts::new();
+    let r = Router::start(&managed_service(
+        &ports,
+        &[],
+        &format!("promotion = \"manual\"\n{VERIFY_SHORT}"),
+    ))
+    .await;
+    let id = r.release("v1").await;
+    assert_eq!(
+        r.wait_end(id, Duration::from_secs(30)).await["outcome"],
+        "completed",
+        "the first release needs no approval"
+    );
+    let id = r.release("v2").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    assert!(
+        get(&format!("http://127.0.0.1:{}/health", ports.green)).await.is_ok(),
+        "green runs v2 while it waits"
+    );
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.wait_end(id, Duration::from_secs(20)).await["outcome"], "aborted");
+    wait_for("green's process to stop", Duration::from_secs(10), || async {
+        get(&format!("http://127.0.0.1:{}/health", ports.green))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["state"].as_str()),
+        (Some("blue"), Some("stopped"))
+    );
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v1"
+    );
+}
