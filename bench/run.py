@@ -343,6 +343,12 @@ if __name__ == "__main__":
         main()
     finally:
         for p in procs:
+            # nginx's worker outlives a killed master and keeps the port: kill children first.
+            for c in children(p.pid):
+                try:
+                    os.kill(c, signal.SIGKILL)
+                except OSError:
+                    pass
             try:
                 p.send_signal(signal.SIGKILL)
             except OSError:
