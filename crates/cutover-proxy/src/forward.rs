@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -153,12 +154,8 @@ impl Forwarder {
                 ),
             ));
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+        // A refcounted handle on the client's path, not a copy.
+        let path = parts.uri.path_and_query().cloned();
         let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
         let mut retried = false;
         let first_byte_deadline = tokio::time::Instant::from_std(started) + settings.first_byte_timeout;
@@ -170,7 +167,7 @@ impl Forwarder {
                 &mut upstream_req,
                 endpoint,
                 settings.protocol,
-                &path,
+                path.as_ref(),
                 original_host.as_ref(),
             );
             let attempt = tokio::time::timeout_at(first_byte_deadline, send(endpoint, upstream_req));
@@ -239,14 +236,17 @@ fn prepare(
     req: &mut Request<ReqBody>,
     endpoint: &Endpoint,
     protocol: Protocol,
-    path: &str,
+    path: Option<&PathAndQuery>,
     host: Option<&HeaderValue>,
 ) {
     match protocol {
         Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            if let Ok(u) = Uri::try_from(path) {
-                *req.uri_mut() = u;
+            // HTTP/1.1 clients already send origin-form; only HTTP/2 clients' absolute URIs
+            // need rewriting.
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                let pq = path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
             }
             if !req.headers().contains_key(header::HOST) {
                 let h = host
@@ -266,7 +266,7 @@ fn prepare(
             if let Ok(u) = Uri::builder()
                 .scheme("http")
                 .authority(authority)
-                .path_and_query(path)
+                .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
                 .build()
             {
                 *req.uri_mut() = u;
