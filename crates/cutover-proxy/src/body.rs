@@ -136,8 +136,12 @@ struct Proxied {
 #[derive(PartialEq)]
 enum State {
     Streaming,
-    /// An error event went out; the next poll fails the body so the client sees a cut.
+    /// An error event was handed to hyper. The next poll yields once, so hyper flushes the
+    /// event to the client before the failure aborts the connection (it does not flush
+    /// buffered data when a body fails).
     FailAfterEvent,
+    /// The event is out: fail the body so the client also sees the transfer cut.
+    FailNow,
     Done,
 }
 
@@ -233,6 +237,11 @@ impl Body for RespBody {
         match p.state {
             State::Done => return Poll::Ready(None),
             State::FailAfterEvent => {
+                p.state = State::FailNow;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            State::FailNow => {
                 p.state = State::Done;
                 p.guard = None;
                 return Poll::Ready(Some(Err("upstream stream failed".into())));

@@ -216,3 +216,217 @@ async fn slow_clients_are_cut_at_the_header_timeout_and_others_are_served() {
     let (_, when) = cut.expect("the slow connections were closed before they finished their headers");
     assert!(when < Duration::from_secs(6), "closed after {when:?}");
 }
+
+/// Files made immutable for the life of the guard (so a failing test leaves no undeletable files).
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(files: Vec<std::path::PathBuf>) -> Immutable {
+        chattr("+i", &files);
+        Immutable(files)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+fn chattr(flag: &str, paths: &[std::path::PathBuf]) {
+    for p in paths.iter().filter(|p| p.exists()) {
+        let st = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(p)
+            .status()
+            .expect("chattr (e2fsprogs) is installed");
+        assert!(
+            st.success(),
+            "chattr {flag} {} (the tests run as root in CI)",
+            p.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn unwritable_store_refuses_switches_and_releases_and_the_data_plane_keeps_serving() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    // Immutable files: every write fails, as on a read-only or failing disk (root ignores
+    // modes). Not the -shm file: SQLite maps it, and a write to a mapped immutable file is a
+    // SIGBUS, which no real disk failure produces.
+    let files: Vec<_> = ["cutover.db", "cutover.db-wal"]
+        .iter()
+        .map(|f| r.dir.path().join(f))
+        .collect();
+    let guard = Immutable::set(files);
+    let refused = r.switch("green").await;
+    let rel = r
+        .api(Method::POST, "/v1/services/chat/releases", json!({"version": "v9"}))
+        .await;
+    let served = get(&r.url("/v1/models")).await.unwrap();
+    drop(guard);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "store_unavailable");
+    assert!(refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the change was not made"));
+    assert_eq!(rel.status, 503, "{}", rel.text());
+    assert_eq!(
+        (served.status.as_u16(), served.header("x-cutover-color")),
+        (200, "blue"),
+        "still serving the live color"
+    );
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["generation"].as_u64()),
+        (Some("blue"), Some(1)),
+        "nothing acknowledged that was not stored"
+    );
+    // Once the disk is back, so are switches.
+    assert_eq!(r.switch("green").await.status, 200);
+    assert_eq!(r.status().await["generation"], 2);
+}
+
+/// Makes the close an RST (SO_LINGER 0), as a crashed upstream's is. With a zero timeout the
+/// drop does not block, which is what the deprecation warns about.
+#[allow(deprecated)]
+fn reset_on_drop(s: &tokio::net::TcpStream) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+}
+
+/// A misbehaving upstream: `mode` decides what it does with each connection.
+async fn bad_upstream(mode: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if text.starts_with("GET /health") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        continue;
+                    }
+                    match mode {
+                        "malformed" => {
+                            let _ = s.write_all(b"HTTP/1.1 abc\r\n\xff\xfe garbage\r\n\r\n").await;
+                            return;
+                        }
+                        "reset_mid_body" => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial...")
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            reset_on_drop(&s);
+                            return;
+                        }
+                        "reset_mid_stream" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                            let _ = s.write_all(b"10\r\ndata: {\"a\":1}\n\n\r\n").await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            reset_on_drop(&s);
+                            return;
+                        }
+                        // Answers, then closes the keep-alive connection at once, as servers
+                        // with short keep-alive timeouts do.
+                        _ => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn router_with_blue_on(port: u16) -> (Router, Mock) {
+    let green = Mock::start("v2", &[]).await;
+    let cfg = format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\npreview_listen = \"{{preview}}\"\nhealth = {{ path = \"/health\", interval = \"200ms\" }}\n\
+         [services.chat.blue]\nendpoints = [\"127.0.0.1:{port}\"]\nversion = \"v1\"\n[services.chat.green]\nendpoints = [\"{}\"]\nversion = \"v2\"\n",
+        green.addr()
+    );
+    let r = Router::start(&cfg).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    (r, green)
+}
+
+#[tokio::test]
+async fn malformed_upstream_response_is_a_clear_502() {
+    let (r, _g) = router_with_blue_on(bad_upstream("malformed").await).await;
+    let resp = get(&r.url("/x")).await.unwrap();
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.json()["error"]["code"], "upstream_bad_response", "{}", resp.text());
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_cuts_the_response_visibly_and_others_are_fine() {
+    let (r, _g) = router_with_blue_on(bad_upstream("reset_mid_body").await).await;
+    let resp = send(&http_client(), Method::GET, &r.url("/x"), &[], "").await;
+    assert!(
+        resp.is_err(),
+        "a cut body must not look complete: {:?}",
+        resp.map(|r| r.text())
+    );
+    // A stream reset mid-way ends with an error event the client can see.
+    let (r2, _g2) = router_with_blue_on(bad_upstream("reset_mid_stream").await).await;
+    let c = http_client();
+    let req = http::Request::get(r2.url("/s"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let mut failed = false;
+    while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+        match f {
+            Ok(f) => text.push_str(&String::from_utf8_lossy(
+                f.data_ref().map(|d| &d[..]).unwrap_or_default(),
+            )),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(text.contains("data: {\"a\":1}"), "{text}");
+    assert!(
+        text.contains("event: error") && text.contains("upstream_stream_failed"),
+        "{text}"
+    );
+    assert!(failed, "and the transfer itself ends in an error");
+    let m = get(&r2.admin_url("/metrics")).await.unwrap().text();
+    assert!(
+        m.contains("cutover_aborted_bodies_total{service=\"chat\",color=\"blue\",version=\"v1\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_closing_keep_alive_connections_costs_no_request() {
+    let (r, _g) = router_with_blue_on(bad_upstream("close_after_each").await).await;
+    let c = http_client();
+    for i in 0..50 {
+        let resp = send(&c, Method::POST, &r.url("/x"), &[], "{}").await.unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
