@@ -243,12 +243,7 @@ async fn rollback(
     st.ctl.service(&svc)?;
     let b: RollbackBody = parse_body(body)?;
     if b.redeploy {
-        let s = st.ctl.service(&svc)?;
-        let live = s.proxy.table().live_color();
-        let version = live
-            .and_then(|c| s.status(None).colors.get(&c.other()).and_then(|c| c.version.clone()))
-            .ok_or_else(|| ApiError::conflict("no_previous_version", "there is no previous version to redeploy"))?;
-        let doc = st.ctl.start_release(&svc, &version, &actor(&headers)).await?;
+        let doc = st.ctl.redeploy_previous(&svc, &actor(&headers)).await?;
         return Ok((StatusCode::ACCEPTED, Json(json!({ "release": doc }))).into_response());
     }
     let out = st

@@ -234,6 +234,18 @@ impl Controller {
         Ok(doc)
     }
 
+    /// `rollback --redeploy`: the previous color was scaled down, so release its version
+    /// again through the whole pipeline.
+    pub async fn redeploy_previous(self: &Arc<Controller>, name: &str, actor: &str) -> Result<ReleaseDoc, ApiError> {
+        let svc = self.service(name)?;
+        let version = svc
+            .table_live()
+            .and_then(|live| svc.route(live.other()))
+            .and_then(|r| r.version.clone())
+            .ok_or_else(|| ApiError::conflict("no_previous_version", "there is no previous version to redeploy"))?;
+        self.start_release(name, &version, actor).await
+    }
+
     /// The document of the release in progress, if any.
     pub fn active_release_doc(&self, name: &str) -> Option<ReleaseDoc> {
         self.active_release(name).map(|a| a.view())

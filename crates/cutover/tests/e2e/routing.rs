@@ -6,7 +6,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 use crate::support::*;
 
@@ -208,11 +207,7 @@ async fn client_disconnect_mid_stream_cancels_the_upstream_request() {
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     assert_eq!(r.switch("blue").await.status, 200);
 
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h1_connection(r.listen).await;
     let req = Request::post("/v1/chat/completions")
         .header("host", "chat")
         .body(Full::new(Bytes::from(r#"{"stream":true,"max_tokens":1000}"#)))

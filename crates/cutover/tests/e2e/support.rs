@@ -609,3 +609,18 @@ impl Traffic {
         (self.ok.load(Ordering::Relaxed), failed, by)
     }
 }
+
+/// One raw HTTP/1.1 client connection to `port` (so a test controls exactly which connection a
+/// request uses, and when it closes).
+pub async fn h1_connection(
+    port: u16,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
+}

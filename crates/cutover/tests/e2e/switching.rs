@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 
 use crate::support::*;
 
@@ -137,11 +136,7 @@ async fn keep_alive_connection_follows_the_switch() {
     assert_eq!(r.switch("blue").await.status, 200);
 
     // One TCP connection, opened before the switch, used for both requests.
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h1_connection(r.listen).await;
     let req = || {
         Request::get("/v1/models")
             .header("host", "chat")
