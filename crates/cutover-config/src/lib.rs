@@ -117,6 +117,8 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     pub preview_listen: Option<SocketAddr>,
     pub upstream_protocol: UpstreamProtocol,
+    /// One log line per request; off by default.
+    pub access_log: bool,
     pub health: HealthConfig,
     pub limits: LimitsConfig,
     pub environments: Environments,
@@ -509,6 +511,8 @@ struct RawService {
     #[serde(default)]
     upstream_protocol: UpstreamProtocol,
     #[serde(default)]
+    access_log: bool,
+    #[serde(default)]
     health: HealthConfig,
     #[serde(default)]
     limits: LimitsConfig,
@@ -811,6 +815,7 @@ impl Ctx<'_> {
                     listen,
                     preview_listen,
                     upstream_protocol: svc.upstream_protocol,
+                    access_log: svc.access_log,
                     health: svc.health,
                     limits: svc.limits,
                     environments,

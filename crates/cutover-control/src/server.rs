@@ -76,10 +76,7 @@ pub async fn serve_until(
             kind = if preview { "preview" } else { "live" },
             "data plane listening"
         );
-        let fwd = Arc::new(Forwarder {
-            service: svc.proxy.clone(),
-            preview,
-        });
+        let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
         tasks.push(tokio::spawn(listener::serve(
             l,
             fwd,

@@ -94,19 +94,53 @@ impl Body for ReqBody {
 pub(crate) struct Guard {
     pub(crate) route: Arc<ColorRoute>,
     pub(crate) started: Instant,
+    /// Present only when the service's access log is on (one allocation per request then).
+    pub(crate) access: Option<Box<Access>>,
+}
+
+/// What an access-log line says about a request, filled in as it goes.
+pub(crate) struct Access {
+    pub(crate) service: Arc<str>,
+    pub(crate) method: http::Method,
+    pub(crate) path: String,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) status: u16,
 }
 
 impl Guard {
-    pub(crate) fn new(route: Arc<ColorRoute>, started: Instant) -> Guard {
+    pub(crate) fn new(route: Arc<ColorRoute>, started: Instant, access: Option<Box<Access>>) -> Guard {
         route.stats.in_flight.fetch_add(1, Relaxed);
-        Guard { route, started }
+        Guard { route, started, access }
+    }
+
+    pub(crate) fn set_status(&mut self, status: u16) {
+        if let Some(a) = self.access.as_mut() {
+            a.status = status;
+        }
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.route.stats.in_flight.fetch_sub(1, Relaxed);
-        self.route.stats.duration.observe(self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.route.stats.duration.observe(elapsed);
+        if let Some(a) = &self.access {
+            // Written when the last byte has gone (or the client left): the duration covers
+            // the whole stream. Status 0: the client went away before the response head.
+            tracing::info!(
+                target: "cutover::access",
+                service = %a.service,
+                color = %self.route.color,
+                version = self.route.version.as_deref().unwrap_or("-"),
+                method = %a.method,
+                path = %a.path,
+                status = a.status,
+                peer = %a.peer,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
     }
 }
 

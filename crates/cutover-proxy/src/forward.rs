@@ -11,7 +11,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{BodyTooLarge, Guard, ReqBody, RespBody};
+use crate::body::{Access, BodyTooLarge, Guard, ReqBody, RespBody};
 use crate::error::{ProxyError, Source};
 use crate::route::{ColorRoute, Endpoint, Protocol, Service};
 use crate::upstream::{Conn, ConnectError, SendError};
@@ -21,6 +21,19 @@ pub struct Forwarder {
     pub service: Arc<Service>,
     /// The preview listener routes to the idle color instead of the live one.
     pub preview: bool,
+    /// The service's name, shared with access-log lines.
+    service_name: Arc<str>,
+}
+
+impl Forwarder {
+    pub fn new(service: Arc<Service>, preview: bool) -> Forwarder {
+        let service_name = Arc::from(service.name.as_str());
+        Forwarder {
+            service,
+            preview,
+            service_name,
+        }
+    }
 }
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -80,10 +93,23 @@ impl Forwarder {
             return ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg)
                 .into_response(&svc.name, None);
         };
-        let guard = Guard::new(route.clone(), started);
-        match self.forward(req, peer, &route, guard, started).await {
+        let access = svc.settings.access_log.then(|| {
+            Box::new(Access {
+                service: self.service_name.clone(),
+                method: req.method().clone(),
+                path: req.uri().path().to_string(),
+                peer,
+                status: 0,
+            })
+        });
+        let mut guard = Some(Guard::new(route.clone(), started, access));
+        match self.forward(req, peer, &route, &mut guard, started).await {
             Ok(resp) => resp,
             Err(e) => {
+                if let Some(g) = guard.as_mut() {
+                    g.set_status(e.status.as_u16());
+                }
+                drop(guard);
                 route.stats.record_status(e.status.as_u16());
                 if e.source != Source::Client {
                     route.stats.upstream_failures.fetch_add(1, Relaxed);
@@ -98,7 +124,7 @@ impl Forwarder {
         req: Request<Incoming>,
         peer: SocketAddr,
         route: &Arc<ColorRoute>,
-        guard: Guard,
+        guard: &mut Option<Guard>,
         started: Instant,
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &self.service.settings;
@@ -226,6 +252,8 @@ impl Forwarder {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let deadline = tokio::time::Instant::from_std(started) + settings.request_timeout;
+        let mut guard = guard.take().expect("the guard is taken once, here");
+        guard.set_status(parts.status.as_u16());
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }

@@ -89,6 +89,8 @@ pub struct ServiceSettings {
     pub request_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
+    /// One log line per request (target `cutover::access`), written when its last byte went.
+    pub access_log: bool,
 }
 
 impl Default for ServiceSettings {
@@ -104,6 +106,7 @@ impl Default for ServiceSettings {
             request_timeout: Duration::from_secs(3600),
             pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(60),
+            access_log: false,
         }
     }
 }

@@ -103,3 +103,42 @@ async fn metrics_count_the_traffic_per_color_and_pass_promtool() {
         "OpenMetrics for scrapers that ask for it"
     );
 }
+
+#[tokio::test]
+async fn access_log_writes_one_line_per_request_when_asked_and_none_by_default() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let on = Router::start(&static_service(&[&blue], &[&green], "access_log = true")).await;
+    let off = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    for r in [&on, &off] {
+        assert_eq!(r.switch("blue").await.status, 200);
+        assert_eq!(get(&r.url("/v1/models?x=1")).await.unwrap().status, 200);
+        assert_eq!(get(&r.url("/missing")).await.unwrap().status, 404);
+    }
+    let log = wait_for("the access lines", std::time::Duration::from_secs(5), || async {
+        let log = on.log();
+        (log.matches("cutover::access").count() >= 2).then_some(log)
+    })
+    .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("cutover::access") && l.contains("/v1/models"))
+        .unwrap();
+    for want in [
+        "service=chat",
+        "color=blue",
+        "version=\"v1\"",
+        "method=GET",
+        "status=200",
+    ] {
+        assert!(line.contains(want), "{want} in {line}");
+    }
+    assert!(
+        !line.contains("x=1"),
+        "query strings (which may carry secrets) stay out of the log: {line}"
+    );
+    assert!(log
+        .lines()
+        .any(|l| l.contains("cutover::access") && l.contains("path=/missing") && l.contains("status=404")));
+    assert!(!off.log().contains("cutover::access"), "off by default");
+}
