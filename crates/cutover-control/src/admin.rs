@@ -288,8 +288,14 @@ async fn list_releases(State(st): State<AdminState>, Path(svc): Path<String>) ->
 }
 
 fn release_id(id: &str) -> Result<i64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("release id must be a number, got {id:?}")))
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+        // A number too large to be an id names no release: 404, like any other unknown id.
+        return id.parse().map_err(|_| ApiError::not_found(format!("no release #{id}")));
+    }
+    Err(ApiError::bad_request(
+        "invalid_id",
+        format!("release id must be a number, got {id:?}"),
+    ))
 }
 
 async fn get_release(
@@ -331,7 +337,16 @@ async fn history(
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = match q.limit {
+        None => 100,
+        Some(n @ 1..=10_000) => n,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be 1 to 10000, got {n}"),
+            ))
+        }
+    };
     let h = st.ctl.history(&svc, limit).await?;
     Ok(Json(json!({ "service": svc, "history": h })))
 }

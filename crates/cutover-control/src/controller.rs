@@ -457,8 +457,8 @@ impl Controller {
             (Some(c), _) => c,
             (None, Some(live)) => live.other(),
             (None, None) => {
-                return Err(ApiError::bad_request(
-                    "missing_color",
+                return Err(ApiError::conflict(
+                    "nothing_live",
                     format!(
                         "nothing is live in service {} yet: say which color to switch to",
                         svc.cfg.name

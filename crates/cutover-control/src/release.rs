@@ -133,7 +133,10 @@ impl Controller {
         actor: &str,
     ) -> Result<ReleaseDoc, ApiError> {
         let svc = self.service(name)?.clone();
-        if version.is_empty() || version.len() > 200 || version.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if version.is_empty()
+            || version.chars().count() > 200
+            || version.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(ApiError::bad_request(
                 "invalid_version",
                 "version must be 1-200 characters without spaces or control characters",
