@@ -263,3 +263,50 @@ fn all_unhealthy_fails_even_without_traffic() {
     assert_eq!(v.result, GateResult::Failing);
     assert!(v.reason.starts_with("every endpoint of the new color is unhealthy"));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            4 => Just(Event::Done),
+            1 => Just(Event::Failed("f".into())),
+            1 => Just(Event::Approve),
+            1 => Just(Event::Abort("a".into())),
+            1 => Just(Event::Interrupted),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Long random event sequences (beyond the exhaustive 7): phases never go back, an
+        /// ended release never changes, a refused event changes nothing, and rolled_back is
+        /// reached only after verifying with a previous color to return to.
+        #[test]
+        fn long_event_sequences_keep_the_invariants(manual: bool, has_previous: bool, events in proptest::collection::vec(event(), 0..40)) {
+            let plan = Plan { manual, has_previous };
+            let mut r = Release::new(plan);
+            let mut visited = vec![r.phase];
+            for e in &events {
+                let before = r.clone();
+                match r.apply(e) {
+                    Ok(p) => {
+                        prop_assert!(before.outcome.is_none());
+                        prop_assert!(p.is_terminal() || p >= before.phase);
+                        visited.push(p);
+                    }
+                    Err(_) => prop_assert_eq!(&r, &before),
+                }
+            }
+            if r.phase == Phase::RolledBack {
+                prop_assert!(has_previous && visited.contains(&Phase::Verifying));
+            }
+            if r.phase == Phase::Completed {
+                prop_assert!(visited.contains(&Phase::Switching));
+            }
+            prop_assert_eq!(r.outcome.is_some(), r.phase.is_terminal() || r.outcome == Some(Outcome::Interrupted));
+        }
+    }
+}

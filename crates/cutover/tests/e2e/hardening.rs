@@ -430,3 +430,30 @@ async fn upstream_closing_keep_alive_connections_costs_no_request() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_and_the_cap_is_logged() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "limits = { max_connections = 3 }")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let mut idle: Vec<StdTcp> = (0..3)
+        .map(|_| StdTcp::connect(("127.0.0.1", r.listen)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = r.url("/v1/models");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a fourth connection is not served while three are open"
+    );
+    assert!(r.log().contains("connection cap reached"), "{}", r.log());
+    idle.pop();
+    let resp = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 200);
+}
