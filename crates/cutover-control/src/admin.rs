@@ -156,6 +156,27 @@ fn parse_body<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))
 }
 
+/// Runs every admin body parser on `data`, for the fuzz targets under `fuzz/`: none may
+/// panic, and each either parses or gives a 400 with a message.
+#[doc(hidden)]
+pub fn fuzz_admin_bodies(data: &[u8]) {
+    fn one<T: DeserializeOwned + Default>(data: &[u8]) -> Option<T> {
+        match parse_body::<T>(Ok(Bytes::copy_from_slice(data))) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                assert_eq!(e.status, 400, "{e}");
+                assert!(!e.message.is_empty());
+                None
+            }
+        }
+    }
+    one::<SwitchBody>(data);
+    one::<RollbackBody>(data);
+    if let Some(b) = one::<ReleaseBody>(data) {
+        let _ = crate::release::validate_version(&b.version);
+    }
+}
+
 fn actor(headers: &HeaderMap) -> String {
     headers
         .get("x-cutover-actor")

@@ -124,6 +124,21 @@ struct Run {
     phase_started: Instant,
 }
 
+/// A version label: 1-200 characters, no whitespace or control characters (it becomes a
+/// header value, a label and a command-line argument).
+pub fn validate_version(version: &str) -> Result<(), ApiError> {
+    if version.is_empty()
+        || version.chars().count() > 200
+        || version.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_version",
+            "version must be 1-200 characters without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
 impl Controller {
     /// Starts a release of `version` into the idle color. One release at a time per service.
     pub async fn start_release(
@@ -133,15 +148,7 @@ impl Controller {
         actor: &str,
     ) -> Result<ReleaseDoc, ApiError> {
         let svc = self.service(name)?.clone();
-        if version.is_empty()
-            || version.chars().count() > 200
-            || version.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(ApiError::bad_request(
-                "invalid_version",
-                "version must be 1-200 characters without spaces or control characters",
-            ));
-        }
+        validate_version(version)?;
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = active.get(name) {
             let d = a.doc.lock().unwrap_or_else(|p| p.into_inner());
