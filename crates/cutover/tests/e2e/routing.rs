@@ -267,4 +267,25 @@ async fn oversized_headers_get_431_and_oversized_bodies_413() {
     assert_eq!(resp.status, 413);
     assert_eq!(resp.json()["error"]["code"], "body_too_large");
     assert_eq!(blue.stats().await["model_requests"], 0, "nothing reached the model");
+    // A chunked body has no length up front: it is cut where it passes the limit.
+    let port = r.listen;
+    let resp = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..10 {
+            let _ = s.write_all(b"200\r\n");
+            let _ = s.write_all(&[b'z'; 512]);
+            let _ = s.write_all(b"\r\n");
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("body_too_large"), "{resp}");
 }
