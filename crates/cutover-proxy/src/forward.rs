@@ -78,7 +78,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 impl Forwarder {
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+    /// `peer_ip` is `peer`'s address as a header value, made once per connection.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, peer_ip: &HeaderValue) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
         let Some(route) = svc.target(self.preview) else {
@@ -103,7 +104,7 @@ impl Forwarder {
             })
         });
         let mut guard = Some(Guard::new(route.clone(), started, access));
-        match self.forward(req, peer, &route, &mut guard, started).await {
+        match self.forward(req, peer, peer_ip, &route, &mut guard, started).await {
             Ok(resp) => resp,
             Err(e) => {
                 if let Some(g) = guard.as_mut() {
@@ -123,6 +124,7 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        peer_ip: &HeaderValue,
         route: &Arc<ColorRoute>,
         guard: &mut Option<Guard>,
         started: Instant,
@@ -154,12 +156,13 @@ impl Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         strip_hop_by_hop(&mut parts.headers);
-        let ip = peer.ip().to_string();
+        // The common case (no X-Forwarded-For yet) reuses the connection's value: no
+        // formatting or allocation per request.
         let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
+            None => Some(peer_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         parts
@@ -400,4 +403,9 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.get(header::TE).is_none());
     }
+}
+
+/// `ip` as a header value, for `X-Forwarded-For` (made once per connection).
+pub fn ip_header(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value")
 }

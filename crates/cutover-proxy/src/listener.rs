@@ -87,9 +87,11 @@ pub async fn serve(
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
         let fwd = fwd.clone();
+        let peer_ip = crate::forward::ip_header(peer);
         let svc = hyper::service::service_fn(move |req| {
             let fwd = fwd.clone();
-            async move { Ok::<_, Infallible>(fwd.handle(req, peer).await) }
+            let peer_ip = peer_ip.clone();
+            async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
         let conn = graceful.watch(conn);
