@@ -377,6 +377,11 @@ fn classify(e: &hyper::Error, endpoint: &Endpoint) -> ProxyError {
     )
 }
 
+/// `ip` as a header value, for `X-Forwarded-For` (made once per connection).
+pub fn ip_header(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,9 +408,4 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert!(h.get(header::TE).is_none());
     }
-}
-
-/// `ip` as a header value, for `X-Forwarded-For` (made once per connection).
-pub fn ip_header(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value")
 }
