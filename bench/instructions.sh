@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: deterministic for a given binary, so it
+# shows changes of a few percent that wall-clock benchmarks on a shared 2-core machine cannot.
+# Usage: bench/instructions.sh BINARY [BINARY...]   (release builds of `cutover`)
+# Per request = (instructions at 3000 requests - at 1000) / 2000, so start-up cancels out.
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 CUTOVER_BINARY [...]" >&2; exit 2; }
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light; }
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin cutover-bench
+loadgen="${CARGO_TARGET_DIR:-$root/target}/release/cutover-bench"
+W=$(mktemp -d)
+trap 'kill $NG 2>/dev/null || true; rm -rf "$W"' EXIT
+body=$(python3 -c "print('x'*1000)")
+cat > "$W/up.conf" <<NG
+worker_processes 1; daemon off; pid $W/up.pid; error_log /dev/null;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18901; default_type application/json; location / { return 200 '$body'; } } }
+NG
+cat > "$W/c.toml" <<TOML
+[admin]
+listen = "127.0.0.1:18911"
+[services.bench]
+listen = "127.0.0.1:18910"
+health = { path = "/", interval = "1h" }
+[services.bench.blue]
+endpoints = ["127.0.0.1:18901"]
+[services.bench.green]
+endpoints = ["127.0.0.1:18901"]
+TOML
+nginx -c "$W/up.conf" & NG=$!
+echo "| binary | instructions per request |"
+echo "|---|---:|"
+for bin in "$@"; do
+  declare -A total
+  for n in 1000 3000; do
+    rm -f "$W"/cutover.db*
+    valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$W/c.toml" --threads 1 2>/dev/null & P=$!
+    for _ in $(seq 100); do curl -fs http://127.0.0.1:18911/healthz >/dev/null 2>&1 && break; sleep 0.2; done
+    curl -s -X POST -H "authorization: Bearer $(cat "$W/admin.token")" -d '{"to":"blue"}' http://127.0.0.1:18911/v1/services/bench/switch >/dev/null
+    "$loadgen" rate 127.0.0.1:18910 --rps 200 --connections 4 --duration $((n / 200))s >/dev/null
+    kill -TERM $P; wait $P 2>/dev/null || true
+    total[$n]=$(grep -E "^(summary|totals):" "$W/cg.$n" | head -1 | awk '{print $2}')
+  done
+  echo "| $bin | $(( (total[3000] - total[1000]) / 2000 )) |"
+done
