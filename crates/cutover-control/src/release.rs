@@ -486,7 +486,7 @@ impl Run {
             .guard(
                 rel.health_timeout.get(),
                 "waiting for health",
-                wait_healthy(self.ctl.clone(), self.svc.clone(), route.clone()),
+                wait_healthy(self.svc.clone(), route.clone()),
             )
             .await?;
         self.step(Event::Done, detail).await.map_err(store_err)?;
@@ -843,9 +843,8 @@ async fn provision(ctl: Arc<Controller>, svc: Arc<ServiceCtl>, active: Active) -
     Ok(detail)
 }
 
-async fn wait_healthy(ctl: Arc<Controller>, svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
+async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
     let started = Instant::now();
-    let _ = ctl;
     loop {
         if route.endpoints.iter().all(|e| e.health() == Health::Healthy) {
             return Ok(format!(
