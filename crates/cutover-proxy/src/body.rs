@@ -161,6 +161,8 @@ struct Proxied {
     /// Armed only when the body first has to wait: most small bodies never do, and a timer
     /// registration per request is measurable on the request path.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Resolves when the color is closed at its drain deadline; armed with `sleep`.
+    closed: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// `text/event-stream`: events are counted and an upstream failure is told in-band.
     sse: bool,
     last_was_newline: bool,
@@ -197,6 +199,7 @@ impl RespBody {
             conn: Some(conn),
             deadline,
             sleep: None,
+            closed: None,
             sse,
             last_was_newline: false,
             state: State::Streaming,
@@ -313,6 +316,20 @@ impl Body for RespBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     return p.fail("request timeout: the whole exchange took longer than limits.request_timeout");
+                }
+                if p.closed.is_none() {
+                    if let Some(g) = &p.guard {
+                        let mut rx = g.route.close_signal.subscribe();
+                        p.closed = Some(Box::pin(async move {
+                            let _ = rx.wait_for(|closed| *closed).await;
+                        }));
+                    }
+                }
+                if p.closed.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+                    if let Some(g) = &p.guard {
+                        g.route.stats.drain_closed.fetch_add(1, Relaxed);
+                    }
+                    return p.fail("closed: the drain deadline of the old color passed");
                 }
                 Poll::Pending
             }

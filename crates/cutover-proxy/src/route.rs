@@ -167,6 +167,9 @@ pub struct ColorRoute {
     next: AtomicUsize,
     /// Set when the drain deadline passed: streams still open are cut at their next chunk.
     pub(crate) closing: AtomicBool,
+    /// Wakes the streams that are waiting for their upstream when `closing` is set, so a
+    /// stalled stream is cut at the deadline too, not at its next chunk.
+    pub(crate) close_signal: tokio::sync::watch::Sender<bool>,
 }
 
 impl ColorRoute {
@@ -185,6 +188,7 @@ impl ColorRoute {
             stats: Arc::new(ColorStats::default()),
             next: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            close_signal: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -222,10 +226,11 @@ impl ColorRoute {
         self.stats.in_flight.load(Relaxed)
     }
 
-    /// Cut the streams still running on this color (the drain deadline has passed). Each is
-    /// counted in `drain_closed` when it notices, at its next chunk or its request deadline.
+    /// Cut the streams still running on this color (the drain deadline has passed), each
+    /// counted in `drain_closed`: at once, whether it is sending or waiting for its upstream.
     pub fn close_in_flight(&self) {
         self.closing.store(true, Relaxed);
+        self.close_signal.send_replace(true);
     }
 }
 

@@ -471,3 +471,59 @@ async fn abort_tears_the_managed_idle_color_down_and_leaves_live_alone() {
         "v1"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
+    let ports = ManagedPorts::new();
+    // One chunk at once, then one every 30 s: a stream that outlives any drain.
+    let release = format!("scale_down_delay = \"200ms\"\ndrain_timeout = \"500ms\"\n{VERIFY_SHORT}");
+    let r = Router::start(&managed_service(&ports, &["--token-interval", "30s"], &release)).await;
+    let id = r.release("v1").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    let c = http_client();
+    let req = http::Request::post(r.url("/v1/chat/completions"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"stream":true,"max_tokens":5}"#,
+        )))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        let mut cut = false;
+        while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+            match f {
+                Ok(f) => text.push_str(&String::from_utf8_lossy(
+                    f.data_ref().map(|d| &d[..]).unwrap_or_default(),
+                )),
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        (text, cut)
+    });
+    let id = r.release("v2").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    let (text, cut) = tokio::time::timeout(Duration::from_secs(15), reader)
+        .await
+        .expect("cut at the deadline, not after 2 minutes")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(cut, "the transfer ends in an error: {text}");
+    assert!(
+        text.contains("tok0") && text.contains("event: error") && text.contains("drain deadline"),
+        "{text}"
+    );
+    let m = get(&r.admin_url("/metrics")).await.unwrap().text();
+    assert!(
+        m.contains("cutover_drain_closed_total{service=\"chat\",color=\"blue\",version=\"v1\"} 1"),
+        "{m}"
+    );
+    wait_for("blue to be stopped", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["state"] == "stopped").then_some(())
+    })
+    .await;
+}
