@@ -390,21 +390,8 @@ async fn upstream_reset_mid_body_cuts_the_response_visibly_and_others_are_fine()
     let req = http::Request::get(r2.url("/s"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
-    let resp = c.request(req).await.unwrap();
-    let mut body = resp.into_body();
-    let mut text = String::new();
-    let mut failed = false;
-    while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
-        match f {
-            Ok(f) => text.push_str(&String::from_utf8_lossy(
-                f.data_ref().map(|d| &d[..]).unwrap_or_default(),
-            )),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
+    let (text, cut) = read_text(c.request(req).await.unwrap()).await;
+    let failed = cut.is_some();
     assert!(text.contains("data: {\"a\":1}"), "{text}");
     assert!(
         text.contains("event: error") && text.contains("upstream_stream_failed"),

@@ -489,21 +489,8 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
     let resp = c.request(req).await.unwrap();
     let started = std::time::Instant::now();
     let reader = tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut text = String::new();
-        let mut cut = false;
-        while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
-            match f {
-                Ok(f) => text.push_str(&String::from_utf8_lossy(
-                    f.data_ref().map(|d| &d[..]).unwrap_or_default(),
-                )),
-                Err(_) => {
-                    cut = true;
-                    break;
-                }
-            }
-        }
-        (text, cut)
+        let (text, cut) = read_text(resp).await;
+        (text, cut.is_some())
     });
     let id = r.release("v2").await;
     assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");

@@ -404,12 +404,10 @@ pub fn static_service(blue: &[&Mock], green: &[&Mock], extra: &str) -> String {
     )
 }
 
-/// Reads a streaming response to its end, returning the SSE `data:` payloads, or the error
-/// that cut it.
-pub async fn read_stream(resp: http::Response<hyper::body::Incoming>) -> (Vec<String>, Option<String>) {
+/// Reads a response body to its end: the text, and the error that cut it, if one did.
+pub async fn read_text(resp: http::Response<hyper::body::Incoming>) -> (String, Option<String>) {
     let mut body = resp.into_body();
     let mut buf = String::new();
-    let mut err = None;
     while let Some(f) = body.frame().await {
         match f {
             Ok(f) => {
@@ -417,12 +415,16 @@ pub async fn read_stream(resp: http::Response<hyper::body::Incoming>) -> (Vec<St
                     buf.push_str(&String::from_utf8_lossy(d));
                 }
             }
-            Err(e) => {
-                err = Some(e.to_string());
-                break;
-            }
+            Err(e) => return (buf, Some(e.to_string())),
         }
     }
+    (buf, None)
+}
+
+/// Reads a streaming response to its end, returning the SSE `data:` payloads, or the error
+/// that cut it.
+pub async fn read_stream(resp: http::Response<hyper::body::Incoming>) -> (Vec<String>, Option<String>) {
+    let (buf, err) = read_text(resp).await;
     let events = buf
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
