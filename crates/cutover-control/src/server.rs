@@ -87,17 +87,7 @@ pub async fn serve_until(
     }
     let app = admin::router(AdminState::new(ctl.clone(), token));
     tracing::info!(listen = %admin_listener.local_addr()?, "admin API listening");
-    let mut admin_stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let r = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    }));
+    tasks.push(tokio::spawn(serve_admin(admin_listener, app, stop_rx.clone())));
 
     stop.await;
     tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
@@ -142,3 +132,53 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Serves the admin API with the limits the data plane has: a header-read timeout (slow clients
+/// are cut), a connection cap, and a graceful stop.
+async fn serve_admin(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let cap = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = cap.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = stop.changed() => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+/// A client must send a whole admin request head within this time.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once; more wait in the listen backlog.
+const ADMIN_MAX_CONNECTIONS: usize = 256;

@@ -444,3 +444,25 @@ async fn connections_past_the_cap_wait_and_the_cap_is_logged() {
         .unwrap();
     assert_eq!(resp.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_admin_client_is_cut_at_the_header_timeout() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    let port = r.admin;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut s = StdTcp::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /v1/services HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        // The head never ends; the server must give up on it, not wait forever.
+        let _ = s.read(&mut buf);
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.status().await["name"], "chat", "others are served meanwhile");
+    let waited = slow.await.unwrap();
+    assert!(waited < Duration::from_secs(15), "cut after {waited:?}");
+}
