@@ -149,17 +149,6 @@ impl Controller {
     ) -> Result<ReleaseDoc, ApiError> {
         let svc = self.service(name)?.clone();
         validate_version(version)?;
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = active.get(name) {
-            let d = a.doc.lock().unwrap_or_else(|p| p.into_inner());
-            return Err(ApiError::conflict(
-                "release_in_progress",
-                format!(
-                    "release #{} of {} is in progress ({}); approve, abort or wait for it first",
-                    d.id, d.version, d.phase
-                ),
-            ));
-        }
         let table = svc.proxy.table();
         let previous_color = table.live_color();
         let color = previous_color.map(Color::other).unwrap_or(Color::Blue);
@@ -199,38 +188,74 @@ impl Controller {
             scale_down_at: None,
             scaled_down: false,
         };
-        // Stored synchronously while holding the map: two concurrent requests cannot both pass.
-        let value = serde_json::to_value(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
-        let id = self
-            .store
-            .insert_release(name, &value)
-            .map_err(crate::controller::store_error)?;
-        doc.id = id;
-        let value = serde_json::to_value(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
-        self.store
-            .update_release(id, &value, false)
-            .map_err(crate::controller::store_error)?;
-        let _ = self.store.record_event(
-            name,
-            "release_started",
-            Some(color.as_str()),
-            Some(version),
-            actor,
-            &format!("release #{id} of {version} into {color}"),
-            Some(id),
-        );
         let (abort_tx, abort_rx) = watch::channel(None);
+        let signals = Arc::new(Signals {
+            approve: Notify::new(),
+            approved_by: Mutex::new(None),
+            abort: abort_tx,
+        });
+        let shared = Arc::new(Mutex::new(doc.clone()));
+        // Claim the service's one release slot before any await, so two requests cannot both
+        // pass; the store writes then run off the async threads.
+        {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = active.get(name) {
+                let d = a.doc.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(ApiError::conflict(
+                    "release_in_progress",
+                    format!(
+                        "release #{} of {} is in progress ({}); approve, abort or wait for it first",
+                        d.id, d.version, d.phase
+                    ),
+                ));
+            }
+            active.insert(
+                name.to_string(),
+                Active {
+                    id: 0,
+                    doc: shared.clone(),
+                    signals: signals.clone(),
+                },
+            );
+        }
+        let stored = {
+            let (n, v, a, c) = (name.to_string(), version.to_string(), actor.to_string(), color);
+            let mut d = doc.clone();
+            blocking(&self.store, move |s| {
+                let id = s.insert_release(&n, &serde_json::to_value(&d)?)?;
+                d.id = id;
+                s.update_release(id, &serde_json::to_value(&d)?, false)?;
+                s.record_event(
+                    &n,
+                    "release_started",
+                    Some(c.as_str()),
+                    Some(&v),
+                    &a,
+                    &format!("release #{id} of {v} into {c}"),
+                    Some(id),
+                )?;
+                Ok(id)
+            })
+            .await
+        };
+        let id = match stored {
+            Ok(id) => id,
+            Err(e) => {
+                self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+                return Err(e);
+            }
+        };
+        doc.id = id;
+        shared.lock().unwrap_or_else(|p| p.into_inner()).id = id;
         let a = Active {
             id,
-            doc: Arc::new(Mutex::new(doc.clone())),
-            signals: Arc::new(Signals {
-                approve: Notify::new(),
-                approved_by: Mutex::new(None),
-                abort: abort_tx,
-            }),
+            doc: shared,
+            signals,
         };
-        active.insert(name.to_string(), a.clone());
-        drop(active);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), a.clone());
         tracing::info!(service = name, release = id, version, color = %color, actor, "release started");
         let run = Run {
             ctl: self.clone(),
