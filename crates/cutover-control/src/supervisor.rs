@@ -111,12 +111,14 @@ pub fn start(
     Ok(out)
 }
 
-fn signal_group(pid: u32, sig: &str) {
-    // `kill -SIG -- -PGID` reaches the model server and any workers it forked.
-    let _ = std::process::Command::new("kill")
+async fn signal_group(pid: u32, sig: &str) {
+    // `kill -SIG -- -PGID` reaches the model server and any workers it forked. (A child
+    // process, not libc::kill: the crates forbid unsafe code.)
+    let _ = tokio::process::Command::new("kill")
         .args([format!("-{sig}"), "--".into(), format!("-{pid}")])
         .stderr(Stdio::null())
-        .status();
+        .status()
+        .await;
 }
 
 /// Stops processes: SIGTERM to each group, then SIGKILL to those still alive after `timeout`.
@@ -124,7 +126,7 @@ pub async fn stop(procs: &[ProcessRecord], timeout: Duration) {
     let live: Vec<&ProcessRecord> = procs.iter().filter(|p| alive(p)).collect();
     for p in &live {
         tracing::info!(service = %p.service, color = %p.color, version = %p.version, pid = p.pid, "stopping model server (SIGTERM)");
-        signal_group(p.pid, "TERM");
+        signal_group(p.pid, "TERM").await;
     }
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && live.iter().any(|p| alive(p)) {
@@ -132,7 +134,7 @@ pub async fn stop(procs: &[ProcessRecord], timeout: Duration) {
     }
     for p in live.iter().filter(|p| alive(p)) {
         tracing::warn!(service = %p.service, color = %p.color, pid = p.pid, ?timeout, "model server ignored SIGTERM; sending SIGKILL");
-        signal_group(p.pid, "KILL");
+        signal_group(p.pid, "KILL").await;
     }
 }
 
