@@ -289,3 +289,98 @@ async fn oversized_headers_get_431_and_oversized_bodies_413() {
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     assert!(resp.contains("body_too_large"), "{resp}");
 }
+
+/// gRPC over h2c: an h2c upstream's trailers (`grpc-status`) reach an HTTP/2 client intact,
+/// and `te: trailers` reaches the upstream.
+#[tokio::test]
+async fn grpc_style_trailers_pass_through_h2c_both_ways() {
+    use http_body_util::BodyExt;
+
+    // A tiny h2c "gRPC" server: echoes whether it saw `te: trailers`, then sends trailers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let te = req
+                        .headers()
+                        .get("te")
+                        .map(|v| v.to_str().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", "ok".parse().unwrap());
+                    let body = Trailered {
+                        data: Some(Bytes::from(format!("te={te}"))),
+                        trailers: Some(trailers),
+                    };
+                    let mut resp = http::Response::new(body);
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let green = Mock::start("v2", &[]).await;
+    let cfg = format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\nupstream_protocol = \"h2c\"\nhealth = {{ path = \"/health\", interval = \"10m\" }}\n\
+         [services.chat.blue]\nendpoints = [\"127.0.0.1:{port}\"]\nversion = \"v1\"\n[services.chat.green]\nendpoints = [\"{}\"]\nversion = \"v2\"\n",
+        green.addr()
+    );
+    let r = Router::start(&cfg).await;
+    let forced = r
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            serde_json::json!({"to": "blue", "force": true}),
+        )
+        .await;
+    assert_eq!(forced.status, 200);
+
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://127.0.0.1:{}/model.Generate/Stream", r.listen))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-cutover-color"], "blue");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrived");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"te=trailers"));
+}
+
+/// A body of one data frame followed by trailers, as a gRPC server sends.
+struct Trailered {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for Trailered {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use hyper::body::Frame;
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
