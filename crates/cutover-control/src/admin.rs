@@ -150,7 +150,7 @@ fn parse_body<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>
         };
         ApiError::new(status, code, format!("request body: {}", e.body_text()))
     })?;
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
+    if body.is_empty() {
         return Ok(T::default());
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))

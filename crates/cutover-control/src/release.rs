@@ -515,6 +515,8 @@ impl Run {
             )
             .await?;
         self.step(Event::Done, detail).await.map_err(store_err)?;
+        // Up and healthy: no longer "provisioning", not yet live.
+        self.svc.set_state(route.color, Some("ready"));
 
         let detail = match rel.warmup.clone() {
             Some(w) => {
