@@ -333,24 +333,25 @@ impl Store {
 
     /// Releases of a service that never finished (a restart interrupted them).
     pub fn unfinished_releases(&self, service: &str) -> Result<Vec<(i64, serde_json::Value)>> {
-        let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, doc FROM releases WHERE service = ?1 AND finished = 0 ORDER BY id")?;
-        let rows = st.query_map(params![service], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, doc) = row?;
-            out.push((id, serde_json::from_str(&doc)?));
-        }
-        Ok(out)
+        self.release_docs(
+            "SELECT id, doc FROM releases WHERE service = ?1 AND finished = 0 ORDER BY id",
+            params![service],
+        )
     }
 
     /// The newest releases of a service, newest first.
     pub fn releases(&self, service: &str, limit: u32) -> Result<Vec<(i64, serde_json::Value)>> {
+        self.release_docs(
+            "SELECT id, doc FROM releases WHERE service = ?1 ORDER BY id DESC LIMIT ?2",
+            params![service, limit],
+        )
+    }
+
+    /// Runs a `SELECT id, doc FROM releases ...` and decodes each document.
+    fn release_docs(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<(i64, serde_json::Value)>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT id, doc FROM releases WHERE service = ?1 ORDER BY id DESC LIMIT ?2")?;
-        let rows = st.query_map(params![service, limit], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
+        let mut st = conn.prepare_cached(sql)?;
+        let rows = st.query_map(args, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = row?;
