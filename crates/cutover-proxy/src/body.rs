@@ -186,6 +186,14 @@ impl RespBody {
         RespBody(Kind::Full(Some(b.into())))
     }
 
+    /// The bytes of a body the proxy made itself (empty for a proxied one).
+    pub(crate) fn full_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Kind::Full(Some(b)) => b,
+            _ => &[],
+        }
+    }
+
     pub(crate) fn proxied(
         inner: Incoming,
         guard: Guard,

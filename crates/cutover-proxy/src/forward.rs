@@ -22,7 +22,7 @@ pub struct Forwarder {
     /// The preview listener routes to the idle color instead of the live one.
     pub preview: bool,
     /// The service's name, shared with access-log lines.
-    service_name: Arc<str>,
+    pub(crate) service_name: Arc<str>,
 }
 
 impl Forwarder {

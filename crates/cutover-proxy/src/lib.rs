@@ -6,7 +6,9 @@
 //! # Layout
 //! - [`route`]: [`Color`], [`RouteTable`], [`ColorRoute`], [`Endpoint`] and the per-service
 //!   [`Service`] that holds one `ArcSwap<RouteTable>`, replaced whole on a switch.
-//! - [`forward`]: the request path: pick a color (one atomic load), an endpoint, forward, stream back.
+//! - `h1`: the HTTP/1.1 fast path (client and upstream both HTTP/1.1), one task per
+//!   connection, no hyper in between; HTTP/2 clients are handed to hyper.
+//! - [`forward`]: the hyper request path: pick a color (one atomic load), an endpoint, forward, stream back.
 //! - [`upstream`]: per-endpoint connection pools (HTTP/1.1 or h2c) with explicit timeouts.
 //! - [`body`]: request and response bodies that stream, count and enforce limits.
 //! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
@@ -19,6 +21,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+mod h1;
 pub mod health;
 pub mod listener;
 pub mod route;

@@ -10,9 +10,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::forward::Forwarder;
+use crate::h1::{self, Outcome};
+use crate::route::Protocol;
 
 /// Counters of one listener, for metrics and logs.
 #[derive(Default)]
@@ -49,6 +52,18 @@ pub async fn serve(
         // but dead peers are found with pings.
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    // HTTP/1.1 clients of HTTP/1.1 upstreams take the fast path (see `h1`); the hyper path
+    // stays for h2c upstreams, and can be chosen for comparison in benchmarks.
+    let fast = settings.protocol == Protocol::Http1
+        && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
+    // Every fast-path connection holds a sender; the drain waits for all of them to go.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let cap = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
@@ -87,6 +102,36 @@ pub async fn serve(
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
         let fwd = fwd.clone();
+        if fast {
+            let stats = stats.clone();
+            let open = open_tx.clone();
+            let mut shutdown = shutdown.clone();
+            let h2 = h2.clone();
+            tokio::spawn(async move {
+                if let Outcome::Http2(stream, pre) = h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await {
+                    let peer_ip = crate::forward::ip_header(peer);
+                    let svc = hyper::service::service_fn(move |req| {
+                        let fwd = fwd.clone();
+                        let peer_ip = peer_ip.clone();
+                        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
+                    });
+                    let io = TokioIo::new(Prefixed { pre, pos: 0, io: stream });
+                    let mut conn = std::pin::pin!(h2.serve_connection(io, svc));
+                    let stop = tokio::select! {
+                        _ = conn.as_mut() => false,
+                        _ = shutdown.wait_for(|s| *s) => true,
+                    };
+                    if stop {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                stats.open.fetch_sub(1, Relaxed);
+                drop(permit);
+                drop(open);
+            });
+            continue;
+        }
         let peer_ip = crate::forward::ip_header(peer);
         let svc = hyper::service::service_fn(move |req| {
             let fwd = fwd.clone();
@@ -103,7 +148,72 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    drop(open_tx);
+    let drained = async {
+        tokio::join!(graceful.shutdown(), open_rx.recv());
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+    }
+}
+
+/// A socket whose first bytes were already read: they are replayed before the rest.
+struct Prefixed {
+    pre: Vec<u8>,
+    pos: usize,
+    io: tokio::net::TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.pre.len() {
+            let n = (this.pre.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.pre[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.pre.len() {
+                this.pre = Vec::new();
+                this.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,922 @@
+//! The HTTP/1.1 fast path: a client connection proxied to HTTP/1.1 upstreams by one task,
+//! without hyper's server and client state machines in between.
+//!
+//! Why it exists: with hyper on both sides, a request went through two HTTP/1 state
+//! machines, a channel hop to the upstream connection's task and back, a `HeaderMap` built
+//! and torn down twice, and every idle keep-alive connection kept hyper's read and write
+//! buffers (10-19 KiB each). Here the request head is parsed once with `httparse` and
+//! rewritten straight into the upstream's head, bodies are copied between sockets from
+//! pooled buffers, and an idle connection holds no buffer at all.
+//!
+//! What it keeps from the hyper path: the same routing (one atomic load per request), the
+//! same per-color statistics and in-flight guard, the same JSON errors, the same limits and
+//! timeouts, retries only for requests that never reached an upstream, SSE error events,
+//! and the drain deadline. HTTP/2 clients (prior knowledge) are detected on the first bytes
+//! and handed to hyper; h2c upstreams use the hyper path for every client.
+
+mod wire;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant as Deadline};
+
+use crate::body::{Access, Guard};
+use crate::error::{ProxyError, Source};
+use crate::forward::Forwarder;
+use crate::route::{ColorRoute, Endpoint, ServiceSettings};
+use crate::upstream::ConnectError;
+use wire::{Buf, Chunked, Framing, HeadError, Out, OutMode, RequestHead, ResponseContext, ResponseHead, ResponseParse};
+
+pub(crate) use wire::BUF_SIZE;
+
+/// How a connection ended.
+pub(crate) enum Outcome {
+    Closed,
+    /// The client speaks HTTP/2 (prior knowledge): its first bytes, to be replayed to hyper.
+    Http2(TcpStream, Vec<u8>),
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    /// Close after reading what the client still sends for a while, so the error response
+    /// is not destroyed by a reset (unread data at close makes the kernel send RST).
+    LingerClose,
+}
+
+/// Poll once without registering interest: the fast path when the socket is already ready.
+fn poll_now<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+    f.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    peer_ip: Box<[u8]>,
+    fwd: Arc<Forwarder>,
+    settings: Arc<ServiceSettings>,
+    inbuf: Buf,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serve one client connection until it closes, the listener shuts down, or it turns out
+/// to be HTTP/2.
+pub(crate) async fn serve_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    fwd: Arc<Forwarder>,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let settings = fwd.service.settings.clone();
+    let mut c = Conn {
+        client,
+        peer,
+        peer_ip: peer.ip().to_string().into_bytes().into_boxed_slice(),
+        fwd,
+        settings,
+        inbuf: Buf::new(),
+        shutdown,
+    };
+    let mut first = true;
+    loop {
+        let mut out = Out::new();
+        let head = match c.read_head(first, &mut out.0).await {
+            Ok(h) => h,
+            Err(Stop::Closed) => return Outcome::Closed,
+            Err(Stop::Http2) => {
+                let pre = c.inbuf.bytes().to_vec();
+                return Outcome::Http2(c.client, pre);
+            }
+            Err(Stop::Refuse(e)) => {
+                c.refuse(e, None).await;
+                c.linger().await;
+                return Outcome::Closed;
+            }
+        };
+        first = false;
+        match c.exchange(head, out).await {
+            Next::KeepAlive => {}
+            Next::Close => return Outcome::Closed,
+            Next::LingerClose => {
+                c.linger().await;
+                return Outcome::Closed;
+            }
+        }
+        if *c.shutdown.borrow() {
+            return Outcome::Closed;
+        }
+        // Idle connections hold no buffer.
+        c.inbuf.release();
+    }
+}
+
+enum Stop {
+    Closed,
+    Http2,
+    Refuse(ProxyError),
+}
+
+fn head_error(e: HeadError) -> ProxyError {
+    match e {
+        HeadError::Bad(m) => ProxyError::new(StatusCode::BAD_REQUEST, "malformed_request", Source::Client, m),
+        HeadError::TooLarge => ProxyError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            Source::Client,
+            "the request head has too many or too long header lines",
+        ),
+        HeadError::Unsupported(m) => {
+            ProxyError::new(StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding", Source::Client, m)
+        }
+    }
+}
+
+/// Why the exchange with an upstream stopped before a response head.
+#[derive(Debug)]
+enum Fail {
+    /// No connection: nothing was sent, another endpoint may be tried.
+    Connect(ConnectError),
+    /// A reused connection died before a byte of response came back.
+    Stale(String),
+    /// The client went away while its request was pending.
+    ClientGone,
+    Proxy(ProxyError),
+}
+
+struct Upstream {
+    stream: TcpStream,
+    reused: bool,
+}
+
+impl Conn {
+    /// Read until a whole request head is buffered and rewritten into `out`. Waiting for it
+    /// (idle keep-alive included) is bounded by `header_read_timeout`.
+    async fn read_head(&mut self, first: bool, out: &mut Vec<u8>) -> Result<RequestHead, Stop> {
+        let max = self.settings.max_header_bytes;
+        let mut deadline: Option<Deadline> = None;
+        loop {
+            if !self.inbuf.is_empty() {
+                let preface = if first { wire::h2_preface(self.inbuf.bytes()) } else { Some(false) };
+                match preface {
+                    Some(true) => return Err(Stop::Http2),
+                    None => {}
+                    Some(false) => {
+                        let target = wire::Target {
+                            peer_ip: &self.peer_ip,
+                            want_path: self.settings.access_log,
+                        };
+                        match wire::request_head(self.inbuf.bytes(), &target, out) {
+                            Ok(Some(h)) => return Ok(h),
+                            Ok(None) => {}
+                            Err(e) => return Err(Stop::Refuse(head_error(e))),
+                        }
+                    }
+                }
+                if self.inbuf.len() >= max {
+                    return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
+                }
+            }
+            if !self.inbuf.reserve(max) {
+                return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
+            }
+            let idle = self.inbuf.is_empty();
+            let r = {
+                let mut fut = pin!(self.client.read_buf(&mut self.inbuf.data));
+                match poll_now(fut.as_mut()) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => {
+                        let d = *deadline
+                            .get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
+                        tokio::select! {
+                            biased;
+                            r = fut => r,
+                            _ = sleep_until(d) => return Err(Stop::Closed),
+                            _ = wait_true(&mut self.shutdown), if idle => return Err(Stop::Closed),
+                        }
+                    }
+                }
+            };
+            match r {
+                Ok(0) | Err(_) => return Err(Stop::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answer with the proxy's own error (the connection closes after it).
+    async fn refuse(&mut self, e: ProxyError, route: Option<&ColorRoute>) {
+        let mut out = Out::new();
+        error_response(e, &self.fwd.service.name, route, true, &mut out.0);
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        let _ = write_by(&mut self.client, &out.0, deadline).await;
+    }
+
+    /// Half-close, then drain what the client still sends for up to a second (64 KiB at
+    /// most), so the response is read before the socket goes away.
+    async fn linger(&mut self) {
+        let _ = self.client.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while left > 0 {
+                match self.client.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left -= n.min(left),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// One request: forward it, stream the response back, record it.
+    async fn exchange(&mut self, mut head: RequestHead, out: Out) -> Next {
+        let started = Instant::now();
+        let fwd = self.fwd.clone();
+        let svc = &*fwd.service;
+        let Some(route) = svc.target(fwd.preview) else {
+            let msg = if fwd.preview {
+                format!("service {} has no idle color to preview", svc.name)
+            } else {
+                format!(
+                    "service {} has no live color yet: switch to a color or release a version first",
+                    svc.name
+                )
+            };
+            let e = ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg);
+            let unread = head.body != Framing::None;
+            return self.answer_error(e, None, &head, unread).await;
+        };
+        let access = self.settings.access_log.then(|| {
+            Box::new(Access {
+                service: fwd.service_name.clone(),
+                method: head.method.clone(),
+                path: head.path.take().unwrap_or_default(),
+                peer: self.peer,
+                status: 0,
+            })
+        });
+        let mut guard = Guard::new(route.clone(), started, access);
+        let mut body_done = head.body == Framing::None;
+        match self.forward(&head, out, &route, &mut guard, started, &mut body_done).await {
+            Ok(next) => next,
+            Err(Fail::Proxy(e)) => {
+                guard.set_status(e.status.as_u16());
+                drop(guard);
+                route.stats.record_status(e.status.as_u16());
+                if e.source != Source::Client {
+                    route.stats.upstream_failures.fetch_add(1, Relaxed);
+                }
+                self.answer_error(e, Some(&route), &head, !body_done).await
+            }
+            // The client left: nobody to answer. Stale and connect failures were turned
+            // into errors by `forward`.
+            Err(_) => Next::Close,
+        }
+    }
+
+    async fn answer_error(&mut self, e: ProxyError, route: Option<&ColorRoute>, head: &RequestHead, unread: bool) -> Next {
+        let close = unread
+            || !head.keep_alive
+            || e.status == StatusCode::BAD_REQUEST
+            || e.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut out = Out::new();
+        error_response(e, &self.fwd.service.name, route, close, &mut out.0);
+        if !close && head.minor == 0 {
+            // error_response ends the head; HTTP/1.0 keep-alive must be restated.
+            let at = out.0.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 2;
+            out.0.splice(at..at, b"connection: keep-alive\r\n".iter().copied());
+        }
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        if write_by(&mut self.client, &out.0, deadline).await.is_err() {
+            return Next::Close;
+        }
+        if unread {
+            Next::LingerClose
+        } else if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Send the request to an endpoint of `route` and stream the response back.
+    async fn forward(
+        &mut self,
+        head: &RequestHead,
+        mut out: Out,
+        route: &Arc<ColorRoute>,
+        guard: &mut Guard,
+        started: Instant,
+        body_done: &mut bool,
+    ) -> Result<Next, Fail> {
+        let settings = self.settings.clone();
+        if let Framing::Length(n) = head.body {
+            if n > settings.max_body_bytes {
+                return Err(Fail::Proxy(too_large(n, settings.max_body_bytes)));
+            }
+        }
+        let Some(mut endpoint) = route.pick(None).cloned() else {
+            return Err(Fail::Proxy(ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_endpoint",
+                Source::Routing,
+                format!(
+                    "no healthy endpoint in color {} of service {}",
+                    route.color, self.fwd.service.name
+                ),
+            )));
+        };
+        if head.needs_host {
+            // An HTTP/1.0 request without Host: the upstream gets the endpoint's address.
+            let end = out.0.len() - 2;
+            out.0.truncate(end);
+            out.0.extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
+        }
+        self.inbuf.consume(head.head_len);
+
+        // The part of the body already read goes out with the head; when that is all of it,
+        // the request can be sent again if a pooled connection turns out dead.
+        let mut dec = Chunked::new();
+        let mut data_seen = 0u64;
+        let mut sent = 0u64;
+        match head.body {
+            Framing::None | Framing::Close => {}
+            Framing::Length(n) => {
+                let take = (self.inbuf.len() as u64).min(n) as usize;
+                out.0.extend_from_slice(&self.inbuf.bytes()[..take]);
+                self.inbuf.consume(take);
+                sent = take as u64;
+                *body_done = sent == n;
+            }
+            Framing::Chunked => {
+                let k = dec
+                    .feed(self.inbuf.bytes(), |d| data_seen += d.len() as u64)
+                    .map_err(|m| Fail::Proxy(bad_body(m)))?;
+                if data_seen > settings.max_body_bytes {
+                    return Err(Fail::Proxy(too_large(data_seen, settings.max_body_bytes)));
+                }
+                out.0.extend_from_slice(&self.inbuf.bytes()[..k]);
+                self.inbuf.consume(k);
+                *body_done = dec.done();
+            }
+        }
+        let replayable = *body_done;
+        if head.expect_continue && !*body_done && head.minor == 1 {
+            let d = Deadline::now() + settings.header_read_timeout;
+            write_by(&mut self.client, b"HTTP/1.1 100 Continue\r\n\r\n", d)
+                .await
+                .map_err(|_| Fail::ClientGone)?;
+        }
+
+        let rcx = ResponseContext {
+            head_request: head.method == http::Method::HEAD,
+            client_minor: head.minor,
+            client_keep_alive: head.keep_alive && !*self.shutdown.borrow(),
+            color: route.color.as_str().as_bytes(),
+            version: route.version_header.as_ref().map(|v| v.as_bytes()),
+        };
+        let first_byte_deadline = Deadline::from_std(started) + settings.first_byte_timeout;
+        let mut moved = false;
+        let mut fresh_only = false;
+        let mut cout = Out::new();
+        let mut upbuf = Buf::new();
+        let body = Body {
+            framing: head.body,
+            sent,
+            data_seen,
+            dec,
+        };
+        let (up, rh) = loop {
+            cout.0.clear();
+            upbuf.consume(upbuf.len());
+            let attempt = self.attempt(
+                &endpoint,
+                fresh_only,
+                &out.0,
+                body_done,
+                body,
+                &rcx,
+                &mut cout.0,
+                &mut upbuf,
+                replayable && idempotent(&head.method),
+            );
+            match tokio::time::timeout_at(first_byte_deadline, attempt).await {
+                Err(_) => {
+                    return Err(Fail::Proxy(ProxyError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        Source::Upstream,
+                        format!(
+                            "{} did not answer within limits.first_byte_timeout ({:?})",
+                            endpoint.addr, settings.first_byte_timeout
+                        ),
+                    )))
+                }
+                Ok(Ok(r)) => break r,
+                Ok(Err(Fail::Connect(e))) => {
+                    tracing::debug!(service = %self.fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
+                    match route.pick(Some(&endpoint)) {
+                        Some(next) if !moved => {
+                            moved = true;
+                            endpoint = next.clone();
+                        }
+                        _ => {
+                            let status = if matches!(e, ConnectError::Timeout) {
+                                StatusCode::GATEWAY_TIMEOUT
+                            } else {
+                                StatusCode::BAD_GATEWAY
+                            };
+                            return Err(Fail::Proxy(ProxyError::new(
+                                status,
+                                "upstream_connect_failed",
+                                Source::Upstream,
+                                format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
+                            )));
+                        }
+                    }
+                }
+                Ok(Err(Fail::Stale(why))) => {
+                    if replayable && !fresh_only {
+                        fresh_only = true;
+                        continue;
+                    }
+                    return Err(Fail::Proxy(upstream_failed(&endpoint, &why)));
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        };
+
+        route.stats.ttfb.observe(started.elapsed());
+        route.stats.record_status(rh.status);
+        guard.set_status(rh.status);
+        let deadline = Deadline::from_std(started) + settings.request_timeout;
+        let complete = relay(
+            &mut self.client,
+            &mut self.inbuf,
+            settings.max_header_bytes,
+            up,
+            upbuf,
+            &rh,
+            cout,
+            route,
+            &endpoint,
+            deadline,
+        )
+        .await;
+        Ok(if complete && !rh.close_client && head.keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    /// One try on one connection: send the request (streaming what is left of its body) and
+    /// read the response head, rewritten for the client into `cout`.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+        fresh_only: bool,
+        out: &[u8],
+        body_done: &mut bool,
+        mut body: Body,
+        rcx: &ResponseContext<'_>,
+        cout: &mut Vec<u8>,
+        upbuf: &mut Buf,
+        retry_safe: bool,
+    ) -> Result<(Upstream, ResponseHead), Fail> {
+        let pooled = if fresh_only { None } else { endpoint.pool.take_raw() };
+        let mut up = match pooled {
+            Some(stream) => Upstream { stream, reused: true },
+            None => Upstream {
+                stream: endpoint.pool.connect_raw().await.map_err(Fail::Connect)?,
+                reused: false,
+            },
+        };
+        if let Err(e) = up.stream.write_all(out).await {
+            // A write refused outright did not reach the upstream: safe to send again.
+            return Err(if up.reused && *body_done {
+                Fail::Stale(format!("{e}"))
+            } else {
+                Fail::Proxy(upstream_failed(endpoint, &format!("sending the request failed: {e}")))
+            });
+        }
+        if !*body_done {
+            self.stream_body(&mut up.stream, &mut body, endpoint).await?;
+            *body_done = true;
+        }
+        loop {
+            if !upbuf.is_empty() {
+                match wire::response_head(upbuf.bytes(), rcx, cout) {
+                    Ok(ResponseParse::Partial) => {}
+                    Ok(ResponseParse::Interim(n)) => {
+                        upbuf.consume(n);
+                        continue;
+                    }
+                    Ok(ResponseParse::Head(h)) => {
+                        upbuf.consume(h.head_len);
+                        return Ok((up, h));
+                    }
+                    Err(m) => return Err(Fail::Proxy(bad_response(endpoint, &m))),
+                }
+            }
+            if !upbuf.reserve(wire::MAX_RESPONSE_HEAD) {
+                return Err(Fail::Proxy(bad_response(endpoint, "response head too large")));
+            }
+            let nothing_yet = upbuf.is_empty();
+            let r = {
+                let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
+                match poll_now(fut.as_mut()) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => {
+                        let max = self.settings.max_header_bytes;
+                        tokio::select! {
+                            biased;
+                            r = fut => r,
+                            _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                        }
+                    }
+                }
+            };
+            let why = match r {
+                Ok(0) => "closed the connection before answering".to_string(),
+                Err(e) => format!("failed before answering: {e}"),
+                Ok(_) => continue,
+            };
+            if up.reused && nothing_yet && retry_safe {
+                return Err(Fail::Stale(why));
+            }
+            return Err(Fail::Proxy(upstream_failed(endpoint, &why)));
+        }
+    }
+
+    /// Copy the rest of the request body from the client to the upstream.
+    async fn stream_body(&mut self, up: &mut TcpStream, body: &mut Body, endpoint: &Endpoint) -> Result<(), Fail> {
+        let limit = self.settings.max_body_bytes;
+        loop {
+            let done = match body.framing {
+                Framing::Length(n) => body.sent == n,
+                Framing::Chunked => body.dec.done(),
+                Framing::None | Framing::Close => true,
+            };
+            if done {
+                return Ok(());
+            }
+            if self.inbuf.is_empty() {
+                self.inbuf.reserve(BUF_SIZE);
+                match self.client.read_buf(&mut self.inbuf.data).await {
+                    Ok(0) | Err(_) => {
+                        return Err(Fail::Proxy(bad_body("the client closed the connection before the whole body")))
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let take = match body.framing {
+                Framing::Length(n) => {
+                    let take = (self.inbuf.len() as u64).min(n - body.sent) as usize;
+                    body.sent += take as u64;
+                    take
+                }
+                _ => {
+                    let mut seen = 0u64;
+                    let k = body
+                        .dec
+                        .feed(self.inbuf.bytes(), |d| seen += d.len() as u64)
+                        .map_err(|m| Fail::Proxy(bad_body(m)))?;
+                    body.data_seen += seen;
+                    if body.data_seen > limit {
+                        return Err(Fail::Proxy(too_large(body.data_seen, limit)));
+                    }
+                    k
+                }
+            };
+            if let Err(e) = up.write_all(&self.inbuf.bytes()[..take]).await {
+                return Err(Fail::Proxy(upstream_failed(
+                    endpoint,
+                    &format!("sending the request body failed: {e}"),
+                )));
+            }
+            self.inbuf.consume(take);
+        }
+    }
+}
+
+/// Where the request body stands.
+#[derive(Clone, Copy)]
+struct Body {
+    framing: Framing,
+    /// Bytes sent so far (Content-Length bodies).
+    sent: u64,
+    /// Data bytes seen so far (chunked bodies, for the size limit).
+    data_seen: u64,
+    dec: Chunked,
+}
+
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method as M;
+    matches!(*m, M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE)
+}
+
+fn too_large(n: u64, limit: u64) -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        Source::Client,
+        format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
+    )
+}
+
+fn bad_body(m: &str) -> ProxyError {
+    ProxyError::new(
+        StatusCode::BAD_REQUEST,
+        "client_body_failed",
+        Source::Client,
+        format!("reading the request body failed: {m}"),
+    )
+}
+
+fn bad_response(endpoint: &Endpoint, m: &str) -> ProxyError {
+    ProxyError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_bad_response",
+        Source::Upstream,
+        format!("{} sent a malformed response: {m}", endpoint.addr),
+    )
+}
+
+fn upstream_failed(endpoint: &Endpoint, m: &str) -> ProxyError {
+    ProxyError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_failed",
+        Source::Upstream,
+        format!("{} {m}", endpoint.addr),
+    )
+}
+
+/// Resolves when the client has closed its side (data it sends meanwhile is kept in `inbuf`:
+/// a pipelined next request).
+async fn client_gone(client: &mut TcpStream, inbuf: &mut Buf, max: usize) {
+    loop {
+        if client.readable().await.is_err() {
+            return;
+        }
+        if !inbuf.reserve(max) {
+            // Full of pipelined requests: stop watching; the response still goes out.
+            std::future::pending::<()>().await;
+        }
+        match client.try_read_buf(&mut inbuf.data) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Resolves once the watched flag is true (shutdown, or a color closed at its drain deadline).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Write all of `b`, giving up at `deadline` (a client that stops reading).
+async fn write_by(s: &mut TcpStream, b: &[u8], deadline: Deadline) -> Result<(), ()> {
+    let mut fut = pin!(s.write_all(b));
+    match poll_now(fut.as_mut()) {
+        Poll::Ready(r) => r.map_err(|_| ()),
+        Poll::Pending => tokio::select! {
+            biased;
+            r = fut => r.map_err(|_| ()),
+            _ = sleep_until(deadline) => Err(()),
+        },
+    }
+}
+
+fn chunk(out: &mut Vec<u8>, d: &[u8]) {
+    if d.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+    out.extend_from_slice(d);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Blank lines in an event stream: one per event.
+fn count_events(last_nl: &mut bool, d: &[u8]) -> u64 {
+    let mut n = 0;
+    for &b in d {
+        if b == b'\n' {
+            if *last_nl {
+                n += 1;
+            }
+            *last_nl = true;
+        } else if b != b'\r' {
+            *last_nl = false;
+        }
+    }
+    n
+}
+
+/// Stream the response body to the client. True when it ended cleanly.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    client: &mut TcpStream,
+    inbuf: &mut Buf,
+    max_header: usize,
+    mut up: Upstream,
+    mut upbuf: Buf,
+    rh: &ResponseHead,
+    mut cout: Out,
+    route: &ColorRoute,
+    endpoint: &Endpoint,
+    deadline: Deadline,
+) -> bool {
+    let mut left = if let Framing::Length(n) = rh.body { n } else { 0 };
+    let mut dec = Chunked::new();
+    let mut last_nl = false;
+    let mut eof = false;
+    let mut closed_rx: Option<watch::Receiver<bool>> = None;
+    loop {
+        let mut events = 0;
+        let done = match rh.body {
+            Framing::None => true,
+            Framing::Length(_) => {
+                let take = (upbuf.len() as u64).min(left) as usize;
+                let d = &upbuf.bytes()[..take];
+                if rh.sse {
+                    events += count_events(&mut last_nl, d);
+                }
+                cout.0.extend_from_slice(d);
+                upbuf.consume(take);
+                left -= take as u64;
+                left == 0
+            }
+            Framing::Chunked => {
+                let (mode, sse) = (rh.out, rh.sse);
+                let bytes = upbuf.bytes();
+                let out = &mut cout.0;
+                let fed = dec.feed(bytes, |d| {
+                    if sse {
+                        events += count_events(&mut last_nl, d);
+                    }
+                    match mode {
+                        OutMode::Rechunk => chunk(out, d),
+                        OutMode::Close => out.extend_from_slice(d),
+                        _ => {}
+                    }
+                });
+                match fed {
+                    Ok(k) => {
+                        if mode == OutMode::Raw {
+                            cout.0.extend_from_slice(&bytes[..k]);
+                        }
+                        upbuf.consume(k);
+                        dec.done()
+                    }
+                    Err(m) => {
+                        let why = format!("upstream sent a malformed chunked body: {m}");
+                        return fail(client, rh, cout, route, &why, deadline).await;
+                    }
+                }
+            }
+            Framing::Close => {
+                let d = upbuf.bytes();
+                if rh.sse {
+                    events += count_events(&mut last_nl, d);
+                }
+                match rh.out {
+                    OutMode::Rechunk => chunk(&mut cout.0, d),
+                    _ => cout.0.extend_from_slice(d),
+                }
+                let n = upbuf.len();
+                upbuf.consume(n);
+                eof
+            }
+        };
+        if events > 0 {
+            route.stats.stream_events.fetch_add(events, Relaxed);
+        }
+        if done && rh.out == OutMode::Rechunk {
+            cout.0.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !cout.0.is_empty() {
+            if write_by(client, &cout.0, deadline).await.is_err() {
+                // The client left or stopped reading: the upstream connection is dropped,
+                // which cancels the request there.
+                return false;
+            }
+            cout.0.clear();
+        }
+        if done {
+            if rh.upstream_keep_alive && upbuf.is_empty() && rh.body != Framing::Close {
+                endpoint.pool.put_raw(up.stream);
+            }
+            return true;
+        }
+        if route.closing.load(Relaxed) {
+            route.stats.drain_closed.fetch_add(1, Relaxed);
+            return fail(client, rh, cout, route, DRAIN_CLOSED, deadline).await;
+        }
+        upbuf.reserve(BUF_SIZE);
+        let r = {
+            let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
+            match poll_now(fut.as_mut()) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let rx = closed_rx.get_or_insert_with(|| route.close_signal.subscribe());
+                    tokio::select! {
+                        biased;
+                        r = fut => r,
+                        _ = sleep_until(deadline) => {
+                            return fail(client, rh, cout, route, TIMED_OUT, deadline).await;
+                        }
+                        _ = wait_true(rx) => {
+                            route.stats.drain_closed.fetch_add(1, Relaxed);
+                            return fail(client, rh, cout, route, DRAIN_CLOSED, deadline).await;
+                        }
+                        _ = client_gone(client, inbuf, max_header) => return false,
+                    }
+                }
+            }
+        };
+        match r {
+            Ok(0) if rh.body == Framing::Close => eof = true,
+            Ok(0) => {
+                let why = "upstream failed mid-body: connection closed before the body ended";
+                return fail(client, rh, cout, route, why, deadline).await;
+            }
+            Err(e) => {
+                let why = format!("upstream failed mid-body: {e}");
+                return fail(client, rh, cout, route, &why, deadline).await;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+const DRAIN_CLOSED: &str = "closed: the drain deadline of the old color passed";
+const TIMED_OUT: &str = "request timeout: the whole exchange took longer than limits.request_timeout";
+
+/// The response cannot be finished: count it, tell an event stream why in-band, and let
+/// the caller close the connection so the client sees the body cut.
+async fn fail(
+    client: &mut TcpStream,
+    rh: &ResponseHead,
+    mut cout: Out,
+    route: &ColorRoute,
+    why: &str,
+    deadline: Deadline,
+) -> bool {
+    route.stats.aborted_bodies.fetch_add(1, Relaxed);
+    if rh.sse && rh.out == OutMode::Rechunk {
+        let ev = format!(
+            "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
+            why.replace(['"', '\\', '\n'], " ")
+        );
+        chunk(&mut cout.0, ev.as_bytes());
+    }
+    if !cout.0.is_empty() {
+        let d = deadline.min(Deadline::now() + std::time::Duration::from_secs(5));
+        let _ = write_by(client, &cout.0, d).await;
+    }
+    false
+}
+
+/// The proxy's own error as an HTTP/1.1 response.
+fn error_response(e: ProxyError, service: &str, route: Option<&ColorRoute>, close: bool, out: &mut Vec<u8>) {
+    let resp = e.into_response(service, route);
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in resp.headers() {
+        if k == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = resp.body().full_bytes();
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(wire::itoa(body.len() as u64, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}

@@ -1,0 +1,734 @@
+//! HTTP/1.1 message framing for the fast path: pooled buffers, request and response heads
+//! parsed with `httparse` and rewritten in one pass, and an incremental chunked decoder.
+//!
+//! Everything here is synchronous: the head parsers borrow the connection's buffer and
+//! write the head for the other side before any await, so a connection's task never holds
+//! a parsed header array across a suspension point (that keeps idle connections small).
+
+use std::cell::RefCell;
+
+use http::{Method, StatusCode};
+
+/// Size of a pooled buffer: a whole typical head plus the start of its body in one read.
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
+/// Buffers kept per thread for reuse; past that they go back to the allocator.
+const KEEP_PER_THREAD: usize = 512;
+/// Header lines accepted in one head (hyper's default is 100 too).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest response head accepted from an upstream.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+thread_local! {
+    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_vec() -> Vec<u8> {
+    FREE.try_with(|f| f.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+}
+
+fn give_vec(mut v: Vec<u8>) {
+    // Only standard-size buffers are kept: one grown for a huge head goes back to malloc.
+    if v.capacity() != BUF_SIZE {
+        return;
+    }
+    v.clear();
+    let _ = FREE.try_with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < KEEP_PER_THREAD {
+            f.push(v);
+        }
+    });
+}
+
+/// A byte buffer with a read cursor. Holds no memory while empty and released, which is
+/// what an idle keep-alive connection does: its buffer goes back to the thread's pool.
+pub(crate) struct Buf {
+    /// Filled bytes are `data[start..]`; spare capacity is where reads land.
+    pub(crate) data: Vec<u8>,
+    start: usize,
+}
+
+impl Buf {
+    pub(crate) const fn new() -> Buf {
+        Buf {
+            data: Vec::new(),
+            start: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.data.len());
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Give the memory back to the pool if nothing is buffered.
+    pub(crate) fn release(&mut self) {
+        if self.is_empty() && self.data.capacity() > 0 {
+            give_vec(std::mem::take(&mut self.data));
+            self.start = 0;
+        }
+    }
+
+    /// Make room for a read: take a pooled buffer, move unread bytes to the front, or grow
+    /// up to `max` bytes. False when the buffer already holds `max` bytes.
+    pub(crate) fn reserve(&mut self, max: usize) -> bool {
+        if self.data.capacity() == 0 {
+            self.data = take_vec();
+            self.start = 0;
+        }
+        if self.data.len() < self.data.capacity() {
+            return true;
+        }
+        if self.start > 0 {
+            self.data.drain(..self.start);
+            self.start = 0;
+            return true;
+        }
+        if self.data.len() >= max {
+            return false;
+        }
+        let want = (self.data.capacity() * 2).min(max.max(BUF_SIZE));
+        self.data.reserve_exact(want - self.data.len());
+        true
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if self.data.capacity() > 0 {
+            give_vec(std::mem::take(&mut self.data));
+        }
+    }
+}
+
+/// An output buffer from the same pool.
+pub(crate) struct Out(pub(crate) Vec<u8>);
+
+impl Out {
+    pub(crate) fn new() -> Out {
+        Out(take_vec())
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        give_vec(std::mem::take(&mut self.0));
+    }
+}
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// Why a request head is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// 400 with this message.
+    Bad(String),
+    /// 431: too many or too long header lines.
+    TooLarge,
+    /// 501: a transfer coding other than chunked.
+    Unsupported(String),
+}
+
+/// What the proxy needs to know about a request after its head was rewritten.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) head_len: usize,
+    pub(crate) method: Method,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub(crate) minor: u8,
+    pub(crate) body: Framing,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    /// No Host came with the request: the upstream head still needs one.
+    pub(crate) needs_host: bool,
+    /// Present only when an access log wants it.
+    pub(crate) path: Option<String>,
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `b` starts an HTTP/2 prior-knowledge connection: `Some(true)` it does,
+/// `Some(false)` it does not, `None` too few bytes to tell.
+pub(crate) fn h2_preface(b: &[u8]) -> Option<bool> {
+    let n = b.len().min(PREFACE.len());
+    if b[..n] != PREFACE[..n] {
+        Some(false)
+    } else if n == PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower)
+}
+
+/// Tokens of a `Connection` header: whether it says close / keep-alive, and the other
+/// names it lists (those headers are hop-by-hop too).
+struct ConnectionTokens<'a> {
+    close: bool,
+    keep_alive: bool,
+    names: [&'a str; 8],
+    n: usize,
+    /// More names than fit: every unknown header is then checked against the raw values.
+    overflow: bool,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    fn parse(headers: &[httparse::Header<'a>]) -> ConnectionTokens<'a> {
+        let mut t = ConnectionTokens {
+            close: false,
+            keep_alive: false,
+            names: [""; 8],
+            n: 0,
+            overflow: false,
+        };
+        for h in headers.iter().filter(|h| is(h.name, "connection")) {
+            let v = std::str::from_utf8(h.value).unwrap_or("");
+            for tok in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if is(tok, "close") {
+                    t.close = true;
+                } else if is(tok, "keep-alive") {
+                    t.keep_alive = true;
+                } else if t.n < t.names.len() {
+                    t.names[t.n] = tok;
+                    t.n += 1;
+                } else {
+                    t.overflow = true;
+                }
+            }
+        }
+        t
+    }
+
+    fn names(&self, name: &str, headers: &[httparse::Header<'a>]) -> bool {
+        if self.names[..self.n].iter().any(|n| is(n, name)) {
+            return true;
+        }
+        self.overflow
+            && headers.iter().filter(|h| is(h.name, "connection")).any(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| is(t.trim(), name))
+            })
+    }
+}
+
+/// Headers never forwarded as they came: hop-by-hop ones, framing (rewritten), and the
+/// forwarding headers the proxy sets itself.
+fn hop_by_hop(name: &str) -> bool {
+    // Dispatch on length first: most names are rejected with one comparison.
+    match name.len() {
+        2 => is(name, "te"),
+        6 => is(name, "expect"),
+        7 => is(name, "trailer") || is(name, "upgrade"),
+        10 => is(name, "connection") || is(name, "keep-alive"),
+        14 => is(name, "content-length"),
+        16 => is(name, "proxy-connection") || is(name, "x-forwarded-host"),
+        17 => is(name, "transfer-encoding") || is(name, "x-forwarded-for") || is(name, "x-forwarded-proto"),
+        _ => false,
+    }
+}
+
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Where the request goes, for the head written upstream.
+pub(crate) struct Target<'a> {
+    /// `X-Forwarded-For` value of this connection's peer.
+    pub(crate) peer_ip: &'a [u8],
+    pub(crate) want_path: bool,
+}
+
+/// Parse a request head at the start of `buf` and write the upstream's version of it to
+/// `out`. `Ok(None)`: the head is not complete yet.
+pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Bad(format!("malformed request head: {e}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("malformed request line".into()));
+    };
+    let headers = &*req.headers;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Bad("malformed method".into()))?;
+    if method == Method::CONNECT {
+        return Err(HeadError::Bad("CONNECT is not supported by a reverse proxy".into()));
+    }
+
+    // Absolute-form targets (sent to proxies) carry the host; origin-form is forwarded as is.
+    let absolute;
+    let (path, uri_host): (&str, Option<&str>) = if target.starts_with('/') || (target == "*" && method == Method::OPTIONS) {
+        (target, None)
+    } else if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") || target.starts_with("https://") {
+        absolute = target
+            .parse::<http::Uri>()
+            .map_err(|e| HeadError::Bad(format!("malformed request target: {e}")))?;
+        let auth = absolute.authority().map(|a| a.as_str());
+        (absolute.path_and_query().map_or("/", |p| p.as_str()), auth)
+    } else {
+        return Err(HeadError::Bad(format!("malformed request target {target:?}")));
+    };
+
+    let conn = ConnectionTokens::parse(headers);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut expect_continue = false;
+    for h in headers {
+        if is(h.name, "content-length") {
+            let n = content_length(h.value).ok_or_else(|| HeadError::Bad("malformed content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Bad("conflicting content-length headers".into()));
+            }
+            length = Some(n);
+        } else if is(h.name, "transfer-encoding") {
+            if minor == 0 {
+                return Err(HeadError::Bad("transfer-encoding in an HTTP/1.0 request".into()));
+            }
+            let v = std::str::from_utf8(h.value).unwrap_or("");
+            for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                if chunked || !is(coding, "chunked") {
+                    return Err(HeadError::Unsupported(format!(
+                        "transfer-encoding {v:?} is not supported: only chunked is"
+                    )));
+                }
+                chunked = true;
+            }
+        } else if is(h.name, "host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if is(h.name, "expect") {
+            if h.value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            }
+        }
+    }
+    // RFC 9112 §6.3 lets a server reject both framings at once; it is how requests are
+    // smuggled past proxies that read one and upstreams that read the other.
+    if chunked && length.is_some() {
+        return Err(HeadError::Bad(
+            "both content-length and transfer-encoding: ambiguous message length".into(),
+        ));
+    }
+    if hosts > 1 {
+        return Err(HeadError::Bad("more than one host header".into()));
+    }
+    if hosts == 0 && minor == 1 && uri_host.is_none() {
+        return Err(HeadError::Bad("HTTP/1.1 request without a host header".into()));
+    }
+    let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(host);
+    let body = if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    let keep_alive = if minor == 1 { !conn.close } else { conn.keep_alive && !conn.close };
+
+    // The upstream's head: always HTTP/1.1, hop-by-hop headers dropped, framing restated.
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        if hop_by_hop(h.name) {
+            // gRPC needs `te: trailers` end to end.
+            if !(is(h.name, "te") && h.value.eq_ignore_ascii_case(b"trailers")) {
+                continue;
+            }
+        } else if (conn.n > 0 || conn.overflow) && conn.names(h.name, headers) {
+            continue;
+        } else if uri_host.is_some() && is(h.name, "host") {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    // Earlier proxies' X-Forwarded-For values, in order, then this connection's peer.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for h in headers.iter().filter(|h| is(h.name, "x-forwarded-for") && !h.value.is_empty()) {
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(t.peer_ip);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    match host {
+        Some(h) => {
+            if uri_host.is_some() {
+                out.extend_from_slice(b"host: ");
+                out.extend_from_slice(h);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(h);
+            out.extend_from_slice(b"\r\n");
+        }
+        // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
+        None => {}
+    }
+    match body {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(RequestHead {
+        head_len,
+        // Without the query: query strings may carry secrets.
+        path: t.want_path.then(|| path.split('?').next().unwrap_or(path).to_string()),
+        method,
+        minor,
+        body,
+        keep_alive,
+        expect_continue,
+        needs_host: host.is_none(),
+    }))
+}
+
+/// `n` in decimal, without allocating.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// How the response body is written to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutMode {
+    None,
+    /// Content-Length bytes, as they came.
+    Length,
+    /// The upstream's chunked encoding, byte for byte (validated on the way).
+    Raw,
+    /// Decoded and chunked again by the proxy: close-delimited upstream bodies, and event
+    /// streams (so an error event can be added at any point).
+    Rechunk,
+    /// Decoded data until the proxy closes (HTTP/1.0 clients).
+    Close,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) head_len: usize,
+    pub(crate) status: u16,
+    pub(crate) body: Framing,
+    pub(crate) upstream_keep_alive: bool,
+    pub(crate) sse: bool,
+    pub(crate) out: OutMode,
+    pub(crate) close_client: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum ResponseParse {
+    Partial,
+    /// A 1xx interim response of this many bytes: skipped, the final one follows.
+    Interim(usize),
+    Head(ResponseHead),
+}
+
+/// What the response head written to the client depends on.
+pub(crate) struct ResponseContext<'a> {
+    pub(crate) head_request: bool,
+    pub(crate) client_minor: u8,
+    pub(crate) client_keep_alive: bool,
+    pub(crate) color: &'a [u8],
+    pub(crate) version: Option<&'a [u8]>,
+}
+
+fn response_skip(name: &str) -> bool {
+    match name.len() {
+        2 => is(name, "te"),
+        7 => is(name, "trailer") || is(name, "upgrade"),
+        10 => is(name, "connection") || is(name, "keep-alive"),
+        14 => is(name, "content-length"),
+        15 => is(name, "x-cutover-color"),
+        16 => is(name, "proxy-connection"),
+        17 => is(name, "transfer-encoding") || is(name, "x-cutover-version"),
+        _ => false,
+    }
+}
+
+/// Parse an upstream response head and write the client's version of it to `out`.
+pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<u8>) -> Result<ResponseParse, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ResponseParse::Partial),
+        Err(e) => return Err(format!("malformed response head: {e}")),
+    };
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err("malformed status line".into());
+    };
+    if code == 101 {
+        return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+    }
+    if (100..200).contains(&code) {
+        return Ok(ResponseParse::Interim(head_len));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
+    let headers = &*resp.headers;
+    let conn = ConnectionTokens::parse(headers);
+
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None;
+    let mut sse = false;
+    for h in headers {
+        if is(h.name, "content-length") {
+            let n = content_length(h.value).ok_or("malformed content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length headers".into());
+            }
+            length = Some(n);
+        } else if is(h.name, "transfer-encoding") {
+            let v = std::str::from_utf8(h.value).unwrap_or("");
+            let last = v.rsplit(',').map(str::trim).find(|c| !c.is_empty()).unwrap_or("");
+            te = Some(is(last, "chunked"));
+        } else if is(h.name, "content-type") {
+            sse = h.value.len() >= 17 && h.value[..17].eq_ignore_ascii_case(b"text/event-stream");
+        }
+    }
+    let no_body = cx.head_request || code == 204 || code == 304;
+    let body = if no_body {
+        Framing::None
+    } else {
+        match (te, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    let mut upstream_keep_alive = if minor == 1 { !conn.close } else { conn.keep_alive && !conn.close };
+    // Both framings, or a body that ends at close: this connection cannot carry another.
+    if body == Framing::Close || (te.is_some() && length.is_some()) {
+        upstream_keep_alive = false;
+    }
+    let mut close_client = !cx.client_keep_alive;
+    let mode = match body {
+        Framing::None => OutMode::None,
+        Framing::Length(_) => OutMode::Length,
+        Framing::Chunked | Framing::Close if cx.client_minor == 0 => {
+            close_client = true;
+            OutMode::Close
+        }
+        Framing::Chunked if !sse => OutMode::Raw,
+        Framing::Chunked | Framing::Close => OutMode::Rechunk,
+    };
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = status.canonical_reason().or(resp.reason).unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        if response_skip(h.name) {
+            // A HEAD or 304 answer states the length its GET would have had: keep it.
+            let keep = no_body && code != 204 && te.is_none() && is(h.name, "content-length");
+            if !keep {
+                continue;
+            }
+        } else if (conn.n > 0 || conn.overflow) && conn.names(h.name, headers) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-cutover-color: ");
+    out.extend_from_slice(cx.color);
+    out.extend_from_slice(b"\r\n");
+    if let Some(v) = cx.version {
+        out.extend_from_slice(b"x-cutover-version: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    match (mode, body) {
+        (OutMode::Length, Framing::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        (OutMode::Raw | OutMode::Rechunk, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if cx.client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseParse::Head(ResponseHead {
+        head_len,
+        status: code,
+        body,
+        upstream_keep_alive,
+        sse,
+        out: mode,
+        close_client,
+    }))
+}
+
+/// Incremental decoder of the chunked transfer coding (RFC 9112 §7.1), strict about CRLFs
+/// and bounded in what it accepts outside data: it never buffers, it only tells where the
+/// data is and where the message ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    Size { value: u64, digits: u8 },
+    Ext { value: u64, len: u16 },
+    SizeLf { value: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer { line: usize, total: usize },
+    TrailerLf { empty: bool, total: usize },
+    Done,
+}
+
+/// Longest chunk extension accepted (nobody sends them; a long one is an attack).
+const MAX_CHUNK_EXT: u16 = 4096;
+/// Trailer section limit.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+impl Chunked {
+    pub(crate) const fn new() -> Chunked {
+        Chunked::Size { value: 0, digits: 0 }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        *self == Chunked::Done
+    }
+
+    /// Consume `input` up to the end of the message; `data` sees each piece of body data.
+    /// Returns the bytes consumed (less than `input.len()` only when the message ended).
+    pub(crate) fn feed(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, &'static str> {
+        let mut i = 0;
+        while i < input.len() {
+            if let Chunked::Data(left) = *self {
+                let take = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                data(&input[i..i + take]);
+                i += take;
+                let left = left - take as u64;
+                *self = if left == 0 { Chunked::DataCr } else { Chunked::Data(left) };
+                continue;
+            }
+            let b = input[i];
+            i += 1;
+            *self = match *self {
+                Chunked::Size { value, digits } => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if digits >= 15 {
+                            return Err("chunk size too large");
+                        }
+                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        Chunked::Size {
+                            value: value * 16 + d,
+                            digits: digits + 1,
+                        }
+                    }
+                    b';' | b' ' | b'\t' if digits > 0 => Chunked::Ext { value, len: 0 },
+                    b'\r' if digits > 0 => Chunked::SizeLf { value },
+                    _ => return Err("malformed chunk size"),
+                },
+                Chunked::Ext { value, len } => match b {
+                    b'\r' => Chunked::SizeLf { value },
+                    b'\n' => return Err("bare LF in chunk extension"),
+                    _ if len >= MAX_CHUNK_EXT => return Err("chunk extension too long"),
+                    _ => Chunked::Ext { value, len: len + 1 },
+                },
+                Chunked::SizeLf { value } => match b {
+                    b'\n' if value == 0 => Chunked::Trailer { line: 0, total: 0 },
+                    b'\n' => Chunked::Data(value),
+                    _ => return Err("expected LF after chunk size"),
+                },
+                Chunked::DataCr => match b {
+                    b'\r' => Chunked::DataLf,
+                    _ => return Err("expected CRLF after chunk data"),
+                },
+                Chunked::DataLf => match b {
+                    b'\n' => Chunked::new(),
+                    _ => return Err("expected CRLF after chunk data"),
+                },
+                Chunked::Trailer { line, total } => match b {
+                    b'\r' => Chunked::TrailerLf {
+                        empty: line == 0,
+                        total,
+                    },
+                    b'\n' => return Err("bare LF in trailers"),
+                    _ if total >= MAX_TRAILERS => return Err("trailer section too large"),
+                    _ => Chunked::Trailer {
+                        line: line + 1,
+                        total: total + 1,
+                    },
+                },
+                Chunked::TrailerLf { empty, total } => match b {
+                    b'\n' if empty => {
+                        *self = Chunked::Done;
+                        return Ok(i);
+                    }
+                    b'\n' => Chunked::Trailer { line: 0, total },
+                    _ => return Err("expected LF in trailers"),
+                },
+                Chunked::Data(_) => unreachable!("handled above"),
+                Chunked::Done => return Ok(i - 1),
+            };
+        }
+        Ok(i)
+    }
+}
