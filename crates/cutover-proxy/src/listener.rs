@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::forward::Forwarder;
@@ -60,8 +60,8 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
     // HTTP/1.1 clients of HTTP/1.1 upstreams take the fast path (see `h1`); the hyper path
     // stays for h2c upstreams, and can be chosen for comparison in benchmarks.
-    let fast = settings.protocol == Protocol::Http1
-        && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
+    let fast =
+        settings.protocol == Protocol::Http1 && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
     // Every fast-path connection holds a sender; the drain waits for all of them to go.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let cap = Arc::new(Semaphore::new(settings.max_connections));
@@ -108,14 +108,20 @@ pub async fn serve(
             let mut shutdown = shutdown.clone();
             let h2 = h2.clone();
             tokio::spawn(async move {
-                if let Outcome::Http2(stream, pre) = h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await {
+                if let Outcome::Http2(stream, pre) =
+                    h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await
+                {
                     let peer_ip = crate::forward::ip_header(peer);
                     let svc = hyper::service::service_fn(move |req| {
                         let fwd = fwd.clone();
                         let peer_ip = peer_ip.clone();
                         async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
                     });
-                    let io = TokioIo::new(Prefixed { pre, pos: 0, io: stream });
+                    let io = TokioIo::new(Prefixed {
+                        pre,
+                        pos: 0,
+                        io: stream,
+                    });
                     let mut conn = std::pin::pin!(h2.serve_connection(io, svc));
                     let stop = tokio::select! {
                         _ = conn.as_mut() => false,
@@ -206,7 +212,10 @@ impl AsyncWrite for Prefixed {
         self.io.is_write_vectored()
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 

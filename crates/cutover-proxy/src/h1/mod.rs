@@ -90,8 +90,7 @@ pub(crate) async fn serve_connection(
     };
     let mut first = true;
     loop {
-        let mut out = Out::new();
-        let head = match c.read_head(first, &mut out.0).await {
+        let (head, out) = match c.read_head(first).await {
             Ok(h) => h,
             Err(Stop::Closed) => return Outcome::Closed,
             Err(Stop::Http2) => {
@@ -136,9 +135,12 @@ fn head_error(e: HeadError) -> ProxyError {
             Source::Client,
             "the request head has too many or too long header lines",
         ),
-        HeadError::Unsupported(m) => {
-            ProxyError::new(StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding", Source::Client, m)
-        }
+        HeadError::Unsupported(m) => ProxyError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            Source::Client,
+            m,
+        ),
     }
 }
 
@@ -162,12 +164,19 @@ struct Upstream {
 impl Conn {
     /// Read until a whole request head is buffered and rewritten into `out`. Waiting for it
     /// (idle keep-alive included) is bounded by `header_read_timeout`.
-    async fn read_head(&mut self, first: bool, out: &mut Vec<u8>) -> Result<RequestHead, Stop> {
+    ///
+    /// The output buffer is taken only once bytes have arrived, so a connection waiting for
+    /// its next request holds no buffer.
+    async fn read_head(&mut self, first: bool) -> Result<(RequestHead, Out), Stop> {
         let max = self.settings.max_header_bytes;
         let mut deadline: Option<Deadline> = None;
         loop {
             if !self.inbuf.is_empty() {
-                let preface = if first { wire::h2_preface(self.inbuf.bytes()) } else { Some(false) };
+                let preface = if first {
+                    wire::h2_preface(self.inbuf.bytes())
+                } else {
+                    Some(false)
+                };
                 match preface {
                     Some(true) => return Err(Stop::Http2),
                     None => {}
@@ -176,8 +185,9 @@ impl Conn {
                             peer_ip: &self.peer_ip,
                             want_path: self.settings.access_log,
                         };
-                        match wire::request_head(self.inbuf.bytes(), &target, out) {
-                            Ok(Some(h)) => return Ok(h),
+                        let mut out = Out::new();
+                        match wire::request_head(self.inbuf.bytes(), &target, &mut out.0) {
+                            Ok(Some(h)) => return Ok((h, out)),
                             Ok(None) => {}
                             Err(e) => return Err(Stop::Refuse(head_error(e))),
                         }
@@ -196,8 +206,7 @@ impl Conn {
                 match poll_now(fut.as_mut()) {
                     Poll::Ready(r) => r,
                     Poll::Pending => {
-                        let d = *deadline
-                            .get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
+                        let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
                         tokio::select! {
                             biased;
                             r = fut => r,
@@ -268,7 +277,10 @@ impl Conn {
         });
         let mut guard = Guard::new(route.clone(), started, access);
         let mut body_done = head.body == Framing::None;
-        match self.forward(&head, out, &route, &mut guard, started, &mut body_done).await {
+        match self
+            .forward(&head, out, &route, &mut guard, started, &mut body_done)
+            .await
+        {
             Ok(next) => next,
             Err(Fail::Proxy(e)) => {
                 guard.set_status(e.status.as_u16());
@@ -285,7 +297,13 @@ impl Conn {
         }
     }
 
-    async fn answer_error(&mut self, e: ProxyError, route: Option<&ColorRoute>, head: &RequestHead, unread: bool) -> Next {
+    async fn answer_error(
+        &mut self,
+        e: ProxyError,
+        route: Option<&ColorRoute>,
+        head: &RequestHead,
+        unread: bool,
+    ) -> Next {
         let close = unread
             || !head.keep_alive
             || e.status == StatusCode::BAD_REQUEST
@@ -341,7 +359,8 @@ impl Conn {
             // An HTTP/1.0 request without Host: the upstream gets the endpoint's address.
             let end = out.0.len() - 2;
             out.0.truncate(end);
-            out.0.extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
+            out.0
+                .extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
         }
         self.inbuf.consume(head.head_len);
 
@@ -577,7 +596,9 @@ impl Conn {
                 self.inbuf.reserve(BUF_SIZE);
                 match self.client.read_buf(&mut self.inbuf.data).await {
                     Ok(0) | Err(_) => {
-                        return Err(Fail::Proxy(bad_body("the client closed the connection before the whole body")))
+                        return Err(Fail::Proxy(bad_body(
+                            "the client closed the connection before the whole body",
+                        )))
                     }
                     Ok(_) => {}
                 }

@@ -295,17 +295,18 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
 
     // Absolute-form targets (sent to proxies) carry the host; origin-form is forwarded as is.
     let absolute;
-    let (path, uri_host): (&str, Option<&str>) = if target.starts_with('/') || (target == "*" && method == Method::OPTIONS) {
-        (target, None)
-    } else if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") || target.starts_with("https://") {
-        absolute = target
-            .parse::<http::Uri>()
-            .map_err(|e| HeadError::Bad(format!("malformed request target: {e}")))?;
-        let auth = absolute.authority().map(|a| a.as_str());
-        (absolute.path_and_query().map_or("/", |p| p.as_str()), auth)
-    } else {
-        return Err(HeadError::Bad(format!("malformed request target {target:?}")));
-    };
+    let (path, uri_host): (&str, Option<&str>) =
+        if target.starts_with('/') || (target == "*" && method == Method::OPTIONS) {
+            (target, None)
+        } else if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") || target.starts_with("https://") {
+            absolute = target
+                .parse::<http::Uri>()
+                .map_err(|e| HeadError::Bad(format!("malformed request target: {e}")))?;
+            let auth = absolute.authority().map(|a| a.as_str());
+            (absolute.path_and_query().map_or("/", |p| p.as_str()), auth)
+        } else {
+            return Err(HeadError::Bad(format!("malformed request target {target:?}")));
+        };
 
     let conn = ConnectionTokens::parse(headers);
     let mut length: Option<u64> = None;
@@ -364,7 +365,11 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
             Some(n) => Framing::Length(n),
         }
     };
-    let keep_alive = if minor == 1 { !conn.close } else { conn.keep_alive && !conn.close };
+    let keep_alive = if minor == 1 {
+        !conn.close
+    } else {
+        conn.keep_alive && !conn.close
+    };
 
     // The upstream's head: always HTTP/1.1, hop-by-hop headers dropped, framing restated.
     out.extend_from_slice(method.as_str().as_bytes());
@@ -389,7 +394,10 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
     }
     // Earlier proxies' X-Forwarded-For values, in order, then this connection's peer.
     out.extend_from_slice(b"x-forwarded-for: ");
-    for h in headers.iter().filter(|h| is(h.name, "x-forwarded-for") && !h.value.is_empty()) {
+    for h in headers
+        .iter()
+        .filter(|h| is(h.name, "x-forwarded-for") && !h.value.is_empty())
+    {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
@@ -553,7 +561,11 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
             (None, None) => Framing::Close,
         }
     };
-    let mut upstream_keep_alive = if minor == 1 { !conn.close } else { conn.keep_alive && !conn.close };
+    let mut upstream_keep_alive = if minor == 1 {
+        !conn.close
+    } else {
+        conn.keep_alive && !conn.close
+    };
     // Both framings, or a body that ends at close: this connection cannot carry another.
     if body == Framing::Close || (te.is_some() && length.is_some()) {
         upstream_keep_alive = false;
@@ -665,7 +677,11 @@ impl Chunked {
                 data(&input[i..i + take]);
                 i += take;
                 let left = left - take as u64;
-                *self = if left == 0 { Chunked::DataCr } else { Chunked::Data(left) };
+                *self = if left == 0 {
+                    Chunked::DataCr
+                } else {
+                    Chunked::Data(left)
+                };
                 continue;
             }
             let b = input[i];
@@ -730,5 +746,319 @@ impl Chunked {
             };
         }
         Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(raw: &str) -> Result<(RequestHead, String), HeadError> {
+        let mut out = Vec::new();
+        let t = Target {
+            peer_ip: b"10.0.0.9",
+            want_path: true,
+        };
+        let h = request_head(raw.as_bytes(), &t, &mut out)?.expect("complete head");
+        Ok((h, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn request_heads_are_rewritten_for_the_upstream() {
+        let raw = "POST /v1/chat?x=1 HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n\
+             X-Forwarded-Host: evil\r\nContent-Length: 0005\r\nX-Kept: yes\r\n\r\nhello";
+        let (h, out) = req(raw).unwrap();
+        assert_eq!(h.head_len, raw.len() - 5, "the head ends before the body");
+        assert_eq!(h.body, Framing::Length(5));
+        assert!(h.keep_alive && !h.needs_host);
+        assert_eq!(h.path.as_deref(), Some("/v1/chat"), "the logged path has no query");
+        assert!(out.starts_with("POST /v1/chat?x=1 HTTP/1.1\r\n"), "{out}");
+        for gone in ["Connection", "X-Private", "Keep-Alive", "Upgrade", "evil", "0005"] {
+            assert!(!out.contains(gone), "{gone} in {out}");
+        }
+        for kept in [
+            "Host: api\r\n",
+            "TE: trailers\r\n",
+            "X-Kept: yes\r\n",
+            "x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n",
+            "x-forwarded-proto: http\r\n",
+            "x-forwarded-host: api\r\n",
+            "content-length: 5\r\n",
+        ] {
+            assert!(out.contains(kept), "{kept:?} missing from {out}");
+        }
+        assert!(out.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn absolute_form_http10_and_chunked_requests() {
+        let (h, out) = req("GET http://models.internal:8000/v1/models HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert!(out.starts_with("GET /v1/models HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.contains("host: models.internal:8000\r\n") && !out.contains("other"),
+            "{out}"
+        );
+        assert_eq!(h.body, Framing::None);
+
+        let (h, out) = req("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!h.keep_alive && h.needs_host && h.minor == 0);
+        assert!(!out.to_ascii_lowercase().contains("host:"));
+        let (h, _) = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(h.keep_alive);
+        let (h, _) = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+
+        let (h, out) =
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert_eq!(h.body, Framing::Chunked);
+        assert!(h.expect_continue);
+        assert!(
+            out.contains("transfer-encoding: chunked\r\n") && !out.contains("Expect"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_requests_are_refused() {
+        let bad = |raw: &str| match req(raw) {
+            Err(HeadError::Bad(m)) => m,
+            other => panic!("{raw:?} gave {other:?}"),
+        };
+        assert!(
+            bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .contains("ambiguous")
+        );
+        assert!(
+            bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").contains("conflicting")
+        );
+        bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n");
+        bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        bad("GET / HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        bad("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET nowhere HTTP/1.1\r\nHost: a\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n");
+        assert!(matches!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Err(HeadError::Unsupported(_))
+        ));
+        assert!(matches!(
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            Err(HeadError::Unsupported(_))
+        ));
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).err(),
+            Some(HeadError::TooLarge)
+        );
+        let mut out = Vec::new();
+        let t = Target {
+            peer_ip: b"1",
+            want_path: false,
+        };
+        assert!(request_head(b"GET / HTTP/1.1\r\nHost: a\r\n", &t, &mut out)
+            .unwrap()
+            .is_none());
+        assert!(out.is_empty(), "nothing written for a partial head");
+    }
+
+    fn resp(raw: &str, head_request: bool, minor: u8, keep: bool) -> (ResponseHead, String) {
+        let cx = ResponseContext {
+            head_request,
+            client_minor: minor,
+            client_keep_alive: keep,
+            color: b"green",
+            version: Some(b"v2"),
+        };
+        let mut out = Vec::new();
+        match response_head(raw.as_bytes(), &cx, &mut out).unwrap() {
+            ResponseParse::Head(h) => (h, String::from_utf8(out).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_framing_decides_how_the_client_gets_the_body() {
+        let (h, out) = resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-Cutover-Color: blue\r\nDate: x\r\n\r\nhi",
+            false,
+            1,
+            true,
+        );
+        assert_eq!(
+            (h.body, h.out, h.upstream_keep_alive, h.close_client),
+            (Framing::Length(2), OutMode::Length, true, false)
+        );
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("content-length: 2\r\n") && out.contains("Date: x\r\n"));
+        assert!(
+            out.contains("x-cutover-color: green\r\nx-cutover-version: v2\r\n") && !out.contains("blue"),
+            "{out}"
+        );
+        assert!(!out.contains("Connection"), "{out}");
+
+        let sse = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (h, out) = resp(sse, false, 1, true);
+        assert_eq!((h.out, h.sse), (OutMode::Rechunk, true));
+        assert!(out.contains("transfer-encoding: chunked\r\n"));
+        let (h, out) = resp(sse, false, 0, true);
+        assert_eq!(
+            (h.out, h.close_client),
+            (OutMode::Close, true),
+            "HTTP/1.0 clients get the data until close"
+        );
+        assert!(
+            out.contains("connection: close\r\n") && !out.contains("chunked"),
+            "{out}"
+        );
+
+        let (h, _) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 1, true);
+        assert_eq!(h.out, OutMode::Raw);
+        let (h, out) = resp("HTTP/1.0 200 OK\r\n\r\n", false, 1, true);
+        assert_eq!(
+            (h.body, h.out, h.upstream_keep_alive),
+            (Framing::Close, OutMode::Rechunk, false)
+        );
+        assert!(out.contains("transfer-encoding: chunked"));
+
+        let (h, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true, 1, true);
+        assert_eq!(h.body, Framing::None);
+        assert!(out.contains("Content-Length: 1234\r\n"), "HEAD keeps its length: {out}");
+        let (h, out) = resp("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", false, 0, true);
+        assert_eq!((h.body, h.upstream_keep_alive), (Framing::None, false));
+        assert!(
+            out.contains("connection: keep-alive\r\n"),
+            "HTTP/1.0 keep-alive restated: {out}"
+        );
+        let (h, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false, 1, false);
+        assert!(h.close_client && out.contains("connection: close\r\n"));
+        let (h, _) = resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1,
+            true,
+        );
+        assert_eq!((h.body, h.upstream_keep_alive), (Framing::Chunked, false));
+    }
+
+    #[test]
+    fn interim_and_bad_responses() {
+        let cx = ResponseContext {
+            head_request: false,
+            client_minor: 1,
+            client_keep_alive: true,
+            color: b"blue",
+            version: None,
+        };
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert!(matches!(
+            response_head(raw, &cx, &mut out),
+            Ok(ResponseParse::Interim(25))
+        ));
+        assert!(matches!(
+            response_head(&raw[25..], &cx, &mut out),
+            Ok(ResponseParse::Partial)
+        ));
+        assert!(response_head(b"HTTP/1.1 101 Switching\r\n\r\n", &cx, &mut out).is_err());
+        assert!(response_head(b"HTTP/1.1 abc\r\n\r\n", &cx, &mut out).is_err());
+        assert!(response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            &cx,
+            &mut out
+        )
+        .is_err());
+        assert!(out.is_empty());
+    }
+
+    fn encode(pieces: &[Vec<u8>], ext: bool, trailers: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in pieces.iter().filter(|p| !p.is_empty()) {
+            v.extend_from_slice(format!("{:X}", p.len()).as_bytes());
+            if ext {
+                v.extend_from_slice(b";name=value");
+            }
+            v.extend_from_slice(b"\r\n");
+            v.extend_from_slice(p);
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"0\r\n");
+        if trailers {
+            v.extend_from_slice(b"grpc-status: 0\r\n");
+        }
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_decoding_survives_any_split(
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            splits in proptest::collection::vec(1usize..64, 1..40),
+            ext: bool,
+            trailers: bool,
+        ) {
+            let mut wire = encode(&pieces, ext, trailers);
+            let end = wire.len();
+            wire.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+            let mut dec = Chunked::new();
+            let mut data = Vec::new();
+            let mut at = 0;
+            let mut splits = splits.iter().cycle();
+            while !dec.done() && at < wire.len() {
+                let n = (*splits.next().unwrap()).min(wire.len() - at);
+                let used = dec.feed(&wire[at..at + n], |d| data.extend_from_slice(d)).unwrap();
+                prop_assert!(used == n || dec.done());
+                at += used;
+            }
+            prop_assert!(dec.done());
+            prop_assert_eq!(at, end, "stops exactly at the end of the message");
+            prop_assert_eq!(data, pieces.concat());
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nbad\ntrailer\r\n\r\n",
+        ] {
+            let mut dec = Chunked::new();
+            assert!(dec.feed(bad, |_| {}).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let mut long_ext = b"5;".to_vec();
+        long_ext.extend(std::iter::repeat_n(b'x', 5000));
+        assert!(Chunked::new().feed(&long_ext, |_| {}).is_err());
+    }
+
+    #[test]
+    fn idle_buffers_hold_no_memory_and_grow_only_to_the_limit() {
+        let mut b = Buf::new();
+        assert_eq!(b.data.capacity(), 0);
+        assert!(b.reserve(64 * 1024));
+        assert_eq!(b.data.capacity(), BUF_SIZE);
+        b.data.extend_from_slice(b"abc");
+        b.consume(1);
+        assert_eq!(b.bytes(), b"bc");
+        b.consume(2);
+        b.release();
+        assert_eq!(b.data.capacity(), 0, "released when empty");
+        assert!(b.reserve(BUF_SIZE));
+        b.data.resize(BUF_SIZE, 7);
+        assert!(!b.reserve(BUF_SIZE), "full at the limit");
+        assert!(b.reserve(2 * BUF_SIZE), "grows up to a larger limit");
+        assert!(b.data.capacity() >= 2 * BUF_SIZE);
+        assert_eq!(h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(true));
+        assert_eq!(h2_preface(b"PRI * HT"), None);
+        assert_eq!(h2_preface(b"GET / HTTP/1.1"), Some(false));
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
     }
 }

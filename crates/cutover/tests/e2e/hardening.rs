@@ -151,7 +151,11 @@ async fn conflicting_content_length_and_transfer_encoding_cannot_smuggle() {
         b"GET / HTTP/1.1\r\n\r\n",
     ] {
         let (resp, closed) = tokio::task::spawn_blocking(move || raw(port, bad)).await.unwrap();
-        assert!(resp.starts_with("HTTP/1.1 400"), "{}: {resp}", String::from_utf8_lossy(bad));
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{}: {resp}",
+            String::from_utf8_lossy(bad)
+        );
         assert!(closed, "{}", String::from_utf8_lossy(bad));
     }
     let (resp, _) = tokio::task::spawn_blocking(move || {
