@@ -105,32 +105,15 @@ pub async fn serve(
         if fast {
             let stats = stats.clone();
             let open = open_tx.clone();
-            let mut shutdown = shutdown.clone();
+            let shutdown = shutdown.clone();
             let h2 = h2.clone();
             tokio::spawn(async move {
                 if let Outcome::Http2(stream, pre) =
                     h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await
                 {
-                    let peer_ip = crate::forward::ip_header(peer);
-                    let svc = hyper::service::service_fn(move |req| {
-                        let fwd = fwd.clone();
-                        let peer_ip = peer_ip.clone();
-                        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
-                    });
-                    let io = TokioIo::new(Prefixed {
-                        pre,
-                        pos: 0,
-                        io: stream,
-                    });
-                    let mut conn = std::pin::pin!(h2.serve_connection(io, svc));
-                    let stop = tokio::select! {
-                        _ = conn.as_mut() => false,
-                        _ = shutdown.wait_for(|s| *s) => true,
-                    };
-                    if stop {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
+                    // Boxed: hyper's HTTP/2 connection state is large, and every HTTP/1
+                    // connection's task would otherwise be sized for it.
+                    Box::pin(serve_h2(h2, stream, pre, peer, fwd, shutdown)).await;
                 }
                 stats.open.fetch_sub(1, Relaxed);
                 drop(permit);
@@ -160,6 +143,37 @@ pub async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+    }
+}
+
+/// Serve an HTTP/2 (prior knowledge) client found by the fast path, through hyper.
+async fn serve_h2(
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    pre: Vec<u8>,
+    peer: std::net::SocketAddr,
+    fwd: Arc<Forwarder>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer_ip = crate::forward::ip_header(peer);
+    let svc = hyper::service::service_fn(move |req| {
+        let fwd = fwd.clone();
+        let peer_ip = peer_ip.clone();
+        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
+    });
+    let io = TokioIo::new(Prefixed {
+        pre,
+        pos: 0,
+        io: stream,
+    });
+    let mut conn = std::pin::pin!(h2.serve_connection(io, svc));
+    let stop = tokio::select! {
+        _ = conn.as_mut() => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    };
+    if stop {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 

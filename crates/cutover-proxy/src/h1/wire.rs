@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 /// Size of a pooled buffer: a whole typical head plus the start of its body in one read.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per thread for reuse; past that they go back to the allocator.
-const KEEP_PER_THREAD: usize = 512;
+const KEEP_PER_THREAD: usize = 64;
 /// Header lines accepted in one head (hyper's default is 100 too).
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Longest response head accepted from an upstream.
@@ -337,10 +337,8 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
         } else if is(h.name, "host") {
             hosts += 1;
             host = Some(h.value);
-        } else if is(h.name, "expect") {
-            if h.value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            }
+        } else if is(h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = true;
         }
     }
     // RFC 9112 §6.3 lets a server reject both framings at once; it is how requests are
@@ -382,9 +380,10 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
             if !(is(h.name, "te") && h.value.eq_ignore_ascii_case(b"trailers")) {
                 continue;
             }
-        } else if (conn.n > 0 || conn.overflow) && conn.names(h.name, headers) {
-            continue;
-        } else if uri_host.is_some() && is(h.name, "host") {
+        } else if ((conn.n > 0 || conn.overflow) && conn.names(h.name, headers))
+            || (uri_host.is_some() && is(h.name, "host"))
+        {
+            // Named by Connection, or a Host the absolute-form target overrides.
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -404,19 +403,16 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
     out.extend_from_slice(t.peer_ip);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    match host {
-        Some(h) => {
-            if uri_host.is_some() {
-                out.extend_from_slice(b"host: ");
-                out.extend_from_slice(h);
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"x-forwarded-host: ");
+    // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
+    if let Some(h) = host {
+        if uri_host.is_some() {
+            out.extend_from_slice(b"host: ");
             out.extend_from_slice(h);
             out.extend_from_slice(b"\r\n");
         }
-        // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
-        None => {}
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
     }
     match body {
         Framing::Length(n) => {
