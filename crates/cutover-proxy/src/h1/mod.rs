@@ -191,7 +191,7 @@ impl Conn {
                             want_path: self.settings.access_log,
                         };
                         let mut out = Out::new();
-                        match wire::request_head(self.inbuf.bytes(), &target, &mut out.0) {
+                        match wire::request_head(self.inbuf.bytes(), &target, out.vec()) {
                             Ok(Some(h)) => return Ok((h, out)),
                             Ok(None) => {}
                             Err(e) => return Err(Stop::Refuse(head_error(e))),
@@ -247,7 +247,7 @@ impl Conn {
     /// Answer with the proxy's own error (the connection closes after it).
     async fn refuse(&mut self, e: ProxyError, route: Option<&ColorRoute>) {
         let mut out = Out::new();
-        error_response(e, &self.fwd.service.name, route, true, &mut out.0);
+        error_response(e, &self.fwd.service.name, route, true, out.vec());
         let deadline = Deadline::now() + self.settings.header_read_timeout;
         let _ = write_by(&mut self.client, &out.0, deadline).await;
     }
@@ -330,7 +330,7 @@ impl Conn {
             || e.status == StatusCode::BAD_REQUEST
             || e.status == StatusCode::PAYLOAD_TOO_LARGE;
         let mut out = Out::new();
-        error_response(e, &self.fwd.service.name, route, close, &mut out.0);
+        error_response(e, &self.fwd.service.name, route, close, out.vec());
         if !close && head.minor == 0 {
             // error_response ends the head; HTTP/1.0 keep-alive must be restated.
             let at = out.0.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 2;
@@ -447,7 +447,7 @@ impl Conn {
                 body_done,
                 body,
                 &rcx,
-                &mut cout.0,
+                &mut cout,
                 &mut upbuf,
                 replayable && idempotent(&head.method),
             );
@@ -536,7 +536,7 @@ impl Conn {
         body_done: &mut bool,
         mut body: Body,
         rcx: &ResponseContext<'_>,
-        cout: &mut Vec<u8>,
+        cout: &mut Out,
         upbuf: &mut Buf,
         retry_safe: bool,
     ) -> Result<(Upstream, ResponseHead), Fail> {
@@ -562,7 +562,7 @@ impl Conn {
         }
         loop {
             if !upbuf.is_empty() {
-                match wire::response_head(upbuf.bytes(), rcx, cout) {
+                match wire::response_head(upbuf.bytes(), rcx, cout.vec()) {
                     Ok(ResponseParse::Partial) => {}
                     Ok(ResponseParse::Interim(n)) => {
                         upbuf.consume(n);
@@ -575,16 +575,30 @@ impl Conn {
                     Err(m) => return Err(Fail::Proxy(bad_response(endpoint, &m))),
                 }
             }
+            let nothing_yet = upbuf.is_empty();
+            let max = self.settings.max_header_bytes;
+            if nothing_yet {
+                // The model may think for minutes: wait without holding a buffer.
+                upbuf.release();
+                let mut ready = pin!(up.stream.readable());
+                if poll_now(ready.as_mut()).is_pending() {
+                    tokio::select! {
+                        biased;
+                        _ = ready => {}
+                        _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                    }
+                }
+            }
             if !upbuf.reserve(wire::MAX_RESPONSE_HEAD) {
                 return Err(Fail::Proxy(bad_response(endpoint, "response head too large")));
             }
-            let nothing_yet = upbuf.is_empty();
             let r = {
                 let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
                 match poll_now(fut.as_mut()) {
                     Poll::Ready(r) => r,
+                    // Readiness was stale: wait again.
+                    Poll::Pending if nothing_yet => continue,
                     Poll::Pending => {
-                        let max = self.settings.max_header_bytes;
                         tokio::select! {
                             biased;
                             r = fut => r,
@@ -802,7 +816,7 @@ async fn relay(
                 if rh.sse {
                     events += count_events(&mut last_nl, d);
                 }
-                cout.0.extend_from_slice(d);
+                cout.vec().extend_from_slice(d);
                 upbuf.consume(take);
                 left -= take as u64;
                 left == 0
@@ -810,7 +824,7 @@ async fn relay(
             Framing::Chunked => {
                 let (mode, sse) = (rh.out, rh.sse);
                 let bytes = upbuf.bytes();
-                let out = &mut cout.0;
+                let out = cout.vec();
                 let fed = dec.feed(bytes, |d| {
                     if sse {
                         events += count_events(&mut last_nl, d);
@@ -824,7 +838,7 @@ async fn relay(
                 match fed {
                     Ok(k) => {
                         if mode == OutMode::Raw {
-                            cout.0.extend_from_slice(&bytes[..k]);
+                            cout.vec().extend_from_slice(&bytes[..k]);
                         }
                         upbuf.consume(k);
                         dec.done()
@@ -841,8 +855,8 @@ async fn relay(
                     events += count_events(&mut last_nl, d);
                 }
                 match rh.out {
-                    OutMode::Rechunk => chunk(&mut cout.0, d),
-                    _ => cout.0.extend_from_slice(d),
+                    OutMode::Rechunk => chunk(cout.vec(), d),
+                    _ => cout.vec().extend_from_slice(d),
                 }
                 let n = upbuf.len();
                 upbuf.consume(n);
@@ -853,7 +867,7 @@ async fn relay(
             route.stats.stream_events.fetch_add(events, Relaxed);
         }
         if done && rh.out == OutMode::Rechunk {
-            cout.0.extend_from_slice(b"0\r\n\r\n");
+            cout.vec().extend_from_slice(b"0\r\n\r\n");
         }
         if !cout.0.is_empty() {
             if write_by(client, &cout.0, deadline).await.is_err() {
@@ -873,26 +887,35 @@ async fn relay(
             route.stats.drain_closed.fetch_add(1, Relaxed);
             return fail(client, rh, cout, route, DRAIN_CLOSED, deadline).await;
         }
+        // Everything read so far is consumed: wait for more without holding buffers, so
+        // a stream between two tokens costs its socket and little else.
+        upbuf.release();
+        cout.release();
+        {
+            let mut ready = pin!(up.stream.readable());
+            if poll_now(ready.as_mut()).is_pending() {
+                let rx = closed_rx.get_or_insert_with(|| route.close_signal.subscribe());
+                tokio::select! {
+                    biased;
+                    _ = ready => {}
+                    _ = sleep_until(deadline) => {
+                        return fail(client, rh, cout, route, TIMED_OUT, deadline).await;
+                    }
+                    _ = wait_true(rx) => {
+                        route.stats.drain_closed.fetch_add(1, Relaxed);
+                        return fail(client, rh, cout, route, DRAIN_CLOSED, deadline).await;
+                    }
+                    _ = client_gone(client, inbuf, max_header) => return false,
+                }
+            }
+        }
         upbuf.reserve(BUF_SIZE);
         let r = {
             let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
             match poll_now(fut.as_mut()) {
                 Poll::Ready(r) => r,
-                Poll::Pending => {
-                    let rx = closed_rx.get_or_insert_with(|| route.close_signal.subscribe());
-                    tokio::select! {
-                        biased;
-                        r = fut => r,
-                        _ = sleep_until(deadline) => {
-                            return fail(client, rh, cout, route, TIMED_OUT, deadline).await;
-                        }
-                        _ = wait_true(rx) => {
-                            route.stats.drain_closed.fetch_add(1, Relaxed);
-                            return fail(client, rh, cout, route, DRAIN_CLOSED, deadline).await;
-                        }
-                        _ = client_gone(client, inbuf, max_header) => return false,
-                    }
-                }
+                // Readiness was stale: wait again.
+                Poll::Pending => continue,
             }
         };
         match r {
@@ -929,7 +952,7 @@ async fn fail(
             "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
             why.replace(['"', '\\', '\n'], " ")
         );
-        chunk(&mut cout.0, ev.as_bytes());
+        chunk(cout.vec(), ev.as_bytes());
     }
     if !cout.0.is_empty() {
         let d = deadline.min(Deadline::now() + std::time::Duration::from_secs(5));

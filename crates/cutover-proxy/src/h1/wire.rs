@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 /// Size of a pooled buffer: a whole typical head plus the start of its body in one read.
 pub(crate) const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per thread for reuse; past that they go back to the allocator.
-const KEEP_PER_THREAD: usize = 64;
+const KEEP_PER_THREAD: usize = 256;
 /// Header lines accepted in one head (hyper's default is 100 too).
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Longest response head accepted from an upstream.
@@ -120,12 +120,27 @@ impl Drop for Buf {
     }
 }
 
-/// An output buffer from the same pool.
+/// An output buffer from the same pool, taken at its first write.
 pub(crate) struct Out(pub(crate) Vec<u8>);
 
 impl Out {
-    pub(crate) fn new() -> Out {
-        Out(take_vec())
+    pub(crate) const fn new() -> Out {
+        Out(Vec::new())
+    }
+
+    /// The buffer to write to.
+    pub(crate) fn vec(&mut self) -> &mut Vec<u8> {
+        if self.0.capacity() == 0 {
+            self.0 = take_vec();
+        }
+        &mut self.0
+    }
+
+    /// Give the memory back while there is nothing to send (a stream between events).
+    pub(crate) fn release(&mut self) {
+        if self.0.is_empty() && self.0.capacity() > 0 {
+            give_vec(std::mem::take(&mut self.0));
+        }
     }
 }
 
