@@ -8,6 +8,7 @@
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
+//! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
@@ -17,6 +18,7 @@ mod config;
 mod dashboard;
 mod demo;
 mod hardening;
+mod http1;
 mod observability;
 mod release;
 mod restart;
