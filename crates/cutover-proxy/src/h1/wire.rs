@@ -1031,6 +1031,85 @@ mod tests {
         }
     }
 
+    const NAMES: [&str; 11] = [
+        "Host",
+        "Connection",
+        "Content-Length",
+        "Transfer-Encoding",
+        "TE",
+        "Upgrade",
+        "X-A",
+        "Keep-Alive",
+        "X-Forwarded-For",
+        "Expect",
+        "content-length",
+    ];
+    const VALUES: [&str; 12] = [
+        "close",
+        "keep-alive, X-A",
+        "5",
+        "chunked",
+        "trailers",
+        "h2c",
+        "1.2.3.4",
+        "",
+        "100-continue",
+        "gzip, chunked",
+        "x-a",
+        "7",
+    ];
+
+    proptest! {
+        /// Whatever mix of framing and hop-by-hop headers a client sends, an accepted request
+        /// is rewritten into a head that parses completely, states at most one framing, and
+        /// carries no hop-by-hop header; a refused one writes nothing. Arbitrary bytes never
+        /// panic any of the parsers.
+        #[test]
+        fn any_header_mix_is_refused_or_rewritten_cleanly(
+            minor in 0u8..2,
+            lines in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..8),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut raw = format!("POST /p HTTP/1.{minor}\r\n");
+            for (n, v) in &lines {
+                raw.push_str(&format!("{}: {}\r\n", NAMES[*n], VALUES[*v]));
+            }
+            raw.push_str("\r\n");
+            let t = Target { peer_ip: b"9.9.9.9", want_path: false };
+            let mut out = Vec::new();
+            match request_head(raw.as_bytes(), &t, &mut out) {
+                Ok(Some(h)) => {
+                    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+                    let mut r = httparse::Request::new(&mut hs);
+                    let parsed = r.parse(&out);
+                    prop_assert!(matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()), "{}", String::from_utf8_lossy(&out));
+                    let framing: Vec<_> = r.headers.iter()
+                        .filter(|x| is(x.name, "content-length") || is(x.name, "transfer-encoding"))
+                        .collect();
+                    prop_assert!(framing.len() <= 1, "{}", String::from_utf8_lossy(&out));
+                    prop_assert_eq!(framing.is_empty(), h.body == Framing::None);
+                    for x in r.headers.iter() {
+                        for bad in ["connection", "keep-alive", "upgrade", "expect", "x-a"] {
+                            let named = raw.to_ascii_lowercase().contains("connection: keep-alive, x-a");
+                            if bad != "x-a" || named {
+                                prop_assert!(!is(x.name, bad), "{} in {}", bad, String::from_utf8_lossy(&out));
+                            }
+                        }
+                    }
+                }
+                Ok(None) => prop_assert!(false, "a complete head is never partial"),
+                Err(_) => prop_assert!(out.is_empty()),
+            }
+            let mut junk = raw.into_bytes();
+            junk.extend_from_slice(&noise);
+            let _ = request_head(&noise, &t, &mut Vec::new());
+            let cx = ResponseContext { head_request: false, client_minor: 1, client_keep_alive: true, color: b"blue", version: None };
+            let _ = response_head(&junk, &cx, &mut Vec::new());
+            let _ = response_head(&noise, &cx, &mut Vec::new());
+            let _ = Chunked::new().feed(&noise, |_| {});
+        }
+    }
+
     #[test]
     fn malformed_chunked_bodies_are_errors() {
         for bad in [
