@@ -224,7 +224,7 @@ def main():
     for pct in (25, 50, 75):
         rate = int(base * pct / 100)
         for t, port in targets.items():
-            lat[(pct, t)] = loadgen(binp, "rate", f"127.0.0.1:{port}", "--rps", rate, "--connections", 16, "--duration", f"{secs}s")
+            lat[(pct, t)] = loadgen(binp, "rate", f"127.0.0.1:{port}", "--rps", rate, "--connections", 64, "--duration", f"{secs}s")
 
     streams = {}
     stream_targets = {"direct": P["mock_a"], "cutover": P["cutover_stream"], "nginx": P["nginx_stream"], "haproxy": P["haproxy_stream"]}
@@ -237,7 +237,7 @@ def main():
     import threading
     storm = {}
     def load():
-        storm["rate"] = loadgen(binp, "rate", f"127.0.0.1:{P['cutover']}", "--rps", int(base / 2), "--connections", 16, "--duration", f"{max(secs, 3) + 2}s")
+        storm["rate"] = loadgen(binp, "rate", f"127.0.0.1:{P['cutover']}", "--rps", int(base / 2), "--connections", 64, "--duration", f"{max(secs, 3) + 2}s")
     def open_streams():
         storm["streams"] = loadgen(binp, "stream", f"127.0.0.1:{P['cutover_stream']}", "--streams", 200, "--tokens", tokens)
     th = [threading.Thread(target=load), threading.Thread(target=open_streams)]
@@ -285,10 +285,10 @@ def generator_ceiling(binp, lowest, quick):
     3x of its lightly loaded p99 (or +2 ms)."""
     direct = f"127.0.0.1:{P['upstream']}"
     dur = "1s" if quick else "2s"
-    light = loadgen(binp, "rate", direct, "--rps", max(1000, int(lowest * 0.1)), "--connections", 16, "--duration", dur)["p99_us"]
+    light = loadgen(binp, "rate", direct, "--rps", max(1000, int(lowest * 0.1)), "--connections", 64, "--duration", dur)["p99_us"]
     base = lowest
     for _ in range(8):
-        r = loadgen(binp, "rate", direct, "--rps", int(base * 0.75), "--connections", 16, "--duration", dur)
+        r = loadgen(binp, "rate", direct, "--rps", int(base * 0.75), "--connections", 64, "--duration", dur)
         if r["failed"] == 0 and r["p99_us"] <= max(3 * light, light + 2000):
             return base
         base *= 0.85
@@ -313,7 +313,7 @@ def report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, qu
         ratios.append(f"cutover/{o}: throughput {c['rps'] / med[o]['rps']:.2f}×, CPU per request {ct / ot:.2f}×")
     lines += ["", "Ratios: " + "; ".join(ratios) + ".", ""]
     scaled = "" if base >= lowest else f"; scaled down from the lowest proxy capacity {lowest:.0f}/s to what the generator sustains on the direct path"
-    lines += [f"### Latency added over direct at a fixed rate (open loop, 16 connections; 100% = {base:.0f}/s{scaled})", "",
+    lines += [f"### Latency added over direct at a fixed rate (open loop, 64 connections; 100% = {base:.0f}/s{scaled})", "",
               "| load | path | p50 µs | p99 µs | p99.9 µs | added p99 µs | failed |", "|---|---|---:|---:|---:|---:|---:|"]
     for pct in (25, 50, 75):
         d = lat[(pct, "direct")]

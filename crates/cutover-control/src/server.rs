@@ -55,13 +55,11 @@ pub async fn serve_until(
         .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
     let mut data = Vec::new();
     for svc in ctl.services.values() {
-        let l = TcpListener::bind(svc.cfg.listen)
-            .await
+        let l = cutover_proxy::listener::bind(svc.cfg.listen)
             .with_context(|| format!("cannot listen on services.{}.listen {}", svc.cfg.name, svc.cfg.listen))?;
         data.push((l, svc.clone(), false));
         if let Some(p) = svc.cfg.preview_listen {
-            let l = TcpListener::bind(p)
-                .await
+            let l = cutover_proxy::listener::bind(p)
                 .with_context(|| format!("cannot listen on services.{}.preview_listen {p}", svc.cfg.name))?;
             data.push((l, svc.clone(), true));
         }

@@ -26,6 +26,23 @@ pub struct ListenerStats {
     pub at_cap: AtomicU64,
 }
 
+/// Connections the kernel may queue for a listener before it drops SYNs. A burst of new
+/// clients (hundreds of streams opened at once) must wait in this queue, not be dropped: a
+/// dropped SYN costs the client a 1 s retransmit. The kernel caps it at `net.core.somaxconn`.
+pub const BACKLOG: u32 = 4096;
+
+/// A data-plane listener with a deep accept queue (`TcpListener::bind` gives 128).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
 /// connections up to `grace` to finish their requests (streams included).
 pub async fn serve(
