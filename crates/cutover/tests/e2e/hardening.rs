@@ -456,6 +456,42 @@ async fn connections_past_the_cap_wait_and_the_cap_is_logged() {
     assert_eq!(resp.status, 200);
 }
 
+/// A burst of new connections waits in the kernel's accept queue instead of having SYNs
+/// dropped (a dropped SYN costs a client a 1 s retransmit). With the cap at 1 nothing is
+/// accepted, so every one of 600 connects completes only if the queue holds them all
+/// (`TcpListener::bind`'s default of 128 would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_waits_in_a_deep_accept_queue() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "limits = { max_connections = 1 }")).await;
+    let _held = StdTcp::connect(("127.0.0.1", r.listen)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = r.listen;
+    let attempts: Vec<_> = (0..600)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(800),
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for a in attempts {
+        if let Ok(Ok(s)) = a.await.unwrap() {
+            open.push(s);
+        }
+    }
+    assert_eq!(
+        open.len(),
+        600,
+        "every connect completed at once, none waits for a SYN retransmit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_admin_client_is_cut_at_the_header_timeout() {
     let blue = Mock::start("v1", &[]).await;
