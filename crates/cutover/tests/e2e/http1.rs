@@ -255,3 +255,30 @@ async fn large_close_delimited_chunked_and_head_responses_from_another_server() 
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
     assert!(out.ends_with("\r\n\r\nok"), "{out:?}");
 }
+
+#[tokio::test]
+async fn the_hyper_engine_stays_available_as_an_escape_hatch() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start_with_env(
+        &static_service(&[&blue], &[&green], ""),
+        &[("CUTOVER_HTTP1_ENGINE", "hyper")],
+    )
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let resp = get(&r.url("/mock/echo")).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-cutover-color"), "blue");
+    assert_eq!(resp.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+    // Which path served it: hyper frames Content-Length + Transfer-Encoding by the latter and
+    // answers; the own path refuses it with 400.
+    let port = r.listen;
+    let out = blocking(move || {
+        exchange(
+            port,
+            b"POST /mock/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

@@ -235,11 +235,17 @@ pub struct Router {
     pub config: PathBuf,
     pub proc: Proc,
     pub http: Client<HttpConnector, Full<Bytes>>,
+    /// Extra environment for the serve process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Router {
     /// `services` is TOML for `[services.chat...]`; `{listen}` and `{preview}` are filled in.
     pub async fn start(services: &str) -> Router {
+        Router::start_with_env(services, &[]).await
+    }
+
+    pub async fn start_with_env(services: &str, env: &[(&str, &str)]) -> Router {
         let dir = TempDir::new("router");
         let (admin, listen, preview) = (free_port(), free_port(), free_port());
         let text = format!(
@@ -259,6 +265,7 @@ impl Router {
             config,
             proc: Proc(None),
             http: http_client(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         r.spawn().await;
         r
@@ -276,6 +283,7 @@ impl Router {
             .arg(&self.config)
             .args(["--grace", "5s"])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
