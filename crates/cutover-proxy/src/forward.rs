@@ -88,16 +88,7 @@ impl Forwarder {
         let started = Instant::now();
         let svc = &*self.service;
         let Some(route) = svc.target(self.preview) else {
-            let msg = if self.preview {
-                format!("service {} has no idle color to preview", svc.name)
-            } else {
-                format!(
-                    "service {} has no live color yet: switch to a color or release a version first",
-                    svc.name
-                )
-            };
-            return ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg)
-                .into_response(&svc.name, None);
+            return self.no_route().into_response(&svc.name, None);
         };
         let access = svc.settings.access_log.then(|| {
             Box::new(Access {
@@ -178,15 +169,7 @@ impl Forwarder {
         }
 
         let Some(mut endpoint) = route.pick(None) else {
-            return Err(ProxyError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_healthy_endpoint",
-                Source::Routing,
-                format!(
-                    "no healthy endpoint in color {} of service {}",
-                    route.color, self.service.name
-                ),
-            ));
+            return Err(self.no_endpoint(route));
         };
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
@@ -206,17 +189,7 @@ impl Forwarder {
             );
             let attempt = tokio::time::timeout_at(first_byte_deadline, send(endpoint, upstream_req));
             match attempt.await {
-                Err(_) => {
-                    return Err(ProxyError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        Source::Upstream,
-                        format!(
-                            "{} did not answer within limits.first_byte_timeout ({:?})",
-                            endpoint.addr, settings.first_byte_timeout
-                        ),
-                    ))
-                }
+                Err(_) => return Err(first_byte_timeout(endpoint, settings.first_byte_timeout)),
                 Ok(Ok((resp, conn))) => break (resp, conn, endpoint),
                 Ok(Err(Attempt::Connect(e, req))) => {
                     tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
@@ -226,19 +199,7 @@ impl Forwarder {
                             endpoint = next;
                             upstream_req = req;
                         }
-                        _ => {
-                            let status = if matches!(e, ConnectError::Timeout) {
-                                StatusCode::GATEWAY_TIMEOUT
-                            } else {
-                                StatusCode::BAD_GATEWAY
-                            };
-                            return Err(ProxyError::new(
-                                status,
-                                "upstream_connect_failed",
-                                Source::Upstream,
-                                format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
-                            ));
-                        }
+                        _ => return Err(connect_failed(&e, endpoint, route)),
                     }
                 }
                 Ok(Err(Attempt::Failed(e))) => return Err(classify(&e, endpoint)),
@@ -265,6 +226,58 @@ impl Forwarder {
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+impl Forwarder {
+    /// Nothing to route to on this listener.
+    pub(crate) fn no_route(&self) -> ProxyError {
+        let svc = &self.service.name;
+        let msg = if self.preview {
+            format!("service {svc} has no idle color to preview")
+        } else {
+            format!("service {svc} has no live color yet: switch to a color or release a version first")
+        };
+        ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg)
+    }
+
+    pub(crate) fn no_endpoint(&self, route: &ColorRoute) -> ProxyError {
+        ProxyError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_healthy_endpoint",
+            Source::Routing,
+            format!(
+                "no healthy endpoint in color {} of service {}",
+                route.color, self.service.name
+            ),
+        )
+    }
+}
+
+pub(crate) fn first_byte_timeout(endpoint: &Endpoint, limit: std::time::Duration) -> ProxyError {
+    ProxyError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        Source::Upstream,
+        format!(
+            "{} did not answer within limits.first_byte_timeout ({limit:?})",
+            endpoint.addr
+        ),
+    )
+}
+
+/// No endpoint of the color could be reached (after the one retry).
+pub(crate) fn connect_failed(e: &ConnectError, endpoint: &Endpoint, route: &ColorRoute) -> ProxyError {
+    let status = if matches!(e, ConnectError::Timeout) {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    ProxyError::new(
+        status,
+        "upstream_connect_failed",
+        Source::Upstream,
+        format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
+    )
 }
 
 /// Point the request at `endpoint` in the form its protocol wants.

@@ -33,7 +33,7 @@ use tokio::time::{sleep_until, Instant as Deadline};
 
 use crate::body::{Access, Guard};
 use crate::error::{ProxyError, Source};
-use crate::forward::Forwarder;
+use crate::forward::{self, Forwarder};
 use crate::route::{ColorRoute, Endpoint, ServiceSettings};
 use crate::upstream::ConnectError;
 use wire::{Buf, Chunked, Framing, HeadError, Out, OutMode, RequestHead, ResponseContext, ResponseHead, ResponseParse};
@@ -275,15 +275,7 @@ impl Conn {
         let fwd = self.fwd.clone();
         let svc = &*fwd.service;
         let Some(route) = svc.target(fwd.preview) else {
-            let msg = if fwd.preview {
-                format!("service {} has no idle color to preview", svc.name)
-            } else {
-                format!(
-                    "service {} has no live color yet: switch to a color or release a version first",
-                    svc.name
-                )
-            };
-            let e = ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg);
+            let e = fwd.no_route();
             let unread = head.body != Framing::None;
             return self.answer_error(e, None, &head, unread).await;
         };
@@ -366,15 +358,7 @@ impl Conn {
             }
         }
         let Some(mut endpoint) = route.pick(None).cloned() else {
-            return Err(Fail::Proxy(ProxyError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_healthy_endpoint",
-                Source::Routing,
-                format!(
-                    "no healthy endpoint in color {} of service {}",
-                    route.color, self.fwd.service.name
-                ),
-            )));
+            return Err(Fail::Proxy(self.fwd.no_endpoint(route)));
         };
         if head.needs_host {
             // An HTTP/1.0 request without Host: the upstream gets the endpoint's address.
@@ -453,14 +437,9 @@ impl Conn {
             );
             match tokio::time::timeout_at(first_byte_deadline, attempt).await {
                 Err(_) => {
-                    return Err(Fail::Proxy(ProxyError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        Source::Upstream,
-                        format!(
-                            "{} did not answer within limits.first_byte_timeout ({:?})",
-                            endpoint.addr, settings.first_byte_timeout
-                        ),
+                    return Err(Fail::Proxy(forward::first_byte_timeout(
+                        &endpoint,
+                        settings.first_byte_timeout,
                     )))
                 }
                 Ok(Ok(r)) => break r,
@@ -471,19 +450,7 @@ impl Conn {
                             moved = true;
                             endpoint = next.clone();
                         }
-                        _ => {
-                            let status = if matches!(e, ConnectError::Timeout) {
-                                StatusCode::GATEWAY_TIMEOUT
-                            } else {
-                                StatusCode::BAD_GATEWAY
-                            };
-                            return Err(Fail::Proxy(ProxyError::new(
-                                status,
-                                "upstream_connect_failed",
-                                Source::Upstream,
-                                format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
-                            )));
-                        }
+                        _ => return Err(Fail::Proxy(forward::connect_failed(&e, &endpoint, route))),
                     }
                 }
                 Ok(Err(Fail::Stale(why))) => {
