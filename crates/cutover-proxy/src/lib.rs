@@ -28,5 +28,14 @@ pub mod route;
 pub mod stats;
 pub mod upstream;
 
+/// Entry points for `fuzz/` (cargo-fuzz): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Any bytes as an HTTP/1.1 request head, response head and chunked body.
+    pub fn h1_wire(data: &[u8]) {
+        crate::h1::fuzz_wire(data);
+    }
+}
+
 pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service, ServiceSettings};
 pub use stats::{ColorStats, HistogramSnapshot, StatsSnapshot};

@@ -40,6 +40,76 @@ use wire::{Buf, Chunked, Framing, HeadError, Out, OutMode, RequestHead, Response
 
 pub(crate) use wire::BUF_SIZE;
 
+/// The parsers under arbitrary input (cargo-fuzz target `h1_wire`): an accepted request is
+/// rewritten into a head that parses completely with one framing at most and no hop-by-hop
+/// header; refusals write nothing; chunked decoding gives the same data and the same end
+/// however the input is split.
+pub(crate) fn fuzz_wire(data: &[u8]) {
+    let t = wire::Target {
+        peer_ip: b"10.1.2.3",
+        want_path: true,
+    };
+    let mut out = Vec::new();
+    match wire::request_head(data, &t, &mut out) {
+        Ok(Some(h)) => {
+            let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
+            let mut r = httparse::Request::new(&mut hs);
+            match r.parse(&out) {
+                Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
+                other => panic!("rewritten head does not parse: {other:?}"),
+            }
+            let framing = r
+                .headers
+                .iter()
+                .filter(|x| {
+                    x.name.eq_ignore_ascii_case("content-length") || x.name.eq_ignore_ascii_case("transfer-encoding")
+                })
+                .count();
+            assert!(framing <= 1);
+            assert_eq!(framing == 0, h.body == Framing::None);
+            assert!(!r.headers.iter().any(|x| x.name.eq_ignore_ascii_case("connection")));
+            assert!(h.head_len <= data.len());
+        }
+        Ok(None) | Err(_) => {}
+    }
+    let cx = ResponseContext {
+        head_request: data.first().is_some_and(|b| b & 1 == 1),
+        client_minor: data.get(1).map_or(1, |b| b & 1),
+        client_keep_alive: true,
+        color: b"blue",
+        version: Some(b"v1"),
+    };
+    let mut out = Vec::new();
+    if let Ok(ResponseParse::Head(h)) = wire::response_head(data, &cx, &mut out) {
+        assert!(h.head_len <= data.len());
+        let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
+        let mut r = httparse::Response::new(&mut hs);
+        assert!(matches!(r.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
+    }
+    let (mut whole, mut split) = (Chunked::new(), Chunked::new());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let r1 = whole.feed(data, |d| a.extend_from_slice(d));
+    let cut = data.first().map_or(0, |&c| c as usize % (data.len() + 1));
+    let r2 = split.feed(&data[..cut], |d| b.extend_from_slice(d)).and_then(|n| {
+        if n < cut || split.done() {
+            Ok(n)
+        } else {
+            split.feed(&data[cut..], |d| b.extend_from_slice(d)).map(|m| n + m)
+        }
+    });
+    match (r1, r2) {
+        (Ok(n1), Ok(n2)) => {
+            assert_eq!(whole.done(), split.done());
+            if whole.done() {
+                assert_eq!(n1, n2);
+            }
+            assert_eq!(a, b);
+        }
+        (Err(_), Err(_)) => {}
+        (x, y) => panic!("split and whole decoding disagree: {x:?} vs {y:?}"),
+    }
+}
+
 /// How a connection ended.
 pub(crate) enum Outcome {
     Closed,
