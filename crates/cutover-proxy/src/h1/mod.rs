@@ -50,27 +50,24 @@ pub(crate) fn fuzz_wire(data: &[u8]) {
         want_path: true,
     };
     let mut out = Vec::new();
-    match wire::request_head(data, &t, &mut out) {
-        Ok(Some(h)) => {
-            let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
-            let mut r = httparse::Request::new(&mut hs);
-            match r.parse(&out) {
-                Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
-                other => panic!("rewritten head does not parse: {other:?}"),
-            }
-            let framing = r
-                .headers
-                .iter()
-                .filter(|x| {
-                    x.name.eq_ignore_ascii_case("content-length") || x.name.eq_ignore_ascii_case("transfer-encoding")
-                })
-                .count();
-            assert!(framing <= 1);
-            assert_eq!(framing == 0, h.body == Framing::None);
-            assert!(!r.headers.iter().any(|x| x.name.eq_ignore_ascii_case("connection")));
-            assert!(h.head_len <= data.len());
+    if let Ok(Some(h)) = wire::request_head(data, &t, &mut out) {
+        let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
+        let mut r = httparse::Request::new(&mut hs);
+        match r.parse(&out) {
+            Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
+            other => panic!("rewritten head does not parse: {other:?}"),
         }
-        Ok(None) | Err(_) => {}
+        let framing = r
+            .headers
+            .iter()
+            .filter(|x| {
+                x.name.eq_ignore_ascii_case("content-length") || x.name.eq_ignore_ascii_case("transfer-encoding")
+            })
+            .count();
+        assert!(framing <= 1);
+        assert_eq!(framing == 0, h.body == Framing::None);
+        assert!(!r.headers.iter().any(|x| x.name.eq_ignore_ascii_case("connection")));
+        assert!(h.head_len <= data.len());
     }
     let cx = ResponseContext {
         head_request: data.first().is_some_and(|b| b & 1 == 1),
