@@ -339,6 +339,9 @@ impl Conn {
     /// One request: forward it, stream the response back, record it.
     async fn exchange(&mut self, mut head: RequestHead, out: Out) -> Next {
         let started = Instant::now();
+        // The head is dealt with from here on, whatever the answer: an error answered on a
+        // kept-alive connection must not find the same request again.
+        self.inbuf.consume(head.head_len);
         let fwd = self.fwd.clone();
         let svc = &*fwd.service;
         let Some(route) = svc.target(fwd.preview) else {
@@ -434,8 +437,6 @@ impl Conn {
             out.0
                 .extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
         }
-        self.inbuf.consume(head.head_len);
-
         // The part of the body already read goes out with the head; when that is all of it,
         // the request can be sent again if a pooled connection turns out dead.
         let mut dec = Chunked::new();

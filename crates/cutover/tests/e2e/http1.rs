@@ -9,13 +9,21 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Writes `bytes`, then reads until the server closes (or 10 s pass).
+/// Writes `bytes`, then reads until the server closes (at most 10 s and 8 MiB, so a server
+/// that never stops answering fails the test instead of hanging it).
 fn exchange(port: u16, bytes: &[u8]) -> String {
     let mut s = StdTcp::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(bytes).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let mut chunk = [0u8; 65536];
+    while std::time::Instant::now() < until && buf.len() < 8 << 20 {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     String::from_utf8_lossy(&buf).into_owned()
 }
 
@@ -53,6 +61,35 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert!(p1 < p2 && p2 < p3, "answered in order: {out}");
     assert!(out.contains("\"body_bytes\":5"), "{out}");
     assert!(out.contains("connection: close"), "the last answer says close: {out}");
+}
+
+/// An error answered on a kept-alive connection consumes its request: the next one on the
+/// connection gets its own answer (once, a 503 looped on the same buffered request).
+#[tokio::test]
+async fn errors_on_a_kept_alive_connection_answer_each_request_once() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    let port = r.listen;
+    let out = blocking(move || {
+        exchange(
+            port,
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 503").count(), 2, "{out}");
+    assert!(out.contains("no_live_color"), "{out}");
+    // Once a color is live, the same connection pattern is served normally.
+    assert_eq!(r.switch("blue").await.status, 200);
+    let out = blocking(move || {
+        exchange(
+            port,
+            b"GET /mock/echo?n=1 HTTP/1.1\r\nHost: a\r\n\r\nGET /mock/echo?n=2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
 }
 
 #[tokio::test]
