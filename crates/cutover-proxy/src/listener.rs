@@ -125,6 +125,8 @@ pub async fn serve(
             let shutdown = shutdown.clone();
             let h2 = h2.clone();
             tokio::spawn(async move {
+                // Counted down however the task ends, a panic included.
+                let _open = OpenGuard { stats, _drain: open };
                 if let Outcome::Http2(stream, pre) =
                     h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await
                 {
@@ -132,9 +134,7 @@ pub async fn serve(
                     // connection's task would otherwise be sized for it.
                     Box::pin(serve_h2(h2, stream, pre, peer, fwd, shutdown)).await;
                 }
-                stats.open.fetch_sub(1, Relaxed);
                 drop(permit);
-                drop(open);
             });
             continue;
         }
@@ -160,6 +160,18 @@ pub async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+    }
+}
+
+/// One open fast-path connection: in the listener's gauge and holding the drain open.
+struct OpenGuard {
+    stats: Arc<ListenerStats>,
+    _drain: mpsc::Sender<()>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Relaxed);
     }
 }
 

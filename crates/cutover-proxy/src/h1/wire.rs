@@ -313,7 +313,7 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
     let (path, uri_host): (&str, Option<&str>) =
         if target.starts_with('/') || (target == "*" && method == Method::OPTIONS) {
             (target, None)
-        } else if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") || target.starts_with("https://") {
+        } else if starts_with_ignore_case(target, "http://") || starts_with_ignore_case(target, "https://") {
             absolute = target
                 .parse::<http::Uri>()
                 .map_err(|e| HeadError::Bad(format!("malformed request target: {e}")))?;
@@ -450,6 +450,12 @@ pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Res
         expect_continue,
         needs_host: host.is_none(),
     }))
+}
+
+/// Compared as bytes: a request target may carry non-ASCII bytes, and slicing it as a
+/// string at a fixed index could split a character (a panic the fuzzer found).
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// `n` in decimal, without allocating.
@@ -851,6 +857,14 @@ mod tests {
         bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         bad("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n");
         bad("GET nowhere HTTP/1.1\r\nHost: a\r\n\r\n");
+        // Found by the fuzzer: a non-ASCII byte where "http://" would end must not panic.
+        let mut out = Vec::new();
+        let t = Target {
+            peer_ip: b"1",
+            want_path: false,
+        };
+        let r = request_head("GET http:/ח)1 HTTP/1.0\r\n\r\n".as_bytes(), &t, &mut out);
+        assert!(matches!(r, Err(HeadError::Bad(_))), "{r:?}");
         bad("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n");
         assert!(matches!(
             req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
