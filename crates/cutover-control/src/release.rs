@@ -405,6 +405,18 @@ impl Run {
         blocking(&self.ctl.store, move |s| s.update_release(id, &value, finished)).await
     }
 
+    /// Stores `next`, and only then lets the API see it: nobody reads a phase or outcome
+    /// that a crash could still take back (a test saw "verifying" while the store held
+    /// "switching").
+    async fn commit(&self, mut next: ReleaseDoc) -> Result<(), ApiError> {
+        next.updated_at = now_rfc3339();
+        let (id, finished) = (next.id, next.outcome.is_some());
+        let value = serde_json::to_value(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+        blocking(&self.ctl.store, move |s| s.update_release(id, &value, finished)).await?;
+        self.doc(|d| *d = next);
+        Ok(())
+    }
+
     /// Applies an event, records the finished phase's detail and commits before returning.
     async fn step(&mut self, event: Event, detail: String) -> Result<Phase, ApiError> {
         let from = self.machine.phase;
@@ -416,7 +428,9 @@ impl Run {
         let elapsed = self.phase_started.elapsed();
         self.phase_started = Instant::now();
         let outcome = self.machine.outcome;
-        self.doc(|d| {
+        let mut next = self.doc(|d| d.clone());
+        {
+            let d = &mut next;
             if let Some(p) = d.phases.last_mut() {
                 p.ended_at = Some(now.clone());
                 p.elapsed_ms = Some(elapsed.as_millis() as u64);
@@ -435,8 +449,8 @@ impl Run {
                     detail: None,
                 });
             }
-        });
-        self.persist().await?;
+        }
+        self.commit(next).await?;
         let (svc, version, color) = self.doc(|d| (d.service.clone(), d.version.clone(), d.color));
         tracing::info!(service = %svc, release = self.active.id, version = %version, color = %color, from = %from, to = %to, reason = %detail, "release phase");
         Ok(to)
