@@ -346,7 +346,7 @@ impl Conn {
         let svc = &*fwd.service;
         let Some(route) = svc.target(fwd.preview) else {
             let e = fwd.no_route();
-            let unread = head.body != Framing::None;
+            let unread = !self.skip_buffered_body(head.body);
             return self.answer_error(e, None, &head, unread).await;
         };
         let access = self.settings.access_log.then(|| {
@@ -411,6 +411,28 @@ impl Conn {
         }
     }
 
+    /// For a request answered without an upstream: when its whole body is already buffered
+    /// (the usual small JSON), drop it so the connection can carry the next request. False
+    /// when the body is still on the wire: the connection must then close.
+    fn skip_buffered_body(&mut self, body: Framing) -> bool {
+        let n = match body {
+            Framing::None | Framing::Close => return true,
+            Framing::Length(n) => match usize::try_from(n) {
+                Ok(n) if n <= self.inbuf.len() => n,
+                _ => return false,
+            },
+            Framing::Chunked => {
+                let mut dec = Chunked::new();
+                match dec.feed(self.inbuf.bytes(), |_| {}) {
+                    Ok(n) if dec.done() => n,
+                    _ => return false,
+                }
+            }
+        };
+        self.inbuf.consume(n);
+        true
+    }
+
     /// Send the request to an endpoint of `route` and stream the response back.
     async fn forward(
         &mut self,
@@ -428,6 +450,7 @@ impl Conn {
             }
         }
         let Some(mut endpoint) = route.pick(None).cloned() else {
+            *body_done = self.skip_buffered_body(head.body);
             return Err(Fail::Proxy(self.fwd.no_endpoint(route)));
         };
         if head.needs_host {

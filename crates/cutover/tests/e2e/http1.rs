@@ -80,6 +80,19 @@ async fn errors_on_a_kept_alive_connection_answer_each_request_once() {
     .await;
     assert_eq!(out.matches("HTTP/1.1 503").count(), 2, "{out}");
     assert!(out.contains("no_live_color"), "{out}");
+    // A small body that came with the refused request is skipped, not taken for the next
+    // request, and the connection goes on (chunked too).
+    let out = blocking(move || {
+        exchange(
+            port,
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nGET /x HTTP\
+              POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+              GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 503").count(), 3, "{out}");
+    assert!(!out.contains("HTTP/1.1 400"), "{out}");
     // Once a color is live, the same connection pattern is served normally.
     assert_eq!(r.switch("blue").await.status, 200);
     let out = blocking(move || {
