@@ -239,11 +239,7 @@ impl Proxied {
         self.conn = None;
         if self.sse && self.state == State::Streaming {
             self.state = State::FailAfterEvent;
-            let ev = format!(
-                "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
-                why.replace(['"', '\\', '\n'], " ")
-            );
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(ev)))));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(sse_error_event(why))))));
         }
         self.state = State::Done;
         self.guard = None;
@@ -251,23 +247,38 @@ impl Proxied {
     }
 
     fn count_events(&mut self, d: &Bytes) {
-        let mut n = 0;
-        for &b in d.iter() {
-            if b == b'\n' {
-                if self.last_was_newline {
-                    n += 1;
-                }
-                self.last_was_newline = true;
-            } else if b != b'\r' {
-                self.last_was_newline = false;
-            }
-        }
+        let n = count_events(&mut self.last_was_newline, d);
         if n > 0 {
             if let Some(g) = &self.guard {
                 g.route.stats.stream_events.fetch_add(n, Relaxed);
             }
         }
     }
+}
+
+/// Blank lines in an event stream, one per event; `last_nl` carries a newline that ended the
+/// previous piece, so an event split across reads is still counted once.
+pub(crate) fn count_events(last_nl: &mut bool, d: &[u8]) -> u64 {
+    let mut n = 0;
+    for &b in d {
+        if b == b'\n' {
+            if *last_nl {
+                n += 1;
+            }
+            *last_nl = true;
+        } else if b != b'\r' {
+            *last_nl = false;
+        }
+    }
+    n
+}
+
+/// The event that tells an event-stream client why its stream was cut.
+pub(crate) fn sse_error_event(why: &str) -> String {
+    format!(
+        "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
+        why.replace(['"', '\\', '\n'], " ")
+    )
 }
 
 impl Body for RespBody {

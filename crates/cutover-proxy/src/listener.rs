@@ -138,13 +138,9 @@ pub async fn serve(
             });
             continue;
         }
-        let peer_ip = crate::forward::ip_header(peer);
-        let svc = hyper::service::service_fn(move |req| {
-            let fwd = fwd.clone();
-            let peer_ip = peer_ip.clone();
-            async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), hyper_service(fwd, peer))
+            .into_owned();
         let conn = graceful.watch(conn);
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -175,6 +171,25 @@ impl Drop for OpenGuard {
     }
 }
 
+/// The hyper service of one connection: every request through the hyper request path.
+fn hyper_service(
+    fwd: Arc<Forwarder>,
+    peer: std::net::SocketAddr,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::RespBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<http::Response<crate::body::RespBody>, Infallible>> + Send,
+> + Clone {
+    // Made once per connection: no formatting per request.
+    let peer_ip = crate::forward::ip_header(peer);
+    hyper::service::service_fn(move |req| {
+        let fwd = fwd.clone();
+        let peer_ip = peer_ip.clone();
+        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
+    })
+}
+
 /// Serve an HTTP/2 (prior knowledge) client found by the fast path, through hyper.
 async fn serve_h2(
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -184,12 +199,7 @@ async fn serve_h2(
     fwd: Arc<Forwarder>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer_ip = crate::forward::ip_header(peer);
-    let svc = hyper::service::service_fn(move |req| {
-        let fwd = fwd.clone();
-        let peer_ip = peer_ip.clone();
-        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
-    });
+    let svc = hyper_service(fwd, peer);
     let io = TokioIo::new(Prefixed {
         pre,
         pos: 0,

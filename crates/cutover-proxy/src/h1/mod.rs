@@ -17,7 +17,7 @@
 mod wire;
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant as Deadline};
 
-use crate::body::{Access, Guard};
+use crate::body::{count_events, sse_error_event, Access, Guard};
 use crate::error::{ProxyError, Source};
 use crate::forward::{self, Forwarder};
 use crate::route::{ColorRoute, Endpoint, ServiceSettings};
@@ -830,25 +830,10 @@ fn chunk(out: &mut Vec<u8>, d: &[u8]) {
     if d.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+    // The size line written in place: no string per chunk (one per token on a stream).
+    let _ = write!(out, "{:x}\r\n", d.len());
     out.extend_from_slice(d);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Blank lines in an event stream: one per event.
-fn count_events(last_nl: &mut bool, d: &[u8]) -> u64 {
-    let mut n = 0;
-    for &b in d {
-        if b == b'\n' {
-            if *last_nl {
-                n += 1;
-            }
-            *last_nl = true;
-        } else if b != b'\r' {
-            *last_nl = false;
-        }
-    }
-    n
 }
 
 /// Stream the response body to the client. True when it ended cleanly.
@@ -1012,11 +997,7 @@ async fn fail(
 ) -> bool {
     route.stats.aborted_bodies.fetch_add(1, Relaxed);
     if rh.sse && rh.out == OutMode::Rechunk {
-        let ev = format!(
-            "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
-            why.replace(['"', '\\', '\n'], " ")
-        );
-        chunk(cout.vec(), ev.as_bytes());
+        chunk(cout.vec(), sse_error_event(why).as_bytes());
     }
     if !cout.0.is_empty() {
         let d = deadline.min(Deadline::now() + std::time::Duration::from_secs(5));
