@@ -102,22 +102,6 @@ async fn kill_9_during_a_switch_storm_never_loses_an_acknowledged_switch() {
     }
 }
 
-fn raw(port: u16, bytes: &[u8]) -> (String, bool) {
-    let mut s = StdTcp::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break true,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&buf).into_owned(), closed)
-}
-
 /// Both framings at once is how requests are smuggled past proxies (one side reads the
 /// Content-Length, the other the chunked framing). RFC 9112 §6.3 lets a server refuse such a
 /// request; cutover does: 400, the connection closed, and nothing reaches the upstream.

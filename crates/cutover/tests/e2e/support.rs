@@ -634,3 +634,27 @@ pub async fn h1_connection(
         .unwrap();
     (send, tokio::spawn(conn))
 }
+
+/// Writes `bytes` on a new connection, then reads until the server closes: the text, and
+/// whether it closed. Bounded (10 s, 8 MiB) so a server that never stops answering fails the
+/// test instead of hanging it.
+pub fn raw(port: u16, bytes: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let closed = loop {
+        if std::time::Instant::now() >= until || buf.len() >= 8 << 20 {
+            break false;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&buf).into_owned(), closed)
+}
