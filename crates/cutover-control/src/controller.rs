@@ -66,6 +66,7 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         pool_max_idle: l.pool_max_idle,
         pool_idle_timeout: l.pool_idle_timeout.get(),
         access_log: cfg.access_log,
+        ..ServiceSettings::default()
     }
 }
 

@@ -308,7 +308,7 @@ impl Body for RespBody {
             if let Some(g) = &p.guard {
                 g.route.stats.drain_closed.fetch_add(1, Relaxed);
             }
-            return p.fail("closed: the drain deadline of the old color passed");
+            return p.fail(crate::exchange::DRAIN_CLOSED);
         }
         match Pin::new(&mut p.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
@@ -334,7 +334,7 @@ impl Body for RespBody {
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.as_mut().poll(cx).is_ready() {
-                    return p.fail("request timeout: the whole exchange took longer than limits.request_timeout");
+                    return p.fail(crate::exchange::TIMED_OUT);
                 }
                 if p.closed.is_none() {
                     if let Some(g) = &p.guard {
@@ -348,7 +348,7 @@ impl Body for RespBody {
                     if let Some(g) = &p.guard {
                         g.route.stats.drain_closed.fetch_add(1, Relaxed);
                     }
-                    return p.fail("closed: the drain deadline of the old color passed");
+                    return p.fail(crate::exchange::DRAIN_CLOSED);
                 }
                 Poll::Pending
             }

@@ -2,49 +2,24 @@
 //! request and the response streams back. The request stays on that color to its last byte.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{Access, BodyTooLarge, Guard, ReqBody, RespBody};
+use crate::body::{BodyTooLarge, ReqBody, RespBody};
 use crate::error::{ProxyError, Source};
-use crate::route::{ColorRoute, Endpoint, Protocol, Service};
+use crate::exchange::{self, Exchange, Next, Replay, Retry};
+use crate::headers::{self, Class, Codings};
+use crate::route::Endpoint;
+use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
 
-/// Forwards the requests of one listener (live or preview) of one service.
-pub struct Forwarder {
-    pub service: Arc<Service>,
-    /// The preview listener routes to the idle color instead of the live one.
-    pub preview: bool,
-    /// The service's name, shared with access-log lines.
-    pub(crate) service_name: Arc<str>,
-}
-
-impl Forwarder {
-    pub fn new(service: Arc<Service>, preview: bool) -> Forwarder {
-        let service_name = Arc::from(service.name.as_str());
-        Forwarder {
-            service,
-            preview,
-            service_name,
-        }
-    }
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+pub use crate::exchange::Forwarder;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -52,20 +27,45 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
 static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
 
-/// Remove hop-by-hop headers, including those the `Connection` header names. `te: trailers`
-/// survives: gRPC needs it end to end.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none of these: one pass of cheap name comparisons instead of a hash
-    // lookup per hop-by-hop name (this runs twice per request).
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+/// Who is on the other end of a client connection, worked out once per connection.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as a header value, for `X-Forwarded-For`.
+    pub ip: HeaderValue,
+    /// One of the service's trusted proxies: its forwarding headers are kept.
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, settings: &ServiceSettings) -> Peer {
+        Peer {
+            addr,
+            ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value"),
+            trusted: !settings.trusted_proxies.is_empty() && settings.trusted_proxies.contains(addr.ip()),
+        }
+    }
+}
+
+/// Remove what must not be forwarded as it came: hop-by-hop headers (those `Connection`
+/// names too, unless the proxy needs them) and `x-cutover-*`. `te: trailers` survives: gRPC
+/// needs it end to end. Transfer-Encoding goes (hyper frames the message anew);
+/// Content-Length stays (hyper frames from it). Forwarding headers are `forwarding`'s.
+fn strip(h: &mut HeaderMap) {
+    let special = |n: &HeaderName| {
+        matches!(
+            headers::class(n.as_str().as_bytes()),
+            Class::HopByHop | Class::Te | Class::Cutover | Class::TransferEncoding
+        )
+    };
+    // Most messages carry none of these: one pass of cheap name comparisons first.
+    if !h.keys().any(special) {
         return;
     }
     if let Some(c) = h.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = c
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = headers::list(c.as_bytes())
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .filter(|n| headers::class(n.as_str().as_bytes()).removable_by_connection())
             .collect();
         for n in named {
             h.remove(n);
@@ -74,7 +74,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     let trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in &HOP_BY_HOP {
+    let gone: Vec<HeaderName> = h.keys().filter(|n| special(n)).cloned().collect();
+    for n in gone {
         h.remove(n);
     }
     if trailers {
@@ -82,36 +83,126 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The rules a request must meet before any of it is forwarded, the same as the HTTP/1.1
+/// engine's: one framing, a valid Transfer-Encoding, a plain Host, no header line past the
+/// per-line limit, a body within the size limit.
+fn check(parts: &http::request::Parts, settings: &ServiceSettings) -> Result<(), ProxyError> {
+    let h = &parts.headers;
+    let max_line = settings.max_header_line_bytes;
+    if h.iter().any(|(k, v)| k.as_str().len() + v.len() + 4 > max_line) {
+        return Err(exchange::header_line_too_large());
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err(exchange::malformed(
+                "both content-length and transfer-encoding: ambiguous message length",
+            ));
+        }
+        match headers::transfer_codings(h.get_all(header::TRANSFER_ENCODING).iter().map(|v| v.as_bytes())) {
+            Codings::Chunked => {}
+            Codings::Unsupported(c) => {
+                return Err(exchange::unsupported_coding(format!(
+                    "transfer coding {c:?} is not supported: only chunked is"
+                )))
+            }
+            Codings::NotChunkedFinal => {
+                return Err(exchange::malformed(
+                    "transfer-encoding whose final coding is not chunked",
+                ))
+            }
+            Codings::Invalid(m) => return Err(exchange::malformed(m)),
+        }
+    }
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let n =
+            headers::content_length(first.as_bytes()).ok_or_else(|| exchange::malformed("malformed content-length"))?;
+        if lengths.any(|v| headers::content_length(v.as_bytes()) != Some(n)) {
+            return Err(exchange::malformed("conflicting content-length headers"));
+        }
+        if n > settings.max_body_bytes {
+            return Err(exchange::too_large(n, settings.max_body_bytes));
+        }
+    }
+    let mut hosts = h.get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(exchange::malformed("more than one host header"));
+        }
+        if !headers::valid_host(host.as_bytes()) {
+            return Err(exchange::malformed(format!(
+                "malformed host header {:?}: expected host[:port] without userinfo, path or list",
+                String::from_utf8_lossy(host.as_bytes())
+            )));
+        }
+    }
+    if let Some(a) = parts.uri.authority() {
+        if a.as_str().contains('@') || !headers::valid_host(a.as_str().as_bytes()) {
+            return Err(exchange::malformed(format!("malformed authority {:?}", a.as_str())));
+        }
+    }
+    Ok(())
+}
+
+/// Write the forwarding headers: from a trusted proxy, its chain (all its X-Forwarded-For
+/// lines, in order) and then the peer in exactly one line, and its proto and host; from
+/// anyone else, the peer alone and this listener's own proto and host.
+fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Result<(), ProxyError> {
+    let trusted = if peer.trusted {
+        let chain: Vec<&[u8]> = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|v| headers::list(v.as_bytes()))
+            .collect();
+        let proto = h.get(&X_FORWARDED_PROTO).cloned();
+        let fwd_host = h.get(&X_FORWARDED_HOST).cloned();
+        let xff = if chain.is_empty() {
+            peer.ip.clone()
+        } else {
+            let mut v = chain.join(&b", "[..]);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip.as_bytes());
+            HeaderValue::from_bytes(&v).map_err(|_| exchange::malformed("malformed x-forwarded-for"))?
+        };
+        Some((xff, proto, fwd_host))
+    } else {
+        None
+    };
+    h.remove(&X_FORWARDED_FOR);
+    h.remove(&X_FORWARDED_PROTO);
+    h.remove(&X_FORWARDED_HOST);
+    let (xff, proto, fwd_host) = trusted.unwrap_or((peer.ip.clone(), None, None));
+    h.insert(X_FORWARDED_FOR.clone(), xff);
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        proto.unwrap_or(HeaderValue::from_static("http")),
+    );
+    if let Some(v) = fwd_host.or_else(|| host.cloned()) {
+        h.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    if !peer.trusted {
+        h.remove(header::FORWARDED);
+        h.remove("x-real-ip");
+    }
+    Ok(())
+}
+
 impl Forwarder {
-    /// `peer_ip` is `peer`'s address as a header value, made once per connection.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, peer_ip: &HeaderValue) -> Response<RespBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
-        let Some(route) = svc.target(self.preview) else {
-            return self.no_route().into_response(&svc.name, None);
-        };
-        let access = svc.settings.access_log.then(|| {
-            Box::new(Access {
-                service: self.service_name.clone(),
-                method: req.method().clone(),
-                path: req.uri().path().to_string(),
-                peer,
-                status: 0,
-            })
+        let begun = Exchange::begin(self, started, || {
+            exchange::access(self, req.method(), req.uri().path().to_string(), peer.addr)
         });
-        let mut guard = Some(Guard::new(route.clone(), started, access));
-        match self.forward(req, peer, peer_ip, &route, &mut guard, started).await {
+        let mut ex = match begun {
+            Ok(ex) => ex,
+            Err(e) => return e.into_response(&svc.name, None),
+        };
+        match self.forward(req, peer, &mut ex).await {
             Ok(resp) => resp,
             Err(e) => {
-                if let Some(g) = guard.as_mut() {
-                    g.set_status(e.status.as_u16());
-                }
-                drop(guard);
-                route.stats.record_status(e.status.as_u16());
-                if e.source != Source::Client {
-                    route.stats.upstream_failures.fetch_add(1, Relaxed);
-                }
-                e.into_response(&svc.name, Some(&route))
+                ex.failed(&e);
+                e.into_response(&svc.name, Some(&ex.route))
             }
         }
     }
@@ -119,165 +210,107 @@ impl Forwarder {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        peer_ip: &HeaderValue,
-        route: &Arc<ColorRoute>,
-        guard: &mut Option<Guard>,
-        started: Instant,
+        peer: &Peer,
+        ex: &mut Exchange,
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &self.service.settings;
         let (mut parts, body) = req.into_parts();
-        if let Some(len) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        {
-            if len > settings.max_body_bytes {
-                return Err(ProxyError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    Source::Client,
-                    format!(
-                        "request body of {len} bytes is larger than the limit of {} bytes",
-                        settings.max_body_bytes
-                    ),
-                ));
-            }
-        }
-
+        check(&parts, settings)?;
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        strip_hop_by_hop(&mut parts.headers);
-        // The common case (no X-Forwarded-For yet) reuses the connection's value: no
-        // formatting or allocation per request.
-        let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok(),
-            None => Some(peer_ip.clone()),
-        };
-        if let Some(v) = xff {
-            parts.headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if let Some(h) = &original_host {
-            parts.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-        }
+        strip(&mut parts.headers);
+        forwarding(&mut parts.headers, peer, original_host.as_ref())?;
 
-        let Some(mut endpoint) = route.pick(None) else {
-            return Err(self.no_endpoint(route));
-        };
+        let mut endpoint = ex.first_endpoint(self)?;
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
+        // A request with no body can be sent again; its head is kept for that only when
+        // the retry rule could ever use it.
+        let replay = Replay::of(&parts.method, body.is_end_stream());
+        let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
         let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
-        let mut retried = false;
-        let first_byte_deadline = tokio::time::Instant::from_std(started) + settings.first_byte_timeout;
+        let mut fresh = false;
+        let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
 
-        // Connect failures move to another endpoint of the same color, once; a request whose
-        // bytes may have reached an upstream is never sent again.
         let (resp, conn, endpoint) = loop {
             prepare(
                 &mut upstream_req,
-                endpoint,
+                &endpoint,
                 settings.protocol,
                 path.as_ref(),
                 original_host.as_ref(),
             );
-            let attempt = tokio::time::timeout_at(first_byte_deadline, send(endpoint, upstream_req));
-            match attempt.await {
-                Err(_) => return Err(first_byte_timeout(endpoint, settings.first_byte_timeout)),
+            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, upstream_req, fresh));
+            let (retry, e) = match attempt.await {
+                Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
                 Ok(Ok((resp, conn))) => break (resp, conn, endpoint),
                 Ok(Err(Attempt::Connect(e, req))) => {
                     tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    match route.pick(Some(endpoint)) {
-                        Some(next) if !retried => {
-                            retried = true;
-                            endpoint = next;
-                            upstream_req = req;
-                        }
-                        _ => return Err(connect_failed(&e, endpoint, route)),
-                    }
+                    upstream_req = req;
+                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &ex.route))
                 }
-                Ok(Err(Attempt::Failed(e))) => return Err(classify(&e, endpoint)),
+                Ok(Err(Attempt::Failed { error, reused })) => {
+                    let retry = if reused && died_before_response(&error) {
+                        Retry::ReusedConnection
+                    } else {
+                        Retry::Never
+                    };
+                    upstream_req = match &spare {
+                        Some(p) => Request::from_parts(p.clone(), ReqBody::empty()),
+                        None => return Err(classify(&error, &endpoint)),
+                    };
+                    (retry, classify(&error, &endpoint))
+                }
+            };
+            match ex.after_failure(retry, &endpoint, replay) {
+                Next::OtherEndpoint(next) => endpoint = next,
+                Next::FreshConnection => fresh = true,
+                Next::GiveUp => return Err(e),
             }
         };
 
-        route.stats.ttfb.observe(started.elapsed());
-        route.stats.record_status(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        ex.answered(parts.status.as_u16());
+        strip(&mut parts.headers);
         parts
             .headers
-            .insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
-        if let Some(v) = &route.version_header {
+            .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
+        if let Some(v) = &ex.route.version_header {
             parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
         }
         let sse = parts
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let deadline = tokio::time::Instant::from_std(started) + settings.request_timeout;
-        let mut guard = guard.take().expect("the guard is taken once, here");
-        guard.set_status(parts.status.as_u16());
+        let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
+        let guard = ex.guard.take().expect("the guard is taken once, here");
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
 }
 
-impl Forwarder {
-    /// Nothing to route to on this listener.
-    pub(crate) fn no_route(&self) -> ProxyError {
-        let svc = &self.service.name;
-        let msg = if self.preview {
-            format!("service {svc} has no idle color to preview")
-        } else {
-            format!("service {svc} has no live color yet: switch to a color or release a version first")
-        };
-        ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no_live_color", Source::Routing, msg)
+/// A failure of a reused connection that looks like the upstream closed it as we wrote:
+/// nothing of a response came back.
+fn died_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
     }
-
-    pub(crate) fn no_endpoint(&self, route: &ColorRoute) -> ProxyError {
-        ProxyError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_healthy_endpoint",
-            Source::Routing,
-            format!(
-                "no healthy endpoint in color {} of service {}",
-                route.color, self.service.name
-            ),
-        )
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted | K::UnexpectedEof
+            );
+        }
+        src = s.source();
     }
-}
-
-pub(crate) fn first_byte_timeout(endpoint: &Endpoint, limit: std::time::Duration) -> ProxyError {
-    ProxyError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "upstream_timeout",
-        Source::Upstream,
-        format!(
-            "{} did not answer within limits.first_byte_timeout ({limit:?})",
-            endpoint.addr
-        ),
-    )
-}
-
-/// No endpoint of the color could be reached (after the one retry).
-pub(crate) fn connect_failed(e: &ConnectError, endpoint: &Endpoint, route: &ColorRoute) -> ProxyError {
-    let status = if matches!(e, ConnectError::Timeout) {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    ProxyError::new(
-        status,
-        "upstream_connect_failed",
-        Source::Upstream,
-        format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
-    )
+    false
 }
 
 /// Point the request at `endpoint` in the form its protocol wants.
@@ -331,17 +364,22 @@ fn prepare(
 enum Attempt {
     /// No connection could be made; the request is returned untouched.
     Connect(ConnectError, Request<ReqBody>),
-    Failed(hyper::Error),
+    /// The request (or part of it) may have reached the upstream.
+    Failed { error: hyper::Error, reused: bool },
 }
 
-/// Send on a pooled connection, or a new one. A pooled connection that died while idle
-/// gives the request back and the next one is tried.
-async fn send(endpoint: &Arc<Endpoint>, mut req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), Attempt> {
-    while let Some(mut conn) = endpoint.pool.take() {
+/// Send on a pooled connection (unless `fresh`), or a new one. A pooled connection that
+/// died while idle gives the request back and the next one is tried.
+async fn send(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<ReqBody>,
+    fresh: bool,
+) -> Result<(Response<Incoming>, Conn), Attempt> {
+    while let Some(mut conn) = if fresh { None } else { endpoint.pool.take() } {
         match conn.send(req).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(SendError::NotSent(r)) => req = r,
-            Err(SendError::Failed(e)) => return Err(Attempt::Failed(e)),
+            Err(SendError::Failed(error)) => return Err(Attempt::Failed { error, reused: true }),
         }
     }
     let mut conn = match endpoint.pool.connect().await {
@@ -354,7 +392,7 @@ async fn send(endpoint: &Arc<Endpoint>, mut req: Request<ReqBody>) -> Result<(Re
             ConnectError::Io(std::io::Error::other("connection closed at once")),
             r,
         )),
-        Err(SendError::Failed(e)) => Err(Attempt::Failed(e)),
+        Err(SendError::Failed(error)) => Err(Attempt::Failed { error, reused: false }),
     }
 }
 
@@ -395,11 +433,6 @@ fn classify(e: &hyper::Error, endpoint: &Endpoint) -> ProxyError {
     )
 }
 
-/// `ip` as a header value, for `X-Forwarded-For` (made once per connection).
-pub fn ip_header(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +446,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.get("x-private").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
@@ -423,7 +456,7 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("gzip"));
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.get(header::TE).is_none());
     }
 }

@@ -8,8 +8,12 @@
 //!   [`Service`] that holds one `ArcSwap<RouteTable>`, replaced whole on a switch.
 //! - `h1`: the HTTP/1.1 fast path (client and upstream both HTTP/1.1), one task per
 //!   connection, no hyper in between; HTTP/2 clients are handed to hyper.
+//! - `exchange`: one request's lifecycle for both engines: route pick, in-flight guard, retry
+//!   decision, failure accounting, the proxy's error answers.
 //! - [`forward`]: the hyper request path: pick a color (one atomic load), an endpoint, forward, stream back.
 //! - [`upstream`]: per-endpoint connection pools (HTTP/1.1 or h2c) with explicit timeouts.
+//! - [`settings`]: a service's limits, timeouts and protocol (a leaf: depends on nothing here).
+//! - [`headers`]: what happens to each header, and the framing and Host rules, for both engines.
 //! - [`body`]: request and response bodies that stream, count and enforce limits.
 //! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
 //! - [`health`]: active health checks with consecutive-result thresholds.
@@ -20,22 +24,28 @@
 
 pub mod body;
 pub mod error;
+mod exchange;
 pub mod forward;
 mod h1;
+pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod route;
+pub mod settings;
 pub mod stats;
 pub mod upstream;
 
-/// Entry points for `fuzz/` (cargo-fuzz): not an API.
+/// Entry points for `fuzz/` (cargo-fuzz builds with `--cfg fuzzing`): not an API.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
     /// Any bytes as an HTTP/1.1 request head, response head and chunked body.
     pub fn h1_wire(data: &[u8]) {
-        crate::h1::fuzz_wire(data);
+        crate::h1::fuzz::wire(data);
     }
 }
 
-pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service, ServiceSettings};
+pub use headers::TrustedProxies;
+pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service};
+pub use settings::{Protocol, ServiceSettings};
 pub use stats::{ColorStats, HistogramSnapshot, StatsSnapshot};

@@ -182,11 +182,11 @@ fn hyper_service(
     Future = impl std::future::Future<Output = Result<http::Response<crate::body::RespBody>, Infallible>> + Send,
 > + Clone {
     // Made once per connection: no formatting per request.
-    let peer_ip = crate::forward::ip_header(peer);
+    let peer = Arc::new(crate::forward::Peer::new(peer, &fwd.service.settings));
     hyper::service::service_fn(move |req| {
         let fwd = fwd.clone();
-        let peer_ip = peer_ip.clone();
-        async move { Ok::<_, Infallible>(fwd.handle(req, peer, &peer_ip).await) }
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(fwd.handle(req, &peer).await) }
     })
 }
 

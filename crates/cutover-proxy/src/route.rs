@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
+pub use crate::settings::{Protocol, ServiceSettings};
 use crate::stats::ColorStats;
 use crate::upstream::Pool;
 
@@ -66,49 +66,6 @@ pub enum Health {
     Unknown,
     Healthy,
     Unhealthy,
-}
-
-/// The upstream protocol of a service's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    #[default]
-    Http1,
-    H2c,
-}
-
-/// Limits and timeouts of one service, fixed at start.
-#[derive(Debug, Clone)]
-pub struct ServiceSettings {
-    pub protocol: Protocol,
-    pub max_header_bytes: usize,
-    pub header_read_timeout: Duration,
-    pub max_body_bytes: u64,
-    pub max_connections: usize,
-    pub connect_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    pub request_timeout: Duration,
-    pub pool_max_idle: usize,
-    pub pool_idle_timeout: Duration,
-    /// One log line per request (target `cutover::access`), written when its last byte went.
-    pub access_log: bool,
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        ServiceSettings {
-            protocol: Protocol::Http1,
-            max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            max_body_bytes: 32 << 20,
-            max_connections: 10_000,
-            connect_timeout: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(3600),
-            pool_max_idle: 256,
-            pool_idle_timeout: Duration::from_secs(60),
-            access_log: false,
-        }
-    }
 }
 
 /// One upstream address of a color, with its connection pool and health.

@@ -14,10 +14,15 @@
 //! and the drain deadline. HTTP/2 clients (prior knowledge) are detected on the first bytes
 //! and handed to hyper; h2c upstreams use the hyper path for every client.
 
-mod wire;
+mod buf;
+mod chunked;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzz;
+mod request;
+mod response;
 
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,80 +36,27 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant as Deadline};
 
-use crate::body::{count_events, sse_error_event, Access, Guard};
+use crate::body::{count_events, sse_error_event};
 use crate::error::{ProxyError, Source};
-use crate::forward::{self, Forwarder};
-use crate::route::{ColorRoute, Endpoint, ServiceSettings};
+use crate::exchange::{self, Exchange, Forwarder, Replay, Retry, DRAIN_CLOSED, TIMED_OUT};
+use crate::route::{ColorRoute, Endpoint};
+use crate::settings::ServiceSettings;
 use crate::upstream::ConnectError;
-use wire::{Buf, Chunked, Framing, HeadError, Out, OutMode, RequestHead, ResponseContext, ResponseHead, ResponseParse};
+use buf::{Buf, Out};
+use chunked::{chunk, last_chunk, Chunked};
+use request::{HeadError, RequestHead};
+use response::{OutMode, ResponseContext, ResponseHead, ResponseParse};
 
-pub(crate) use wire::BUF_SIZE;
+pub(crate) use buf::BUF_SIZE;
 
-/// The parsers under arbitrary input (cargo-fuzz target `h1_wire`): an accepted request is
-/// rewritten into a head that parses completely with one framing at most and no hop-by-hop
-/// header; refusals write nothing; chunked decoding gives the same data and the same end
-/// however the input is split.
-pub(crate) fn fuzz_wire(data: &[u8]) {
-    let t = wire::Target {
-        peer_ip: b"10.1.2.3",
-        want_path: true,
-    };
-    let mut out = Vec::new();
-    if let Ok(Some(h)) = wire::request_head(data, &t, &mut out) {
-        let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
-        let mut r = httparse::Request::new(&mut hs);
-        match r.parse(&out) {
-            Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len()),
-            other => panic!("rewritten head does not parse: {other:?}"),
-        }
-        let framing = r
-            .headers
-            .iter()
-            .filter(|x| {
-                x.name.eq_ignore_ascii_case("content-length") || x.name.eq_ignore_ascii_case("transfer-encoding")
-            })
-            .count();
-        assert!(framing <= 1);
-        assert_eq!(framing == 0, h.body == Framing::None);
-        assert!(!r.headers.iter().any(|x| x.name.eq_ignore_ascii_case("connection")));
-        assert!(h.head_len <= data.len());
-    }
-    let cx = ResponseContext {
-        head_request: data.first().is_some_and(|b| b & 1 == 1),
-        client_minor: data.get(1).map_or(1, |b| b & 1),
-        client_keep_alive: true,
-        color: b"blue",
-        version: Some(b"v1"),
-    };
-    let mut out = Vec::new();
-    if let Ok(ResponseParse::Head(h)) = wire::response_head(data, &cx, &mut out) {
-        assert!(h.head_len <= data.len());
-        let mut hs = [httparse::EMPTY_HEADER; wire::MAX_HEADERS + 8];
-        let mut r = httparse::Response::new(&mut hs);
-        assert!(matches!(r.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
-    }
-    let (mut whole, mut split) = (Chunked::new(), Chunked::new());
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    let r1 = whole.feed(data, |d| a.extend_from_slice(d));
-    let cut = data.first().map_or(0, |&c| c as usize % (data.len() + 1));
-    let r2 = split.feed(&data[..cut], |d| b.extend_from_slice(d)).and_then(|n| {
-        if n < cut || split.done() {
-            Ok(n)
-        } else {
-            split.feed(&data[cut..], |d| b.extend_from_slice(d)).map(|m| n + m)
-        }
-    });
-    match (r1, r2) {
-        (Ok(n1), Ok(n2)) => {
-            assert_eq!(whole.done(), split.done());
-            if whole.done() {
-                assert_eq!(n1, n2);
-            }
-            assert_eq!(a, b);
-        }
-        (Err(_), Err(_)) => {}
-        (x, y) => panic!("split and whole decoding disagree: {x:?} vs {y:?}"),
-    }
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
 }
 
 /// How a connection ended.
@@ -114,7 +66,8 @@ pub(crate) enum Outcome {
     Http2(TcpStream, Vec<u8>),
 }
 
-enum Next {
+/// What becomes of the client connection after an exchange.
+enum After {
     KeepAlive,
     Close,
     /// Close after reading what the client still sends for a while, so the error response
@@ -131,6 +84,8 @@ struct Conn {
     client: TcpStream,
     peer: SocketAddr,
     peer_ip: Box<[u8]>,
+    /// The peer is one of the service's trusted proxies (decided once per connection).
+    trusted: bool,
     fwd: Arc<Forwarder>,
     settings: Arc<ServiceSettings>,
     inbuf: Buf,
@@ -150,6 +105,7 @@ pub(crate) async fn serve_connection(
         client,
         peer,
         peer_ip: peer.ip().to_string().into_bytes().into_boxed_slice(),
+        trusted: !settings.trusted_proxies.is_empty() && settings.trusted_proxies.contains(peer.ip()),
         fwd,
         settings,
         inbuf: Buf::new(),
@@ -177,9 +133,9 @@ pub(crate) async fn serve_connection(
         // Boxed: the exchange's state (timers, both sockets' futures) is several KiB, and an
         // idle connection's task would otherwise carry it while it waits for a request.
         match Box::pin(c.exchange(head, out)).await {
-            Next::KeepAlive => {}
-            Next::Close => return Outcome::Closed,
-            Next::LingerClose => {
+            After::KeepAlive => {}
+            After::Close => return Outcome::Closed,
+            After::LingerClose => {
                 Box::pin(c.linger()).await;
                 return Outcome::Closed;
             }
@@ -205,7 +161,25 @@ fn head_error(e: HeadError) -> ProxyError {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             Source::Client,
-            "the request head has too many or too long header lines",
+            "the request head has too many header lines or is larger than limits.max_header_bytes",
+        ),
+        HeadError::LineTooLong => ProxyError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header_line_too_large",
+            Source::Client,
+            "a header line is longer than limits.max_header_line_bytes",
+        ),
+        HeadError::UriTooLong => ProxyError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            Source::Client,
+            "the request line is longer than limits.max_header_line_bytes",
+        ),
+        HeadError::Version => ProxyError::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "http_version_not_supported",
+            Source::Client,
+            "only HTTP/1.x is accepted in a request line (HTTP/2 starts with its preface)",
         ),
         HeadError::Unsupported(m) => ProxyError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -245,7 +219,7 @@ impl Conn {
         loop {
             if !self.inbuf.is_empty() {
                 let preface = if first {
-                    wire::h2_preface(self.inbuf.bytes())
+                    buf::h2_preface(self.inbuf.bytes())
                 } else {
                     Some(false)
                 };
@@ -253,12 +227,15 @@ impl Conn {
                     Some(true) => return Err(Stop::Http2),
                     None => {}
                     Some(false) => {
-                        let target = wire::Target {
+                        let target = request::Target {
                             peer_ip: &self.peer_ip,
+                            trusted: self.trusted,
+                            scheme: b"http",
                             want_path: self.settings.access_log,
+                            max_line: self.settings.max_header_line_bytes,
                         };
                         let mut out = Out::new();
-                        match wire::request_head(self.inbuf.bytes(), &target, out.vec()) {
+                        match request::request_head(self.inbuf.bytes(), &target, out.vec()) {
                             Ok(Some(h)) => return Ok((h, out)),
                             Ok(None) => {}
                             Err(e) => return Err(Stop::Refuse(head_error(e))),
@@ -337,46 +314,32 @@ impl Conn {
     }
 
     /// One request: forward it, stream the response back, record it.
-    async fn exchange(&mut self, mut head: RequestHead, out: Out) -> Next {
-        let started = Instant::now();
+    async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
         // The head is dealt with from here on, whatever the answer: an error answered on a
         // kept-alive connection must not find the same request again.
         self.inbuf.consume(head.head_len);
         let fwd = self.fwd.clone();
-        let svc = &*fwd.service;
-        let Some(route) = svc.target(fwd.preview) else {
-            let e = fwd.no_route();
-            let unread = !self.skip_buffered_body(head.body);
-            return self.answer_error(e, None, &head, unread).await;
-        };
-        let access = self.settings.access_log.then(|| {
-            Box::new(Access {
-                service: fwd.service_name.clone(),
-                method: head.method.clone(),
-                path: head.path.take().unwrap_or_default(),
-                peer: self.peer,
-                status: 0,
-            })
+        let begun = Exchange::begin(&fwd, Instant::now(), || {
+            exchange::access(&fwd, &head.method, head.path.take().unwrap_or_default(), self.peer)
         });
-        let mut guard = Guard::new(route.clone(), started, access);
+        let mut ex = match begun {
+            Ok(ex) => ex,
+            Err(e) => {
+                let unread = !self.skip_buffered_body(head.body);
+                return self.answer_error(e, None, &head, unread).await;
+            }
+        };
         let mut body_done = head.body == Framing::None;
-        match self
-            .forward(&head, out, &route, &mut guard, started, &mut body_done)
-            .await
-        {
+        match self.forward(&head, out, &mut ex, &mut body_done).await {
             Ok(next) => next,
             Err(Fail::Proxy(e)) => {
-                guard.set_status(e.status.as_u16());
-                drop(guard);
-                route.stats.record_status(e.status.as_u16());
-                if e.source != Source::Client {
-                    route.stats.upstream_failures.fetch_add(1, Relaxed);
-                }
+                ex.failed(&e);
+                let route = ex.route.clone();
                 self.answer_error(e, Some(&route), &head, !body_done).await
             }
             // The client left: nobody to answer. Stale and connect failures were turned
             // into errors by `forward`.
-            Err(_) => Next::Close,
+            Err(_) => After::Close,
         }
     }
 
@@ -386,7 +349,7 @@ impl Conn {
         route: Option<&ColorRoute>,
         head: &RequestHead,
         unread: bool,
-    ) -> Next {
+    ) -> After {
         let close = unread
             || !head.keep_alive
             || e.status == StatusCode::BAD_REQUEST
@@ -400,14 +363,14 @@ impl Conn {
         }
         let deadline = Deadline::now() + self.settings.header_read_timeout;
         if write_by(&mut self.client, &out.0, deadline).await.is_err() {
-            return Next::Close;
+            return After::Close;
         }
         if unread {
-            Next::LingerClose
+            After::LingerClose
         } else if close {
-            Next::Close
+            After::Close
         } else {
-            Next::KeepAlive
+            After::KeepAlive
         }
     }
 
@@ -438,20 +401,22 @@ impl Conn {
         &mut self,
         head: &RequestHead,
         mut out: Out,
-        route: &Arc<ColorRoute>,
-        guard: &mut Guard,
-        started: Instant,
+        ex: &mut Exchange,
         body_done: &mut bool,
-    ) -> Result<Next, Fail> {
+    ) -> Result<After, Fail> {
         let settings = self.settings.clone();
         if let Framing::Length(n) = head.body {
             if n > settings.max_body_bytes {
-                return Err(Fail::Proxy(too_large(n, settings.max_body_bytes)));
+                return Err(Fail::Proxy(exchange::too_large(n, settings.max_body_bytes)));
             }
         }
-        let Some(mut endpoint) = route.pick(None).cloned() else {
-            *body_done = self.skip_buffered_body(head.body);
-            return Err(Fail::Proxy(self.fwd.no_endpoint(route)));
+        let route = ex.route.clone();
+        let mut endpoint = match ex.first_endpoint(&self.fwd) {
+            Ok(e) => e,
+            Err(e) => {
+                *body_done = self.skip_buffered_body(head.body);
+                return Err(Fail::Proxy(e));
+            }
         };
         if head.needs_host {
             // An HTTP/1.0 request without Host: the upstream gets the endpoint's address.
@@ -475,13 +440,20 @@ impl Conn {
                 *body_done = sent == n;
             }
             Framing::Chunked => {
+                // Framed anew: the upstream reads only chunks the proxy wrote.
+                let o = &mut out.0;
                 let k = dec
-                    .feed(self.inbuf.bytes(), |d| data_seen += d.len() as u64)
-                    .map_err(|m| Fail::Proxy(bad_body(m)))?;
+                    .feed(self.inbuf.bytes(), |d| {
+                        data_seen += d.len() as u64;
+                        chunk(o, d);
+                    })
+                    .map_err(|m| Fail::Proxy(exchange::bad_body(m)))?;
                 if data_seen > settings.max_body_bytes {
-                    return Err(Fail::Proxy(too_large(data_seen, settings.max_body_bytes)));
+                    return Err(Fail::Proxy(exchange::too_large(data_seen, settings.max_body_bytes)));
                 }
-                out.0.extend_from_slice(&self.inbuf.bytes()[..k]);
+                if dec.done() {
+                    last_chunk(o, dec.trailers());
+                }
                 self.inbuf.consume(k);
                 *body_done = dec.done();
             }
@@ -501,8 +473,8 @@ impl Conn {
             color: route.color.as_str().as_bytes(),
             version: route.version_header.as_ref().map(|v| v.as_bytes()),
         };
-        let first_byte_deadline = Deadline::from_std(started) + settings.first_byte_timeout;
-        let mut moved = false;
+        let first_byte_deadline = Deadline::from_std(ex.started) + settings.first_byte_timeout;
+        let replay = Replay::of(&head.method, replayable);
         let mut fresh_only = false;
         let mut cout = Out::new();
         let mut upbuf = Buf::new();
@@ -520,15 +492,14 @@ impl Conn {
                 fresh_only,
                 &out.0,
                 body_done,
-                body,
+                body.clone(),
                 &rcx,
                 &mut cout,
                 &mut upbuf,
-                replayable && idempotent(&head.method),
             );
-            match tokio::time::timeout_at(first_byte_deadline, attempt).await {
+            let (retry, e) = match tokio::time::timeout_at(first_byte_deadline, attempt).await {
                 Err(_) => {
-                    return Err(Fail::Proxy(forward::first_byte_timeout(
+                    return Err(Fail::Proxy(exchange::first_byte_timeout(
                         &endpoint,
                         settings.first_byte_timeout,
                     )))
@@ -536,22 +507,15 @@ impl Conn {
                 Ok(Ok(r)) => break r,
                 Ok(Err(Fail::Connect(e))) => {
                     tracing::debug!(service = %self.fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    match route.pick(Some(&endpoint)) {
-                        Some(next) if !moved => {
-                            moved = true;
-                            endpoint = next.clone();
-                        }
-                        _ => return Err(Fail::Proxy(forward::connect_failed(&e, &endpoint, route))),
-                    }
+                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &route))
                 }
-                Ok(Err(Fail::Stale(why))) => {
-                    if replayable && !fresh_only {
-                        fresh_only = true;
-                        continue;
-                    }
-                    return Err(Fail::Proxy(upstream_failed(&endpoint, &why)));
-                }
+                Ok(Err(Fail::Stale(why))) => (Retry::ReusedConnection, exchange::upstream_failed(&endpoint, &why)),
                 Ok(Err(e)) => return Err(e),
+            };
+            match ex.after_failure(retry, &endpoint, replay) {
+                exchange::Next::OtherEndpoint(next) => endpoint = next,
+                exchange::Next::FreshConnection => fresh_only = true,
+                exchange::Next::GiveUp => return Err(Fail::Proxy(e)),
             }
         };
 
@@ -559,10 +523,8 @@ impl Conn {
         // response (a stream can last minutes).
         drop(out);
         self.inbuf.release();
-        route.stats.ttfb.observe(started.elapsed());
-        route.stats.record_status(rh.status);
-        guard.set_status(rh.status);
-        let deadline = Deadline::from_std(started) + settings.request_timeout;
+        ex.answered(rh.status);
+        let deadline = Deadline::from_std(ex.started) + settings.request_timeout;
         let complete = relay(
             &mut self.client,
             &mut self.inbuf,
@@ -571,15 +533,15 @@ impl Conn {
             upbuf,
             &rh,
             cout,
-            route,
+            &route,
             &endpoint,
             deadline,
         )
         .await;
         Ok(if complete && !rh.close_client && head.keep_alive {
-            Next::KeepAlive
+            After::KeepAlive
         } else {
-            Next::Close
+            After::Close
         })
     }
 
@@ -596,7 +558,6 @@ impl Conn {
         rcx: &ResponseContext<'_>,
         cout: &mut Out,
         upbuf: &mut Buf,
-        retry_safe: bool,
     ) -> Result<(Upstream, ResponseHead), Fail> {
         let pooled = if fresh_only { None } else { endpoint.pool.take_raw() };
         let mut up = match pooled {
@@ -611,7 +572,10 @@ impl Conn {
             return Err(if up.reused && *body_done {
                 Fail::Stale(format!("{e}"))
             } else {
-                Fail::Proxy(upstream_failed(endpoint, &format!("sending the request failed: {e}")))
+                Fail::Proxy(exchange::upstream_failed(
+                    endpoint,
+                    &format!("sending the request failed: {e}"),
+                ))
             });
         }
         if !*body_done {
@@ -620,7 +584,7 @@ impl Conn {
         }
         loop {
             if !upbuf.is_empty() {
-                match wire::response_head(upbuf.bytes(), rcx, cout.vec()) {
+                match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
                     Ok(ResponseParse::Partial) => {}
                     Ok(ResponseParse::Interim(n)) => {
                         upbuf.consume(n);
@@ -630,7 +594,7 @@ impl Conn {
                         upbuf.consume(h.head_len);
                         return Ok((up, h));
                     }
-                    Err(m) => return Err(Fail::Proxy(bad_response(endpoint, &m))),
+                    Err(m) => return Err(Fail::Proxy(exchange::bad_response(endpoint, &m))),
                 }
             }
             let nothing_yet = upbuf.is_empty();
@@ -647,8 +611,8 @@ impl Conn {
                     }
                 }
             }
-            if !upbuf.reserve(wire::MAX_RESPONSE_HEAD) {
-                return Err(Fail::Proxy(bad_response(endpoint, "response head too large")));
+            if !upbuf.reserve(response::MAX_RESPONSE_HEAD) {
+                return Err(Fail::Proxy(exchange::bad_response(endpoint, "response head too large")));
             }
             let r = {
                 let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
@@ -670,16 +634,18 @@ impl Conn {
                 Err(e) => format!("failed before answering: {e}"),
                 Ok(_) => continue,
             };
-            if up.reused && nothing_yet && retry_safe {
+            if up.reused && nothing_yet {
                 return Err(Fail::Stale(why));
             }
-            return Err(Fail::Proxy(upstream_failed(endpoint, &why)));
+            return Err(Fail::Proxy(exchange::upstream_failed(endpoint, &why)));
         }
     }
 
-    /// Copy the rest of the request body from the client to the upstream.
+    /// Copy the rest of the request body from the client to the upstream (chunked bodies
+    /// framed anew on the way).
     async fn stream_body(&mut self, up: &mut TcpStream, body: &mut Body, endpoint: &Endpoint) -> Result<(), Fail> {
         let limit = self.settings.max_body_bytes;
+        let mut framed = Out::new();
         loop {
             let done = match body.framing {
                 Framing::Length(n) => body.sent == n,
@@ -693,34 +659,43 @@ impl Conn {
                 self.inbuf.reserve(BUF_SIZE);
                 match self.client.read_buf(&mut self.inbuf.data).await {
                     Ok(0) | Err(_) => {
-                        return Err(Fail::Proxy(bad_body(
+                        return Err(Fail::Proxy(exchange::bad_body(
                             "the client closed the connection before the whole body",
                         )))
                     }
                     Ok(_) => {}
                 }
             }
-            let take = match body.framing {
+            let (take, wrote) = match body.framing {
                 Framing::Length(n) => {
                     let take = (self.inbuf.len() as u64).min(n - body.sent) as usize;
                     body.sent += take as u64;
-                    take
+                    (take, up.write_all(&self.inbuf.bytes()[..take]).await)
                 }
                 _ => {
                     let mut seen = 0u64;
+                    let o = framed.vec();
                     let k = body
                         .dec
-                        .feed(self.inbuf.bytes(), |d| seen += d.len() as u64)
-                        .map_err(|m| Fail::Proxy(bad_body(m)))?;
+                        .feed(self.inbuf.bytes(), |d| {
+                            seen += d.len() as u64;
+                            chunk(o, d);
+                        })
+                        .map_err(|m| Fail::Proxy(exchange::bad_body(m)))?;
                     body.data_seen += seen;
                     if body.data_seen > limit {
-                        return Err(Fail::Proxy(too_large(body.data_seen, limit)));
+                        return Err(Fail::Proxy(exchange::too_large(body.data_seen, limit)));
                     }
-                    k
+                    if body.dec.done() {
+                        last_chunk(o, body.dec.trailers());
+                    }
+                    let r = up.write_all(o).await;
+                    o.clear();
+                    (k, r)
                 }
             };
-            if let Err(e) = up.write_all(&self.inbuf.bytes()[..take]).await {
-                return Err(Fail::Proxy(upstream_failed(
+            if let Err(e) = wrote {
+                return Err(Fail::Proxy(exchange::upstream_failed(
                     endpoint,
                     &format!("sending the request body failed: {e}"),
                 )));
@@ -731,7 +706,7 @@ impl Conn {
 }
 
 /// Where the request body stands.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Body {
     framing: Framing,
     /// Bytes sent so far (Content-Length bodies).
@@ -739,47 +714,6 @@ struct Body {
     /// Data bytes seen so far (chunked bodies, for the size limit).
     data_seen: u64,
     dec: Chunked,
-}
-
-fn idempotent(m: &http::Method) -> bool {
-    use http::Method as M;
-    matches!(*m, M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE)
-}
-
-fn too_large(n: u64, limit: u64) -> ProxyError {
-    ProxyError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        Source::Client,
-        format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
-    )
-}
-
-fn bad_body(m: &str) -> ProxyError {
-    ProxyError::new(
-        StatusCode::BAD_REQUEST,
-        "client_body_failed",
-        Source::Client,
-        format!("reading the request body failed: {m}"),
-    )
-}
-
-fn bad_response(endpoint: &Endpoint, m: &str) -> ProxyError {
-    ProxyError::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_bad_response",
-        Source::Upstream,
-        format!("{} sent a malformed response: {m}", endpoint.addr),
-    )
-}
-
-fn upstream_failed(endpoint: &Endpoint, m: &str) -> ProxyError {
-    ProxyError::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_failed",
-        Source::Upstream,
-        format!("{} {m}", endpoint.addr),
-    )
 }
 
 /// Readiness through the socket's own reader slot: `TcpStream::readable` goes through a
@@ -824,16 +758,6 @@ async fn write_by(s: &mut TcpStream, b: &[u8], deadline: Deadline) -> Result<(),
             _ = sleep_until(deadline) => Err(()),
         },
     }
-}
-
-fn chunk(out: &mut Vec<u8>, d: &[u8]) {
-    if d.is_empty() {
-        return;
-    }
-    // The size line written in place: no string per chunk (one per token on a stream).
-    let _ = write!(out, "{:x}\r\n", d.len());
-    out.extend_from_slice(d);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Stream the response body to the client. True when it ended cleanly.
@@ -886,9 +810,6 @@ async fn relay(
                 });
                 match fed {
                     Ok(k) => {
-                        if mode == OutMode::Raw {
-                            cout.vec().extend_from_slice(&bytes[..k]);
-                        }
                         upbuf.consume(k);
                         dec.done()
                     }
@@ -916,7 +837,7 @@ async fn relay(
             route.stats.stream_events.fetch_add(events, Relaxed);
         }
         if done && rh.out == OutMode::Rechunk {
-            cout.vec().extend_from_slice(b"0\r\n\r\n");
+            last_chunk(cout.vec(), dec.trailers());
         }
         if !cout.0.is_empty() {
             if write_by(client, &cout.0, deadline).await.is_err() {
@@ -982,9 +903,6 @@ async fn relay(
     }
 }
 
-const DRAIN_CLOSED: &str = "closed: the drain deadline of the old color passed";
-const TIMED_OUT: &str = "request timeout: the whole exchange took longer than limits.request_timeout";
-
 /// The response cannot be finished: count it, tell an event stream why in-band, and let
 /// the caller close the connection so the client sees the body cut.
 async fn fail(
@@ -1026,7 +944,7 @@ fn error_response(e: ProxyError, service: &str, route: Option<&ColorRoute>, clos
     }
     let body = resp.body().full_bytes();
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(wire::itoa(body.len() as u64, &mut [0u8; 20]));
+    out.extend_from_slice(buf::itoa(body.len() as u64, &mut [0u8; 20]));
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");

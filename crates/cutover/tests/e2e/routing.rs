@@ -50,7 +50,8 @@ async fn proxy_headers_are_set_and_hop_by_hop_headers_removed() {
     let h = &v["headers"];
     assert_eq!(v["uri"], "/mock/echo?x=1");
     assert_eq!(v["body_bytes"], 5);
-    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    // The client is not a trusted proxy: its own X-Forwarded-For is replaced, not extended.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "models.example");
     assert_eq!(h["host"], "models.example");

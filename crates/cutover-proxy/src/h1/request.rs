@@ -1,0 +1,675 @@
+//! The client's request head: parsed with `httparse`, held to the framing, Host and
+//! forwarding rules of [`crate::headers`], and rewritten for the upstream in one pass.
+//!
+//! Everything here is synchronous: the head is parsed from the connection's buffer and the
+//! upstream's head written before any await, so a connection's task never holds a parsed
+//! header array across a suspension point (that keeps idle connections small).
+
+use http::Method;
+
+use super::Framing;
+use crate::headers::{self, Class, Codings, ConnectionTokens, Forwarding};
+
+/// Header lines accepted in one head (hyper's default is 100 too).
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// Why a request head is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// 400 with this message.
+    Bad(String),
+    /// 431: too many header lines, or a head past `max_header_bytes`.
+    TooLarge,
+    /// 431: one header line past `max_header_line_bytes`.
+    LineTooLong,
+    /// 414: the request line past `max_header_line_bytes`.
+    UriTooLong,
+    /// 501: a transfer coding other than chunked.
+    Unsupported(String),
+    /// 505: a major version other than 1.
+    Version,
+}
+
+/// What the proxy needs to know about a request after its head was rewritten.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) head_len: usize,
+    pub(crate) method: Method,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1 (and later 1.x minors, served as 1.1).
+    pub(crate) minor: u8,
+    pub(crate) body: Framing,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    /// No Host came with the request: the upstream head still needs one.
+    pub(crate) needs_host: bool,
+    /// Present only when an access log wants it.
+    pub(crate) path: Option<String>,
+}
+
+/// Where the request comes from and what the upstream's head must say about it.
+pub(crate) struct Target<'a> {
+    /// The connection's peer address, for `X-Forwarded-For`.
+    pub(crate) peer_ip: &'a [u8],
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    pub(crate) trusted: bool,
+    /// `X-Forwarded-Proto` of this listener.
+    pub(crate) scheme: &'static [u8],
+    pub(crate) want_path: bool,
+    pub(crate) max_line: usize,
+}
+
+/// Parse a request head at the start of `buf` and write the upstream's version of it to
+/// `out`. `Ok(None)`: the head is not complete yet. A refused head writes nothing.
+pub(crate) fn request_head(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => rewrite(&req, head_len, t, out).map(Some),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => later_minor(buf, t, out),
+        Err(e) => Err(HeadError::Bad(format!("malformed request head: {e}"))),
+    }
+}
+
+/// `HTTP/1.2` and later minors are served as HTTP/1.1 (RFC 9110 §6.2: same major, the
+/// recipient answers in the highest minor it speaks); another major is 505.
+fn later_minor(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Result<Option<RequestHead>, HeadError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    match line {
+        [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => {
+            // httparse knows 1.0 and 1.1 only: read it as 1.1 from a copy (rare, so the copy
+            // costs nothing on the common path).
+            let mut patched = buf.to_vec();
+            patched[line.len() - 1] = b'1';
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&patched) {
+                Ok(httparse::Status::Complete(n)) => rewrite(&req, n, t, out).map(Some),
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+                Err(e) => Err(HeadError::Bad(format!("malformed request head: {e}"))),
+            }
+        }
+        [.., b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'0' =>
+        {
+            Err(HeadError::Version)
+        }
+        _ => Err(HeadError::Bad("malformed request line or HTTP version".into())),
+    }
+}
+
+/// What the request's headers said, gathered in one pass before anything is written.
+#[derive(Default)]
+struct Seen<'h> {
+    length: Option<u64>,
+    te: bool,
+    host: Option<&'h [u8]>,
+    hosts: usize,
+    expect_continue: bool,
+    /// A trusted proxy's values, kept instead of the proxy's own.
+    proto: Option<&'h [u8]>,
+    fwd_host: Option<&'h [u8]>,
+}
+
+fn rewrite(
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    t: &Target<'_>,
+    out: &mut Vec<u8>,
+) -> Result<RequestHead, HeadError> {
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("malformed request line".into()));
+    };
+    if method.len() + target.len() + 10 > t.max_line {
+        return Err(HeadError::UriTooLong);
+    }
+    let headers = &*req.headers;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Bad("malformed method".into()))?;
+    if method == Method::CONNECT {
+        return Err(HeadError::Bad("CONNECT is not supported by a reverse proxy".into()));
+    }
+    let mut absolute = None;
+    let (path, uri_host) = split_target(target, &method, &mut absolute)?;
+
+    let connection = || {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    let conn = ConnectionTokens::parse(connection());
+    let mut seen = Seen::default();
+    for h in headers {
+        if h.name.len() + h.value.len() + 4 > t.max_line {
+            return Err(HeadError::LineTooLong);
+        }
+        match headers::class(h.name.as_bytes()) {
+            Class::ContentLength => {
+                let n = headers::content_length(h.value)
+                    .ok_or_else(|| HeadError::Bad("malformed content-length".into()))?;
+                if seen.length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Bad("conflicting content-length headers".into()));
+                }
+                seen.length = Some(n);
+            }
+            Class::TransferEncoding => seen.te = true,
+            Class::Host => {
+                if !headers::valid_host(h.value) {
+                    return Err(HeadError::Bad(format!(
+                        "malformed host header {:?}: expected host[:port] without userinfo, path or list",
+                        String::from_utf8_lossy(h.value)
+                    )));
+                }
+                seen.hosts += 1;
+                seen.host = Some(h.value);
+            }
+            Class::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => seen.expect_continue = true,
+            Class::Forwarding(Forwarding::Proto) if t.trusted => seen.proto = seen.proto.or(Some(h.value)),
+            Class::Forwarding(Forwarding::Host) if t.trusted => seen.fwd_host = seen.fwd_host.or(Some(h.value)),
+            _ => {}
+        }
+    }
+    let chunked = seen.te && framing_of_te(minor, headers)?;
+    // RFC 9112 §6.3 lets a server reject both framings at once; it is how requests are
+    // smuggled past proxies that read one and upstreams that read the other.
+    if chunked && seen.length.is_some() {
+        return Err(HeadError::Bad(
+            "both content-length and transfer-encoding: ambiguous message length".into(),
+        ));
+    }
+    if seen.hosts > 1 {
+        return Err(HeadError::Bad("more than one host header".into()));
+    }
+    if seen.hosts == 0 && minor == 1 && uri_host.is_none() {
+        return Err(HeadError::Bad("HTTP/1.1 request without a host header".into()));
+    }
+    let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(seen.host);
+    let body = if chunked {
+        Framing::Chunked
+    } else {
+        match seen.length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    let keep_alive = if minor == 1 {
+        !conn.close
+    } else {
+        conn.keep_alive && !conn.close
+    };
+
+    // The upstream's head: always HTTP/1.1, hop-by-hop headers dropped, framing restated.
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        let class = headers::class(h.name.as_bytes());
+        let keep = match class {
+            Class::Plain => !(conn.any() && conn.names(h.name.as_bytes(), connection())),
+            // gRPC needs `te: trailers` end to end.
+            Class::Te => h.value.eq_ignore_ascii_case(b"trailers"),
+            // A Host the absolute-form target overrides goes.
+            Class::Host => uri_host.is_none(),
+            Class::Forwarding(Forwarding::Other) => t.trusted,
+            _ => false,
+        };
+        if keep {
+            line(out, h.name.as_bytes(), h.value);
+        }
+    }
+    // Exactly one X-Forwarded-For line: a trusted proxy's chain (all its lines, in order)
+    // and then this connection's peer; from anyone else, the peer alone.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if t.trusted {
+        for h in headers
+            .iter()
+            .filter(|h| headers::class(h.name.as_bytes()) == Class::Forwarding(Forwarding::For))
+        {
+            for hop in headers::list(h.value) {
+                out.extend_from_slice(hop);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(t.peer_ip);
+    out.extend_from_slice(b"\r\n");
+    line(out, b"x-forwarded-proto", seen.proto.unwrap_or(t.scheme));
+    // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
+    if let Some(h) = host {
+        if uri_host.is_some() {
+            line(out, b"host", h);
+        }
+    }
+    if let Some(h) = seen.fwd_host.or(host) {
+        line(out, b"x-forwarded-host", h);
+    }
+    match body {
+        Framing::Length(n) => line(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(RequestHead {
+        head_len,
+        // Without the query: query strings may carry secrets.
+        path: t.want_path.then(|| path.split('?').next().unwrap_or(path).to_string()),
+        method,
+        minor,
+        body,
+        keep_alive,
+        expect_continue: seen.expect_continue,
+        needs_host: host.is_none(),
+    })
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Origin-form is forwarded as is; absolute-form (sent to proxies) carries the host, which
+/// must be a plain authority.
+fn split_target<'t>(
+    target: &'t str,
+    method: &Method,
+    absolute: &'t mut Option<http::Uri>,
+) -> Result<(&'t str, Option<&'t str>), HeadError> {
+    if target.starts_with('/') || (target == "*" && method == Method::OPTIONS) {
+        return Ok((target, None));
+    }
+    if !(starts_with_ignore_case(target, "http://") || starts_with_ignore_case(target, "https://")) {
+        return Err(HeadError::Bad(format!("malformed request target {target:?}")));
+    }
+    let uri = absolute.insert(
+        target
+            .parse::<http::Uri>()
+            .map_err(|e| HeadError::Bad(format!("malformed request target: {e}")))?,
+    );
+    let auth = uri.authority().map_or("", |a| a.as_str());
+    if auth.contains('@') {
+        return Err(HeadError::Bad("userinfo in the request target is refused".into()));
+    }
+    if !headers::valid_host(auth.as_bytes()) {
+        return Err(HeadError::Bad(format!(
+            "malformed authority {auth:?} in the request target"
+        )));
+    }
+    Ok((uri.path_and_query().map_or("/", |p| p.as_str()), Some(auth)))
+}
+
+/// The request's Transfer-Encoding lines, read as one list: exactly `chunked` frames the
+/// body; anything else is refused, because a proxy and an upstream that read an odd
+/// value differently disagree on where the request ends.
+fn framing_of_te(minor: u8, headers: &[httparse::Header<'_>]) -> Result<bool, HeadError> {
+    if minor == 0 {
+        return Err(HeadError::Bad("transfer-encoding in an HTTP/1.0 request".into()));
+    }
+    let lines = headers
+        .iter()
+        .filter(|h| headers::class(h.name.as_bytes()) == Class::TransferEncoding)
+        .map(|h| h.value);
+    match headers::transfer_codings(lines) {
+        Codings::Chunked => Ok(true),
+        Codings::Unsupported(c) => Err(HeadError::Unsupported(format!(
+            "transfer coding {c:?} is not supported: only chunked is"
+        ))),
+        Codings::NotChunkedFinal => Err(HeadError::Bad(
+            "transfer-encoding whose final coding is not chunked".into(),
+        )),
+        Codings::Invalid(m) => Err(HeadError::Bad(m)),
+    }
+}
+
+/// Compared as bytes: a request target may carry non-ASCII bytes, and slicing it as a
+/// string at a fixed index could split a character (a panic the fuzzer found).
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target(trusted: bool) -> Target<'static> {
+        Target {
+            peer_ip: b"10.0.0.9",
+            trusted,
+            scheme: b"http",
+            want_path: true,
+            max_line: 16 * 1024,
+        }
+    }
+
+    fn req_with(raw: &[u8], t: &Target<'_>) -> Result<(RequestHead, String), HeadError> {
+        let mut out = Vec::new();
+        let r = request_head(raw, t, &mut out);
+        if r.is_err() {
+            assert!(out.is_empty(), "a refused head writes nothing");
+        }
+        let h = r?.expect("complete head");
+        Ok((h, String::from_utf8(out).unwrap()))
+    }
+
+    fn req(raw: &str) -> Result<(RequestHead, String), HeadError> {
+        req_with(raw.as_bytes(), &target(false))
+    }
+
+    fn bad(raw: &[u8]) -> String {
+        match req_with(raw, &target(false)) {
+            Err(HeadError::Bad(m)) => m,
+            other => panic!("{:?} gave {other:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn count(out: &str, name: &str) -> usize {
+        out.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .count()
+    }
+
+    #[test]
+    fn request_heads_are_rewritten_for_the_upstream() {
+        let raw = "POST /v1/chat?x=1 HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+             Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n\
+             X-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
+             X-Cutover-Color: green\r\nContent-Length: 0005\r\nX-Kept: yes\r\n\r\nhello";
+        let (h, out) = req(raw).unwrap();
+        assert_eq!(h.head_len, raw.len() - 5, "the head ends before the body");
+        assert_eq!(h.body, Framing::Length(5));
+        assert!(h.keep_alive && !h.needs_host);
+        assert_eq!(h.path.as_deref(), Some("/v1/chat"), "the logged path has no query");
+        assert!(out.starts_with("POST /v1/chat?x=1 HTTP/1.1\r\n"), "{out}");
+        for gone in [
+            "Connection",
+            "X-Private",
+            "Keep-Alive",
+            "Upgrade",
+            "evil",
+            "0005",
+            "1.1.1.1",
+            "2.2.2.2",
+            "6.6.6.6",
+            "https",
+            "green",
+        ] {
+            assert!(!out.contains(gone), "{gone} in {out}");
+        }
+        for kept in [
+            "Host: api\r\n",
+            "TE: trailers\r\n",
+            "X-Kept: yes\r\n",
+            "x-forwarded-for: 10.0.0.9\r\n",
+            "x-forwarded-proto: http\r\n",
+            "x-forwarded-host: api\r\n",
+            "content-length: 5\r\n",
+        ] {
+            assert!(out.contains(kept), "{kept:?} missing from {out}");
+        }
+        assert_eq!(count(&out, "x-forwarded-for"), 1, "{out}");
+        assert!(out.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_chain_in_one_line() {
+        let raw = b"GET / HTTP/1.1\r\nHost: api\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-FORWARDED-FOR: 3.3.3.3\r\n\
+             X-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\nForwarded: for=1.1.1.1\r\n\r\n";
+        let (_, out) = req_with(raw, &target(true)).unwrap();
+        assert!(
+            out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n"),
+            "{out}"
+        );
+        assert_eq!(count(&out, "x-forwarded-for"), 1, "{out}");
+        assert!(out.contains("x-forwarded-proto: https\r\n") && out.contains("x-forwarded-host: public.example\r\n"));
+        assert!(out.contains("Forwarded: for=1.1.1.1\r\n"), "{out}");
+        // The same from anyone else: only the peer.
+        let (_, out) = req_with(raw, &target(false)).unwrap();
+        assert!(
+            out.contains("x-forwarded-for: 10.0.0.9\r\n") && !out.contains("3.3.3.3"),
+            "{out}"
+        );
+        // A folded X-Forwarded-For is not a header continuation we read: refused.
+        bad(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1,\r\n 6.6.6.6\r\n\r\n");
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_proxy_needs() {
+        let (_, out) = req("GET / HTTP/1.1\r\nHost: api\r\nConnection: host, x-forwarded-for, content-length, x-a\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi").unwrap();
+        assert!(out.contains("Host: api\r\n"), "{out}");
+        assert!(
+            out.contains("content-length: 2\r\n") && out.contains("x-forwarded-for: 10.0.0.9"),
+            "{out}"
+        );
+        assert!(!out.contains("X-A"), "{out}");
+        // Non-ASCII bytes in Connection do not disable it.
+        let (h, out) = req_with(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-\xe9, close, x-b\r\nX-B: 1\r\n\r\n",
+            &target(false),
+        )
+        .unwrap();
+        assert!(!h.keep_alive && !out.contains("X-B"), "{out}");
+    }
+
+    #[test]
+    fn absolute_form_http10_and_chunked_requests() {
+        let (h, out) = req("GET http://models.internal:8000/v1/models HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert!(out.starts_with("GET /v1/models HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.contains("host: models.internal:8000\r\n") && !out.contains("other"),
+            "{out}"
+        );
+        assert_eq!(h.body, Framing::None);
+
+        let (h, out) = req("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!h.keep_alive && h.needs_host && h.minor == 0);
+        assert!(!out.to_ascii_lowercase().contains("host:"));
+        let (h, _) = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(h.keep_alive);
+        let (h, _) = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+
+        let (h, out) =
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+        assert_eq!(h.body, Framing::Chunked);
+        assert!(h.expect_continue);
+        assert!(
+            out.contains("transfer-encoding: chunked\r\n") && !out.contains("Expect"),
+            "{out}"
+        );
+        let (h, _) =
+            req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(h.body, Framing::Chunked, "empty list elements are allowed");
+    }
+
+    #[test]
+    fn later_minors_are_served_as_http11_and_other_majors_refused() {
+        let (h, out) = req("GET / HTTP/1.2\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(h.minor, 1);
+        assert!(h.keep_alive && out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+        assert_eq!(req("GET / HTTP/1.9\nHost: a\n\n").unwrap().0.minor, 1);
+        assert_eq!(req("GET / HTTP/2.0\r\nHost: a\r\n\r\n").err(), Some(HeadError::Version));
+        assert_eq!(req("GET / HTTP/3.0\r\nHost: a\r\n\r\n").err(), Some(HeadError::Version));
+        bad(b"GET / HTTP/0.9\r\nHost: a\r\n\r\n");
+        bad(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n");
+        bad(b"GET / FOO/1.1\r\nHost: a\r\n\r\n");
+        let mut out = Vec::new();
+        assert!(request_head(b"GET / HTTP/1.2", &target(false), &mut out)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn leading_zeros_are_not_overflow_but_overflow_is() {
+        let (h, _) = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0000000000000000000000007\r\n\r\n").unwrap();
+        assert_eq!(h.body, Framing::Length(7));
+        bad(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n");
+    }
+
+    #[test]
+    fn lines_past_the_per_line_limit_are_refused() {
+        let long = "v".repeat(16 * 1024);
+        assert_eq!(
+            req(&format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {long}\r\n\r\n")).err(),
+            Some(HeadError::LineTooLong)
+        );
+        assert_eq!(
+            req(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")).err(),
+            Some(HeadError::UriTooLong)
+        );
+        let (_, out) = req(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            &long[..16 * 1024 - 20]
+        ))
+        .unwrap();
+        assert!(out.contains("X-Big"));
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_requests_are_refused() {
+        assert!(
+            bad(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .contains("ambiguous")
+        );
+        assert!(
+            bad(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n")
+                .contains("conflicting")
+        );
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -3\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,,\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\xff\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \xff\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user:pw@a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            b"GET http://user:pw@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a,b/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET nowhere HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n X: folded-first\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            // Found by the fuzzer: a non-ASCII byte where "http://" would end must not panic.
+            "GET http:/ח)1 HTTP/1.0\r\n\r\n".as_bytes(),
+        ] {
+            bad(raw);
+        }
+        for unsupported in [
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(req(unsupported), Err(HeadError::Unsupported(_))),
+                "{unsupported}"
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).err(),
+            Some(HeadError::TooLarge)
+        );
+        let mut out = Vec::new();
+        assert!(request_head(b"GET / HTTP/1.1\r\nHost: a\r\n", &target(false), &mut out)
+            .unwrap()
+            .is_none());
+        assert!(out.is_empty(), "nothing written for a partial head");
+    }
+
+    const NAMES: [&str; 14] = [
+        "Host",
+        "Connection",
+        "Content-Length",
+        "Transfer-Encoding",
+        "TE",
+        "Upgrade",
+        "X-A",
+        "Keep-Alive",
+        "X-Forwarded-For",
+        "Expect",
+        "content-length",
+        "x-cutover-color",
+        "x-forwarded-host",
+        "Forwarded",
+    ];
+    const VALUES: [&str; 13] = [
+        "close",
+        "keep-alive, X-A",
+        "5",
+        "chunked",
+        "trailers",
+        "h2c",
+        "1.2.3.4",
+        "",
+        "100-continue",
+        "gzip, chunked",
+        "x-a",
+        "7",
+        "host, x-forwarded-for",
+    ];
+
+    proptest! {
+        /// Whatever mix of framing and hop-by-hop headers a client sends, an accepted request
+        /// is rewritten into a head that parses completely, states at most one framing, has
+        /// one Host (HTTP/1.1) and one X-Forwarded-For, and carries no hop-by-hop or
+        /// `x-cutover-*` header; a refused one writes nothing. Arbitrary bytes never panic.
+        #[test]
+        fn any_header_mix_is_refused_or_rewritten_cleanly(
+            minor in 0u8..3,
+            lines in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..8),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut raw = format!("POST /p HTTP/1.{minor}\r\n");
+            for (n, v) in &lines {
+                raw.push_str(&format!("{}: {}\r\n", NAMES[*n], VALUES[*v]));
+            }
+            raw.push_str("\r\n");
+            let t = target(false);
+            let mut out = Vec::new();
+            match request_head(raw.as_bytes(), &t, &mut out) {
+                Ok(Some(h)) => {
+                    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+                    let mut r = httparse::Request::new(&mut hs);
+                    let parsed = r.parse(&out);
+                    prop_assert!(matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()), "{}", String::from_utf8_lossy(&out));
+                    let named = |n: &str| r.headers.iter().filter(|x| x.name.eq_ignore_ascii_case(n)).count();
+                    let framing = named("content-length") + named("transfer-encoding");
+                    prop_assert!(framing <= 1, "{}", String::from_utf8_lossy(&out));
+                    prop_assert_eq!(framing == 0, h.body == Framing::None);
+                    prop_assert_eq!(named("x-forwarded-for"), 1);
+                    prop_assert!(named("host") == 1 || (h.minor == 0 && h.needs_host));
+                    for bad in ["connection", "keep-alive", "upgrade", "expect", "x-cutover-color", "forwarded"] {
+                        prop_assert_eq!(named(bad), 0, "{} in {}", bad, String::from_utf8_lossy(&out));
+                    }
+                    if raw.to_ascii_lowercase().contains("connection: keep-alive, x-a") {
+                        prop_assert_eq!(named("x-a"), 0);
+                    }
+                }
+                Ok(None) => prop_assert!(false, "a complete head is never partial"),
+                Err(_) => prop_assert!(out.is_empty()),
+            }
+            let _ = request_head(&noise, &t, &mut Vec::new());
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The upstream's response head: parsed with `httparse` and rewritten for the client, with
+//! the framing the client's connection needs (the body is always framed by the proxy).
+
+use http::StatusCode;
+
+use super::Framing;
+use crate::headers::{self, Class, Codings, ConnectionTokens};
+
+/// Longest response head accepted from an upstream.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// How the response body is written to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutMode {
+    None,
+    /// Content-Length bytes, as they came.
+    Length,
+    /// Decoded and chunked again by the proxy (chunked and close-delimited upstream bodies):
+    /// the client reads only framing the proxy wrote, and an event stream can be given an
+    /// error event at any point.
+    Rechunk,
+    /// Decoded data until the proxy closes (HTTP/1.0 clients).
+    Close,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) head_len: usize,
+    pub(crate) status: u16,
+    pub(crate) body: Framing,
+    pub(crate) upstream_keep_alive: bool,
+    pub(crate) sse: bool,
+    pub(crate) out: OutMode,
+    pub(crate) close_client: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum ResponseParse {
+    Partial,
+    /// A 1xx interim response of this many bytes: skipped, the final one follows.
+    Interim(usize),
+    Head(ResponseHead),
+}
+
+/// What the response head written to the client depends on.
+pub(crate) struct ResponseContext<'a> {
+    pub(crate) head_request: bool,
+    pub(crate) client_minor: u8,
+    pub(crate) client_keep_alive: bool,
+    pub(crate) color: &'a [u8],
+    pub(crate) version: Option<&'a [u8]>,
+}
+
+/// Parse an upstream response head and write the client's version of it to `out`.
+pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<u8>) -> Result<ResponseParse, String> {
+    let mut headers = [httparse::EMPTY_HEADER; super::request::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ResponseParse::Partial),
+        Err(e) => return Err(format!("malformed response head: {e}")),
+    };
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err("malformed status line".into());
+    };
+    if code == 101 {
+        return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+    }
+    if (100..200).contains(&code) {
+        return Ok(ResponseParse::Interim(head_len));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
+    let headers = &*resp.headers;
+    let connection = || {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    let conn = ConnectionTokens::parse(connection());
+
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut sse = false;
+    for h in headers {
+        match headers::class(h.name.as_bytes()) {
+            Class::ContentLength => {
+                let n = headers::content_length(h.value).ok_or("malformed content-length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length headers".into());
+                }
+                length = Some(n);
+            }
+            Class::TransferEncoding => te = true,
+            _ if h.name.eq_ignore_ascii_case("content-type") => {
+                sse = h.value.len() >= 17 && h.value[..17].eq_ignore_ascii_case(b"text/event-stream");
+            }
+            _ => {}
+        }
+    }
+    let no_body = cx.head_request || code == 204 || code == 304;
+    let body = if no_body {
+        Framing::None
+    } else if te {
+        // Only chunked is relayed: under any other coding the client would get bytes it
+        // cannot decode, and a malformed value is a response the proxy cannot frame.
+        let lines = headers
+            .iter()
+            .filter(|h| headers::class(h.name.as_bytes()) == Class::TransferEncoding)
+            .map(|h| h.value);
+        match headers::transfer_codings(lines) {
+            Codings::Chunked => Framing::Chunked,
+            Codings::Unsupported(c) => return Err(format!("unsupported transfer coding {c:?}")),
+            Codings::NotChunkedFinal => return Err("a transfer coding other than chunked".into()),
+            Codings::Invalid(m) => return Err(m),
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let mut upstream_keep_alive = if minor == 1 {
+        !conn.close
+    } else {
+        conn.keep_alive && !conn.close
+    };
+    // Both framings, or a body that ends at close: this connection cannot carry another.
+    if body == Framing::Close || (te && length.is_some()) {
+        upstream_keep_alive = false;
+    }
+    let mut close_client = !cx.client_keep_alive;
+    let mode = match body {
+        Framing::None => OutMode::None,
+        Framing::Length(_) => OutMode::Length,
+        Framing::Chunked | Framing::Close if cx.client_minor == 0 => {
+            close_client = true;
+            OutMode::Close
+        }
+        Framing::Chunked | Framing::Close => OutMode::Rechunk,
+    };
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = status.canonical_reason().or(resp.reason).unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name.as_bytes();
+        if headers::response_skip(name) {
+            // A HEAD or 304 answer states the length its GET would have had: keep it.
+            let keep = no_body && code != 204 && !te && headers::class(name) == Class::ContentLength;
+            if !keep {
+                continue;
+            }
+        } else if conn.any() && headers::class(name).removable_by_connection() && conn.names(name, connection()) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-cutover-color: ");
+    out.extend_from_slice(cx.color);
+    out.extend_from_slice(b"\r\n");
+    if let Some(v) = cx.version {
+        out.extend_from_slice(b"x-cutover-version: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    match (mode, body) {
+        (OutMode::Length, Framing::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(super::buf::itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        (OutMode::Rechunk, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if cx.client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseParse::Head(ResponseHead {
+        head_len,
+        status: code,
+        body,
+        upstream_keep_alive,
+        sse,
+        out: mode,
+        close_client,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(raw: &str, head_request: bool, minor: u8, keep: bool) -> (ResponseHead, String) {
+        let cx = ResponseContext {
+            head_request,
+            client_minor: minor,
+            client_keep_alive: keep,
+            color: b"green",
+            version: Some(b"v2"),
+        };
+        let mut out = Vec::new();
+        match response_head(raw.as_bytes(), &cx, &mut out).unwrap() {
+            ResponseParse::Head(h) => (h, String::from_utf8(out).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(raw: &[u8]) -> String {
+        let cx = ResponseContext {
+            head_request: false,
+            client_minor: 1,
+            client_keep_alive: true,
+            color: b"blue",
+            version: None,
+        };
+        let mut out = Vec::new();
+        let e = response_head(raw, &cx, &mut out).expect_err(&String::from_utf8_lossy(raw));
+        assert!(out.is_empty(), "nothing written for a refused head");
+        e
+    }
+
+    #[test]
+    fn response_framing_decides_how_the_client_gets_the_body() {
+        let (h, out) = resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-Cutover-Color: blue\r\nX-Cutover-Other: 1\r\nDate: x\r\n\r\nhi",
+            false,
+            1,
+            true,
+        );
+        assert_eq!(
+            (h.body, h.out, h.upstream_keep_alive, h.close_client),
+            (Framing::Length(2), OutMode::Length, true, false)
+        );
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("content-length: 2\r\n") && out.contains("Date: x\r\n"));
+        assert!(
+            out.contains("x-cutover-color: green\r\nx-cutover-version: v2\r\n") && !out.contains("blue"),
+            "{out}"
+        );
+        assert!(!out.contains("Connection") && !out.contains("X-Cutover-Other"), "{out}");
+
+        let sse = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (h, out) = resp(sse, false, 1, true);
+        assert_eq!((h.out, h.sse), (OutMode::Rechunk, true));
+        assert!(out.contains("transfer-encoding: chunked\r\n"));
+        let (h, out) = resp(sse, false, 0, true);
+        assert_eq!(
+            (h.out, h.close_client),
+            (OutMode::Close, true),
+            "HTTP/1.0 clients get the data until close"
+        );
+        assert!(
+            out.contains("connection: close\r\n") && !out.contains("chunked"),
+            "{out}"
+        );
+
+        let (h, _) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 1, true);
+        assert_eq!(h.out, OutMode::Rechunk, "chunked bodies are framed anew, not relayed");
+        let (h, out) = resp("HTTP/1.0 200 OK\r\n\r\n", false, 1, true);
+        assert_eq!(
+            (h.body, h.out, h.upstream_keep_alive),
+            (Framing::Close, OutMode::Rechunk, false)
+        );
+        assert!(out.contains("transfer-encoding: chunked"));
+
+        let (h, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", true, 1, true);
+        assert_eq!(h.body, Framing::None);
+        assert!(out.contains("Content-Length: 1234\r\n"), "HEAD keeps its length: {out}");
+        let (h, out) = resp("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", false, 0, true);
+        assert_eq!((h.body, h.upstream_keep_alive), (Framing::None, false));
+        assert!(
+            out.contains("connection: keep-alive\r\n"),
+            "HTTP/1.0 keep-alive restated: {out}"
+        );
+        let (h, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false, 1, false);
+        assert!(h.close_client && out.contains("connection: close\r\n"));
+        let (h, _) = resp(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1,
+            true,
+        );
+        assert_eq!((h.body, h.upstream_keep_alive), (Framing::Chunked, false));
+        // A non-ASCII byte in Connection does not switch the header off.
+        let (h, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: x-a\u{e9}, close, x-b\r\nX-B: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+            1,
+            true,
+        );
+        assert!(!h.upstream_keep_alive && !out.contains("X-B"), "{out}");
+        let (_, out) = resp(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n",
+            false,
+            1,
+            true,
+        );
+        assert!(out.contains("content-length: 2"), "{out}");
+    }
+
+    #[test]
+    fn interim_and_bad_responses() {
+        let cx = ResponseContext {
+            head_request: false,
+            client_minor: 1,
+            client_keep_alive: true,
+            color: b"blue",
+            version: None,
+        };
+        let mut out = Vec::new();
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert!(matches!(
+            response_head(raw, &cx, &mut out),
+            Ok(ResponseParse::Interim(25))
+        ));
+        assert!(matches!(
+            response_head(&raw[25..], &cx, &mut out),
+            Ok(ResponseParse::Partial)
+        ));
+        assert!(matches!(
+            response_head(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", &cx, &mut out),
+            Ok(ResponseParse::Interim(_))
+        ));
+        assert!(out.is_empty());
+        refused(b"HTTP/1.1 101 Switching\r\n\r\n");
+        refused(b"HTTP/1.1 abc\r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\xff\r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n");
+        refused(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n");
+    }
+}

@@ -1,0 +1,56 @@
+//! A service's limits, timeouts and protocol: fixed when the service is built, read by
+//! every part of the data plane (a leaf module: it depends on nothing else here).
+
+use std::time::Duration;
+
+use crate::headers::TrustedProxies;
+
+/// The upstream protocol of a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+/// Limits and timeouts of one service, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub protocol: Protocol,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    /// One log line per request (target `cutover::access`), written when its last byte went.
+    pub access_log: bool,
+    /// Longest single header line (request line included); one past it is refused with
+    /// 431 (414 for the request line), like nginx's and HAProxy's per-line buffers.
+    pub max_header_line_bytes: usize,
+    /// Peers whose forwarding headers are kept (see [`TrustedProxies`]).
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            protocol: Protocol::Http1,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 32 << 20,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(3600),
+            pool_max_idle: 256,
+            pool_idle_timeout: Duration::from_secs(4),
+            access_log: false,
+            max_header_line_bytes: 16 * 1024,
+            trusted_proxies: TrustedProxies::default(),
+        }
+    }
+}
