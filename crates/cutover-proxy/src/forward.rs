@@ -86,9 +86,32 @@ fn strip(h: &mut HeaderMap) {
 /// The rules a request must meet before any of it is forwarded, the same as the HTTP/1.1
 /// engine's: one framing, a valid Transfer-Encoding, a plain Host, no header line past the
 /// per-line limit, a body within the size limit.
-fn check(parts: &http::request::Parts, settings: &ServiceSettings) -> Result<(), ProxyError> {
-    let h = &parts.headers;
+fn check(parts: &mut http::request::Parts, settings: &ServiceSettings) -> Result<(), ProxyError> {
     let max_line = settings.max_header_line_bytes;
+    if parts.method == http::Method::CONNECT {
+        return Err(exchange::malformed("CONNECT is not supported by a reverse proxy"));
+    }
+    if parts.uri.to_string().len() + parts.method.as_str().len() + 10 > max_line {
+        return Err(ProxyError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            Source::Client,
+            "the request line is longer than limits.max_header_line_bytes",
+        ));
+    }
+    let h1 = parts.version < Version::HTTP_2;
+    // An absolute-form target names the host (RFC 9112 §3.2.2): it replaces Host.
+    if h1 {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+            return Err(exchange::malformed("HTTP/1.1 request without a host header"));
+        }
+    }
+    let h = &mut parts.headers;
     if h.iter().any(|(k, v)| k.as_str().len() + v.len() + 4 > max_line) {
         return Err(exchange::header_line_too_large());
     }
@@ -117,12 +140,14 @@ fn check(parts: &http::request::Parts, settings: &ServiceSettings) -> Result<(),
     if let Some(first) = lengths.next() {
         let n =
             headers::content_length(first.as_bytes()).ok_or_else(|| exchange::malformed("malformed content-length"))?;
-        if lengths.any(|v| headers::content_length(v.as_bytes()) != Some(n)) {
-            return Err(exchange::malformed("conflicting content-length headers"));
+        if lengths.next().is_some() {
+            return Err(exchange::malformed("more than one content-length header"));
         }
         if n > settings.max_body_bytes {
             return Err(exchange::too_large(n, settings.max_body_bytes));
         }
+        // Restated without leading zeros, as the HTTP/1.1 engine writes it.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let mut hosts = h.get_all(header::HOST).iter();
     if let Some(host) = hosts.next() {
@@ -215,7 +240,8 @@ impl Forwarder {
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &self.service.settings;
         let (mut parts, body) = req.into_parts();
-        check(&parts, settings)?;
+        check(&mut parts, settings)?;
+        let close = client_asks_close(&parts.headers);
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -274,8 +300,14 @@ impl Forwarder {
         };
 
         let (mut parts, body) = resp.into_parts();
+        check_response(&parts).map_err(|m| exchange::bad_response(&endpoint, &m))?;
         ex.answered(parts.status.as_u16());
         strip(&mut parts.headers);
+        if close {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         parts
             .headers
             .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
@@ -291,6 +323,34 @@ impl Forwarder {
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// Whether any `Connection` line of the request says close, read byte by byte (hyper's own
+/// reading gives up on a line that is not valid text).
+fn client_asks_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .any(|v| headers::list(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
+}
+
+/// What the HTTP/1.1 engine refuses in an upstream's response, refused here too (502): a
+/// transfer coding other than chunked, both framings at once, an upgrade nobody asked for.
+fn check_response(parts: &http::response::Parts) -> Result<(), String> {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+    }
+    let h = &parts.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err("both content-length and transfer-encoding".into());
+        }
+        if headers::transfer_codings(h.get_all(header::TRANSFER_ENCODING).iter().map(|v| v.as_bytes()))
+            != Codings::Chunked
+        {
+            return Err("a transfer coding other than chunked".into());
+        }
+    }
+    Ok(())
 }
 
 /// A failure of a reused connection that looks like the upstream closed it as we wrote:

@@ -152,8 +152,12 @@ fn rewrite(
             Class::ContentLength => {
                 let n = headers::content_length(h.value)
                     .ok_or_else(|| HeadError::Bad("malformed content-length".into()))?;
-                if seen.length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Bad("conflicting content-length headers".into()));
+                // Even an identical repeat is refused, as nginx does (RFC 9110 §8.6 allows
+                // either): a list is how two parsers come to disagree.
+                match seen.length {
+                    Some(l) if l != n => return Err(HeadError::Bad("conflicting content-length headers".into())),
+                    Some(_) => return Err(HeadError::Bad("more than one content-length header".into())),
+                    None => {}
                 }
                 seen.length = Some(n);
             }

@@ -4,6 +4,8 @@
 //! - `routing`: what the data plane does with one request (headers, errors, retries, limits).
 //! - `switching`: switches under load, keep-alive, streams that outlive a switch.
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
+//! - `conformance`: the HTTP/1.1 conformance table (`tests/conformance/cases.toml`) on both
+//!   engines, against a raw recording upstream.
 //! - `config`: `cutover check` errors name file, line and key.
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
@@ -15,6 +17,7 @@
 
 mod admin;
 mod config;
+mod conformance;
 mod dashboard;
 mod demo;
 mod hardening;

@@ -1,0 +1,530 @@
+//! HTTP/1.1 conformance, table-driven: every case of `tests/conformance/cases.toml` is sent
+//! as raw bytes to a real router in front of a raw recording upstream, on both engines (the
+//! own HTTP/1.1 one and hyper), and what the client got and the exact bytes the upstream got
+//! are checked. All failures of a run are reported together, one line per case.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const CASES: &str = include_str!("../../../../tests/conformance/cases.toml");
+
+#[derive(Deserialize)]
+struct Table {
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub class: String,
+    pub request: String,
+    pub expect: toml::Value,
+    #[serde(default)]
+    pub responses: Option<usize>,
+    #[serde(default)]
+    pub head: bool,
+    #[serde(default)]
+    pub forwarded: Option<usize>,
+    #[serde(default)]
+    pub response: Option<String>,
+    #[serde(default)]
+    pub upstream_has: Vec<String>,
+    #[serde(default)]
+    pub upstream_lacks: Vec<String>,
+    #[serde(default)]
+    pub upstream_once: Vec<String>,
+    #[serde(default)]
+    pub upstream_body: Option<String>,
+    #[serde(default)]
+    pub client_has: Vec<String>,
+    #[serde(default)]
+    pub client_lacks: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // read by bench/conformance.py and the docs, not by this test
+    pub why: Option<String>,
+    /// What the hyper engine does instead (its own parser reads the request).
+    #[serde(default)]
+    pub hyper: Option<HyperCase>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HyperCase {
+    #[serde(default)]
+    pub expect: Option<toml::Value>,
+    #[serde(default)]
+    pub upstream_body: Option<String>,
+    pub why: String,
+}
+
+impl Case {
+    /// The case as the hyper engine must pass it.
+    fn for_hyper(&self) -> Case {
+        let mut c = self.clone();
+        if let Some(h) = &self.hyper {
+            assert!(!h.why.is_empty());
+            if let Some(e) = &h.expect {
+                c.expect = e.clone();
+            }
+            if h.upstream_body.is_some() {
+                c.upstream_body = h.upstream_body.clone();
+            }
+        }
+        c
+    }
+}
+
+/// `\xHH` stands for one byte; `{N*c}` for `c` repeated N times.
+fn bytes_of(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).expect("\\xHH"));
+            i += 4;
+        } else if b[i] == b'{' {
+            let end = s[i..].find('}').expect("closing }") + i;
+            let (n, c) = s[i + 1..end].split_once('*').expect("{N*c}");
+            out.extend(c.as_bytes().repeat(n.parse().unwrap()));
+            i = end + 1;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+struct Received {
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// A raw upstream: records every request but health checks, answers each with the current
+/// canned response, and counts bytes it holds that do not (yet) form a whole request.
+#[derive(Clone, Default)]
+struct Recorder {
+    got: Arc<Mutex<Vec<Received>>>,
+    pending: Arc<AtomicIsize>,
+    response: Arc<Mutex<Vec<u8>>>,
+}
+
+const DEFAULT_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+impl Recorder {
+    async fn start() -> (Recorder, String) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let rec = Recorder::default();
+        *rec.response.lock().unwrap() = DEFAULT_RESPONSE.to_vec();
+        let r = rec.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(r.clone().serve(s));
+            }
+        });
+        (rec, addr)
+    }
+
+    async fn serve(self, mut s: TcpStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        // This connection's share of `pending`.
+        let mut mine = 0isize;
+        loop {
+            let n = match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((head_len, total)) = whole_request(&buf) {
+                let req = Received {
+                    head: buf[..head_len].to_vec(),
+                    body: buf[head_len..total].to_vec(),
+                };
+                buf.drain(..total);
+                let health = req.head.starts_with(b"GET /health ");
+                let answer = if health {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+                } else {
+                    self.got.lock().unwrap().push(req);
+                    self.response.lock().unwrap().clone()
+                };
+                if s.write_all(&answer).await.is_err() {
+                    break;
+                }
+            }
+            let now = buf.len() as isize;
+            self.pending.fetch_add(now - mine, Ordering::Relaxed);
+            mine = now;
+        }
+        self.pending.fetch_sub(mine, Ordering::Relaxed);
+    }
+
+    fn reset(&self, response: Option<&[u8]>) {
+        self.got.lock().unwrap().clear();
+        *self.response.lock().unwrap() = response.unwrap_or(DEFAULT_RESPONSE).to_vec();
+    }
+}
+
+/// Where a whole request ends in `buf`: (head length, total length). The recorder's own
+/// reading, independent of the proxy's: httparse for the head, a plain chunked reader.
+fn whole_request(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut hs = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Request::new(&mut hs);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let header = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
+    };
+    if header("transfer-encoding").is_some() {
+        return chunked_end(&buf[head_len..]).map(|n| (head_len, head_len + n));
+    }
+    let len: usize = header("content-length").map_or(0, |v| v.trim().parse().unwrap_or(0));
+    (buf.len() >= head_len + len).then_some((head_len, head_len + len))
+}
+
+fn chunked_end(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let nl = b[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        let size_text = String::from_utf8_lossy(&b[at..nl]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = nl + 2;
+        if size == 0 {
+            // Trailer lines up to the empty one.
+            loop {
+                let nl = b[at..].windows(2).position(|w| w == b"\r\n")? + at;
+                let empty = nl == at;
+                at = nl + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        at += size + 2;
+        if at > b.len() {
+            return None;
+        }
+    }
+}
+
+/// What the client read: complete responses (status, whole text) and the rest.
+struct ClientView {
+    statuses: Vec<u16>,
+    text: String,
+    /// Bytes that did not make a complete response (a cut body).
+    incomplete: bool,
+}
+
+/// Send `req`, read until `want` complete responses arrived, the server closed, or 5 s.
+async fn client(port: u16, req: &[u8], want: usize, head: bool) -> ClientView {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(req).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    let mut statuses = Vec::new();
+    let mut at = 0;
+    let mut chunk = [0u8; 65536];
+    loop {
+        // Take every complete response already in the buffer.
+        while let Some((status, len)) = whole_response(&buf[at..], head && statuses.is_empty()) {
+            statuses.push(status);
+            at += len;
+        }
+        if statuses.len() >= want {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    ClientView {
+        statuses,
+        incomplete: at < buf.len(),
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    }
+}
+
+fn whole_response(buf: &[u8], head: bool) -> Option<(u16, usize)> {
+    let mut hs = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Response::new(&mut hs);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let code = r.code?;
+    let header = |name: &str| {
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
+    };
+    if head || code == 204 || code == 304 || (100..200).contains(&code) {
+        return Some((code, head_len));
+    }
+    if header("transfer-encoding").is_some() {
+        return chunked_end(&buf[head_len..]).map(|n| (code, head_len + n));
+    }
+    match header("content-length") {
+        Some(v) => {
+            let n: usize = v.trim().parse().ok()?;
+            (buf.len() >= head_len + n).then_some((code, head_len + n))
+        }
+        // Close-delimited: complete only at close, which the caller sees as the end.
+        None => None,
+    }
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// Run one case; Err says what differed.
+async fn run(case: &Case, port: u16, rec: &Recorder) -> Result<(), String> {
+    let resp = case.response.as_deref().map(bytes_of);
+    rec.reset(resp.as_deref());
+    let req = bytes_of(&case.request);
+    let want = case.responses.unwrap_or(1);
+    let view = client(port, &req, want, case.head).await;
+    let expect_cut = case.expect.as_str() == Some("cut");
+    let expect_status = case.expect.as_integer().map(|n| n as u16);
+    match (expect_status, view.statuses.first()) {
+        _ if expect_cut => {
+            let complete_2xx = view.statuses.first().is_some_and(|s| (200..300).contains(s)) && !view.incomplete;
+            if complete_2xx {
+                return Err(format!("expected a cut response, got a complete one: {:?}", view.text));
+            }
+        }
+        (Some(want), Some(&got)) if want == got => {}
+        (Some(want), got) => {
+            return Err(format!("expected {want}, got {got:?}: {:?}", trunc(&view.text)));
+        }
+        (None, _) => return Err(format!("bad expect {:?}", case.expect)),
+    }
+    let text = view.text.to_ascii_lowercase();
+    for s in &case.client_has {
+        if !text.contains(&s.to_ascii_lowercase()) {
+            return Err(format!("client lacks {s:?}: {:?}", trunc(&view.text)));
+        }
+    }
+    for s in &case.client_lacks {
+        if text.contains(&s.to_ascii_lowercase()) {
+            return Err(format!("client got {s:?}: {:?}", trunc(&view.text)));
+        }
+    }
+
+    // The upstream answered before the client got anything, so what it holds now is final
+    // for forwarded requests; a refused one must leave nothing there, not even a part.
+    let default_forwarded =
+        usize::from(case.response.is_some() || expect_status.is_some_and(|s| (200..300).contains(&s)));
+    let forwarded = case.forwarded.unwrap_or(default_forwarded);
+    let settle = Instant::now() + Duration::from_millis(if forwarded == 0 { 100 } else { 0 });
+    while Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got: VecDeque<Received> = rec.got.lock().unwrap().iter().cloned().collect();
+    if got.len() != forwarded {
+        return Err(format!(
+            "upstream received {} requests, expected {forwarded}: {:?}",
+            got.len(),
+            got.iter().map(|r| lower(&r.head)).collect::<Vec<_>>()
+        ));
+    }
+    if forwarded == 0 && rec.pending.load(Ordering::Relaxed) > 0 {
+        return Err("upstream holds part of a request that should have been refused".into());
+    }
+    let Some(first) = got.front() else { return Ok(()) };
+    let head = lower(&first.head);
+    for s in &case.upstream_has {
+        if !head.contains(&s.to_ascii_lowercase()) {
+            return Err(format!("upstream head lacks {s:?}: {head:?}"));
+        }
+    }
+    let all = format!("{head}{}", lower(&first.body));
+    for s in &case.upstream_lacks {
+        if all.contains(&s.to_ascii_lowercase()) {
+            return Err(format!("upstream got {s:?}: {all:?}"));
+        }
+    }
+    for name in &case.upstream_once {
+        let n = head
+            .split("\r\n")
+            .filter(|l| l.starts_with(&format!("{name}:")))
+            .count();
+        if n != 1 {
+            return Err(format!("upstream head has {n} {name} lines: {head:?}"));
+        }
+    }
+    if let Some(body) = &case.upstream_body {
+        let want = bytes_of(body);
+        if first.body != want {
+            return Err(format!(
+                "upstream body {:?}, expected {:?}",
+                String::from_utf8_lossy(&first.body),
+                String::from_utf8_lossy(&want)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(300).collect()
+}
+
+pub fn cases() -> Vec<Case> {
+    toml::from_str::<Table>(CASES)
+        .expect("tests/conformance/cases.toml")
+        .case
+}
+
+async fn run_all(engine: &str) {
+    let (rec, addr) = Recorder::start().await;
+    let services = format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\", timeout = \"2s\" }}\n\
+         [services.chat.blue]\nendpoints = [\"{addr}\"]\nversion = \"v1\"\n\n\
+         [services.chat.green]\nendpoints = [\"{addr}\"]\nversion = \"v2\"\n"
+    );
+    let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let cases = cases();
+    assert!(cases.len() >= 80, "the table shrank to {}", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let case = if engine == "hyper" {
+            case.for_hyper()
+        } else {
+            case.clone()
+        };
+        let case = &case;
+        if let Err(e) = run(case, r.listen, &rec).await {
+            failures.push(format!("{} [{}]: {e}", case.name, case.class));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} conformance cases failed on the {engine} engine:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn every_case_on_the_http1_engine() {
+    run_all("own").await;
+}
+
+#[tokio::test]
+async fn every_case_on_the_hyper_engine() {
+    run_all("hyper").await;
+}
+
+/// An upstream that answers the first request of each connection and, on the second, reads
+/// it and closes without a byte of answer (what a server that times out idle keep-alive
+/// connections does as a request arrives). Returns the request lines it saw, in order.
+async fn closes_second_request() -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut n_req = 0;
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some((head_len, total)) = whole_request(&buf) {
+                        let line = String::from_utf8_lossy(&buf[..head_len]).lines().next().unwrap_or("").to_string();
+                        buf.drain(..total);
+                        n_req += 1;
+                        if line.starts_with("GET /health ") {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                            continue;
+                        }
+                        log.lock().unwrap().push(line);
+                        if n_req >= 2 {
+                            return; // closes the connection, nothing answered
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn reused_connection_rule(engine: &str) {
+    let (addr, seen) = closes_second_request().await;
+    let services = format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\" }}\n\
+         [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+    );
+    let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let get = |path: &'static str| {
+        let port = r.listen;
+        async move {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+            client(port, req.as_bytes(), 1, false).await
+        }
+    };
+    assert_eq!(get("/warm").await.statuses, vec![200], "{engine}");
+    seen.lock().unwrap().clear();
+    // The pooled connection dies under a GET: sent again once, on a new connection.
+    let v = get("/again").await;
+    assert_eq!(v.statuses, vec![200], "{engine}: {}", v.text);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["GET /again HTTP/1.1".to_string(), "GET /again HTTP/1.1".to_string()],
+        "{engine}"
+    );
+    // The same under a POST: never sent twice (the upstream may have run it); a 502.
+    seen.lock().unwrap().clear();
+    let v = client(
+        r.listen,
+        b"POST /generate HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+        1,
+        false,
+    )
+    .await;
+    assert_eq!(v.statuses, vec![502], "{engine}: {}", v.text);
+    assert!(v.text.contains("upstream_failed"), "{engine}: {}", v.text);
+    assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1".to_string()], "{engine}");
+}
+
+/// One retry rule on both engines (docs/reliability.md): a request that failed on a reused
+/// keep-alive connection before any response byte is sent again on a fresh connection only
+/// when it is idempotent and its whole body is at hand.
+#[tokio::test]
+async fn reused_connection_retry_rule_is_the_same_on_both_engines() {
+    reused_connection_rule("own").await;
+    reused_connection_rule("hyper").await;
+}
