@@ -461,7 +461,11 @@ async fn closes_second_request() -> (String, Arc<Mutex<Vec<String>>>) {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                     while let Some((head_len, total)) = whole_request(&buf) {
-                        let line = String::from_utf8_lossy(&buf[..head_len]).lines().next().unwrap_or("").to_string();
+                        let line = String::from_utf8_lossy(&buf[..head_len])
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
                         buf.drain(..total);
                         n_req += 1;
                         if line.starts_with("GET /health ") {
@@ -517,7 +521,11 @@ async fn reused_connection_rule(engine: &str) {
     .await;
     assert_eq!(v.statuses, vec![502], "{engine}: {}", v.text);
     assert!(v.text.contains("upstream_failed"), "{engine}: {}", v.text);
-    assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1".to_string()], "{engine}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["POST /generate HTTP/1.1".to_string()],
+        "{engine}"
+    );
 }
 
 /// One retry rule on both engines (docs/reliability.md): a request that failed on a reused

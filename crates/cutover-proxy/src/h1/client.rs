@@ -1,0 +1,297 @@
+//! The client side of the HTTP/1.1 engine: read request heads (idle connections hold no
+//! buffer), answer refusals and errors, and run one exchange per request.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant as Deadline};
+
+use super::buf::{self, Buf, Out};
+use super::chunked::Chunked;
+use super::io::{poll_now, read_ready, wait_true, write_by};
+use super::relay::error_response;
+use super::request::{self, HeadError, RequestHead};
+use super::send::Fail;
+use super::Framing;
+use crate::error::{ProxyError, Source};
+use crate::exchange::{self, Exchange, Forwarder};
+use crate::route::ColorRoute;
+use crate::settings::ServiceSettings;
+
+/// One client connection, for as long as it lasts.
+pub(super) struct ClientConn {
+    pub(super) client: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// The peer's address as written into `X-Forwarded-For` (made once per connection).
+    pub(super) peer_ip: Box<[u8]>,
+    /// The peer is one of the service's trusted proxies (decided once per connection).
+    pub(super) trusted: bool,
+    pub(super) fwd: Arc<Forwarder>,
+    pub(super) settings: Arc<ServiceSettings>,
+    /// Bytes read from the client and not consumed yet: a head, body bytes, or a pipelined
+    /// next request. Released (no memory) while the connection is idle.
+    pub(super) inbuf: Buf,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+/// Why no request head came.
+pub(super) enum Stop {
+    Closed,
+    Http2,
+    Refuse(ProxyError),
+}
+
+/// What becomes of the client connection after an exchange.
+pub(super) enum After {
+    KeepAlive,
+    Close,
+    /// Close after reading what the client still sends for a while, so the error response
+    /// is not destroyed by a reset (unread data at close makes the kernel send RST).
+    LingerClose,
+}
+
+fn head_error(e: HeadError) -> ProxyError {
+    let (status, code, m) = match e {
+        HeadError::Bad(m) => return exchange::malformed(m),
+        HeadError::Unsupported(m) => return exchange::unsupported_coding(m),
+        HeadError::LineTooLong => return exchange::header_line_too_large(),
+        HeadError::TooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request head has too many header lines or is larger than limits.max_header_bytes",
+        ),
+        HeadError::UriTooLong => (
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "the request line is longer than limits.max_header_line_bytes",
+        ),
+        HeadError::Version => (
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "http_version_not_supported",
+            "only HTTP/1.x is accepted in a request line (HTTP/2 starts with its preface)",
+        ),
+    };
+    ProxyError::new(status, code, Source::Client, m)
+}
+
+impl ClientConn {
+    pub(super) fn new(
+        client: TcpStream,
+        peer: SocketAddr,
+        fwd: Arc<Forwarder>,
+        shutdown: watch::Receiver<bool>,
+    ) -> ClientConn {
+        let settings = fwd.service.settings.clone();
+        ClientConn {
+            client,
+            peer,
+            peer_ip: peer.ip().to_string().into_bytes().into_boxed_slice(),
+            trusted: !settings.trusted_proxies.is_empty() && settings.trusted_proxies.contains(peer.ip()),
+            fwd,
+            settings,
+            inbuf: Buf::new(),
+            shutdown,
+        }
+    }
+
+    /// Parse what is buffered: a head rewritten into `out`, not enough yet, or a refusal.
+    fn try_head(&self, first: bool) -> Result<Option<(RequestHead, Out)>, Stop> {
+        let preface = if first {
+            buf::h2_preface(self.inbuf.bytes())
+        } else {
+            Some(false)
+        };
+        match preface {
+            Some(true) => return Err(Stop::Http2),
+            None => return Ok(None),
+            Some(false) => {}
+        }
+        let target = request::Target {
+            peer_ip: &self.peer_ip,
+            trusted: self.trusted,
+            scheme: b"http",
+            want_path: self.settings.access_log,
+            max_line: self.settings.max_header_line_bytes,
+        };
+        let mut out = Out::new();
+        match request::request_head(self.inbuf.bytes(), &target, out.vec()) {
+            Ok(Some(h)) => Ok(Some((h, out))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Stop::Refuse(head_error(e))),
+        }
+    }
+
+    /// Read until a whole request head is buffered and rewritten into `out`. Waiting for it
+    /// (idle keep-alive included) is bounded by `header_read_timeout`.
+    ///
+    /// The output buffer is taken only once bytes have arrived, so a connection waiting for
+    /// its next request holds no buffer.
+    pub(super) async fn read_head(&mut self, first: bool) -> Result<(RequestHead, Out), Stop> {
+        let max = self.settings.max_header_bytes;
+        let mut deadline: Option<Deadline> = None;
+        loop {
+            if !self.inbuf.is_empty() {
+                if let Some(h) = self.try_head(first)? {
+                    return Ok(h);
+                }
+                if self.inbuf.len() >= max {
+                    return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
+                }
+            }
+            if self.inbuf.is_empty() {
+                // Between requests: wait for the socket to turn readable without holding a
+                // buffer (this is where idle keep-alive connections spend their time).
+                self.inbuf.release();
+                let mut ready = pin!(read_ready(&self.client));
+                if poll_now(ready.as_mut()).is_pending() {
+                    let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
+                    tokio::select! {
+                        biased;
+                        r = ready => if r.is_err() { return Err(Stop::Closed) },
+                        _ = sleep_until(d) => return Err(Stop::Closed),
+                        _ = wait_true(&mut self.shutdown) => return Err(Stop::Closed),
+                    }
+                }
+            }
+            if !self.inbuf.reserve(max) {
+                return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
+            }
+            let partial = !self.inbuf.is_empty();
+            let r = {
+                let mut fut = pin!(self.client.read_buf(&mut self.inbuf.data));
+                match poll_now(fut.as_mut()) {
+                    Poll::Ready(r) => r,
+                    // Readiness was stale: back to waiting without a buffer.
+                    Poll::Pending if !partial => continue,
+                    Poll::Pending => {
+                        let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
+                        tokio::select! {
+                            biased;
+                            r = fut => r,
+                            _ = sleep_until(d) => return Err(Stop::Closed),
+                        }
+                    }
+                }
+            };
+            match r {
+                Ok(0) | Err(_) => return Err(Stop::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answer with the proxy's own error (the connection closes after it).
+    pub(super) async fn refuse(&mut self, e: ProxyError, route: Option<&ColorRoute>) {
+        let mut out = Out::new();
+        error_response(e, &self.fwd.service.name, route, true, out.vec());
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        let _ = write_by(&mut self.client, &out.0, deadline).await;
+    }
+
+    /// Half-close, then drain what the client still sends for up to a second (64 KiB at
+    /// most), so the response is read before the socket goes away.
+    pub(super) async fn linger(&mut self) {
+        let _ = self.client.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while left > 0 {
+                match self.client.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left -= n.min(left),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// One request: forward it, stream the response back, record it.
+    pub(super) async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
+        // The head is dealt with from here on, whatever the answer: an error answered on a
+        // kept-alive connection must not find the same request again.
+        self.inbuf.consume(head.head_len);
+        let fwd = self.fwd.clone();
+        let begun = Exchange::begin(&fwd, Instant::now(), || {
+            exchange::access(&fwd, &head.method, head.path.take().unwrap_or_default(), self.peer)
+        });
+        let mut ex = match begun {
+            Ok(ex) => ex,
+            Err(e) => {
+                let unread = !self.skip_buffered_body(head.body);
+                return self.answer_error(e, None, &head, unread).await;
+            }
+        };
+        let mut body_done = head.body == Framing::None;
+        match self.forward(&head, out, &mut ex, &mut body_done).await {
+            Ok(next) => next,
+            Err(Fail::Proxy(e)) => {
+                ex.failed(&e);
+                let route = ex.route.clone();
+                self.answer_error(e, Some(&route), &head, !body_done).await
+            }
+            // The client left: nobody to answer. Stale and connect failures were turned
+            // into errors by `forward`.
+            Err(_) => After::Close,
+        }
+    }
+
+    async fn answer_error(
+        &mut self,
+        e: ProxyError,
+        route: Option<&ColorRoute>,
+        head: &RequestHead,
+        unread: bool,
+    ) -> After {
+        let close = unread
+            || !head.keep_alive
+            || e.status == StatusCode::BAD_REQUEST
+            || e.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut out = Out::new();
+        error_response(e, &self.fwd.service.name, route, close, out.vec());
+        if !close && head.minor == 0 {
+            // error_response ends the head; HTTP/1.0 keep-alive must be restated.
+            let at = out.0.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 2;
+            out.0.splice(at..at, b"connection: keep-alive\r\n".iter().copied());
+        }
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        if write_by(&mut self.client, &out.0, deadline).await.is_err() {
+            return After::Close;
+        }
+        if unread {
+            After::LingerClose
+        } else if close {
+            After::Close
+        } else {
+            After::KeepAlive
+        }
+    }
+
+    /// For a request answered without an upstream: when its whole body is already buffered
+    /// (the usual small JSON), drop it so the connection can carry the next request. False
+    /// when the body is still on the wire: the connection must then close.
+    pub(super) fn skip_buffered_body(&mut self, body: Framing) -> bool {
+        let n = match body {
+            Framing::None | Framing::Close => return true,
+            Framing::Length(n) => match usize::try_from(n) {
+                Ok(n) if n <= self.inbuf.len() => n,
+                _ => return false,
+            },
+            Framing::Chunked => {
+                let mut dec = Chunked::new();
+                match dec.feed(self.inbuf.bytes(), |_| {}) {
+                    Ok(n) if dec.done() => n,
+                    _ => return false,
+                }
+            }
+        };
+        self.inbuf.consume(n);
+        true
+    }
+}

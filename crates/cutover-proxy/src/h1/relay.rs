@@ -1,0 +1,256 @@
+//! The response's way back to the client: its body decoded as it arrives and written in the
+//! framing the client's connection needs, event streams counted, the drain deadline and
+//! the request timeout enforced; and the proxy's own error answers on the wire.
+
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant as Deadline};
+
+use super::buf::{self, Buf, Out, BUF_SIZE};
+use super::chunked::{chunk, last_chunk, Chunked};
+use super::io::{client_gone, poll_now, read_ready, wait_true, write_by};
+use super::response::OutMode;
+use super::send::Answer;
+use super::Framing;
+use crate::body::{count_events, sse_error_event};
+use crate::error::ProxyError;
+use crate::exchange::{DRAIN_CLOSED, TIMED_OUT};
+use crate::route::{ColorRoute, Endpoint};
+
+/// What relaying one response needs from the exchange.
+pub(super) struct Relay<'a> {
+    pub(super) client: &'a mut TcpStream,
+    /// The client's buffer: a pipelined next request read while watching for the client
+    /// going away stays here.
+    pub(super) inbuf: &'a mut Buf,
+    pub(super) max_header: usize,
+    pub(super) route: &'a ColorRoute,
+    pub(super) endpoint: &'a Endpoint,
+    /// `request_timeout` from the request's start.
+    pub(super) deadline: Deadline,
+}
+
+/// How far the body has come.
+struct Progress {
+    /// Content-Length bytes still to come.
+    left: u64,
+    dec: Chunked,
+    /// An event stream's last byte was a newline (an event split across reads).
+    last_nl: bool,
+    /// A close-delimited body saw its end.
+    eof: bool,
+}
+
+/// Why waiting for more of the body stopped.
+enum Wait {
+    Readable,
+    /// The client left or stopped reading: nobody to tell.
+    ClientGone,
+    /// Cut, with the reason an event stream is told.
+    Cut(&'static str),
+}
+
+impl Relay<'_> {
+    /// Stream the response body to the client. True when it ended cleanly.
+    pub(super) async fn run(mut self, a: Answer) -> bool {
+        let Answer {
+            mut up,
+            head: rh,
+            rest: mut upbuf,
+            out: mut cout,
+        } = a;
+        let mut p = Progress {
+            left: if let Framing::Length(n) = rh.body { n } else { 0 },
+            dec: Chunked::new(),
+            last_nl: false,
+            eof: false,
+        };
+        let mut closed_rx: Option<watch::Receiver<bool>> = None;
+        loop {
+            let done = match self.take(&rh, &mut p, &mut upbuf, &mut cout) {
+                Ok(done) => done,
+                Err(why) => return self.fail(&rh, cout, &why).await,
+            };
+            if done && rh.out == OutMode::Rechunk {
+                last_chunk(cout.vec(), p.dec.trailers());
+            }
+            if !cout.0.is_empty() {
+                if write_by(self.client, &cout.0, self.deadline).await.is_err() {
+                    // The client left or stopped reading: the upstream connection is
+                    // dropped, which cancels the request there.
+                    return false;
+                }
+                cout.0.clear();
+            }
+            if done {
+                if rh.upstream_keep_alive && upbuf.is_empty() && rh.body != Framing::Close {
+                    self.endpoint.pool.put_raw(up.stream);
+                }
+                return true;
+            }
+            if self.route.closing.load(Relaxed) {
+                self.route.stats.drain_closed.fetch_add(1, Relaxed);
+                return self.fail(&rh, cout, DRAIN_CLOSED).await;
+            }
+            // Everything read so far is consumed: wait for more without holding buffers, so
+            // a stream between two tokens costs its socket and little else.
+            upbuf.release();
+            cout.release();
+            match self.wait(&up.stream, &mut closed_rx).await {
+                Wait::Readable => {}
+                Wait::ClientGone => return false,
+                Wait::Cut(why) => return self.fail(&rh, cout, why).await,
+            }
+            upbuf.reserve(BUF_SIZE);
+            let r = {
+                let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
+                match poll_now(fut.as_mut()) {
+                    Poll::Ready(r) => r,
+                    // Readiness was stale: wait again.
+                    Poll::Pending => continue,
+                }
+            };
+            match r {
+                Ok(0) if rh.body == Framing::Close => p.eof = true,
+                Ok(0) => {
+                    let why = "upstream failed mid-body: connection closed before the body ended";
+                    return self.fail(&rh, cout, why).await;
+                }
+                Err(e) => {
+                    let why = format!("upstream failed mid-body: {e}");
+                    return self.fail(&rh, cout, &why).await;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Move what `upbuf` holds of the body into `cout`, in the client's framing. True when
+    /// the body is complete; Err when the upstream's framing is broken.
+    fn take(
+        &self,
+        rh: &super::response::ResponseHead,
+        p: &mut Progress,
+        upbuf: &mut Buf,
+        cout: &mut Out,
+    ) -> Result<bool, String> {
+        let mut events = 0;
+        let (mode, sse) = (rh.out, rh.sse);
+        let done = match rh.body {
+            Framing::None => true,
+            Framing::Length(_) => {
+                let take = (upbuf.len() as u64).min(p.left) as usize;
+                let d = &upbuf.bytes()[..take];
+                if sse {
+                    events += count_events(&mut p.last_nl, d);
+                }
+                cout.vec().extend_from_slice(d);
+                upbuf.consume(take);
+                p.left -= take as u64;
+                p.left == 0
+            }
+            Framing::Chunked => {
+                let out = cout.vec();
+                let last_nl = &mut p.last_nl;
+                let fed = p.dec.feed(upbuf.bytes(), |d| {
+                    if sse {
+                        events += count_events(last_nl, d);
+                    }
+                    match mode {
+                        OutMode::Rechunk => chunk(out, d),
+                        OutMode::Close => out.extend_from_slice(d),
+                        _ => {}
+                    }
+                });
+                let k = fed.map_err(|m| format!("upstream sent a malformed chunked body: {m}"))?;
+                upbuf.consume(k);
+                p.dec.done()
+            }
+            Framing::Close => {
+                let d = upbuf.bytes();
+                if sse {
+                    events += count_events(&mut p.last_nl, d);
+                }
+                match mode {
+                    OutMode::Rechunk => chunk(cout.vec(), d),
+                    _ => cout.vec().extend_from_slice(d),
+                }
+                let n = upbuf.len();
+                upbuf.consume(n);
+                p.eof
+            }
+        };
+        if events > 0 {
+            self.route.stats.stream_events.fetch_add(events, Relaxed);
+        }
+        Ok(done)
+    }
+
+    /// Wait for the upstream to send more, the deadline, the drain deadline's cut, or the
+    /// client going away, whichever comes first.
+    async fn wait(&mut self, up: &TcpStream, closed_rx: &mut Option<watch::Receiver<bool>>) -> Wait {
+        let mut ready = pin!(read_ready(up));
+        if poll_now(ready.as_mut()).is_ready() {
+            return Wait::Readable;
+        }
+        let rx = closed_rx.get_or_insert_with(|| self.route.close_signal.subscribe());
+        tokio::select! {
+            biased;
+            _ = ready => Wait::Readable,
+            _ = sleep_until(self.deadline) => Wait::Cut(TIMED_OUT),
+            _ = wait_true(rx) => {
+                self.route.stats.drain_closed.fetch_add(1, Relaxed);
+                Wait::Cut(DRAIN_CLOSED)
+            }
+            _ = client_gone(self.client, self.inbuf, self.max_header) => Wait::ClientGone,
+        }
+    }
+
+    /// The response cannot be finished: count it, tell an event stream why in-band, and let
+    /// the caller close the connection so the client sees the body cut.
+    async fn fail(&mut self, rh: &super::response::ResponseHead, mut cout: Out, why: &str) -> bool {
+        self.route.stats.aborted_bodies.fetch_add(1, Relaxed);
+        if rh.sse && rh.out == OutMode::Rechunk {
+            chunk(cout.vec(), sse_error_event(why).as_bytes());
+        }
+        if !cout.0.is_empty() {
+            let d = self.deadline.min(Deadline::now() + std::time::Duration::from_secs(5));
+            let _ = write_by(self.client, &cout.0, d).await;
+        }
+        false
+    }
+}
+
+/// The proxy's own error as an HTTP/1.1 response.
+pub(super) fn error_response(e: ProxyError, service: &str, route: Option<&ColorRoute>, close: bool, out: &mut Vec<u8>) {
+    let resp = e.into_response(service, route);
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in resp.headers() {
+        if k == http::header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = resp.body().full_bytes();
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(buf::itoa(body.len() as u64, &mut [0u8; 20]));
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}

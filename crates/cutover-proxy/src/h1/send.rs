@@ -1,0 +1,393 @@
+//! The request's way to an upstream: its rewritten head with whatever part of the body was
+//! already read, then the rest of the body, on a pooled or new connection, with the retry
+//! rule of [`crate::exchange`]; then the response head, rewritten for the client.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant as Deadline;
+
+use super::buf::{Buf, Out, BUF_SIZE};
+use super::chunked::{chunk, last_chunk, Chunked};
+use super::client::{After, ClientConn};
+use super::io::{client_gone, poll_now, read_ready, write_by};
+use super::relay::Relay;
+use super::request::RequestHead;
+use super::response::{self, ResponseContext, ResponseHead, ResponseParse};
+use super::Framing;
+use crate::error::ProxyError;
+use crate::exchange::{self, Exchange, Next, Replay, Retry};
+use crate::route::Endpoint;
+use crate::upstream::ConnectError;
+
+/// Why the exchange with an upstream stopped before a response head.
+#[derive(Debug)]
+pub(super) enum Fail {
+    /// No connection: nothing was sent, another endpoint may be tried.
+    Connect(ConnectError),
+    /// A reused connection died before a byte of response came back.
+    Stale(String),
+    /// The client went away while its request was pending.
+    ClientGone,
+    Proxy(ProxyError),
+}
+
+/// An upstream connection of this engine: a plain socket from the endpoint's pool.
+pub(super) struct UpstreamSocket {
+    pub(super) stream: TcpStream,
+    /// Taken from the pool (it may have died while idle), not opened for this request.
+    pub(super) reused: bool,
+}
+
+/// Where the request body stands.
+#[derive(Clone)]
+pub(super) struct BodyProgress {
+    framing: Framing,
+    /// Bytes sent so far (Content-Length bodies).
+    sent: u64,
+    /// Data bytes seen so far (chunked bodies, for the size limit).
+    data_seen: u64,
+    dec: Chunked,
+    limit: u64,
+}
+
+impl BodyProgress {
+    fn new(framing: Framing, limit: u64) -> BodyProgress {
+        BodyProgress {
+            framing,
+            sent: 0,
+            data_seen: 0,
+            dec: Chunked::new(),
+            limit,
+        }
+    }
+
+    pub(super) fn done(&self) -> bool {
+        match self.framing {
+            Framing::Length(n) => self.sent == n,
+            Framing::Chunked => self.dec.done(),
+            Framing::None | Framing::Close => true,
+        }
+    }
+
+    /// Of `avail` bytes at hand, how many belong to a Content-Length body (counted as sent).
+    fn take_length(&mut self, avail: usize) -> usize {
+        let Framing::Length(n) = self.framing else { return 0 };
+        let take = (avail as u64).min(n - self.sent) as usize;
+        self.sent += take as u64;
+        take
+    }
+
+    /// Take what of `input` belongs to the body, appended to `out` as it goes upstream: a
+    /// Content-Length body as it is, a chunked one framed anew (the upstream reads only
+    /// chunks the proxy wrote). Returns the bytes of `input` consumed.
+    fn take(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ProxyError> {
+        if let Framing::Length(_) = self.framing {
+            let k = self.take_length(input.len());
+            out.extend_from_slice(&input[..k]);
+            return Ok(k);
+        }
+        if self.framing != Framing::Chunked {
+            return Ok(0);
+        }
+        let mut seen = 0u64;
+        let k = self
+            .dec
+            .feed(input, |d| {
+                seen += d.len() as u64;
+                chunk(out, d);
+            })
+            .map_err(exchange::bad_body)?;
+        self.data_seen += seen;
+        if self.data_seen > self.limit {
+            return Err(exchange::too_large(self.data_seen, self.limit));
+        }
+        if self.dec.done() {
+            last_chunk(out, self.dec.trailers());
+        }
+        Ok(k)
+    }
+}
+
+/// The request as it goes upstream.
+pub(super) struct Outgoing {
+    /// The rewritten head, followed by the part of the body already read.
+    bytes: Out,
+    body: BodyProgress,
+}
+
+/// What a successful attempt hands to the relay.
+pub(super) struct Answer {
+    pub(super) up: UpstreamSocket,
+    pub(super) head: ResponseHead,
+    /// Bytes read after the response head (the start of the body).
+    pub(super) rest: Buf,
+    /// The client's version of the response head.
+    pub(super) out: Out,
+}
+
+impl ClientConn {
+    /// Send the request to an endpoint of the exchange's color and stream the response back.
+    pub(super) async fn forward(
+        &mut self,
+        head: &RequestHead,
+        out: Out,
+        ex: &mut Exchange,
+        body_done: &mut bool,
+    ) -> Result<After, Fail> {
+        let settings = self.settings.clone();
+        if let Framing::Length(n) = head.body {
+            if n > settings.max_body_bytes {
+                return Err(Fail::Proxy(exchange::too_large(n, settings.max_body_bytes)));
+            }
+        }
+        let endpoint = match ex.first_endpoint(&self.fwd) {
+            Ok(e) => e,
+            Err(e) => {
+                *body_done = self.skip_buffered_body(head.body);
+                return Err(Fail::Proxy(e));
+            }
+        };
+        let mut req = self.prepare(head, out, &endpoint).await?;
+        *body_done = req.body.done();
+        let sent = self.send(head, &mut req, ex, endpoint).await;
+        *body_done = req.body.done();
+        let (answer, endpoint) = sent?;
+        // The request is out: its buffers go back to the pool for the length of the
+        // response (a stream can last minutes).
+        drop(req);
+        self.inbuf.release();
+        ex.answered(answer.head.status);
+        let close_client = answer.head.close_client;
+        let relay = Relay {
+            client: &mut self.client,
+            inbuf: &mut self.inbuf,
+            max_header: settings.max_header_bytes,
+            route: &ex.route,
+            endpoint: &endpoint,
+            deadline: Deadline::from_std(ex.started) + settings.request_timeout,
+        };
+        let complete = relay.run(answer).await;
+        Ok(if complete && !close_client && head.keep_alive {
+            After::KeepAlive
+        } else {
+            After::Close
+        })
+    }
+
+    /// The upstream's head (an HTTP/1.0 request without Host gets the endpoint's address),
+    /// with the part of the body already read; when that is all of it, the request can be
+    /// sent again should a pooled connection turn out dead. Answers `100 Continue` for a
+    /// body still to come.
+    async fn prepare(&mut self, head: &RequestHead, mut out: Out, endpoint: &Endpoint) -> Result<Outgoing, Fail> {
+        if head.needs_host {
+            let end = out.0.len() - 2;
+            out.0.truncate(end);
+            out.0
+                .extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
+        }
+        let mut body = BodyProgress::new(head.body, self.settings.max_body_bytes);
+        let k = body.take(self.inbuf.bytes(), &mut out.0).map_err(Fail::Proxy)?;
+        self.inbuf.consume(k);
+        if head.expect_continue && !body.done() && head.minor == 1 {
+            let d = Deadline::now() + self.settings.header_read_timeout;
+            write_by(&mut self.client, b"HTTP/1.1 100 Continue\r\n\r\n", d)
+                .await
+                .map_err(|_| Fail::ClientGone)?;
+        }
+        Ok(Outgoing { bytes: out, body })
+    }
+
+    /// Attempts until one gets a response head, within the first-byte deadline.
+    async fn send(
+        &mut self,
+        head: &RequestHead,
+        req: &mut Outgoing,
+        ex: &mut Exchange,
+        mut endpoint: Arc<Endpoint>,
+    ) -> Result<(Answer, Arc<Endpoint>), Fail> {
+        let route = ex.route.clone();
+        let rcx = ResponseContext {
+            head_request: head.method == http::Method::HEAD,
+            client_minor: head.minor,
+            client_keep_alive: head.keep_alive && !*self.shutdown.borrow(),
+            color: route.color.as_str().as_bytes(),
+            version: route.version_header.as_ref().map(|v| v.as_bytes()),
+        };
+        let limit = self.settings.first_byte_timeout;
+        let first_byte_deadline = Deadline::from_std(ex.started) + limit;
+        let replay = Replay::of(&head.method, req.body.done());
+        let mut fresh_only = false;
+        loop {
+            let attempt = self.attempt(&endpoint, fresh_only, req, &rcx);
+            let (retry, e) = match tokio::time::timeout_at(first_byte_deadline, attempt).await {
+                Err(_) => return Err(Fail::Proxy(exchange::first_byte_timeout(&endpoint, limit))),
+                Ok(Ok(answer)) => return Ok((answer, endpoint)),
+                Ok(Err(Fail::Connect(e))) => {
+                    tracing::debug!(service = %self.fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
+                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &route))
+                }
+                Ok(Err(Fail::Stale(why))) => (Retry::ReusedConnection, exchange::upstream_failed(&endpoint, &why)),
+                Ok(Err(e)) => return Err(e),
+            };
+            match ex.after_failure(retry, &endpoint, replay) {
+                Next::OtherEndpoint(next) => endpoint = next,
+                Next::FreshConnection => fresh_only = true,
+                Next::GiveUp => return Err(Fail::Proxy(e)),
+            }
+        }
+    }
+
+    /// One try on one connection: send the request (streaming what is left of its body) and
+    /// read the response head.
+    async fn attempt(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+        fresh_only: bool,
+        req: &mut Outgoing,
+        rcx: &ResponseContext<'_>,
+    ) -> Result<Answer, Fail> {
+        let pooled = if fresh_only { None } else { endpoint.pool.take_raw() };
+        let mut up = match pooled {
+            Some(stream) => UpstreamSocket { stream, reused: true },
+            None => UpstreamSocket {
+                stream: endpoint.pool.connect_raw().await.map_err(Fail::Connect)?,
+                reused: false,
+            },
+        };
+        if let Err(e) = up.stream.write_all(&req.bytes.0).await {
+            // A write refused outright on a reused connection: the upstream closed it.
+            return Err(if up.reused && req.body.done() {
+                Fail::Stale(format!("{e}"))
+            } else {
+                Fail::Proxy(exchange::upstream_failed(
+                    endpoint,
+                    &format!("sending the request failed: {e}"),
+                ))
+            });
+        }
+        if !req.body.done() {
+            self.stream_body(&mut up.stream, &mut req.body, endpoint).await?;
+        }
+        self.response_head(up, endpoint, rcx).await
+    }
+
+    /// Read the upstream's response head (interim 1xx answers skipped), rewritten for the
+    /// client. While the model thinks, the wait holds no buffer and watches the client.
+    async fn response_head(
+        &mut self,
+        mut up: UpstreamSocket,
+        endpoint: &Endpoint,
+        rcx: &ResponseContext<'_>,
+    ) -> Result<Answer, Fail> {
+        let mut upbuf = Buf::new();
+        let mut cout = Out::new();
+        let max = self.settings.max_header_bytes;
+        loop {
+            if !upbuf.is_empty() {
+                match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
+                    Ok(ResponseParse::Partial) => {}
+                    Ok(ResponseParse::Interim(n)) => {
+                        upbuf.consume(n);
+                        continue;
+                    }
+                    Ok(ResponseParse::Head(h)) => {
+                        upbuf.consume(h.head_len);
+                        return Ok(Answer {
+                            up,
+                            head: h,
+                            rest: upbuf,
+                            out: cout,
+                        });
+                    }
+                    Err(m) => return Err(Fail::Proxy(exchange::bad_response(endpoint, &m))),
+                }
+            }
+            let nothing_yet = upbuf.is_empty();
+            if nothing_yet {
+                // The model may think for minutes: wait without holding a buffer.
+                upbuf.release();
+                let mut ready = pin!(read_ready(&up.stream));
+                if poll_now(ready.as_mut()).is_pending() {
+                    tokio::select! {
+                        biased;
+                        _ = ready => {}
+                        _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                    }
+                }
+            }
+            if !upbuf.reserve(response::MAX_RESPONSE_HEAD) {
+                return Err(Fail::Proxy(exchange::bad_response(endpoint, "response head too large")));
+            }
+            let r = {
+                let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
+                match poll_now(fut.as_mut()) {
+                    Poll::Ready(r) => r,
+                    // Readiness was stale: wait again.
+                    Poll::Pending if nothing_yet => continue,
+                    Poll::Pending => {
+                        tokio::select! {
+                            biased;
+                            r = fut => r,
+                            _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                        }
+                    }
+                }
+            };
+            let why = match r {
+                Ok(0) => "closed the connection before answering".to_string(),
+                Err(e) => format!("failed before answering: {e}"),
+                Ok(_) => continue,
+            };
+            if up.reused && nothing_yet {
+                return Err(Fail::Stale(why));
+            }
+            return Err(Fail::Proxy(exchange::upstream_failed(endpoint, &why)));
+        }
+    }
+
+    /// Copy the rest of the request body from the client to the upstream (chunked bodies
+    /// framed anew on the way; Content-Length bodies written straight from the buffer).
+    async fn stream_body(
+        &mut self,
+        up: &mut TcpStream,
+        body: &mut BodyProgress,
+        endpoint: &Endpoint,
+    ) -> Result<(), Fail> {
+        let mut framed = Out::new();
+        while !body.done() {
+            if self.inbuf.is_empty() {
+                self.inbuf.reserve(BUF_SIZE);
+                match self.client.read_buf(&mut self.inbuf.data).await {
+                    Ok(0) | Err(_) => {
+                        return Err(Fail::Proxy(exchange::bad_body(
+                            "the client closed the connection before the whole body",
+                        )))
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let (take, wrote) = if let Framing::Length(_) = body.framing {
+                let take = body.take_length(self.inbuf.len());
+                (take, up.write_all(&self.inbuf.bytes()[..take]).await)
+            } else {
+                let o = framed.vec();
+                let k = body.take(self.inbuf.bytes(), o).map_err(Fail::Proxy)?;
+                let r = up.write_all(o).await;
+                o.clear();
+                (k, r)
+            };
+            if let Err(e) = wrote {
+                return Err(Fail::Proxy(exchange::upstream_failed(
+                    endpoint,
+                    &format!("sending the request body failed: {e}"),
+                )));
+            }
+            self.inbuf.consume(take);
+        }
+        Ok(())
+    }
+}
