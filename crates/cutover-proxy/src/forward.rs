@@ -111,8 +111,34 @@ fn check(parts: &mut http::request::Parts, settings: &ServiceSettings) -> Result
             return Err(exchange::malformed("HTTP/1.1 request without a host header"));
         }
     }
-    let h = &mut parts.headers;
-    if h.iter().any(|(k, v)| k.as_str().len() + v.len() + 4 > max_line) {
+    check_framing(&mut parts.headers, settings)?;
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(exchange::malformed("more than one host header"));
+        }
+        if !headers::valid_host(host.as_bytes()) {
+            return Err(exchange::malformed(format!(
+                "malformed host header {:?}: expected host[:port] without userinfo, path or list",
+                String::from_utf8_lossy(host.as_bytes())
+            )));
+        }
+    }
+    if let Some(a) = parts.uri.authority() {
+        if a.as_str().contains('@') || !headers::valid_host(a.as_str().as_bytes()) {
+            return Err(exchange::malformed(format!("malformed authority {:?}", a.as_str())));
+        }
+    }
+    Ok(())
+}
+
+/// The header lines and the body's framing: one line per header within the limit, a valid
+/// Transfer-Encoding alone, one Content-Length within the body limit (restated without
+/// leading zeros, as the HTTP/1.1 engine writes it).
+fn check_framing(h: &mut HeaderMap, settings: &ServiceSettings) -> Result<(), ProxyError> {
+    if h.iter()
+        .any(|(k, v)| k.as_str().len() + v.len() + 4 > settings.max_header_line_bytes)
+    {
         return Err(exchange::header_line_too_large());
     }
     if h.contains_key(header::TRANSFER_ENCODING) {
@@ -146,25 +172,7 @@ fn check(parts: &mut http::request::Parts, settings: &ServiceSettings) -> Result
         if n > settings.max_body_bytes {
             return Err(exchange::too_large(n, settings.max_body_bytes));
         }
-        // Restated without leading zeros, as the HTTP/1.1 engine writes it.
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    let mut hosts = h.get_all(header::HOST).iter();
-    if let Some(host) = hosts.next() {
-        if hosts.next().is_some() {
-            return Err(exchange::malformed("more than one host header"));
-        }
-        if !headers::valid_host(host.as_bytes()) {
-            return Err(exchange::malformed(format!(
-                "malformed host header {:?}: expected host[:port] without userinfo, path or list",
-                String::from_utf8_lossy(host.as_bytes())
-            )));
-        }
-    }
-    if let Some(a) = parts.uri.authority() {
-        if a.as_str().contains('@') || !headers::valid_host(a.as_str().as_bytes()) {
-            return Err(exchange::malformed(format!("malformed authority {:?}", a.as_str())));
-        }
     }
     Ok(())
 }
@@ -251,53 +259,10 @@ impl Forwarder {
         strip(&mut parts.headers);
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
 
-        let mut endpoint = ex.first_endpoint(self)?;
-        // A refcounted handle on the client's path, not a copy.
-        let path = parts.uri.path_and_query().cloned();
-        // A request with no body can be sent again; its head is kept for that only when
-        // the retry rule could ever use it.
-        let replay = Replay::of(&parts.method, body.is_end_stream());
-        let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
-        let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
-        let mut fresh = false;
-        let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
-
-        let (resp, conn, endpoint) = loop {
-            prepare(
-                &mut upstream_req,
-                &endpoint,
-                settings.protocol,
-                path.as_ref(),
-                original_host.as_ref(),
-            );
-            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, upstream_req, fresh));
-            let (retry, e) = match attempt.await {
-                Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
-                Ok(Ok((resp, conn))) => break (resp, conn, endpoint),
-                Ok(Err(Attempt::Connect(e, req))) => {
-                    tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    upstream_req = req;
-                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &ex.route))
-                }
-                Ok(Err(Attempt::Failed { error, reused })) => {
-                    let retry = if reused && died_before_response(&error) {
-                        Retry::ReusedConnection
-                    } else {
-                        Retry::Never
-                    };
-                    upstream_req = match &spare {
-                        Some(p) => Request::from_parts(p.clone(), ReqBody::empty()),
-                        None => return Err(classify(&error, &endpoint)),
-                    };
-                    (retry, classify(&error, &endpoint))
-                }
-            };
-            match ex.after_failure(retry, &endpoint, replay) {
-                Next::OtherEndpoint(next) => endpoint = next,
-                Next::FreshConnection => fresh = true,
-                Next::GiveUp => return Err(e),
-            }
-        };
+        let endpoint = ex.first_endpoint(self)?;
+        let (resp, conn, endpoint) = self
+            .send_with_retries(parts, body, ex, endpoint, original_host.as_ref())
+            .await?;
 
         let (mut parts, body) = resp.into_parts();
         check_response(&parts).map_err(|m| exchange::bad_response(&endpoint, &m))?;
@@ -322,6 +287,60 @@ impl Forwarder {
         let guard = ex.guard.take().expect("the guard is taken once, here");
         let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl Forwarder {
+    /// Attempts until one gets a response head within the first-byte deadline, by the
+    /// retry rule of [`exchange`].
+    async fn send_with_retries(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        ex: &mut Exchange,
+        mut endpoint: Arc<Endpoint>,
+        host: Option<&HeaderValue>,
+    ) -> Result<(Response<Incoming>, Conn, Arc<Endpoint>), ProxyError> {
+        let settings = &self.service.settings;
+        // A refcounted handle on the client's path, not a copy.
+        let path = parts.uri.path_and_query().cloned();
+        // A request with no body can be sent again; its head is kept for that only when
+        // the retry rule could ever use it.
+        let replay = Replay::of(&parts.method, body.is_end_stream());
+        let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
+        let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
+        let mut fresh = false;
+        let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
+        loop {
+            prepare(&mut upstream_req, &endpoint, settings.protocol, path.as_ref(), host);
+            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, upstream_req, fresh));
+            let (retry, e) = match attempt.await {
+                Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
+                Ok(Ok((resp, conn))) => return Ok((resp, conn, endpoint)),
+                Ok(Err(Attempt::Connect(e, req))) => {
+                    tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
+                    upstream_req = req;
+                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &ex.route))
+                }
+                Ok(Err(Attempt::Failed { error, reused })) => {
+                    let retry = if reused && died_before_response(&error) {
+                        Retry::ReusedConnection
+                    } else {
+                        Retry::Never
+                    };
+                    upstream_req = match &spare {
+                        Some(p) => Request::from_parts(p.clone(), ReqBody::empty()),
+                        None => return Err(classify(&error, &endpoint)),
+                    };
+                    (retry, classify(&error, &endpoint))
+                }
+            };
+            match ex.after_failure(retry, &endpoint, replay) {
+                Next::OtherEndpoint(next) => endpoint = next,
+                Next::FreshConnection => fresh = true,
+                Next::GiveUp => return Err(e),
+            }
+        }
     }
 }
 

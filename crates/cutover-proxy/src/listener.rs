@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::forward::Forwarder;
 use crate::h1::{self, Outcome};
-use crate::route::Protocol;
+use crate::settings::{Protocol, ServiceSettings};
 
 /// Counters of one listener, for metrics and logs.
 #[derive(Default)]
@@ -43,6 +43,47 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The HTTP/2 settings of both hyper builders (the auto one for h2c-upstream services, the
+/// plain one for clients the HTTP/1.1 engine hands over): different types, the same values.
+macro_rules! h2_settings {
+    ($b:expr, $settings:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_header_list_size($settings.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(1024)
+            // A model can think for minutes before its first token: no idle limit on
+            // streams, but dead peers are found with pings.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+}
+
+/// How one listener serves its connections.
+struct Engines {
+    /// hyper for HTTP/1.1 and HTTP/2 (services with h2c upstreams, or the escape hatch).
+    auto: auto::Builder<TokioExecutor>,
+    /// hyper for HTTP/2 clients the HTTP/1.1 engine recognised.
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// HTTP/1.1 clients of HTTP/1.1 upstreams take the own engine (see `h1`).
+    fast: bool,
+}
+
+impl Engines {
+    fn new(settings: &ServiceSettings) -> Engines {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .keep_alive(true);
+        h2_settings!(auto.http2(), settings);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2_settings!(h2, settings);
+        let fast = settings.protocol == Protocol::Http1
+            && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
+        Engines { auto, h2, fast }
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
 /// connections up to `grace` to finish their requests (streams included).
 pub async fn serve(
@@ -53,55 +94,15 @@ pub async fn serve(
     grace: Duration,
 ) {
     let settings = fwd.service.settings.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(1024)
-        // A model can think for minutes before its first token: no idle limit on streams,
-        // but dead peers are found with pings.
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    // HTTP/1.1 clients of HTTP/1.1 upstreams take the fast path (see `h1`); the hyper path
-    // stays for h2c upstreams, and can be chosen for comparison in benchmarks.
-    let fast =
-        settings.protocol == Protocol::Http1 && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
+    let engines = Engines::new(&settings);
     // Every fast-path connection holds a sender; the drain waits for all of them to go.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let cap = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
     loop {
-        let permit = match cap.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // Log once per episode, not once per refused connection.
-                if stats.at_cap.fetch_add(1, Relaxed) == 0 || stats.at_cap.load(Relaxed) % 1000 == 0 {
-                    tracing::warn!(
-                        service = %fwd.service.name,
-                        listener = ?addr,
-                        max_connections = settings.max_connections,
-                        "connection cap reached: new connections wait in the listen backlog until one closes"
-                    );
-                }
-                tokio::select! {
-                    p = cap.clone().acquire_owned() => p.expect("semaphore never closed"),
-                    _ = shutdown.changed() => break,
-                }
-            }
+        let Some(permit) = next_permit(&cap, &stats, &fwd, addr, &mut shutdown).await else {
+            break;
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -119,14 +120,15 @@ pub async fn serve(
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
         let fwd = fwd.clone();
-        if fast {
-            let stats = stats.clone();
-            let open = open_tx.clone();
-            let shutdown = shutdown.clone();
-            let h2 = h2.clone();
+        if engines.fast {
+            let open = OpenGuard {
+                stats: stats.clone(),
+                _drain: open_tx.clone(),
+            };
+            let (shutdown, h2) = (shutdown.clone(), engines.h2.clone());
             tokio::spawn(async move {
                 // Counted down however the task ends, a panic included.
-                let _open = OpenGuard { stats, _drain: open };
+                let _open = open;
                 if let Outcome::Http2(stream, pre) =
                     h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await
                 {
@@ -138,7 +140,8 @@ pub async fn serve(
             });
             continue;
         }
-        let conn = builder
+        let conn = engines
+            .auto
             .serve_connection(TokioIo::new(stream), hyper_service(fwd, peer))
             .into_owned();
         let conn = graceful.watch(conn);
@@ -156,6 +159,34 @@ pub async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+    }
+}
+
+/// A place under `max_connections`, waiting (new connections stay in the listen backlog)
+/// while the cap is reached. None: shutdown came first.
+async fn next_permit(
+    cap: &Arc<Semaphore>,
+    stats: &ListenerStats,
+    fwd: &Forwarder,
+    addr: Option<std::net::SocketAddr>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = cap.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    // Logged at the first wait and every 1000th after, not once per waiting connection.
+    let waits = stats.at_cap.fetch_add(1, Relaxed);
+    if waits % 1000 == 0 {
+        tracing::warn!(
+            service = %fwd.service.name,
+            listener = ?addr,
+            max_connections = fwd.service.settings.max_connections,
+            "connection cap reached: new connections wait in the listen backlog until one closes"
+        );
+    }
+    tokio::select! {
+        p = cap.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+        _ = shutdown.changed() => None,
     }
 }
 

@@ -133,6 +133,29 @@ impl Chunked {
 
     fn step(&mut self, b: u8) -> Result<State, &'static str> {
         use State::*;
+        match self.state {
+            Size { .. } | ExtGap | SizeLf => self.size_step(b),
+            ExtNameStart | ExtName | ExtAfterName | ExtValueStart | ExtToken | ExtQuoted | ExtQuotedEscape
+            | ExtQuotedEnd => {
+                self.ext_byte()?;
+                self.ext_step(b, b == b' ' || b == b'\t')
+            }
+            DataCr => match b {
+                b'\r' => Ok(DataLf),
+                _ => Err("expected CRLF after chunk data"),
+            },
+            DataLf => match b {
+                b'\n' => Ok(Size { any: false }),
+                _ => Err("expected CRLF after chunk data"),
+            },
+            TrailerStart | TrailerName | TrailerValue { .. } | TrailerLf | EndLf => self.trailer_step(b),
+            Data(_) | Done => unreachable!("handled by feed"),
+        }
+    }
+
+    /// The size line up to its extensions, and its end.
+    fn size_step(&mut self, b: u8) -> Result<State, &'static str> {
+        use State::*;
         let ws = b == b' ' || b == b'\t';
         Ok(match self.state {
             Size { any } => match b {
@@ -165,11 +188,6 @@ impl Chunked {
                 b';' => ExtNameStart,
                 _ => return Err("malformed chunk extension"),
             },
-            ExtNameStart | ExtName | ExtAfterName | ExtValueStart | ExtToken | ExtQuoted | ExtQuotedEscape
-            | ExtQuotedEnd => {
-                self.ext_byte()?;
-                self.ext_step(b, ws)?
-            }
             SizeLf => match b {
                 b'\n' if self.size == 0 => TrailerStart,
                 b'\n' => {
@@ -179,14 +197,15 @@ impl Chunked {
                 }
                 _ => return Err("expected LF after chunk size"),
             },
-            DataCr => match b {
-                b'\r' => DataLf,
-                _ => return Err("expected CRLF after chunk data"),
-            },
-            DataLf => match b {
-                b'\n' => Size { any: false },
-                _ => return Err("expected CRLF after chunk data"),
-            },
+            _ => unreachable!("size_step is called for size states"),
+        })
+    }
+
+    /// The trailer section: field lines, kept unless forbidden, then the empty line.
+    fn trailer_step(&mut self, b: u8) -> Result<State, &'static str> {
+        use State::*;
+        let ws = b == b' ' || b == b'\t';
+        Ok(match self.state {
             TrailerStart => match b {
                 b'\r' => EndLf,
                 _ if tchar(b) => {
@@ -248,7 +267,7 @@ impl Chunked {
                 b'\n' => Done,
                 _ => return Err("expected LF at the end of the trailers"),
             },
-            Data(_) | Done => unreachable!("handled by feed"),
+            _ => unreachable!("trailer_step is called for trailer states"),
         })
     }
 

@@ -45,8 +45,9 @@ use crate::exchange::Forwarder;
 use client::{After, ClientConn, Stop};
 
 /// How a message body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Framing {
+    #[default]
     None,
     Length(u64),
     Chunked,

@@ -106,14 +106,19 @@ fn later_minor(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Result<Option<R
 /// What the request's headers said, gathered in one pass before anything is written.
 #[derive(Default)]
 struct Seen<'h> {
-    length: Option<u64>,
-    te: bool,
+    body: Framing,
     host: Option<&'h [u8]>,
-    hosts: usize,
     expect_continue: bool,
     /// A trusted proxy's values, kept instead of the proxy's own.
     proto: Option<&'h [u8]>,
     fwd_host: Option<&'h [u8]>,
+}
+
+fn connection_lines<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> + Clone {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
 }
 
 fn rewrite(
@@ -128,22 +133,53 @@ fn rewrite(
     if method.len() + target.len() + 10 > t.max_line {
         return Err(HeadError::UriTooLong);
     }
-    let headers = &*req.headers;
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Bad("malformed method".into()))?;
     if method == Method::CONNECT {
         return Err(HeadError::Bad("CONNECT is not supported by a reverse proxy".into()));
     }
     let mut absolute = None;
     let (path, uri_host) = split_target(target, &method, &mut absolute)?;
-
-    let connection = || {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value)
+    let headers = &*req.headers;
+    let conn = ConnectionTokens::parse(connection_lines(headers));
+    let seen = inspect(headers, minor, uri_host.is_some(), t)?;
+    let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(seen.host);
+    let keep_alive = if minor == 1 {
+        !conn.close
+    } else {
+        conn.keep_alive && !conn.close
     };
-    let conn = ConnectionTokens::parse(connection());
+    let w = Write {
+        headers,
+        conn: &conn,
+        seen: &seen,
+        host,
+        absolute: uri_host.is_some(),
+        t,
+    };
+    w.head(out, &method, path);
+    Ok(RequestHead {
+        head_len,
+        // Without the query: query strings may carry secrets.
+        path: t.want_path.then(|| path.split('?').next().unwrap_or(path).to_string()),
+        method,
+        minor,
+        body: seen.body,
+        keep_alive,
+        expect_continue: seen.expect_continue,
+        needs_host: host.is_none(),
+    })
+}
+
+/// Hold the headers to the rules: one valid framing, one plain Host, no line past the
+/// per-line limit.
+fn inspect<'h>(
+    headers: &'h [httparse::Header<'_>],
+    minor: u8,
+    absolute: bool,
+    t: &Target<'_>,
+) -> Result<Seen<'h>, HeadError> {
     let mut seen = Seen::default();
+    let (mut length, mut te, mut hosts) = (None::<u64>, false, 0);
     for h in headers {
         if h.name.len() + h.value.len() + 4 > t.max_line {
             return Err(HeadError::LineTooLong);
@@ -154,14 +190,13 @@ fn rewrite(
                     .ok_or_else(|| HeadError::Bad("malformed content-length".into()))?;
                 // Even an identical repeat is refused, as nginx does (RFC 9110 §8.6 allows
                 // either): a list is how two parsers come to disagree.
-                match seen.length {
+                match length {
                     Some(l) if l != n => return Err(HeadError::Bad("conflicting content-length headers".into())),
                     Some(_) => return Err(HeadError::Bad("more than one content-length header".into())),
-                    None => {}
+                    None => length = Some(n),
                 }
-                seen.length = Some(n);
             }
-            Class::TransferEncoding => seen.te = true,
+            Class::TransferEncoding => te = true,
             Class::Host => {
                 if !headers::valid_host(h.value) {
                     return Err(HeadError::Bad(format!(
@@ -169,7 +204,7 @@ fn rewrite(
                         String::from_utf8_lossy(h.value)
                     )));
                 }
-                seen.hosts += 1;
+                hosts += 1;
                 seen.host = Some(h.value);
             }
             Class::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => seen.expect_continue = true,
@@ -178,98 +213,98 @@ fn rewrite(
             _ => {}
         }
     }
-    let chunked = seen.te && framing_of_te(minor, headers)?;
+    let chunked = te && framing_of_te(minor, headers)?;
     // RFC 9112 §6.3 lets a server reject both framings at once; it is how requests are
     // smuggled past proxies that read one and upstreams that read the other.
-    if chunked && seen.length.is_some() {
+    if chunked && length.is_some() {
         return Err(HeadError::Bad(
             "both content-length and transfer-encoding: ambiguous message length".into(),
         ));
     }
-    if seen.hosts > 1 {
+    if hosts > 1 {
         return Err(HeadError::Bad("more than one host header".into()));
     }
-    if seen.hosts == 0 && minor == 1 && uri_host.is_none() {
+    if hosts == 0 && minor == 1 && !absolute {
         return Err(HeadError::Bad("HTTP/1.1 request without a host header".into()));
     }
-    let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(seen.host);
-    let body = if chunked {
-        Framing::Chunked
-    } else {
-        match seen.length {
-            Some(0) | None => Framing::None,
-            Some(n) => Framing::Length(n),
-        }
+    seen.body = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0) | None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
     };
-    let keep_alive = if minor == 1 {
-        !conn.close
-    } else {
-        conn.keep_alive && !conn.close
-    };
+    Ok(seen)
+}
 
-    // The upstream's head: always HTTP/1.1, hop-by-hop headers dropped, framing restated.
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in headers {
-        let class = headers::class(h.name.as_bytes());
-        let keep = match class {
-            Class::Plain => !(conn.any() && conn.names(h.name.as_bytes(), connection())),
+/// What writing the upstream's head needs.
+struct Write<'a, 'h> {
+    headers: &'a [httparse::Header<'h>],
+    conn: &'a ConnectionTokens<'a>,
+    seen: &'a Seen<'a>,
+    host: Option<&'a [u8]>,
+    /// The target was absolute-form: its authority is the Host.
+    absolute: bool,
+    t: &'a Target<'a>,
+}
+
+impl Write<'_, '_> {
+    /// The upstream's head: always HTTP/1.1, hop-by-hop headers dropped, the forwarding
+    /// headers the proxy's own, framing restated.
+    fn head(&self, out: &mut Vec<u8>, method: &Method, path: &str) {
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in self.headers {
+            if self.keep(h) {
+                line(out, h.name.as_bytes(), h.value);
+            }
+        }
+        self.forwarding(out);
+        match self.seen.body {
+            Framing::Length(n) => line(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
+            Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Framing::None | Framing::Close => {}
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn keep(&self, h: &httparse::Header<'_>) -> bool {
+        match headers::class(h.name.as_bytes()) {
+            Class::Plain => !(self.conn.any() && self.conn.names(h.name.as_bytes(), connection_lines(self.headers))),
             // gRPC needs `te: trailers` end to end.
             Class::Te => h.value.eq_ignore_ascii_case(b"trailers"),
             // A Host the absolute-form target overrides goes.
-            Class::Host => uri_host.is_none(),
-            Class::Forwarding(Forwarding::Other) => t.trusted,
+            Class::Host => !self.absolute,
+            Class::Forwarding(Forwarding::Other) => self.t.trusted,
             _ => false,
-        };
-        if keep {
-            line(out, h.name.as_bytes(), h.value);
         }
     }
-    // Exactly one X-Forwarded-For line: a trusted proxy's chain (all its lines, in order)
-    // and then this connection's peer; from anyone else, the peer alone.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if t.trusted {
-        for h in headers
-            .iter()
-            .filter(|h| headers::class(h.name.as_bytes()) == Class::Forwarding(Forwarding::For))
-        {
-            for hop in headers::list(h.value) {
+
+    /// Exactly one X-Forwarded-For line: a trusted proxy's chain (all its lines, in order)
+    /// and then this connection's peer; from anyone else, the peer alone.
+    fn forwarding(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if self.t.trusted {
+            let chain = self
+                .headers
+                .iter()
+                .filter(|h| headers::class(h.name.as_bytes()) == Class::Forwarding(Forwarding::For));
+            for hop in chain.flat_map(|h| headers::list(h.value)) {
                 out.extend_from_slice(hop);
                 out.extend_from_slice(b", ");
             }
         }
-    }
-    out.extend_from_slice(t.peer_ip);
-    out.extend_from_slice(b"\r\n");
-    line(out, b"x-forwarded-proto", seen.proto.unwrap_or(t.scheme));
-    // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
-    if let Some(h) = host {
-        if uri_host.is_some() {
+        out.extend_from_slice(self.t.peer_ip);
+        out.extend_from_slice(b"\r\n");
+        line(out, b"x-forwarded-proto", self.seen.proto.unwrap_or(self.t.scheme));
+        // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
+        if let (Some(h), true) = (self.host, self.absolute) {
             line(out, b"host", h);
         }
+        if let Some(h) = self.seen.fwd_host.or(self.host) {
+            line(out, b"x-forwarded-host", h);
+        }
     }
-    if let Some(h) = seen.fwd_host.or(host) {
-        line(out, b"x-forwarded-host", h);
-    }
-    match body {
-        Framing::Length(n) => line(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::None | Framing::Close => {}
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(RequestHead {
-        head_len,
-        // Without the query: query strings may carry secrets.
-        path: t.want_path.then(|| path.split('?').next().unwrap_or(path).to_string()),
-        method,
-        minor,
-        body,
-        keep_alive,
-        expect_continue: seen.expect_continue,
-        needs_host: host.is_none(),
-    })
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -71,14 +71,59 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
     }
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let headers = &*resp.headers;
-    let connection = || {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value)
+    let conn = ConnectionTokens::parse(connection_lines(headers));
+    let f = framing(headers, code, cx)?;
+    let upstream_keep_alive = f.body != Framing::Close
+        && if minor == 1 {
+            !conn.close
+        } else {
+            conn.keep_alive && !conn.close
+        };
+    let mut close_client = !cx.client_keep_alive;
+    let mode = match f.body {
+        Framing::None => OutMode::None,
+        Framing::Length(_) => OutMode::Length,
+        Framing::Chunked | Framing::Close if cx.client_minor == 0 => {
+            close_client = true;
+            OutMode::Close
+        }
+        Framing::Chunked | Framing::Close => OutMode::Rechunk,
     };
-    let conn = ConnectionTokens::parse(connection());
+    let client = ClientFraming {
+        status,
+        reason: status.canonical_reason().or(resp.reason).unwrap_or(""),
+        mode,
+        close_client,
+    };
+    write_head(out, &client, headers, &conn, &f, cx);
+    Ok(ResponseParse::Head(ResponseHead {
+        head_len,
+        status: code,
+        body: f.body,
+        upstream_keep_alive,
+        sse: f.sse,
+        out: mode,
+        close_client,
+    }))
+}
 
+fn connection_lines<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> + Clone {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+}
+
+/// How the upstream framed the body, and whether it is an event stream.
+struct Found {
+    body: Framing,
+    sse: bool,
+    /// A HEAD or 304 answer, whose Content-Length is the GET's and is kept.
+    no_body: bool,
+    te: bool,
+}
+
+fn framing(headers: &[httparse::Header<'_>], code: u16, cx: &ResponseContext<'_>) -> Result<Found, String> {
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut sse = false;
@@ -120,67 +165,58 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
             Codings::Invalid(m) => return Err(m),
         }
     } else {
-        match length {
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
+        length.map_or(Framing::Close, Framing::Length)
     };
-    let mut upstream_keep_alive = if minor == 1 {
-        !conn.close
-    } else {
-        conn.keep_alive && !conn.close
-    };
-    // A body that ends at close: this connection cannot carry another.
-    if body == Framing::Close {
-        upstream_keep_alive = false;
-    }
-    let mut close_client = !cx.client_keep_alive;
-    let mode = match body {
-        Framing::None => OutMode::None,
-        Framing::Length(_) => OutMode::Length,
-        Framing::Chunked | Framing::Close if cx.client_minor == 0 => {
-            close_client = true;
-            OutMode::Close
-        }
-        Framing::Chunked | Framing::Close => OutMode::Rechunk,
-    };
+    Ok(Found { body, sse, no_body, te })
+}
 
+/// The client's status line and how its body is framed.
+struct ClientFraming<'a> {
+    status: StatusCode,
+    reason: &'a str,
+    mode: OutMode,
+    close_client: bool,
+}
+
+/// The client's head: HTTP/1.1, the upstream's end-to-end headers, the proxy's own color
+/// and version, and the framing the client's connection needs.
+fn write_head(
+    out: &mut Vec<u8>,
+    c: &ClientFraming<'_>,
+    headers: &[httparse::Header<'_>],
+    conn: &ConnectionTokens<'_>,
+    f: &Found,
+    cx: &ResponseContext<'_>,
+) {
+    let (status, reason, mode, close_client) = (&c.status, c.reason, c.mode, c.close_client);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    let reason = status.canonical_reason().or(resp.reason).unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in headers {
         let name = h.name.as_bytes();
         if headers::response_skip(name) {
             // A HEAD or 304 answer states the length its GET would have had: keep it.
-            let keep = no_body && code != 204 && !te && headers::class(name) == Class::ContentLength;
+            let keep =
+                f.no_body && *status != StatusCode::NO_CONTENT && !f.te && headers::class(name) == Class::ContentLength;
             if !keep {
                 continue;
             }
-        } else if conn.any() && headers::class(name).removable_by_connection() && conn.names(name, connection()) {
+        } else if conn.any()
+            && headers::class(name).removable_by_connection()
+            && conn.names(name, connection_lines(headers))
+        {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        header(out, name, h.value);
     }
-    out.extend_from_slice(b"x-cutover-color: ");
-    out.extend_from_slice(cx.color);
-    out.extend_from_slice(b"\r\n");
+    header(out, b"x-cutover-color", cx.color);
     if let Some(v) = cx.version {
-        out.extend_from_slice(b"x-cutover-version: ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
+        header(out, b"x-cutover-version", v);
     }
-    match (mode, body) {
-        (OutMode::Length, Framing::Length(n)) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(super::buf::itoa(n, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-        }
+    match (mode, f.body) {
+        (OutMode::Length, Framing::Length(n)) => header(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
         (OutMode::Rechunk, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
@@ -190,15 +226,13 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(ResponseParse::Head(ResponseHead {
-        head_len,
-        status: code,
-        body,
-        upstream_keep_alive,
-        sse,
-        out: mode,
-        close_client,
-    }))
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
