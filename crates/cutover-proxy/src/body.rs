@@ -1,4 +1,4 @@
-//! Request and response bodies: streamed frame by frame, never buffered.
+//! The response body of the hyper engine: streamed frame by frame, never buffered.
 //!
 //! [`RespBody`] carries the request's color guard, so the color's in-flight count covers the
 //! whole response, and hands the upstream connection back to its pool only after a clean end.
@@ -8,141 +8,15 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::route::{ColorRoute, Endpoint};
+use crate::guard::{count_events, sse_error_event, Guard, DRAIN_CLOSED, TIMED_OUT};
+use crate::request_body::BoxError;
+use crate::route::Endpoint;
 use crate::upstream::Conn;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The request body's size passed the configured limit.
-#[derive(Debug)]
-pub struct BodyTooLarge(pub u64);
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "request body larger than the limit of {} bytes", self.0)
-    }
-}
-impl std::error::Error for BodyTooLarge {}
-
-/// A request body on its way upstream, cut off with [`BodyTooLarge`] past the limit.
-pub struct ReqBody {
-    inner: Option<Incoming>,
-    limit: u64,
-    seen: u64,
-}
-
-impl ReqBody {
-    pub fn new(inner: Incoming, limit: u64) -> ReqBody {
-        ReqBody {
-            inner: Some(inner),
-            limit,
-            seen: 0,
-        }
-    }
-
-    pub fn empty() -> ReqBody {
-        ReqBody {
-            inner: None,
-            limit: 0,
-            seen: 0,
-        }
-    }
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.seen += d.len() as u64;
-                    if this.seen > this.limit {
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
-                    }
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or(SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-/// Holds one request's place in its color's in-flight count; records its duration on drop.
-pub(crate) struct Guard {
-    pub(crate) route: Arc<ColorRoute>,
-    pub(crate) started: Instant,
-    /// Present only when the service's access log is on (one allocation per request then).
-    pub(crate) access: Option<Box<Access>>,
-}
-
-/// What an access-log line says about a request, filled in as it goes.
-pub(crate) struct Access {
-    pub(crate) service: Arc<str>,
-    pub(crate) method: http::Method,
-    pub(crate) path: String,
-    pub(crate) peer: std::net::SocketAddr,
-    pub(crate) status: u16,
-}
-
-impl Guard {
-    pub(crate) fn new(route: Arc<ColorRoute>, started: Instant, access: Option<Box<Access>>) -> Guard {
-        route.stats.in_flight.fetch_add(1, Relaxed);
-        Guard { route, started, access }
-    }
-
-    pub(crate) fn set_status(&mut self, status: u16) {
-        if let Some(a) = self.access.as_mut() {
-            a.status = status;
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.route.stats.in_flight.fetch_sub(1, Relaxed);
-        let elapsed = self.started.elapsed();
-        self.route.stats.duration.observe(elapsed);
-        if let Some(a) = &self.access {
-            // Written when the last byte has gone (or the client left): the duration covers
-            // the whole stream. Status 0: the client went away before the response head.
-            tracing::info!(
-                target: "cutover::access",
-                service = %a.service,
-                color = %self.route.color,
-                version = self.route.version.as_deref().unwrap_or("-"),
-                method = %a.method,
-                path = %a.path,
-                status = a.status,
-                peer = %a.peer,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
-            );
-        }
-    }
-}
 
 /// A response body: either a proxied upstream stream or a small body the proxy made itself.
 pub struct RespBody(Kind);
@@ -256,31 +130,6 @@ impl Proxied {
     }
 }
 
-/// Blank lines in an event stream, one per event; `last_nl` carries a newline that ended the
-/// previous piece, so an event split across reads is still counted once.
-pub(crate) fn count_events(last_nl: &mut bool, d: &[u8]) -> u64 {
-    let mut n = 0;
-    for &b in d {
-        if b == b'\n' {
-            if *last_nl {
-                n += 1;
-            }
-            *last_nl = true;
-        } else if b != b'\r' {
-            *last_nl = false;
-        }
-    }
-    n
-}
-
-/// The event that tells an event-stream client why its stream was cut.
-pub(crate) fn sse_error_event(why: &str) -> String {
-    format!(
-        "event: error\ndata: {{\"error\":{{\"code\":\"upstream_stream_failed\",\"message\":\"{}\"}}}}\n\n",
-        why.replace(['"', '\\', '\n'], " ")
-    )
-}
-
 impl Body for RespBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -308,7 +157,7 @@ impl Body for RespBody {
             if let Some(g) = &p.guard {
                 g.route.stats.drain_closed.fetch_add(1, Relaxed);
             }
-            return p.fail(crate::exchange::DRAIN_CLOSED);
+            return p.fail(DRAIN_CLOSED);
         }
         match Pin::new(&mut p.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
@@ -334,7 +183,7 @@ impl Body for RespBody {
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if sleep.as_mut().poll(cx).is_ready() {
-                    return p.fail(crate::exchange::TIMED_OUT);
+                    return p.fail(TIMED_OUT);
                 }
                 if p.closed.is_none() {
                     if let Some(g) = &p.guard {
@@ -348,7 +197,7 @@ impl Body for RespBody {
                     if let Some(g) = &p.guard {
                         g.route.stats.drain_closed.fetch_add(1, Relaxed);
                     }
-                    return p.fail(crate::exchange::DRAIN_CLOSED);
+                    return p.fail(DRAIN_CLOSED);
                 }
                 Poll::Pending
             }

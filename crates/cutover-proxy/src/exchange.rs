@@ -13,16 +13,11 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 
-use crate::body::{Access, Guard};
 use crate::error::{ProxyError, Source};
+use crate::guard::{Access, Guard};
 use crate::route::Service;
 use crate::route::{ColorRoute, Endpoint};
 use crate::upstream::ConnectError;
-
-/// The message an event stream gets (in-band) and the count it lands in when the old
-/// color's drain deadline cuts it.
-pub(crate) const DRAIN_CLOSED: &str = "closed: the drain deadline of the old color passed";
-pub(crate) const TIMED_OUT: &str = "request timeout: the whole exchange took longer than limits.request_timeout";
 
 /// Forwards the requests of one listener (live or preview) of one service.
 pub struct Forwarder {

@@ -11,10 +11,11 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{BodyTooLarge, ReqBody, RespBody};
+use crate::body::RespBody;
 use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, Replay, Retry};
 use crate::headers::{self, Class, Codings};
+use crate::request_body::{BodyTooLarge, ReqBody};
 use crate::route::Endpoint;
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};

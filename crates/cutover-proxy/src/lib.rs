@@ -14,7 +14,10 @@
 //! - [`upstream`]: per-endpoint connection pools (HTTP/1.1 or h2c) with explicit timeouts.
 //! - [`settings`]: a service's limits, timeouts and protocol (a leaf: depends on nothing here).
 //! - [`headers`]: what happens to each header, and the framing and Host rules, for both engines.
-//! - [`body`]: request and response bodies that stream, count and enforce limits.
+//! - [`body`]: the hyper engine's response body (streams, counts, hands connections back).
+//! - [`request_body`]: the hyper engine's request body, cut off past the size limit (a leaf).
+//! - `guard`: a request's place in its color's in-flight count, its access-log record, and
+//!   what a stream cut short is told.
 //! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
 //! - [`health`]: active health checks with consecutive-result thresholds.
 //! - [`stats`]: lock-free per-color counters and histograms, read by gates and metrics.
@@ -26,10 +29,12 @@ pub mod body;
 pub mod error;
 mod exchange;
 pub mod forward;
+mod guard;
 mod h1;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod request_body;
 pub mod route;
 pub mod settings;
 pub mod stats;

@@ -15,8 +15,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::ReqBody;
-use crate::route::{Protocol, ServiceSettings};
+use crate::request_body::ReqBody;
+use crate::settings::{Protocol, ServiceSettings};
 
 /// Why a new connection could not be made. Nothing was sent: safe to retry elsewhere.
 #[derive(Debug)]

@@ -14,12 +14,11 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant as Deadline};
 
 use super::buf::{self, Buf, Out};
-use super::chunked::Chunked;
 use super::io::{poll_now, read_ready, wait_true, write_by};
 use super::relay::error_response;
 use super::request::{self, HeadError, RequestHead};
-use super::send::Fail;
-use super::Framing;
+use super::send::{self, Sender};
+use super::{After, Fail, Framing};
 use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Forwarder};
 use crate::route::ColorRoute;
@@ -46,15 +45,6 @@ pub(super) enum Stop {
     Closed,
     Http2,
     Refuse(ProxyError),
-}
-
-/// What becomes of the client connection after an exchange.
-pub(super) enum After {
-    KeepAlive,
-    Close,
-    /// Close after reading what the client still sends for a while, so the error response
-    /// is not destroyed by a reset (unread data at close makes the kernel send RST).
-    LingerClose,
 }
 
 fn head_error(e: HeadError) -> ProxyError {
@@ -224,12 +214,20 @@ impl ClientConn {
         let mut ex = match begun {
             Ok(ex) => ex,
             Err(e) => {
-                let unread = !self.skip_buffered_body(head.body);
+                let unread = !send::skip_buffered_body(&mut self.inbuf, head.body);
                 return self.answer_error(e, None, &head, unread).await;
             }
         };
         let mut body_done = head.body == Framing::None;
-        match self.forward(&head, out, &mut ex, &mut body_done).await {
+        let mut sender = Sender {
+            client: &mut self.client,
+            inbuf: &mut self.inbuf,
+            settings: &self.settings,
+            fwd: &self.fwd,
+            shutting_down: *self.shutdown.borrow(),
+        };
+        let sent = sender.forward(&head, out, &mut ex, &mut body_done).await;
+        match sent {
             Ok(next) => next,
             Err(Fail::Proxy(e)) => {
                 ex.failed(&e);
@@ -271,27 +269,5 @@ impl ClientConn {
         } else {
             After::KeepAlive
         }
-    }
-
-    /// For a request answered without an upstream: when its whole body is already buffered
-    /// (the usual small JSON), drop it so the connection can carry the next request. False
-    /// when the body is still on the wire: the connection must then close.
-    pub(super) fn skip_buffered_body(&mut self, body: Framing) -> bool {
-        let n = match body {
-            Framing::None | Framing::Close => return true,
-            Framing::Length(n) => match usize::try_from(n) {
-                Ok(n) if n <= self.inbuf.len() => n,
-                _ => return false,
-            },
-            Framing::Chunked => {
-                let mut dec = Chunked::new();
-                match dec.feed(self.inbuf.bytes(), |_| {}) {
-                    Ok(n) if dec.done() => n,
-                    _ => return false,
-                }
-            }
-        };
-        self.inbuf.consume(n);
-        true
     }
 }

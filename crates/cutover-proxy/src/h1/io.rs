@@ -13,6 +13,13 @@ use tokio::time::{sleep_until, Instant as Deadline};
 
 use super::buf::Buf;
 
+/// An upstream connection of this engine: a plain socket from the endpoint's pool.
+pub(super) struct UpstreamSocket {
+    pub(super) stream: TcpStream,
+    /// Taken from the pool (it may have died while idle), not opened for this request.
+    pub(super) reused: bool,
+}
+
 /// Poll once without registering interest: the fast path when the socket is already ready.
 pub(super) fn poll_now<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
     f.poll(&mut Context::from_waker(Waker::noop()))

@@ -41,8 +41,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::error::ProxyError;
 use crate::exchange::Forwarder;
-use client::{After, ClientConn, Stop};
+use crate::upstream::ConnectError;
+use client::{ClientConn, Stop};
 
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +55,27 @@ pub(crate) enum Framing {
     Chunked,
     /// Until the sender closes (responses only).
     Close,
+}
+
+/// Why the exchange with an upstream stopped before a response head.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// No connection: nothing was sent, another endpoint may be tried.
+    Connect(ConnectError),
+    /// A reused connection died before a byte of response came back.
+    Stale(String),
+    /// The client went away while its request was pending.
+    ClientGone,
+    Proxy(ProxyError),
+}
+
+/// What becomes of the client connection after an exchange.
+pub(crate) enum After {
+    KeepAlive,
+    Close,
+    /// Close after reading what the client still sends for a while, so the error response
+    /// is not destroyed by a reset (unread data at close makes the kernel send RST).
+    LingerClose,
 }
 
 /// How a connection ended.

@@ -13,14 +13,22 @@ use tokio::time::{sleep_until, Instant as Deadline};
 
 use super::buf::{self, Buf, Out, BUF_SIZE};
 use super::chunked::{chunk, last_chunk, Chunked};
-use super::io::{client_gone, poll_now, read_ready, wait_true, write_by};
-use super::response::OutMode;
-use super::send::Answer;
+use super::io::{client_gone, poll_now, read_ready, wait_true, write_by, UpstreamSocket};
+use super::response::{OutMode, ResponseHead};
 use super::Framing;
-use crate::body::{count_events, sse_error_event};
 use crate::error::ProxyError;
-use crate::exchange::{DRAIN_CLOSED, TIMED_OUT};
+use crate::guard::{count_events, sse_error_event, DRAIN_CLOSED, TIMED_OUT};
 use crate::route::{ColorRoute, Endpoint};
+
+/// What a successful attempt hands to the relay.
+pub(super) struct Answer {
+    pub(super) up: UpstreamSocket,
+    pub(super) head: ResponseHead,
+    /// Bytes read after the response head (the start of the body).
+    pub(super) rest: Buf,
+    /// The client's version of the response head.
+    pub(super) out: Out,
+}
 
 /// What relaying one response needs from the exchange.
 pub(super) struct Relay<'a> {
@@ -132,13 +140,7 @@ impl Relay<'_> {
 
     /// Move what `upbuf` holds of the body into `cout`, in the client's framing. True when
     /// the body is complete; Err when the upstream's framing is broken.
-    fn take(
-        &self,
-        rh: &super::response::ResponseHead,
-        p: &mut Progress,
-        upbuf: &mut Buf,
-        cout: &mut Out,
-    ) -> Result<bool, String> {
+    fn take(&self, rh: &ResponseHead, p: &mut Progress, upbuf: &mut Buf, cout: &mut Out) -> Result<bool, String> {
         let mut events = 0;
         let (mode, sse) = (rh.out, rh.sse);
         let done = match rh.body {
@@ -213,7 +215,7 @@ impl Relay<'_> {
 
     /// The response cannot be finished: count it, tell an event stream why in-band, and let
     /// the caller close the connection so the client sees the body cut.
-    async fn fail(&mut self, rh: &super::response::ResponseHead, mut cout: Out, why: &str) -> bool {
+    async fn fail(&mut self, rh: &ResponseHead, mut cout: Out, why: &str) -> bool {
         self.route.stats.aborted_bodies.fetch_add(1, Relaxed);
         if rh.sse && rh.out == OutMode::Rechunk {
             chunk(cout.vec(), sse_error_event(why).as_bytes());

@@ -12,35 +12,16 @@ use tokio::time::Instant as Deadline;
 
 use super::buf::{Buf, Out, BUF_SIZE};
 use super::chunked::{chunk, last_chunk, Chunked};
-use super::client::{After, ClientConn};
-use super::io::{client_gone, poll_now, read_ready, write_by};
-use super::relay::Relay;
+use super::io::{client_gone, poll_now, read_ready, write_by, UpstreamSocket};
+use super::relay::{Answer, Relay};
 use super::request::RequestHead;
-use super::response::{self, ResponseContext, ResponseHead, ResponseParse};
+use super::response::{self, ResponseContext, ResponseParse};
 use super::Framing;
+use super::{After, Fail};
 use crate::error::ProxyError;
-use crate::exchange::{self, Exchange, Next, Replay, Retry};
+use crate::exchange::{self, Exchange, Forwarder, Next, Replay, Retry};
 use crate::route::Endpoint;
-use crate::upstream::ConnectError;
-
-/// Why the exchange with an upstream stopped before a response head.
-#[derive(Debug)]
-pub(super) enum Fail {
-    /// No connection: nothing was sent, another endpoint may be tried.
-    Connect(ConnectError),
-    /// A reused connection died before a byte of response came back.
-    Stale(String),
-    /// The client went away while its request was pending.
-    ClientGone,
-    Proxy(ProxyError),
-}
-
-/// An upstream connection of this engine: a plain socket from the endpoint's pool.
-pub(super) struct UpstreamSocket {
-    pub(super) stream: TcpStream,
-    /// Taken from the pool (it may have died while idle), not opened for this request.
-    pub(super) reused: bool,
-}
+use crate::settings::ServiceSettings;
 
 /// Where the request body stands.
 #[derive(Clone)]
@@ -119,17 +100,39 @@ pub(super) struct Outgoing {
     body: BodyProgress,
 }
 
-/// What a successful attempt hands to the relay.
-pub(super) struct Answer {
-    pub(super) up: UpstreamSocket,
-    pub(super) head: ResponseHead,
-    /// Bytes read after the response head (the start of the body).
-    pub(super) rest: Buf,
-    /// The client's version of the response head.
-    pub(super) out: Out,
+/// The client connection's parts an exchange with an upstream uses.
+pub(super) struct Sender<'a> {
+    pub(super) client: &'a mut TcpStream,
+    pub(super) inbuf: &'a mut Buf,
+    pub(super) settings: &'a ServiceSettings,
+    pub(super) fwd: &'a Forwarder,
+    /// The listener is shutting down: the client's connection closes after this answer.
+    pub(super) shutting_down: bool,
 }
 
-impl ClientConn {
+/// For a request answered without an upstream: when its whole body is already buffered
+/// (the usual small JSON), drop it so the connection can carry the next request. False
+/// when the body is still on the wire: the connection must then close.
+pub(super) fn skip_buffered_body(inbuf: &mut Buf, body: Framing) -> bool {
+    let n = match body {
+        Framing::None | Framing::Close => return true,
+        Framing::Length(n) => match usize::try_from(n) {
+            Ok(n) if n <= inbuf.len() => n,
+            _ => return false,
+        },
+        Framing::Chunked => {
+            let mut dec = Chunked::new();
+            match dec.feed(inbuf.bytes(), |_| {}) {
+                Ok(n) if dec.done() => n,
+                _ => return false,
+            }
+        }
+    };
+    inbuf.consume(n);
+    true
+}
+
+impl Sender<'_> {
     /// Send the request to an endpoint of the exchange's color and stream the response back.
     pub(super) async fn forward(
         &mut self,
@@ -138,16 +141,16 @@ impl ClientConn {
         ex: &mut Exchange,
         body_done: &mut bool,
     ) -> Result<After, Fail> {
-        let settings = self.settings.clone();
+        let settings = self.settings;
         if let Framing::Length(n) = head.body {
             if n > settings.max_body_bytes {
                 return Err(Fail::Proxy(exchange::too_large(n, settings.max_body_bytes)));
             }
         }
-        let endpoint = match ex.first_endpoint(&self.fwd) {
+        let endpoint = match ex.first_endpoint(self.fwd) {
             Ok(e) => e,
             Err(e) => {
-                *body_done = self.skip_buffered_body(head.body);
+                *body_done = skip_buffered_body(self.inbuf, head.body);
                 return Err(Fail::Proxy(e));
             }
         };
@@ -163,8 +166,8 @@ impl ClientConn {
         ex.answered(answer.head.status);
         let close_client = answer.head.close_client;
         let relay = Relay {
-            client: &mut self.client,
-            inbuf: &mut self.inbuf,
+            client: self.client,
+            inbuf: self.inbuf,
             max_header: settings.max_header_bytes,
             route: &ex.route,
             endpoint: &endpoint,
@@ -194,7 +197,7 @@ impl ClientConn {
         self.inbuf.consume(k);
         if head.expect_continue && !body.done() && head.minor == 1 {
             let d = Deadline::now() + self.settings.header_read_timeout;
-            write_by(&mut self.client, b"HTTP/1.1 100 Continue\r\n\r\n", d)
+            write_by(self.client, b"HTTP/1.1 100 Continue\r\n\r\n", d)
                 .await
                 .map_err(|_| Fail::ClientGone)?;
         }
@@ -213,7 +216,7 @@ impl ClientConn {
         let rcx = ResponseContext {
             head_request: head.method == http::Method::HEAD,
             client_minor: head.minor,
-            client_keep_alive: head.keep_alive && !*self.shutdown.borrow(),
+            client_keep_alive: head.keep_alive && !self.shutting_down,
             color: route.color.as_str().as_bytes(),
             version: route.version_header.as_ref().map(|v| v.as_bytes()),
         };
@@ -315,7 +318,7 @@ impl ClientConn {
                     tokio::select! {
                         biased;
                         _ = ready => {}
-                        _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                        _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone),
                     }
                 }
             }
@@ -332,7 +335,7 @@ impl ClientConn {
                         tokio::select! {
                             biased;
                             r = fut => r,
-                            _ = client_gone(&mut self.client, &mut self.inbuf, max) => return Err(Fail::ClientGone),
+                            _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone),
                         }
                     }
                 }

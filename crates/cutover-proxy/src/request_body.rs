@@ -1,0 +1,82 @@
+//! A request body on its way upstream through hyper: streamed frame by frame, cut off past
+//! the size limit (a leaf module).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body's size passed the configured limit.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body larger than the limit of {} bytes", self.0)
+    }
+}
+impl std::error::Error for BodyTooLarge {}
+
+/// A request body on its way upstream, cut off with [`BodyTooLarge`] past the limit.
+pub struct ReqBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, limit: u64) -> ReqBody {
+        ReqBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+
+    pub fn empty() -> ReqBody {
+        ReqBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
