@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::guard::{count_events, sse_error_event, Guard, DRAIN_CLOSED, TIMED_OUT};
 use crate::request_body::BoxError;
-use crate::route::Endpoint;
+use crate::route::EndpointLoad;
 use crate::upstream::Conn;
 
 /// A response body: either a proxied upstream stream or a small body the proxy made itself.
@@ -30,7 +29,7 @@ struct Proxied {
     inner: Incoming,
     guard: Option<Guard>,
     /// The upstream connection, given back to `endpoint`'s pool after a clean end.
-    conn: Option<(Arc<Endpoint>, Conn)>,
+    conn: Option<(EndpointLoad, Conn)>,
     deadline: tokio::time::Instant,
     /// Armed only when the body first has to wait: most small bodies never do, and a timer
     /// registration per request is measurable on the request path.
@@ -71,7 +70,7 @@ impl RespBody {
     pub(crate) fn proxied(
         inner: Incoming,
         guard: Guard,
-        conn: (Arc<Endpoint>, Conn),
+        conn: (EndpointLoad, Conn),
         deadline: tokio::time::Instant,
         sse: bool,
     ) -> RespBody {
@@ -97,9 +96,9 @@ impl Proxied {
     /// Clean end: the connection can serve another request, and the request is done.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let Some((ep, conn)) = self.conn.take() {
+        if let Some((load, conn)) = self.conn.take() {
             if let Some(s) = conn.into_reusable() {
-                ep.pool.put(s);
+                load.endpoint().pool.put(s);
             }
         }
         self.guard = None;

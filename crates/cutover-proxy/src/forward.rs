@@ -16,7 +16,7 @@ use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, Replay, Retry};
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ReqBody};
-use crate::route::Endpoint;
+use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
 
@@ -261,12 +261,12 @@ impl Forwarder {
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
 
         let endpoint = ex.first_endpoint(self)?;
-        let (resp, conn, endpoint) = self
+        let (resp, conn, load) = self
             .send_with_retries(parts, body, ex, endpoint, original_host.as_ref())
             .await?;
 
         let (mut parts, body) = resp.into_parts();
-        check_response(&parts).map_err(|m| exchange::bad_response(&endpoint, &m))?;
+        check_response(&parts).map_err(|m| exchange::bad_response(load.endpoint(), &m))?;
         ex.answered(parts.status.as_u16());
         strip(&mut parts.headers);
         if close {
@@ -286,7 +286,7 @@ impl Forwarder {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         let guard = ex.guard.take().expect("the guard is taken once, here");
-        let body = RespBody::proxied(body, guard, (endpoint.clone(), conn), deadline, sse);
+        let body = RespBody::proxied(body, guard, (load, conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -301,7 +301,7 @@ impl Forwarder {
         ex: &mut Exchange,
         mut endpoint: Arc<Endpoint>,
         host: Option<&HeaderValue>,
-    ) -> Result<(Response<Incoming>, Conn, Arc<Endpoint>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Conn, EndpointLoad), ProxyError> {
         let settings = &self.service.settings;
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
@@ -314,10 +314,11 @@ impl Forwarder {
         let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
         loop {
             prepare(&mut upstream_req, &endpoint, settings.protocol, path.as_ref(), host);
+            let load = endpoint.claim();
             let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, upstream_req, fresh));
             let (retry, e) = match attempt.await {
                 Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
-                Ok(Ok((resp, conn))) => return Ok((resp, conn, endpoint)),
+                Ok(Ok((resp, conn))) => return Ok((resp, conn, load)),
                 Ok(Err(Attempt::Connect(e, req))) => {
                     tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
                     upstream_req = req;

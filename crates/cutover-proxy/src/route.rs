@@ -72,7 +72,25 @@ pub enum Health {
 pub struct Endpoint {
     pub addr: SocketAddr,
     health: AtomicU8,
+    /// Requests on this endpoint now, from the attempt that chose it to the response's last
+    /// byte: what the picker balances on, and how a hung endpoint shows.
+    in_flight: AtomicUsize,
     pub(crate) pool: Pool,
+}
+
+/// One request's share of an endpoint's in-flight count, given back on drop.
+pub(crate) struct EndpointLoad(Arc<Endpoint>);
+
+impl EndpointLoad {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for EndpointLoad {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Endpoint {
@@ -80,8 +98,20 @@ impl Endpoint {
         Arc::new(Endpoint {
             addr,
             health: AtomicU8::new(0),
+            in_flight: AtomicUsize::new(0),
             pool: Pool::new(addr, settings.clone()),
         })
+    }
+
+    /// Requests on this endpoint right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Count one more request on this endpoint until the returned guard drops.
+    pub(crate) fn claim(self: &Arc<Self>) -> EndpointLoad {
+        self.in_flight.fetch_add(1, Relaxed);
+        EndpointLoad(self.clone())
     }
 
     pub fn health(&self) -> Health {
@@ -149,24 +179,43 @@ impl ColorRoute {
         })
     }
 
-    /// Round-robin over routable endpoints, skipping `exclude` (the one that just failed).
+    /// The less loaded of two endpoints (power of two choices) among the routable ones,
+    /// skipping `exclude` (the one that just failed). The pair rotates with every request,
+    /// so endpoints with equal loads take turns, and a dead or hung endpoint's share goes to
+    /// the least loaded others instead of all to its neighbour (round-robin gave 60/30/30
+    /// over three live endpoints with a fourth down).
     ///
     /// When health checks call every endpoint down, all of them are tried anyway (Envoy's
     /// "panic" routing): a probe that times out on a loaded machine must not turn a working
     /// model server into 503s, and a server that is really down fails fast with a connect
     /// error all the same.
     pub(crate) fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
-        let n = self.endpoints.len();
-        if n == 0 {
+        let allowed = |e: &Arc<Endpoint>| exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
+        if let [only] = self.endpoints.as_slice() {
+            return allowed(only).then_some(only);
+        }
+        let panic = !self.endpoints.iter().any(|e| allowed(e) && e.routable());
+        let usable = |e: &&Arc<Endpoint>| allowed(e) && (panic || e.routable());
+        let count = self.endpoints.iter().filter(usable).count();
+        if count == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
-        let candidates = || {
-            (0..n)
-                .map(move |i| &self.endpoints[(start + i) % n])
-                .filter(|e| exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
+        // Two distinct positions among the candidates: this turn's, and one further on.
+        let turn = self.next.fetch_add(1, Relaxed);
+        let i = turn % count;
+        let j = if count > 1 {
+            (i + 1 + (turn / count) % (count - 1)) % count
+        } else {
+            i
         };
-        candidates().find(|e| e.routable()).or_else(|| candidates().next())
+        let nth = |k| self.endpoints.iter().filter(usable).nth(k);
+        let (own, other) = (nth(i)?, nth(j)?);
+        // Ties go to this turn's position, so equal loads take turns.
+        Some(if other.in_flight() < own.in_flight() {
+            other
+        } else {
+            own
+        })
     }
 
     /// True when at least one endpoint is known healthy.
@@ -250,5 +299,67 @@ impl Service {
         } else {
             t.live.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(n: u16) -> Arc<ColorRoute> {
+        let addrs: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect();
+        ColorRoute::new(Color::Blue, None, &addrs, &Arc::new(ServiceSettings::default()))
+    }
+
+    fn shares(r: &ColorRoute, picks: usize) -> Vec<usize> {
+        let mut n = vec![0; r.endpoints.len()];
+        for _ in 0..picks {
+            let e = r.pick(None).unwrap();
+            n[r.endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap()] += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn equal_loads_take_turns_and_a_down_endpoint_gives_its_share_to_all() {
+        assert_eq!(shares(&route(2), 1000), vec![500, 500]);
+        let r = route(4);
+        r.endpoints[1].set_health(Health::Unhealthy);
+        // Round-robin gave the dead endpoint's turns to its neighbour (60/30/30 was seen).
+        assert_eq!(shares(&r, 3000), vec![1000, 0, 1000, 1000]);
+    }
+
+    #[test]
+    fn the_less_loaded_of_two_wins() {
+        let r = route(2);
+        let _held: Vec<_> = (0..5).map(|_| r.endpoints[0].claim()).collect();
+        assert_eq!(r.endpoints[0].in_flight(), 5);
+        assert_eq!(
+            shares(&r, 100),
+            vec![0, 100],
+            "a hung endpoint's requests pile up: it gets no more"
+        );
+        drop(_held);
+        assert_eq!(r.endpoints[0].in_flight(), 0, "claims are given back on drop");
+        let r = route(3);
+        let _held = r.endpoints[2].claim();
+        let s = shares(&r, 300);
+        assert!(s[2] < 60 && s[0] + s[1] + s[2] == 300, "{s:?}");
+    }
+
+    #[test]
+    fn exclusion_and_panic_routing() {
+        let r = route(3);
+        let first = r.endpoints[0].clone();
+        for _ in 0..50 {
+            assert!(!Arc::ptr_eq(r.pick(Some(&first)).unwrap(), &first));
+        }
+        for e in &r.endpoints {
+            e.set_health(Health::Unhealthy);
+        }
+        assert_eq!(shares(&r, 300), vec![100, 100, 100], "all down: all tried anyway");
+        let one = route(1);
+        assert!(one.pick(Some(&one.endpoints[0].clone())).is_none());
+        assert!(one.pick(None).is_some());
     }
 }

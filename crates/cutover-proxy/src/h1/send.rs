@@ -20,7 +20,7 @@ use super::Framing;
 use super::{After, Fail};
 use crate::error::ProxyError;
 use crate::exchange::{self, Exchange, Forwarder, Next, Replay, Retry};
-use crate::route::Endpoint;
+use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
 
 /// Where the request body stands.
@@ -158,7 +158,8 @@ impl Sender<'_> {
         *body_done = req.body.done();
         let sent = self.send(head, &mut req, ex, endpoint).await;
         *body_done = req.body.done();
-        let (answer, endpoint) = sent?;
+        let (answer, load) = sent?;
+        let endpoint = load.endpoint().clone();
         // The request is out: its buffers go back to the pool for the length of the
         // response (a stream can last minutes).
         drop(req);
@@ -174,6 +175,7 @@ impl Sender<'_> {
             deadline: Deadline::from_std(ex.started) + settings.request_timeout,
         };
         let complete = relay.run(answer).await;
+        drop(load);
         Ok(if complete && !close_client && head.keep_alive {
             After::KeepAlive
         } else {
@@ -211,7 +213,7 @@ impl Sender<'_> {
         req: &mut Outgoing,
         ex: &mut Exchange,
         mut endpoint: Arc<Endpoint>,
-    ) -> Result<(Answer, Arc<Endpoint>), Fail> {
+    ) -> Result<(Answer, EndpointLoad), Fail> {
         let route = ex.route.clone();
         let rcx = ResponseContext {
             head_request: head.method == http::Method::HEAD,
@@ -225,10 +227,11 @@ impl Sender<'_> {
         let replay = Replay::of(&head.method, req.body.done());
         let mut fresh_only = false;
         loop {
+            let load = endpoint.claim();
             let attempt = self.attempt(&endpoint, fresh_only, req, &rcx);
             let (retry, e) = match tokio::time::timeout_at(first_byte_deadline, attempt).await {
                 Err(_) => return Err(Fail::Proxy(exchange::first_byte_timeout(&endpoint, limit))),
-                Ok(Ok(answer)) => return Ok((answer, endpoint)),
+                Ok(Ok(answer)) => return Ok((answer, load)),
                 Ok(Err(Fail::Connect(e))) => {
                     tracing::debug!(service = %self.fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
                     (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &route))

@@ -385,3 +385,51 @@ impl hyper::body::Body for Trailered {
         std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 }
+
+/// With one endpoint of four down, the three live ones share its load evenly (round-robin
+/// handed all of a dead endpoint's turns to its neighbour: 60/30/30 was seen).
+#[tokio::test]
+async fn a_down_endpoint_s_share_is_spread_over_the_live_ones() {
+    let mut dead = Mock::start("v1", &[]).await;
+    let live = [
+        Mock::start("v1", &[]).await,
+        Mock::start("v1", &[]).await,
+        Mock::start("v1", &[]).await,
+    ];
+    let green = Mock::start("v2", &[]).await;
+    let blue: Vec<&Mock> = std::iter::once(&dead).chain(live.iter()).collect();
+    let r = Router::start(&static_service(&blue, &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    dead.proc.kill9();
+    wait_for(
+        "health to mark the dead endpoint down",
+        Duration::from_secs(10),
+        || async { (r.status().await["colors"]["blue"]["endpoints"][0]["health"] == "unhealthy").then_some(()) },
+    )
+    .await;
+    let before: Vec<u64> = model_requests_of(&live).await;
+    let c = http_client();
+    for i in 0..300 {
+        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    let after = model_requests_of(&live).await;
+    let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(shares.iter().sum::<u64>(), 300, "{shares:?}");
+    for s in &shares {
+        assert!(
+            (80..=120).contains(s),
+            "uneven shares over the live endpoints: {shares:?}"
+        );
+    }
+}
+
+async fn model_requests_of(mocks: &[Mock]) -> Vec<u64> {
+    let mut v = Vec::new();
+    for m in mocks {
+        v.push(m.stats().await["model_requests"].as_u64().unwrap());
+    }
+    v
+}
