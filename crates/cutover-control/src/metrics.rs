@@ -12,7 +12,8 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::controller::{Controller, ServiceCtl};
+use crate::controller::Controller;
+use crate::service::ServiceCtl;
 
 struct ControllerCollector(Arc<Controller>);
 

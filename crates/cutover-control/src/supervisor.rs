@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cutover_config::RunConfig;
 use cutover_proxy::Color;
@@ -98,7 +100,7 @@ pub fn start(
         out.push((
             ProcessRecord {
                 service: service.into(),
-                color: color.as_str().into(),
+                color: crate::colors::stored(color),
                 replica,
                 port: *port,
                 pid,

@@ -69,6 +69,11 @@ enum Command {
         threads: Option<usize>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Once every listener serves, write their bound addresses here as JSON
+        /// (`{"admin": ..., "services": {NAME: {"listen": ..., "preview_listen": ...}}}`):
+        /// how a script finds the ports of a config that says port 0.
+        #[arg(long)]
+        addresses_file: Option<PathBuf>,
     },
     /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
     Demo,
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
             grace,
             threads,
             log_format,
+            addresses_file,
         } => {
             init_logs(log_format);
             let cfg = match cutover_config::load(&config) {
@@ -235,7 +241,7 @@ fn main() -> ExitCode {
             };
             match rt.block_on(cutover_control::server::serve(
                 cfg,
-                cutover_control::server::ServeOptions { grace },
+                cutover_control::server::ServeOptions { grace, addresses_file },
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
