@@ -111,6 +111,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addresses = listeners.addresses()?;
     let token = token::load_or_create(&config.admin.token_file)?;
+    let config_admin_address_file = config.admin.address_file.clone();
     let ctl = Arc::new(open_and_resume(config)?);
     let sampler = ctl.clone();
     let _sampling = AbortOnDrop(tokio::spawn(async move {
@@ -144,8 +145,11 @@ pub async fn run(
     let app = admin::router(AdminState::new(ctl.clone(), token));
     tracing::info!(listen = %addresses.admin, "admin API listening");
     tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone())));
+    if let Some(path) = &config_admin_address_file {
+        write_atomically(path, &format!("{}\n", addresses.admin))?;
+    }
     if let Some(path) = &opts.addresses_file {
-        write_addresses(path, &addresses)?;
+        write_atomically(path, &serde_json::to_string_pretty(&addresses)?)?;
     }
 
     stop.await;
@@ -176,10 +180,9 @@ fn open_and_resume(config: Config) -> anyhow::Result<Controller> {
     Ok(ctl)
 }
 
-/// Writes the bound addresses atomically (a reader never sees half a file).
-fn write_addresses(path: &Path, addresses: &Addresses) -> anyhow::Result<()> {
+/// Writes a file of bound addresses with a rename, so a reader never sees half of one.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    let text = serde_json::to_string_pretty(addresses)?;
     std::fs::write(&tmp, text).with_context(|| format!("cannot write the addresses file {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write the addresses file {}", path.display()))?;
     Ok(())

@@ -77,15 +77,23 @@ fn module_graph_is_one_way() {
             violations.push(format!("{} reaches up into release/mod.rs", rel.display()));
         }
     }
-    assert!(violations.is_empty(), "dependencies that go up the layers: {violations:#?}");
+    assert!(
+        violations.is_empty(),
+        "dependencies that go up the layers: {violations:#?}"
+    );
     assert!(seen.len() >= 12, "the scan found the modules: {seen:?}");
 }
 
 #[test]
 fn the_scan_sees_a_reference_and_skips_comments() {
-    let refs = crate_refs("use crate::service::ServiceCtl;\n// crate::admin in a comment\nlet x = crate::steps::plural(1, \"s\");");
+    let refs = crate_refs(
+        "use crate::service::ServiceCtl;\n// crate::admin in a comment\nlet x = crate::steps::plural(1, \"s\");",
+    );
     assert_eq!(
         refs,
-        ["service", "steps"].into_iter().map(String::from).collect::<BTreeSet<_>>()
+        ["service", "steps"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
     );
 }
