@@ -102,8 +102,10 @@ impl Releases {
         let me = self.clone();
         tokio::spawn(async move {
             let end = run.run().await;
-            me.lock().remove(&name);
+            // History first: whoever sees the release leave the active set finds its end
+            // recorded.
             record_end(&svc.store, &end).await;
+            me.lock().remove(&name);
         });
         Ok(doc)
     }

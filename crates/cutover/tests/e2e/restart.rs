@@ -89,7 +89,10 @@ async fn a_second_serve_of_the_same_config_fails_to_bind_and_writes_nothing() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let before = history(&r);
-    assert!(before.contains("release_started") && before.contains("1|0|verifying||"), "{before}");
+    assert!(
+        before.contains("release_started") && before.contains("1|0|verifying||"),
+        "{before}"
+    );
 
     // The same config, with the ports the first instance bound: same store, same listeners.
     let again = r.dir.path().join("cutover-again.toml");

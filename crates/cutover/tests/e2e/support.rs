@@ -288,7 +288,10 @@ impl Router {
     pub async fn spawn(&mut self) {
         let addresses = self.addresses_file();
         let _ = std::fs::remove_file(&addresses);
-        let child = self.serve_command(&self.config, &addresses).spawn().expect("spawn cutover");
+        let child = self
+            .serve_command(&self.config, &addresses)
+            .spawn()
+            .expect("spawn cutover");
         self.proc = Proc(Some(child));
         let proc = &mut self.proc;
         let log_path = self.dir.path().join("serve.log");

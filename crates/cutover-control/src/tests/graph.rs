@@ -1,4 +1,4 @@
-//! Crate-wide checks that no single module owns.
+//! The module graph goes one way: a check no single module owns.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
