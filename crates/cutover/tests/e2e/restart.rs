@@ -47,7 +47,10 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
         .unwrap();
     let resp = c.request(req).await.unwrap();
     let reader = tokio::spawn(read_stream(resp));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the stream to be in flight", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["in_flight"] == 1).then_some(())
+    })
+    .await;
     r.proc.signal("TERM");
     // New connections are refused soon after; the running stream goes on.
     wait_for("the listener to close", Duration::from_secs(5), || async {
