@@ -52,9 +52,6 @@ impl Duration {
     pub const fn from_secs(s: u64) -> Self {
         Duration(std::time::Duration::from_secs(s))
     }
-    pub const fn from_millis(ms: u64) -> Self {
-        Duration(std::time::Duration::from_millis(ms))
-    }
     pub fn get(self) -> std::time::Duration {
         self.0
     }
@@ -548,7 +545,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates config text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let ctx = Ctx {
+    let ctx = Source {
         path,
         text,
         doc: toml::de::DeTable::parse(text).ok(),
@@ -566,7 +563,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 type Span = std::ops::Range<usize>;
 
 /// The source being validated, for locating errors.
-struct Ctx<'a> {
+struct Source<'a> {
     path: &'a Path,
     text: &'a str,
     /// The document with the span of every key, for errors about a value the typed
@@ -583,7 +580,7 @@ struct Claims {
     managed_ports: HashMap<u16, String>,
 }
 
-impl Ctx<'_> {
+impl Source<'_> {
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }

@@ -1,3 +1,6 @@
+//! Validation tests: what a config error says (file, line, key, expectation), and property
+//! tests that any text yields a config or a located error.
+
 use super::*;
 
 fn check(text: &str) -> Result<Config, ConfigError> {

@@ -46,13 +46,6 @@ pub fn log_path(data_dir: &Path, service: &str, color: Color, replica: u32) -> P
     data_dir.join("logs").join(format!("{service}-{color}-{replica}.log"))
 }
 
-/// The last `n` lines of a log, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Starts one process per port of `color`. Returns their records (not yet stored).
 pub fn start(
     run: &RunConfig,

@@ -324,10 +324,6 @@ impl Store {
         Ok(s)
     }
 
-    pub fn service(&self, name: &str) -> Result<Option<ServiceState>> {
-        read_service(&self.conn(), name)
-    }
-
     /// Makes `to` live if the generation is still `expected_generation`; appends the history
     /// line in the same transaction. Returns the new state.
     pub fn switch(&self, rec: &SwitchRecord<'_>) -> Result<ServiceState> {

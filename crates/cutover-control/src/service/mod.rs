@@ -167,10 +167,6 @@ impl ServiceCtl {
         svc
     }
 
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
     pub fn is_managed(&self) -> bool {
         matches!(self.cfg.environments, Environments::Managed(_))
     }
