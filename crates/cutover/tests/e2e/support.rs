@@ -193,12 +193,26 @@ pub struct Mock {
 }
 
 impl Mock {
+    /// Starts a mock on a free port. A mock has to be told its port (cutover's config names
+    /// it), so the port is picked here; if another process took it meanwhile the mock exits
+    /// at its bind and is started again on a new one.
     pub async fn start(version: &str, extra: &[&str]) -> Mock {
-        let port = free_port();
-        Mock::start_on(port, version, extra).await
+        for _ in 0..5 {
+            if let Some(m) = Mock::try_start_on(free_port(), version, extra).await {
+                return m;
+            }
+        }
+        panic!("mock-model could not bind a free port five times in a row");
     }
 
     pub async fn start_on(port: u16, version: &str, extra: &[&str]) -> Mock {
+        Mock::try_start_on(port, version, extra)
+            .await
+            .unwrap_or_else(|| panic!("mock-model exited instead of listening on {port}"))
+    }
+
+    /// `None` when the process exited before it listened (its port was taken).
+    async fn try_start_on(port: u16, version: &str, extra: &[&str]) -> Option<Mock> {
         let child = Command::new(MOCK)
             .args(["--port", &port.to_string(), "--model-version", version])
             .args(extra)
@@ -206,17 +220,29 @@ impl Mock {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mock-model");
-        let m = Mock {
+        let mut m = Mock {
             port,
             version: version.into(),
             proc: Proc(Some(child)),
         };
         let url = format!("http://127.0.0.1:{port}/v1/models");
-        wait_for("mock-model to listen", Duration::from_secs(10), || async {
-            get(&url).await.ok()
+        let version = m.version.clone();
+        let proc = &mut m.proc;
+        // Generous: on a loaded machine (the whole suite at once on 2 cores) a start is slow.
+        let listening = wait_for("mock-model to listen", Duration::from_secs(30), || {
+            let exited = matches!(proc.0.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+            let (url, version) = (url.clone(), version.clone());
+            async move {
+                if exited {
+                    return Some(false);
+                }
+                // Only this mock answers with its version: not whoever else holds the port.
+                let r = get(&url).await.ok()?;
+                (r.header("x-model-version") == version).then_some(true)
+            }
         })
         .await;
-        m
+        listening.then_some(m)
     }
 
     pub fn addr(&self) -> String {
