@@ -88,6 +88,14 @@ impl ReleaseRun {
         if self.machine.outcome.is_some() {
             return;
         }
+        match &stop {
+            Stop::Failed(e) => {
+                tracing::warn!(service = %self.svc.cfg.name, release = self.active.id, phase = %e.phase, reason = %e.reason, "release step failed")
+            }
+            Stop::Aborted(why) => {
+                tracing::info!(service = %self.svc.cfg.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")
+            }
+        }
         if let Err(e) = self.transition(stop.event(), stop.detail().to_string()).await {
             tracing::error!(service = %self.svc.cfg.name, release = self.active.id, error = %e, "could not record the end of the release");
             self.doc(|d| {
