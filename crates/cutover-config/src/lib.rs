@@ -52,9 +52,6 @@ impl Duration {
     pub const fn from_secs(s: u64) -> Self {
         Duration(std::time::Duration::from_secs(s))
     }
-    pub const fn from_millis(ms: u64) -> Self {
-        Duration(std::time::Duration::from_millis(ms))
-    }
     pub fn get(self) -> std::time::Duration {
         self.0
     }
@@ -90,8 +87,12 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// Port 0: the kernel picks one; `serve` reports it (log, `address_file`).
     pub listen: SocketAddr,
     pub token_file: PathBuf,
+    /// Where `serve` writes the admin address it bound, and where clients given `--config`
+    /// read it when `listen` says port 0.
+    pub address_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +489,7 @@ struct RawConfig {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<PathBuf>,
+    address_file: Option<PathBuf>,
     /// Must be set to bind the admin API to a non-loopback address.
     #[serde(default)]
     allow_remote: bool,
@@ -543,7 +545,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates config text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let ctx = Ctx { path, text };
+    let ctx = Source {
+        path,
+        text,
+        doc: toml::de::DeTable::parse(text).ok(),
+    };
     let de = toml::Deserializer::parse(text).map_err(|e| ctx.toml_error(&e, String::new()))?;
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         // Spanned<T> shows up in the path as a private field; it is not a key of the file.
@@ -554,12 +560,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     ctx.validate(raw)
 }
 
-struct Ctx<'a> {
+type Span = std::ops::Range<usize>;
+
+/// The source being validated, for locating errors.
+struct Source<'a> {
     path: &'a Path,
     text: &'a str,
+    /// The document with the span of every key, for errors about a value the typed
+    /// structures keep without its position (`None` only when the text does not parse,
+    /// which fails earlier).
+    doc: Option<Spanned<toml::de::DeTable<'a>>>,
 }
 
-impl Ctx<'_> {
+/// Every address a listener of ours takes, and every managed port, with the key that took
+/// it: two of them on one address would fail at bind time or proxy to themselves.
+#[derive(Default)]
+struct Claims {
+    addrs: HashMap<SocketAddr, String>,
+    managed_ports: HashMap<u16, String>,
+}
+
+impl Source<'_> {
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
@@ -573,13 +594,43 @@ impl Ctx<'_> {
         }
     }
 
-    fn err<T>(&self, span: std::ops::Range<usize>, key: String, message: String) -> Result<T, ConfigError> {
+    fn err<T>(&self, span: Span, key: String, message: String) -> Result<T, ConfigError> {
         Err(ConfigError {
             file: self.path.to_path_buf(),
             line: self.line_of(span.start),
             key,
             message,
         })
+    }
+
+    /// The span of the value at a dotted key (array elements by index), if the file has it.
+    fn span_of(&self, key: &str) -> Option<Span> {
+        let doc = self.doc.as_ref()?;
+        let mut parts = key.split('.');
+        let mut span = None;
+        let mut table = Some(doc.get_ref());
+        let mut array: Option<&[Spanned<toml::de::DeValue<'_>>]> = None;
+        for part in &mut parts {
+            let v = match (table, array) {
+                (Some(t), _) => t.get(part)?,
+                (None, Some(a)) => a.get(part.parse::<usize>().ok()?)?,
+                (None, None) => return None,
+            };
+            span = Some(v.span());
+            (table, array) = match v.get_ref() {
+                toml::de::DeValue::Table(t) => (Some(t), None),
+                toml::de::DeValue::Array(a) => (None, Some(&a[..])),
+                _ => (None, None),
+            };
+        }
+        span
+    }
+
+    /// An error about `key`, on its own line when the file names it, else at `fallback`
+    /// (the nearest enclosing table: a default value has no line of its own).
+    fn err_at<T>(&self, key: String, fallback: Span, message: String) -> Result<T, ConfigError> {
+        let span = self.span_of(&key).unwrap_or(fallback);
+        self.err(span, key, message)
     }
 
     /// The config file's folder, absolute: managed processes and hooks run from it.
@@ -611,241 +662,292 @@ impl Ctx<'_> {
         })
     }
 
+    /// Records that `key` listens on `addr`; port 0 never collides (the kernel picks).
+    fn claim(&self, claims: &mut Claims, addr: SocketAddr, key: String, span: Span) -> Result<(), ConfigError> {
+        if addr.port() == 0 {
+            return Ok(());
+        }
+        if let Some(other) = claims.addrs.get(&addr) {
+            return self.err(span, key, format!("address {addr} is already used by `{other}`"));
+        }
+        claims.addrs.insert(addr, key);
+        Ok(())
+    }
+
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        // Each bound address and its owner, to reject two listeners on one port.
-        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
-        let mut claim = |addr: SocketAddr, key: String, span: std::ops::Range<usize>| -> Result<(), ConfigError> {
-            if addr.port() != 0 {
-                if let Some(other) = bound.get(&addr) {
-                    return self.err(span, key, format!("address {addr} is already used by `{other}`"));
-                }
-                bound.insert(addr, key);
-            }
-            Ok(())
-        };
-
-        let admin_listen = match &raw.admin.listen {
-            Some(s) => {
-                let a = self.addr(s, "admin.listen".into())?;
-                if !a.ip().is_loopback() && !raw.admin.allow_remote {
-                    return self.err(
-                        s.span(),
-                        "admin.listen".into(),
-                        format!("{a} is not a loopback address; the admin API can switch live traffic, so set `admin.allow_remote = true` to expose it on purpose"),
-                    );
-                }
-                claim(a, "admin.listen".into(), s.span())?;
-                a
-            }
-            None => {
-                let a: SocketAddr = "127.0.0.1:9901".parse().expect("constant address");
-                claim(a, "admin.listen".into(), 0..0)?;
-                a
-            }
-        };
-        let admin = AdminConfig {
-            listen: admin_listen,
-            token_file: self.resolve(raw.admin.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
-        };
-        let store_path = self.resolve(raw.store.path.as_deref().unwrap_or(Path::new("cutover.db")));
-        let data_dir = match &raw.store.data_dir {
-            Some(d) => self.resolve(d),
-            None => store_path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
-        };
-        let store = StoreConfig {
-            path: store_path,
-            data_dir,
-        };
-
+        let mut claims = Claims::default();
+        let admin = self.admin(&raw.admin, &mut claims)?;
+        let store = self.store(&raw.store);
         let mut services = BTreeMap::new();
-        let mut managed_ports: HashMap<u16, String> = HashMap::new();
         for (name, svc) in raw.services {
-            let span = svc.span();
-            let svc = svc.into_inner();
-            let k = |rest: &str| format!("services.{name}.{rest}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return self.err(
-                    span,
-                    format!("services.{name}"),
-                    "service names may use only letters, digits, '-' and '_'".into(),
-                );
-            }
-            let listen = self.addr(&svc.listen, k("listen"))?;
-            claim(listen, k("listen"), svc.listen.span())?;
-            let preview_listen = match &svc.preview_listen {
-                Some(s) => {
-                    let a = self.addr(s, k("preview_listen"))?;
-                    if !a.ip().is_loopback() && !svc.preview_allow_remote {
-                        return self.err(
-                            s.span(),
-                            k("preview_listen"),
-                            format!("{a} is not a loopback address; the preview listener serves an unreleased version, so set `preview_allow_remote = true` to expose it on purpose"),
-                        );
-                    }
-                    claim(a, k("preview_listen"), s.span())?;
-                    Some(a)
-                }
-                None => None,
-            };
-            let h = &svc.health;
-            if !h.path.starts_with('/') {
-                return self.err(
-                    span.clone(),
-                    k("health.path"),
-                    format!("must start with '/', got {:?}", h.path),
-                );
-            }
-            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-                return self.err(
-                    span.clone(),
-                    k("health"),
-                    "healthy_threshold and unhealthy_threshold must be at least 1".into(),
-                );
-            }
-            if h.interval.get().is_zero() || h.timeout.get().is_zero() {
-                return self.err(
-                    span.clone(),
-                    k("health"),
-                    "interval and timeout must be greater than zero".into(),
-                );
-            }
-            if svc.limits.max_connections == 0 {
-                return self.err(span.clone(), k("limits.max_connections"), "must be at least 1".into());
-            }
-            let environments = match (svc.blue, svc.green, svc.run) {
-                (Some(b), Some(g), None) => Environments::Static {
-                    blue: self.static_color(b, &k("blue"))?,
-                    green: self.static_color(g, &k("green"))?,
-                },
-                (None, None, Some(run)) => {
-                    let rspan = run.span();
-                    let run = run.into_inner();
-                    if run.command.is_empty() {
-                        return self.err(rspan, k("run.command"), "must name a program to run".into());
-                    }
-                    if run.ports.blue.is_empty() || run.ports.green.is_empty() {
-                        return self.err(rspan, k("run.ports"), "each color needs at least one port (one per replica)".into());
-                    }
-                    if run.ports.blue.len() != run.ports.green.len() {
-                        return self.err(rspan, k("run.ports"), "both colors must have the same number of ports: they are identical environments".into());
-                    }
-                    for (color, ports) in [("blue", &run.ports.blue), ("green", &run.ports.green)] {
-                        for p in ports {
-                            let key = format!("{}.{color}", k("run.ports"));
-                            if *p == 0 {
-                                return self.err(rspan, key, "port 0 is not allowed: cutover must know where the model server listens".into());
-                            }
-                            if let Some(other) = managed_ports.insert(*p, key.clone()) {
-                                return self.err(rspan, key, format!("port {p} is also used by `{other}`"));
-                            }
-                            if let Ok(ip) = run.host.parse() {
-                                claim(SocketAddr::new(ip, *p), key, rspan.clone())?;
-                            }
-                        }
-                    }
-                    if run.host.parse::<std::net::IpAddr>().is_err() {
-                        return self.err(rspan, k("run.host"), format!("invalid IP address {:?}", run.host));
-                    }
-                    let mut run = run;
-                    run.workdir = run.workdir.map(|w| self.resolve(&w));
-                    Environments::Managed(run)
-                }
-                (None, None, None) => {
-                    return self.err(
-                        span,
-                        format!("services.{name}"),
-                        "needs either static endpoints ([services.NAME.blue] and [services.NAME.green]) or a managed environment ([services.NAME.run])".into(),
-                    )
-                }
-                (b, g, Some(run)) if b.is_some() || g.is_some() => {
-                    return self.err(run.span(), k("run"), "use either static endpoints (blue/green) or `run`, not both".into())
-                }
-                _ => {
-                    return self.err(span, format!("services.{name}"), "static endpoints need both [blue] and [green] tables".into())
-                }
-            };
-            let rel = &svc.release;
-            if let Some(v) = &rel.verify {
-                if !(0.0..=1.0).contains(&v.max_error_rate) {
-                    return self.err(
-                        span.clone(),
-                        k("release.verify.max_error_rate"),
-                        format!("must be between 0 and 1, got {}", v.max_error_rate),
-                    );
-                }
-            }
-            if let Some(w) = &rel.warmup {
-                if w.concurrency == 0 {
-                    return self.err(
-                        span.clone(),
-                        k("release.warmup.concurrency"),
-                        "must be at least 1".into(),
-                    );
-                }
-            }
-            for (i, hook) in rel
-                .hooks
-                .pre_switch
-                .iter()
-                .chain(&rel.hooks.post_switch)
-                .chain(&rel.hooks.on_rollback)
-                .enumerate()
-            {
-                if hook.is_empty() {
-                    return self.err(
-                        span.clone(),
-                        k("release.hooks"),
-                        format!("hook #{} is an empty argv list", i + 1),
-                    );
-                }
-            }
-            for s in &rel.smoke {
-                if !s.request.path.starts_with('/') {
-                    return self.err(
-                        span.clone(),
-                        k("release.smoke.request.path"),
-                        format!("smoke check {:?}: path must start with '/'", s.name),
-                    );
-                }
-            }
-            services.insert(
-                name.clone(),
-                ServiceConfig {
-                    name: name.clone(),
-                    listen,
-                    preview_listen,
-                    upstream_protocol: svc.upstream_protocol,
-                    access_log: svc.access_log,
-                    health: svc.health,
-                    limits: svc.limits,
-                    environments,
-                    release: svc.release,
-                },
-            );
+            let svc = self.service(&name, svc, &mut claims)?;
+            services.insert(name, svc);
         }
-        // A listener of ours on an upstream's address would proxy to itself.
-        for svc in services.values() {
-            if let Environments::Static { blue, green } = &svc.environments {
-                for e in blue.endpoints.iter().chain(&green.endpoints) {
-                    if let Some(owner) = bound.get(e) {
-                        return Err(ConfigError {
-                            file: self.path.to_path_buf(),
-                            line: 0,
-                            key: format!("services.{}", svc.name),
-                            message: format!(
-                                "endpoint {e} is also the address of `{owner}`; cutover would proxy to itself"
-                            ),
-                        });
-                    }
-                }
-            }
-        }
+        self.no_self_proxy(&services, &claims)?;
         Ok(Config {
             path: std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf()),
             admin,
             store,
             services,
         })
+    }
+
+    fn admin(&self, raw: &RawAdmin, claims: &mut Claims) -> Result<AdminConfig, ConfigError> {
+        let listen = match &raw.listen {
+            Some(s) => {
+                let a = self.addr(s, "admin.listen".into())?;
+                if !a.ip().is_loopback() && !raw.allow_remote {
+                    return self.err(
+                        s.span(),
+                        "admin.listen".into(),
+                        format!("{a} is not a loopback address; the admin API can switch live traffic, so set `admin.allow_remote = true` to expose it on purpose"),
+                    );
+                }
+                self.claim(claims, a, "admin.listen".into(), s.span())?;
+                a
+            }
+            None => {
+                let a: SocketAddr = "127.0.0.1:9901".parse().expect("constant address");
+                self.claim(claims, a, "admin.listen".into(), 0..0)?;
+                a
+            }
+        };
+        Ok(AdminConfig {
+            listen,
+            token_file: self.resolve(raw.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
+            address_file: raw.address_file.as_deref().map(|p| self.resolve(p)),
+        })
+    }
+
+    fn store(&self, raw: &RawStore) -> StoreConfig {
+        let path = self.resolve(raw.path.as_deref().unwrap_or(Path::new("cutover.db")));
+        let data_dir = match &raw.data_dir {
+            Some(d) => self.resolve(d),
+            None => path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
+        };
+        StoreConfig { path, data_dir }
+    }
+
+    fn service(&self, name: &str, svc: Spanned<RawService>, claims: &mut Claims) -> Result<ServiceConfig, ConfigError> {
+        let span = svc.span();
+        let svc = svc.into_inner();
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return self.err(
+                span,
+                format!("services.{name}"),
+                "service names may use only letters, digits, '-' and '_'".into(),
+            );
+        }
+        let listen = self.addr(&svc.listen, k("listen"))?;
+        self.claim(claims, listen, k("listen"), svc.listen.span())?;
+        let preview_listen = match &svc.preview_listen {
+            Some(s) => {
+                let a = self.addr(s, k("preview_listen"))?;
+                if !a.ip().is_loopback() && !svc.preview_allow_remote {
+                    return self.err(
+                        s.span(),
+                        k("preview_listen"),
+                        format!("{a} is not a loopback address; the preview listener serves an unreleased version, so set `preview_allow_remote = true` to expose it on purpose"),
+                    );
+                }
+                self.claim(claims, a, k("preview_listen"), s.span())?;
+                Some(a)
+            }
+            None => None,
+        };
+        self.health(name, &svc.health, span.clone())?;
+        if svc.limits.max_connections == 0 {
+            return self.err_at(k("limits.max_connections"), span, "must be at least 1".into());
+        }
+        let environments = self.environments(name, svc.blue, svc.green, svc.run, span.clone(), claims)?;
+        self.release(name, &svc.release, span)?;
+        Ok(ServiceConfig {
+            name: name.to_string(),
+            listen,
+            preview_listen,
+            upstream_protocol: svc.upstream_protocol,
+            access_log: svc.access_log,
+            health: svc.health,
+            limits: svc.limits,
+            environments,
+            release: svc.release,
+        })
+    }
+
+    fn health(&self, name: &str, h: &HealthConfig, span: Span) -> Result<(), ConfigError> {
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        if !h.path.starts_with('/') {
+            return self.err_at(k("health.path"), span, format!("must start with '/', got {:?}", h.path));
+        }
+        if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+            return self.err_at(
+                k("health"),
+                span,
+                "healthy_threshold and unhealthy_threshold must be at least 1".into(),
+            );
+        }
+        if h.interval.get().is_zero() || h.timeout.get().is_zero() {
+            return self.err_at(
+                k("health"),
+                span,
+                "interval and timeout must be greater than zero".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn environments(
+        &self,
+        name: &str,
+        blue: Option<Spanned<RawStaticColor>>,
+        green: Option<Spanned<RawStaticColor>>,
+        run: Option<Spanned<RunConfig>>,
+        span: Span,
+        claims: &mut Claims,
+    ) -> Result<Environments, ConfigError> {
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        match (blue, green, run) {
+            (Some(b), Some(g), None) => Ok(Environments::Static {
+                blue: self.static_color(b, &k("blue"))?,
+                green: self.static_color(g, &k("green"))?,
+            }),
+            (None, None, Some(run)) => self.managed(name, run, claims).map(Environments::Managed),
+            (None, None, None) => self.err(
+                span,
+                format!("services.{name}"),
+                "needs either static endpoints ([services.NAME.blue] and [services.NAME.green]) or a managed environment ([services.NAME.run])".into(),
+            ),
+            (b, g, Some(run)) if b.is_some() || g.is_some() => {
+                self.err(run.span(), k("run"), "use either static endpoints (blue/green) or `run`, not both".into())
+            }
+            _ => self.err(span, format!("services.{name}"), "static endpoints need both [blue] and [green] tables".into()),
+        }
+    }
+
+    fn managed(&self, name: &str, run: Spanned<RunConfig>, claims: &mut Claims) -> Result<RunConfig, ConfigError> {
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        let rspan = run.span();
+        let mut run = run.into_inner();
+        if run.command.is_empty() {
+            return self.err(rspan, k("run.command"), "must name a program to run".into());
+        }
+        if run.ports.blue.is_empty() || run.ports.green.is_empty() {
+            return self.err(
+                rspan,
+                k("run.ports"),
+                "each color needs at least one port (one per replica)".into(),
+            );
+        }
+        if run.ports.blue.len() != run.ports.green.len() {
+            return self.err(
+                rspan,
+                k("run.ports"),
+                "both colors must have the same number of ports: they are identical environments".into(),
+            );
+        }
+        for (color, ports) in [("blue", &run.ports.blue), ("green", &run.ports.green)] {
+            for p in ports {
+                let key = format!("{}.{color}", k("run.ports"));
+                if *p == 0 {
+                    return self.err(
+                        rspan,
+                        key,
+                        "port 0 is not allowed: cutover must know where the model server listens".into(),
+                    );
+                }
+                if let Some(other) = claims.managed_ports.insert(*p, key.clone()) {
+                    return self.err(rspan, key, format!("port {p} is also used by `{other}`"));
+                }
+                if let Ok(ip) = run.host.parse() {
+                    self.claim(claims, SocketAddr::new(ip, *p), key, rspan.clone())?;
+                }
+            }
+        }
+        if run.host.parse::<std::net::IpAddr>().is_err() {
+            return self.err(rspan, k("run.host"), format!("invalid IP address {:?}", run.host));
+        }
+        run.workdir = run.workdir.map(|w| self.resolve(&w));
+        Ok(run)
+    }
+
+    /// Cross-field rules of `[services.NAME.release]`, each reported on the line of its key.
+    fn release(&self, name: &str, rel: &ReleaseConfig, span: Span) -> Result<(), ConfigError> {
+        let k = |rest: &str| format!("services.{name}.release.{rest}");
+        // The nearest table the file has, for a key that only has its default.
+        let near = |sub: &str| {
+            self.span_of(&k(sub))
+                .or_else(|| self.span_of(&format!("services.{name}.release")))
+                .unwrap_or(span.clone())
+        };
+        if let Some(v) = &rel.verify {
+            if !(0.0..=1.0).contains(&v.max_error_rate) {
+                return self.err_at(
+                    k("verify.max_error_rate"),
+                    near("verify"),
+                    format!("must be between 0 and 1, got {}", v.max_error_rate),
+                );
+            }
+        }
+        if let Some(w) = &rel.warmup {
+            if w.concurrency == 0 {
+                return self.err_at(k("warmup.concurrency"), near("warmup"), "must be at least 1".into());
+            }
+        }
+        let h = &rel.hooks;
+        let stages = [
+            ("pre_switch", &h.pre_switch),
+            ("post_switch", &h.post_switch),
+            ("on_rollback", &h.on_rollback),
+        ];
+        let mut n = 0;
+        for (stage, hooks) in stages {
+            for (i, hook) in hooks.iter().enumerate() {
+                n += 1;
+                if hook.is_empty() {
+                    let span = self
+                        .span_of(&k(&format!("hooks.{stage}.{i}")))
+                        .unwrap_or_else(|| near("hooks"));
+                    return self.err(span, k("hooks"), format!("hook #{n} is an empty argv list"));
+                }
+            }
+        }
+        for (i, s) in rel.smoke.iter().enumerate() {
+            if !s.request.path.starts_with('/') {
+                let span = self
+                    .span_of(&k(&format!("smoke.{i}.request.path")))
+                    .unwrap_or_else(|| near("smoke"));
+                return self.err(
+                    span,
+                    k("smoke.request.path"),
+                    format!("smoke check {:?}: path must start with '/'", s.name),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A listener of ours on an upstream's address would proxy to itself.
+    fn no_self_proxy(&self, services: &BTreeMap<String, ServiceConfig>, claims: &Claims) -> Result<(), ConfigError> {
+        for svc in services.values() {
+            let Environments::Static { blue, green } = &svc.environments else {
+                continue;
+            };
+            for (color, c) in [("blue", blue), ("green", green)] {
+                for e in &c.endpoints {
+                    if let Some(owner) = claims.addrs.get(e) {
+                        let key = format!("services.{}.{color}.endpoints", svc.name);
+                        let span = self.span_of(&key).unwrap_or(0..0);
+                        return self.err(
+                            span,
+                            key,
+                            format!("endpoint {e} is also the address of `{owner}`; cutover would proxy to itself"),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn static_color(&self, c: Spanned<RawStaticColor>, key: &str) -> Result<StaticColor, ConfigError> {

@@ -1,3 +1,6 @@
+//! Validation tests: what a config error says (file, line, key, expectation), and property
+//! tests that any text yields a config or a located error.
+
 use super::*;
 
 fn check(text: &str) -> Result<Config, ConfigError> {
@@ -264,4 +267,81 @@ mod properties {
             prop_assert!(e.message.contains(&key), "{}", e);
         }
     }
+}
+
+/// The line of the first line of `text` containing `needle`, 1-based.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+/// Regression: errors found after deserializing `release.*` used to name the line of the
+/// `[services.chat]` header, whatever key they were about.
+#[test]
+fn release_rule_errors_name_the_line_of_their_key() {
+    let text = GOOD.replace("max_error_rate = 0.01", "max_error_rate = 5.0");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.line, line_with(&text, "max_error_rate = 5.0"), "{e}");
+
+    let text = format!("{GOOD}[services.chat.release.hooks]\npre_switch = [[\"ok\"]]\npost_switch = [[]]\n");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.hooks");
+    assert_eq!(e.line, line_with(&text, "post_switch = [[]]"), "{e}");
+    assert!(e.message.contains("hook #2"), "{e}");
+
+    let text = format!("{GOOD}[[services.chat.release.smoke]]\nname = \"a\"\nrequest = {{ path = \"/ok\" }}\n[[services.chat.release.smoke]]\nname = \"b\"\nrequest = {{ path = \"relative\" }}\n");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.smoke.request.path");
+    assert_eq!(e.line, line_with(&text, "\"relative\""), "{e}");
+
+    let text = GOOD.replace(
+        "promotion = \"manual\"",
+        "promotion = \"manual\"\nwarmup = { concurrency = 0, request = { path = \"/\" } }",
+    );
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.warmup.concurrency");
+    assert_eq!(e.line, line_with(&text, "concurrency = 0"), "{e}");
+}
+
+#[test]
+fn health_rule_errors_name_the_line_of_their_key() {
+    let text = GOOD.replace("path = \"/health\"", "path = \"health\"");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.health.path");
+    assert_eq!(e.line, line_with(&text, "path = \"health\""), "{e}");
+}
+
+/// Regression: this error used to have no line at all (line 0).
+#[test]
+fn self_proxy_error_names_the_endpoints_line() {
+    let text = GOOD.replace("127.0.0.1:9002", "127.0.0.1:8080");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.green.endpoints");
+    assert_eq!(e.line, line_with(&text, "endpoints = [\"127.0.0.1:8080\"]"), "{e}");
+}
+
+#[test]
+fn admin_address_file_is_resolved_and_optional() {
+    assert_eq!(check(GOOD).unwrap().admin.address_file, None);
+    let text = GOOD.replace("[admin]\n", "[admin]\naddress_file = \"run/admin.addr\"\n");
+    assert_eq!(
+        check(&text).unwrap().admin.address_file.as_deref(),
+        Some(Path::new("/etc/cutover/run/admin.addr"))
+    );
+}
+
+#[test]
+fn port_0_listeners_never_collide() {
+    let text = GOOD
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8081", "127.0.0.1:0");
+    let c = check(&text).unwrap();
+    assert_eq!(
+        (
+            c.admin.listen.port(),
+            c.services["chat"].listen.port(),
+            c.services["chat"].preview_listen.unwrap().port()
+        ),
+        (0, 0, 0)
+    );
 }

@@ -1,54 +1,108 @@
-//! Admin API errors: JSON `{"error":{"code","message"}}` with the right status code.
+//! The control core's own errors: what went wrong, in the vocabulary of services, switches,
+//! releases and the store. Mapping them to HTTP status codes is the admin layer's job
+//! (`admin::error`), so the core can be driven by tests and later by other front-ends.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use cutover_proxy::Color;
+use cutover_release::Phase;
+use cutover_store::StoreError;
 
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+/// A store call that did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreFailure {
+    /// The store answered with an error (a compare-and-swap conflict included).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task running the call panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// A stored document could not be encoded or decoded.
+    #[error("release document: {0}")]
+    Document(#[from] serde_json::Error),
 }
 
-impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
+/// Why a switch or a rollback was refused or not made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwitchError {
+    #[error("if_generation is {expected} but the generation is {actual}: someone else switched first; read the status again")]
+    StaleGeneration { expected: u64, actual: u64 },
+    #[error("nothing is live in service {service} yet: say which color to switch to")]
+    NothingLive { service: String },
+    #[error("nothing is live in service {service}: there is nothing to roll back")]
+    NothingToRollBack { service: String },
+    #[error("{color} is already live in service {service} (generation {generation})")]
+    AlreadyLive {
+        service: String,
+        color: Color,
+        generation: u64,
+    },
+    /// Every endpoint of the target failed its health checks; `detail` lists them.
+    #[error("{color} has no healthy endpoint ({detail}); fix it or pass force")]
+    TargetUnhealthy { color: Color, detail: String },
+    #[error("{color} ({version}) was scaled down, so a rollback is no longer one switch; run `cutover rollback {service} --redeploy` to release {version} again through the pipeline")]
+    ScaledDown {
+        service: String,
+        color: Color,
+        version: String,
+    },
+    #[error("{color} has no version recorded in service {service}: there is nothing to roll back to")]
+    NoPreviousVersion { service: String, color: Color },
+    /// The store did not commit the switch, so nothing was published.
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+/// Why a release could not be started, found, approved or aborted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    #[error("version must be 1-200 characters without spaces or control characters")]
+    InvalidVersion,
+    #[error("release #{id} of {version} is in progress ({phase}); approve, abort or wait for it first")]
+    InProgress { id: i64, version: String, phase: Phase },
+    #[error("release #{id} is not running")]
+    NotRunning { id: i64 },
+    #[error("release #{id} is {phase}, not awaiting approval")]
+    NotAwaitingApproval { id: i64, phase: Phase },
+    #[error("release #{id} is {phase}: traffic has already switched; use rollback instead")]
+    AlreadySwitched { id: i64, phase: Phase },
+    #[error("there is no previous version to redeploy")]
+    NoPreviousVersion,
+    #[error("no release #{id} in service {service}")]
+    NotFound { service: String, id: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+/// Anything a control operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    #[error("no service named {name:?}; known: {known}")]
+    UnknownService { name: String, known: String },
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+/// A release step that failed: the phase it failed in and why, as the release document
+/// will say it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct StepError {
+    pub phase: Phase,
+    pub reason: String,
+}
+
+impl StepError {
+    pub fn new(phase: Phase, reason: impl Into<String>) -> StepError {
+        StepError {
+            phase,
+            reason: reason.into(),
         }
-    }
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(404, "not_found", message)
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(409, code, message)
-    }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(400, code, message)
-    }
-    pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, "internal", message)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
     }
 }

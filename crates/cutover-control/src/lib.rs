@@ -1,27 +1,44 @@
 //! The control plane: the controller that owns each service's colors and commits switches,
-//! the admin API, and `serve`, which wires the data plane and the control plane together.
+//! the release pipeline, the admin API, and `serve`, which wires the data plane and the
+//! control plane together.
 //!
 //! # Layout
-//! - [`controller`]: services, colors, switch and rollback (store first, then publish).
-//! - [`release`]: the release pipeline driver (phases, warm-up, smoke, hooks, verification,
-//!   rollback, scale-down).
-//! - [`supervisor`]: managed model-server processes (start, stop, adopt).
+//! Listed from the top of the dependency graph down; a module uses only the ones below it
+//! (checked by `tests::module_graph_is_one_way`).
+//! - [`server`]: `cutover serve`: config → bind every listener → open the store and resume
+//!   → serve → drain.
+//! - [`admin`]: the admin API routes, bearer-token auth, and the mapping of core errors to
+//!   HTTP statuses ([`admin::error`]).
 //! - [`metrics`]: Prometheus exposition read from the data plane's counters at scrape time.
-//! - [`admin`]: the admin API routes, bearer-token auth and JSON errors.
-//! - [`server`]: start-up sequencing and graceful shutdown for `cutover serve`.
-//! - [`token`]: the admin token file.
-//! - [`error`]: the admin API's error type.
+//! - [`controller`]: every service and the store; restore, adopt and resume at start-up; the
+//!   one entry point for the API.
+//! - [`release`]: release documents, start / approve / abort; [`release::run`] is one
+//!   pipeline run (pre-switch, switch, verify).
+//! - [`scale_down`]: the old color's delayed drain and stop after a completed release.
+//! - [`steps`]: provision, wait for health, warm-up, smoke checks, hooks.
+//! - [`service`]: one service's colors, states, route tables, switch and rollback.
+//! - [`supervisor`]: managed model-server processes (start, stop, adopt).
+//! - [`store_call`], [`colors`], [`error`], [`token`]: leaves (store calls off the async
+//!   workers, the store/data-plane color seam, the core's errors, the admin token file).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub(crate) mod colors;
 pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod release;
+pub mod scale_down;
 pub mod server;
+pub mod service;
+pub mod steps;
+pub(crate) mod store_call;
 pub mod supervisor;
 pub mod token;
 
+pub use admin::ApiError;
 pub use controller::Controller;
-pub use error::ApiError;
+
+#[cfg(test)]
+mod tests;

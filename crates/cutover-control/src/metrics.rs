@@ -12,7 +12,8 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::controller::{Controller, ServiceCtl};
+use crate::controller::Controller;
+use crate::service::ServiceCtl;
 
 struct ControllerCollector(Arc<Controller>);
 
@@ -62,156 +63,171 @@ fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> fmt::Resu
 
 impl Collector for ControllerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let ctl = &self.0;
-        let routes = routes(ctl);
+        let routes = routes(&self.0);
+        encode_traffic(&mut enc, &routes)?;
+        encode_color_state(&mut enc, &routes)?;
+        encode_services(&mut enc, &self.0)
+    }
+}
 
-        let mut m = enc.encode_descriptor(
-            "cutover_requests",
-            "Responses by status code (proxy-made errors included)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (svc, r) in &routes {
-            for (code, n) in r.stats.codes() {
-                let mut l = color_labels(svc, r);
-                l.push(("code", code.to_string()));
-                m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
-            }
+/// What each color served: responses by code, latency histograms, per-color counters.
+fn encode_traffic(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<ColorRoute>)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_requests",
+        "Responses by status code (proxy-made errors included)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (svc, r) in routes {
+        for (code, n) in r.stats.codes() {
+            let mut l = color_labels(svc, r);
+            l.push(("code", code.to_string()));
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
-        let mut m = enc.encode_descriptor(
-            "cutover_request_duration_seconds",
-            "Request arrival to last response byte",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (svc, r) in &routes {
-            histogram(&mut m, &color_labels(svc, r), &r.stats.duration)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_request_duration_seconds",
+        "Request arrival to last response byte",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (svc, r) in routes {
+        histogram(&mut m, &color_labels(svc, r), &r.stats.duration)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_time_to_first_byte_seconds",
+        "Request arrival to response head: time to first token for streams",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (svc, r) in routes {
+        histogram(&mut m, &color_labels(svc, r), &r.stats.ttfb)?;
+    }
+    let counters: [ColorCounter; 4] = [
+        (
+            "cutover_stream_events",
+            "Server-sent events relayed (derive tokens/s)",
+            |r| r.stats.stream_events.load(Relaxed),
+        ),
+        (
+            "cutover_upstream_failures",
+            "Requests the proxy failed for the upstream (no endpoint, connect, timeout, bad response)",
+            |r| r.stats.upstream_failures.load(Relaxed),
+        ),
+        (
+            "cutover_aborted_bodies",
+            "Response bodies cut short after the head was sent",
+            |r| r.stats.aborted_bodies.load(Relaxed),
+        ),
+        (
+            "cutover_drain_closed",
+            "Requests closed at the drain deadline of an old color",
+            |r| r.stats.drain_closed.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (svc, r) in routes {
+            m.encode_family(&color_labels(svc, r))?
+                .encode_counter::<NoLabelSet, _, u64>(&get(r), None)?;
         }
-        let mut m = enc.encode_descriptor(
-            "cutover_time_to_first_byte_seconds",
-            "Request arrival to response head: time to first token for streams",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (svc, r) in &routes {
-            histogram(&mut m, &color_labels(svc, r), &r.stats.ttfb)?;
+    }
+    Ok(())
+}
+
+/// Each color's state now: in-flight, live or not, endpoint health.
+fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<ColorRoute>)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_in_flight",
+        "Requests whose response has not finished",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (svc, r) in routes {
+        m.encode_family(&color_labels(svc, r))?.encode_gauge(&r.in_flight())?;
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_live_info",
+        "1 for the live color of a service, 0 for the other",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (svc, r) in routes {
+        let live = (svc.proxy.table().live_color() == Some(r.color)) as i64;
+        m.encode_family(&color_labels(svc, r))?.encode_gauge(&live)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_endpoint_healthy",
+        "1 healthy, 0 unhealthy, -1 not checked yet",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (svc, r) in routes {
+        for e in &r.endpoints {
+            let mut l = color_labels(svc, r);
+            l.push(("endpoint", e.addr.to_string()));
+            let v: i64 = match e.health() {
+                Health::Healthy => 1,
+                Health::Unhealthy => 0,
+                Health::Unknown => -1,
+            };
+            m.encode_family(&l)?.encode_gauge(&v)?;
         }
-        let counters: [ColorCounter; 4] = [
-            (
-                "cutover_stream_events",
-                "Server-sent events relayed (derive tokens/s)",
-                |r| r.stats.stream_events.load(Relaxed),
-            ),
-            (
-                "cutover_upstream_failures",
-                "Requests the proxy failed for the upstream (no endpoint, connect, timeout, bad response)",
-                |r| r.stats.upstream_failures.load(Relaxed),
-            ),
-            (
-                "cutover_aborted_bodies",
-                "Response bodies cut short after the head was sent",
-                |r| r.stats.aborted_bodies.load(Relaxed),
-            ),
-            (
-                "cutover_drain_closed",
-                "Requests closed at the drain deadline of an old color",
-                |r| r.stats.drain_closed.load(Relaxed),
-            ),
-        ];
-        for (name, help, get) in counters {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (svc, r) in &routes {
-                m.encode_family(&color_labels(svc, r))?
-                    .encode_counter::<NoLabelSet, _, u64>(&get(r), None)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "cutover_in_flight",
-            "Requests whose response has not finished",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (svc, r) in &routes {
-            m.encode_family(&color_labels(svc, r))?.encode_gauge(&r.in_flight())?;
-        }
-        let mut m = enc.encode_descriptor(
-            "cutover_live_info",
-            "1 for the live color of a service, 0 for the other",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (svc, r) in &routes {
-            let live = (svc.proxy.table().live_color() == Some(r.color)) as i64;
-            m.encode_family(&color_labels(svc, r))?.encode_gauge(&live)?;
-        }
-        let mut m = enc.encode_descriptor(
-            "cutover_endpoint_healthy",
-            "1 healthy, 0 unhealthy, -1 not checked yet",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (svc, r) in &routes {
-            for e in &r.endpoints {
-                let mut l = color_labels(svc, r);
-                l.push(("endpoint", e.addr.to_string()));
-                let v: i64 = match e.health() {
-                    Health::Healthy => 1,
-                    Health::Unhealthy => 0,
-                    Health::Unknown => -1,
-                };
-                m.encode_family(&l)?.encode_gauge(&v)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "cutover_generation",
-            "Switches ever made (survives restarts)",
-            None,
-            MetricType::Gauge,
-        )?;
+    }
+    Ok(())
+}
+
+/// Per service: generation, switches and rollbacks, the phase of a release in progress.
+fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_generation",
+        "Switches ever made (survives restarts)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for svc in ctl.services.values() {
+        let l: Labels = vec![("service", svc.cfg.name.clone())];
+        m.encode_family(&l)?
+            .encode_gauge(&(svc.proxy.table().generation as i64))?;
+    }
+    for (name, help, kind) in [
+        (
+            "cutover_switches",
+            "Switches made by this process (rollbacks included)",
+            0,
+        ),
+        ("cutover_rollbacks", "Rollbacks made by this process", 1),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for svc in ctl.services.values() {
             let l: Labels = vec![("service", svc.cfg.name.clone())];
-            m.encode_family(&l)?
-                .encode_gauge(&(svc.proxy.table().generation as i64))?;
+            let v = if kind == 0 {
+                svc.switches.load(Relaxed)
+            } else {
+                svc.rollbacks.load(Relaxed)
+            };
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
-        for (name, help, kind) in [
-            (
-                "cutover_switches",
-                "Switches made by this process (rollbacks included)",
-                0,
-            ),
-            ("cutover_rollbacks", "Rollbacks made by this process", 1),
-        ] {
-            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for svc in ctl.services.values() {
-                let l: Labels = vec![("service", svc.cfg.name.clone())];
-                let v = if kind == 0 {
-                    svc.switches.load(Relaxed)
-                } else {
-                    svc.rollbacks.load(Relaxed)
-                };
-                m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-            }
-        }
-        let mut m = enc.encode_descriptor(
-            "cutover_release_phase_info",
-            "1 for the phase of the release in progress",
-            None,
-            MetricType::Gauge,
-        )?;
-        for svc in ctl.services.values() {
-            if let Some(d) = ctl.active_release_doc(&svc.cfg.name) {
-                let l: Labels = vec![
-                    ("service", svc.cfg.name.clone()),
-                    ("release", d.id.to_string()),
-                    ("version", d.version.clone()),
-                    ("color", d.color.as_str().to_string()),
-                    ("phase", d.phase.as_str().to_string()),
-                ];
-                m.encode_family(&l)?.encode_gauge(&1i64)?;
-            }
-        }
-        Ok(())
     }
+    let mut m = enc.encode_descriptor(
+        "cutover_release_phase_info",
+        "1 for the phase of the release in progress",
+        None,
+        MetricType::Gauge,
+    )?;
+    for svc in ctl.services.values() {
+        if let Some(d) = ctl.active_release_doc(&svc.cfg.name) {
+            let l: Labels = vec![
+                ("service", svc.cfg.name.clone()),
+                ("release", d.id.to_string()),
+                ("version", d.version.clone()),
+                ("color", d.color.as_str().to_string()),
+                ("phase", d.phase.as_str().to_string()),
+            ];
+            m.encode_family(&l)?.encode_gauge(&1i64)?;
+        }
+    }
+    Ok(())
 }
 
 /// A registry whose one collector reads the controller at every scrape.

@@ -1,6 +1,12 @@
-//! `cutover serve`: binds every listener first (failing before serving anything), then runs
-//! the data plane, the admin API and the controller until a signal, then drains.
+//! `cutover serve`, sequenced as linkerd does it: the config is already validated (stage one,
+//! no side effects), then every listener is bound (data plane, preview and admin), and only
+//! then is the store opened and the previous state resumed, then everything serves until a
+//! signal, then drains. A second `serve` started by mistake on the same config therefore
+//! fails at the bind, before it has written anything into the live instance's store.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,16 +15,76 @@ use cutover_config::Config;
 use cutover_proxy::forward::Forwarder;
 use cutover_proxy::listener::{self, ListenerStats};
 use cutover_store::Store;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::controller::Controller;
+use crate::service::series::SAMPLE_EVERY;
+use crate::service::BoundAddrs;
 use crate::token;
 
 pub struct ServeOptions {
     /// How long in-flight requests (streams included) may run on after SIGTERM.
     pub grace: Duration,
+    /// Where to write the bound addresses (JSON) once everything serves; how tests and
+    /// scripts find the ports of a config that says port 0.
+    pub addresses_file: Option<PathBuf>,
+}
+
+/// What one `serve` bound, as written to `--addresses-file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Addresses {
+    pub admin: SocketAddr,
+    pub services: BTreeMap<String, BoundAddrs>,
+}
+
+/// Every listener of one `serve`, bound and not yet serving (stage two of start-up).
+pub struct Listeners {
+    admin: TcpListener,
+    /// Per service: its live listener and, if configured, its preview listener.
+    services: BTreeMap<String, (TcpListener, Option<TcpListener>)>,
+}
+
+impl Listeners {
+    /// Binds the admin listener and every service's listeners; the first failure names the
+    /// key whose address could not be bound.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let admin = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+        let mut services = BTreeMap::new();
+        for (name, svc) in &config.services {
+            let live = listener::bind(svc.listen)
+                .with_context(|| format!("cannot listen on services.{name}.listen {}", svc.listen))?;
+            let preview = match svc.preview_listen {
+                Some(p) => Some(
+                    listener::bind(p)
+                        .with_context(|| format!("cannot listen on services.{name}.preview_listen {p}"))?,
+                ),
+                None => None,
+            };
+            services.insert(name.clone(), (live, preview));
+        }
+        Ok(Listeners { admin, services })
+    }
+
+    /// The addresses actually bound (a configured port 0 is a real port here).
+    pub fn addresses(&self) -> std::io::Result<Addresses> {
+        let mut services = BTreeMap::new();
+        for (name, (live, preview)) in &self.services {
+            let addrs = BoundAddrs {
+                listen: live.local_addr()?,
+                preview_listen: preview.as_ref().map(TcpListener::local_addr).transpose()?,
+            };
+            services.insert(name.clone(), addrs);
+        }
+        Ok(Addresses {
+            admin: self.admin.local_addr()?,
+            services,
+        })
+    }
 }
 
 /// Runs until SIGINT or SIGTERM, then stops accepting and drains for up to `grace`.
@@ -26,70 +92,70 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     serve_until(config, opts, wait_for_signal()).await
 }
 
-/// Runs until `stop` resolves, then stops accepting and drains for up to `grace`.
+/// Binds every listener, then runs until `stop` resolves, then drains for up to `grace`.
 pub async fn serve_until(
     config: Config,
     opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    run(config, listeners, opts, stop).await
+}
+
+/// Stage three and on: opens the store and resumes, then serves on `listeners`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    opts: ServeOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let addresses = listeners.addresses()?;
     let token = token::load_or_create(&config.admin.token_file)?;
-    if let Some(dir) = config.store.path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the store folder {}", dir.display()))?;
-    }
-    let store = Store::open(&config.store.path)
-        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
-    let ctl = Arc::new(Controller::build(config.clone(), store)?);
-    ctl.resume();
+    let config_admin_address_file = config.admin.address_file.clone();
+    let ctl = Arc::new(open_and_resume(config)?);
     let sampler = ctl.clone();
-    let sampling = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::controller::SAMPLE_EVERY);
+    let _sampling = AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
             tick.tick().await;
             sampler.sample();
         }
-    });
-    let _sampling = AbortOnDrop(sampling);
-
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
-    let mut data = Vec::new();
-    for svc in ctl.services.values() {
-        let l = cutover_proxy::listener::bind(svc.cfg.listen)
-            .with_context(|| format!("cannot listen on services.{}.listen {}", svc.cfg.name, svc.cfg.listen))?;
-        data.push((l, svc.clone(), false));
-        if let Some(p) = svc.cfg.preview_listen {
-            let l = cutover_proxy::listener::bind(p)
-                .with_context(|| format!("cannot listen on services.{}.preview_listen {p}", svc.cfg.name))?;
-            data.push((l, svc.clone(), true));
-        }
-    }
+    }));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for (l, svc, preview) in data {
-        tracing::info!(
-            service = %svc.cfg.name,
-            listen = %l.local_addr()?,
-            kind = if preview { "preview" } else { "live" },
-            "data plane listening"
-        );
-        let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
-        tasks.push(tokio::spawn(listener::serve(
-            l,
-            fwd,
-            Arc::new(ListenerStats::default()),
-            stop_rx.clone(),
-            opts.grace,
-        )));
+    for (name, (live, preview)) in listeners.services {
+        let svc = ctl
+            .service(&name)
+            .context("a bound service is in the controller")?
+            .clone();
+        svc.set_bound(addresses.services[&name]);
+        for (l, is_preview) in std::iter::once((live, false)).chain(preview.map(|p| (p, true))) {
+            tracing::info!(
+                service = %name,
+                listen = %l.local_addr()?,
+                kind = if is_preview { "preview" } else { "live" },
+                "data plane listening"
+            );
+            let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), is_preview));
+            let serving = listener::serve(l, fwd, Arc::new(ListenerStats::default()), stop_rx.clone(), opts.grace);
+            tasks.push(tokio::spawn(serving));
+        }
     }
     let app = admin::router(AdminState::new(ctl.clone(), token));
-    tracing::info!(listen = %admin_listener.local_addr()?, "admin API listening");
-    tasks.push(tokio::spawn(serve_admin(admin_listener, app, stop_rx.clone())));
+    tracing::info!(listen = %addresses.admin, "admin API listening");
+    tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone())));
+    if let Some(path) = &config_admin_address_file {
+        write_atomically(path, &format!("{}\n", addresses.admin))?;
+    }
+    if let Some(path) = &opts.addresses_file {
+        write_atomically(path, &serde_json::to_string_pretty(&addresses)?)?;
+    }
 
     stop.await;
     tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
-    let _ = stop_tx.send(true);
+    // Every receiver lives in a task we wait for below; none can have gone yet.
+    stop_tx.send_replace(true);
     let all = futures_join(tasks);
     if tokio::time::timeout(opts.grace + Duration::from_secs(1), all)
         .await
@@ -98,6 +164,27 @@ pub async fn serve_until(
         tracing::warn!("grace period over with requests still running; exiting");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, restores routing, marks interrupted releases, adopts processes and
+/// reschedules pending scale-downs: the first writes of this process.
+fn open_and_resume(config: Config) -> anyhow::Result<Controller> {
+    if let Some(dir) = config.store.path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the store folder {}", dir.display()))?;
+    }
+    let store = Store::open(&config.store.path)
+        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
+    let ctl = Controller::build(config, store)?;
+    ctl.resume();
+    Ok(ctl)
+}
+
+/// Writes a file of bound addresses with a rename, so a reader never sees half of one.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write the addresses file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write the addresses file {}", path.display()))?;
     Ok(())
 }
 

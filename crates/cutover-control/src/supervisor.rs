@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cutover_config::RunConfig;
 use cutover_proxy::Color;
@@ -42,13 +44,6 @@ pub fn alive(p: &ProcessRecord) -> bool {
 
 pub fn log_path(data_dir: &Path, service: &str, color: Color, replica: u32) -> PathBuf {
     data_dir.join("logs").join(format!("{service}-{color}-{replica}.log"))
-}
-
-/// The last `n` lines of a log, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Starts one process per port of `color`. Returns their records (not yet stored).
@@ -98,7 +93,7 @@ pub fn start(
         out.push((
             ProcessRecord {
                 service: service.into(),
-                color: color.as_str().into(),
+                color: crate::colors::stored(color),
                 replica,
                 port: *port,
                 pid,

@@ -1,3 +1,6 @@
+//! State-machine and gate tests: every path through the phases, worst-wins gate results,
+//! and properties over arbitrary event sequences.
+
 use super::*;
 
 const EVENTS: [fn() -> Event; 5] = [

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,22 +30,147 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A color as the store writes it (`"blue"` / `"green"`, the same text the API shows).
+///
+/// The store keeps its own enum rather than the data plane's so that it depends on no
+/// networking crate; the control plane converts at its one seam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl std::fmt::Display for Color {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a history line records. The text of each is part of the API (`kind` in history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HistoryKind {
+    /// A switch asked for by a person or a release.
+    Switched,
+    /// A switch back to the previous live color.
+    RolledBack,
+    ReleaseStarted,
+    ReleaseCompleted,
+    ReleaseAborted,
+    ReleaseRolledBack,
+    /// A restart found the release unfinished.
+    ReleaseInterrupted,
+    /// The old color was stopped (managed) or marked stale (static) after `scale_down_delay`.
+    ScaledDown,
+}
+
+impl HistoryKind {
+    const ALL: [HistoryKind; 8] = [
+        HistoryKind::Switched,
+        HistoryKind::RolledBack,
+        HistoryKind::ReleaseStarted,
+        HistoryKind::ReleaseCompleted,
+        HistoryKind::ReleaseAborted,
+        HistoryKind::ReleaseRolledBack,
+        HistoryKind::ReleaseInterrupted,
+        HistoryKind::ScaledDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Switched => "switched",
+            HistoryKind::RolledBack => "rolled_back",
+            HistoryKind::ReleaseStarted => "release_started",
+            HistoryKind::ReleaseCompleted => "release_completed",
+            HistoryKind::ReleaseAborted => "release_aborted",
+            HistoryKind::ReleaseRolledBack => "release_rolled_back",
+            HistoryKind::ReleaseInterrupted => "release_interrupted",
+            HistoryKind::ScaledDown => "scaled_down",
+        }
+    }
+}
+
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two kinds of history line a switch writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchKind {
+    Switched,
+    RolledBack,
+}
+
+impl From<SwitchKind> for HistoryKind {
+    fn from(k: SwitchKind) -> HistoryKind {
+        match k {
+            SwitchKind::Switched => HistoryKind::Switched,
+            SwitchKind::RolledBack => HistoryKind::RolledBack,
+        }
+    }
+}
+
+impl ToSql for Color {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Color {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        match v.as_str()? {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            other => Err(FromSqlError::Other(format!("not a color: {other:?}").into())),
+        }
+    }
+}
+
+impl ToSql for HistoryKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for HistoryKind {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        HistoryKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| FromSqlError::Other(format!("not a history kind: {s:?}").into()))
+    }
+}
+
 /// The committed routing state of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
     pub name: String,
-    /// `"blue"`, `"green"`, or `None` before anything was live.
-    pub live: Option<String>,
+    /// `None` before anything was live.
+    pub live: Option<Color>,
     pub generation: u64,
     pub blue_version: Option<String>,
     pub green_version: Option<String>,
 }
 
 impl ServiceState {
-    pub fn version(&self, color: &str) -> Option<&str> {
+    pub fn version(&self, color: Color) -> Option<&str> {
         match color {
-            "blue" => self.blue_version.as_deref(),
-            _ => self.green_version.as_deref(),
+            Color::Blue => self.blue_version.as_deref(),
+            Color::Green => self.green_version.as_deref(),
         }
     }
 }
@@ -54,10 +180,9 @@ impl ServiceState {
 pub struct HistoryEntry {
     pub id: i64,
     pub at: String,
-    /// `switched`, `rolled_back`, `release_started`, `release_completed`, `release_aborted`, ...
-    pub kind: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
+    pub kind: HistoryKind,
+    pub from: Option<Color>,
+    pub to: Option<Color>,
     pub generation: u64,
     pub version: Option<String>,
     pub actor: String,
@@ -71,8 +196,21 @@ pub struct SwitchRecord<'a> {
     pub service: &'a str,
     /// Compare-and-swap: the switch applies only if the stored generation is this one.
     pub expected_generation: u64,
-    pub to: &'a str,
-    pub kind: &'a str,
+    pub to: Color,
+    pub kind: SwitchKind,
+    pub actor: &'a str,
+    pub reason: &'a str,
+    pub release_id: Option<i64>,
+}
+
+/// A history line that is not a switch: the routing it names is the stored one.
+#[derive(Debug, Clone)]
+pub struct EventRecord<'a> {
+    pub service: &'a str,
+    pub kind: HistoryKind,
+    /// The color the event is about (shown as `to`).
+    pub color: Option<Color>,
+    pub version: Option<&'a str>,
     pub actor: &'a str,
     pub reason: &'a str,
     pub release_id: Option<i64>,
@@ -82,7 +220,7 @@ pub struct SwitchRecord<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
     pub service: String,
-    pub color: String,
+    pub color: Color,
     pub replica: u32,
     pub port: u16,
     pub pid: u32,
@@ -186,10 +324,6 @@ impl Store {
         Ok(s)
     }
 
-    pub fn service(&self, name: &str) -> Result<Option<ServiceState>> {
-        read_service(&self.conn(), name)
-    }
-
     /// Makes `to` live if the generation is still `expected_generation`; appends the history
     /// line in the same transaction. Returns the new state.
     pub fn switch(&self, rec: &SwitchRecord<'_>) -> Result<ServiceState> {
@@ -214,7 +348,7 @@ impl Store {
             params![
                 rec.service,
                 at,
-                rec.kind,
+                HistoryKind::from(rec.kind),
                 cur.live,
                 rec.to,
                 generation as i64,
@@ -230,13 +364,12 @@ impl Store {
     }
 
     /// Records the version now at `color` (a release provisioned it).
-    pub fn set_version(&self, service: &str, color: &str, version: Option<&str>) -> Result<ServiceState> {
+    pub fn set_version(&self, service: &str, color: Color, version: Option<&str>) -> Result<ServiceState> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let col = if color == "blue" {
-            "blue_version"
-        } else {
-            "green_version"
+        let col = match color {
+            Color::Blue => "blue_version",
+            Color::Green => "green_version",
         };
         let n = tx.execute(
             &format!("UPDATE services SET {col} = ?2, updated_at = ?3 WHERE name = ?1"),
@@ -251,23 +384,24 @@ impl Store {
     }
 
     /// Appends a history line that is not a switch (a release started, was aborted, ...).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_event(
-        &self,
-        service: &str,
-        kind: &str,
-        to: Option<&str>,
-        version: Option<&str>,
-        actor: &str,
-        reason: &str,
-        release_id: Option<i64>,
-    ) -> Result<()> {
+    pub fn record_event(&self, e: &EventRecord<'_>) -> Result<()> {
         let conn = self.conn();
-        let cur = read_service(&conn, service)?.ok_or_else(|| StoreError::NotFound(service.into()))?;
+        let cur = read_service(&conn, e.service)?.ok_or_else(|| StoreError::NotFound(e.service.into()))?;
         conn.execute(
             "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![service, now_rfc3339(), kind, cur.live, to, cur.generation as i64, version, actor, reason, release_id],
+            params![
+                e.service,
+                now_rfc3339(),
+                e.kind,
+                cur.live,
+                e.color,
+                cur.generation as i64,
+                e.version,
+                e.actor,
+                e.reason,
+                e.release_id
+            ],
         )?;
         Ok(())
     }
@@ -368,7 +502,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_processes(&self, service: &str, color: &str) -> Result<()> {
+    pub fn remove_processes(&self, service: &str, color: Color) -> Result<()> {
         self.conn().execute(
             "DELETE FROM processes WHERE service = ?1 AND color = ?2",
             params![service, color],
@@ -437,12 +571,12 @@ mod tests {
             .as_nanos()
     }
 
-    fn switch<'a>(service: &'a str, gen: u64, to: &'a str) -> SwitchRecord<'a> {
+    fn switch(service: &str, gen: u64, to: Color) -> SwitchRecord<'_> {
         SwitchRecord {
             service,
             expected_generation: gen,
             to,
-            kind: "switched",
+            kind: SwitchKind::Switched,
             actor: "test",
             reason: "because",
             release_id: None,
@@ -453,20 +587,20 @@ mod tests {
     fn switch_is_compare_and_swap_and_recorded() {
         let (s, _) = temp_store();
         let st = s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
-        assert_eq!((st.live.as_deref(), st.generation), (None, 0));
-        let st = s.switch(&switch("chat", 0, "blue")).unwrap();
-        assert_eq!((st.live.as_deref(), st.generation), (Some("blue"), 1));
-        match s.switch(&switch("chat", 0, "green")) {
+        assert_eq!((st.live, st.generation), (None, 0));
+        let st = s.switch(&switch("chat", 0, Color::Blue)).unwrap();
+        assert_eq!((st.live, st.generation), (Some(Color::Blue), 1));
+        match s.switch(&switch("chat", 0, Color::Green)) {
             Err(StoreError::Conflict { expected: 0, actual: 1 }) => {}
             other => panic!("expected conflict, got {other:?}"),
         }
-        let st = s.switch(&switch("chat", 1, "green")).unwrap();
+        let st = s.switch(&switch("chat", 1, Color::Green)).unwrap();
         assert_eq!(st.generation, 2);
         let h = s.history("chat", 10).unwrap();
         assert_eq!(h.len(), 2);
         assert_eq!(
-            (h[0].from.as_deref(), h[0].to.as_deref(), h[0].generation),
-            (Some("blue"), Some("green"), 2)
+            (h[0].from, h[0].to, h[0].kind, h[0].generation),
+            (Some(Color::Blue), Some(Color::Green), HistoryKind::Switched, 2)
         );
         assert_eq!(h[0].version.as_deref(), Some("v2"));
         assert_eq!(h[1].from, None);
@@ -476,12 +610,12 @@ mod tests {
     fn state_survives_reopen_and_config_versions_do_not_override() {
         let (s, path) = temp_store();
         s.ensure_service("chat", Some("v1"), None).unwrap();
-        s.switch(&switch("chat", 0, "blue")).unwrap();
-        s.set_version("chat", "green", Some("v7")).unwrap();
+        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
+        s.set_version("chat", Color::Green, Some("v7")).unwrap();
         drop(s);
         let s = Store::open(&path).unwrap();
         let st = s.ensure_service("chat", Some("other"), Some("other")).unwrap();
-        assert_eq!(st.live.as_deref(), Some("blue"));
+        assert_eq!(st.live, Some(Color::Blue));
         assert_eq!(st.generation, 1);
         assert_eq!(st.blue_version.as_deref(), Some("v1"));
         assert_eq!(st.green_version.as_deref(), Some("v7"));
@@ -502,7 +636,7 @@ mod tests {
         assert_eq!(s.release(id).unwrap().unwrap().1["phase"], "completed");
         let p = ProcessRecord {
             service: "chat".into(),
-            color: "green".into(),
+            color: Color::Green,
             replica: 0,
             port: 9002,
             pid: 42,
@@ -511,7 +645,51 @@ mod tests {
         };
         s.put_process(&p).unwrap();
         assert_eq!(s.processes("chat").unwrap(), vec![p]);
-        s.remove_processes("chat", "green").unwrap();
+        s.remove_processes("chat", Color::Green).unwrap();
         assert!(s.processes("chat").unwrap().is_empty());
+    }
+
+    /// The API shows these strings; the enums must write exactly what the strings were.
+    #[test]
+    fn kinds_and_colors_keep_their_stored_and_json_text() {
+        for k in HistoryKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        assert_eq!(serde_json::to_value(Color::Green).unwrap(), "green");
+        let (s, _) = temp_store();
+        s.ensure_service("chat", None, None).unwrap();
+        s.switch(&SwitchRecord {
+            kind: SwitchKind::RolledBack,
+            ..switch("chat", 0, Color::Green)
+        })
+        .unwrap();
+        s.record_event(&EventRecord {
+            service: "chat",
+            kind: HistoryKind::ReleaseInterrupted,
+            color: Some(Color::Blue),
+            version: Some("v2"),
+            actor: "controller",
+            reason: "restart",
+            release_id: Some(3),
+        })
+        .unwrap();
+        let raw: Vec<(String, Option<String>)> = s
+            .conn()
+            .prepare("SELECT kind, to_color FROM history ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            raw,
+            vec![
+                ("rolled_back".to_string(), Some("green".to_string())),
+                ("release_interrupted".to_string(), Some("blue".to_string()))
+            ]
+        );
+        let h = s.history("chat", 10).unwrap();
+        assert_eq!(h[0].kind, HistoryKind::ReleaseInterrupted);
+        assert_eq!(h[0].from, Some(Color::Green), "from is the stored live color");
     }
 }

@@ -39,6 +39,32 @@ fn read_token(path: &Path) -> Result<String, Failure> {
         .map_err(|e| Failure::new(3, format!("cannot read the token file {}: {e}", path.display())))
 }
 
+/// The admin address of the router running `c`: the configured one, or, for port 0, the one
+/// it wrote to `admin.address_file`.
+fn admin_address(c: &cutover_config::Config) -> Result<std::net::SocketAddr, Failure> {
+    if c.admin.listen.port() != 0 {
+        return Ok(c.admin.listen);
+    }
+    let Some(path) = &c.admin.address_file else {
+        return Err(Failure::new(
+            2,
+            "admin.listen says port 0 and there is no admin.address_file to read the bound port from: pass --admin",
+        ));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            3,
+            format!("cannot read the router's admin address from {}: {e}", path.display()),
+        )
+    })?;
+    text.trim().parse().map_err(|_| {
+        Failure::new(
+            3,
+            format!("{} does not hold an address: {:?}", path.display(), text.trim()),
+        )
+    })
+}
+
 impl Client {
     /// Resolves the admin address and token: flags, then environment, then `--config`.
     pub fn new(r: &Remote) -> Result<Client, Failure> {
@@ -46,11 +72,11 @@ impl Client {
             Some(p) => Some(cutover_config::load(p).map_err(|e| Failure::new(2, e.to_string()))?),
             None => None,
         };
-        let base = r
-            .admin
-            .clone()
-            .or_else(|| cfg.as_ref().map(|c| format!("http://{}", c.admin.listen)))
-            .unwrap_or_else(|| "http://127.0.0.1:9901".to_string());
+        let base = match (&r.admin, &cfg) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) => format!("http://{}", admin_address(c)?),
+            (None, None) => "http://127.0.0.1:9901".to_string(),
+        };
         let token = match (&r.token, &r.token_file, &cfg) {
             (Some(t), _, _) => t.clone(),
             (None, Some(f), _) => read_token(f)?,

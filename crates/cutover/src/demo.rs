@@ -109,17 +109,19 @@ fn start_traffic(url: String, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -
         .collect()
 }
 
-fn config_text(exe: &str, admin: u16, listen: u16, blue: u16, green: u16) -> String {
+/// The demo's config: cutover's own listeners on port 0 (the kernel picks, `serve` reports),
+/// the managed model servers on the given ports (cutover must know where they listen).
+fn config_text(exe: &str, blue: u16, green: u16) -> String {
     format!(
         r#"# Written by `cutover demo`.
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:0"
 
 [store]
 path = "cutover.db"
 
 [services.chat]
-listen = "127.0.0.1:{listen}"
+listen = "127.0.0.1:0"
 health = {{ path = "/health", interval = "200ms", timeout = "1s" }}
 
 [services.chat.run]
@@ -166,17 +168,21 @@ pub async fn run() -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, format!("cannot create {}: {e}", dir.display())))?;
     let exe = std::env::current_exe().map_err(|e| Failure::new(1, format!("cannot find my own binary: {e}")))?;
-    let ports = (|| Ok::<_, std::io::Error>((free_port()?, free_port()?, free_port()?, free_port()?)))()
+    let ports = (|| Ok::<_, std::io::Error>((free_port()?, free_port()?)))()
         .map_err(|e| Failure::new(1, format!("no free port: {e}")))?;
-    let (admin, listen, blue, green) = ports;
+    let (blue, green) = ports;
     let cfg_path = dir.join("cutover.toml");
-    std::fs::write(
-        &cfg_path,
-        config_text(&exe.to_string_lossy(), admin, listen, blue, green),
-    )
-    .map_err(|e| Failure::new(1, e.to_string()))?;
+    std::fs::write(&cfg_path, config_text(&exe.to_string_lossy(), blue, green))
+        .map_err(|e| Failure::new(1, e.to_string()))?;
     let config = cutover_config::load(&cfg_path).map_err(|e| Failure::new(2, e.to_string()))?;
     let store_path = config.store.path.clone();
+    let listeners = cutover_control::server::Listeners::bind(&config)
+        .await
+        .map_err(|e| Failure::new(1, format!("{e:#}")))?;
+    let bound = listeners
+        .addresses()
+        .map_err(|e| Failure::new(1, format!("cannot read the bound addresses: {e}")))?;
+    let (admin, listen) = (bound.admin.port(), bound.services["chat"].listen.port());
 
     println!("cutover demo — everything runs on this machine, in {}", dir.display());
     println!("  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}");
@@ -184,10 +190,12 @@ pub async fn run() -> Result<(), Failure> {
     println!("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cutover_control::server::serve_until(
+    let server = tokio::spawn(cutover_control::server::run(
         config,
+        listeners,
         cutover_control::server::ServeOptions {
             grace: Duration::from_secs(5),
+            addresses_file: None,
         },
         async move {
             let _ = stop_rx.await;

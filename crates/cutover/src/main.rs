@@ -69,6 +69,11 @@ enum Command {
         threads: Option<usize>,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Once every listener serves, write their bound addresses here as JSON
+        /// (`{"admin": ..., "services": {NAME: {"listen": ..., "preview_listen": ...}}}`):
+        /// how a script finds the ports of a config that says port 0.
+        #[arg(long)]
+        addresses_file: Option<PathBuf>,
     },
     /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
     Demo,
@@ -209,40 +214,10 @@ fn main() -> ExitCode {
             grace,
             threads,
             log_format,
+            addresses_file,
         } => {
             init_logs(log_format);
-            let cfg = match cutover_config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let rt = match threads {
-                Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-                Some(n) => tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(n)
-                    .enable_all()
-                    .build(),
-                None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
-            };
-            let rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(cutover_control::server::serve(
-                cfg,
-                cutover_control::server::ServeOptions { grace },
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            serve(&config, grace, threads, addresses_file)
         }
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -260,46 +235,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.
+fn serve(
+    config: &std::path::Path,
+    grace: Duration,
+    threads: Option<usize>,
+    addresses_file: Option<PathBuf>,
+) -> ExitCode {
+    let cfg = match cutover_config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(cutover_control::server::serve(
+        cfg,
+        cutover_control::server::ServeOptions { grace, addresses_file },
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn remote(cmd: Command) -> Result<(), Failure> {
     match cmd {
-        Command::Status { service, remote } => {
-            let c = Client::new(&remote)?;
-            match service {
-                Some(s) => {
-                    let v = c.get(&format!("/v1/services/{s}")).await?;
-                    output::print(&remote, &v, output::status)
-                }
-                None => {
-                    let v = c.get("/v1/services").await?;
-                    output::print(&remote, &v, |v| {
-                        v["services"]
-                            .as_array()
-                            .map(|a| a.iter().map(output::status).collect::<Vec<_>>().join("\n"))
-                            .unwrap_or_default()
-                    })
-                }
-            }
-        }
-        Command::History { service, limit, remote } => {
-            let c = Client::new(&remote)?;
-            let names = match service {
-                Some(s) => vec![s],
-                None => {
-                    let v = c.get("/v1/services").await?;
-                    v["services"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| s["name"].as_str().map(String::from))
-                        .collect()
-                }
-            };
-            for name in names {
-                let v = c.get(&format!("/v1/services/{name}/history?limit={limit}")).await?;
-                output::print(&remote, &v, output::history)?;
-            }
-            Ok(())
-        }
+        Command::Status { service, remote } => status(&remote, service).await,
+        Command::History { service, limit, remote } => history(&remote, service, limit).await,
         Command::Switch {
             service,
             color,
@@ -308,9 +288,9 @@ async fn remote(cmd: Command) -> Result<(), Failure> {
             reason,
             remote,
         } => {
-            let c = Client::new(&remote)?;
             let body =
                 serde_json::json!({"to": color, "force": force, "if_generation": if_generation, "reason": reason});
+            let c = Client::new(&remote)?;
             let v = c.post(&format!("/v1/services/{service}/switch"), &body).await?;
             output::print(&remote, &v, |v| {
                 format!(
@@ -326,82 +306,128 @@ async fn remote(cmd: Command) -> Result<(), Failure> {
             version,
             wait,
             remote,
-        } => {
-            let c = Client::new(&remote)?;
-            let v = c
-                .post(
-                    &format!("/v1/services/{service}/releases"),
-                    &serde_json::json!({"version": version}),
-                )
-                .await?;
-            let id = v["id"].as_i64().unwrap_or(0);
-            if !wait {
-                return output::print(&remote, &v, |v| {
-                    format!(
-                        "{service}: release #{id} of {version} into {} started",
-                        v["color"].as_str().unwrap_or("?")
-                    )
-                });
-            }
-            println!(
-                "{service}: release #{id} of {version} into {}",
-                v["color"].as_str().unwrap_or("?")
-            );
-            follow(&c, &remote, &service, id).await
-        }
-        Command::Approve { service, remote } => {
-            let c = Client::new(&remote)?;
-            let id = active_release(&c, &service).await?;
-            let v = c
-                .post(
-                    &format!("/v1/services/{service}/releases/{id}/approve"),
-                    &serde_json::json!({}),
-                )
-                .await?;
-            output::print(&remote, &v, |_| format!("{service}: release #{id} approved"))
-        }
-        Command::Abort { service, remote } => {
-            let c = Client::new(&remote)?;
-            let id = active_release(&c, &service).await?;
-            let v = c
-                .post(
-                    &format!("/v1/services/{service}/releases/{id}/abort"),
-                    &serde_json::json!({}),
-                )
-                .await?;
-            output::print(&remote, &v, |_| format!("{service}: aborting release #{id}"))
-        }
+        } => release(&remote, &service, &version, wait).await,
+        Command::Approve { service, remote } => signal(&remote, &service, "approve").await,
+        Command::Abort { service, remote } => signal(&remote, &service, "abort").await,
         Command::Rollback {
             service,
             redeploy,
             force,
             reason,
             remote,
-        } => {
-            let c = Client::new(&remote)?;
-            let body = serde_json::json!({"force": force, "reason": reason, "redeploy": redeploy});
-            let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
-            if redeploy {
-                let id = v["release"]["id"].as_i64().unwrap_or(0);
-                println!(
-                    "{service}: redeploying {} as release #{id}",
-                    v["release"]["version"].as_str().unwrap_or("?")
-                );
-                return follow(&c, &remote, &service, id).await;
-            }
-            output::print(&remote, &v, |v| {
-                format!(
-                    "{service}: rolled back to {} (generation {}, version {})",
-                    v["live"].as_str().unwrap_or("?"),
-                    v["generation"],
-                    v["version"].as_str().unwrap_or("-")
-                )
-            })
-        }
+        } => rollback(&remote, &service, redeploy, force, reason).await,
         Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } | Command::Demo => {
             unreachable!("handled in main")
         }
     }
+}
+
+async fn status(remote: &Remote, service: Option<String>) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    match service {
+        Some(s) => {
+            let v = c.get(&format!("/v1/services/{s}")).await?;
+            output::print(remote, &v, output::status)
+        }
+        None => {
+            let v = c.get("/v1/services").await?;
+            output::print(remote, &v, |v| {
+                v["services"]
+                    .as_array()
+                    .map(|a| a.iter().map(output::status).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default()
+            })
+        }
+    }
+}
+
+async fn history(remote: &Remote, service: Option<String>, limit: u32) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let names = match service {
+        Some(s) => vec![s],
+        None => {
+            let v = c.get("/v1/services").await?;
+            v["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["name"].as_str().map(String::from))
+                .collect()
+        }
+    };
+    for name in names {
+        let v = c.get(&format!("/v1/services/{name}/history?limit={limit}")).await?;
+        output::print(remote, &v, output::history)?;
+    }
+    Ok(())
+}
+
+async fn release(remote: &Remote, service: &str, version: &str, wait: bool) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c
+        .post(
+            &format!("/v1/services/{service}/releases"),
+            &serde_json::json!({"version": version}),
+        )
+        .await?;
+    let id = v["id"].as_i64().unwrap_or(0);
+    if !wait {
+        return output::print(remote, &v, |v| {
+            format!(
+                "{service}: release #{id} of {version} into {} started",
+                v["color"].as_str().unwrap_or("?")
+            )
+        });
+    }
+    println!(
+        "{service}: release #{id} of {version} into {}",
+        v["color"].as_str().unwrap_or("?")
+    );
+    follow(&c, remote, service, id).await
+}
+
+/// `approve` or `abort` the release in progress.
+async fn signal(remote: &Remote, service: &str, what: &str) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let id = active_release(&c, service).await?;
+    let v = c
+        .post(
+            &format!("/v1/services/{service}/releases/{id}/{what}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    output::print(remote, &v, |_| match what {
+        "approve" => format!("{service}: release #{id} approved"),
+        _ => format!("{service}: aborting release #{id}"),
+    })
+}
+
+async fn rollback(
+    remote: &Remote,
+    service: &str,
+    redeploy: bool,
+    force: bool,
+    reason: Option<String>,
+) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let body = serde_json::json!({"force": force, "reason": reason, "redeploy": redeploy});
+    let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
+    if redeploy {
+        let id = v["release"]["id"].as_i64().unwrap_or(0);
+        println!(
+            "{service}: redeploying {} as release #{id}",
+            v["release"]["version"].as_str().unwrap_or("?")
+        );
+        return follow(&c, remote, service, id).await;
+    }
+    output::print(remote, &v, |v| {
+        format!(
+            "{service}: rolled back to {} (generation {}, version {})",
+            v["live"].as_str().unwrap_or("?"),
+            v["generation"],
+            v["version"].as_str().unwrap_or("-")
+        )
+    })
 }
 
 async fn active_release(c: &Client, service: &str) -> Result<i64, Failure> {

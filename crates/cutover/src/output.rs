@@ -19,12 +19,15 @@ fn s(v: &Value) -> &str {
 }
 
 pub fn status(v: &Value) -> String {
+    // The bound address is the useful one (the config may say port 0).
+    let listen = v["bound"]["listen"].as_str().unwrap_or(s(&v["listen"]));
+    let preview = v["bound"]["preview_listen"].as_str().or(v["preview_listen"].as_str());
     let mut out = format!(
-        "{}  live: {}  generation {}  listen {}\n",
+        "{}  live: {}  generation {}  listen {listen}{}\n",
         s(&v["name"]),
         v["live"].as_str().unwrap_or("none"),
         v["generation"],
-        s(&v["listen"])
+        preview.map(|p| format!("  preview {p}")).unwrap_or_default()
     );
     for color in ["blue", "green"] {
         let c = &v["colors"][color];

@@ -23,7 +23,19 @@ async fn dashboard_shows_the_api_state_and_switches_on_click() {
     for _ in 0..20 {
         get(&r.url("/v1/models")).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The chart draws from the 2-second samples: wait for one that saw the traffic.
+    wait_for("a sample with traffic", Duration::from_secs(10), || async {
+        let s = r
+            .api(http::Method::GET, "/v1/services/chat/series", serde_json::Value::Null)
+            .await
+            .json();
+        s["points"]
+            .as_array()?
+            .iter()
+            .any(|p| p["colors"]["blue"]["rps"].as_f64().unwrap_or(0.0) > 0.0)
+            .then_some(())
+    })
+    .await;
     // Under the clone's target/ even when CARGO_TARGET_DIR points elsewhere: CI keeps it.
     let target = root.join("target");
     std::fs::create_dir_all(&target).unwrap();

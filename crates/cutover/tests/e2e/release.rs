@@ -324,10 +324,17 @@ async fn good_release_under_load_fails_no_request() {
     let id = r.release("v1").await;
     assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
     let traffic = Traffic::start(r.url("/v1/chat/completions"), 4, Duration::from_millis(2));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served = |v: &'static str| {
+        let by = traffic.by_version.clone();
+        move || {
+            let n = by.lock().unwrap().get(v).copied().unwrap_or(0);
+            async move { (n > 10).then_some(()) }
+        }
+    };
+    wait_for("traffic to v1", Duration::from_secs(10), served("v1")).await;
     let (code, out, err) = r.cli_async(&["release", "chat", "v2", "--wait"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("traffic to v2", Duration::from_secs(10), served("v2")).await;
     let (ok, failed, by) = traffic.stop().await;
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
     assert!(

@@ -1,4 +1,5 @@
-//! A router killed with SIGKILL comes back with every acknowledged switch.
+//! A router killed with SIGKILL comes back with every acknowledged switch; a second router
+//! started by mistake on the same config leaves the running one untouched.
 
 use std::time::Duration;
 
@@ -46,7 +47,10 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
         .unwrap();
     let resp = c.request(req).await.unwrap();
     let reader = tokio::spawn(read_stream(resp));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the stream to be in flight", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["in_flight"] == 1).then_some(())
+    })
+    .await;
     r.proc.signal("TERM");
     // New connections are refused soon after; the running stream goes on.
     wait_for("the listener to close", Duration::from_secs(5), || async {
@@ -61,4 +65,103 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     assert_eq!(stream_versions(&events).unwrap().len(), 51);
     let code = tokio::task::block_in_place(|| r.proc.wait_exit(Duration::from_secs(10)));
     assert_eq!(code, Some(0));
+}
+
+/// Regression: a second `serve` of the same config used to open the store first, marking the
+/// live instance's running release `release_interrupted`, and only then fail to bind. Now
+/// every listener is bound before the store is opened.
+#[tokio::test]
+async fn a_second_serve_of_the_same_config_fails_to_bind_and_writes_nothing() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release.verify]\nbake = \"5m\"\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    r.wait_phase(id, "verifying", Duration::from_secs(20)).await;
+    let history = |r: &Router| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(r.dir.path().join("cutover.db"))
+            // Not the whole document: verification rewrites its gate readings every 2 s.
+            .arg("SELECT id, kind, generation FROM history ORDER BY id; SELECT id, finished, json_extract(doc, '$.phase'), json_extract(doc, '$.outcome'), json_extract(doc, '$.reason') FROM releases ORDER BY id;")
+            .output()
+            .expect("the sqlite3 shell is installed (bash .ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = history(&r);
+    assert!(
+        before.contains("release_started") && before.contains("1|0|verifying||"),
+        "{before}"
+    );
+
+    // The same config, with the ports the first instance bound: same store, same listeners.
+    let again = r.dir.path().join("cutover-again.toml");
+    std::fs::write(&again, r.config_as_bound()).unwrap();
+    let out = r
+        .serve_command(&again, &r.dir.path().join("addresses-again.json"))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on admin.listen 127.0.0.1:{}", r.admin)),
+        "the error names the listener it could not bind: {err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(!r.dir.path().join("addresses-again.json").exists());
+
+    assert_eq!(history(&r), before, "the second serve wrote nothing into the store");
+    let d = r.release_doc(id).await;
+    assert_eq!(
+        (d["phase"].as_str(), d["outcome"].is_null()),
+        (Some("verifying"), true),
+        "{d}"
+    );
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["generation"].as_u64()),
+        (Some("green"), Some(2))
+    );
+    assert_eq!(st["release"]["id"], id);
+}
+
+/// `serve` reports the ports it bound for a config that says port 0: in the addresses file,
+/// in a log line per listener, and in the service status (`bound`), next to the configured
+/// addresses.
+#[tokio::test]
+async fn port_0_listeners_are_reported_in_the_log_the_file_and_the_status() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert!(r.admin != 0 && r.listen != 0 && r.preview != 0);
+    assert_eq!(
+        [r.admin, r.listen, r.preview]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+    let st = r.status().await;
+    assert_eq!(st["listen"], "127.0.0.1:0", "the configured address is still shown");
+    assert_eq!(st["bound"]["listen"], format!("127.0.0.1:{}", r.listen));
+    assert_eq!(st["bound"]["preview_listen"], format!("127.0.0.1:{}", r.preview));
+    let log = r.log();
+    for (port, what) in [
+        (r.admin, "admin API listening"),
+        (r.listen, "data plane listening"),
+        (r.preview, "data plane listening"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(what) && l.contains(&format!("127.0.0.1:{port}"))),
+            "a log line for {port}: {log}"
+        );
+    }
+    let (code, out, err) = r.cli(&["status", "chat"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("127.0.0.1:{}", r.listen)), "{out}");
 }

@@ -128,7 +128,22 @@ async fn one_dead_endpoint_of_the_live_color_costs_no_request() {
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
         assert_eq!(resp.header("x-cutover-color"), "blue", "never the other color");
         if i == 30 {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            let dead = b1.addr();
+            wait_for(
+                "health checks to mark the dead endpoint",
+                Duration::from_secs(10),
+                || async {
+                    let st = r.status().await;
+                    let eps = st["colors"]["blue"]["endpoints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    eps.iter()
+                        .any(|e| e["address"] == dead.as_str() && e["health"] == "unhealthy")
+                        .then_some(())
+                },
+            )
+            .await;
         }
     }
     assert!(b2.stats().await["model_requests"].as_u64().unwrap() >= 60);

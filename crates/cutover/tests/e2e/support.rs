@@ -1,5 +1,11 @@
-//! Shared harness: real `cutover` and `mock-model` processes on free loopback ports, a temp
-//! folder per router, and plain HTTP clients.
+//! Shared harness: real `cutover` and `mock-model` processes on loopback, a temp folder per
+//! router, and plain HTTP clients.
+//!
+//! A router's own listeners (admin, service, preview) are configured on port 0 and read back
+//! from the file `serve --addresses-file` writes once everything serves: no port is picked
+//! here and handed over (a race with whatever else binds meanwhile). Model servers and
+//! managed environments still get a free port handed to them: cutover must know where they
+//! listen before they run.
 
 #![allow(dead_code)]
 
@@ -187,12 +193,26 @@ pub struct Mock {
 }
 
 impl Mock {
+    /// Starts a mock on a free port. A mock has to be told its port (cutover's config names
+    /// it), so the port is picked here; if another process took it meanwhile the mock exits
+    /// at its bind and is started again on a new one.
     pub async fn start(version: &str, extra: &[&str]) -> Mock {
-        let port = free_port();
-        Mock::start_on(port, version, extra).await
+        for _ in 0..5 {
+            if let Some(m) = Mock::try_start_on(free_port(), version, extra).await {
+                return m;
+            }
+        }
+        panic!("mock-model could not bind a free port five times in a row");
     }
 
     pub async fn start_on(port: u16, version: &str, extra: &[&str]) -> Mock {
+        Mock::try_start_on(port, version, extra)
+            .await
+            .unwrap_or_else(|| panic!("mock-model exited instead of listening on {port}"))
+    }
+
+    /// `None` when the process exited before it listened (its port was taken).
+    async fn try_start_on(port: u16, version: &str, extra: &[&str]) -> Option<Mock> {
         let child = Command::new(MOCK)
             .args(["--port", &port.to_string(), "--model-version", version])
             .args(extra)
@@ -200,17 +220,29 @@ impl Mock {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mock-model");
-        let m = Mock {
+        let mut m = Mock {
             port,
             version: version.into(),
             proc: Proc(Some(child)),
         };
         let url = format!("http://127.0.0.1:{port}/v1/models");
-        wait_for("mock-model to listen", Duration::from_secs(10), || async {
-            get(&url).await.ok()
+        let version = m.version.clone();
+        let proc = &mut m.proc;
+        // Generous: on a loaded machine (the whole suite at once on 2 cores) a start is slow.
+        let listening = wait_for("mock-model to listen", Duration::from_secs(30), || {
+            let exited = matches!(proc.0.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+            let (url, version) = (url.clone(), version.clone());
+            async move {
+                if exited {
+                    return Some(false);
+                }
+                // Only this mock answers with its version: not whoever else holds the port.
+                let r = get(&url).await.ok()?;
+                (r.header("x-model-version") == version).then_some(true)
+            }
         })
         .await;
-        m
+        listening.then_some(m)
     }
 
     pub fn addr(&self) -> String {
@@ -228,8 +260,11 @@ impl Mock {
 /// A running `cutover serve` in its own folder.
 pub struct Router {
     pub dir: TempDir,
+    /// The ports the running process bound, read from its addresses file; a restart
+    /// (`spawn`) binds new ones and updates these.
     pub admin: u16,
     pub listen: u16,
+    /// 0 when the service has no preview listener.
     pub preview: u16,
     pub token: String,
     pub config: PathBuf,
@@ -240,27 +275,26 @@ pub struct Router {
 }
 
 impl Router {
-    /// `services` is TOML for `[services.chat...]`; `{listen}` and `{preview}` are filled in.
+    /// `services` is TOML for `[services.chat...]`; `{listen}` and `{preview}` become port 0.
     pub async fn start(services: &str) -> Router {
         Router::start_with_env(services, &[]).await
     }
 
     pub async fn start_with_env(services: &str, env: &[(&str, &str)]) -> Router {
         let dir = TempDir::new("router");
-        let (admin, listen, preview) = (free_port(), free_port(), free_port());
         let text = format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[store]\npath = \"cutover.db\"\n\n{}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\naddress_file = \"admin.addr\"\n\n[store]\npath = \"cutover.db\"\n\n{}",
             services
-                .replace("{listen}", &format!("127.0.0.1:{listen}"))
-                .replace("{preview}", &format!("127.0.0.1:{preview}"))
+                .replace("{listen}", "127.0.0.1:0")
+                .replace("{preview}", "127.0.0.1:0")
         );
         let config = dir.path().join("cutover.toml");
         std::fs::write(&config, text).unwrap();
         let mut r = Router {
             dir,
-            admin,
-            listen,
-            preview,
+            admin: 0,
+            listen: 0,
+            preview: 0,
             token: String::new(),
             config,
             proc: Proc(None),
@@ -271,28 +305,23 @@ impl Router {
         r
     }
 
-    /// Starts (again) the serve process on the same folder and ports.
+    /// The file the serve process writes its bound addresses to.
+    pub fn addresses_file(&self) -> PathBuf {
+        self.dir.path().join("addresses.json")
+    }
+
+    /// Starts (again) the serve process on the same folder; it binds new ports.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("serve.log"))
-            .unwrap();
-        let child = Command::new(CUTOVER)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .args(["--grace", "5s"])
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
+        let addresses = self.addresses_file();
+        let _ = std::fs::remove_file(&addresses);
+        let child = self
+            .serve_command(&self.config, &addresses)
             .spawn()
             .expect("spawn cutover");
         self.proc = Proc(Some(child));
-        let url = format!("http://127.0.0.1:{}/healthz", self.admin);
         let proc = &mut self.proc;
         let log_path = self.dir.path().join("serve.log");
-        wait_for("cutover to serve", Duration::from_secs(15), || {
+        let bound: Value = wait_for("cutover to write its addresses", Duration::from_secs(15), || {
             if let Some(c) = proc.0.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     panic!(
@@ -301,6 +330,21 @@ impl Router {
                     );
                 }
             }
+            // Written with a rename once everything serves: present means complete.
+            let text = std::fs::read_to_string(&addresses).ok();
+            async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
+        })
+        .await;
+        let port = |v: &Value| -> u16 {
+            v.as_str()
+                .map(|a| a.parse::<std::net::SocketAddr>().expect("an address").port())
+                .unwrap_or(0)
+        };
+        self.admin = port(&bound["admin"]);
+        self.listen = port(&bound["services"]["chat"]["listen"]);
+        self.preview = port(&bound["services"]["chat"]["preview_listen"]);
+        let url = format!("http://127.0.0.1:{}/healthz", self.admin);
+        wait_for("cutover to serve", Duration::from_secs(15), || {
             let url = url.clone();
             async move { get(&url).await.ok().filter(|r| r.status == 200) }
         })
@@ -309,6 +353,36 @@ impl Router {
             .unwrap()
             .trim()
             .to_string();
+    }
+
+    /// A `cutover serve` of `config` with this router's log and environment, writing its
+    /// bound addresses to `addresses`.
+    pub fn serve_command(&self, config: &Path, addresses: &Path) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let mut cmd = Command::new(CUTOVER);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .args(["--grace", "5s", "--addresses-file"])
+            .arg(addresses)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
+    }
+
+    /// The config with every port 0 replaced by the port the running process bound: a
+    /// second `serve` of it competes for exactly the live instance's listeners.
+    pub fn config_as_bound(&self) -> String {
+        std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.admin), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.listen), 1)
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{}", self.preview), 1)
     }
 
     pub fn log(&self) -> String {

@@ -87,7 +87,10 @@ async fn switch_storm_under_load_fails_no_request_and_mixes_no_versions() {
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("traffic to flow", Duration::from_secs(10), || async {
+        (plain_ok.load(Relaxed) > 10).then_some(())
+    })
+    .await;
     let probe = http_client();
     let started = Instant::now();
     let switches = 200;
@@ -170,12 +173,13 @@ async fn long_stream_started_on_blue_finishes_on_blue_after_switch() {
     assert_eq!(resp.headers()["x-cutover-color"], "blue");
     let reader = tokio::spawn(read_stream(resp));
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        r.status().await["colors"]["blue"]["in_flight"],
-        1,
-        "the stream counts while it runs"
-    );
+    // The stream counts while it runs.
+    wait_for(
+        "the stream to count in blue's in-flight",
+        Duration::from_secs(10),
+        || async { (r.status().await["colors"]["blue"]["in_flight"] == 1).then_some(()) },
+    )
+    .await;
     assert_eq!(r.switch("green").await.status, 200);
     let after = get(&r.url("/v1/models")).await.unwrap();
     assert_eq!(after.header("x-cutover-color"), "green");

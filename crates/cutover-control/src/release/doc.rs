@@ -1,0 +1,129 @@
+//! The release document: what `GET .../releases/{id}` returns and what the store keeps, one
+//! JSON value rewritten at every transition.
+
+use cutover_proxy::Color;
+use cutover_release::{Gate, Outcome, Phase, Plan};
+use serde::{Deserialize, Serialize};
+
+/// One phase as it happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub phase: Phase,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Milliseconds spent in the phase, once it ended.
+    pub elapsed_ms: Option<u64>,
+    pub detail: Option<String>,
+}
+
+impl PhaseRecord {
+    pub(crate) fn begin(phase: Phase, at: String) -> PhaseRecord {
+        PhaseRecord {
+            phase,
+            started_at: at,
+            ended_at: None,
+            elapsed_ms: None,
+            detail: None,
+        }
+    }
+}
+
+/// A release as stored and served by the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseDoc {
+    /// 0 until the store assigned one (only between insert and the first update).
+    pub id: i64,
+    pub service: String,
+    pub version: String,
+    /// The color the new version goes to (the idle one when the release began).
+    pub color: Color,
+    pub previous_color: Option<Color>,
+    pub previous_version: Option<String>,
+    pub phase: Phase,
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub plan: Plan,
+    pub actor: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub phases: Vec<PhaseRecord>,
+    pub gates: Vec<Gate>,
+    /// Time from the switch decision to the new route table being live, store commit included.
+    pub switch_ms: Option<f64>,
+    /// Time from the breach being seen to the old color being live again.
+    pub rollback_ms: Option<f64>,
+    pub generation: Option<u64>,
+    /// When the old color is due to be scaled down (unix seconds), after completion.
+    pub scale_down_at: Option<u64>,
+    #[serde(default)]
+    pub scaled_down: bool,
+}
+
+/// What a new release starts from.
+pub(crate) struct NewRelease<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) actor: &'a str,
+    pub(crate) color: Color,
+    pub(crate) previous_color: Option<Color>,
+    pub(crate) previous_version: Option<String>,
+    pub(crate) plan: Plan,
+}
+
+impl ReleaseDoc {
+    pub(crate) fn new(r: NewRelease<'_>, now: String) -> ReleaseDoc {
+        ReleaseDoc {
+            id: 0,
+            service: r.service.to_string(),
+            version: r.version.to_string(),
+            color: r.color,
+            previous_color: r.previous_color,
+            previous_version: r.previous_version,
+            phase: Phase::Provisioning,
+            outcome: None,
+            reason: None,
+            plan: r.plan,
+            actor: r.actor.to_string(),
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            phases: vec![PhaseRecord::begin(Phase::Provisioning, now)],
+            gates: Vec::new(),
+            switch_ms: None,
+            rollback_ms: None,
+            generation: None,
+            scale_down_at: None,
+            scaled_down: false,
+        }
+    }
+
+    /// Ends the current phase with `detail` and moves to `to`; with an outcome the release
+    /// ends there and `detail` becomes its reason.
+    pub(crate) fn advance(&mut self, to: Phase, outcome: Option<Outcome>, detail: &str, elapsed_ms: u64, now: String) {
+        if let Some(p) = self.phases.last_mut() {
+            p.ended_at = Some(now.clone());
+            p.elapsed_ms = Some(elapsed_ms);
+            p.detail = Some(detail.to_string());
+        }
+        self.phase = to;
+        self.outcome = outcome;
+        if outcome.is_some() {
+            self.reason = Some(detail.to_string());
+        } else {
+            self.phases.push(PhaseRecord::begin(to, now));
+        }
+    }
+
+    /// The environment hooks see.
+    pub(crate) fn hook_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CUTOVER_SERVICE".into(), self.service.clone()),
+            ("CUTOVER_VERSION".into(), self.version.clone()),
+            (
+                "CUTOVER_PREVIOUS_VERSION".into(),
+                self.previous_version.clone().unwrap_or_default(),
+            ),
+            ("CUTOVER_COLOR".into(), self.color.as_str().into()),
+            ("CUTOVER_RELEASE_ID".into(), self.id.to_string()),
+        ]
+    }
+}

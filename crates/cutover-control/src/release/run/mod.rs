@@ -1,0 +1,218 @@
+//! One release run: the pipeline from provisioning to completed (or aborted / rolled back),
+//! committing each transition to the store before anything sees it, with a deadline on every
+//! phase and abort watched throughout.
+//!
+//! The run is three stages, one file each: [`pre_switch`] (steps that leave live traffic
+//! untouched; a failure tears the idle color down), [`switch`] (the switch, post-switch
+//! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
+
+mod pre_switch;
+mod switch;
+mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_release::{Event, Phase, Refused, Release};
+use cutover_store::now_rfc3339;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::active::Active;
+use super::doc::ReleaseDoc;
+use crate::error::{StepError, StoreFailure};
+use crate::scale_down::ScaleDowns;
+use crate::service::ServiceCtl;
+use crate::steps::deadline_text;
+use crate::steps::provision::Dirs;
+use crate::store_call::blocking;
+
+/// What a run needs from outside its service.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub dirs: Dirs,
+    pub scale_downs: ScaleDowns,
+}
+
+/// Why the pipeline stopped before the end.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Failed(StepError),
+    /// Someone asked to abort; the reason names who.
+    Aborted(String),
+}
+
+impl Stop {
+    fn event(&self) -> Event {
+        match self {
+            Stop::Failed(e) => Event::Failed(e.reason.clone()),
+            Stop::Aborted(why) => Event::Abort(why.clone()),
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Stop::Failed(e) => &e.reason,
+            Stop::Aborted(why) => why,
+        }
+    }
+}
+
+/// A transition that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransitionError {
+    #[error("the release state machine refused the transition: {0}")]
+    Refused(Refused),
+    #[error("the store could not record the transition: {0}")]
+    Store(#[from] StoreFailure),
+}
+
+/// The run's state: the service it changes, the document it commits, the state machine that
+/// decides the next phase.
+pub(crate) struct ReleaseRun {
+    svc: Arc<ServiceCtl>,
+    env: RunEnv,
+    active: Active,
+    machine: Release,
+    abort_rx: watch::Receiver<Option<String>>,
+    /// When the current phase began, for its `elapsed_ms`.
+    phase_started: Instant,
+}
+
+impl ReleaseRun {
+    pub(crate) fn new(
+        svc: Arc<ServiceCtl>,
+        env: RunEnv,
+        active: Active,
+        abort_rx: watch::Receiver<Option<String>>,
+    ) -> ReleaseRun {
+        let plan = active.doc().plan;
+        ReleaseRun {
+            svc,
+            env,
+            active,
+            machine: Release::new(plan),
+            abort_rx,
+            phase_started: Instant::now(),
+        }
+    }
+
+    /// Runs the pipeline to its end; returns the final document.
+    pub(crate) async fn run(mut self) -> ReleaseDoc {
+        if let Err(stop) = self.pipeline().await {
+            self.finish_early(stop).await;
+        }
+        self.active.doc().clone()
+    }
+
+    async fn pipeline(&mut self) -> Result<(), Stop> {
+        let route = self.pre_switch().await?;
+        let baseline = match self.switch(&route).await? {
+            Some(baseline) => baseline,
+            // A post-switch hook failed and the run rolled back.
+            None => return Ok(()),
+        };
+        if self.machine.phase == Phase::Verifying {
+            match self.verify(&route, baseline).await {
+                Ok(detail) => {
+                    self.step(Event::Done, detail).await?;
+                }
+                Err(reason) => {
+                    self.roll_back(reason).await;
+                    return Ok(());
+                }
+            }
+        }
+        self.after_completion().await;
+        Ok(())
+    }
+
+    fn doc<R>(&self, f: impl FnOnce(&mut ReleaseDoc) -> R) -> R {
+        f(&mut self.active.doc())
+    }
+
+    /// Writes the document as it is now (gate readings, timings) without a transition.
+    async fn persist(&self) {
+        let (id, value, finished) = self.doc(|d| {
+            d.updated_at = now_rfc3339();
+            (d.id, serde_json::to_value(&*d), d.outcome.is_some())
+        });
+        let r = match value {
+            Ok(v) => blocking(&self.svc.store, move |s| s.update_release(id, &v, finished)).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = r {
+            tracing::error!(service = %self.svc.cfg.name, release = id, error = %e, "the store could not record the release document");
+        }
+    }
+
+    /// Stores `next`, and only then lets the API see it: nobody reads a phase or outcome
+    /// that a crash could still take back (a test saw "verifying" while the store held
+    /// "switching").
+    async fn commit(&self, mut next: ReleaseDoc) -> Result<(), StoreFailure> {
+        next.updated_at = now_rfc3339();
+        let (id, finished) = (next.id, next.outcome.is_some());
+        let value = serde_json::to_value(&next)?;
+        blocking(&self.svc.store, move |s| s.update_release(id, &value, finished)).await?;
+        self.doc(|d| *d = next);
+        Ok(())
+    }
+
+    /// Applies an event, records the finished phase's detail and commits before returning.
+    async fn transition(&mut self, event: Event, detail: String) -> Result<Phase, TransitionError> {
+        let from = self.machine.phase;
+        let to = self.machine.apply(&event).map_err(TransitionError::Refused)?;
+        let elapsed = self.phase_started.elapsed();
+        self.phase_started = Instant::now();
+        let mut next = self.doc(|d| d.clone());
+        next.advance(
+            to,
+            self.machine.outcome,
+            &detail,
+            elapsed.as_millis() as u64,
+            now_rfc3339(),
+        );
+        self.commit(next).await?;
+        let (svc, version, color) = self.doc(|d| (d.service.clone(), d.version.clone(), d.color));
+        tracing::info!(service = %svc, release = self.active.id, version = %version, color = %color, from = %from, to = %to, reason = %detail, "release phase");
+        Ok(to)
+    }
+
+    /// `transition` inside the pipeline: a transition that cannot be made stops the run.
+    async fn step(&mut self, event: Event, detail: String) -> Result<Phase, Stop> {
+        let phase = self.machine.phase;
+        self.transition(event, detail)
+            .await
+            .map_err(|e| Stop::Failed(StepError::new(phase, e.to_string())))
+    }
+
+    /// Runs `fut` unless its deadline (`None`: none) passes or someone aborts.
+    async fn guard<T>(
+        &mut self,
+        deadline: Option<Duration>,
+        what: &str,
+        fut: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, Stop> {
+        let phase = self.machine.phase;
+        let mut abort = self.abort_rx.clone();
+        let work = async {
+            match deadline {
+                Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+                    Err(format!(
+                        "{what} did not finish within its deadline of {}",
+                        deadline_text(d)
+                    ))
+                }),
+                None => fut.await,
+            }
+        };
+        tokio::select! {
+            r = work => r.map_err(|reason| Stop::Failed(StepError::new(phase, reason))),
+            r = abort.wait_for(|v| v.is_some()) => {
+                let why = r.ok().and_then(|v| v.clone()).unwrap_or_else(|| "aborted".into());
+                Err(Stop::Aborted(why))
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The stages before the switch: provision, wait for health, warm up, smoke-test, wait for
+//! approval, pre-switch hooks. Live traffic is untouched throughout; a failure or abort here
+//! ends the release as aborted and tears the idle color down.
+
+use std::sync::Arc;
+
+use cutover_proxy::ColorRoute;
+use cutover_release::{Event, Outcome, Phase};
+
+use super::{ReleaseRun, Stop};
+use crate::service::ColorState;
+use crate::steps;
+
+impl ReleaseRun {
+    /// Runs every stage before the switch; returns the new color's route, ready to go live.
+    pub(super) async fn pre_switch(&mut self) -> Result<Arc<ColorRoute>, Stop> {
+        let rel = self.svc.cfg.release.clone();
+        let phase_timeout = Some(rel.phase_timeout.get());
+        let (color, version) = self.doc(|d| (d.color, d.version.clone()));
+
+        self.env.scale_downs.cancel(&self.svc.cfg.name);
+        let provision = steps::provision(self.svc.clone(), self.env.dirs.clone(), color, version);
+        let detail = self.guard(phase_timeout, "provisioning", provision).await?;
+        self.step(Event::Done, detail).await?;
+
+        let route = self
+            .svc
+            .route(color)
+            .expect("both colors always have a route: installed at start, replaced whole");
+        let healthy = steps::wait_healthy(self.svc.clone(), route.clone());
+        let detail = self
+            .guard(Some(rel.health_timeout.get()), "waiting for health", healthy)
+            .await?;
+        self.step(Event::Done, detail).await?;
+        self.svc.set_state(color, Some(ColorState::Ready));
+
+        let detail = match rel.warmup.clone() {
+            Some(w) => {
+                let warm = steps::warm_up(self.svc.clone(), route.clone(), w);
+                self.guard(phase_timeout, "warm-up", warm).await?
+            }
+            None => "no warm-up configured".to_string(),
+        };
+        self.step(Event::Done, detail).await?;
+
+        let smoke = steps::smoke(self.svc.clone(), route.clone());
+        let detail = self.guard(phase_timeout, "smoke checks", smoke).await?;
+        if self.step(Event::Done, detail).await? == Phase::AwaitingApproval {
+            self.approval().await?;
+        }
+
+        let env = self.doc(|d| d.hook_env());
+        let per_hook = rel.hooks.timeout.get();
+        let hooks = steps::run_hooks("pre_switch", &rel.hooks.pre_switch, &env, per_hook);
+        let all_hooks = per_hook * (rel.hooks.pre_switch.len().max(1) as u32);
+        let detail = self.guard(Some(all_hooks), "pre-switch hooks", hooks).await?;
+        self.step(Event::Done, detail).await?;
+        Ok(route)
+    }
+
+    /// Waits for `approve` (or `auto_promote_after`), then records who approved.
+    async fn approval(&mut self) -> Result<(), Stop> {
+        let signals = self.active.signals.clone();
+        let auto_after = self.svc.cfg.release.auto_promote_after;
+        let wait = async {
+            match auto_after {
+                Some(after) => {
+                    tokio::select! {
+                        _ = signals.approve.notified() => {}
+                        _ = tokio::time::sleep(after.get()) => {
+                            signals.set_approver(format!("auto_promote_after ({after})"));
+                        }
+                    }
+                }
+                None => signals.approve.notified().await,
+            }
+            Ok::<_, String>(())
+        };
+        // No deadline of its own: a person may take the night; abort still works.
+        self.guard(None, "approval", wait).await?;
+        let by = self.active.signals.approver();
+        self.step(Event::Approve, format!("approved by {by}")).await?;
+        Ok(())
+    }
+
+    /// Before the switch: record the end, then tear the idle color down (managed).
+    pub(super) async fn finish_early(&mut self, stop: Stop) {
+        if self.machine.outcome.is_some() {
+            return;
+        }
+        match &stop {
+            Stop::Failed(e) => {
+                tracing::warn!(service = %self.svc.cfg.name, release = self.active.id, phase = %e.phase, reason = %e.reason, "release step failed")
+            }
+            Stop::Aborted(why) => {
+                tracing::info!(service = %self.svc.cfg.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")
+            }
+        }
+        if let Err(e) = self.transition(stop.event(), stop.detail().to_string()).await {
+            tracing::error!(service = %self.svc.cfg.name, release = self.active.id, error = %e, "could not record the end of the release");
+            self.doc(|d| {
+                d.outcome = Some(Outcome::Aborted);
+                d.reason = Some(stop.detail().to_string());
+            });
+        }
+        let color = self.doc(|d| d.color);
+        if self.svc.live() == Some(color) {
+            return;
+        }
+        let managed = self.svc.is_managed();
+        if managed {
+            self.svc.stop_managed(color).await;
+        }
+        let state = if managed {
+            ColorState::Stopped
+        } else {
+            ColorState::Failed
+        };
+        self.svc.set_state(color, Some(state));
+    }
+}

@@ -1,0 +1,98 @@
+//! Verification after the switch: the new color's own proxy metrics, since the switch, judged
+//! against the gates every tick for the bake window. A failing gate rolls back within one tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_config::{OnInconclusive, VerifyConfig};
+use cutover_proxy::{ColorRoute, Health, StatsSnapshot};
+use cutover_release::{judge, GateResult, Limits, Verdict, Window};
+use tokio::time::Instant;
+
+use super::ReleaseRun;
+
+/// How often the gates are evaluated: the bound on the time from a breach to the rollback.
+const TICK: Duration = Duration::from_millis(200);
+/// How often the gate readings are written to the store while they change.
+const PERSIST_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) fn default_verify() -> VerifyConfig {
+    // The same defaults a `[verify]` table with no keys gets.
+    toml::from_str("").expect("empty table deserializes with defaults")
+}
+
+/// What one evaluation decides: go on, or end with the detail (`Ok`) or a rollback reason.
+fn decide(verdict: &Verdict, v: &VerifyConfig, done: bool) -> Option<Result<String, String>> {
+    match verdict.result {
+        GateResult::Failing if v.auto_rollback => Some(Err(verdict.reason.clone())),
+        GateResult::Failing if done => Some(Ok(format!(
+            "gates failing but auto_rollback is off: {}",
+            verdict.reason
+        ))),
+        GateResult::Inconclusive if done => Some(match v.on_inconclusive {
+            OnInconclusive::Complete => Ok(format!(
+                "inconclusive, completed as configured (on_inconclusive = \"complete\"): {}",
+                verdict.reason
+            )),
+            OnInconclusive::Rollback => Err(format!(
+                "inconclusive, rolled back as configured (on_inconclusive = \"rollback\"): {}",
+                verdict.reason
+            )),
+        }),
+        GateResult::Passing if done => Some(Ok(format!("bake of {} passed: {}", v.bake, verdict.reason))),
+        _ => None,
+    }
+}
+
+impl ReleaseRun {
+    /// Watches the new color for the bake window. `Err` carries the reason to roll back.
+    pub(super) async fn verify(&mut self, route: &Arc<ColorRoute>, baseline: StatsSnapshot) -> Result<String, String> {
+        let v = self.svc.cfg.release.verify.clone().unwrap_or_else(default_verify);
+        let limits = Limits {
+            max_error_rate: v.max_error_rate,
+            max_p99: v.max_p99_latency.map(|d| d.get()),
+            min_requests: v.min_requests,
+        };
+        let until = Instant::now() + v.bake.get();
+        let mut last_persist = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let w = route.stats.snapshot().since(&baseline);
+            let window = Window {
+                requests: w.requests,
+                errors: w.errors + w.aborted_bodies,
+                p99: w.duration.quantile(0.99),
+                all_unhealthy: route.endpoints.iter().all(|e| e.health() == Health::Unhealthy),
+            };
+            let verdict = judge(&window, &limits);
+            self.doc(|d| d.gates = verdict.gates.clone());
+            if last_persist.elapsed() > PERSIST_EVERY {
+                self.persist().await;
+                last_persist = Instant::now();
+            }
+            if let Some(end) = decide(&verdict, &v, Instant::now() >= until) {
+                return end;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_verification_matches_the_documented_defaults() {
+        let v = default_verify();
+        assert_eq!(
+            (
+                v.bake.get().as_secs(),
+                v.max_error_rate,
+                v.min_requests,
+                v.auto_rollback
+            ),
+            (120, 0.01, 20, true)
+        );
+    }
+}

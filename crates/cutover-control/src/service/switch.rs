@@ -1,0 +1,199 @@
+//! Switch and rollback: the store commits first (compare-and-swap on the generation), then the
+//! new route table is published in one pointer swap.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use cutover_proxy::{health, Color, ColorRoute, RouteTable};
+use cutover_store::{SwitchKind, SwitchRecord};
+use serde::Serialize;
+
+use super::{ColorState, ServiceCtl};
+use crate::colors::stored;
+use crate::error::SwitchError;
+use crate::store_call::blocking;
+
+/// What a switch did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchOutcome {
+    pub live: Color,
+    pub previous: Option<Color>,
+    pub generation: u64,
+    pub version: Option<String>,
+}
+
+/// A request to make a color live.
+#[derive(Debug, Clone)]
+pub struct SwitchRequest {
+    /// `None`: the idle color.
+    pub to: Option<Color>,
+    pub if_generation: Option<u64>,
+    /// Switch even if the target has no healthy endpoint.
+    pub force: bool,
+    pub kind: SwitchKind,
+    pub actor: String,
+    pub reason: String,
+    pub release_id: Option<i64>,
+}
+
+/// A request to go back to the previous live color.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackRequest {
+    pub actor: String,
+    /// Empty: "rollback from X to Y".
+    pub reason: String,
+    pub force: bool,
+    pub release_id: Option<i64>,
+}
+
+impl ServiceCtl {
+    /// Makes a color live. Durable before it returns.
+    pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
+        let _op = self.op.lock().await;
+        self.switch_locked(req).await
+    }
+
+    /// Switches back to the other color, recorded as a rollback.
+    pub async fn rollback(&self, req: RollbackRequest) -> Result<SwitchOutcome, SwitchError> {
+        let _op = self.op.lock().await;
+        self.rollback_locked(req).await
+    }
+
+    /// `switch` for callers that already hold the service's operation lock.
+    pub(crate) async fn switch_locked(&self, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
+        let table = self.proxy.table();
+        let to = self.target(&table, &req)?;
+        let route = self
+            .route(to)
+            .expect("both colors always have a route: installed at start, replaced whole");
+        if !req.force {
+            self.refuse_unhealthy(to, &route).await?;
+        }
+        let previous = table.live_color();
+        let generation = self.commit_switch(table.generation, to, &req).await?;
+        self.publish(Some(to), generation);
+        self.switches.fetch_add(1, Relaxed);
+        if req.kind == SwitchKind::RolledBack {
+            self.rollbacks.fetch_add(1, Relaxed);
+        }
+        tracing::info!(
+            service = %self.cfg.name,
+            from = previous.map(Color::as_str).unwrap_or("none"),
+            to = %to,
+            version = route.version.as_deref().unwrap_or("-"),
+            generation,
+            actor = %req.actor,
+            reason = %req.reason,
+            kind = %cutover_store::HistoryKind::from(req.kind),
+            "switched"
+        );
+        Ok(SwitchOutcome {
+            live: to,
+            previous,
+            generation,
+            version: route.version.clone(),
+        })
+    }
+
+    /// Which color the request makes live, or why it cannot.
+    fn target(&self, table: &RouteTable, req: &SwitchRequest) -> Result<Color, SwitchError> {
+        let generation = table.generation;
+        if let Some(expected) = req.if_generation {
+            if expected != generation {
+                return Err(SwitchError::StaleGeneration {
+                    expected,
+                    actual: generation,
+                });
+            }
+        }
+        let to = match (req.to, table.live_color()) {
+            (Some(c), _) => c,
+            (None, Some(live)) => live.other(),
+            (None, None) => {
+                return Err(SwitchError::NothingLive {
+                    service: self.cfg.name.clone(),
+                })
+            }
+        };
+        if table.live_color() == Some(to) {
+            return Err(SwitchError::AlreadyLive {
+                service: self.cfg.name.clone(),
+                color: to,
+                generation,
+            });
+        }
+        Ok(to)
+    }
+
+    /// Refuses a target with no healthy endpoint; one never checked yet is probed first.
+    async fn refuse_unhealthy(&self, to: Color, route: &Arc<ColorRoute>) -> Result<(), SwitchError> {
+        if route.health_unknown() {
+            // No result yet (a fresh router): probe now rather than refuse or guess.
+            health::check_now(&self.cfg.name, route, &self.health).await;
+        }
+        if route.any_healthy() {
+            return Ok(());
+        }
+        let detail: Vec<String> = route
+            .endpoints
+            .iter()
+            .map(|e| format!("{} {:?}", e.addr, e.health()).to_lowercase())
+            .collect();
+        Err(SwitchError::TargetUnhealthy {
+            color: to,
+            detail: detail.join(", "),
+        })
+    }
+
+    /// Commits the switch (compare-and-swap on `generation`); returns the new generation.
+    async fn commit_switch(&self, generation: u64, to: Color, req: &SwitchRequest) -> Result<u64, SwitchError> {
+        let service = self.cfg.name.clone();
+        let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
+        let state = blocking(&self.store, move |s| {
+            s.switch(&SwitchRecord {
+                service: &service,
+                expected_generation: generation,
+                to: stored(to),
+                kind,
+                actor: &actor,
+                reason: &reason,
+                release_id,
+            })
+        })
+        .await?;
+        Ok(state.generation)
+    }
+
+    pub(crate) async fn rollback_locked(&self, req: RollbackRequest) -> Result<SwitchOutcome, SwitchError> {
+        let service = self.cfg.name.clone();
+        let Some(live) = self.live() else {
+            return Err(SwitchError::NothingToRollBack { service });
+        };
+        let target = live.other();
+        if self.state(target) == Some(ColorState::Stopped) && !req.force {
+            return Err(SwitchError::ScaledDown {
+                service,
+                color: target,
+                version: self.version_of(target).unwrap_or_default(),
+            });
+        }
+        if self.version_of(target).is_none() {
+            return Err(SwitchError::NoPreviousVersion { service, color: target });
+        }
+        let reason = if req.reason.is_empty() {
+            format!("rollback from {live} to {target}")
+        } else {
+            req.reason
+        };
+        self.switch_locked(SwitchRequest {
+            to: Some(target),
+            if_generation: None,
+            force: req.force,
+            kind: SwitchKind::RolledBack,
+            actor: req.actor,
+            reason,
+            release_id: req.release_id,
+        })
+        .await
+    }
+}

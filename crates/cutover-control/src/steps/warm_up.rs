@@ -1,0 +1,84 @@
+//! Warm-up: `requests` copies of one request to every endpoint of the new color,
+//! `concurrency` at a time, so caches and compiled kernels are hot before real traffic.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::WarmupConfig;
+use cutover_proxy::ColorRoute;
+
+use super::{call, client};
+use crate::service::ServiceCtl;
+
+/// Each request's index and its latency or why it failed.
+type Results = Vec<(u32, Result<Duration, String>)>;
+
+pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConfig) -> Result<String, String> {
+    let mut details = Vec::new();
+    let mut failed_total = 0;
+    for ep in &route.endpoints {
+        let res = warm_one(&svc, ep.addr, &w).await;
+        let ok: Vec<Duration> = res.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+        let failed = res.len() - ok.len();
+        failed_total += failed;
+        if failed * 2 > res.len() {
+            let first_err = res
+                .iter()
+                .find_map(|(_, r)| r.as_ref().err().cloned())
+                .unwrap_or_default();
+            return Err(format!(
+                "warm-up of {}: {failed} of {} requests failed (first: {first_err})",
+                ep.addr,
+                res.len()
+            ));
+        }
+        details.push(format!(
+            "{}: {} requests, first {:.1} ms, last {:.1} ms",
+            ep.addr,
+            res.len(),
+            ok.first().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+            ok.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+        ));
+    }
+    let mut s = details.join("; ");
+    if failed_total > 0 {
+        s.push_str(&format!("; {failed_total} failed"));
+    }
+    Ok(s)
+}
+
+/// Sends the warm-up requests to one endpoint; results in request order.
+async fn warm_one(svc: &ServiceCtl, addr: std::net::SocketAddr, w: &WarmupConfig) -> Results {
+    let c = client(svc);
+    let next = Arc::new(AtomicU32::new(0));
+    let results = Arc::new(Mutex::new(Results::new()));
+    let mut workers = Vec::new();
+    for _ in 0..w.concurrency.min(w.requests.max(1)) {
+        let (c, next, results, spec) = (c.clone(), next.clone(), results.clone(), w.request.clone());
+        let total = w.requests;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= total {
+                    return;
+                }
+                let r = match call(&c, &spec, addr).await {
+                    Ok(a) if a.status < 500 => Ok(a.latency),
+                    Ok(a) => Err(format!("status {}", a.status)),
+                    Err(e) => Err(e),
+                };
+                results.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+            }
+        }));
+    }
+    for wk in workers {
+        if let Err(e) = wk.await {
+            // Its unfinished requests are simply missing from the results, which count them.
+            tracing::warn!(error = %e, "a warm-up worker failed");
+        }
+    }
+    let mut res = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    res.sort_by_key(|(i, _)| *i);
+    res
+}
