@@ -120,6 +120,11 @@ pub struct ServiceConfig {
     pub upstream_protocol: UpstreamProtocol,
     /// One log line per request; off by default.
     pub access_log: bool,
+    /// Peers (address, prefix length) whose forwarding headers are kept.
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    /// A request that failed on a reused keep-alive connection before any byte of response
+    /// is sent again on a new one even when its method is not idempotent.
+    pub retry_non_idempotent: bool,
     pub health: HealthConfig,
     pub limits: LimitsConfig,
     pub environments: Environments,
@@ -203,6 +208,9 @@ pub struct LimitsConfig {
     /// Largest request head (request line + headers); larger gets 431.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Longest single header line (431) or request line (414).
+    #[serde(default = "defaults::max_header_line_bytes")]
+    pub max_header_line_bytes: usize,
     /// A client must send its whole request head within this time.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: Duration,
@@ -231,6 +239,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_header_bytes: defaults::max_header_bytes(),
+            max_header_line_bytes: defaults::max_header_line_bytes(),
             header_read_timeout: defaults::header_read_timeout(),
             max_body_bytes: defaults::max_body_bytes(),
             max_connections: defaults::max_connections(),
@@ -407,11 +416,22 @@ mod defaults {
     pub fn max_header_bytes() -> usize {
         64 * 1024
     }
+    pub fn max_header_line_bytes() -> usize {
+        // nginx allows 8 KiB per line, HAProxy 16 KiB for a whole head: 16 KiB fits a long
+        // JWT or a cookie jar and refuses a 60 KB value.
+        16 * 1024
+    }
+    pub fn retry_non_idempotent() -> bool {
+        // A generation has no side effect beyond its cost; a 502 for a request the server
+        // never read (it closed the idle connection as the request arrived) is worse.
+        true
+    }
     pub fn header_read_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub fn max_body_bytes() -> u64 {
-        32 * 1024 * 1024
+        // Streamed, never buffered: room for a 25 MiB image sent as base64 in JSON.
+        256 * 1024 * 1024
     }
     pub fn max_connections() -> usize {
         10_000
@@ -420,7 +440,9 @@ mod defaults {
         Duration::from_secs(2)
     }
     pub fn first_byte_timeout() -> Duration {
-        Duration::from_secs(300)
+        // The official openai client waits 600 s and retries a 504 twice: a shorter limit
+        // runs a long non-streaming generation three times and still fails.
+        Duration::from_secs(600)
     }
     pub fn request_timeout() -> Duration {
         Duration::from_secs(3600)
@@ -515,6 +537,10 @@ struct RawService {
     #[serde(default)]
     access_log: bool,
     #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default = "defaults::retry_non_idempotent")]
+    retry_non_idempotent: bool,
+    #[serde(default)]
     health: HealthConfig,
     #[serde(default)]
     limits: LimitsConfig,
@@ -558,6 +584,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ctx.toml_error(e.inner(), key)
     })?;
     ctx.validate(raw)
+}
+
+/// An address or a CIDR block (`10.0.0.0/8`, `::1`) as (address, prefix length).
+fn cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR block such as \"10.0.0.0/8\""))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match bits {
+        None => Ok((ip, max)),
+        Some(b) => match b.trim().parse::<u8>() {
+            Ok(n) if n <= max => Ok((ip, n)),
+            _ => Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+        },
+    }
 }
 
 type Span = std::ops::Range<usize>;
@@ -756,7 +802,16 @@ impl Source<'_> {
             }
             None => None,
         };
+        let trusted_proxies = svc
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
+            .collect::<Result<Vec<_>, _>>()?;
         self.health(name, &svc.health, span.clone())?;
+        if svc.limits.max_header_line_bytes < 1024 {
+            return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
+        }
         if svc.limits.max_connections == 0 {
             return self.err_at(k("limits.max_connections"), span, "must be at least 1".into());
         }
@@ -768,6 +823,8 @@ impl Source<'_> {
             preview_listen,
             upstream_protocol: svc.upstream_protocol,
             access_log: svc.access_log,
+            trusted_proxies,
+            retry_non_idempotent: svc.retry_non_idempotent,
             health: svc.health,
             limits: svc.limits,
             environments,

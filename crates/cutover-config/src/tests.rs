@@ -345,3 +345,40 @@ fn port_0_listeners_never_collide() {
         (0, 0, 0)
     );
 }
+
+#[test]
+fn trusted_proxies_and_header_line_limit_are_checked_where_they_stand() {
+    let c = check(&GOOD.replace(
+        "preview_listen = \"127.0.0.1:8081\"",
+        "preview_listen = \"127.0.0.1:8081\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nretry_non_idempotent = false",
+    ))
+    .unwrap();
+    let chat = &c.services["chat"];
+    assert_eq!(
+        chat.trusted_proxies,
+        vec![("10.0.0.0".parse().unwrap(), 8), ("::1".parse().unwrap(), 128)]
+    );
+    assert!(!chat.retry_non_idempotent);
+    let d = &check(GOOD).unwrap().services["chat"];
+    assert!(d.trusted_proxies.is_empty() && d.retry_non_idempotent, "defaults");
+    assert_eq!(d.limits.max_header_line_bytes, 16 * 1024);
+    assert_eq!(d.limits.max_body_bytes, 256 << 20);
+    assert_eq!(d.limits.first_byte_timeout.get().as_secs(), 600);
+
+    for (bad, why) in [("10.0.0.0/33", "prefix"), ("proxy.internal", "not an IP")] {
+        let text = GOOD.replace(
+            "preview_listen = \"127.0.0.1:8081\"",
+            &format!("preview_listen = \"127.0.0.1:8081\"\ntrusted_proxies = [\"127.0.0.1\", \"{bad}\"]"),
+        );
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.key, "services.chat.trusted_proxies[1]", "{e}");
+        assert_eq!(e.line, line_with(&text, "trusted_proxies"), "{e}");
+        assert!(e.message.contains(why), "{e}");
+    }
+    let text = GOOD.replace(
+        "health = { path",
+        "limits = { max_header_line_bytes = 10 }\nhealth = { path",
+    );
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.limits.max_header_line_bytes", "{e}");
+}

@@ -142,10 +142,12 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    pub(crate) fn of(method: &Method, whole_body: bool) -> Replay {
+    /// `any_method`: the service's `retry_non_idempotent`, which lets a POST count as safe
+    /// to repeat.
+    pub(crate) fn of(method: &Method, whole_body: bool, any_method: bool) -> Replay {
         Replay {
             whole_body,
-            idempotent: idempotent(method),
+            idempotent: any_method || idempotent(method),
         }
     }
 }

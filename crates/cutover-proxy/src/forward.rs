@@ -249,6 +249,7 @@ impl Forwarder {
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &self.service.settings;
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
         check(&mut parts, settings)?;
         let close = client_asks_close(&parts.headers);
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -268,6 +269,9 @@ impl Forwarder {
         let (mut parts, body) = resp.into_parts();
         check_response(&parts).map_err(|m| exchange::bad_response(load.endpoint(), &m))?;
         ex.answered(parts.status.as_u16());
+        // The client's protocol, not the upstream's: an HTTP/1.0 upstream's answer goes to an
+        // HTTP/1.1 client as HTTP/1.1 (hyper frames it for that client).
+        parts.version = client_version;
         strip(&mut parts.headers);
         if close {
             parts
@@ -307,7 +311,7 @@ impl Forwarder {
         let path = parts.uri.path_and_query().cloned();
         // A request with no body can be sent again; its head is kept for that only when
         // the retry rule could ever use it.
-        let replay = Replay::of(&parts.method, body.is_end_stream());
+        let replay = Replay::of(&parts.method, body.is_end_stream(), settings.retry_non_idempotent);
         let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
         let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
         let mut fresh = false;

@@ -33,6 +33,10 @@ pub struct ServiceSettings {
     pub max_header_line_bytes: usize,
     /// Peers whose forwarding headers are kept (see [`TrustedProxies`]).
     pub trusted_proxies: TrustedProxies,
+    /// A request that failed on a reused keep-alive connection before any byte of response
+    /// is sent again on a new connection even when its method is not idempotent (model
+    /// generations have no side effect beyond their cost), provided its whole body is at hand.
+    pub retry_non_idempotent: bool,
 }
 
 impl Default for ServiceSettings {
@@ -41,16 +45,17 @@ impl Default for ServiceSettings {
             protocol: Protocol::Http1,
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
-            max_body_bytes: 32 << 20,
+            max_body_bytes: 256 << 20,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(300),
+            first_byte_timeout: Duration::from_secs(600),
             request_timeout: Duration::from_secs(3600),
             pool_max_idle: 256,
             pool_idle_timeout: Duration::from_secs(4),
             access_log: false,
             max_header_line_bytes: 16 * 1024,
             trusted_proxies: TrustedProxies::default(),
+            retry_non_idempotent: true,
         }
     }
 }

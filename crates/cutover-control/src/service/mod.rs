@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use cutover_config::{Environments, ServiceConfig, UpstreamProtocol};
 use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::Protocol;
-use cutover_proxy::{Color, ColorRoute, RouteTable, Service, ServiceSettings};
+use cutover_proxy::{Color, ColorRoute, RouteTable, Service, ServiceSettings, TrustedProxies};
 use cutover_store::{ProcessRecord, Store};
 use serde::Serialize;
 
@@ -112,7 +112,9 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         pool_max_idle: l.pool_max_idle,
         pool_idle_timeout: l.pool_idle_timeout.get(),
         access_log: cfg.access_log,
-        ..ServiceSettings::default()
+        max_header_line_bytes: l.max_header_line_bytes,
+        trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.iter().copied()),
+        retry_non_idempotent: cfg.retry_non_idempotent,
     }
 }
 

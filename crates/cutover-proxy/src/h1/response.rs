@@ -37,8 +37,12 @@ pub(crate) struct ResponseHead {
 #[derive(Debug)]
 pub(crate) enum ResponseParse {
     Partial,
-    /// A 1xx interim response of this many bytes: skipped, the final one follows.
-    Interim(usize),
+    /// A 1xx interim response of `len` bytes; the final one follows. `relay` is its head
+    /// for the client when it is to be passed on (see [`response_head`]), else empty.
+    Interim {
+        len: usize,
+        relay: bool,
+    },
     Head(ResponseHead),
 }
 
@@ -67,7 +71,22 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
         return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
     }
     if (100..200).contains(&code) {
-        return Ok(ResponseParse::Interim(head_len));
+        // RFC 9110 §15.2: a proxy passes 1xx on, but never to an HTTP/1.0 client, and not
+        // 100 Continue: cutover answers `Expect: 100-continue` itself and does not forward
+        // Expect, so an upstream's 100 would be a second one.
+        let relay = code != 100 && cx.client_minor == 1;
+        if relay {
+            out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+            for h in resp
+                .headers
+                .iter()
+                .filter(|h| !headers::response_skip(h.name.as_bytes()))
+            {
+                header(out, h.name.as_bytes(), h.value);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        return Ok(ResponseParse::Interim { len: head_len, relay });
     }
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let headers = &*resp.headers;
@@ -353,17 +372,23 @@ mod tests {
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert!(matches!(
             response_head(raw, &cx, &mut out),
-            Ok(ResponseParse::Interim(25))
+            Ok(ResponseParse::Interim { len: 25, relay: false })
         ));
         assert!(matches!(
             response_head(&raw[25..], &cx, &mut out),
             Ok(ResponseParse::Partial)
         ));
+        assert!(out.is_empty(), "a 100 is not passed on");
         assert!(matches!(
-            response_head(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", &cx, &mut out),
-            Ok(ResponseParse::Interim(_))
+            response_head(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nConnection: x\r\n\r\n",
+                &cx,
+                &mut out
+            ),
+            Ok(ResponseParse::Interim { len: _, relay: true })
         ));
-        assert!(out.is_empty());
+        assert_eq!(out, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+        out.clear();
         refused(b"HTTP/1.1 101 Switching\r\n\r\n");
         refused(b"HTTP/1.1 abc\r\n\r\n");
         refused(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");

@@ -224,7 +224,7 @@ impl Sender<'_> {
         };
         let limit = self.settings.first_byte_timeout;
         let first_byte_deadline = Deadline::from_std(ex.started) + limit;
-        let replay = Replay::of(&head.method, req.body.done());
+        let replay = Replay::of(&head.method, req.body.done(), self.settings.retry_non_idempotent);
         let mut fresh_only = false;
         loop {
             let load = endpoint.claim();
@@ -296,8 +296,14 @@ impl Sender<'_> {
             if !upbuf.is_empty() {
                 match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
                     Ok(ResponseParse::Partial) => {}
-                    Ok(ResponseParse::Interim(n)) => {
-                        upbuf.consume(n);
+                    Ok(ResponseParse::Interim { len, relay }) => {
+                        upbuf.consume(len);
+                        if relay {
+                            let d = Deadline::now() + self.settings.header_read_timeout;
+                            let sent = write_by(self.client, &cout.0, d).await;
+                            cout.0.clear();
+                            sent.map_err(|_| Fail::ClientGone)?;
+                        }
                         continue;
                     }
                     Ok(ResponseParse::Head(h)) => {

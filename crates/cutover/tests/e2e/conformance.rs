@@ -37,6 +37,8 @@ pub struct Case {
     #[serde(default)]
     pub response: Option<String>,
     #[serde(default)]
+    pub upstream_closes: bool,
+    #[serde(default)]
     pub upstream_has: Vec<String>,
     #[serde(default)]
     pub upstream_lacks: Vec<String>,
@@ -62,6 +64,8 @@ pub struct HyperCase {
     #[serde(default)]
     pub expect: Option<toml::Value>,
     #[serde(default)]
+    pub client_has: Option<Vec<String>>,
+    #[serde(default)]
     pub upstream_body: Option<String>,
     pub why: String,
 }
@@ -77,6 +81,9 @@ impl Case {
             }
             if h.upstream_body.is_some() {
                 c.upstream_body = h.upstream_body.clone();
+            }
+            if let Some(v) = &h.client_has {
+                c.client_has = v.clone();
             }
         }
         c
@@ -120,6 +127,8 @@ struct Recorder {
     got: Arc<Mutex<Vec<Received>>>,
     pending: Arc<AtomicIsize>,
     response: Arc<Mutex<Vec<u8>>>,
+    /// Close the connection after answering.
+    close: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const DEFAULT_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -144,7 +153,7 @@ impl Recorder {
         let mut chunk = [0u8; 16384];
         // This connection's share of `pending`.
         let mut mine = 0isize;
-        loop {
+        'conn: loop {
             let n = match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
@@ -163,8 +172,8 @@ impl Recorder {
                     self.got.lock().unwrap().push(req);
                     self.response.lock().unwrap().clone()
                 };
-                if s.write_all(&answer).await.is_err() {
-                    break;
+                if s.write_all(&answer).await.is_err() || (!health && self.close.load(Ordering::Relaxed)) {
+                    break 'conn;
                 }
             }
             let now = buf.len() as isize;
@@ -177,6 +186,7 @@ impl Recorder {
     fn reset(&self, response: Option<&[u8]>) {
         self.got.lock().unwrap().clear();
         *self.response.lock().unwrap() = response.unwrap_or(DEFAULT_RESPONSE).to_vec();
+        self.close.store(false, Ordering::Relaxed);
     }
 }
 
@@ -254,7 +264,15 @@ async fn client(port: u16, req: &[u8], want: usize, head: bool) -> ClientView {
             break;
         }
         match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) => {
+                // A body delimited by the close is complete now.
+                if let Some(code) = close_delimited(&buf[at..]) {
+                    statuses.push(code);
+                    at = buf.len();
+                }
+                break;
+            }
+            Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -263,6 +281,21 @@ async fn client(port: u16, req: &[u8], want: usize, head: bool) -> ClientView {
         incomplete: at < buf.len(),
         text: String::from_utf8_lossy(&buf).into_owned(),
     }
+}
+
+/// The status of a response with neither Content-Length nor Transfer-Encoding (its body
+/// ends at the close).
+fn close_delimited(buf: &[u8]) -> Option<u16> {
+    let mut hs = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Response::new(&mut hs);
+    let Ok(httparse::Status::Complete(_)) = r.parse(buf) else {
+        return None;
+    };
+    let framed = r
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length") || h.name.eq_ignore_ascii_case("transfer-encoding"));
+    (!framed).then_some(r.code?)
 }
 
 fn whole_response(buf: &[u8], head: bool) -> Option<(u16, usize)> {
@@ -303,6 +336,9 @@ fn lower(b: &[u8]) -> String {
 async fn run(case: &Case, port: u16, rec: &Recorder) -> Result<(), String> {
     let resp = case.response.as_deref().map(bytes_of);
     rec.reset(resp.as_deref());
+    rec.close.store(case.upstream_closes, Ordering::Relaxed);
+    // Bytes some earlier case left in the upstream are not this case's.
+    let pending_before = rec.pending.load(Ordering::Relaxed);
     let req = bytes_of(&case.request);
     let want = case.responses.unwrap_or(1);
     let view = client(port, &req, want, case.head).await;
@@ -350,7 +386,7 @@ async fn run(case: &Case, port: u16, rec: &Recorder) -> Result<(), String> {
             got.iter().map(|r| lower(&r.head)).collect::<Vec<_>>()
         ));
     }
-    if forwarded == 0 && rec.pending.load(Ordering::Relaxed) > 0 {
+    if forwarded == 0 && rec.pending.load(Ordering::Relaxed) > pending_before {
         return Err("upstream holds part of a request that should have been refused".into());
     }
     let Some(first) = got.front() else { return Ok(()) };
@@ -485,47 +521,40 @@ async fn closes_second_request() -> (String, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-async fn reused_connection_rule(engine: &str) {
+async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
     let (addr, seen) = closes_second_request().await;
     let services = format!(
-        "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\" }}\n\
+        "[services.chat]\nlisten = \"{{listen}}\"\nretry_non_idempotent = {retry_non_idempotent}\n\
+         health = {{ path = \"/health\", interval = \"1h\" }}\n\
          [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
     );
     let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
     assert_eq!(r.switch("blue").await.status, 200);
-    let get = |path: &'static str| {
-        let port = r.listen;
-        async move {
-            let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
-            client(port, req.as_bytes(), 1, false).await
-        }
-    };
-    assert_eq!(get("/warm").await.statuses, vec![200], "{engine}");
+    let what = format!("{engine} engine, retry_non_idempotent = {retry_non_idempotent}");
+    let send = |req: &'static [u8]| client(r.listen, req, 1, false);
+    assert_eq!(
+        send(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n").await.statuses,
+        vec![200],
+        "{what}"
+    );
     seen.lock().unwrap().clear();
     // The pooled connection dies under a GET: sent again once, on a new connection.
-    let v = get("/again").await;
-    assert_eq!(v.statuses, vec![200], "{engine}: {}", v.text);
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec!["GET /again HTTP/1.1".to_string(), "GET /again HTTP/1.1".to_string()],
-        "{engine}"
-    );
-    // The same under a POST: never sent twice (the upstream may have run it); a 502.
+    let v = send(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(v.statuses, vec![200], "{what}: {}", v.text);
+    assert_eq!(*seen.lock().unwrap(), vec!["GET /again HTTP/1.1"; 2], "{what}");
+    // The same under a POST whose body is at hand: sent again only when the service allows
+    // it. (On the hyper engine a request body is streamed, never at hand: never again.)
     seen.lock().unwrap().clear();
-    let v = client(
-        r.listen,
-        b"POST /generate HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
-        1,
-        false,
-    )
-    .await;
-    assert_eq!(v.statuses, vec![502], "{engine}: {}", v.text);
-    assert!(v.text.contains("upstream_failed"), "{engine}: {}", v.text);
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec!["POST /generate HTTP/1.1".to_string()],
-        "{engine}"
-    );
+    let v = send(b"POST /generate HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi").await;
+    let resent = retry_non_idempotent && engine == "own";
+    if resent {
+        assert_eq!(v.statuses, vec![200], "{what}: {}", v.text);
+        assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1"; 2], "{what}");
+    } else {
+        assert_eq!(v.statuses, vec![502], "{what}: {}", v.text);
+        assert!(v.text.contains("upstream_failed"), "{what}: {}", v.text);
+        assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1"], "{what}");
+    }
 }
 
 /// One retry rule on both engines (docs/reliability.md): a request that failed on a reused
@@ -533,6 +562,47 @@ async fn reused_connection_rule(engine: &str) {
 /// when it is idempotent and its whole body is at hand.
 #[tokio::test]
 async fn reused_connection_retry_rule_is_the_same_on_both_engines() {
-    reused_connection_rule("own").await;
-    reused_connection_rule("hyper").await;
+    for engine in ["own", "hyper"] {
+        for retry_non_idempotent in [true, false] {
+            reused_connection_rule(engine, retry_non_idempotent).await;
+        }
+    }
+}
+
+/// A peer in `trusted_proxies` keeps its chain (all its X-Forwarded-For lines, in one line,
+/// then the peer) and its proto and host, on both engines.
+#[tokio::test]
+async fn a_trusted_proxy_keeps_its_forwarding_headers_on_both_engines() {
+    let (rec, addr) = Recorder::start().await;
+    for engine in ["own", "hyper"] {
+        let services = format!(
+            "[services.chat]\nlisten = \"{{listen}}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+             health = {{ path = \"/health\", interval = \"1h\" }}\n\
+             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+        );
+        let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+        assert_eq!(r.switch("blue").await.status, 200);
+        rec.reset(None);
+        let v = client(
+            r.listen,
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nx-forwarded-for: 3.3.3.3\r\n\
+              X-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\nX-Real-IP: 1.1.1.1\r\n\r\n",
+            1,
+            false,
+        )
+        .await;
+        assert_eq!(v.statuses, vec![200], "{engine}: {}", v.text);
+        let head = lower(&rec.got.lock().unwrap()[0].head);
+        assert!(
+            head.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1\r\n"),
+            "{engine}: {head}"
+        );
+        assert_eq!(head.matches("x-forwarded-for:").count(), 1, "{engine}: {head}");
+        assert!(head.contains("x-forwarded-proto: https\r\n"), "{engine}: {head}");
+        assert!(
+            head.contains("x-forwarded-host: public.example\r\n"),
+            "{engine}: {head}"
+        );
+        assert!(head.contains("x-real-ip: 1.1.1.1\r\n"), "{engine}: {head}");
+    }
 }
