@@ -15,8 +15,8 @@ workers plain, odd workers `"stream": true`. Every answer is checked:
   greedy (temperature 0), so each version has one answer per prompt, and the two versions'
   answers differ: a stream that mixed versions, or a version header that lied, shows here.
 
-Prints `ok N` after each good answer (the test waits on these to pace its switches), then one
-line `summary {json}`. Exit status 0 even when answers failed: the test asserts on the summary.
+Prints `ok N` after each good answer and `failed N` after each bad one (the test waits on these
+to pace its switches), then one line `summary {json}`. Exit status 0 even when answers failed: the test asserts on the summary.
 The client never retries (`max_retries=0`): a retry would hide the failure under test.
 """
 
@@ -81,7 +81,9 @@ def main():
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=120)
-    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=8, help="per plain answer")
+    # Longer streams (a few ms of Python per token) so switches land inside running streams.
+    ap.add_argument("--stream-tokens", type=int, default=48, help="per streamed answer")
     ap.add_argument("--timeout", type=float, default=30)
     ap.add_argument("--reference", action="append", default=[], metavar="VERSION=URL")
     args = ap.parse_args()
@@ -100,7 +102,7 @@ def main():
         c = client_for(url, args.timeout)
         refs[version] = {
             "plain": plain(c, args.max_tokens)[2],
-            "stream": stream(c, args.max_tokens)[2],
+            "stream": stream(c, args.stream_tokens)[2],
         }
     texts = [(r["plain"], r["stream"]) for r in refs.values()]
     refs_differ = len(set(texts)) == len(texts)
@@ -123,7 +125,10 @@ def main():
         kind = "stream" if i % 2 else "plain"
         while not stop.is_set():
             try:
-                headers, model, text = (stream if i % 2 else plain)(c, args.max_tokens)
+                if i % 2:
+                    headers, model, text = stream(c, args.stream_tokens)
+                else:
+                    headers, model, text = plain(c, args.max_tokens)
                 version = headers.get("x-cutover-version", "")
                 err = None
                 if not version:
@@ -137,8 +142,15 @@ def main():
                     if err:
                         st["failed"] += 1
                         st["mismatched"] += 1
-                        st["errors"].append(err)
-                        continue
+                        if len(st["errors"]) < 50:
+                            st["errors"].append(err)
+                        n = st["failed"]
+                    else:
+                        n = None
+                if n is not None:
+                    say(f"failed {n}")
+                    continue
+                with lock:
                     st["ok"] += 1
                     st[kind + "_ok"] += 1
                     st["by_version"][version] = st["by_version"].get(version, 0) + 1
@@ -150,6 +162,8 @@ def main():
                     st["failed"] += 1
                     if len(st["errors"]) < 50:
                         st["errors"].append(f"{kind}: {type(e).__name__}: {e}"[:500])
+                    n = st["failed"]
+                say(f"failed {n}")
                 # A refused connection fails at once: do not spin.
                 time.sleep(0.05)
 

@@ -126,9 +126,16 @@ def main():
 
     emb = rng.standard_normal((n_vocab, N_EMBD)).astype(np.float32)
     out = w(n_vocab, N_EMBD) * 4.0
-    # The end tokens get no weight of their own (logit 0 while words get a spread), so a
-    # generation is rarely cut to nothing by an early end of turn: tests see tokens.
-    out[first_special:] = 0.0
+    # Only printable ASCII and words come out. Dimension 0 of every embedding carries a large
+    # constant that the residual stream keeps to the last layer; the tokens the model must not
+    # emit weigh it strongly negative. Left free, a random model emits bytes >= 0x80 that never
+    # form valid UTF-8, and llama-cpp-python's streaming path then slows down quadratically
+    # with the answer length (docs/llama.md); the end tokens are blocked too, so every answer
+    # runs to max_tokens (finish_reason "length") and answers never come back empty.
+    emb[:, 0] = 10.0
+    out[:, 0] = 0.0
+    blocked = [i for i in range(256) if not (0x20 <= i < 0x7F)] + list(range(first_special, n_vocab))
+    out[blocked, 0] = -8.0
     wr.add_tensor("token_embd.weight", emb)
     wr.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
     wr.add_tensor("output.weight", out)

@@ -8,8 +8,9 @@ through cutover may be sent on that dead pooled connection and get a 502.
 
 Starts one llama_cpp.server (generated model, n_ctx 512) and one `cutover serve` in front of it,
 then, both through cutover and directly:
-  1. `rounds` rounds of: client A streams an overlong prompt (own client), then client B sends
-     one normal chat completion (own client, so a new connection on the client side);
+  1. for each of --delays, `rounds` rounds of: client A streams an overlong prompt (own
+     client), then, that long after A's stream ended, client B sends one normal chat
+     completion (own client, so a new connection on the client side);
   2. `seconds` of 4 normal clients in a loop beside one client sending overlong streams.
 Prints what A saw on the wire once, then the counts as JSON. The openai client never retries
 (max_retries=0), so every 502 is seen.
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -93,30 +95,35 @@ def wire_view(port):
         + f"content-length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    buf, t0, closed_after = b"", time.monotonic(), None
+    buf, t0, ended_after, closed_after = b"", time.monotonic(), None, None
     while True:
         try:
             d = s.recv(65536)
         except socket.timeout:
             break
         if not d:
-            closed_after = round(time.monotonic() - t0, 3)
+            closed_after = round(time.monotonic() - t0, 4)
             break
         buf += d
+        if ended_after is None and buf.endswith(b"\r\n0\r\n\r\n"):
+            ended_after = round(time.monotonic() - t0, 4)
     s.close()
-    return {"bytes": buf.decode(errors="replace"), "server_closed_after_s": closed_after}
+    return {"bytes": buf.decode(errors="replace"), "body_ended_after_s": ended_after,
+            "server_closed_after_s": closed_after}
 
 
-def rounds(base, n):
+def rounds(base, n, delay):
     a_seen, failures = {}, []
     for i in range(n):
+        b = client(base)  # built first, so B sends `delay` after A's stream ended
         st, chunks = overlong_stream(base)
         key = f"{st} with {chunks} content chunks"
         a_seen[key] = a_seen.get(key, 0) + 1
-        err = normal(client(base))
+        time.sleep(delay)
+        err = normal(b)
         if err:
             failures.append(f"round {i}: {err}")
-    return {"rounds": n, "client_a_saw": a_seen, "b_failed": len(failures), "b_errors": failures[:5]}
+    return {"delay_s": delay, "rounds": n, "client_a_saw": a_seen, "b_failed": len(failures), "b_errors": failures[:5]}
 
 
 def mixed(base, seconds):
@@ -158,6 +165,9 @@ def main():
     ap.add_argument("--cutover", required=True)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--delays", type=lambda v: [float(x) for x in v.split(",")],
+                    default=[0.0, 0.01, 0.05, 0.2],
+                    help="pauses between A's end and B's request, seconds, comma-separated")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cutover-repro-")
@@ -185,16 +195,26 @@ def main():
         wait_http(f"http://127.0.0.1:{mport}/v1/models")
         wait_http(f"http://127.0.0.1:{aport}/healthz", 15)
         token = open(os.path.join(tmp, "admin.token")).read().strip()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{aport}/v1/services/chat/switch", method="POST",
-            data=b'{"to":"blue"}',
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
-        urllib.request.urlopen(req, timeout=10).read()
+        # The router may have probed the server before it listened: retry until a probe passed.
+        end = time.monotonic() + 20
+        while True:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{aport}/v1/services/chat/switch", method="POST",
+                data=b'{"to":"blue"}',
+                headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=10).read()
+                break
+            except urllib.error.HTTPError as e:
+                if time.monotonic() > end:
+                    raise SystemExit(f"switch to blue: {e.code} {e.read().decode()}")
+                time.sleep(0.2)
 
         direct, via = f"http://127.0.0.1:{mport}/v1", f"http://127.0.0.1:{lport}/v1"
-        out = {"wire_direct": wire_view(mport)}
-        out["rounds_via_cutover"] = rounds(via, args.rounds)
-        out["rounds_direct"] = rounds(direct, args.rounds)
+        out = {"wire_direct": [wire_view(mport) for _ in range(5)]}
+        for d in args.delays:
+            out[f"rounds_via_cutover_delay_{d}"] = rounds(via, args.rounds, d)
+            out[f"rounds_direct_delay_{d}"] = rounds(direct, args.rounds, d)
         out["mixed_via_cutover"] = mixed(via, args.seconds)
         out["mixed_direct"] = mixed(direct, args.seconds)
         print(json.dumps(out, indent=2))

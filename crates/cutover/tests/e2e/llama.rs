@@ -233,6 +233,7 @@ struct Driver {
     stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
     ok: u64,
+    failed: u64,
     stderr: PathBuf,
     _dir: TempDir,
 }
@@ -262,6 +263,7 @@ impl Driver {
             child,
             lines,
             ok: 0,
+            failed: 0,
             stderr,
             _dir: dir,
         }
@@ -273,14 +275,26 @@ impl Driver {
 
     /// Waits until the driver has counted `n` good answers in all.
     async fn wait_ok(&mut self, n: u64, timeout: Duration) {
+        self.wait_counts(&format!("{n} good answers"), timeout, |ok, _| ok >= n)
+            .await
+    }
+
+    /// Reads the driver's progress lines until `done(ok, failed)`.
+    async fn wait_counts(&mut self, what: &str, timeout: Duration, done: impl Fn(u64, u64) -> bool) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.ok < n {
+        while !done(self.ok, self.failed) {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
                 .await
-                .unwrap_or_else(|_| panic!("{n} good answers not reached in {timeout:?}: {}", self.ok))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{what} not reached in {timeout:?}: {} ok, {} failed",
+                        self.ok, self.failed
+                    )
+                })
                 .unwrap();
             match line {
                 Some(l) if l.starts_with("ok ") => self.ok = l[3..].parse().unwrap(),
+                Some(l) if l.starts_with("failed ") => self.failed = l[7..].parse().unwrap(),
                 Some(l) => panic!("driver ended early: {l}\n{}", self.stderr()),
                 None => panic!("driver exited early:\n{}", self.stderr()),
             }
@@ -301,7 +315,9 @@ impl Driver {
         .await
         .expect("driver summary within 60 s");
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        summary.unwrap_or_else(|| panic!("driver gave no summary:\n{}", self.stderr()))
+        let summary = summary.unwrap_or_else(|| panic!("driver gave no summary:\n{}", self.stderr()));
+        eprintln!("driver summary: {summary}");
+        summary
     }
 }
 
@@ -328,7 +344,7 @@ async fn llama_switch_storm_with_the_openai_client_fails_nothing_and_mixes_no_ve
 
     let mut d = Driver::start(&r.url("/v1"), 4, &[("v1", blue.v1_url()), ("v2", green.v1_url())]);
     d.wait_ok(6, Duration::from_secs(60)).await;
-    let switches = 12;
+    let switches = 20;
     for i in 0..switches {
         let to = if i % 2 == 0 { "green" } else { "blue" };
         let s = r.switch(to).await;
@@ -434,6 +450,7 @@ async fn llama_release_with_a_missing_model_file_aborts_and_live_traffic_is_unto
     d.wait_ok(next, Duration::from_secs(60)).await;
     let s = d.finish().await;
 
+    eprintln!("v9 release: {doc}");
     assert_eq!(doc["outcome"], "aborted", "{doc}");
     let reason = doc["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("exit"), "the reason says the server exited: {reason}");
@@ -465,4 +482,32 @@ fn llama_example_config_passes_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The content check of the switch storm is not vacuous: a color whose label lies (v2's server
+/// registered as v1) is caught on every answer.
+#[tokio::test]
+async fn llama_content_check_catches_a_color_serving_another_version() {
+    let models = models();
+    let (v1, v2) = tokio::join!(
+        LlamaServer::start(models.path(), "v1"),
+        LlamaServer::start(models.path(), "v2"),
+    );
+    let r = Router::start(&format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\n{HEALTH}\n\n\
+         [services.chat.blue]\nendpoints = [\"{}\"]\nversion = \"v1\"\n\n\
+         [services.chat.green]\nendpoints = [\"{}\"]\nversion = \"v2\"\n",
+        v2.addr(),
+        v1.addr()
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let mut d = Driver::start(&r.url("/v1"), 2, &[("v1", v1.v1_url()), ("v2", v2.v1_url())]);
+    d.wait_counts("4 failed answers", Duration::from_secs(60), |_, failed| failed >= 4)
+        .await;
+    let s = d.finish().await;
+    assert_eq!(count(&s, "ok"), 0, "{s}");
+    assert!(count(&s, "mismatched") >= 2, "{s}");
+    let e = s["errors"][0].as_str().unwrap_or_default();
+    assert!(e.contains("tagged v1 is not v1's answer"), "{e}");
 }
