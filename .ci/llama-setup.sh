@@ -61,12 +61,14 @@ start=$(date +%s)
 if pip_ install -q --no-index --find-links "$WHEELS" "${REQS[@]}" 2>/dev/null; then
   echo "llama-setup: installed from the wheel cache in $(( $(date +%s) - start )) s"
 else
-  echo "llama-setup: building llama-cpp-python (compiles llama.cpp; several minutes on 2 cores)"
+  # --find-links: wheels already cached (llama-cpp-python's above all) are reused; only what
+  # is missing is downloaded or built.
+  echo "llama-setup: filling the wheel cache (building llama-cpp-python, if not cached, compiles llama.cpp: about 7 minutes on 2 cores)"
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=2 FORCE_CMAKE=1 \
-    pip_ wheel -q --wheel-dir "$WHEELS" "${REQS[@]}"
+    pip_ wheel -q --wheel-dir "$WHEELS" --find-links "$WHEELS" "${REQS[@]}"
   echo "$LLAMA_CMAKE_ARGS" > "$stamp"
   pip_ install -q --no-index --find-links "$WHEELS" "${REQS[@]}"
-  echo "llama-setup: built and installed in $(( $(date +%s) - start )) s"
+  echo "llama-setup: cached and installed in $(( $(date +%s) - start )) s"
 fi
 
 # pyenv puts new console scripts on PATH only through its shims.

@@ -217,6 +217,13 @@ def main():
             out[f"rounds_direct_delay_{d}"] = rounds(direct, args.rounds, d)
         out["mixed_via_cutover"] = mixed(via, args.seconds)
         out["mixed_direct"] = mixed(direct, args.seconds)
+        # What the router counted: these 502s are charged to the live color (verification's
+        # error rate reads the same counters).
+        with urllib.request.urlopen(f"http://127.0.0.1:{aport}/metrics", timeout=10) as r:
+            out["router_counted"] = [
+                l for l in r.read().decode().splitlines()
+                if l.startswith("cutover_requests_total") and 'code="5' in l
+            ]
         print(json.dumps(out, indent=2))
     finally:
         for p in (router, server):
