@@ -192,7 +192,7 @@ impl Drop for LlamaPorts {
 
 /// Health on `/v1/models`: llama-cpp-python has no `/health`. That route waits for the
 /// server's model lock, so it queues behind running generations: the timeout is generous.
-const HEALTH: &str = "health = { path = \"/v1/models\", interval = \"300ms\", timeout = \"5s\" }";
+const HEALTH: &str = "health = { path = \"/v1/models\", interval = \"300ms\", timeout = \"10s\" }";
 
 /// Chat request bodies for warm-up and smoke checks.
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"temperature":0}"#;
