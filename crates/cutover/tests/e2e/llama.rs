@@ -345,8 +345,17 @@ async fn llama_switch_storm_with_the_openai_client_fails_nothing_and_mixes_no_ve
     let mut d = Driver::start(&r.url("/v1"), 4, &[("v1", blue.v1_url()), ("v2", green.v1_url())]);
     d.wait_ok(6, Duration::from_secs(60)).await;
     let switches = 20;
+    let mut busy_switches = 0;
     for i in 0..switches {
-        let to = if i % 2 == 0 { "green" } else { "blue" };
+        let (from, to) = if i % 2 == 0 {
+            ("blue", "green")
+        } else {
+            ("green", "blue")
+        };
+        // Requests in flight on the color being left: they must finish there, unmixed.
+        if r.status().await["colors"][from]["in_flight"].as_u64().unwrap_or(0) > 0 {
+            busy_switches += 1;
+        }
         let s = r.switch(to).await;
         assert_eq!(s.status, 200, "switch {i} to {to}: {}", s.text());
         // Answers between switches, so every switch lands among requests and streams.
@@ -354,6 +363,11 @@ async fn llama_switch_storm_with_the_openai_client_fails_nothing_and_mixes_no_ve
         d.wait_ok(next, Duration::from_secs(60)).await;
     }
     let s = d.finish().await;
+    eprintln!("{busy_switches} of {switches} switches left requests in flight");
+    assert!(
+        busy_switches >= 5,
+        "switches should land among running requests: {busy_switches} of {switches} did"
+    );
     assert_eq!(count(&s, "failed"), 0, "failed answers: {}", s["errors"]);
     assert_eq!(
         s["references_differ"], true,
