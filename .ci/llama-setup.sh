@@ -56,6 +56,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$LLAMA_CMAKE_ARGS" ]; then
 fi
 
 pip_() { "$PY" -m pip --disable-pip-version-check "$@"; }
+# Debian's own python3 refuses pip installs outside a venv (PEP 668); this is a throwaway CI
+# or test machine, so install into it anyway, as the rest of .ci/run does with pyenv's Python.
+if "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+  export PIP_BREAK_SYSTEM_PACKAGES=1
+fi
 
 start=$(date +%s)
 if pip_ install -q --no-index --find-links "$WHEELS" "${REQS[@]}" 2>/dev/null; then
