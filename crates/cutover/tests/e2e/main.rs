@@ -11,6 +11,7 @@
 //! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
+//! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
@@ -22,6 +23,7 @@ mod dashboard;
 mod demo;
 mod hardening;
 mod http1;
+mod llama;
 mod observability;
 mod release;
 mod restart;
