@@ -23,6 +23,10 @@ use crate::exchange::{self, Exchange, Forwarder, Next, Replay, Retry};
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
 
+/// Bodies up to this size are read whole before the request is sent, so it can be sent
+/// again (see `read_small_body`): a chat request is a few KiB; an image upload is streamed.
+const REPLAY_BUFFER: u64 = 64 * 1024;
+
 /// Where the request body stands.
 #[derive(Clone)]
 pub(super) struct BodyProgress {
@@ -44,6 +48,12 @@ impl BodyProgress {
             dec: Chunked::new(),
             limit,
         }
+    }
+
+    /// A Content-Length body small enough to read whole before sending (chunked bodies of
+    /// unknown size are streamed).
+    fn small(&self) -> bool {
+        matches!(self.framing, Framing::Length(n) if n <= REPLAY_BUFFER)
     }
 
     pub(super) fn done(&self) -> bool {
@@ -203,7 +213,38 @@ impl Sender<'_> {
                 .await
                 .map_err(|_| Fail::ClientGone)?;
         }
+        if !body.done() && body.small() {
+            self.read_small_body(&mut body, &mut out.0).await?;
+        }
         Ok(Outgoing { bytes: out, body })
+    }
+
+    /// Read the rest of a small body (a chat request's JSON, whose head and body often come
+    /// in separate segments) before anything is sent, so the whole request is at hand should
+    /// a pooled connection die under it: without it, such a POST could never be sent again.
+    /// The client has `header_read_timeout` to send it, like a head.
+    async fn read_small_body(&mut self, body: &mut BodyProgress, out: &mut Vec<u8>) -> Result<(), Fail> {
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        while !body.done() {
+            self.inbuf.reserve(BUF_SIZE);
+            let read = tokio::time::timeout_at(deadline, self.client.read_buf(&mut self.inbuf.data)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => {
+                    return Err(Fail::Proxy(exchange::bad_body(
+                        "the client closed the connection before the whole body",
+                    )))
+                }
+                Err(_) => {
+                    return Err(Fail::Proxy(exchange::bad_body(
+                        "the client did not send its body within limits.header_read_timeout",
+                    )))
+                }
+            }
+            let k = body.take(self.inbuf.bytes(), out).map_err(Fail::Proxy)?;
+            self.inbuf.consume(k);
+        }
+        Ok(())
     }
 
     /// Attempts until one gets a response head, within the first-byte deadline.

@@ -525,3 +525,49 @@ async fn llama_content_check_catches_a_color_serving_another_version() {
     let e = s["errors"][0].as_str().unwrap_or_default();
     assert!(e.contains("tagged v1 is not v1's answer"), "{e}");
 }
+
+/// Issue 12 §7, seen on this server: a streamed prompt longer than the context gets 200 and an
+/// empty stream, then the server closes that keep-alive connection a few ms later without
+/// `Connection: close`. The next request (a POST) taken onto the dying pooled connection got
+/// a 502 in up to 28 of 30 rounds, charged to the live color. Now its body is read whole
+/// before sending and it is sent again on a fresh connection (`retry_non_idempotent`): no
+/// normal request fails, and the router counts no 5xx. `repro_reset.py` runs its own server
+/// and router on the binary under test.
+#[tokio::test]
+async fn llama_a_dying_pooled_connection_costs_the_next_client_nothing() {
+    require_python();
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(python())
+            .arg(script("repro_reset.py"))
+            .args([
+                "--cutover",
+                CUTOVER,
+                "--rounds",
+                "15",
+                "--seconds",
+                "5",
+                "--delays",
+                "0",
+            ])
+            .output()
+            .expect("run repro_reset.py")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&text[text.find("{\n").expect("a JSON summary")..]).unwrap();
+    let rounds = &v["rounds_via_cutover_delay_0.0"];
+    assert_eq!(
+        rounds["client_a_saw"]["200 with 0 content chunks"], 15,
+        "the server's quirk is there: {rounds}"
+    );
+    assert_eq!(rounds["b_failed"], 0, "{rounds}");
+    assert_eq!(v["mixed_via_cutover"]["normal_failed"], 0, "{}", v["mixed_via_cutover"]);
+    assert!(v["mixed_via_cutover"]["normal_ok"].as_u64().unwrap() > 50);
+    assert_eq!(
+        v["router_counted"],
+        serde_json::json!([]),
+        "no 5xx charged to the color"
+    );
+}
