@@ -15,7 +15,7 @@ use crate::body::RespBody;
 use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, Replay, Retry};
 use crate::headers::{self, Class, Codings};
-use crate::request_body::{BodyTooLarge, ReqBody};
+use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
@@ -313,7 +313,9 @@ impl Forwarder {
         // the retry rule could ever use it.
         let replay = Replay::of(&parts.method, body.is_end_stream(), settings.retry_non_idempotent);
         let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
-        let mut upstream_req = Request::from_parts(parts, ReqBody::new(body, settings.max_body_bytes));
+        let body = ReqBody::new(body, settings.max_body_bytes);
+        let fault = body.fault();
+        let mut upstream_req = Request::from_parts(parts, body);
         let mut fresh = false;
         let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
         loop {
@@ -334,11 +336,12 @@ impl Forwarder {
                     } else {
                         Retry::Never
                     };
+                    let e = classify(&error, &endpoint, fault(), settings.max_body_bytes);
                     upstream_req = match &spare {
                         Some(p) => Request::from_parts(p.clone(), ReqBody::empty()),
-                        None => return Err(classify(&error, &endpoint)),
+                        None => return Err(e),
                     };
-                    (retry, classify(&error, &endpoint))
+                    (retry, e)
                 }
             };
             match ex.after_failure(retry, &endpoint, replay) {
@@ -481,7 +484,23 @@ async fn send(
     }
 }
 
-fn classify(e: &hyper::Error, endpoint: &Endpoint) -> ProxyError {
+fn classify(e: &hyper::Error, endpoint: &Endpoint, fault: ClientFault, limit: u64) -> ProxyError {
+    if fault == ClientFault::TooLarge {
+        return ProxyError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            Source::Client,
+            format!("request body larger than the limit of {limit} bytes"),
+        );
+    }
+    if fault == ClientFault::Failed {
+        return ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "client_body_failed",
+            Source::Client,
+            format!("reading the request body failed: {e}"),
+        );
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(t) = s.downcast_ref::<BodyTooLarge>() {

@@ -2,6 +2,8 @@
 //! the size limit (a leaf module).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,6 +28,19 @@ pub struct ReqBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    /// Why the body failed, if it was the client's doing: kept beside the body because the
+    /// HTTP/2 client reports a failed body as a plain stream error, without the cause, and a
+    /// client's mistake must never count against the color.
+    fault: Arc<AtomicU8>,
+}
+
+/// What ended a request body early on the client's side (read through [`ReqBody::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    None,
+    TooLarge,
+    /// The client's stream failed (it reset or went away mid-body).
+    Failed,
 }
 
 impl ReqBody {
@@ -34,6 +49,7 @@ impl ReqBody {
             inner: Some(inner),
             limit,
             seen: 0,
+            fault: Arc::default(),
         }
     }
 
@@ -42,6 +58,17 @@ impl ReqBody {
             inner: None,
             limit: 0,
             seen: 0,
+            fault: Arc::default(),
+        }
+    }
+
+    /// Reads what the body's client did, after the body is gone (into a request sent).
+    pub fn fault(&self) -> impl Fn() -> ClientFault + Send + Sync + 'static {
+        let f = self.fault.clone();
+        move || match f.load(Relaxed) {
+            1 => ClientFault::TooLarge,
+            2 => ClientFault::Failed,
+            _ => ClientFault::None,
         }
     }
 }
@@ -61,12 +88,16 @@ impl Body for ReqBody {
                     this.seen += d.len() as u64;
                     if this.seen > this.limit {
                         this.inner = None;
+                        this.fault.store(1, Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.fault.store(2, Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -8,11 +8,11 @@
 //! rewritten straight into the upstream's head, bodies are copied between sockets from
 //! pooled buffers, and an idle connection holds no buffer at all.
 //!
-//! What it keeps from the hyper path: the same routing (one atomic load per request), the
-//! same per-color statistics and in-flight guard, the same JSON errors, the same limits and
-//! timeouts, retries only for requests that never reached an upstream, SSE error events,
-//! and the drain deadline. HTTP/2 clients (prior knowledge) are detected on the first bytes
-//! and handed to hyper; h2c upstreams use the hyper path for every client.
+//! Both engines run the same request lifecycle (`crate::exchange`): routing with one atomic
+//! load per request, per-color statistics and in-flight guard, the retry rule, JSON errors,
+//! limits and timeouts, SSE error events, and the drain deadline. HTTP/2 clients (prior
+//! knowledge) are detected on the first bytes and handed to hyper; h2c upstreams use the hyper
+//! engine for every client.
 //!
 //! # Layout
 //! - `client`: the client connection: request heads, refusals, one exchange per request.

@@ -448,3 +448,69 @@ async fn model_requests_of(mocks: &[Mock]) -> Vec<u64> {
     }
     v
 }
+
+/// A client's oversized chunked body on an h2c service is the client's mistake: 413, and not
+/// counted against the color (it came back as 502 `upstream_failed`, an upstream failure
+/// that verification reads, so a client could roll back a good release).
+#[tokio::test]
+async fn an_oversized_body_on_an_h2c_service_is_a_413_not_an_upstream_failure() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let extra = "upstream_protocol = \"h2c\"\nlimits = { max_body_bytes = 1000 }";
+    let r = Router::start(&static_service(&[&blue], &[&green], extra)).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    for h2 in [false, true] {
+        // A streamed body with no length up front, so it is cut where it passes the limit.
+        let req = Request::post(r.url("/v1/chat/completions"))
+            .body(Chunks(8, 512))
+            .unwrap();
+        let resp = if h2 {
+            let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+            c.request(req).await.unwrap()
+        } else {
+            let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            c.request(req).await.unwrap()
+        };
+        let status = resp.status();
+        let (text, _) = read_text(resp).await;
+        assert_eq!(status, 413, "h2 client: {h2}: {text}");
+        assert!(text.contains("body_too_large"), "{text}");
+    }
+    let m = get(&r.admin_url("/metrics")).await.unwrap().text();
+    let blue_failures: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("cutover_upstream_failures_total") && l.contains("color=\"blue\""))
+        .collect();
+    assert_eq!(blue_failures.len(), 1, "the counter is exported: {blue_failures:?}");
+    assert!(
+        !m.lines().any(|l| l.starts_with("cutover_upstream_failures_total")
+            && l.contains("color=\"blue\"")
+            && !l.ends_with(" 0")),
+        "a client's mistake counted as an upstream failure:\n{}",
+        m.lines()
+            .filter(|l| l.contains("upstream_failures"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// `.0` chunks of `.1` bytes, sent as a stream (no Content-Length).
+struct Chunks(usize, usize);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        let size = self.1;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![b'z'; size])))))
+    }
+}
