@@ -109,6 +109,14 @@ impl Exchange {
         }
     }
 
+    /// The exchange became a tunnel (101 Switching Protocols): still in flight until it
+    /// closes, but not a latency sample.
+    pub(crate) fn tunnel(&mut self) {
+        if let Some(g) = self.guard.as_mut() {
+            g.tunnel = true;
+        }
+    }
+
     /// The request ends with the proxy's own error: count it (as an upstream failure unless
     /// the client was to blame) and leave the in-flight count.
     pub(crate) fn failed(&mut self, e: &ProxyError) {

@@ -18,6 +18,9 @@ pub(crate) struct Guard {
     pub(crate) started: Instant,
     /// Present only when the service's access log is on (one allocation per request then).
     pub(crate) access: Option<Box<Access>>,
+    /// A tunnel (an upgraded connection) lasts as long as its session: its duration is not a
+    /// request's latency and stays out of the histogram the gates read.
+    pub(crate) tunnel: bool,
 }
 
 /// What an access-log line says about a request, filled in as it goes.
@@ -32,7 +35,12 @@ pub(crate) struct Access {
 impl Guard {
     pub(crate) fn new(route: Arc<ColorRoute>, started: Instant, access: Option<Box<Access>>) -> Guard {
         route.stats.in_flight.fetch_add(1, Relaxed);
-        Guard { route, started, access }
+        Guard {
+            route,
+            started,
+            access,
+            tunnel: false,
+        }
     }
 
     pub(crate) fn set_status(&mut self, status: u16) {
@@ -46,7 +54,9 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.route.stats.in_flight.fetch_sub(1, Relaxed);
         let elapsed = self.started.elapsed();
-        self.route.stats.duration.observe(elapsed);
+        if !self.tunnel {
+            self.route.stats.duration.observe(elapsed);
+        }
         if let Some(a) = &self.access {
             // Written when the last byte has gone (or the client left): the duration covers
             // the whole stream. Status 0: the client went away before the response head.

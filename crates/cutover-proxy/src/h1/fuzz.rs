@@ -32,6 +32,7 @@ pub(crate) fn wire(data: &[u8]) {
         Ok(None) | Err(_) => assert!(out.is_empty(), "nothing written unless accepted"),
     }
     let cx = ResponseContext {
+        upgrade: data.get(2).is_some_and(|b| b & 1 == 1),
         head_request: data.first().is_some_and(|b| b & 1 == 1),
         client_minor: data.get(1).map_or(1, |b| b & 1),
         client_keep_alive: true,

@@ -28,6 +28,8 @@ pub(super) struct Answer {
     pub(super) rest: Buf,
     /// The client's version of the response head.
     pub(super) out: Out,
+    /// A 101 to an upgrade request: what follows is a tunnel, not a body.
+    pub(super) tunnel: bool,
 }
 
 /// What relaying one response needs from the exchange.
@@ -64,6 +66,46 @@ enum Wait {
 }
 
 impl Relay<'_> {
+    /// After a 101: the client's 101 head (and whatever the upstream already sent of the new
+    /// protocol) goes out, what the client already sent goes up, then bytes are copied both
+    /// ways until either side closes, the request timeout, or the old color's drain deadline
+    /// (counted in `drain_closed`, like a stream). The upstream connection is never pooled
+    /// again.
+    pub(super) async fn tunnel(self, a: Answer) {
+        let Answer {
+            mut up, rest, mut out, ..
+        } = a;
+        out.vec().extend_from_slice(rest.bytes());
+        drop(rest);
+        if write_by(self.client, &out.0, self.deadline).await.is_err() {
+            return;
+        }
+        drop(out);
+        if !self.inbuf.is_empty() {
+            let n = self.inbuf.len();
+            if write_by(&mut up.stream, self.inbuf.bytes(), self.deadline)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            self.inbuf.consume(n);
+        }
+        self.inbuf.release();
+        if self.route.closing.load(Relaxed) {
+            self.route.stats.drain_closed.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut closed = self.route.close_signal.subscribe();
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(self.client, &mut up.stream) => {}
+            _ = sleep_until(self.deadline) => {}
+            _ = wait_true(&mut closed) => {
+                self.route.stats.drain_closed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     /// Stream the response body to the client. True when it ended cleanly.
     pub(super) async fn run(mut self, a: Answer) -> bool {
         let Answer {
@@ -71,6 +113,7 @@ impl Relay<'_> {
             head: rh,
             rest: mut upbuf,
             out: mut cout,
+            ..
         } = a;
         let mut p = Progress {
             left: if let Framing::Length(n) = rh.body { n } else { 0 },

@@ -42,6 +42,9 @@ pub(crate) struct RequestHead {
     pub(crate) expect_continue: bool,
     /// No Host came with the request: the upstream head still needs one.
     pub(crate) needs_host: bool,
+    /// An HTTP/1.1 request without a body asking to switch protocols (`Connection: upgrade`
+    /// and an `Upgrade`, e.g. WebSocket): its Upgrade went upstream, and a 101 opens a tunnel.
+    pub(crate) upgrade: bool,
     /// Present only when an access log wants it.
     pub(crate) path: Option<String>,
 }
@@ -108,6 +111,8 @@ fn later_minor(buf: &[u8], t: &Target<'_>, out: &mut Vec<u8>) -> Result<Option<R
 struct Seen<'h> {
     body: Framing,
     host: Option<&'h [u8]>,
+    /// The Upgrade value of an upgrade request (see [`RequestHead::upgrade`]).
+    upgrade: Option<&'h [u8]>,
     expect_continue: bool,
     /// A trusted proxy's values, kept instead of the proxy's own.
     proto: Option<&'h [u8]>,
@@ -141,7 +146,13 @@ fn rewrite(
     let (path, uri_host) = split_target(target, &method, &mut absolute)?;
     let headers = &*req.headers;
     let conn = ConnectionTokens::parse(connection_lines(headers));
-    let seen = inspect(headers, minor, uri_host.is_some(), t)?;
+    let mut seen = inspect(headers, minor, uri_host.is_some(), t)?;
+    if minor == 1 && seen.body == Framing::None && conn.any() && conn.names(b"upgrade", connection_lines(headers)) {
+        seen.upgrade = headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade") && !h.value.is_empty())
+            .map(|h| h.value);
+    }
     let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(seen.host);
     let keep_alive = if minor == 1 {
         !conn.close
@@ -167,6 +178,7 @@ fn rewrite(
         keep_alive,
         expect_continue: seen.expect_continue,
         needs_host: host.is_none(),
+        upgrade: seen.upgrade.is_some(),
     })
 }
 
@@ -260,6 +272,10 @@ impl Write<'_, '_> {
             }
         }
         self.forwarding(out);
+        if let Some(u) = self.seen.upgrade {
+            line(out, b"upgrade", u);
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        }
         match self.seen.body {
             Framing::Length(n) => line(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
             Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -526,6 +542,27 @@ mod tests {
         let (h, _) =
             req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(h.body, Framing::Chunked, "empty list elements are allowed");
+    }
+
+    #[test]
+    fn an_upgrade_request_keeps_its_upgrade_and_nothing_else_does() {
+        let (h, out) = req("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n").unwrap();
+        assert!(h.upgrade);
+        assert!(out.contains("upgrade: websocket\r\nconnection: upgrade\r\n"), "{out}");
+        assert!(
+            out.contains("Sec-WebSocket-Key: k\r\n") && !out.contains("keep-alive"),
+            "{out}"
+        );
+        for not_upgrade in [
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            "GET /ws HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n",
+        ] {
+            let (h, out) = req(not_upgrade).unwrap();
+            assert!(!h.upgrade, "{not_upgrade}");
+            assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+        }
     }
 
     #[test]

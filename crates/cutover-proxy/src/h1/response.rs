@@ -37,6 +37,11 @@ pub(crate) struct ResponseHead {
 #[derive(Debug)]
 pub(crate) enum ResponseParse {
     Partial,
+    /// `101 Switching Protocols` to an upgrade request, `len` bytes: the client's 101 head is
+    /// in `out`, and what follows is the new protocol, both ways.
+    Switching {
+        len: usize,
+    },
     /// A 1xx interim response of `len` bytes; the final one follows. `relay` is its head
     /// for the client when it is to be passed on (see [`response_head`]), else empty.
     Interim {
@@ -49,6 +54,8 @@ pub(crate) enum ResponseParse {
 /// What the response head written to the client depends on.
 pub(crate) struct ResponseContext<'a> {
     pub(crate) head_request: bool,
+    /// The request asked to switch protocols: a 101 is the start of a tunnel.
+    pub(crate) upgrade: bool,
     pub(crate) client_minor: u8,
     pub(crate) client_keep_alive: bool,
     pub(crate) color: &'a [u8],
@@ -68,7 +75,24 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
         return Err("malformed status line".into());
     };
     if code == 101 {
-        return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+        if !cx.upgrade {
+            return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+        }
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for h in resp.headers.iter() {
+            // Upgrade and Connection are restated for this hop; the rest (Sec-WebSocket-*)
+            // is the two ends' business.
+            if !headers::response_skip(h.name.as_bytes()) || h.name.eq_ignore_ascii_case("upgrade") {
+                header(out, h.name.as_bytes(), h.value);
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        header(out, b"x-cutover-color", cx.color);
+        if let Some(v) = cx.version {
+            header(out, b"x-cutover-version", v);
+        }
+        out.extend_from_slice(b"\r\n");
+        return Ok(ResponseParse::Switching { len: head_len });
     }
     if (100..200).contains(&code) {
         // RFC 9110 §15.2: a proxy passes 1xx on, but never to an HTTP/1.0 client, and not
@@ -260,6 +284,7 @@ mod tests {
 
     fn resp(raw: &str, head_request: bool, minor: u8, keep: bool) -> (ResponseHead, String) {
         let cx = ResponseContext {
+            upgrade: false,
             head_request,
             client_minor: minor,
             client_keep_alive: keep,
@@ -275,6 +300,7 @@ mod tests {
 
     fn refused(raw: &[u8]) -> String {
         let cx = ResponseContext {
+            upgrade: false,
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
@@ -360,8 +386,37 @@ mod tests {
     }
 
     #[test]
+    fn a_101_opens_a_tunnel_only_for_an_upgrade_request() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\nX-Cutover-Color: red\r\n\r\nFRAME";
+        let cx = ResponseContext {
+            upgrade: true,
+            head_request: false,
+            client_minor: 1,
+            client_keep_alive: true,
+            color: b"blue",
+            version: None,
+        };
+        let mut out = Vec::new();
+        assert!(
+            matches!(response_head(raw, &cx, &mut out), Ok(ResponseParse::Switching { len }) if len == raw.len() - 5)
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Sec-WebSocket-Accept: x\r\nconnection: upgrade\r\nx-cutover-color: blue\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("red") && !out.contains("Connection: Upgrade"), "{out}");
+        refused(raw);
+    }
+
+    #[test]
     fn interim_and_bad_responses() {
         let cx = ResponseContext {
+            upgrade: false,
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,

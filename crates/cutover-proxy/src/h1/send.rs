@@ -15,7 +15,7 @@ use super::chunked::{chunk, last_chunk, Chunked};
 use super::io::{client_gone, poll_now, read_ready, write_by, UpstreamSocket};
 use super::relay::{Answer, Relay};
 use super::request::RequestHead;
-use super::response::{self, ResponseContext, ResponseParse};
+use super::response::{self, ResponseContext, ResponseHead, ResponseParse};
 use super::Framing;
 use super::{After, Fail};
 use crate::error::ProxyError;
@@ -176,6 +176,9 @@ impl Sender<'_> {
         self.inbuf.release();
         ex.answered(answer.head.status);
         let close_client = answer.head.close_client;
+        if answer.tunnel {
+            ex.tunnel();
+        }
         let relay = Relay {
             client: self.client,
             inbuf: self.inbuf,
@@ -184,6 +187,10 @@ impl Sender<'_> {
             endpoint: &endpoint,
             deadline: Deadline::from_std(ex.started) + settings.request_timeout,
         };
+        if answer.tunnel {
+            relay.tunnel(answer).await;
+            return Ok(After::Close);
+        }
         let complete = relay.run(answer).await;
         drop(load);
         Ok(if complete && !close_client && head.keep_alive {
@@ -257,6 +264,7 @@ impl Sender<'_> {
     ) -> Result<(Answer, EndpointLoad), Fail> {
         let route = ex.route.clone();
         let rcx = ResponseContext {
+            upgrade: head.upgrade,
             head_request: head.method == http::Method::HEAD,
             client_minor: head.minor,
             client_keep_alive: head.keep_alive && !self.shutting_down,
@@ -354,6 +362,26 @@ impl Sender<'_> {
                             head: h,
                             rest: upbuf,
                             out: cout,
+                            tunnel: false,
+                        });
+                    }
+                    Ok(ResponseParse::Switching { len }) => {
+                        upbuf.consume(len);
+                        let head = ResponseHead {
+                            head_len: len,
+                            status: 101,
+                            body: Framing::Close,
+                            upstream_keep_alive: false,
+                            sse: false,
+                            out: response::OutMode::None,
+                            close_client: true,
+                        };
+                        return Ok(Answer {
+                            up,
+                            head,
+                            rest: upbuf,
+                            out: cout,
+                            tunnel: true,
                         });
                     }
                     Err(m) => return Err(Fail::Proxy(exchange::bad_response(endpoint, &m))),

@@ -14,6 +14,7 @@
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
+//! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 
 mod admin;
@@ -30,3 +31,4 @@ mod restart;
 mod routing;
 mod support;
 mod switching;
+mod websocket;
