@@ -12,6 +12,8 @@ pub struct EndpointStatus {
     pub address: String,
     pub healthy: Option<bool>,
     pub health: Health,
+    /// Requests on this endpoint now (a hung endpoint shows as one whose count only grows).
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +51,7 @@ fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
                     Health::Unhealthy => Some(false),
                 },
                 health: h,
+                in_flight: e.in_flight(),
             }
         })
         .collect()

@@ -431,6 +431,10 @@ async fn a_down_endpoint_s_share_is_spread_over_the_live_ones() {
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
     }
     let after = model_requests_of(&live).await;
+    let st = r.status().await;
+    for e in st["colors"]["blue"]["endpoints"].as_array().unwrap() {
+        assert_eq!(e["in_flight"], 0, "every endpoint's requests ended: {st}");
+    }
     let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(shares.iter().sum::<u64>(), 300, "{shares:?}");
     for s in &shares {
