@@ -367,8 +367,20 @@ pub struct VerifyConfig {
     pub bake: Duration,
     #[serde(default = "defaults::max_error_rate")]
     pub max_error_rate: f64,
+    /// Whole-request p99 of plain answers (event streams are judged by the gates below).
     #[serde(default)]
     pub max_p99_latency: Option<Duration>,
+    /// Time to first token of event streams.
+    #[serde(default)]
+    pub max_ttft_p50: Option<Duration>,
+    #[serde(default)]
+    pub max_ttft_p99: Option<Duration>,
+    /// Stalls between a stream's events.
+    #[serde(default)]
+    pub max_token_gap_p99: Option<Duration>,
+    /// The median stream's events per second.
+    #[serde(default)]
+    pub min_tokens_per_second: Option<f64>,
     #[serde(default = "defaults::min_requests")]
     pub min_requests: u64,
     #[serde(default = "defaults::yes")]
@@ -944,6 +956,15 @@ impl Source<'_> {
                     near("verify"),
                     format!("must be between 0 and 1, got {}", v.max_error_rate),
                 );
+            }
+            if let Some(t) = v.min_tokens_per_second {
+                if !(t.is_finite() && t > 0.0) {
+                    return self.err_at(
+                        k("verify.min_tokens_per_second"),
+                        near("verify.min_tokens_per_second"),
+                        format!("must be a positive number of tokens per second, got {t}"),
+                    );
+                }
             }
         }
         if let Some(w) = &rel.warmup {

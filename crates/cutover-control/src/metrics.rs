@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use cutover_proxy::stats::{Histogram, BUCKETS_US};
+use cutover_proxy::stats::{Histogram, Sketch, BUCKETS_US};
 use cutover_proxy::{Color, ColorRoute, Health};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
@@ -61,6 +61,28 @@ fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> fmt::Resu
         .encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, s.count(), &buckets, None)
 }
 
+/// A per-color sketch as a metric: name, help, where it is.
+type ColorSketch = (&'static str, &'static str, fn(&ColorRoute) -> &Sketch);
+
+/// A sketch as a Prometheus histogram on the usual bounds (a sample within 6 % of a bound
+/// may count in the next bucket: the sketch's resolution).
+fn sketch_histogram(m: &mut MetricEncoder, labels: &Labels, h: &Sketch) -> fmt::Result {
+    let s = h.snapshot();
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = BUCKETS_US
+        .iter()
+        .map(|b| {
+            let cumulative = s.count_below(*b);
+            let n = cumulative - below;
+            below = cumulative;
+            (*b as f64 / 1e6, n)
+        })
+        .collect();
+    buckets.push((f64::MAX, s.count() - below));
+    m.encode_family(labels)?
+        .encode_histogram::<NoLabelSet>(h.sum_us() as f64 / 1e6, s.count(), &buckets, None)
+}
+
 impl Collector for ControllerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let routes = routes(&self.0);
@@ -103,7 +125,30 @@ fn encode_traffic(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<C
     for (svc, r) in routes {
         histogram(&mut m, &color_labels(svc, r), &r.stats.ttfb)?;
     }
-    let counters: [ColorCounter; 4] = [
+    let sketches: [ColorSketch; 2] = [
+        (
+            "cutover_time_to_first_token_seconds",
+            "Request arrival to an event stream's first event",
+            |r| &r.stats.ttft,
+        ),
+        (
+            "cutover_token_gap_seconds",
+            "Time between reads that carried events, within a stream",
+            |r| &r.stats.token_gap,
+        ),
+    ];
+    for (name, help, get) in sketches {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (svc, r) in routes {
+            sketch_histogram(&mut m, &color_labels(svc, r), get(r))?;
+        }
+    }
+    let counters: [ColorCounter; 5] = [
+        (
+            "cutover_empty_generations",
+            "2xx answers that carried no generation (a stream of a bare [DONE], a POST's empty 200): errors for verification",
+            |r| r.stats.empty_generations.load(Relaxed),
+        ),
         (
             "cutover_stream_events",
             "Server-sent events relayed (derive tokens/s)",

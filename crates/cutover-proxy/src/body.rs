@@ -101,6 +101,9 @@ impl Proxied {
                 load.endpoint().pool.put(s);
             }
         }
+        if let Some(g) = self.guard.as_mut() {
+            g.complete();
+        }
         self.guard = None;
     }
 
@@ -119,12 +122,18 @@ impl Proxied {
         Poll::Ready(Some(Err(why.to_string().into())))
     }
 
-    fn count_events(&mut self, d: &Bytes) {
-        let n = count_events(&mut self.last_was_newline, d);
-        if n > 0 {
-            if let Some(g) = &self.guard {
+    /// A data frame goes to the client: its bytes, and for a stream its events.
+    fn count(&mut self, d: &Bytes) {
+        let n = if self.sse {
+            count_events(&mut self.last_was_newline, d)
+        } else {
+            0
+        };
+        if let Some(g) = self.guard.as_mut() {
+            if n > 0 {
                 g.route.stats.stream_events.fetch_add(n, Relaxed);
             }
+            g.body(d.len(), n);
         }
     }
 }
@@ -160,11 +169,9 @@ impl Body for RespBody {
         }
         match Pin::new(&mut p.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                if p.sse {
-                    if let Some(d) = f.data_ref() {
-                        let d = d.clone();
-                        p.count_events(&d);
-                    }
+                if let Some(d) = f.data_ref() {
+                    let d = d.clone();
+                    p.count(&d);
                 }
                 if p.inner.is_end_stream() {
                     p.finish();

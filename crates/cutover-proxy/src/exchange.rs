@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 
 use crate::error::{ProxyError, Source};
-use crate::guard::{Access, Guard};
+use crate::guard::{Access, Guard, Kind};
 use crate::route::Service;
 use crate::route::{ColorRoute, Endpoint};
 use crate::upstream::ConnectError;
@@ -55,12 +55,14 @@ impl Exchange {
     pub(crate) fn begin(
         fwd: &Forwarder,
         started: Instant,
+        method: &Method,
         access: impl FnOnce() -> Access,
     ) -> Result<Exchange, ProxyError> {
         let route = fwd.service.target(fwd.preview).ok_or_else(|| no_route(fwd))?;
         let access = fwd.service.settings.access_log.then(|| Box::new(access()));
+        let post = *method == Method::POST;
         Ok(Exchange {
-            guard: Some(Guard::new(route.clone(), started, access)),
+            guard: Some(Guard::new(route.clone(), started, post, access)),
             route,
             started,
             retries: Retries::default(),
@@ -101,11 +103,11 @@ impl Exchange {
     }
 
     /// The response head arrived: time to first byte and status are counted now.
-    pub(crate) fn answered(&mut self, status: u16) {
+    pub(crate) fn answered(&mut self, status: u16, sse: bool) {
         self.route.stats.ttfb.observe(self.started.elapsed());
         self.route.stats.record_status(status);
         if let Some(g) = self.guard.as_mut() {
-            g.set_status(status);
+            g.answered(status, sse);
         }
     }
 
@@ -113,7 +115,7 @@ impl Exchange {
     /// closes, but not a latency sample.
     pub(crate) fn tunnel(&mut self) {
         if let Some(g) = self.guard.as_mut() {
-            g.tunnel = true;
+            g.kind = Kind::Tunnel;
         }
     }
 

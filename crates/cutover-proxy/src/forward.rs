@@ -225,7 +225,7 @@ impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
-        let begun = Exchange::begin(self, started, || {
+        let begun = Exchange::begin(self, started, req.method(), || {
             exchange::access(self, req.method(), req.uri().path().to_string(), peer.addr)
         });
         let mut ex = match begun {
@@ -268,7 +268,11 @@ impl Forwarder {
 
         let (mut parts, body) = resp.into_parts();
         check_response(&parts).map_err(|m| exchange::bad_response(load.endpoint(), &m))?;
-        ex.answered(parts.status.as_u16());
+        let sse = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        ex.answered(parts.status.as_u16(), sse);
         // The client's protocol, not the upstream's: an HTTP/1.0 upstream's answer goes to an
         // HTTP/1.1 client as HTTP/1.1 (hyper frames it for that client).
         parts.version = client_version;
@@ -284,10 +288,6 @@ impl Forwarder {
         if let Some(v) = &ex.route.version_header {
             parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
         }
-        let sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         let guard = ex.guard.take().expect("the guard is taken once, here");
         let body = RespBody::proxied(body, guard, (load, conn), deadline, sse);

@@ -70,23 +70,113 @@ impl HistogramSnapshot {
             sum_us: self.sum_us.saturating_sub(earlier.sum_us),
         }
     }
+}
 
-    /// The upper bound of the bucket holding quantile `q` (0..=1); `None` with no samples.
-    /// Values above the last bound report `Duration::MAX`: "more than 300 s".
+/// Bins of a [`Sketch`]: 16 exact ones below 16 µs, then 16 per power of two up to 2^32 µs
+/// (71 minutes, where values are clamped).
+const SKETCH_BINS: usize = 16 + 28 * 16;
+
+fn sketch_bin(us: u64) -> usize {
+    let us = us.min((1 << 32) - 1);
+    if us < 16 {
+        return us as usize;
+    }
+    let e = 63 - us.leading_zeros() as usize;
+    16 + (e - 4) * 16 + ((us >> (e - 4)) & 15) as usize
+}
+
+/// The bounds `[lo, hi)` of bin `i`, in µs.
+fn sketch_bounds(i: usize) -> (u64, u64) {
+    if i < 16 {
+        return (i as u64, i as u64 + 1);
+    }
+    let (e, m) = ((i - 16) / 16 + 4, ((i - 16) % 16) as u64);
+    ((16 + m) << (e - 4), (17 + m) << (e - 4))
+}
+
+/// A log-linear histogram (HdrHistogram's layout with four significant bits): every value
+/// lands in a bin at most 1/16 of its size wide, so quantiles are measured to within about
+/// 6 % at any scale, from microseconds to an hour, for the price of a few integer operations
+/// per sample. What the gates read; fixed buckets stay for Prometheus.
+pub struct Sketch {
+    bins: Box<[AtomicU64; SKETCH_BINS]>,
+    sum_us: AtomicU64,
+}
+
+impl Default for Sketch {
+    fn default() -> Self {
+        Sketch {
+            bins: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Sketch {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.bins[sketch_bin(us)].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The sum of all samples, in µs (for Prometheus).
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> SketchSnapshot {
+        SketchSnapshot(self.bins.iter().map(|b| b.load(Relaxed)).collect())
+    }
+}
+
+/// Counts per bin of a [`Sketch`] at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SketchSnapshot(Vec<u64>);
+
+impl SketchSnapshot {
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &SketchSnapshot) -> SketchSnapshot {
+        SketchSnapshot(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.0.get(i).copied().unwrap_or(0)))
+                .collect(),
+        )
+    }
+
+    /// Quantile `q` (0..=1), interpolated within its bin; `None` without samples.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let total = self.count();
         if total == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(BUCKETS_US.get(i).map_or(Duration::MAX, |us| Duration::from_micros(*us)));
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0u64;
+        for (i, &n) in self.0.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let (lo, hi) = sketch_bounds(i);
+                let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(Duration::from_micros(lo + ((hi - lo) as f64 * within) as u64));
             }
+            seen += n;
         }
-        Some(Duration::MAX)
+        None
+    }
+
+    /// Samples at or below `us` (bins wholly below it), for Prometheus-style buckets: a
+    /// sample within a bin's width (6 %) of the bound may count in the next bucket.
+    pub fn count_below(&self, us: u64) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .take_while(|(i, _)| sketch_bounds(*i).1 <= us + 1)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -106,8 +196,21 @@ pub struct ColorStats {
     pub stream_events: AtomicU64,
     /// From request arrival to the last response byte.
     pub duration: Histogram,
-    /// From request arrival to the response head: time to first token for streams.
+    /// `duration` of complete responses that are not event streams (nor tunnels): the
+    /// latency gate's input, since a healthy 150-token stream takes seconds.
+    pub plain_duration: Sketch,
+    /// From request arrival to the response head.
     pub ttfb: Histogram,
+    /// From request arrival to an event stream's first event: time to first token.
+    pub ttft: Sketch,
+    /// Between reads that carried events, within a stream: the stalls a client sees.
+    pub token_gap: Sketch,
+    /// Per complete stream, the mean time between its events (1 / tokens per second).
+    pub token_time: Sketch,
+    /// 2xx answers that carried no generation: an event stream that ended cleanly with fewer
+    /// than two events (a bare `[DONE]`), or a POST answered 200 with an empty body. They
+    /// look like success and count as errors for verification.
+    pub empty_generations: AtomicU64,
 }
 
 impl Default for ColorStats {
@@ -120,7 +223,12 @@ impl Default for ColorStats {
             drain_closed: AtomicU64::new(0),
             stream_events: AtomicU64::new(0),
             duration: Histogram::default(),
+            plain_duration: Sketch::default(),
             ttfb: Histogram::default(),
+            ttft: Sketch::default(),
+            token_gap: Sketch::default(),
+            token_time: Sketch::default(),
+            empty_generations: AtomicU64::new(0),
         }
     }
 }
@@ -157,14 +265,18 @@ impl ColorStats {
             requests,
             errors: errors_5xx,
             aborted_bodies: self.aborted_bodies.load(Relaxed),
+            empty_generations: self.empty_generations.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
-            duration: self.duration.snapshot(),
+            duration: self.plain_duration.snapshot(),
+            ttft: self.ttft.snapshot(),
+            token_gap: self.token_gap.snapshot(),
+            token_time: self.token_time.snapshot(),
         }
     }
 }
 
 /// The figures gates judge, at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     /// Responses started (any status).
     pub requests: u64,
@@ -172,8 +284,14 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Bodies cut short after a 2xx head; they count as errors too.
     pub aborted_bodies: u64,
+    /// 2xx answers without a generation ([`ColorStats::empty_generations`]); errors too.
+    pub empty_generations: u64,
     pub in_flight: i64,
-    pub duration: HistogramSnapshot,
+    /// Whole-request latency of complete responses that are not streams.
+    pub duration: SketchSnapshot,
+    pub ttft: SketchSnapshot,
+    pub token_gap: SketchSnapshot,
+    pub token_time: SketchSnapshot,
 }
 
 impl StatsSnapshot {
@@ -182,14 +300,29 @@ impl StatsSnapshot {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
             aborted_bodies: self.aborted_bodies.saturating_sub(earlier.aborted_bodies),
+            empty_generations: self.empty_generations.saturating_sub(earlier.empty_generations),
             in_flight: self.in_flight,
             duration: self.duration.since(&earlier.duration),
+            ttft: self.ttft.since(&earlier.ttft),
+            token_gap: self.token_gap.since(&earlier.token_gap),
+            token_time: self.token_time.since(&earlier.token_time),
         }
+    }
+
+    /// Requests that failed: 5xx, bodies cut short, and answers without a generation.
+    pub fn failed(&self) -> u64 {
+        self.errors + self.aborted_bodies + self.empty_generations
     }
 
     /// Failed fraction of requests in this window; `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| ((self.errors + self.aborted_bodies) as f64 / self.requests as f64).min(1.0))
+        (self.requests > 0).then(|| (self.failed() as f64 / self.requests as f64).min(1.0))
+    }
+
+    /// The median complete stream's events per second; `None` without one.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        let t = self.token_time.quantile(0.5)?;
+        (t > Duration::ZERO && t != Duration::MAX).then(|| 1.0 / t.as_secs_f64())
     }
 }
 
@@ -198,19 +331,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantile_reports_bucket_upper_bound() {
-        let h = Histogram::default();
-        for _ in 0..98 {
-            h.observe(Duration::from_millis(3));
+    fn sketch_quantiles_are_within_a_bin_of_the_truth() {
+        for (i, &us) in [0u64, 15, 16, 17, 1000, 2999, 65_536, 3_000_000, (1 << 32) - 1]
+            .iter()
+            .enumerate()
+        {
+            let (lo, hi) = sketch_bounds(sketch_bin(us));
+            assert!(lo <= us && us < hi, "case {i}: {us} in [{lo}, {hi})");
+            assert!(hi - lo <= 1.max(lo / 16), "case {i}: bin too wide");
         }
-        h.observe(Duration::from_millis(700));
-        h.observe(Duration::from_secs(4));
-        let s = h.snapshot();
-        assert_eq!(s.count(), 100);
-        assert_eq!(s.quantile(0.5), Some(Duration::from_millis(5)));
-        assert_eq!(s.quantile(0.99), Some(Duration::from_secs(1)));
-        assert_eq!(s.quantile(1.0), Some(Duration::from_secs(5)));
-        assert_eq!(HistogramSnapshot::default().quantile(0.99), None);
+        let s = Sketch::default();
+        // A healthy stream: 150 tokens x 20 ms, give or take.
+        for i in 0..100 {
+            s.observe(Duration::from_millis(2900 + i));
+        }
+        let w = s.snapshot();
+        let p99 = w.quantile(0.99).unwrap();
+        assert!(
+            p99 >= Duration::from_millis(2900) && p99 <= Duration::from_millis(3200),
+            "{p99:?}"
+        );
+        let p50 = w.quantile(0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_millis(2850) && p50 <= Duration::from_millis(3100),
+            "{p50:?}"
+        );
+        assert_eq!(w.count(), 100);
+        assert_eq!(w.count_below(2_000_000), 0);
+        assert_eq!(w.count_below(4_000_000), 100);
+        let later = {
+            s.observe(Duration::from_secs(10));
+            s.snapshot()
+        };
+        let d = later.since(&w);
+        assert_eq!(d.count(), 1);
+        let q = d.quantile(0.5).unwrap();
+        assert!(
+            q >= Duration::from_millis(9400) && q <= Duration::from_millis(10_700),
+            "{q:?}"
+        );
+        assert_eq!(SketchSnapshot::default().quantile(0.5), None);
     }
 
     #[test]

@@ -199,18 +199,66 @@ pub struct Gate {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Window {
     pub requests: u64,
+    /// Failed requests: 5xx, bodies cut short, answers without a generation.
     pub errors: u64,
+    /// Whole-request latency of plain (not streaming) answers.
     pub p99: Option<Duration>,
+    /// Time to first token of event streams.
+    pub ttft_p50: Option<Duration>,
+    pub ttft_p99: Option<Duration>,
+    /// Stalls between a stream's events.
+    pub token_gap_p99: Option<Duration>,
+    /// The median complete stream's events (tokens) per second.
+    pub tokens_per_second: Option<f64>,
     /// No endpoint of the new color is healthy.
     pub all_unhealthy: bool,
 }
 
-/// Limits the window is judged against.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Limits the window is judged against; `None` turns a gate off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Limits {
     pub max_error_rate: f64,
     pub max_p99: Option<Duration>,
     pub min_requests: u64,
+    pub max_ttft_p50: Option<Duration>,
+    pub max_ttft_p99: Option<Duration>,
+    pub max_token_gap_p99: Option<Duration>,
+    pub min_tokens_per_second: Option<f64>,
+}
+
+/// A duration as a gate value: seconds, infinite for "past the last bound".
+fn secs(d: Duration) -> f64 {
+    if d == Duration::MAX {
+        f64::INFINITY
+    } else {
+        d.as_secs_f64()
+    }
+}
+
+/// A ceiling gate on a duration: failing above `max` (with enough requests), inconclusive
+/// without a reading or without enough requests.
+fn ceiling(
+    name: &str,
+    what: &str,
+    value: Option<Duration>,
+    max: Duration,
+    enough: bool,
+    reasons: &mut Vec<String>,
+) -> Gate {
+    let result = match value {
+        Some(v) if v > max && enough => {
+            reasons.push(format!("{what} {v:.2?} > {max:?}"));
+            GateResult::Failing
+        }
+        Some(_) if enough => GateResult::Passing,
+        _ => GateResult::Inconclusive,
+    };
+    Gate {
+        name: name.into(),
+        value: value.map(secs),
+        limit: max.as_secs_f64(),
+        result,
+    }
 }
 
 /// Gate readings and the verdict with its reason.
@@ -267,9 +315,10 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
     });
 
     if let Some(max) = l.max_p99 {
+        // Plain answers only; a window of streams alone has no reading, which is no failure.
         let result = match w.p99 {
             Some(p) if p > max && enough => {
-                reasons.push(format!("p99 latency {p:?} > {max:?} over {} requests", w.requests));
+                reasons.push(format!("p99 latency {p:.2?} > {max:?} over {} requests", w.requests));
                 GateResult::Failing
             }
             _ if !enough => GateResult::Inconclusive,
@@ -277,14 +326,38 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
         };
         gates.push(Gate {
             name: "p99_latency".into(),
-            value: w.p99.map(|d| {
-                if d == Duration::MAX {
-                    f64::INFINITY
-                } else {
-                    d.as_secs_f64()
-                }
-            }),
+            value: w.p99.map(secs),
             limit: max.as_secs_f64(),
+            result,
+        });
+    }
+    for (name, what, value, max) in [
+        ("ttft_p50", "time to first token p50", w.ttft_p50, l.max_ttft_p50),
+        ("ttft_p99", "time to first token p99", w.ttft_p99, l.max_ttft_p99),
+        (
+            "token_gap_p99",
+            "inter-token gap p99",
+            w.token_gap_p99,
+            l.max_token_gap_p99,
+        ),
+    ] {
+        if let Some(max) = max {
+            gates.push(ceiling(name, what, value, max, enough, &mut reasons));
+        }
+    }
+    if let Some(min) = l.min_tokens_per_second {
+        let result = match w.tokens_per_second {
+            Some(t) if t < min && enough => {
+                reasons.push(format!("{t:.1} tokens/s per stream (median) < {min}"));
+                GateResult::Failing
+            }
+            Some(_) if enough => GateResult::Passing,
+            _ => GateResult::Inconclusive,
+        };
+        gates.push(Gate {
+            name: "tokens_per_second".into(),
+            value: w.tokens_per_second,
+            limit: min,
             result,
         });
     }

@@ -186,11 +186,72 @@ fn no_event_sequence_reaches_an_invalid_state() {
     assert!(checked > 300_000, "{checked}");
 }
 
+#[test]
+fn stream_gates_judge_streams_and_only_when_set() {
+    let stream_limits = Limits {
+        max_error_rate: 0.01,
+        min_requests: 20,
+        max_p99: Some(Duration::from_secs(2)),
+        max_ttft_p99: Some(Duration::from_secs(1)),
+        max_token_gap_p99: Some(Duration::from_millis(200)),
+        min_tokens_per_second: Some(20.0),
+        ..Limits::default()
+    };
+    // A healthy streaming release: 150 tokens x 20 ms is 3 s a stream, and no plain request;
+    // the whole-request latency gate has no reading and does not fail it.
+    let healthy = Window {
+        requests: 100,
+        ttft_p99: Some(Duration::from_millis(300)),
+        token_gap_p99: Some(Duration::from_millis(40)),
+        tokens_per_second: Some(50.0),
+        ..Window::default()
+    };
+    let v = judge(&healthy, &stream_limits);
+    assert_eq!(v.result, GateResult::Passing, "{}", v.reason);
+    let names: Vec<&str> = v.gates.iter().map(|g| g.name.as_str()).collect();
+    assert!(
+        names.contains(&"ttft_p99") && names.contains(&"tokens_per_second"),
+        "{names:?}"
+    );
+    let slow_first = Window {
+        ttft_p99: Some(Duration::from_millis(2500)),
+        ..healthy
+    };
+    let v = judge(&slow_first, &stream_limits);
+    assert_eq!(v.result, GateResult::Failing);
+    assert!(v.reason.contains("time to first token p99 2.50s > 1s"), "{}", v.reason);
+    let stalls = Window {
+        token_gap_p99: Some(Duration::from_millis(900)),
+        tokens_per_second: Some(5.0),
+        ..healthy
+    };
+    let v = judge(&stalls, &stream_limits);
+    assert!(
+        v.reason.contains("inter-token gap p99") && v.reason.contains("5.0 tokens/s"),
+        "{}",
+        v.reason
+    );
+    // No stream in the window: the stream gates have no evidence.
+    let plain_only = Window {
+        requests: 100,
+        p99: Some(Duration::from_millis(300)),
+        ..Window::default()
+    };
+    assert_eq!(judge(&plain_only, &stream_limits).result, GateResult::Inconclusive);
+    // Unset gates are not shown at all.
+    let v = judge(&healthy, &limits());
+    assert!(!v
+        .gates
+        .iter()
+        .any(|g| g.name.starts_with("ttft") || g.name == "tokens_per_second"));
+}
+
 fn limits() -> Limits {
     Limits {
         max_error_rate: 0.01,
         max_p99: Some(Duration::from_secs(3)),
         min_requests: 20,
+        ..Limits::default()
     }
 }
 
@@ -202,6 +263,7 @@ fn too_few_requests_is_inconclusive_not_failing() {
             errors: 5,
             p99: Some(Duration::from_secs(10)),
             all_unhealthy: false,
+            ..Window::default()
         },
         &limits(),
     );
@@ -218,6 +280,7 @@ fn error_rate_breach_fails_with_a_reason_that_quotes_figures() {
             errors: 5,
             p99: Some(Duration::from_millis(100)),
             all_unhealthy: false,
+            ..Window::default()
         },
         &limits(),
     );
@@ -235,17 +298,19 @@ fn slow_p99_fails_and_healthy_window_passes() {
             errors: 0,
             p99: Some(Duration::from_secs(5)),
             all_unhealthy: false,
+            ..Window::default()
         },
         &limits(),
     );
     assert_eq!(v.result, GateResult::Failing);
-    assert!(v.reason.starts_with("p99 latency 5s > 3s"), "{}", v.reason);
+    assert!(v.reason.starts_with("p99 latency 5.00s > 3s"), "{}", v.reason);
     let v = judge(
         &Window {
             requests: 100,
             errors: 1,
             p99: Some(Duration::from_millis(250)),
             all_unhealthy: false,
+            ..Window::default()
         },
         &limits(),
     );
@@ -260,6 +325,7 @@ fn all_unhealthy_fails_even_without_traffic() {
             errors: 0,
             p99: None,
             all_unhealthy: true,
+            ..Window::default()
         },
         &limits(),
     );

@@ -60,7 +60,7 @@ impl ServiceCtl {
                 .last
                 .iter()
                 .find(|(pr, _)| Arc::ptr_eq(pr, &r))
-                .map(|(_, s)| *s)
+                .map(|(_, s)| s.clone())
                 .unwrap_or_default();
             let w = now.since(&prev);
             let secs = SAMPLE_EVERY.as_secs_f64();

@@ -208,7 +208,7 @@ impl ClientConn {
         // kept-alive connection must not find the same request again.
         self.inbuf.consume(head.head_len);
         let fwd = self.fwd.clone();
-        let begun = Exchange::begin(&fwd, Instant::now(), || {
+        let begun = Exchange::begin(&fwd, Instant::now(), &head.method, || {
             exchange::access(&fwd, &head.method, head.path.take().unwrap_or_default(), self.peer)
         });
         let mut ex = match begun {

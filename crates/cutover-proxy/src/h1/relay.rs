@@ -17,7 +17,7 @@ use super::io::{client_gone, poll_now, read_ready, wait_true, write_by, Upstream
 use super::response::{OutMode, ResponseHead};
 use super::Framing;
 use crate::error::ProxyError;
-use crate::guard::{count_events, sse_error_event, DRAIN_CLOSED, TIMED_OUT};
+use crate::guard::{count_events, sse_error_event, Guard, DRAIN_CLOSED, TIMED_OUT};
 use crate::route::{ColorRoute, Endpoint};
 
 /// What a successful attempt hands to the relay.
@@ -39,6 +39,8 @@ pub(super) struct Relay<'a> {
     /// going away stays here.
     pub(super) inbuf: &'a mut Buf,
     pub(super) max_header: usize,
+    /// The request's guard: it sees the body go by (bytes, events) and its clean end.
+    pub(super) guard: &'a mut Guard,
     pub(super) route: &'a ColorRoute,
     pub(super) endpoint: &'a Endpoint,
     /// `request_timeout` from the request's start.
@@ -142,6 +144,7 @@ impl Relay<'_> {
                 if rh.upstream_keep_alive && upbuf.is_empty() && rh.body != Framing::Close {
                     self.endpoint.pool.put_raw(up.stream);
                 }
+                self.guard.complete();
                 return true;
             }
             if self.route.closing.load(Relaxed) {
@@ -183,14 +186,16 @@ impl Relay<'_> {
 
     /// Move what `upbuf` holds of the body into `cout`, in the client's framing. True when
     /// the body is complete; Err when the upstream's framing is broken.
-    fn take(&self, rh: &ResponseHead, p: &mut Progress, upbuf: &mut Buf, cout: &mut Out) -> Result<bool, String> {
+    fn take(&mut self, rh: &ResponseHead, p: &mut Progress, upbuf: &mut Buf, cout: &mut Out) -> Result<bool, String> {
         let mut events = 0;
+        let mut bytes = 0usize;
         let (mode, sse) = (rh.out, rh.sse);
         let done = match rh.body {
             Framing::None => true,
             Framing::Length(_) => {
                 let take = (upbuf.len() as u64).min(p.left) as usize;
                 let d = &upbuf.bytes()[..take];
+                bytes += take;
                 if sse {
                     events += count_events(&mut p.last_nl, d);
                 }
@@ -202,7 +207,9 @@ impl Relay<'_> {
             Framing::Chunked => {
                 let out = cout.vec();
                 let last_nl = &mut p.last_nl;
+                let bytes = &mut bytes;
                 let fed = p.dec.feed(upbuf.bytes(), |d| {
+                    *bytes += d.len();
                     if sse {
                         events += count_events(last_nl, d);
                     }
@@ -218,6 +225,7 @@ impl Relay<'_> {
             }
             Framing::Close => {
                 let d = upbuf.bytes();
+                bytes += d.len();
                 if sse {
                     events += count_events(&mut p.last_nl, d);
                 }
@@ -232,6 +240,9 @@ impl Relay<'_> {
         };
         if events > 0 {
             self.route.stats.stream_events.fetch_add(events, Relaxed);
+        }
+        if bytes > 0 || events > 0 {
+            self.guard.body(bytes, events);
         }
         Ok(done)
     }

@@ -174,14 +174,16 @@ impl Sender<'_> {
         // response (a stream can last minutes).
         drop(req);
         self.inbuf.release();
-        ex.answered(answer.head.status);
+        ex.answered(answer.head.status, answer.head.sse);
         let close_client = answer.head.close_client;
         if answer.tunnel {
             ex.tunnel();
         }
+        let mut guard = ex.guard.take().expect("the guard is taken once, here");
         let relay = Relay {
             client: self.client,
             inbuf: self.inbuf,
+            guard: &mut guard,
             max_header: settings.max_header_bytes,
             route: &ex.route,
             endpoint: &endpoint,

@@ -606,3 +606,54 @@ async fn a_trusted_proxy_keeps_its_forwarding_headers_on_both_engines() {
         assert!(head.contains("x-real-ip: 1.1.1.1\r\n"), "{engine}: {head}");
     }
 }
+
+/// Answers that look like success but carry no generation count as errors for verification
+/// (`cutover_empty_generations_total`), on both engines: an event stream that ends cleanly
+/// with a bare `[DONE]` (how llama.cpp's server answers a prompt longer than its context), and
+/// a POST answered 200 with an empty body. A real stream and an empty GET do not count.
+#[tokio::test]
+async fn answers_without_a_generation_are_counted_on_both_engines() {
+    let (rec, addr) = Recorder::start().await;
+    for engine in ["own", "hyper"] {
+        let services = format!(
+            "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\" }}\n\
+             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+        );
+        let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+        assert_eq!(r.switch("blue").await.status, 200);
+        let sse = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+            .into_bytes()
+        };
+        let post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let cases: [(Vec<u8>, &[u8], u64); 4] = [
+            (sse("data: [DONE]\n\n"), post, 1),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), post, 2),
+            (sse("data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n"), post, 2),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n",
+                2,
+            ),
+        ];
+        for (i, (response, request, want)) in cases.into_iter().enumerate() {
+            rec.reset(Some(&response));
+            let v = client(r.listen, request, 1, false).await;
+            assert_eq!(v.statuses, vec![200], "{engine} case {i}: {}", v.text);
+            let line = "cutover_empty_generations_total{service=\"chat\",color=\"blue\",version=\"\"}";
+            let mut seen = String::new();
+            for _ in 0..100 {
+                let m = get(&r.admin_url("/metrics")).await.unwrap().text();
+                seen = m.lines().filter(|l| l.contains("empty_generations")).collect::<Vec<_>>().join("\n");
+                if m.lines().any(|l| l.starts_with(line) && l.ends_with(&format!(" {want}"))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(seen.contains(&format!("{line} {want}")), "{engine} case {i}: want {want}:\n{seen}");
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! - `config`: `cutover check` errors name file, line and key.
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
@@ -22,6 +23,7 @@ mod config;
 mod conformance;
 mod dashboard;
 mod demo;
+mod gates;
 mod hardening;
 mod http1;
 mod llama;

@@ -44,6 +44,21 @@ fn decide(verdict: &Verdict, v: &VerifyConfig, done: bool) -> Option<Result<Stri
     }
 }
 
+/// What the new color did since `baseline`, as the gates read it.
+fn window(route: &ColorRoute, baseline: &StatsSnapshot) -> Window {
+    let w = route.stats.snapshot().since(baseline);
+    Window {
+        requests: w.requests,
+        errors: w.failed(),
+        p99: w.duration.quantile(0.99),
+        ttft_p50: w.ttft.quantile(0.5),
+        ttft_p99: w.ttft.quantile(0.99),
+        token_gap_p99: w.token_gap.quantile(0.99),
+        tokens_per_second: w.tokens_per_second(),
+        all_unhealthy: route.endpoints.iter().all(|e| e.health() == Health::Unhealthy),
+    }
+}
+
 impl ReleaseRun {
     /// Watches the new color for the bake window. `Err` carries the reason to roll back.
     pub(super) async fn verify(&mut self, route: &Arc<ColorRoute>, baseline: StatsSnapshot) -> Result<String, String> {
@@ -52,19 +67,17 @@ impl ReleaseRun {
             max_error_rate: v.max_error_rate,
             max_p99: v.max_p99_latency.map(|d| d.get()),
             min_requests: v.min_requests,
+            max_ttft_p50: v.max_ttft_p50.map(|d| d.get()),
+            max_ttft_p99: v.max_ttft_p99.map(|d| d.get()),
+            max_token_gap_p99: v.max_token_gap_p99.map(|d| d.get()),
+            min_tokens_per_second: v.min_tokens_per_second,
         };
         let until = Instant::now() + v.bake.get();
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
-            let w = route.stats.snapshot().since(&baseline);
-            let window = Window {
-                requests: w.requests,
-                errors: w.errors + w.aborted_bodies,
-                p99: w.duration.quantile(0.99),
-                all_unhealthy: route.endpoints.iter().all(|e| e.health() == Health::Unhealthy),
-            };
+            let window = window(route, &baseline);
             let verdict = judge(&window, &limits);
             self.doc(|d| d.gates = verdict.gates.clone());
             if last_persist.elapsed() > PERSIST_EVERY {
