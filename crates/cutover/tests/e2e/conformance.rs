@@ -647,13 +647,22 @@ async fn answers_without_a_generation_are_counted_on_both_engines() {
             let mut seen = String::new();
             for _ in 0..100 {
                 let m = get(&r.admin_url("/metrics")).await.unwrap().text();
-                seen = m.lines().filter(|l| l.contains("empty_generations")).collect::<Vec<_>>().join("\n");
-                if m.lines().any(|l| l.starts_with(line) && l.ends_with(&format!(" {want}"))) {
+                seen = m
+                    .lines()
+                    .filter(|l| l.contains("empty_generations"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if m.lines()
+                    .any(|l| l.starts_with(line) && l.ends_with(&format!(" {want}")))
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(seen.contains(&format!("{line} {want}")), "{engine} case {i}: want {want}:\n{seen}");
+            assert!(
+                seen.contains(&format!("{line} {want}")),
+                "{engine} case {i}: want {want}:\n{seen}"
+            );
         }
     }
 }
