@@ -172,11 +172,109 @@ pub struct ColorPorts {
     pub green: Vec<u16>,
 }
 
+/// What an active health check asks an endpoint (`health.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// `GET path`, healthy on an expected status (default 2xx and 3xx).
+    #[default]
+    Http,
+    /// `grpc.health.v1.Health/Check` over h2c, healthy only on `SERVING`.
+    Grpc,
+    /// A tiny real request (`request`), its answer checked against `expect`: a model server
+    /// whose `/health` stays 200 while its engine is wedged fails this one.
+    Generation,
+}
+
+/// Expected HTTP statuses: `200`, `"200-299"`, or a list of those (`[200, "300-399"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl StatusSet {
+    /// 2xx and 3xx: what `http` probes accepted before `status` existed.
+    pub fn success_or_redirect() -> StatusSet {
+        StatusSet(vec![(200, 399)])
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum One {
+            Code(i64),
+            Range(String),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Many {
+            One(One),
+            List(Vec<One>),
+        }
+        const WANT: &str = "expected a status such as 200, a range such as \"200-299\", or a list of those";
+        let code = |n: i64| -> Result<u16, D::Error> {
+            match u16::try_from(n) {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(serde::de::Error::custom(format!(
+                    "status {n} is not 100 to 599; {WANT}"
+                ))),
+            }
+        };
+        let one = |o: One| -> Result<(u16, u16), D::Error> {
+            match o {
+                One::Code(n) => code(n).map(|c| (c, c)),
+                One::Range(s) => {
+                    let parse = |t: &str| {
+                        t.trim()
+                            .parse::<i64>()
+                            .map_err(|_| serde::de::Error::custom(format!("{s:?}: {WANT}")))
+                    };
+                    let (a, b) = match s.split_once('-') {
+                        Some((a, b)) => (code(parse(a)?)?, code(parse(b)?)?),
+                        None => {
+                            let c = code(parse(&s)?)?;
+                            (c, c)
+                        }
+                    };
+                    if a > b {
+                        return Err(serde::de::Error::custom(format!("{s:?}: the range is empty; {WANT}")));
+                    }
+                    Ok((a, b))
+                }
+            }
+        };
+        let ranges = match Many::deserialize(d).map_err(|_| serde::de::Error::custom(WANT))? {
+            Many::One(o) => vec![one(o)?],
+            Many::List(l) if l.is_empty() => {
+                return Err(serde::de::Error::custom(format!("the list is empty; {WANT}")))
+            }
+            Many::List(l) => l.into_iter().map(one).collect::<Result<_, _>>()?,
+        };
+        Ok(StatusSet(ranges))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
+    #[serde(default)]
+    pub kind: ProbeKind,
+    /// `http` probes: the path to `GET`.
     #[serde(default = "defaults::health_path")]
     pub path: String,
+    /// `http` probes: the statuses that mean healthy (default 2xx and 3xx).
+    #[serde(default)]
+    pub status: Option<StatusSet>,
+    /// `grpc` probes: the service name asked about; `""` is the server as a whole.
+    #[serde(default)]
+    pub service: String,
+    /// `generation` probes: the request (method, path, body, headers).
+    #[serde(default)]
+    pub request: Option<RequestSpec>,
+    /// `generation` probes: what the answer must look like (status, JSON pointers, text);
+    /// status 200 when not given.
+    #[serde(default)]
+    pub expect: Option<Expect>,
     #[serde(default = "defaults::health_interval")]
     pub interval: Duration,
     #[serde(default = "defaults::health_timeout")]
@@ -187,16 +285,26 @@ pub struct HealthConfig {
     /// Consecutive failures before a healthy endpoint is taken out of rotation.
     #[serde(default = "defaults::unhealthy_threshold")]
     pub unhealthy_threshold: u32,
+    /// A probe that times out is not counted against an endpoint that finished proxied
+    /// requests within this window while its color answered 2xx/3xx; `"0s"` turns it off.
+    #[serde(default = "defaults::passive_window")]
+    pub passive_window: Duration,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            kind: ProbeKind::Http,
             path: defaults::health_path(),
+            status: None,
+            service: String::new(),
+            request: None,
+            expect: None,
             interval: defaults::health_interval(),
             timeout: defaults::health_timeout(),
             healthy_threshold: defaults::healthy_threshold(),
             unhealthy_threshold: defaults::unhealthy_threshold(),
+            passive_window: defaults::passive_window(),
         }
     }
 }
@@ -425,6 +533,12 @@ mod defaults {
     pub fn unhealthy_threshold() -> u32 {
         2
     }
+    pub fn passive_window() -> Duration {
+        // A few probe intervals: long enough to span a probe that queued behind a generation
+        // (llama-cpp-python's /v1/models took 1.5-9.5 s under load), short enough that a
+        // server that stopped answering loses its cover within seconds.
+        Duration::from_secs(10)
+    }
     pub fn max_header_bytes() -> usize {
         64 * 1024
     }
@@ -596,6 +710,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ctx.toml_error(e.inner(), key)
     })?;
     ctx.validate(raw)
+}
+
+/// Methods and header names are tokens: letters, digits and a few marks (RFC 9110 §5.6.2).
+fn http_method_invalid(m: &str) -> bool {
+    m.is_empty()
+        || !m
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// An address or a CIDR block (`10.0.0.0/8`, `::1`) as (address, prefix length).
@@ -820,7 +942,7 @@ impl Source<'_> {
             .enumerate()
             .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.health(name, &svc.health, span.clone())?;
+        self.health(name, &svc.health, svc.upstream_protocol, span.clone())?;
         if svc.limits.max_header_line_bytes < 1024 {
             return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
         }
@@ -844,10 +966,12 @@ impl Source<'_> {
         })
     }
 
-    fn health(&self, name: &str, h: &HealthConfig, span: Span) -> Result<(), ConfigError> {
+    fn health(&self, name: &str, h: &HealthConfig, protocol: UpstreamProtocol, span: Span) -> Result<(), ConfigError> {
         let k = |rest: &str| format!("services.{name}.{rest}");
+        // The `health` table when the file has one, else the service: a default has no line.
+        let near = self.span_of(&k("health")).unwrap_or(span.clone());
         if !h.path.starts_with('/') {
-            return self.err_at(k("health.path"), span, format!("must start with '/', got {:?}", h.path));
+            return self.err_at(k("health.path"), near, format!("must start with '/', got {:?}", h.path));
         }
         if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
             return self.err_at(
@@ -862,6 +986,111 @@ impl Source<'_> {
                 span,
                 "interval and timeout must be greater than zero".into(),
             );
+        }
+        // Keys of one kind given to another would be silently ignored: refuse them, as an
+        // unknown key is refused.
+        let kind = match h.kind {
+            ProbeKind::Http => "http",
+            ProbeKind::Grpc => "grpc",
+            ProbeKind::Generation => "generation",
+        };
+        let given = |key: &str| self.span_of(&k(&format!("health.{key}"))).is_some();
+        let only = [
+            ("path", ProbeKind::Http),
+            ("status", ProbeKind::Http),
+            ("service", ProbeKind::Grpc),
+            ("request", ProbeKind::Generation),
+            ("expect", ProbeKind::Generation),
+        ];
+        for (key, owner) in only {
+            if h.kind != owner && given(key) {
+                let owner = match owner {
+                    ProbeKind::Http => "http",
+                    ProbeKind::Grpc => "grpc",
+                    ProbeKind::Generation => "generation",
+                };
+                return self.err_at(
+                    k(&format!("health.{key}")),
+                    near,
+                    format!("`{key}` is for kind = \"{owner}\" probes; this one is kind = \"{kind}\""),
+                );
+            }
+        }
+        match h.kind {
+            ProbeKind::Http => {}
+            ProbeKind::Grpc => {
+                if protocol != UpstreamProtocol::H2c {
+                    return self.err_at(
+                        k("health.kind"),
+                        near,
+                        "a grpc probe speaks HTTP/2 to the endpoints: set upstream_protocol = \"h2c\" (gRPC model servers need it for their traffic too)".into(),
+                    );
+                }
+            }
+            ProbeKind::Generation => {
+                let Some(req) = &h.request else {
+                    return self.err_at(
+                        k("health.kind"),
+                        near,
+                        "a generation probe needs `request = { method, path, body }`, e.g. a 1-token completion".into(),
+                    );
+                };
+                if !req.path.starts_with('/') {
+                    return self.err_at(
+                        k("health.request.path"),
+                        near,
+                        format!("must start with '/', got {:?}", req.path),
+                    );
+                }
+                if http_method_invalid(&req.method) {
+                    return self.err_at(
+                        k("health.request.method"),
+                        near,
+                        format!("{:?} is not an HTTP method such as \"POST\"", req.method),
+                    );
+                }
+                if let Some(name) = req.headers.keys().find(|n| http_method_invalid(n)) {
+                    return self.err_at(
+                        k("health.request.headers"),
+                        near,
+                        format!("{name:?} is not a header name"),
+                    );
+                }
+                if let Some((name, _)) = req
+                    .headers
+                    .iter()
+                    .find(|(_, v)| v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f))
+                {
+                    return self.err_at(
+                        k(&format!("health.request.headers.{name}")),
+                        near,
+                        "a header value may not hold control characters (line breaks included)".into(),
+                    );
+                }
+                if let Some(e) = &h.expect {
+                    if let Some(st) = e.status.filter(|s| !(100..=599).contains(s)) {
+                        return self.err_at(
+                            k("health.expect.status"),
+                            near,
+                            format!("status {st} is not 100 to 599"),
+                        );
+                    }
+                    if e.max_latency.is_some() {
+                        return self.err_at(
+                            k("health.expect.max_latency"),
+                            near,
+                            "a probe's time limit is `health.timeout`".into(),
+                        );
+                    }
+                    if let Some(bad) = e.json.keys().find(|p| !p.is_empty() && !p.starts_with('/')) {
+                        return self.err_at(
+                            k("health.expect.json"),
+                            near,
+                            format!("{bad:?} is not a JSON pointer such as \"/object\""),
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }
