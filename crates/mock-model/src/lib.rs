@@ -3,10 +3,12 @@
 //! It answers `/health`, `/v1/models`, `/v1/chat/completions` (plain and `"stream": true`
 //! server-sent events) and `/v1/embeddings`, puts its version in every response (`model`
 //! field and `x-model-version` header), and injects faults on request: an error rate, extra
-//! latency, a slow token rate, failing health, a crash after N requests.
+//! latency, a slow token rate, failing health, a crash after N requests, a wedged engine
+//! behind a healthy `/health`, and health routes that queue behind running requests.
 //!
 //! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
-//! `POST /mock/health?fail=true|false` flips health at run time, and a request header
+//! `POST /mock/health?fail=true|false` flips health at run time, `POST /mock/wedge?on=true|false`
+//! wedges the engine at run time (see `--wedged`), and a request header
 //! `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo` answers with the
 //! request's method, URI, HTTP version and headers, to check what a proxy forwarded.
 
@@ -15,7 +17,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,6 +66,14 @@ pub struct Args {
     /// Answer /health with 503 from the start.
     #[arg(long)]
     pub fail_health: bool,
+    /// A wedged engine, as vLLM's can be: /health keeps answering 200 while model requests
+    /// never get an answer (they wait until the client goes away).
+    #[arg(long)]
+    pub wedged: bool,
+    /// While a model request is running, /health and /v1/models answer only after this
+    /// long, as llama-cpp-python's /v1/models queues behind running generations.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub busy_health_delay: Duration,
     /// Exit the process (code 1) when the Nth model request arrives.
     #[arg(long)]
     pub crash_after: Option<u64>,
@@ -104,7 +114,34 @@ struct State {
     args: Args,
     version: HeaderValue,
     health_failing: AtomicBool,
+    wedged: AtomicBool,
+    /// Model requests whose answer has not finished (streams until their last token).
+    in_flight: AtomicI64,
     stats: Stats,
+}
+
+/// One model request's place in `State::in_flight`, given back on drop.
+struct Running(Arc<State>);
+
+impl Running {
+    fn new(state: &Arc<State>) -> Running {
+        state.in_flight.fetch_add(1, Relaxed);
+        Running(state.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// `--busy-health-delay`: the health routes wait while a model request runs.
+async fn queue_behind_running(state: &State) {
+    let d = state.args.busy_health_delay;
+    if !d.is_zero() && state.in_flight.load(Relaxed) > 0 {
+        tokio::time::sleep(d).await;
+    }
 }
 
 /// Parses arguments, builds the runtime and serves until killed.
@@ -149,6 +186,8 @@ pub async fn serve(listener: TcpListener, mut args: Args) -> std::io::Result<()>
     let state = Arc::new(State {
         version: HeaderValue::from_str(&args.version).unwrap_or(HeaderValue::from_static("invalid")),
         health_failing: AtomicBool::new(args.fail_health),
+        wedged: AtomicBool::new(args.wedged),
+        in_flight: AtomicI64::new(0),
         args,
         stats: Stats::default(),
     });
@@ -191,6 +230,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
     let method = req.method().clone();
     let resp = match (method, path.as_str()) {
         (Method::GET, "/health") => {
+            queue_behind_running(&state).await;
             if state.health_failing.load(Relaxed) {
                 json_response(
                     &state,
@@ -205,11 +245,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                 )
             }
         }
-        (Method::GET, "/v1/models") => json_response(
-            &state,
-            StatusCode::OK,
-            &json!({"object": "list", "data": [{"id": state.args.version, "object": "model", "owned_by": "mock-model"}]}),
-        ),
+        (Method::GET, "/v1/models") => {
+            queue_behind_running(&state).await;
+            json_response(
+                &state,
+                StatusCode::OK,
+                &json!({"object": "list", "data": [{"id": state.args.version, "object": "model", "owned_by": "mock-model"}]}),
+            )
+        }
         (Method::GET, "/mock/stats") => {
             let s = &state.stats;
             json_response(
@@ -225,6 +268,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                     "streams_started": s.streams_started.load(Relaxed),
                     "streams_completed": s.streams_completed.load(Relaxed),
                     "streams_cancelled": s.streams_cancelled.load(Relaxed),
+                    "in_flight": state.in_flight.load(Relaxed),
                 }),
             )
         }
@@ -248,6 +292,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                 StatusCode::OK,
                 &json!({"method": method, "uri": uri, "http_version": version, "headers": headers, "body_bytes": body}),
             )
+        }
+        (Method::POST, "/mock/wedge") => {
+            let on = req.uri().query().is_some_and(|q| q.contains("on=true"));
+            state.wedged.store(on, Relaxed);
+            json_response(&state, StatusCode::OK, &json!({"wedged": on}))
         }
         (Method::POST, "/mock/health") => {
             let fail = req.uri().query().is_some_and(|q| q.contains("fail=true"));
@@ -273,6 +322,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
 
 async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response<MockBody> {
     let n = state.stats.model_requests.fetch_add(1, Relaxed) + 1;
+    let running = Running::new(state);
     if state.args.crash_after.is_some_and(|limit| n >= limit) {
         eprintln!("mock-model: crashing on request {n} as asked (--crash-after)");
         std::process::exit(1);
@@ -306,6 +356,10 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if state.wedged.load(Relaxed) {
+        // The engine took the request and will never answer: only the client leaving ends it.
+        std::future::pending::<()>().await;
     }
     // Spread errors evenly: request n fails when floor(n*rate) steps up, so a rate of 0.25
     // fails exactly every 4th request instead of a random quarter.
@@ -350,6 +404,7 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
             tokens,
             done: false,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            _running: running,
         }));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -399,6 +454,8 @@ pub struct TokenStream {
     tokens: u64,
     done: bool,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Counts the stream as a running request until its last token.
+    _running: Running,
 }
 
 impl Body for TokenStream {
