@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use cutover_proxy::stats::{Histogram, Sketch, BUCKETS_US};
-use cutover_proxy::{Color, ColorRoute, Health};
+use cutover_proxy::{Color, ColorRoute, Health, ProbeReason};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -217,6 +217,23 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
                 Health::Unknown => -1,
             };
             m.encode_family(&l)?.encode_gauge(&v)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_probe_failures",
+        "Failed health probes by reason (timeout, connect, status, grpc_not_serving, body), timeouts excused by passive evidence included",
+        None,
+        MetricType::Counter,
+    )?;
+    for (svc, r) in routes {
+        for e in &r.endpoints {
+            for why in ProbeReason::ALL {
+                let mut l = color_labels(svc, r);
+                l.push(("endpoint", e.addr.to_string()));
+                l.push(("reason", why.as_str().to_string()));
+                m.encode_family(&l)?
+                    .encode_counter::<NoLabelSet, _, u64>(&e.stats.probe_failures(why), None)?;
+            }
         }
     }
     Ok(())

@@ -1,27 +1,50 @@
 //! Active health checks: each endpoint is probed on an interval and its state flips only
 //! after a run of consecutive results, logged once per flip.
+//!
+//! Passive evidence (the proxy's own traffic) tempers one kind of result: a probe that timed
+//! out does not count toward taking an endpoint out while proxied requests on that endpoint
+//! ended within `passive_window` and its color answered 2xx/3xx within it too. A model
+//! server that queues its health route behind running generations (llama-cpp-python's
+//! `/v1/models` took 1.5-9.5 s under load) is busy, not dead; a server that refuses
+//! connections, answers an unhealthy status, or stops finishing requests gets no such cover.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::{header, Request};
-use http_body_util::Empty;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-
+use crate::probe::{self, Probe};
 use crate::route::{ColorRoute, Endpoint, Health, Protocol};
+use crate::stats::{now_ms, ProbeReason, ProbeRecord};
 
 /// How to check one service's endpoints.
 #[derive(Debug, Clone)]
 pub struct HealthSpec {
-    pub path: String,
+    pub probe: Probe,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub protocol: Protocol,
+    /// How recent proxied successes must be to excuse a probe timeout; zero turns it off.
+    pub passive_window: Duration,
+}
+
+impl HealthSpec {
+    /// An HTTP `GET path` check with the defaults of `cutover.toml` (2xx and 3xx healthy).
+    pub fn http(path: &str) -> HealthSpec {
+        HealthSpec {
+            probe: Probe::Http {
+                path: path.to_string(),
+                status: vec![(200, 399)],
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+            protocol: Protocol::Http1,
+            passive_window: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Turns a series of probe results into health flips.
@@ -63,64 +86,80 @@ impl Tracker {
     }
 }
 
-/// One probe: `GET path` on a fresh connection; 2xx and 3xx are healthy.
-pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> Result<(), String> {
-    let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let io = TokioIo::new(stream);
-        let status = match spec.protocol {
-            Protocol::Http1 => {
-                let (mut send, conn) = http1::handshake::<_, Empty<bytes::Bytes>>(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let req = Request::get(spec.path.as_str())
-                    .header(header::HOST, addr.to_string())
-                    .header(header::USER_AGENT, "cutover-health")
-                    .header(header::CONNECTION, "close")
-                    .body(Empty::new())
-                    .map_err(|e| e.to_string())?;
-                send.send_request(req).await.map_err(|e| e.to_string())?.status()
-            }
-            Protocol::H2c => {
-                let (mut send, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake::<_, Empty<bytes::Bytes>>(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let req = Request::get(format!("http://{addr}{}", spec.path))
-                    .header(header::USER_AGENT, "cutover-health")
-                    .body(Empty::new())
-                    .map_err(|e| e.to_string())?;
-                send.send_request(req).await.map_err(|e| e.to_string())?.status()
-            }
-        };
-        if status.is_success() || status.is_redirection() {
-            Ok(())
-        } else {
-            Err(format!("status {}", status.as_u16()))
+/// One probe of `addr` by `spec`.
+pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> ProbeRecord {
+    probe::run(addr, spec.protocol, &spec.probe, spec.timeout).await
+}
+
+/// What one endpoint's check remembers of its color's traffic between probes.
+struct Passive {
+    /// The color's 2xx/3xx count at the last look.
+    successes: u64,
+    /// [`now_ms`] when that count last grew (0: not since the check started).
+    grew_ms: u64,
+}
+
+impl Passive {
+    fn new(route: &ColorRoute) -> Passive {
+        Passive {
+            successes: route.stats.successes(),
+            grew_ms: 0,
         }
-    };
-    match tokio::time::timeout(spec.timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
+    }
+
+    fn look(&mut self, route: &ColorRoute) {
+        let n = route.stats.successes();
+        if n != self.successes {
+            self.successes = n;
+            self.grew_ms = now_ms();
+        }
+    }
+
+    /// Why a timeout of `ep` is weak evidence now, if it is: its own requests ended lately and
+    /// the color is answering.
+    fn excuse(&self, ep: &Endpoint, window: Duration) -> Option<String> {
+        let window = window.as_millis() as u64;
+        let now = now_ms();
+        let finished = ep.stats.last_finished_ms()?;
+        let recent = |ms: u64| ms > 0 && now.saturating_sub(ms) <= window;
+        (window > 0 && recent(finished) && recent(self.grew_ms)).then(|| {
+            format!(
+                "not counted: proxied requests to it ended {:.1} s ago and its color answered 2xx/3xx {:.1} s ago",
+                now.saturating_sub(finished) as f64 / 1000.0,
+                now.saturating_sub(self.grew_ms) as f64 / 1000.0
+            )
+        })
     }
 }
 
-fn apply(service: &str, route: &ColorRoute, ep: &Endpoint, tracker: &mut Tracker, result: &Result<(), String>) {
+/// Records `rec` on the endpoint and lets it move the endpoint's health, unless `excuse`
+/// says why a timeout does not count.
+fn apply(
+    service: &str,
+    route: &ColorRoute,
+    ep: &Endpoint,
+    tracker: &mut Tracker,
+    mut rec: ProbeRecord,
+    excuse: Option<String>,
+) {
+    if let (Some(ProbeReason::Timeout), Some(why)) = (rec.failure, excuse) {
+        tracing::debug!(service, color = %route.color, endpoint = %ep.addr, reason = %rec.message, "probe timeout not counted: {why}");
+        rec.message = format!("{}; {why}", rec.message);
+        rec.counted = false;
+        ep.stats.record_probe(rec);
+        return;
+    }
     let before = ep.health();
-    if let Some(new) = tracker.record(before, result.is_ok()) {
+    let flip = tracker.record(before, rec.ok());
+    let reason = rec.message.clone();
+    ep.stats.record_probe(rec);
+    if let Some(new) = flip {
         ep.set_health(new);
         let version = route.version.as_deref().unwrap_or("-");
-        match (new, result) {
-            (Health::Healthy, _) => {
-                tracing::info!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, "endpoint healthy")
-            }
-            (_, Err(e)) => {
-                tracing::warn!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, reason = %e, "endpoint unhealthy")
-            }
-            _ => {}
+        if new == Health::Healthy {
+            tracing::info!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, "endpoint healthy")
+        } else {
+            tracing::warn!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, %reason, "endpoint unhealthy")
         }
     }
 }
@@ -146,7 +185,7 @@ pub async fn check_now(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec
             // A forced check is decisive: treat it as the first result.
             let current = ep.health();
             ep.set_health(Health::Unknown);
-            apply(service, route, &ep, &mut t, &r);
+            apply(service, route, &ep, &mut t, r, None);
             if ep.health() == Health::Unknown {
                 ep.set_health(current);
             }
@@ -175,16 +214,24 @@ pub fn spawn(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) -> Check
         let service = service.to_string();
         handles.push(tokio::spawn(async move {
             let mut tracker = Tracker::new(spec.healthy_threshold, spec.unhealthy_threshold);
+            let mut passive = match weak.upgrade() {
+                Some(route) => Passive::new(&route),
+                None => return,
+            };
             let mut tick = tokio::time::interval(spec.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(route) = weak.upgrade() else { return };
                 let ep = route.endpoints[i].clone();
+                passive.look(&route);
                 drop(route);
                 let r = probe(ep.addr, &spec).await;
                 let Some(route) = weak.upgrade() else { return };
-                apply(&service, &route, &ep, &mut tracker, &r);
+                // Traffic that succeeded while the probe waited counts as recent too.
+                passive.look(&route);
+                let excuse = passive.excuse(&ep, spec.passive_window);
+                apply(&service, &route, &ep, &mut tracker, r, excuse);
             }
         }));
     }
@@ -210,6 +257,69 @@ mod tests {
         assert_eq!(t.record(state, false), None);
         assert_eq!(t.record(state, true), None);
         assert_eq!(t.record(state, true), Some(Health::Healthy));
+    }
+
+    fn route() -> Arc<ColorRoute> {
+        let addrs = [SocketAddr::from(([127, 0, 0, 1], 9))];
+        ColorRoute::new(
+            crate::Color::Blue,
+            None,
+            &addrs,
+            &Arc::new(crate::ServiceSettings::default()),
+        )
+    }
+
+    fn timeout_record() -> ProbeRecord {
+        ProbeRecord {
+            at: std::time::SystemTime::now(),
+            at_ms: now_ms(),
+            latency: Duration::from_secs(1),
+            status: None,
+            failure: Some(ProbeReason::Timeout),
+            message: "no answer within 1s".into(),
+            counted: true,
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_excused_only_by_recent_requests_on_the_endpoint_and_color_successes() {
+        let window = Duration::from_secs(10);
+        let r = route();
+        let ep = r.endpoints[0].clone();
+        let mut p = Passive::new(&r);
+        assert_eq!(p.excuse(&ep, window), None, "no traffic at all");
+        drop(ep.claim());
+        p.look(&r);
+        assert_eq!(p.excuse(&ep, window), None, "requests ended, but none succeeded");
+        r.stats.record_status(500);
+        p.look(&r);
+        assert_eq!(p.excuse(&ep, window), None, "a 5xx is no evidence of serving");
+        r.stats.record_status(200);
+        p.look(&r);
+        let why = p.excuse(&ep, window).expect("recent success excuses");
+        assert!(why.starts_with("not counted: proxied requests to it ended"), "{why}");
+        assert_eq!(p.excuse(&ep, Duration::ZERO), None, "passive_window = 0s turns it off");
+
+        // An excused timeout leaves health alone and says why; an unexcused one counts.
+        let mut t = Tracker::new(1, 1);
+        ep.set_health(Health::Healthy);
+        apply("chat", &r, &ep, &mut t, timeout_record(), Some(why));
+        assert_eq!(ep.health(), Health::Healthy);
+        let last = ep.stats.last_probe().unwrap();
+        assert!(!last.counted && last.message.contains("not counted"), "{last:?}");
+        assert_eq!(
+            ep.stats.probe_failures(ProbeReason::Timeout),
+            1,
+            "still counted in the metric"
+        );
+        apply("chat", &r, &ep, &mut t, timeout_record(), None);
+        assert_eq!(ep.health(), Health::Unhealthy);
+        // Other failures are never excused.
+        ep.set_health(Health::Healthy);
+        let mut refused = timeout_record();
+        refused.failure = Some(ProbeReason::Connect);
+        apply("chat", &r, &ep, &mut t, refused, Some("x".into()));
+        assert_eq!(ep.health(), Health::Unhealthy);
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! - `guard`: a request's place in its color's in-flight count, its access-log record, and
 //!   what a stream cut short is told.
 //! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
-//! - [`health`]: active health checks with consecutive-result thresholds.
+//! - [`health`]: active health checks with consecutive-result thresholds, tempered by the
+//!   proxy's own traffic (a probe timeout does not count while proxied requests succeed).
+//! - [`probe`]: one probe by kind: HTTP status, gRPC health (h2c), a generation request.
 //! - [`stats`]: lock-free per-color counters and histograms, read by gates and metrics.
 //! - [`error`]: the proxy's own error responses (JSON, with where the error came from).
 
@@ -34,6 +36,7 @@ mod h1;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod probe;
 pub mod request_body;
 pub mod route;
 pub mod settings;
@@ -53,4 +56,4 @@ pub mod fuzzing {
 pub use headers::TrustedProxies;
 pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service};
 pub use settings::{Protocol, ServiceSettings};
-pub use stats::{ColorStats, HistogramSnapshot, StatsSnapshot};
+pub use stats::{ColorStats, EndpointStats, HistogramSnapshot, ProbeReason, ProbeRecord, StatsSnapshot};

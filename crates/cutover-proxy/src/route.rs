@@ -12,7 +12,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 pub use crate::settings::{Protocol, ServiceSettings};
-use crate::stats::ColorStats;
+use crate::stats::{ColorStats, EndpointStats};
 use crate::upstream::Pool;
 
 /// One of the two fixed positions of a service.
@@ -76,6 +76,9 @@ pub struct Endpoint {
     /// byte: what the picker balances on, and how a hung endpoint shows.
     in_flight: AtomicUsize,
     pub(crate) pool: Pool,
+    /// When proxied requests last ended here (the health checks' passive evidence) and what
+    /// the probes saw.
+    pub stats: EndpointStats,
 }
 
 /// One request's share of an endpoint's in-flight count, given back on drop.
@@ -90,6 +93,7 @@ impl EndpointLoad {
 impl Drop for EndpointLoad {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.stats.finished();
     }
 }
 
@@ -100,6 +104,7 @@ impl Endpoint {
             health: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
             pool: Pool::new(addr, settings.clone()),
+            stats: EndpointStats::default(),
         })
     }
 

@@ -1,10 +1,12 @@
-//! Lock-free per-color counters and histograms, recorded on the request path.
+//! Lock-free per-color counters and histograms, recorded on the request path, and what each
+//! endpoint's probes last saw.
 //!
 //! Recording is a handful of relaxed atomic adds; reading takes a snapshot that gates diff
 //! over a window (bake) and that the metrics endpoint renders.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Upper bounds of the histogram buckets, in microseconds (the last bucket is +Inf).
 pub const BUCKETS_US: [u64; 17] = [
@@ -234,6 +236,11 @@ impl Default for ColorStats {
 }
 
 impl ColorStats {
+    /// 2xx and 3xx responses so far: answers the color's servers made that were not errors.
+    pub fn successes(&self) -> u64 {
+        self.codes[100..300].iter().map(|n| n.load(Relaxed)).sum()
+    }
+
     pub fn record_status(&self, code: u16) {
         if (100..600).contains(&code) {
             self.codes[(code - 100) as usize].fetch_add(1, Relaxed);
@@ -326,9 +333,149 @@ impl StatsSnapshot {
     }
 }
 
+/// Milliseconds on a process-wide monotonic clock: what fits in one atomic. Starts at 1 so
+/// 0 can mean "never".
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Why a probe failed, in few enough words to be a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeReason {
+    /// No whole answer within `health.timeout` (the TCP connect included).
+    Timeout,
+    /// The connection was refused, reset or closed before an answer.
+    Connect,
+    /// An answer with a status the probe does not accept.
+    Status,
+    /// A gRPC answer other than `SERVING` (or a gRPC error status).
+    GrpcNotServing,
+    /// A generation probe's answer did not match `expect` (JSON, text), or was malformed.
+    Body,
+}
+
+impl ProbeReason {
+    pub const ALL: [ProbeReason; 5] = [
+        ProbeReason::Timeout,
+        ProbeReason::Connect,
+        ProbeReason::Status,
+        ProbeReason::GrpcNotServing,
+        ProbeReason::Body,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeReason::Timeout => "timeout",
+            ProbeReason::Connect => "connect",
+            ProbeReason::Status => "status",
+            ProbeReason::GrpcNotServing => "grpc_not_serving",
+            ProbeReason::Body => "body",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What one probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRecord {
+    /// Wall-clock time the probe ended, for people.
+    pub at: SystemTime,
+    /// `at` on [`now_ms`]'s clock, for ages.
+    pub at_ms: u64,
+    pub latency: Duration,
+    /// The HTTP status of the answer, when one came.
+    pub status: Option<u16>,
+    /// `None` when the probe passed.
+    pub failure: Option<ProbeReason>,
+    /// What passed ("SERVING") or what went wrong ("status 503: {...}").
+    pub message: String,
+    /// False when the result did not move the endpoint's health: a timeout while the proxy's
+    /// own traffic to the endpoint succeeds (see `health`).
+    pub counted: bool,
+}
+
+impl ProbeRecord {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// One endpoint's passive evidence (proxied requests) and what its probes saw.
+#[derive(Default)]
+pub struct EndpointStats {
+    /// [`now_ms`] when a proxied request on this endpoint last ended (0: never). One relaxed
+    /// store per request, when it lets go of the endpoint.
+    last_finished_ms: AtomicU64,
+    /// Failed probes by reason, for `cutover_probe_failures_total`.
+    probe_failures: [AtomicU64; 5],
+    /// The latest probe's result; written once per probe, read by the API.
+    last_probe: Mutex<Option<ProbeRecord>>,
+}
+
+impl EndpointStats {
+    pub(crate) fn finished(&self) {
+        self.last_finished_ms.store(now_ms(), Relaxed);
+    }
+
+    /// When a proxied request on this endpoint last ended, on [`now_ms`]'s clock.
+    pub fn last_finished_ms(&self) -> Option<u64> {
+        Some(self.last_finished_ms.load(Relaxed)).filter(|ms| *ms > 0)
+    }
+
+    pub fn record_probe(&self, r: ProbeRecord) {
+        if let Some(why) = r.failure {
+            self.probe_failures[why.index()].fetch_add(1, Relaxed);
+        }
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    pub fn last_probe(&self) -> Option<ProbeRecord> {
+        self.last_probe.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn probe_failures(&self, why: ProbeReason) -> u64 {
+        self.probe_failures[why.index()].load(Relaxed)
+    }
+
+    pub fn probe_failures_total(&self) -> u64 {
+        ProbeReason::ALL.iter().map(|r| self.probe_failures(*r)).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_failures_count_by_reason_and_the_last_result_is_kept() {
+        let e = EndpointStats::default();
+        assert_eq!(e.last_probe(), None);
+        assert_eq!(e.last_finished_ms(), None);
+        let rec = |failure| ProbeRecord {
+            at: SystemTime::now(),
+            at_ms: now_ms(),
+            latency: Duration::from_millis(3),
+            status: Some(503),
+            failure,
+            message: "status 503".into(),
+            counted: true,
+        };
+        e.record_probe(rec(Some(ProbeReason::Status)));
+        e.record_probe(rec(Some(ProbeReason::Timeout)));
+        e.record_probe(rec(None));
+        assert_eq!(e.probe_failures(ProbeReason::Status), 1);
+        assert_eq!(e.probe_failures(ProbeReason::Timeout), 1);
+        assert_eq!(e.probe_failures_total(), 2);
+        assert!(e.last_probe().unwrap().ok());
+        e.finished();
+        assert!(e.last_finished_ms().unwrap() <= now_ms());
+        let names: Vec<_> = ProbeReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["timeout", "connect", "status", "grpc_not_serving", "body"]);
+    }
 
     #[test]
     fn sketch_quantiles_are_within_a_bin_of_the_truth() {

@@ -11,11 +11,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use cutover_config::{Environments, ServiceConfig, UpstreamProtocol};
+use bytes::Bytes;
+use cutover_config::{Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol};
 use cutover_proxy::health::{self, HealthSpec};
+use cutover_proxy::probe::{Generation, Probe};
 use cutover_proxy::Protocol;
 use cutover_proxy::{Color, ColorRoute, RouteTable, Service, ServiceSettings, TrustedProxies};
 use cutover_store::{ProcessRecord, Store};
+use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
 use crate::colors::stored;
@@ -118,6 +121,58 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
     }
 }
 
+/// The data plane's probe for a service's `health` table (validated by cutover-config: the
+/// kind's keys are present and well-formed).
+pub fn probe_of(h: &HealthConfig) -> Probe {
+    match h.kind {
+        ProbeKind::Http => Probe::Http {
+            path: h.path.clone(),
+            status: h.status.clone().unwrap_or_else(StatusSet::success_or_redirect).0,
+        },
+        ProbeKind::Grpc => Probe::Grpc {
+            service: h.service.clone(),
+        },
+        ProbeKind::Generation => {
+            let req = h.request.clone().unwrap_or_else(|| RequestSpec {
+                method: "GET".into(),
+                path: h.path.clone(),
+                body: None,
+                headers: Default::default(),
+            });
+            let expect = h.expect.clone().unwrap_or_default();
+            let mut headers: Vec<(HeaderName, HeaderValue)> = req
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::try_from(k.as_str()).ok()?,
+                        HeaderValue::try_from(v.as_str()).ok()?,
+                    ))
+                })
+                .collect();
+            if req.body.is_some() && !headers.iter().any(|(k, _)| k == http::header::CONTENT_TYPE) {
+                headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            }
+            Probe::Generation(Generation {
+                method: Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::POST),
+                path: req.path,
+                headers,
+                body: Bytes::from(req.body.unwrap_or_default()),
+                status: match expect.status {
+                    Some(s) => vec![(s, s)],
+                    None => vec![(200, 299)],
+                },
+                json: expect
+                    .json
+                    .iter()
+                    .filter_map(|(p, v)| Some((p.clone(), serde_json::to_value(v).ok()?)))
+                    .collect(),
+                body_contains: expect.body_contains,
+            })
+        }
+    }
+}
+
 /// The endpoints a color has, from static config or the managed ports.
 pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<SocketAddr> {
     match &cfg.environments {
@@ -142,12 +197,13 @@ impl ServiceCtl {
     pub fn new(cfg: ServiceConfig, store: Arc<Store>, versions: [Option<String>; 2]) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = HealthSpec {
-            path: cfg.health.path.clone(),
+            probe: probe_of(&cfg.health),
             interval: cfg.health.interval.get(),
             timeout: cfg.health.timeout.get(),
             healthy_threshold: cfg.health.healthy_threshold,
             unhealthy_threshold: cfg.health.unhealthy_threshold,
             protocol: proxy.settings.protocol,
+            passive_window: cfg.health.passive_window.get(),
         };
         let svc = Arc::new(ServiceCtl {
             cfg,

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use cutover_proxy::{Color, ColorRoute, Health};
+use cutover_proxy::stats::now_ms;
+use cutover_proxy::{Color, ColorRoute, Endpoint, Health, ProbeRecord};
 use serde::Serialize;
 
 use super::{BoundAddrs, ColorState, ServiceCtl};
@@ -14,6 +15,45 @@ pub struct EndpointStatus {
     pub health: Health,
     /// Requests on this endpoint now (a hung endpoint shows as one whose count only grows).
     pub in_flight: usize,
+    /// What the latest probe saw; `null` before the first one.
+    pub last_probe: Option<ProbeStatus>,
+    /// Failed probes of this endpoint since it was installed (all reasons).
+    pub probe_failures: u64,
+}
+
+/// One probe's result as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ProbeStatus {
+    pub ok: bool,
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    /// Milliseconds since then, at the time of this answer.
+    pub age_ms: u64,
+    pub latency_ms: u64,
+    /// The HTTP status of the answer, when one came.
+    pub status: Option<u16>,
+    /// `timeout`, `connect`, `status`, `grpc_not_serving` or `body`; `null` when it passed.
+    pub reason: Option<&'static str>,
+    /// What passed (`"status 200"`, `"SERVING"`) or what went wrong, in words.
+    pub message: String,
+    /// False when the result did not move the endpoint's health (a timeout excused by the
+    /// proxy's own successful traffic to it).
+    pub counted: bool,
+}
+
+impl ProbeStatus {
+    pub fn of(r: &ProbeRecord) -> ProbeStatus {
+        ProbeStatus {
+            ok: r.ok(),
+            at: humantime::format_rfc3339_millis(r.at).to_string(),
+            age_ms: now_ms().saturating_sub(r.at_ms),
+            latency_ms: r.latency.as_millis() as u64,
+            status: r.status,
+            reason: r.failure.map(|f| f.as_str()),
+            message: r.message.clone(),
+            counted: r.counted,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -38,6 +78,24 @@ pub struct ServiceStatus {
     pub release: Option<serde_json::Value>,
 }
 
+/// `127.0.0.1:9002 unhealthy, last probe 0.4 s ago: status 503: {...}`: one endpoint's health
+/// and what its probes last saw, for refusals and deadline reasons.
+pub fn endpoint_line(e: &Endpoint) -> String {
+    let health = format!("{:?}", e.health()).to_lowercase();
+    match e.stats.last_probe() {
+        Some(r) => {
+            let p = ProbeStatus::of(&r);
+            format!(
+                "{} {health}, last probe {:.1} s ago: {}",
+                e.addr,
+                p.age_ms as f64 / 1000.0,
+                p.message
+            )
+        }
+        None => format!("{} {health}, not probed yet", e.addr),
+    }
+}
+
 fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
     r.endpoints
         .iter()
@@ -52,6 +110,8 @@ fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
                 },
                 health: h,
                 in_flight: e.in_flight(),
+                last_probe: e.stats.last_probe().as_ref().map(ProbeStatus::of),
+                probe_failures: e.stats.probe_failures_total(),
             }
         })
         .collect()

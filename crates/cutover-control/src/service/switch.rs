@@ -8,6 +8,7 @@ use cutover_proxy::{health, Color, ColorRoute, RouteTable};
 use cutover_store::{SwitchKind, SwitchRecord};
 use serde::Serialize;
 
+use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
 use crate::colors::stored;
 use crate::error::SwitchError;
@@ -134,14 +135,10 @@ impl ServiceCtl {
         if route.any_healthy() {
             return Ok(());
         }
-        let detail: Vec<String> = route
-            .endpoints
-            .iter()
-            .map(|e| format!("{} {:?}", e.addr, e.health()).to_lowercase())
-            .collect();
+        let detail: Vec<String> = route.endpoints.iter().map(|e| endpoint_line(e)).collect();
         Err(SwitchError::TargetUnhealthy {
             color: to,
-            detail: detail.join(", "),
+            detail: detail.join("; "),
         })
     }
 

@@ -1,5 +1,7 @@
 //! Waiting for a new color to be healthy: every endpoint, by the health checks' own verdict;
-//! a managed process that exits ends the wait at once instead of at the deadline.
+//! a managed process that exits ends the wait at once instead of at the deadline, and a
+//! wait that reaches `health_timeout` says which endpoints were not healthy and what their
+//! probes last saw.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +9,8 @@ use std::time::Duration;
 use cutover_proxy::{ColorRoute, Health};
 use tokio::time::Instant;
 
-use super::plural;
+use super::{deadline_text, plural};
+use crate::service::status::endpoint_line;
 use crate::service::ServiceCtl;
 
 /// How often the health verdicts are read (the checks themselves run on their own interval).
@@ -15,6 +18,10 @@ const POLL: Duration = Duration::from_millis(100);
 
 pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
     let started = Instant::now();
+    let limit = svc.cfg.release.health_timeout.get();
+    // The run's own deadline on this phase is the same `health_timeout`; ending one poll
+    // before it lets this step, which knows the endpoints, give the reason.
+    let give_up = started + limit.saturating_sub(POLL);
     loop {
         if route.endpoints.iter().all(|e| e.health() == Health::Healthy) {
             return Ok(format!(
@@ -27,6 +34,27 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
         if let Some(msg) = svc.exited_early(route.color) {
             return Err(msg);
         }
-        tokio::time::sleep(POLL).await;
+        if Instant::now() >= give_up {
+            return Err(not_healthy(&route, limit));
+        }
+        tokio::time::sleep(POLL.min(give_up.saturating_duration_since(Instant::now()))).await;
     }
+}
+
+/// The deadline reason: the endpoints that were not healthy, each with its last probe.
+fn not_healthy(route: &ColorRoute, limit: Duration) -> String {
+    let lines: Vec<String> = route
+        .endpoints
+        .iter()
+        .filter(|e| e.health() != Health::Healthy)
+        .map(|e| endpoint_line(e))
+        .collect();
+    format!(
+        "waiting for health did not finish within its deadline of {}: {} of {} endpoint{} not healthy: {}",
+        deadline_text(limit),
+        lines.len(),
+        route.endpoints.len(),
+        plural(route.endpoints.len(), "s"),
+        lines.join("; ")
+    )
 }
