@@ -14,6 +14,8 @@
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
+//! - `probes`: health probes by kind (gRPC on grpcio, generation), passive evidence, the
+//!   probe failure metric, the example configs.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
@@ -28,6 +30,7 @@ mod hardening;
 mod http1;
 mod llama;
 mod observability;
+mod probes;
 mod release;
 mod restart;
 mod routing;
