@@ -56,10 +56,11 @@ async fn force_switch(r: &Router, to: &str) -> Resp {
 
 // ---- gRPC ----------------------------------------------------------------------------------
 
-/// A real grpcio server with the standard health service: prints `ready PORT`, then sets the
-/// status of "" and "chat" to each line it reads (`SERVING`, `NOT_SERVING`).
+/// A real grpcio server with the standard health service on the port in argv (or any):
+/// writes its pid to `grpc-PORT.pid`, prints `ready PORT`, then sets the status of "" and
+/// "chat" to each line it reads (`SERVING`, `NOT_SERVING`); serves on when stdin closes.
 const GRPC_SERVER: &str = r#"
-import sys
+import os, sys
 from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,8 +68,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 servicer = health.HealthServicer()
 health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-port = server.add_insecure_port("127.0.0.1:0")
+port = server.add_insecure_port("127.0.0.1:" + (sys.argv[1] if len(sys.argv) > 1 else "0"))
 server.start()
+with open("grpc-%d.pid" % port, "w") as f:
+    f.write(str(os.getpid()))
 
 def set_all(name):
     for svc in ("", "chat"):
@@ -79,7 +82,7 @@ print("ready", port, flush=True)
 for line in sys.stdin:
     set_all(line.strip())
     print("set", line.strip(), flush=True)
-server.stop(0)
+server.wait_for_termination()
 "#;
 
 struct GrpcServer {
@@ -95,6 +98,7 @@ impl GrpcServer {
         std::fs::write(&script, GRPC_SERVER).unwrap();
         let mut child = tokio::process::Command::new("python3")
             .arg(&script)
+            .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -183,6 +187,49 @@ async fn grpc_probe_passes_a_serving_grpcio_server_and_refuses_one_not_serving()
     // Back to SERVING: healthy again.
     blue.set("SERVING").await;
     wait_endpoint(&r, "blue", true, |p| p["ok"] == true).await;
+}
+
+#[tokio::test]
+async fn a_managed_grpc_release_gets_past_waiting_healthy_and_completes() {
+    let ports = ManagedPorts::new();
+    let dir = TempDir::new("grpc-managed");
+    let script = dir.path().join("grpc_health_server.py");
+    std::fs::write(&script, GRPC_SERVER).unwrap();
+    let r = Router::start(&format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\nupstream_protocol = \"h2c\"\n\
+         health = {{ kind = \"grpc\", interval = \"100ms\", timeout = \"2s\" }}\n\
+         [services.chat.run]\ncommand = [\"python3\", {script:?}, \"{{port}}\"]\nports = {{ blue = [{}], green = [{}] }}\nstop_timeout = \"2s\"\n\
+         [services.chat.release]\nhealth_timeout = \"30s\"\n[services.chat.release.verify]\nbake = \"300ms\"\nmin_requests = 0\n",
+        ports.blue, ports.green
+    ))
+    .await;
+    let id = r.release("v1").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    // The managed processes outlive cutover on purpose: stop them by the pid they wrote.
+    for entry in std::fs::read_dir(r.dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(pid) = std::fs::read_to_string(r.dir.path().join(&name))
+            .ok()
+            .filter(|_| name.starts_with("grpc-") && name.ends_with(".pid"))
+        {
+            let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let waited = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "waiting_healthy")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        waited["detail"].as_str().unwrap_or("").contains("1 endpoint healthy"),
+        "{waited}"
+    );
+    let st = r.status().await;
+    assert_eq!(st["live"], "blue", "{st}");
+    assert_eq!(endpoint(&st, "blue")["last_probe"]["message"], "SERVING", "{st}");
 }
 
 // ---- generation probes -----------------------------------------------------------------------
