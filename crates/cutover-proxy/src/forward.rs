@@ -262,7 +262,7 @@ impl Forwarder {
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
 
         let endpoint = ex.first_endpoint(self)?;
-        let (resp, conn, load) = self
+        let (resp, conn, mut load) = self
             .send_with_retries(parts, body, ex, endpoint, original_host.as_ref())
             .await?;
 
@@ -273,6 +273,7 @@ impl Forwarder {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         ex.answered(parts.status.as_u16(), sse);
+        load.answered(parts.status.as_u16());
         // The client's protocol, not the upstream's: an HTTP/1.0 upstream's answer goes to an
         // HTTP/1.1 client as HTTP/1.1 (hyper frames it for that client).
         parts.version = client_version;

@@ -2,8 +2,8 @@
 //! after a run of consecutive results, logged once per flip.
 //!
 //! Passive evidence (the proxy's own traffic) tempers one kind of result: a probe that timed
-//! out does not count toward taking an endpoint out while proxied requests on that endpoint
-//! ended within `passive_window` and its color answered 2xx/3xx within it too. A model
+//! out does not count toward taking an endpoint out while that endpoint answered proxied
+//! requests 2xx/3xx within `passive_window` (and its color too). A model
 //! server that queues its health route behind running generations (llama-cpp-python's
 //! `/v1/models` took 1.5-9.5 s under load) is busy, not dead; a server that refuses
 //! connections, answers an unhealthy status, or stops finishing requests gets no such cover.
@@ -124,7 +124,7 @@ impl Passive {
         let recent = |ms: u64| ms > 0 && now.saturating_sub(ms) <= window;
         (window > 0 && recent(finished) && recent(self.grew_ms)).then(|| {
             format!(
-                "not counted: proxied requests to it ended {:.1} s ago and its color answered 2xx/3xx {:.1} s ago",
+                "not counted: it answered proxied requests 2xx/3xx {:.1} s ago and its color {:.1} s ago",
                 now.saturating_sub(finished) as f64 / 1000.0,
                 now.saturating_sub(self.grew_ms) as f64 / 1000.0
             )

@@ -81,19 +81,27 @@ pub struct Endpoint {
     pub stats: EndpointStats,
 }
 
-/// One request's share of an endpoint's in-flight count, given back on drop.
-pub(crate) struct EndpointLoad(Arc<Endpoint>);
+/// One request's share of an endpoint's in-flight count, given back on drop; a request the
+/// endpoint answered 2xx/3xx also tells the health checks it served (passive evidence).
+pub(crate) struct EndpointLoad(Arc<Endpoint>, bool);
 
 impl EndpointLoad {
     pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
+    }
+
+    /// The endpoint's response head had this status.
+    pub(crate) fn answered(&mut self, status: u16) {
+        self.1 = (200..400).contains(&status);
     }
 }
 
 impl Drop for EndpointLoad {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
-        self.0.stats.finished();
+        if self.1 {
+            self.0.stats.finished();
+        }
     }
 }
 
@@ -116,7 +124,7 @@ impl Endpoint {
     /// Count one more request on this endpoint until the returned guard drops.
     pub(crate) fn claim(self: &Arc<Self>) -> EndpointLoad {
         self.in_flight.fetch_add(1, Relaxed);
-        EndpointLoad(self.clone())
+        EndpointLoad(self.clone(), false)
     }
 
     pub fn health(&self) -> Health {

@@ -168,7 +168,8 @@ impl Sender<'_> {
         *body_done = req.body.done();
         let sent = self.send(head, &mut req, ex, endpoint).await;
         *body_done = req.body.done();
-        let (answer, load) = sent?;
+        let (answer, mut load) = sent?;
+        load.answered(answer.head.status);
         let endpoint = load.endpoint().clone();
         // The request is out: its buffers go back to the pool for the length of the
         // response (a stream can last minutes).
