@@ -6,7 +6,8 @@
 //! latency, a slow token rate, failing health, a crash after N requests.
 //!
 //! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
-//! `POST /mock/health?fail=true|false` flips health at run time, and a request header
+//! `POST /mock/health?fail=true|false` flips health at run time, `POST /mock/exit?code=N`
+//! makes the process exit with that code (after answering), and a request header
 //! `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo` answers with the
 //! request's method, URI, HTTP version and headers, to check what a proxy forwarded.
 
@@ -248,6 +249,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                 StatusCode::OK,
                 &json!({"method": method, "uri": uri, "http_version": version, "headers": headers, "body_bytes": body}),
             )
+        }
+        (Method::POST, "/mock/exit") => {
+            // A crash on cue (tests of supervision): answer first, then exit with the code.
+            let code: i32 = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("code=")))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            eprintln!("mock-model: exiting with code {code} as asked (POST /mock/exit)");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::process::exit(code);
+            });
+            json_response(&state, StatusCode::OK, &json!({"exiting": code}))
         }
         (Method::POST, "/mock/health") => {
             let fail = req.uri().query().is_some_and(|q| q.contains("fail=true"));

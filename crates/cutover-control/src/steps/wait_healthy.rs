@@ -1,5 +1,6 @@
-//! Waiting for a new color to be healthy: every endpoint, by the health checks' own verdict;
-//! a managed process that exits ends the wait at once instead of at the deadline.
+//! Waiting for a new color to be healthy: every endpoint, by the health checks' own verdict.
+//! (A managed process that exits ends the wait at once: the run watches the color's exits
+//! through every phase, see `release::run`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,11 @@ use cutover_proxy::{ColorRoute, Health};
 use tokio::time::Instant;
 
 use super::plural;
-use crate::service::ServiceCtl;
 
 /// How often the health verdicts are read (the checks themselves run on their own interval).
 const POLL: Duration = Duration::from_millis(100);
 
-pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
+pub async fn wait_healthy(route: Arc<ColorRoute>) -> Result<String, String> {
     let started = Instant::now();
     loop {
         if route.endpoints.iter().all(|e| e.health() == Health::Healthy) {
@@ -23,9 +23,6 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
                 plural(route.endpoints.len(), "s"),
                 started.elapsed().as_secs_f64()
             ));
-        }
-        if let Some(msg) = svc.exited_early(route.color) {
-            return Err(msg);
         }
         tokio::time::sleep(POLL).await;
     }
