@@ -654,10 +654,7 @@ impl Supervisor {
                         self.run.restart_window
                     ))
                 }
-                (Role::Serving, RestartPolicy::OnFailure) => {
-                    let doublings = c.recent.len().min(16) as u32;
-                    Next::Restart((BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX))
-                }
+                (Role::Serving, RestartPolicy::OnFailure) => Next::Restart(backoff(c.recent.len())),
             };
             (exit, next)
         };
@@ -862,6 +859,11 @@ impl Supervisor {
     }
 }
 
+/// The delay before a restart when `recent` restarts were made within the window.
+fn backoff(recent: usize) -> Duration {
+    (BACKOFF_FIRST * 2u32.pow(recent.min(16) as u32)).min(BACKOFF_MAX)
+}
+
 /// `1 s`, `500 ms`.
 fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 {
@@ -914,6 +916,13 @@ mod tests {
             ),
             "serve v2 --port 9002 --tag green-1"
         );
+    }
+
+    #[test]
+    fn restart_backoff_doubles_from_one_second_to_thirty() {
+        let secs: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff(usize::MAX), BACKOFF_MAX);
     }
 
     #[test]
