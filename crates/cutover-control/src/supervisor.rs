@@ -417,9 +417,33 @@ impl Supervisor {
         self.lock()[idx(color)].epoch
     }
 
-    /// Sets what an exit of `color`'s processes leads to from now on.
-    pub fn set_role(&self, color: Color, role: Role) {
-        self.lock()[idx(color)].role = role;
+    /// Sets what an exit of `color`'s processes leads to from now on. A color that starts
+    /// serving with a replica already gone (it exited while its release ended, and was only
+    /// reported) gets that replica restarted by the policy, as if it exited now.
+    pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
+        let dead: Vec<(u64, u32, u32, Duration)> = {
+            let mut colors = self.lock();
+            let c = &mut colors[idx(color)];
+            let was = std::mem::replace(&mut c.role, role);
+            if role != Role::Serving || was == Role::Serving || c.stopping || self.run.restart == RestartPolicy::Never {
+                return;
+            }
+            if c.recent.len() >= self.run.restart_limit as usize {
+                return;
+            }
+            let delay = backoff(c.recent.len());
+            c.procs
+                .iter()
+                // A start time of 0 was never read: no evidence the process is gone.
+                .filter(|p| p.start_time != 0 && !alive(p))
+                .map(|p| (c.epoch, p.replica, p.pid, delay))
+                .collect()
+        };
+        for (epoch, replica, pid, delay) in dead {
+            tracing::warn!(service = %self.service, color = %color, replica, pid, "a model server of the color now serving is gone; restarting it");
+            let me = self.clone();
+            tokio::spawn(async move { me.restart(color, epoch, replica, pid, delay).await });
+        }
     }
 
     pub fn role(&self, color: Color) -> Role {
