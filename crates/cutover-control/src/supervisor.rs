@@ -196,7 +196,20 @@ fn new_log(
         .filter(|c| *c != '-' && *c != ':')
         .collect();
     let (path, mut file) = {
-        let mut n = 1;
+        // After the highest start of this millisecond still on disk: a name freed by retention
+        // must not come back for a newer start, or it would sort as the oldest.
+        let taken = |name: &str| -> Option<u32> {
+            let rest = name.strip_prefix(&prefix)?.strip_prefix(&stamp)?.strip_suffix(".log")?;
+            match rest {
+                "" => Some(1),
+                r => r.strip_prefix('-')?.parse().ok(),
+            }
+        };
+        let mut n = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| taken(e.file_name().to_str()?))
+            .max()
+            .map_or(1, |m| m + 1);
         loop {
             let name = if n == 1 {
                 format!("{prefix}{stamp}.log")
@@ -206,7 +219,7 @@ fn new_log(
             let path = dir.join(&name);
             match std::fs::OpenOptions::new().create_new(true).append(true).open(&path) {
                 Ok(f) => break (path, f),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
                 Err(e) => return Err(e),
             }
         }
@@ -1007,7 +1020,10 @@ mod tests {
             names.contains("chat-blue-0-blue-0-20000101T000000.000Z.log"),
             "{names:?}"
         );
-        assert!(!paths[0].exists() && paths[LOGS_KEPT + 1].exists());
+        assert!(
+            !paths[0].exists() && !paths[1].exists() && paths[2].exists() && paths[LOGS_KEPT + 1].exists(),
+            "the two oldest went: {paths:?} {names:?}"
+        );
         let newest = std::fs::read_to_string(dir.join("chat-blue-0.log")).unwrap();
         assert_eq!(
             newest,
