@@ -163,6 +163,28 @@ pub struct RunConfig {
     /// Host the processes listen on, used to build endpoint addresses.
     #[serde(default = "defaults::run_host")]
     pub host: String,
+    /// Whether a managed process of the live color (or the old color while it stays warm)
+    /// that exits without being asked to is started again.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// At most this many restarts of one color within `restart_window`; then cutover stops
+    /// trying and says so (a crash loop needs a person, not a faster loop).
+    #[serde(default = "defaults::restart_limit")]
+    pub restart_limit: u32,
+    #[serde(default = "defaults::restart_window")]
+    pub restart_window: Duration,
+}
+
+/// `[services.NAME.run] restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart after any exit cutover did not ask for (a model server is meant to run until
+    /// stopped, so a clean exit is a failure too), with a doubling backoff.
+    #[default]
+    OnFailure,
+    /// Record and report the exit; never start the process again.
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +539,12 @@ mod defaults {
     }
     pub fn run_host() -> String {
         "127.0.0.1".into()
+    }
+    pub fn restart_limit() -> u32 {
+        5
+    }
+    pub fn restart_window() -> Duration {
+        Duration::from_secs(600)
     }
     pub fn health_path() -> String {
         "/health".into()

@@ -20,9 +20,8 @@ use crate::scale_down::ScaleDowns;
 use crate::service::series::Point;
 use crate::service::switch::{RollbackRequest, SwitchOutcome, SwitchRequest};
 use crate::service::{ColorState, ServiceCtl};
-use crate::steps::provision::Dirs;
 use crate::store_call::blocking;
-use crate::supervisor;
+use crate::supervisor::{self, Dirs, Role};
 
 /// The control plane: every service, and the store that makes their state durable.
 pub struct Controller {
@@ -44,9 +43,13 @@ impl Controller {
     /// second `serve` started by mistake fails before it touches a live instance's state.
     pub fn build(config: Config, store: Store) -> anyhow::Result<Controller> {
         let store = Arc::new(store);
+        let dirs = Dirs {
+            data_dir: config.store.data_dir.clone(),
+            config_dir: config.path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+        };
         let mut services = BTreeMap::new();
         for (name, cfg) in &config.services {
-            let svc = restore(cfg, &store)?;
+            let svc = restore(cfg, &store, &dirs)?;
             services.insert(name.clone(), svc);
         }
         let ctl = Controller {
@@ -65,11 +68,13 @@ impl Controller {
     }
 
     /// Keeps the managed processes a previous cutover started that are still the same
-    /// processes (pid and start time); forgets the rest.
+    /// processes (pid and start time) and watches them from now on: the live color's are
+    /// restarted by the policy (a warm color's too, once `resume` finds its scale-down
+    /// pending); forgets the rest.
     fn adopt(&self, svc: &ServiceCtl) -> anyhow::Result<()> {
-        if !svc.is_managed() {
+        let Some(procs) = &svc.procs else {
             return Ok(());
-        }
+        };
         let name = &svc.cfg.name;
         let records = self.store.processes(name)?;
         let live = svc.live();
@@ -88,12 +93,17 @@ impl Controller {
             }
             if alive.is_empty() && live != Some(c) && svc.version_of(c).is_some() {
                 svc.set_state(c, Some(ColorState::Stopped));
+                // Nothing runs there: checking it would only warn about a planned stop.
+                svc.unwatch(c);
             }
+            let role = if live == Some(c) { Role::Serving } else { Role::Idle };
+            procs.adopt(c, alive, role);
         }
         Ok(())
     }
 
-    /// Work a previous process left scheduled: the scale-down of an old color.
+    /// Work a previous process left scheduled: the scale-down of the color the latest release
+    /// left behind (the old color after a completion, the failed one after a rollback).
     pub fn resume(&self) {
         for svc in self.services.values() {
             let latest = match self.store.releases(&svc.cfg.name, 1) {
@@ -107,18 +117,30 @@ impl Controller {
             let Ok(doc) = serde_json::from_value::<ReleaseDoc>(v) else {
                 continue;
             };
-            let (Some(at), Some(prev), false) = (doc.scale_down_at, doc.previous_color, doc.scaled_down) else {
+            let (Some(at), false) = (doc.scale_down_at, doc.scaled_down) else {
                 continue;
             };
-            if doc.outcome == Some(Outcome::Completed) && svc.live() != Some(prev) {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                svc.set_state(prev, Some(ColorState::Warm));
-                let delay = Duration::from_secs(at.saturating_sub(now));
-                self.scale_downs.schedule(svc.clone(), prev, delay, id);
+            let (color, state, role) = match doc.outcome {
+                Some(Outcome::Completed) => match doc.previous_color {
+                    Some(prev) => (prev, ColorState::Warm, Role::Serving),
+                    None => continue,
+                },
+                Some(Outcome::RolledBack) => (doc.color, ColorState::Failed, Role::Idle),
+                _ => continue,
+            };
+            if svc.live() == Some(color) {
+                continue;
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            svc.set_state(color, Some(state));
+            if let Some(procs) = &svc.procs {
+                procs.set_role(color, role);
+            }
+            let delay = Duration::from_secs(at.saturating_sub(now));
+            self.scale_downs.schedule(svc.clone(), color, delay, id);
         }
     }
 
@@ -131,10 +153,6 @@ impl Controller {
 
     fn run_env(&self) -> RunEnv {
         RunEnv {
-            dirs: Dirs {
-                data_dir: self.config.store.data_dir.clone(),
-                config_dir: self.config.path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
-            },
             scale_downs: self.scale_downs.clone(),
         }
     }
@@ -142,12 +160,18 @@ impl Controller {
     /// Makes a color live. Durable before it returns: the store commits first, then the new
     /// route table is published in one pointer swap.
     pub async fn switch(&self, name: &str, req: SwitchRequest) -> Result<SwitchOutcome, ControlError> {
-        Ok(self.service(name)?.switch(req).await?)
+        let svc = self.service(name)?;
+        let out = svc.switch(req).await?;
+        serve(svc, &out);
+        Ok(out)
     }
 
     /// Switches back to the other color, recorded as a rollback.
     pub async fn rollback(&self, name: &str, req: RollbackRequest) -> Result<SwitchOutcome, ControlError> {
-        Ok(self.service(name)?.rollback(req).await?)
+        let svc = self.service(name)?;
+        let out = svc.rollback(req).await?;
+        serve(svc, &out);
+        Ok(out)
     }
 
     /// Starts a release of `version` into the idle color. One release at a time per service.
@@ -211,8 +235,16 @@ impl Controller {
     }
 }
 
+/// After a manual switch or rollback, the color made live is restarted by the policy, and the
+/// one it left stays so too: it is the instant way back.
+fn serve(svc: &ServiceCtl, out: &SwitchOutcome) {
+    if let Some(procs) = &svc.procs {
+        procs.set_role(out.live, Role::Serving);
+    }
+}
+
 /// One service with its committed routing published.
-fn restore(cfg: &cutover_config::ServiceConfig, store: &Arc<Store>) -> anyhow::Result<Arc<ServiceCtl>> {
+fn restore(cfg: &cutover_config::ServiceConfig, store: &Arc<Store>, dirs: &Dirs) -> anyhow::Result<Arc<ServiceCtl>> {
     let name = &cfg.name;
     let (bv, gv) = match &cfg.environments {
         Environments::Static { blue, green } => (blue.version.as_deref(), green.version.as_deref()),
@@ -225,6 +257,7 @@ fn restore(cfg: &cutover_config::ServiceConfig, store: &Arc<Store>) -> anyhow::R
         cfg.clone(),
         store.clone(),
         [state.blue_version.clone(), state.green_version.clone()],
+        dirs.clone(),
     );
     let live = state.live.map(routed);
     svc.publish(live, state.generation);

@@ -272,6 +272,33 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         }
     }
     let mut m = enc.encode_descriptor(
+        "cutover_process_restarts",
+        "Managed processes started again by the restart policy after an exit (this process)",
+        None,
+        MetricType::Counter,
+    )?;
+    for svc in ctl.services.values() {
+        let Some(procs) = &svc.procs else { continue };
+        let mut counts: std::collections::BTreeMap<(Color, String), u64> = std::collections::BTreeMap::new();
+        // Every version a color runs shows, at 0 until it restarts: a rate needs the series.
+        for c in Color::ALL {
+            if let Some(v) = svc.version_of(c) {
+                counts.insert((c, v), 0);
+            }
+        }
+        for (c, v, n) in procs.restarts_total() {
+            counts.insert((c, v), n);
+        }
+        for ((c, v), n) in counts {
+            let l: Labels = vec![
+                ("service", svc.cfg.name.clone()),
+                ("color", c.as_str().to_string()),
+                ("version", v),
+            ];
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
         "cutover_release_phase_info",
         "1 for the phase of the release in progress",
         None,

@@ -1,6 +1,8 @@
-//! Scale-down of the old live color after a completed release: it stays warm for
-//! `scale_down_delay` (a rollback is one switch meanwhile), then drains to zero in-flight or
-//! `drain_timeout`, then is stopped (managed) or marked stale (static).
+//! Scale-down of the color a release left behind: the old live color after a completed
+//! release, or the rolled-back version after an automatic rollback. It stays up for
+//! `scale_down_delay` (the old color: a rollback is one switch meanwhile; the failed one: its
+//! processes and logs can be looked at), then drains to zero in-flight or `drain_timeout`,
+//! then is stopped (managed; its logs are kept) or marked stale (static).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,14 +10,10 @@ use std::time::Duration;
 
 use cutover_proxy::Color;
 use cutover_store::{EventRecord, HistoryKind};
-use tokio::time::Instant;
 
 use crate::colors::stored;
 use crate::service::{ColorState, ServiceCtl};
 use crate::store_call::record;
-
-/// How often a draining color's in-flight count is read.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// The pending scale-down per service (at most one: a new release cancels the old one).
 #[derive(Clone, Default)]
@@ -51,42 +49,29 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
     if svc.live() == Some(color) {
         return;
     }
-    let Some(route) = svc.route(color) else { return };
-    let started = Instant::now();
-    let deadline = started + svc.cfg.release.drain_timeout.get();
-    while route.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    let left = route.in_flight();
-    if left > 0 {
-        tracing::warn!(service = %svc.cfg.name, color = %color, left, "drain deadline passed: closing requests still open");
-        route.close_in_flight();
-    }
+    let version = svc.version_of(color).unwrap_or_else(|| "-".into());
+    let drained = svc.drain(color).await;
     let _op = svc.op.lock().await;
     // A rollback may have made it live while it drained.
     if svc.live() == Some(color) {
         return;
     }
-    let managed = svc.is_managed();
-    if managed {
-        svc.stop_managed(color).await;
-    }
-    svc.set_state(
-        color,
-        Some(if managed {
+    let state = match &svc.procs {
+        Some(procs) => {
+            svc.stop_processes(procs, color).await;
             ColorState::Stopped
-        } else {
-            ColorState::Stale
-        }),
-    );
-    let reason = format!(
-        "{color} scaled down after scale_down_delay; drained in {:.1} s{}",
-        started.elapsed().as_secs_f64(),
-        if left > 0 {
-            format!(", {left} requests closed at the drain deadline")
-        } else {
-            String::new()
         }
+        None => {
+            // Static endpoints are someone else's to stop; their checks would only report
+            // the planned scale-down as a failure.
+            svc.unwatch(color);
+            ColorState::Stale
+        }
+    };
+    svc.set_state(color, Some(state));
+    let reason = format!(
+        "{color} ({version}) scaled down after scale_down_delay; {}",
+        drained.describe()
     );
     tracing::info!(service = %svc.cfg.name, color = %color, "{reason}");
     let n = svc.cfg.name.clone();

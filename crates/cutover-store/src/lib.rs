@@ -73,10 +73,15 @@ pub enum HistoryKind {
     ReleaseInterrupted,
     /// The old color was stopped (managed) or marked stale (static) after `scale_down_delay`.
     ScaledDown,
+    /// A managed process exited without being asked to; the reason has its status, what
+    /// happens next (restart, or why not) and where its log is.
+    ProcessExited,
+    /// The supervisor started a managed process again after it exited.
+    ProcessRestarted,
 }
 
 impl HistoryKind {
-    const ALL: [HistoryKind; 8] = [
+    const ALL: [HistoryKind; 10] = [
         HistoryKind::Switched,
         HistoryKind::RolledBack,
         HistoryKind::ReleaseStarted,
@@ -85,6 +90,8 @@ impl HistoryKind {
         HistoryKind::ReleaseRolledBack,
         HistoryKind::ReleaseInterrupted,
         HistoryKind::ScaledDown,
+        HistoryKind::ProcessExited,
+        HistoryKind::ProcessRestarted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +104,8 @@ impl HistoryKind {
             HistoryKind::ReleaseRolledBack => "release_rolled_back",
             HistoryKind::ReleaseInterrupted => "release_interrupted",
             HistoryKind::ScaledDown => "scaled_down",
+            HistoryKind::ProcessExited => "process_exited",
+            HistoryKind::ProcessRestarted => "process_restarted",
         }
     }
 }
@@ -227,6 +236,13 @@ pub struct ProcessRecord {
     /// Start time from /proc/PID/stat (clock ticks since boot), to tell a reused pid apart.
     pub start_time: u64,
     pub version: String,
+    /// The log file of this start of the process (one file per start); `None` in rows
+    /// written before logs were kept per start.
+    #[serde(default)]
+    pub log: Option<String>,
+    /// When this start happened (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 pub struct Store {
@@ -271,13 +287,23 @@ CREATE TABLE IF NOT EXISTS processes (
     pid         INTEGER NOT NULL,
     start_time  INTEGER NOT NULL,
     version     TEXT NOT NULL,
+    log         TEXT,
+    started_at  TEXT,
     PRIMARY KEY (service, color, replica)
 );
 "#;
 
+/// Columns added after the first schema, with their type: added to an older file at open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("processes", "log", "TEXT"), ("processes", "started_at", "TEXT")];
+
 /// Now, as RFC 3339 UTC with seconds, e.g. `2026-11-27T10:00:00Z`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Now, as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T10:00:00.123Z` (log file names).
+pub fn now_rfc3339_millis() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 impl Store {
@@ -293,6 +319,16 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous=FULL;")?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, ty) in ADDED_COLUMNS {
+            let has: bool = conn.query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty};"))?;
+            }
+        }
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -496,8 +532,8 @@ impl Store {
 
     pub fn put_process(&self, p: &ProcessRecord) -> Result<()> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO processes (service, color, replica, port, pid, start_time, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![p.service, p.color, p.replica, p.port, p.pid, p.start_time as i64, p.version],
+            "INSERT OR REPLACE INTO processes (service, color, replica, port, pid, start_time, version, log, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![p.service, p.color, p.replica, p.port, p.pid, p.start_time as i64, p.version, p.log, p.started_at],
         )?;
         Ok(())
     }
@@ -513,7 +549,7 @@ impl Store {
     pub fn processes(&self, service: &str) -> Result<Vec<ProcessRecord>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT service, color, replica, port, pid, start_time, version FROM processes WHERE service = ?1 ORDER BY color, replica",
+            "SELECT service, color, replica, port, pid, start_time, version, log, started_at FROM processes WHERE service = ?1 ORDER BY color, replica",
         )?;
         let rows = st.query_map(params![service], |r| {
             Ok(ProcessRecord {
@@ -524,6 +560,8 @@ impl Store {
                 pid: r.get(4)?,
                 start_time: r.get::<_, i64>(5)? as u64,
                 version: r.get(6)?,
+                log: r.get(7)?,
+                started_at: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -642,11 +680,34 @@ mod tests {
             pid: 42,
             start_time: 7,
             version: "v2".into(),
+            log: Some("/logs/chat-green-0-20261127T100000.000Z.log".into()),
+            started_at: Some("2026-11-27T10:00:00Z".into()),
         };
         s.put_process(&p).unwrap();
         assert_eq!(s.processes("chat").unwrap(), vec![p]);
         s.remove_processes("chat", Color::Green).unwrap();
         assert!(s.processes("chat").unwrap().is_empty());
+    }
+
+    /// A store file from before logs were kept per start gets the new columns at open, and
+    /// its rows read back with them empty.
+    #[test]
+    fn an_older_processes_table_gains_the_new_columns() {
+        let (s, path) = temp_store();
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TABLE processes; CREATE TABLE processes (service TEXT NOT NULL, color TEXT NOT NULL, replica INTEGER NOT NULL, port INTEGER NOT NULL, pid INTEGER NOT NULL, start_time INTEGER NOT NULL, version TEXT NOT NULL, PRIMARY KEY (service, color, replica));
+             INSERT INTO processes VALUES ('chat', 'blue', 0, 9001, 42, 7, 'v1');",
+        )
+        .unwrap();
+        drop(conn);
+        let s = Store::open(&path).unwrap();
+        let p = s.processes("chat").unwrap();
+        assert_eq!((p[0].pid, p[0].log.clone(), p[0].started_at.clone()), (42, None, None));
+        drop(s);
+        // Opening again finds the columns there and adds nothing.
+        Store::open(&path).unwrap();
     }
 
     /// The API shows these strings; the enums must write exactly what the strings were.

@@ -8,7 +8,8 @@
 //!
 //! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
 //! `POST /mock/health?fail=true|false` flips health at run time, `POST /mock/wedge?on=true|false`
-//! wedges the engine at run time (see `--wedged`), and a request header
+//! wedges the engine at run time (see `--wedged`), `POST /mock/exit?code=N` makes the process
+//! exit with that code (after answering), and a request header
 //! `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo` answers with the
 //! request's method, URI, HTTP version and headers, to check what a proxy forwarded.
 
@@ -297,6 +298,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
             let on = req.uri().query().is_some_and(|q| q.contains("on=true"));
             state.wedged.store(on, Relaxed);
             json_response(&state, StatusCode::OK, &json!({"wedged": on}))
+        }
+        (Method::POST, "/mock/exit") => {
+            // A crash on cue (tests of supervision): answer first, then exit with the code.
+            let code: i32 = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("code=")))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            eprintln!("mock-model: exiting with code {code} as asked (POST /mock/exit)");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::process::exit(code);
+            });
+            json_response(&state, StatusCode::OK, &json!({"exiting": code}))
         }
         (Method::POST, "/mock/health") => {
             let fail = req.uri().query().is_some_and(|q| q.contains("fail=true"));

@@ -10,6 +10,7 @@ pub mod switch;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cutover_config::{Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol};
@@ -17,13 +18,15 @@ use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::probe::{Generation, Probe};
 use cutover_proxy::Protocol;
 use cutover_proxy::{Color, ColorRoute, RouteTable, Service, ServiceSettings, TrustedProxies};
-use cutover_store::{ProcessRecord, Store};
+use cutover_store::Store;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::colors::stored;
-use crate::store_call::{blocking, record};
-use crate::supervisor;
+use crate::supervisor::{Dirs, Supervisor};
+
+/// How often a draining color's in-flight count is read.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// A color's state as the API shows it (`colors.X.state`).
 ///
@@ -55,7 +58,27 @@ pub enum ColorState {
 /// One color's current route and the health checks that watch it (they stop when it drops).
 pub(crate) struct Slot {
     pub(crate) route: Arc<ColorRoute>,
-    _checks: health::Checks,
+    /// `None` while nothing is expected to answer there (an empty color, a managed color whose
+    /// processes were stopped): probing it would only log warnings nobody must act on.
+    checks: Option<health::Checks>,
+}
+
+/// What draining a color did before it was stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Drained {
+    pub elapsed: Duration,
+    /// Requests still open at `drain_timeout`, cut and counted in `cutover_drain_closed_total`.
+    pub closed: i64,
+}
+
+impl Drained {
+    pub fn describe(&self) -> String {
+        let mut s = format!("drained in {:.1} s", self.elapsed.as_secs_f64());
+        if self.closed > 0 {
+            s.push_str(&format!(", {} requests closed at the drain deadline", self.closed));
+        }
+        s
+    }
 }
 
 /// The addresses `serve` bound for a service (port 0 in the config becomes a real port).
@@ -78,8 +101,8 @@ pub struct ServiceCtl {
     states: Mutex<[Option<ColorState>; 2]>,
     /// Set once by `serve` after binding; `None` in a controller that serves no traffic.
     bound: std::sync::OnceLock<BoundAddrs>,
-    /// Managed processes this cutover started (adopted ones are not our children).
-    pub(crate) children: Mutex<Vec<(Color, tokio::process::Child)>>,
+    /// The managed processes of both colors; `None` for static endpoints.
+    pub(crate) procs: Option<Arc<Supervisor>>,
     /// Requests/s and error rate per color over the last minutes, for the dashboard.
     pub(crate) series: Mutex<series::Series>,
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
@@ -194,7 +217,7 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<SocketAddr> {
 impl ServiceCtl {
     /// A service with both colors' routes installed (their health checks running) and
     /// nothing published yet.
-    pub fn new(cfg: ServiceConfig, store: Arc<Store>, versions: [Option<String>; 2]) -> Arc<ServiceCtl> {
+    pub fn new(cfg: ServiceConfig, store: Arc<Store>, versions: [Option<String>; 2], dirs: Dirs) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = HealthSpec {
             probe: probe_of(&cfg.health),
@@ -205,6 +228,10 @@ impl ServiceCtl {
             protocol: proxy.settings.protocol,
             passive_window: cfg.health.passive_window.get(),
         };
+        let procs = match &cfg.environments {
+            Environments::Managed(run) => Some(Supervisor::new(&cfg.name, run.clone(), dirs, store.clone())),
+            Environments::Static { .. } => None,
+        };
         let svc = Arc::new(ServiceCtl {
             cfg,
             proxy,
@@ -213,7 +240,7 @@ impl ServiceCtl {
             slots: Mutex::new([None, None]),
             states: Mutex::new([None, None]),
             bound: std::sync::OnceLock::new(),
-            children: Mutex::new(Vec::new()),
+            procs,
             series: Default::default(),
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
@@ -260,16 +287,45 @@ impl ServiceCtl {
         self.route(c).and_then(|r| r.version.clone())
     }
 
-    /// Installs a new route for `color` (a new version there) and starts its health checks.
+    /// Installs a new route for `color` (a new version there) and starts its health checks,
+    /// unless the color is empty: with no version nothing is expected to answer there.
     pub(crate) fn install(&self, color: Color, version: Option<String>) -> Arc<ColorRoute> {
         let addrs = endpoints_of(&self.cfg, color);
+        let checked = version.is_some();
         let route = ColorRoute::new(color, version, &addrs, &self.proxy.settings);
-        let checks = health::spawn(&self.cfg.name, &route, &self.health);
+        let checks = checked.then(|| health::spawn(&self.cfg.name, &route, &self.health));
         self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Some(Slot {
             route: route.clone(),
-            _checks: checks,
+            checks,
         });
         route
+    }
+
+    /// Starts `color`'s health checks if they are not running (it is about to serve).
+    pub(crate) fn watch(&self, color: Color) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots[idx(color)].as_mut().filter(|s| s.checks.is_none()) {
+            slot.checks = Some(health::spawn(&self.cfg.name, &slot.route, &self.health));
+        }
+    }
+
+    /// Stops `color`'s health checks (its processes are being stopped on purpose) and forgets
+    /// their verdicts, so status shows "not checked" rather than a stale or alarming result.
+    pub(crate) fn unwatch(&self, color: Color) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots[idx(color)].as_mut() {
+            slot.checks = None;
+            for e in &slot.route.endpoints {
+                e.set_health(cutover_proxy::Health::Unknown);
+            }
+        }
+    }
+
+    /// True while `color`'s health checks run.
+    pub fn watched(&self, color: Color) -> bool {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(color)]
+            .as_ref()
+            .is_some_and(|s| s.checks.is_some())
     }
 
     /// Publishes a table with `live` as the live color; the other color becomes the idle one.
@@ -295,46 +351,48 @@ impl ServiceCtl {
         self.publish(t.live_color(), t.generation);
     }
 
-    /// A message when a managed process of `color` has exited.
-    pub(crate) fn exited_early(&self, color: Color) -> Option<String> {
-        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        children
-            .iter_mut()
-            .filter(|(c, _)| *c == color)
-            .find_map(|(_, child)| child.try_wait().ok().flatten())
-            .map(|status| format!("a model server of {color} exited ({status}) before it was healthy"))
+    /// Waits for `color`'s requests to finish (in-flight 0), at most `drain_timeout`; what is
+    /// still open then is cut and counted. Every stop of a color comes after this: a model
+    /// server told to stop may abort what it is generating (vLLM's default shutdown does).
+    pub(crate) async fn drain(&self, color: Color) -> Drained {
+        let started = Instant::now();
+        let Some(route) = self.route(color) else {
+            return Drained {
+                elapsed: Duration::ZERO,
+                closed: 0,
+            };
+        };
+        let deadline = started + self.cfg.release.drain_timeout.get();
+        if route.in_flight() > 0 {
+            tracing::info!(service = %self.cfg.name, color = %color, in_flight = route.in_flight(), "waiting for requests to finish before stopping the color");
+        }
+        while route.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let closed = route.in_flight();
+        if closed > 0 {
+            tracing::warn!(service = %self.cfg.name, color = %color, left = closed, "drain deadline passed: closing requests still open");
+            route.close_in_flight();
+        }
+        Drained {
+            elapsed: started.elapsed(),
+            closed,
+        }
     }
 
-    /// Stops the managed processes of `color` and forgets them (static services: nothing).
-    pub(crate) async fn stop_managed(&self, color: Color) {
-        let Environments::Managed(run) = &self.cfg.environments else {
-            return;
-        };
-        let name = self.cfg.name.clone();
-        let n = name.clone();
-        let recs: Vec<ProcessRecord> = match blocking(&self.store, move |s| s.processes(&n)).await {
-            Ok(r) => r.into_iter().filter(|p| p.color == stored(color)).collect(),
-            Err(e) => {
-                tracing::error!(service = %name, error = %e, "cannot read managed processes from the store");
-                return;
-            }
-        };
-        supervisor::stop(&recs, run.stop_timeout.get()).await;
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain_mut(|(c, child)| {
-                if *c != color {
-                    return true;
-                }
-                // Reap it if it has exited; a child still running outlives us on purpose.
-                let _reaped = child.try_wait();
-                false
-            });
-        let n = name.clone();
-        record(&self.store, "the stopped processes", &name, move |s| {
-            s.remove_processes(&n, stored(color))
-        })
-        .await;
+    /// Drains `color`, then stops its managed processes and forgets them (static services:
+    /// nothing to stop; `None`).
+    pub(crate) async fn stop_managed(&self, color: Color) -> Option<Drained> {
+        let procs = self.procs.as_ref()?;
+        let drained = self.drain(color).await;
+        self.stop_processes(procs, color).await;
+        Some(drained)
+    }
+
+    /// Stops `color`'s processes now (the caller drained it): health checks first, so a
+    /// planned stop logs no "endpoint unhealthy".
+    pub(crate) async fn stop_processes(&self, procs: &Supervisor, color: Color) {
+        self.unwatch(color);
+        procs.stop(color).await;
     }
 }

@@ -7,6 +7,7 @@ use cutover_proxy::{Color, ColorRoute, Endpoint, Health, ProbeRecord};
 use serde::Serialize;
 
 use super::{BoundAddrs, ColorState, ServiceCtl};
+use crate::supervisor::ColorProcesses;
 
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
@@ -62,6 +63,9 @@ pub struct ColorStatus {
     pub state: ColorState,
     pub endpoints: Vec<EndpointStatus>,
     pub in_flight: i64,
+    /// Managed services only: the color's processes, restarts and last exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<ColorProcesses>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +152,7 @@ impl ServiceCtl {
                     state,
                     endpoints: endpoints(&r),
                     in_flight: r.in_flight(),
+                    processes: self.procs.as_ref().map(|p| p.status(c)),
                 },
             );
         }

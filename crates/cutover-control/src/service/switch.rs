@@ -72,6 +72,8 @@ impl ServiceCtl {
         }
         let previous = table.live_color();
         let generation = self.commit_switch(table.generation, to, &req).await?;
+        // A live color is always health-checked (a stale or never-checked one was not).
+        self.watch(to);
         self.publish(Some(to), generation);
         self.switches.fetch_add(1, Relaxed);
         if req.kind == SwitchKind::RolledBack {

@@ -1,7 +1,7 @@
 //! Waiting for a new color to be healthy: every endpoint, by the health checks' own verdict;
-//! a managed process that exits ends the wait at once instead of at the deadline, and a
-//! wait that reaches `health_timeout` says which endpoints were not healthy and what their
-//! probes last saw.
+//! a wait that reaches `health_timeout` says which endpoints were not healthy and what their
+//! probes last saw. (A managed process that exits ends the wait at once: the run watches the
+//! color's exits through every phase, see `release::run`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +30,6 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
                 plural(route.endpoints.len(), "s"),
                 started.elapsed().as_secs_f64()
             ));
-        }
-        if let Some(msg) = svc.exited_early(route.color) {
-            return Err(msg);
         }
         if Instant::now() >= give_up {
             return Err(not_healthy(&route, limit));

@@ -525,6 +525,7 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
     let (addr, seen) = closes_second_request().await;
     let services = format!(
         "[services.chat]\nlisten = \"{{listen}}\"\nretry_non_idempotent = {retry_non_idempotent}\n\
+         limits = {{ pool_idle_timeout = \"1h\" }}\n\
          health = {{ path = \"/health\", interval = \"1h\" }}\n\
          [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
     );

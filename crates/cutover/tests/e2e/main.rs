@@ -19,6 +19,8 @@
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
+//! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
+//!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
 mod admin;
 mod config;
@@ -34,6 +36,7 @@ mod probes;
 mod release;
 mod restart;
 mod routing;
+mod supervise;
 mod support;
 mod switching;
 mod websocket;

@@ -25,13 +25,12 @@ use crate::error::{StepError, StoreFailure};
 use crate::scale_down::ScaleDowns;
 use crate::service::ServiceCtl;
 use crate::steps::deadline_text;
-use crate::steps::provision::Dirs;
 use crate::store_call::blocking;
+use crate::supervisor::Exit;
 
 /// What a run needs from outside its service.
 #[derive(Clone)]
 pub struct RunEnv {
-    pub dirs: Dirs,
     pub scale_downs: ScaleDowns,
 }
 
@@ -78,6 +77,9 @@ pub(crate) struct ReleaseRun {
     abort_rx: watch::Receiver<Option<String>>,
     /// When the current phase began, for its `elapsed_ms`.
     phase_started: Instant,
+    /// The start of the managed processes this release made (`Supervisor::epoch`), once
+    /// provisioning made them: from then on, an exit of one of them fails the release.
+    epoch: Option<u64>,
 }
 
 impl ReleaseRun {
@@ -95,6 +97,7 @@ impl ReleaseRun {
             machine: Release::new(plan),
             abort_rx,
             phase_started: Instant::now(),
+            epoch: None,
         }
     }
 
@@ -187,7 +190,36 @@ impl ReleaseRun {
             .map_err(|e| Stop::Failed(StepError::new(phase, e.to_string())))
     }
 
-    /// Runs `fut` unless its deadline (`None`: none) passes or someone aborts.
+    /// An exit of one of this release's processes, if one happened.
+    fn exited(&self) -> Option<Exit> {
+        let (procs, epoch) = (self.svc.procs.as_ref()?, self.epoch?);
+        procs.exit_of(self.doc(|d| d.color), epoch)
+    }
+
+    /// What an exit of this release's processes says in the release's reason.
+    fn exit_reason(&self, exit: &Exit) -> String {
+        let color = self.doc(|d| d.color);
+        format!(
+            "a model server of the new color exited during {}: {}",
+            self.machine.phase,
+            exit.describe(color)
+        )
+    }
+
+    /// Waits for an exit of this release's processes (forever when it has none).
+    async fn wait_exit(
+        procs: Option<Arc<crate::supervisor::Supervisor>>,
+        color: cutover_proxy::Color,
+        epoch: Option<u64>,
+    ) -> Exit {
+        match (procs, epoch) {
+            (Some(p), Some(e)) => p.wait_exit(color, e).await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Runs `fut` unless its deadline (`None`: none) passes, someone aborts, or one of the
+    /// release's processes exits.
     async fn guard<T>(
         &mut self,
         deadline: Option<Duration>,
@@ -196,6 +228,7 @@ impl ReleaseRun {
     ) -> Result<T, Stop> {
         let phase = self.machine.phase;
         let mut abort = self.abort_rx.clone();
+        let exit = Self::wait_exit(self.svc.procs.clone(), self.doc(|d| d.color), self.epoch);
         let work = async {
             match deadline {
                 Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
@@ -213,6 +246,7 @@ impl ReleaseRun {
                 let why = r.ok().and_then(|v| v.clone()).unwrap_or_else(|| "aborted".into());
                 Err(Stop::Aborted(why))
             }
+            e = exit => Err(Stop::Failed(StepError::new(phase, self.exit_reason(&e)))),
         }
     }
 }

@@ -19,8 +19,16 @@ impl ReleaseRun {
         let (color, version) = self.doc(|d| (d.color, d.version.clone()));
 
         self.env.scale_downs.cancel(&self.svc.cfg.name);
-        let provision = steps::provision(self.svc.clone(), self.env.dirs.clone(), color, version);
-        let detail = self.guard(phase_timeout, "provisioning", provision).await?;
+        // Provisioning may first drain what still runs at the color and stop it.
+        let provision_deadline = match &self.svc.cfg.environments {
+            cutover_config::Environments::Managed(run) => {
+                rel.phase_timeout.get() + rel.drain_timeout.get() + run.stop_timeout.get()
+            }
+            cutover_config::Environments::Static { .. } => rel.phase_timeout.get(),
+        };
+        let provision = steps::provision(self.svc.clone(), color, version);
+        let detail = self.guard(Some(provision_deadline), "provisioning", provision).await?;
+        self.epoch = self.svc.procs.as_ref().map(|p| p.epoch(color));
         self.step(Event::Done, detail).await?;
 
         let route = self
@@ -55,6 +63,13 @@ impl ReleaseRun {
         let all_hooks = per_hook * (rel.hooks.pre_switch.len().max(1) as u32);
         let detail = self.guard(Some(all_hooks), "pre-switch hooks", hooks).await?;
         self.step(Event::Done, detail).await?;
+        // The last look before traffic moves: an exit seen only now still stops the switch.
+        if let Some(e) = self.exited() {
+            return Err(Stop::Failed(crate::error::StepError::new(
+                self.machine.phase,
+                self.exit_reason(&e),
+            )));
+        }
         Ok(route)
     }
 
@@ -107,14 +122,10 @@ impl ReleaseRun {
         if self.svc.live() == Some(color) {
             return;
         }
-        let managed = self.svc.is_managed();
-        if managed {
-            self.svc.stop_managed(color).await;
-        }
-        let state = if managed {
-            ColorState::Stopped
-        } else {
-            ColorState::Failed
+        // Drained first: testers may be streaming from it through the preview listener.
+        let state = match self.svc.stop_managed(color).await {
+            Some(_) => ColorState::Stopped,
+            None => ColorState::Failed,
         };
         self.svc.set_state(color, Some(state));
     }

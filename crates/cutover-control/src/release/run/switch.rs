@@ -13,6 +13,7 @@ use crate::error::StepError;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
 use crate::service::ColorState;
 use crate::steps;
+use crate::supervisor::Role;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -59,6 +60,11 @@ impl ReleaseRun {
             self.roll_back(format!("post-switch hook failed: {e}")).await;
             return Ok(None);
         }
+        if let (Some(e), true) = (self.exited(), out.previous.is_some()) {
+            let reason = self.exit_reason(&e);
+            self.roll_back(reason).await;
+            return Ok(None);
+        }
         let detail = format!(
             "{color} live at generation {} in {switch_ms:.1} ms (store commit included)",
             out.generation
@@ -94,6 +100,11 @@ impl ReleaseRun {
                 });
                 let color = self.doc(|d| d.color);
                 self.svc.set_state(color, Some(ColorState::Failed));
+                if let Some(procs) = &self.svc.procs {
+                    // The version that failed is not restarted; the one serving again is.
+                    procs.set_role(color, Role::Idle);
+                    procs.set_role(out.live, Role::Serving);
+                }
                 tracing::warn!(service = %self.svc.cfg.name, release = id, rollback_ms = ms, reason = %reason, "rolled back");
             }
             Err(e) => {
@@ -107,11 +118,31 @@ impl ReleaseRun {
             // The rollback has happened; a failing notification hook cannot undo it.
             tracing::warn!(service = %self.svc.cfg.name, release = id, error = %e, "on_rollback hook failed");
         }
+        self.schedule_failed_scale_down();
         self.persist().await;
+    }
+
+    /// After an automatic rollback of a managed release, the failed version keeps running
+    /// for `scale_down_delay` (its processes and state can be looked at, through the preview
+    /// listener too), then drains and is stopped like any old color; its logs are kept.
+    fn schedule_failed_scale_down(&mut self) {
+        let color = self.doc(|d| d.color);
+        if self.svc.procs.is_none() || self.svc.live() == Some(color) {
+            return;
+        }
+        let delay = self.svc.cfg.release.scale_down_delay.get();
+        self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
+        self.env
+            .scale_downs
+            .schedule(self.svc.clone(), color, delay, self.active.id);
     }
 
     /// After completion: schedule the old color's scale-down and record when it is due.
     pub(super) async fn after_completion(&mut self) {
+        if let Some(procs) = &self.svc.procs {
+            // Live now: from here on an exit is restarted by the policy, not a failed release.
+            procs.set_role(self.doc(|d| d.color), Role::Serving);
+        }
         let Some(prev) = self.doc(|d| d.previous_color) else {
             return;
         };

@@ -77,6 +77,9 @@ impl ReleaseRun {
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
+            if let Some(e) = self.exited() {
+                return Err(self.exit_reason(&e));
+            }
             let window = window(route, &baseline);
             let verdict = judge(&window, &limits);
             self.doc(|d| d.gates = verdict.gates.clone());
