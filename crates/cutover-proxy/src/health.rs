@@ -97,30 +97,40 @@ struct Passive {
     successes: u64,
     /// [`now_ms`] when that count last grew (0: not since the check started).
     grew_ms: u64,
+    /// The same for the endpoint's own 2xx/3xx answers to proxied requests.
+    ep_successes: u64,
+    ep_grew_ms: u64,
 }
 
 impl Passive {
-    fn new(route: &ColorRoute) -> Passive {
+    fn new(route: &ColorRoute, ep: &Endpoint) -> Passive {
         Passive {
             successes: route.stats.successes(),
             grew_ms: 0,
+            ep_successes: ep.stats.answered_ok_count(),
+            ep_grew_ms: 0,
         }
     }
 
-    fn look(&mut self, route: &ColorRoute) {
+    fn look(&mut self, route: &ColorRoute, ep: &Endpoint) {
         let n = route.stats.successes();
         if n != self.successes {
             self.successes = n;
             self.grew_ms = now_ms();
         }
+        let n = ep.stats.answered_ok_count();
+        if n != self.ep_successes {
+            self.ep_successes = n;
+            self.ep_grew_ms = now_ms();
+        }
     }
 
     /// Why a timeout of `ep` is weak evidence now, if it is: its own requests ended lately and
     /// the color is answering.
-    fn excuse(&self, ep: &Endpoint, window: Duration) -> Option<String> {
+    fn excuse(&self, window: Duration) -> Option<String> {
         let window = window.as_millis() as u64;
         let now = now_ms();
-        let finished = ep.stats.last_finished_ms()?;
+        let finished = Some(self.ep_grew_ms).filter(|ms| *ms > 0)?;
         let recent = |ms: u64| ms > 0 && now.saturating_sub(ms) <= window;
         (window > 0 && recent(finished) && recent(self.grew_ms)).then(|| {
             format!(
@@ -215,7 +225,7 @@ pub fn spawn(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) -> Check
         handles.push(tokio::spawn(async move {
             let mut tracker = Tracker::new(spec.healthy_threshold, spec.unhealthy_threshold);
             let mut passive = match weak.upgrade() {
-                Some(route) => Passive::new(&route),
+                Some(route) => Passive::new(&route, &route.endpoints[i]),
                 None => return,
             };
             let mut tick = tokio::time::interval(spec.interval);
@@ -224,13 +234,13 @@ pub fn spawn(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) -> Check
                 tick.tick().await;
                 let Some(route) = weak.upgrade() else { return };
                 let ep = route.endpoints[i].clone();
-                passive.look(&route);
+                passive.look(&route, &ep);
                 drop(route);
                 let r = probe(ep.addr, &spec).await;
                 let Some(route) = weak.upgrade() else { return };
                 // Traffic that succeeded while the probe waited counts as recent too.
-                passive.look(&route);
-                let excuse = passive.excuse(&ep, spec.passive_window);
+                passive.look(&route, &ep);
+                let excuse = passive.excuse(spec.passive_window);
                 apply(&service, &route, &ep, &mut tracker, r, excuse);
             }
         }));
@@ -286,19 +296,27 @@ mod tests {
         let window = Duration::from_secs(10);
         let r = route();
         let ep = r.endpoints[0].clone();
-        let mut p = Passive::new(&r);
-        assert_eq!(p.excuse(&ep, window), None, "no traffic at all");
-        drop(ep.claim());
-        p.look(&r);
-        assert_eq!(p.excuse(&ep, window), None, "requests ended, but none succeeded");
-        r.stats.record_status(500);
-        p.look(&r);
-        assert_eq!(p.excuse(&ep, window), None, "a 5xx is no evidence of serving");
+        let mut p = Passive::new(&r, &ep);
+        assert_eq!(p.excuse(window), None, "no traffic at all");
+        let mut failed = ep.claim();
+        failed.answered(502);
+        drop(failed);
+        r.stats.record_status(502);
+        p.look(&r, &ep);
+        assert_eq!(p.excuse(window), None, "a request ended, but with a 5xx: no evidence");
         r.stats.record_status(200);
-        p.look(&r);
-        let why = p.excuse(&ep, window).expect("recent success excuses");
-        assert!(why.starts_with("not counted: proxied requests to it ended"), "{why}");
-        assert_eq!(p.excuse(&ep, Duration::ZERO), None, "passive_window = 0s turns it off");
+        p.look(&r, &ep);
+        assert_eq!(p.excuse(window), None, "the color answers, this endpoint did not");
+        let mut ok = ep.claim();
+        ok.answered(200);
+        drop(ok);
+        p.look(&r, &ep);
+        let why = p.excuse(window).expect("recent success excuses");
+        assert!(
+            why.starts_with("not counted: it answered proxied requests 2xx/3xx"),
+            "{why}"
+        );
+        assert_eq!(p.excuse(Duration::ZERO), None, "passive_window = 0s turns it off");
 
         // An excused timeout leaves health alone and says why; an unexcused one counts.
         let mut t = Tracker::new(1, 1);

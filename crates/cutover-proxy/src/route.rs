@@ -100,7 +100,7 @@ impl Drop for EndpointLoad {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
         if self.1 {
-            self.0.stats.finished();
+            self.0.stats.answered_ok();
         }
     }
 }

@@ -407,9 +407,9 @@ impl ProbeRecord {
 /// One endpoint's passive evidence (proxied requests) and what its probes saw.
 #[derive(Default)]
 pub struct EndpointStats {
-    /// [`now_ms`] when a proxied request on this endpoint last ended (0: never). One relaxed
-    /// store per request, when it lets go of the endpoint.
-    last_finished_ms: AtomicU64,
+    /// Proxied requests this endpoint answered 2xx/3xx. One relaxed add per such request (no
+    /// clock on the request path: the health checks note when the count moves).
+    answered_ok: AtomicU64,
     /// Failed probes by reason, for `cutover_probe_failures_total`.
     probe_failures: [AtomicU64; 5],
     /// The latest probe's result; written once per probe, read by the API.
@@ -417,13 +417,13 @@ pub struct EndpointStats {
 }
 
 impl EndpointStats {
-    pub(crate) fn finished(&self) {
-        self.last_finished_ms.store(now_ms(), Relaxed);
+    pub(crate) fn answered_ok(&self) {
+        self.answered_ok.fetch_add(1, Relaxed);
     }
 
-    /// When a proxied request on this endpoint last ended, on [`now_ms`]'s clock.
-    pub fn last_finished_ms(&self) -> Option<u64> {
-        Some(self.last_finished_ms.load(Relaxed)).filter(|ms| *ms > 0)
+    /// Proxied requests this endpoint answered 2xx/3xx so far.
+    pub fn answered_ok_count(&self) -> u64 {
+        self.answered_ok.load(Relaxed)
     }
 
     pub fn record_probe(&self, r: ProbeRecord) {
@@ -454,7 +454,7 @@ mod tests {
     fn probe_failures_count_by_reason_and_the_last_result_is_kept() {
         let e = EndpointStats::default();
         assert_eq!(e.last_probe(), None);
-        assert_eq!(e.last_finished_ms(), None);
+        assert_eq!(e.answered_ok_count(), 0);
         let rec = |failure| ProbeRecord {
             at: SystemTime::now(),
             at_ms: now_ms(),
@@ -471,8 +471,8 @@ mod tests {
         assert_eq!(e.probe_failures(ProbeReason::Timeout), 1);
         assert_eq!(e.probe_failures_total(), 2);
         assert!(e.last_probe().unwrap().ok());
-        e.finished();
-        assert!(e.last_finished_ms().unwrap() <= now_ms());
+        e.answered_ok();
+        assert_eq!(e.answered_ok_count(), 1);
         let names: Vec<_> = ProbeReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names, ["timeout", "connect", "status", "grpc_not_serving", "body"]);
     }
