@@ -465,6 +465,10 @@ pub struct WarmupConfig {
     #[serde(default = "defaults::warmup_concurrency")]
     pub concurrency: u32,
     pub request: RequestSpec,
+    /// Failed warm-up requests tolerated per endpoint (a 5xx or no answer); more abort the
+    /// release before the switch.
+    #[serde(default)]
+    pub max_failures: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -474,6 +478,10 @@ pub struct SmokeConfig {
     pub request: RequestSpec,
     #[serde(default)]
     pub expect: Expect,
+    /// Times the check is sent to each endpoint; every answer must pass. A build that fails
+    /// a fraction of its requests is caught by repeating, not by one lucky answer.
+    #[serde(default = "defaults::smoke_repeat")]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -632,6 +640,9 @@ mod defaults {
     }
     pub fn bake() -> Duration {
         Duration::from_secs(120)
+    }
+    pub fn smoke_repeat() -> u32 {
+        1
     }
     pub fn max_error_rate() -> f64 {
         0.01
@@ -1223,6 +1234,13 @@ impl Source<'_> {
                     );
                 }
             }
+        }
+        if let Some((i, _)) = rel.smoke.iter().enumerate().find(|(_, s)| s.repeat == 0) {
+            return self.err_at(
+                k(&format!("smoke.{i}.repeat")),
+                near("smoke"),
+                "must be at least 1".into(),
+            );
         }
         if let Some(w) = &rel.warmup {
             if w.concurrency == 0 {

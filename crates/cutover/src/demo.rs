@@ -134,7 +134,9 @@ stop_timeout = "5s"
 health_timeout = "30s"
 scale_down_delay = "5m"
 drain_timeout = "30s"
-warmup = {{ requests = 10, concurrency = 2, request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":4}}' }} }}
+# The demo lets up to 4 failed warm-up requests through, so v3 reaches live traffic and the
+# story can show verification rolling it back; the default (0) would stop it here.
+warmup = {{ requests = 10, concurrency = 2, max_failures = 4, request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":4}}' }} }}
 
 [[services.chat.release.smoke]]
 name = "chat answers"

@@ -18,21 +18,28 @@ pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<Strin
     let mut n = 0;
     for check in checks {
         for ep in &route.endpoints {
-            let a = call(&c, &check.request, ep.addr).await.map_err(|e| {
-                format!(
-                    "smoke check {:?} failed on {}: request failed: {e}",
-                    check.name, ep.addr
-                )
-            })?;
-            if let Err(why) = check_expect(&check.expect, &a) {
-                return Err(format!(
-                    "smoke check {:?} failed on {}: {why}; body: {}",
-                    check.name,
-                    ep.addr,
-                    excerpt(&a.body)
-                ));
+            for round in 1..=check.repeat {
+                let at = if check.repeat > 1 {
+                    format!(" (answer {round} of {})", check.repeat)
+                } else {
+                    String::new()
+                };
+                let a = call(&c, &check.request, ep.addr).await.map_err(|e| {
+                    format!(
+                        "smoke check {:?} failed on {}{at}: request failed: {e}",
+                        check.name, ep.addr
+                    )
+                })?;
+                if let Err(why) = check_expect(&check.expect, &a) {
+                    return Err(format!(
+                        "smoke check {:?} failed on {}{at}: {why}; body: {}",
+                        check.name,
+                        ep.addr,
+                        excerpt(&a.body)
+                    ));
+                }
+                n += 1;
             }
-            n += 1;
         }
     }
     Ok(format!(

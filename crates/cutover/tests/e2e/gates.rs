@@ -131,3 +131,49 @@ async fn a_slow_first_token_rolls_back_with_the_measured_value() {
     );
     assert_eq!(r.status().await["live"], "blue");
 }
+
+/// A build that fails 30 % of its requests is caught before the switch: the warm-up tolerates
+/// `max_failures` failed requests per endpoint (default 0; it let 3 of 10 through), and a smoke
+/// check with `repeat` must pass every time (one lucky answer passed it).
+#[tokio::test]
+async fn a_build_failing_30_percent_is_stopped_before_the_switch() {
+    let warm = "warmup = { requests = 10, concurrency = 2, request = { method = \"POST\", path = \"/v1/chat/completions\", body = '{}' } }\n";
+    for (release, phase, says) in [
+        (warm.to_string(), "warm-up", "more than warmup.max_failures = 0"),
+        (
+            "[[services.chat.release.smoke]]\nname = \"chat answers\"\nrepeat = 10\n\
+             request = { method = \"POST\", path = \"/v1/chat/completions\", body = '{}' }\nexpect = { status = 200 }\n"
+                .to_string(),
+            "smoke check",
+            "of 10)",
+        ),
+    ] {
+        let blue = Mock::start("v1", &[]).await;
+        let green = Mock::start("v2", &["--error-rate", "0.3"]).await;
+        let r = Router::start(&format!(
+            "{}\n[services.chat.release]\n{release}",
+            static_service(&[&blue], &[&green], "")
+        ))
+        .await;
+        assert_eq!(r.switch("blue").await.status, 200);
+        let id = r.release("v2").await;
+        let d = r.wait_end(id, Duration::from_secs(30)).await;
+        assert_eq!(d["outcome"], "aborted", "{d}");
+        let reason = d["reason"].as_str().unwrap();
+        assert!(reason.contains(phase) && reason.contains(says), "{reason}");
+        assert_eq!(r.status().await["live"], "blue", "live traffic never moved");
+    }
+    // Tolerating failures is a choice the config states.
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &["--error-rate", "0.3"]).await;
+    let release = warm.replace("body = '{}' }", "body = '{}' }, max_failures = 5");
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n{release}[services.chat.release.verify]\nbake = \"300ms\"\nmin_requests = 0\nmax_error_rate = 1.0\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(30)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+}
