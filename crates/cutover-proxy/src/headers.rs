@@ -50,23 +50,32 @@ impl Class {
 /// name against its class, so a wrong length (the bug that let client `X-Forwarded-For`
 /// lines through) cannot hide.
 pub(crate) fn class(name: &[u8]) -> Class {
+    let Some(&first) = name.first() else {
+        return Class::Plain;
+    };
     let is = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
-    let c = match name.len() {
-        2 if is(b"te") => Class::Te,
-        4 if is(b"host") => Class::Host,
-        6 if is(b"expect") => Class::Expect,
-        7 if is(b"trailer") || is(b"upgrade") => Class::HopByHop,
-        9 if is(b"forwarded") || is(b"x-real-ip") => Class::Forwarding(Forwarding::Other),
-        10 if is(b"connection") || is(b"keep-alive") => Class::HopByHop,
-        14 if is(b"content-length") => Class::ContentLength,
-        15 if is(b"x-forwarded-for") => Class::Forwarding(Forwarding::For),
-        16 if is(b"proxy-connection") => Class::HopByHop,
-        16 if is(b"x-forwarded-host") => Class::Forwarding(Forwarding::Host),
-        17 if is(b"transfer-encoding") => Class::TransferEncoding,
-        17 if is(b"x-forwarded-proto") => Class::Forwarding(Forwarding::Proto),
+    // Length and first letter settle most names before any full comparison: this runs for
+    // every header of every message, twice or three times (a profile showed it costing ~900
+    // instructions a request when it compared whole names first).
+    let c = match (name.len(), first | 0x20) {
+        (2, b't') if is(b"te") => Class::Te,
+        (4, b'h') if is(b"host") => Class::Host,
+        (6, b'e') if is(b"expect") => Class::Expect,
+        (7, b't') if is(b"trailer") => Class::HopByHop,
+        (7, b'u') if is(b"upgrade") => Class::HopByHop,
+        (9, b'f') if is(b"forwarded") => Class::Forwarding(Forwarding::Other),
+        (9, b'x') if is(b"x-real-ip") => Class::Forwarding(Forwarding::Other),
+        (10, b'c') if is(b"connection") => Class::HopByHop,
+        (10, b'k') if is(b"keep-alive") => Class::HopByHop,
+        (14, b'c') if is(b"content-length") => Class::ContentLength,
+        (15, b'x') if is(b"x-forwarded-for") => Class::Forwarding(Forwarding::For),
+        (16, b'p') if is(b"proxy-connection") => Class::HopByHop,
+        (16, b'x') if is(b"x-forwarded-host") => Class::Forwarding(Forwarding::Host),
+        (17, b't') if is(b"transfer-encoding") => Class::TransferEncoding,
+        (17, b'x') if is(b"x-forwarded-proto") => Class::Forwarding(Forwarding::Proto),
         _ => Class::Plain,
     };
-    if c == Class::Plain && name.len() > 10 && name[..10].eq_ignore_ascii_case(b"x-cutover-") {
+    if c == Class::Plain && first | 0x20 == b'x' && name.len() > 10 && name[..10].eq_ignore_ascii_case(b"x-cutover-") {
         return Class::Cutover;
     }
     c
