@@ -49,11 +49,31 @@ impl Class {
 /// length first so most names are settled with one comparison; the test below lists every
 /// name against its class, so a wrong length (the bug that let client `X-Forwarded-For`
 /// lines through) cannot hide.
+/// `name == lower` ignoring ASCII case, for a header name (`tchar`s only) and a target of
+/// lower-case letters and `-`: setting bit 5 lower-cases a letter and leaves `-` and every
+/// other `tchar` that could match as they are, so whole 8-byte words compare at once
+/// (`eq_ignore_ascii_case` goes byte by byte: ~10 instructions a byte, on every header).
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    if n < 8 {
+        return name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b);
+    }
+    // The first and last words cover any length from 8 to 16; the middle one the rest.
+    let ok = |at: usize| word(name, at) | CASE == word(lower, at);
+    ok(0) && ok(n - 8) && (n <= 16 || ok(8))
+}
+
 pub(crate) fn class(name: &[u8]) -> Class {
     let Some(&first) = name.first() else {
         return Class::Plain;
     };
-    let is = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
+    let is = |lower: &[u8]| is_name(name, lower);
     // Length and first letter settle most names before any full comparison: this runs for
     // every header of every message, twice or three times (a profile showed it costing ~900
     // instructions a request when it compared whole names first).
@@ -75,7 +95,7 @@ pub(crate) fn class(name: &[u8]) -> Class {
         (17, b'x') if is(b"x-forwarded-proto") => Class::Forwarding(Forwarding::Proto),
         _ => Class::Plain,
     };
-    if c == Class::Plain && first | 0x20 == b'x' && name.len() > 10 && name[..10].eq_ignore_ascii_case(b"x-cutover-") {
+    if c == Class::Plain && first | 0x20 == b'x' && name.len() > 10 && is_name(&name[..10], b"x-cutover-") {
         return Class::Cutover;
     }
     c
