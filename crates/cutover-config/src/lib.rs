@@ -7,6 +7,7 @@
 //! - [`Config`] and friends: the validated, typed configuration.
 //! - [`Duration`]: a `"500ms"`/`"30s"`/`"10m"` string in the file.
 //! - [`load`] / [`parse`]: read, deserialize, then check cross-field rules.
+//! - [`check`] (`checks`): configs that parse but cannot work, and warnings about this machine.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
+
+mod checks;
+pub use checks::{check, PLACEHOLDERS};
 
 /// A configuration error, already located in the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -900,6 +904,7 @@ impl Source<'_> {
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
             let svc = self.service(&name, svc, &mut claims)?;
+            self.colors_apart(&svc)?;
             services.insert(name, svc);
         }
         self.no_self_proxy(&services, &claims)?;
@@ -1169,6 +1174,7 @@ impl Source<'_> {
         if run.command.is_empty() {
             return self.err(rspan, k("run.command"), "must name a program to run".into());
         }
+        self.run_template(name, &run, &rspan)?;
         if run.ports.blue.is_empty() || run.ports.green.is_empty() {
             return self.err(
                 rspan,

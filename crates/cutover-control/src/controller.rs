@@ -217,6 +217,12 @@ impl Controller {
         Ok(self.releases.abort(name, id, actor)?)
     }
 
+    /// Ends a release before its switch with `reason` (a forced manual switch overrode it).
+    pub fn end_release(&self, name: &str, id: i64, actor: &str, reason: String) -> Result<(), ControlError> {
+        self.service(name)?;
+        Ok(self.releases.end(name, id, actor, reason)?)
+    }
+
     /// Takes one sample of every service's traffic per color (called every `SAMPLE_EVERY`).
     pub fn sample(&self) {
         for svc in self.services.values() {

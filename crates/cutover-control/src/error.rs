@@ -38,7 +38,9 @@ pub enum SwitchError {
         generation: u64,
     },
     /// Every endpoint of the target failed its health checks; `detail` lists them.
-    #[error("{color} has no healthy endpoint ({detail}); fix it or pass force")]
+    #[error(
+        "{color} has no healthy endpoint ({detail}); fix it, or pass --force (API: \"force\": true) to switch anyway"
+    )]
     TargetUnhealthy { color: Color, detail: String },
     #[error("{color} ({version}) was scaled down, so a rollback is no longer one switch; run `cutover rollback {service} --redeploy` to release {version} again through the pipeline")]
     ScaledDown {
@@ -67,6 +69,12 @@ pub enum ReleaseError {
     NotAwaitingApproval { id: i64, phase: Phase },
     #[error("release #{id} is {phase}: traffic has already switched; use rollback instead")]
     AlreadySwitched { id: i64, phase: Phase },
+    /// An abort was asked for and the run is ending; `why` names who asked.
+    #[error("release #{id} is already being aborted ({why})")]
+    Aborting { id: i64, why: String },
+    /// The run has recorded its end and is only finishing up (tearing the idle color down).
+    #[error("release #{id} has already ended: {phase}")]
+    Ended { id: i64, phase: Phase },
     #[error("there is no previous version to redeploy")]
     NoPreviousVersion,
     #[error("no release #{id} in service {service}")]

@@ -66,6 +66,8 @@ pub enum HistoryKind {
     /// A switch back to the previous live color.
     RolledBack,
     ReleaseStarted,
+    /// A person (or `auto_promote_after`) approved a release awaiting approval.
+    ReleaseApproved,
     ReleaseCompleted,
     ReleaseAborted,
     ReleaseRolledBack,
@@ -81,10 +83,11 @@ pub enum HistoryKind {
 }
 
 impl HistoryKind {
-    const ALL: [HistoryKind; 10] = [
+    const ALL: [HistoryKind; 11] = [
         HistoryKind::Switched,
         HistoryKind::RolledBack,
         HistoryKind::ReleaseStarted,
+        HistoryKind::ReleaseApproved,
         HistoryKind::ReleaseCompleted,
         HistoryKind::ReleaseAborted,
         HistoryKind::ReleaseRolledBack,
@@ -99,6 +102,7 @@ impl HistoryKind {
             HistoryKind::Switched => "switched",
             HistoryKind::RolledBack => "rolled_back",
             HistoryKind::ReleaseStarted => "release_started",
+            HistoryKind::ReleaseApproved => "release_approved",
             HistoryKind::ReleaseCompleted => "release_completed",
             HistoryKind::ReleaseAborted => "release_aborted",
             HistoryKind::ReleaseRolledBack => "release_rolled_back",

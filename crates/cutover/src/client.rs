@@ -9,27 +9,89 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::Remote;
+use crate::cli::{Remote, DEFAULT_ADMIN};
 
 /// A failed CLI operation and the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
+    /// Printed on stderr as `error: MESSAGE`; empty prints nothing (a closed stdout).
     pub message: String,
     pub exit: u8,
+    /// The admin API's error code (`release_in_progress`, ...), when the router answered one.
+    pub code: Option<String>,
 }
+
+/// What a shell reports for a process that SIGPIPE ended (128 + 13): a closed stdout ends
+/// the CLI with it, quietly.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 
 impl Failure {
     pub fn new(exit: u8, message: impl Into<String>) -> Failure {
         Failure {
             message: message.into(),
             exit,
+            code: None,
         }
     }
+
+    pub fn broken_pipe() -> Failure {
+        Failure::new(EXIT_BROKEN_PIPE, "")
+    }
+}
+
+/// The admin base URL, checked: a bare `HOST:PORT` gets a suggestion instead of "invalid
+/// format".
+fn base_url(s: &str) -> Result<String, Failure> {
+    let s = s.trim().trim_end_matches('/');
+    let suggest = |why: &str| {
+        Failure::new(
+            2,
+            format!("--admin {s:?} {why}: expected a URL such as http://127.0.0.1:9901; did you mean http://{s}?"),
+        )
+    };
+    if !s.contains("://") {
+        return Err(suggest("has no scheme"));
+    }
+    let uri: http::Uri = s.parse().map_err(|_| suggest("is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(s.to_string()),
+        Some("http") => Err(suggest("has no host")),
+        _ => Err(Failure::new(
+            2,
+            format!("--admin {s:?}: only http:// admin URLs are supported, e.g. http://127.0.0.1:9901"),
+        )),
+    }
+}
+
+/// Who is at the keyboard, for the history: `$USER`, `$LOGNAME`, else the OS user of this
+/// process's uid (from /etc/passwd), else `uid:N`. The uid comes from the owner of
+/// /proc/self, so no unsafe `getuid` call is needed (the crates forbid unsafe code).
+pub fn os_user() -> String {
+    if let Some(u) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    {
+        return u;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string() && !f[0].is_empty()).then(|| f[0].to_string())
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 pub struct Client {
     base: String,
     token: String,
+    /// `cli:USER`, sent as `x-cutover-actor` for the history.
+    actor: String,
     http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -73,9 +135,9 @@ impl Client {
             None => None,
         };
         let base = match (&r.admin, &cfg) {
-            (Some(a), _) => a.clone(),
+            (Some(a), _) => base_url(a)?,
             (None, Some(c)) => format!("http://{}", admin_address(c)?),
-            (None, None) => "http://127.0.0.1:9901".to_string(),
+            (None, None) => DEFAULT_ADMIN.to_string(),
         };
         let token = match (&r.token, &r.token_file, &cfg) {
             (Some(t), _, _) => t.clone(),
@@ -95,7 +157,13 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             token,
             http,
+            actor: format!("cli:{}", os_user()),
         })
+    }
+
+    /// The admin base URL this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -108,15 +176,12 @@ impl Client {
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
         let req = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-cutover-actor", format!("cli:{user}"))
+            .header("x-cutover-actor", &self.actor)
             .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
             .map_err(|e| Failure::new(2, format!("bad admin URL {url}: {e}")))?;
         let fut = self.http.request(req);
@@ -145,6 +210,10 @@ impl Client {
             s if s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED => 2,
             _ => 1,
         };
-        Err(Failure::new(exit, format!("{msg} (HTTP {})", status.as_u16())))
+        Err(Failure {
+            message: format!("{msg} (HTTP {})", status.as_u16()),
+            exit,
+            code: v["error"]["code"].as_str().map(str::to_string),
+        })
     }
 }

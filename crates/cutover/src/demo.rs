@@ -14,8 +14,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::cli::{Progress, Remote};
 use crate::client::{Client, Failure};
-use crate::{output, Remote};
+use crate::{follow, output};
 
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -157,11 +158,21 @@ async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
         .post("/v1/services/chat/releases", &serde_json::json!({ "version": version }))
         .await?;
     let id = v["id"].as_i64().unwrap_or(0);
-    println!(
+    output::line(&format!(
         "\n▶ release #{id}: {version} into {}",
         v["color"].as_str().unwrap_or("?")
-    );
-    output::follow_release(c, "chat", id, false).await
+    ))?;
+    let remote = Remote::default();
+    follow::release(
+        c,
+        &remote,
+        "chat",
+        id,
+        Progress {
+            heartbeat: Duration::from_secs(15),
+        },
+    )
+    .await
 }
 
 pub async fn run() -> Result<(), Failure> {
@@ -186,10 +197,17 @@ pub async fn run() -> Result<(), Failure> {
         .map_err(|e| Failure::new(1, format!("cannot read the bound addresses: {e}")))?;
     let (admin, listen) = (bound.admin.port(), bound.services["chat"].listen.port());
 
-    println!("cutover demo — everything runs on this machine, in {}", dir.display());
-    println!("  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}");
-    println!("  model servers: managed `mock-model` processes, blue on :{blue}, green on :{green}");
-    println!("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time");
+    output::line(&format!(
+        "cutover demo — everything runs on this machine, in {}",
+        dir.display()
+    ))?;
+    output::line(&format!(
+        "  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}"
+    ))?;
+    output::line(&format!(
+        "  model servers: managed `mock-model` processes, blue on :{blue}, green on :{green}"
+    ))?;
+    output::line("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time")?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cutover_control::server::run(
@@ -266,61 +284,63 @@ async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure>
         let _ = t.await;
     }
     let status = c.get("/v1/services/chat").await?;
-    println!("\n{}", output::status(&status));
+    output::line(&format!("\n{}", output::status(&status)))?;
 
     let t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    println!("\nSummary ({:.0} s)", started.elapsed().as_secs_f64());
-    println!("  {:<8} {:>10} {:>8}", "version", "served", "failed");
+    output::line(&format!("\nSummary ({:.0} s)", started.elapsed().as_secs_f64()))?;
+    output::line(&format!("  {:<8} {:>10} {:>8}", "version", "served", "failed"))?;
     let mut versions: Vec<&String> = t.ok.keys().chain(t.failed.keys()).collect();
     versions.sort();
     versions.dedup();
     for v in versions {
-        println!(
+        output::line(&format!(
             "  {:<8} {:>10} {:>8}",
             v,
             t.ok.get(v).unwrap_or(&0),
             t.failed.get(v).unwrap_or(&0)
-        );
+        ))?;
     }
-    println!("  streams completed intact: {}", t.streams);
+    output::line(&format!("  streams completed intact: {}", t.streams))?;
     let ms = |d: &Value, k: &str| {
         d[k].as_f64()
             .map(|x| format!("{x:.1} ms"))
             .unwrap_or_else(|| "-".into())
     };
-    println!("  {:<28} {:>12} {:>14}", "release", "outcome", "time");
-    println!(
+    output::line(&format!("  {:<28} {:>12} {:>14}", "release", "outcome", "time"))?;
+    output::line(&format!(
         "  {:<28} {:>12} {:>14}",
         "v1 (first, straight to live)",
         v1["outcome"].as_str().unwrap_or("?"),
         format!("switch {}", ms(&v1, "switch_ms"))
-    );
-    println!(
+    ))?;
+    output::line(&format!(
         "  {:<28} {:>12} {:>14}",
         "v2 (verified)",
         v2["outcome"].as_str().unwrap_or("?"),
         format!("switch {}", ms(&v2, "switch_ms"))
-    );
-    println!(
+    ))?;
+    output::line(&format!(
         "  {:<28} {:>12} {:>14}",
         "v3 (30% errors)",
         v3["outcome"].as_str().unwrap_or("?"),
         format!("rollback {}", ms(&v3, "rollback_ms"))
-    );
+    ))?;
     let v2_window_failures = after_v2.1.saturating_sub(before_v2.1);
-    println!("  failed requests across the v1 → v2 release: {v2_window_failures}");
+    output::line(&format!(
+        "  failed requests across the v1 → v2 release: {v2_window_failures}"
+    ))?;
     if let Some(r) = v3["reason"].as_str() {
-        println!("  v3 was rolled back because: {r}");
+        output::line(&format!("  v3 was rolled back because: {r}"))?;
     }
     for f in &t.first_failures {
-        println!("    e.g. {f}");
+        output::line(&format!("    e.g. {f}"))?;
     }
     let ok = v1["outcome"] == "completed"
         && v2["outcome"] == "completed"
         && v3["outcome"] == "rolled_back"
         && v2_window_failures == 0;
     if ok {
-        println!("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught and rolled back by itself.");
+        output::line("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught and rolled back by itself.")?;
         Ok(())
     } else {
         Err(Failure::new(1, "the demo did not go as expected (see above)"))

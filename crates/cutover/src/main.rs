@@ -1,162 +1,39 @@
 //! The `cutover` binary: parses the command line, then either runs the router and controller
-//! (`serve`), validates a config (`check`), or talks to a running router over the admin API.
+//! (`serve`), validates a config (`check`), generates completions or man pages, or talks to a
+//! running router over the admin API.
+//!
+//! # Layout
+//! - `cli`: every command and argument (clap), with help texts and examples.
+//! - `client`: the admin API client, `Failure` and its exit code, the actor.
+//! - `output`: text for people (JSON with `--json`), safe on a closed stdout.
+//! - `follow`: following a release phase by phase (terminal and CI output).
+//! - `logs`: `cutover logs`, showing and following managed processes' logs.
+//! - `commands`: one function per client command.
+//! - `demo`: `cutover demo`.
 //!
 //! Exit codes: 0 success; 1 the operation ran and failed; 2 usage or config error;
-//! 3 the router could not be reached or refused the token.
+//! 3 the router could not be reached or refused the token; 141 stdout was closed (what a
+//! shell reports for a SIGPIPE end); 130 interrupted by Ctrl-C.
 
 #![forbid(unsafe_code)]
 
+mod cli;
 mod client;
+mod commands;
 mod demo;
+mod follow;
+mod logs;
 mod output;
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
 
-use crate::client::{Client, Failure};
-
-#[derive(Parser)]
-#[command(
-    name = "cutover",
-    version,
-    about = "Blue-green releases for AI model services, with zero downtime"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Args, Clone)]
-pub struct Remote {
-    /// Admin API of the running router.
-    #[arg(long, env = "CUTOVER_ADMIN", global = true)]
-    admin: Option<String>,
-    /// Admin bearer token.
-    #[arg(long, env = "CUTOVER_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
-    /// File holding the admin bearer token.
-    #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
-    /// Take the admin address and token file from this config.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Print JSON instead of text for people.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the router (data plane) and the release controller.
-    Serve {
-        /// Config file.
-        #[arg(long, short, default_value = "cutover.toml")]
-        config: PathBuf,
-        /// How long in-flight requests may finish after SIGTERM.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        grace: Duration,
-        /// Worker threads; 1 runs everything on one thread (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// Once every listener serves, write their bound addresses here as JSON
-        /// (`{"admin": ..., "services": {NAME: {"listen": ..., "preview_listen": ...}}}`):
-        /// how a script finds the ports of a config that says port 0.
-        #[arg(long)]
-        addresses_file: Option<PathBuf>,
-    },
-    /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
-    Demo,
-    /// Validate a config file without starting anything.
-    Check {
-        /// Config file.
-        file: PathBuf,
-    },
-    /// Show services: live color, generation, versions, endpoints.
-    Status {
-        service: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Show the switch and release history of a service.
-    History {
-        service: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Make a color live now (manual, no gates). Without a color: the idle one.
-    Switch {
-        service: String,
-        color: Option<String>,
-        /// Switch even if the target has no healthy endpoint.
-        #[arg(long)]
-        force: bool,
-        /// Refuse unless the generation is still this one.
-        #[arg(long)]
-        if_generation: Option<u64>,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Release VERSION into the idle color through the whole pipeline.
-    Release {
-        service: String,
-        version: String,
-        /// Follow the release phase by phase; exit 0 when live and verified, 1 otherwise.
-        #[arg(long)]
-        wait: bool,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Approve the release awaiting approval.
-    Approve {
-        service: String,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Abort the release in progress (before the switch; live traffic is untouched).
-    Abort {
-        service: String,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Switch back to the previous live color.
-    Rollback {
-        service: String,
-        /// The previous color was scaled down: release its version again through the pipeline.
-        #[arg(long)]
-        redeploy: bool,
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        remote: Remote,
-    },
-    /// Run the stand-in model server (the same as the `mock-model` binary).
-    #[command(hide = true, disable_help_flag = true)]
-    MockModel {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 500ms, 30s, 10m"))
-}
+use crate::cli::{Cli, Command, LogFormat, Shell};
+use crate::client::Failure;
 
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -173,6 +50,20 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// The exit code of a command's result; the failure's message goes to stderr (a closed
+/// stderr is ignored: there is nobody left to tell).
+fn exit(r: Result<(), Failure>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                let _ = writeln!(std::io::stderr(), "error: {}", f.message);
+            }
+            ExitCode::from(f.exit)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -186,29 +77,11 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            match rt.block_on(demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    ExitCode::from(f.exit)
-                }
-            }
+            exit(rt.block_on(demo::run()))
         }
-        Command::Check { file } => match cutover_config::load(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} service{})",
-                    file.display(),
-                    c.services.len(),
-                    if c.services.len() == 1 { "" } else { "s" }
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { file } => exit(check(&file)),
+        Command::Completions { shell } => exit(completions(shell)),
+        Command::Man { dir } => exit(man(dir.as_deref())),
         Command::Serve {
             config,
             grace,
@@ -224,28 +97,79 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            match rt.block_on(remote(cmd)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    ExitCode::from(f.exit)
-                }
-            }
+            exit(rt.block_on(commands::run(cmd)))
         }
     }
 }
 
+/// `cutover check`: errors exit 2; warnings (on stderr, file:line and key) exit 0.
+fn check(file: &Path) -> Result<(), Failure> {
+    let (c, warnings) = cutover_config::check(file).map_err(|e| Failure::new(2, e.to_string()))?;
+    for w in &warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {w}");
+    }
+    let n = c.services.len();
+    output::line(&format!(
+        "{}: ok ({n} service{}{})",
+        file.display(),
+        if n == 1 { "" } else { "s" },
+        match warnings.len() {
+            0 => String::new(),
+            1 => ", 1 warning".into(),
+            w => format!(", {w} warnings"),
+        }
+    ))
+}
+
+fn completions(shell: Shell) -> Result<(), Failure> {
+    let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "cutover", &mut buf);
+    output::raw(&String::from_utf8_lossy(&buf))
+}
+
+/// The man page of `cutover` on stdout, or one page per command (`cutover-release.1`, ...)
+/// into `dir`.
+fn man(dir: Option<&Path>) -> Result<(), Failure> {
+    let cmd = Cli::command();
+    let render = |c: clap::Command| {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf).map(|_| buf)
+    };
+    let fail = |e: std::io::Error| Failure::new(1, format!("cannot write the man page: {e}"));
+    let Some(dir) = dir else {
+        let page = render(cmd).map_err(fail)?;
+        return output::raw(&String::from_utf8_lossy(&page));
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut pages = vec![("cutover".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("cutover-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("cutover {}", sub.get_name()));
+        pages.push((name, page));
+    }
+    for (name, c) in pages {
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, render(c).map_err(fail)?).map_err(fail)?;
+        output::line(&path.display().to_string())?;
+    }
+    Ok(())
+}
+
 /// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.
-fn serve(
-    config: &std::path::Path,
-    grace: Duration,
-    threads: Option<usize>,
-    addresses_file: Option<PathBuf>,
-) -> ExitCode {
+fn serve(config: &Path, grace: Duration, threads: Option<usize>, addresses_file: Option<PathBuf>) -> ExitCode {
     let cfg = match cutover_config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -260,7 +184,7 @@ fn serve(
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -270,188 +194,8 @@ fn serve(
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(1)
         }
-    }
-}
-
-async fn remote(cmd: Command) -> Result<(), Failure> {
-    match cmd {
-        Command::Status { service, remote } => status(&remote, service).await,
-        Command::History { service, limit, remote } => history(&remote, service, limit).await,
-        Command::Switch {
-            service,
-            color,
-            force,
-            if_generation,
-            reason,
-            remote,
-        } => {
-            let body =
-                serde_json::json!({"to": color, "force": force, "if_generation": if_generation, "reason": reason});
-            let c = Client::new(&remote)?;
-            let v = c.post(&format!("/v1/services/{service}/switch"), &body).await?;
-            output::print(&remote, &v, |v| {
-                format!(
-                    "{service}: {} is live (generation {}, version {})",
-                    v["live"].as_str().unwrap_or("?"),
-                    v["generation"],
-                    v["version"].as_str().unwrap_or("-")
-                )
-            })
-        }
-        Command::Release {
-            service,
-            version,
-            wait,
-            remote,
-        } => release(&remote, &service, &version, wait).await,
-        Command::Approve { service, remote } => signal(&remote, &service, "approve").await,
-        Command::Abort { service, remote } => signal(&remote, &service, "abort").await,
-        Command::Rollback {
-            service,
-            redeploy,
-            force,
-            reason,
-            remote,
-        } => rollback(&remote, &service, redeploy, force, reason).await,
-        Command::Serve { .. } | Command::Check { .. } | Command::MockModel { .. } | Command::Demo => {
-            unreachable!("handled in main")
-        }
-    }
-}
-
-async fn status(remote: &Remote, service: Option<String>) -> Result<(), Failure> {
-    let c = Client::new(remote)?;
-    match service {
-        Some(s) => {
-            let v = c.get(&format!("/v1/services/{s}")).await?;
-            output::print(remote, &v, output::status)
-        }
-        None => {
-            let v = c.get("/v1/services").await?;
-            output::print(remote, &v, |v| {
-                v["services"]
-                    .as_array()
-                    .map(|a| a.iter().map(output::status).collect::<Vec<_>>().join("\n"))
-                    .unwrap_or_default()
-            })
-        }
-    }
-}
-
-async fn history(remote: &Remote, service: Option<String>, limit: u32) -> Result<(), Failure> {
-    let c = Client::new(remote)?;
-    let names = match service {
-        Some(s) => vec![s],
-        None => {
-            let v = c.get("/v1/services").await?;
-            v["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s["name"].as_str().map(String::from))
-                .collect()
-        }
-    };
-    for name in names {
-        let v = c.get(&format!("/v1/services/{name}/history?limit={limit}")).await?;
-        output::print(remote, &v, output::history)?;
-    }
-    Ok(())
-}
-
-async fn release(remote: &Remote, service: &str, version: &str, wait: bool) -> Result<(), Failure> {
-    let c = Client::new(remote)?;
-    let v = c
-        .post(
-            &format!("/v1/services/{service}/releases"),
-            &serde_json::json!({"version": version}),
-        )
-        .await?;
-    let id = v["id"].as_i64().unwrap_or(0);
-    if !wait {
-        return output::print(remote, &v, |v| {
-            format!(
-                "{service}: release #{id} of {version} into {} started",
-                v["color"].as_str().unwrap_or("?")
-            )
-        });
-    }
-    println!(
-        "{service}: release #{id} of {version} into {}",
-        v["color"].as_str().unwrap_or("?")
-    );
-    follow(&c, remote, service, id).await
-}
-
-/// `approve` or `abort` the release in progress.
-async fn signal(remote: &Remote, service: &str, what: &str) -> Result<(), Failure> {
-    let c = Client::new(remote)?;
-    let id = active_release(&c, service).await?;
-    let v = c
-        .post(
-            &format!("/v1/services/{service}/releases/{id}/{what}"),
-            &serde_json::json!({}),
-        )
-        .await?;
-    output::print(remote, &v, |_| match what {
-        "approve" => format!("{service}: release #{id} approved"),
-        _ => format!("{service}: aborting release #{id}"),
-    })
-}
-
-async fn rollback(
-    remote: &Remote,
-    service: &str,
-    redeploy: bool,
-    force: bool,
-    reason: Option<String>,
-) -> Result<(), Failure> {
-    let c = Client::new(remote)?;
-    let body = serde_json::json!({"force": force, "reason": reason, "redeploy": redeploy});
-    let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
-    if redeploy {
-        let id = v["release"]["id"].as_i64().unwrap_or(0);
-        println!(
-            "{service}: redeploying {} as release #{id}",
-            v["release"]["version"].as_str().unwrap_or("?")
-        );
-        return follow(&c, remote, service, id).await;
-    }
-    output::print(remote, &v, |v| {
-        format!(
-            "{service}: rolled back to {} (generation {}, version {})",
-            v["live"].as_str().unwrap_or("?"),
-            v["generation"],
-            v["version"].as_str().unwrap_or("-")
-        )
-    })
-}
-
-async fn active_release(c: &Client, service: &str) -> Result<i64, Failure> {
-    let v = c.get(&format!("/v1/services/{service}")).await?;
-    v["release"]["id"]
-        .as_i64()
-        .ok_or_else(|| Failure::new(1, format!("no release is in progress in {service}")))
-}
-
-/// Follows a release until it ends: 0 when completed, 1 when aborted or rolled back.
-async fn follow(c: &Client, remote: &Remote, service: &str, id: i64) -> Result<(), Failure> {
-    let doc = output::follow_release(c, service, id, remote.json).await?;
-    if remote.json {
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    }
-    match doc["outcome"].as_str() {
-        Some("completed") => Ok(()),
-        other => Err(Failure::new(
-            1,
-            format!(
-                "release #{id} {}: {}",
-                other.unwrap_or("ended"),
-                doc["reason"].as_str().unwrap_or("")
-            ),
-        )),
     }
 }

@@ -1,17 +1,41 @@
-//! Human output for the CLI (JSON with `--json`).
+//! Output for people (JSON with `--json`), written so that a closed stdout (`| head -1`)
+//! ends the CLI quietly with exit code 141, as a process killed by SIGPIPE reports it,
+//! instead of panicking in `println!`.
+
+use std::io::Write;
 
 use serde_json::Value;
 
+use crate::cli::Remote;
 use crate::client::Failure;
-use crate::Remote;
+
+/// Writes one line to stdout. A closed pipe is `Failure::broken_pipe` (exit 141, nothing
+/// printed); other write errors are exit 1.
+pub fn line(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").and_then(|_| out.flush()).map_err(write_failure)
+}
+
+/// Writes text without a newline (a terminal's redrawn status line).
+pub fn raw(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}").and_then(|_| out.flush()).map_err(write_failure)
+}
+
+fn write_failure(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::broken_pipe()
+    } else {
+        Failure::new(1, format!("cannot write to stdout: {e}"))
+    }
+}
 
 pub fn print(r: &Remote, v: &Value, human: impl Fn(&Value) -> String) -> Result<(), Failure> {
     if r.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        line(&serde_json::to_string_pretty(v).unwrap_or_default())
     } else {
-        println!("{}", human(v));
+        line(&human(v))
     }
-    Ok(())
 }
 
 fn s(v: &Value) -> &str {
@@ -89,58 +113,91 @@ pub fn history(v: &Value) -> String {
     out.trim_end().to_string()
 }
 
-/// Polls a release and prints each phase as it ends (with a live line on a terminal).
-pub async fn follow_release(c: &crate::client::Client, service: &str, id: i64, quiet: bool) -> Result<Value, Failure> {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stdout().is_terminal() && !quiet;
-    let mut printed = 0;
-    let started = std::time::Instant::now();
-    loop {
-        let doc = c.get(&format!("/v1/services/{service}/releases/{id}")).await?;
-        let phases = doc["phases"].as_array().cloned().unwrap_or_default();
-        if !quiet {
-            if tty {
-                print!("\r\x1b[2K");
-            }
-            while printed < phases.len() {
-                let p = &phases[printed];
-                if p["ended_at"].is_null() {
-                    break;
-                }
-                let ms = p["elapsed_ms"].as_u64().unwrap_or(0);
-                println!(
-                    "  {:<18} {:>7.1} s  {}",
-                    s(&p["phase"]),
-                    ms as f64 / 1000.0,
-                    s(&p["detail"])
-                );
-                printed += 1;
-            }
-            if tty && doc["outcome"].is_null() {
-                print!("  {:<18} … {:.1} s", s(&doc["phase"]), started.elapsed().as_secs_f64());
-                let gates: Vec<String> = doc["gates"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|g| format!("{}={}", s(&g["name"]), s(&g["result"])))
-                    .collect();
-                if !gates.is_empty() {
-                    print!("  [{}]", gates.join(" "));
-                }
-                let _ = std::io::stdout().flush();
-            }
-        }
-        if !doc["outcome"].is_null() {
-            if !quiet {
-                println!(
-                    "release #{id} of {} {}: {}",
-                    s(&doc["version"]),
-                    s(&doc["outcome"]),
-                    s(&doc["reason"])
-                );
-            }
-            return Ok(doc);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+/// The release list of a service, one line each.
+pub fn releases(v: &Value, limit: usize) -> String {
+    let list = v["releases"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return format!("{}: no releases yet", s(&v["service"]));
     }
+    let mut out = format!(
+        "{:>5}  {:<12} {:<6} {:<18} {:<20} {:<14} reason\n",
+        "id", "version", "color", "phase/outcome", "started", "by"
+    );
+    for r in list.iter().take(limit) {
+        let state = r["outcome"].as_str().unwrap_or(s(&r["phase"]));
+        out.push_str(&format!(
+            "{:>5}  {:<12} {:<6} {:<18} {:<20} {:<14} {}\n",
+            format!("#{}", r["id"]),
+            s(&r["version"]),
+            s(&r["color"]),
+            state,
+            s(&r["created_at"]),
+            s(&r["actor"]),
+            r["reason"].as_str().unwrap_or("")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// One phase as it ended: name, time, detail.
+pub fn phase_line(p: &Value) -> String {
+    let ms = p["elapsed_ms"].as_u64().unwrap_or(0);
+    format!(
+        "  {:<18} {:>7.1} s  {}",
+        s(&p["phase"]),
+        ms as f64 / 1000.0,
+        s(&p["detail"])
+    )
+}
+
+/// A whole release document: header, every phase, gates, timings and the end.
+pub fn release(d: &Value) -> String {
+    let mut out = format!(
+        "{}: release #{} of {} into {} (from {} {}), started {} by {}\n",
+        s(&d["service"]),
+        d["id"],
+        s(&d["version"]),
+        s(&d["color"]),
+        d["previous_color"].as_str().unwrap_or("nothing live"),
+        d["previous_version"].as_str().unwrap_or(""),
+        s(&d["created_at"]),
+        s(&d["actor"])
+    );
+    for p in d["phases"].as_array().into_iter().flatten() {
+        if p["ended_at"].is_null() {
+            out.push_str(&format!("  {:<18} … since {}\n", s(&p["phase"]), s(&p["started_at"])));
+        } else {
+            out.push_str(&phase_line(p));
+            out.push('\n');
+        }
+    }
+    let gates: Vec<String> = d["gates"].as_array().into_iter().flatten().map(gate).collect();
+    if !gates.is_empty() {
+        out.push_str(&format!("  gates: {}\n", gates.join(", ")));
+    }
+    for (k, what) in [("switch_ms", "switch"), ("rollback_ms", "rollback")] {
+        if let Some(ms) = d[k].as_f64() {
+            out.push_str(&format!("  {what}: {ms:.1} ms\n"));
+        }
+    }
+    match d["outcome"].as_str() {
+        Some(o) => out.push_str(&format!("  outcome: {o}: {}", s(&d["reason"]))),
+        None => out.push_str(&format!("  in progress: {}", s(&d["phase"]))),
+    }
+    out
+}
+
+/// A gate reading: `error_rate 0.2% ≤ 1% passing`.
+pub fn gate(g: &Value) -> String {
+    let num = |v: &Value| match v.as_f64() {
+        Some(x) => format!("{x}"),
+        None => "-".into(),
+    };
+    format!(
+        "{} {} (limit {}) {}",
+        s(&g["name"]),
+        num(&g["value"]),
+        num(&g["limit"]),
+        s(&g["result"])
+    )
 }

@@ -102,6 +102,8 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::NotRunning { .. } => "not_running",
             ReleaseError::NotAwaitingApproval { .. } => "not_awaiting_approval",
             ReleaseError::AlreadySwitched { .. } => "already_switched",
+            ReleaseError::Aborting { .. } => "already_aborting",
+            ReleaseError::Ended { .. } => "already_ended",
             ReleaseError::NoPreviousVersion => "no_previous_version",
             // Mapped by its own kind below.
             ReleaseError::Store(_) => "",

@@ -2,6 +2,7 @@
 //! [`error`] turns the control core's errors into statuses and codes.
 
 pub mod error;
+pub mod logs;
 
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/rollback", post(rollback))
         .route("/v1/services/{svc}/history", get(history))
         .route("/v1/services/{svc}/series", get(series))
+        .route("/v1/services/{svc}/logs", get(service_logs))
         .route("/v1/services/{svc}/releases", post(start_release).get(list_releases))
         .route("/v1/services/{svc}/releases/{id}", get(get_release))
         .route("/v1/services/{svc}/releases/{id}/approve", post(approve))
@@ -200,10 +202,7 @@ async fn list_services(State(st): State<AdminState>) -> Result<Json<Value>, ApiE
 
 fn service_json(st: &AdminState, name: &str) -> Result<Value, ApiError> {
     let svc = st.ctl.service(name)?;
-    let release = st
-        .ctl
-        .active_release_doc(name)
-        .map(|d| serde_json::to_value(d).unwrap_or_default());
+    let release = st.ctl.active_release_doc(name).map(|d| release_json(st, &d));
     serde_json::to_value(svc.status(release)).map_err(|e| ApiError::internal(e.to_string()))
 }
 
@@ -214,13 +213,30 @@ async fn get_service(State(st): State<AdminState>, Path(svc): Path<String>) -> R
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SwitchBody {
-    to: Option<Color>,
+    /// A string, parsed by [`color`]: serde's own message for a wrong one quotes a column.
+    to: Option<String>,
     if_generation: Option<u64>,
     #[serde(default)]
     force: bool,
     reason: Option<String>,
 }
 
+/// A color named in a request.
+fn color(s: &str) -> Result<Color, ApiError> {
+    match s {
+        "blue" => Ok(Color::Blue),
+        "green" => Ok(Color::Green),
+        other => Err(ApiError::bad_request(
+            "invalid_color",
+            format!("unknown color {other:?}: expected blue or green"),
+        )),
+    }
+}
+
+/// A manual switch. A release in progress is refused (409 `release_in_progress`) unless
+/// forced: switching under it would leave it pending with its checks overtaken. Forced
+/// before the release's switch, the switch happens and then ends the release (aborted,
+/// with the reason); after the release's switch, use rollback, which the run answers to.
 async fn switch(
     State(st): State<AdminState>,
     Path(svc): Path<String>,
@@ -229,24 +245,70 @@ async fn switch(
 ) -> Result<Json<Value>, ApiError> {
     st.ctl.service(&svc)?;
     let b: SwitchBody = parse_body(body)?;
+    let to = b.to.as_deref().map(color).transpose()?;
+    let who = actor(&headers);
+    let release = st.ctl.active_release_doc(&svc);
+    if let Some(r) = &release {
+        refuse_under_release(&svc, r, b.force)?;
+    }
+    let reason = b.reason.unwrap_or_else(|| "manual switch".into());
     let out = st
         .ctl
         .switch(
             &svc,
             SwitchRequest {
-                to: b.to,
+                to,
                 if_generation: b.if_generation,
                 force: b.force,
                 kind: cutover_store::SwitchKind::Switched,
-                actor: actor(&headers),
-                reason: b.reason.unwrap_or_else(|| "manual switch".into()),
+                actor: who.clone(),
+                reason: reason.clone(),
                 release_id: None,
             },
         )
         .await?;
-    Ok(Json(
-        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version}),
+    let mut v =
+        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    if let Some(r) = release {
+        let why = format!(
+            "ended by a forced manual switch to {} (generation {}) by {who}: {reason}",
+            out.live, out.generation
+        );
+        // The release may have ended by itself meanwhile; then there is nothing to end.
+        if st.ctl.end_release(&svc, r.id, &who, why).is_ok() {
+            wait_release_gone(&st, &svc, r.id).await;
+            v["ended_release"] = json!(r.id);
+        }
+    }
+    Ok(Json(v))
+}
+
+fn refuse_under_release(svc: &str, r: &crate::release::ReleaseDoc, force: bool) -> Result<(), ApiError> {
+    let what = format!("release #{} of {} is {}", r.id, r.version, r.phase);
+    if !r.phase.is_pre_switch() {
+        return Err(ApiError::conflict(
+            "release_in_progress",
+            format!("{what}: it has switched traffic already; wait for it, or run `cutover rollback {svc}`"),
+        ));
+    }
+    if force {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "release_in_progress",
+        format!(
+            "{what}; `cutover approve {svc}` or `cutover abort {svc}` it first, or pass --force (API: \"force\": true) to switch anyway, which ends the release as aborted"
+        ),
     ))
+}
+
+/// Waits (a few seconds at most) for an ended release to leave the active set, so the
+/// answer to a forced switch means the release is over.
+async fn wait_release_gone(st: &AdminState, svc: &str, id: i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while st.ctl.active_release_doc(svc).is_some_and(|d| d.id == id) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -317,8 +379,48 @@ async fn start_release(
 }
 
 async fn list_releases(State(st): State<AdminState>, Path(svc): Path<String>) -> Result<Json<Value>, ApiError> {
-    let r = st.ctl.releases(&svc, 50).await?;
+    let r: Vec<Value> = st
+        .ctl
+        .releases(&svc, 50)
+        .await?
+        .iter()
+        .map(|d| release_json(&st, d))
+        .collect();
     Ok(Json(json!({"service": svc, "releases": r})))
+}
+
+/// A release document as the API serves it, with `phase_deadline_s`: how long its current
+/// phase may take (null when it has no deadline or has ended), for followers to say "1m30s
+/// of 10m".
+fn release_json(st: &AdminState, d: &crate::release::ReleaseDoc) -> Value {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    let deadline = st
+        .ctl
+        .services
+        .get(&d.service)
+        .filter(|_| d.outcome.is_none())
+        .and_then(|svc| phase_deadline(&svc.cfg.release, d.phase));
+    v["phase_deadline_s"] = json!(deadline.map(|t| t.as_secs_f64()));
+    v
+}
+
+/// The deadline the run puts on `phase` (see `release::run`), `None` for none.
+fn phase_deadline(rel: &cutover_config::ReleaseConfig, phase: cutover_release::Phase) -> Option<std::time::Duration> {
+    use cutover_release::Phase as P;
+    match phase {
+        P::Provisioning | P::WarmingUp | P::SmokeTesting => Some(rel.phase_timeout.get()),
+        P::WaitingHealthy => Some(rel.health_timeout.get()),
+        P::AwaitingApproval => rel.auto_promote_after.map(|d| d.get()),
+        P::PreSwitchHooks => Some(rel.hooks.timeout.get() * rel.hooks.pre_switch.len().max(1) as u32),
+        P::Verifying => Some(match &rel.verify {
+            Some(v) => v.bake.get(),
+            // The defaults of an empty `[verify]` table, as the run uses them.
+            None => toml::from_str::<cutover_config::VerifyConfig>("")
+                .map(|v| v.bake.get())
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    }
 }
 
 fn release_id(id: &str) -> Result<i64, ApiError> {
@@ -337,7 +439,7 @@ async fn get_release(
     Path((svc, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let doc = st.ctl.release_doc(&svc, release_id(&id)?).await?;
-    Ok(Json(serde_json::to_value(doc).unwrap_or_default()))
+    Ok(Json(release_json(&st, &doc)))
 }
 
 async fn approve(
@@ -358,6 +460,29 @@ async fn abort(
     let id = release_id(&id)?;
     st.ctl.abort(&svc, id, &actor(&headers))?;
     Ok(Json(json!({"id": id, "aborting": true})))
+}
+
+/// The current log of each replica of a managed service's colors: a tail, or from an offset.
+async fn service_logs(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    q: Result<Query<logs::LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let service = st.ctl.service(&svc)?;
+    let targets = logs::targets(&service.cfg.environments, &q, &svc)?;
+    let data_dir = st.ctl.config.store.data_dir.clone();
+    let name = svc.clone();
+    let chunks = tokio::task::spawn_blocking(move || {
+        targets
+            .into_iter()
+            .map(|(c, r)| logs::read(&data_dir, &name, c, r, &q))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the logs: {e}")))?
+    .map_err(|e| ApiError::internal(format!("reading the logs: {e}")))?;
+    Ok(Json(json!({"service": svc, "logs": chunks})))
 }
 
 #[derive(Deserialize)]

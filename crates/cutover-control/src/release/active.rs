@@ -14,6 +14,8 @@ pub(crate) struct Signals {
     pub(crate) approved_by: Mutex<Option<String>>,
     /// `Some(reason)` once someone asked to abort; the run watches it during every phase.
     pub(crate) abort: watch::Sender<Option<String>>,
+    /// Who asked to abort, for the history line of the release's end.
+    pub(crate) aborted_by: Mutex<Option<String>>,
 }
 
 impl Signals {
@@ -23,6 +25,7 @@ impl Signals {
             approve: Notify::new(),
             approved_by: Mutex::new(None),
             abort,
+            aborted_by: Mutex::new(None),
         };
         (Arc::new(s), abort_rx)
     }
@@ -37,6 +40,25 @@ impl Signals {
 
     pub(crate) fn set_approver(&self, who: String) {
         *self.approved_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(who);
+    }
+
+    /// The abort reason, once someone asked to abort.
+    pub(crate) fn abort_reason(&self) -> Option<String> {
+        self.abort.borrow().clone()
+    }
+
+    /// Asks the run to abort; the first request wins (its reason and actor are kept).
+    pub(crate) fn request_abort(&self, actor: &str, reason: String) {
+        let mut by = self.aborted_by.lock().unwrap_or_else(|p| p.into_inner());
+        if by.is_none() {
+            *by = Some(actor.to_string());
+            // `send_replace`: the run may have just ended and dropped its receiver; fine.
+            self.abort.send_replace(Some(reason));
+        }
+    }
+
+    pub(crate) fn aborter(&self) -> Option<String> {
+        self.aborted_by.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -98,13 +98,18 @@ impl Releases {
         };
         self.lock().insert(name.clone(), active.clone());
         tracing::info!(service = %name, release = id, version, color = %doc.color, actor, "release started");
+        let signals = active.signals.clone();
         let run = ReleaseRun::new(svc.clone(), env, active, abort_rx);
         let me = self.clone();
         tokio::spawn(async move {
             let end = run.run().await;
             // History first: whoever sees the release leave the active set finds its end
-            // recorded.
-            record_end(&svc.store, &end).await;
+            // recorded. An abort someone asked for is theirs; any other end the controller's.
+            let actor = match end.outcome {
+                Some(Outcome::Aborted) => signals.aborter(),
+                _ => None,
+            };
+            record_end(&svc.store, &end, actor.as_deref().unwrap_or("controller")).await;
             me.lock().remove(&name);
         });
         Ok(doc)
@@ -173,6 +178,11 @@ impl Releases {
 
     pub fn approve(&self, service: &str, id: i64, actor: &str) -> Result<(), ReleaseError> {
         let (a, phase) = self.running(service, id)?;
+        // An abort already asked for wins: the phase still reads awaiting_approval until the
+        // run has recorded it, and an approval then would be answered but never happen.
+        if let Some(why) = a.signals.abort_reason() {
+            return Err(ReleaseError::Aborting { id, why });
+        }
         if phase != Phase::AwaitingApproval {
             return Err(ReleaseError::NotAwaitingApproval { id, phase });
         }
@@ -182,12 +192,24 @@ impl Releases {
     }
 
     pub fn abort(&self, service: &str, id: i64, actor: &str) -> Result<(), ReleaseError> {
+        self.end(service, id, actor, format!("aborted by {actor}"))
+    }
+
+    /// Aborts with `reason` (an abort, or a forced manual switch that ends the release).
+    pub fn end(&self, service: &str, id: i64, actor: &str, reason: String) -> Result<(), ReleaseError> {
         let (a, phase) = self.running(service, id)?;
+        // A run that is ending stays in the active set while it tears the idle color down:
+        // say so, rather than judge its terminal phase as "after the switch".
+        if let Some(why) = a.signals.abort_reason() {
+            return Err(ReleaseError::Aborting { id, why });
+        }
+        if phase.is_terminal() {
+            return Err(ReleaseError::Ended { id, phase });
+        }
         if !phase.is_pre_switch() {
             return Err(ReleaseError::AlreadySwitched { id, phase });
         }
-        // `send_replace`: the run may have just ended and dropped its receiver; that is fine.
-        a.signals.abort.send_replace(Some(format!("aborted by {actor}")));
+        a.signals.request_abort(actor, reason);
         Ok(())
     }
 }
@@ -213,7 +235,7 @@ async fn insert(store: &Arc<Store>, mut d: ReleaseDoc) -> Result<i64, StoreFailu
 }
 
 /// The history line of a release's end.
-async fn record_end(store: &Arc<Store>, d: &ReleaseDoc) {
+async fn record_end(store: &Arc<Store>, d: &ReleaseDoc, actor: &str) {
     let kind = match d.outcome {
         Some(Outcome::Completed) => HistoryKind::ReleaseCompleted,
         Some(Outcome::RolledBack) => HistoryKind::ReleaseRolledBack,
@@ -221,13 +243,14 @@ async fn record_end(store: &Arc<Store>, d: &ReleaseDoc) {
     };
     let d = d.clone();
     let service = d.service.clone();
+    let actor = actor.to_string();
     record(store, "the end of the release", &service, move |s| {
         s.record_event(&EventRecord {
             service: &d.service,
             kind,
             color: Some(stored(d.color)),
             version: Some(&d.version),
-            actor: "controller",
+            actor: &actor,
             reason: d.reason.as_deref().unwrap_or_default(),
             release_id: Some(d.id),
         })

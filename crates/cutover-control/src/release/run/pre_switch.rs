@@ -7,9 +7,13 @@ use std::sync::Arc;
 use cutover_proxy::ColorRoute;
 use cutover_release::{Event, Outcome, Phase};
 
+use cutover_store::{EventRecord, HistoryKind};
+
 use super::{ReleaseRun, Stop};
+use crate::colors::stored;
 use crate::service::ColorState;
 use crate::steps;
+use crate::store_call::record;
 
 impl ReleaseRun {
     /// Runs every stage before the switch; returns the new color's route, ready to go live.
@@ -95,7 +99,27 @@ impl ReleaseRun {
         self.guard(None, "approval", wait).await?;
         let by = self.active.signals.approver();
         self.step(Event::Approve, format!("approved by {by}")).await?;
+        self.record_approval(&by).await;
         Ok(())
+    }
+
+    /// The approval's history line, with who approved.
+    async fn record_approval(&self, by: &str) {
+        let (service, id, version, color) = self.doc(|d| (d.service.clone(), d.id, d.version.clone(), d.color));
+        let by = by.to_string();
+        let svc = service.clone();
+        record(&self.svc.store, "the approval", &service, move |s| {
+            s.record_event(&EventRecord {
+                service: &svc,
+                kind: HistoryKind::ReleaseApproved,
+                color: Some(stored(color)),
+                version: Some(&version),
+                actor: &by,
+                reason: &format!("release #{id} of {version} approved"),
+                release_id: Some(id),
+            })
+        })
+        .await;
     }
 
     /// Before the switch: record the end, then tear the idle color down (managed).

@@ -1,0 +1,360 @@
+//! The command line as clap sees it: every command, its arguments, their defaults and
+//! examples. `--help`, the shell completions and the man page are all generated from here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The admin URL clients use when neither `--admin`, `CUTOVER_ADMIN` nor `--config` says one.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Blue-green releases for AI model services, with zero downtime",
+    long_about = "Blue-green releases for AI model services, with zero downtime.\n\n\
+        `cutover serve` runs the router (the reverse proxy in front of your model servers) and \
+        the release controller. Every other command talks to a running router through its admin \
+        API: --admin URL (env CUTOVER_ADMIN, default http://127.0.0.1:9901) and --token (env \
+        CUTOVER_TOKEN) or --token-file, or --config FILE to take both from that config.",
+    after_help = "Exit codes: 0 success; 1 the operation ran and failed (release aborted or rolled back, \
+        409 conflict); 2 usage or config error; 3 the router could not be reached or refused the token; \
+        141 stdout was closed (e.g. piped into `head`); 130 interrupted (Ctrl-C).\n\n\
+        Examples:\n  cutover serve --config cutover.toml\n  cutover release chat v2 --wait\n  \
+        cutover status chat --json"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command finds the router and proves it may talk to it.
+#[derive(Args, Clone, Default)]
+pub struct Remote {
+    /// Admin API URL of the running router [default: http://127.0.0.1:9901, or the one
+    /// `--config` names].
+    #[arg(long, env = "CUTOVER_ADMIN", global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Admin bearer token.
+    #[arg(long, env = "CUTOVER_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin bearer token (e.g. the router's admin.token).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Take the admin address and token file from this config.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// How `--wait` and `follow` report a release while it runs.
+#[derive(Args, Clone, Copy)]
+pub struct Progress {
+    /// When stdout is not a terminal (CI logs), print a line at least this often saying what
+    /// the release is waiting for.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub heartbeat: Duration,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the router (data plane) and the release controller.
+    #[command(after_help = "Examples:\n  cutover serve --config /etc/cutover/cutover.toml\n  \
+        cutover serve -c cutover.toml --log-format json --grace 60s")]
+    Serve {
+        /// Config file.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// How long in-flight requests may finish after SIGTERM.
+        #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+        grace: Duration,
+        /// Worker threads; 1 runs everything on one thread [default: one per core].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Log lines as text for people or as JSON for collectors.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Once every listener serves, write their bound addresses here as JSON
+        /// (`{"admin": ..., "services": {NAME: {"listen": ..., "preview_listen": ...}}}`):
+        /// how a script finds the ports of a config that says port 0.
+        #[arg(long, value_name = "FILE")]
+        addresses_file: Option<PathBuf>,
+    },
+    /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
+    #[command(after_help = "Example:\n  cutover demo")]
+    Demo,
+    /// Validate a config file without starting anything.
+    #[command(
+        long_about = "Validate a config file without starting anything. Errors (exit 2) and warnings \
+            (exit 0: the config can work, but check) name the file, line and key; warnings go to stderr.",
+        after_help = "Examples:\n  cutover check cutover.toml\n  cutover check /etc/cutover/cutover.toml && systemctl reload cutover"
+    )]
+    Check {
+        /// Config file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show services: live color, generation, versions, endpoints, the release in progress.
+    #[command(after_help = "Examples:\n  cutover status\n  cutover status chat --json")]
+    Status {
+        /// Only this service [default: every service].
+        service: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show the switch, release, approval and abort history of a service, newest first.
+    #[command(after_help = "Examples:\n  cutover history chat\n  cutover history --limit 100 --json")]
+    History {
+        /// Only this service [default: every service].
+        service: Option<String>,
+        /// How many entries per service.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a color live now (manual, no gates).
+    #[command(
+        long_about = "Make a color live now (manual, no gates). Refused when the target has no healthy \
+            endpoint, and while a release is in progress (approve or abort it first); --force overrides \
+            both, and a forced switch ends a release that has not switched yet (recorded as aborted).",
+        after_help = "Examples:\n  cutover switch chat          # the idle color\n  \
+            cutover switch chat blue --if-generation 7 --reason \"back to v1\""
+    )]
+    Switch {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// blue or green [default: the idle color].
+        #[arg(value_parser = ColorParser)]
+        color: Option<String>,
+        /// Switch even if the target has no healthy endpoint or a release is in progress (that
+        /// release then ends, aborted).
+        #[arg(long)]
+        force: bool,
+        /// Refuse unless the generation is still this one (compare-and-swap).
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Release a version through the pipeline; `release show|follow` look at releases.
+    Release(ReleaseCmd),
+    /// List the releases of a service, newest first.
+    #[command(after_help = "Examples:\n  cutover releases chat\n  cutover releases chat --limit 5 --json")]
+    Releases {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// How many releases.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve the release awaiting approval.
+    #[command(after_help = "Examples:\n  cutover approve chat\n  cutover approve chat --release 12")]
+    Approve {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// Only if the release in progress is this one [default: whichever is in progress].
+        #[arg(long, value_name = "ID")]
+        release: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Abort the release in progress (before the switch; live traffic is untouched).
+    #[command(after_help = "Examples:\n  cutover abort chat\n  cutover abort chat --release 12")]
+    Abort {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// Only if the release in progress is this one [default: whichever is in progress].
+        #[arg(long, value_name = "ID")]
+        release: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Switch back to the previous live color.
+    #[command(
+        after_help = "Examples:\n  cutover rollback chat\n  cutover rollback chat --redeploy   # the old color was scaled down"
+    )]
+    Rollback {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// The previous color was scaled down: release its version again through the pipeline
+        /// (and follow it).
+        #[arg(long)]
+        redeploy: bool,
+        /// Roll back even if the previous color has no healthy endpoint.
+        #[arg(long)]
+        force: bool,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        progress: Progress,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show (and with -f follow) the log of a managed color's model servers.
+    #[command(
+        long_about = "Show the current log of each replica of a managed service's colors (both colors \
+            unless one is named); with -f, keep following it, across process restarts. Lines are \
+            prefixed with [color/replica] when more than one log is shown.",
+        after_help = "Examples:\n  cutover logs chat green\n  cutover logs chat green -f --tail 50"
+    )]
+    Logs {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// blue or green [default: both].
+        #[arg(value_parser = ColorParser)]
+        color: Option<String>,
+        /// Keep printing new lines as they are written (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines to show first, per replica.
+        #[arg(long, default_value_t = 200, value_name = "N")]
+        tail: usize,
+        /// Only this replica.
+        #[arg(long, value_name = "N")]
+        replica: Option<u32>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print shell completions (bash, zsh or fish) to stdout.
+    #[command(
+        after_help = "Examples:\n  cutover completions bash > /etc/bash_completion.d/cutover\n  \
+        cutover completions zsh > \"${fpath[1]}/_cutover\"\n  cutover completions fish > ~/.config/fish/completions/cutover.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per command into a folder.
+    #[command(after_help = "Examples:\n  cutover man | man -l -\n  cutover man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write cutover.1 and cutover-COMMAND.1 pages into this folder instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Run the stand-in model server (the same as the `mock-model` binary).
+    #[command(hide = true, disable_help_flag = true)]
+    MockModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `cutover release SERVICE VERSION [--wait]`, or `cutover release show|follow SERVICE [ID]`.
+#[derive(Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    long_about = "Release VERSION into the idle color through the whole pipeline: provisioning, \
+        waiting_healthy, warming_up, smoke_testing, awaiting_approval, pre_switch_hooks, switching, \
+        verifying, completed (or aborted / rolled_back). With --wait, follow it: exit 0 when live and \
+        verified, 1 when aborted or rolled back. Ctrl-C stops following, not the release: \
+        `cutover release follow SERVICE` re-attaches.",
+    after_help = "Examples:\n  cutover release chat v2 --wait\n  cutover release show chat\n  \
+        cutover release follow chat"
+)]
+pub struct ReleaseCmd {
+    #[command(subcommand)]
+    pub sub: Option<ReleaseSub>,
+    /// The service to release into.
+    #[arg(required = true)]
+    pub service: Option<String>,
+    /// The version label ({version} in a managed command template).
+    #[arg(required = true)]
+    pub version: Option<String>,
+    /// Follow the release phase by phase; exit 0 when live and verified, 1 otherwise.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub progress: Progress,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseSub {
+    /// Show one release: phases with timings and details, gates, outcome.
+    #[command(
+        after_help = "Examples:\n  cutover release show chat      # the latest\n  cutover release show chat 12 --json"
+    )]
+    Show {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// Release id [default: the latest].
+        id: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Re-attach to a release: the same output and exit codes as `release --wait`.
+    #[command(
+        after_help = "Examples:\n  cutover release follow chat    # the one in progress\n  cutover release follow chat 12"
+    )]
+    Follow {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// Release id [default: the one in progress].
+        id: Option<i64>,
+        #[command(flatten)]
+        progress: Progress,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}): expected e.g. 500ms, 30s, 10m"))
+}
+
+/// `blue` or `green`, with a plain message for anything else (and both offered to shell
+/// completion).
+#[derive(Clone)]
+pub struct ColorParser;
+
+impl TypedValueParser for ColorParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let v = value.to_string_lossy();
+        match &*v {
+            "blue" | "green" => Ok(v.into_owned()),
+            other => Err(clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("unknown color {other:?}: expected blue or green\n"),
+            )
+            .with_cmd(cmd)),
+        }
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(["blue", "green"].into_iter().map(PossibleValue::new)))
+    }
+}

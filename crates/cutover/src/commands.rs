@@ -1,0 +1,357 @@
+//! The client commands: one function each, talking to a running router over the admin API.
+
+use serde_json::{json, Value};
+
+use crate::cli::{Command, Progress, ReleaseCmd, ReleaseSub, Remote};
+use crate::client::{Client, Failure};
+use crate::{follow, logs, output};
+
+/// Runs a client command (everything but `serve`, `check`, `demo` and the generators).
+pub async fn run(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Status { service, remote } => status(&remote, service).await,
+        Command::History { service, limit, remote } => history(&remote, service, limit).await,
+        Command::Switch {
+            service,
+            color,
+            force,
+            if_generation,
+            reason,
+            remote,
+        } => {
+            let body = json!({"to": color, "force": force, "if_generation": if_generation, "reason": reason});
+            switch(&remote, &service, body).await
+        }
+        Command::Release(r) => release_cmd(r).await,
+        Command::Releases { service, limit, remote } => {
+            let c = Client::new(&remote)?;
+            let v = c.get(&format!("/v1/services/{service}/releases")).await?;
+            output::print(&remote, &v, |v| output::releases(v, limit))
+        }
+        Command::Approve {
+            service,
+            release,
+            remote,
+        } => approve(&remote, &service, release).await,
+        Command::Abort {
+            service,
+            release,
+            remote,
+        } => abort(&remote, &service, release).await,
+        Command::Rollback {
+            service,
+            redeploy,
+            force,
+            reason,
+            progress,
+            remote,
+        } => {
+            rollback(
+                &remote,
+                &service,
+                redeploy,
+                json!({"force": force, "reason": reason, "redeploy": redeploy}),
+                progress,
+            )
+            .await
+        }
+        Command::Logs {
+            service,
+            color,
+            follow,
+            tail,
+            replica,
+            remote,
+        } => {
+            let c = Client::new(&remote)?;
+            let args = logs::LogsArgs {
+                service: &service,
+                color: color.as_deref(),
+                follow,
+                tail,
+                replica,
+                json: remote.json,
+            };
+            until_interrupted(logs::run(&c, &args), None).await
+        }
+        _ => Err(Failure::new(2, "not a client command")),
+    }
+}
+
+async fn status(remote: &Remote, service: Option<String>) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    match service {
+        Some(s) => {
+            let v = c.get(&format!("/v1/services/{s}")).await?;
+            output::print(remote, &v, output::status)
+        }
+        None => {
+            let v = c.get("/v1/services").await?;
+            output::print(remote, &v, |v| {
+                v["services"]
+                    .as_array()
+                    .map(|a| a.iter().map(output::status).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default()
+            })
+        }
+    }
+}
+
+async fn history(remote: &Remote, service: Option<String>, limit: u32) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let names = match service {
+        Some(s) => vec![s],
+        None => {
+            let v = c.get("/v1/services").await?;
+            v["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["name"].as_str().map(String::from))
+                .collect()
+        }
+    };
+    for name in names {
+        let v = c.get(&format!("/v1/services/{name}/history?limit={limit}")).await?;
+        output::print(remote, &v, output::history)?;
+    }
+    Ok(())
+}
+
+async fn switch(remote: &Remote, service: &str, body: Value) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c.post(&format!("/v1/services/{service}/switch"), &body).await?;
+    output::print(remote, &v, |v| {
+        let mut text = format!(
+            "{service}: {} is live (generation {}, version {})",
+            v["live"].as_str().unwrap_or("?"),
+            v["generation"],
+            v["version"].as_str().unwrap_or("-")
+        );
+        if let Some(id) = v["ended_release"].as_i64() {
+            text.push_str(&format!(
+                "\n{service}: release #{id} ended (aborted) by this forced switch"
+            ));
+        }
+        text
+    })
+}
+
+async fn release_cmd(r: ReleaseCmd) -> Result<(), Failure> {
+    match r.sub {
+        Some(ReleaseSub::Show { service, id, remote }) => show(&remote, &service, id).await,
+        Some(ReleaseSub::Follow {
+            service,
+            id,
+            progress,
+            remote,
+        }) => {
+            let c = Client::new(&remote)?;
+            let id = match id {
+                Some(id) => id,
+                None => in_progress(&c, &service).await?,
+            };
+            let d = c.get(&format!("/v1/services/{service}/releases/{id}")).await?;
+            if !remote.json {
+                output::line(&header(&service, &d))?;
+            }
+            wait(&c, &remote, &service, id, progress).await
+        }
+        None => {
+            let (Some(service), Some(version)) = (r.service, r.version) else {
+                return Err(Failure::new(2, "usage: cutover release SERVICE VERSION [--wait]"));
+            };
+            start(&r.remote, &service, &version, r.wait, r.progress).await
+        }
+    }
+}
+
+fn header(service: &str, d: &Value) -> String {
+    format!(
+        "{service}: release #{} of {} into {}",
+        d["id"],
+        d["version"].as_str().unwrap_or("?"),
+        d["color"].as_str().unwrap_or("?")
+    )
+}
+
+async fn start(remote: &Remote, service: &str, version: &str, wait_: bool, p: Progress) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c
+        .post(
+            &format!("/v1/services/{service}/releases"),
+            &json!({"version": version}),
+        )
+        .await
+        .map_err(|mut f| {
+            if f.code.as_deref() == Some("release_in_progress") {
+                f.message
+                    .push_str(&format!("; `cutover release follow {service}` re-attaches to it"));
+            }
+            f
+        })?;
+    let id = v["id"].as_i64().unwrap_or(0);
+    if !wait_ {
+        return output::print(remote, &v, |v| format!("{} started", header(service, v)));
+    }
+    if !remote.json {
+        output::line(&header(service, &v))?;
+    }
+    wait(&c, remote, service, id, p).await
+}
+
+/// `release show`: one release, the latest by default.
+async fn show(remote: &Remote, service: &str, id: Option<i64>) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let d = match id {
+        Some(id) => c.get(&format!("/v1/services/{service}/releases/{id}")).await?,
+        None => {
+            let v = c.get(&format!("/v1/services/{service}/releases")).await?;
+            v["releases"]
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .ok_or_else(|| Failure::new(1, format!("{service} has no releases yet")))?
+        }
+    };
+    output::print(remote, &d, output::release)
+}
+
+/// The id of the release in progress (the one named, if it is that one).
+async fn in_progress(c: &Client, service: &str) -> Result<i64, Failure> {
+    let v = c.get(&format!("/v1/services/{service}")).await?;
+    if let Some(id) = v["release"]["id"].as_i64() {
+        return Ok(id);
+    }
+    let latest = c.get(&format!("/v1/services/{service}/releases")).await?;
+    let hint = match latest["releases"].as_array().and_then(|a| a.first()) {
+        Some(r) => format!(
+            "; the latest, #{} of {}, is {}: `cutover release show {service}`",
+            r["id"],
+            r["version"].as_str().unwrap_or("?"),
+            r["outcome"].as_str().unwrap_or("?")
+        ),
+        None => String::new(),
+    };
+    Err(Failure::new(1, format!("no release is in progress in {service}{hint}")))
+}
+
+/// The release a signal is for: the one in progress, which must be `wanted` if given.
+async fn target(c: &Client, service: &str, wanted: Option<i64>) -> Result<i64, Failure> {
+    let id = in_progress(c, service).await?;
+    match wanted {
+        Some(w) if w != id => Err(Failure::new(
+            1,
+            format!("release #{w} is not the one in progress in {service} (#{id} is)"),
+        )),
+        _ => Ok(id),
+    }
+}
+
+/// Approves, then says what the release did with it: the next phase, or why it did not go on.
+async fn approve(remote: &Remote, service: &str, wanted: Option<i64>) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let id = target(&c, service, wanted).await?;
+    let path = format!("/v1/services/{service}/releases/{id}");
+    c.post(&format!("{path}/approve"), &json!({})).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut d = c.get(&path).await?;
+    while d["phase"] == "awaiting_approval" && d["outcome"].is_null() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        d = c.get(&path).await?;
+    }
+    if d["phase"] == "aborted" || (!d["outcome"].is_null() && d["outcome"] != "completed") {
+        return Err(Failure::new(
+            1,
+            format!(
+                "release #{id} was not approved: it ended {}: {}",
+                d["outcome"].as_str().unwrap_or("aborted"),
+                d["reason"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    output::print(remote, &d, |d| {
+        format!(
+            "{service}: release #{id} approved; now {}",
+            d["phase"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+async fn abort(remote: &Remote, service: &str, wanted: Option<i64>) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let id = target(&c, service, wanted).await?;
+    let v = c
+        .post(&format!("/v1/services/{service}/releases/{id}/abort"), &json!({}))
+        .await?;
+    output::print(remote, &v, |_| {
+        format!("{service}: aborting release #{id} (live traffic untouched)")
+    })
+}
+
+async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p: Progress) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c.post(&format!("/v1/services/{service}/rollback"), &body).await?;
+    if redeploy {
+        let id = v["release"]["id"].as_i64().unwrap_or(0);
+        if !remote.json {
+            output::line(&format!(
+                "{service}: redeploying {} as release #{id}",
+                v["release"]["version"].as_str().unwrap_or("?")
+            ))?;
+        }
+        return wait(&c, remote, service, id, p).await;
+    }
+    output::print(remote, &v, |v| {
+        format!(
+            "{service}: rolled back to {} (generation {}, version {})",
+            v["live"].as_str().unwrap_or("?"),
+            v["generation"],
+            v["version"].as_str().unwrap_or("-")
+        )
+    })
+}
+
+/// Follows a release until it ends: 0 when completed, 1 when aborted, rolled back or
+/// interrupted. Ctrl-C stops following (exit 130) and says how to re-attach.
+async fn wait(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) -> Result<(), Failure> {
+    let hint =
+        format!("stopped following release #{id}; it goes on: `cutover release follow {service} {id}` re-attaches");
+    let mut doc = Value::Null;
+    until_interrupted(
+        async {
+            doc = follow::release(c, remote, service, id, p).await?;
+            Ok(())
+        },
+        Some(hint),
+    )
+    .await?;
+    if remote.json {
+        output::line(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
+    }
+    match doc["outcome"].as_str() {
+        Some("completed") => Ok(()),
+        other => Err(Failure::new(
+            1,
+            format!(
+                "release #{id} {}: {}",
+                other.unwrap_or("ended"),
+                doc["reason"].as_str().unwrap_or("")
+            ),
+        )),
+    }
+}
+
+/// Runs `work` until it ends or Ctrl-C (exit 130, with `hint` on stderr).
+async fn until_interrupted(
+    work: impl std::future::Future<Output = Result<(), Failure>>,
+    hint: Option<String>,
+) -> Result<(), Failure> {
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => {
+            // Leave a terminal's redrawn status line behind a newline.
+            let _ = output::raw("\n");
+            Err(Failure::new(130, hint.unwrap_or_default()))
+        }
+    }
+}
