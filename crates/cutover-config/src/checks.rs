@@ -144,8 +144,10 @@ impl Source<'_> {
     /// Warnings about this machine: programs not found, managed ports already taken.
     fn warnings(&self, cfg: &Config) -> Vec<ConfigError> {
         let mut out = Vec::new();
+        // `key` as errors show it (`command[0]`); its line from the dotted path (`command.0`).
         let warn = |out: &mut Vec<ConfigError>, key: String, message: String| {
-            let line = self.span_of(&key).map(|s| self.line_of(s.start)).unwrap_or(0);
+            let path = key.replace('[', ".").replace(']', "");
+            let line = self.span_of(&path).map(|s| self.line_of(s.start)).unwrap_or(0);
             out.push(ConfigError {
                 file: self.path.to_path_buf(),
                 line,
@@ -162,8 +164,8 @@ impl Source<'_> {
                 if placeholders(prog).is_empty() && !program_found(prog, &[&workdir]) {
                     warn(
                         &mut out,
-                        format!("services.{name}.run.command.0"),
-                        format!("program {prog:?} is not on PATH nor an executable file (from {}); the release's provisioning will fail unless it appears by then", workdir.display()),
+                        format!("services.{name}.run.command[0]"),
+                        format!("program {prog:?} is not on PATH nor an executable file (relative to the workdir {}); the release's provisioning will fail unless it appears by then", workdir.display()),
                     );
                 }
                 for (color, ports) in [("blue", &run.ports.blue), ("green", &run.ports.green)] {
@@ -191,7 +193,7 @@ impl Source<'_> {
                     if !program_found(prog, &[&dir, &cwd]) {
                         warn(
                             &mut out,
-                            format!("services.{name}.release.hooks.{stage}.{i}"),
+                            format!("services.{name}.release.hooks.{stage}[{i}]"),
                             format!("hook program {prog:?} is not on PATH nor an executable file; the {stage} hook will fail unless it appears by then"),
                         );
                     }

@@ -126,6 +126,8 @@ struct Printed {
     started: usize,
     /// The phase index whose approval commands are out.
     approval: Option<usize>,
+    /// Nothing read yet: the next document is the state at attaching.
+    attached: bool,
     last_line: Instant,
     last_status: Option<(Instant, Value)>,
 }
@@ -139,6 +141,7 @@ pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Pro
         ended: 0,
         started: 0,
         approval: None,
+        attached: true,
         last_line: Instant::now(),
         last_status: None,
     };
@@ -172,17 +175,22 @@ pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Pro
 /// and the approval commands once.
 fn lines(doc: &Value, printed: &mut Printed, tty: bool, remote: &Remote, c: &Client) -> Result<(), Failure> {
     let phases = doc["phases"].as_array().cloned().unwrap_or_default();
+    if printed.attached {
+        // Phases that ended before we attached get their end line only.
+        printed.started = phases.iter().filter(|p| !p["ended_at"].is_null()).count();
+        printed.attached = false;
+    }
     for (i, p) in phases.iter().enumerate().skip(printed.ended) {
+        if !tty && printed.started <= i {
+            output::line(&format!("  {:<18} started", s(&p["phase"])))?;
+            printed.started = i + 1;
+            printed.last_line = Instant::now();
+        }
         if !p["ended_at"].is_null() {
             output::line(&output::phase_line(p))?;
             printed.ended = i + 1;
             printed.last_line = Instant::now();
             continue;
-        }
-        if !tty && printed.started <= i {
-            output::line(&format!("  {:<18} started", s(&p["phase"])))?;
-            printed.started = i + 1;
-            printed.last_line = Instant::now();
         }
         if p["phase"] == "awaiting_approval" && printed.approval != Some(i) {
             let (svc, id, conn) = (s(&doc["service"]), &doc["id"], connection_args(remote, c));

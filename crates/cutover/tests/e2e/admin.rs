@@ -123,7 +123,7 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
             "/v1/services/chat/switch",
             r#"{"to":"purple"}"#.into(),
             400,
-            "invalid_body",
+            "invalid_color",
         ),
         (
             "/v1/services/chat/switch",

@@ -1,4 +1,5 @@
-//! `cutover check` (and `serve`) reject bad configs with file, line and key, exit code 2.
+//! `cutover check` (and `serve`) reject bad configs with file, line and key, exit code 2;
+//! `check` warns (exit 0) about what this machine lacks.
 
 use std::process::Command;
 
@@ -77,4 +78,110 @@ fn serve_with_a_bad_config_exits_2_before_binding_anything() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":6: key `services.chat.green.endpoints`"));
     assert!(!dir.path().join("cutover.db").exists(), "nothing was created");
+}
+
+fn managed(command: &str, ports: &str) -> String {
+    format!("[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = {command}\nports = {ports}\n")
+}
+
+#[test]
+fn unknown_placeholders_name_the_line_key_and_the_known_ones() {
+    let (code, out) = check(&managed(
+        r#"["mock-model", "--port", "{prot}"]"#,
+        "{ blue = [9001], green = [9002] }",
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cutover.toml:4: key `services.chat.run.command[2]`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unknown placeholder {prot}") && out.contains("did you mean {port}?"),
+        "{out}"
+    );
+    assert!(out.contains("{version}, {port}, {color}, {replica}"), "{out}");
+    let text = managed(
+        r#"["mock-model", "--port", "{port}"]"#,
+        "{ blue = [9001], green = [9002] }",
+    ) + "env = { CUDA_VISIBLE_DEVICES = \"{gpu}\" }\n";
+    let (code, out) = check(&text);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cutover.toml:6: key `services.chat.run.env.CUDA_VISIBLE_DEVICES`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_managed_command_without_port_and_blue_green_on_one_endpoint_are_errors() {
+    let (code, out) = check(&managed(
+        r#"["mock-model", "--model-version", "{version}"]"#,
+        "{ blue = [9001], green = [9002] }",
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cutover.toml:4: key `services.chat.run.command`: no {port}"),
+        "{out}"
+    );
+    assert!(out.contains("health_timeout"), "{out}");
+    let (code, out) = check(&BASE.replace("9002", "9001"));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cutover.toml:6: key `services.chat.green.endpoints`"),
+        "{out}"
+    );
+    assert!(out.contains("in both blue and green"), "{out}");
+}
+
+#[test]
+fn a_missing_program_and_a_taken_port_are_warnings_with_line_and_key_exit_0() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let free = free_port();
+    let text = managed(
+        r#"["no-such-model-server-xyz", "--port", "{port}"]"#,
+        &format!("{{ blue = [{busy}], green = [{free}] }}"),
+    ) + "[services.chat.release.hooks]\npre_switch = [[\"./no-such-hook.sh\"]]\n";
+    let dir = TempDir::new("check-warn");
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(CUTOVER).arg("check").arg(&path).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "cutover.toml"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("ok (1 service, 3 warnings)"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "warning: cutover.toml:4: key `services.chat.run.command[0]`: program \"no-such-model-server-xyz\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: cutover.toml:5: key `services.chat.run.ports.blue`: port {busy}"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("port {free}")), "{stderr}");
+    assert!(
+        stderr.contains("key `services.chat.release.hooks.pre_switch[0]`"),
+        "{stderr}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn the_managed_example_config_checks() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/managed.toml");
+    let out = Command::new(CUTOVER).arg("check").arg(path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok (1 service"), "{stdout}");
+    // Only "vllm is not installed here" may be warned about.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for w in stderr.lines() {
+        assert!(w.contains("program \"vllm\""), "unexpected warning: {w}");
+    }
 }

@@ -4,9 +4,10 @@
 //! - `routing`: what the data plane does with one request (headers, errors, retries, limits).
 //! - `switching`: switches under load, keep-alive, streams that outlive a switch.
 //! - `admin`: the admin API and the CLI (auth, compare-and-swap, health refusal, exit codes).
+//! - `cli`: following releases, releases/show/follow, logs, messages, closed stdout, help.
 //! - `conformance`: the HTTP/1.1 conformance table (`tests/conformance/cases.toml`) on both
 //!   engines, against a raw recording upstream.
-//! - `config`: `cutover check` errors name file, line and key.
+//! - `config`: `cutover check` errors and warnings name file, line and key.
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
@@ -23,6 +24,7 @@
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
 mod admin;
+mod cli;
 mod config;
 mod conformance;
 mod dashboard;
