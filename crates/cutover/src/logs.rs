@@ -34,7 +34,13 @@ pub async fn run(c: &Client, a: &LogsArgs<'_>) -> Result<(), Failure> {
     if let Some(r) = a.replica {
         query.push_str(&format!("&replica={r}"));
     }
-    let v = c.get(&query).await?;
+    // A service with static endpoints has no logs here: a usage error (exit 2), not a failure.
+    let v = c.get(&query).await.map_err(|mut f| {
+        if f.code.as_deref() == Some("not_managed") {
+            f.exit = 2;
+        }
+        f
+    })?;
     if a.json && !a.follow {
         return output::line(&serde_json::to_string_pretty(&v).unwrap_or_default());
     }

@@ -76,7 +76,8 @@ pub fn current_log(data_dir: &Path, service: &str, color: Color, replica: u32) -
 /// Which colors and replicas a request covers, for a managed service.
 pub fn targets(env: &Environments, q: &LogsQuery, service: &str) -> Result<Vec<(Color, u32)>, ApiError> {
     let Environments::Managed(run) = env else {
-        return Err(ApiError::bad_request(
+        // 409: the request is well formed; the service's configuration is what rules it out.
+        return Err(ApiError::conflict(
             "not_managed",
             format!("service {service} has static endpoints: cutover does not run its model servers, so it has no logs of them"),
         ));
@@ -87,13 +88,10 @@ pub fn targets(env: &Environments, q: &LogsQuery, service: &str) -> Result<Vec<(
     };
     let replicas = run.ports.blue.len() as u32;
     if let Some(r) = q.replica.filter(|r| *r >= replicas) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!(
-                "replica {r} does not exist: service {service} has {replicas} per color (0 to {})",
-                replicas - 1
-            ),
-        ));
+        return Err(ApiError::not_found(format!(
+            "replica {r} does not exist: service {service} has {replicas} per color (0 to {})",
+            replicas - 1
+        )));
     }
     Ok(colors
         .into_iter()
