@@ -785,6 +785,7 @@ path = "cutover.db"
 [services.chat]
 listen = "127.0.0.1:{listen}"
 health = {{ path = "/health", interval = "1h" }}
+allow_shared_endpoints = true
 
 [services.chat.blue]
 endpoints = ["127.0.0.1:{upstream}"]

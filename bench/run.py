@@ -126,6 +126,7 @@ backend s
 listen = "127.0.0.1:{P['admin']}"
 [services.bench]
 listen = "127.0.0.1:{P['cutover']}"
+allow_shared_endpoints = true  # the switch storm switches between two routes to one upstream
 health = {{ path = "/", interval = "1s" }}
 limits = {{ max_connections = 20000 }}
 [services.bench.blue]

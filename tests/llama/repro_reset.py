@@ -186,6 +186,8 @@ def main():
             f'[admin]\nlisten = "127.0.0.1:{aport}"\n[store]\npath = "cutover.db"\n'
             f'[services.chat]\nlisten = "127.0.0.1:{lport}"\n'
             f'health = {{ path = "/v1/models", interval = "1s", timeout = "5s" }}\n'
+            # One server behind both colors: the repro is about the pooled connection.
+            f'allow_shared_endpoints = true\n'
             f'[services.chat.blue]\nendpoints = ["127.0.0.1:{mport}"]\nversion = "v1"\n'
             f'[services.chat.green]\nendpoints = ["127.0.0.1:{mport}"]\nversion = "v1"\n')
     router = subprocess.Popen([args.cutover, "serve", "--config", cfg],

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{Config, ConfigError, Environments, RunConfig, ServiceConfig, Source, Span};
+use super::{Config, ConfigError, Environments, RunConfig, Source, Span};
 
 /// The placeholders the supervisor substitutes in `run.command` and `run.env`.
 pub const PLACEHOLDERS: [&str; 4] = ["version", "port", "color", "replica"];
@@ -120,8 +120,8 @@ impl Source<'_> {
     }
 
     /// Blue and green are two environments: one endpoint in both would make a switch a no-op.
-    pub(super) fn colors_apart(&self, svc: &ServiceConfig) -> Result<(), ConfigError> {
-        let Environments::Static { blue, green } = &svc.environments else {
+    pub(super) fn colors_apart(&self, name: &str, env: &Environments) -> Result<(), ConfigError> {
+        let Environments::Static { blue, green } = env else {
             return Ok(());
         };
         let Some((i, e)) = green
@@ -132,12 +132,12 @@ impl Source<'_> {
         else {
             return Ok(());
         };
-        let key = format!("services.{}.green.endpoints", svc.name);
+        let key = format!("services.{name}.green.endpoints");
         let span = self.near(&[&format!("{key}.{i}"), &key], &(0..0));
         self.err(
             span,
             key,
-            format!("endpoint {e} is in both blue and green: the colors must be two separate environments, or a switch changes nothing"),
+            format!("endpoint {e} is in both blue and green: the colors must be two separate environments, or a switch changes nothing (a benchmark or test rig that means it sets `allow_shared_endpoints = true` in [services.{name}])"),
         )
     }
 
@@ -282,5 +282,10 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (7, "services.chat.green.endpoints"), "{e}");
         assert!(e.message.contains("both blue and green"), "{e}");
+        let allowed = text.replace(
+            "[services.chat.blue]",
+            "allow_shared_endpoints = true\n[services.chat.blue]",
+        );
+        parse(&allowed).unwrap();
     }
 }

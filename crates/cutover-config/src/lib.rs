@@ -701,6 +701,10 @@ struct RawService {
     /// Must be set to bind the preview listener to a non-loopback address.
     #[serde(default)]
     preview_allow_remote: bool,
+    /// Lets blue and green share endpoints (benchmarks and test rigs: a switch then changes
+    /// only the version label).
+    #[serde(default)]
+    allow_shared_endpoints: bool,
     #[serde(default)]
     upstream_protocol: UpstreamProtocol,
     #[serde(default)]
@@ -904,7 +908,6 @@ impl Source<'_> {
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
             let svc = self.service(&name, svc, &mut claims)?;
-            self.colors_apart(&svc)?;
             services.insert(name, svc);
         }
         self.no_self_proxy(&services, &claims)?;
@@ -994,6 +997,9 @@ impl Source<'_> {
             return self.err_at(k("limits.max_connections"), span, "must be at least 1".into());
         }
         let environments = self.environments(name, svc.blue, svc.green, svc.run, span.clone(), claims)?;
+        if !svc.allow_shared_endpoints {
+            self.colors_apart(name, &environments)?;
+        }
         self.release(name, &svc.release, span)?;
         Ok(ServiceConfig {
             name: name.to_string(),

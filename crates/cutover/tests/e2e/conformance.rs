@@ -428,6 +428,10 @@ fn trunc(s: &str) -> String {
     s.chars().take(300).collect()
 }
 
+/// Green's endpoint: the cases only route to blue, and blue and green may not share an endpoint
+/// (`cutover check` refuses it: a switch would change nothing). Nothing listens on port 1.
+const IDLE: &str = "127.0.0.1:1";
+
 pub fn cases() -> Vec<Case> {
     toml::from_str::<Table>(CASES)
         .expect("tests/conformance/cases.toml")
@@ -439,7 +443,7 @@ async fn run_all(engine: &str) {
     let services = format!(
         "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\", timeout = \"2s\" }}\n\
          [services.chat.blue]\nendpoints = [\"{addr}\"]\nversion = \"v1\"\n\n\
-         [services.chat.green]\nendpoints = [\"{addr}\"]\nversion = \"v2\"\n"
+         [services.chat.green]\nendpoints = [\"{IDLE}\"]\nversion = \"v2\"\n"
     );
     let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
     assert_eq!(r.switch("blue").await.status, 200);
@@ -527,7 +531,7 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
         "[services.chat]\nlisten = \"{{listen}}\"\nretry_non_idempotent = {retry_non_idempotent}\n\
          limits = {{ pool_idle_timeout = \"1h\" }}\n\
          health = {{ path = \"/health\", interval = \"1h\" }}\n\
-         [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+         [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
     );
     let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
     assert_eq!(r.switch("blue").await.status, 200);
@@ -579,7 +583,7 @@ async fn a_trusted_proxy_keeps_its_forwarding_headers_on_both_engines() {
         let services = format!(
             "[services.chat]\nlisten = \"{{listen}}\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
              health = {{ path = \"/health\", interval = \"1h\" }}\n\
-             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
         );
         let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
         assert_eq!(r.switch("blue").await.status, 200);
@@ -618,7 +622,7 @@ async fn answers_without_a_generation_are_counted_on_both_engines() {
     for engine in ["own", "hyper"] {
         let services = format!(
             "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\" }}\n\
-             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{addr}\"]\n"
+             [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
         );
         let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
         assert_eq!(r.switch("blue").await.status, 200);
