@@ -53,10 +53,19 @@ pub struct LogChunk {
     pub text: String,
 }
 
-/// The current log of one replica: the newest of its files, if it was ever started.
+/// The current log of one replica, if it was ever started. The supervisor keeps
+/// `SERVICE-COLOR-REPLICA.log` as a symlink to the newest start's file: it is followed, so the
+/// name answered changes when a new start makes another file current. Without the link, the
+/// newest of `SERVICE-COLOR-REPLICA.log` (one appended file) and `SERVICE-COLOR-REPLICA-*.log`.
 pub fn current_log(data_dir: &Path, service: &str, color: Color, replica: u32) -> Option<PathBuf> {
     let stem = format!("{service}-{color}-{replica}");
     let dir = data_dir.join("logs");
+    if let Ok(target) = std::fs::read_link(dir.join(format!("{stem}.log"))) {
+        let p = dir.join(target);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
     std::fs::read_dir(&dir)
         .ok()?
         .filter_map(Result::ok)
@@ -68,7 +77,7 @@ pub fn current_log(data_dir: &Path, service: &str, color: Color, replica: u32) -
                 .is_some_and(|mid| mid.is_empty() || mid.starts_with('-'))
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.file_name(), e.path())))
-        // Newest first by time, then by name (names of one start sort with their time).
+        // Newest first by time, then by name (per-start names sort by their start time).
         .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
         .map(|(_, _, p)| p)
 }
@@ -205,6 +214,13 @@ mod tests {
         assert_eq!(got.file_name().unwrap(), "chat-green-1-1700000000.log");
         assert_eq!(current_log(&d, "chat", Color::Green, 2), None);
         assert_eq!(current_log(&d, "other", Color::Green, 1), None);
+        // The supervisor's link to the newest start wins over modification times.
+        let logs = d.join("logs");
+        std::fs::write(logs.join("chat-blue-0-20260101T000000000Z.log"), "a").unwrap();
+        std::fs::write(logs.join("chat-blue-0-20260102T000000000Z.log"), "b").unwrap();
+        std::os::unix::fs::symlink("chat-blue-0-20260101T000000000Z.log", logs.join("chat-blue-0.log")).unwrap();
+        let got = current_log(&d, "chat", Color::Blue, 0).unwrap();
+        assert_eq!(got.file_name().unwrap(), "chat-blue-0-20260101T000000000Z.log");
         let _ = std::fs::remove_dir_all(&d);
     }
 

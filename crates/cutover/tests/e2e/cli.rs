@@ -458,8 +458,8 @@ async fn logs_show_and_follow_a_managed_color_across_a_new_log_file() {
     let r = Router::start(&managed_service(&ports, &[], release)).await;
     let id = r.release("v1").await;
     assert_eq!(r.wait_end(id, Duration::from_secs(60)).await["outcome"], "completed");
-    let logs = r.dir.path().join("cutover-data").join("logs");
-    let log = logs.join("chat-blue-0.log");
+    // The supervisor's stable name for the current file of blue's replica 0 (a symlink).
+    let log = r.dir.path().join("cutover-data").join("logs").join("chat-blue-0.log");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&log)
@@ -475,8 +475,9 @@ async fn logs_show_and_follow_a_managed_color_across_a_new_log_file() {
     assert_eq!(out, "[blue/0] line from the test\n");
     assert!(err.contains("[green/0] no log yet"), "{err}");
 
-    let follow = Running::start(&r, &["logs", "chat", "blue", "-f", "--tail", "0"]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let follow = Running::start(&r, &["logs", "chat", "blue", "-f", "--tail", "1"]);
+    // Its first read is done once the tail is out: what is written next is new.
+    follow.line("line from the test", Duration::from_secs(10)).await;
     std::fs::OpenOptions::new()
         .append(true)
         .open(&log)
@@ -484,13 +485,13 @@ async fn logs_show_and_follow_a_managed_color_across_a_new_log_file() {
         .unwrap()
         .unwrap();
     follow.line("written while following", Duration::from_secs(10)).await;
-    // A new process start writes a new file: the follower moves to it.
-    std::fs::write(logs.join("chat-blue-0-2.log"), "the next start\n").unwrap();
-    follow.line("the next start", Duration::from_secs(10)).await;
-    assert!(
-        !follow.text().contains("line from the test"),
-        "--tail 0 starts at the end"
-    );
+    // The model server dies; the supervisor starts it again, into a new log file (one per
+    // start, opened by a header line): the follower moves to it.
+    kill_mock_on(ports.blue);
+    let header = follow.line("=== cutover start", Duration::from_secs(30)).await;
+    assert!(header.contains("color=blue replica=0 version=v1"), "{header}");
+    let text = follow.text();
+    assert_eq!(text.matches("line from the test").count(), 1, "each line once: {text}");
 
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
