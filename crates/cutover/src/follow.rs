@@ -88,9 +88,9 @@ fn awaited(doc: &Value, service: Option<&Value>) -> String {
             let not: Vec<String> = eps
                 .iter()
                 .filter(|e| e["healthy"] != true)
-                .map(|e| match e["last_probe"].as_str() {
+                .map(|e| match last_probe(&e["last_probe"]) {
                     Some(p) => format!("{} {}, last probe {p}", s(&e["address"]), s(&e["health"])),
-                    None => format!("{} {}", s(&e["address"]), s(&e["health"])),
+                    None => format!("{} {}, not probed yet", s(&e["address"]), s(&e["health"])),
                 })
                 .collect();
             format!(
@@ -116,6 +116,16 @@ fn awaited(doc: &Value, service: Option<&Value>) -> String {
         }
         phase => format!("{phase} running"),
     }
+}
+
+/// An endpoint's last probe as the status gives it: "2s ago: connection refused".
+fn last_probe(p: &Value) -> Option<String> {
+    let age = Duration::from_millis(p["age_ms"].as_u64()?);
+    Some(format!(
+        "{} ago: {}",
+        short_duration(age),
+        p["message"].as_str().unwrap_or("?")
+    ))
 }
 
 /// What has been printed so far.
@@ -264,10 +274,13 @@ mod tests {
         let doc = serde_json::json!({"phase": "waiting_healthy", "color": "green"});
         let svc = serde_json::json!({"colors": {"green": {"endpoints": [
             {"address": "127.0.0.1:9002", "healthy": null, "health": "unknown"},
+            {"address": "127.0.0.1:9004", "healthy": false, "health": "unhealthy",
+             "last_probe": {"ok": false, "age_ms": 2100, "message": "connection refused"}},
             {"address": "127.0.0.1:9003", "healthy": true, "health": "healthy"}]}}});
         assert_eq!(
             awaited(&doc, Some(&svc)),
-            "1 of 2 endpoints not healthy yet (127.0.0.1:9002 unknown)"
+            "2 of 3 endpoints not healthy yet (127.0.0.1:9002 unknown, not probed yet; \
+             127.0.0.1:9004 unhealthy, last probe 2s ago: connection refused)"
         );
     }
 }

@@ -234,6 +234,9 @@ async fn waiting_healthy_heartbeats_say_which_endpoints_are_awaited_and_the_dead
     let wait = Running::start(&r, &["release", "chat", "v1", "--wait", "--heartbeat", "1s"]);
     let beat = wait.line("not healthy yet", Duration::from_secs(20)).await;
     assert!(beat.contains("waiting_healthy") && beat.contains("of 1m"), "{beat}");
+    // The probes' own words: what the last one saw (nothing listens yet).
+    let beat = wait.line("last probe", Duration::from_secs(20)).await;
+    assert!(beat.contains("ago: "), "{beat}");
     assert!(
         beat.contains(&format!("1 of 1 endpoints not healthy yet (127.0.0.1:{}", ports.blue)),
         "{beat}"
