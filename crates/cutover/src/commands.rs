@@ -311,8 +311,10 @@ async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p
     })
 }
 
-/// Follows a release until it ends: 0 when completed, 1 when aborted, rolled back or
-/// interrupted. Ctrl-C stops following (exit 130) and says how to re-attach.
+/// Follows a release until it ends: 0 when completed and verified, 4 when completed with an
+/// inconclusive verification (live, but nothing showed it works: too few requests in the
+/// bake), 1 when aborted, rolled back or interrupted. Ctrl-C stops following (exit 130) and
+/// says how to re-attach.
 async fn wait(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) -> Result<(), Failure> {
     let hint =
         format!("stopped following release #{id}; it goes on: `cutover release follow {service} {id}` re-attaches");
@@ -329,7 +331,13 @@ async fn wait(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) 
         output::line(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
     }
     match doc["outcome"].as_str() {
-        Some("completed") => Ok(()),
+        Some("completed") => match inconclusive(&doc) {
+            Some(detail) => Err(Failure::new(
+                4,
+                format!("release #{id} is live but not verified ({detail}); exit code 4"),
+            )),
+            None => Ok(()),
+        },
         other => Err(Failure::new(
             1,
             format!(
@@ -339,6 +347,18 @@ async fn wait(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) 
             ),
         )),
     }
+}
+
+/// The verification detail of a release that completed without a verdict, if it did.
+fn inconclusive(doc: &Value) -> Option<String> {
+    doc["phases"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|p| p["phase"] == "verifying")
+        .and_then(|p| p["detail"].as_str())
+        .filter(|d| d.starts_with("inconclusive"))
+        .map(str::to_string)
 }
 
 /// Runs `work` until it ends or Ctrl-C (exit 130, with `hint` on stderr).

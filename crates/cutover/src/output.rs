@@ -62,7 +62,15 @@ pub fn status(v: &Value) -> String {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| format!("{} {}", s(&e["address"]), s(&e["health"])))
+            .map(|e| {
+                // A failing last probe says why, so `status` alone explains an unhealthy endpoint.
+                let why = e["last_probe"]
+                    .as_object()
+                    .filter(|p| p["ok"] == false)
+                    .map(|p| format!(" ({})", s(&p["message"])))
+                    .unwrap_or_default();
+                format!("{} {}{why}", s(&e["address"]), s(&e["health"]))
+            })
             .collect();
         out.push_str(&format!(
             "  {:<6} {:<8} {:<12} in-flight {:<4} {}\n",

@@ -553,3 +553,25 @@ fn every_command_has_help_with_examples_and_completions_and_man_pages_generate()
     let page = std::fs::read_to_string(dir.path().join("cutover-release.1")).unwrap();
     assert!(page.contains("cutover\\-release") && page.contains("follow"), "{page}");
 }
+
+/// A release that completes with an inconclusive verification (no traffic in the bake) is live
+/// but unverified: `release --wait` exits 4, not 0, so a pipeline that reads "0 = live and
+/// verified" is not misled.
+#[tokio::test]
+async fn an_unverified_release_exits_4_not_0() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"500ms\"\nmin_requests = 1000\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let (code, out, err) = r.cli_async(&["release", "chat", "v2", "--wait"]).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        err.contains("live but not verified") && err.contains("inconclusive"),
+        "{err}"
+    );
+    assert_eq!(r.status().await["live"], "green", "it is live all the same");
+}
