@@ -398,7 +398,7 @@ async fn rollback_after_scale_down_redeploys_the_previous_version_through_the_pi
     let ports = ManagedPorts::new();
     // No traffic: min_requests = 0 keeps the redeploy's bake conclusive (else exit 4).
     let release = "scale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n";
-    let r = Router::start(&managed_service(&ports, &[], &release)).await;
+    let r = Router::start(&managed_service(&ports, &[], release)).await;
     for v in ["v1", "v2"] {
         let id = r.release(v).await;
         assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
