@@ -78,6 +78,23 @@ pub(crate) enum After {
     LingerClose,
 }
 
+/// The values of every `Connection` line of a head (read twice: for its tokens, and again
+/// for the names when more were listed than fit).
+fn connection_lines<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> + Clone {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+}
+
+/// Append one header line.
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// How a connection ended.
 pub(crate) enum Outcome {
     Closed,

@@ -7,7 +7,7 @@
 
 use http::Method;
 
-use super::Framing;
+use super::{connection_lines, header_line as line, Framing};
 use crate::headers::{self, Class, Codings, ConnectionTokens, Forwarding};
 
 /// Header lines accepted in one head (hyper's default is 100 too).
@@ -117,13 +117,6 @@ struct Seen<'h> {
     /// A trusted proxy's values, kept instead of the proxy's own.
     proto: Option<&'h [u8]>,
     fwd_host: Option<&'h [u8]>,
-}
-
-fn connection_lines<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> + Clone {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value)
 }
 
 fn rewrite(
@@ -321,13 +314,6 @@ impl Write<'_, '_> {
             line(out, b"x-forwarded-host", h);
         }
     }
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Origin-form is forwarded as is; absolute-form (sent to proxies) carries the host, which

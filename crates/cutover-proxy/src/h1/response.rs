@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::Framing;
+use super::{connection_lines, header_line as header, Framing};
 use crate::headers::{self, Class, Codings, ConnectionTokens};
 
 /// Longest response head accepted from an upstream.
@@ -150,13 +150,6 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
     }))
 }
 
-fn connection_lines<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> + Clone {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value)
-}
-
 /// How the upstream framed the body, and whether it is an event stream.
 struct Found {
     body: Framing,
@@ -268,13 +261,6 @@ fn write_head(
     } else if cx.client_minor == 0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
