@@ -64,7 +64,9 @@ fn is_name(name: &[u8], lower: &[u8]) -> bool {
     if n < 8 {
         return name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b);
     }
-    // The first and last words cover any length from 8 to 16; the middle one the rest.
+    // The first and last words cover any length from 8 to 16, with the middle one up to 24
+    // (the longest name compared is 17 bytes).
+    debug_assert!(n <= 24, "is_name compares names of up to 24 bytes");
     let ok = |at: usize| word(name, at) | CASE == word(lower, at);
     ok(0) && ok(n - 8) && (n <= 16 || ok(8))
 }
