@@ -203,10 +203,30 @@ async fn wait_for_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // SIGHUP's default action kills the process at once, cutting every live stream, and a
+    // closed SSH session sends it: until configuration reload exists, it is caught and logged.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(
+                    "SIGHUP received and ignored: configuration reload is not built yet; cutover keeps serving \
+                     with the configuration it started with (restart it to apply a new one)"
+                );
+            }
+        }
     }
+    tracing::info!(
+        "stopping: no new connections; running requests and streams get the grace period; managed \
+         model servers keep running (by design) and the next start adopts them"
+    );
 }
 
 /// Stops a background task when the server returns.

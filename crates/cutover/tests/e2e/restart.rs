@@ -65,6 +65,43 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_0() {
     assert_eq!(stream_versions(&events).unwrap().len(), 51);
     let code = tokio::task::block_in_place(|| r.proc.wait_exit(Duration::from_secs(10)));
     assert_eq!(code, Some(0));
+    assert!(
+        r.log().contains("managed model servers keep running"),
+        "SIGTERM says what happens to managed processes: {}",
+        r.log()
+    );
+}
+
+/// SIGHUP (a closed SSH session sends it) used to kill `cutover serve` at once and cut every
+/// live stream. Until configuration reload exists it is logged and ignored: the stream
+/// finishes, the router keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_no_longer_kills_the_router_or_its_streams() {
+    let blue = Mock::start("v1", &["--token-interval", "20ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let c = http_client();
+    let req = http::Request::post(r.url("/v1/chat/completions"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"stream":true,"max_tokens":30}"#,
+        )))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let reader = tokio::spawn(read_stream(resp));
+    wait_for("the stream to be in flight", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["in_flight"] == 1).then_some(())
+    })
+    .await;
+    r.proc.signal("HUP");
+    let (events, err) = reader.await.unwrap();
+    assert_eq!(err, None, "the stream was not cut");
+    assert_eq!(stream_versions(&events).unwrap().len(), 31);
+    wait_for("the warning", Duration::from_secs(5), || async {
+        r.log().contains("SIGHUP received and ignored").then_some(())
+    })
+    .await;
+    assert_eq!(get(&r.url("/v1/models")).await.unwrap().status, 200, "still serving");
 }
 
 /// Regression: a second `serve` of the same config used to open the store first, marking the
