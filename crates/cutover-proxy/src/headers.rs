@@ -105,10 +105,17 @@ pub(crate) fn class(name: &[u8]) -> Class {
 
 /// Whether a response header is the proxy's to write (framing, hop-by-hop, `x-cutover-*`).
 pub(crate) fn response_skip(name: &[u8]) -> bool {
-    matches!(
-        class(name),
-        Class::HopByHop | Class::Te | Class::ContentLength | Class::TransferEncoding | Class::Cutover
-    )
+    class(name).response_skip()
+}
+
+impl Class {
+    /// A response header of this class is the proxy's to write.
+    pub(crate) fn response_skip(self) -> bool {
+        matches!(
+            self,
+            Class::HopByHop | Class::Te | Class::ContentLength | Class::TransferEncoding | Class::Cutover
+        )
+    }
 }
 
 /// Trailer fields that must not arrive after the body: framing, routing, authentication

@@ -139,7 +139,10 @@ fn rewrite(
     let (path, uri_host) = split_target(target, &method, &mut absolute)?;
     let headers = &*req.headers;
     let conn = ConnectionTokens::parse(connection_lines(headers));
-    let mut seen = inspect(headers, minor, uri_host.is_some(), t)?;
+    // Each header's class, found once by `inspect` and read again by `Write`.
+    let mut classes = [Class::Plain; MAX_HEADERS];
+    let classes = &mut classes[..headers.len()];
+    let mut seen = inspect(headers, classes, minor, uri_host.is_some(), t)?;
     if minor == 1 && seen.body == Framing::None && conn.any() && conn.names(b"upgrade", connection_lines(headers)) {
         seen.upgrade = headers
             .iter()
@@ -154,6 +157,7 @@ fn rewrite(
     };
     let w = Write {
         headers,
+        classes,
         conn: &conn,
         seen: &seen,
         host,
@@ -179,17 +183,19 @@ fn rewrite(
 /// per-line limit.
 fn inspect<'h>(
     headers: &'h [httparse::Header<'_>],
+    classes: &mut [Class],
     minor: u8,
     absolute: bool,
     t: &Target<'_>,
 ) -> Result<Seen<'h>, HeadError> {
     let mut seen = Seen::default();
     let (mut length, mut te, mut hosts) = (None::<u64>, false, 0);
-    for h in headers {
+    for (h, class) in headers.iter().zip(classes.iter_mut()) {
         if h.name.len() + h.value.len() + 4 > t.max_line {
             return Err(HeadError::LineTooLong);
         }
-        match headers::class(h.name.as_bytes()) {
+        *class = headers::class(h.name.as_bytes());
+        match *class {
             Class::ContentLength => {
                 let n = headers::content_length(h.value)
                     .ok_or_else(|| HeadError::Bad("malformed content-length".into()))?;
@@ -243,6 +249,8 @@ fn inspect<'h>(
 /// What writing the upstream's head needs.
 struct Write<'a, 'h> {
     headers: &'a [httparse::Header<'h>],
+    /// `headers`' classes, in order.
+    classes: &'a [Class],
     conn: &'a ConnectionTokens<'a>,
     seen: &'a Seen<'a>,
     host: Option<&'a [u8]>,
@@ -259,8 +267,8 @@ impl Write<'_, '_> {
         out.push(b' ');
         out.extend_from_slice(path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for h in self.headers {
-            if self.keep(h) {
+        for (h, &class) in self.headers.iter().zip(self.classes) {
+            if self.keep(h, class) {
                 line(out, h.name.as_bytes(), h.value);
             }
         }
@@ -277,8 +285,8 @@ impl Write<'_, '_> {
         out.extend_from_slice(b"\r\n");
     }
 
-    fn keep(&self, h: &httparse::Header<'_>) -> bool {
-        match headers::class(h.name.as_bytes()) {
+    fn keep(&self, h: &httparse::Header<'_>, class: Class) -> bool {
+        match class {
             Class::Plain => !(self.conn.any() && self.conn.names(h.name.as_bytes(), connection_lines(self.headers))),
             // gRPC needs `te: trailers` end to end.
             Class::Te => h.value.eq_ignore_ascii_case(b"trailers"),
@@ -297,8 +305,9 @@ impl Write<'_, '_> {
             let chain = self
                 .headers
                 .iter()
-                .filter(|h| headers::class(h.name.as_bytes()) == Class::Forwarding(Forwarding::For));
-            for hop in chain.flat_map(|h| headers::list(h.value)) {
+                .zip(self.classes)
+                .filter(|(_, &c)| c == Class::Forwarding(Forwarding::For));
+            for hop in chain.flat_map(|(h, _)| headers::list(h.value)) {
                 out.extend_from_slice(hop);
                 out.extend_from_slice(b", ");
             }

@@ -115,7 +115,10 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let headers = &*resp.headers;
     let conn = ConnectionTokens::parse(connection_lines(headers));
-    let f = framing(headers, code, cx)?;
+    // Each header's class, found once by `framing` and read again by `write_head`.
+    let mut classes = [Class::Plain; super::request::MAX_HEADERS];
+    let classes = &mut classes[..headers.len()];
+    let f = framing(headers, classes, code, cx)?;
     let upstream_keep_alive = f.body != Framing::Close
         && if minor == 1 {
             !conn.close
@@ -138,7 +141,7 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
         mode,
         close_client,
     };
-    write_head(out, &client, headers, &conn, &f, cx);
+    write_head(out, &client, headers, classes, &conn, &f, cx);
     Ok(ResponseParse::Head(ResponseHead {
         head_len,
         status: code,
@@ -159,12 +162,18 @@ struct Found {
     te: bool,
 }
 
-fn framing(headers: &[httparse::Header<'_>], code: u16, cx: &ResponseContext<'_>) -> Result<Found, String> {
+fn framing(
+    headers: &[httparse::Header<'_>],
+    classes: &mut [Class],
+    code: u16,
+    cx: &ResponseContext<'_>,
+) -> Result<Found, String> {
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut sse = false;
-    for h in headers {
-        match headers::class(h.name.as_bytes()) {
+    for (h, class) in headers.iter().zip(classes.iter_mut()) {
+        *class = headers::class(h.name.as_bytes());
+        match *class {
             Class::ContentLength => {
                 let n = headers::content_length(h.value).ok_or("malformed content-length")?;
                 if length.is_some_and(|l| l != n) {
@@ -220,6 +229,7 @@ fn write_head(
     out: &mut Vec<u8>,
     c: &ClientFraming<'_>,
     headers: &[httparse::Header<'_>],
+    classes: &[Class],
     conn: &ConnectionTokens<'_>,
     f: &Found,
     cx: &ResponseContext<'_>,
@@ -230,19 +240,15 @@ fn write_head(
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in headers {
+    for (h, &class) in headers.iter().zip(classes) {
         let name = h.name.as_bytes();
-        if headers::response_skip(name) {
+        if class.response_skip() {
             // A HEAD or 304 answer states the length its GET would have had: keep it.
-            let keep =
-                f.no_body && *status != StatusCode::NO_CONTENT && !f.te && headers::class(name) == Class::ContentLength;
+            let keep = f.no_body && *status != StatusCode::NO_CONTENT && !f.te && class == Class::ContentLength;
             if !keep {
                 continue;
             }
-        } else if conn.any()
-            && headers::class(name).removable_by_connection()
-            && conn.names(name, connection_lines(headers))
-        {
+        } else if conn.any() && class.removable_by_connection() && conn.names(name, connection_lines(headers)) {
             continue;
         }
         header(out, name, h.value);
