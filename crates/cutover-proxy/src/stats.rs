@@ -64,14 +64,6 @@ impl HistogramSnapshot {
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
-
-    /// What happened between `earlier` and this snapshot.
-    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
-        HistogramSnapshot {
-            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
-            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
-        }
-    }
 }
 
 /// Bins of a [`Sketch`]: 16 exact ones below 16 µs, then 16 per power of two up to 2^32 µs
