@@ -158,6 +158,20 @@ impl Source<'_> {
         let dir = self.dir();
         let cwd = std::env::current_dir().unwrap_or_else(|_| dir.clone());
         for (name, svc) in &cfg.services {
+            if let Environments::Static { blue, green } = &svc.environments {
+                for (color, c) in [("blue", blue), ("green", green)] {
+                    for (i, e) in c.endpoints.iter().enumerate().filter(|(_, e)| e.literal().is_none()) {
+                        use std::net::ToSocketAddrs;
+                        if let Err(err) = (e.host.as_str(), e.port).to_socket_addrs() {
+                            warn(
+                                &mut out,
+                                format!("services.{name}.{color}.endpoints[{i}]"),
+                                format!("{e} does not resolve on this machine ({err}); `serve` keeps trying every second and routes to it once it does"),
+                            );
+                        }
+                    }
+                }
+            }
             if let Environments::Managed(run) = &svc.environments {
                 let prog = &run.command[0];
                 let workdir = run.workdir.clone().unwrap_or_else(|| dir.clone());

@@ -129,6 +129,8 @@ pub struct ServiceConfig {
     /// A request that failed on a reused keep-alive connection before any byte of response
     /// is sent again on a new one even when its method is not idempotent.
     pub retry_non_idempotent: bool,
+    /// How often endpoint names (`gpu-a.internal:8000`) are resolved again.
+    pub resolve_interval: Duration,
     pub health: HealthConfig,
     pub limits: LimitsConfig,
     pub environments: Environments,
@@ -144,9 +146,102 @@ pub enum Environments {
     Managed(RunConfig),
 }
 
+/// One configured upstream: `IP:PORT`, `[V6]:PORT` or `NAME:PORT`, optionally written with
+/// `http://`. A name is resolved when `serve` starts and again every `resolve_interval`; each
+/// address it resolves to is an endpoint of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointSpec {
+    /// The host as written, without brackets: an IP address or a DNS name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl EndpointSpec {
+    /// The address itself when the host is an IP literal (nothing to resolve).
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+
+    pub fn from_addr(a: SocketAddr) -> EndpointSpec {
+        EndpointSpec {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+
+    /// Parses an endpoint as the config writes it; the error says what was wrong.
+    pub fn parse(s: &str) -> Result<EndpointSpec, String> {
+        const WANT: &str = "expected HOST:PORT such as \"10.0.0.5:8000\" or \"gpu-a.internal:8000\"";
+        let rest = if let Some(r) = s.strip_prefix("http://") {
+            r
+        } else if s.starts_with("https://") {
+            return Err(format!(
+                "{s:?}: https:// endpoints (TLS to model servers) are not supported yet; {WANT}"
+            ));
+        } else if s.contains("://") {
+            return Err(format!("{s:?}: unknown scheme; {WANT}"));
+        } else {
+            s
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Ok(a) = rest.parse::<SocketAddr>() {
+            return Ok(EndpointSpec::from_addr(a));
+        }
+        if rest.contains(['/', '@', '?', '#', ' ']) || rest.starts_with('[') {
+            return Err(format!("{s:?} is not an address; {WANT}"));
+        }
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return Err(format!("{s:?} has no port; {WANT}"));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("{s:?}: the port must be 1 to 65535; {WANT}")),
+        };
+        if host.parse::<std::net::Ipv4Addr>().is_ok() || !is_dns_name(host) {
+            return Err(format!(
+                "{s:?}: {host:?} is neither an IP address nor a DNS name; {WANT}"
+            ));
+        }
+        Ok(EndpointSpec {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// A DNS name as RFC 1123 allows in a host: dot-separated labels of letters, digits and
+/// inner hyphens, 63 bytes a label, 253 in all (a trailing dot is the root, allowed).
+fn is_dns_name(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        // All digits and dots is a mistyped IPv4 address, not a name.
+        && !h.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+impl fmt::Display for EndpointSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StaticColor {
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<EndpointSpec>,
     /// Version label to show before any release recorded one.
     pub version: Option<String>,
 }
@@ -546,6 +641,9 @@ pub struct HooksConfig {
 
 mod defaults {
     use super::Duration;
+    pub fn resolve_interval() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn stop_timeout() -> Duration {
         Duration::from_secs(30)
     }
@@ -713,6 +811,8 @@ struct RawService {
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default = "defaults::retry_non_idempotent")]
     retry_non_idempotent: bool,
+    #[serde(default = "defaults::resolve_interval")]
+    resolve_interval: Duration,
     #[serde(default)]
     health: HealthConfig,
     #[serde(default)]
@@ -993,6 +1093,13 @@ impl Source<'_> {
         if svc.limits.max_header_line_bytes < 1024 {
             return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
         }
+        if svc.resolve_interval.get() < std::time::Duration::from_secs(1) {
+            return self.err_at(
+                k("resolve_interval"),
+                span,
+                "must be at least 1s: names are resolved again this often".into(),
+            );
+        }
         if svc.limits.max_connections == 0 {
             return self.err_at(k("limits.max_connections"), span, "must be at least 1".into());
         }
@@ -1009,6 +1116,7 @@ impl Source<'_> {
             access_log: svc.access_log,
             trusted_proxies,
             retry_non_idempotent: svc.retry_non_idempotent,
+            resolve_interval: svc.resolve_interval,
             health: svc.health,
             limits: svc.limits,
             environments,
@@ -1299,8 +1407,8 @@ impl Source<'_> {
                 continue;
             };
             for (color, c) in [("blue", blue), ("green", green)] {
-                for e in &c.endpoints {
-                    if let Some(owner) = claims.addrs.get(e) {
+                for e in c.endpoints.iter().filter_map(EndpointSpec::literal) {
+                    if let Some(owner) = claims.addrs.get(&e) {
                         let key = format!("services.{}.{color}.endpoints", svc.name);
                         let span = self.span_of(&key).unwrap_or(0..0);
                         return self.err(
@@ -1323,7 +1431,7 @@ impl Source<'_> {
         }
         let mut endpoints = Vec::new();
         for e in &c.endpoints {
-            let a = self.addr(e, format!("{key}.endpoints"))?;
+            let a = EndpointSpec::parse(e.get_ref()).or_else(|m| self.err(e.span(), format!("{key}.endpoints"), m))?;
             if endpoints.contains(&a) {
                 return self.err(
                     e.span(),

@@ -477,3 +477,31 @@ fn probe_errors_name_the_line_of_their_key() {
         assert!(e.message.contains(says), "{health}: {e}");
     }
 }
+
+#[test]
+fn endpoint_specs_are_ip_or_dns_names_with_a_port() {
+    use crate::EndpointSpec;
+    let ok = |s: &str| EndpointSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(ok("10.0.0.5:8000").literal(), Some("10.0.0.5:8000".parse().unwrap()));
+    assert_eq!(ok("[::1]:8000").to_string(), "[::1]:8000");
+    assert_eq!(ok("http://10.0.0.5:8000/").to_string(), "10.0.0.5:8000");
+    let n = ok("GPU-A.Internal:8000");
+    assert_eq!((n.host.as_str(), n.port, n.literal()), ("gpu-a.internal", 8000, None));
+    assert_eq!(ok("gpu-a.internal.:80").host, "gpu-a.internal.");
+    for bad in [
+        "gpu-a",
+        "gpu-a:",
+        "gpu-a:65536",
+        "-gpu:80",
+        "gpu-.a:80",
+        "a..b:80",
+        "1.2.3:80",
+        "user@gpu:80",
+        "https://gpu-a:443",
+        "gpu a:80",
+        "[gpu]:80",
+        &format!("{}:80", "a".repeat(64)),
+    ] {
+        assert!(EndpointSpec::parse(bad).is_err(), "{bad} accepted");
+    }
+}

@@ -208,7 +208,7 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
         MetricType::Gauge,
     )?;
     for (svc, r) in routes {
-        for e in &r.endpoints {
+        for e in r.endpoints().iter() {
             let mut l = color_labels(svc, r);
             l.push(("endpoint", e.addr.to_string()));
             let v: i64 = match e.health() {
@@ -226,7 +226,7 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
         MetricType::Counter,
     )?;
     for (svc, r) in routes {
-        for e in &r.endpoints {
+        for e in r.endpoints().iter() {
             for why in ProbeReason::ALL {
                 let mut l = color_labels(svc, r);
                 l.push(("endpoint", e.addr.to_string()));

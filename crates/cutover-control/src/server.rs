@@ -113,6 +113,11 @@ pub async fn run(
     let token = token::load_or_create(&config.admin.token_file)?;
     let config_admin_address_file = config.admin.address_file.clone();
     let ctl = Arc::new(open_and_resume(config)?);
+    // Endpoint names resolve before the first request is taken (connections wait in the
+    // backlog meanwhile, at most the lookup timeout).
+    for svc in ctl.services.values() {
+        svc.start_resolving().await;
+    }
     let sampler = ctl.clone();
     let _sampling = AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);

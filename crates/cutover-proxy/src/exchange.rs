@@ -71,10 +71,7 @@ impl Exchange {
 
     /// The endpoint for the first attempt.
     pub(crate) fn first_endpoint(&self, fwd: &Forwarder) -> Result<Arc<Endpoint>, ProxyError> {
-        self.route
-            .pick(None)
-            .cloned()
-            .ok_or_else(|| no_endpoint(fwd, &self.route))
+        self.route.pick(None).ok_or_else(|| no_endpoint(fwd, &self.route))
     }
 
     /// An attempt on `endpoint` failed with `retry`: what to do next. `replay` says whether
@@ -86,7 +83,7 @@ impl Exchange {
             Retry::OtherEndpoint if !self.retries.moved => match self.route.pick(Some(endpoint)) {
                 Some(next) => {
                     self.retries.moved = true;
-                    Next::OtherEndpoint(next.clone())
+                    Next::OtherEndpoint(next)
                 }
                 None => Next::GiveUp,
             },

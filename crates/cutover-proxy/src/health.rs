@@ -153,7 +153,7 @@ fn apply(
     excuse: Option<String>,
 ) {
     if let (Some(ProbeReason::Timeout), Some(why)) = (rec.failure, excuse) {
-        tracing::debug!(service, color = %route.color, endpoint = %ep.addr, reason = %rec.message, "probe timeout not counted: {why}");
+        tracing::debug!(service, color = %route.color, endpoint = %ep, reason = %rec.message, "probe timeout not counted: {why}");
         rec.message = format!("{}; {why}", rec.message);
         rec.counted = false;
         ep.stats.record_probe(rec);
@@ -167,9 +167,9 @@ fn apply(
         ep.set_health(new);
         let version = route.version.as_deref().unwrap_or("-");
         if new == Health::Healthy {
-            tracing::info!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, "endpoint healthy")
+            tracing::info!(service, color = %route.color, version, endpoint = %ep, from = ?before, "endpoint healthy")
         } else {
-            tracing::warn!(service, color = %route.color, version, endpoint = %ep.addr, from = ?before, %reason, "endpoint unhealthy")
+            tracing::warn!(service, color = %route.color, version, endpoint = %ep, from = ?before, %reason, "endpoint unhealthy")
         }
     }
 }
@@ -177,8 +177,13 @@ fn apply(
 /// Probes every endpoint of `route` now, concurrently, and records the results. Used when a
 /// switch targets a color with no health result yet.
 pub async fn check_now(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) {
-    let probes = route.endpoints.iter().map(|ep| {
-        let ep = ep.clone();
+    check_endpoints(service, route, &route.endpoints(), spec).await
+}
+
+/// Probes `endpoints` (of `route`, or about to join it) now, concurrently, and records the
+/// results as decisive first ones.
+pub async fn check_endpoints(service: &str, route: &Arc<ColorRoute>, endpoints: &[Arc<Endpoint>], spec: &HealthSpec) {
+    let probes = endpoints.iter().cloned().map(|ep| {
         let spec = spec.clone();
         async move {
             let r = probe(ep.addr, &spec).await;
@@ -214,26 +219,26 @@ impl Drop for Checks {
     }
 }
 
-/// Starts one checking task per endpoint of `route`. The tasks hold the route weakly and end
-/// when it is gone.
+/// Starts one checking task per endpoint `route` has now. The tasks hold the route and the
+/// endpoint weakly and end when either is gone; when the endpoint set changes (a hostname
+/// resolved anew), the owner starts a new `Checks` for the new set.
 pub fn spawn(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) -> Checks {
     let mut handles = Vec::new();
-    for i in 0..route.endpoints.len() {
+    for ep in route.endpoints().iter() {
         let weak: Weak<ColorRoute> = Arc::downgrade(route);
+        let weak_ep: Weak<Endpoint> = Arc::downgrade(ep);
         let spec = spec.clone();
         let service = service.to_string();
+        let mut passive = Passive::new(route, ep);
         handles.push(tokio::spawn(async move {
             let mut tracker = Tracker::new(spec.healthy_threshold, spec.unhealthy_threshold);
-            let mut passive = match weak.upgrade() {
-                Some(route) => Passive::new(&route, &route.endpoints[i]),
-                None => return,
-            };
             let mut tick = tokio::time::interval(spec.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(route) = weak.upgrade() else { return };
-                let ep = route.endpoints[i].clone();
+                let (Some(route), Some(ep)) = (weak.upgrade(), weak_ep.upgrade()) else {
+                    return;
+                };
                 passive.look(&route, &ep);
                 drop(route);
                 let r = probe(ep.addr, &spec).await;
@@ -295,7 +300,7 @@ mod tests {
     fn a_timeout_is_excused_only_by_recent_requests_on_the_endpoint_and_color_successes() {
         let window = Duration::from_secs(10);
         let r = route();
-        let ep = r.endpoints[0].clone();
+        let ep = r.endpoints()[0].clone();
         let mut p = Passive::new(&r, &ep);
         assert_eq!(p.excuse(window), None, "no traffic at all");
         let mut failed = ep.claim();

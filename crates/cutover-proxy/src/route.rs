@@ -71,6 +71,8 @@ pub enum Health {
 /// One upstream address of a color, with its connection pool and health.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// The name `addr` was resolved from (`gpu-a.internal:8000`), when the config gave a name.
+    pub name: Option<Arc<str>>,
     health: AtomicU8,
     /// Requests on this endpoint now, from the attempt that chose it to the response's last
     /// byte: what the picker balances on, and how a hung endpoint shows.
@@ -105,10 +107,27 @@ impl Drop for EndpointLoad {
     }
 }
 
+/// `name (addr)` for an endpoint resolved from a name, else the address: what logs and
+/// messages show.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n} ({})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 impl Endpoint {
     pub fn new(addr: SocketAddr, settings: &Arc<ServiceSettings>) -> Arc<Endpoint> {
+        Endpoint::named(addr, None, settings)
+    }
+
+    /// An endpoint at `addr`, which `name` (`HOST:PORT` as configured) resolved to.
+    pub fn named(addr: SocketAddr, name: Option<Arc<str>>, settings: &Arc<ServiceSettings>) -> Arc<Endpoint> {
         Arc::new(Endpoint {
             addr,
+            name,
             health: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
             pool: Pool::new(addr, settings.clone()),
@@ -154,15 +173,19 @@ impl Endpoint {
     }
 }
 
-/// What one color runs: a version on a set of endpoints. Immutable but for health and
-/// statistics; a new version at a color means a new `ColorRoute` (and fresh pools).
+/// What one color runs: a version on a set of endpoints. Immutable but for health,
+/// statistics and the endpoint set; a new version at a color means a new `ColorRoute` (and
+/// fresh pools). The endpoint set changes in place when a configured hostname resolves to
+/// other addresses (or a reload changes the list), so the color's in-flight count, drain
+/// signal and statistics stay one object across the change: a drain that began before still
+/// sees every request of the color.
 pub struct ColorRoute {
     pub color: Color,
     /// Version label; `None` when nothing recorded one yet.
     pub version: Option<String>,
     pub(crate) color_header: HeaderValue,
     pub(crate) version_header: Option<HeaderValue>,
-    pub endpoints: Vec<Arc<Endpoint>>,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub stats: Arc<ColorStats>,
     next: AtomicUsize,
     /// Set when the drain deadline passed: streams still open are cut at their next chunk.
@@ -179,12 +202,18 @@ impl ColorRoute {
         addrs: &[SocketAddr],
         settings: &Arc<ServiceSettings>,
     ) -> Arc<ColorRoute> {
+        let endpoints = addrs.iter().map(|a| Endpoint::new(*a, settings)).collect();
+        ColorRoute::with_endpoints(color, version, endpoints)
+    }
+
+    /// A route over endpoints made by the caller (named ones, or ones kept from another route).
+    pub fn with_endpoints(color: Color, version: Option<String>, endpoints: Vec<Arc<Endpoint>>) -> Arc<ColorRoute> {
         Arc::new(ColorRoute {
             color,
             color_header: HeaderValue::from_static(color.as_str()),
             version_header: version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()),
             version,
-            endpoints: addrs.iter().map(|a| Endpoint::new(*a, settings)).collect(),
+            endpoints: ArcSwap::from_pointee(endpoints),
             stats: Arc::new(ColorStats::default()),
             next: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
@@ -202,14 +231,15 @@ impl ColorRoute {
     /// "panic" routing): a probe that times out on a loaded machine must not turn a working
     /// model server into 503s, and a server that is really down fails fast with a connect
     /// error all the same.
-    pub(crate) fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+    pub(crate) fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
         let allowed = |e: &Arc<Endpoint>| exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
-        if let [only] = self.endpoints.as_slice() {
-            return allowed(only).then_some(only);
+        if let [only] = endpoints.as_slice() {
+            return allowed(only).then(|| only.clone());
         }
-        let panic = !self.endpoints.iter().any(|e| allowed(e) && e.routable());
+        let panic = !endpoints.iter().any(|e| allowed(e) && e.routable());
         let usable = |e: &&Arc<Endpoint>| allowed(e) && (panic || e.routable());
-        let count = self.endpoints.iter().filter(usable).count();
+        let count = endpoints.iter().filter(usable).count();
         if count == 0 {
             return None;
         }
@@ -221,24 +251,35 @@ impl ColorRoute {
         } else {
             i
         };
-        let nth = |k| self.endpoints.iter().filter(usable).nth(k);
+        let nth = |k| endpoints.iter().filter(usable).nth(k);
         let (own, other) = (nth(i)?, nth(j)?);
         // Ties go to this turn's position, so equal loads take turns.
         Some(if other.in_flight() < own.in_flight() {
-            other
+            other.clone()
         } else {
-            own
+            own.clone()
         })
+    }
+
+    /// The endpoints now (a snapshot: a re-resolution may replace the set at any time).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Replaces the endpoint set. Requests already on a removed endpoint finish there (they
+    /// hold it); new requests only pick from `endpoints`.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.endpoints.store(Arc::new(endpoints));
     }
 
     /// True when at least one endpoint is known healthy.
     pub fn any_healthy(&self) -> bool {
-        self.endpoints.iter().any(|e| e.health() == Health::Healthy)
+        self.endpoints.load().iter().any(|e| e.health() == Health::Healthy)
     }
 
     /// True when no endpoint has a health result yet.
     pub fn health_unknown(&self) -> bool {
-        self.endpoints.iter().all(|e| e.health() == Health::Unknown)
+        self.endpoints.load().iter().all(|e| e.health() == Health::Unknown)
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -325,10 +366,11 @@ mod tests {
     }
 
     fn shares(r: &ColorRoute, picks: usize) -> Vec<usize> {
-        let mut n = vec![0; r.endpoints.len()];
+        let eps = r.endpoints();
+        let mut n = vec![0; eps.len()];
         for _ in 0..picks {
             let e = r.pick(None).unwrap();
-            n[r.endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap()] += 1;
+            n[eps.iter().position(|x| Arc::ptr_eq(x, &e)).unwrap()] += 1;
         }
         n
     }
@@ -337,7 +379,7 @@ mod tests {
     fn equal_loads_take_turns_and_a_down_endpoint_gives_its_share_to_all() {
         assert_eq!(shares(&route(2), 1000), vec![500, 500]);
         let r = route(4);
-        r.endpoints[1].set_health(Health::Unhealthy);
+        r.endpoints()[1].set_health(Health::Unhealthy);
         // Round-robin gave the dead endpoint's turns to its neighbour (60/30/30 was seen).
         assert_eq!(shares(&r, 3000), vec![1000, 0, 1000, 1000]);
     }
@@ -345,17 +387,17 @@ mod tests {
     #[test]
     fn the_less_loaded_of_two_wins() {
         let r = route(2);
-        let _held: Vec<_> = (0..5).map(|_| r.endpoints[0].claim()).collect();
-        assert_eq!(r.endpoints[0].in_flight(), 5);
+        let _held: Vec<_> = (0..5).map(|_| r.endpoints()[0].claim()).collect();
+        assert_eq!(r.endpoints()[0].in_flight(), 5);
         assert_eq!(
             shares(&r, 100),
             vec![0, 100],
             "a hung endpoint's requests pile up: it gets no more"
         );
         drop(_held);
-        assert_eq!(r.endpoints[0].in_flight(), 0, "claims are given back on drop");
+        assert_eq!(r.endpoints()[0].in_flight(), 0, "claims are given back on drop");
         let r = route(3);
-        let _held = r.endpoints[2].claim();
+        let _held = r.endpoints()[2].claim();
         let s = shares(&r, 300);
         assert!(s[2] < 60 && s[0] + s[1] + s[2] == 300, "{s:?}");
     }
@@ -363,16 +405,16 @@ mod tests {
     #[test]
     fn exclusion_and_panic_routing() {
         let r = route(3);
-        let first = r.endpoints[0].clone();
+        let first = r.endpoints()[0].clone();
         for _ in 0..50 {
-            assert!(!Arc::ptr_eq(r.pick(Some(&first)).unwrap(), &first));
+            assert!(!Arc::ptr_eq(&r.pick(Some(&first)).unwrap(), &first));
         }
-        for e in &r.endpoints {
+        for e in r.endpoints().iter() {
             e.set_health(Health::Unhealthy);
         }
         assert_eq!(shares(&r, 300), vec![100, 100, 100], "all down: all tried anyway");
         let one = route(1);
-        assert!(one.pick(Some(&one.endpoints[0].clone())).is_none());
+        assert!(one.pick(Some(&one.endpoints()[0].clone())).is_none());
         assert!(one.pick(None).is_some());
     }
 }

@@ -3,6 +3,7 @@
 //! plane. Switch and rollback live in [`switch`]; the API's view in [`status`]; the
 //! dashboard's traffic samples in [`series`].
 
+mod resolve;
 pub mod series;
 pub mod status;
 pub mod switch;
@@ -13,11 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cutover_config::{Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol};
+use cutover_config::{
+    EndpointSpec, Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol,
+};
 use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::probe::{Generation, Probe};
 use cutover_proxy::Protocol;
-use cutover_proxy::{Color, ColorRoute, RouteTable, Service, ServiceSettings, TrustedProxies};
+use cutover_proxy::{Color, ColorRoute, Endpoint, RouteTable, Service, ServiceSettings, TrustedProxies};
 use cutover_store::Store;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
@@ -111,6 +114,8 @@ pub struct ServiceCtl {
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
+    /// What the endpoint names last resolved to (see [`resolve`]).
+    resolved: Mutex<resolve::Resolved>,
 }
 
 fn idx(c: Color) -> usize {
@@ -196,8 +201,8 @@ pub fn probe_of(h: &HealthConfig) -> Probe {
     }
 }
 
-/// The endpoints a color has, from static config or the managed ports.
-pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<SocketAddr> {
+/// The endpoints a color has, from static config or the managed ports: names unresolved.
+pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<EndpointSpec> {
     match &cfg.environments {
         Environments::Static { blue, green } => match color {
             Color::Blue => blue.endpoints.clone(),
@@ -209,7 +214,10 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<SocketAddr> {
                 Color::Green => &run.ports.green,
             };
             let ip = run.host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-            ports.iter().map(|p| SocketAddr::new(ip, *p)).collect()
+            ports
+                .iter()
+                .map(|p| EndpointSpec::from_addr(SocketAddr::new(ip, *p)))
+                .collect()
         }
     }
 }
@@ -245,6 +253,7 @@ impl ServiceCtl {
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             op: tokio::sync::Mutex::new(()),
+            resolved: Mutex::default(),
         });
         let [blue, green] = versions;
         svc.install(Color::Blue, blue);
@@ -290,15 +299,29 @@ impl ServiceCtl {
     /// Installs a new route for `color` (a new version there) and starts its health checks,
     /// unless the color is empty: with no version nothing is expected to answer there.
     pub(crate) fn install(&self, color: Color, version: Option<String>) -> Arc<ColorRoute> {
-        let addrs = endpoints_of(&self.cfg, color);
         let checked = version.is_some();
-        let route = ColorRoute::new(color, version, &addrs, &self.proxy.settings);
+        // Under the slots lock, so a re-resolution finishing now either sees this route or
+        // its answers are in the targets read here.
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let endpoints = self
+            .targets(color)
+            .into_iter()
+            .map(|(a, name)| Endpoint::named(a, name, &self.proxy.settings))
+            .collect();
+        let route = ColorRoute::with_endpoints(color, version, endpoints);
         let checks = checked.then(|| health::spawn(&self.cfg.name, &route, &self.health));
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Some(Slot {
+        slots[idx(color)] = Some(Slot {
             route: route.clone(),
             checks,
         });
         route
+    }
+
+    /// Resolves the endpoint names once (start-up: before traffic is served) and keeps them
+    /// resolved from then on.
+    pub async fn start_resolving(self: &Arc<Self>) {
+        let unresolved = self.resolve_names().await;
+        self.spawn_resolver(unresolved);
     }
 
     /// Starts `color`'s health checks if they are not running (it is about to serve).
@@ -315,7 +338,7 @@ impl ServiceCtl {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots[idx(color)].as_mut() {
             slot.checks = None;
-            for e in &slot.route.endpoints {
+            for e in slot.route.endpoints().iter() {
                 e.set_health(cutover_proxy::Health::Unknown);
             }
         }

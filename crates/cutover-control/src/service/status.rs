@@ -12,6 +12,9 @@ use crate::supervisor::ColorProcesses;
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
     pub address: String,
+    /// The configured `NAME:PORT` this address was resolved from; absent for an IP endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub healthy: Option<bool>,
     pub health: Health,
     /// Requests on this endpoint now (a hung endpoint shows as one whose count only grows).
@@ -91,22 +94,23 @@ pub fn endpoint_line(e: &Endpoint) -> String {
             let p = ProbeStatus::of(&r);
             format!(
                 "{} {health}, last probe {:.1} s ago: {}",
-                e.addr,
+                e,
                 p.age_ms as f64 / 1000.0,
                 p.message
             )
         }
-        None => format!("{} {health}, not probed yet", e.addr),
+        None => format!("{e} {health}, not probed yet"),
     }
 }
 
 fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
-    r.endpoints
+    r.endpoints()
         .iter()
         .map(|e| {
             let h = e.health();
             EndpointStatus {
                 address: e.addr.to_string(),
+                name: e.name.as_deref().map(str::to_string),
                 healthy: match h {
                     Health::Unknown => None,
                     Health::Healthy => Some(true),

@@ -137,7 +137,7 @@ impl ServiceCtl {
         if route.any_healthy() {
             return Ok(());
         }
-        let detail: Vec<String> = route.endpoints.iter().map(|e| endpoint_line(e)).collect();
+        let detail: Vec<String> = route.endpoints().iter().map(|e| endpoint_line(e)).collect();
         Err(SwitchError::TargetUnhealthy {
             color: to,
             detail: detail.join("; "),

@@ -17,24 +17,21 @@ pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<Strin
     let c = client(&svc);
     let mut n = 0;
     for check in checks {
-        for ep in &route.endpoints {
+        for ep in route.endpoints().iter() {
             for round in 1..=check.repeat {
                 let at = if check.repeat > 1 {
                     format!(" (answer {round} of {})", check.repeat)
                 } else {
                     String::new()
                 };
-                let a = call(&c, &check.request, ep.addr).await.map_err(|e| {
-                    format!(
-                        "smoke check {:?} failed on {}{at}: request failed: {e}",
-                        check.name, ep.addr
-                    )
-                })?;
+                let a = call(&c, &check.request, ep.addr)
+                    .await
+                    .map_err(|e| format!("smoke check {:?} failed on {}{at}: request failed: {e}", check.name, ep))?;
                 if let Err(why) = check_expect(&check.expect, &a) {
                     return Err(format!(
                         "smoke check {:?} failed on {}{at}: {why}; body: {}",
                         check.name,
-                        ep.addr,
+                        ep,
                         excerpt(&a.body)
                     ));
                 }
@@ -46,8 +43,8 @@ pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<Strin
         "{} check{} passed on {} endpoint{} ({n} requests)",
         checks.len(),
         plural(checks.len(), "s"),
-        route.endpoints.len(),
-        plural(route.endpoints.len(), "s")
+        route.endpoints().len(),
+        plural(route.endpoints().len(), "s")
     ))
 }
 

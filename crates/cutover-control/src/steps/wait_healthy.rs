@@ -23,11 +23,11 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
     // before it lets this step, which knows the endpoints, give the reason.
     let give_up = started + limit.saturating_sub(POLL);
     loop {
-        if route.endpoints.iter().all(|e| e.health() == Health::Healthy) {
+        if route.endpoints().iter().all(|e| e.health() == Health::Healthy) {
             return Ok(format!(
                 "{} endpoint{} healthy after {:.1} s",
-                route.endpoints.len(),
-                plural(route.endpoints.len(), "s"),
+                route.endpoints().len(),
+                plural(route.endpoints().len(), "s"),
                 started.elapsed().as_secs_f64()
             ));
         }
@@ -41,7 +41,7 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
 /// The deadline reason: the endpoints that were not healthy, each with its last probe.
 fn not_healthy(route: &ColorRoute, limit: Duration) -> String {
     let lines: Vec<String> = route
-        .endpoints
+        .endpoints()
         .iter()
         .filter(|e| e.health() != Health::Healthy)
         .map(|e| endpoint_line(e))
@@ -50,8 +50,8 @@ fn not_healthy(route: &ColorRoute, limit: Duration) -> String {
         "waiting for health did not finish within its deadline of {}: {} of {} endpoint{} not healthy: {}",
         deadline_text(limit),
         lines.len(),
-        route.endpoints.len(),
-        plural(route.endpoints.len(), "s"),
+        route.endpoints().len(),
+        plural(route.endpoints().len(), "s"),
         lines.join("; ")
     )
 }

@@ -19,7 +19,7 @@ type Results = Vec<(u32, Result<Duration, String>)>;
 pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConfig) -> Result<String, String> {
     let mut details = Vec::new();
     let mut failed_total = 0;
-    for ep in &route.endpoints {
+    for ep in route.endpoints().iter() {
         let res = warm_one(&svc, ep.addr, &w).await;
         let ok: Vec<Duration> = res.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
         let failed = res.len() - ok.len();
@@ -31,14 +31,14 @@ pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConf
                 .unwrap_or_default();
             return Err(format!(
                 "warm-up of {}: {failed} of {} requests failed, more than warmup.max_failures = {} (first: {first_err})",
-                ep.addr,
+                ep,
                 res.len(),
                 w.max_failures
             ));
         }
         details.push(format!(
             "{}: {} requests, first {:.1} ms, last {:.1} ms",
-            ep.addr,
+            ep,
             res.len(),
             ok.first().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
             ok.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)

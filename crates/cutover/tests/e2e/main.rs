@@ -10,6 +10,7 @@
 //! - `config`: `cutover check` errors and warnings name file, line and key.
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
@@ -29,6 +30,7 @@ mod config;
 mod conformance;
 mod dashboard;
 mod demo;
+mod dns;
 mod gates;
 mod hardening;
 mod http1;

@@ -272,6 +272,9 @@ pub struct Router {
     pub http: Client<HttpConnector, Full<Bytes>>,
     /// Extra environment for the serve process.
     pub env: Vec<(String, String)>,
+    /// A hosts file the serve process sees as `/etc/hosts` (its own mount namespace), for
+    /// endpoint names whose answers a test changes.
+    pub hosts: Option<PathBuf>,
 }
 
 impl Router {
@@ -281,6 +284,17 @@ impl Router {
     }
 
     pub async fn start_with_env(services: &str, env: &[(&str, &str)]) -> Router {
+        Router::start_full(services, env, None).await
+    }
+
+    /// A router whose `/etc/hosts` is `hosts` (bind-mounted in a mount namespace of its own:
+    /// the machine's file is untouched). Edit `hosts` in place, never by rename: the mount
+    /// holds the file, not the name.
+    pub async fn start_with_hosts(services: &str, hosts: &Path) -> Router {
+        Router::start_full(services, &[], Some(hosts.to_path_buf())).await
+    }
+
+    async fn start_full(services: &str, env: &[(&str, &str)], hosts: Option<PathBuf>) -> Router {
         let dir = TempDir::new("router");
         let text = format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\naddress_file = \"admin.addr\"\n\n[store]\npath = \"cutover.db\"\n\n{}",
@@ -300,6 +314,7 @@ impl Router {
             proc: Proc(None),
             http: http_client(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hosts,
         };
         r.spawn().await;
         r
@@ -363,7 +378,16 @@ impl Router {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
-        let mut cmd = Command::new(CUTOVER);
+        let mut cmd = match &self.hosts {
+            None => Command::new(CUTOVER),
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#])
+                    .arg(hosts)
+                    .arg(CUTOVER);
+                c
+            }
+        };
         cmd.args(["serve", "--config"])
             .arg(config)
             .args(["--grace", "5s", "--addresses-file"])

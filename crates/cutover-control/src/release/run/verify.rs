@@ -55,7 +55,7 @@ fn window(route: &ColorRoute, baseline: &StatsSnapshot) -> Window {
         ttft_p99: w.ttft.quantile(0.99),
         token_gap_p99: w.token_gap.quantile(0.99),
         tokens_per_second: w.tokens_per_second(),
-        all_unhealthy: route.endpoints.iter().all(|e| e.health() == Health::Unhealthy),
+        all_unhealthy: route.endpoints().iter().all(|e| e.health() == Health::Unhealthy),
     }
 }
 
