@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use cutover_config::{Config, Environments};
 use cutover_proxy::Color;
 use cutover_release::Outcome;
@@ -23,11 +25,24 @@ use crate::service::{ColorState, ServiceCtl};
 use crate::store_call::blocking;
 use crate::supervisor::{self, Dirs, Role};
 
+/// Configuration reloads done by this process, by result.
+#[derive(Default)]
+pub struct ReloadCounts {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub error: std::sync::atomic::AtomicU64,
+}
+
 /// The control plane: every service, and the store that makes their state durable.
 pub struct Controller {
-    pub services: BTreeMap<String, Arc<ServiceCtl>>,
+    /// Replaced whole when a reload adds or removes a service.
+    services: ArcSwap<BTreeMap<String, Arc<ServiceCtl>>>,
     pub store: Arc<Store>,
+    /// The configuration this process started with (`[admin]` and `[store]` never change
+    /// while it runs; each service's current settings are in its `ServiceCtl`).
     pub config: Config,
+    dirs: Dirs,
+    /// Reloads done by this process, for `cutover_config_reloads_total{result}`.
+    pub reloads: ReloadCounts,
     /// The release in progress per service (at most one).
     releases: Releases,
     /// Pending scale-downs of old colors, per service.
@@ -53,15 +68,17 @@ impl Controller {
             services.insert(name.clone(), svc);
         }
         let ctl = Controller {
-            services,
+            services: ArcSwap::from_pointee(services),
             store,
             config,
+            dirs,
+            reloads: ReloadCounts::default(),
             releases: Releases::default(),
             scale_downs: ScaleDowns::default(),
         };
-        for svc in ctl.services.values() {
+        for svc in ctl.services().values() {
             release::interrupt_unfinished(&ctl.store, svc)
-                .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.cfg.name))?;
+                .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
             ctl.adopt(svc)?;
         }
         Ok(ctl)
@@ -75,7 +92,7 @@ impl Controller {
         let Some(procs) = &svc.procs else {
             return Ok(());
         };
-        let name = &svc.cfg.name;
+        let name = &svc.name;
         let records = self.store.processes(name)?;
         let live = svc.live();
         for c in Color::ALL {
@@ -105,11 +122,11 @@ impl Controller {
     /// Work a previous process left scheduled: the scale-down of the color the latest release
     /// left behind (the old color after a completion, the failed one after a rollback).
     pub fn resume(&self) {
-        for svc in self.services.values() {
-            let latest = match self.store.releases(&svc.cfg.name, 1) {
+        for svc in self.services().values() {
+            let latest = match self.store.releases(&svc.name, 1) {
                 Ok(rows) => rows.into_iter().next(),
                 Err(e) => {
-                    tracing::error!(service = %svc.cfg.name, error = %e, "cannot read the latest release; a pending scale-down is not resumed");
+                    tracing::error!(service = %svc.name, error = %e, "cannot read the latest release; a pending scale-down is not resumed");
                     continue;
                 }
             };
@@ -144,11 +161,50 @@ impl Controller {
         }
     }
 
-    pub fn service(&self, name: &str) -> Result<&Arc<ServiceCtl>, ControlError> {
-        self.services.get(name).ok_or_else(|| ControlError::UnknownService {
+    /// Every service now.
+    pub fn services(&self) -> Arc<BTreeMap<String, Arc<ServiceCtl>>> {
+        self.services.load_full()
+    }
+
+    pub fn service(&self, name: &str) -> Result<Arc<ServiceCtl>, ControlError> {
+        let all = self.services.load();
+        all.get(name).cloned().ok_or_else(|| ControlError::UnknownService {
             name: name.to_string(),
-            known: self.services.keys().cloned().collect::<Vec<_>>().join(", "),
+            known: all.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// A service a reload added: restored from the store as at start-up (a service removed
+    /// and added back finds its routing, history and still-running processes again).
+    pub fn add_service(&self, cfg: &cutover_config::ServiceConfig) -> anyhow::Result<Arc<ServiceCtl>> {
+        let svc = restore(cfg, &self.store, &self.dirs)?;
+        release::interrupt_unfinished(&self.store, &svc)
+            .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
+        self.adopt(&svc)?;
+        let mut all = (*self.services()).clone();
+        all.insert(cfg.name.clone(), svc.clone());
+        self.services.store(Arc::new(all));
+        Ok(svc)
+    }
+
+    /// Forgets a service a reload removed: its health checks and resolver stop with it.
+    /// Managed processes keep running (as when cutover stops) and are adopted again if the
+    /// service comes back. Refused while a release of it runs.
+    pub fn remove_service(&self, name: &str) -> Result<Arc<ServiceCtl>, ControlError> {
+        let svc = self.service(name)?;
+        if let Some(doc) = self.releases.active_doc(name) {
+            return Err(ReleaseError::InProgress {
+                id: doc.id,
+                version: doc.version,
+                phase: doc.phase,
+            }
+            .into());
+        }
+        let mut all = (*self.services()).clone();
+        all.remove(name);
+        self.services.store(Arc::new(all));
+        svc.retire();
+        Ok(svc)
     }
 
     fn run_env(&self) -> RunEnv {
@@ -162,7 +218,7 @@ impl Controller {
     pub async fn switch(&self, name: &str, req: SwitchRequest) -> Result<SwitchOutcome, ControlError> {
         let svc = self.service(name)?;
         let out = svc.switch(req).await?;
-        serve(svc, &out);
+        serve(&svc, &out);
         Ok(out)
     }
 
@@ -170,7 +226,7 @@ impl Controller {
     pub async fn rollback(&self, name: &str, req: RollbackRequest) -> Result<SwitchOutcome, ControlError> {
         let svc = self.service(name)?;
         let out = svc.rollback(req).await?;
-        serve(svc, &out);
+        serve(&svc, &out);
         Ok(out)
     }
 
@@ -225,7 +281,7 @@ impl Controller {
 
     /// Takes one sample of every service's traffic per color (called every `SAMPLE_EVERY`).
     pub fn sample(&self) {
-        for svc in self.services.values() {
+        for svc in self.services().values() {
             svc.sample();
         }
     }

@@ -9,6 +9,8 @@
 //!   → serve → drain.
 //! - [`admin`]: the admin API routes, bearer-token auth, and the mapping of core errors to
 //!   HTTP statuses ([`admin::error`]).
+//! - [`reload`]: the data-plane accept loops of a `serve`, and configuration reload
+//!   (validate whole, refuse what cannot change in place, bind, then apply).
 //! - [`metrics`]: Prometheus exposition read from the data plane's counters at scrape time.
 //! - [`controller`]: every service and the store; restore, adopt and resume at start-up; the
 //!   one entry point for the API.
@@ -29,6 +31,7 @@ pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod release;
+pub mod reload;
 pub mod scale_down;
 pub mod server;
 pub mod service;

@@ -30,7 +30,7 @@ type ColorCounter = (&'static str, &'static str, fn(&ColorRoute) -> u64);
 
 fn color_labels(svc: &ServiceCtl, r: &ColorRoute) -> Labels {
     vec![
-        ("service", svc.cfg.name.clone()),
+        ("service", svc.name.clone()),
         ("color", r.color.as_str().to_string()),
         ("version", r.version.clone().unwrap_or_default()),
     ]
@@ -39,7 +39,7 @@ fn color_labels(svc: &ServiceCtl, r: &ColorRoute) -> Labels {
 /// Every (service, color route) pair, in a stable order.
 fn routes(ctl: &Controller) -> Vec<(Arc<ServiceCtl>, Arc<ColorRoute>)> {
     let mut out = Vec::new();
-    for svc in ctl.services.values() {
+    for svc in ctl.services().values() {
         for c in Color::ALL {
             if let Some(r) = svc.route(c) {
                 out.push((svc.clone(), r));
@@ -247,8 +247,8 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         None,
         MetricType::Gauge,
     )?;
-    for svc in ctl.services.values() {
-        let l: Labels = vec![("service", svc.cfg.name.clone())];
+    for svc in ctl.services().values() {
+        let l: Labels = vec![("service", svc.name.clone())];
         m.encode_family(&l)?
             .encode_gauge(&(svc.proxy.table().generation as i64))?;
     }
@@ -261,8 +261,8 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         ("cutover_rollbacks", "Rollbacks made by this process", 1),
     ] {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for svc in ctl.services.values() {
-            let l: Labels = vec![("service", svc.cfg.name.clone())];
+        for svc in ctl.services().values() {
+            let l: Labels = vec![("service", svc.name.clone())];
             let v = if kind == 0 {
                 svc.switches.load(Relaxed)
             } else {
@@ -277,7 +277,7 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         None,
         MetricType::Counter,
     )?;
-    for svc in ctl.services.values() {
+    for svc in ctl.services().values() {
         let Some(procs) = &svc.procs else { continue };
         let mut counts: std::collections::BTreeMap<(Color, String), u64> = std::collections::BTreeMap::new();
         // Every version a color runs shows, at 0 until it restarts: a rate needs the series.
@@ -291,7 +291,7 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         }
         for ((c, v), n) in counts {
             let l: Labels = vec![
-                ("service", svc.cfg.name.clone()),
+                ("service", svc.name.clone()),
                 ("color", c.as_str().to_string()),
                 ("version", v),
             ];
@@ -299,15 +299,26 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         }
     }
     let mut m = enc.encode_descriptor(
+        "cutover_config_reloads",
+        "Configuration reloads by this process (SIGHUP, POST /v1/reload), by result; an error changed nothing",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("ok", &ctl.reloads.ok), ("error", &ctl.reloads.error)] {
+        let l: Labels = vec![("result", result.to_string())];
+        m.encode_family(&l)?
+            .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;
+    }
+    let mut m = enc.encode_descriptor(
         "cutover_release_phase_info",
         "1 for the phase of the release in progress",
         None,
         MetricType::Gauge,
     )?;
-    for svc in ctl.services.values() {
-        if let Some(d) = ctl.active_release_doc(&svc.cfg.name) {
+    for svc in ctl.services().values() {
+        if let Some(d) = ctl.active_release_doc(&svc.name) {
             let l: Labels = vec![
-                ("service", svc.cfg.name.clone()),
+                ("service", svc.name.clone()),
                 ("release", d.id.to_string()),
                 ("version", d.version.clone()),
                 ("color", d.color.as_str().to_string()),

@@ -28,12 +28,12 @@ impl ScaleDowns {
 
     /// After `delay`, drains `color` and stops it, unless it is live again by then.
     pub(crate) fn schedule(&self, svc: Arc<ServiceCtl>, color: Color, delay: Duration, release_id: i64) {
-        let name = svc.cfg.name.clone();
+        let name = svc.name.clone();
         let me = self.clone();
         let h = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             scale_down(&svc, color, release_id).await;
-            me.lock().remove(&svc.cfg.name);
+            me.lock().remove(&svc.name);
         });
         if let Some(old) = self.lock().insert(name, h) {
             old.abort();
@@ -73,9 +73,9 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         "{color} ({version}) scaled down after scale_down_delay; {}",
         drained.describe()
     );
-    tracing::info!(service = %svc.cfg.name, color = %color, "{reason}");
-    let n = svc.cfg.name.clone();
-    record(&svc.store, "the scale-down", &svc.cfg.name, move |s| {
+    tracing::info!(service = %svc.name, color = %color, "{reason}");
+    let n = svc.name.clone();
+    record(&svc.store, "the scale-down", &svc.name, move |s| {
         s.record_event(&EventRecord {
             service: &n,
             kind: HistoryKind::ScaledDown,

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cutover_config::Config;
-use cutover_proxy::forward::Forwarder;
-use cutover_proxy::listener::{self, ListenerStats};
+use cutover_proxy::listener;
 use cutover_store::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -21,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::controller::Controller;
+use crate::reload::Serving;
 use crate::service::series::SAMPLE_EVERY;
 use crate::service::BoundAddrs;
 use crate::token;
@@ -115,7 +115,7 @@ pub async fn run(
     let ctl = Arc::new(open_and_resume(config)?);
     // Endpoint names resolve before the first request is taken (connections wait in the
     // backlog meanwhile, at most the lookup timeout).
-    for svc in ctl.services.values() {
+    for svc in ctl.services().values() {
         svc.start_resolving().await;
     }
     let sampler = ctl.clone();
@@ -129,25 +129,18 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let serving = Serving::new(ctl.clone(), opts.grace);
     for (name, (live, preview)) in listeners.services {
-        let svc = ctl
+        let cfg = ctl
             .service(&name)
             .context("a bound service is in the controller")?
-            .clone();
-        svc.set_bound(addresses.services[&name]);
-        for (l, is_preview) in std::iter::once((live, false)).chain(preview.map(|p| (p, true))) {
-            tracing::info!(
-                service = %name,
-                listen = %l.local_addr()?,
-                kind = if is_preview { "preview" } else { "live" },
-                "data plane listening"
-            );
-            let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), is_preview));
-            let serving = listener::serve(l, fwd, Arc::new(ListenerStats::default()), stop_rx.clone(), opts.grace);
-            tasks.push(tokio::spawn(serving));
+            .cfg();
+        serving.start(&name, false, live, cfg.listen)?;
+        if let (Some(p), Some(configured)) = (preview, cfg.preview_listen) {
+            serving.start(&name, true, p, configured)?;
         }
     }
-    let app = admin::router(AdminState::new(ctl.clone(), token));
+    let app = admin::router(AdminState::new(ctl.clone(), token).with_reload(serving.clone()));
     tracing::info!(listen = %addresses.admin, "admin API listening");
     tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone())));
     if let Some(path) = &config_admin_address_file {
@@ -155,13 +148,17 @@ pub async fn run(
     }
     if let Some(path) = &opts.addresses_file {
         write_atomically(path, &serde_json::to_string_pretty(&addresses)?)?;
+        serving.set_addresses_file(path.clone(), addresses.admin);
     }
+    let _reload_on_hup = AbortOnDrop(tokio::spawn(reload_on_sighup(serving.clone())));
 
     stop.await;
     tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
     // Every receiver lives in a task we wait for below; none can have gone yet.
     stop_tx.send_replace(true);
-    let all = futures_join(tasks);
+    let all = async {
+        tokio::join!(serving.shutdown(), futures_join(tasks));
+    };
     if tokio::time::timeout(opts.grace + Duration::from_secs(1), all)
         .await
         .is_err()
@@ -208,30 +205,31 @@ async fn wait_for_signal() {
             return;
         }
     };
-    // SIGHUP's default action kills the process at once, cutting every live stream, and a
-    // closed SSH session sends it: until configuration reload exists, it is caught and logged.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-            Some(()) = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                tracing::warn!(
-                    "SIGHUP received and ignored: configuration reload is not built yet; cutover keeps serving \
-                     with the configuration it started with (restart it to apply a new one)"
-                );
-            }
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!(
         "stopping: no new connections; running requests and streams get the grace period; managed \
          model servers keep running (by design) and the next start adopts them"
     );
+}
+
+/// SIGHUP reloads the configuration (its default action would kill the process at once,
+/// cutting every stream, and a closed SSH session sends it).
+async fn reload_on_sighup(serving: Arc<Serving>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload with `cutover reload` instead");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged and counted by the reload itself.
+        let _ = serving.reload("signal:SIGHUP").await;
+    }
 }
 
 /// Stops a background task when the server returns.

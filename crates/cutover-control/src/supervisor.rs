@@ -391,7 +391,9 @@ enum Next {
 /// The managed processes of one service.
 pub struct Supervisor {
     service: String,
-    run: RunConfig,
+    /// The template; a config reload replaces it for the starts that follow (processes
+    /// running keep the command they were started with).
+    run: arc_swap::ArcSwap<RunConfig>,
     dirs: Dirs,
     store: Arc<Store>,
     colors: Mutex<[ColorProcs; 2]>,
@@ -405,7 +407,7 @@ impl Supervisor {
     pub fn new(service: &str, run: RunConfig, dirs: Dirs, store: Arc<Store>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             service: service.to_string(),
-            run,
+            run: arc_swap::ArcSwap::from_pointee(run),
             dirs,
             store,
             colors: Mutex::new([ColorProcs::new(), ColorProcs::new()]),
@@ -418,11 +420,21 @@ impl Supervisor {
         self.colors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ports(&self, color: Color) -> &[u16] {
+    fn ports(&self, color: Color) -> Vec<u16> {
+        let run = self.run();
         match color {
-            Color::Blue => &self.run.ports.blue,
-            Color::Green => &self.run.ports.green,
+            Color::Blue => run.ports.blue.clone(),
+            Color::Green => run.ports.green.clone(),
         }
+    }
+
+    fn run(&self) -> Arc<RunConfig> {
+        self.run.load_full()
+    }
+
+    /// The template for the starts that follow (a reload).
+    pub fn set_run(&self, run: RunConfig) {
+        self.run.store(Arc::new(run));
     }
 
     /// The current start of `color`'s processes; exits carry it.
@@ -438,10 +450,11 @@ impl Supervisor {
             let mut colors = self.lock();
             let c = &mut colors[idx(color)];
             let was = std::mem::replace(&mut c.role, role);
-            if role != Role::Serving || was == Role::Serving || c.stopping || self.run.restart == RestartPolicy::Never {
+            if role != Role::Serving || was == Role::Serving || c.stopping || self.run().restart == RestartPolicy::Never
+            {
                 return;
             }
-            if c.recent.len() >= self.run.restart_limit as usize {
+            if c.recent.len() >= self.run().restart_limit as usize {
                 return;
             }
             let delay = backoff(c.recent.len());
@@ -472,7 +485,7 @@ impl Supervisor {
     /// checking every port is free; records them in the store. Returns their records.
     pub async fn start(self: &Arc<Self>, color: Color, version: &str) -> Result<Vec<ProcessRecord>, String> {
         for port in self.ports(color) {
-            check_port_free(&self.service, &self.run.host, *port)?;
+            check_port_free(&self.service, &self.run().host, port)?;
         }
         let epoch = {
             let mut colors = self.lock();
@@ -508,7 +521,7 @@ impl Supervisor {
         replica: u32,
         port: u16,
     ) -> Result<(ProcessRecord, tokio::process::Child), String> {
-        let run = &self.run;
+        let run = &*self.run();
         let service = self.service.as_str();
         let argv: Vec<String> = run
             .command
@@ -676,19 +689,19 @@ impl Supervisor {
                 log,
             };
             c.last_exit = Some(exit.clone());
-            let window = self.run.restart_window.get();
+            let window = self.run().restart_window.get();
             while c.recent.front().is_some_and(|t| t.elapsed() > window) {
                 c.recent.pop_front();
             }
-            let next = match (c.role, self.run.restart) {
+            let next = match (c.role, self.run().restart) {
                 (Role::Releasing, _) => Next::Report(format!("not restarted: {color} is being released, so the exit fails its release")),
                 (Role::Idle, _) => Next::Report(format!("not restarted: {color} is neither live nor warm")),
                 (Role::Serving, RestartPolicy::Never) => Next::Report("not restarted: restart = \"never\"".into()),
-                (Role::Serving, RestartPolicy::OnFailure) if c.recent.len() >= self.run.restart_limit as usize => {
+                (Role::Serving, RestartPolicy::OnFailure) if c.recent.len() >= self.run().restart_limit as usize => {
                     Next::Report(format!(
                         "not restarted: restart_limit reached ({} restarts within {}); {color} stays down until a release or a person brings it back",
                         c.recent.len(),
-                        self.run.restart_window
+                        self.run().restart_window
                     ))
                 }
                 (Role::Serving, RestartPolicy::OnFailure) => Next::Restart(backoff(c.recent.len())),
@@ -701,8 +714,8 @@ impl Supervisor {
             Next::Restart(d) => format!(
                 "restarting in {} (restart_limit {} within {})",
                 humanize(*d),
-                self.run.restart_limit,
-                self.run.restart_window
+                self.run().restart_limit,
+                self.run().restart_window
             ),
             Next::Report(why) => why.clone(),
         };
@@ -736,7 +749,7 @@ impl Supervisor {
                 return;
             };
             c.recent.push_back(Instant::now());
-            let r = check_port_free(&self.service, &self.run.host, old.port)
+            let r = check_port_free(&self.service, &self.run().host, old.port)
                 .and_then(|()| self.spawn_one(color, &old.version, replica, old.port));
             match r {
                 Ok((rec, child)) => {
@@ -847,7 +860,7 @@ impl Supervisor {
                 all.push(p);
             }
         }
-        stop(&all, self.run.stop_timeout.get()).await;
+        stop(&all, self.run().stop_timeout.get()).await;
         {
             let mut colors = self.lock();
             let c = &mut colors[idx(color)];

@@ -59,7 +59,7 @@ impl Exchange {
         access: impl FnOnce() -> Access,
     ) -> Result<Exchange, ProxyError> {
         let route = fwd.service.target(fwd.preview).ok_or_else(|| no_route(fwd))?;
-        let access = fwd.service.settings.access_log.then(|| Box::new(access()));
+        let access = fwd.service.settings().access_log.then(|| Box::new(access()));
         let post = *method == Method::POST;
         Ok(Exchange {
             guard: Some(Guard::new(route.clone(), started, post, access)),

@@ -247,7 +247,7 @@ impl Forwarder {
         peer: &Peer,
         ex: &mut Exchange,
     ) -> Result<Response<RespBody>, ProxyError> {
-        let settings = &self.service.settings;
+        let settings = &*self.service.settings();
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         check(&mut parts, settings)?;
@@ -307,7 +307,7 @@ impl Forwarder {
         mut endpoint: Arc<Endpoint>,
         host: Option<&HeaderValue>,
     ) -> Result<(Response<Incoming>, Conn, EndpointLoad), ProxyError> {
-        let settings = &self.service.settings;
+        let settings = &*self.service.settings();
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
         // A request with no body can be sent again; its head is kept for that only when

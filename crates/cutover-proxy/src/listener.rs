@@ -93,14 +93,25 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let settings = fwd.service.settings.clone();
-    let engines = Engines::new(&settings);
+    let mut settings = fwd.service.settings();
+    let mut engines = Engines::new(&settings);
     // Every fast-path connection holds a sender; the drain waits for all of them to go.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let cap = Arc::new(Semaphore::new(settings.max_connections));
+    let mut cap = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
     loop {
+        // A reload gave the service new settings: connections from now on get them. The
+        // connections open before hold places under the old cap, counted apart from the new
+        // one until they close (for at most their lifetime, the two caps add up).
+        let now = fwd.service.settings();
+        if !Arc::ptr_eq(&now, &settings) {
+            engines = Engines::new(&now);
+            if now.max_connections != settings.max_connections {
+                cap = Arc::new(Semaphore::new(now.max_connections));
+            }
+            settings = now;
+        }
         let Some(permit) = next_permit(&cap, &stats, &fwd, addr, &mut shutdown).await else {
             break;
         };
@@ -180,7 +191,7 @@ async fn next_permit(
         tracing::warn!(
             service = %fwd.service.name,
             listener = ?addr,
-            max_connections = fwd.service.settings.max_connections,
+            max_connections = fwd.service.settings().max_connections,
             "connection cap reached: new connections wait in the listen backlog until one closes"
         );
     }
@@ -213,7 +224,7 @@ fn hyper_service(
     Future = impl std::future::Future<Output = Result<http::Response<crate::body::RespBody>, Infallible>> + Send,
 > + Clone {
     // Made once per connection: no formatting per request.
-    let peer = Arc::new(crate::forward::Peer::new(peer, &fwd.service.settings));
+    let peer = Arc::new(crate::forward::Peer::new(peer, &fwd.service.settings()));
     hyper::service::service_fn(move |req| {
         let fwd = fwd.clone();
         let peer = peer.clone();

@@ -321,7 +321,9 @@ impl RouteTable {
 /// The data plane's handle on one service: a name, settings and the route table.
 pub struct Service {
     pub name: String,
-    pub settings: Arc<ServiceSettings>,
+    /// Replaced whole by a config reload; a connection reads it once when it opens and keeps
+    /// what it read (as nginx workers keep the configuration they started with).
+    settings: ArcSwap<ServiceSettings>,
     table: ArcSwap<RouteTable>,
 }
 
@@ -329,9 +331,19 @@ impl Service {
     pub fn new(name: impl Into<String>, settings: ServiceSettings, table: RouteTable) -> Arc<Service> {
         Arc::new(Service {
             name: name.into(),
-            settings: Arc::new(settings),
+            settings: ArcSwap::from_pointee(settings),
             table: ArcSwap::from_pointee(table),
         })
+    }
+
+    /// The settings new connections take.
+    pub fn settings(&self) -> Arc<ServiceSettings> {
+        self.settings.load_full()
+    }
+
+    /// New settings for connections opened from now on (a reload).
+    pub fn set_settings(&self, settings: ServiceSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// The current snapshot.

@@ -80,10 +80,12 @@ pub enum HistoryKind {
     ProcessExited,
     /// The supervisor started a managed process again after it exited.
     ProcessRestarted,
+    /// A configuration reload added the service or changed it; the reason lists what changed.
+    Reconfigured,
 }
 
 impl HistoryKind {
-    const ALL: [HistoryKind; 11] = [
+    const ALL: [HistoryKind; 12] = [
         HistoryKind::Switched,
         HistoryKind::RolledBack,
         HistoryKind::ReleaseStarted,
@@ -95,6 +97,7 @@ impl HistoryKind {
         HistoryKind::ScaledDown,
         HistoryKind::ProcessExited,
         HistoryKind::ProcessRestarted,
+        HistoryKind::Reconfigured,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl HistoryKind {
             HistoryKind::ScaledDown => "scaled_down",
             HistoryKind::ProcessExited => "process_exited",
             HistoryKind::ProcessRestarted => "process_restarted",
+            HistoryKind::Reconfigured => "reconfigured",
         }
     }
 }

@@ -120,6 +120,19 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Reload the running router's configuration file (as SIGHUP does) and say what changed.
+    #[command(
+        long_about = "Reload the running router's configuration file (as SIGHUP does) and say what changed. \
+            The file is validated whole first: an invalid file (exit 2, naming file, line and key), or a change \
+            reload cannot make in place ([admin], [store], static <-> managed, upstream_protocol, run.host/ports, \
+            a service mid-release; exit 1), changes nothing. Connections are not dropped; a listener is re-bound \
+            only when its address changed.",
+        after_help = "Examples:\n  cutover reload\n  cutover check /etc/cutover/cutover.toml && cutover reload --json"
+    )]
+    Reload {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Show the switch, release, approval and abort history of a service, newest first.
     #[command(after_help = "Examples:\n  cutover history chat\n  cutover history --limit 100 --json")]
     History {

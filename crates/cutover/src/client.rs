@@ -207,7 +207,13 @@ impl Client {
             .unwrap_or_else(|| v.to_string());
         let exit = match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => 3,
-            s if s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND || s == StatusCode::METHOD_NOT_ALLOWED => 2,
+            s if s == StatusCode::BAD_REQUEST
+                || s == StatusCode::NOT_FOUND
+                || s == StatusCode::METHOD_NOT_ALLOWED
+                || s == StatusCode::UNPROCESSABLE_ENTITY =>
+            {
+                2
+            }
             _ => 1,
         };
         Err(Failure {

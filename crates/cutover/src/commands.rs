@@ -23,6 +23,13 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             switch(&remote, &service, body).await
         }
         Command::Release(r) => release_cmd(r).await,
+        Command::Reload { remote } => {
+            let c = Client::new(&remote)?;
+            let v = c.post("/v1/reload", &json!({})).await?;
+            output::print(&remote, &v, |v| {
+                format!("reloaded: {}", v["summary"].as_str().unwrap_or("?"))
+            })
+        }
         Command::Releases { service, limit, remote } => {
             let c = Client::new(&remote)?;
             let v = c.get(&format!("/v1/services/{service}/releases")).await?;

@@ -32,12 +32,25 @@ pub struct AdminState {
     pub ctl: Arc<Controller>,
     pub token: Token,
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The running `serve`'s listeners, which a reload changes; `None` in a bare controller.
+    pub serving: Option<Arc<crate::reload::Serving>>,
 }
 
 impl AdminState {
     pub fn new(ctl: Arc<Controller>, token: Token) -> AdminState {
         let metrics = Arc::new(crate::metrics::registry(ctl.clone()));
-        AdminState { ctl, token, metrics }
+        AdminState {
+            ctl,
+            token,
+            metrics,
+            serving: None,
+        }
+    }
+
+    /// Lets `POST /v1/reload` reload the configuration of this `serve`.
+    pub fn with_reload(mut self, serving: Arc<crate::reload::Serving>) -> AdminState {
+        self.serving = Some(serving);
+        self
     }
 }
 
@@ -54,6 +67,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/releases/{id}", get(get_release))
         .route("/v1/services/{svc}/releases/{id}/approve", post(approve))
         .route("/v1/services/{svc}/releases/{id}/abort", post(abort))
+        .route("/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -192,9 +206,29 @@ fn actor(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "api".to_string())
 }
 
+/// Reads the config file again and applies the differences (see `reload`).
+async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    use crate::reload::ReloadError;
+    let serving = st
+        .serving
+        .clone()
+        .ok_or_else(|| ApiError::new(503, "unavailable", "this controller serves no listeners to reload"))?;
+    match serving.reload(&actor(&headers)).await {
+        Ok(r) => Ok(Json(json!({
+            "summary": r.summary(),
+            "added": r.added,
+            "removed": r.removed,
+            "changed": r.changed,
+        }))),
+        Err(e @ ReloadError::Invalid(_)) => Err(ApiError::new(422, "invalid_config", e.to_string())),
+        Err(e @ ReloadError::Refused(_)) => Err(ApiError::conflict("reload_refused", e.to_string())),
+        Err(e @ ReloadError::Bind(_)) => Err(ApiError::conflict("cannot_bind", e.to_string())),
+    }
+}
+
 async fn list_services(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
-    for name in st.ctl.services.keys() {
+    for name in st.ctl.services().keys() {
         out.push(service_json(&st, name)?);
     }
     Ok(Json(json!({ "services": out })))
@@ -396,10 +430,10 @@ fn release_json(st: &AdminState, d: &crate::release::ReleaseDoc) -> Value {
     let mut v = serde_json::to_value(d).unwrap_or_default();
     let deadline = st
         .ctl
-        .services
-        .get(&d.service)
+        .service(&d.service)
+        .ok()
         .filter(|_| d.outcome.is_none())
-        .and_then(|svc| phase_deadline(&svc.cfg.release, d.phase));
+        .and_then(|svc| phase_deadline(&svc.cfg().release, d.phase));
     v["phase_deadline_s"] = json!(deadline.map(|t| t.as_secs_f64()));
     v
 }
@@ -470,7 +504,7 @@ async fn service_logs(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let service = st.ctl.service(&svc)?;
-    let targets = logs::targets(&service.cfg.environments, &q, &svc)?;
+    let targets = logs::targets(&service.cfg().environments, &q, &svc)?;
     let data_dir = st.ctl.config.store.data_dir.clone();
     let name = svc.clone();
     let chunks = tokio::task::spawn_blocking(move || {

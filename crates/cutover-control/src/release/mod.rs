@@ -62,7 +62,7 @@ impl Releases {
         actor: &str,
     ) -> Result<ReleaseDoc, ReleaseError> {
         validate_version(version)?;
-        let name = svc.cfg.name.clone();
+        let name = svc.name.clone();
         let previous_color = svc.live();
         let mut doc = ReleaseDoc::new(
             NewRelease {
@@ -73,7 +73,7 @@ impl Releases {
                 previous_color,
                 previous_version: previous_color.and_then(|c| svc.version_of(c)),
                 plan: Plan {
-                    manual: svc.cfg.release.promotion == cutover_config::Promotion::Manual,
+                    manual: svc.cfg().release.promotion == cutover_config::Promotion::Manual,
                     has_previous: previous_color.is_some(),
                 },
             },
@@ -262,9 +262,9 @@ async fn record_end(store: &Arc<Store>, d: &ReleaseDoc, actor: &str) {
 /// every listener is bound: a second `serve` must not touch a live instance's store).
 pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<(), StoreFailure> {
     let table = svc.proxy.table();
-    for (id, v) in store.unfinished_releases(&svc.cfg.name)? {
+    for (id, v) in store.unfinished_releases(&svc.name)? {
         let Ok(mut doc) = serde_json::from_value::<ReleaseDoc>(v) else {
-            tracing::warn!(service = %svc.cfg.name, release = id, "an unfinished release document cannot be read; left as it is");
+            tracing::warn!(service = %svc.name, release = id, "an unfinished release document cannot be read; left as it is");
             continue;
         };
         let reason = format!(
@@ -285,7 +285,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
         doc.updated_at = now;
         store.update_release(id, &serde_json::to_value(&doc)?, true)?;
         store.record_event(&EventRecord {
-            service: &svc.cfg.name,
+            service: &svc.name,
             kind: HistoryKind::ReleaseInterrupted,
             color: Some(stored(doc.color)),
             version: Some(&doc.version),
@@ -293,7 +293,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
             reason: &reason,
             release_id: Some(id),
         })?;
-        tracing::warn!(service = %svc.cfg.name, release = id, version = %doc.version, phase = %doc.phase, "release interrupted by a restart; {reason}");
+        tracing::warn!(service = %svc.name, release = id, version = %doc.version, phase = %doc.phase, "release interrupted by a restart; {reason}");
     }
     Ok(())
 }

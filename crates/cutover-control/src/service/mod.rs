@@ -3,6 +3,7 @@
 //! plane. Switch and rollback live in [`switch`]; the API's view in [`status`]; the
 //! dashboard's traffic samples in [`series`].
 
+mod reconfigure;
 mod resolve;
 pub mod series;
 pub mod status;
@@ -13,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_config::{
     EndpointSpec, Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol,
@@ -93,17 +95,21 @@ pub struct BoundAddrs {
 
 /// The control plane's view of one service.
 pub struct ServiceCtl {
-    pub cfg: ServiceConfig,
+    pub name: String,
+    /// Replaced whole by a config reload ([`ServiceCtl::reconfigure`]); a release reads it
+    /// once when it starts and keeps that copy to its end.
+    cfg: ArcSwap<ServiceConfig>,
     /// The data plane's handle: the route table lives here.
     pub proxy: Arc<Service>,
-    pub health: HealthSpec,
+    health: ArcSwap<HealthSpec>,
     /// Where switches, versions and managed processes are made durable.
     pub(crate) store: Arc<Store>,
     slots: Mutex<[Option<Slot>; 2]>,
     /// Overrides of a color's displayed state; `None` means it is derived (live, idle, empty).
     states: Mutex<[Option<ColorState>; 2]>,
-    /// Set once by `serve` after binding; `None` in a controller that serves no traffic.
-    bound: std::sync::OnceLock<BoundAddrs>,
+    /// Set by `serve` after binding (again when a reload re-binds); `None` in a controller
+    /// that serves no traffic.
+    bound: Mutex<Option<BoundAddrs>>,
     /// The managed processes of both colors; `None` for static endpoints.
     pub(crate) procs: Option<Arc<Supervisor>>,
     /// Requests/s and error rate per color over the last minutes, for the dashboard.
@@ -116,6 +122,10 @@ pub struct ServiceCtl {
     pub(crate) op: tokio::sync::Mutex<()>,
     /// What the endpoint names last resolved to (see [`resolve`]).
     resolved: Mutex<resolve::Resolved>,
+    /// Set when a reload removed the service.
+    retired: std::sync::atomic::AtomicBool,
+    /// Set once the resolver task runs (at most one per service).
+    resolving: std::sync::atomic::AtomicBool,
 }
 
 fn idx(c: Color) -> usize {
@@ -222,38 +232,59 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<EndpointSpec> {
     }
 }
 
+/// How the health checks of a service probe, from its config.
+pub fn health_spec(cfg: &ServiceConfig) -> HealthSpec {
+    HealthSpec {
+        probe: probe_of(&cfg.health),
+        interval: cfg.health.interval.get(),
+        timeout: cfg.health.timeout.get(),
+        healthy_threshold: cfg.health.healthy_threshold,
+        unhealthy_threshold: cfg.health.unhealthy_threshold,
+        protocol: match cfg.upstream_protocol {
+            UpstreamProtocol::Http1 => Protocol::Http1,
+            UpstreamProtocol::H2c => Protocol::H2c,
+        },
+        passive_window: cfg.health.passive_window.get(),
+    }
+}
+
 impl ServiceCtl {
+    /// The service's configuration now.
+    pub fn cfg(&self) -> Arc<ServiceConfig> {
+        self.cfg.load_full()
+    }
+
+    /// The health checks' settings now.
+    pub fn health(&self) -> Arc<HealthSpec> {
+        self.health.load_full()
+    }
+
     /// A service with both colors' routes installed (their health checks running) and
     /// nothing published yet.
     pub fn new(cfg: ServiceConfig, store: Arc<Store>, versions: [Option<String>; 2], dirs: Dirs) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
-        let health = HealthSpec {
-            probe: probe_of(&cfg.health),
-            interval: cfg.health.interval.get(),
-            timeout: cfg.health.timeout.get(),
-            healthy_threshold: cfg.health.healthy_threshold,
-            unhealthy_threshold: cfg.health.unhealthy_threshold,
-            protocol: proxy.settings.protocol,
-            passive_window: cfg.health.passive_window.get(),
-        };
+        let health = health_spec(&cfg);
         let procs = match &cfg.environments {
             Environments::Managed(run) => Some(Supervisor::new(&cfg.name, run.clone(), dirs, store.clone())),
             Environments::Static { .. } => None,
         };
         let svc = Arc::new(ServiceCtl {
-            cfg,
+            name: cfg.name.clone(),
+            cfg: ArcSwap::from_pointee(cfg),
             proxy,
-            health,
+            health: ArcSwap::from_pointee(health),
             store,
             slots: Mutex::new([None, None]),
             states: Mutex::new([None, None]),
-            bound: std::sync::OnceLock::new(),
+            bound: Mutex::new(None),
             procs,
             series: Default::default(),
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             op: tokio::sync::Mutex::new(()),
             resolved: Mutex::default(),
+            retired: Default::default(),
+            resolving: Default::default(),
         });
         let [blue, green] = versions;
         svc.install(Color::Blue, blue);
@@ -262,16 +293,16 @@ impl ServiceCtl {
     }
 
     pub fn is_managed(&self) -> bool {
-        matches!(self.cfg.environments, Environments::Managed(_))
+        matches!(self.cfg().environments, Environments::Managed(_))
     }
 
-    /// Records what `serve` bound; the first call wins (a service is bound once).
+    /// Records what `serve` bound.
     pub fn set_bound(&self, addrs: BoundAddrs) {
-        let _already_set = self.bound.set(addrs);
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(addrs);
     }
 
     pub fn bound(&self) -> Option<BoundAddrs> {
-        self.bound.get().copied()
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn set_state(&self, c: Color, state: Option<ColorState>) {
@@ -306,10 +337,10 @@ impl ServiceCtl {
         let endpoints = self
             .targets(color)
             .into_iter()
-            .map(|(a, name)| Endpoint::named(a, name, &self.proxy.settings))
+            .map(|(a, name)| Endpoint::named(a, name, &self.proxy.settings()))
             .collect();
         let route = ColorRoute::with_endpoints(color, version, endpoints);
-        let checks = checked.then(|| health::spawn(&self.cfg.name, &route, &self.health));
+        let checks = checked.then(|| health::spawn(&self.name, &route, &self.health()));
         slots[idx(color)] = Some(Slot {
             route: route.clone(),
             checks,
@@ -324,11 +355,29 @@ impl ServiceCtl {
         self.spawn_resolver(unresolved);
     }
 
+    /// A reload removed the service: its health checks stop now, its resolver at its next turn.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+        for slot in self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .flatten()
+        {
+            slot.checks = None;
+        }
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Starts `color`'s health checks if they are not running (it is about to serve).
     pub(crate) fn watch(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = slots[idx(color)].as_mut().filter(|s| s.checks.is_none()) {
-            slot.checks = Some(health::spawn(&self.cfg.name, &slot.route, &self.health));
+            slot.checks = Some(health::spawn(&self.name, &slot.route, &self.health()));
         }
     }
 
@@ -385,16 +434,16 @@ impl ServiceCtl {
                 closed: 0,
             };
         };
-        let deadline = started + self.cfg.release.drain_timeout.get();
+        let deadline = started + self.cfg().release.drain_timeout.get();
         if route.in_flight() > 0 {
-            tracing::info!(service = %self.cfg.name, color = %color, in_flight = route.in_flight(), "waiting for requests to finish before stopping the color");
+            tracing::info!(service = %self.name, color = %color, in_flight = route.in_flight(), "waiting for requests to finish before stopping the color");
         }
         while route.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
         let closed = route.in_flight();
         if closed > 0 {
-            tracing::warn!(service = %self.cfg.name, color = %color, left = closed, "drain deadline passed: closing requests still open");
+            tracing::warn!(service = %self.name, color = %color, left = closed, "drain deadline passed: closing requests still open");
             route.close_in_flight();
         }
         Drained {

@@ -65,7 +65,7 @@ impl ServiceCtl {
     pub(crate) fn targets(&self, color: Color) -> Vec<(SocketAddr, Option<Arc<str>>)> {
         let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(SocketAddr, Option<Arc<str>>)> = Vec::new();
-        for spec in super::endpoints_of(&self.cfg, color) {
+        for spec in super::endpoints_of(&self.cfg(), color) {
             let addrs: Vec<(SocketAddr, Option<Arc<str>>)> = match spec.literal() {
                 Some(a) => vec![(a, None)],
                 None => {
@@ -89,7 +89,7 @@ impl ServiceCtl {
 
     /// Names configured for this service, to resolve.
     fn names(&self) -> Vec<EndpointSpec> {
-        names_of(Color::ALL.into_iter().flat_map(|c| super::endpoints_of(&self.cfg, c)))
+        names_of(Color::ALL.into_iter().flat_map(|c| super::endpoints_of(&self.cfg(), c)))
     }
 
     /// Resolves every name once and moves the colors' endpoint sets to the answers. Returns
@@ -108,11 +108,11 @@ impl ServiceCtl {
                 match answer {
                     Ok(addrs) => {
                         if r.failing.remove(spec).is_some() {
-                            tracing::info!(service = %self.cfg.name, endpoint = %spec, addresses = ?addrs, "endpoint name resolves again");
+                            tracing::info!(service = %self.name, endpoint = %spec, addresses = ?addrs, "endpoint name resolves again");
                         }
                         let before = r.names.insert(spec.clone(), Some(addrs.clone()));
                         if before.as_ref().and_then(|b| b.as_ref()) != Some(&addrs) {
-                            tracing::info!(service = %self.cfg.name, endpoint = %spec, addresses = ?addrs, "endpoint name resolved");
+                            tracing::info!(service = %self.name, endpoint = %spec, addresses = ?addrs, "endpoint name resolved");
                             changed = true;
                         }
                     }
@@ -123,10 +123,10 @@ impl ServiceCtl {
                         if r.failing.get(spec) != Some(&e) {
                             match &known {
                                 Some(addrs) => {
-                                    tracing::warn!(service = %self.cfg.name, endpoint = %spec, error = %e, kept = ?addrs, "cannot resolve endpoint name; keeping its last addresses")
+                                    tracing::warn!(service = %self.name, endpoint = %spec, error = %e, kept = ?addrs, "cannot resolve endpoint name; keeping its last addresses")
                                 }
                                 None => {
-                                    tracing::error!(service = %self.cfg.name, endpoint = %spec, error = %e, "cannot resolve endpoint name; it has no endpoints until it resolves (retrying every second)")
+                                    tracing::error!(service = %self.name, endpoint = %spec, error = %e, "cannot resolve endpoint name; it has no endpoints until it resolves (retrying every second)")
                                 }
                             }
                             r.failing.insert(spec.clone(), e);
@@ -163,14 +163,14 @@ impl ServiceCtl {
             match current.iter().find(|e| e.addr == *a && e.name == *n) {
                 Some(e) => next.push(e.clone()),
                 None => {
-                    let e = Endpoint::named(*a, n.clone(), &self.proxy.settings);
+                    let e = Endpoint::named(*a, n.clone(), &self.proxy.settings());
                     fresh.push(e.clone());
                     next.push(e);
                 }
             }
         }
         if self.watched(color) && !fresh.is_empty() {
-            health::check_endpoints(&self.cfg.name, &route, &fresh, &self.health).await;
+            health::check_endpoints(&self.name, &route, &fresh, &self.health()).await;
         }
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let Some(slot) = slots[idx(color)].as_mut().filter(|s| Arc::ptr_eq(&s.route, &route)) else {
@@ -183,29 +183,43 @@ impl ServiceCtl {
             .map(|e| e.to_string())
             .collect();
         let added: Vec<String> = fresh.iter().map(|e| e.to_string()).collect();
-        tracing::info!(service = %self.cfg.name, color = %color, added = ?added, removed = ?gone, "endpoints changed");
+        tracing::info!(service = %self.name, color = %color, added = ?added, removed = ?gone, "endpoints changed");
         route.set_endpoints(next);
         if slot.checks.is_some() {
-            slot.checks = Some(health::spawn(&self.cfg.name, &route, &self.health));
+            slot.checks = Some(health::spawn(&self.name, &route, &self.health()));
         }
     }
 
     /// Resolves the names again every `resolve_interval` (every second while one has never
     /// resolved), for as long as the service exists.
     pub(crate) fn spawn_resolver(self: &Arc<Self>, unresolved: bool) {
-        if self.names().is_empty() {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.names().is_empty() || self.resolving.swap(true, Relaxed) {
             return;
         }
         let weak: Weak<ServiceCtl> = Arc::downgrade(self);
-        let every = self.cfg.resolve_interval.get();
         tokio::spawn(async move {
             let mut unresolved = unresolved;
             loop {
+                // Read each turn: a reload may change it.
+                let every = match weak.upgrade() {
+                    Some(svc) if !svc.is_retired() => svc.cfg().resolve_interval.get(),
+                    _ => return,
+                };
                 tokio::time::sleep(if unresolved { RETRY_UNRESOLVED.min(every) } else { every }).await;
-                let Some(svc) = weak.upgrade() else { return };
+                let Some(svc) = weak.upgrade().filter(|s| !s.is_retired()) else {
+                    return;
+                };
                 unresolved = svc.resolve_names().await;
             }
         });
+    }
+}
+
+impl ServiceCtl {
+    /// Starts the resolver if names appeared (a reload) and none runs yet.
+    pub(crate) fn ensure_resolver(self: &Arc<Self>) {
+        self.spawn_resolver(false);
     }
 }
 

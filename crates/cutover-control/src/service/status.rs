@@ -161,11 +161,11 @@ impl ServiceCtl {
             );
         }
         ServiceStatus {
-            name: self.cfg.name.clone(),
+            name: self.name.clone(),
             live: table.live_color(),
             generation: table.generation,
-            listen: self.cfg.listen.to_string(),
-            preview_listen: self.cfg.preview_listen.map(|a| a.to_string()),
+            listen: self.cfg().listen.to_string(),
+            preview_listen: self.cfg().preview_listen.map(|a| a.to_string()),
             bound: self.bound(),
             colors,
             release,

@@ -80,7 +80,7 @@ impl ServiceCtl {
             self.rollbacks.fetch_add(1, Relaxed);
         }
         tracing::info!(
-            service = %self.cfg.name,
+            service = %self.name,
             from = previous.map(Color::as_str).unwrap_or("none"),
             to = %to,
             version = route.version.as_deref().unwrap_or("-"),
@@ -114,13 +114,13 @@ impl ServiceCtl {
             (None, Some(live)) => live.other(),
             (None, None) => {
                 return Err(SwitchError::NothingLive {
-                    service: self.cfg.name.clone(),
+                    service: self.name.clone(),
                 })
             }
         };
         if table.live_color() == Some(to) {
             return Err(SwitchError::AlreadyLive {
-                service: self.cfg.name.clone(),
+                service: self.name.clone(),
                 color: to,
                 generation,
             });
@@ -132,7 +132,7 @@ impl ServiceCtl {
     async fn refuse_unhealthy(&self, to: Color, route: &Arc<ColorRoute>) -> Result<(), SwitchError> {
         if route.health_unknown() {
             // No result yet (a fresh router): probe now rather than refuse or guess.
-            health::check_now(&self.cfg.name, route, &self.health).await;
+            health::check_now(&self.name, route, &self.health()).await;
         }
         if route.any_healthy() {
             return Ok(());
@@ -146,7 +146,7 @@ impl ServiceCtl {
 
     /// Commits the switch (compare-and-swap on `generation`); returns the new generation.
     async fn commit_switch(&self, generation: u64, to: Color, req: &SwitchRequest) -> Result<u64, SwitchError> {
-        let service = self.cfg.name.clone();
+        let service = self.name.clone();
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = blocking(&self.store, move |s| {
             s.switch(&SwitchRecord {
@@ -164,7 +164,7 @@ impl ServiceCtl {
     }
 
     pub(crate) async fn rollback_locked(&self, req: RollbackRequest) -> Result<SwitchOutcome, SwitchError> {
-        let service = self.cfg.name.clone();
+        let service = self.name.clone();
         let Some(live) = self.live() else {
             return Err(SwitchError::NothingToRollBack { service });
         };

@@ -32,7 +32,7 @@ pub use warm_up::warm_up;
 /// service's upstream protocol.
 pub(crate) fn client(svc: &ServiceCtl) -> Client<HttpConnector, Full<Bytes>> {
     let mut b = Client::builder(TokioExecutor::new());
-    if svc.proxy.settings.protocol == cutover_proxy::Protocol::H2c {
+    if svc.proxy.settings().protocol == cutover_proxy::Protocol::H2c {
         b.http2_only(true);
     }
     b.build(HttpConnector::new())

@@ -16,7 +16,7 @@ use crate::supervisor::Supervisor;
 
 pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
     svc.set_state(color, Some(ColorState::Provisioning));
-    let name = svc.cfg.name.clone();
+    let name = svc.name.clone();
     let detail = match &svc.procs {
         Some(procs) => start_managed(&svc, procs, color, &version).await?,
         None => "static endpoints: recorded the version label".to_string(),

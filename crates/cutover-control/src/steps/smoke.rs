@@ -10,7 +10,7 @@ use super::{call, client, excerpt, plural, Answer};
 use crate::service::ServiceCtl;
 
 pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
-    let checks = &svc.cfg.release.smoke;
+    let checks = &svc.cfg().release.smoke;
     if checks.is_empty() {
         return Ok("no smoke checks configured".into());
     }

@@ -18,7 +18,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
     let started = Instant::now();
-    let limit = svc.cfg.release.health_timeout.get();
+    let limit = svc.cfg().release.health_timeout.get();
     // The run's own deadline on this phase is the same `health_timeout`; ending one poll
     // before it lets this step, which knows the endpoints, give the reason.
     let give_up = started + limit.saturating_sub(POLL);

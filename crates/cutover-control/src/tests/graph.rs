@@ -16,6 +16,7 @@ const LAYERS: &[&str] = &[
     "scale_down",
     "release",
     "controller",
+    "reload",
     "metrics",
     "admin",
     "server",

@@ -78,7 +78,7 @@ impl ClientConn {
         fwd: Arc<Forwarder>,
         shutdown: watch::Receiver<bool>,
     ) -> ClientConn {
-        let settings = fwd.service.settings.clone();
+        let settings = fwd.service.settings();
         ClientConn {
             client,
             peer,

@@ -18,6 +18,7 @@
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `probes`: health probes by kind (gRPC on grpcio, generation), passive evidence, the
 //!   probe failure metric, the example configs.
+//! - `reload`: configuration reload (`cutover reload`, SIGHUP) under load; refusals change nothing.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
@@ -38,6 +39,7 @@ mod llama;
 mod observability;
 mod probes;
 mod release;
+mod reload;
 mod restart;
 mod routing;
 mod supervise;

@@ -146,7 +146,7 @@ impl ReleaseRun {
             Err(e) => Err(e.into()),
         };
         if let Err(e) = r {
-            tracing::error!(service = %self.svc.cfg.name, release = id, error = %e, "the store could not record the release document");
+            tracing::error!(service = %self.svc.name, release = id, error = %e, "the store could not record the release document");
         }
     }
 

@@ -18,13 +18,13 @@ use crate::store_call::record;
 impl ReleaseRun {
     /// Runs every stage before the switch; returns the new color's route, ready to go live.
     pub(super) async fn pre_switch(&mut self) -> Result<Arc<ColorRoute>, Stop> {
-        let rel = self.svc.cfg.release.clone();
+        let rel = self.svc.cfg().release.clone();
         let phase_timeout = Some(rel.phase_timeout.get());
         let (color, version) = self.doc(|d| (d.color, d.version.clone()));
 
-        self.env.scale_downs.cancel(&self.svc.cfg.name);
+        self.env.scale_downs.cancel(&self.svc.name);
         // Provisioning may first drain what still runs at the color and stop it.
-        let provision_deadline = match &self.svc.cfg.environments {
+        let provision_deadline = match &self.svc.cfg().environments {
             cutover_config::Environments::Managed(run) => {
                 rel.phase_timeout.get() + rel.drain_timeout.get() + run.stop_timeout.get()
             }
@@ -80,7 +80,7 @@ impl ReleaseRun {
     /// Waits for `approve` (or `auto_promote_after`), then records who approved.
     async fn approval(&mut self) -> Result<(), Stop> {
         let signals = self.active.signals.clone();
-        let auto_after = self.svc.cfg.release.auto_promote_after;
+        let auto_after = self.svc.cfg().release.auto_promote_after;
         let wait = async {
             match auto_after {
                 Some(after) => {
@@ -129,14 +129,14 @@ impl ReleaseRun {
         }
         match &stop {
             Stop::Failed(e) => {
-                tracing::warn!(service = %self.svc.cfg.name, release = self.active.id, phase = %e.phase, reason = %e.reason, "release step failed")
+                tracing::warn!(service = %self.svc.name, release = self.active.id, phase = %e.phase, reason = %e.reason, "release step failed")
             }
             Stop::Aborted(why) => {
-                tracing::info!(service = %self.svc.cfg.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")
+                tracing::info!(service = %self.svc.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")
             }
         }
         if let Err(e) = self.transition(stop.event(), stop.detail().to_string()).await {
-            tracing::error!(service = %self.svc.cfg.name, release = self.active.id, error = %e, "could not record the end of the release");
+            tracing::error!(service = %self.svc.name, release = self.active.id, error = %e, "could not record the end of the release");
             self.doc(|d| {
                 d.outcome = Some(Outcome::Aborted);
                 d.reason = Some(stop.detail().to_string());

@@ -44,7 +44,7 @@ impl ReleaseRun {
             .await
             .map_err(|e| Stop::Failed(StepError::new(phase, format!("switch refused: {e}"))))?;
         let switch_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.env.scale_downs.cancel(&self.svc.cfg.name);
+        self.env.scale_downs.cancel(&self.svc.name);
         self.svc.set_state(color, None);
         if let Some(prev) = out.previous {
             self.svc.set_state(prev, Some(ColorState::Warm));
@@ -54,7 +54,7 @@ impl ReleaseRun {
             d.generation = Some(out.generation);
         });
         let baseline = route.stats.snapshot();
-        let hooks = &self.svc.cfg.release.hooks;
+        let hooks = &self.svc.cfg().release.hooks;
         let env = self.doc(|d| d.hook_env());
         if let Err(e) = steps::run_hooks("post_switch", &hooks.post_switch, &env, hooks.timeout.get()).await {
             self.roll_back(format!("post-switch hook failed: {e}")).await;
@@ -105,18 +105,18 @@ impl ReleaseRun {
                     procs.set_role(color, Role::Idle);
                     procs.set_role(out.live, Role::Serving);
                 }
-                tracing::warn!(service = %self.svc.cfg.name, release = id, rollback_ms = ms, reason = %reason, "rolled back");
+                tracing::warn!(service = %self.svc.name, release = id, rollback_ms = ms, reason = %reason, "rolled back");
             }
             Err(e) => {
-                tracing::error!(service = %self.svc.cfg.name, release = id, error = %e, "ROLLBACK FAILED: the new version is still live");
+                tracing::error!(service = %self.svc.name, release = id, error = %e, "ROLLBACK FAILED: the new version is still live");
                 self.doc(|d| d.reason = Some(format!("{reason}; rollback failed: {e}")));
             }
         }
-        let hooks = &self.svc.cfg.release.hooks;
+        let hooks = &self.svc.cfg().release.hooks;
         let env = self.doc(|d| d.hook_env());
         if let Err(e) = steps::run_hooks("on_rollback", &hooks.on_rollback, &env, hooks.timeout.get()).await {
             // The rollback has happened; a failing notification hook cannot undo it.
-            tracing::warn!(service = %self.svc.cfg.name, release = id, error = %e, "on_rollback hook failed");
+            tracing::warn!(service = %self.svc.name, release = id, error = %e, "on_rollback hook failed");
         }
         self.schedule_failed_scale_down();
         self.persist().await;
@@ -130,7 +130,7 @@ impl ReleaseRun {
         if self.svc.procs.is_none() || self.svc.live() == Some(color) {
             return;
         }
-        let delay = self.svc.cfg.release.scale_down_delay.get();
+        let delay = self.svc.cfg().release.scale_down_delay.get();
         self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
         self.env
             .scale_downs
@@ -146,7 +146,7 @@ impl ReleaseRun {
         let Some(prev) = self.doc(|d| d.previous_color) else {
             return;
         };
-        let delay = self.svc.cfg.release.scale_down_delay.get();
+        let delay = self.svc.cfg().release.scale_down_delay.get();
         self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
         self.persist().await;
         self.env

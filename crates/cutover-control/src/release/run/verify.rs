@@ -62,7 +62,7 @@ fn window(route: &ColorRoute, baseline: &StatsSnapshot) -> Window {
 impl ReleaseRun {
     /// Watches the new color for the bake window. `Err` carries the reason to roll back.
     pub(super) async fn verify(&mut self, route: &Arc<ColorRoute>, baseline: StatsSnapshot) -> Result<String, String> {
-        let v = self.svc.cfg.release.verify.clone().unwrap_or_else(default_verify);
+        let v = self.svc.cfg().release.verify.clone().unwrap_or_else(default_verify);
         let limits = Limits {
             max_error_rate: v.max_error_rate,
             max_p99: v.max_p99_latency.map(|d| d.get()),

@@ -1,0 +1,369 @@
+//! The data-plane listeners of a running `serve`, and configuration reload (SIGHUP,
+//! `POST /v1/reload`, `cutover reload`).
+//!
+//! A reload reads the config file again and validates it whole; an invalid file changes
+//! nothing (logged, counted, answered with file, line and key). Then every change that cannot
+//! be applied in place is refused, again before anything changes: `[admin]` and `[store]`,
+//! and the per-service cases [`ServiceCtl::refusal`] names; a service with a release in
+//! progress is not touched either. Then the new listeners are bound (a new service, a changed
+//! address); a bind that fails undoes the others. Only then are changes applied: services
+//! added (restored from the store like at start-up), services changed in place, listeners
+//! whose address changed replaced (the old one stops accepting and drains its connections
+//! for the grace period), services removed (their listeners drain the same way; their
+//! managed processes keep running, as when cutover stops). A listener whose address did not
+//! change is never touched: no connection of an unchanged service notices a reload.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::{ConfigError, ServiceConfig};
+use cutover_proxy::forward::Forwarder;
+use cutover_proxy::listener::{self, ListenerStats};
+use cutover_store::{EventRecord, HistoryKind};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::controller::Controller;
+use crate::service::BoundAddrs;
+
+/// Why a reload changed nothing.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file does not parse or validate.
+    Invalid(ConfigError),
+    /// A change reload cannot make in place (or a service is mid-release).
+    Refused(String),
+    /// A new listener could not be bound.
+    Bind(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(e) => write!(f, "the new configuration is invalid, nothing changed: {e}"),
+            ReloadError::Refused(m) => write!(f, "reload refused, nothing changed: {m}"),
+            ReloadError::Bind(m) => write!(f, "reload failed, nothing changed: {m}"),
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Per changed service, what changed in it (`health`, `blue.endpoints`, `listen`, ...).
+    pub changed: BTreeMap<String, Vec<String>>,
+}
+
+impl ReloadReport {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        if self.is_empty() {
+            return "no changes".into();
+        }
+        let mut parts = Vec::new();
+        if !self.added.is_empty() {
+            parts.push(format!("added {}", self.added.join(", ")));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!("removed {}", self.removed.join(", ")));
+        }
+        for (svc, what) in &self.changed {
+            parts.push(format!("{svc}: {}", what.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// One running accept loop.
+struct Loop {
+    /// The address the config asked for (port 0 stays 0: a reload of the same file keeps it).
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Every data-plane accept loop of one `serve`, by (service, preview).
+pub struct Serving {
+    ctl: Arc<Controller>,
+    grace: Duration,
+    config_path: PathBuf,
+    loops: Mutex<BTreeMap<(String, bool), Loop>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Where `serve --addresses-file` writes, rewritten after a reload bound new listeners.
+    addresses: Mutex<Option<(PathBuf, SocketAddr)>>,
+}
+
+impl Serving {
+    pub fn new(ctl: Arc<Controller>, grace: Duration) -> Arc<Serving> {
+        Arc::new(Serving {
+            config_path: ctl.config.path.clone(),
+            ctl,
+            grace,
+            loops: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            addresses: Mutex::new(None),
+        })
+    }
+
+    fn loops(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, bool), Loop>> {
+        self.loops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `l` for `service` (its live listener, or its preview one).
+    pub fn start(&self, service: &str, preview: bool, l: TcpListener, configured: SocketAddr) -> anyhow::Result<()> {
+        let svc = self.ctl.service(service)?;
+        let bound = l.local_addr()?;
+        tracing::info!(service = %service, listen = %bound, kind = if preview { "preview" } else { "live" }, "data plane listening");
+        let (stop, stop_rx) = watch::channel(false);
+        let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
+        let task = tokio::spawn(listener::serve(
+            l,
+            fwd,
+            Arc::new(ListenerStats::default()),
+            stop_rx,
+            self.grace,
+        ));
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        let old = self.loops().insert(
+            (service.to_string(), preview),
+            Loop {
+                configured,
+                bound,
+                stop,
+            },
+        );
+        if let Some(old) = old {
+            tracing::info!(service = %service, listen = %old.bound, "old listener stops accepting; its connections drain");
+            old.stop.send_replace(true);
+        }
+        self.publish_bound(service);
+        Ok(())
+    }
+
+    /// Tells the service which addresses serve it now (status shows them).
+    fn publish_bound(&self, service: &str) {
+        let Ok(svc) = self.ctl.service(service) else { return };
+        let loops = self.loops();
+        let Some(live) = loops.get(&(service.to_string(), false)) else {
+            return;
+        };
+        svc.set_bound(BoundAddrs {
+            listen: live.bound,
+            preview_listen: loops.get(&(service.to_string(), true)).map(|l| l.bound),
+        });
+    }
+
+    /// The bound addresses of every service.
+    pub fn bound(&self) -> BTreeMap<String, BoundAddrs> {
+        let loops = self.loops();
+        let mut out = BTreeMap::new();
+        for ((name, preview), l) in loops.iter() {
+            if !preview {
+                out.insert(
+                    name.clone(),
+                    BoundAddrs {
+                        listen: l.bound,
+                        preview_listen: loops.get(&(name.clone(), true)).map(|p| p.bound),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// Keep `--addresses-file` up to date from now on.
+    pub fn set_addresses_file(&self, path: PathBuf, admin: SocketAddr) {
+        *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, admin));
+    }
+
+    fn stop_loop(&self, service: &str, preview: bool) {
+        if let Some(l) = self.loops().remove(&(service.to_string(), preview)) {
+            tracing::info!(service = %service, listen = %l.bound, "listener stops accepting; its connections drain");
+            l.stop.send_replace(true);
+        }
+    }
+
+    /// Stops every accept loop and waits for their connections, at most the grace period.
+    pub async fn shutdown(&self) {
+        for l in std::mem::take(&mut *self.loops()).into_values() {
+            l.stop.send_replace(true);
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Reads the config file again and applies what changed; see the module docs.
+    pub async fn reload(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let r = self.reload_inner(actor).await;
+        let counts = &self.ctl.reloads;
+        match &r {
+            Ok(report) => {
+                counts.ok.fetch_add(1, Relaxed);
+                tracing::info!(actor, changes = %report.summary(), "configuration reloaded");
+            }
+            Err(e) => {
+                counts.error.fetch_add(1, Relaxed);
+                tracing::error!(actor, error = %e, "configuration reload failed; the running configuration is unchanged");
+            }
+        }
+        r
+    }
+
+    async fn reload_inner(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
+        let path = self.config_path.clone();
+        let new = tokio::task::spawn_blocking(move || cutover_config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Refused(format!("the config reader failed: {e}")))?
+            .map_err(ReloadError::Invalid)?;
+        let old = &self.ctl.config;
+        if format!("{:?}", old.admin) != format!("{:?}", new.admin)
+            || format!("{:?}", old.store) != format!("{:?}", new.store)
+        {
+            return Err(ReloadError::Refused(
+                "[admin] and [store] are read at start only; restart cutover (`serve --upgrade` keeps connections) to change them"
+                    .into(),
+            ));
+        }
+        let running = self.ctl.services();
+        let mut report = ReloadReport::default();
+        let mut changed: Vec<(&ServiceConfig, Vec<String>)> = Vec::new();
+        for (name, cfg) in &new.services {
+            match running.get(name) {
+                None => report.added.push(name.clone()),
+                Some(svc) => {
+                    if let Some(why) = svc.refusal(cfg) {
+                        return Err(ReloadError::Refused(why));
+                    }
+                    let what = svc.changes(cfg);
+                    if !what.is_empty() {
+                        if let Some(d) = self.ctl.active_release_doc(name) {
+                            return Err(ReloadError::Refused(format!(
+                                "release {} of {name} ({}) is in progress; wait for it or abort it, then reload",
+                                d.id, d.version
+                            )));
+                        }
+                        changed.push((cfg, what));
+                    }
+                }
+            }
+        }
+        for name in running.keys() {
+            if !new.services.contains_key(name) {
+                if let Some(d) = self.ctl.active_release_doc(name) {
+                    return Err(ReloadError::Refused(format!(
+                        "release {} of {name} ({}) is in progress; a service cannot be removed mid-release",
+                        d.id, d.version
+                    )));
+                }
+                report.removed.push(name.clone());
+            }
+        }
+
+        // Bind everything new before changing anything; dropping `bound` undoes it.
+        let mut bound: Vec<(String, bool, TcpListener, SocketAddr)> = Vec::new();
+        for cfg in new.services.values() {
+            for (preview, want) in [(false, Some(cfg.listen)), (true, cfg.preview_listen)] {
+                let have = self.loops().get(&(cfg.name.clone(), preview)).map(|l| l.configured);
+                let Some(want) = want else { continue };
+                if have == Some(want) {
+                    continue;
+                }
+                let key = if preview { "preview_listen" } else { "listen" };
+                let l = listener::bind(want).map_err(|e| {
+                    ReloadError::Bind(format!("cannot listen on services.{}.{key} {want}: {e}", cfg.name))
+                })?;
+                bound.push((cfg.name.clone(), preview, l, want));
+            }
+        }
+
+        for name in &report.added {
+            self.ctl
+                .add_service(&new.services[name])
+                .map_err(|e| ReloadError::Refused(format!("cannot add service {name}: {e}")))?
+                .start_resolving()
+                .await;
+        }
+        for (cfg, what) in &changed {
+            let svc = self.ctl.service(&cfg.name).expect("a running service");
+            svc.reconfigure((*cfg).clone()).await;
+            report.changed.insert(cfg.name.clone(), what.clone());
+        }
+        for (name, preview, l, want) in bound {
+            self.start(&name, preview, l, want)
+                .map_err(|e| ReloadError::Bind(e.to_string()))?;
+        }
+        // A preview listener the new config dropped.
+        for cfg in new.services.values() {
+            if cfg.preview_listen.is_none() {
+                self.stop_loop(&cfg.name, true);
+            }
+        }
+        for name in &report.removed {
+            self.stop_loop(name, false);
+            self.stop_loop(name, true);
+            let _ = self.ctl.remove_service(name);
+        }
+        self.record(actor, &report);
+        self.write_addresses();
+        Ok(report)
+    }
+
+    /// One history line per service the reload touched.
+    fn record(&self, actor: &str, report: &ReloadReport) {
+        let mut lines: Vec<(&str, String)> = Vec::new();
+        for n in &report.added {
+            lines.push((n, "reload: added to the configuration".into()));
+        }
+        for n in &report.removed {
+            lines.push((
+                n,
+                "reload: removed from the configuration (managed processes keep running)".into(),
+            ));
+        }
+        for (n, what) in &report.changed {
+            lines.push((n, format!("reload: changed {}", what.join(", "))));
+        }
+        for (service, reason) in lines {
+            let r = self.ctl.store.record_event(&EventRecord {
+                service,
+                kind: HistoryKind::Reconfigured,
+                color: None,
+                version: None,
+                actor,
+                reason: &reason,
+                release_id: None,
+            });
+            if let Err(e) = r {
+                tracing::error!(service, error = %e, "cannot record the reload in history");
+            }
+        }
+    }
+
+    fn write_addresses(&self) {
+        let Some((path, admin)) = self.addresses.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let doc = serde_json::json!({ "admin": admin, "services": self.bound() });
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot rewrite the addresses file");
+        }
+    }
+}
