@@ -138,10 +138,16 @@ impl ServiceCtl {
             return Ok(());
         }
         let detail: Vec<String> = route.endpoints().iter().map(|e| endpoint_line(e)).collect();
-        Err(SwitchError::TargetUnhealthy {
-            color: to,
-            detail: detail.join("; "),
-        })
+        let detail = if detail.is_empty() {
+            let names: Vec<String> = super::endpoints_of(&self.cfg(), to)
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            format!("it has no endpoint: {} did not resolve yet", names.join(", "))
+        } else {
+            detail.join("; ")
+        };
+        Err(SwitchError::TargetUnhealthy { color: to, detail })
     }
 
     /// Commits the switch (compare-and-swap on `generation`); returns the new generation.

@@ -234,6 +234,7 @@ async fn a_name_that_does_not_resolve_at_start_serves_once_it_does() {
     // A switch to a color without endpoints is refused, and says why.
     let refused = r.switch("blue").await;
     assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("did not resolve yet"), "{}", refused.text());
     write_hosts(&hosts, &["127.0.0.2 gpu-late.test", "127.0.0.6 gpu-b.test"]);
     wait_for(
         "the name to resolve (retried every second)",
