@@ -159,17 +159,33 @@ impl Source<'_> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| dir.clone());
         for (name, svc) in &cfg.services {
             if let Environments::Static { blue, green } = &svc.environments {
+                // Looked up at once, each on its own thread, with one deadline for all: a
+                // machine without a reachable DNS server must not make `check` wait for minutes.
+                let mut pending = Vec::new();
                 for (color, c) in [("blue", blue), ("green", green)] {
                     for (i, e) in c.endpoints.iter().enumerate().filter(|(_, e)| e.literal().is_none()) {
-                        use std::net::ToSocketAddrs;
-                        if let Err(err) = (e.host.as_str(), e.port).to_socket_addrs() {
-                            warn(
-                                &mut out,
-                                format!("services.{name}.{color}.endpoints[{i}]"),
-                                format!("{e} does not resolve on this machine ({err}); `serve` keeps trying every second and routes to it once it does"),
-                            );
-                        }
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        let (host, port) = (e.host.clone(), e.port);
+                        std::thread::spawn(move || {
+                            use std::net::ToSocketAddrs;
+                            let _ = tx.send((host.as_str(), port).to_socket_addrs().map(|_| ()));
+                        });
+                        pending.push((format!("services.{name}.{color}.endpoints[{i}]"), e.to_string(), rx));
                     }
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+                for (key, e, rx) in pending {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let why = match rx.recv_timeout(left) {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => "no answer within 3 s".to_string(),
+                    };
+                    warn(
+                        &mut out,
+                        key,
+                        format!("{e} does not resolve on this machine ({why}); `serve` keeps trying every second and routes to it once it does"),
+                    );
                 }
             }
             if let Environments::Managed(run) = &svc.environments {
