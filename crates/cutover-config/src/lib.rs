@@ -94,6 +94,9 @@ pub struct AdminConfig {
     /// Port 0: the kernel picks one; `serve` reports it (log, `address_file`).
     pub listen: SocketAddr,
     pub token_file: PathBuf,
+    /// Named tokens with roles (hashed); a missing file holds none. Re-read by `serve` when
+    /// it changes.
+    pub tokens_file: PathBuf,
     /// Where `serve` writes the admin address it bound, and where clients given `--config`
     /// read it when `listen` says port 0.
     pub address_file: Option<PathBuf>,
@@ -778,6 +781,7 @@ struct RawConfig {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
     address_file: Option<PathBuf>,
     /// Must be set to bind the admin API to a non-loopback address.
     #[serde(default)]
@@ -1042,6 +1046,7 @@ impl Source<'_> {
         Ok(AdminConfig {
             listen,
             token_file: self.resolve(raw.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
+            tokens_file: self.resolve(raw.tokens_file.as_deref().unwrap_or(Path::new("tokens.toml"))),
             address_file: raw.address_file.as_deref().map(|p| self.resolve(p)),
         })
     }

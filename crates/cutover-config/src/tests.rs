@@ -40,6 +40,7 @@ fn good_config_parses_with_defaults_and_resolved_paths() {
     assert_eq!(chat.release.verify.as_ref().unwrap().bake.get().as_secs(), 120);
     assert_eq!(c.store.path, Path::new("/etc/cutover/cutover.db"));
     assert_eq!(c.admin.token_file, Path::new("/etc/cutover/admin.token"));
+    assert_eq!(c.admin.tokens_file, Path::new("/etc/cutover/tokens.toml"));
     match &chat.environments {
         Environments::Static { blue, green } => {
             assert_eq!(blue.endpoints.len(), 2);

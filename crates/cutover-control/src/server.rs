@@ -110,7 +110,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addresses = listeners.addresses()?;
-    let token = token::load_or_create(&config.admin.token_file)?;
+    let token = token::Tokens::load(&config.admin)?;
     let config_admin_address_file = config.admin.address_file.clone();
     let ctl = Arc::new(open_and_resume(config)?);
     // Endpoint names resolve before the first request is taken (connections wait in the

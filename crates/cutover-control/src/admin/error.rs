@@ -33,6 +33,10 @@ impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(400, code, message)
     }
+    /// A known token whose role does not allow the call.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "forbidden", message)
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "internal", message)
     }

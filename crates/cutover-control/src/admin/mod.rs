@@ -1,6 +1,8 @@
 //! The admin API (JSON over HTTP, bearer token on every `/v1` call), on its own listener.
-//! [`error`] turns the control core's errors into statuses and codes.
+//! [`error`] turns the control core's errors into statuses and codes; [`access`] says which
+//! role each route needs.
 
+pub mod access;
 pub mod error;
 pub mod logs;
 
@@ -8,8 +10,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::controller::Controller;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
-use crate::token::Token;
+use crate::token::{Identity, Tokens};
 pub use error::ApiError;
 
 /// Admin request bodies larger than this are refused with 413.
@@ -30,18 +32,19 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AdminState {
     pub ctl: Arc<Controller>,
-    pub token: Token,
+    /// The tokens accepted, with their names and roles; re-read when the tokens file changes.
+    pub tokens: Tokens,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The running `serve`'s listeners, which a reload changes; `None` in a bare controller.
     pub serving: Option<Arc<crate::reload::Serving>>,
 }
 
 impl AdminState {
-    pub fn new(ctl: Arc<Controller>, token: Token) -> AdminState {
+    pub fn new(ctl: Arc<Controller>, tokens: Tokens) -> AdminState {
         let metrics = Arc::new(crate::metrics::registry(ctl.clone()));
         AdminState {
             ctl,
-            token,
+            tokens,
             metrics,
             serving: None,
         }
@@ -139,23 +142,68 @@ async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+/// Authenticates the bearer token (401 when missing or unknown), checks its role against
+/// the route's ([`access::TABLE`]; 403 when too low), and records who calls: the identity as
+/// a request extension and the actor (see [`actor`]) in `x-cutover-actor`.
+async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Compare even when nothing was presented, so a missing and a wrong token take the same path.
-    if !st.token.matches(presented.trim()) {
+    // Look up even when nothing was presented, so a missing and a wrong token take the same path.
+    let Some(who) = st.tokens.authenticate(presented.trim()) else {
         return ApiError::new(
             401,
             "unauthorized",
             "missing or wrong bearer token (Authorization: Bearer TOKEN)",
         )
         .into_response();
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let needed = access::needed(req.method(), &route);
+    if who.role < needed {
+        return ApiError::forbidden(format!(
+            "{} {route} needs a token with the role {needed}{}; token {:?} has the role {}",
+            req.method(),
+            if needed == crate::token::Role::Admin { "" } else { " or higher" },
+            who.name,
+            who.role
+        ))
+        .into_response();
     }
+    let label = req.headers().get(ACTOR_HEADER).and_then(|v| v.to_str().ok());
+    let recorded = actor_of(&who, label);
+    // Built from a checked name and a label that was already a header value.
+    let value = HeaderValue::from_str(&recorded).unwrap_or_else(|_| HeaderValue::from_static("token:?"));
+    req.headers_mut().insert(ACTOR_HEADER, value);
+    req.extensions_mut().insert(who);
     next.run(req).await
+}
+
+/// The header a client may label its calls with (the CLI sends `cli:USER`, the dashboard
+/// `dashboard`); the auth layer replaces it with the recorded actor.
+const ACTOR_HEADER: &str = "x-cutover-actor";
+
+/// The actor recorded in the history for a call by `who`: `token:NAME`, then the client's
+/// label in parentheses when it sent one, e.g. `token:ci (cli:bob)`. The first word is
+/// always the authenticated token's name; the label is only what the client says.
+fn actor_of(who: &Identity, label: Option<&str>) -> String {
+    let label: String = label
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    match label.trim() {
+        "" => format!("token:{}", who.name),
+        l => format!("token:{} ({l})", who.name),
+    }
 }
 
 /// Parses a JSON body strictly: unknown fields and wrong types are 400s with the reason. An
@@ -198,12 +246,14 @@ pub fn fuzz_admin_bodies(data: &[u8]) {
     }
 }
 
+/// The actor of a call, as the auth layer wrote it (see [`actor_of`]): every route that
+/// records one is behind that layer, which replaced whatever the client sent.
 fn actor(headers: &HeaderMap) -> String {
     headers
-        .get("x-cutover-actor")
+        .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().filter(|c| !c.is_control()).take(100).collect())
-        .unwrap_or_else(|| "api".to_string())
+        .unwrap_or("api")
+        .to_string()
 }
 
 /// Reads the config file again and applies the differences (see `reload`).
@@ -581,5 +631,33 @@ mod tests {
         let declared = declared_routes();
         assert!(declared.len() >= 14, "the source scan found the routes: {declared:?}");
         assert_eq!(declared, documented, "router and /openapi.json disagree");
+    }
+
+    /// The role table and the router agree: every declared route has its line (a missing one
+    /// would need `admin`, silently), `/v1` routes need a token and the rest are public, and
+    /// the table names no route the router lacks, except `/v1/reload`, classified ahead.
+    #[test]
+    fn every_route_the_router_serves_has_its_role() {
+        use super::access::{Access, TABLE};
+        let declared = declared_routes();
+        let table: BTreeSet<(String, String)> = TABLE
+            .iter()
+            .map(|(m, r, _)| (m.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(table.len(), TABLE.len(), "a route is in the table twice");
+        let missing: Vec<_> = declared.difference(&table).collect();
+        assert!(missing.is_empty(), "routes without a role in access::TABLE: {missing:?}");
+        let extra: Vec<_> = table
+            .difference(&declared)
+            .filter(|(m, r)| !(m == "POST" && r == "/v1/reload"))
+            .collect();
+        assert!(extra.is_empty(), "access::TABLE names routes the router lacks: {extra:?}");
+        for (m, r, a) in TABLE {
+            assert_eq!(
+                r.starts_with("/v1/"),
+                *a != Access::Public,
+                "{m} {r}: the /v1 routes are the authenticated ones"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The admin bearer token: read from its file, or created there (mode 0600, random) on the
-//! first start; compared in constant time.
+//! The admin token file (`admin.token`): read, or created there (mode 0600, random) on the
+//! first start. It is the token named `admin`, with the role `admin`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -53,11 +53,8 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<Token> {
             Ok(Token(token))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut raw = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut raw))
+            let token = super::random_token()
                 .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for a new token: {e}"))?;
-            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
