@@ -633,6 +633,28 @@ mod tests {
         assert_eq!(declared, documented, "router and /openapi.json disagree");
     }
 
+    /// /openapi.json says which role each /v1 operation needs, and that it may answer 403.
+    #[test]
+    fn openapi_states_the_role_of_every_operation_as_the_table_does() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for m in ["get", "post", "put", "delete", "patch"] {
+                let Some(op) = item.get(m) else { continue };
+                if !path.starts_with("/v1/") {
+                    assert!(op.get("x-cutover-role").is_none(), "{m} {path} is public");
+                    continue;
+                }
+                let method = axum::http::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+                let want = super::access::needed(&method, path);
+                assert_eq!(op["x-cutover-role"], want.as_str(), "{m} {path}");
+                assert!(op["responses"].get("403").is_some(), "{m} {path} documents 403");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "{checked}");
+    }
+
     /// The role table and the router agree: every declared route has its line (a missing one
     /// would need `admin`, silently), `/v1` routes need a token and the rest are public, and
     /// the table names no route the router lacks, except `/v1/reload`, classified ahead.
