@@ -253,6 +253,8 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Create or list named admin tokens with roles (the tokens file), offline.
+    Token(TokenCmd),
     /// Print shell completions (bash, zsh or fish) to stdout.
     #[command(
         after_help = "Examples:\n  cutover completions bash > /etc/bash_completion.d/cutover\n  \
@@ -335,6 +337,58 @@ pub enum ReleaseSub {
         progress: Progress,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+/// `cutover token create NAME --role ROLE` and `cutover token list`.
+#[derive(Args)]
+#[command(
+    long_about = "Create or list named admin tokens. They live in the tokens file (`[admin] tokens_file`, \
+        default tokens.toml next to the config), which holds each token's SHA-256 and never the token \
+        itself. These commands work on the file, without a running router; a running `cutover serve` \
+        takes a new token on its first use, no restart needed. Roles: viewer (every read), operator \
+        (also switch, rollback, release, approve, abort), admin (also reload).",
+    after_help = "Examples:\n  cutover token create ci --role operator\n  \
+        cutover token create grafana --role viewer --config /etc/cutover/cutover.toml\n  cutover token list"
+)]
+pub struct TokenCmd {
+    #[command(subcommand)]
+    pub sub: TokenSub,
+}
+
+#[derive(Subcommand)]
+pub enum TokenSub {
+    /// Make a new random token, add its hash to the tokens file, print the token once.
+    #[command(
+        long_about = "Make a new random token (256 bits, 64 hex characters), append its name, role, \
+            SHA-256 and creation time to the tokens file (created with mode 0600 when missing), and \
+            print the token on stdout, once: it is not stored anywhere, so keep it now. A name already \
+            in the file, a malformed file or one that group or others may read is refused (exit 2) \
+            and nothing is written.",
+        after_help = "Examples:\n  cutover token create ci --role operator\n  \
+            CUTOVER_TOKEN=$(cutover token create deploy-bot --role operator -c /etc/cutover/cutover.toml)"
+    )]
+    Create {
+        /// The token's name: recorded as the actor of what it does (`token:NAME`). Letters,
+        /// digits, `.`, `_` and `-`; `admin` is the admin.token file's.
+        name: String,
+        /// What the token may do: viewer, operator or admin.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["viewer", "operator", "admin"]))]
+        role: String,
+        /// The router's config: its `[admin] tokens_file` is the file written.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// List the tokens a router of this config accepts: names, roles, creation times (never
+    /// a token or a hash).
+    #[command(after_help = "Examples:\n  cutover token list\n  cutover token list -c /etc/cutover/cutover.toml --json")]
+    List {
+        /// The router's config.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of text for people.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -9,6 +9,7 @@
 //! - `follow`: following a release phase by phase (terminal and CI output).
 //! - `logs`: `cutover logs`, showing and following managed processes' logs.
 //! - `commands`: one function per client command.
+//! - `token_cmd`: `cutover token create|list`, offline on the tokens file.
 //! - `demo`: `cutover demo`.
 //!
 //! Exit codes: 0 success; 1 the operation ran and failed; 2 usage or config error;
@@ -24,6 +25,7 @@ mod demo;
 mod follow;
 mod logs;
 mod output;
+mod token_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Check { file } => exit(check(&file)),
         Command::Completions { shell } => exit(completions(shell)),
         Command::Man { dir } => exit(man(dir.as_deref())),
+        Command::Token(t) => exit(token_cmd::run(t.sub)),
         Command::Serve {
             config,
             grace,

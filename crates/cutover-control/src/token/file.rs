@@ -260,11 +260,11 @@ pub fn create(path: &Path, name: &str, role: Role) -> Result<Created, CreateErro
         Some(text) => parse(path, text).map_err(CreateError::Invalid)?,
         None => Vec::new(),
     };
-    if let Some(e) = entries.iter().find(|e| e.name == name) {
+    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.name == name) {
         return Err(CreateError::Invalid(error(
             path,
             e.line,
-            "name".into(),
+            format!("token[{i}].name"),
             format!(
                 "a token named {name:?} exists already (role {}); choose another name, or delete its entry first to replace it",
                 e.role

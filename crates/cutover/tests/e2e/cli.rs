@@ -359,7 +359,10 @@ async fn approvals_and_aborts_are_in_the_history_with_their_actor_even_without_u
     };
     for kind in ["release_approved", "release_aborted"] {
         let actor = by_kind(kind)["actor"].as_str().unwrap().to_string();
-        assert!(actor.starts_with("cli:") && actor != "cli:unknown", "{kind} by {actor}");
+        assert!(
+            actor.starts_with("token:admin (cli:") && !actor.contains("cli:unknown"),
+            "{kind} by {actor}"
+        );
     }
     let (code, out, _) = r.cli(&["history", "chat"]);
     assert_eq!(code, 0);
