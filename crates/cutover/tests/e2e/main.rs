@@ -19,6 +19,8 @@
 //! - `probes`: health probes by kind (gRPC on grpcio, generation), passive evidence, the
 //!   probe failure metric, the example configs.
 //! - `reload`: configuration reload (`cutover reload`, SIGHUP) under load; refusals change nothing.
+//! - `roles`: named tokens with roles: `cutover token create` on a running router, 403 for a
+//!   role too low, the token's name as the actor, the tokens file's checks, `admin.token`.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
@@ -41,6 +43,7 @@ mod probes;
 mod release;
 mod reload;
 mod restart;
+mod roles;
 mod routing;
 mod supervise;
 mod support;
