@@ -7,8 +7,8 @@
 //! (checked by `tests::module_graph_is_one_way`).
 //! - [`server`]: `cutover serve`: config → bind every listener → open the store and resume
 //!   → serve → drain.
-//! - [`admin`]: the admin API routes, bearer-token auth, and the mapping of core errors to
-//!   HTTP statuses ([`admin::error`]).
+//! - [`admin`]: the admin API routes, bearer-token auth with the role each route needs
+//!   ([`admin::access`]), and the mapping of core errors to HTTP statuses ([`admin::error`]).
 //! - [`reload`]: the data-plane accept loops of a `serve`, and configuration reload
 //!   (validate whole, refuse what cannot change in place, bind, then apply).
 //! - [`metrics`]: Prometheus exposition read from the data plane's counters at scrape time.
@@ -21,7 +21,7 @@
 //! - [`service`]: one service's colors, states, route tables, switch and rollback.
 //! - [`supervisor`]: managed model-server processes (start, stop, adopt).
 //! - [`store_call`], [`colors`], [`error`], [`token`]: leaves (store calls off the async
-//!   workers, the store/data-plane color seam, the core's errors, the admin token file).
+//!   workers, the store/data-plane color seam, the core's errors, the admin tokens and their roles).
 
 #![forbid(unsafe_code)]
 

@@ -381,7 +381,9 @@ pub enum TokenSub {
     },
     /// List the tokens a router of this config accepts: names, roles, creation times (never
     /// a token or a hash).
-    #[command(after_help = "Examples:\n  cutover token list\n  cutover token list -c /etc/cutover/cutover.toml --json")]
+    #[command(
+        after_help = "Examples:\n  cutover token list\n  cutover token list -c /etc/cutover/cutover.toml --json"
+    )]
     List {
         /// The router's config.
         #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]

@@ -171,7 +171,11 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
         return ApiError::forbidden(format!(
             "{} {route} needs a token with the role {needed}{}; token {:?} has the role {}",
             req.method(),
-            if needed == crate::token::Role::Admin { "" } else { " or higher" },
+            if needed == crate::token::Role::Admin {
+                ""
+            } else {
+                " or higher"
+            },
             who.name,
             who.role
         ))
@@ -662,18 +666,21 @@ mod tests {
     fn every_route_the_router_serves_has_its_role() {
         use super::access::{Access, TABLE};
         let declared = declared_routes();
-        let table: BTreeSet<(String, String)> = TABLE
-            .iter()
-            .map(|(m, r, _)| (m.to_string(), r.to_string()))
-            .collect();
+        let table: BTreeSet<(String, String)> = TABLE.iter().map(|(m, r, _)| (m.to_string(), r.to_string())).collect();
         assert_eq!(table.len(), TABLE.len(), "a route is in the table twice");
         let missing: Vec<_> = declared.difference(&table).collect();
-        assert!(missing.is_empty(), "routes without a role in access::TABLE: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "routes without a role in access::TABLE: {missing:?}"
+        );
         let extra: Vec<_> = table
             .difference(&declared)
             .filter(|(m, r)| !(m == "POST" && r == "/v1/reload"))
             .collect();
-        assert!(extra.is_empty(), "access::TABLE names routes the router lacks: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "access::TABLE names routes the router lacks: {extra:?}"
+        );
         for (m, r, a) in TABLE {
             assert_eq!(
                 r.starts_with("/v1/"),

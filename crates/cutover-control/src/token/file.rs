@@ -122,7 +122,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
             at(
                 &t.role.span(),
                 "role",
-                format!("unknown role {:?}: expected viewer, operator or admin", t.role.get_ref()),
+                format!(
+                    "unknown role {:?}: expected viewer, operator or admin",
+                    t.role.get_ref()
+                ),
             )
         })?;
         let sha256 = parse_digest(t.sha256.get_ref()).ok_or_else(|| {
@@ -148,7 +151,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
                     at(
                         &c.span(),
                         "created",
-                        format!("{:?} is not an RFC 3339 time such as \"2026-12-01T11:06:13Z\": {e}", c.get_ref()),
+                        format!(
+                            "{:?} is not an RFC 3339 time such as \"2026-12-01T11:06:13Z\": {e}",
+                            c.get_ref()
+                        ),
                     )
                 })?;
                 Some(c.into_inner())
@@ -196,7 +202,12 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), ConfigErro
         ));
     }
     if !meta.is_file() {
-        return Err(error(path, 0, String::new(), "the tokens file is not a regular file".into()));
+        return Err(error(
+            path,
+            0,
+            String::new(),
+            "the tokens file is not a regular file".into(),
+        ));
     }
     if meta.len() > MAX_LEN {
         return Err(error(
@@ -218,7 +229,14 @@ fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(error(path, 0, String::new(), format!("cannot read the tokens file: {e}"))),
+        Err(e) => {
+            return Err(error(
+                path,
+                0,
+                String::new(),
+                format!("cannot read the tokens file: {e}"),
+            ))
+        }
     };
     check_private(path, &meta)?;
     std::fs::read_to_string(path)
@@ -272,7 +290,8 @@ pub fn create(path: &Path, name: &str, role: Role) -> Result<Created, CreateErro
         )));
     }
     let io = |what: &str, e: std::io::Error| CreateError::Io(format!("cannot {what} {}: {e}", path.display()));
-    let token = random_token().map_err(|e| CreateError::Io(format!("cannot read /dev/urandom for a new token: {e}")))?;
+    let token =
+        random_token().map_err(|e| CreateError::Io(format!("cannot read /dev/urandom for a new token: {e}")))?;
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let sha256 = digest(&token);
     let mut text = String::new();

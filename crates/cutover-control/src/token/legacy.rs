@@ -53,8 +53,8 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<Token> {
             Ok(Token(token))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = super::random_token()
-                .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for a new token: {e}"))?;
+            let token =
+                super::random_token().map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for a new token: {e}"))?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }

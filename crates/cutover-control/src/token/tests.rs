@@ -60,14 +60,52 @@ fn malformed_files_name_the_line_and_key() {
     let p = Path::new("/etc/cutover/tokens.toml");
     let good = entry("ci", "operator", &"c".repeat(64));
     let cases: Vec<(String, usize, &str, &str)> = vec![
-        (format!("{good}\n[[token]]\nname = \"x\"\nrole = \"boss\"\nsha256 = \"{}\"\n", "0".repeat(64)), 8, "token[1].role", "unknown role \"boss\""),
-        (good.replace("\"ci\"", "\"c i\""), 2, "token[0].name", "invalid token name"),
-        (good.replace("\"ci\"", "\"admin\""), 2, "token[0].name", "admin token file"),
+        (
+            format!(
+                "{good}\n[[token]]\nname = \"x\"\nrole = \"boss\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            ),
+            8,
+            "token[1].role",
+            "unknown role \"boss\"",
+        ),
+        (
+            good.replace("\"ci\"", "\"c i\""),
+            2,
+            "token[0].name",
+            "invalid token name",
+        ),
+        (
+            good.replace("\"ci\"", "\"admin\""),
+            2,
+            "token[0].name",
+            "admin token file",
+        ),
         (format!("{good}{good}"), 6, "token[1].name", "already on line 1"),
-        (good.replace("sha256 = \"", "sha256 = \"zz"), 4, "token[0].sha256", "64 hex characters"),
-        (format!("{good}colour = 1\n"), 5, "token[0].colour", "unknown field `colour`"),
-        (good.replace("role = \"operator\"\n", ""), 1, "token[0]", "missing field `role`"),
-        (format!("{good}created = \"yesterday\"\n"), 5, "token[0].created", "RFC 3339"),
+        (
+            good.replace("sha256 = \"", "sha256 = \"zz"),
+            4,
+            "token[0].sha256",
+            "64 hex characters",
+        ),
+        (
+            format!("{good}colour = 1\n"),
+            5,
+            "token[0].colour",
+            "unknown field `colour`",
+        ),
+        (
+            good.replace("role = \"operator\"\n", ""),
+            1,
+            "token[0]",
+            "missing field `role`",
+        ),
+        (
+            format!("{good}created = \"yesterday\"\n"),
+            5,
+            "token[0].created",
+            "RFC 3339",
+        ),
         (format!("{good}name = \n"), 5, "", ""),
         ("role = 3\n".into(), 1, "role", "unknown field"),
     ];
@@ -110,7 +148,11 @@ fn create_appends_a_hash_refuses_duplicates_and_exposed_files() {
     assert!(e.contains(&format!("tokens.toml:{}", entries[0].line)), "{e}");
     assert!(file::create(&path, "admin", Role::Admin).is_err());
     assert!(file::create(&path, "", Role::Admin).is_err());
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "a refused create wrote nothing");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        before,
+        "a refused create wrote nothing"
+    );
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let e = file::create(&path, "new", Role::Viewer).unwrap_err().to_string();
@@ -142,7 +184,11 @@ fn a_running_set_takes_new_tokens_at_once_and_keeps_the_old_set_over_a_broken_fi
     // Broken: the previous set stays, the new entry is not taken.
     let good = std::fs::read_to_string(&tokens_file).unwrap();
     let extra = "x".repeat(40);
-    std::fs::write(&tokens_file, format!("{good}{}oops = [\n", entry("late", "viewer", &extra))).unwrap();
+    std::fs::write(
+        &tokens_file,
+        format!("{good}{}oops = [\n", entry("late", "viewer", &extra)),
+    )
+    .unwrap();
     assert_eq!(t.authenticate(&extra), None);
     assert_eq!(t.authenticate(&ci.token).map(|i| i.role), Some(Role::Operator));
 

@@ -203,7 +203,10 @@ async fn cli_commands_and_exit_codes() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, vec!["rolled_back", "switched", "switched"]);
-    assert!(h["history"][0]["actor"].as_str().unwrap().starts_with("token:admin (cli:"));
+    assert!(h["history"][0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:admin (cli:"));
 
     let (code, _, err) = r.cli(&["status", "nope"]);
     assert_eq!(code, 2, "unknown service is a usage error: {err}");

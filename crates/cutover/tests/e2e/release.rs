@@ -121,11 +121,10 @@ async fn manual_promotion_waits_for_approve_and_abort_leaves_live_alone() {
     assert_eq!(code, 0, "{out}{err}");
     let d = r.wait_end(id, Duration::from_secs(20)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
-    assert!(d["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["detail"].as_str().unwrap_or("").starts_with("approved by token:admin (cli:")));
+    assert!(d["phases"].as_array().unwrap().iter().any(|p| p["detail"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("approved by token:admin (cli:")));
     assert_eq!(live(&r).await, ("green".into(), 2));
 
     // The next release goes to blue; abort it while it waits.
@@ -135,7 +134,10 @@ async fn manual_promotion_waits_for_approve_and_abort_leaves_live_alone() {
     assert_eq!(code, 0, "{err}");
     let d = r.wait_end(id, Duration::from_secs(20)).await;
     assert_eq!(d["outcome"], "aborted");
-    assert!(d["reason"].as_str().unwrap().starts_with("aborted by token:admin (cli:"));
+    assert!(d["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("aborted by token:admin (cli:"));
     assert_eq!(live(&r).await, ("green".into(), 2));
     let refused = r
         .api(

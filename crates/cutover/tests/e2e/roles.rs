@@ -31,7 +31,10 @@ fn new_token(r: &Router, name: &str, role: &str) -> String {
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("only time it is shown"), "{err}");
     let token = out.trim().to_string();
-    assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{out}");
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
     token
 }
 
@@ -46,7 +49,10 @@ fn curl(r: &Router, method: &str, path: &str, token: &str, body: &str) -> (u16, 
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        status.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 /// The CLI against `r` with `token` instead of the admin one.
@@ -79,8 +85,14 @@ async fn viewer_reads_operator_switches_and_the_history_names_the_token() {
     // The tokens file holds digests only.
     let path = r.dir.path().join("tokens.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains(&viewer) && !text.contains(&operator), "a token in plain text:\n{text}");
-    assert!(text.contains("name = \"grafana\"") && text.contains("role = \"operator\""), "{text}");
+    assert!(
+        !text.contains(&viewer) && !text.contains(&operator),
+        "a token in plain text:\n{text}"
+    );
+    assert!(
+        text.contains("name = \"grafana\"") && text.contains("role = \"operator\""),
+        "{text}"
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 
     // A viewer reads, with a real third-party client (python httpx).
@@ -174,7 +186,10 @@ async fn viewer_reads_operator_switches_and_the_history_names_the_token() {
         "{list}"
     );
     let digest_of_a_line = text.lines().find_map(|l| l.strip_prefix("sha256 = \"")).unwrap();
-    assert!(!list.contains(&viewer) && !list.contains(&digest_of_a_line[..64]), "{list}");
+    assert!(
+        !list.contains(&viewer) && !list.contains(&digest_of_a_line[..64]),
+        "{list}"
+    );
 }
 
 /// Every admin route, with a body where it takes one, as (method, path, body, role needed).
@@ -242,7 +257,14 @@ async fn each_role_reaches_exactly_its_routes_and_admin_token_reaches_all() {
         .collect();
     assert_eq!(
         actors,
-        ["token:o", "token:o", "token:root", "token:root", "token:admin", "token:admin"],
+        [
+            "token:o",
+            "token:o",
+            "token:root",
+            "token:root",
+            "token:admin",
+            "token:admin"
+        ],
         "{h}"
     );
 }
@@ -259,24 +281,42 @@ async fn tokens_file_refused_when_exposed_or_malformed_and_duplicates_refused() 
     // A duplicate name: exit 2, the line of the first, nothing written.
     let (code, out, err) = token_create(&r.config, "ci", "viewer");
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
-    assert!(err.contains("tokens.toml:5: key `token[0].name`: a token named \"ci\" exists already"), "{err}");
+    assert!(
+        err.contains("tokens.toml:5: key `token[0].name`: a token named \"ci\" exists already"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
 
     // The running router: an edit that breaks the file keeps the set it had (with `ci`, in
     // use already), and says why.
     let (status, _) = curl(&r, "GET", "/v1/services", &ci, "");
     assert_eq!(status, 200);
-    std::fs::write(&path, format!("{good}\n[[token]]\nname = \"late\"\nrole = \"boss\"\nsha256 = \"{}\"\n", "1".repeat(64))).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{good}\n[[token]]\nname = \"late\"\nrole = \"boss\"\nsha256 = \"{}\"\n",
+            "1".repeat(64)
+        ),
+    )
+    .unwrap();
     let (status, _) = curl(&r, "GET", "/v1/services", &"1".repeat(64), "");
     assert_eq!(status, 401);
     let (status, _) = curl(&r, "GET", "/v1/services", &ci, "");
     assert_eq!(status, 200, "the previous set is kept");
-    wait_for("the router to log the broken tokens file", Duration::from_secs(10), || {
-        let log = r.log();
-        async move { log.contains("tokens file changed but is invalid").then_some(()) }
-    })
+    wait_for(
+        "the router to log the broken tokens file",
+        Duration::from_secs(10),
+        || {
+            let log = r.log();
+            async move { log.contains("tokens file changed but is invalid").then_some(()) }
+        },
+    )
     .await;
-    assert!(r.log().contains("unknown role \\\"boss\\\"") || r.log().contains("unknown role \"boss\""), "{}", r.log());
+    assert!(
+        r.log().contains("unknown role \\\"boss\\\"") || r.log().contains("unknown role \"boss\""),
+        "{}",
+        r.log()
+    );
 
     // At start, the same file stops `serve` with file, line and key.
     r.proc.signal("TERM");
@@ -287,11 +327,17 @@ async fn tokens_file_refused_when_exposed_or_malformed_and_duplicates_refused() 
             .arg(&r.config)
             .output()
             .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = serve(&r);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("tokens.toml:13: key `token[1].role`: unknown role \"boss\""), "{err}");
+    assert!(
+        err.contains("tokens.toml:13: key `token[1].role`: unknown role \"boss\""),
+        "{err}"
+    );
     let (code, _, err) = token_create(&r.config, "other", "viewer");
     assert_eq!(code, 2);
     assert!(err.contains("tokens.toml:13"), "{err}");
