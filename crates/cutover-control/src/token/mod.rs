@@ -205,12 +205,6 @@ impl Tokens {
         Ok(Tokens::with(token, path, keyring, seen))
     }
 
-    /// Only `token` (as `admin`), with no tokens file: for tests and embedders.
-    pub fn single(token: Token) -> Tokens {
-        let keyring = Keyring::new(&token, &[]);
-        Tokens::with(token, PathBuf::new(), keyring, None)
-    }
-
     fn with(admin: Token, path: PathBuf, keyring: Keyring, seen: Option<Stamp>) -> Tokens {
         Tokens {
             inner: Arc::new(Live {
@@ -239,9 +233,6 @@ impl Tokens {
     /// Re-reads the tokens file if it changed; true when the set was replaced.
     fn refresh(&self, now: bool) -> bool {
         let live = &self.inner;
-        if live.path.as_os_str().is_empty() {
-            return false;
-        }
         // A hit never waits for another request's look; a miss does, to see its result.
         let mut w = if now {
             live.watch.lock().unwrap_or_else(|p| p.into_inner())
