@@ -661,7 +661,7 @@ mod tests {
 
     /// The role table and the router agree: every declared route has its line (a missing one
     /// would need `admin`, silently), `/v1` routes need a token and the rest are public, and
-    /// the table names no route the router lacks, except `/v1/reload`, classified ahead.
+    /// the table names no route the router lacks.
     #[test]
     fn every_route_the_router_serves_has_its_role() {
         use super::access::{Access, TABLE};
@@ -673,10 +673,7 @@ mod tests {
             missing.is_empty(),
             "routes without a role in access::TABLE: {missing:?}"
         );
-        let extra: Vec<_> = table
-            .difference(&declared)
-            .filter(|(m, r)| !(m == "POST" && r == "/v1/reload"))
-            .collect();
+        let extra: Vec<_> = table.difference(&declared).collect();
         assert!(
             extra.is_empty(),
             "access::TABLE names routes the router lacks: {extra:?}"

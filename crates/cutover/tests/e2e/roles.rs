@@ -208,6 +208,8 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("POST", "/v1/services/nope/releases", r#"{"version":"v9"}"#, "operator"),
     ("POST", "/v1/services/chat/releases/999/approve", "", "operator"),
     ("POST", "/v1/services/chat/releases/999/abort", "", "operator"),
+    // The config is unchanged: a reload that an admin may make changes nothing.
+    ("POST", "/v1/reload", "", "admin"),
 ];
 
 #[tokio::test]
