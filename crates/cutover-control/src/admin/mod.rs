@@ -637,6 +637,21 @@ mod tests {
         assert_eq!(declared, documented, "router and /openapi.json disagree");
     }
 
+    #[test]
+    fn the_actor_is_the_token_name_then_the_clients_label() {
+        use crate::token::{Identity, Role};
+        let ci = Identity {
+            name: "ci".into(),
+            role: Role::Operator,
+        };
+        assert_eq!(super::actor_of(&ci, None), "token:ci");
+        assert_eq!(super::actor_of(&ci, Some("  ")), "token:ci");
+        assert_eq!(super::actor_of(&ci, Some("cli:bob")), "token:ci (cli:bob)");
+        assert_eq!(super::actor_of(&ci, Some("a\tb\u{7f}")), "token:ci (ab)");
+        let long = "x".repeat(500);
+        assert_eq!(super::actor_of(&ci, Some(&long)).len(), "token:ci ()".len() + 100);
+    }
+
     /// /openapi.json says which role each /v1 operation needs, and that it may answer 403.
     #[test]
     fn openapi_states_the_role_of_every_operation_as_the_table_does() {
