@@ -16,6 +16,7 @@ use cutover_store::{HistoryEntry, Store};
 
 use crate::colors::{routed, stored};
 use crate::error::{ControlError, ReleaseError};
+use crate::pause::{Pause, Quiesced};
 use crate::release::run::RunEnv;
 use crate::release::{self, ReleaseDoc, Releases};
 use crate::scale_down::ScaleDowns;
@@ -47,6 +48,8 @@ pub struct Controller {
     releases: Releases,
     /// Pending scale-downs of old colors, per service.
     scale_downs: ScaleDowns,
+    /// Stops the control plane's writes while a successor takes over (`serve --upgrade`).
+    pub(crate) pause: Pause,
 }
 
 impl Controller {
@@ -62,9 +65,10 @@ impl Controller {
             data_dir: config.store.data_dir.clone(),
             config_dir: config.path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
         };
+        let pause = Pause::default();
         let mut services = BTreeMap::new();
         for (name, cfg) in &config.services {
-            let svc = restore(cfg, &store, &dirs)?;
+            let svc = restore(cfg, &store, &dirs, &pause)?;
             services.insert(name.clone(), svc);
         }
         let ctl = Controller {
@@ -75,6 +79,7 @@ impl Controller {
             reloads: ReloadCounts::default(),
             releases: Releases::default(),
             scale_downs: ScaleDowns::default(),
+            pause,
         };
         for svc in ctl.services().values() {
             release::interrupt_unfinished(&ctl.store, svc)
@@ -161,6 +166,24 @@ impl Controller {
         }
     }
 
+    /// Pauses the control plane for a hand-over to a successor: waits (up to `within`) for
+    /// the operations under way, then keeps release runs, scale-downs and supervision from
+    /// writing the store or touching a process, and the admin API answers mutations 503,
+    /// until the guard drops. The managed processes and the data plane go on as they are.
+    pub async fn quiesce(&self, within: Duration) -> Result<Quiesced, String> {
+        self.pause.quiesce(within).await.map_err(|d| {
+            format!(
+                "a control operation (a switch, a release step, a process start or stop) was still running after {} s",
+                d.as_secs()
+            )
+        })
+    }
+
+    /// True while a hand-over holds the control plane still.
+    pub fn is_quiesced(&self) -> bool {
+        self.pause.is_quiesced()
+    }
+
     /// Every service now.
     pub fn services(&self) -> Arc<BTreeMap<String, Arc<ServiceCtl>>> {
         self.services.load_full()
@@ -177,7 +200,7 @@ impl Controller {
     /// A service a reload added: restored from the store as at start-up (a service removed
     /// and added back finds its routing, history and still-running processes again).
     pub fn add_service(&self, cfg: &cutover_config::ServiceConfig) -> anyhow::Result<Arc<ServiceCtl>> {
-        let svc = restore(cfg, &self.store, &self.dirs)?;
+        let svc = restore(cfg, &self.store, &self.dirs, &self.pause)?;
         release::interrupt_unfinished(&self.store, &svc)
             .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
         self.adopt(&svc)?;
@@ -306,7 +329,12 @@ fn serve(svc: &ServiceCtl, out: &SwitchOutcome) {
 }
 
 /// One service with its committed routing published.
-fn restore(cfg: &cutover_config::ServiceConfig, store: &Arc<Store>, dirs: &Dirs) -> anyhow::Result<Arc<ServiceCtl>> {
+fn restore(
+    cfg: &cutover_config::ServiceConfig,
+    store: &Arc<Store>,
+    dirs: &Dirs,
+    pause: &Pause,
+) -> anyhow::Result<Arc<ServiceCtl>> {
     let name = &cfg.name;
     let (bv, gv) = match &cfg.environments {
         Environments::Static { blue, green } => (blue.version.as_deref(), green.version.as_deref()),
@@ -320,6 +348,7 @@ fn restore(cfg: &cutover_config::ServiceConfig, store: &Arc<Store>, dirs: &Dirs)
         store.clone(),
         [state.blue_version.clone(), state.green_version.clone()],
         dirs.clone(),
+        pause.clone(),
     );
     let live = state.live.map(routed);
     svc.publish(live, state.generation);

@@ -20,8 +20,11 @@
 //! - [`steps`]: provision, wait for health, warm-up, smoke checks, hooks.
 //! - [`service`]: one service's colors, states, route tables, switch and rollback.
 //! - [`supervisor`]: managed model-server processes (start, stop, adopt).
-//! - [`store_call`], [`colors`], [`error`], [`token`]: leaves (store calls off the async
-//!   workers, the store/data-plane color seam, the core's errors, the admin tokens and their roles).
+//! - [`store_call`], [`colors`], [`error`], [`token`], [`pause`]: leaves (store calls off the
+//!   async workers, the store/data-plane color seam, the core's errors, the admin tokens and
+//!   their roles, the control plane's pause during a hand-over).
+//! - [`upgrade`]: the hand-over protocol of `serve --upgrade` (listening sockets passed over
+//!   a Unix socket), both sides; `server` sequences it.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +33,7 @@ pub(crate) mod colors;
 pub mod controller;
 pub mod error;
 pub mod metrics;
+pub mod pause;
 pub mod release;
 pub mod reload;
 pub mod scale_down;
@@ -39,6 +43,7 @@ pub mod steps;
 pub(crate) mod store_call;
 pub mod supervisor;
 pub mod token;
+pub mod upgrade;
 
 pub use admin::ApiError;
 pub use controller::Controller;

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::controller::Controller;
 use crate::service::BoundAddrs;
+use crate::upgrade::Entry;
 
 /// Why a reload changed nothing.
 #[derive(Debug)]
@@ -90,6 +92,8 @@ struct Loop {
     configured: SocketAddr,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
+    /// A copy of the listening socket, for a successor (`serve --upgrade`); closed with the loop.
+    fd: OwnedFd,
 }
 
 /// Every data-plane accept loop of one `serve`, by (service, preview).
@@ -126,6 +130,7 @@ impl Serving {
     pub fn start(&self, service: &str, preview: bool, l: TcpListener, configured: SocketAddr) -> anyhow::Result<()> {
         let svc = self.ctl.service(service)?;
         let bound = l.local_addr()?;
+        let fd = l.as_fd().try_clone_to_owned()?;
         tracing::info!(service = %service, listen = %bound, kind = if preview { "preview" } else { "live" }, "data plane listening");
         let (stop, stop_rx) = watch::channel(false);
         let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
@@ -143,6 +148,7 @@ impl Serving {
                 configured,
                 bound,
                 stop,
+                fd,
             },
         );
         if let Some(old) = old {
@@ -184,6 +190,22 @@ impl Serving {
         out
     }
 
+    /// Every data-plane listener as a successor gets it: its config key, addresses and a copy
+    /// of its socket.
+    pub fn handover(&self) -> std::io::Result<Vec<(Entry, OwnedFd)>> {
+        let mut out = Vec::new();
+        for ((name, preview), l) in self.loops().iter() {
+            let key = if *preview { "preview_listen" } else { "listen" };
+            let entry = Entry {
+                key: format!("services.{name}.{key}"),
+                configured: l.configured,
+                bound: l.bound,
+            };
+            out.push((entry, l.fd.try_clone()?));
+        }
+        Ok(out)
+    }
+
     /// Keep `--addresses-file` up to date from now on.
     pub fn set_addresses_file(&self, path: PathBuf, admin: SocketAddr) {
         *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, admin));
@@ -210,6 +232,9 @@ impl Serving {
     /// Reads the config file again and applies what changed; see the module docs.
     pub async fn reload(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
         let _one = self.reloading.lock().await;
+        // Not while a successor takes the listeners over (it would miss what changes), nor
+        // ever after it did: the store is the successor's then.
+        let _permit = self.ctl.pause.enter().await;
         let r = self.reload_inner(actor).await;
         let counts = &self.ctl.reloads;
         match &r {

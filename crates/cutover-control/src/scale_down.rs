@@ -75,6 +75,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
     );
     tracing::info!(service = %svc.name, color = %color, "{reason}");
     let n = svc.name.clone();
+    let _permit = svc.pause.enter().await;
     record(&svc.store, "the scale-down", &svc.name, move |s| {
         s.record_event(&EventRecord {
             service: &n,

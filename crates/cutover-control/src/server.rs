@@ -3,9 +3,13 @@
 //! then is the store opened and the previous state resumed, then everything serves until a
 //! signal, then drains. A second `serve` started by mistake on the same config therefore
 //! fails at the bind, before it has written anything into the live instance's store.
+//!
+//! `serve --upgrade` takes the listeners of the running router instead of binding them (see
+//! [`crate::upgrade`]); a running router hands them on and drains once its successor serves.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +28,7 @@ use crate::reload::Serving;
 use crate::service::series::SAMPLE_EVERY;
 use crate::service::BoundAddrs;
 use crate::token;
+use crate::upgrade::{self, Entry, Predecessor, Received, UpgradeSocket};
 
 pub struct ServeOptions {
     /// How long in-flight requests (streams included) may run on after SIGTERM.
@@ -31,6 +36,9 @@ pub struct ServeOptions {
     /// Where to write the bound addresses (JSON) once everything serves; how tests and
     /// scripts find the ports of a config that says port 0.
     pub addresses_file: Option<PathBuf>,
+    /// Take the listeners of the router running with this config (`serve --upgrade`) instead
+    /// of binding them, and tell it to drain once this process serves.
+    pub upgrade: bool,
 }
 
 /// What one `serve` bound, as written to `--addresses-file`.
@@ -70,6 +78,54 @@ impl Listeners {
         Ok(Listeners { admin, services })
     }
 
+    /// The listeners for `config` from those a predecessor handed over: a key whose configured
+    /// address is unchanged takes its socket (backlog and port, a port 0 included); a new or
+    /// changed key is bound afresh. Keys the config no longer has are left to the predecessor,
+    /// which closes them. Returns the listeners and the keys taken over.
+    pub fn from_received(config: &Config, received: Vec<Received>) -> anyhow::Result<(Listeners, Vec<String>)> {
+        let mut by_key: BTreeMap<String, Received> = received.into_iter().map(|r| (r.entry.key.clone(), r)).collect();
+        let mut taken = Vec::new();
+        let mut take =
+            |key: &str, addr: SocketAddr, fresh: &dyn Fn(SocketAddr) -> std::io::Result<TcpListener>| match by_key
+                .remove(key)
+                .filter(|r| r.entry.configured == addr)
+            {
+                Some(r) => {
+                    r.listener.set_nonblocking(true)?;
+                    taken.push(key.to_string());
+                    TcpListener::from_std(r.listener)
+                        .with_context(|| format!("cannot serve the {key} socket handed over"))
+                }
+                None => fresh(addr).with_context(|| format!("cannot listen on {key} {addr}")),
+            };
+        let admin = take("admin", config.admin.listen, &|a| {
+            let l = std::net::TcpListener::bind(a)?;
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })?;
+        let mut services = BTreeMap::new();
+        for (name, svc) in &config.services {
+            let live = take(&format!("services.{name}.listen"), svc.listen, &listener::bind)?;
+            let preview = match svc.preview_listen {
+                Some(p) => Some(take(&format!("services.{name}.preview_listen"), p, &listener::bind)?),
+                None => None,
+            };
+            services.insert(name.clone(), (live, preview));
+        }
+        Ok((Listeners { admin, services }, taken))
+    }
+
+    /// The admin listener's manifest entry and a copy of its socket, to hand to a successor
+    /// (the data-plane listeners, which a reload changes, are `Serving`'s).
+    fn admin_entry(&self, config: &Config) -> std::io::Result<(Entry, OwnedFd)> {
+        let entry = Entry {
+            key: "admin".into(),
+            configured: config.admin.listen,
+            bound: self.admin.local_addr()?,
+        };
+        Ok((entry, self.admin.as_fd().try_clone_to_owned()?))
+    }
+
     /// The addresses actually bound (a configured port 0 is a real port here).
     pub fn addresses(&self) -> std::io::Result<Addresses> {
         let mut services = BTreeMap::new();
@@ -87,9 +143,38 @@ impl Listeners {
     }
 }
 
-/// Runs until SIGINT or SIGTERM, then stops accepting and drains for up to `grace`.
+/// Runs until SIGINT or SIGTERM (or a successor took over), then stops accepting and drains
+/// for up to `grace`.
 pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    if opts.upgrade {
+        return take_over(config, opts).await;
+    }
     serve_until(config, opts, wait_for_signal()).await
+}
+
+/// `serve --upgrade`: takes the running router's listeners, then starts as `run` does and says
+/// ready. Any failure before that is reported to the running router, which resumes.
+async fn take_over(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    let path = upgrade::socket_path(&config.store.data_dir);
+    let mut pred = Predecessor::connect(&path).await?;
+    let deadline = tokio::time::Instant::now() + upgrade::HANDOVER_TIMEOUT;
+    let received = match tokio::time::timeout_at(deadline, pred.take()).await {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!(
+            "the running cutover sent no listeners within {} s",
+            upgrade::HANDOVER_TIMEOUT.as_secs()
+        ),
+    };
+    let from = pred.pid;
+    let (listeners, taken) = match Listeners::from_received(&config, received) {
+        Ok(l) => l,
+        Err(e) => {
+            pred.fail(&format!("{e:#}")).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(from_pid = from, taken = taken.len(), keys = %taken.join(", "), "upgrade: took over listeners from the running cutover");
+    run_with(config, listeners, opts, wait_for_signal(), Some((pred, deadline))).await
 }
 
 /// Binds every listener, then runs until `stop` resolves, then drains for up to `grace`.
@@ -109,9 +194,139 @@ pub async fn run(
     opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(config, listeners, opts, stop, None).await
+}
+
+/// `run`, for a successor too: an error before it serves is told to the predecessor, and
+/// once it serves it says ready.
+async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    opts: ServeOptions,
+    stop: impl std::future::Future<Output = ()>,
+    mut pred: Option<(Predecessor, tokio::time::Instant)>,
+) -> anyhow::Result<()> {
+    let upgrade_path = upgrade::socket_path(&config.store.data_dir);
+    let admin_address_file = config.admin.address_file.clone();
+    let from = pred.as_ref().map(|(p, _)| p.pid);
+    let started = start(config, listeners, &opts, from).await;
+    let started = match (started, pred.as_mut()) {
+        (Ok(s), _) => s,
+        (Err(e), Some((p, _))) => {
+            p.fail(&format!("{e:#}")).await;
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let Started {
+        ctl,
+        serving,
+        tasks,
+        stop_tx,
+        admin,
+        addresses,
+        _sampling,
+    } = started;
+    if let Err(e) = write_addresses(
+        admin_address_file.as_deref(),
+        opts.addresses_file.as_deref(),
+        &addresses,
+    ) {
+        if let Some((p, _)) = pred.as_mut() {
+            p.fail(&format!("{e:#}")).await;
+        }
+        // Connections accepted meanwhile get the grace period rather than a reset.
+        drain(tasks, stop_tx, &serving, opts.grace).await;
+        return Err(e);
+    }
+    if let Some(path) = &opts.addresses_file {
+        serving.set_addresses_file(path.clone(), addresses.admin);
+    }
+    if let Some((p, deadline)) = pred {
+        let from = p.pid;
+        // The predecessor names this process the unit's main process (`MAINPID`) before its
+        // bye, so systemd takes this process's `READY=1` below.
+        match tokio::time::timeout_at(deadline, p.ready()).await {
+            Ok(Ok(())) => tracing::info!(
+                from_pid = from,
+                "upgrade: serving; the old process stops accepting and drains"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(from_pid = from, error = %format!("{e:#}"), "upgrade: serving, but the old process did not confirm")
+            }
+            Err(_) => tracing::warn!(
+                from_pid = from,
+                "upgrade: serving, but the old process did not confirm in time"
+            ),
+        }
+    }
+    upgrade::notify("READY=1");
+    let _reload_on_hup = AbortOnDrop(tokio::spawn(reload_on_sighup(serving.clone())));
+    let socket = match UpgradeSocket::bind(&upgrade_path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "this process cannot be upgraded in place (serve --upgrade)");
+            None
+        }
+    };
+
+    // A successor that took over ends the serve like a signal, but keeps the control plane
+    // paused for good: this process must not write the store the successor now owns.
+    let mut paused = None;
+    tokio::select! {
+        () = stop => {}
+        (pid, guard) = hand_over(&ctl, socket, admin, &serving) => {
+            paused = Some(guard);
+            tracing::info!(successor_pid = pid, grace = ?opts.grace, "upgrade: the new process serves; this one stops accepting and drains");
+        }
+    }
+    drain(tasks, stop_tx, &serving, opts.grace).await;
+    if let Some(guard) = paused {
+        // Never resumed: a supervisor restart or a release step released now, as the runtime
+        // winds down, would start a process or write a store the successor owns.
+        std::mem::forget(guard);
+    }
+    Ok(())
+}
+
+/// Writes `admin.address_file` and `--addresses-file`: present means everything serves.
+fn write_addresses(admin: Option<&Path>, all: Option<&Path>, addresses: &Addresses) -> anyhow::Result<()> {
+    if let Some(path) = admin {
+        write_atomically(path, &format!("{}\n", addresses.admin))?;
+    }
+    if let Some(path) = all {
+        write_atomically(path, &serde_json::to_string_pretty(addresses)?)?;
+    }
+    Ok(())
+}
+
+/// What `start` leaves running.
+struct Started {
+    ctl: Arc<Controller>,
+    /// The data-plane accept loops (a reload changes them).
+    serving: Arc<Serving>,
+    /// The admin API's task.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+    /// A copy of the admin listener with its manifest entry, for a successor.
+    admin: (Entry, OwnedFd),
+    addresses: Addresses,
+    _sampling: AbortOnDrop,
+}
+
+/// Opens the store, resumes, and serves on every listener. `upgraded_from` is the
+/// predecessor's pid after `serve --upgrade` (shown by `/healthz`).
+async fn start(
+    config: Config,
+    listeners: Listeners,
+    opts: &ServeOptions,
+    upgraded_from: Option<u32>,
+) -> anyhow::Result<Started> {
     let addresses = listeners.addresses()?;
+    let admin_entry = listeners
+        .admin_entry(&config)
+        .context("cannot copy the admin listener for a later upgrade")?;
     let token = token::Tokens::load(&config.admin)?;
-    let config_admin_address_file = config.admin.address_file.clone();
     let ctl = Arc::new(open_and_resume(config)?);
     // Endpoint names resolve before the first request is taken (connections wait in the
     // backlog meanwhile, at most the lookup timeout).
@@ -140,33 +355,131 @@ pub async fn run(
             serving.start(&name, true, p, configured)?;
         }
     }
-    let app = admin::router(AdminState::new(ctl.clone(), token).with_reload(serving.clone()));
+    let app = admin::router(
+        AdminState::new(ctl.clone(), token)
+            .with_reload(serving.clone())
+            .upgraded_from(upgraded_from),
+    );
     tracing::info!(listen = %addresses.admin, "admin API listening");
     tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone())));
-    if let Some(path) = &config_admin_address_file {
-        write_atomically(path, &format!("{}\n", addresses.admin))?;
-    }
-    if let Some(path) = &opts.addresses_file {
-        write_atomically(path, &serde_json::to_string_pretty(&addresses)?)?;
-        serving.set_addresses_file(path.clone(), addresses.admin);
-    }
-    let _reload_on_hup = AbortOnDrop(tokio::spawn(reload_on_sighup(serving.clone())));
+    Ok(Started {
+        ctl,
+        serving,
+        tasks,
+        stop_tx,
+        admin: admin_entry,
+        addresses,
+        _sampling,
+    })
+}
 
-    stop.await;
-    tracing::info!(grace = ?opts.grace, "shutting down: no new connections; in-flight requests may finish");
+/// Stops accepting (the listening sockets close here; a successor's copies live on) and
+/// drains for up to `grace`.
+async fn drain(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+    serving: &Serving,
+    grace: Duration,
+) {
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; in-flight requests may finish"
+    );
     // Every receiver lives in a task we wait for below; none can have gone yet.
     stop_tx.send_replace(true);
     let all = async {
         tokio::join!(serving.shutdown(), futures_join(tasks));
     };
-    if tokio::time::timeout(opts.grace + Duration::from_secs(1), all)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace + Duration::from_secs(1), all).await.is_err() {
         tracing::warn!("grace period over with requests still running; exiting");
     }
     tracing::info!("stopped");
-    Ok(())
+}
+
+/// Serves successors on the upgrade socket until one is ready; returns its pid and the pause
+/// that must outlive this process. A hand-over that fails resumes everything as it was, and
+/// the next successor may try. Never returns without a socket.
+async fn hand_over(
+    ctl: &Controller,
+    socket: Option<UpgradeSocket>,
+    admin: (Entry, OwnedFd),
+    serving: &Serving,
+) -> (u32, crate::pause::Quiesced) {
+    let Some(socket) = socket else {
+        return std::future::pending().await;
+    };
+    // SIGUSR2: start the successor ourselves (the way under systemd: it is then inside the unit).
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+    loop {
+        let mut next = tokio::select! {
+            s = socket.accept() => s,
+            Some(()) = async {
+                match usr2.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match upgrade::spawn_successor() {
+                    Ok(pid) => tracing::info!(successor_pid = pid, "upgrade: SIGUSR2: started the new process (serve --upgrade)"),
+                    Err(e) => tracing::error!(error = %e, "upgrade: SIGUSR2: cannot start the new process"),
+                }
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + upgrade::HANDOVER_TIMEOUT;
+        let version = match tokio::time::timeout(Duration::from_secs(5), next.hello()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "upgrade: no hand-over");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("upgrade: a connection to the upgrade socket said nothing for 5 s");
+                continue;
+            }
+        };
+        let pid = next.pid;
+        tracing::info!(successor_pid = pid, successor_version = %version, "upgrade: a new process asks for the listeners; pausing the control plane");
+        let guard = match ctl.quiesce(upgrade::HANDOVER_TIMEOUT / 2).await {
+            Ok(g) => g,
+            Err(why) => {
+                tracing::warn!(successor_pid = pid, reason = %why, "upgrade: refused; serving as before");
+                next.refuse(&why).await;
+                continue;
+            }
+        };
+        let offered = async {
+            // The listeners as they are now, after the pause: no reload runs meanwhile.
+            let (mut entries, mut fds) = (vec![admin.0.clone()], vec![admin.1.try_clone()?]);
+            for (e, fd) in serving.handover()? {
+                entries.push(e);
+                fds.push(fd);
+            }
+            next.offer(entries, &upgrade::borrowed(&fds)).await?;
+            tracing::info!(
+                successor_pid = pid,
+                "upgrade: handed {} listeners to pid {pid}",
+                fds.len()
+            );
+            next.wait_ready().await
+        };
+        match tokio::time::timeout_at(deadline, offered).await {
+            Ok(Ok(())) => {
+                // The path is free for the successor's own socket before it hears bye.
+                drop(socket);
+                upgrade::notify(&format!("MAINPID={pid}"));
+                next.bye().await;
+                return (pid, guard);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(successor_pid = pid, reason = %format!("{e:#}"), "upgrade failed; the control plane resumes and this process serves as before");
+            }
+            Err(_) => {
+                tracing::warn!(successor_pid = pid, timeout_s = upgrade::HANDOVER_TIMEOUT.as_secs(), "upgrade failed: the new process was not ready in time; the control plane resumes and this process serves as before");
+            }
+        }
+        drop(guard);
+    }
 }
 
 /// Opens the store, restores routing, marks interrupted releases, adopts processes and

@@ -35,6 +35,7 @@ use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, now_rfc3339_millis, EventRecord, HistoryKind, ProcessRecord, Store};
 
 use crate::colors::stored;
+use crate::pause::Pause;
 use crate::store_call::{blocking, record};
 
 /// Log files kept per replica (one per start); older ones are removed at the next start.
@@ -401,10 +402,13 @@ pub struct Supervisor {
     restarts_total: Mutex<BTreeMap<(Color, String), u64>>,
     /// The latest exit nobody asked for, per color; a release waits on its own color's.
     exits: [watch::Sender<Option<Exit>>; 2],
+    /// Held from a start, restart or stop's first effect to its last store write, so a
+    /// successor never adopts from a store that misses a process (see `pause`).
+    pause: Pause,
 }
 
 impl Supervisor {
-    pub fn new(service: &str, run: RunConfig, dirs: Dirs, store: Arc<Store>) -> Arc<Supervisor> {
+    pub fn new(service: &str, run: RunConfig, dirs: Dirs, store: Arc<Store>, pause: Pause) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             service: service.to_string(),
             run: arc_swap::ArcSwap::from_pointee(run),
@@ -413,6 +417,7 @@ impl Supervisor {
             colors: Mutex::new([ColorProcs::new(), ColorProcs::new()]),
             restarts_total: Mutex::new(BTreeMap::new()),
             exits: [watch::Sender::new(None), watch::Sender::new(None)],
+            pause,
         })
     }
 
@@ -484,6 +489,7 @@ impl Supervisor {
     /// Starts one process per port of `color` for a release (role `Releasing`), after
     /// checking every port is free; records them in the store. Returns their records.
     pub async fn start(self: &Arc<Self>, color: Color, version: &str) -> Result<Vec<ProcessRecord>, String> {
+        let _permit = self.pause.enter().await;
         for port in self.ports(color) {
             check_port_free(&self.service, &self.run().host, port)?;
         }
@@ -659,6 +665,8 @@ impl Supervisor {
     }
 
     async fn on_exit(self: Arc<Self>, color: Color, epoch: u64, replica: u32, pid: u32, status: String) {
+        // Paused for a hand-over: the successor finds this process gone and decides.
+        let permit = self.pause.enter().await;
         let service = self.service.clone();
         let (exit, next) = {
             let mut colors = self.lock();
@@ -727,6 +735,7 @@ impl Supervisor {
             format!("{what}\n{then}"),
         )
         .await;
+        drop(permit);
         if let Next::Restart(delay) = next {
             let me = self.clone();
             tokio::spawn(async move { me.restart(color, epoch, replica, pid, delay).await });
@@ -737,6 +746,7 @@ impl Supervisor {
     /// serving meanwhile. A start that fails counts as another exit.
     async fn restart(self: Arc<Self>, color: Color, epoch: u64, replica: u32, old_pid: u32, delay: Duration) {
         tokio::time::sleep(delay).await;
+        let permit = self.pause.enter().await;
         let started = {
             let mut colors = self.lock();
             let c = &mut colors[idx(color)];
@@ -787,6 +797,7 @@ impl Supervisor {
                     .await;
             }
             Err(e) => {
+                drop(permit);
                 // Counted like an exit of the old process: the next attempt backs off further.
                 self.clone()
                     .exited(
@@ -839,6 +850,7 @@ impl Supervisor {
     /// Stops `color`'s processes (SIGTERM to each group, SIGKILL after `stop_timeout`) and
     /// forgets them, in the store too. The caller drains the color first.
     pub async fn stop(&self, color: Color) {
+        let _permit = self.pause.enter().await;
         let procs = {
             let mut colors = self.lock();
             let c = &mut colors[idx(color)];

@@ -78,7 +78,8 @@ pub struct Progress {
 pub enum Command {
     /// Run the router (data plane) and the release controller.
     #[command(after_help = "Examples:\n  cutover serve --config /etc/cutover/cutover.toml\n  \
-        cutover serve -c cutover.toml --log-format json --grace 60s")]
+        cutover serve -c cutover.toml --log-format json --grace 60s\n  \
+        cutover serve -c cutover.toml --upgrade    # take over from the running one, no gap")]
     Serve {
         /// Config file.
         #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
@@ -97,6 +98,12 @@ pub enum Command {
         /// how a script finds the ports of a config that says port 0.
         #[arg(long, value_name = "FILE")]
         addresses_file: Option<PathBuf>,
+        /// Take over from the `cutover serve` running with this config: its listening
+        /// sockets (no connection refused), store and managed model servers; it drains and
+        /// exits once this one serves. If anything fails first, it keeps serving and this
+        /// one exits 1. See docs/upgrade.md.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
     #[command(after_help = "Example:\n  cutover demo")]

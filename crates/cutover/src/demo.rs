@@ -216,6 +216,7 @@ pub async fn run() -> Result<(), Failure> {
         cutover_control::server::ServeOptions {
             grace: Duration::from_secs(5),
             addresses_file: None,
+            upgrade: false,
         },
         async move {
             let _ = stop_rx.await;

@@ -28,9 +28,8 @@ mod output;
 mod token_cmd;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 
@@ -91,9 +90,15 @@ fn main() -> ExitCode {
             threads,
             log_format,
             addresses_file,
+            upgrade,
         } => {
             init_logs(log_format);
-            serve(&config, grace, threads, addresses_file)
+            let opts = cutover_control::server::ServeOptions {
+                grace,
+                addresses_file,
+                upgrade,
+            };
+            serve(&config, threads, opts)
         }
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -168,7 +173,7 @@ fn man(dir: Option<&Path>) -> Result<(), Failure> {
 }
 
 /// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.
-fn serve(config: &Path, grace: Duration, threads: Option<usize>, addresses_file: Option<PathBuf>) -> ExitCode {
+fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::server::ServeOptions) -> ExitCode {
     let cfg = match cutover_config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -191,10 +196,7 @@ fn serve(config: &Path, grace: Duration, threads: Option<usize>, addresses_file:
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(cutover_control::server::serve(
-        cfg,
-        cutover_control::server::ServeOptions { grace, addresses_file },
-    )) {
+    match rt.block_on(cutover_control::server::serve(cfg, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e:#}");

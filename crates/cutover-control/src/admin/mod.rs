@@ -37,17 +37,33 @@ pub struct AdminState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The running `serve`'s listeners, which a reload changes; `None` in a bare controller.
     pub serving: Option<Arc<crate::reload::Serving>>,
+    /// Which process answers, for `/healthz`: after `serve --upgrade`, which one it replaced.
+    pub process: Arc<Value>,
 }
 
 impl AdminState {
     pub fn new(ctl: Arc<Controller>, tokens: Tokens) -> AdminState {
         let metrics = Arc::new(crate::metrics::registry(ctl.clone()));
+        let process = Arc::new(json!({
+            "pid": std::process::id(),
+            "started_at": cutover_store::now_rfc3339(),
+            "upgraded_from_pid": null,
+        }));
         AdminState {
             ctl,
             tokens,
             metrics,
             serving: None,
+            process,
         }
+    }
+
+    /// Records the pid of the process this one took over from (`serve --upgrade`).
+    pub fn upgraded_from(mut self, pid: Option<u32>) -> AdminState {
+        let mut p = (*self.process).clone();
+        p["upgraded_from_pid"] = json!(pid);
+        self.process = Arc::new(p);
+        self
     }
 
     /// Lets `POST /v1/reload` reload the configuration of this `serve`.
@@ -73,7 +89,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
         .route("/openapi.json", get(openapi))
@@ -84,6 +100,14 @@ pub fn router(state: AdminState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Liveness, and which process is serving: its pid, start time and, after an upgrade, the pid
+/// it took over from.
+async fn healthz(State(st): State<AdminState>) -> Json<Value> {
+    let mut v = (*st.process).clone();
+    v["status"] = json!("ok");
+    Json(v)
 }
 
 async fn dashboard() -> Response {
@@ -179,6 +203,15 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
             who.name,
             who.role
         ))
+        .into_response();
+    }
+    // A successor is taking over: what this process would change now, it could not hand on.
+    if req.method() != http::Method::GET && st.ctl.is_quiesced() {
+        return ApiError::new(
+            503,
+            "upgrading",
+            "cutover is handing over to a new process (serve --upgrade); retry in a few seconds",
+        )
         .into_response();
     }
     let label = req.headers().get(ACTOR_HEADER).and_then(|v| v.to_str().ok());

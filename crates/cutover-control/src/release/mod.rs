@@ -82,6 +82,7 @@ impl Releases {
         let (signals, abort_rx) = Signals::new();
         let shared = Arc::new(Mutex::new(doc.clone()));
         self.claim(&name, &shared, &signals)?;
+        let permit = svc.pause.enter().await;
         let id = match insert(&svc.store, doc.clone()).await {
             Ok(id) => id,
             Err(e) => {
@@ -101,6 +102,7 @@ impl Releases {
         let signals = active.signals.clone();
         let run = ReleaseRun::new(svc.clone(), env, active, abort_rx);
         let me = self.clone();
+        drop(permit);
         tokio::spawn(async move {
             let end = run.run().await;
             // History first: whoever sees the release leave the active set finds its end
@@ -109,7 +111,9 @@ impl Releases {
                 Some(Outcome::Aborted) => signals.aborter(),
                 _ => None,
             };
+            let permit = svc.pause.enter().await;
             record_end(&svc.store, &end, actor.as_deref().unwrap_or("controller")).await;
+            drop(permit);
             me.lock().remove(&name);
         });
         Ok(doc)

@@ -28,6 +28,7 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::pause::Pause;
 use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
@@ -126,6 +127,9 @@ pub struct ServiceCtl {
     retired: std::sync::atomic::AtomicBool,
     /// Set once the resolver task runs (at most one per service).
     resolving: std::sync::atomic::AtomicBool,
+    /// The controller's pause for a hand-over: taken after `op` by every operation that
+    /// writes the store, never before it.
+    pub(crate) pause: Pause,
 }
 
 fn idx(c: Color) -> usize {
@@ -261,11 +265,23 @@ impl ServiceCtl {
 
     /// A service with both colors' routes installed (their health checks running) and
     /// nothing published yet.
-    pub fn new(cfg: ServiceConfig, store: Arc<Store>, versions: [Option<String>; 2], dirs: Dirs) -> Arc<ServiceCtl> {
+    pub fn new(
+        cfg: ServiceConfig,
+        store: Arc<Store>,
+        versions: [Option<String>; 2],
+        dirs: Dirs,
+        pause: Pause,
+    ) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = health_spec(&cfg);
         let procs = match &cfg.environments {
-            Environments::Managed(run) => Some(Supervisor::new(&cfg.name, run.clone(), dirs, store.clone())),
+            Environments::Managed(run) => Some(Supervisor::new(
+                &cfg.name,
+                run.clone(),
+                dirs,
+                store.clone(),
+                pause.clone(),
+            )),
             Environments::Static { .. } => None,
         };
         let svc = Arc::new(ServiceCtl {
@@ -285,6 +301,7 @@ impl ServiceCtl {
             resolved: Mutex::default(),
             retired: Default::default(),
             resolving: Default::default(),
+            pause,
         });
         let [blue, green] = versions;
         svc.install(Color::Blue, blue);

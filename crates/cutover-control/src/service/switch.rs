@@ -51,12 +51,14 @@ impl ServiceCtl {
     /// Makes a color live. Durable before it returns.
     pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
         let _op = self.op.lock().await;
+        let _permit = self.pause.enter().await;
         self.switch_locked(req).await
     }
 
     /// Switches back to the other color, recorded as a rollback.
     pub async fn rollback(&self, req: RollbackRequest) -> Result<SwitchOutcome, SwitchError> {
         let _op = self.op.lock().await;
+        let _permit = self.pause.enter().await;
         self.rollback_locked(req).await
     }
 

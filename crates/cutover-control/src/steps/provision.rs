@@ -22,9 +22,11 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
         None => "static endpoints: recorded the version label".to_string(),
     };
     let v = version.clone();
+    let permit = svc.pause.enter().await;
     blocking(&svc.store, move |s| s.set_version(&name, stored(color), Some(&v)))
         .await
         .map_err(|e| e.to_string())?;
+    drop(permit);
     let _op = svc.op.lock().await;
     svc.install(color, Some(version));
     svc.republish();

@@ -10,6 +10,8 @@ const LAYERS: &[&str] = &[
     "colors",
     "store_call",
     "token",
+    "pause",
+    "upgrade",
     "supervisor",
     "service",
     "steps",

@@ -141,6 +141,7 @@ impl ReleaseRun {
             d.updated_at = now_rfc3339();
             (d.id, serde_json::to_value(&*d), d.outcome.is_some())
         });
+        let _permit = self.svc.pause.enter().await;
         let r = match value {
             Ok(v) => blocking(&self.svc.store, move |s| s.update_release(id, &v, finished)).await,
             Err(e) => Err(e.into()),
@@ -157,6 +158,7 @@ impl ReleaseRun {
         next.updated_at = now_rfc3339();
         let (id, finished) = (next.id, next.outcome.is_some());
         let value = serde_json::to_value(&next)?;
+        let _permit = self.svc.pause.enter().await;
         blocking(&self.svc.store, move |s| s.update_release(id, &value, finished)).await?;
         self.doc(|d| *d = next);
         Ok(())

@@ -108,6 +108,7 @@ impl ReleaseRun {
         let (service, id, version, color) = self.doc(|d| (d.service.clone(), d.id, d.version.clone(), d.color));
         let by = by.to_string();
         let svc = service.clone();
+        let _permit = self.svc.pause.enter().await;
         record(&self.svc.store, "the approval", &service, move |s| {
             s.record_event(&EventRecord {
                 service: &svc,
