@@ -24,6 +24,8 @@
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
+//! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
+//!   process under load (by config key, port 0 included); a failed upgrade changes nothing.
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
@@ -48,4 +50,5 @@ mod routing;
 mod supervise;
 mod support;
 mod switching;
+mod upgrade;
 mod websocket;

@@ -1,0 +1,266 @@
+//! `cutover serve --upgrade`: a new router process takes the running one's listening sockets
+//! (by config key, port 0 included), store and managed processes; the old one drains and
+//! exits 0. Under load nothing fails and no connection is refused; a failed upgrade leaves the
+//! old one serving and its control plane working.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Runs `serve --upgrade` on the router's config and waits until the new process serves
+/// (its addresses file written). `r.proc` becomes the new process; the old one is returned.
+/// The listeners were handed over, so every port is the one the old process had.
+async fn upgrade(r: &mut Router) -> Proc {
+    let before = (r.admin, r.listen, r.preview);
+    let addresses = r.addresses_file();
+    let _ = std::fs::remove_file(&addresses);
+    let child = r
+        .serve_command(&r.config, &addresses)
+        .arg("--upgrade")
+        .spawn()
+        .expect("spawn cutover serve --upgrade");
+    let old = std::mem::replace(&mut r.proc, Proc(Some(child)));
+    let proc = &mut r.proc;
+    let bound: Value = wait_for("the new process to write its addresses", Duration::from_secs(30), || {
+        if let Ok(Some(st)) = proc.0.as_mut().unwrap().try_wait() {
+            panic!("cutover serve --upgrade exited with {st}");
+        }
+        let text = std::fs::read_to_string(&addresses).ok();
+        async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
+    })
+    .await;
+    let port = |v: &Value| v.as_str().map_or(0, |a| a.parse::<std::net::SocketAddr>().unwrap().port());
+    let after = (
+        port(&bound["admin"]),
+        port(&bound["services"]["chat"]["listen"]),
+        port(&bound["services"]["chat"]["preview_listen"]),
+    );
+    assert_eq!(after, before, "every listener was handed over, not bound anew");
+    old
+}
+
+/// Waits for the old process to exit after its drain; its exit code.
+fn exit_code(old: &mut Proc) -> Option<i32> {
+    tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)))
+}
+
+/// New connections, one request each (connection: close), until stopped: every one must be
+/// accepted and answered, whichever process accepts it.
+fn fresh_connections(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Relaxed) {
+            let r = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+                let mut buf = String::new();
+                s.read_to_string(&mut buf)?;
+                Ok(buf)
+            });
+            match r {
+                Ok(b) if b.starts_with("HTTP/1.1 200") => ok += 1,
+                Ok(b) => failed.push(b.lines().next().unwrap_or("(empty answer)").to_string()),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_serves() {
+    let blue = Mock::start("v1", &["--token-interval", "20ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    let mut r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let old_pid = r.proc.pid();
+
+    // 50 streams of 100 tokens (2 s each), open on the old process when it hands over.
+    let c = http_client();
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let req = http::Request::post(r.url("/v1/chat/completions"))
+            .body(Full::new(Bytes::from(r#"{"stream":true,"max_tokens":100}"#)))
+            .unwrap();
+        let c = c.clone();
+        streams.push(tokio::spawn(async move {
+            let resp = c.request(req).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(read_stream(resp).await)
+        }));
+    }
+    wait_for("50 streams in flight", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["in_flight"].as_u64() >= Some(50)).then_some(())
+    })
+    .await;
+    let traffic = Traffic::start(r.url("/v1/chat/completions"), 4, Duration::from_millis(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let fresh = fresh_connections(r.listen, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut old = upgrade(&mut r).await;
+    let new_pid = r.proc.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Relaxed);
+    let (fresh_ok, fresh_failed) = tokio::task::block_in_place(|| fresh.join().unwrap());
+    let (ok, failed, _) = traffic.stop().await;
+    assert!(failed.is_empty(), "{} failed requests: {failed:?}", failed.len());
+    assert!(fresh_failed.is_empty(), "new connections refused or failed: {fresh_failed:?}");
+    assert!(ok > 20 && fresh_ok > 20, "traffic ran throughout ({ok} requests, {fresh_ok} fresh connections)");
+    for s in streams {
+        let (events, err) = s.await.unwrap().unwrap();
+        assert_eq!(err, None, "a stream was cut");
+        assert_eq!(stream_versions(&events).unwrap(), vec!["v1"; 101], "every event of every stream");
+    }
+    assert_eq!(exit_code(&mut old), Some(0), "the old process drained and exited 0");
+    let log = r.log();
+    assert!(
+        log.contains(&format!("upgrade: handed 3 listeners to pid {new_pid}")),
+        "{log}"
+    );
+    assert!(log.contains("upgrade: took over listeners from the running cutover"), "{log}");
+    assert!(log.contains(&format!("from_pid={old_pid}")), "{log}");
+
+    // The new process is the router now: its admin API answers and a switch works.
+    assert_eq!(r.status().await["live"], "blue");
+    assert_eq!(r.switch("green").await.status, 200);
+    let after = get(&r.url("/v1/models")).await.unwrap();
+    assert_eq!(after.header("x-cutover-version"), "v2");
+    assert!(r.proc.0.as_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+async fn mock_pid(port: u16) -> Option<u64> {
+    let r = get(&format!("http://127.0.0.1:{port}/mock/stats")).await.ok()?;
+    r.json()["pid"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_keeps_the_managed_model_servers_and_the_new_router_supervises_them() {
+    let ports = ManagedPorts::new();
+    let verify = "[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n";
+    let mut r = Router::start(&managed_service(&ports, &[], verify)).await;
+    let id = r.release("v1").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(60)).await["outcome"], "completed");
+    let before = mock_pid(ports.blue).await.unwrap();
+
+    let mut old = upgrade(&mut r).await;
+    assert_eq!(exit_code(&mut old), Some(0));
+    assert_eq!(mock_pid(ports.blue).await, Some(before), "the same model server, never restarted");
+    let st = r.status().await;
+    assert_eq!(st["colors"]["blue"]["processes"]["running"][0]["pid"].as_u64(), Some(before), "{st}");
+    assert_eq!(get(&r.url("/v1/models")).await.unwrap().status, 200);
+
+    // The new router watches it: killed, it is restarted by the new router's policy.
+    let kill = std::process::Command::new("kill")
+        .args(["-9", &before.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let pid = wait_for("blue to be restarted by the new router", Duration::from_secs(20), || async {
+        let st = r.status().await;
+        let p = &st["colors"]["blue"]["processes"];
+        (p["restarts"] == 1).then(|| p["running"][0]["pid"].as_u64()).flatten()
+    })
+    .await;
+    assert_ne!(pid, before);
+    wait_for("the restarted model server to answer", Duration::from_secs(20), || async {
+        mock_pid(ports.blue).await.filter(|p| *p == pid)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_working() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let mut r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let traffic = Traffic::start(r.url("/v1/chat/completions"), 2, Duration::from_millis(5));
+
+    // The new process's store cannot open (its folder would be inside a file); the upgrade
+    // socket is found through the same data_dir.
+    let text = std::fs::read_to_string(&r.config).unwrap().replace(
+        "path = \"cutover.db\"",
+        "path = \"cutover.toml/cutover.db\"\ndata_dir = \"cutover-data\"",
+    );
+    let bad = r.dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let out = tokio::task::block_in_place(|| {
+        r.serve_command(&bad, &r.dir.path().join("bad-addresses.json"))
+            .arg("--upgrade")
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot create the store folder"), "{stderr}");
+    assert!(!r.dir.path().join("bad-addresses.json").exists());
+
+    // The old process resumed: it serves, its admin mutations work, nothing failed.
+    let log = r.log();
+    assert!(log.contains("upgrade: handed 3 listeners to pid"), "{log}");
+    assert!(log.contains("upgrade failed"), "{log}");
+    assert!(log.contains("cannot create the store folder"), "the old process logs why: {log}");
+    assert_eq!(r.switch("green").await.status, 200);
+    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"), "v2");
+    let (ok, failed, _) = traffic.stop().await;
+    assert!(failed.is_empty() && ok > 0, "{ok} ok, failed: {failed:?}");
+    assert!(r.proc.0.as_mut().unwrap().try_wait().unwrap().is_none(), "still running");
+
+    // And a later upgrade still works.
+    let mut old = upgrade(&mut r).await;
+    assert_eq!(exit_code(&mut old), Some(0));
+    assert_eq!(r.status().await["live"], "green");
+}
+
+/// Two services whose every listener says port 0: each socket reaches the new process under
+/// its own key (an address-keyed hand-over could not tell them apart), twice in a row, the
+/// second time from the process the first upgrade started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_0_listeners_are_handed_over_by_key_twice_in_a_row() {
+    let (a, b) = (Mock::start("a1", &[]).await, Mock::start("a2", &[]).await);
+    let (x, y) = (Mock::start("x1", &[]).await, Mock::start("x2", &[]).await);
+    let other = static_service(&[&x], &[&y], "").replace("services.chat", "services.other");
+    let mut r = Router::start(&format!("{}\n{other}", static_service(&[&a], &[&b], ""))).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let bound: Value = serde_json::from_str(&std::fs::read_to_string(r.addresses_file()).unwrap()).unwrap();
+    let other_port: u16 = bound["services"]["other"]["listen"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let other_url = format!("http://127.0.0.1:{other_port}/v1/models");
+    let r2 = r
+        .api(
+            Method::POST,
+            "/v1/services/other/switch",
+            serde_json::json!({"to": "green"}),
+        )
+        .await;
+    assert_eq!(r2.status, 200, "{}", r2.text());
+
+    for round in 0..2 {
+        let mut old = upgrade(&mut r).await;
+        let new_pid = r.proc.pid();
+        assert_eq!(exit_code(&mut old), Some(0), "round {round}");
+        assert!(r.log().contains(&format!("upgrade: handed 5 listeners to pid {new_pid}")));
+        let now: Value = serde_json::from_str(&std::fs::read_to_string(r.addresses_file()).unwrap()).unwrap();
+        assert_eq!(now["services"], bound["services"], "round {round}: the same sockets");
+        // Each port still reaches its own service, with the live color the store says.
+        let chat = get(&r.url("/v1/models")).await.unwrap();
+        assert_eq!(chat.header("x-cutover-version"), "a1", "round {round}");
+        let other = get(&other_url).await.unwrap();
+        assert_eq!(other.header("x-cutover-version"), "x2", "round {round}");
+    }
+    assert_eq!(r.switch("green").await.status, 200);
+}
