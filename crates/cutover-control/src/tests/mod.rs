@@ -5,5 +5,6 @@
 
 mod controller;
 mod graph;
+mod quiesce;
 mod release_run;
 mod support;

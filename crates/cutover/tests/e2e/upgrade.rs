@@ -29,15 +29,22 @@ async fn upgrade(r: &mut Router) -> Proc {
         .expect("spawn cutover serve --upgrade");
     let old = std::mem::replace(&mut r.proc, Proc(Some(child)));
     let proc = &mut r.proc;
-    let bound: Value = wait_for("the new process to write its addresses", Duration::from_secs(30), || {
-        if let Ok(Some(st)) = proc.0.as_mut().unwrap().try_wait() {
-            panic!("cutover serve --upgrade exited with {st}");
-        }
-        let text = std::fs::read_to_string(&addresses).ok();
-        async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
-    })
+    let bound: Value = wait_for(
+        "the new process to write its addresses",
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(st)) = proc.0.as_mut().unwrap().try_wait() {
+                panic!("cutover serve --upgrade exited with {st}");
+            }
+            let text = std::fs::read_to_string(&addresses).ok();
+            async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
+        },
+    )
     .await;
-    let port = |v: &Value| v.as_str().map_or(0, |a| a.parse::<std::net::SocketAddr>().unwrap().port());
+    let port = |v: &Value| {
+        v.as_str()
+            .map_or(0, |a| a.parse::<std::net::SocketAddr>().unwrap().port())
+    };
     let after = (
         port(&bound["admin"]),
         port(&bound["services"]["chat"]["listen"]),
@@ -113,12 +120,22 @@ async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_ser
     let (fresh_ok, fresh_failed) = tokio::task::block_in_place(|| fresh.join().unwrap());
     let (ok, failed, _) = traffic.stop().await;
     assert!(failed.is_empty(), "{} failed requests: {failed:?}", failed.len());
-    assert!(fresh_failed.is_empty(), "new connections refused or failed: {fresh_failed:?}");
-    assert!(ok > 20 && fresh_ok > 20, "traffic ran throughout ({ok} requests, {fresh_ok} fresh connections)");
+    assert!(
+        fresh_failed.is_empty(),
+        "new connections refused or failed: {fresh_failed:?}"
+    );
+    assert!(
+        ok > 20 && fresh_ok > 20,
+        "traffic ran throughout ({ok} requests, {fresh_ok} fresh connections)"
+    );
     for s in streams {
         let (events, err) = s.await.unwrap().unwrap();
         assert_eq!(err, None, "a stream was cut");
-        assert_eq!(stream_versions(&events).unwrap(), vec!["v1"; 101], "every event of every stream");
+        assert_eq!(
+            stream_versions(&events).unwrap(),
+            vec!["v1"; 101],
+            "every event of every stream"
+        );
     }
     assert_eq!(exit_code(&mut old), Some(0), "the old process drained and exited 0");
     let log = r.log();
@@ -126,7 +143,10 @@ async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_ser
         log.contains(&format!("upgrade: handed 3 listeners to pid {new_pid}")),
         "{log}"
     );
-    assert!(log.contains("upgrade: took over listeners from the running cutover"), "{log}");
+    assert!(
+        log.contains("upgrade: took over listeners from the running cutover"),
+        "{log}"
+    );
     assert!(log.contains(&format!("from_pid={old_pid}")), "{log}");
 
     // The new process is the router now: its admin API answers and a switch works.
@@ -153,9 +173,17 @@ async fn upgrade_keeps_the_managed_model_servers_and_the_new_router_supervises_t
 
     let mut old = upgrade(&mut r).await;
     assert_eq!(exit_code(&mut old), Some(0));
-    assert_eq!(mock_pid(ports.blue).await, Some(before), "the same model server, never restarted");
+    assert_eq!(
+        mock_pid(ports.blue).await,
+        Some(before),
+        "the same model server, never restarted"
+    );
     let st = r.status().await;
-    assert_eq!(st["colors"]["blue"]["processes"]["running"][0]["pid"].as_u64(), Some(before), "{st}");
+    assert_eq!(
+        st["colors"]["blue"]["processes"]["running"][0]["pid"].as_u64(),
+        Some(before),
+        "{st}"
+    );
     assert_eq!(get(&r.url("/v1/models")).await.unwrap().status, 200);
 
     // The new router watches it: killed, it is restarted by the new router's policy.
@@ -164,16 +192,22 @@ async fn upgrade_keeps_the_managed_model_servers_and_the_new_router_supervises_t
         .status()
         .unwrap();
     assert!(kill.success());
-    let pid = wait_for("blue to be restarted by the new router", Duration::from_secs(20), || async {
-        let st = r.status().await;
-        let p = &st["colors"]["blue"]["processes"];
-        (p["restarts"] == 1).then(|| p["running"][0]["pid"].as_u64()).flatten()
-    })
+    let pid = wait_for(
+        "blue to be restarted by the new router",
+        Duration::from_secs(20),
+        || async {
+            let st = r.status().await;
+            let p = &st["colors"]["blue"]["processes"];
+            (p["restarts"] == 1).then(|| p["running"][0]["pid"].as_u64()).flatten()
+        },
+    )
     .await;
     assert_ne!(pid, before);
-    wait_for("the restarted model server to answer", Duration::from_secs(20), || async {
-        mock_pid(ports.blue).await.filter(|p| *p == pid)
-    })
+    wait_for(
+        "the restarted model server to answer",
+        Duration::from_secs(20),
+        || async { mock_pid(ports.blue).await.filter(|p| *p == pid) },
+    )
     .await;
 }
 
@@ -209,12 +243,21 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_w
     let log = r.log();
     assert!(log.contains("upgrade: handed 3 listeners to pid"), "{log}");
     assert!(log.contains("upgrade failed"), "{log}");
-    assert!(log.contains("cannot create the store folder"), "the old process logs why: {log}");
+    assert!(
+        log.contains("cannot create the store folder"),
+        "the old process logs why: {log}"
+    );
     assert_eq!(r.switch("green").await.status, 200);
-    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"), "v2");
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v2"
+    );
     let (ok, failed, _) = traffic.stop().await;
     assert!(failed.is_empty() && ok > 0, "{ok} ok, failed: {failed:?}");
-    assert!(r.proc.0.as_mut().unwrap().try_wait().unwrap().is_none(), "still running");
+    assert!(
+        r.proc.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "still running"
+    );
 
     // And a later upgrade still works.
     let mut old = upgrade(&mut r).await;
@@ -253,7 +296,9 @@ async fn port_0_listeners_are_handed_over_by_key_twice_in_a_row() {
         let mut old = upgrade(&mut r).await;
         let new_pid = r.proc.pid();
         assert_eq!(exit_code(&mut old), Some(0), "round {round}");
-        assert!(r.log().contains(&format!("upgrade: handed 5 listeners to pid {new_pid}")));
+        assert!(r
+            .log()
+            .contains(&format!("upgrade: handed 5 listeners to pid {new_pid}")));
         let now: Value = serde_json::from_str(&std::fs::read_to_string(r.addresses_file()).unwrap()).unwrap();
         assert_eq!(now["services"], bound["services"], "round {round}: the same sockets");
         // Each port still reaches its own service, with the live color the store says.
