@@ -149,7 +149,10 @@ async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_ser
     );
     assert!(log.contains(&format!("from_pid={old_pid}")), "{log}");
 
-    // The new process is the router now: its admin API answers and a switch works.
+    // The new process is the router now: it says so, its admin API answers, a switch works.
+    let health = get(&r.admin_url("/healthz")).await.unwrap().json();
+    assert_eq!(health["pid"], new_pid, "{health}");
+    assert_eq!(health["upgraded_from_pid"], old_pid, "{health}");
     assert_eq!(r.status().await["live"], "blue");
     assert_eq!(r.switch("green").await.status, 200);
     let after = get(&r.url("/v1/models")).await.unwrap();
