@@ -312,3 +312,77 @@ async fn port_0_listeners_are_handed_over_by_key_twice_in_a_row() {
     }
     assert_eq!(r.switch("green").await.status, 200);
 }
+
+/// Kills a process this test did not start itself (the successor a router started) at the end.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The next message on a stand-in for systemd's notify socket.
+fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification within the read timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The way under systemd (`Type=notify`): SIGUSR2 makes the router start its successor itself
+/// (inside the unit, same arguments plus `--upgrade`), which it names the main process with
+/// `MAINPID=` once the successor is ready; each process says `READY=1` when it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_successor_and_names_it_the_main_process_to_systemd() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = Router::start_with_env(
+        &static_service(&[&blue], &[&green], ""),
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    )
+    .await;
+    let next = |n: &std::os::unix::net::UnixDatagram| {
+        let n = n.try_clone().unwrap();
+        tokio::task::block_in_place(move || next_notification(&n))
+    };
+    assert_eq!(next(&notify), "READY=1");
+    assert_eq!(r.switch("blue").await.status, 200);
+    let old_pid = r.proc.pid();
+
+    r.proc.signal("USR2");
+    let main = next(&notify);
+    let new_pid: u32 = main
+        .strip_prefix("MAINPID=")
+        .unwrap_or_else(|| panic!("MAINPID first, got {main:?}"))
+        .parse()
+        .unwrap();
+    let _successor = KillOnDrop(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        next(&notify),
+        "READY=1",
+        "the successor is ready once it is the main process"
+    );
+    assert_eq!(exit_code(&mut r.proc), Some(0), "the old process drained and exited 0");
+
+    let health = get(&r.admin_url("/healthz")).await.unwrap().json();
+    assert_eq!(health["pid"], new_pid, "{health}");
+    assert_eq!(health["upgraded_from_pid"], old_pid, "{health}");
+    assert_eq!(r.status().await["live"], "blue");
+    assert_eq!(r.switch("green").await.status, 200);
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v2"
+    );
+    assert!(
+        r.log().contains("upgrade: SIGUSR2: started the new process"),
+        "{}",
+        r.log()
+    );
+}
