@@ -24,6 +24,11 @@ use crate::exchange::{self, Exchange, Forwarder};
 use crate::route::ColorRoute;
 use crate::settings::ServiceSettings;
 
+/// After the listener shuts down (SIGTERM, a reload's replaced listener, a hand-over to a
+/// successor), how long an idle keep-alive connection waits for one last request before it
+/// closes: long enough for a client that was about to send on it.
+const LAST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One client connection, for as long as it lasts.
 pub(super) struct ClientConn {
     pub(super) client: TcpStream,
@@ -144,9 +149,21 @@ impl ClientConn {
                     let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
                     tokio::select! {
                         biased;
-                        r = ready => if r.is_err() { return Err(Stop::Closed) },
+                        r = ready.as_mut() => if r.is_err() { return Err(Stop::Closed) },
                         _ = sleep_until(d) => return Err(Stop::Closed),
-                        _ = wait_true(&mut self.shutdown) => return Err(Stop::Closed),
+                        _ = wait_true(&mut self.shutdown) => {
+                            // Closed at once, an idle connection meets the request a client
+                            // may be sending on it right now: the client gets a reset, and a
+                            // POST is not sent again (HAProxy's idle-close-on-response). A
+                            // request within LAST_REQUEST_WAIT is answered, with
+                            // `Connection: close`.
+                            let last = sleep_until(d.min(Deadline::now() + LAST_REQUEST_WAIT));
+                            tokio::select! {
+                                biased;
+                                r = ready => if r.is_err() { return Err(Stop::Closed) },
+                                _ = last => return Err(Stop::Closed),
+                            }
+                        }
                     }
                 }
             }
