@@ -386,3 +386,33 @@ async fn sigusr2_starts_the_successor_and_names_it_the_main_process_to_systemd()
         r.log()
     );
 }
+
+/// The listeners handed over are the ones serving at the hand-over, not those bound at start:
+/// a listener a reload moved to a new address goes to the successor under its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_a_reload_moved_is_the_one_handed_over() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let mut r = Router::start(&static_service(&[&blue], &[&green], "")).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let port = free_port();
+    let text = std::fs::read_to_string(&r.config).unwrap().replacen(
+        "listen = \"127.0.0.1:0\"\npreview_listen",
+        &format!("listen = \"127.0.0.1:{port}\"\npreview_listen"),
+        1,
+    );
+    std::fs::write(&r.config, text).unwrap();
+    let (code, out, err) = r.cli_async(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    r.listen = port;
+    assert_eq!(get(&r.url("/v1/models")).await.unwrap().status, 200);
+
+    let mut old = upgrade(&mut r).await;
+    assert_eq!(exit_code(&mut old), Some(0));
+    assert!(
+        r.log().contains("taken=3 keys=admin, services.chat.listen, services.chat.preview_listen"),
+        "every key taken over, the moved one included: {}",
+        r.log()
+    );
+    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"), "v1");
+}
