@@ -410,9 +410,13 @@ async fn a_listener_a_reload_moved_is_the_one_handed_over() {
     let mut old = upgrade(&mut r).await;
     assert_eq!(exit_code(&mut old), Some(0));
     assert!(
-        r.log().contains("taken=3 keys=admin, services.chat.listen, services.chat.preview_listen"),
+        r.log()
+            .contains("taken=3 keys=admin, services.chat.listen, services.chat.preview_listen"),
         "every key taken over, the moved one included: {}",
         r.log()
     );
-    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"), "v1");
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v1"
+    );
 }
