@@ -10,14 +10,14 @@ use cutover_store::SwitchKind;
 use super::support::{controller, TempDir, TinyServer};
 use crate::admin::{self, AdminState};
 use crate::service::switch::SwitchRequest;
-use crate::token::Token;
+use crate::token::Tokens;
 
 /// One admin call over a real connection: the status line and the body.
-fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (String, String) {
+fn call(addr: std::net::SocketAddr, token: &str, method: &str, path: &str, body: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer secret\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -32,16 +32,24 @@ async fn while_quiesced_mutations_get_503_upgrading_reads_answer_and_all_resumes
     let dir = TempDir::new("quiesce-admin");
     let (blue, green) = (TinyServer::start("v1").await, TinyServer::start("v2").await);
     let ctl = controller(&dir, blue.addr, green.addr, "");
-    let app = admin::router(AdminState::new(ctl.clone(), Token::new("secret")));
+    let tokens = Tokens::load(&ctl.config.admin).unwrap();
+    let token = std::fs::read_to_string(&ctl.config.admin.token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let app = admin::router(AdminState::new(ctl.clone(), tokens));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await });
 
     let paused = ctl.quiesce(Duration::from_secs(5)).await.unwrap();
-    let switch = |to: &'static str| {
+    let t = token.clone();
+    let switch = move |to: &'static str| {
+        let t = t.clone();
         tokio::task::spawn_blocking(move || {
             call(
                 addr,
+                &t,
                 "POST",
                 "/v1/services/chat/switch",
                 &format!("{{\"to\":\"{to}\"}}"),
@@ -51,7 +59,8 @@ async fn while_quiesced_mutations_get_503_upgrading_reads_answer_and_all_resumes
     let (status, body) = switch("blue").await.unwrap();
     assert!(status.contains(" 503 "), "{status} {body}");
     assert!(body.contains("\"code\":\"upgrading\""), "{body}");
-    let (status, _) = tokio::task::spawn_blocking(move || call(addr, "GET", "/v1/services/chat", ""))
+    let t = token.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || call(addr, &t, "GET", "/v1/services/chat", ""))
         .await
         .unwrap();
     assert!(status.contains(" 200 "), "reads still answer: {status}");
