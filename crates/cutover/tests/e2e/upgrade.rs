@@ -130,7 +130,7 @@ async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_ser
     );
     for s in streams {
         let (events, err) = s.await.unwrap().unwrap();
-        assert_eq!(err, None, "a stream was cut");
+        assert_eq!(err, None, "a stream was cut; the routers' log:\n{}", r.log());
         assert_eq!(
             stream_versions(&events).unwrap(),
             vec!["v1"; 101],
@@ -242,7 +242,12 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_w
     assert!(stderr.contains("cannot create the store folder"), "{stderr}");
     assert!(!r.dir.path().join("bad-addresses.json").exists());
 
-    // The old process resumed: it serves, its admin mutations work, nothing failed.
+    // The old process resumed (it logs why once it read the new one's reason, which may be
+    // just after the new one exited): it serves, its admin mutations work, nothing failed.
+    wait_for("the old process to log the failed upgrade", Duration::from_secs(10), || async {
+        r.log().contains("upgrade failed").then_some(())
+    })
+    .await;
     let log = r.log();
     assert!(log.contains("upgrade: handed 3 listeners to pid"), "{log}");
     assert!(log.contains("upgrade failed"), "{log}");
