@@ -244,9 +244,11 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_w
 
     // The old process resumed (it logs why once it read the new one's reason, which may be
     // just after the new one exited): it serves, its admin mutations work, nothing failed.
-    wait_for("the old process to log the failed upgrade", Duration::from_secs(10), || async {
-        r.log().contains("upgrade failed").then_some(())
-    })
+    wait_for(
+        "the old process to log the failed upgrade",
+        Duration::from_secs(10),
+        || async { r.log().contains("upgrade failed").then_some(()) },
+    )
     .await;
     let log = r.log();
     assert!(log.contains("upgrade: handed 3 listeners to pid"), "{log}");
