@@ -187,29 +187,6 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
-/// Parses `etcd://host:port,host:port,...` into the members' `host:port`.
-pub fn parse_url(url: &str) -> std::result::Result<Vec<String>, String> {
-    let Some(rest) = url.strip_prefix("etcd://") else {
-        return Err(format!(
-            "{url:?} is not an etcd URL; expected \"etcd://HOST:PORT[,HOST:PORT...]\""
-        ));
-    };
-    let mut members = Vec::new();
-    for m in rest.split(',') {
-        let m = m.trim();
-        let ok = m
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p != 0));
-        if !ok {
-            return Err(format!(
-                "member {m:?} of {url:?} is not HOST:PORT (each member is HOST:PORT, separated by commas)"
-            ));
-        }
-        members.push(m.to_string());
-    }
-    Ok(members)
-}
-
 fn b64(s: &[u8]) -> String {
     B64.encode(s)
 }
@@ -695,20 +672,6 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_name_their_members_or_say_what_is_wrong() {
-        assert_eq!(
-            parse_url("etcd://127.0.0.1:2379,127.0.0.1:22379").unwrap(),
-            vec!["127.0.0.1:2379", "127.0.0.1:22379"]
-        );
-        assert!(parse_url("http://127.0.0.1:2379")
-            .unwrap_err()
-            .contains("not an etcd URL"));
-        assert!(parse_url("etcd://127.0.0.1").unwrap_err().contains("not HOST:PORT"));
-        assert!(parse_url("etcd://a:1,,b:2").unwrap_err().contains("not HOST:PORT"));
-        assert!(parse_url("etcd://a:0").is_err());
-    }
 
     #[test]
     fn a_prefix_range_ends_just_past_the_prefix() {
