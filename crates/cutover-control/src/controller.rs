@@ -16,6 +16,7 @@ use cutover_store::{HistoryEntry, Store};
 
 use crate::colors::{routed, stored};
 use crate::error::{ControlError, ReleaseError};
+use crate::fleet_link::FleetLink;
 use crate::release::run::RunEnv;
 use crate::release::{self, ReleaseDoc, Releases};
 use crate::scale_down::ScaleDowns;
@@ -47,6 +48,8 @@ pub struct Controller {
     releases: Releases,
     /// Pending scale-downs of old colors, per service.
     scale_downs: ScaleDowns,
+    /// Fleet mode's link to etcd, attached by `serve` once the admin listener is bound.
+    fleet: std::sync::OnceLock<Arc<FleetLink>>,
 }
 
 impl Controller {
@@ -75,6 +78,7 @@ impl Controller {
             reloads: ReloadCounts::default(),
             releases: Releases::default(),
             scale_downs: ScaleDowns::default(),
+            fleet: Default::default(),
         };
         for svc in ctl.services().values() {
             release::interrupt_unfinished(&ctl.store, svc)
@@ -161,6 +165,19 @@ impl Controller {
         }
     }
 
+    /// Fleet mode: from now on every switch of every service commits through `link`.
+    pub fn attach_fleet(&self, link: Arc<FleetLink>) {
+        for svc in self.services().values() {
+            let _ = svc.fleet.set(link.clone());
+        }
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet link, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<FleetLink>> {
+        self.fleet.get()
+    }
+
     /// Every service now.
     pub fn services(&self) -> Arc<BTreeMap<String, Arc<ServiceCtl>>> {
         self.services.load_full()
@@ -184,6 +201,11 @@ impl Controller {
         let mut all = (*self.services()).clone();
         all.insert(cfg.name.clone(), svc.clone());
         self.services.store(Arc::new(all));
+        if let Some(link) = self.fleet.get() {
+            let _ = svc.fleet.set(link.clone());
+            // Its document is read (or created) before its first switch can commit.
+            link.resync.notify_one();
+        }
         Ok(svc)
     }
 

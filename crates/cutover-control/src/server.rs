@@ -112,7 +112,12 @@ pub async fn run(
     let addresses = listeners.addresses()?;
     let token = token::Tokens::load(&config.admin)?;
     let config_admin_address_file = config.admin.address_file.clone();
+    let fleet_config = config.store.fleet.clone();
     let ctl = Arc::new(open_and_resume(config)?);
+    let _fleet = match fleet_config {
+        Some(f) => Some(crate::fleet::join(ctl.clone(), &f, addresses.admin).await),
+        None => None,
+    };
     // Endpoint names resolve before the first request is taken (connections wait in the
     // backlog meanwhile, at most the lookup timeout).
     for svc in ctl.services().values() {

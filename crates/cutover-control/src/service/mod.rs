@@ -126,6 +126,8 @@ pub struct ServiceCtl {
     retired: std::sync::atomic::AtomicBool,
     /// Set once the resolver task runs (at most one per service).
     resolving: std::sync::atomic::AtomicBool,
+    /// Fleet mode: switches commit through etcd (set once, before anything serves).
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
 }
 
 fn idx(c: Color) -> usize {
@@ -285,6 +287,7 @@ impl ServiceCtl {
             resolved: Mutex::default(),
             retired: Default::default(),
             resolving: Default::default(),
+            fleet: Default::default(),
         });
         let [blue, green] = versions;
         svc.install(Color::Blue, blue);
