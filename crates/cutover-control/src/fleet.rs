@@ -152,6 +152,7 @@ async fn create(link: &FleetLink, svc: &ServiceCtl) -> Result<(), EtcdError> {
         config_hash: config_hash(&svc.cfg()),
         updated_at: cutover_store::now_rfc3339_millis(),
         actor: format!("router:{}", link.router_id),
+        router: link.router_id.clone(),
     };
     let key = link.keys.service(&svc.name);
     let r = link

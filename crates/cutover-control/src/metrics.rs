@@ -252,8 +252,7 @@ fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
         None,
         MetricType::Gauge,
     )?;
-    m.encode_family(&Labels::new())?
-        .encode_gauge(&i64::from(link.connected().0))?;
+    m.encode_gauge(&i64::from(link.connected().0))?;
     let mut m = enc.encode_descriptor(
         "cutover_fleet_acks",
         "Routers of the fleet by the state of their ack (as this router sees them)",
@@ -270,7 +269,14 @@ fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
         None,
         MetricType::Histogram,
     )?;
-    histogram(&mut m, &Labels::new(), &link.convergence)
+    let s = link.convergence.snapshot();
+    let mut buckets: Vec<(f64, u64)> = BUCKETS_US
+        .iter()
+        .zip(s.buckets.iter())
+        .map(|(b, n)| (*b as f64 / 1e6, *n))
+        .collect();
+    buckets.push((f64::MAX, s.buckets[BUCKETS_US.len()]));
+    m.encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, s.count(), &buckets, None)
 }
 
 fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {

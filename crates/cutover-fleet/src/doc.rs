@@ -36,6 +36,10 @@ pub struct ServiceDoc {
     pub config_hash: String,
     pub updated_at: String,
     pub actor: String,
+    /// The router that wrote it: with `updated_at`, what makes two writers' documents
+    /// differ, so a retried write can tell its own document from a rival's.
+    #[serde(default)]
+    pub router: String,
 }
 
 /// The most a document may weigh: a service document is a few hundred bytes.
@@ -146,6 +150,7 @@ mod tests {
             config_hash: hash_hex("x"),
             updated_at: "2026-01-01T00:00:00Z".into(),
             actor: "alice".into(),
+            router: "r1".into(),
         };
         assert_eq!(ServiceDoc::parse(&doc.to_bytes()).unwrap(), doc);
         let e =

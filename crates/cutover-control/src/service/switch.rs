@@ -195,6 +195,7 @@ impl ServiceCtl {
             // Milliseconds: a retried write recognizes its own document by its bytes.
             updated_at: cutover_store::now_rfc3339_millis(),
             actor: req.actor.clone(),
+            router: link.router_id.clone(),
         };
         let history = HistoryRecord {
             at: doc.updated_at.clone(),
