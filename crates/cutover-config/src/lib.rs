@@ -150,7 +150,10 @@ pub fn etcd_members(url: &str) -> Result<Vec<String>, String> {
 
 /// A fleet name or router id: it becomes part of etcd keys.
 fn is_key_word(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The upstream protocol a service's model servers speak.
@@ -1132,7 +1135,8 @@ impl Source<'_> {
             return self.err(
                 url.span(),
                 "store.fleet".into(),
-                "fleet mode (`store.url`) needs `store.fleet = \"NAME\"`: the fleet's keys live under /cutover/NAME/".into(),
+                "fleet mode (`store.url`) needs `store.fleet = \"NAME\"`: the fleet's keys live under /cutover/NAME/"
+                    .into(),
             );
         };
         let word = |s: &Spanned<String>, key: &str| {

@@ -524,18 +524,27 @@ fn fleet_mode_reads_the_members_name_and_ack_timeout() {
 
 #[test]
 fn fleet_mode_errors_name_the_line_and_key() {
-    let e = check(&format!("[store]\nurl = \"http://127.0.0.1:2379\"\nfleet = \"prod\"\n{GOOD}")).unwrap_err();
+    let e = check(&format!(
+        "[store]\nurl = \"http://127.0.0.1:2379\"\nfleet = \"prod\"\n{GOOD}"
+    ))
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (2, "store.url"), "{e}");
     assert!(e.message.contains("etcd://"), "{e}");
     let e = check(&format!("[store]\nurl = \"etcd://127.0.0.1:2379\"\n{GOOD}")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (2, "store.fleet"), "{e}");
-    let e = check(&format!("[store]\nurl = \"etcd://127.0.0.1\"\nfleet = \"prod\"\n{GOOD}")).unwrap_err();
+    let e = check(&format!(
+        "[store]\nurl = \"etcd://127.0.0.1\"\nfleet = \"prod\"\n{GOOD}"
+    ))
+    .unwrap_err();
     assert!(e.message.contains("not HOST:PORT"), "{e}");
     let e = check(&format!("[store]\nurl = \"etcd://a:1\"\nfleet = \"a/b\"\n{GOOD}")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (3, "store.fleet"), "{e}");
     let e = check(&format!("[store]\nfleet = \"prod\"\n{GOOD}")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (2, "store.fleet"), "{e}");
     assert!(e.message.contains("store.url"), "{e}");
-    let e = check(&format!("[store]\nurl = \"etcd://a:1\"\nfleet = \"p\"\nack_timeout = \"0s\"\n{GOOD}")).unwrap_err();
+    let e = check(&format!(
+        "[store]\nurl = \"etcd://a:1\"\nfleet = \"p\"\nack_timeout = \"0s\"\n{GOOD}"
+    ))
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (4, "store.ack_timeout"), "{e}");
 }

@@ -44,10 +44,7 @@ impl Drop for FleetTasks {
 /// router that can reach etcd serves the fleet's state from its first request. One that
 /// cannot serves its snapshot meanwhile and says so (`GET /v1/fleet`: `connected: false`).
 pub async fn start(ctl: Arc<Controller>, link: Arc<FleetLink>, first_read: Duration) -> FleetTasks {
-    let tasks = vec![
-        tokio::spawn(sync(ctl, link.clone())),
-        tokio::spawn(acks(link.clone())),
-    ];
+    let tasks = vec![tokio::spawn(sync(ctl, link.clone())), tokio::spawn(acks(link.clone()))];
     let deadline = tokio::time::Instant::now() + first_read;
     while !link.connected().0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -74,7 +71,10 @@ impl std::fmt::Display for Rewatch {
             Rewatch::Compacted(r) => write!(f, "history compacted up to revision {r} while the watch was behind"),
             Rewatch::Canceled(why) => write!(f, "watch canceled by etcd: {why}"),
             Rewatch::Backwards { seen, applied } => {
-                write!(f, "revision went backwards ({seen} < {applied}): etcd restored from a backup?")
+                write!(
+                    f,
+                    "revision went backwards ({seen} < {applied}): etcd restored from a backup?"
+                )
             }
             Rewatch::Silence => write!(f, "no watch message for {WATCH_SILENCE:?}"),
             Rewatch::Resync => f.write_str("a service was added"),
@@ -387,7 +387,11 @@ fn default_router_id(admin: std::net::SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
         .unwrap_or_else(|| "router".into());
     format!("{host}-{}", admin.port())
 }

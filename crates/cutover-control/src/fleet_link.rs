@@ -273,7 +273,11 @@ impl FleetLink {
             id: String::new(),
             state,
             generation: acked,
-            reason: if state == AckState::Rejected { ack.reason.clone() } else { None },
+            reason: if state == AckState::Rejected {
+                ack.reason.clone()
+            } else {
+                None
+            },
         }
     }
 

@@ -329,7 +329,10 @@ fn sync_lines(service: &str, v: &Value) -> String {
     let mut text = format!("\n{service}: {}/{} routers synced", s["synced"], s["of"]);
     for r in s["routers"].as_array().into_iter().flatten() {
         if r["state"] != "SYNCED" {
-            let generation = r["generation"].as_u64().map(|g| format!(" at generation {g}")).unwrap_or_default();
+            let generation = r["generation"]
+                .as_u64()
+                .map(|g| format!(" at generation {g}"))
+                .unwrap_or_default();
             let reason = r["reason"].as_str().map(|why| format!(": {why}")).unwrap_or_default();
             text.push_str(&format!(
                 "\n  {} {}{generation}{reason}",

@@ -455,7 +455,8 @@ async fn rollback(
             },
         )
         .await?;
-    let mut v = json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    let mut v =
+        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
     with_sync(&st, &svc, &out, &mut v).await;
     Ok(Json(v).into_response())
 }

@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
 use crate::colors::{fleet_color, stored};
-use crate::fleet_link::{config_hash, FleetLink};
-use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 use crate::error::SwitchError;
+use crate::fleet_link::{config_hash, FleetLink};
 use crate::store_call::blocking;
+use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 
 /// What a switch did.
 #[derive(Debug, Clone, Serialize)]

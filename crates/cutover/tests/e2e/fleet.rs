@@ -66,9 +66,11 @@ async fn color_served(r: &Router) -> String {
 }
 
 async fn wait_color(r: &Router, color: &str) {
-    wait_for(&format!("the router to serve {color}"), Duration::from_secs(20), || async {
-        (color_served(r).await == color).then_some(())
-    })
+    wait_for(
+        &format!("the router to serve {color}"),
+        Duration::from_secs(20),
+        || async { (color_served(r).await == color).then_some(()) },
+    )
     .await
 }
 
@@ -143,9 +145,11 @@ async fn two_routers_racing_to_switch_from_one_generation_one_wins_the_other_get
         assert_eq!(loser.json()["error"]["code"], "stale_generation", "{}", loser.text());
         // Exactly one generation more, everywhere.
         for r in [&a, &b] {
-            wait_for("both routers at the winner's generation", Duration::from_secs(10), || async {
-                (r.status().await["generation"] == generation + 1).then_some(())
-            })
+            wait_for(
+                "both routers at the winner's generation",
+                Duration::from_secs(10),
+                || async { (r.status().await["generation"] == generation + 1).then_some(()) },
+            )
             .await;
             assert_eq!(color_served(r).await, to);
         }
@@ -242,7 +246,10 @@ async fn a_router_paused_across_switches_and_a_compaction_lands_on_the_latest_ge
         assert_eq!(s.status, 200, "{}", s.text());
         last = s.json();
         let state = state_of(&last["sync"], &b_id).to_string();
-        assert!(state == "STALE" || state == "LOST", "a paused router is not synced: {last}");
+        assert!(
+            state == "STALE" || state == "LOST",
+            "a paused router is not synced: {last}"
+        );
     }
     assert_eq!(last["generation"], 4);
     let c = etcd.client();
