@@ -1,7 +1,8 @@
 //! This router's link to its fleet in etcd: the client, the service documents it applied
 //! (with the revision a switch compares), every router's ack as the watch last saw it, and
 //! the switch transaction itself. The task that reads, applies, acknowledges and watches is
-//! [`crate::fleet`]; this module sits below `service` so a switch can commit through it.
+//! the `fleet` module, above the controller; this one sits below `service` so a switch can
+//! commit through it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
