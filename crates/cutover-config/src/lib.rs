@@ -104,9 +104,56 @@ pub struct AdminConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite file: the whole state, or in fleet mode this router's snapshot of it.
     pub path: PathBuf,
     /// Folder for managed processes' logs and other runtime files (default: next to the store).
     pub data_dir: PathBuf,
+    /// Fleet mode (`url = "etcd://..."`): the routing state is shared through etcd.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[store] url`, `fleet`, `router_id`, `ack_timeout`: this router's place in a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Each etcd member's `host:port`, in the order of `url`.
+    pub members: Vec<String>,
+    /// The fleet's name: its keys live under `/cutover/<name>/`.
+    pub name: String,
+    /// `None`: `<hostname>-<admin port>`, decided once the admin listener is bound.
+    pub router_id: Option<String>,
+    /// How long a switch waits for every live router's ack before answering.
+    pub ack_timeout: Duration,
+}
+
+/// Parses `etcd://HOST:PORT[,HOST:PORT...]` into each member's `HOST:PORT`.
+pub fn etcd_members(url: &str) -> Result<Vec<String>, String> {
+    let Some(rest) = url.strip_prefix("etcd://") else {
+        return Err(format!(
+            "{url:?} is not an etcd URL; expected \"etcd://HOST:PORT[,HOST:PORT...]\" (fleet mode), or leave `url` out for the SQLite store alone"
+        ));
+    };
+    let mut members = Vec::new();
+    for m in rest.split(',') {
+        let m = m.trim();
+        let ok = m
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            return Err(format!(
+                "member {m:?} of {url:?} is not HOST:PORT (members are HOST:PORT, separated by commas)"
+            ));
+        }
+        members.push(m.to_string());
+    }
+    Ok(members)
+}
+
+/// A fleet name or router id: it becomes part of etcd keys.
+fn is_key_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The upstream protocol a service's model servers speak.
@@ -793,6 +840,10 @@ struct RawAdmin {
 struct RawStore {
     path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    url: Option<Spanned<String>>,
+    fleet: Option<Spanned<String>>,
+    router_id: Option<Spanned<String>>,
+    ack_timeout: Option<Spanned<Duration>>,
 }
 
 #[derive(Deserialize)]
@@ -1008,7 +1059,7 @@ impl Source<'_> {
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut claims = Claims::default();
         let admin = self.admin(&raw.admin, &mut claims)?;
-        let store = self.store(&raw.store);
+        let store = self.store(&raw.store)?;
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
             let svc = self.service(&name, svc, &mut claims)?;
@@ -1051,13 +1102,73 @@ impl Source<'_> {
         })
     }
 
-    fn store(&self, raw: &RawStore) -> StoreConfig {
+    fn store(&self, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
         let path = self.resolve(raw.path.as_deref().unwrap_or(Path::new("cutover.db")));
         let data_dir = match &raw.data_dir {
             Some(d) => self.resolve(d),
             None => path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
         };
-        StoreConfig { path, data_dir }
+        let fleet = self.fleet(raw)?;
+        Ok(StoreConfig { path, data_dir, fleet })
+    }
+
+    /// Fleet mode's keys: all of them need `url`, and `url` needs `fleet`.
+    fn fleet(&self, raw: &RawStore) -> Result<Option<FleetConfig>, ConfigError> {
+        let Some(url) = &raw.url else {
+            for (key, span) in [
+                ("fleet", raw.fleet.as_ref().map(Spanned::span)),
+                ("router_id", raw.router_id.as_ref().map(Spanned::span)),
+                ("ack_timeout", raw.ack_timeout.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    return self.err(
+                        span,
+                        format!("store.{key}"),
+                        "only meaningful in fleet mode: set `store.url = \"etcd://HOST:PORT,...\"` too".into(),
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        let members = etcd_members(url.get_ref()).or_else(|m| self.err(url.span(), "store.url".into(), m))?;
+        let Some(fleet) = &raw.fleet else {
+            return self.err(
+                url.span(),
+                "store.fleet".into(),
+                "fleet mode (`store.url`) needs `store.fleet = \"NAME\"`: the fleet's keys live under /cutover/NAME/"
+                    .into(),
+            );
+        };
+        let word = |s: &Spanned<String>, key: &str| {
+            if is_key_word(s.get_ref()) {
+                Ok(s.get_ref().clone())
+            } else {
+                self.err(
+                    s.span(),
+                    format!("store.{key}"),
+                    format!("{:?}: use 1-128 letters, digits, '-', '_' or '.'", s.get_ref()),
+                )
+            }
+        };
+        let name = word(fleet, "fleet")?;
+        let router_id = raw.router_id.as_ref().map(|r| word(r, "router_id")).transpose()?;
+        let ack_timeout = match &raw.ack_timeout {
+            Some(t) if t.get_ref().get().is_zero() || t.get_ref().get() > std::time::Duration::from_secs(60) => {
+                return self.err(
+                    t.span(),
+                    "store.ack_timeout".into(),
+                    "must be more than 0 and at most 60s".into(),
+                )
+            }
+            Some(t) => *t.get_ref(),
+            None => Duration::from_secs(2),
+        };
+        Ok(Some(FleetConfig {
+            members,
+            name,
+            router_id,
+            ack_timeout,
+        }))
     }
 
     fn service(&self, name: &str, svc: Spanned<RawService>, claims: &mut Claims) -> Result<ServiceConfig, ConfigError> {

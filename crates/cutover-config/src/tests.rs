@@ -506,3 +506,45 @@ fn endpoint_specs_are_ip_or_dns_names_with_a_port() {
         assert!(EndpointSpec::parse(bad).is_err(), "{bad} accepted");
     }
 }
+
+#[test]
+fn fleet_mode_reads_the_members_name_and_ack_timeout() {
+    let c = check(&format!(
+        "[store]\npath = \"snap.db\"\nurl = \"etcd://127.0.0.1:2379, 127.0.0.1:22379\"\nfleet = \"prod\"\nack_timeout = \"500ms\"\n{GOOD}"
+    ))
+    .unwrap();
+    let f = c.store.fleet.unwrap();
+    assert_eq!(f.members, vec!["127.0.0.1:2379", "127.0.0.1:22379"]);
+    assert_eq!(f.name, "prod");
+    assert_eq!(f.router_id, None);
+    assert_eq!(f.ack_timeout.get(), std::time::Duration::from_millis(500));
+    assert_eq!(c.store.path, Path::new("/etc/cutover/snap.db"));
+    assert!(check(GOOD).unwrap().store.fleet.is_none());
+}
+
+#[test]
+fn fleet_mode_errors_name_the_line_and_key() {
+    let e = check(&format!(
+        "[store]\nurl = \"http://127.0.0.1:2379\"\nfleet = \"prod\"\n{GOOD}"
+    ))
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (2, "store.url"), "{e}");
+    assert!(e.message.contains("etcd://"), "{e}");
+    let e = check(&format!("[store]\nurl = \"etcd://127.0.0.1:2379\"\n{GOOD}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (2, "store.fleet"), "{e}");
+    let e = check(&format!(
+        "[store]\nurl = \"etcd://127.0.0.1\"\nfleet = \"prod\"\n{GOOD}"
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("not HOST:PORT"), "{e}");
+    let e = check(&format!("[store]\nurl = \"etcd://a:1\"\nfleet = \"a/b\"\n{GOOD}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "store.fleet"), "{e}");
+    let e = check(&format!("[store]\nfleet = \"prod\"\n{GOOD}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (2, "store.fleet"), "{e}");
+    assert!(e.message.contains("store.url"), "{e}");
+    let e = check(&format!(
+        "[store]\nurl = \"etcd://a:1\"\nfleet = \"p\"\nack_timeout = \"0s\"\n{GOOD}"
+    ))
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "store.ack_timeout"), "{e}");
+}

@@ -16,6 +16,7 @@ use cutover_store::{HistoryEntry, Store};
 
 use crate::colors::{routed, stored};
 use crate::error::{ControlError, ReleaseError};
+use crate::fleet_link::FleetLink;
 use crate::pause::{Pause, Quiesced};
 use crate::release::run::RunEnv;
 use crate::release::{self, ReleaseDoc, Releases};
@@ -50,6 +51,8 @@ pub struct Controller {
     scale_downs: ScaleDowns,
     /// Stops the control plane's writes while a successor takes over (`serve --upgrade`).
     pub(crate) pause: Pause,
+    /// Fleet mode's link to etcd, attached by `serve` once the admin listener is bound.
+    fleet: std::sync::OnceLock<Arc<FleetLink>>,
 }
 
 impl Controller {
@@ -80,6 +83,7 @@ impl Controller {
             releases: Releases::default(),
             scale_downs: ScaleDowns::default(),
             pause,
+            fleet: Default::default(),
         };
         for svc in ctl.services().values() {
             release::interrupt_unfinished(&ctl.store, svc)
@@ -184,6 +188,19 @@ impl Controller {
         self.pause.is_quiesced()
     }
 
+    /// Fleet mode: from now on every switch of every service commits through `link`.
+    pub fn attach_fleet(&self, link: Arc<FleetLink>) {
+        for svc in self.services().values() {
+            let _ = svc.fleet.set(link.clone());
+        }
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet link, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<FleetLink>> {
+        self.fleet.get()
+    }
+
     /// Every service now.
     pub fn services(&self) -> Arc<BTreeMap<String, Arc<ServiceCtl>>> {
         self.services.load_full()
@@ -207,6 +224,11 @@ impl Controller {
         let mut all = (*self.services()).clone();
         all.insert(cfg.name.clone(), svc.clone());
         self.services.store(Arc::new(all));
+        if let Some(link) = self.fleet.get() {
+            let _ = svc.fleet.set(link.clone());
+            // Its document is read (or created) before its first switch can commit.
+            link.resync.notify_one();
+        }
         Ok(svc)
     }
 

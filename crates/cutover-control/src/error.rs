@@ -53,6 +53,9 @@ pub enum SwitchError {
     /// The store did not commit the switch, so nothing was published.
     #[error(transparent)]
     Store(#[from] StoreFailure),
+    /// Fleet mode: etcd did not commit the switch (unreachable, or not read yet).
+    #[error("fleet: {detail}")]
+    Fleet { detail: String },
 }
 
 /// Why a release could not be started, found, approved or aborted.

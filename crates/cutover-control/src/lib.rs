@@ -12,6 +12,7 @@
 //! - [`reload`]: the data-plane accept loops of a `serve`, and configuration reload
 //!   (validate whole, refuse what cannot change in place, bind, then apply).
 //! - [`metrics`]: Prometheus exposition read from the data plane's counters at scrape time.
+//! - [`fleet`]: fleet mode's sync: read, apply, acknowledge and watch the etcd state.
 //! - [`controller`]: every service and the store; restore, adopt and resume at start-up; the
 //!   one entry point for the API.
 //! - [`release`]: release documents, start / approve / abort; [`release::run`] is one
@@ -19,6 +20,8 @@
 //! - [`scale_down`]: the old color's delayed drain and stop after a completed release.
 //! - [`steps`]: provision, wait for health, warm-up, smoke checks, hooks.
 //! - [`service`]: one service's colors, states, route tables, switch and rollback.
+//! - [`fleet_link`]: the router's link to etcd: applied documents, the routers' acks, the
+//!   switch transaction (below `service`, so a switch commits through it).
 //! - [`supervisor`]: managed model-server processes (start, stop, adopt).
 //! - [`store_call`], [`colors`], [`error`], [`token`], [`pause`]: leaves (store calls off the
 //!   async workers, the store/data-plane color seam, the core's errors, the admin tokens and
@@ -32,6 +35,8 @@ pub mod admin;
 pub(crate) mod colors;
 pub mod controller;
 pub mod error;
+pub mod fleet;
+pub mod fleet_link;
 pub mod metrics;
 pub mod pause;
 pub mod release;

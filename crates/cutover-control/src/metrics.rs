@@ -88,7 +88,8 @@ impl Collector for ControllerCollector {
         let routes = routes(&self.0);
         encode_traffic(&mut enc, &routes)?;
         encode_color_state(&mut enc, &routes)?;
-        encode_services(&mut enc, &self.0)
+        encode_services(&mut enc, &self.0)?;
+        encode_fleet(&mut enc, &self.0)
     }
 }
 
@@ -240,6 +241,44 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
 }
 
 /// Per service: generation, switches and rollbacks, the phase of a release in progress.
+/// Fleet mode only: the link to etcd, the routers by ack state, switch convergence.
+fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
+    let Some(link) = ctl.fleet() else {
+        return Ok(());
+    };
+    let mut m = enc.encode_descriptor(
+        "cutover_fleet_connected",
+        "1 while this router reads etcd, 0 while it serves its last applied state without it",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_gauge(&i64::from(link.connected().0))?;
+    let mut m = enc.encode_descriptor(
+        "cutover_fleet_acks",
+        "Routers of the fleet by the state of their ack (as this router sees them)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, n) in link.counts() {
+        let l: Labels = vec![("state", state.as_str().to_string())];
+        m.encode_family(&l)?.encode_gauge(&(n as i64))?;
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_fleet_switch_convergence_seconds",
+        "Switches made through this router: commit to the last live router's ack",
+        None,
+        MetricType::Histogram,
+    )?;
+    let s = link.convergence.snapshot();
+    let mut buckets: Vec<(f64, u64)> = BUCKETS_US
+        .iter()
+        .zip(s.buckets.iter())
+        .map(|(b, n)| (*b as f64 / 1e6, *n))
+        .collect();
+    buckets.push((f64::MAX, s.buckets[BUCKETS_US.len()]));
+    m.encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, s.count(), &buckets, None)
+}
+
 fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     let mut m = enc.encode_descriptor(
         "cutover_generation",

@@ -300,6 +300,13 @@ impl Serving {
             }
         }
 
+        if self.ctl.fleet().is_some() && !(report.added.is_empty() && report.removed.is_empty()) {
+            return Err(ReloadError::Refused(
+                "in fleet mode a reload does not add or remove services yet (every router must agree on the set): \
+                 change the config of every router and restart them one at a time (`serve --upgrade`)"
+                    .into(),
+            ));
+        }
         // Bind everything new before changing anything; dropping `bound` undoes it.
         let mut bound: Vec<(String, bool, TcpListener, SocketAddr)> = Vec::new();
         for cfg in new.services.values() {

@@ -226,6 +226,7 @@ async fn run_with(
         admin,
         addresses,
         _sampling,
+        _fleet,
     } = started;
     if let Err(e) = write_addresses(
         admin_address_file.as_deref(),
@@ -312,6 +313,8 @@ struct Started {
     admin: (Entry, OwnedFd),
     addresses: Addresses,
     _sampling: AbortOnDrop,
+    /// Fleet mode's sync with etcd, for as long as this process serves.
+    _fleet: Option<crate::fleet::FleetTasks>,
 }
 
 /// Opens the store, resumes, and serves on every listener. `upgraded_from` is the
@@ -327,7 +330,12 @@ async fn start(
         .admin_entry(&config)
         .context("cannot copy the admin listener for a later upgrade")?;
     let token = token::Tokens::load(&config.admin)?;
+    let fleet_config = config.store.fleet.clone();
     let ctl = Arc::new(open_and_resume(config)?);
+    let _fleet = match fleet_config {
+        Some(f) => Some(crate::fleet::join(ctl.clone(), &f, addresses.admin).await),
+        None => None,
+    };
     // Endpoint names resolve before the first request is taken (connections wait in the
     // backlog meanwhile, at most the lookup timeout).
     for svc in ctl.services().values() {
@@ -370,6 +378,7 @@ async fn start(
         admin: admin_entry,
         addresses,
         _sampling,
+        _fleet,
     })
 }
 

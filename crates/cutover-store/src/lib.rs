@@ -407,6 +407,26 @@ impl Store {
         Ok(s)
     }
 
+    /// Fleet mode's snapshot: writes a routing state applied from etcd if it is newer than
+    /// the stored one (a router started while etcd is away serves it). Returns whether it
+    /// was written.
+    pub fn apply_snapshot(&self, s: &ServiceState) -> Result<bool> {
+        let conn = self.conn();
+        let n = conn.execute(
+            "UPDATE services SET live = ?2, generation = ?3, blue_version = ?4, green_version = ?5, updated_at = ?6
+             WHERE name = ?1 AND generation < ?3",
+            params![
+                s.name,
+                s.live,
+                s.generation as i64,
+                s.blue_version,
+                s.green_version,
+                now_rfc3339()
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     /// Records the version now at `color` (a release provisioned it).
     pub fn set_version(&self, service: &str, color: Color, version: Option<&str>) -> Result<ServiceState> {
         let mut conn = self.conn();

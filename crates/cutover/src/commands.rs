@@ -135,6 +135,7 @@ async fn switch(remote: &Remote, service: &str, body: Value) -> Result<(), Failu
             v["generation"],
             v["version"].as_str().unwrap_or("-")
         );
+        text.push_str(&sync_lines(service, v));
         if let Some(id) = v["ended_release"].as_i64() {
             text.push_str(&format!(
                 "\n{service}: release #{id} ended (aborted) by this forced switch"
@@ -310,12 +311,37 @@ async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p
     }
     output::print(remote, &v, |v| {
         format!(
-            "{service}: rolled back to {} (generation {}, version {})",
+            "{service}: rolled back to {} (generation {}, version {}){}",
             v["live"].as_str().unwrap_or("?"),
             v["generation"],
-            v["version"].as_str().unwrap_or("-")
+            v["version"].as_str().unwrap_or("-"),
+            sync_lines(service, v)
         )
     })
+}
+
+/// Fleet mode: "n/m routers synced", then each router that is not, with its state.
+fn sync_lines(service: &str, v: &Value) -> String {
+    let s = &v["sync"];
+    if s.is_null() {
+        return String::new();
+    }
+    let mut text = format!("\n{service}: {}/{} routers synced", s["synced"], s["of"]);
+    for r in s["routers"].as_array().into_iter().flatten() {
+        if r["state"] != "SYNCED" {
+            let generation = r["generation"]
+                .as_u64()
+                .map(|g| format!(" at generation {g}"))
+                .unwrap_or_default();
+            let reason = r["reason"].as_str().map(|why| format!(": {why}")).unwrap_or_default();
+            text.push_str(&format!(
+                "\n  {} {}{generation}{reason}",
+                r["id"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    text
 }
 
 /// Follows a release until it ends: 0 when completed and verified, 4 when completed with an

@@ -37,6 +37,7 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("POST", "/v1/services/{svc}/releases/{id}/approve", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/releases/{id}/abort", R(Role::Operator)),
     ("POST", "/v1/reload", R(Role::Admin)),
+    ("GET", "/v1/fleet", R(Role::Viewer)),
 ];
 
 /// The role a call of `route` (as matched, e.g. `/v1/services/{svc}`) with `method` needs.

@@ -87,11 +87,12 @@ impl From<SwitchError> for ApiError {
             SwitchError::TargetUnhealthy { .. } => "target_unhealthy",
             SwitchError::ScaledDown { .. } => "scaled_down",
             SwitchError::NoPreviousVersion { .. } => "no_previous_version",
-            // Mapped by its own kind below.
-            SwitchError::Store(_) => "",
+            // Mapped by their own kind below.
+            SwitchError::Store(_) | SwitchError::Fleet { .. } => "",
         };
         match e {
             SwitchError::Store(s) => s.into(),
+            e @ SwitchError::Fleet { .. } => ApiError::new(503, "fleet_unavailable", e.to_string()),
             e => ApiError::conflict(code, e.to_string()),
         }
     }

@@ -87,6 +87,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/releases/{id}/approve", post(approve))
         .route("/v1/services/{svc}/releases/{id}/abort", post(abort))
         .route("/v1/reload", post(reload))
+        .route("/v1/fleet", get(fleet))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -390,6 +391,7 @@ async fn switch(
         .await?;
     let mut v =
         json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    with_sync(&st, &svc, &out, &mut v).await;
     if let Some(r) = release {
         let why = format!(
             "ended by a forced manual switch to {} (generation {}) by {who}: {reason}",
@@ -402,6 +404,25 @@ async fn switch(
         }
     }
     Ok(Json(v))
+}
+
+/// Fleet mode: a switch's answer waits for every live router's ack (at most
+/// `store.ack_timeout`) and says where each stands (`"sync"`).
+async fn with_sync(st: &AdminState, svc: &str, out: &crate::service::switch::SwitchOutcome, v: &mut Value) {
+    if let Some(link) = st.ctl.fleet() {
+        let report = link.await_acks(svc, out.generation, tokio::time::Instant::now()).await;
+        v["sync"] = json!(report);
+    }
+}
+
+/// `GET /v1/fleet`: this router's link and every router's ack.
+async fn fleet(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    match st.ctl.fleet() {
+        Some(link) => Ok(Json(link.view())),
+        None => Err(ApiError::not_found(
+            "this router is not in fleet mode (no `[store] url = \"etcd://...\"`)",
+        )),
+    }
 }
 
 fn refuse_under_release(svc: &str, r: &crate::release::ReleaseDoc, force: bool) -> Result<(), ApiError> {
@@ -467,7 +488,9 @@ async fn rollback(
             },
         )
         .await?;
-    let v = json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    let mut v =
+        json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
+    with_sync(&st, &svc, &out, &mut v).await;
     Ok(Json(v).into_response())
 }
 

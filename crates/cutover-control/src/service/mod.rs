@@ -130,6 +130,8 @@ pub struct ServiceCtl {
     /// The controller's pause for a hand-over: taken after `op` by every operation that
     /// writes the store, never before it.
     pub(crate) pause: Pause,
+    /// Fleet mode: switches commit through etcd (set once, before anything serves).
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
 }
 
 fn idx(c: Color) -> usize {
@@ -302,6 +304,7 @@ impl ServiceCtl {
             retired: Default::default(),
             resolving: Default::default(),
             pause,
+            fleet: Default::default(),
         });
         let [blue, green] = versions;
         svc.install(Color::Blue, blue);

@@ -10,9 +10,11 @@ use serde::Serialize;
 
 use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
-use crate::colors::stored;
+use crate::colors::{fleet_color, stored};
 use crate::error::SwitchError;
+use crate::fleet_link::{config_hash, FleetLink};
 use crate::store_call::blocking;
+use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 
 /// What a switch did.
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +156,9 @@ impl ServiceCtl {
 
     /// Commits the switch (compare-and-swap on `generation`); returns the new generation.
     async fn commit_switch(&self, generation: u64, to: Color, req: &SwitchRequest) -> Result<u64, SwitchError> {
+        if let Some(link) = self.fleet.get() {
+            return self.commit_fleet_switch(link, generation, to, req).await;
+        }
         let service = self.name.clone();
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = blocking(&self.store, move |s| {
@@ -169,6 +174,73 @@ impl ServiceCtl {
         })
         .await?;
         Ok(state.generation)
+    }
+
+    /// Fleet mode: etcd commits first (one transaction: the document and its history
+    /// record, compared on the document's revision); then the local snapshot and history.
+    async fn commit_fleet_switch(
+        &self,
+        link: &FleetLink,
+        generation: u64,
+        to: Color,
+        req: &SwitchRequest,
+    ) -> Result<u64, SwitchError> {
+        let next = generation + 1;
+        let doc = ServiceDoc {
+            generation: next,
+            live: Some(fleet_color(to)),
+            versions: Versions {
+                blue: self.version_of(Color::Blue),
+                green: self.version_of(Color::Green),
+            },
+            config_hash: config_hash(&self.cfg()),
+            // Milliseconds: a retried write recognizes its own document by its bytes.
+            updated_at: cutover_store::now_rfc3339_millis(),
+            actor: req.actor.clone(),
+            router: link.router_id.clone(),
+        };
+        let history = HistoryRecord {
+            at: doc.updated_at.clone(),
+            kind: cutover_store::HistoryKind::from(req.kind).as_str().to_string(),
+            from: self.live().map(fleet_color),
+            to: fleet_color(to),
+            generation: next,
+            version: self.version_of(to),
+            actor: req.actor.clone(),
+            reason: req.reason.clone(),
+            router: link.router_id.clone(),
+        };
+        link.commit_switch(&self.name, generation, &doc, &history).await?;
+        let service = self.name.clone();
+        let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
+        let state = cutover_store::ServiceState {
+            name: service.clone(),
+            live: Some(stored(to)),
+            generation: next,
+            blue_version: doc.versions.blue.clone(),
+            green_version: doc.versions.green.clone(),
+        };
+        let local = blocking(&self.store, move |s| {
+            let rec = SwitchRecord {
+                service: &service,
+                expected_generation: generation,
+                to: stored(to),
+                kind,
+                actor: &actor,
+                reason: &reason,
+                release_id,
+            };
+            // The snapshot may be behind etcd (a write that failed earlier): then whole.
+            match s.switch(&rec) {
+                Err(cutover_store::StoreError::Conflict { .. }) => s.apply_snapshot(&state).map(|_| ()),
+                r => r.map(|_| ()),
+            }
+        })
+        .await;
+        if let Err(e) = local {
+            tracing::error!(service = %self.name, error = %e, "switched fleet-wide, but the local snapshot was not written");
+        }
+        Ok(next)
     }
 
     pub(crate) async fn rollback_locked(&self, req: RollbackRequest) -> Result<SwitchOutcome, SwitchError> {

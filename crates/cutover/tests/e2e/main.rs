@@ -11,6 +11,8 @@
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core).
 //! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
+//! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,
+//!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
@@ -36,6 +38,7 @@ mod conformance;
 mod dashboard;
 mod demo;
 mod dns;
+mod fleet;
 mod gates;
 mod hardening;
 mod http1;

@@ -1,0 +1,460 @@
+//! This router's link to its fleet in etcd: the client, the service documents it applied
+//! (with the revision a switch compares), every router's ack as the watch last saw it, and
+//! the switch transaction itself. The task that reads, applies, acknowledges and watches is
+//! the `fleet` module, above the controller; this one sits below `service` so a switch can
+//! commit through it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cutover_fleet::doc::{Ack, AckStatus, HistoryRecord, ServiceDoc};
+use cutover_fleet::etcd::{Compare, Op, Txn};
+use cutover_fleet::{Etcd, Keys};
+use cutover_proxy::stats::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::error::SwitchError;
+
+/// The hash of a service's configuration that documents carry (`config_hash`): its
+/// environments (endpoints, versions as configured, or the managed run).
+pub fn config_hash(cfg: &cutover_config::ServiceConfig) -> String {
+    cutover_fleet::doc::hash_hex(&format!("{:?}", cfg.environments))
+}
+
+/// A router's state with respect to a generation (`sync.routers[].state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AckState {
+    /// Acked the generation (or a later one).
+    Synced,
+    /// Acked an older generation.
+    Stale,
+    /// Could not apply a document; keeps serving its previous state.
+    Rejected,
+    /// Its lease expired: its ack key is gone.
+    Lost,
+}
+
+impl AckState {
+    pub const ALL: [AckState; 4] = [AckState::Synced, AckState::Stale, AckState::Rejected, AckState::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckState::Synced => "SYNCED",
+            AckState::Stale => "STALE",
+            AckState::Rejected => "REJECTED",
+            AckState::Lost => "LOST",
+        }
+    }
+}
+
+/// One router in a sync report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterSync {
+    pub id: String,
+    pub state: AckState,
+    /// The generation of the service it last acked, if any.
+    pub generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How far a switch got across the fleet when its answer was sent (`"sync"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub synced: usize,
+    pub of: usize,
+    pub routers: Vec<RouterSync>,
+}
+
+/// The document a router applied for one service, and the etcd revision it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub generation: u64,
+    /// The document's `mod_revision`: what this router's next switch compares.
+    pub mod_revision: i64,
+}
+
+/// What the link knows; changed by the sync task and by switches.
+#[derive(Default)]
+struct LinkState {
+    /// The last read or watch succeeded (false until the first read).
+    connected: bool,
+    /// When `connected` last changed (RFC 3339).
+    since: String,
+    /// The etcd revision applied up to (never advanced by a timeout).
+    revision: i64,
+    applied: BTreeMap<String, Applied>,
+    /// The newest generation seen in etcd per service, applied or not.
+    latest: BTreeMap<String, u64>,
+    /// Services whose latest document this router refused, with why.
+    rejected: BTreeMap<String, String>,
+    /// Every live router's ack (this one's included).
+    routers: BTreeMap<String, Ack>,
+    /// Routers whose ack key went away (lease expired), with their last ack, until they
+    /// come back.
+    lost: BTreeMap<String, Ack>,
+}
+
+/// This router's link to the fleet.
+pub struct FleetLink {
+    pub etcd: Etcd,
+    pub keys: Keys,
+    pub router_id: String,
+    /// Where this router's admin API listens, as its ack advertises it.
+    pub admin_url: String,
+    pub ack_timeout: Duration,
+    state: Mutex<LinkState>,
+    /// Wakes switches waiting for acks: an ack arrived or went.
+    acks_changed: tokio::sync::Notify,
+    /// Wakes the ack writer: what this router applied changed.
+    pub(crate) ack_due: tokio::sync::Notify,
+    /// Wakes the sync: read everything again (a reload added a service).
+    pub(crate) resync: tokio::sync::Notify,
+    /// Switches made through this router: commit → last live router's ack.
+    pub convergence: Histogram,
+}
+
+impl FleetLink {
+    pub fn new(etcd: Etcd, fleet: &str, router_id: String, admin_url: String, ack_timeout: Duration) -> FleetLink {
+        FleetLink {
+            etcd,
+            keys: Keys::new(fleet),
+            router_id,
+            admin_url,
+            ack_timeout,
+            state: Mutex::new(LinkState {
+                since: cutover_store::now_rfc3339(),
+                ..LinkState::default()
+            }),
+            acks_changed: tokio::sync::Notify::new(),
+            ack_due: tokio::sync::Notify::new(),
+            resync: tokio::sync::Notify::new(),
+            convergence: Histogram::default(),
+        }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `(connected, since)`.
+    pub fn connected(&self) -> (bool, String) {
+        let s = self.st();
+        (s.connected, s.since.clone())
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        let mut s = self.st();
+        if s.connected != connected {
+            s.connected = connected;
+            s.since = cutover_store::now_rfc3339();
+            if connected {
+                tracing::info!(fleet = %self.keys.prefix(), "connected to etcd");
+            } else {
+                tracing::warn!(fleet = %self.keys.prefix(), "cut from etcd: serving the last applied state");
+            }
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.st().revision
+    }
+
+    /// Moves the applied revision forward only: a re-read after etcd was restored from a
+    /// backup may read an older one, which the caller handles.
+    pub(crate) fn set_revision(&self, revision: i64) {
+        let mut s = self.st();
+        s.revision = revision;
+    }
+
+    pub fn applied(&self, service: &str) -> Option<Applied> {
+        self.st().applied.get(service).copied()
+    }
+
+    pub(crate) fn record_applied(&self, service: &str, a: Applied) {
+        let mut s = self.st();
+        s.rejected.remove(service);
+        let latest = s.latest.entry(service.to_string()).or_default();
+        *latest = (*latest).max(a.generation);
+        s.applied.insert(service.to_string(), a);
+        drop(s);
+        self.ack_due.notify_one();
+    }
+
+    /// A newer document of `service` seen but not applied (`reason`): the ack says so.
+    pub(crate) fn record_rejected(&self, service: &str, generation: Option<u64>, reason: String) {
+        let mut s = self.st();
+        if let Some(g) = generation {
+            let latest = s.latest.entry(service.to_string()).or_default();
+            *latest = (*latest).max(g);
+        }
+        s.rejected.insert(service.to_string(), reason);
+        drop(s);
+        self.ack_due.notify_one();
+    }
+
+    /// This router's ack, as it would write it now.
+    pub(crate) fn own_ack(&self) -> Ack {
+        let s = self.st();
+        let generations: BTreeMap<String, u64> = s.applied.iter().map(|(k, a)| (k.clone(), a.generation)).collect();
+        let text: String = generations.iter().map(|(k, g)| format!("{k}={g};")).collect();
+        let reason = (!s.rejected.is_empty()).then(|| {
+            s.rejected
+                .iter()
+                .map(|(svc, why)| format!("service {svc}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Ack {
+            hash: cutover_fleet::doc::hash_hex(&text),
+            generations,
+            status: if reason.is_some() {
+                AckStatus::Rejected
+            } else {
+                AckStatus::Synced
+            },
+            reason,
+            admin_url: self.admin_url.clone(),
+            revision: s.revision,
+            at: cutover_store::now_rfc3339(),
+        }
+    }
+
+    /// A router's ack arrived (a put under `routers/`).
+    pub(crate) fn router_acked(&self, id: &str, ack: Ack) {
+        let mut s = self.st();
+        s.lost.remove(id);
+        s.routers.insert(id.to_string(), ack);
+        drop(s);
+        self.acks_changed.notify_waiters();
+    }
+
+    /// A router's ack key went away: its lease expired (or it stopped cleanly).
+    pub(crate) fn router_gone(&self, id: &str) {
+        let mut s = self.st();
+        if let Some(ack) = s.routers.remove(id) {
+            s.lost.insert(id.to_string(), ack);
+        }
+        drop(s);
+        self.acks_changed.notify_waiters();
+    }
+
+    /// Every ack as a fresh read found them: routers missing from it are lost.
+    pub(crate) fn routers_read(&self, acks: BTreeMap<String, Ack>) {
+        let mut s = self.st();
+        let gone: Vec<String> = s.routers.keys().filter(|k| !acks.contains_key(*k)).cloned().collect();
+        for id in gone {
+            if let Some(ack) = s.routers.remove(&id) {
+                s.lost.insert(id, ack);
+            }
+        }
+        for id in acks.keys() {
+            s.lost.remove(id);
+        }
+        s.routers = acks;
+        drop(s);
+        self.acks_changed.notify_waiters();
+    }
+
+    fn classify(ack: &Ack, lost: bool, service: &str, generation: u64) -> RouterSync {
+        let acked = ack.generations.get(service).copied();
+        let state = if lost {
+            AckState::Lost
+        } else if acked.is_some_and(|g| g >= generation) {
+            AckState::Synced
+        } else if ack.status == AckStatus::Rejected {
+            AckState::Rejected
+        } else {
+            AckState::Stale
+        };
+        RouterSync {
+            id: String::new(),
+            state,
+            generation: acked,
+            reason: if state == AckState::Rejected {
+                ack.reason.clone()
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Where every known router stands with respect to `service` at `generation`.
+    pub fn report(&self, service: &str, generation: u64) -> SyncReport {
+        let s = self.st();
+        let mut routers = Vec::new();
+        for (lost, map) in [(false, &s.routers), (true, &s.lost)] {
+            for (id, ack) in map {
+                let mut r = Self::classify(ack, lost, service, generation);
+                r.id = id.clone();
+                routers.push(r);
+            }
+        }
+        routers.sort_by(|a, b| a.id.cmp(&b.id));
+        SyncReport {
+            synced: routers.iter().filter(|r| r.state == AckState::Synced).count(),
+            of: routers.len(),
+            routers,
+        }
+    }
+
+    /// Waits until every live router acked `generation` of `service`, at most `ack_timeout`
+    /// from `since`; then reads the acks once from etcd (the watch may lag) and reports.
+    pub async fn await_acks(&self, service: &str, generation: u64, since: Instant) -> SyncReport {
+        let deadline = since + self.ack_timeout;
+        loop {
+            let waiting = self.acks_changed.notified();
+            let r = self.report(service, generation);
+            let live_unsynced = r
+                .routers
+                .iter()
+                .any(|x| x.state != AckState::Synced && x.state != AckState::Lost);
+            if !live_unsynced && r.routers.iter().any(|x| x.id == self.router_id) {
+                self.convergence.observe(since.elapsed());
+                return r;
+            }
+            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                break;
+            }
+        }
+        // The deadline passed: one direct read is the honest answer.
+        if let Ok(range) = self.etcd.range_prefix(&self.keys.routers()).await {
+            let acks = range
+                .kvs
+                .iter()
+                .filter_map(|kv| Some((self.keys.router_id(&kv.key)?.to_string(), Ack::parse(&kv.value).ok()?)))
+                .collect();
+            self.routers_read(acks);
+        }
+        self.report(service, generation)
+    }
+
+    /// Every router and its state now: against the newest generation seen per service.
+    pub fn view(&self) -> serde_json::Value {
+        let s = self.st();
+        let mut routers = Vec::new();
+        for (lost, map) in [(false, &s.routers), (true, &s.lost)] {
+            for (id, ack) in map {
+                let state = if lost {
+                    AckState::Lost
+                } else if ack.status == AckStatus::Rejected {
+                    AckState::Rejected
+                } else if s
+                    .latest
+                    .iter()
+                    .any(|(svc, g)| ack.generations.get(svc).is_none_or(|a| a < g))
+                {
+                    AckState::Stale
+                } else {
+                    AckState::Synced
+                };
+                routers.push(serde_json::json!({
+                    "id": id, "state": state, "generations": ack.generations, "hash": ack.hash,
+                    "status": ack.status, "reason": ack.reason, "admin_url": ack.admin_url,
+                    "revision": ack.revision, "at": ack.at,
+                }));
+            }
+        }
+        serde_json::json!({
+            "fleet": self.keys.prefix(),
+            "router_id": self.router_id,
+            "connected": s.connected,
+            "since": s.since,
+            "revision": s.revision,
+            "services": s.latest,
+            "routers": routers,
+        })
+    }
+
+    /// How many routers are in each state now (for `cutover_fleet_acks{state}`).
+    pub fn counts(&self) -> [(AckState, u64); 4] {
+        let v = self.view();
+        let mut out = AckState::ALL.map(|s| (s, 0));
+        for r in v["routers"].as_array().into_iter().flatten() {
+            for (s, n) in out.iter_mut() {
+                if r["state"] == s.as_str() {
+                    *n += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The switch, fleet-wide: one transaction that puts the new document and its history
+    /// record if the document is still the one this router applied at `expected` (its
+    /// `mod_revision`). Returns the new document's revision.
+    pub async fn commit_switch(
+        &self,
+        service: &str,
+        expected: u64,
+        doc: &ServiceDoc,
+        history: &HistoryRecord,
+    ) -> Result<i64, SwitchError> {
+        let Some(applied) = self.applied(service) else {
+            return Err(SwitchError::Fleet {
+                detail: format!("service {service} has not been read from etcd yet; try again once connected"),
+            });
+        };
+        if applied.generation != expected {
+            return Err(SwitchError::StaleGeneration {
+                expected,
+                actual: applied.generation,
+            });
+        }
+        let key = self.keys.service(service);
+        let value = bytes::Bytes::from(doc.to_bytes());
+        let txn = Txn {
+            compare: vec![Compare::ModRevision(key.clone(), applied.mod_revision)],
+            success: vec![
+                Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease: 0,
+                },
+                Op::Put {
+                    key: self.keys.history(service, doc.generation),
+                    value: serde_json::to_vec(history).expect("a history record serializes").into(),
+                    lease: 0,
+                },
+            ],
+            failure: vec![Op::Get { key }],
+        };
+        let r = self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet {
+            detail: format!("the switch was not committed (etcd: {e}); nothing changed"),
+        })?;
+        if r.succeeded {
+            self.record_applied(
+                service,
+                Applied {
+                    generation: doc.generation,
+                    mod_revision: r.revision,
+                },
+            );
+            return Ok(r.revision);
+        }
+        let current = r.gets.first().and_then(|g| g.first());
+        match current {
+            // A first attempt that timed out on a member that had applied it: it is ours.
+            Some(kv) if kv.value == value => {
+                self.record_applied(
+                    service,
+                    Applied {
+                        generation: doc.generation,
+                        mod_revision: kv.mod_revision,
+                    },
+                );
+                Ok(kv.mod_revision)
+            }
+            Some(kv) => Err(SwitchError::StaleGeneration {
+                expected,
+                actual: ServiceDoc::parse(&kv.value).map(|d| d.generation).unwrap_or(expected),
+            }),
+            None => Err(SwitchError::Fleet {
+                detail: format!("the document of service {service} was deleted from etcd; nothing changed"),
+            }),
+        }
+    }
+}

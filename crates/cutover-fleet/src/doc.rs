@@ -1,0 +1,173 @@
+//! The documents fleet mode keeps in etcd: one per service (a switch is one put of it), one
+//! history record per switch, and each router's ack. Parsing validates: a document a router
+//! cannot apply is rejected with the reason, never half applied.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A color as documents write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+/// The version at each color.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versions {
+    pub blue: Option<String>,
+    pub green: Option<String>,
+}
+
+/// One service's routing, the whole of it: `services/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDoc {
+    /// Increases by one with every switch; a router applies only a higher one.
+    pub generation: u64,
+    /// `None` before anything was live.
+    pub live: Option<Color>,
+    pub versions: Versions,
+    /// The writer's hash of the service's configuration (endpoints, versions as configured):
+    /// routers whose configuration differs show it in `GET /v1/fleet`.
+    #[serde(default)]
+    pub config_hash: String,
+    pub updated_at: String,
+    pub actor: String,
+    /// The router that wrote it: with `updated_at`, what makes two writers' documents
+    /// differ, so a retried write can tell its own document from a rival's.
+    #[serde(default)]
+    pub router: String,
+}
+
+/// The most a document may weigh: a service document is a few hundred bytes.
+pub const MAX_DOC_BYTES: usize = 64 * 1024;
+
+impl ServiceDoc {
+    /// Parses and checks a stored document; the error says what is wrong with it.
+    pub fn parse(bytes: &[u8]) -> Result<ServiceDoc, String> {
+        if bytes.len() > MAX_DOC_BYTES {
+            return Err(format!(
+                "document of {} bytes, over the {MAX_DOC_BYTES}-byte limit",
+                bytes.len()
+            ));
+        }
+        let doc: ServiceDoc = serde_json::from_slice(bytes).map_err(|e| format!("invalid service document: {e}"))?;
+        if doc.live.is_none() && doc.generation > 0 {
+            return Err(format!(
+                "invalid service document: generation {} with nothing live",
+                doc.generation
+            ));
+        }
+        Ok(doc)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a service document serializes")
+    }
+}
+
+/// One switch, as `history/<name>/<generation>` records it (written in the switch's txn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub at: String,
+    /// The history kind's text (`switched`, `forced`, `rolled_back`, ...).
+    pub kind: String,
+    pub from: Option<Color>,
+    pub to: Color,
+    pub generation: u64,
+    pub version: Option<String>,
+    pub actor: String,
+    pub reason: String,
+    /// The router whose admin API took the switch.
+    pub router: String,
+}
+
+/// What a router says about what it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Everything the router read is applied.
+    Synced,
+    /// A document could not be applied (`reason`); the router keeps its previous state.
+    Rejected,
+}
+
+/// A router's ack, `routers/<id>`, on its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The generation applied per service.
+    pub generations: BTreeMap<String, u64>,
+    /// A hash of what is applied (services, generations, live colors): equal hashes, equal
+    /// routing.
+    pub hash: String,
+    pub status: AckStatus,
+    /// Why a document was rejected, naming the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where this router's admin API listens.
+    pub admin_url: String,
+    /// The etcd revision the router has applied up to.
+    pub revision: i64,
+    pub at: String,
+}
+
+impl Ack {
+    pub fn parse(bytes: &[u8]) -> Result<Ack, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid ack: {e}"))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an ack serializes")
+    }
+}
+
+/// FNV-1a, 64 bits, as hex: a stable hash of a text (no dependency, no randomized seed).
+pub fn hash_hex(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_round_trips_and_bad_ones_say_why() {
+        let doc = ServiceDoc {
+            generation: 3,
+            live: Some(Color::Green),
+            versions: Versions {
+                blue: Some("v1".into()),
+                green: Some("v2".into()),
+            },
+            config_hash: hash_hex("x"),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            actor: "alice".into(),
+            router: "r1".into(),
+        };
+        assert_eq!(ServiceDoc::parse(&doc.to_bytes()).unwrap(), doc);
+        let e =
+            ServiceDoc::parse(br#"{"generation": 4, "live": "purple", "versions": {}, "updated_at": "", "actor": ""}"#)
+                .unwrap_err();
+        assert!(e.contains("purple"), "{e}");
+        let e = ServiceDoc::parse(br#"{"generation": 4, "live": null, "versions": {}, "updated_at": "", "actor": ""}"#)
+            .unwrap_err();
+        assert!(e.contains("nothing live"), "{e}");
+        assert!(ServiceDoc::parse(b"not json")
+            .unwrap_err()
+            .contains("invalid service document"));
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        assert_eq!(hash_hex(""), "cbf29ce484222325");
+        assert_ne!(hash_hex("a"), hash_hex("b"));
+    }
+}

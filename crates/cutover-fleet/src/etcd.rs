@@ -1,0 +1,688 @@
+//! An etcd v3 client over etcd's JSON gateway (`POST /v3/...`), spoken with hyper: ranges,
+//! puts, transactions, deletes, leases, compaction, member status and watch streams, with
+//! failover across the cluster's members.
+//!
+//! Why the gateway and not gRPC (`etcd-client`): tonic and prost take minutes to compile on
+//! two cores and need `protoc` in CI, for the dozen calls fleet mode makes. The gateway speaks
+//! proto3's JSON mapping: bytes are base64, 64-bit integers are strings and zero values are
+//! left out, which [`int`] and [`Kv`] absorb.
+//!
+//! Failover: every call starts at the member that answered last; one that cannot be reached
+//! or does not answer within the call timeout is skipped for the next one. A write that timed
+//! out may still have been applied by the member that got it: callers that must know compare
+//! in a transaction and read back (see `Txn::failure`). Watch streams never reconnect by
+//! themselves: the caller re-reads and watches again.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// How long one call to one member may take before the next member is tried.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest response body read (a range of every service document stays far below).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest single watch message buffered.
+const MAX_WATCH_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdError {
+    /// No member could be reached or answered in time; `tried` says what each did.
+    #[error("etcd unreachable: {}", tried.join("; "))]
+    Unreachable { tried: Vec<String> },
+    /// A member answered with an error (gRPC status through the gateway).
+    #[error("etcd {member}: {message} (code {code})")]
+    Server { member: String, code: i64, message: String },
+    /// A member's answer was not what the gateway sends.
+    #[error("etcd {member}: unexpected answer: {detail}")]
+    Protocol { member: String, detail: String },
+}
+
+impl EtcdError {
+    fn protocol(member: &str, detail: impl Into<String>) -> EtcdError {
+        EtcdError::Protocol {
+            member: member.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EtcdError>;
+
+/// One key-value pair as etcd stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Bytes,
+    /// The revision that created the key (0: it does not exist, in compares).
+    pub create_revision: i64,
+    /// The revision of its last change: what a compare-and-swap compares.
+    pub mod_revision: i64,
+    /// Changes since it was created.
+    pub version: i64,
+    /// The lease it dies with, 0 for none.
+    pub lease: i64,
+}
+
+/// The answer to a range: the store's revision when it was read, and the pairs.
+#[derive(Debug, Clone)]
+pub struct Range {
+    pub revision: i64,
+    pub kvs: Vec<Kv>,
+}
+
+/// A compare in a transaction.
+#[derive(Debug, Clone)]
+pub enum Compare {
+    /// The key's `mod_revision` is this (0 never matches an existing key).
+    ModRevision(String, i64),
+    /// The key's `create_revision` is this; 0 means "the key does not exist".
+    CreateRevision(String, i64),
+    /// The key's value is exactly this.
+    Value(String, Bytes),
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put { key: String, value: Bytes, lease: i64 },
+    Get { key: String },
+    Delete { key: String },
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`; atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    /// The store's revision after it (the write's revision when it succeeded and wrote).
+    pub revision: i64,
+    /// The pairs each `Op::Get` of the branch that ran read, in order.
+    pub gets: Vec<Vec<Kv>>,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+/// One member's view of the cluster (`/v3/maintenance/status`).
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub member_id: u64,
+    pub leader: u64,
+    pub raft_index: u64,
+    pub revision: i64,
+}
+
+impl Status {
+    pub fn is_leader(&self) -> bool {
+        self.member_id != 0 && self.member_id == self.leader
+    }
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    /// The pair as it was deleted (only `key` and `mod_revision` are meaningful).
+    Delete(Kv),
+}
+
+impl Event {
+    pub fn kv(&self) -> &Kv {
+        match self {
+            Event::Put(kv) | Event::Delete(kv) => kv,
+        }
+    }
+}
+
+/// One message of a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMsg {
+    /// The watch exists from now on; `revision` is the store's.
+    Created { revision: i64 },
+    /// Changes, all of the same revision or of increasing ones; `revision` is the header's.
+    Events { revision: i64, events: Vec<Event> },
+    /// Nothing changed up to `revision` (a progress notification).
+    Progress { revision: i64 },
+    /// The start revision was compacted away: the caller must re-read and watch again from
+    /// the read's revision + 1.
+    Compacted { compact_revision: i64 },
+    /// Cancelled by the server for another reason.
+    Canceled { reason: String },
+}
+
+/// The members of a cluster and the client that reaches them.
+pub struct Etcd {
+    /// `host:port` of each member's client URL.
+    members: Vec<String>,
+    /// The member that answered last: calls start there.
+    preferred: AtomicUsize,
+    http: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd").field("members", &self.members).finish()
+    }
+}
+
+fn b64(s: &[u8]) -> String {
+    B64.encode(s)
+}
+
+/// The key just past every key that starts with `prefix`: a prefix range's `range_end`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+/// A proto3-JSON integer: a string, a number, or absent (zero).
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn uint(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn unb64(member: &str, v: &Value) -> Result<Vec<u8>> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => B64
+            .decode(s)
+            .map_err(|e| EtcdError::protocol(member, format!("bad base64: {e}"))),
+        other => Err(EtcdError::protocol(member, format!("expected base64, got {other}"))),
+    }
+}
+
+fn kv_of(member: &str, v: &Value) -> Result<Kv> {
+    let key = unb64(member, &v["key"])?;
+    Ok(Kv {
+        key: String::from_utf8(key).map_err(|_| EtcdError::protocol(member, "a key that is not UTF-8"))?,
+        value: Bytes::from(unb64(member, &v["value"])?),
+        create_revision: int(&v["create_revision"]),
+        mod_revision: int(&v["mod_revision"]),
+        version: int(&v["version"]),
+        lease: int(&v["lease"]),
+    })
+}
+
+fn kvs_of(member: &str, v: &Value) -> Result<Vec<Kv>> {
+    match &v["kvs"] {
+        Value::Array(a) => a.iter().map(|kv| kv_of(member, kv)).collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Put { key, value, lease } => {
+            let mut put = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+            if *lease != 0 {
+                put["lease"] = json!(lease.to_string());
+            }
+            json!({ "request_put": put })
+        }
+        Op::Get { key } => json!({"request_range": {"key": b64(key.as_bytes())}}),
+        Op::Delete { key } => json!({"request_delete_range": {"key": b64(key.as_bytes())}}),
+    }
+}
+
+fn compare_json(c: &Compare) -> Value {
+    match c {
+        Compare::ModRevision(k, r) => {
+            json!({"target": "MOD", "result": "EQUAL", "key": b64(k.as_bytes()), "mod_revision": r.to_string()})
+        }
+        Compare::CreateRevision(k, r) => {
+            json!({"target": "CREATE", "result": "EQUAL", "key": b64(k.as_bytes()), "create_revision": r.to_string()})
+        }
+        Compare::Value(k, v) => {
+            json!({"target": "VALUE", "result": "EQUAL", "key": b64(k.as_bytes()), "value": b64(v)})
+        }
+    }
+}
+
+/// The error a gateway answer carries, if any (`{"error": ..., "code": N, "message": ...}`).
+fn gateway_error(member: &str, status: StatusCode, v: &Value) -> Option<EtcdError> {
+    let code = v.get("code").map(int).unwrap_or(0);
+    let message = v
+        .get("message")
+        .or_else(|| v.get("error"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !status.is_success() || code != 0 {
+        return Some(EtcdError::Server {
+            member: member.to_string(),
+            code,
+            message: if message.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                message.to_string()
+            },
+        });
+    }
+    None
+}
+
+/// gRPC codes after which another member may well succeed: unavailable (no leader, leader
+/// changed, stopping) and deadline exceeded (a member cut from the quorum).
+fn worth_another_member(e: &EtcdError) -> bool {
+    matches!(e, EtcdError::Server { code: 14 | 4, .. })
+}
+
+impl Etcd {
+    /// A client of the cluster whose members are `members` (`host:port`).
+    pub fn new(members: Vec<String>) -> Etcd {
+        Etcd::with_timeout(members, CALL_TIMEOUT)
+    }
+
+    pub fn with_timeout(members: Vec<String>, timeout: Duration) -> Etcd {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        Etcd {
+            members,
+            preferred: AtomicUsize::new(0),
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            timeout,
+        }
+    }
+
+    pub fn members(&self) -> &[String] {
+        &self.members
+    }
+
+    /// POSTs `body` to `path` on each member in turn from the preferred one, until one answers.
+    async fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let n = self.members.len();
+        let first = self.preferred.load(Relaxed) % n.max(1);
+        let mut tried = Vec::new();
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let member = &self.members[idx];
+            match self.call_one(member, path, body).await {
+                Ok(v) => {
+                    self.preferred.store(idx, Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if matches!(e, EtcdError::Unreachable { .. }) || worth_another_member(&e) => {
+                    tracing::debug!(%member, %path, error = %e, "etcd member failed; trying the next one");
+                    tried.push(match e {
+                        EtcdError::Unreachable { mut tried } => tried.pop().unwrap_or_default(),
+                        other => other.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EtcdError::Unreachable { tried })
+    }
+
+    async fn call_one(&self, member: &str, path: &str, body: &Value) -> Result<Value> {
+        let unreachable = |what: String| EtcdError::Unreachable {
+            tried: vec![format!("{member}: {what}")],
+        };
+        let req = self.request(member, path, body);
+        let fut = async {
+            let resp = self.http.request(req).await.map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            let v: Value = serde_json::from_slice(&body).map_err(|e| {
+                EtcdError::protocol(
+                    member,
+                    format!(
+                        "{status}: not JSON ({e}): {}",
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                    ),
+                )
+            })?;
+            if let Some(e) = gateway_error(member, status, &v) {
+                return Err(e);
+            }
+            Ok(v)
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    fn request(&self, member: &str, path: &str, body: &Value) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{member}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("a valid request")
+    }
+
+    /// The pair at `key`, if any, and the store's revision.
+    pub async fn get(&self, key: &str) -> Result<(Option<Kv>, i64)> {
+        let r = self.range_body(json!({"key": b64(key.as_bytes())})).await?;
+        Ok((r.kvs.into_iter().next(), r.revision))
+    }
+
+    /// Every pair whose key starts with `prefix`, in key order.
+    pub async fn range_prefix(&self, prefix: &str) -> Result<Range> {
+        self.range_body(json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}))
+            .await
+    }
+
+    async fn range_body(&self, body: Value) -> Result<Range> {
+        let v = self.call("/v3/kv/range", &body).await?;
+        let member = self.current();
+        Ok(Range {
+            revision: int(&v["header"]["revision"]),
+            kvs: kvs_of(&member, &v)?,
+        })
+    }
+
+    /// Puts `value` at `key` (on `lease` unless 0); returns the write's revision.
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64> {
+        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if lease != 0 {
+            body["lease"] = json!(lease.to_string());
+        }
+        let v = self.call("/v3/kv/put", &body).await?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Deletes `key`; returns how many pairs went (0 or 1).
+    pub async fn delete(&self, key: &str) -> Result<i64> {
+        let v = self
+            .call("/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))
+            .await?;
+        Ok(int(&v["deleted"]))
+    }
+
+    /// Runs a transaction.
+    pub async fn txn(&self, txn: &Txn) -> Result<TxnResult> {
+        let body = json!({
+            "compare": txn.compare.iter().map(compare_json).collect::<Vec<_>>(),
+            "success": txn.success.iter().map(op_json).collect::<Vec<_>>(),
+            "failure": txn.failure.iter().map(op_json).collect::<Vec<_>>(),
+        });
+        let v = self.call("/v3/kv/txn", &body).await?;
+        let member = self.current();
+        let succeeded = v["succeeded"].as_bool().unwrap_or(false);
+        let mut gets = Vec::new();
+        if let Value::Array(rs) = &v["responses"] {
+            for r in rs {
+                if let Some(range) = r.get("response_range") {
+                    gets.push(kvs_of(&member, range)?);
+                }
+            }
+        }
+        Ok(TxnResult {
+            succeeded,
+            revision: int(&v["header"]["revision"]),
+            gets,
+        })
+    }
+
+    /// Grants a lease of `ttl` seconds.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<Lease> {
+        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl.to_string()})).await?;
+        let id = int(&v["ID"]);
+        if id == 0 {
+            return Err(EtcdError::protocol(
+                &self.current(),
+                format!("lease grant without an ID: {v}"),
+            ));
+        }
+        Ok(Lease {
+            id,
+            ttl: int(&v["TTL"]),
+        })
+    }
+
+    /// Renews a lease; returns its TTL now, `None` if it expired (its keys are gone).
+    pub async fn lease_keepalive(&self, id: i64) -> Result<Option<i64>> {
+        let v = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()})).await?;
+        // The gateway streams the bidirectional call: one message, `{"result": {...}}`.
+        let r = v.get("result").unwrap_or(&v);
+        let ttl = int(&r["TTL"]);
+        Ok((ttl > 0).then_some(ttl))
+    }
+
+    pub async fn lease_revoke(&self, id: i64) -> Result<()> {
+        match self.call("/v3/lease/revoke", &json!({"ID": id.to_string()})).await {
+            Ok(_) => Ok(()),
+            // Already expired: what revoking wanted.
+            Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compacts the history up to `revision` (tests, and operators' maintenance).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        self.call(
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string(), "physical": true}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The status of one member (no failover: the question is about that member).
+    pub async fn status_of(&self, member: &str) -> Result<Status> {
+        let v = self.call_one(member, "/v3/maintenance/status", &json!({})).await?;
+        Ok(Status {
+            member_id: uint(&v["header"]["member_id"]),
+            leader: uint(&v["leader"]),
+            raft_index: uint(&v["raftIndex"]),
+            revision: int(&v["header"]["revision"]),
+        })
+    }
+
+    fn current(&self) -> String {
+        let n = self.members.len().max(1);
+        self.members
+            .get(self.preferred.load(Relaxed) % n)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Watches every key under `prefix` from `start_revision` on (0: from now). The first
+    /// message is `Created` (or `Compacted` right after it when the start was compacted).
+    /// Opening fails over like any call; once open, the stream ends with the member.
+    pub async fn watch(&self, prefix: &str, start_revision: i64, progress_notify: bool) -> Result<Watch> {
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix)),
+            "start_revision": start_revision.to_string(),
+            "progress_notify": progress_notify,
+        }});
+        let n = self.members.len();
+        let first = self.preferred.load(Relaxed) % n.max(1);
+        let mut tried = Vec::new();
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let member = &self.members[idx];
+            let req = self.request(member, "/v3/watch", &body);
+            match tokio::time::timeout(self.timeout, self.http.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    self.preferred.store(idx, Relaxed);
+                    return Ok(Watch {
+                        member: member.clone(),
+                        body: resp.into_body(),
+                        buf: BytesMut::new(),
+                    });
+                }
+                Ok(Ok(resp)) => tried.push(format!("{member}: HTTP {}", resp.status())),
+                Ok(Err(e)) => tried.push(format!("{member}: {e}")),
+                Err(_) => tried.push(format!("{member}: no answer within {:?}", self.timeout)),
+            }
+        }
+        Err(EtcdError::Unreachable { tried })
+    }
+}
+
+/// An open watch stream: one JSON object per message.
+pub struct Watch {
+    member: String,
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl Watch {
+    /// The member this stream is open on.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+
+    /// The next message; `Err` when the stream ended or broke (watch again after a re-read).
+    /// Cancel-safe: a message half read stays buffered.
+    pub async fn next(&mut self) -> Result<WatchMsg> {
+        loop {
+            if let Some(v) = self.take_message()? {
+                return self.message(&v);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                        if self.buf.len() > MAX_WATCH_MESSAGE {
+                            return Err(EtcdError::protocol(&self.member, "a watch message over 16 MiB"));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(EtcdError::Unreachable {
+                        tried: vec![format!("{}: watch stream broke: {e}", self.member)],
+                    })
+                }
+                None => {
+                    return Err(EtcdError::Unreachable {
+                        tried: vec![format!("{}: watch stream ended", self.member)],
+                    })
+                }
+            }
+        }
+    }
+
+    /// One whole JSON value from the front of the buffer, if one has arrived.
+    fn take_message(&mut self) -> Result<Option<Value>> {
+        let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(start) = start else {
+            self.buf.clear();
+            return Ok(None);
+        };
+        self.buf.advance(start);
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                let used = it.byte_offset();
+                self.buf.advance(used);
+                Ok(Some(v))
+            }
+            Some(Err(e)) if e.is_eof() => Ok(None),
+            Some(Err(e)) => Err(EtcdError::protocol(&self.member, format!("watch message: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn message(&self, v: &Value) -> Result<WatchMsg> {
+        let member = &self.member;
+        if let Some(err) = v.get("error") {
+            return Err(EtcdError::Server {
+                member: member.clone(),
+                code: int(&err["grpc_code"]),
+                message: err["message"].as_str().unwrap_or("watch error").to_string(),
+            });
+        }
+        let r = v
+            .get("result")
+            .ok_or_else(|| EtcdError::protocol(member, format!("watch message without result: {v}")))?;
+        let revision = int(&r["header"]["revision"]);
+        let compact = int(&r["compact_revision"]);
+        if compact > 0 {
+            return Ok(WatchMsg::Compacted {
+                compact_revision: compact,
+            });
+        }
+        if r["canceled"].as_bool().unwrap_or(false) {
+            return Ok(WatchMsg::Canceled {
+                reason: r["cancel_reason"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        if r["created"].as_bool().unwrap_or(false) {
+            return Ok(WatchMsg::Created { revision });
+        }
+        let mut events = Vec::new();
+        if let Value::Array(evs) = &r["events"] {
+            for e in evs {
+                let kv = kv_of(member, &e["kv"])?;
+                events.push(match e["type"].as_str() {
+                    Some("DELETE") => Event::Delete(kv),
+                    _ => Event::Put(kv),
+                });
+            }
+        }
+        if events.is_empty() {
+            Ok(WatchMsg::Progress { revision })
+        } else {
+            Ok(WatchMsg::Events { revision, events })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_just_past_the_prefix() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn proto3_integers_are_strings_numbers_or_absent() {
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&json!(7)), 7);
+        assert_eq!(int(&Value::Null), 0);
+    }
+}

@@ -1,0 +1,270 @@
+//! A real etcd cluster on loopback for tests: `/usr/bin/etcd` members in a temp folder, on
+//! free ports, stopped (and their folder removed) on drop. Shared with cutover's e2e tests
+//! (`#[path]`-included there), so it uses only std, tokio and the crate's client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cutover_fleet::Etcd;
+
+/// The etcd binary (Debian's `etcd-server`; `.ci/run` installs it).
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// A loopback port free a moment ago and not handed out before by this process.
+fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        let mut g = GIVEN.lock().unwrap();
+        if !g.contains(&p) {
+            g.push(p);
+            return p;
+        }
+    }
+}
+
+/// One member: its ports, folder and process.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Member {
+    /// `127.0.0.1:PORT` of its client URL.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let child = Command::new(ETCD)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cluster of real etcd members on loopback.
+pub struct Cluster {
+    pub root: PathBuf,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until every one answers and a leader is elected.
+    pub async fn start(n: usize) -> Cluster {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "cutover-etcd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = root.file_name().unwrap().to_string_lossy().to_string();
+        let mut members = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let dir = root.join(format!("m{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let args = vec![
+                format!("--name=m{i}"),
+                format!("--data-dir={}", dir.join("data").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{c}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{c}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{p}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"),
+                format!("--initial-cluster={initial}"),
+                "--initial-cluster-state=new".into(),
+                format!("--initial-cluster-token={token}"),
+                // Loopback: elections in well under a second instead of etcd's WAN defaults.
+                "--heartbeat-interval=50".into(),
+                "--election-timeout=500".into(),
+                // Watches with progress_notify hear from the server at least this often.
+                "--experimental-watch-progress-notify-interval=1s".into(),
+                "--logger=zap".into(),
+                "--log-level=warn".into(),
+            ];
+            let mut m = Member {
+                name: format!("m{i}"),
+                client_port: *c,
+                peer_port: *p,
+                dir,
+                child: None,
+                args,
+            };
+            m.spawn();
+            members.push(m);
+        }
+        let cluster = Cluster { root, members };
+        cluster.wait_healthy(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// `etcd://` URL of every member.
+    pub fn url(&self) -> String {
+        format!(
+            "etcd://{}",
+            self.members.iter().map(Member::addr).collect::<Vec<_>>().join(",")
+        )
+    }
+
+    /// `etcd://` URL of one member only.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("etcd://{}", self.members[i].addr())
+    }
+
+    /// A client of every member.
+    pub fn client(&self) -> Etcd {
+        Etcd::new(self.members.iter().map(Member::addr).collect())
+    }
+
+    /// A client of the members whose index is in `which`, in that order.
+    pub fn client_of(&self, which: &[usize]) -> Etcd {
+        Etcd::new(which.iter().map(|i| self.members[*i].addr()).collect())
+    }
+
+    /// Waits until every running member answers a status and agrees on a leader.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let start = Instant::now();
+        let c = self.client();
+        loop {
+            let mut leaders = Vec::new();
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                match c.status_of(&m.addr()).await {
+                    Ok(s) if s.leader != 0 => leaders.push(s.leader),
+                    _ => leaders.clear(),
+                }
+                if leaders.is_empty() {
+                    break;
+                }
+            }
+            let running = self.members.iter().filter(|m| m.child.is_some()).count();
+            if leaders.len() == running && leaders.windows(2).all(|w| w[0] == w[1]) {
+                // A write through each member proves the quorum serves (not only elects).
+                let mut ok = true;
+                for m in self.members.iter().filter(|m| m.child.is_some()) {
+                    let one = Etcd::new(vec![m.addr()]);
+                    ok &= one.put("/cutover-test/health", b"ok", 0).await.is_ok();
+                }
+                if ok {
+                    return;
+                }
+            }
+            if start.elapsed() > timeout {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| format!("{}: {}", m.name, m.log()))
+                    .collect();
+                panic!("etcd cluster not healthy after {timeout:?}:\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index of the member that is the leader now.
+    pub async fn leader(&self) -> usize {
+        let c = self.client();
+        let start = Instant::now();
+        loop {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+                if let Ok(s) = c.status_of(&m.addr()).await {
+                    if s.is_leader() {
+                        return i;
+                    }
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "no etcd leader within 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the member dies at once, its data stays for a restart.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].reap();
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.signal("-TERM");
+        if let Some(mut c) = m.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped or killed member again on its data.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.members[i].spawn();
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    /// SIGSTOP / SIGCONT: the member freezes with its sockets open.
+    pub fn pause(&self, i: usize) {
+        self.members[i].signal("-STOP");
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.members[i].signal("-CONT");
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            // A paused member must be able to die.
+            m.signal("-CONT");
+            m.reap();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

@@ -1,0 +1,306 @@
+//! Fleet mode on a real 3-member etcd cluster on loopback (started by the harness in
+//! `crates/cutover-fleet/tests/support/cluster.rs`): routers that sync every switch and ack
+//! it, a compare-and-swap race between routers, a router started while etcd is down, one
+//! cut from etcd, one paused across a compaction, and a document no router can apply.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+#[path = "../../../cutover-fleet/tests/support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
+
+/// `[store]` lines for fleet mode. Router configs put the services' text right after
+/// `[store] path = ...`, so lines before the first table join `[store]`.
+fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
+    format!("url = \"{url}\"\nfleet = \"{fleet}\"\n\n{services}")
+}
+
+async fn fleet_view(r: &Router) -> Value {
+    let v = r.api(Method::GET, "/v1/fleet", Value::Null).await;
+    assert_eq!(v.status, 200, "{}", v.text());
+    v.json()
+}
+
+/// Waits until `r` sees `n` routers under `routers/` in the state `state`.
+async fn wait_routers(r: &Router, n: usize, state: &str) -> Value {
+    wait_for(&format!("{n} routers {state}"), Duration::from_secs(20), || async {
+        let v = fleet_view(r).await;
+        let k = v["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["state"] == state)
+            .count();
+        (k == n).then_some(v)
+    })
+    .await
+}
+
+fn state_of<'v>(v: &'v Value, id: &str) -> &'v str {
+    v["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .and_then(|x| x["state"].as_str())
+        .unwrap_or("absent")
+}
+
+async fn router_id(r: &Router) -> String {
+    fleet_view(r).await["router_id"].as_str().unwrap().to_string()
+}
+
+async fn color_served(r: &Router) -> String {
+    let c = http_client();
+    send(&c, Method::GET, &r.url("/v1/models"), &[], "")
+        .await
+        .unwrap()
+        .header("x-cutover-color")
+        .to_string()
+}
+
+async fn wait_color(r: &Router, color: &str) {
+    wait_for(
+        &format!("the router to serve {color}"),
+        Duration::from_secs(20),
+        || async { (color_served(r).await == color).then_some(()) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_routers_on_three_members_all_ack_a_switch_and_serve_only_the_new_color_after() {
+    let etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let mut routers = Vec::new();
+    for i in 0..3 {
+        routers.push(Router::start(&in_fleet(&etcd.url_of(i), "three", &svc)).await);
+    }
+    wait_routers(&routers[0], 3, "SYNCED").await;
+    for (i, to) in ["blue", "green", "blue", "green"].iter().enumerate() {
+        // Each switch through a different router.
+        let r = &routers[i % 3];
+        let s = r.switch(to).await;
+        assert_eq!(s.status, 200, "{}", s.text());
+        let v = s.json();
+        assert_eq!(v["generation"], i + 1);
+        assert_eq!(v["sync"]["of"], 3, "{v}");
+        assert_eq!(v["sync"]["synced"], 3, "every router acked within the deadline: {v}");
+        for x in v["sync"]["routers"].as_array().unwrap() {
+            assert_eq!(x["state"], "SYNCED");
+            assert_eq!(x["generation"], i + 1);
+        }
+        // Acked means applied: from now on no router sends a request to the old color.
+        for r in &routers {
+            for _ in 0..10 {
+                assert_eq!(color_served(r).await, *to);
+            }
+            assert_eq!(r.status().await["generation"], i + 1);
+        }
+    }
+    // The CLI reports the fleet too.
+    let (code, out, err) = routers[1].cli_async(&["switch", "chat", "blue"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3/3 routers synced"), "{out}");
+    let metrics = get(&routers[1].admin_url("/metrics")).await.unwrap().text();
+    assert!(metrics.contains("cutover_fleet_acks{state=\"SYNCED\"} 3"), "{metrics}");
+    assert!(metrics.contains("cutover_fleet_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("cutover_fleet_switch_convergence_seconds_count 2"),
+        "two switches went through router 1: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_racing_to_switch_from_one_generation_one_wins_the_other_gets_409() {
+    let etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let a = Router::start(&in_fleet(&etcd.url_of(0), "race", &svc)).await;
+    let b = Router::start(&in_fleet(&etcd.url_of(1), "race", &svc)).await;
+    wait_routers(&a, 2, "SYNCED").await;
+    assert_eq!(a.switch("blue").await.status, 200);
+    for round in 0..5u64 {
+        let generation = round + 1;
+        let to = if round % 2 == 0 { "green" } else { "blue" };
+        let body = json!({"to": to, "if_generation": generation});
+        let path = "/v1/services/chat/switch";
+        let (ra, rb) = tokio::join!(
+            a.api(Method::POST, path, body.clone()),
+            b.api(Method::POST, path, body.clone())
+        );
+        let mut statuses = [ra.status, rb.status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "round {round}: {} / {}", ra.text(), rb.text());
+        let loser = if ra.status == 409 { &ra } else { &rb };
+        assert_eq!(loser.json()["error"]["code"], "stale_generation", "{}", loser.text());
+        // Exactly one generation more, everywhere.
+        for r in [&a, &b] {
+            wait_for(
+                "both routers at the winner's generation",
+                Duration::from_secs(10),
+                || async { (r.status().await["generation"] == generation + 1).then_some(()) },
+            )
+            .await;
+            assert_eq!(color_served(r).await, to);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_started_while_etcd_is_down_serves_its_snapshot_and_says_so() {
+    let mut etcd = Cluster::start(1).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let mut r = Router::start(&in_fleet(&etcd.url_of(0), "snap", &svc)).await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    assert_eq!(r.switch("green").await.status, 200);
+    r.proc.kill9();
+    etcd.stop(0);
+    r.spawn().await;
+    // The last applied state, not a default (nothing live) and not blue.
+    assert_eq!(color_served(&r).await, "green");
+    assert_eq!(r.status().await["generation"], 2);
+    let v = fleet_view(&r).await;
+    assert_eq!(v["connected"], false, "{v}");
+    assert!(v["since"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
+    assert!(metrics.contains("cutover_fleet_connected 0"), "{metrics}");
+    // A switch cannot commit without etcd: refused, nothing changes.
+    let s = r.switch("blue").await;
+    assert_eq!(s.status, 503, "{}", s.text());
+    assert_eq!(s.json()["error"]["code"], "fleet_unavailable");
+    assert_eq!(color_served(&r).await, "green");
+    etcd.restart(0).await;
+    wait_for("the router to reconnect", Duration::from_secs(20), || async {
+        (fleet_view(&r).await["connected"] == true).then_some(())
+    })
+    .await;
+    let s = r.switch("blue").await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    assert_eq!(s.json()["generation"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_cut_from_etcd_keeps_serving_is_reported_lost_and_catches_up_after() {
+    let mut etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let a = Router::start(&in_fleet(&etcd.url(), "cut", &svc)).await;
+    // Router b knows only member 2: stopping it cuts b from the fleet.
+    let b = Router::start(&in_fleet(&etcd.url_of(2), "cut", &svc)).await;
+    let b_id = router_id(&b).await;
+    wait_routers(&a, 2, "SYNCED").await;
+    let s = a.switch("blue").await.json();
+    assert_eq!(s["sync"]["synced"], 2, "{s}");
+    etcd.stop(2);
+    // Its lease runs out: the others see it LOST.
+    wait_for("b reported lost", Duration::from_secs(20), || async {
+        (state_of(&fleet_view(&a).await, &b_id) == "LOST").then_some(())
+    })
+    .await;
+    let s = a.switch("green").await;
+    assert_eq!(s.status, 200, "{}", s.text());
+    let v = s.json();
+    assert_eq!(v["sync"]["of"], 2, "{v}");
+    assert_eq!(v["sync"]["synced"], 1, "{v}");
+    assert_eq!(state_of(&v["sync"], &b_id), "LOST", "{v}");
+    // Cut off, b keeps serving what it applied last.
+    assert_eq!(color_served(&b).await, "blue");
+    assert_eq!(fleet_view(&b).await["connected"], false);
+    etcd.restart(2).await;
+    wait_color(&b, "green").await;
+    wait_for("b synced again", Duration::from_secs(20), || async {
+        (state_of(&fleet_view(&a).await, &b_id) == "SYNCED").then_some(())
+    })
+    .await;
+    assert_eq!(b.status().await["generation"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_paused_across_switches_and_a_compaction_lands_on_the_latest_generation() {
+    let etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let a = Router::start(&in_fleet(&etcd.url(), "pause", &svc)).await;
+    let b = Router::start(&in_fleet(&etcd.url(), "pause", &svc)).await;
+    let b_id = router_id(&b).await;
+    wait_routers(&a, 2, "SYNCED").await;
+    assert_eq!(a.switch("blue").await.status, 200);
+    b.proc.signal("STOP");
+    let mut last = Value::Null;
+    for to in ["green", "blue", "green"] {
+        let s = a.switch(to).await;
+        assert_eq!(s.status, 200, "{}", s.text());
+        last = s.json();
+        let state = state_of(&last["sync"], &b_id).to_string();
+        assert!(
+            state == "STALE" || state == "LOST",
+            "a paused router is not synced: {last}"
+        );
+    }
+    assert_eq!(last["generation"], 4);
+    let c = etcd.client();
+    let (_, revision) = c.get("/cutover/pause/services/chat").await.unwrap();
+    c.compact(revision).await.unwrap();
+    b.proc.signal("CONT");
+    wait_for("b at the latest generation", Duration::from_secs(30), || async {
+        (b.status().await["generation"] == 4).then_some(())
+    })
+    .await;
+    assert_eq!(color_served(&b).await, "green");
+    wait_for("b synced again", Duration::from_secs(20), || async {
+        (state_of(&fleet_view(&a).await, &b_id) == "SYNCED").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_no_router_can_apply_is_rejected_and_the_old_state_kept() {
+    let etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let a = Router::start(&in_fleet(&etcd.url(), "nack", &svc)).await;
+    let b = Router::start(&in_fleet(&etcd.url_of(1), "nack", &svc)).await;
+    wait_routers(&a, 2, "SYNCED").await;
+    assert_eq!(a.switch("blue").await.status, 200);
+    // Put by hand: a color that does not exist.
+    let bad = r#"{"generation": 7, "live": "purple", "versions": {}, "updated_at": "x", "actor": "hand"}"#;
+    etcd.client()
+        .put("/cutover/nack/services/chat", bad.as_bytes(), 0)
+        .await
+        .unwrap();
+    let v = wait_routers(&a, 2, "REJECTED").await;
+    for r in v["routers"].as_array().unwrap() {
+        let reason = r["reason"].as_str().unwrap_or("");
+        assert!(reason.contains("chat") && reason.contains("purple"), "{r}");
+        assert_eq!(r["generations"]["chat"], 1, "the old state is what it acks: {r}");
+    }
+    for r in [&a, &b] {
+        assert_eq!(color_served(r).await, "blue");
+        assert_eq!(r.status().await["generation"], 1);
+    }
+    // A valid document after it is applied again, and clears the rejection.
+    let good = r#"{"generation": 8, "live": "green", "versions": {"blue": "v1", "green": "v2"}, "updated_at": "y", "actor": "hand"}"#;
+    etcd.client()
+        .put("/cutover/nack/services/chat", good.as_bytes(), 0)
+        .await
+        .unwrap();
+    wait_routers(&a, 2, "SYNCED").await;
+    for r in [&a, &b] {
+        wait_color(r, "green").await;
+    }
+}
