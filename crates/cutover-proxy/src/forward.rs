@@ -36,6 +36,8 @@ pub struct Peer {
     pub ip: HeaderValue,
     /// One of the service's trusted proxies: its forwarding headers are kept.
     pub trusted: bool,
+    /// The connection came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 impl Peer {
@@ -44,6 +46,7 @@ impl Peer {
             addr,
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value"),
             trusted: !settings.trusted_proxies.is_empty() && settings.trusted_proxies.contains(addr.ip()),
+            https: false,
         }
     }
 }
@@ -209,7 +212,7 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     h.insert(X_FORWARDED_FOR.clone(), xff);
     h.insert(
         X_FORWARDED_PROTO.clone(),
-        proto.unwrap_or(HeaderValue::from_static("http")),
+        proto.unwrap_or(HeaderValue::from_static(if peer.https { "https" } else { "http" })),
     );
     if let Some(v) = fwd_host.or_else(|| host.cloned()) {
         h.insert(X_FORWARDED_HOST.clone(), v);

@@ -24,6 +24,7 @@
 //! - [`probe`]: one probe by kind: HTTP status, gRPC health (h2c), a generation request.
 //! - [`stats`]: lock-free per-color counters and histograms, read by gates and metrics.
 //! - [`error`]: the proxy's own error responses (JSON, with where the error came from).
+//! - [`tls`]: rustls configs for listeners and upstreams; certificates reloaded without a drop.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod request_body;
 pub mod route;
 pub mod settings;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 
 /// Entry points for `fuzz/` (cargo-fuzz builds with `--cfg fuzzing`): not an API.

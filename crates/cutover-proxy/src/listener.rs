@@ -1,5 +1,9 @@
 //! Accepts client connections for one listener and serves HTTP/1.1 and HTTP/2 (h2c prior
-//! knowledge) on them, with a connection cap and a graceful drain on shutdown.
+//! knowledge, or ALPN `h2` over TLS) on them, with a connection cap and a graceful drain on
+//! shutdown.
+//!
+//! A TLS listener's connections all take the hyper engine: the own HTTP/1.1 engine (`h1`)
+//! works on `TcpStream` readiness and never sees decrypted bytes.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -9,13 +13,14 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::forward::Forwarder;
 use crate::h1::{self, Outcome};
 use crate::settings::{Protocol, ServiceSettings};
+use crate::tls::TlsAcceptor;
 
 /// Counters of one listener, for metrics and logs.
 #[derive(Default)]
@@ -24,6 +29,9 @@ pub struct ListenerStats {
     pub open: AtomicU64,
     /// Times the accept loop waited because `max_connections` were open.
     pub at_cap: AtomicU64,
+    /// TLS connections that closed before their handshake completed (timeout, plain HTTP,
+    /// a refused protocol version, a client that did not trust the certificate).
+    pub tls_handshake_failed: AtomicU64,
 }
 
 /// Connections the kernel may queue for a listener before it drops SYNs. A burst of new
@@ -59,8 +67,9 @@ macro_rules! h2_settings {
 
 /// How one listener serves its connections.
 struct Engines {
-    /// hyper for HTTP/1.1 and HTTP/2 (services with h2c upstreams, or the escape hatch).
-    auto: auto::Builder<TokioExecutor>,
+    /// hyper for HTTP/1.1 and HTTP/2 (services with h2c upstreams, TLS clients, or the escape
+    /// hatch). Shared with the tasks that finish TLS handshakes.
+    auto: Arc<auto::Builder<TokioExecutor>>,
     /// hyper for HTTP/2 clients the HTTP/1.1 engine recognised.
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/1.1 clients of HTTP/1.1 upstreams take the own engine (see `h1`).
@@ -80,18 +89,24 @@ impl Engines {
         h2_settings!(h2, settings);
         let fast = settings.protocol == Protocol::Http1
             && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
-        Engines { auto, h2, fast }
+        Engines {
+            auto: Arc::new(auto),
+            h2,
+            fast,
+        }
     }
 }
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
-/// connections up to `grace` to finish their requests (streams included).
+/// connections up to `grace` to finish their requests (streams included). With `tls`, every
+/// connection is a TLS one, its handshake bounded by the service's `header_read_timeout`.
 pub async fn serve(
     listener: TcpListener,
     fwd: Arc<Forwarder>,
     stats: Arc<ListenerStats>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    tls: Option<TlsAcceptor>,
 ) {
     let mut settings = fwd.service.settings();
     let mut engines = Engines::new(&settings);
@@ -131,6 +146,26 @@ pub async fn serve(
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
         let fwd = fwd.clone();
+        if let Some(acceptor) = &tls {
+            // The handshake runs in the connection's task (a slow client holds only its own
+            // place under the cap); the watcher makes the drain wait for it too.
+            let (acceptor, auto, watcher) = (acceptor.clone(), engines.auto.clone(), graceful.watcher());
+            let (stats, timeout) = (stats.clone(), settings.header_read_timeout);
+            tokio::spawn(async move {
+                let open = Open(stats.clone());
+                let Some(tls) = handshake(&acceptor, stream, timeout).await else {
+                    stats.tls_handshake_failed.fetch_add(1, Relaxed);
+                    return;
+                };
+                let conn = auto
+                    .serve_connection(TokioIo::new(tls), hyper_service(fwd, peer, true))
+                    .into_owned();
+                let _ = watcher.watch(conn).await;
+                drop(open);
+                drop(permit);
+            });
+            continue;
+        }
         if engines.fast {
             let open = OpenGuard {
                 stats: stats.clone(),
@@ -153,7 +188,7 @@ pub async fn serve(
         }
         let conn = engines
             .auto
-            .serve_connection(TokioIo::new(stream), hyper_service(fwd, peer))
+            .serve_connection(TokioIo::new(stream), hyper_service(fwd, peer, false))
             .into_owned();
         let conn = graceful.watch(conn);
         let stats = stats.clone();
@@ -213,10 +248,75 @@ impl Drop for OpenGuard {
     }
 }
 
+/// One open connection in the listener's gauge, however its task ends.
+struct Open(Arc<ListenerStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The first byte of a TLS handshake record; anything else is not TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A client's TLS handshake, bounded by `timeout`; `None` when it failed (logged at debug:
+/// scanners and broken clients are routine). A client that spoke plain HTTP gets a plain 400
+/// saying to use https, then the connection closes: clearer than a TLS alert it cannot read.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let peer = stream.peer_addr().ok();
+    let attempt = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE && first[0].is_ascii_alphabetic() {
+            return Err(plain_http(stream).await);
+        }
+        acceptor.accept(stream).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = ?peer, ?timeout, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers a plain-HTTP request on a TLS port, then closes; the error is what the log says.
+async fn plain_http(mut stream: TcpStream) -> std::io::Error {
+    const BODY: &str = r#"{"error":{"code":"tls_required","message":"this port speaks TLS: use https://","source":"client"}}"#;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    // The request is read first and the rest drained after: closing a socket with unread
+    // bytes resets it, and a reset can destroy the answer before the client reads it.
+    let mut buf = vec![0u8; 8192];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    let mut drained = 0;
+    while drained < 64 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "plain HTTP on a TLS port (answered 400)")
+}
+
 /// The hyper service of one connection: every request through the hyper request path.
 fn hyper_service(
     fwd: Arc<Forwarder>,
     peer: std::net::SocketAddr,
+    https: bool,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::body::RespBody>,
@@ -224,7 +324,9 @@ fn hyper_service(
     Future = impl std::future::Future<Output = Result<http::Response<crate::body::RespBody>, Infallible>> + Send,
 > + Clone {
     // Made once per connection: no formatting per request.
-    let peer = Arc::new(crate::forward::Peer::new(peer, &fwd.service.settings()));
+    let mut peer = crate::forward::Peer::new(peer, &fwd.service.settings());
+    peer.https = https;
+    let peer = Arc::new(peer);
     hyper::service::service_fn(move |req| {
         let fwd = fwd.clone();
         let peer = peer.clone();
@@ -241,7 +343,7 @@ async fn serve_h2(
     fwd: Arc<Forwarder>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let svc = hyper_service(fwd, peer);
+    let svc = hyper_service(fwd, peer, false);
     let io = TokioIo::new(Prefixed {
         pre,
         pos: 0,

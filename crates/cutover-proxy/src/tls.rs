@@ -1,0 +1,399 @@
+//! TLS with rustls on the ring provider: listener configs whose certificate comes from a
+//! [`CertStore`] that is replaced without dropping a connection, and client configs for HTTPS
+//! upstreams and the CLI.
+//!
+//! Protocols are TLS 1.3 and 1.2 only (rustls has nothing older, and no renegotiation at all);
+//! cipher suites are rustls' defaults for ring. A certificate pair is checked whole before it
+//! is used: every PEM block parses, the key loads, and the key is the certificate's. A pair
+//! that fails (a half-renewed one among them) leaves the one in use in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::client::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// ALPN names offered by listeners, preferred first.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// How often [`CertStores::watch`] looks at the certificate files.
+pub const POLL_EVERY: Duration = Duration::from_secs(3);
+
+/// The one crypto provider of the process: ring (aws-lc-rs, rustls' default, builds C with cmake: minutes of CI on two cores).
+pub fn provider() -> Arc<CryptoProvider> {
+    static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Reads a certificate chain and its private key (PEM) and checks they belong together.
+/// The error names the file and says what is wrong with it.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read the certificate file {}: {e}", cert.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+            cert.display()
+        ));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read the key file {}: {e}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{} holds no private key (expected a PEM \"-----BEGIN PRIVATE KEY-----\", RSA or EC key block)",
+            key.display()
+        ),
+        e => format!("{}: not a PEM private key file: {e}", key.display()),
+    })?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let pair = CertifiedKey::new(chain, signer);
+    match pair.keys_match() {
+        // Unknown: the key cannot tell its public half (never for ring's keys); nothing to compare.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(format!(
+            "the private key in {} does not match the certificate in {} (the first certificate must be the one the key signs for)",
+            key.display(),
+            cert.display()
+        )),
+        Err(e) => Err(format!("{}: the certificate cannot be parsed: {e}", cert.display())),
+    }
+}
+
+/// What a file looked like at one poll: a change to any part means it was rewritten or
+/// replaced (an ACME client renames a new file over the old one: a new inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// Reloads counted by outcome, for `cutover_tls_reloads_total{result}` (all stores of the process).
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    /// A new pair was loaded and is presented to new connections.
+    pub loaded: AtomicU64,
+    /// The files were read again and held the pair already in use.
+    pub unchanged: AtomicU64,
+    /// The new files did not make a valid pair; the old one stays.
+    pub failed: AtomicU64,
+}
+
+/// The process's reload counts.
+pub fn reload_counts() -> &'static ReloadCounts {
+    static C: ReloadCounts = ReloadCounts {
+        loaded: AtomicU64::new(0),
+        unchanged: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    };
+    &C
+}
+
+/// The certificate one listener (or a service's live and preview listeners) presents, read
+/// from a cert and a key file and replaced whole when they change. Handshakes read it with one
+/// atomic load; connections already open keep the keys they agreed on.
+pub struct CertStore {
+    /// The config key it comes from (`services.chat.tls`, `admin.tls`), for logs.
+    pub name: String,
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The files as last read, whether or not that read made a valid pair: a broken pair is
+    /// reported once, not at every poll. Held for the whole of a reload, so two reloads (a
+    /// poll and a SIGHUP) never interleave.
+    seen: Mutex<(Option<Stamp>, Option<Stamp>)>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("name", &self.name)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// Loads the pair; an error says which file is wrong and how.
+    pub fn open(name: impl Into<String>, cert: &Path, key: &Path) -> Result<Arc<CertStore>, String> {
+        // Stamped before reading: a change while we read is seen by the next poll.
+        let seen = (stamp(cert), stamp(key));
+        let pair = load_pair(cert, key)?;
+        Ok(Arc::new(CertStore {
+            name: name.into(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: ArcSwap::from_pointee(pair),
+            seen: Mutex::new(seen),
+        }))
+    }
+
+    /// The pair new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Reads both files again. `Ok(true)`: a new pair is in use for new connections;
+    /// `Ok(false)`: the files hold the pair already in use; `Err`: the new files are not a
+    /// valid pair (the reason is logged and returned) and the old pair stays in use.
+    ///
+    /// Blocking file reads of a few kilobytes: call it off the async workers where that matters.
+    pub fn reload(&self) -> Result<bool, String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut seen)
+    }
+
+    /// Reloads only when a file changed since it was last read; `None`: nothing changed.
+    pub fn poll(&self) -> Option<Result<bool, String>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == (stamp(&self.cert), stamp(&self.key)) {
+            return None;
+        }
+        Some(self.reload_locked(&mut seen))
+    }
+
+    fn reload_locked(&self, seen: &mut (Option<Stamp>, Option<Stamp>)) -> Result<bool, String> {
+        *seen = (stamp(&self.cert), stamp(&self.key));
+        let counts = reload_counts();
+        match load_pair(&self.cert, &self.key) {
+            Ok(pair) => {
+                if pair.cert == self.current.load().cert {
+                    counts.unchanged.fetch_add(1, Relaxed);
+                    return Ok(false);
+                }
+                self.current.store(Arc::new(pair));
+                counts.loaded.fetch_add(1, Relaxed);
+                tracing::info!(
+                    tls = %self.name,
+                    cert = %self.cert.display(),
+                    "TLS certificate reloaded: new connections get the new one, open ones keep theirs"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                counts.failed.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    tls = %self.name,
+                    error = %e,
+                    "TLS certificate not reloaded: keeping the one in use (a renewal that replaces the cert and the key one after the other passes through this state)"
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Every certificate store of one `serve`: what a reload (SIGHUP, `cutover reload`) and the
+/// file poll go through.
+#[derive(Debug, Default)]
+pub struct CertStores {
+    stores: Vec<Arc<CertStore>>,
+}
+
+impl CertStores {
+    pub fn add(&mut self, store: Arc<CertStore>) {
+        self.stores.push(store);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<CertStore>> {
+        self.stores.iter()
+    }
+
+    /// Reloads every store (see [`CertStore::reload`]): per store, its name and the outcome.
+    pub fn reload(&self) -> Vec<(String, Result<bool, String>)> {
+        self.stores.iter().map(|s| (s.name.clone(), s.reload())).collect()
+    }
+
+    /// Polls the files of every store every `every`, off the async workers, until dropped.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        if self.is_empty() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let stores = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in &stores.stores {
+                    let _ = s.poll();
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// A listener's server config: TLS 1.3 and 1.2, ALPN h2 then http/1.1, the certificate of
+/// `store` at each handshake.
+pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Arc::new(c)
+}
+
+pub fn acceptor(store: Arc<CertStore>) -> TlsAcceptor {
+    TlsAcceptor::from(server_config(store))
+}
+
+/// Roots to verify servers with: the PEM certificates of `ca_file`, or else the system's
+/// (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else the distribution's bundle under /etc/ssl).
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| format!("cannot read the CA file {}: {e}", p.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+                    p.display()
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: a certificate cannot be used as a root: {e}", p.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "no system root certificates found (install ca-certificates, or name a CA file){why}"
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// A client config that verifies servers against `roots`, offering `alpn` (empty: none).
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// The name a server's certificate must carry: a DNS name or an IP address, as written.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a DNS name or IP address for TLS"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let c = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let (cert, key) = (dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cutover-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_by_name() {
+        let d = tmp("mismatch");
+        let (cert, _) = pair(&d, "a", &["localhost"]);
+        let (_, other_key) = pair(&d, "b", &["localhost"]);
+        let e = load_pair(&cert, &other_key).unwrap_err();
+        assert!(e.contains("does not match the certificate"), "{e}");
+        assert!(e.contains("b.key") && e.contains("a.crt"), "{e}");
+        let e = load_pair(&d.join("missing.crt"), &other_key).unwrap_err();
+        assert!(e.contains("cannot read the certificate file") && e.contains("missing.crt"), "{e}");
+        std::fs::write(d.join("empty.crt"), "not pem\n").unwrap();
+        let e = load_pair(&d.join("empty.crt"), &other_key).unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
+        let e = load_pair(&cert, &cert).unwrap_err();
+        assert!(e.contains("holds no private key"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_store_keeps_its_pair_through_a_half_renewal_and_takes_the_whole_one() {
+        let d = tmp("renew");
+        let (cert, key) = pair(&d, "live", &["localhost"]);
+        let store = CertStore::open("services.chat.tls", &cert, &key).unwrap();
+        let first = store.current().cert.clone();
+        assert!(store.poll().is_none(), "nothing changed");
+        assert_eq!(store.reload(), Ok(false), "same files, same pair");
+
+        // An ACME client renames the new certificate in first, then the new key.
+        let (new_cert, new_key) = pair(&d, "next", &["localhost", "chat.example"]);
+        std::fs::rename(&new_cert, &cert).unwrap();
+        let e = store.poll().expect("the cert file changed").unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        assert_eq!(store.current().cert, first, "the old pair stays in use");
+        assert!(store.poll().is_none(), "a broken pair is reported once, not at every poll");
+        std::fs::rename(&new_key, &key).unwrap();
+        assert_eq!(store.poll(), Some(Ok(true)));
+        assert_ne!(store.current().cert, first);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
