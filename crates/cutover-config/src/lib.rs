@@ -100,6 +100,17 @@ pub struct AdminConfig {
     /// Where `serve` writes the admin address it bound, and where clients given `--config`
     /// read it when `listen` says port 0.
     pub address_file: Option<PathBuf>,
+    /// The admin API speaks HTTPS only, with this certificate.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's certificate chain and private key (PEM files, paths absolute), checked when
+/// the config loads: both parse and the key is the certificate's. `serve` reads them again
+/// when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +182,8 @@ pub struct ServiceConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub preview_listen: Option<SocketAddr>,
+    /// Both listeners (`listen` and `preview_listen`) speak TLS only, with this certificate.
+    pub tls: Option<TlsConfig>,
     pub upstream_protocol: UpstreamProtocol,
     /// One log line per request; off by default.
     pub access_log: bool,
@@ -833,6 +846,14 @@ struct RawAdmin {
     /// Must be set to bind the admin API to a non-loopback address.
     #[serde(default)]
     allow_remote: bool,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -854,6 +875,7 @@ struct RawService {
     /// Must be set to bind the preview listener to a non-loopback address.
     #[serde(default)]
     preview_allow_remote: bool,
+    tls: Option<RawTls>,
     /// Lets blue and green share endpoints (benchmarks and test rigs: a switch then changes
     /// only the version label).
     #[serde(default)]
@@ -943,6 +965,47 @@ fn cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
 }
 
 type Span = std::ops::Range<usize>;
+
+/// Whether a certificate file and a key file make a pair rustls can serve (the checks of
+/// `cutover_proxy::tls::load_pair`, which serve uses and which this crate cannot depend on):
+/// on failure, which key is wrong (`cert` or `key`) and why.
+fn tls_pair(cert: &Path, key: &Path) -> Result<(), (&'static str, String)> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let c = |m: String| ("cert", m);
+    let text = std::fs::read(cert).map_err(|e| c(format!("cannot read the certificate file {}: {e}", cert.display())))?;
+    let chain = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| c(format!("{}: not a PEM certificate file: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(c(format!(
+            "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+            cert.display()
+        )));
+    }
+    let k = |m: String| ("key", m);
+    let text = std::fs::read(key).map_err(|e| k(format!("cannot read the key file {}: {e}", key.display())))?;
+    let der = PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
+        pem::Error::NoItemsFound => k(format!(
+            "{} holds no private key (expected a PEM \"-----BEGIN PRIVATE KEY-----\", RSA or EC key block)",
+            key.display()
+        )),
+        e => k(format!("{}: not a PEM private key file: {e}", key.display())),
+    })?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| k(format!("{}: unusable private key: {e}", key.display())))?;
+    match rustls::sign::CertifiedKey::new(chain, signer).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(k(format!(
+            "the private key in {} does not match the certificate in {} (the first certificate must be the one the key signs for)",
+            key.display(),
+            cert.display()
+        ))),
+        Err(e) => Err(c(format!("{}: the certificate cannot be parsed: {e}", cert.display()))),
+    }
+}
 
 /// The source being validated, for locating errors.
 struct Source<'a> {
@@ -1099,7 +1162,23 @@ impl Source<'_> {
             token_file: self.resolve(raw.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
             tokens_file: self.resolve(raw.tokens_file.as_deref().unwrap_or(Path::new("tokens.toml"))),
             address_file: raw.address_file.as_deref().map(|p| self.resolve(p)),
+            tls: self.tls(raw.tls.as_ref(), "admin.tls", 0..0)?,
         })
+    }
+
+    /// A listener's `tls` table, its files read and checked now: an error names `KEY.cert` or
+    /// `KEY.key`, whichever file is wrong.
+    fn tls(&self, raw: Option<&RawTls>, key: &str, fallback: Span) -> Result<Option<TlsConfig>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let t = TlsConfig {
+            cert: self.resolve(&raw.cert),
+            key: self.resolve(&raw.key),
+        };
+        let near = self.span_of(key).unwrap_or(fallback);
+        if let Err((which, m)) = tls_pair(&t.cert, &t.key) {
+            return self.err_at(format!("{key}.{which}"), near, m);
+        }
+        Ok(Some(t))
     }
 
     fn store(&self, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
@@ -1199,6 +1278,7 @@ impl Source<'_> {
             }
             None => None,
         };
+        let tls = self.tls(svc.tls.as_ref(), &k("tls"), span.clone())?;
         let trusted_proxies = svc
             .trusted_proxies
             .iter()
@@ -1228,6 +1308,7 @@ impl Source<'_> {
             name: name.to_string(),
             listen,
             preview_listen,
+            tls,
             upstream_protocol: svc.upstream_protocol,
             access_log: svc.access_log,
             trusted_proxies,

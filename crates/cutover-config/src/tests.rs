@@ -548,3 +548,46 @@ fn fleet_mode_errors_name_the_line_and_key() {
     .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (4, "store.ack_timeout"), "{e}");
 }
+
+#[test]
+fn tls_files_are_checked_at_load_and_errors_name_the_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("cutover-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = |names: &[&str]| {
+        let c = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    };
+    let (cert, key) = pem(&["localhost"]);
+    let (_, other_key) = pem(&["localhost"]);
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    std::fs::write(dir.join("other.key"), other_key).unwrap();
+    let with = |tls: &str| GOOD.replace("preview_listen = \"127.0.0.1:8081\"\n", &format!("preview_listen = \"127.0.0.1:8081\"\n{tls}\n"));
+    let path = dir.join("cutover.toml");
+
+    let good = with(r#"tls = { cert = "tls.crt", key = "tls.key" }"#);
+    let c = parse(&path, &format!("{good}\n")).unwrap();
+    let tls = c.services["chat"].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, dir.join("tls.crt"), "relative to the config's folder");
+    assert!(c.admin.tls.is_none());
+
+    let e = parse(&path, &with(r#"tls = { cert = "missing.crt", key = "tls.key" }"#)).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (8, "services.chat.tls.cert"), "{e}");
+    assert!(e.message.contains("cannot read the certificate file") && e.message.contains("missing.crt"), "{e}");
+
+    let e = parse(&path, &with(r#"tls = { cert = "tls.crt", key = "other.key" }"#)).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (8, "services.chat.tls.key"), "{e}");
+    assert!(e.message.contains("does not match the certificate"), "{e}");
+
+    let e = parse(&path, &with(r#"tls = { cert = "tls.key", key = "tls.key" }"#)).unwrap_err();
+    assert_eq!(e.key, "services.chat.tls.cert", "{e}");
+    assert!(e.message.contains("holds no certificate"), "{e}");
+
+    let admin = GOOD.replace("listen = \"127.0.0.1:9901\"\n", "listen = \"127.0.0.1:9901\"\ntls = { cert = \"tls.crt\", key = \"nope.key\" }\n");
+    let e = parse(&path, &admin).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "admin.tls.key"), "{e}");
+
+    let e = parse(&path, &with(r#"tls = { cert = "tls.crt", key = "tls.key", ca = "x" }"#)).unwrap_err();
+    assert!(e.message.contains("unknown field") && e.key.contains("tls"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
