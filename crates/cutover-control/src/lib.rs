@@ -23,15 +23,17 @@
 //! - [`fleet_link`]: the router's link to etcd: applied documents, the routers' acks, the
 //!   switch transaction (below `service`, so a switch commits through it).
 //! - [`supervisor`]: managed model-server processes (start, stop, adopt).
-//! - [`store_call`], [`colors`], [`error`], [`token`], [`pause`]: leaves (store calls off the
-//!   async workers, the store/data-plane color seam, the core's errors, the admin tokens and
-//!   their roles, the control plane's pause during a hand-over).
+//! - [`store_call`], [`colors`], [`error`], [`token`], [`pause`], [`certs`]: leaves (store
+//!   calls off the async workers, the store/data-plane color seam, the core's errors, the
+//!   admin tokens and their roles, the control plane's pause during a hand-over, the TLS
+//!   listeners' certificate stores).
 //! - [`upgrade`]: the hand-over protocol of `serve --upgrade` (listening sockets passed over
 //!   a Unix socket), both sides; `server` sequences it.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod certs;
 pub(crate) mod colors;
 pub mod controller;
 pub mod error;

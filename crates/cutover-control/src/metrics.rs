@@ -89,7 +89,8 @@ impl Collector for ControllerCollector {
         encode_traffic(&mut enc, &routes)?;
         encode_color_state(&mut enc, &routes)?;
         encode_services(&mut enc, &self.0)?;
-        encode_fleet(&mut enc, &self.0)
+        encode_fleet(&mut enc, &self.0)?;
+        encode_tls(&mut enc)
     }
 }
 
@@ -365,6 +366,23 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
             ];
             m.encode_family(&l)?.encode_gauge(&1i64)?;
         }
+    }
+    Ok(())
+}
+
+/// Certificate reloads of this process by outcome (file poll and explicit reloads alike).
+fn encode_tls(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let c = cutover_proxy::tls::reload_counts();
+    let mut m = enc.encode_descriptor(
+        "cutover_tls_reloads",
+        "TLS certificate reloads: loaded (new pair in use), unchanged, failed (old pair kept)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("loaded", &c.loaded), ("unchanged", &c.unchanged), ("failed", &c.failed)] {
+        let l: Labels = vec![("result", result.to_string())];
+        m.encode_family(&l)?
+            .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;
     }
     Ok(())
 }

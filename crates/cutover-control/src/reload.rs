@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::certs::Certs;
 use crate::controller::Controller;
 use crate::service::BoundAddrs;
 use crate::upgrade::Entry;
@@ -61,6 +62,10 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Per changed service, what changed in it (`health`, `blue.endpoints`, `listen`, ...).
     pub changed: BTreeMap<String, Vec<String>>,
+    /// Per `tls` table (`services.chat.tls`): its files read again, `reloaded`, `unchanged` or
+    /// why the new pair was refused. Not a change of the configuration: not in `summary`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, String>,
 }
 
 impl ReloadReport {
@@ -107,6 +112,8 @@ pub struct Serving {
     reloading: tokio::sync::Mutex<()>,
     /// Where `serve --addresses-file` writes, rewritten after a reload bound new listeners.
     addresses: Mutex<Option<(PathBuf, SocketAddr)>>,
+    /// The certificates of TLS listeners, read again at every reload.
+    pub certs: Arc<Certs>,
 }
 
 impl Serving {
@@ -119,6 +126,7 @@ impl Serving {
             tasks: Mutex::new(Vec::new()),
             reloading: tokio::sync::Mutex::new(()),
             addresses: Mutex::new(None),
+            certs: Arc::default(),
         })
     }
 
@@ -132,6 +140,10 @@ impl Serving {
         let bound = l.local_addr()?;
         let fd = l.as_fd().try_clone_to_owned()?;
         tracing::info!(service = %service, listen = %bound, kind = if preview { "preview" } else { "live" }, "data plane listening");
+        let tls = match &svc.cfg().tls {
+            Some(t) => Some(self.certs.acceptor(&format!("services.{service}.tls"), t)?),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
         let task = tokio::spawn(listener::serve(
@@ -140,6 +152,7 @@ impl Serving {
             Arc::new(ListenerStats::default()),
             stop_rx,
             self.grace,
+            tls,
         ));
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
         let old = self.loops().insert(
@@ -235,7 +248,16 @@ impl Serving {
         // Not while a successor takes the listeners over (it would miss what changes), nor
         // ever after it did: the store is the successor's then.
         let _permit = self.ctl.pause.enter().await;
-        let r = self.reload_inner(actor).await;
+        // Certificates first, whatever becomes of the configuration: a SIGHUP from a renewal
+        // hook must not depend on the config file being valid.
+        let certs = self.certs.clone();
+        let certificates = tokio::task::spawn_blocking(move || certs.reload())
+            .await
+            .unwrap_or_default();
+        let r = self.reload_inner(actor).await.map(|mut report| {
+            report.certificates = certificates;
+            report
+        });
         let counts = &self.ctl.reloads;
         match &r {
             Ok(report) => {
@@ -349,6 +371,7 @@ impl Serving {
         for name in &report.removed {
             self.stop_loop(name, false);
             self.stop_loop(name, true);
+            self.certs.remove(&format!("services.{name}.tls"));
             let _ = self.ctl.remove_service(name);
         }
         self.record(actor, &report);

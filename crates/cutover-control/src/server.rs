@@ -363,13 +363,20 @@ async fn start(
             serving.start(&name, true, p, configured)?;
         }
     }
+    let admin_tls = match &ctl.config.admin.tls {
+        Some(t) => Some(serving.certs.acceptor("admin.tls", t)?),
+        None => None,
+    };
     let app = admin::router(
         AdminState::new(ctl.clone(), token)
             .with_reload(serving.clone())
             .upgraded_from(upgraded_from),
     );
-    tracing::info!(listen = %addresses.admin, "admin API listening");
-    tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone())));
+    tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
+    tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone(), admin_tls)));
+    tasks.push(tokio::spawn(
+        serving.certs.clone().watch(cutover_proxy::tls::POLL_EVERY, stop_rx.clone()),
+    ));
     Ok(Started {
         ctl,
         serving,
@@ -564,8 +571,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Serves the admin API with the limits the data plane has: a header-read timeout (slow clients
-/// are cut), a connection cap, and a graceful stop.
-async fn serve_admin(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) {
+/// are cut; it bounds a TLS handshake too), a connection cap, and a graceful stop.
+async fn serve_admin(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<cutover_proxy::tls::TlsAcceptor>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::server::graceful::GracefulShutdown;
@@ -595,6 +607,20 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, mut stop: watch::
             },
             _ = stop.changed() => break,
         };
+        if let Some(acceptor) = &tls {
+            let (acceptor, builder, app, watcher) = (acceptor.clone(), builder.clone(), app.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                let Some(tls) = listener::handshake(&acceptor, stream, ADMIN_HEADER_TIMEOUT).await else {
+                    return;
+                };
+                let conn = builder
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .into_owned();
+                let _ = watcher.watch(conn).await;
+                drop(permit);
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
             .into_owned();

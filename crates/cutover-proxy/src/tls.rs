@@ -27,7 +27,7 @@ pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// How often [`CertStores::watch`] looks at the certificate files.
+/// How often a `serve` looks at its certificate files.
 pub const POLL_EVERY: Duration = Duration::from_secs(3);
 
 /// The one crypto provider of the process: ring (aws-lc-rs, rustls' default, builds C with cmake: minutes of CI on two cores).
@@ -216,52 +216,6 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
-    }
-}
-
-/// Every certificate store of one `serve`: what a reload (SIGHUP, `cutover reload`) and the
-/// file poll go through.
-#[derive(Debug, Default)]
-pub struct CertStores {
-    stores: Vec<Arc<CertStore>>,
-}
-
-impl CertStores {
-    pub fn add(&mut self, store: Arc<CertStore>) {
-        self.stores.push(store);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<CertStore>> {
-        self.stores.iter()
-    }
-
-    /// Reloads every store (see [`CertStore::reload`]): per store, its name and the outcome.
-    pub fn reload(&self) -> Vec<(String, Result<bool, String>)> {
-        self.stores.iter().map(|s| (s.name.clone(), s.reload())).collect()
-    }
-
-    /// Polls the files of every store every `every`, off the async workers, until dropped.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
-        if self.is_empty() {
-            return;
-        }
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let stores = self.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for s in &stores.stores {
-                    let _ = s.poll();
-                }
-            })
-            .await;
-        }
     }
 }
 

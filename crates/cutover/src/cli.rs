@@ -47,6 +47,10 @@ pub struct Remote {
     /// Take the admin address and token file from this config.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// PEM file of the CA that signed an https:// router's certificate [default: the system's
+    /// roots].
+    #[arg(long, env = "CUTOVER_CACERT", global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// Print JSON instead of text for people.
     #[arg(long, global = true)]
     pub json: bool,

@@ -3,11 +3,14 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use cutover_proxy::tls::{self, TlsConnector};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
+use tokio::net::TcpStream;
 
 use crate::cli::{Remote, DEFAULT_ADMIN};
 
@@ -40,7 +43,7 @@ impl Failure {
 }
 
 /// The admin base URL, checked: a bare `HOST:PORT` gets a suggestion instead of "invalid
-/// format".
+/// format". `http://` or `https://`.
 fn base_url(s: &str) -> Result<String, Failure> {
     let s = s.trim().trim_end_matches('/');
     let suggest = |why: &str| {
@@ -54,11 +57,11 @@ fn base_url(s: &str) -> Result<String, Failure> {
     }
     let uri: http::Uri = s.parse().map_err(|_| suggest("is not a URL"))?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some() => Ok(s.to_string()),
-        Some("http") => Err(suggest("has no host")),
+        Some("http" | "https") if uri.host().is_some() => Ok(s.to_string()),
+        Some("http" | "https") => Err(suggest("has no host")),
         _ => Err(Failure::new(
             2,
-            format!("--admin {s:?}: only http:// admin URLs are supported, e.g. http://127.0.0.1:9901"),
+            format!("--admin {s:?}: only http:// and https:// admin URLs are supported, e.g. http://127.0.0.1:9901"),
         )),
     }
 }
@@ -92,8 +95,16 @@ pub struct Client {
     token: String,
     /// `cli:USER`, sent as `x-cutover-actor` for the history.
     actor: String,
-    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// Where `base` points: host as written (a name, or an IP in brackets for v6) and port.
+    host: String,
+    port: u16,
+    /// For an https:// base: the connector (roots from `--cacert`, else the system's) and the
+    /// name the router's certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
+
+/// How long a CLI call waits to connect (TLS handshake included).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn read_token(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path)
@@ -136,7 +147,11 @@ impl Client {
         };
         let base = match (&r.admin, &cfg) {
             (Some(a), _) => base_url(a)?,
-            (None, Some(c)) => format!("http://{}", admin_address(c)?),
+            (None, Some(c)) => format!(
+                "{}://{}",
+                if c.admin.tls.is_some() { "https" } else { "http" },
+                admin_address(c)?
+            ),
             (None, None) => DEFAULT_ADMIN.to_string(),
         };
         let token = match (&r.token, &r.token_file, &cfg) {
@@ -150,15 +165,59 @@ impl Client {
                 ))
             }
         };
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        let base = base.trim_end_matches('/').to_string();
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| Failure::new(2, format!("bad admin URL {base}")))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let roots = tls::roots(r.cacert.as_deref()).map_err(|e| Failure::new(2, format!("--cacert: {e}")))?;
+            let name = tls::server_name(&host).map_err(|e| Failure::new(2, format!("--admin {base}: {e}")))?;
+            Some((TlsConnector::from(tls::client_config(roots, &[tls::ALPN_HTTP1])), name))
+        } else {
+            if let Some(ca) = &r.cacert {
+                tracing::debug!(cacert = %ca.display(), "--cacert ignored: the admin URL is http://");
+            }
+            None
+        };
         Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
+            base,
             token,
-            http,
             actor: format!("cli:{}", os_user()),
+            host,
+            port,
+            tls,
         })
+    }
+
+    /// One request on a new connection (a CLI makes few; no pool to keep).
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let connect = async {
+            let tcp = TcpStream::connect((host, self.port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some((c, name)) => c
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map(|s| Stream::Tls(Box::new(s)))
+                    .map_err(|e| {
+                        format!("TLS handshake failed: {e} (for a router whose certificate a private CA signed, pass --cacert FILE or set CUTOVER_CACERT)")
+                    }),
+            }
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))??;
+        match stream {
+            Stream::Plain(s) => request_on(TokioIo::new(s), req).await,
+            Stream::Tls(s) => request_on(TokioIo::new(*s), req).await,
+        }
     }
 
     /// The admin base URL this client talks to.
@@ -176,15 +235,18 @@ impl Client {
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base);
+        let authority = HeaderValue::from_str(&format!("{}:{}", self.host, self.port))
+            .map_err(|e| Failure::new(2, format!("bad admin URL {url}: {e}")))?;
         let req = Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(path)
+            .header(header::HOST, authority)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-cutover-actor", &self.actor)
             .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
             .map_err(|e| Failure::new(2, format!("bad admin URL {url}: {e}")))?;
-        let fut = self.http.request(req);
+        let fut = self.send(req);
         let resp = tokio::time::timeout(std::time::Duration::from_secs(120), fut)
             .await
             .map_err(|_| Failure::new(3, format!("the router at {} did not answer within 120 s", self.base)))?
@@ -222,4 +284,21 @@ impl Client {
             code: v["error"]["code"].as_str().map(str::to_string),
         })
     }
+}
+
+/// A connection to the router, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn request_on<T>(io: TokioIo<T>, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    send.send_request(req).await.map_err(|e| e.to_string())
 }

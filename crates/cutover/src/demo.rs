@@ -227,6 +227,7 @@ pub async fn run() -> Result<(), Failure> {
         token: None,
         token_file: Some(dir.join("admin.token")),
         config: None,
+        cacert: None,
         json: false,
     };
     let story = async {

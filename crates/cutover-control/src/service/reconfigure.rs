@@ -39,6 +39,13 @@ impl ServiceCtl {
             }
             _ => {}
         }
+        if old.tls != new.tls {
+            return Some(format!(
+                "services.{name}.tls: turning TLS on or off, or naming other certificate files, is not applied by reload \
+                 (the listeners would change protocol under their clients); restart cutover to change it. New contents \
+                 of the same files are read by every reload and within seconds by themselves"
+            ));
+        }
         if old.upstream_protocol != new.upstream_protocol {
             return Some(format!(
                 "services.{name}.upstream_protocol: changing the upstream protocol is not applied by reload (connection pools and \

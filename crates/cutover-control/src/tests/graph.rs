@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "token",
     "pause",
     "upgrade",
+    "certs",
     "supervisor",
     "fleet_link",
     "service",

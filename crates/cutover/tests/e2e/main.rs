@@ -28,6 +28,8 @@
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 //! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
 //!   process under load (by config key, port 0 included); a failed upgrade changes nothing.
+//! - `tls`: TLS service and admin listeners (curl, openai with a CA, the CLI's `--cacert`),
+//!   streams through a switch and a certificate rotation, refused clients.
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
@@ -53,5 +55,6 @@ mod routing;
 mod supervise;
 mod support;
 mod switching;
+mod tls;
 mod upgrade;
 mod websocket;

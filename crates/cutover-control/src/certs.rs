@@ -1,0 +1,83 @@
+//! The certificate stores of one `serve`, one per `tls` table of the config (`admin.tls`,
+//! `services.NAME.tls`; a service's live and preview listeners share theirs): polled for file
+//! changes, and read again by every configuration reload (SIGHUP, `cutover reload`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_config::TlsConfig;
+use cutover_proxy::tls::{self, CertStore, TlsAcceptor};
+
+#[derive(Default)]
+pub struct Certs {
+    /// By config key; the files each store was opened with.
+    stores: Mutex<BTreeMap<String, (TlsConfig, Arc<CertStore>)>>,
+}
+
+impl Certs {
+    fn stores(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (TlsConfig, Arc<CertStore>)>> {
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A TLS acceptor for a listener of `key` (`services.chat.tls`): on the store already open
+    /// for those files, else on a new one (the files are read now; the error names the key).
+    pub fn acceptor(&self, key: &str, t: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+        let mut stores = self.stores();
+        if let Some((have, store)) = stores.get(key) {
+            if have == t {
+                return Ok(tls::acceptor(store.clone()));
+            }
+        }
+        let store = CertStore::open(key, &t.cert, &t.key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        stores.insert(key.to_string(), (t.clone(), store.clone()));
+        Ok(tls::acceptor(store))
+    }
+
+    /// Forgets the store of `key` (its service was removed); connections open on it keep it.
+    pub fn remove(&self, key: &str) {
+        self.stores().remove(key);
+    }
+
+    /// Reads every store's files again (see [`CertStore::reload`]): per key, `reloaded`,
+    /// `unchanged`, or why the new files were refused (the old pair stays in use).
+    pub fn reload(&self) -> BTreeMap<String, String> {
+        let stores: Vec<(String, Arc<CertStore>)> = self.stores().iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
+        stores
+            .into_iter()
+            .map(|(k, s)| {
+                let outcome = match s.reload() {
+                    Ok(true) => "reloaded".to_string(),
+                    Ok(false) => "unchanged".to_string(),
+                    Err(e) => format!("refused, the certificate in use stays: {e}"),
+                };
+                (k, outcome)
+            })
+            .collect()
+    }
+
+    /// Looks at every store's files every `every`, off the async workers, until `stop` turns
+    /// true.
+    pub async fn watch(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let stores: Vec<Arc<CertStore>> = self.stores().values().map(|(_, s)| s.clone()).collect();
+            if stores.is_empty() {
+                continue;
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in stores {
+                    // Outcomes are logged and counted by the store.
+                    let _ = s.poll();
+                }
+            })
+            .await;
+        }
+    }
+}

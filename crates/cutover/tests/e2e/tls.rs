@@ -1,0 +1,605 @@
+//! TLS on service and admin listeners: certificates made here with rcgen and signed by a test
+//! CA, real clients (curl, the openai client on httpx with the CA, the CLI with `--cacert`), and
+//! a rustls client that reads the certificate the router presented. Streams through a switch
+//! and through a certificate rotation; refused clients (TLS 1.1, plain HTTP, no handshake).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
+
+use crate::support::*;
+
+/// A test CA and the leaf certificates it signs, in one folder.
+pub struct Pki {
+    pub dir: TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate (PEM): what clients trust.
+    pub ca: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = TempDir::new("pki");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cutover test CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        Pki {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    /// A leaf for 127.0.0.1 and localhost (and `extra` names) with `serial`: (cert, key) PEM.
+    pub fn leaf(&self, serial: u64, extra: &[&str]) -> (String, String) {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        names.extend(extra.iter().map(|s| s.to_string()));
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.serial_number = Some(serial.into());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf written to `NAME.crt` and `NAME.key` here: their paths.
+    pub fn write_leaf(&self, name: &str, serial: u64) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(serial, &[]);
+        let (c, k) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `tls = {...}` line naming `NAME.crt` and `NAME.key`.
+    pub fn tls_line(&self, name: &str) -> String {
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            self.path(&format!("{name}.crt")).display(),
+            self.path(&format!("{name}.key")).display()
+        )
+    }
+}
+
+/// Replaces `path` with `text` the way an ACME client does: write a new file, rename it over.
+fn replace_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// DER of the first certificate of a PEM text.
+fn der_of(pem: &str) -> CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// One TLS connection to 127.0.0.1:`port` that trusts `ca`: a request sender (HTTP/2 when
+/// `h2`, which needs ALPN h2 from the server) and the certificate the server presented.
+pub async fn tls_connect(port: u16, ca: &Path, h2: bool) -> Result<(Sender, CertificateDer<'static>), String> {
+    let roots = cutover_proxy::tls::roots(Some(ca))?;
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let connector = tokio_rustls::TlsConnector::from(cutover_proxy::tls::client_config(roots, alpn));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = cutover_proxy::tls::server_name("127.0.0.1")?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let peer = tls.get_ref().1.peer_certificates().ok_or("no peer certificate")?[0].clone();
+    let io = TokioIo::new(tls);
+    let sender = if h2 {
+        let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Sender::H2(s)
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Sender::H1(s)
+    };
+    Ok((sender, peer))
+}
+
+pub enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    pub async fn send(&mut self, port: u16, method: Method, path: &str, body: &str) -> Response<Incoming> {
+        let b = Full::new(Bytes::from(body.to_string()));
+        match self {
+            Sender::H1(s) => {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("host", format!("127.0.0.1:{port}"))
+                    .body(b)
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Sender::H2(s) => {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(format!("https://127.0.0.1:{port}{path}"))
+                    .body(b)
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        }
+    }
+}
+
+/// The certificate a new connection to `port` is presented with.
+async fn presented(port: u16, ca: &Path) -> CertificateDer<'static> {
+    tls_connect(port, ca, false).await.unwrap().1
+}
+
+fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A router whose service `chat` listens with TLS (`live.crt`/`live.key` of `pki`).
+async fn tls_router(pki: &Pki, blue: &Mock, green: &Mock, extra: &str) -> Router {
+    pki.write_leaf("live", 1);
+    let extra = format!("{}\n{extra}", pki.tls_line("live"));
+    Router::start(&static_service(&[blue], &[green], &extra)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http1_and_http2_negotiated_by_alpn_and_an_sse_stream() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = tls_router(&pki, &blue, &green, "").await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let url = format!("https://127.0.0.1:{}/v1/models", r.listen);
+    let ca = pki.ca.to_str().unwrap();
+
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (code, out, err) = curl(&[
+            "--cacert",
+            ca,
+            flag,
+            "--include",
+            "--write-out",
+            "\n%{http_version} %{ssl_verify_result}",
+            &url,
+        ]);
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(
+            out.ends_with(&format!("\n{version} 0")),
+            "{flag}: ALPN must give HTTP/{version}: {out}"
+        );
+        assert!(out.to_ascii_lowercase().contains("x-cutover-color: blue"), "{out}");
+        assert!(out.contains("\"id\":\"v1\""), "{out}");
+    }
+
+    // Server-sent events stream through, token by token, to `[DONE]`.
+    let (code, out, err) = curl(&[
+        "--cacert",
+        ca,
+        "--http2",
+        "--no-buffer",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"stream":true,"max_tokens":8}"#,
+        &format!("https://127.0.0.1:{}/v1/chat/completions", r.listen),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<String> = out
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_string))
+        .collect();
+    let versions = stream_versions(&events).unwrap();
+    assert_eq!(versions.len(), 9, "{out}");
+    assert!(versions.iter().all(|v| v == "v1"), "{versions:?}");
+
+    // Not trusting the CA: curl refuses the certificate.
+    let (code, _, err) = curl(&[&url]);
+    assert_eq!(code, 60, "an unknown issuer must fail verification: {err}");
+
+    // The model server is told the client came over https (and over HTTP/1.1 to it).
+    let (code, out, err) = curl(&[
+        "--cacert",
+        ca,
+        "--http2",
+        &format!("https://127.0.0.1:{}/mock/echo", r.listen),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let echo: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+    assert_eq!(echo["http_version"], "HTTP/1.1", "{echo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_with_the_ca_in_httpx_talks_to_a_tls_listener() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = tls_router(&pki, &blue, &green, "").await;
+    assert_eq!(r.switch("green").await.status, 200);
+    let script = r#"
+import json, sys
+import httpx, openai
+base, ca = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, http_client=httpx.Client(verify=ca))
+raw = client.chat.completions.with_raw_response.create(
+    model="m", messages=[{"role": "user", "content": "hello"}], max_tokens=3)
+plain = raw.parse()
+chunks = list(client.chat.completions.create(
+    model="m", messages=[{"role": "user", "content": "hello"}], max_tokens=5, stream=True))
+try:
+    openai.OpenAI(base_url=base, api_key="unused", max_retries=0).models.list()
+    untrusted = "accepted"
+except openai.APIConnectionError as e:
+    untrusted = repr(e.__cause__ or e)
+print(json.dumps({
+    "model": plain.model,
+    "color": raw.headers.get("x-cutover-color"),
+    "stream": [c.model for c in chunks],
+    "untrusted": untrusted,
+}))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(format!("https://127.0.0.1:{}/v1", r.listen))
+        .arg(&pki.ca)
+        .output()
+        .await
+        .expect("python3 with the openai package");
+    assert!(out.status.success(), "openai client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "v2", "{v}");
+    assert_eq!(v["color"], "green", "{v}");
+    let stream = v["stream"].as_array().unwrap();
+    assert!(stream.len() >= 5 && stream.iter().all(|m| m == "v2"), "{v}");
+    assert!(
+        v["untrusted"].as_str().unwrap().contains("CERTIFICATE_VERIFY_FAILED"),
+        "without the CA the client must refuse the certificate: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_stream_started_before_a_switch_finishes_on_its_color() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &["--token-interval", "20ms"]).await;
+    let green = Mock::start("v2", &["--token-interval", "20ms"]).await;
+    let r = tls_router(&pki, &blue, &green, "").await;
+    assert_eq!(r.switch("blue").await.status, 200);
+
+    for h2 in [false, true] {
+        let (mut s, _) = tls_connect(r.listen, &pki.ca, h2).await.unwrap();
+        let resp = s
+            .send(r.listen, Method::POST, "/v1/chat/completions", r#"{"stream":true,"max_tokens":60}"#)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let from = resp.headers()["x-cutover-color"].to_str().unwrap().to_string();
+        let to = if from == "blue" { "green" } else { "blue" };
+        let reading = tokio::spawn(read_stream(resp));
+        assert_eq!(r.switch(to).await.status, 200);
+        // New requests, on a new TLS connection, already go to the new color.
+        let (mut s2, _) = tls_connect(r.listen, &pki.ca, h2).await.unwrap();
+        let after = s2.send(r.listen, Method::GET, "/v1/models", "").await;
+        assert_eq!(after.headers()["x-cutover-color"], to, "h2={h2}");
+        let (events, err) = reading.await.unwrap();
+        assert!(err.is_none(), "h2={h2}: stream cut: {err:?}");
+        let versions = stream_versions(&events).unwrap();
+        let want = if from == "blue" { "v1" } else { "v2" };
+        assert_eq!(versions.len(), 61, "h2={h2}");
+        assert!(versions.iter().all(|v| v == want), "h2={h2}: {versions:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_reaches_new_connections_while_open_streams_finish_and_a_broken_one_is_refused() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &["--token-interval", "50ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = tls_router(&pki, &blue, &green, "").await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let (cert_path, key_path) = (pki.path("live.crt"), pki.path("live.key"));
+    let first = der_of(&std::fs::read_to_string(&cert_path).unwrap());
+    assert_eq!(presented(r.listen, &pki.ca).await, first);
+
+    // A stream of about 10 s, open across the rotation.
+    let (mut s, _) = tls_connect(r.listen, &pki.ca, false).await.unwrap();
+    let resp = s
+        .send(r.listen, Method::POST, "/v1/chat/completions", r#"{"stream":true,"max_tokens":200}"#)
+        .await;
+    assert_eq!(resp.status(), 200);
+    let done = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let out = read_stream(resp).await;
+            done.store(true, SeqCst);
+            out
+        })
+    };
+
+    // The ACME pattern: a new certificate (new serial, one more name) renamed in, then its key.
+    let (cert, key) = pki.leaf(2, &["chat.example"]);
+    replace_by_rename(&cert_path, &cert);
+    replace_by_rename(&key_path, &key);
+    let second = der_of(&cert);
+    wait_for("new connections to get the new certificate", Duration::from_secs(30), || {
+        let (ca, second) = (pki.ca.clone(), second.clone());
+        async move { (presented(r.listen, &ca).await == second).then_some(()) }
+    })
+    .await;
+    assert!(!done.load(SeqCst), "the stream must still be open when the new certificate is in use");
+    let (events, err) = reading.await.unwrap();
+    assert!(err.is_none(), "stream cut by the rotation: {err:?}");
+    assert_eq!(stream_versions(&events).unwrap().len(), 201);
+
+    // A certificate whose key is not there (the old key stays): refused, the pair in use stays.
+    let (broken, _) = pki.leaf(3, &[]);
+    replace_by_rename(&cert_path, &broken);
+    let failed = wait_for("the broken pair to be refused", Duration::from_secs(30), || {
+        let url = r.admin_url("/metrics");
+        async move {
+            let text = get(&url).await.ok()?.text();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("cutover_tls_reloads_total{result=\"failed\"}"))?
+                .to_string();
+            (!line.ends_with(" 0")).then_some(text)
+        }
+    })
+    .await;
+    assert!(failed.contains("cutover_tls_reloads_total{result=\"loaded\"} 1"), "{failed}");
+    assert_eq!(presented(r.listen, &pki.ca).await, second, "the broken pair must not be used");
+    let log = r.log();
+    assert!(
+        log.contains("TLS certificate not reloaded") && log.contains("does not match the certificate"),
+        "{log}"
+    );
+    // Traffic goes on with the pair in use.
+    let (mut s, _) = tls_connect(r.listen, &pki.ca, true).await.unwrap();
+    assert_eq!(s.send(r.listen, Method::GET, "/v1/models", "").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_protocols_plain_http_and_silent_clients_are_refused_without_a_hang() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = tls_router(
+        &pki,
+        &blue,
+        &green,
+        "limits = { header_read_timeout = \"1s\", max_connections = 1 }",
+    )
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let url = format!("https://127.0.0.1:{}/v1/models", r.listen);
+    let ca = pki.ca.to_str().unwrap();
+
+    // TLS 1.2 is accepted, 1.1 is not (the client's own floor lowered, so the refusal is ours).
+    let (code, out, err) = curl(&["--cacert", ca, "--tlsv1.2", "--tls-max", "1.2", "--write-out", "%{http_code}", "-o", "/dev/null", &url]);
+    assert_eq!((code, out.as_str()), (0, "200"), "{err}");
+    let (code, _, err) = curl(&[
+        "--cacert",
+        ca,
+        "--tlsv1.1",
+        "--tls-max",
+        "1.1",
+        "--ciphers",
+        "DEFAULT@SECLEVEL=0",
+        &url,
+    ]);
+    assert_eq!(code, 35, "TLS 1.1 must fail the handshake: {err}");
+    assert!(err.to_lowercase().contains("protocol version") || err.contains("alert"), "{err}");
+
+    // Plain HTTP to the TLS port: a plain 400 that says so, then the connection closes.
+    let (code, out, err) = curl(&["--include", &format!("http://127.0.0.1:{}/v1/models", r.listen)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("tls_required") && out.contains("use https://"), "{out}");
+    // Bytes that are neither TLS nor HTTP: closed, never a hang.
+    let (answer, closed) = raw(r.listen, b"\x00\x01\x02garbage\r\n\r\n");
+    assert!(closed && !answer.starts_with("HTTP/"), "{answer:?}");
+
+    // A client that connects and says nothing holds the only place under max_connections
+    // until the handshake timeout closes it; the next client waits, then is served.
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap();
+    let (code, out, err) = curl(&["--cacert", ca, "--write-out", "%{http_code}", "-o", "/dev/null", &url]);
+    assert_eq!((code, out.as_str()), (0, "200"), "{err}");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        let mut silent = silent;
+        silent.read(&mut buf).await
+    })
+    .await
+    .expect("the silent connection must be closed by the handshake timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        r.log().contains("connection cap reached"),
+        "the TLS client waited behind the silent one: {}",
+        r.log()
+    );
+}
+
+/// A `cutover serve` with a TLS admin API (`admin.crt`) and a TLS service (`live.crt`).
+struct TlsAdmin {
+    dir: TempDir,
+    admin: u16,
+    token: String,
+    _proc: Proc,
+}
+
+impl TlsAdmin {
+    async fn start(pki: &Pki, blue: &Mock, green: &Mock) -> TlsAdmin {
+        pki.write_leaf("admin", 10);
+        pki.write_leaf("live", 11);
+        let dir = TempDir::new("tls-admin");
+        let services = static_service(&[blue], &[green], &pki.tls_line("live")).replace("{listen}", "127.0.0.1:0");
+        let services = services.replace("{preview}", "127.0.0.1:0");
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\naddress_file = \"admin.addr\"\n{}\n\n[store]\npath = \"cutover.db\"\n\n{services}",
+            pki.tls_line("admin")
+        );
+        let config = dir.path().join("cutover.toml");
+        std::fs::write(&config, text).unwrap();
+        let addresses = dir.path().join("addresses.json");
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(CUTOVER)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--addresses-file")
+            .arg(&addresses)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proc = Proc(Some(child));
+        let bound: serde_json::Value = wait_for("cutover to write its addresses", Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&addresses).ok();
+            async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
+        })
+        .await;
+        let admin = bound["admin"]
+            .as_str()
+            .unwrap()
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port();
+        let token = std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        TlsAdmin {
+            dir,
+            admin,
+            token,
+            _proc: proc,
+        }
+    }
+
+    fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let out = Command::new(CUTOVER)
+            .args(args)
+            .env_remove("CUTOVER_ADMIN")
+            .env_remove("CUTOVER_CACERT")
+            .env("CUTOVER_TOKEN", &self.token)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_tls_with_the_cli_and_cacert() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let a = TlsAdmin::start(&pki, &blue, &green).await;
+    let https = format!("https://127.0.0.1:{}", a.admin);
+    let ca = pki.ca.to_str().unwrap();
+
+    let (code, out, err) = a.cli(&["switch", "chat", "green", "--admin", &https, "--cacert", ca], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = a.cli(&["status", "chat", "--json", "--admin", &https], &[("CUTOVER_CACERT", ca)]);
+    assert_eq!(code, 0, "CUTOVER_CACERT: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["live"], "green", "{v}");
+
+    // Without the CA the CLI refuses the router's certificate and says what to pass.
+    let (code, _, err) = a.cli(&["status", "chat", "--admin", &https], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("certificate") && err.contains("--cacert"), "{err}");
+    // `--config` finds the admin API and knows it is https.
+    let cfg = a.dir.path().join("cutover.toml");
+    let (code, out, err) = a.cli(
+        &["status", "chat", "--json", "--config", cfg.to_str().unwrap(), "--cacert", ca],
+        &[],
+    );
+    assert_eq!(code, 0, "--config: {err}");
+    assert!(out.contains("green"), "{out}");
+
+    // curl over HTTP/2 to the admin API, and plain HTTP refused.
+    let (code, out, err) = curl(&["--cacert", ca, "--http2", "--write-out", " %{http_version}", &format!("{https}/healthz")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\"ok\"} 2"), "{out}");
+    let (code, out, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", a.admin)]);
+    assert!(code == 0 && out.contains("tls_required"), "{out}");
+}
+
+#[test]
+fn check_names_file_line_and_key_of_a_missing_certificate_and_a_key_that_does_not_match() {
+    let pki = Pki::new();
+    pki.write_leaf("a", 1);
+    pki.write_leaf("b", 2);
+    let dir = TempDir::new("tls-check");
+    let path = dir.path().join("cutover.toml");
+    let check = |tls: &str| {
+        let text = format!(
+            "[services.chat]\nlisten = \"127.0.0.1:8080\"\n{tls}\n[services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n[services.chat.green]\nendpoints = [\"127.0.0.1:9002\"]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(CUTOVER).arg("check").arg(&path).output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let p = |n: &str| pki.path(n).display().to_string();
+    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("a.crt"), p("a.key")));
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("gone.crt"), p("a.key")));
+    assert_eq!(code, 2, "{out}");
+    let want = format!("{}:3: key `services.chat.tls.cert`: cannot read the certificate file", path.display());
+    assert!(out.contains(&want), "{out}");
+
+    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("a.crt"), p("b.key")));
+    assert_eq!(code, 2, "{out}");
+    let want = format!("{}:3: key `services.chat.tls.key`: the private key in", path.display());
+    assert!(out.contains(&want) && out.contains("does not match the certificate"), "{out}");
+
+    // Relative paths are the config folder's.
+    std::fs::copy(pki.path("a.crt"), dir.path().join("here.crt")).unwrap();
+    std::fs::copy(pki.path("a.key"), dir.path().join("here.key")).unwrap();
+    let (code, out) = check("tls = { cert = \"here.crt\", key = \"here.key\" }");
+    assert_eq!(code, 0, "{out}");
+}
