@@ -53,6 +53,11 @@ fn connection_args(remote: &Remote, c: &Client) -> String {
     if let (None, Some(f)) = (&remote.config, &remote.token_file) {
         out.push_str(&format!(" --token-file {}", f.display()));
     }
+    // Only a CA given as a flag: one from CUTOVER_CACERT is in the environment of whoever
+    // runs the printed command too, like CUTOVER_ADMIN.
+    if let (Some(ca), None) = (&remote.cacert, std::env::var_os("CUTOVER_CACERT")) {
+        out.push_str(&format!(" --cacert {}", ca.display()));
+    }
     out
 }
 
