@@ -307,6 +307,7 @@ async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Result<Json
             "added": r.added,
             "removed": r.removed,
             "changed": r.changed,
+            "certificates": r.certificates,
         }))),
         Err(e @ ReloadError::Invalid(_)) => Err(ApiError::new(422, "invalid_config", e.to_string())),
         Err(e @ ReloadError::Refused(_)) => Err(ApiError::conflict("reload_refused", e.to_string())),
