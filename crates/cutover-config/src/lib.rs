@@ -104,6 +104,13 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// How cutover checks the certificates of `https://` endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM file of the CA(s) to trust, checked at load; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A listener's certificate chain and private key (PEM files, paths absolute), checked when
 /// the config loads: both parse and the key is the certificate's. `serve` reads them again
 /// when they change.
@@ -173,7 +180,10 @@ fn is_key_word(s: &str) -> bool {
 pub enum UpstreamProtocol {
     #[default]
     Http1,
-    /// HTTP/2 with prior knowledge over plain TCP, for gRPC model servers.
+    /// HTTP/2: with prior knowledge over plain TCP (gRPC model servers), or negotiated by
+    /// ALPN `h2` to `https://` endpoints. `"h2"` is the same setting, the name that reads
+    /// right for TLS endpoints.
+    #[serde(alias = "h2")]
     H2c,
 }
 
@@ -184,6 +194,8 @@ pub struct ServiceConfig {
     pub preview_listen: Option<SocketAddr>,
     /// Both listeners (`listen` and `preview_listen`) speak TLS only, with this certificate.
     pub tls: Option<TlsConfig>,
+    /// The endpoints are `https://` (all of them: TLS to upstreams is per service).
+    pub upstream_tls: Option<UpstreamTls>,
     pub upstream_protocol: UpstreamProtocol,
     /// One log line per request; off by default.
     pub access_log: bool,
@@ -214,9 +226,12 @@ pub enum Environments {
 /// address it resolves to is an endpoint of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointSpec {
-    /// The host as written, without brackets: an IP address or a DNS name.
+    /// The host as written, without brackets: an IP address or a DNS name. For `https://`,
+    /// the name the model server's certificate must carry (and the SNI cutover sends).
     pub host: String,
     pub port: u16,
+    /// Written `https://`: cutover talks TLS to this endpoint.
+    pub tls: bool,
 }
 
 impl EndpointSpec {
@@ -232,26 +247,28 @@ impl EndpointSpec {
         EndpointSpec {
             host: a.ip().to_string(),
             port: a.port(),
+            tls: false,
         }
     }
 
     /// Parses an endpoint as the config writes it; the error says what was wrong.
     pub fn parse(s: &str) -> Result<EndpointSpec, String> {
         const WANT: &str = "expected HOST:PORT such as \"10.0.0.5:8000\" or \"gpu-a.internal:8000\"";
-        let rest = if let Some(r) = s.strip_prefix("http://") {
-            r
-        } else if s.starts_with("https://") {
-            return Err(format!(
-                "{s:?}: https:// endpoints (TLS to model servers) are not supported yet; {WANT}"
-            ));
+        let (rest, tls) = if let Some(r) = s.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (r, true)
         } else if s.contains("://") {
-            return Err(format!("{s:?}: unknown scheme; {WANT}"));
+            return Err(format!("{s:?}: unknown scheme (http:// or https://); {WANT}"));
         } else {
-            s
+            (s, false)
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if let Ok(a) = rest.parse::<SocketAddr>() {
-            return Ok(EndpointSpec::from_addr(a));
+            return Ok(EndpointSpec {
+                tls,
+                ..EndpointSpec::from_addr(a)
+            });
         }
         if rest.contains(['/', '@', '?', '#', ' ']) || rest.starts_with('[') {
             return Err(format!("{s:?} is not an address; {WANT}"));
@@ -271,6 +288,7 @@ impl EndpointSpec {
         Ok(EndpointSpec {
             host: host.to_ascii_lowercase(),
             port,
+            tls,
         })
     }
 }
@@ -851,6 +869,12 @@ struct RawAdmin {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
@@ -876,6 +900,7 @@ struct RawService {
     #[serde(default)]
     preview_allow_remote: bool,
     tls: Option<RawTls>,
+    upstream_tls: Option<RawUpstreamTls>,
     /// Lets blue and green share endpoints (benchmarks and test rigs: a switch then changes
     /// only the version label).
     #[serde(default)]
@@ -965,6 +990,22 @@ fn cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
 }
 
 type Span = std::ops::Range<usize>;
+
+/// That a CA file is readable and holds PEM certificates.
+fn ca_certificates(p: &Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let text = std::fs::read(p).map_err(|e| format!("cannot read the CA file {}: {e}", p.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
+            p.display()
+        ));
+    }
+    Ok(())
+}
 
 /// Whether a certificate file and a key file make a pair rustls can serve (the checks of
 /// `cutover_proxy::tls::load_pair`, which serve uses and which this crate cannot depend on):
@@ -1166,6 +1207,55 @@ impl Source<'_> {
         })
     }
 
+    /// TLS to the endpoints: on when they are `https://`, which must then be all of them (one
+    /// connection pool kind and one engine per service); `upstream_tls` only with them.
+    fn upstream_tls(
+        &self,
+        name: &str,
+        raw: Option<&RawUpstreamTls>,
+        env: &Environments,
+        span: Span,
+    ) -> Result<Option<UpstreamTls>, ConfigError> {
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        let https = match env {
+            Environments::Static { blue, green } => {
+                let all: Vec<(&str, &EndpointSpec)> = blue
+                    .endpoints
+                    .iter()
+                    .map(|e| ("blue", e))
+                    .chain(green.endpoints.iter().map(|e| ("green", e)))
+                    .collect();
+                if let Some((color, plain)) = all.iter().find(|(_, e)| !e.tls).filter(|_| all.iter().any(|(_, e)| e.tls)) {
+                    return self.err_at(
+                        k(&format!("{color}.endpoints")),
+                        span,
+                        format!("{plain} is plain HTTP while other endpoints of the service are https://: TLS to model servers is per service, so write every endpoint of both colors with https://, or none"),
+                    );
+                }
+                all.iter().any(|(_, e)| e.tls)
+            }
+            Environments::Managed(_) => false,
+        };
+        match (https, raw) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => self.err_at(
+                k("upstream_tls"),
+                span,
+                "has no effect: no endpoint of the service is https:// (managed environments are always plain HTTP)".into(),
+            ),
+            (true, None) => Ok(Some(UpstreamTls::default())),
+            (true, Some(r)) => {
+                let ca_file = r.ca_file.as_deref().map(|p| self.resolve(p));
+                if let Some(p) = &ca_file {
+                    if let Err(m) = ca_certificates(p) {
+                        return self.err_at(k("upstream_tls.ca_file"), span, m);
+                    }
+                }
+                Ok(Some(UpstreamTls { ca_file }))
+            }
+        }
+    }
+
     /// A listener's `tls` table, its files read and checked now: an error names `KEY.cert` or
     /// `KEY.key`, whichever file is wrong.
     fn tls(&self, raw: Option<&RawTls>, key: &str, fallback: Span) -> Result<Option<TlsConfig>, ConfigError> {
@@ -1303,12 +1393,14 @@ impl Source<'_> {
         if !svc.allow_shared_endpoints {
             self.colors_apart(name, &environments)?;
         }
+        let upstream_tls = self.upstream_tls(name, svc.upstream_tls.as_ref(), &environments, span.clone())?;
         self.release(name, &svc.release, span)?;
         Ok(ServiceConfig {
             name: name.to_string(),
             listen,
             preview_listen,
             tls,
+            upstream_tls,
             upstream_protocol: svc.upstream_protocol,
             access_log: svc.access_log,
             trusted_proxies,

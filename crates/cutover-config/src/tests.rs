@@ -489,7 +489,11 @@ fn endpoint_specs_are_ip_or_dns_names_with_a_port() {
     let n = ok("GPU-A.Internal:8000");
     assert_eq!((n.host.as_str(), n.port, n.literal()), ("gpu-a.internal", 8000, None));
     assert_eq!(ok("gpu-a.internal.:80").host, "gpu-a.internal.");
+    let t = ok("https://GPU-A:443");
+    assert_eq!((t.host.as_str(), t.port, t.tls), ("gpu-a", 443, true));
+    assert!(ok("https://10.0.0.5:8443").tls && !ok("http://10.0.0.5:80").tls);
     for bad in [
+        "ftp://gpu-a:21",
         "gpu-a",
         "gpu-a:",
         "gpu-a:65536",
@@ -498,7 +502,7 @@ fn endpoint_specs_are_ip_or_dns_names_with_a_port() {
         "a..b:80",
         "1.2.3:80",
         "user@gpu:80",
-        "https://gpu-a:443",
+        "https://gpu-a",
         "gpu a:80",
         "[gpu]:80",
         &format!("{}:80", "a".repeat(64)),
@@ -589,5 +593,43 @@ fn tls_files_are_checked_at_load_and_errors_name_the_file_line_and_key() {
 
     let e = parse(&path, &with(r#"tls = { cert = "tls.crt", key = "tls.key", ca = "x" }"#)).unwrap_err();
     assert!(e.message.contains("unknown field") && e.key.contains("tls"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn https_endpoints_turn_upstream_tls_on_for_the_whole_service() {
+    let dir = std::env::temp_dir().join(format!("cutover-config-utls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ca.signing_key.serialize_pem()).unwrap();
+    let path = dir.join("cutover.toml");
+    let cfg = |extra: &str, blue: &str, green: &str| {
+        format!(
+            "[services.chat]\nlisten = \"127.0.0.1:8080\"\n{extra}\n[services.chat.blue]\nendpoints = [{blue}]\n[services.chat.green]\nendpoints = [{green}]\n"
+        )
+    };
+    let c = parse(&path, &cfg("upstream_protocol = \"h2\"", "\"https://gpu-a:8443\"", "\"https://10.0.0.2:8443\"")).unwrap();
+    let chat = &c.services["chat"];
+    assert_eq!(chat.upstream_tls, Some(UpstreamTls { ca_file: None }), "system roots by default");
+    assert_eq!(chat.upstream_protocol, UpstreamProtocol::H2c, "h2 is h2c's name for TLS");
+    let c = parse(
+        &path,
+        &cfg("upstream_tls = { ca_file = \"ca.pem\" }", "\"https://gpu-a:8443\"", "\"https://gpu-b:8443\""),
+    )
+    .unwrap();
+    assert_eq!(c.services["chat"].upstream_tls.as_ref().unwrap().ca_file, Some(dir.join("ca.pem")));
+    assert_eq!(parse(&path, &cfg("", "\"gpu-a:80\"", "\"gpu-b:80\"")).unwrap().services["chat"].upstream_tls, None);
+
+    let e = parse(&path, &cfg("", "\"https://gpu-a:8443\"", "\"gpu-b:80\"")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (7, "services.chat.green.endpoints"), "{e}");
+    assert!(e.message.contains("per service"), "{e}");
+    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"ca.pem\" }", "\"gpu-a:80\"", "\"gpu-b:80\"")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "services.chat.upstream_tls"), "{e}");
+    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"key.pem\" }", "\"https://a:1\"", "\"https://b:1\"")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (3, "services.chat.upstream_tls.ca_file"), "{e}");
+    assert!(e.message.contains("holds no certificate"), "{e}");
+    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"nope.pem\" }", "\"https://a:1\"", "\"https://b:1\"")).unwrap_err();
+    assert!(e.message.contains("cannot read the CA file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
