@@ -223,7 +223,7 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
     }
     let mut m = enc.encode_descriptor(
         "cutover_probe_failures",
-        "Failed health probes by reason (timeout, connect, status, grpc_not_serving, body), timeouts excused by passive evidence included",
+        "Failed health probes by reason (timeout, connect, status, grpc_not_serving, body, tls), timeouts excused by passive evidence included",
         None,
         MetricType::Counter,
     )?;

@@ -234,9 +234,15 @@ pub(crate) fn connect_failed(e: &ConnectError, endpoint: &Endpoint, route: &Colo
     } else {
         StatusCode::BAD_GATEWAY
     };
+    // A certificate problem is a configuration problem, not a down server: its own code.
+    let code = if matches!(e, ConnectError::Tls(_)) {
+        "upstream_tls_failed"
+    } else {
+        "upstream_connect_failed"
+    };
     ProxyError::new(
         status,
-        "upstream_connect_failed",
+        code,
         Source::Upstream,
         format!("cannot reach {} of color {}: {e}", endpoint.addr, route.color),
     )

@@ -438,7 +438,7 @@ fn prepare(
                 .map(str::to_string)
                 .unwrap_or_else(|| endpoint.addr.to_string());
             if let Ok(u) = Uri::builder()
-                .scheme("http")
+                .scheme(if endpoint.pool.tls().is_some() { "https" } else { "http" })
                 .authority(authority)
                 .path_and_query(path.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
                 .build()

@@ -8,7 +8,6 @@
 //! `/v1/models` took 1.5-9.5 s under load) is busy, not dead; a server that refuses
 //! connections, answers an unhealthy status, or stops finishing requests gets no such cover.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -86,9 +85,9 @@ impl Tracker {
     }
 }
 
-/// One probe of `addr` by `spec`.
-pub async fn probe(addr: SocketAddr, spec: &HealthSpec) -> ProbeRecord {
-    probe::run(addr, spec.protocol, &spec.probe, spec.timeout).await
+/// One probe of `ep` by `spec` (over TLS when its service's endpoints are `https://`).
+pub async fn probe(ep: &Endpoint, spec: &HealthSpec) -> ProbeRecord {
+    probe::run(ep.addr, spec.protocol, &spec.probe, spec.timeout, ep.pool.tls()).await
 }
 
 /// What one endpoint's check remembers of its color's traffic between probes.
@@ -186,7 +185,7 @@ pub async fn check_endpoints(service: &str, route: &Arc<ColorRoute>, endpoints: 
     let probes = endpoints.iter().cloned().map(|ep| {
         let spec = spec.clone();
         async move {
-            let r = probe(ep.addr, &spec).await;
+            let r = probe(&ep, &spec).await;
             (ep, r)
         }
     });
@@ -241,7 +240,7 @@ pub fn spawn(service: &str, route: &Arc<ColorRoute>, spec: &HealthSpec) -> Check
                 };
                 passive.look(&route, &ep);
                 drop(route);
-                let r = probe(ep.addr, &spec).await;
+                let r = probe(&ep, &spec).await;
                 let Some(route) = weak.upgrade() else { return };
                 // Traffic that succeeded while the probe waited counts as recent too.
                 passive.look(&route, &ep);
@@ -275,7 +274,7 @@ mod tests {
     }
 
     fn route() -> Arc<ColorRoute> {
-        let addrs = [SocketAddr::from(([127, 0, 0, 1], 9))];
+        let addrs = [std::net::SocketAddr::from(([127, 0, 0, 1], 9))];
         ColorRoute::new(
             crate::Color::Blue,
             None,

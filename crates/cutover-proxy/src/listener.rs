@@ -87,7 +87,9 @@ impl Engines {
         h2_settings!(auto.http2(), settings);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2_settings!(h2, settings);
+        // The own engine dials plain `TcpStream`s: TLS upstreams take hyper.
         let fast = settings.protocol == Protocol::Http1
+            && settings.upstream_tls.is_none()
             && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
         Engines {
             auto: Arc::new(auto),

@@ -1,6 +1,7 @@
 //! One probe of one endpoint, by kind: an HTTP `GET` with expected statuses, a
 //! `grpc.health.v1.Health/Check` over h2c, or a tiny real request (a generation) whose answer
-//! is checked. Each probe opens a fresh connection and says what it saw in a [`ProbeRecord`].
+//! is checked. Each probe opens a fresh connection (TLS to `https://` endpoints, the same
+//! checks as the proxy's own connections) and says what it saw in a [`ProbeRecord`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,10 @@ use tokio::time::Instant;
 
 use crate::settings::Protocol;
 use crate::stats::{now_ms, ProbeReason, ProbeRecord};
+use crate::tls::UpstreamTls;
+
+/// TLS to a probed endpoint: how, and the name its certificate must carry.
+pub type TlsTarget<'a> = (&'a UpstreamTls, &'a rustls::pki_types::ServerName<'static>);
 
 /// What a probe asks.
 #[derive(Debug, Clone)]
@@ -74,10 +79,16 @@ impl Seen {
     }
 }
 
-/// Probes `addr` once, within `timeout` (connect included).
-pub async fn run(addr: SocketAddr, protocol: Protocol, probe: &Probe, timeout: Duration) -> ProbeRecord {
+/// Probes `addr` once, within `timeout` (connect and TLS handshake included).
+pub async fn run(
+    addr: SocketAddr,
+    protocol: Protocol,
+    probe: &Probe,
+    timeout: Duration,
+    tls: Option<TlsTarget<'_>>,
+) -> ProbeRecord {
     let started = Instant::now();
-    let seen = match tokio::time::timeout(timeout, ask(addr, protocol, probe)).await {
+    let seen = match tokio::time::timeout(timeout, ask(addr, protocol, probe, tls)).await {
         Ok(seen) => seen,
         Err(_) => Seen::failed(None, ProbeReason::Timeout, format!("no answer within {timeout:?}")),
     };
@@ -102,11 +113,35 @@ enum Conn {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
+/// Why a connection could not be opened: a failed TLS handshake is a reason of its own.
+enum OpenError {
+    Connect(String),
+    Tls(String),
+}
+
 impl Conn {
-    async fn open(addr: SocketAddr, h2: bool) -> Result<Conn, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    async fn open(addr: SocketAddr, h2: bool, tls: Option<TlsTarget<'_>>) -> Result<Conn, OpenError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| OpenError::Connect(format!("connect: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        match tls {
+            None => Conn::handshake(TokioIo::new(stream), h2).await,
+            Some((t, name)) => {
+                let s = t
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| OpenError::Tls(format!("TLS handshake: {e}")))?;
+                Conn::handshake(TokioIo::new(s), h2).await
+            }
+        }
+        .map_err(OpenError::Connect)
+    }
+
+    async fn handshake<T>(io: T, h2: bool) -> Result<Conn, String>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         if h2 {
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -126,6 +161,7 @@ impl Conn {
     /// absolute URI (the `:authority`) on HTTP/2.
     async fn send(
         &mut self,
+        scheme: &str,
         addr: SocketAddr,
         method: Method,
         path: &str,
@@ -134,7 +170,7 @@ impl Conn {
     ) -> Result<Response<Incoming>, String> {
         let h2 = matches!(self, Conn::H2(_));
         let uri = if h2 {
-            format!("http://{addr}{path}")
+            format!("{scheme}://{addr}{path}")
         } else {
             path.to_string()
         };
@@ -160,11 +196,13 @@ impl Conn {
     }
 }
 
-async fn ask(addr: SocketAddr, protocol: Protocol, probe: &Probe) -> Seen {
+async fn ask(addr: SocketAddr, protocol: Protocol, probe: &Probe, tls: Option<TlsTarget<'_>>) -> Seen {
     let h2 = matches!(probe, Probe::Grpc { .. }) || protocol == Protocol::H2c;
-    let mut conn = match Conn::open(addr, h2).await {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut conn = match Conn::open(addr, h2, tls).await {
         Ok(c) => c,
-        Err(e) => return Seen::failed(None, ProbeReason::Connect, e),
+        Err(OpenError::Connect(e)) => return Seen::failed(None, ProbeReason::Connect, e),
+        Err(OpenError::Tls(e)) => return Seen::failed(None, ProbeReason::Tls, e),
     };
     let (method, path, headers, body) = match probe {
         Probe::Http { path, .. } => (Method::GET, path.as_str(), Vec::new(), Bytes::new()),
@@ -179,7 +217,7 @@ async fn ask(addr: SocketAddr, protocol: Protocol, probe: &Probe) -> Seen {
         ),
         Probe::Generation(g) => (g.method.clone(), g.path.as_str(), g.headers.clone(), g.body.clone()),
     };
-    let resp = match conn.send(addr, method, path, &headers, body).await {
+    let resp = match conn.send(scheme, addr, method, path, &headers, body).await {
         Ok(r) => r,
         Err(e) => return Seen::failed(None, ProbeReason::Connect, e),
     };

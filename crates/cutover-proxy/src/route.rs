@@ -125,14 +125,21 @@ impl Endpoint {
 
     /// An endpoint at `addr`, which `name` (`HOST:PORT` as configured) resolved to.
     pub fn named(addr: SocketAddr, name: Option<Arc<str>>, settings: &Arc<ServiceSettings>) -> Arc<Endpoint> {
+        let pool = Pool::new(addr, name.as_deref(), settings.clone());
         Arc::new(Endpoint {
             addr,
             name,
             health: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
-            pool: Pool::new(addr, settings.clone()),
+            pool,
             stats: EndpointStats::default(),
         })
+    }
+
+    /// The name this endpoint's certificate must carry, when its service's endpoints are
+    /// `https://`.
+    pub fn tls_name(&self) -> Option<&rustls::pki_types::ServerName<'static>> {
+        self.pool.tls().map(|(_, n)| n)
     }
 
     /// Requests on this endpoint right now.

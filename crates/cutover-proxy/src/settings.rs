@@ -1,9 +1,10 @@
 //! A service's limits, timeouts and protocol: fixed when the service is built, read by
-//! every part of the data plane (a leaf module: it depends on nothing else here).
+//! every part of the data plane (a leaf module: it depends only on the header and TLS types).
 
 use std::time::Duration;
 
 use crate::headers::TrustedProxies;
+use crate::tls::UpstreamTls;
 
 /// The upstream protocol of a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +38,8 @@ pub struct ServiceSettings {
     /// is sent again on a new connection even when its method is not idempotent (model
     /// generations have no side effect beyond their cost), provided its whole body is at hand.
     pub retry_non_idempotent: bool,
+    /// The endpoints are `https://`: connections to them are TLS (and take the hyper engine).
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 impl Default for ServiceSettings {
@@ -56,6 +59,7 @@ impl Default for ServiceSettings {
             max_header_line_bytes: 16 * 1024,
             trusted_proxies: TrustedProxies::default(),
             retry_non_idempotent: true,
+            upstream_tls: None,
         }
     }
 }

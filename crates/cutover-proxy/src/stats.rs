@@ -345,15 +345,18 @@ pub enum ProbeReason {
     GrpcNotServing,
     /// A generation probe's answer did not match `expect` (JSON, text), or was malformed.
     Body,
+    /// The TLS handshake with an `https://` endpoint failed (its certificate, most often).
+    Tls,
 }
 
 impl ProbeReason {
-    pub const ALL: [ProbeReason; 5] = [
+    pub const ALL: [ProbeReason; 6] = [
         ProbeReason::Timeout,
         ProbeReason::Connect,
         ProbeReason::Status,
         ProbeReason::GrpcNotServing,
         ProbeReason::Body,
+        ProbeReason::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -363,6 +366,7 @@ impl ProbeReason {
             ProbeReason::Status => "status",
             ProbeReason::GrpcNotServing => "grpc_not_serving",
             ProbeReason::Body => "body",
+            ProbeReason::Tls => "tls",
         }
     }
 
@@ -403,7 +407,7 @@ pub struct EndpointStats {
     /// clock on the request path: the health checks note when the count moves).
     answered_ok: AtomicU64,
     /// Failed probes by reason, for `cutover_probe_failures_total`.
-    probe_failures: [AtomicU64; 5],
+    probe_failures: [AtomicU64; ProbeReason::ALL.len()],
     /// The latest probe's result; written once per probe, read by the API.
     last_probe: Mutex<Option<ProbeRecord>>,
 }

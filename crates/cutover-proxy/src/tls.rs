@@ -235,6 +235,223 @@ pub fn acceptor(store: Arc<CertStore>) -> TlsAcceptor {
     TlsAcceptor::from(server_config(store))
 }
 
+/// TLS to a service's `https://` endpoints: a connector with the service's roots and ALPN,
+/// or why there is none (every connection then fails with that reason).
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: Result<TlsConnector, Arc<str>>,
+    /// Where the roots come from (`/etc/cutover/ca.pem`, `system roots`) and the ALPN: what
+    /// `Debug` shows, so two settings compare equal when they would verify alike.
+    what: String,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamTls({})", self.what)
+    }
+}
+
+impl UpstreamTls {
+    /// Roots from `ca_file`, else the system's; ALPN `h2` for HTTP/2 upstreams, else
+    /// `http/1.1`. A failure to load the roots is logged and kept as the connect error.
+    pub fn new(ca_file: Option<&Path>, h2: bool) -> UpstreamTls {
+        let what = format!(
+            "{} alpn={}",
+            ca_file.map_or_else(|| "system roots".to_string(), |p| p.display().to_string()),
+            if h2 { "h2" } else { "http/1.1" }
+        );
+        let alpn: &[&[u8]] = if h2 { &[ALPN_H2] } else { &[ALPN_HTTP1] };
+        let connector = match roots(ca_file) {
+            Ok(r) => Ok(TlsConnector::from(client_config(r, alpn))),
+            Err(e) => {
+                tracing::error!(error = %e, "no roots to verify https:// endpoints with: every connection to them will fail");
+                Err(e.into())
+            }
+        };
+        UpstreamTls { connector, what }
+    }
+
+    /// A TLS session over `tcp` with the endpoint that must present a certificate for `name`.
+    pub async fn connect(
+        &self,
+        name: &ServerName<'static>,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let c = self.connector.as_ref().map_err(|e| e.to_string())?;
+        c.connect(name.clone(), tcp).await.map_err(|e| {
+            // rustls' errors arrive wrapped in io::Error; the inner text is the useful part.
+            let inner = e.get_ref().map(|i| i.to_string()).unwrap_or_else(|| e.to_string());
+            format!("{inner} (expecting a certificate for {})", show(name))
+        })
+    }
+}
+
+fn show(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => "the endpoint".into(),
+    }
+}
+
+/// A connector for hyper-util's client that dials endpoints directly (a release's warm-up
+/// and smoke checks), over TLS when the service's endpoints are `https://`. The URI's host
+/// is the endpoint's address; `names` gives the certificate name of each address.
+#[derive(Clone)]
+pub struct EndpointConnector {
+    tls: Option<UpstreamTls>,
+    names: Arc<std::collections::HashMap<std::net::SocketAddr, ServerName<'static>>>,
+    connect_timeout: Duration,
+}
+
+impl EndpointConnector {
+    pub fn new(
+        tls: Option<UpstreamTls>,
+        names: std::collections::HashMap<std::net::SocketAddr, ServerName<'static>>,
+        connect_timeout: Duration,
+    ) -> EndpointConnector {
+        EndpointConnector {
+            tls,
+            names: Arc::new(names),
+            connect_timeout,
+        }
+    }
+
+    /// `https` when connections are TLS, for the URIs of requests through it.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for EndpointConnector {
+    type Response = EndpointStream;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<EndpointStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = host.parse().map_err(|_| format!("{uri}: not an endpoint address"))?;
+            let addr = std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let Some(tls) = &this.tls else {
+                    return Ok::<_, BoxError>(EndpointStream::Plain(hyper_util::rt::TokioIo::new(tcp)));
+                };
+                let name = this
+                    .names
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| ServerName::IpAddress(ip.into()));
+                let s = tls.connect(&name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                Ok(EndpointStream::Tls(hyper_util::rt::TokioIo::new(s)))
+            };
+            tokio::time::timeout(this.connect_timeout, connect)
+                .await
+                .map_err(|_| format!("connect to {addr} timed out"))?
+        })
+    }
+}
+
+/// A connection [`EndpointConnector`] made.
+pub enum EndpointStream {
+    Plain(hyper_util::rt::TokioIo<tokio::net::TcpStream>),
+    Tls(hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl hyper_util::client::legacy::connect::Connection for EndpointStream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        let c = hyper_util::client::legacy::connect::Connected::new();
+        match self {
+            EndpointStream::Tls(s) if s.inner().get_ref().1.alpn_protocol() == Some(ALPN_H2) => c.negotiated_h2(),
+            _ => c,
+        }
+    }
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            EndpointStream::Plain($s) => $e,
+            EndpointStream::Tls($s) => $e,
+        }
+    };
+}
+
+impl hyper::rt::Read for EndpointStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for EndpointStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// The name an endpoint's certificate must carry: the host of the configured `HOST:PORT`
+/// (`name`, `[v6]:port` included), else the address's IP.
+pub fn endpoint_name(name: Option<&str>, addr: std::net::SocketAddr) -> ServerName<'static> {
+    name.and_then(|n| n.rsplit_once(':').map(|(h, _)| h))
+        .and_then(|h| server_name(h).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+}
+
+/// The system's roots, read once per process (a few hundred certificates).
+fn system_roots() -> Result<RootCertStore, String> {
+    static ROOTS: OnceLock<Result<RootCertStore, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "no system root certificates found (install ca-certificates, or name a CA file){why}"
+                ));
+            }
+            Ok(roots)
+        })
+        .clone()
+}
+
 /// Roots to verify servers with: the PEM certificates of `ca_file`, or else the system's
 /// (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else the distribution's bundle under /etc/ssl).
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
@@ -257,20 +474,7 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
                     .map_err(|e| format!("{}: a certificate cannot be used as a root: {e}", p.display()))?;
             }
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "no system root certificates found (install ca-certificates, or name a CA file){why}"
-                ));
-            }
-        }
+        None => return system_roots(),
     }
     Ok(roots)
 }

@@ -2,7 +2,9 @@
 //!
 //! One pool per endpoint per color, so a switch never reuses the other color's connections.
 //! HTTP/1.1 connections are kept in a LIFO stack (hot ones are reused, cold ones age out);
-//! an h2c endpoint shares one multiplexed connection.
+//! an HTTP/2 endpoint shares one multiplexed connection. To `https://` endpoints both kinds
+//! run over TLS (the service's [`UpstreamTls`]), the certificate checked for the host as
+//! configured.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,16 +15,20 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::request_body::ReqBody;
 use crate::settings::{Protocol, ServiceSettings};
+use crate::tls::UpstreamTls;
 
 /// Why a new connection could not be made. Nothing was sent: safe to retry elsewhere.
 #[derive(Debug)]
 pub enum ConnectError {
     Timeout,
     Io(std::io::Error),
+    /// The TLS handshake with an `https://` endpoint failed (its certificate, most often).
+    Tls(String),
     Handshake(hyper::Error),
 }
 
@@ -31,6 +37,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout => f.write_str("connect timed out"),
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
         }
     }
@@ -87,6 +94,8 @@ impl Conn {
 
 pub(crate) struct Pool {
     addr: SocketAddr,
+    /// What the endpoint's certificate must name, when the service's endpoints are `https://`.
+    tls_name: ServerName<'static>,
     settings: Arc<ServiceSettings>,
     idle: Mutex<Vec<(http1::SendRequest<ReqBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
@@ -95,9 +104,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(addr: SocketAddr, settings: Arc<ServiceSettings>) -> Pool {
+    /// `name`: the endpoint as configured (`gpu-a.internal:8443`), when it was a name.
+    pub(crate) fn new(addr: SocketAddr, name: Option<&str>, settings: Arc<ServiceSettings>) -> Pool {
         Pool {
             addr,
+            tls_name: crate::tls::endpoint_name(name, addr),
             settings,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
@@ -184,12 +195,36 @@ impl Pool {
         }
     }
 
-    /// Open a new connection (bounded by the connect timeout, handshake included).
+    /// TLS to this endpoint, if its service's endpoints are `https://`: how, and for what name.
+    pub(crate) fn tls(&self) -> Option<(&UpstreamTls, &ServerName<'static>)> {
+        self.settings.upstream_tls.as_ref().map(|t| (t, &self.tls_name))
+    }
+
+    /// Open a new connection (bounded by the connect timeout, TLS and HTTP handshakes included).
     pub(crate) async fn connect(&self) -> Result<Conn, ConnectError> {
         let fut = async {
             let stream = TcpStream::connect(self.addr).await.map_err(ConnectError::Io)?;
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(stream);
+            match self.tls() {
+                None => self.handshake(TokioIo::new(stream)).await,
+                Some((tls, name)) => {
+                    let s = tls.connect(name, stream).await.map_err(ConnectError::Tls)?;
+                    self.handshake(TokioIo::new(s)).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.settings.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+
+    /// The HTTP handshake on a new connection, plain or TLS.
+    async fn handshake<T>(&self, io: T) -> Result<Conn, ConnectError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        {
             match self.settings.protocol {
                 Protocol::Http1 => {
                     let (send, conn) = http1::Builder::new()
@@ -214,10 +249,6 @@ impl Pool {
                     Ok(Conn::H2(send))
                 }
             }
-        };
-        match tokio::time::timeout(self.settings.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout),
         }
     }
 }

@@ -46,6 +46,12 @@ impl ServiceCtl {
                  of the same files are read by every reload and within seconds by themselves"
             ));
         }
+        if old.upstream_tls != new.upstream_tls {
+            return Some(format!(
+                "services.{name}: switching its endpoints between http:// and https://, or `upstream_tls`, is not applied by \
+                 reload (connection pools and engines differ); restart cutover (`serve --upgrade` keeps connections) to change it"
+            ));
+        }
         if old.upstream_protocol != new.upstream_protocol {
             return Some(format!(
                 "services.{name}.upstream_protocol: changing the upstream protocol is not applied by reload (connection pools and \

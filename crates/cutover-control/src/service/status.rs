@@ -36,7 +36,7 @@ pub struct ProbeStatus {
     pub latency_ms: u64,
     /// The HTTP status of the answer, when one came.
     pub status: Option<u16>,
-    /// `timeout`, `connect`, `status`, `grpc_not_serving` or `body`; `null` when it passed.
+    /// `timeout`, `connect`, `status`, `grpc_not_serving`, `body` or `tls`; `null` when it passed.
     pub reason: Option<&'static str>,
     /// What passed (`"status 200"`, `"SERVING"`) or what went wrong, in words.
     pub message: String,

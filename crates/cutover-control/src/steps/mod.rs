@@ -16,7 +16,8 @@ use bytes::Bytes;
 use cutover_config::RequestSpec;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use cutover_proxy::tls::EndpointConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
@@ -29,20 +30,42 @@ pub use wait_healthy::wait_healthy;
 pub use warm_up::warm_up;
 
 /// A client that talks to the color's endpoints directly (not through the proxy), in the
-/// service's upstream protocol.
-pub(crate) fn client(svc: &ServiceCtl) -> Client<HttpConnector, Full<Bytes>> {
-    let mut b = Client::builder(TokioExecutor::new());
-    if svc.proxy.settings().protocol == cutover_proxy::Protocol::H2c {
-        b.http2_only(true);
-    }
-    b.build(HttpConnector::new())
+/// service's upstream protocol, over TLS to `https://` endpoints.
+#[derive(Clone)]
+pub(crate) struct StepClient {
+    http: Client<EndpointConnector, Full<Bytes>>,
+    scheme: &'static str,
 }
 
-fn build_request(spec: &RequestSpec, addr: SocketAddr) -> Result<Request<Full<Bytes>>, String> {
+pub(crate) fn client(svc: &ServiceCtl) -> StepClient {
+    let settings = svc.proxy.settings();
+    let mut b = Client::builder(TokioExecutor::new());
+    if settings.protocol == cutover_proxy::Protocol::H2c {
+        b.http2_only(true);
+    }
+    // Each address's certificate name (the host as configured), for both colors' endpoints.
+    let names = cutover_proxy::Color::ALL
+        .into_iter()
+        .filter_map(|c| svc.route(c))
+        .flat_map(|r| {
+            r.endpoints()
+                .iter()
+                .filter_map(|e| e.tls_name().map(|n| (e.addr, n.clone())))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let connector = EndpointConnector::new(settings.upstream_tls.clone(), names, settings.connect_timeout);
+    StepClient {
+        scheme: connector.scheme(),
+        http: b.build(connector),
+    }
+}
+
+fn build_request(spec: &RequestSpec, scheme: &str, addr: SocketAddr) -> Result<Request<Full<Bytes>>, String> {
     let method = Method::from_bytes(spec.method.as_bytes()).map_err(|_| format!("invalid method {:?}", spec.method))?;
     let mut b = Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{}", spec.path));
+        .uri(format!("{scheme}://{addr}{}", spec.path));
     let has_ct = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type"));
     for (k, v) in &spec.headers {
         b = b.header(k, v);
@@ -62,13 +85,14 @@ pub(crate) struct Answer {
 }
 
 pub(crate) async fn call(
-    c: &Client<HttpConnector, Full<Bytes>>,
+    c: &StepClient,
     spec: &RequestSpec,
     addr: SocketAddr,
 ) -> Result<Answer, String> {
     let started = Instant::now();
     let resp = c
-        .request(build_request(spec, addr)?)
+        .http
+        .request(build_request(spec, c.scheme, addr)?)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     let status = resp.status().as_u16();
