@@ -1014,7 +1014,8 @@ fn tls_pair(cert: &Path, key: &Path) -> Result<(), (&'static str, String)> {
     use rustls::pki_types::pem::{self, PemObject};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let c = |m: String| ("cert", m);
-    let text = std::fs::read(cert).map_err(|e| c(format!("cannot read the certificate file {}: {e}", cert.display())))?;
+    let text =
+        std::fs::read(cert).map_err(|e| c(format!("cannot read the certificate file {}: {e}", cert.display())))?;
     let chain = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| c(format!("{}: not a PEM certificate file: {e}", cert.display())))?;
@@ -1225,7 +1226,11 @@ impl Source<'_> {
                     .map(|e| ("blue", e))
                     .chain(green.endpoints.iter().map(|e| ("green", e)))
                     .collect();
-                if let Some((color, plain)) = all.iter().find(|(_, e)| !e.tls).filter(|_| all.iter().any(|(_, e)| e.tls)) {
+                if let Some((color, plain)) = all
+                    .iter()
+                    .find(|(_, e)| !e.tls)
+                    .filter(|_| all.iter().any(|(_, e)| e.tls))
+                {
                     return self.err_at(
                         k(&format!("{color}.endpoints")),
                         span,
@@ -1241,7 +1246,8 @@ impl Source<'_> {
             (false, Some(_)) => self.err_at(
                 k("upstream_tls"),
                 span,
-                "has no effect: no endpoint of the service is https:// (managed environments are always plain HTTP)".into(),
+                "has no effect: no endpoint of the service is https:// (managed environments are always plain HTTP)"
+                    .into(),
             ),
             (true, None) => Ok(Some(UpstreamTls::default())),
             (true, Some(r)) => {

@@ -566,7 +566,12 @@ fn tls_files_are_checked_at_load_and_errors_name_the_file_line_and_key() {
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
     std::fs::write(dir.join("other.key"), other_key).unwrap();
-    let with = |tls: &str| GOOD.replace("preview_listen = \"127.0.0.1:8081\"\n", &format!("preview_listen = \"127.0.0.1:8081\"\n{tls}\n"));
+    let with = |tls: &str| {
+        GOOD.replace(
+            "preview_listen = \"127.0.0.1:8081\"\n",
+            &format!("preview_listen = \"127.0.0.1:8081\"\n{tls}\n"),
+        )
+    };
     let path = dir.join("cutover.toml");
 
     let good = with(r#"tls = { cert = "tls.crt", key = "tls.key" }"#);
@@ -577,7 +582,10 @@ fn tls_files_are_checked_at_load_and_errors_name_the_file_line_and_key() {
 
     let e = parse(&path, &with(r#"tls = { cert = "missing.crt", key = "tls.key" }"#)).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (8, "services.chat.tls.cert"), "{e}");
-    assert!(e.message.contains("cannot read the certificate file") && e.message.contains("missing.crt"), "{e}");
+    assert!(
+        e.message.contains("cannot read the certificate file") && e.message.contains("missing.crt"),
+        "{e}"
+    );
 
     let e = parse(&path, &with(r#"tls = { cert = "tls.crt", key = "other.key" }"#)).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (8, "services.chat.tls.key"), "{e}");
@@ -587,7 +595,10 @@ fn tls_files_are_checked_at_load_and_errors_name_the_file_line_and_key() {
     assert_eq!(e.key, "services.chat.tls.cert", "{e}");
     assert!(e.message.contains("holds no certificate"), "{e}");
 
-    let admin = GOOD.replace("listen = \"127.0.0.1:9901\"\n", "listen = \"127.0.0.1:9901\"\ntls = { cert = \"tls.crt\", key = \"nope.key\" }\n");
+    let admin = GOOD.replace(
+        "listen = \"127.0.0.1:9901\"\n",
+        "listen = \"127.0.0.1:9901\"\ntls = { cert = \"tls.crt\", key = \"nope.key\" }\n",
+    );
     let e = parse(&path, &admin).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (4, "admin.tls.key"), "{e}");
 
@@ -609,27 +620,81 @@ fn https_endpoints_turn_upstream_tls_on_for_the_whole_service() {
             "[services.chat]\nlisten = \"127.0.0.1:8080\"\n{extra}\n[services.chat.blue]\nendpoints = [{blue}]\n[services.chat.green]\nendpoints = [{green}]\n"
         )
     };
-    let c = parse(&path, &cfg("upstream_protocol = \"h2\"", "\"https://gpu-a:8443\"", "\"https://10.0.0.2:8443\"")).unwrap();
-    let chat = &c.services["chat"];
-    assert_eq!(chat.upstream_tls, Some(UpstreamTls { ca_file: None }), "system roots by default");
-    assert_eq!(chat.upstream_protocol, UpstreamProtocol::H2c, "h2 is h2c's name for TLS");
     let c = parse(
         &path,
-        &cfg("upstream_tls = { ca_file = \"ca.pem\" }", "\"https://gpu-a:8443\"", "\"https://gpu-b:8443\""),
+        &cfg(
+            "upstream_protocol = \"h2\"",
+            "\"https://gpu-a:8443\"",
+            "\"https://10.0.0.2:8443\"",
+        ),
     )
     .unwrap();
-    assert_eq!(c.services["chat"].upstream_tls.as_ref().unwrap().ca_file, Some(dir.join("ca.pem")));
-    assert_eq!(parse(&path, &cfg("", "\"gpu-a:80\"", "\"gpu-b:80\"")).unwrap().services["chat"].upstream_tls, None);
+    let chat = &c.services["chat"];
+    assert_eq!(
+        chat.upstream_tls,
+        Some(UpstreamTls { ca_file: None }),
+        "system roots by default"
+    );
+    assert_eq!(
+        chat.upstream_protocol,
+        UpstreamProtocol::H2c,
+        "h2 is h2c's name for TLS"
+    );
+    let c = parse(
+        &path,
+        &cfg(
+            "upstream_tls = { ca_file = \"ca.pem\" }",
+            "\"https://gpu-a:8443\"",
+            "\"https://gpu-b:8443\"",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        c.services["chat"].upstream_tls.as_ref().unwrap().ca_file,
+        Some(dir.join("ca.pem"))
+    );
+    assert_eq!(
+        parse(&path, &cfg("", "\"gpu-a:80\"", "\"gpu-b:80\"")).unwrap().services["chat"].upstream_tls,
+        None
+    );
 
     let e = parse(&path, &cfg("", "\"https://gpu-a:8443\"", "\"gpu-b:80\"")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (7, "services.chat.green.endpoints"), "{e}");
     assert!(e.message.contains("per service"), "{e}");
-    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"ca.pem\" }", "\"gpu-a:80\"", "\"gpu-b:80\"")).unwrap_err();
+    let e = parse(
+        &path,
+        &cfg(
+            "upstream_tls = { ca_file = \"ca.pem\" }",
+            "\"gpu-a:80\"",
+            "\"gpu-b:80\"",
+        ),
+    )
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (3, "services.chat.upstream_tls"), "{e}");
-    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"key.pem\" }", "\"https://a:1\"", "\"https://b:1\"")).unwrap_err();
-    assert_eq!((e.line, e.key.as_str()), (3, "services.chat.upstream_tls.ca_file"), "{e}");
+    let e = parse(
+        &path,
+        &cfg(
+            "upstream_tls = { ca_file = \"key.pem\" }",
+            "\"https://a:1\"",
+            "\"https://b:1\"",
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (3, "services.chat.upstream_tls.ca_file"),
+        "{e}"
+    );
     assert!(e.message.contains("holds no certificate"), "{e}");
-    let e = parse(&path, &cfg("upstream_tls = { ca_file = \"nope.pem\" }", "\"https://a:1\"", "\"https://b:1\"")).unwrap_err();
+    let e = parse(
+        &path,
+        &cfg(
+            "upstream_tls = { ca_file = \"nope.pem\" }",
+            "\"https://a:1\"",
+            "\"https://b:1\"",
+        ),
+    )
+    .unwrap_err();
     assert!(e.message.contains("cannot read the CA file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -42,7 +42,8 @@ impl Certs {
     /// Reads every store's files again (see [`CertStore::reload`]): per key, `reloaded`,
     /// `unchanged`, or why the new files were refused (the old pair stays in use).
     pub fn reload(&self) -> BTreeMap<String, String> {
-        let stores: Vec<(String, Arc<CertStore>)> = self.stores().iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
+        let stores: Vec<(String, Arc<CertStore>)> =
+            self.stores().iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
         stores
             .into_iter()
             .map(|(k, s)| {

@@ -379,7 +379,11 @@ fn encode_tls(enc: &mut DescriptorEncoder) -> fmt::Result {
         None,
         MetricType::Counter,
     )?;
-    for (result, n) in [("loaded", &c.loaded), ("unchanged", &c.unchanged), ("failed", &c.failed)] {
+    for (result, n) in [
+        ("loaded", &c.loaded),
+        ("unchanged", &c.unchanged),
+        ("failed", &c.failed),
+    ] {
         let l: Labels = vec![("result", result.to_string())];
         m.encode_family(&l)?
             .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;

@@ -608,7 +608,8 @@ async fn serve_admin(
             _ = stop.changed() => break,
         };
         if let Some(acceptor) = &tls {
-            let (acceptor, builder, app, watcher) = (acceptor.clone(), builder.clone(), app.clone(), graceful.watcher());
+            let (acceptor, builder, app, watcher) =
+                (acceptor.clone(), builder.clone(), app.clone(), graceful.watcher());
             tokio::spawn(async move {
                 let Some(tls) = listener::handshake(&acceptor, stream, ADMIN_HEADER_TIMEOUT).await else {
                     return;

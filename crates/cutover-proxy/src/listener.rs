@@ -293,7 +293,8 @@ pub async fn handshake(
 
 /// Answers a plain-HTTP request on a TLS port, then closes; the error is what the log says.
 async fn plain_http(mut stream: TcpStream) -> std::io::Error {
-    const BODY: &str = r#"{"error":{"code":"tls_required","message":"this port speaks TLS: use https://","source":"client"}}"#;
+    const BODY: &str =
+        r#"{"error":{"code":"tls_required","message":"this port speaks TLS: use https://","source":"client"}}"#;
     let answer = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
@@ -311,7 +312,10 @@ async fn plain_http(mut stream: TcpStream) -> std::io::Error {
             Ok(n) => drained += n,
         }
     }
-    std::io::Error::new(std::io::ErrorKind::InvalidData, "plain HTTP on a TLS port (answered 400)")
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "plain HTTP on a TLS port (answered 400)",
+    )
 }
 
 /// The hyper service of one connection: every request through the hyper request path.

@@ -341,7 +341,11 @@ impl tower_service::Service<http::Uri> for EndpointConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let ip: std::net::IpAddr = host.parse().map_err(|_| format!("{uri}: not an endpoint address"))?;
             let addr = std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
             let connect = async {
@@ -355,8 +359,11 @@ impl tower_service::Service<http::Uri> for EndpointConnector {
                     .get(&addr)
                     .cloned()
                     .unwrap_or_else(|| ServerName::IpAddress(ip.into()));
-                let s = tls.connect(&name, tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
-                Ok(EndpointStream::Tls(hyper_util::rt::TokioIo::new(s)))
+                let s = tls
+                    .connect(&name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                Ok(EndpointStream::Tls(Box::new(hyper_util::rt::TokioIo::new(s))))
             };
             tokio::time::timeout(this.connect_timeout, connect)
                 .await
@@ -368,7 +375,8 @@ impl tower_service::Service<http::Uri> for EndpointConnector {
 /// A connection [`EndpointConnector`] made.
 pub enum EndpointStream {
     Plain(hyper_util::rt::TokioIo<tokio::net::TcpStream>),
-    Tls(hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    /// Boxed: a TLS session's state is a kilobyte, a plain socket's a few words.
+    Tls(Box<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
 }
 
 impl hyper_util::client::legacy::connect::Connection for EndpointStream {
@@ -385,7 +393,10 @@ macro_rules! both {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
             EndpointStream::Plain($s) => $e,
-            EndpointStream::Tls($s) => $e,
+            EndpointStream::Tls(b) => {
+                let $s = &mut **b;
+                $e
+            }
         }
     };
 }
@@ -409,7 +420,10 @@ impl hyper::rt::Write for EndpointStream {
         both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
     }
 
@@ -438,11 +452,7 @@ fn system_roots() -> Result<RootCertStore, String> {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
+                let why = found.errors.first().map(|e| format!(": {e}")).unwrap_or_default();
                 return Err(format!(
                     "no system root certificates found (install ca-certificates, or name a CA file){why}"
                 ));
@@ -524,7 +534,10 @@ mod tests {
         assert!(e.contains("does not match the certificate"), "{e}");
         assert!(e.contains("b.key") && e.contains("a.crt"), "{e}");
         let e = load_pair(&d.join("missing.crt"), &other_key).unwrap_err();
-        assert!(e.contains("cannot read the certificate file") && e.contains("missing.crt"), "{e}");
+        assert!(
+            e.contains("cannot read the certificate file") && e.contains("missing.crt"),
+            "{e}"
+        );
         std::fs::write(d.join("empty.crt"), "not pem\n").unwrap();
         let e = load_pair(&d.join("empty.crt"), &other_key).unwrap_err();
         assert!(e.contains("holds no certificate"), "{e}");
@@ -548,7 +561,10 @@ mod tests {
         let e = store.poll().expect("the cert file changed").unwrap_err();
         assert!(e.contains("does not match"), "{e}");
         assert_eq!(store.current().cert, first, "the old pair stays in use");
-        assert!(store.poll().is_none(), "a broken pair is reported once, not at every poll");
+        assert!(
+            store.poll().is_none(),
+            "a broken pair is reported once, not at every poll"
+        );
         std::fs::rename(&new_key, &key).unwrap();
         assert_eq!(store.poll(), Some(Ok(true)));
         assert_ne!(store.current().cert, first);

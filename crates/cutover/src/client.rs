@@ -196,9 +196,7 @@ impl Client {
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
         let connect = async {
-            let tcp = TcpStream::connect((host, self.port))
-                .await
-                .map_err(|e| e.to_string())?;
+            let tcp = TcpStream::connect((host, self.port)).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
             match &self.tls {
                 None => Ok(Stream::Plain(tcp)),

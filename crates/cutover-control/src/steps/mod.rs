@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cutover_config::RequestSpec;
+use cutover_proxy::tls::EndpointConnector;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use cutover_proxy::tls::EndpointConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
@@ -84,11 +84,7 @@ pub(crate) struct Answer {
     pub(crate) latency: Duration,
 }
 
-pub(crate) async fn call(
-    c: &StepClient,
-    spec: &RequestSpec,
-    addr: SocketAddr,
-) -> Result<Answer, String> {
+pub(crate) async fn call(c: &StepClient, spec: &RequestSpec, addr: SocketAddr) -> Result<Answer, String> {
     let started = Instant::now();
     let resp = c
         .http

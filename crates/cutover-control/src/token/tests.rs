@@ -172,6 +172,7 @@ fn a_running_set_takes_new_tokens_at_once_and_keeps_the_old_set_over_a_broken_fi
         token_file: admin_file.clone(),
         tokens_file: tokens_file.clone(),
         address_file: None,
+        tls: None,
     };
     let t = Tokens::load(&cfg).unwrap();
     let admin = std::fs::read_to_string(&admin_file).unwrap().trim().to_string();

@@ -283,7 +283,11 @@ print(json.dumps({
         .output()
         .await
         .expect("python3 with the openai package");
-    assert!(out.status.success(), "openai client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openai client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model"], "v2", "{v}");
     assert_eq!(v["color"], "green", "{v}");
@@ -306,7 +310,12 @@ async fn a_tls_stream_started_before_a_switch_finishes_on_its_color() {
     for h2 in [false, true] {
         let (mut s, _) = tls_connect(r.listen, &pki.ca, h2).await.unwrap();
         let resp = s
-            .send(r.listen, Method::POST, "/v1/chat/completions", r#"{"stream":true,"max_tokens":60}"#)
+            .send(
+                r.listen,
+                Method::POST,
+                "/v1/chat/completions",
+                r#"{"stream":true,"max_tokens":60}"#,
+            )
             .await;
         assert_eq!(resp.status(), 200);
         let from = resp.headers()["x-cutover-color"].to_str().unwrap().to_string();
@@ -340,7 +349,12 @@ async fn a_rotated_certificate_reaches_new_connections_while_open_streams_finish
     // A stream of about 10 s, open across the rotation.
     let (mut s, _) = tls_connect(r.listen, &pki.ca, false).await.unwrap();
     let resp = s
-        .send(r.listen, Method::POST, "/v1/chat/completions", r#"{"stream":true,"max_tokens":200}"#)
+        .send(
+            r.listen,
+            Method::POST,
+            "/v1/chat/completions",
+            r#"{"stream":true,"max_tokens":200}"#,
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let done = Arc::new(AtomicBool::new(false));
@@ -358,12 +372,19 @@ async fn a_rotated_certificate_reaches_new_connections_while_open_streams_finish
     replace_by_rename(&cert_path, &cert);
     replace_by_rename(&key_path, &key);
     let second = der_of(&cert);
-    wait_for("new connections to get the new certificate", Duration::from_secs(30), || {
-        let (ca, second) = (pki.ca.clone(), second.clone());
-        async move { (presented(r.listen, &ca).await == second).then_some(()) }
-    })
+    wait_for(
+        "new connections to get the new certificate",
+        Duration::from_secs(30),
+        || {
+            let (ca, second) = (pki.ca.clone(), second.clone());
+            async move { (presented(r.listen, &ca).await == second).then_some(()) }
+        },
+    )
     .await;
-    assert!(!done.load(SeqCst), "the stream must still be open when the new certificate is in use");
+    assert!(
+        !done.load(SeqCst),
+        "the stream must still be open when the new certificate is in use"
+    );
     let (events, err) = reading.await.unwrap();
     assert!(err.is_none(), "stream cut by the rotation: {err:?}");
     assert_eq!(stream_versions(&events).unwrap().len(), 201);
@@ -383,8 +404,15 @@ async fn a_rotated_certificate_reaches_new_connections_while_open_streams_finish
         }
     })
     .await;
-    assert!(failed.contains("cutover_tls_reloads_total{result=\"loaded\"} 1"), "{failed}");
-    assert_eq!(presented(r.listen, &pki.ca).await, second, "the broken pair must not be used");
+    assert!(
+        failed.contains("cutover_tls_reloads_total{result=\"loaded\"} 1"),
+        "{failed}"
+    );
+    assert_eq!(
+        presented(r.listen, &pki.ca).await,
+        second,
+        "the broken pair must not be used"
+    );
     let log = r.log();
     assert!(
         log.contains("TLS certificate not reloaded") && log.contains("does not match the certificate"),
@@ -414,7 +442,11 @@ async fn a_reload_reads_the_certificates_at_once_and_refuses_other_certificate_f
     // Other files for the listener: refused whole, the certificate in use stays.
     pki.write_leaf("other", 6);
     let text = std::fs::read_to_string(&r.config).unwrap();
-    std::fs::write(&r.config, text.replace("live.crt", "other.crt").replace("live.key", "other.key")).unwrap();
+    std::fs::write(
+        &r.config,
+        text.replace("live.crt", "other.crt").replace("live.key", "other.key"),
+    )
+    .unwrap();
     let resp = r.api(Method::POST, "/v1/reload", serde_json::Value::Null).await;
     assert_eq!(resp.status, 409, "{}", resp.text());
     assert!(resp.text().contains("services.chat.tls"), "{}", resp.text());
@@ -438,7 +470,18 @@ async fn old_protocols_plain_http_and_silent_clients_are_refused_without_a_hang(
     let ca = pki.ca.to_str().unwrap();
 
     // TLS 1.2 is accepted, 1.1 is not (the client's own floor lowered, so the refusal is ours).
-    let (code, out, err) = curl(&["--cacert", ca, "--tlsv1.2", "--tls-max", "1.2", "--write-out", "%{http_code}", "-o", "/dev/null", &url]);
+    let (code, out, err) = curl(&[
+        "--cacert",
+        ca,
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "--write-out",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
     assert_eq!((code, out.as_str()), (0, "200"), "{err}");
     let (code, _, err) = curl(&[
         "--cacert",
@@ -451,7 +494,10 @@ async fn old_protocols_plain_http_and_silent_clients_are_refused_without_a_hang(
         &url,
     ]);
     assert_eq!(code, 35, "TLS 1.1 must fail the handshake: {err}");
-    assert!(err.to_lowercase().contains("protocol version") || err.contains("alert"), "{err}");
+    assert!(
+        err.to_lowercase().contains("protocol version") || err.contains("alert"),
+        "{err}"
+    );
 
     // Plain HTTP to the TLS port: a plain 400 that says so, then the connection closes.
     let (code, out, err) = curl(&["--include", &format!("http://127.0.0.1:{}/v1/models", r.listen)]);
@@ -568,7 +614,10 @@ async fn admin_api_over_tls_with_the_cli_and_cacert() {
 
     let (code, out, err) = a.cli(&["switch", "chat", "green", "--admin", &https, "--cacert", ca], &[]);
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = a.cli(&["status", "chat", "--json", "--admin", &https], &[("CUTOVER_CACERT", ca)]);
+    let (code, out, err) = a.cli(
+        &["status", "chat", "--json", "--admin", &https],
+        &[("CUTOVER_CACERT", ca)],
+    );
     assert_eq!(code, 0, "CUTOVER_CACERT: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["live"], "green", "{v}");
@@ -580,14 +629,29 @@ async fn admin_api_over_tls_with_the_cli_and_cacert() {
     // `--config` finds the admin API and knows it is https.
     let cfg = a.dir.path().join("cutover.toml");
     let (code, out, err) = a.cli(
-        &["status", "chat", "--json", "--config", cfg.to_str().unwrap(), "--cacert", ca],
+        &[
+            "status",
+            "chat",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cacert",
+            ca,
+        ],
         &[],
     );
     assert_eq!(code, 0, "--config: {err}");
     assert!(out.contains("green"), "{out}");
 
     // curl over HTTP/2 to the admin API, and plain HTTP refused.
-    let (code, out, err) = curl(&["--cacert", ca, "--http2", "--write-out", " %{http_version}", &format!("{https}/healthz")]);
+    let (code, out, err) = curl(&[
+        "--cacert",
+        ca,
+        "--http2",
+        "--write-out",
+        " %{http_version}",
+        &format!("{https}/healthz"),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.ends_with("\"ok\"} 2"), "{out}");
     let (code, out, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", a.admin)]);
@@ -613,18 +677,36 @@ fn check_names_file_line_and_key_of_a_missing_certificate_and_a_key_that_does_no
         )
     };
     let p = |n: &str| pki.path(n).display().to_string();
-    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("a.crt"), p("a.key")));
+    let (code, out) = check(&format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        p("a.crt"),
+        p("a.key")
+    ));
     assert_eq!(code, 0, "{out}");
 
-    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("gone.crt"), p("a.key")));
+    let (code, out) = check(&format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        p("gone.crt"),
+        p("a.key")
+    ));
     assert_eq!(code, 2, "{out}");
-    let want = format!("{}:3: key `services.chat.tls.cert`: cannot read the certificate file", path.display());
+    let want = format!(
+        "{}:3: key `services.chat.tls.cert`: cannot read the certificate file",
+        path.display()
+    );
     assert!(out.contains(&want), "{out}");
 
-    let (code, out) = check(&format!("tls = {{ cert = \"{}\", key = \"{}\" }}", p("a.crt"), p("b.key")));
+    let (code, out) = check(&format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        p("a.crt"),
+        p("b.key")
+    ));
     assert_eq!(code, 2, "{out}");
     let want = format!("{}:3: key `services.chat.tls.key`: the private key in", path.display());
-    assert!(out.contains(&want) && out.contains("does not match the certificate"), "{out}");
+    assert!(
+        out.contains(&want) && out.contains("does not match the certificate"),
+        "{out}"
+    );
 
     // Relative paths are the config folder's.
     std::fs::copy(pki.path("a.crt"), dir.path().join("here.crt")).unwrap();
@@ -686,12 +768,18 @@ fn https_service(blue: &HttpsUpstream, green: &HttpsUpstream, ca: &Path, extra: 
 
 /// The endpoints of `color` in the service's status, once each is `healthy` (a bool).
 async fn endpoints_when(r: &Router, color: &str, healthy: bool) -> serde_json::Value {
-    wait_for(&format!("{color} healthy={healthy}"), Duration::from_secs(20), || async {
-        let st = r.status().await;
-        let eps = st["colors"][color]["endpoints"].clone();
-        let all = eps.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(|e| e["healthy"] == healthy));
-        all.then_some(eps)
-    })
+    wait_for(
+        &format!("{color} healthy={healthy}"),
+        Duration::from_secs(20),
+        || async {
+            let st = r.status().await;
+            let eps = st["colors"][color]["endpoints"].clone();
+            let all = eps
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e["healthy"] == healthy));
+            all.then_some(eps)
+        },
+    )
     .await
 }
 
@@ -714,7 +802,9 @@ async fn https_upstreams_get_sni_by_name_a_checked_certificate_tls_probes_and_tl
     assert_eq!(models.status, 200, "{}", models.text());
     assert_eq!(models.json()["model"], "v1");
     let c = http_client();
-    let chat = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}").await.unwrap();
+    let chat = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+        .await
+        .unwrap();
     assert_eq!((chat.status.as_u16(), chat.json()["model"].clone()), (200, "v1".into()));
     // The SNI is the host as configured, and the model server sees the client's Host.
     let tls = get(&r.url("/mock/tls")).await.unwrap().json();
@@ -754,7 +844,11 @@ async fn an_https_upstream_signed_by_another_ca_is_a_502_that_says_why_and_unhea
     assert!(msg.contains("TLS handshake") && msg.contains("UnknownIssuer"), "{msg}");
 
     let forced = r
-        .api(Method::POST, "/v1/services/chat/switch", serde_json::json!({"to": "blue", "force": true}))
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            serde_json::json!({"to": "blue", "force": true}),
+        )
         .await;
     assert_eq!(forced.status, 200, "{}", forced.text());
     let resp = get(&r.url("/v1/models")).await.unwrap();
@@ -767,7 +861,9 @@ async fn an_https_upstream_signed_by_another_ca_is_a_502_that_says_why_and_unhea
     );
     let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
     assert!(
-        metrics.lines().any(|l| l.starts_with("cutover_probe_failures_total{") && l.contains("reason=\"tls\"") && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l.starts_with("cutover_probe_failures_total{")
+            && l.contains("reason=\"tls\"")
+            && !l.ends_with(" 0")),
         "{metrics}"
     );
 }
@@ -834,8 +930,20 @@ async fn upstream_protocol_h2_to_https_endpoints_negotiates_h2_by_alpn() {
     assert_eq!(seen.status, 200, "{}", seen.text());
     let v = seen.json();
     assert_eq!(
-        (v["model"].as_str(), v["alpn"].as_str(), v["sni"].as_str(), v["http_version"].as_str(), v["scheme"].as_str()),
-        (Some("v1"), Some("h2"), Some("localhost"), Some("HTTP/2.0"), Some("https")),
+        (
+            v["model"].as_str(),
+            v["alpn"].as_str(),
+            v["sni"].as_str(),
+            v["http_version"].as_str(),
+            v["scheme"].as_str()
+        ),
+        (
+            Some("v1"),
+            Some("h2"),
+            Some("localhost"),
+            Some("HTTP/2.0"),
+            Some("https")
+        ),
         "{v}"
     );
 }
