@@ -7,16 +7,19 @@ The response headers of the upgrade (x-cutover-color, x-cutover-version) are pri
 "header <name> <value>".
 
     python3 tests/ws/session.py ws://127.0.0.1:PORT/path
+    python3 tests/ws/session.py wss://127.0.0.1:PORT/path CA_FILE    # TLS, trusting CA_FILE
 """
 
+import ssl
 import sys
 
 import websockets
 from websockets.sync.client import connect
 
 
-def main(url):
-    with connect(url, open_timeout=10, close_timeout=5) as ws:
+def main(url, ca=None):
+    tls = ssl.create_default_context(cafile=ca) if url.startswith("wss://") else None
+    with connect(url, open_timeout=10, close_timeout=5, ssl=tls) as ws:
         for name in ("x-cutover-color", "x-cutover-version"):
             print("header", name, ws.response.headers.get(name, "-"), flush=True)
         print("open", flush=True)
@@ -28,6 +31,6 @@ def main(url):
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1])
+        main(*sys.argv[1:3])
     except (websockets.ConnectionClosed, OSError, TimeoutError) as e:
         print("cut", type(e).__name__, flush=True)

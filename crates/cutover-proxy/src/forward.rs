@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -261,16 +262,31 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        // An upgrade (WebSocket) keeps its Upgrade through `strip`; the client's half of the
+        // tunnel is taken out of the request before it goes upstream.
+        let upgrade = upgrade_of(&parts, body.is_end_stream(), settings.protocol);
+        let client_side = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         strip(&mut parts.headers);
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
+        if let Some(u) = &upgrade {
+            parts.headers.insert(header::UPGRADE, u.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
 
         let endpoint = ex.first_endpoint(self)?;
-        let (resp, conn, mut load) = self
+        let (mut resp, conn, mut load) = self
             .send_with_retries(parts, body, ex, endpoint, original_host.as_ref())
             .await?;
 
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_side.is_some();
+        let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
-        check_response(&parts).map_err(|m| exchange::bad_response(load.endpoint(), &m))?;
+        check_response(&parts, switching).map_err(|m| exchange::bad_response(load.endpoint(), &m))?;
+        let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
         let sse = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -293,9 +309,73 @@ impl Forwarder {
             parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
         }
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
+        if let (Some(client), Some(upstream)) = (client_side.filter(|_| switching), upstream_side) {
+            ex.tunnel();
+            if let Some(u) = upgraded_to.or(upgrade) {
+                parts.headers.insert(header::UPGRADE, u);
+            }
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            let guard = ex.guard.take().expect("the guard is taken once, here");
+            let route = ex.route.clone();
+            // The upstream connection is the tunnel's now: never pooled again.
+            drop(conn);
+            tokio::spawn(tunnel(client, upstream, route, deadline, (guard, load)));
+            return Ok(Response::from_parts(parts, RespBody::full(Bytes::new())));
+        }
         let guard = ex.guard.take().expect("the guard is taken once, here");
         let body = RespBody::proxied(body, guard, (load, conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// The Upgrade value of a request that asks to switch protocols the way the HTTP/1.1 engine
+/// tunnels them: HTTP/1.1, no body, `Connection: upgrade`, a non-empty `Upgrade`, and an
+/// HTTP/1.1 upstream (HTTP/2 has no Upgrade).
+fn upgrade_of(parts: &http::request::Parts, no_body: bool, protocol: Protocol) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 || !no_body || protocol != Protocol::Http1 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| headers::list(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")));
+    let value = parts.headers.get(header::UPGRADE).filter(|v| !v.is_empty())?;
+    asks.then(|| value.clone())
+}
+
+/// After a 101 on the hyper path: bytes copied both ways between the client's and the
+/// upstream's upgraded connections until either side closes, the request timeout, or the old
+/// color's drain deadline (counted in `drain_closed`), as the HTTP/1.1 engine's tunnels do.
+/// `held` (the color's and the endpoint's in-flight places) lasts as long as the session.
+async fn tunnel<H: Send>(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: Arc<crate::route::ColorRoute>,
+    deadline: tokio::time::Instant,
+    held: H,
+) {
+    let _held = held;
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        return;
+    };
+    let (mut client, mut upstream) = (
+        hyper_util::rt::TokioIo::new(client),
+        hyper_util::rt::TokioIo::new(upstream),
+    );
+    if route.closing.load(std::sync::atomic::Ordering::Relaxed) {
+        route.stats.drain_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    let mut closed = route.close_signal.subscribe();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = closed.wait_for(|c| *c) => {
+            route.stats.drain_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -367,8 +447,8 @@ fn client_asks_close(h: &HeaderMap) -> bool {
 
 /// What the HTTP/1.1 engine refuses in an upstream's response, refused here too (502): a
 /// transfer coding other than chunked, both framings at once, an upgrade nobody asked for.
-fn check_response(parts: &http::response::Parts) -> Result<(), String> {
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+fn check_response(parts: &http::response::Parts, upgrade_asked: bool) -> Result<(), String> {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && !upgrade_asked {
         return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
     }
     let h = &parts.headers;

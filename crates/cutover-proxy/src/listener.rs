@@ -160,7 +160,7 @@ pub async fn serve(
                     return;
                 };
                 let conn = auto
-                    .serve_connection(TokioIo::new(tls), hyper_service(fwd, peer, true))
+                    .serve_connection_with_upgrades(TokioIo::new(tls), hyper_service(fwd, peer, true))
                     .into_owned();
                 let _ = watcher.watch(conn).await;
                 drop(open);
@@ -190,7 +190,7 @@ pub async fn serve(
         }
         let conn = engines
             .auto
-            .serve_connection(TokioIo::new(stream), hyper_service(fwd, peer, false))
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service(fwd, peer, false))
             .into_owned();
         let conn = graceful.watch(conn);
         let stats = stats.clone();

@@ -231,8 +231,9 @@ impl Pool {
                         .handshake(io)
                         .await
                         .map_err(ConnectError::Handshake)?;
+                    // With upgrades: a 101 hands the connection to a tunnel (hyper path).
                     tokio::spawn(async move {
-                        let _ = conn.await;
+                        let _ = conn.with_upgrades().await;
                     });
                     Ok(Conn::H1(send))
                 }

@@ -173,7 +173,10 @@ impl Client {
         let host = uri.host().unwrap_or("127.0.0.1").to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let roots = tls::roots(r.cacert.as_deref()).map_err(|e| Failure::new(2, format!("--cacert: {e}")))?;
+            let roots = tls::roots(r.cacert.as_deref()).map_err(|e| {
+                let from = if r.cacert.is_some() { "--cacert" } else { "the system's roots" };
+                Failure::new(2, format!("cannot verify {base} with {from}: {e}"))
+            })?;
             let name = tls::server_name(&host).map_err(|e| Failure::new(2, format!("--admin {base}: {e}")))?;
             Some((TlsConnector::from(tls::client_config(roots, &[tls::ALPN_HTTP1])), name))
         } else {

@@ -947,3 +947,57 @@ async fn upstream_protocol_h2_to_https_endpoints_negotiates_h2_by_alpn() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_a_tls_listener_is_tunnelled_to_its_color_across_a_switch() {
+    use crate::websocket::{blocking, EchoServer, Session};
+    let pki = Pki::new();
+    pki.write_leaf("live", 1);
+    let blue = EchoServer::start("v1").await;
+    let green = EchoServer::start("v2").await;
+    let r = Router::start(&format!(
+        "[services.chat]\nlisten = \"{{listen}}\"\n{}\nhealth = {{ path = \"/health\", interval = \"200ms\" }}\n\
+         [services.chat.blue]\nendpoints = [\"127.0.0.1:{}\"]\nversion = \"v1\"\n\n\
+         [services.chat.green]\nendpoints = [\"127.0.0.1:{}\"]\nversion = \"v2\"\n",
+        pki.tls_line("live"),
+        blue.port,
+        green.port
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let url = format!("wss://127.0.0.1:{}/v1/realtime", r.listen);
+    let ca = pki.ca.clone();
+
+    let (u, c) = (url.clone(), ca.clone());
+    let (a, reply) = blocking(move || {
+        let mut a = Session::open_trusting(&u, Some(&c));
+        let r = a.say("one");
+        (a, r)
+    })
+    .await;
+    assert_eq!((a.color.as_str(), a.version.as_str(), reply.as_str()), ("blue", "v1", "v1:one"));
+    assert_eq!(r.status().await["colors"]["blue"]["in_flight"], 1, "an open session is in flight");
+
+    assert_eq!(r.switch("green").await.status, 200);
+    let (u, c) = (url.clone(), ca.clone());
+    let (b, b_reply) = blocking(move || {
+        let mut b = Session::open_trusting(&u, Some(&c));
+        let r = b.say("two");
+        (b, r)
+    })
+    .await;
+    assert_eq!((b.color.as_str(), b_reply.as_str()), ("green", "v2:two"), "new sessions go to the new color");
+    let (reply, closed) = blocking(move || {
+        let mut a = a;
+        let r = a.say("three");
+        (r, a.close())
+    })
+    .await;
+    assert_eq!(reply, "v1:three", "the open session stays where it started");
+    assert_eq!(closed, "closed 1000", "a clean close passes through");
+    wait_for("blue's session to leave in-flight", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["in_flight"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(blocking(move || b.close()).await, "closed 1000");
+}

@@ -14,13 +14,13 @@ fn repo_file(p: &str) -> std::path::PathBuf {
 }
 
 /// A `websockets` echo server answering "VERSION:message".
-struct EchoServer {
-    port: u16,
+pub struct EchoServer {
+    pub port: u16,
     _proc: Proc,
 }
 
 impl EchoServer {
-    async fn start(version: &str) -> EchoServer {
+    pub async fn start(version: &str) -> EchoServer {
         let port = free_port();
         let mut child = Command::new("python3")
             .arg(repo_file("tests/ws/echo_server.py"))
@@ -50,19 +50,25 @@ impl EchoServer {
 }
 
 /// One session driven line by line (tests/ws/session.py).
-struct Session {
+pub struct Session {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
-    color: String,
-    version: String,
+    pub color: String,
+    pub version: String,
 }
 
 impl Session {
     fn open(url: &str) -> Session {
+        Session::open_trusting(url, None)
+    }
+
+    /// A session to `url`; a `wss://` one trusts the CA certificate file `ca`.
+    pub fn open_trusting(url: &str, ca: Option<&std::path::Path>) -> Session {
         let mut child = Command::new("python3")
             .arg(repo_file("tests/ws/session.py"))
             .arg(url)
+            .args(ca)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -91,7 +97,7 @@ impl Session {
         }
     }
 
-    fn say(&mut self, msg: &str) -> String {
+    pub fn say(&mut self, msg: &str) -> String {
         writeln!(self.stdin.as_mut().unwrap(), "{msg}").unwrap();
         let mut l = String::new();
         self.stdout.read_line(&mut l).unwrap();
@@ -101,7 +107,7 @@ impl Session {
             .to_string()
     }
 
-    fn close(mut self) -> String {
+    pub fn close(mut self) -> String {
         drop(self.stdin.take());
         let mut l = String::new();
         self.stdout.read_line(&mut l).unwrap();
@@ -110,7 +116,7 @@ impl Session {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
