@@ -373,9 +373,17 @@ async fn start(
             .upgraded_from(upgraded_from),
     );
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
-    tasks.push(tokio::spawn(serve_admin(listeners.admin, app, stop_rx.clone(), admin_tls)));
+    tasks.push(tokio::spawn(serve_admin(
+        listeners.admin,
+        app,
+        stop_rx.clone(),
+        admin_tls,
+    )));
     tasks.push(tokio::spawn(
-        serving.certs.clone().watch(cutover_proxy::tls::POLL_EVERY, stop_rx.clone()),
+        serving
+            .certs
+            .clone()
+            .watch(cutover_proxy::tls::POLL_EVERY, stop_rx.clone()),
     ));
     Ok(Started {
         ctl,

@@ -366,7 +366,10 @@ async fn tunnel<H: Send>(
         hyper_util::rt::TokioIo::new(upstream),
     );
     if route.closing.load(std::sync::atomic::Ordering::Relaxed) {
-        route.stats.drain_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        route
+            .stats
+            .drain_closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return;
     }
     let mut closed = route.close_signal.subscribe();

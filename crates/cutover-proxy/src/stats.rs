@@ -470,7 +470,10 @@ mod tests {
         e.answered_ok();
         assert_eq!(e.answered_ok_count(), 1);
         let names: Vec<_> = ProbeReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names, ["timeout", "connect", "status", "grpc_not_serving", "body", "tls"]);
+        assert_eq!(
+            names,
+            ["timeout", "connect", "status", "grpc_not_serving", "body", "tls"]
+        );
     }
 
     #[test]

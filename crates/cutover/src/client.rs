@@ -174,7 +174,11 @@ impl Client {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
             let roots = tls::roots(r.cacert.as_deref()).map_err(|e| {
-                let from = if r.cacert.is_some() { "--cacert" } else { "the system's roots" };
+                let from = if r.cacert.is_some() {
+                    "--cacert"
+                } else {
+                    "the system's roots"
+                };
                 Failure::new(2, format!("cannot verify {base} with {from}: {e}"))
             })?;
             let name = tls::server_name(&host).map_err(|e| Failure::new(2, format!("--admin {base}: {e}")))?;

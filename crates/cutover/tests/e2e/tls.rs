@@ -975,8 +975,15 @@ async fn a_websocket_over_a_tls_listener_is_tunnelled_to_its_color_across_a_swit
         (a, r)
     })
     .await;
-    assert_eq!((a.color.as_str(), a.version.as_str(), reply.as_str()), ("blue", "v1", "v1:one"));
-    assert_eq!(r.status().await["colors"]["blue"]["in_flight"], 1, "an open session is in flight");
+    assert_eq!(
+        (a.color.as_str(), a.version.as_str(), reply.as_str()),
+        ("blue", "v1", "v1:one")
+    );
+    assert_eq!(
+        r.status().await["colors"]["blue"]["in_flight"],
+        1,
+        "an open session is in flight"
+    );
 
     assert_eq!(r.switch("green").await.status, 200);
     let (u, c) = (url.clone(), ca.clone());
@@ -986,7 +993,11 @@ async fn a_websocket_over_a_tls_listener_is_tunnelled_to_its_color_across_a_swit
         (b, r)
     })
     .await;
-    assert_eq!((b.color.as_str(), b_reply.as_str()), ("green", "v2:two"), "new sessions go to the new color");
+    assert_eq!(
+        (b.color.as_str(), b_reply.as_str()),
+        ("green", "v2:two"),
+        "new sessions go to the new color"
+    );
     let (reply, closed) = blocking(move || {
         let mut a = a;
         let r = a.say("three");
