@@ -29,7 +29,8 @@
 //! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
 //!   process under load (by config key, port 0 included); a failed upgrade changes nothing.
 //! - `tls`: TLS service and admin listeners (curl, openai with a CA, the CLI's `--cacert`),
-//!   streams through a switch and a certificate rotation, refused clients.
+//!   streams through a switch, a certificate rotation and `serve --upgrade`, WebSocket over
+//!   TLS, refused clients; `https://` upstreams (SNI, CA file, a wrong CA, h2 by ALPN).
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 

@@ -1012,3 +1012,40 @@ async fn a_websocket_over_a_tls_listener_is_tunnelled_to_its_color_across_a_swit
     .await;
     assert_eq!(blocking(move || b.close()).await, "closed 1000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_upgrade_hands_a_tls_listener_over_and_its_open_streams_finish() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &["--token-interval", "20ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    let mut r = tls_router(&pki, &blue, &green, "").await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let cert = der_of(&std::fs::read_to_string(pki.path("live.crt")).unwrap());
+
+    let (mut s, _) = tls_connect(r.listen, &pki.ca, true).await.unwrap();
+    let resp = s
+        .send(
+            r.listen,
+            Method::POST,
+            "/v1/chat/completions",
+            r#"{"stream":true,"max_tokens":300}"#,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let reading = tokio::spawn(read_stream(resp));
+
+    let mut old = crate::upgrade::upgrade(&mut r).await;
+    assert!(
+        !reading.is_finished(),
+        "the stream (about 6 s) is still open after the hand-over"
+    );
+    // The new process answers TLS on the same port, with the same certificate.
+    let (mut s2, presented) = tls_connect(r.listen, &pki.ca, false).await.unwrap();
+    assert_eq!(presented, cert);
+    let after = s2.send(r.listen, Method::GET, "/v1/models", "").await;
+    assert_eq!(after.status(), 200);
+    let (events, err) = reading.await.unwrap();
+    assert!(err.is_none(), "the stream on the old process was cut: {err:?}");
+    assert_eq!(stream_versions(&events).unwrap().len(), 301);
+    assert_eq!(crate::upgrade::exit_code(&mut old), Some(0));
+}

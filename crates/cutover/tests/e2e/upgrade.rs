@@ -18,7 +18,7 @@ use crate::support::*;
 /// Runs `serve --upgrade` on the router's config and waits until the new process serves
 /// (its addresses file written). `r.proc` becomes the new process; the old one is returned.
 /// The listeners were handed over, so every port is the one the old process had.
-async fn upgrade(r: &mut Router) -> Proc {
+pub async fn upgrade(r: &mut Router) -> Proc {
     let before = (r.admin, r.listen, r.preview);
     let addresses = r.addresses_file();
     let _ = std::fs::remove_file(&addresses);
@@ -55,7 +55,7 @@ async fn upgrade(r: &mut Router) -> Proc {
 }
 
 /// Waits for the old process to exit after its drain; its exit code.
-fn exit_code(old: &mut Proc) -> Option<i32> {
+pub fn exit_code(old: &mut Proc) -> Option<i32> {
     tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)))
 }
 
