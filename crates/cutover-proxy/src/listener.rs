@@ -203,12 +203,23 @@ pub async fn serve(
     drop(listener);
     drop(open_tx);
     let drained = async {
+        // hyper closes an idle HTTP/1.1 connection at once on a graceful shutdown, so a
+        // client that connected a moment ago (the last accepts before a reload's or a
+        // hand-over's stop) would have its first request cut; give such requests the
+        // same last second the own engine gives its idle connections.
+        if graceful.count() > 0 {
+            tokio::time::sleep(LAST_ACCEPTED_WAIT.min(grace)).await;
+        }
         tokio::join!(graceful.shutdown(), open_rx.recv());
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
     }
 }
+
+/// After a stop, how long hyper-engine connections keep serving before the graceful shutdown
+/// closes the idle ones.
+const LAST_ACCEPTED_WAIT: Duration = Duration::from_secs(1);
 
 /// A place under `max_connections`, waiting (new connections stay in the listen backlog)
 /// while the cap is reached. None: shutdown came first.
