@@ -300,12 +300,18 @@ impl Controller {
     /// A release by id: the live copy while it runs, else the stored one.
     pub async fn release_doc(&self, name: &str, id: i64) -> Result<ReleaseDoc, ControlError> {
         self.service(name)?;
-        Ok(self.releases.doc(&self.store, name, id).await?)
+        Ok(self
+            .releases
+            .doc(&self.store, self.fleet().map(|l| &**l), name, id)
+            .await?)
     }
 
     pub async fn releases(&self, name: &str, limit: u32) -> Result<Vec<ReleaseDoc>, ControlError> {
         self.service(name)?;
-        Ok(self.releases.list(&self.store, name, limit).await?)
+        Ok(self
+            .releases
+            .list(&self.store, self.fleet().map(|l| &**l), name, limit)
+            .await?)
     }
 
     pub fn approve(&self, name: &str, id: i64, actor: &str) -> Result<(), ControlError> {
@@ -313,9 +319,25 @@ impl Controller {
         Ok(self.releases.approve(name, id, actor)?)
     }
 
-    pub fn abort(&self, name: &str, id: i64, actor: &str) -> Result<(), ControlError> {
-        self.service(name)?;
-        Ok(self.releases.abort(name, id, actor)?)
+    pub async fn abort(&self, name: &str, id: i64, actor: &str) -> Result<(), ControlError> {
+        let svc = self.service(name)?;
+        match (self.releases.abort(name, id, actor), self.fleet()) {
+            // Fleet mode: a release a lost leader left interrupted can be closed here.
+            (Err(ReleaseError::NotRunning { .. }), Some(link)) if link.is_leader() => {
+                Ok(self.releases.abort_interrupted(&svc, link, id, actor).await?)
+            }
+            (r, _) => Ok(r?),
+        }
+    }
+
+    /// Fleet mode, after this router lost its term: stops every release run where it is
+    /// and drops pending scale-downs, touching no process (the new leader decides).
+    pub(crate) async fn halt_for_step_down(&self, why: &str) {
+        let services: Vec<Arc<ServiceCtl>> = self.services().values().cloned().collect();
+        for svc in &services {
+            self.scale_downs.cancel(&svc.name);
+        }
+        self.releases.halt_all(&services, why).await;
     }
 
     /// Ends a release before its switch with `reason` (a forced manual switch overrode it).

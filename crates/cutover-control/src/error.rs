@@ -82,8 +82,23 @@ pub enum ReleaseError {
     NoPreviousVersion,
     #[error("no release #{id} in service {service}")]
     NotFound { service: String, id: i64 },
+    /// Fleet mode: releases are run by the elected leader, and this router is not it.
+    #[error("this router is not the fleet's leader; {}", match leader { Some(l) => format!("the leader is {l}"), None => "no leader is elected right now".into() })]
+    NotLeader { leader: Option<String> },
+    /// Fleet mode: etcd did not take the release document.
+    #[error("fleet: {detail}")]
+    Fleet { detail: String },
     #[error(transparent)]
     Store(#[from] StoreFailure),
+}
+
+impl From<crate::fleet_link::FenceError> for ReleaseError {
+    fn from(e: crate::fleet_link::FenceError) -> ReleaseError {
+        match e {
+            crate::fleet_link::FenceError::NotLeader { leader } => ReleaseError::NotLeader { leader },
+            e => ReleaseError::Fleet { detail: e.to_string() },
+        }
+    }
 }
 
 /// Anything a control operation can fail with.

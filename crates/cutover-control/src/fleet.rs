@@ -44,7 +44,11 @@ impl Drop for FleetTasks {
 /// router that can reach etcd serves the fleet's state from its first request. One that
 /// cannot serves its snapshot meanwhile and says so (`GET /v1/fleet`: `connected: false`).
 pub async fn start(ctl: Arc<Controller>, link: Arc<FleetLink>, first_read: Duration) -> FleetTasks {
-    let tasks = vec![tokio::spawn(sync(ctl, link.clone())), tokio::spawn(acks(link.clone()))];
+    let tasks = vec![
+        tokio::spawn(sync(ctl.clone(), link.clone())),
+        tokio::spawn(acks(link.clone())),
+        tokio::spawn(crate::fleet_leader::campaign(ctl, link.clone())),
+    ];
     let deadline = tokio::time::Instant::now() + first_read;
     while !link.connected().0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -314,6 +318,11 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
             Event::Delete(_) => {
                 tracing::warn!(service = %name, "fleet: the service's document was deleted from etcd; keeping the state served now")
             }
+        }
+    } else if *key == link.keys.leader() {
+        match e {
+            Event::Put(kv) => link.set_leader(Some(kv)),
+            Event::Delete(_) => link.set_leader(None),
         }
     } else if let Some(id) = link.keys.router_id(key) {
         match e {

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cutover_fleet::doc::{Ack, AckStatus, HistoryRecord, ServiceDoc};
-use cutover_fleet::etcd::{Compare, Op, Txn};
+use cutover_fleet::doc::{Ack, AckStatus, HistoryRecord, LeaderDoc, ServiceDoc};
+use cutover_fleet::etcd::{Compare, Kv, Op, Txn, TxnResult};
 use cutover_fleet::{Etcd, Keys};
 use cutover_proxy::stats::Histogram;
 use serde::Serialize;
@@ -77,6 +77,23 @@ pub struct Applied {
     pub mod_revision: i64,
 }
 
+/// This router's term as the fleet's leader: the leader key's `create_revision` it won with
+/// (what every fenced write compares) and the lease the key lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term {
+    pub create_revision: i64,
+    pub lease: i64,
+}
+
+/// Why a fenced write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("this router is not the fleet's leader{}", .leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader { leader: Option<String> },
+    #[error("etcd: {0}")]
+    Etcd(#[from] cutover_fleet::EtcdError),
+}
+
 /// What the link knows; changed by the sync task and by switches.
 #[derive(Default)]
 struct LinkState {
@@ -96,6 +113,12 @@ struct LinkState {
     /// Routers whose ack key went away (lease expired), with their last ack, until they
     /// come back.
     lost: BTreeMap<String, Ack>,
+    /// The leader as last read from etcd, with its key's `create_revision`.
+    leader: Option<(LeaderDoc, i64)>,
+    /// Set while this router holds the leader key.
+    term: Option<Term>,
+    /// The lowest id a release started here may take (past every id in etcd).
+    next_release_id: i64,
 }
 
 /// This router's link to the fleet.
@@ -115,6 +138,8 @@ pub struct FleetLink {
     pub(crate) resync: tokio::sync::Notify,
     /// Switches made through this router: commit → last live router's ack.
     pub convergence: Histogram,
+    /// Wakes the campaign: the leader key went away, or this router lost its term.
+    pub(crate) leader_changed: tokio::sync::Notify,
 }
 
 impl FleetLink {
@@ -133,6 +158,7 @@ impl FleetLink {
             ack_due: tokio::sync::Notify::new(),
             resync: tokio::sync::Notify::new(),
             convergence: Histogram::default(),
+            leader_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -332,6 +358,48 @@ impl FleetLink {
         self.report(service, generation)
     }
 
+    /// Waits, as long as it takes, until no live router is behind `generation` of `service`
+    /// (STALE or REJECTED; LOST ones are not waited for: their lease is gone, and they
+    /// re-read everything when they come back). The old color's scale-down waits here: a
+    /// router that still routes to it must not lose it. Says once why it waits.
+    pub async fn await_all_acked(&self, service: &str, generation: u64) {
+        let mut said = false;
+        loop {
+            let waiting = self.acks_changed.notified();
+            let r = self.report(service, generation);
+            let behind: Vec<String> = r
+                .routers
+                .iter()
+                .filter(|x| matches!(x.state, AckState::Stale | AckState::Rejected))
+                .map(|x| {
+                    format!(
+                        "{} {} at generation {}",
+                        x.id,
+                        x.state.as_str(),
+                        x.generation.unwrap_or(0)
+                    )
+                })
+                .collect();
+            if behind.is_empty() {
+                if said {
+                    tracing::info!(
+                        service,
+                        generation,
+                        "fleet: every live router acked; the scale-down goes on"
+                    );
+                }
+                return;
+            }
+            if !said {
+                tracing::warn!(service, generation, behind = %behind.join(", "), "fleet: the old color's scale-down waits until every live router acked the switch");
+                said = true;
+            }
+            // Acks arrive through the watch; the timer re-checks a router that went away
+            // without its delete being seen yet.
+            let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        }
+    }
+
     /// Every router and its state now: against the newest generation seen per service.
     pub fn view(&self) -> serde_json::Value {
         let s = self.st();
@@ -366,6 +434,10 @@ impl FleetLink {
             "revision": s.revision,
             "services": s.latest,
             "routers": routers,
+            "leader": s.leader.as_ref().map(|(d, rev)| serde_json::json!({
+                "router_id": d.router_id, "admin_url": d.admin_url, "since": d.since, "revision": rev,
+            })),
+            "is_leader": s.term.is_some(),
         })
     }
 
@@ -383,6 +455,132 @@ impl FleetLink {
         out
     }
 
+    /// The leader as last read (`None`: no leader, or not read yet).
+    pub fn leader(&self) -> Option<LeaderDoc> {
+        self.st().leader.as_ref().map(|(d, _)| d.clone())
+    }
+
+    /// A leader key read or watched (`None`: it is gone).
+    pub(crate) fn set_leader(&self, kv: Option<&Kv>) {
+        let leader = kv.and_then(|kv| Some((LeaderDoc::parse(&kv.value).ok()?, kv.create_revision)));
+        let gone = leader.is_none();
+        self.st().leader = leader;
+        if gone {
+            self.leader_changed.notify_one();
+        }
+    }
+
+    /// True while this router holds the leader key (as far as it knows: a fenced write is
+    /// what proves it).
+    pub fn is_leader(&self) -> bool {
+        self.st().term.is_some()
+    }
+
+    pub(crate) fn term(&self) -> Option<Term> {
+        self.st().term
+    }
+
+    pub(crate) fn won(&self, term: Term, doc: LeaderDoc, next_release_id: i64) {
+        let mut s = self.st();
+        s.term = Some(term);
+        s.leader = Some((doc, term.create_revision));
+        s.next_release_id = s.next_release_id.max(next_release_id);
+    }
+
+    /// Ends this router's term (its lease expired, or a fenced write found another leader):
+    /// returns whether it was the leader. The campaign halts the release runs.
+    pub(crate) fn step_down(&self, why: &str) -> bool {
+        let mut s = self.st();
+        let was = s.term.take().is_some();
+        if was {
+            if s.leader.as_ref().is_some_and(|(d, _)| d.router_id == self.router_id) {
+                s.leader = None;
+            }
+            drop(s);
+            tracing::error!(fleet = %self.keys.prefix(), %why, "fleet: stepped down as leader; release runs stop here without touching processes");
+            self.leader_changed.notify_one();
+        }
+        was
+    }
+
+    /// The floor for the next release id (see `Store::insert_release_from`).
+    pub(crate) fn next_release_id(&self) -> i64 {
+        self.st().next_release_id
+    }
+
+    pub(crate) fn used_release_id(&self, id: i64) {
+        let mut s = self.st();
+        s.next_release_id = s.next_release_id.max(id + 1);
+    }
+
+    fn not_leader(&self) -> FenceError {
+        FenceError::NotLeader {
+            leader: self.leader().map(|l| l.router_id),
+        }
+    }
+
+    /// Runs `txn` only if this router still holds the leader key it won: the compare on the
+    /// key's `create_revision` fences a paused old leader out. The failure branch reads the
+    /// leader key last; when the fence is what failed, this router steps down and the
+    /// answer is `NotLeader`. Otherwise the caller's own compares failed (`succeeded: false`).
+    pub(crate) async fn fenced(&self, mut txn: Txn) -> Result<TxnResult, FenceError> {
+        let Some(term) = self.term() else {
+            return Err(self.not_leader());
+        };
+        let key = self.keys.leader();
+        txn.compare
+            .push(Compare::CreateRevision(key.clone(), term.create_revision));
+        txn.failure.push(Op::Get { key });
+        let mut r = self.etcd.txn(&txn).await?;
+        if !r.succeeded {
+            let leader = r.gets.pop().unwrap_or_default();
+            let holder = leader.first();
+            if holder.map(|kv| kv.create_revision) != Some(term.create_revision) {
+                self.set_leader(holder);
+                let now = holder
+                    .and_then(|kv| LeaderDoc::parse(&kv.value).ok())
+                    .map(|d| d.router_id)
+                    .unwrap_or_else(|| "nobody".into());
+                self.step_down(&format!(
+                    "a fenced write failed: the leader key is no longer the one won at revision {} (the leader is {now})",
+                    term.create_revision
+                ));
+                return Err(self.not_leader());
+            }
+        }
+        Ok(r)
+    }
+
+    /// Writes a release document (fenced: only the leader's runs write them).
+    pub(crate) async fn put_release(&self, service: &str, id: i64, doc: &serde_json::Value) -> Result<(), FenceError> {
+        let txn = Txn {
+            compare: vec![],
+            success: vec![Op::Put {
+                key: self.keys.release(service, id),
+                value: serde_json::to_vec(doc).expect("a release document serializes").into(),
+                lease: 0,
+            }],
+            failure: vec![],
+        };
+        self.fenced(txn).await.map(|_| ())
+    }
+
+    /// Every release document of `service` in etcd, by id.
+    pub(crate) async fn releases(
+        &self,
+        service: &str,
+    ) -> Result<BTreeMap<i64, serde_json::Value>, cutover_fleet::EtcdError> {
+        let prefix = self.keys.service_releases(service);
+        let r = self.etcd.range_prefix(&prefix).await?;
+        Ok(r.kvs
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key.strip_prefix(&prefix)?.parse().ok()?;
+                Some((id, serde_json::from_slice(&kv.value).ok()?))
+            })
+            .collect())
+    }
+
     /// The switch, fleet-wide: one transaction that puts the new document and its history
     /// record if the document is still the one this router applied at `expected` (its
     /// `mod_revision`). Returns the new document's revision.
@@ -392,6 +590,7 @@ impl FleetLink {
         expected: u64,
         doc: &ServiceDoc,
         history: &HistoryRecord,
+        fenced: bool,
     ) -> Result<i64, SwitchError> {
         let Some(applied) = self.applied(service) else {
             return Err(SwitchError::Fleet {
@@ -422,9 +621,17 @@ impl FleetLink {
             ],
             failure: vec![Op::Get { key }],
         };
-        let r = self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet {
-            detail: format!("the switch was not committed (etcd: {e}); nothing changed"),
-        })?;
+        // A release's switch is the leader's write: fenced, so a paused old leader's run
+        // cannot switch after another router took over. Manual switches are anyone's.
+        let r = if fenced {
+            self.fenced(txn).await.map_err(|e| SwitchError::Fleet {
+                detail: format!("the switch was not committed ({e}); nothing changed"),
+            })?
+        } else {
+            self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet {
+                detail: format!("the switch was not committed (etcd: {e}); nothing changed"),
+            })?
+        };
         if r.succeeded {
             self.record_applied(
                 service,

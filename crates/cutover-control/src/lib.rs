@@ -38,6 +38,7 @@ pub(crate) mod colors;
 pub mod controller;
 pub mod error;
 pub mod fleet;
+pub mod fleet_leader;
 pub mod fleet_link;
 pub mod metrics;
 pub mod pause;

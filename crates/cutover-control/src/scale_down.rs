@@ -2,7 +2,8 @@
 //! release, or the rolled-back version after an automatic rollback. It stays up for
 //! `scale_down_delay` (the old color: a rollback is one switch meanwhile; the failed one: its
 //! processes and logs can be looked at), then drains to zero in-flight or `drain_timeout`,
-//! then is stopped (managed; its logs are kept) or marked stale (static).
+//! then is stopped (managed; its logs are kept) or marked stale (static). In fleet mode it
+//! first waits until every live router acked the switch: one still STALE routes there.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,12 @@ impl ScaleDowns {
 async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
     if svc.live() == Some(color) {
         return;
+    }
+    if let Some(link) = svc.fleet.get() {
+        link.await_all_acked(&svc.name, svc.proxy.table().generation).await;
+        if svc.live() == Some(color) {
+            return;
+        }
     }
     let version = svc.version_of(color).unwrap_or_else(|| "-".into());
     let drained = svc.drain(color).await;

@@ -124,6 +124,26 @@ impl Ack {
     }
 }
 
+/// The elected controller, `leader`, on the leader's lease: gone when its lease is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderDoc {
+    pub router_id: String,
+    /// Where the leader's admin API listens: other routers forward release requests there.
+    pub admin_url: String,
+    /// When it won (RFC 3339).
+    pub since: String,
+}
+
+impl LeaderDoc {
+    pub fn parse(bytes: &[u8]) -> Result<LeaderDoc, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid leader document: {e}"))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a leader document serializes")
+    }
+}
+
 /// FNV-1a, 64 bits, as hex: a stable hash of a text (no dependency, no randomized seed).
 pub fn hash_hex(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -64,9 +64,23 @@ impl Keys {
         key.strip_prefix(&self.prefix)?.strip_prefix("routers/")
     }
 
-    /// Reserved for the elected controller (a later part of fleet mode).
+    /// The elected controller's key, on its lease (`doc::LeaderDoc`).
     pub fn leader(&self) -> String {
         format!("{}leader", self.prefix)
+    }
+
+    pub fn releases(&self) -> String {
+        format!("{}releases/", self.prefix)
+    }
+
+    /// Every release document of one service.
+    pub fn service_releases(&self, service: &str) -> String {
+        format!("{}releases/{service}/", self.prefix)
+    }
+
+    /// One release document; the id is zero-padded so keys sort in order.
+    pub fn release(&self, service: &str, id: i64) -> String {
+        format!("{}releases/{service}/{id:020}", self.prefix)
     }
 }
 
@@ -83,5 +97,8 @@ mod tests {
         assert_eq!(k.router_id(&k.router("r1")), Some("r1"));
         assert_eq!(k.service_name("/cutover/other/services/chat"), None);
         assert!(k.history("chat", 10) > k.history("chat", 9));
+        assert_eq!(k.release("chat", 3), "/cutover/prod/releases/chat/00000000000000000003");
+        assert!(k.release("chat", 3).starts_with(&k.service_releases("chat")));
+        assert!(k.release("chat", 10) > k.release("chat", 9));
     }
 }

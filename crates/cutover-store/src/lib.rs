@@ -529,6 +529,29 @@ impl Store {
         }
     }
 
+    /// Like `insert_release`, with an id of at least `min_id`: in fleet mode release ids
+    /// name documents in etcd, so a new leader numbers after every id the fleet used.
+    pub fn insert_release_from(&self, service: &str, doc: &serde_json::Value, min_id: i64) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO releases (id, service, doc, finished) \
+             VALUES (MAX(?3, COALESCE((SELECT MAX(id) FROM releases), 0) + 1), ?1, ?2, 0)",
+            params![service, doc.to_string(), min_id],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Writes a release under its id whether or not this store has it (a fleet leader
+    /// keeps a copy of a document another router's run started).
+    pub fn put_release(&self, id: i64, service: &str, doc: &serde_json::Value, finished: bool) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO releases (id, service, doc, finished) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(id) DO UPDATE SET service = ?2, doc = ?3, finished = ?4",
+            params![id, service, doc.to_string(), finished as i64],
+        )?;
+        Ok(())
+    }
+
     /// Releases of a service that never finished (a restart interrupted them).
     pub fn unfinished_releases(&self, service: &str) -> Result<Vec<(i64, serde_json::Value)>> {
         self.release_docs(
@@ -686,6 +709,21 @@ mod tests {
         assert_eq!(st.blue_version.as_deref(), Some("v1"));
         assert_eq!(st.green_version.as_deref(), Some("v7"));
         assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn fleet_release_ids_start_past_a_floor_and_imports_keep_theirs() {
+        let (s, _) = temp_store();
+        let doc = serde_json::json!({"phase": "provisioning"});
+        assert_eq!(s.insert_release_from("chat", &doc, 40).unwrap(), 40);
+        // Past the floor, the next id follows the highest.
+        assert_eq!(s.insert_release_from("chat", &doc, 1).unwrap(), 41);
+        s.put_release(90, "chat", &serde_json::json!({"phase": "verifying"}), false)
+            .unwrap();
+        s.put_release(90, "chat", &serde_json::json!({"phase": "completed"}), true)
+            .unwrap();
+        assert_eq!(s.release(90).unwrap().unwrap().1["phase"], "completed");
+        assert_eq!(s.insert_release("chat", &doc).unwrap(), 91);
     }
 
     #[test]

@@ -110,11 +110,13 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::Aborting { .. } => "already_aborting",
             ReleaseError::Ended { .. } => "already_ended",
             ReleaseError::NoPreviousVersion => "no_previous_version",
+            ReleaseError::NotLeader { .. } => "not_leader",
             // Mapped by its own kind below.
-            ReleaseError::Store(_) => "",
+            ReleaseError::Store(_) | ReleaseError::Fleet { .. } => "",
         };
         match e {
             ReleaseError::Store(s) => s.into(),
+            e @ ReleaseError::Fleet { .. } => ApiError::new(503, "fleet_unavailable", e.to_string()),
             e => ApiError::conflict(code, e.to_string()),
         }
     }

@@ -501,13 +501,33 @@ struct ReleaseBody {
     version: String,
 }
 
+/// Fleet mode: release runs happen on the elected leader; another router forwards the
+/// request there (`fleet_leader::forward`), or answers 409 `not_leader`.
+async fn to_leader(
+    st: &AdminState,
+    method: axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<Result<Response, ApiError>> {
+    let link = st.ctl.fleet().filter(|l| !l.is_leader())?;
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    Some(crate::fleet_leader::forward(link, method, path, headers, body).await)
+}
+
 async fn start_release(
     State(st): State<AdminState>,
     Path(svc): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
+    if let Ok(raw) = &body {
+        if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
+            return r;
+        }
+    }
     let b: ReleaseBody = parse_body(body)?;
     if b.version.is_empty() {
         return Err(ApiError::bad_request(
@@ -590,21 +610,31 @@ async fn get_release(
 async fn approve(
     State(st): State<AdminState>,
     Path((svc, id)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = release_id(&id)?;
+    st.ctl.service(&svc)?;
+    if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, Bytes::new()).await {
+        return r;
+    }
     st.ctl.approve(&svc, id, &actor(&headers))?;
-    Ok(Json(json!({"id": id, "approved": true})))
+    Ok(Json(json!({"id": id, "approved": true})).into_response())
 }
 
 async fn abort(
     State(st): State<AdminState>,
     Path((svc, id)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = release_id(&id)?;
-    st.ctl.abort(&svc, id, &actor(&headers))?;
-    Ok(Json(json!({"id": id, "aborting": true})))
+    st.ctl.service(&svc)?;
+    if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, Bytes::new()).await {
+        return r;
+    }
+    st.ctl.abort(&svc, id, &actor(&headers)).await?;
+    Ok(Json(json!({"id": id, "aborting": true})).into_response())
 }
 
 /// The current log of each replica of a managed service's colors: a tail, or from an offset.

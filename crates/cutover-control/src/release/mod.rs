@@ -14,6 +14,7 @@ use cutover_store::{now_rfc3339, EventRecord, HistoryKind, Store};
 
 use crate::colors::stored;
 use crate::error::{ReleaseError, StoreFailure};
+use crate::fleet_link::FleetLink;
 use crate::service::ServiceCtl;
 use crate::store_call::{blocking, record};
 use active::{Active, Signals};
@@ -37,6 +38,8 @@ pub fn validate_version(version: &str) -> Result<(), ReleaseError> {
 #[derive(Clone, Default)]
 pub struct Releases {
     active: Arc<Mutex<HashMap<String, Active>>>,
+    /// The task of each run, so a fleet leader that lost its term can stop them at once.
+    tasks: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
 }
 
 impl Releases {
@@ -79,11 +82,20 @@ impl Releases {
             },
             now_rfc3339(),
         );
+        let fleet = svc.fleet.get().cloned();
+        if let Some(link) = &fleet {
+            if !link.is_leader() {
+                return Err(ReleaseError::NotLeader {
+                    leader: link.leader().map(|l| l.router_id),
+                });
+            }
+        }
         let (signals, abort_rx) = Signals::new();
         let shared = Arc::new(Mutex::new(doc.clone()));
         self.claim(&name, &shared, &signals)?;
         let permit = svc.pause.enter().await;
-        let id = match insert(&svc.store, doc.clone()).await {
+        let min_id = fleet.as_ref().map(|l| l.next_release_id()).unwrap_or(0);
+        let id = match insert(&svc.store, doc.clone(), min_id).await {
             Ok(id) => id,
             Err(e) => {
                 self.lock().remove(&name);
@@ -91,6 +103,24 @@ impl Releases {
             }
         };
         doc.id = id;
+        if let Some(link) = &fleet {
+            link.used_release_id(id);
+            // The fleet's copy first: a release only the leader's disk knows would vanish
+            // with it. Refused (no longer leader, etcd away): the local row is closed too.
+            let put = match serde_json::to_value(&doc) {
+                Ok(v) => link.put_release(&name, id, &v).await.map_err(ReleaseError::from),
+                Err(e) => Err(StoreFailure::from(e).into()),
+            };
+            if let Err(e) = put {
+                doc.outcome = Some(Outcome::Aborted);
+                doc.reason = Some(format!("not started: {e}"));
+                if let Ok(v) = serde_json::to_value(&doc) {
+                    let _ = blocking(&svc.store, move |s| s.update_release(id, &v, true)).await;
+                }
+                self.lock().remove(&name);
+                return Err(e);
+            }
+        }
         shared.lock().unwrap_or_else(|p| p.into_inner()).id = id;
         let active = Active {
             id,
@@ -103,7 +133,9 @@ impl Releases {
         let run = ReleaseRun::new(svc.clone(), env, active, abort_rx);
         let me = self.clone();
         drop(permit);
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        let task_name = name.clone();
+        let task = tokio::spawn(async move {
             let end = run.run().await;
             // History first: whoever sees the release leave the active set finds its end
             // recorded. An abort someone asked for is theirs; any other end the controller's.
@@ -115,8 +147,48 @@ impl Releases {
             record_end(&svc.store, &end, actor.as_deref().unwrap_or("controller")).await;
             drop(permit);
             me.lock().remove(&name);
+            me.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         });
+        tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task_name, task.abort_handle());
         Ok(doc)
+    }
+
+    /// A fleet leader that lost its term stops every run where it is: no teardown, no
+    /// rollback, no process touched (the new leader owns the release now). The local copy
+    /// is marked interrupted, as after a restart.
+    pub(crate) async fn halt_all(&self, services: &[Arc<ServiceCtl>], why: &str) {
+        let tasks: Vec<(String, tokio::task::AbortHandle)> =
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (name, task) in tasks {
+            task.abort();
+            let Some(active) = self.lock().remove(&name) else {
+                continue;
+            };
+            let Some(svc) = services.iter().find(|s| s.name == name) else {
+                continue;
+            };
+            let doc = active.doc().clone();
+            let reason = format!("{why}, during {}; routing left as committed", doc.phase);
+            let doc = interrupted(doc, &reason);
+            let (id, version, color) = (doc.id, doc.version.clone(), doc.color);
+            tracing::warn!(service = %name, release = id, %version, "release halted: {reason}");
+            record(&svc.store, "the halted release", &name, move |s| {
+                s.update_release(id, &serde_json::to_value(&doc)?, true)?;
+                s.record_event(&EventRecord {
+                    service: &doc.service,
+                    kind: HistoryKind::ReleaseInterrupted,
+                    color: Some(stored(color)),
+                    version: Some(&version),
+                    actor: "controller",
+                    reason: &reason,
+                    release_id: Some(id),
+                })
+            })
+            .await;
+        }
     }
 
     /// Claims the service's one release slot before any await, so two requests cannot both
@@ -143,32 +215,118 @@ impl Releases {
     }
 
     /// A release by id: the live copy while it runs, else the stored one.
-    pub async fn doc(&self, store: &Arc<Store>, service: &str, id: i64) -> Result<ReleaseDoc, ReleaseError> {
+    pub async fn doc(
+        &self,
+        store: &Arc<Store>,
+        fleet: Option<&FleetLink>,
+        service: &str,
+        id: i64,
+    ) -> Result<ReleaseDoc, ReleaseError> {
         if let Some(a) = self.active(service).filter(|a| a.id == id) {
             return Ok(a.view());
         }
         let stored = blocking(store, move |s| s.release(id)).await?;
         match stored {
             Some((svc, v)) if svc == service => Ok(serde_json::from_value(v).map_err(StoreFailure::from)?),
-            _ => Err(ReleaseError::NotFound {
-                service: service.to_string(),
-                id,
-            }),
+            _ => {
+                // Fleet mode: a release another router ran is in etcd.
+                if let Some(link) = fleet {
+                    let all = link.releases(service).await.map_err(|e| ReleaseError::Fleet {
+                        detail: format!("cannot read the release documents: {e}"),
+                    })?;
+                    if let Some(v) = all.get(&id) {
+                        return Ok(serde_json::from_value(v.clone()).map_err(StoreFailure::from)?);
+                    }
+                }
+                Err(ReleaseError::NotFound {
+                    service: service.to_string(),
+                    id,
+                })
+            }
         }
     }
 
-    /// The newest releases of a service, newest first.
-    pub async fn list(&self, store: &Arc<Store>, service: &str, limit: u32) -> Result<Vec<ReleaseDoc>, ReleaseError> {
+    /// The newest releases of a service, newest first. In fleet mode the documents in etcd
+    /// (every leader's) are merged in; the live copy of a run here wins, then etcd's.
+    pub async fn list(
+        &self,
+        store: &Arc<Store>,
+        fleet: Option<&FleetLink>,
+        service: &str,
+        limit: u32,
+    ) -> Result<Vec<ReleaseDoc>, ReleaseError> {
         let n = service.to_string();
         let rows = blocking(store, move |s| s.releases(&n, limit)).await?;
+        let mut all: std::collections::BTreeMap<i64, serde_json::Value> = rows.into_iter().collect();
+        if let Some(link) = fleet {
+            match link.releases(service).await {
+                Ok(docs) => all.extend(docs),
+                Err(e) => {
+                    tracing::warn!(service, error = %e, "cannot read the fleet's release documents; listing this router's only")
+                }
+            }
+        }
         let active = self.active(service);
-        Ok(rows
+        Ok(all
             .into_iter()
+            .rev()
+            .take(limit as usize)
             .filter_map(|(id, v)| match &active {
                 Some(a) if a.id == id => Some(a.view()),
                 _ => serde_json::from_value(v).ok(),
             })
             .collect())
+    }
+
+    /// Fleet mode: aborting a release a lost leader left interrupted closes it as aborted
+    /// (routing stays as committed; nothing runs any more to tear down). Leader only.
+    pub(crate) async fn abort_interrupted(
+        &self,
+        svc: &ServiceCtl,
+        link: &FleetLink,
+        id: i64,
+        actor: &str,
+    ) -> Result<(), ReleaseError> {
+        let docs = link.releases(&svc.name).await.map_err(|e| ReleaseError::Fleet {
+            detail: format!("cannot read the release documents: {e}"),
+        })?;
+        let Some(v) = docs.get(&id) else {
+            return Err(ReleaseError::NotFound {
+                service: svc.name.clone(),
+                id,
+            });
+        };
+        let mut doc: ReleaseDoc = serde_json::from_value(v.clone()).map_err(StoreFailure::from)?;
+        if doc.outcome != Some(Outcome::Interrupted) {
+            return match doc.outcome {
+                Some(_) => Err(ReleaseError::Ended { id, phase: doc.phase }),
+                None => Err(ReleaseError::NotRunning { id }),
+            };
+        }
+        let reason = format!(
+            "aborted by {actor} after it was interrupted ({})",
+            doc.reason.clone().unwrap_or_default()
+        );
+        doc.outcome = Some(Outcome::Aborted);
+        doc.reason = Some(reason.clone());
+        doc.updated_at = now_rfc3339();
+        let value = serde_json::to_value(&doc).map_err(StoreFailure::from)?;
+        link.put_release(&svc.name, id, &value).await?;
+        let (service, version, color, actor) = (svc.name.clone(), doc.version.clone(), doc.color, actor.to_string());
+        record(&svc.store, "the abort of an interrupted release", &svc.name, move |s| {
+            s.put_release(id, &service, &value, true)?;
+            s.record_event(&EventRecord {
+                service: &service,
+                kind: HistoryKind::ReleaseAborted,
+                color: Some(stored(color)),
+                version: Some(&version),
+                actor: &actor,
+                reason: &reason,
+                release_id: Some(id),
+            })
+        })
+        .await;
+        Ok(())
     }
 
     fn running(&self, service: &str, id: i64) -> Result<(Active, Phase), ReleaseError> {
@@ -219,9 +377,9 @@ impl Releases {
 }
 
 /// Stores a new release document; returns its id (written into the stored copy too).
-async fn insert(store: &Arc<Store>, mut d: ReleaseDoc) -> Result<i64, StoreFailure> {
+async fn insert(store: &Arc<Store>, mut d: ReleaseDoc, min_id: i64) -> Result<i64, StoreFailure> {
     blocking(store, move |s| {
-        let id = s.insert_release(&d.service, &serde_json::to_value(&d)?)?;
+        let id = s.insert_release_from(&d.service, &serde_json::to_value(&d)?, min_id)?;
         d.id = id;
         s.update_release(id, &serde_json::to_value(&d)?, false)?;
         s.record_event(&EventRecord {
@@ -243,6 +401,7 @@ async fn record_end(store: &Arc<Store>, d: &ReleaseDoc, actor: &str) {
     let kind = match d.outcome {
         Some(Outcome::Completed) => HistoryKind::ReleaseCompleted,
         Some(Outcome::RolledBack) => HistoryKind::ReleaseRolledBack,
+        Some(Outcome::Interrupted) => HistoryKind::ReleaseInterrupted,
         _ => HistoryKind::ReleaseAborted,
     };
     let d = d.clone();
@@ -262,6 +421,21 @@ async fn record_end(store: &Arc<Store>, d: &ReleaseDoc, actor: &str) {
     .await;
 }
 
+/// `doc` ended as interrupted (its phase closed) with `reason`.
+pub(crate) fn interrupted(mut doc: ReleaseDoc, reason: &str) -> ReleaseDoc {
+    let now = now_rfc3339();
+    if let Some(p) = doc.phases.last_mut() {
+        if p.ended_at.is_none() {
+            p.ended_at = Some(now.clone());
+            p.detail = Some("interrupted".into());
+        }
+    }
+    doc.outcome = Some(Outcome::Interrupted);
+    doc.reason = Some(reason.to_string());
+    doc.updated_at = now;
+    doc
+}
+
 /// Marks releases a previous process left unfinished as interrupted (start-up only, after
 /// every listener is bound: a second `serve` must not touch a live instance's store).
 pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<(), StoreFailure> {
@@ -277,16 +451,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
             table.live_color().map(Color::as_str).unwrap_or("none"),
             table.generation
         );
-        let now = now_rfc3339();
-        if let Some(p) = doc.phases.last_mut() {
-            if p.ended_at.is_none() {
-                p.ended_at = Some(now.clone());
-                p.detail = Some("interrupted".into());
-            }
-        }
-        doc.outcome = Some(Outcome::Interrupted);
-        doc.reason = Some(reason.clone());
-        doc.updated_at = now;
+        doc = interrupted(doc, &reason);
         store.update_release(id, &serde_json::to_value(&doc)?, true)?;
         store.record_event(&EventRecord {
             service: &svc.name,

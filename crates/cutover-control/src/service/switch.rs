@@ -210,7 +210,8 @@ impl ServiceCtl {
             reason: req.reason.clone(),
             router: link.router_id.clone(),
         };
-        link.commit_switch(&self.name, generation, &doc, &history).await?;
+        link.commit_switch(&self.name, generation, &doc, &history, req.release_id.is_some())
+            .await?;
         let service = self.name.clone();
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = cutover_store::ServiceState {

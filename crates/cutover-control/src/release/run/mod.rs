@@ -143,11 +143,34 @@ impl ReleaseRun {
         });
         let _permit = self.svc.pause.enter().await;
         let r = match value {
-            Ok(v) => blocking(&self.svc.store, move |s| s.update_release(id, &v, finished)).await,
+            Ok(v) => {
+                let copy = v.clone();
+                let r = blocking(&self.svc.store, move |s| s.update_release(id, &v, finished)).await;
+                self.fleet_copy(id, &copy).await;
+                r
+            }
             Err(e) => Err(e.into()),
         };
         if let Err(e) = r {
             tracing::error!(service = %self.svc.name, release = id, error = %e, "the store could not record the release document");
+        }
+    }
+
+    /// Fleet mode: the document's copy in etcd, so every router shows it and a new leader
+    /// finds it. Fenced: a run whose router lost its term writes nothing more; it waits
+    /// here for the step-down to stop it (it must not go on to tear anything down).
+    /// etcd away: logged; the next write carries the whole document again.
+    async fn fleet_copy(&self, id: i64, value: &serde_json::Value) {
+        let Some(link) = self.svc.fleet.get() else { return };
+        match link.put_release(&self.svc.name, id, value).await {
+            Ok(()) => {}
+            Err(crate::fleet_link::FenceError::NotLeader { .. }) => {
+                tracing::error!(service = %self.svc.name, release = id, "a fenced write of the release failed: not the leader any more; the run stops");
+                std::future::pending::<()>().await;
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.svc.name, release = id, error = %e, "the fleet's copy of the release document was not written")
+            }
         }
     }
 
@@ -159,7 +182,9 @@ impl ReleaseRun {
         let (id, finished) = (next.id, next.outcome.is_some());
         let value = serde_json::to_value(&next)?;
         let _permit = self.svc.pause.enter().await;
+        let copy = value.clone();
         blocking(&self.svc.store, move |s| s.update_release(id, &value, finished)).await?;
+        self.fleet_copy(id, &copy).await;
         self.doc(|d| *d = next);
         Ok(())
     }
