@@ -276,3 +276,68 @@ pub async fn forward(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "../../cutover-fleet/tests/support/cluster.rs"]
+mod cluster;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet_link::FenceError;
+
+    fn link(c: &cluster::Cluster, id: &str) -> FleetLink {
+        FleetLink::new(
+            c.client(),
+            "fence",
+            id.to_string(),
+            format!("http://{id}.invalid"),
+            Duration::from_secs(1),
+        )
+    }
+
+    async fn elect(l: &FleetLink) -> Term {
+        let (term, doc) = try_win(l).await.unwrap().expect("the key was free");
+        l.won(term, doc, 1);
+        term
+    }
+
+    /// The fence itself, on a real etcd: a leader whose lease ran out (revoked here, as
+    /// etcd does at expiry) while it was paused finds its next write refused, steps down,
+    /// and nothing it tried to write is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_whose_lease_ran_out_cannot_write_and_steps_down() {
+        let c = cluster::Cluster::start(1).await;
+        let (a, b) = (link(&c, "a"), link(&c, "b"));
+        let ta = elect(&a).await;
+        assert!(try_win(&b).await.unwrap().is_none(), "one leader at a time");
+        assert_eq!(b.leader().map(|l| l.router_id).as_deref(), Some("a"));
+        a.put_release("chat", 1, &serde_json::json!({"by": "a"})).await.unwrap();
+
+        a.etcd.lease_revoke(ta.lease).await.unwrap();
+        let tb = elect(&b).await;
+        assert!(tb.create_revision > ta.create_revision);
+        // `a` still believes it leads: only the fenced write can tell it otherwise.
+        assert!(a.is_leader());
+        let e = a
+            .put_release("chat", 1, &serde_json::json!({"by": "a, late"}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, FenceError::NotLeader { leader: Some(l) } if l == "b"),
+            "{e}"
+        );
+        assert!(!a.is_leader(), "a fenced write that failed ends the term");
+        let (kv, _) = c.client().get(&a.keys.release("chat", 1)).await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&kv.unwrap().value).unwrap()["by"],
+            "a"
+        );
+        // Not the leader any more: refused before it reaches etcd; the leader writes.
+        assert!(matches!(
+            a.put_release("chat", 2, &serde_json::json!({})).await,
+            Err(FenceError::NotLeader { .. })
+        ));
+        b.put_release("chat", 1, &serde_json::json!({"by": "b"})).await.unwrap();
+    }
+}

@@ -264,6 +264,8 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Fleet mode: the routers, their acks and the elected leader.
+    Fleet(FleetCmd),
     /// Create or list named admin tokens with roles (the tokens file), offline.
     Token(TokenCmd),
     /// Print shell completions (bash, zsh or fish) to stdout.
@@ -287,6 +289,28 @@ pub enum Command {
     MockModel {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+/// `cutover fleet status`.
+#[derive(Args)]
+#[command(
+    long_about = "Fleet mode (`[store] url = \"etcd://...\"`): what this router knows of its fleet: \
+        whether it reaches etcd, the elected leader (which runs every release), and each router \
+        with its state (SYNCED, STALE, REJECTED, LOST) and the generations it acked.",
+    after_help = "Examples:\n  cutover fleet status\n  cutover fleet status --json"
+)]
+pub struct FleetCmd {
+    #[command(subcommand)]
+    pub sub: FleetSub,
+}
+
+#[derive(Subcommand)]
+pub enum FleetSub {
+    /// The routers, their acks and the leader, as this router sees them.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::cli::{Command, Progress, ReleaseCmd, ReleaseSub, Remote};
+use crate::cli::{Command, FleetSub, Progress, ReleaseCmd, ReleaseSub, Remote};
 use crate::client::{Client, Failure};
 use crate::{follow, logs, output};
 
@@ -30,6 +30,13 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
                 format!("reloaded: {}", v["summary"].as_str().unwrap_or("?"))
             })
         }
+        Command::Fleet(f) => match f.sub {
+            FleetSub::Status { remote } => {
+                let c = Client::new(&remote)?;
+                let v = c.get("/v1/fleet").await?;
+                output::print(&remote, &v, fleet_status)
+            }
+        },
         Command::Releases { service, limit, remote } => {
             let c = Client::new(&remote)?;
             let v = c.get(&format!("/v1/services/{service}/releases")).await?;
@@ -318,6 +325,52 @@ async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p
             sync_lines(service, v)
         )
     })
+}
+
+/// `cutover fleet status`: the connection, the leader, "n/m routers synced", a line per router.
+fn fleet_status(v: &Value) -> String {
+    let leader = match v["leader"]["router_id"].as_str() {
+        Some(id) => format!(
+            "{id} at {} since {}",
+            v["leader"]["admin_url"].as_str().unwrap_or("?"),
+            v["leader"]["since"].as_str().unwrap_or("?")
+        ),
+        None => "none elected right now".into(),
+    };
+    let routers = v["routers"].as_array().cloned().unwrap_or_default();
+    let synced = routers.iter().filter(|r| r["state"] == "SYNCED").count();
+    let mut text = format!(
+        "fleet {} as {}: {}\nleader: {leader}\n{synced}/{} routers synced",
+        v["fleet"].as_str().unwrap_or("?"),
+        v["router_id"].as_str().unwrap_or("?"),
+        if v["connected"] == true {
+            "connected to etcd".to_string()
+        } else {
+            format!("CUT FROM ETCD since {}", v["since"].as_str().unwrap_or("?"))
+        },
+        routers.len()
+    );
+    for r in &routers {
+        let gens: Vec<String> = r["generations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(svc, g)| format!("{svc}={g}"))
+            .collect();
+        let id = r["id"].as_str().unwrap_or("?");
+        let mark = if v["leader"]["router_id"] == r["id"] {
+            " (leader)"
+        } else {
+            ""
+        };
+        let reason = r["reason"].as_str().map(|why| format!(": {why}")).unwrap_or_default();
+        text.push_str(&format!(
+            "\n  {id}{mark} {} {}{reason}",
+            r["state"].as_str().unwrap_or("?"),
+            gens.join(" ")
+        ));
+    }
+    text
 }
 
 /// Fleet mode: "n/m routers synced", then each router that is not, with its state.

@@ -13,6 +13,9 @@
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,
 //!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
+//! - `fleet_leader`: one elected controller: a release asked of a follower runs on the
+//!   leader; a paused leader fenced out; a killed one's release interrupted, then aborted;
+//!   the old color's scale-down held while a router is STALE.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
@@ -42,6 +45,7 @@ mod dashboard;
 mod demo;
 mod dns;
 mod fleet;
+mod fleet_leader;
 mod gates;
 mod hardening;
 mod http1;
