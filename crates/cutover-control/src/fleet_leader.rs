@@ -246,7 +246,13 @@ pub async fn forward(
         .method(method)
         .uri(format!("{}{path}", leader.admin_url))
         .header(FORWARDED_BY, link.router_id.as_str());
-    for name in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
+    // The token (the leader checks it again: the fleet's routers share their tokens file)
+    // and the actor's label, so the history names the caller, not this router.
+    for name in [
+        http::header::AUTHORIZATION,
+        http::header::CONTENT_TYPE,
+        http::HeaderName::from_static("x-cutover-actor"),
+    ] {
         if let Some(v) = headers.get(&name) {
             req = req.header(name, v);
         }

@@ -55,6 +55,12 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         if svc.live() == Some(color) {
             return;
         }
+        // Only the leader's runs scale down; a router that lost its term leaves it to the
+        // new leader's (a release there moves the colors on anyway).
+        if !link.is_leader() {
+            tracing::warn!(service = %svc.name, color = %color, "fleet: not the leader; the scale-down is left undone");
+            return;
+        }
     }
     let version = svc.version_of(color).unwrap_or_else(|| "-".into());
     let drained = svc.drain(color).await;

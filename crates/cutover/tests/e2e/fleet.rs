@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+// Shared with the other fleet modules (one copy: a second `#[path]` of it is a duplicate).
 #[path = "../../../cutover-fleet/tests/support/cluster.rs"]
-mod cluster;
+pub(crate) mod cluster;
 
 use cluster::Cluster;
 

@@ -12,10 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-#[path = "../../../cutover-fleet/tests/support/cluster.rs"]
-mod cluster;
-
-use cluster::Cluster;
+use crate::fleet::cluster::Cluster;
 
 /// A short bake that completes without traffic, and a quick scale-down.
 const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
