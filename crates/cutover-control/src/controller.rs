@@ -297,6 +297,15 @@ impl Controller {
         self.releases.active_doc(name)
     }
 
+    /// The release in progress: this router's run, or in fleet mode the leader's (as its
+    /// document in etcd says), so every router's status shows it.
+    pub fn release_in_progress(&self, name: &str) -> Option<ReleaseDoc> {
+        self.releases.active_doc(name).or_else(|| {
+            let link = self.fleet().filter(|l| !l.is_leader())?;
+            serde_json::from_value(link.release_in_progress(name)?).ok()
+        })
+    }
+
     /// A release by id: the live copy while it runs, else the stored one.
     pub async fn release_doc(&self, name: &str, id: i64) -> Result<ReleaseDoc, ControlError> {
         self.service(name)?;

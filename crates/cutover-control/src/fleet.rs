@@ -112,6 +112,12 @@ async fn sync(ctl: Arc<Controller>, link: Arc<FleetLink>) {
 async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
     let services = link.etcd.range_prefix(&link.keys.services()).await?;
     let routers = link.etcd.range_prefix(&link.keys.routers()).await?;
+    let releases = link.etcd.range_prefix(&link.keys.releases()).await?;
+    for kv in &releases.kvs {
+        if let Some((service, id)) = link.keys.release_of(&kv.key) {
+            link.release_seen(service, id, serde_json::from_slice(&kv.value).ok());
+        }
+    }
     let before = link.revision();
     if services.revision < before {
         tracing::warn!(
@@ -319,6 +325,12 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
                 tracing::warn!(service = %name, "fleet: the service's document was deleted from etcd; keeping the state served now")
             }
         }
+    } else if let Some((service, id)) = link.keys.release_of(key) {
+        let doc = match e {
+            Event::Put(kv) => serde_json::from_slice(&kv.value).ok(),
+            Event::Delete(_) => None,
+        };
+        link.release_seen(service, id, doc);
     } else if *key == link.keys.leader() {
         match e {
             Event::Put(kv) => link.set_leader(Some(kv)),

@@ -119,6 +119,9 @@ struct LinkState {
     term: Option<Term>,
     /// The lowest id a release started here may take (past every id in etcd).
     next_release_id: i64,
+    /// Per service, the release in progress as its documents in etcd say (the leader's
+    /// run): what a follower's status shows.
+    in_progress: BTreeMap<String, (i64, serde_json::Value)>,
 }
 
 /// This router's link to the fleet.
@@ -501,6 +504,29 @@ impl FleetLink {
             self.leader_changed.notify_one();
         }
         was
+    }
+
+    /// A release document read or watched (`None`: deleted).
+    pub(crate) fn release_seen(&self, service: &str, id: i64, doc: Option<serde_json::Value>) {
+        let mut s = self.st();
+        let running = doc.filter(|d| d["outcome"].is_null());
+        match running {
+            Some(d) => {
+                if s.in_progress.get(service).is_none_or(|(known, _)| *known <= id) {
+                    s.in_progress.insert(service.to_string(), (id, d));
+                }
+            }
+            None => {
+                if s.in_progress.get(service).is_some_and(|(known, _)| *known == id) {
+                    s.in_progress.remove(service);
+                }
+            }
+        }
+    }
+
+    /// The release of `service` in progress on the leader, as etcd last said.
+    pub fn release_in_progress(&self, service: &str) -> Option<serde_json::Value> {
+        self.st().in_progress.get(service).map(|(_, d)| d.clone())
     }
 
     /// The floor for the next release id (see `Store::insert_release_from`).

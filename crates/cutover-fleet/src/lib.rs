@@ -78,6 +78,13 @@ impl Keys {
         format!("{}releases/{service}/", self.prefix)
     }
 
+    /// The service and id a key of [`Keys::releases`] names.
+    pub fn release_of<'k>(&self, key: &'k str) -> Option<(&'k str, i64)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("releases/")?;
+        let (service, id) = rest.split_once('/')?;
+        Some((service, id.parse().ok()?))
+    }
+
     /// One release document; the id is zero-padded so keys sort in order.
     pub fn release(&self, service: &str, id: i64) -> String {
         format!("{}releases/{service}/{id:020}", self.prefix)
@@ -100,5 +107,7 @@ mod tests {
         assert_eq!(k.release("chat", 3), "/cutover/prod/releases/chat/00000000000000000003");
         assert!(k.release("chat", 3).starts_with(&k.service_releases("chat")));
         assert!(k.release("chat", 10) > k.release("chat", 9));
+        assert_eq!(k.release_of(&k.release("chat", 12)), Some(("chat", 12)));
+        assert_eq!(k.release_of(&k.service("chat")), None);
     }
 }

@@ -325,7 +325,7 @@ async fn list_services(State(st): State<AdminState>) -> Result<Json<Value>, ApiE
 
 fn service_json(st: &AdminState, name: &str) -> Result<Value, ApiError> {
     let svc = st.ctl.service(name)?;
-    let release = st.ctl.active_release_doc(name).map(|d| release_json(st, &d));
+    let release = st.ctl.release_in_progress(name).map(|d| release_json(st, &d));
     serde_json::to_value(svc.status(release)).map_err(|e| ApiError::internal(e.to_string()))
 }
 

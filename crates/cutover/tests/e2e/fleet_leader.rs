@@ -355,14 +355,12 @@ async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_aft
         .await;
     // Paused before the switch: it cannot ack it (STALE until its 5 s ack lease ends).
     f.routers[paused].proc.signal("STOP");
-    let a = f.routers[leader]
-        .api(
-            Method::POST,
-            &format!("/v1/services/chat/releases/{id}/approve"),
-            Value::Null,
-        )
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text());
+    // Approved with the CLI through the third router: its status shows the leader's release
+    // in progress (from etcd), and the approval is forwarded.
+    let third = &f.routers[(leader + 2) % 3];
+    assert_eq!(third.status().await["release"]["id"], id);
+    let (code, out, err) = third.cli_async(&["approve", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
     let waits = wait_for("the scale-down to wait", Duration::from_secs(20), || async {
         let log = f.routers[leader].log();
         log.lines()
