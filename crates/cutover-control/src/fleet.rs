@@ -425,7 +425,11 @@ pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin
         cutover_fleet::Etcd::new(cfg.members.clone()),
         &cfg.name,
         id.clone(),
-        format!("http://{admin}"),
+        // What acks advertise and where release requests are forwarded.
+        format!(
+            "{}://{admin}",
+            if ctl.config.admin.tls.is_some() { "https" } else { "http" }
+        ),
         cfg.ack_timeout.get(),
     ));
     tracing::info!(fleet = %cfg.name, router_id = %id, members = %cfg.members.join(","), "fleet mode: joining");

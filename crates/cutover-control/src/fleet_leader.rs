@@ -233,6 +233,16 @@ pub async fn forward(
             ),
         ));
     }
+    if !leader.admin_url.starts_with("http://") {
+        // The forwarding client speaks plain HTTP only; with `[admin] tls` call the leader.
+        return Err(ApiError::conflict(
+            "not_leader",
+            format!(
+                "this router is not the fleet's leader; call the leader {} at {} (release requests are not forwarded to a TLS admin API)",
+                leader.router_id, leader.admin_url
+            ),
+        ));
+    }
     let unreachable = |e: String| {
         ApiError::conflict(
             "not_leader",
