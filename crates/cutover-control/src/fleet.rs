@@ -428,7 +428,11 @@ pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin
         // What acks advertise and where release requests are forwarded.
         format!(
             "{}://{admin}",
-            if ctl.config.admin.tls.is_some() { "https" } else { "http" }
+            if ctl.config.admin.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
         ),
         cfg.ack_timeout.get(),
     ));
