@@ -19,6 +19,10 @@ const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify
 /// As `QUICK`, but the release waits for an approval before its switch.
 const MANUAL: &str = "promotion = \"manual\"\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
 
+/// Manual, with the shortest bake and delay: the scale-down is due well within the 5 s a
+/// paused router stays STALE before its ack lease makes it LOST.
+const MANUAL_SHORT: &str = "promotion = \"manual\"\nscale_down_delay = \"100ms\"\n[services.chat.release.verify]\nbake = \"300ms\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
+
 /// Three routers (`r0`..`r2`, each on its own etcd member) of fleet `fleet`, blue live,
 /// every router accepting one operator token (the tokens file of `r0`, copied).
 struct Fleet {
@@ -346,7 +350,7 @@ async fn a_leader_killed_mid_release_leaves_it_interrupted_and_the_new_leader_ab
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_after() {
-    let f = Fleet::start("stale", MANUAL).await;
+    let f = Fleet::start("stale", MANUAL_SHORT).await;
     let leader = f.wait_leader(&[0, 1, 2]).await;
     let paused = (leader + 1) % 3;
     let id = f.routers[leader].release("v2").await;
