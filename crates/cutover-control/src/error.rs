@@ -92,15 +92,6 @@ pub enum ReleaseError {
     Store(#[from] StoreFailure),
 }
 
-impl From<crate::fleet_link::FenceError> for ReleaseError {
-    fn from(e: crate::fleet_link::FenceError) -> ReleaseError {
-        match e {
-            crate::fleet_link::FenceError::NotLeader { leader } => ReleaseError::NotLeader { leader },
-            e => ReleaseError::Fleet { detail: e.to_string() },
-        }
-    }
-}
-
 /// Anything a control operation can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

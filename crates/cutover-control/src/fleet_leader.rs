@@ -20,7 +20,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use crate::admin::ApiError;
 use crate::colors::stored;
 use crate::controller::Controller;
 use crate::fleet_link::{FleetLink, Term};
@@ -207,50 +206,46 @@ async fn wait_for_vacancy(link: &FleetLink) {
     }
 }
 
+/// Why a release request was neither run here nor forwarded: the admin API answers it
+/// 409 `not_leader` with this text, which names the leader when there is one.
+#[derive(Debug)]
+pub struct NotForwarded(pub String);
+
 /// A release request that reached a router which is not the leader: sent on to the
 /// leader's admin API with the caller's token, and the answer relayed as it is. Refused
-/// 409 `not_leader` (naming the leader) when there is none or it cannot be reached.
+/// (`NotForwarded`) when there is no leader or it cannot be reached.
 pub async fn forward(
     link: &FleetLink,
     method: Method,
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, NotForwarded> {
     let leader = link.leader().filter(|l| l.router_id != link.router_id);
     let Some(leader) = leader else {
-        return Err(ApiError::conflict(
-            "not_leader",
-            "this router is not the fleet's leader and no leader is elected right now; try again in a few seconds",
+        return Err(NotForwarded(
+            "this router is not the fleet's leader and no leader is elected right now; try again in a few seconds"
+                .into(),
         ));
     };
     if headers.contains_key(FORWARDED_BY) {
-        return Err(ApiError::conflict(
-            "not_leader",
-            format!(
-                "this router is not the fleet's leader either (the leader is {} at {})",
-                leader.router_id, leader.admin_url
-            ),
-        ));
+        return Err(NotForwarded(format!(
+            "this router is not the fleet's leader either (the leader is {} at {})",
+            leader.router_id, leader.admin_url
+        )));
     }
     if !leader.admin_url.starts_with("http://") {
         // The forwarding client speaks plain HTTP only; with `[admin] tls` call the leader.
-        return Err(ApiError::conflict(
-            "not_leader",
-            format!(
-                "this router is not the fleet's leader; call the leader {} at {} (release requests are not forwarded to a TLS admin API)",
-                leader.router_id, leader.admin_url
-            ),
-        ));
+        return Err(NotForwarded(format!(
+            "this router is not the fleet's leader; call the leader {} at {} (release requests are not forwarded to a TLS admin API)",
+            leader.router_id, leader.admin_url
+        )));
     }
     let unreachable = |e: String| {
-        ApiError::conflict(
-            "not_leader",
-            format!(
-                "this router is not the fleet's leader; the leader {} at {} cannot be reached: {e}",
-                leader.router_id, leader.admin_url
-            ),
-        )
+        NotForwarded(format!(
+            "this router is not the fleet's leader; the leader {} at {} cannot be reached: {e}",
+            leader.router_id, leader.admin_url
+        ))
     };
     let mut req = http::Request::builder()
         .method(method)

@@ -94,6 +94,15 @@ pub enum FenceError {
     Etcd(#[from] cutover_fleet::EtcdError),
 }
 
+impl From<FenceError> for crate::error::ReleaseError {
+    fn from(e: FenceError) -> crate::error::ReleaseError {
+        match e {
+            FenceError::NotLeader { leader } => crate::error::ReleaseError::NotLeader { leader },
+            e => crate::error::ReleaseError::Fleet { detail: e.to_string() },
+        }
+    }
+}
+
 /// What the link knows; changed by the sync task and by switches.
 #[derive(Default)]
 struct LinkState {

@@ -512,7 +512,11 @@ async fn to_leader(
 ) -> Option<Result<Response, ApiError>> {
     let link = st.ctl.fleet().filter(|l| !l.is_leader())?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
-    Some(crate::fleet_leader::forward(link, method, path, headers, body).await)
+    Some(
+        crate::fleet_leader::forward(link, method, path, headers, body)
+            .await
+            .map_err(|e| ApiError::conflict("not_leader", e.0)),
+    )
 }
 
 async fn start_release(

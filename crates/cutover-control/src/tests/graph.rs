@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "scale_down",
     "release",
     "controller",
+    "fleet_leader",
     "fleet",
     "reload",
     "metrics",
