@@ -106,4 +106,12 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         Ok(())
     })
     .await;
+    if let Some(link) = svc.fleet.get() {
+        // The fleet's copy says so too (a follower's `release show` reads it).
+        if let Ok(Some((_, v))) = crate::store_call::blocking(&svc.store, move |s| s.release(release_id)).await {
+            if let Err(e) = link.put_release(&svc.name, release_id, &v).await {
+                tracing::warn!(service = %svc.name, release = release_id, error = %e, "the fleet's copy of the release does not say it was scaled down");
+            }
+        }
+    }
 }

@@ -394,6 +394,13 @@ async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_aft
     })
     .await;
     assert_eq!(d["outcome"], "completed");
+    // The fleet's copy says so too (written just after the leader's own).
+    wait_for(
+        "the fleet's copy to say scaled down",
+        Duration::from_secs(10),
+        || async { (f.stored(&release_key(id)).await.0["scaled_down"] == true).then_some(()) },
+    )
+    .await;
     wait_for("the paused router to serve green", Duration::from_secs(20), || async {
         (served(&f.routers[paused]).await == "green").then_some(())
     })
