@@ -217,6 +217,7 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv) {
         // revision and writes a higher generation over it.
         tracing::warn!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: etcd holds an older generation than this router serves; keeping ours");
         link.record_applied(&svc.name, applied);
+        link.record_ahead(&svc.name, doc.generation, table.generation);
         return;
     }
     if doc.generation == table.generation {

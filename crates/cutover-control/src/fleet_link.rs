@@ -23,6 +23,21 @@ pub fn config_hash(cfg: &cutover_config::ServiceConfig) -> String {
     cutover_fleet::doc::hash_hex(&format!("{:?}", cfg.environments))
 }
 
+/// Why a switch's transaction failed, honestly: a member that refused it committed nothing,
+/// but one that timed out (or a connection cut mid-call) may have passed it to the leader,
+/// whose commit then lands later and every router applies it. Seen with the leader SIGKILLed
+/// while quorum is lost (`tests/e2e/fleet_faults.rs`).
+fn not_confirmed(e: &cutover_fleet::EtcdError) -> String {
+    match e {
+        cutover_fleet::EtcdError::Server { code, .. } if *code != 4 => {
+            format!("the switch was not committed (etcd: {e}); nothing changed")
+        }
+        _ => format!(
+            "etcd did not confirm the switch ({e}): it is not applied here, but a write already on its way may still commit; read the service's generation before retrying (a retry with if_generation is safe)"
+        ),
+    }
+}
+
 /// A router's state with respect to a generation (`sync.routers[].state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -117,6 +132,11 @@ struct LinkState {
     latest: BTreeMap<String, u64>,
     /// Services whose latest document this router refused, with why.
     rejected: BTreeMap<String, String>,
+    /// Services for which etcd holds an older generation than this router serves (etcd
+    /// restored from an older backup): `(etcd's, served)`. Kept until a document at least
+    /// as new as the served one is read or written, so the router never looks in sync
+    /// with a state etcd does not hold.
+    ahead: BTreeMap<String, (u64, u64)>,
     /// Every live router's ack (this one's included).
     routers: BTreeMap<String, Ack>,
     /// Routers whose ack key went away (lease expired), with their last ack, until they
@@ -215,11 +235,23 @@ impl FleetLink {
     pub(crate) fn record_applied(&self, service: &str, a: Applied) {
         let mut s = self.st();
         s.rejected.remove(service);
+        s.ahead.remove(service);
         let latest = s.latest.entry(service.to_string()).or_default();
         *latest = (*latest).max(a.generation);
         s.applied.insert(service.to_string(), a);
         drop(s);
         self.ack_due.notify_one();
+    }
+
+    /// etcd holds generation `stored` of `service`, older than the `serving` one this
+    /// router keeps (it never applies an older generation): reported, not hidden.
+    pub(crate) fn record_ahead(&self, service: &str, stored: u64, serving: u64) {
+        self.st().ahead.insert(service.to_string(), (stored, serving));
+    }
+
+    /// How many services this router serves at a newer generation than etcd holds.
+    pub fn ahead_count(&self) -> usize {
+        self.st().ahead.len()
     }
 
     /// A newer document of `service` seen but not applied (`reason`): the ack says so.
@@ -445,6 +477,9 @@ impl FleetLink {
             "since": s.since,
             "revision": s.revision,
             "services": s.latest,
+            "ahead_of_etcd": s.ahead.iter().map(|(svc, (stored, serving))| {
+                (svc.clone(), serde_json::json!({"etcd": stored, "serving": serving}))
+            }).collect::<serde_json::Map<_, _>>(),
             "routers": routers,
             "leader": s.leader.as_ref().map(|(d, rev)| serde_json::json!({
                 "router_id": d.router_id, "admin_url": d.admin_url, "since": d.since, "revision": rev,
@@ -660,12 +695,13 @@ impl FleetLink {
         // cannot switch after another router took over. Manual switches are anyone's.
         let r = if fenced {
             self.fenced(txn).await.map_err(|e| SwitchError::Fleet {
-                detail: format!("the switch was not committed ({e}); nothing changed"),
+                detail: match e {
+                    FenceError::Etcd(e) => not_confirmed(&e),
+                    e => format!("the switch was not committed ({e}); nothing changed"),
+                },
             })?
         } else {
-            self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet {
-                detail: format!("the switch was not committed (etcd: {e}); nothing changed"),
-            })?
+            self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet { detail: not_confirmed(&e) })?
         };
         if r.succeeded {
             self.record_applied(

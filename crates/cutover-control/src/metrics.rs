@@ -255,6 +255,13 @@ fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     )?;
     m.encode_gauge(&i64::from(link.connected().0))?;
     let mut m = enc.encode_descriptor(
+        "cutover_fleet_ahead_of_etcd",
+        "Services this router serves at a newer generation than etcd holds (etcd restored from an older backup)",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_gauge(&(link.ahead_count() as i64))?;
+    let mut m = enc.encode_descriptor(
         "cutover_fleet_acks",
         "Routers of the fleet by the state of their ack (as this router sees them)",
         None,

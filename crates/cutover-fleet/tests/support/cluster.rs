@@ -13,6 +13,8 @@ use cutover_fleet::Etcd;
 
 /// The etcd binary (Debian's `etcd-server`; `.ci/run` installs it).
 pub const ETCD: &str = "/usr/bin/etcd";
+/// Its control tool (Debian's `etcd-client`), for snapshots.
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 /// A loopback port free a moment ago and not handed out before by this process.
 fn free_port() -> u16 {
@@ -251,6 +253,54 @@ impl Cluster {
 
     pub fn resume(&self, i: usize) {
         self.members[i].signal("-CONT");
+    }
+
+    /// `etcdctl snapshot save` from member `i` into `to`: a backup as an operator takes it.
+    pub fn snapshot_save(&self, i: usize, to: &Path) {
+        let out = Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.members[i].addr()))
+            .args(["snapshot", "save"])
+            .arg(to)
+            .output()
+            .expect("run /usr/bin/etcdctl (apt-get install etcd-client)");
+        assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The disaster recovery of etcd's guide: every member stopped, its data wiped, a new
+    /// data dir restored from `snapshot` (`etcdctl snapshot restore`), all started again.
+    /// The revision goes back to the snapshot's.
+    pub async fn restore_from(&mut self, snapshot: &Path) {
+        for i in 0..self.members.len() {
+            self.stop(i);
+        }
+        let initial = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = self.root.file_name().unwrap().to_string_lossy().to_string();
+        for m in &self.members {
+            let data = m.dir.join("data");
+            std::fs::remove_dir_all(&data).unwrap();
+            let out = Command::new(ETCDCTL)
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .arg(format!("--name={}", m.name))
+                .arg(format!("--data-dir={}", data.display()))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg(format!("--initial-cluster-token={token}"))
+                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{}", m.peer_port))
+                .output()
+                .expect("run /usr/bin/etcdctl");
+            assert!(out.status.success(), "etcdctl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for m in &mut self.members {
+            m.spawn();
+        }
+        self.wait_healthy(Duration::from_secs(30)).await;
     }
 
     pub fn root(&self) -> &Path {

@@ -13,6 +13,8 @@
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,
 //!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
+//! - `fleet_faults`: fleet mode under etcd's failures: the leader SIGKILLed during switches,
+//!   etcd restored from an older snapshot, a router cut by a paused TCP proxy.
 //! - `fleet_leader`: one elected controller: a release asked of a follower runs on the
 //!   leader; a paused leader fenced out; a killed one's release interrupted, then aborted;
 //!   the old color's scale-down held while a router is STALE.
@@ -45,6 +47,7 @@ mod dashboard;
 mod demo;
 mod dns;
 mod fleet;
+mod fleet_faults;
 mod fleet_leader;
 mod gates;
 mod hardening;
