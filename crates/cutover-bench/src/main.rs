@@ -6,6 +6,8 @@
 //! - `stream`: N concurrent SSE streams; time to first byte, the largest gap between chunks,
 //!   and whether each stream ended with `[DONE]`.
 //! - `idle`: opens N keep-alive connections, makes one request on each, then holds them open.
+//! - `fleet-sim`: N watchers that apply and ack switches like routers (the same sync code,
+//!   no listeners) on a real etcd; switch → last ack p50/p99 and etcd calls per switch.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
+
+mod fleet_sim;
 
 #[derive(Parser)]
 struct Cli {
@@ -63,6 +67,24 @@ enum Mode {
         /// How long to hold the connections after they are all open.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
         hold: Duration,
+    },
+    FleetSim {
+        /// The etcd members' client addresses, `host:port,host:port,...`.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        #[arg(long)]
+        watchers: usize,
+        #[arg(long, default_value_t = 100)]
+        switches: u64,
+        /// The fleet's name (keys under `/cutover/<fleet>/`); use a fresh one per run.
+        #[arg(long, default_value = "sim")]
+        fleet: String,
+        /// Where the watchers' snapshots go (one folder each).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Idle time measured first: the keepalives' background rate of etcd calls.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        idle: Duration,
     },
 }
 
@@ -229,6 +251,35 @@ async fn idle(addr: String, path: String, n: u64, hold: Duration) {
 
 fn main() {
     let cli = Cli::parse();
+    if let Mode::FleetSim {
+        members,
+        watchers,
+        switches,
+        fleet,
+        dir,
+        idle,
+    } = cli.mode
+    {
+        // Many watchers' syncs, health checks and SQLite writes: both cores, like routers.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let o = fleet_sim::Opts {
+            members,
+            watchers: watchers.max(1),
+            switches,
+            fleet,
+            dir,
+            idle,
+        };
+        if let Err(e) = rt.block_on(fleet_sim::run(o)) {
+            eprintln!("fleet-sim: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -255,6 +306,7 @@ fn main() {
                 connections,
                 hold,
             } => idle(addr, path, connections, hold).await,
+            Mode::FleetSim { .. } => unreachable!("run above"),
         }
     });
 }

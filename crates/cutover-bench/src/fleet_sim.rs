@@ -1,0 +1,192 @@
+//! `fleet-sim`: N lightweight watchers that apply and ack switches like routers, on a real
+//! etcd. Each one is a real `cutover_control` controller (its own SQLite snapshot, its own
+//! etcd client, watch and lease) joined to the fleet by `cutover_control::fleet::start`, the
+//! code `serve` runs, without listeners: what one router costs etcd, without the processes
+//! two cores cannot hold. Switches go through watcher 0's controller and wait for every
+//! watcher's ack (`FleetLink::await_acks`, as the admin API's answer does).
+//!
+//! etcd requests are read from the members' own `/metrics` (`grpc_server_started_total`,
+//! which the JSON gateway's calls go through too), before and after; the lease keepalives'
+//! background rate is measured over an idle period first and taken out of the per-switch
+//! count.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover_control::fleet_link::FleetLink;
+use cutover_control::service::switch::SwitchRequest;
+use cutover_control::Controller;
+use cutover_proxy::Color;
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::percentile;
+
+pub struct Opts {
+    pub members: Vec<String>,
+    pub watchers: usize,
+    pub switches: u64,
+    pub fleet: String,
+    pub dir: PathBuf,
+    pub idle: Duration,
+}
+
+/// Answers every request with 200: the endpoints the watchers' health checks probe.
+async fn health_server() -> std::io::Result<u16> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn config_text(port: u16) -> String {
+    format!(
+        "[store]\npath = \"cutover.db\"\n\n[services.chat]\nlisten = \"127.0.0.1:0\"\n\
+         allow_shared_endpoints = true\n\
+         health = {{ path = \"/health\", interval = \"10s\", timeout = \"1s\" }}\n\n\
+         [services.chat.blue]\nendpoints = [\"127.0.0.1:{port}\"]\nversion = \"v1\"\n\n\
+         [services.chat.green]\nendpoints = [\"127.0.0.1:{port}\"]\nversion = \"v2\"\n"
+    )
+}
+
+/// Summed over every member: `grpc_server_started_total` (calls etcd began serving) and
+/// `etcd_debugging_mvcc_events_total` (events sent to watchers: the fan-out).
+async fn etcd_calls(members: &[String]) -> anyhow::Result<(f64, f64)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let (mut total, mut events) = (0.0, 0.0);
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    for m in members {
+        let resp = client.get(format!("http://{m}/metrics").parse()?).await?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        for line in String::from_utf8_lossy(&body).lines() {
+            if line.starts_with("grpc_server_started_total{") {
+                total += value(line);
+            } else if line.starts_with("etcd_debugging_mvcc_events_total ") {
+                events += value(line);
+            }
+        }
+    }
+    Ok((total, events))
+}
+
+struct Watcher {
+    ctl: Arc<Controller>,
+    link: Arc<FleetLink>,
+    _tasks: cutover_control::fleet::FleetTasks,
+}
+
+async fn watcher(o: &Opts, i: usize, port: u16) -> anyhow::Result<Watcher> {
+    let dir = o.dir.join(format!("w{i}"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("cutover.toml");
+    let config = cutover_config::parse(&path, &config_text(port)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = cutover_store::Store::open(&dir.join("cutover.db"))?;
+    let ctl = Arc::new(Controller::build(config, store)?);
+    let link = Arc::new(FleetLink::new(
+        cutover_fleet::Etcd::new(o.members.clone()),
+        &o.fleet,
+        format!("sim-{i}"),
+        format!("sim://{i}"),
+        Duration::from_secs(10),
+    ));
+    ctl.attach_fleet(link.clone());
+    let tasks = cutover_control::fleet::start(ctl.clone(), link.clone(), Duration::from_secs(10)).await;
+    Ok(Watcher {
+        ctl,
+        link,
+        _tasks: tasks,
+    })
+}
+
+pub async fn run(o: Opts) -> anyhow::Result<()> {
+    let port = health_server().await?;
+    let mut ws = Vec::new();
+    for i in 0..o.watchers {
+        ws.push(watcher(&o, i, port).await?);
+    }
+    let lead = &ws[0];
+    // Everyone acked the state read at start before anything is measured.
+    let start = Instant::now();
+    loop {
+        let g = lead.ctl.service("chat")?.proxy.table().generation;
+        let r = lead.link.report("chat", g);
+        if r.synced == o.watchers {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {}/{} watchers synced after 60 s",
+            r.synced,
+            o.watchers
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (idle0, idle_events0) = etcd_calls(&o.members).await?;
+    tokio::time::sleep(o.idle).await;
+    let (idle1, idle_events1) = etcd_calls(&o.members).await?;
+    let idle_rate = (idle1 - idle0) / o.idle.as_secs_f64();
+    let idle_events = (idle_events1 - idle_events0) / o.idle.as_secs_f64();
+
+    let (before, events_before) = etcd_calls(&o.members).await?;
+    let began = Instant::now();
+    let mut lat = Vec::new();
+    let mut short = 0u64;
+    for k in 0..o.switches {
+        let to = if k % 2 == 0 { Color::Green } else { Color::Blue };
+        let t0 = tokio::time::Instant::now();
+        let out = lead
+            .ctl
+            .switch(
+                "chat",
+                SwitchRequest {
+                    to: Some(to),
+                    if_generation: None,
+                    force: true,
+                    kind: cutover_store::SwitchKind::Switched,
+                    actor: "fleet-sim".into(),
+                    reason: format!("switch {k}"),
+                    release_id: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("switch {k}: {e}"))?;
+        let r = lead.link.await_acks("chat", out.generation, t0).await;
+        lat.push(t0.elapsed().as_micros() as u64);
+        if r.synced != o.watchers {
+            short += 1;
+        }
+    }
+    let spent = began.elapsed().as_secs_f64();
+    let (after, events_after) = etcd_calls(&o.members).await?;
+    let per_switch = (after - before - idle_rate * spent) / o.switches as f64;
+    let events = (events_after - events_before - idle_events * spent) / o.switches as f64;
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({"watchers": o.watchers, "switches": o.switches, "not_all_acked": short,
+               "p50_us": percentile(&lat, 0.5), "p99_us": percentile(&lat, 0.99), "max_us": lat.last().copied().unwrap_or(0),
+               "etcd_calls_per_switch": (per_switch * 10.0).round() / 10.0,
+               "watch_events_per_switch": events.round(),
+               "idle_etcd_calls_per_s": (idle_rate * 10.0).round() / 10.0})
+    );
+    Ok(())
+}
