@@ -70,10 +70,15 @@ fn config_text(port: u16) -> String {
 /// Summed over every member: `grpc_server_started_total` (calls etcd began serving) and
 /// `etcd_debugging_mvcc_events_total` (events sent to watchers: the fan-out).
 async fn etcd_calls(members: &[String]) -> anyhow::Result<(f64, f64)> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let (mut total, mut events) = (0.0, 0.0);
-    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let value = |line: &str| {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     for m in members {
         let resp = client.get(format!("http://{m}/metrics").parse()?).await?;
         let body = resp.into_body().collect().await?.to_bytes();

@@ -264,7 +264,11 @@ impl Cluster {
             .arg(to)
             .output()
             .expect("run /usr/bin/etcdctl (apt-get install etcd-client)");
-        assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot save: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The disaster recovery of etcd's guide: every member stopped, its data wiped, a new
@@ -292,10 +296,17 @@ impl Cluster {
                 .arg(format!("--data-dir={}", data.display()))
                 .arg(format!("--initial-cluster={initial}"))
                 .arg(format!("--initial-cluster-token={token}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{}", m.peer_port))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                    m.peer_port
+                ))
                 .output()
                 .expect("run /usr/bin/etcdctl");
-            assert!(out.status.success(), "etcdctl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "etcdctl snapshot restore: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         for m in &mut self.members {
             m.spawn();

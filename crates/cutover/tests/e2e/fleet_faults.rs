@@ -80,7 +80,10 @@ async fn stored_doc(etcd: &Cluster, fleet: &str) -> (u64, String) {
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&kv.expect("the service's document").value).unwrap();
-    (v["generation"].as_u64().unwrap(), v["live"].as_str().unwrap().to_string())
+    (
+        v["generation"].as_u64().unwrap(),
+        v["live"].as_str().unwrap().to_string(),
+    )
 }
 
 /// Every history record etcd holds, by generation: the reason each switch was given.
@@ -94,7 +97,10 @@ async fn stored_history(etcd: &Cluster, fleet: &str) -> BTreeMap<u64, String> {
         .iter()
         .map(|kv| {
             let v: Value = serde_json::from_slice(&kv.value).unwrap();
-            (v["generation"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+            (
+                v["generation"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -261,7 +267,10 @@ async fn etcd_restored_from_an_older_snapshot_routers_re_read_keep_the_newer_gen
         // An older generation is never applied: it keeps what it served.
         assert_eq!(color_served(r).await, "green");
         assert_eq!(r.status().await["generation"], 6);
-        assert_eq!(metric(r, "cutover_fleet_ahead_of_etcd ").await, "cutover_fleet_ahead_of_etcd 1");
+        assert_eq!(
+            metric(r, "cutover_fleet_ahead_of_etcd ").await,
+            "cutover_fleet_ahead_of_etcd 1"
+        );
     }
     // The next switch writes a higher generation over the restored document: everyone
     // applies it and nobody is ahead of etcd any more.
@@ -276,7 +285,10 @@ async fn etcd_restored_from_an_older_snapshot_routers_re_read_keep_the_newer_gen
         })
         .await;
         assert_eq!(color_served(r).await, "blue");
-        assert_eq!(metric(r, "cutover_fleet_ahead_of_etcd ").await, "cutover_fleet_ahead_of_etcd 0");
+        assert_eq!(
+            metric(r, "cutover_fleet_ahead_of_etcd ").await,
+            "cutover_fleet_ahead_of_etcd 0"
+        );
     }
     wait_synced(&a, 2).await;
 }
@@ -394,7 +406,10 @@ async fn a_router_cut_by_a_paused_tcp_proxy_is_stale_then_lost_keeps_serving_and
         assert_eq!(color_served(&b).await, "blue");
     }
     assert_eq!(b.status().await["generation"], 1);
-    assert_eq!(metric(&b, "cutover_fleet_connected ").await, "cutover_fleet_connected 0");
+    assert_eq!(
+        metric(&b, "cutover_fleet_connected ").await,
+        "cutover_fleet_connected 0"
+    );
     // A switch through b cannot commit: an honest 503, nothing changed.
     let s = b.switch("green").await;
     assert_eq!(s.status, 503, "{}", s.text());
