@@ -180,15 +180,19 @@ def main():
             path = "/v1/chat/completions"
             loadgen(binp, "rate", f"127.0.0.1:{port}", "--path", path, "--rps", 500, "--duration", "1s")  # warm
             fixed = loadgen(binp, "rate", f"127.0.0.1:{port}", "--path", path, "--rps", 2000, "--connections", 32, "--duration", f"{secs}s")
-            sat = loadgen(binp, "rate", f"127.0.0.1:{port}", "--path", path, "--rps", 100000, "--connections", 64, "--duration", f"{secs}s")
+            # Offered more than the machine does: every scheduled request is still sent, late,
+            # so what was done per second of wall time is the throughput.
+            t0 = time.perf_counter()
+            sat = loadgen(binp, "rate", f"127.0.0.1:{port}", "--path", path, "--rps", 20000, "--connections", 64, "--duration", f"{secs}s")
+            sat["done_rps"] = sat["requests"] / (time.perf_counter() - t0)
             rows.append((label, fixed, sat))
         out += ["### Data plane: one router, fleet mode vs SQLite alone (cutover-bench rate, mock-model upstream)", "",
-                "| mode | 2,000 req/s: p50 us | p99 us | failed | flat out (100k req/s offered): req/s done | failed |",
+                "| mode | 2,000 req/s: p50 us | p99 us | failed | flat out (20k req/s offered): req/s done | failed |",
                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for label, f, s in rows:
-            out.append(f"| {label} | {f['p50_us']} | {f['p99_us']} | {f['failed']} | {s['requests'] / secs:.0f} | {s['failed']} |")
-        out += ["", "Each mode twice, alternating. At 100k req/s offered the generator saturates the machine with the router: "
-                "the done rate compares the two, its latency is queueing (not shown).", ""]
+            out.append(f"| {label} | {f['p50_us']} | {f['p99_us']} | {f['failed']} | {s['done_rps']:.0f} | {s['failed']} |")
+        out += ["", "Each mode twice, alternating, while the 5 fleet routers and etcd run (the SQLite router too). Flat out, "
+                "the generator and the router share the 2 cores; the done rate compares the two, its latency is queueing (not shown).", ""]
 
         # 3. Simulated fleets on the same etcd.
         out += [f"### Simulated fleets (cutover-bench fleet-sim: the routers' sync code, no listeners), {a.sim_switches} switches each", "",
