@@ -16,10 +16,7 @@ use tokio::sync::watch;
 
 use crate::support::*;
 
-#[path = "../../../cutover-fleet/tests/support/cluster.rs"]
-mod cluster;
-
-use cluster::Cluster;
+use crate::fleet::cluster::Cluster;
 
 fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
     format!("url = \"{url}\"\nfleet = \"{fleet}\"\n\n{services}")
