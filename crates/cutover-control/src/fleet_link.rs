@@ -701,7 +701,9 @@ impl FleetLink {
                 },
             })?
         } else {
-            self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet { detail: not_confirmed(&e) })?
+            self.etcd.txn(&txn).await.map_err(|e| SwitchError::Fleet {
+                detail: not_confirmed(&e),
+            })?
         };
         if r.succeeded {
             self.record_applied(
