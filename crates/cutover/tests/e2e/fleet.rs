@@ -18,18 +18,18 @@ use cluster::Cluster;
 
 /// `[store]` lines for fleet mode. Router configs put the services' text right after
 /// `[store] path = ...`, so lines before the first table join `[store]`.
-fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
+pub(crate) fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
     format!("url = \"{url}\"\nfleet = \"{fleet}\"\n\n{services}")
 }
 
-async fn fleet_view(r: &Router) -> Value {
+pub(crate) async fn fleet_view(r: &Router) -> Value {
     let v = r.api(Method::GET, "/v1/fleet", Value::Null).await;
     assert_eq!(v.status, 200, "{}", v.text());
     v.json()
 }
 
 /// Waits until `r` sees `n` routers under `routers/` in the state `state`.
-async fn wait_routers(r: &Router, n: usize, state: &str) -> Value {
+pub(crate) async fn wait_routers(r: &Router, n: usize, state: &str) -> Value {
     wait_for(&format!("{n} routers {state}"), Duration::from_secs(20), || async {
         let v = fleet_view(r).await;
         let k = v["routers"]
@@ -43,7 +43,7 @@ async fn wait_routers(r: &Router, n: usize, state: &str) -> Value {
     .await
 }
 
-fn state_of<'v>(v: &'v Value, id: &str) -> &'v str {
+pub(crate) fn state_of<'v>(v: &'v Value, id: &str) -> &'v str {
     v["routers"]
         .as_array()
         .unwrap()
@@ -53,11 +53,11 @@ fn state_of<'v>(v: &'v Value, id: &str) -> &'v str {
         .unwrap_or("absent")
 }
 
-async fn router_id(r: &Router) -> String {
+pub(crate) async fn router_id(r: &Router) -> String {
     fleet_view(r).await["router_id"].as_str().unwrap().to_string()
 }
 
-async fn color_served(r: &Router) -> String {
+pub(crate) async fn color_served(r: &Router) -> String {
     let c = http_client();
     send(&c, Method::GET, &r.url("/v1/models"), &[], "")
         .await
@@ -66,7 +66,7 @@ async fn color_served(r: &Router) -> String {
         .to_string()
 }
 
-async fn wait_color(r: &Router, color: &str) {
+pub(crate) async fn wait_color(r: &Router, color: &str) {
     wait_for(
         &format!("the router to serve {color}"),
         Duration::from_secs(20),

@@ -17,48 +17,11 @@ use tokio::sync::watch;
 use crate::support::*;
 
 use crate::fleet::cluster::Cluster;
+use crate::fleet::{color_served, fleet_view, in_fleet, state_of, wait_routers};
 
-fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
-    format!("url = \"{url}\"\nfleet = \"{fleet}\"\n\n{services}")
-}
-
-async fn fleet_view(r: &Router) -> Value {
-    let v = r.api(Method::GET, "/v1/fleet", Value::Null).await;
-    assert_eq!(v.status, 200, "{}", v.text());
-    v.json()
-}
-
-fn state_of<'v>(v: &'v Value, id: &str) -> &'v str {
-    v["routers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == id)
-        .and_then(|x| x["state"].as_str())
-        .unwrap_or("absent")
-}
-
+/// Waits until `r` sees `n` routers SYNCED.
 async fn wait_synced(r: &Router, n: usize) {
-    wait_for(&format!("{n} routers SYNCED"), Duration::from_secs(20), || async {
-        let v = fleet_view(r).await;
-        let k = v["routers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["state"] == "SYNCED")
-            .count();
-        (k == n).then_some(())
-    })
-    .await
-}
-
-async fn color_served(r: &Router) -> String {
-    let c = http_client();
-    send(&c, Method::GET, &r.url("/v1/models"), &[], "")
-        .await
-        .unwrap()
-        .header("x-cutover-color")
-        .to_string()
+    wait_routers(r, n, "SYNCED").await;
 }
 
 async fn metric(r: &Router, line_start: &str) -> String {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 use crate::fleet::cluster::Cluster;
+use crate::fleet::{color_served, fleet_view};
 
 /// A short bake that completes without traffic, and a quick scale-down.
 const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
@@ -94,7 +95,7 @@ impl Fleet {
     /// Waits until router `i` sees `n` routers SYNCED.
     async fn wait_synced(&self, i: usize, n: usize) {
         wait_for(&format!("{n} routers synced"), Duration::from_secs(20), || async {
-            let v = view(&self.routers[i]).await;
+            let v = fleet_view(&self.routers[i]).await;
             let k = v["routers"]
                 .as_array()
                 .unwrap()
@@ -113,7 +114,7 @@ impl Fleet {
             let mut named = Vec::new();
             let mut leading = Vec::new();
             for &i in among {
-                let v = view(&self.routers[i]).await;
+                let v = fleet_view(&self.routers[i]).await;
                 named.push(v["leader"]["router_id"].as_str().unwrap_or("").to_string());
                 if v["is_leader"] == true {
                     leading.push(i);
@@ -142,12 +143,6 @@ impl Fleet {
     }
 }
 
-async fn view(r: &Router) -> Value {
-    let v = r.api(Method::GET, "/v1/fleet", Value::Null).await;
-    assert_eq!(v.status, 200, "{}", v.text());
-    v.json()
-}
-
 fn release_key(id: i64) -> String {
     format!("releases/chat/{id:020}")
 }
@@ -167,15 +162,6 @@ async fn history_kinds(r: &Router, id: i64) -> Vec<String> {
         .filter(|e| e["release_id"] == id)
         .filter_map(|e| e["kind"].as_str().map(String::from))
         .collect()
-}
-
-async fn served(r: &Router) -> String {
-    let c = http_client();
-    send(&c, Method::GET, &r.url("/v1/models"), &[], "")
-        .await
-        .unwrap()
-        .header("x-cutover-color")
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +188,7 @@ async fn one_leader_and_a_release_asked_of_a_follower_runs_on_the_leader_and_com
     assert_eq!(stored["outcome"], "completed", "{stored}");
     for r in &f.routers {
         wait_for("green everywhere", Duration::from_secs(10), || async {
-            (served(r).await == "green").then_some(())
+            (color_served(r).await == "green").then_some(())
         })
         .await;
         let list = r
@@ -249,7 +235,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_out_and_steps_down() {
     let (_, service_rev) = f.stored("services/chat").await;
     f.routers[old].proc.signal("CONT");
     wait_for("the old leader to step down", Duration::from_secs(20), || async {
-        let v = view(&f.routers[old]).await;
+        let v = fleet_view(&f.routers[old]).await;
         (v["is_leader"] == false && v["leader"]["router_id"] == format!("r{new}")).then_some(())
     })
     .await;
@@ -273,7 +259,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_out_and_steps_down() {
     assert_eq!(a.status, 409, "{}", a.text());
     assert_eq!(a.header("x-cutover-leader"), format!("r{new}"));
     for r in &f.routers {
-        assert_eq!(served(r).await, "blue");
+        assert_eq!(color_served(r).await, "blue");
     }
     // The old leader, a follower now, forwards a new release to the new leader; it runs.
     let r = f.routers[old]
@@ -344,7 +330,7 @@ async fn a_leader_killed_mid_release_leaves_it_interrupted_and_the_new_leader_ab
         .await;
     assert_eq!(again.status, 409, "{}", again.text());
     for i in rest {
-        assert_eq!(served(&f.routers[i]).await, "blue");
+        assert_eq!(color_served(&f.routers[i]).await, "blue");
     }
 }
 
@@ -376,7 +362,7 @@ async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_aft
     // Read the release, then the fleet: a router STALE after the read was STALE before it
     // (paused, it cannot ack), so the scale-down must not have happened yet.
     let d = f.routers[leader].release_doc(id).await;
-    let v = view(&f.routers[leader]).await;
+    let v = fleet_view(&f.routers[leader]).await;
     let state = v["routers"]
         .as_array()
         .unwrap()
@@ -402,7 +388,7 @@ async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_aft
     )
     .await;
     wait_for("the paused router to serve green", Duration::from_secs(20), || async {
-        (served(&f.routers[paused]).await == "green").then_some(())
+        (color_served(&f.routers[paused]).await == "green").then_some(())
     })
     .await;
 }
