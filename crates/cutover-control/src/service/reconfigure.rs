@@ -72,7 +72,12 @@ impl ServiceCtl {
         };
         note(old.listen != new.listen, "listen");
         note(old.preview_listen != new.preview_listen, "preview_listen");
-        note(differ(&settings_from(&old), &settings_from(new)), "limits/forwarding");
+        // Against the settings the data plane runs with: building them from the old config again
+        // would load the upstream CA roots again for nothing.
+        note(
+            differ(&*self.proxy.settings(), &settings_from(new)),
+            "limits/forwarding",
+        );
         note(differ(&old.health, &new.health), "health");
         note(old.resolve_interval != new.resolve_interval, "resolve_interval");
         note(differ(&old.release, &new.release), "release");
@@ -94,7 +99,8 @@ impl ServiceCtl {
     /// the new `run` template. Listeners are the reload's (it re-binds a changed address).
     pub(crate) async fn reconfigure(self: &Arc<Self>, new: ServiceConfig) {
         let old = self.cfg();
-        let settings_changed = differ(&settings_from(&old), &settings_from(&new));
+        let new_settings = settings_from(&new);
+        let settings_changed = differ(&*self.proxy.settings(), &new_settings);
         let health_changed = differ(&old.health, &new.health);
         let pools_changed = {
             let (a, b) = (&old.limits, &new.limits);
@@ -107,7 +113,7 @@ impl ServiceCtl {
         }
         self.cfg.store(Arc::new(new.clone()));
         if settings_changed {
-            self.proxy.set_settings(settings_from(&new));
+            self.proxy.set_settings(new_settings);
         }
         if health_changed {
             self.health.store(Arc::new(health_spec(&new)));
