@@ -334,7 +334,13 @@ impl Drop for KillOnDrop {
 /// The next message on a stand-in for systemd's notify socket.
 fn next_notification(sock: &std::os::unix::net::UnixDatagram) -> String {
     let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf).expect("a notification within the read timeout");
+    // A signal to this test process (another test's child exiting) interrupts the wait: retry.
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.expect("a notification within the read timeout"),
+        }
+    };
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
