@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use super::{Config, ConfigError, Environments, RunConfig, Source, Span};
 
 /// The placeholders the supervisor substitutes in `run.command` and `run.env`.
-pub const PLACEHOLDERS: [&str; 4] = ["version", "port", "color", "replica"];
+/// `{host}` is the address the processes listen on: `run.host`, or on a host agent the
+/// address it advertises.
+pub const PLACEHOLDERS: [&str; 5] = ["version", "port", "color", "replica", "host"];
 
 /// The `{name}` placeholders in one template string (`{` ... `}` around a plain word; JSON
 /// such as `{"a": 1}` in an argument is not one).
@@ -188,7 +190,11 @@ impl Source<'_> {
                     );
                 }
             }
-            if let Environments::Managed(run) = &svc.environments {
+            // On host agents: the program and ports are the agents' machines' business.
+            if let Some(run) = match &svc.environments {
+                Environments::Managed(run) if run.hosts.is_empty() => Some(run),
+                _ => None,
+            } {
                 let prog = &run.command[0];
                 let workdir = run.workdir.clone().unwrap_or_else(|| dir.clone());
                 if placeholders(prog).is_empty() && !program_found(prog, &[&workdir]) {

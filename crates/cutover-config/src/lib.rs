@@ -167,11 +167,24 @@ pub fn etcd_members(url: &str) -> Result<Vec<String>, String> {
 }
 
 /// A fleet name or router id: it becomes part of etcd keys.
-fn is_key_word(s: &str) -> bool {
+pub fn is_key_word(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A host agent's name: one DNS-style name, so it is a valid endpoint name and etcd key.
+pub fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// The upstream protocol a service's model servers speak.
@@ -330,7 +343,7 @@ pub struct StaticColor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    /// argv template; `{version}`, `{port}`, `{color}`, `{replica}` are substituted.
+    /// argv template; `{version}`, `{port}`, `{color}`, `{replica}`, `{host}` are substituted.
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -343,6 +356,11 @@ pub struct RunConfig {
     /// Host the processes listen on, used to build endpoint addresses.
     #[serde(default = "defaults::run_host")]
     pub host: String,
+    /// Fleet mode: the host agents (`cutover agent --host NAME`) that run this service's
+    /// processes, each on every port of `ports`; empty runs them on this machine. Routers
+    /// reach them at the address each agent advertises.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Whether a managed process of the live color (or the old color while it stays warm)
     /// that exits without being asked to is started again.
     #[serde(default)]
@@ -1065,6 +1083,8 @@ struct Source<'a> {
 struct Claims {
     addrs: HashMap<SocketAddr, String>,
     managed_ports: HashMap<u16, String>,
+    /// `[store] url` is set: managed services may run on host agents.
+    fleet: bool,
 }
 
 impl Source<'_> {
@@ -1165,6 +1185,7 @@ impl Source<'_> {
         let mut claims = Claims::default();
         let admin = self.admin(&raw.admin, &mut claims)?;
         let store = self.store(&raw.store)?;
+        claims.fleet = store.fleet.is_some();
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
             let svc = self.service(&name, svc, &mut claims)?;
@@ -1611,6 +1632,10 @@ impl Source<'_> {
                 if let Some(other) = claims.managed_ports.insert(*p, key.clone()) {
                     return self.err(rspan, key, format!("port {p} is also used by `{other}`"));
                 }
+                // On host agents the ports are the agents' machines', not this one's.
+                if !run.hosts.is_empty() {
+                    continue;
+                }
                 if let Ok(ip) = run.host.parse() {
                     self.claim(claims, SocketAddr::new(ip, *p), key, rspan.clone())?;
                 }
@@ -1619,8 +1644,39 @@ impl Source<'_> {
         if run.host.parse::<std::net::IpAddr>().is_err() {
             return self.err(rspan, k("run.host"), format!("invalid IP address {:?}", run.host));
         }
+        self.run_hosts(name, &run, &rspan, claims.fleet)?;
         run.workdir = run.workdir.map(|w| self.resolve(&w));
         Ok(run)
+    }
+
+    /// `run.hosts`: fleet mode only, each a host agent's name (it becomes part of etcd keys
+    /// and of endpoint names), no name twice.
+    fn run_hosts(&self, name: &str, run: &RunConfig, rspan: &Span, fleet: bool) -> Result<(), ConfigError> {
+        if run.hosts.is_empty() {
+            return Ok(());
+        }
+        let key = format!("services.{name}.run.hosts");
+        let span = self.span_of(&key).unwrap_or_else(|| rspan.clone());
+        if !fleet {
+            return self.err(
+                span,
+                key,
+                "host agents are a fleet mode feature: set `store.url = \"etcd://HOST:PORT,...\"` and `store.fleet`, or leave `hosts` out to run the processes on this machine".into(),
+            );
+        }
+        for (i, h) in run.hosts.iter().enumerate() {
+            if !is_host_name(h) {
+                return self.err(
+                    span,
+                    format!("{key}[{i}]"),
+                    format!("{h:?} is not a host agent name (letters, digits, `-`, `.`; what `cutover agent --host` was given)"),
+                );
+            }
+            if run.hosts[..i].contains(h) {
+                return self.err(span, format!("{key}[{i}]"), format!("host {h:?} is listed twice"));
+            }
+        }
+        Ok(())
     }
 
     /// Cross-field rules of `[services.NAME.release]`, each reported on the line of its key.

@@ -698,3 +698,29 @@ fn https_endpoints_turn_upstream_tls_on_for_the_whole_service() {
     assert!(e.message.contains("cannot read the CA file"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn host_agents_need_fleet_mode_and_valid_distinct_names() {
+    let svc = |hosts: &str| {
+        format!(
+            "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = [\"serve\", \"--host\", \"{{host}}\", \"--port\", \"{{port}}\"]\nports = {{ blue = [9001], green = [9002] }}\nhosts = {hosts}\n"
+        )
+    };
+    let fleet = "[store]\nurl = \"etcd://127.0.0.1:2379\"\nfleet = \"prod\"\n";
+    let c = check(&format!("{fleet}{}", svc("[\"gpu-a\", \"gpu-b.internal\"]"))).unwrap();
+    let Environments::Managed(run) = &c.services["chat"].environments else {
+        panic!("managed")
+    };
+    assert_eq!(run.hosts, ["gpu-a", "gpu-b.internal"]);
+    // Without a fleet there is nobody to run them: the error names the line of `hosts`.
+    let e = check(&svc("[\"gpu-a\"]")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.hosts"), "{e}");
+    assert!(e.message.contains("fleet mode"), "{e}");
+    let e = check(&format!("{fleet}{}", svc("[\"gpu-a\", \"gpu_b\"]"))).unwrap_err();
+    assert_eq!(e.key, "services.chat.run.hosts[1]", "{e}");
+    let e = check(&format!("{fleet}{}", svc("[\"gpu-a\", \"gpu-a\"]"))).unwrap_err();
+    assert!(e.message.contains("twice"), "{e}");
+    // `{host}` is a placeholder like `{port}`; `{hots}` is not.
+    let e = check(&format!("{fleet}{}", svc("[\"gpu-a\"]").replace("{host}", "{hots}"))).unwrap_err();
+    assert!(e.message.contains("{host}"), "{e}");
+}

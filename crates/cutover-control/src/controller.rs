@@ -98,7 +98,8 @@ impl Controller {
     /// restarted by the policy (a warm color's too, once `resume` finds its scale-down
     /// pending); forgets the rest.
     fn adopt(&self, svc: &ServiceCtl) -> anyhow::Result<()> {
-        let Some(procs) = &svc.procs else {
+        // Host agents adopt their own processes.
+        let Some(procs) = svc.procs.as_ref().and_then(|p| p.local()) else {
             return Ok(());
         };
         let name = &svc.name;
@@ -192,6 +193,9 @@ impl Controller {
     pub fn attach_fleet(&self, link: Arc<FleetLink>) {
         for svc in self.services().values() {
             let _ = svc.fleet.set(link.clone());
+            if let Some(crate::procs::Procs::Remote(r)) = &svc.procs {
+                r.attach(link.clone());
+            }
         }
         let _ = self.fleet.set(link);
     }

@@ -113,6 +113,16 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
     let services = link.etcd.range_prefix(&link.keys.services()).await?;
     let routers = link.etcd.range_prefix(&link.keys.routers()).await?;
     let releases = link.etcd.range_prefix(&link.keys.releases()).await?;
+    let mut agent_kvs = Vec::new();
+    for prefix in [
+        link.keys.hosts(),
+        link.keys.agents(),
+        link.keys.desired(),
+        link.keys.reports(),
+    ] {
+        agent_kvs.extend(link.etcd.range_prefix(&prefix).await?.kvs);
+    }
+    link.hosts.read(&link.keys, &agent_kvs);
     for kv in &releases.kvs {
         if let Some((service, id)) = link.keys.release_of(&kv.key) {
             link.release_seen(service, id, serde_json::from_slice(&kv.value).ok());
@@ -336,6 +346,21 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
         match e {
             Event::Put(kv) => link.set_leader(Some(kv)),
             Event::Delete(_) => link.set_leader(None),
+        }
+    } else if crate::fleet_hosts::HostKey::of(&link.keys, key).is_some() {
+        let kv = match e {
+            Event::Put(kv) => Some(kv),
+            Event::Delete(_) => None,
+        };
+        if let Some(host) = link.hosts.event(&link.keys, key, kv) {
+            // A host agent (re)registered at a new address: the services it serves move
+            // their endpoints now, not at the next resolve interval.
+            for svc in ctl.services().values() {
+                if svc.runs_on(&host) {
+                    let svc = svc.clone();
+                    tokio::spawn(async move { svc.resolve_names().await });
+                }
+            }
         }
     } else if let Some(id) = link.keys.router_id(key) {
         match e {

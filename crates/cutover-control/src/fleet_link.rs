@@ -172,6 +172,8 @@ pub struct FleetLink {
     pub convergence: Histogram,
     /// Wakes the campaign: the leader key went away, or this router lost its term.
     pub(crate) leader_changed: tokio::sync::Notify,
+    /// The host agents, their registrations, desired processes and reports.
+    pub hosts: crate::fleet_hosts::HostsView,
 }
 
 impl FleetLink {
@@ -191,6 +193,7 @@ impl FleetLink {
             resync: tokio::sync::Notify::new(),
             convergence: Histogram::default(),
             leader_changed: tokio::sync::Notify::new(),
+            hosts: Default::default(),
         }
     }
 
@@ -485,6 +488,7 @@ impl FleetLink {
                 "router_id": d.router_id, "admin_url": d.admin_url, "since": d.since, "revision": rev,
             })),
             "is_leader": s.term.is_some(),
+            "agents": self.hosts.view(),
         })
     }
 

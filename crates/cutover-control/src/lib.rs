@@ -22,7 +22,9 @@
 //! - [`service`]: one service's colors, states, route tables, switch and rollback.
 //! - [`fleet_link`]: the router's link to etcd: applied documents, the routers' acks, the
 //!   switch transaction (below `service`, so a switch commits through it).
-//! - [`supervisor`]: managed model-server processes (start, stop, adopt).
+//! - [`procs`]: a managed service's processes, local ([`supervisor`]: start, stop, adopt) or
+//!   on host agents ([`remote_procs`], through etcd); [`agent`] is `cutover agent`, the
+//!   host's side; [`fleet_hosts`] what a router knows of the agents.
 //! - [`store_call`], [`colors`], [`error`], [`token`], [`pause`], [`certs`]: leaves (store
 //!   calls off the async workers, the store/data-plane color seam, the core's errors, the
 //!   admin tokens and their roles, the control plane's pause during a hand-over, the TLS
@@ -33,17 +35,21 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod certs;
 pub(crate) mod colors;
 pub mod controller;
 pub mod error;
 pub mod fleet;
+pub mod fleet_hosts;
 pub mod fleet_leader;
 pub mod fleet_link;
 pub mod metrics;
 pub mod pause;
+pub mod procs;
 pub mod release;
 pub mod reload;
+pub mod remote_procs;
 pub mod scale_down;
 pub mod server;
 pub mod service;

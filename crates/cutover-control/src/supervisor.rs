@@ -293,13 +293,17 @@ pub struct Exit {
     /// The last lines of its log, each prefixed with `| `.
     #[serde(skip)]
     pub tail: String,
+    /// The host agent it ran on (`run.hosts`); `None` on this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Exit {
     /// One message for reasons and history: what exited, how, its log and last lines.
     pub fn describe(&self, color: Color) -> String {
+        let on = self.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
         let mut s = format!(
-            "{color} replica {} ({}, pid {}) exited: {}",
+            "{color} replica {}{on} ({}, pid {}) exited: {}",
             self.replica, self.version, self.pid, self.status
         );
         if let Some(log) = &self.log {
@@ -323,6 +327,9 @@ pub struct ProcessStatus {
     pub version: String,
     pub started_at: Option<String>,
     pub log: Option<String>,
+    /// The host agent it runs on (`run.hosts`); absent on this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A color's managed processes as `status` shows them.
@@ -532,7 +539,7 @@ impl Supervisor {
         let argv: Vec<String> = run
             .command
             .iter()
-            .map(|a| substitute(a, version, port, color, replica))
+            .map(|a| substitute(a, version, port, color, replica).replace("{host}", &run.host))
             .collect();
         let started_at = now_rfc3339();
         let header = format!(
@@ -557,7 +564,10 @@ impl Supervisor {
             .env("CUTOVER_VERSION", version)
             .env("CUTOVER_PORT", port.to_string());
         for (k, v) in &run.env {
-            cmd.env(k, substitute(v, version, port, color, replica));
+            cmd.env(
+                k,
+                substitute(v, version, port, color, replica).replace("{host}", &run.host),
+            );
         }
         let child = cmd.spawn().map_err(|e| {
             format!(
@@ -695,6 +705,7 @@ impl Supervisor {
                     .map(|l| tail(Path::new(l), TAIL_LINES))
                     .unwrap_or_default(),
                 log,
+                host: None,
             };
             c.last_exit = Some(exit.clone());
             let window = self.run().restart_window.get();
@@ -903,6 +914,7 @@ impl Supervisor {
                     version: p.version.clone(),
                     started_at: p.started_at.clone(),
                     log: p.log.clone(),
+                    host: None,
                 })
                 .collect(),
             restarts: c.restarts,

@@ -7,11 +7,28 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A color as documents write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
     Blue,
     Green,
+}
+
+impl Color {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
 }
 
 /// The version at each color.
@@ -141,6 +158,167 @@ impl LeaderDoc {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a leader document serializes")
+    }
+}
+
+/// A host agent's registration, `hosts/<name>`: where routers reach its model servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDoc {
+    /// The address the agent's model servers listen on and routers connect to: an IP
+    /// address or a DNS name.
+    pub advertise: String,
+    /// When the agent (re)registered (RFC 3339).
+    pub since: String,
+    /// The agent's pid, for people reading etcd.
+    #[serde(default)]
+    pub pid: u32,
+}
+
+impl HostDoc {
+    pub fn parse(bytes: &[u8]) -> Result<HostDoc, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid host document: {e}"))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a host document serializes")
+    }
+}
+
+/// Whether a color's processes should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wanted {
+    Run,
+    Stop,
+}
+
+/// What an exit of a running process leads to on the agent (the supervisor's role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcRole {
+    /// Being released: an exit fails the release, no restart.
+    Releasing,
+    /// Live or warm: restarted by the policy.
+    Serving,
+    /// Neither: reported only.
+    Idle,
+}
+
+/// The managed environment's template as the controller's config says it, sent to agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTemplate {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Ports on each host, per color.
+    pub blue_ports: Vec<u16>,
+    pub green_ports: Vec<u16>,
+    /// Absolute, or `None`: the agent's own working directory.
+    pub workdir: Option<String>,
+    /// `on-failure` or `never`.
+    pub restart: String,
+    pub restart_limit: u32,
+    pub restart_window_ms: u64,
+    pub stop_timeout_ms: u64,
+}
+
+/// What one color of a service should run on its hosts: `desired/<service>/<color>`,
+/// written by the controller, read by every agent named in `hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredProcs {
+    /// A new start (or stop) has a new epoch; the same epoch with another role only changes
+    /// what an exit leads to.
+    pub epoch: u64,
+    pub wanted: Wanted,
+    pub version: Option<String>,
+    pub role: ProcRole,
+    pub hosts: Vec<String>,
+    pub template: RunTemplate,
+    pub at: String,
+    /// The router that wrote it.
+    pub router: String,
+}
+
+impl DesiredProcs {
+    pub fn parse(bytes: &[u8]) -> Result<DesiredProcs, String> {
+        if bytes.len() > MAX_DOC_BYTES {
+            return Err(format!("desired document of {} bytes, over the limit", bytes.len()));
+        }
+        let d: DesiredProcs = serde_json::from_slice(bytes).map_err(|e| format!("invalid desired document: {e}"))?;
+        if d.wanted == Wanted::Run && (d.version.is_none() || d.template.command.is_empty()) {
+            return Err("invalid desired document: a run without a version or a command".into());
+        }
+        if d.template.blue_ports.len() != d.template.green_ports.len() {
+            return Err("invalid desired document: blue and green have different numbers of ports".into());
+        }
+        Ok(d)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a desired document serializes")
+    }
+}
+
+/// Where a host's processes of one epoch are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Started (each process spawned and recorded); health is the routers' to check.
+    Running,
+    /// The start failed (`error`).
+    Failed,
+    /// Stopped as asked.
+    Stopped,
+}
+
+/// One process as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedProcess {
+    pub replica: u32,
+    pub port: u16,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: Option<String>,
+    pub log: Option<String>,
+}
+
+/// The latest exit nobody asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedExit {
+    pub replica: u32,
+    pub pid: u32,
+    pub version: String,
+    pub status: String,
+    pub at: String,
+    pub log: Option<String>,
+    /// The last lines of its log.
+    #[serde(default)]
+    pub tail: String,
+}
+
+/// What one host runs of one color of a service: `reports/<service>/<color>/<host>`,
+/// written by its agent whenever it changes (no lease: the last word stays readable while
+/// the agent is cut off; `agents/<host>` says whether it is there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// The desired epoch this report is about.
+    pub epoch: u64,
+    pub state: HostState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub processes: Vec<ReportedProcess>,
+    /// Restarts by the policy within this epoch.
+    pub restarts: u64,
+    pub last_exit: Option<ReportedExit>,
+}
+
+impl HostReport {
+    pub fn parse(bytes: &[u8]) -> Result<HostReport, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid host report: {e}"))
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a host report serializes")
     }
 }
 

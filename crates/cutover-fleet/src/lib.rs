@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `etcd`: the v3 JSON gateway over hyper, member failover, watch streams.
-//! - `doc`: the service document, the history record and the router's ack, with validation.
+//! - `doc`: the service document, the history record and the router's ack, with validation;
+//!   the host agents' registration, desired processes and reports.
 
 #![forbid(unsafe_code)]
 
@@ -89,6 +90,66 @@ impl Keys {
     pub fn release(&self, service: &str, id: i64) -> String {
         format!("{}releases/{service}/{id:020}", self.prefix)
     }
+
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.prefix)
+    }
+
+    /// A host agent's registration (`doc::HostDoc`), kept when the agent is gone: routers
+    /// go on reaching its model servers at the address it advertised.
+    pub fn host(&self, name: &str) -> String {
+        format!("{}hosts/{name}", self.prefix)
+    }
+
+    pub fn host_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("hosts/")
+    }
+
+    pub fn agents(&self) -> String {
+        format!("{}agents/", self.prefix)
+    }
+
+    /// A host agent's presence, on its lease: gone when the agent is cut from etcd.
+    pub fn agent(&self, host: &str) -> String {
+        format!("{}agents/{host}", self.prefix)
+    }
+
+    pub fn agent_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("agents/")
+    }
+
+    pub fn desired(&self) -> String {
+        format!("{}desired/", self.prefix)
+    }
+
+    /// What one color of a service should run on its hosts (`doc::DesiredProcs`).
+    pub fn desired_of(&self, service: &str, color: doc::Color) -> String {
+        format!("{}desired/{service}/{}", self.prefix, color.as_str())
+    }
+
+    /// The service and color a key of [`Keys::desired`] names.
+    pub fn desired_key<'k>(&self, key: &'k str) -> Option<(&'k str, doc::Color)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("desired/")?;
+        let (service, color) = rest.split_once('/')?;
+        Some((service, doc::Color::parse(color)?))
+    }
+
+    pub fn reports(&self) -> String {
+        format!("{}reports/", self.prefix)
+    }
+
+    /// What one host runs of one color of a service (`doc::HostReport`).
+    pub fn report(&self, service: &str, color: doc::Color, host: &str) -> String {
+        format!("{}reports/{service}/{}/{host}", self.prefix, color.as_str())
+    }
+
+    /// The service, color and host a key of [`Keys::reports`] names.
+    pub fn report_key<'k>(&self, key: &'k str) -> Option<(&'k str, doc::Color, &'k str)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("reports/")?;
+        let mut parts = rest.splitn(3, '/');
+        let (service, color, host) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((service, doc::Color::parse(color)?, host))
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +170,14 @@ mod tests {
         assert!(k.release("chat", 10) > k.release("chat", 9));
         assert_eq!(k.release_of(&k.release("chat", 12)), Some(("chat", 12)));
         assert_eq!(k.release_of(&k.service("chat")), None);
+        assert_eq!(k.host_name(&k.host("gpu-a")), Some("gpu-a"));
+        assert_eq!(k.agent_name(&k.agent("gpu-a")), Some("gpu-a"));
+        let d = k.desired_of("chat", doc::Color::Green);
+        assert_eq!(d, "/cutover/prod/desired/chat/green");
+        assert_eq!(k.desired_key(&d), Some(("chat", doc::Color::Green)));
+        let r = k.report("chat", doc::Color::Blue, "gpu-b");
+        assert_eq!(k.report_key(&r), Some(("chat", doc::Color::Blue, "gpu-b")));
+        assert_eq!(k.report_key(&d), None);
+        assert_eq!(k.desired_key(&k.service("chat")), None);
     }
 }

@@ -109,6 +109,40 @@ pub enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// Run the managed model servers a fleet assigns to this host (fleet mode, `run.hosts`).
+    #[command(
+        long_about = "Run, on one GPU host, the managed environments of the services whose `run.hosts` \
+            name this host: started, health-checked by the routers, restarted by the policy, stopped, and \
+            adopted again after an agent restart, as `serve` does on one machine, driven through etcd. \
+            The model servers keep running when the agent stops or loses etcd. See docs/fleet.md.",
+        after_help = "Example:\n  cutover agent --etcd etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \\\n    \
+            --fleet prod --host gpu-a --advertise 10.0.1.17 --data-dir /var/lib/cutover-agent"
+    )]
+    Agent {
+        /// The fleet's etcd members, as `[store] url` says them.
+        #[arg(long, value_name = "URL")]
+        etcd: String,
+        /// The fleet's name (`[store] fleet`).
+        #[arg(long, value_name = "NAME")]
+        fleet: String,
+        /// This host's name, as `run.hosts` lists it.
+        #[arg(long, value_name = "NAME")]
+        host: String,
+        /// The IP address the model servers listen on (`{host}` in the command) and routers
+        /// connect to.
+        #[arg(long, value_name = "IP")]
+        advertise: std::net::IpAddr,
+        /// Logs, process records and the snapshot of what was applied.
+        #[arg(long, default_value = "cutover-agent", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Where the model servers run unless the service's `run.workdir` says otherwise
+        /// [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        /// Log lines as text for people or as JSON for collectors.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
     #[command(after_help = "Example:\n  cutover demo")]
     Demo,

@@ -370,6 +370,23 @@ fn fleet_status(v: &Value) -> String {
             gens.join(" ")
         ));
     }
+    let agents = v["agents"].as_array().cloned().unwrap_or_default();
+    if !agents.is_empty() {
+        let here = agents.iter().filter(|a| a["connected"] == true).count();
+        text.push_str(&format!("\n{here}/{} host agents connected", agents.len()));
+        for a in &agents {
+            text.push_str(&format!(
+                "\n  {} at {} {}",
+                a["host"].as_str().unwrap_or("?"),
+                a["advertise"].as_str().unwrap_or("?"),
+                if a["connected"] == true {
+                    "connected".to_string()
+                } else {
+                    "AWAY (its model servers keep running)".to_string()
+                }
+            ));
+        }
+    }
     text
 }
 

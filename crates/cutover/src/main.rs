@@ -100,6 +100,18 @@ fn main() -> ExitCode {
             };
             serve(&config, threads, opts)
         }
+        Command::Agent {
+            etcd,
+            fleet,
+            host,
+            advertise,
+            data_dir,
+            workdir,
+            log_format,
+        } => {
+            init_logs(log_format);
+            exit(agent(etcd, fleet, host, advertise, data_dir, workdir))
+        }
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -170,6 +182,66 @@ fn man(dir: Option<&Path>) -> Result<(), Failure> {
         output::line(&path.display().to_string())?;
     }
     Ok(())
+}
+
+/// `cutover agent`: checks its arguments like a config (exit 2), then runs until SIGINT or
+/// SIGTERM; the model servers it runs stay.
+fn agent(
+    etcd: String,
+    fleet: String,
+    host: String,
+    advertise: std::net::IpAddr,
+    data_dir: std::path::PathBuf,
+    workdir: Option<std::path::PathBuf>,
+) -> Result<(), Failure> {
+    let members = cutover_config::etcd_members(&etcd).map_err(|e| Failure::new(2, format!("--etcd: {e}")))?;
+    if !cutover_config::is_key_word(&fleet) {
+        return Err(Failure::new(
+            2,
+            format!("--fleet: {fleet:?} is not a fleet name (letters, digits, `-`, `_`, `.`)"),
+        ));
+    }
+    if !cutover_config::is_host_name(&host) {
+        return Err(Failure::new(
+            2,
+            format!("--host: {host:?} is not a host name (letters, digits, `-`, `.`), as `run.hosts` lists it"),
+        ));
+    }
+    let workdir = match workdir {
+        Some(w) => w,
+        None => {
+            std::env::current_dir().map_err(|e| Failure::new(1, format!("cannot read the current directory: {e}")))?
+        }
+    };
+    let opts = cutover_control::agent::AgentOptions {
+        members,
+        fleet,
+        host,
+        advertise,
+        data_dir,
+        workdir,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        cutover_control::agent::run(opts, shutdown).await
+    })
+    .map_err(|e| Failure::new(1, format!("{e:#}")))
 }
 
 /// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.

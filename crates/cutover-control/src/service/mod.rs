@@ -29,6 +29,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::pause::Pause;
+use crate::procs::Procs;
+use crate::remote_procs::RemoteProcs;
 use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
@@ -112,7 +114,7 @@ pub struct ServiceCtl {
     /// that serves no traffic.
     bound: Mutex<Option<BoundAddrs>>,
     /// The managed processes of both colors; `None` for static endpoints.
-    pub(crate) procs: Option<Arc<Supervisor>>,
+    pub(crate) procs: Option<Procs>,
     /// Requests/s and error rate per color over the last minutes, for the dashboard.
     pub(crate) series: Mutex<series::Series>,
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
@@ -232,6 +234,20 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<EndpointSpec> {
                 Color::Blue => &run.ports.blue,
                 Color::Green => &run.ports.green,
             };
+            if !run.hosts.is_empty() {
+                // Names the fleet's host registry resolves (`resolve`), not DNS.
+                return run
+                    .hosts
+                    .iter()
+                    .flat_map(|h| {
+                        ports.iter().map(move |p| EndpointSpec {
+                            host: h.clone(),
+                            port: *p,
+                            tls: false,
+                        })
+                    })
+                    .collect();
+            }
             let ip = run.host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
             ports
                 .iter()
@@ -280,13 +296,16 @@ impl ServiceCtl {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = health_spec(&cfg);
         let procs = match &cfg.environments {
-            Environments::Managed(run) => Some(Supervisor::new(
+            Environments::Managed(run) if !run.hosts.is_empty() => {
+                Some(Procs::Remote(RemoteProcs::new(&cfg.name, run.clone(), store.clone())))
+            }
+            Environments::Managed(run) => Some(Procs::Local(Supervisor::new(
                 &cfg.name,
                 run.clone(),
                 dirs,
                 store.clone(),
                 pause.clone(),
-            )),
+            ))),
             Environments::Static { .. } => None,
         };
         let svc = Arc::new(ServiceCtl {
@@ -313,6 +332,11 @@ impl ServiceCtl {
         svc.install(Color::Blue, blue);
         svc.install(Color::Green, green);
         svc
+    }
+
+    /// True when `host` is one of the host agents this service's processes run on.
+    pub fn runs_on(&self, host: &str) -> bool {
+        matches!(&self.cfg().environments, Environments::Managed(run) if run.hosts.iter().any(|h| h == host))
     }
 
     pub fn is_managed(&self) -> bool {
@@ -486,7 +510,7 @@ impl ServiceCtl {
 
     /// Stops `color`'s processes now (the caller drained it): health checks first, so a
     /// planned stop logs no "endpoint unhealthy".
-    pub(crate) async fn stop_processes(&self, procs: &Supervisor, color: Color) {
+    pub(crate) async fn stop_processes(&self, procs: &Procs, color: Color) {
         self.unwatch(color);
         procs.stop(color).await;
     }

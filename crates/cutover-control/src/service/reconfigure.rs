@@ -31,9 +31,11 @@ impl ServiceCtl {
                      add the new form as a service of another name, move traffic, then remove this one"
                 ));
             }
-            (Environments::Managed(a), Environments::Managed(b)) if a.host != b.host || differ(&a.ports, &b.ports) => {
+            (Environments::Managed(a), Environments::Managed(b))
+                if a.host != b.host || a.hosts != b.hosts || differ(&a.ports, &b.ports) =>
+            {
                 return Some(format!(
-                    "services.{name}.run: `host` and `ports` cannot change while cutover runs processes there; \
+                    "services.{name}.run: `host`, `hosts` and `ports` cannot change while cutover runs processes there; \
                      the rest of `run` (command, env, restart, ...) can"
                 ));
             }

@@ -99,7 +99,7 @@ impl ServiceCtl {
         if names.is_empty() {
             return false;
         }
-        let answers = lookup_all(&names).await;
+        let answers = self.lookup_all(&names).await;
         let mut unresolved = false;
         let mut changed = false;
         {
@@ -223,16 +223,46 @@ impl ServiceCtl {
     }
 }
 
-/// Looks every name up at once; the answers come back in order.
-async fn lookup_all(names: &[EndpointSpec]) -> Vec<Result<Vec<SocketAddr>, String>> {
-    let tasks: Vec<_> = names
-        .iter()
-        .cloned()
-        .map(|s| tokio::spawn(async move { lookup(&s).await }))
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.unwrap_or_else(|e| Err(format!("lookup task failed: {e}"))));
+impl ServiceCtl {
+    /// Looks every name up at once; the answers come back in order. A host agent's name
+    /// (`run.hosts`) is answered by the fleet's host registry: the address its agent
+    /// advertised, kept while the agent is cut from etcd.
+    async fn lookup_all(&self, names: &[EndpointSpec]) -> Vec<Result<Vec<SocketAddr>, String>> {
+        let agent_hosts = match &self.cfg().environments {
+            cutover_config::Environments::Managed(run) => run.hosts.clone(),
+            _ => Vec::new(),
+        };
+        let fleet = self.fleet.get().cloned();
+        let tasks: Vec<_> = names
+            .iter()
+            .cloned()
+            .map(|s| {
+                let from_registry = agent_hosts.contains(&s.host);
+                let fleet = fleet.clone();
+                tokio::spawn(async move {
+                    if !from_registry {
+                        return lookup(&s).await;
+                    }
+                    let Some(fleet) = fleet else {
+                        return Err("not in a fleet yet: host agents' addresses come from etcd".to_string());
+                    };
+                    fleet
+                        .hosts
+                        .address(&s.host)
+                        .map(|ip| vec![SocketAddr::new(ip, s.port)])
+                        .ok_or_else(|| {
+                            format!(
+                                "host agent {:?} has not registered in the fleet (no hosts/{} in etcd): start `cutover agent --host {}` there",
+                                s.host, s.host, s.host
+                            )
+                        })
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(format!("lookup task failed: {e}"))));
+        }
+        out
     }
-    out
 }

@@ -9,10 +9,10 @@ use cutover_proxy::Color;
 
 use super::plural;
 use crate::colors::stored;
+use crate::procs::Procs;
 use crate::service::{ColorState, ServiceCtl};
 use crate::store_call::blocking;
 pub use crate::supervisor::Dirs;
-use crate::supervisor::Supervisor;
 
 pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
     svc.set_state(color, Some(ColorState::Provisioning));
@@ -27,6 +27,11 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
         .await
         .map_err(|e| e.to_string())?;
     drop(permit);
+    if matches!(svc.procs, Some(Procs::Remote(_))) {
+        // The hosts' addresses come from their agents' registrations: the new route is built
+        // from them, so read them now rather than at the next resolve interval.
+        svc.resolve_names().await;
+    }
     let _op = svc.op.lock().await;
     svc.install(color, Some(version));
     svc.republish();
@@ -34,12 +39,7 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
 }
 
 /// Drains and stops whatever runs at `color`, starts its processes and records them.
-async fn start_managed(
-    svc: &ServiceCtl,
-    procs: &Arc<Supervisor>,
-    color: Color,
-    version: &str,
-) -> Result<String, String> {
+async fn start_managed(svc: &ServiceCtl, procs: &Procs, color: Color, version: &str) -> Result<String, String> {
     let mut detail = String::new();
     if procs.has_processes(color) {
         let drained = svc.drain(color).await;

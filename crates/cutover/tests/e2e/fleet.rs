@@ -3,6 +3,7 @@
 //! it, a compare-and-swap race between routers, a router started while etcd is down, one
 //! cut from etcd, one paused across a compaction, and a document no router can apply.
 
+use std::process::Command;
 use std::time::Duration;
 
 use http::Method;
@@ -20,6 +21,41 @@ use cluster::Cluster;
 /// `[store] path = ...`, so lines before the first table join `[store]`.
 pub(crate) fn in_fleet(url: &str, fleet: &str, services: &str) -> String {
     format!("url = \"{url}\"\nfleet = \"{fleet}\"\n\n{services}")
+}
+
+/// Every router accepts one operator token (created on the first, its tokens file copied):
+/// a release asked of a follower is forwarded to the leader with the caller's token.
+pub(crate) async fn share_operator_token(routers: &mut [Router]) {
+    let out = Command::new(CUTOVER)
+        .args(["token", "create", "ops", "--role", "operator", "--config"])
+        .arg(&routers[0].config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tokens = routers[0].dir.path().join("tokens.toml");
+    for r in routers.iter_mut() {
+        if r.dir.path() != tokens.parent().unwrap() {
+            // `copy` keeps the file's mode (0600: a tokens file others can read is refused).
+            std::fs::copy(&tokens, r.dir.path().join("tokens.toml")).unwrap();
+        }
+        r.token = token.clone();
+    }
+    for r in routers.iter() {
+        let mut last = String::new();
+        let ok = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let a = r.api(Method::GET, "/v1/fleet", Value::Null).await;
+                if a.status == 200 {
+                    return;
+                }
+                last = a.text();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(ok.is_ok(), "the shared token was not taken: {last}\n{}", r.log());
+    }
 }
 
 pub(crate) async fn fleet_view(r: &Router) -> Value {

@@ -4,7 +4,6 @@
 //! interrupted for the new one, which aborts it; the old color's scale-down waits while a
 //! router is STALE.
 
-use std::process::Command;
 use std::time::Duration;
 
 use http::Method;
@@ -13,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 use crate::fleet::cluster::Cluster;
-use crate::fleet::{color_served, fleet_view};
+use crate::fleet::{color_served, fleet_view, share_operator_token};
 
 /// A short bake that completes without traffic, and a quick scale-down.
 const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
@@ -50,36 +49,7 @@ impl Fleet {
             );
             routers.push(Router::start(&store).await);
         }
-        let out = Command::new(CUTOVER)
-            .args(["token", "create", "ops", "--role", "operator", "--config"])
-            .arg(&routers[0].config)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let tokens = routers[0].dir.path().join("tokens.toml");
-        for r in &mut routers {
-            if r.dir.path() != tokens.parent().unwrap() {
-                // `copy` keeps the file's mode (0600: a tokens file others can read is refused).
-                std::fs::copy(&tokens, r.dir.path().join("tokens.toml")).unwrap();
-            }
-            r.token = token.clone();
-        }
-        for r in &routers {
-            let mut last = String::new();
-            let ok = tokio::time::timeout(Duration::from_secs(10), async {
-                loop {
-                    let a = r.api(Method::GET, "/v1/fleet", Value::Null).await;
-                    if a.status == 200 {
-                        return;
-                    }
-                    last = a.text();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await;
-            assert!(ok.is_ok(), "the shared token was not taken: {last}\n{}", r.log());
-        }
+        share_operator_token(&mut routers).await;
         let f = Fleet {
             etcd,
             routers,

@@ -47,6 +47,7 @@ mod dashboard;
 mod demo;
 mod dns;
 mod fleet;
+mod fleet_agents;
 mod fleet_faults;
 mod fleet_leader;
 mod gates;

@@ -234,11 +234,7 @@ impl ReleaseRun {
     }
 
     /// Waits for an exit of this release's processes (forever when it has none).
-    async fn wait_exit(
-        procs: Option<Arc<crate::supervisor::Supervisor>>,
-        color: cutover_proxy::Color,
-        epoch: Option<u64>,
-    ) -> Exit {
+    async fn wait_exit(procs: Option<crate::procs::Procs>, color: cutover_proxy::Color, epoch: Option<u64>) -> Exit {
         match (procs, epoch) {
             (Some(p), Some(e)) => p.wait_exit(color, e).await,
             _ => std::future::pending().await,

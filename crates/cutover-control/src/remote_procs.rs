@@ -1,0 +1,518 @@
+//! Managed environments on host agents (`[services.NAME.run] hosts = [...]`, fleet mode):
+//! the controller's side. A start or stop of a color is one document,
+//! `desired/<service>/<color>`, with a new epoch; every agent named in it acts on it with
+//! its own [`Supervisor`](crate::supervisor::Supervisor) and answers under
+//! `reports/<service>/<color>/<host>`. The release run waits on those reports as it would on
+//! local processes: a start succeeds once every host reports its processes started (or fails
+//! naming the host that could not), an exit a host reports for the epoch being released fails
+//! the release. Restarts by the policy happen on the agent (they must go on while it is cut
+//! from etcd); the controller only hears of them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use cutover_config::{RestartPolicy, RunConfig};
+use cutover_fleet::doc::{DesiredProcs, HostReport, HostState, ProcRole, RunTemplate, Wanted};
+use cutover_fleet::etcd::{Compare, Kv, Op, Txn};
+use cutover_proxy::Color;
+use cutover_store::{now_rfc3339, EventRecord, HistoryKind, ProcessRecord, Store};
+
+use crate::colors::{fleet_color, stored};
+use crate::fleet_link::FleetLink;
+use crate::store_call::record;
+use crate::supervisor::{ColorProcesses, Exit, ProcessStatus, Role};
+
+/// How long a start waits for every host's report. Spawning is quick; what takes long (a
+/// model loading) is the health wait that follows, not this.
+const START_WAIT: Duration = Duration::from_secs(60);
+/// Beyond `stop_timeout`: how long a stop waits for the connected hosts' reports.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+fn role_doc(r: Role) -> ProcRole {
+    match r {
+        Role::Releasing => ProcRole::Releasing,
+        Role::Serving => ProcRole::Serving,
+        Role::Idle => ProcRole::Idle,
+    }
+}
+
+fn idx(c: Color) -> usize {
+    match c {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
+}
+
+/// The template agents start processes from, as the controller's config says it.
+pub fn template_of(run: &RunConfig) -> RunTemplate {
+    RunTemplate {
+        command: run.command.clone(),
+        env: run.env.clone(),
+        blue_ports: run.ports.blue.clone(),
+        green_ports: run.ports.green.clone(),
+        workdir: run.workdir.as_ref().map(|w| w.display().to_string()),
+        restart: match run.restart {
+            RestartPolicy::OnFailure => "on-failure".into(),
+            RestartPolicy::Never => "never".into(),
+        },
+        restart_limit: run.restart_limit,
+        restart_window_ms: run.restart_window.get().as_millis() as u64,
+        stop_timeout_ms: run.stop_timeout.get().as_millis() as u64,
+    }
+}
+
+/// The managed processes of one service, run by host agents.
+pub struct RemoteProcs {
+    service: String,
+    run: ArcSwap<RunConfig>,
+    store: Arc<Store>,
+    link: OnceLock<Arc<FleetLink>>,
+    roles: Mutex<[Role; 2]>,
+    /// The latest exit a host reported for the color's current epoch.
+    exits: [watch::Sender<Option<Exit>>; 2],
+    /// One writer of a color's document at a time (a role change must not overtake a stop).
+    writes: [tokio::sync::Mutex<()>; 2],
+}
+
+impl RemoteProcs {
+    pub fn new(service: &str, run: RunConfig, store: Arc<Store>) -> Arc<RemoteProcs> {
+        Arc::new(RemoteProcs {
+            service: service.to_string(),
+            run: ArcSwap::from_pointee(run),
+            store,
+            link: OnceLock::new(),
+            roles: Mutex::new([Role::Idle, Role::Idle]),
+            exits: [watch::Sender::new(None), watch::Sender::new(None)],
+            writes: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
+        })
+    }
+
+    /// Joins the fleet: from now on starts and stops go through etcd, and the hosts'
+    /// reports of exits reach the release run and the history.
+    pub fn attach(self: &Arc<Self>, link: Arc<FleetLink>) {
+        if self.link.set(link.clone()).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let mut rx = link.hosts.subscribe();
+        tokio::spawn(async move {
+            // What was reported before this router joined is not news.
+            let mut seen: BTreeMap<(usize, String), (u64, u32, String)> = BTreeMap::new();
+            let mut first = true;
+            loop {
+                let Some(me) = me.upgrade() else { return };
+                me.publish_exits(&link, &mut seen, first).await;
+                first = false;
+                drop(me);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn link(&self) -> Result<&Arc<FleetLink>, String> {
+        self.link
+            .get()
+            .ok_or_else(|| "not connected to the fleet yet: host agents are reached through etcd".to_string())
+    }
+
+    fn run(&self) -> Arc<RunConfig> {
+        self.run.load_full()
+    }
+
+    /// The template for the starts that follow (a reload).
+    pub fn set_run(&self, run: RunConfig) {
+        self.run.store(Arc::new(run));
+    }
+
+    fn desired(&self, color: Color) -> Option<(DesiredProcs, i64)> {
+        self.link.get()?.hosts.desired(&self.service, fleet_color(color))
+    }
+
+    /// The current start of `color` (its desired document's epoch); exits carry it.
+    pub fn epoch(&self, color: Color) -> u64 {
+        self.desired(color).map(|(d, _)| d.epoch).unwrap_or(0)
+    }
+
+    /// A new epoch: after the current one, and unique across controllers (milliseconds).
+    fn next_epoch(&self, color: Color) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        now.max(self.epoch(color) + 1)
+    }
+
+    /// Writes `color`'s document (only over `expected`, its `mod_revision`, when given) and
+    /// puts it in the view at once, so what follows reads it without waiting for the watch.
+    async fn write(&self, color: Color, doc: &DesiredProcs, expected: Option<i64>) -> Result<bool, String> {
+        let link = self.link()?;
+        let key = link.keys.desired_of(&self.service, fleet_color(color));
+        let value = bytes::Bytes::from(doc.to_bytes());
+        let txn = Txn {
+            compare: expected
+                .map(|r| Compare::ModRevision(key.clone(), r))
+                .into_iter()
+                .collect(),
+            success: vec![Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease: 0,
+            }],
+            failure: vec![],
+        };
+        let r = link
+            .etcd
+            .txn(&txn)
+            .await
+            .map_err(|e| format!("cannot write {key} to etcd: {e}"))?;
+        if r.succeeded {
+            let kv = Kv {
+                key: key.clone(),
+                value,
+                create_revision: 0,
+                mod_revision: r.revision,
+                version: 0,
+                lease: 0,
+            };
+            link.hosts.event(&link.keys, &key, Some(&kv));
+        }
+        Ok(r.succeeded)
+    }
+
+    fn doc(
+        &self,
+        color: Color,
+        wanted: Wanted,
+        version: Option<String>,
+        role: Role,
+        hosts: Vec<String>,
+    ) -> DesiredProcs {
+        DesiredProcs {
+            epoch: self.next_epoch(color),
+            wanted,
+            version,
+            role: role_doc(role),
+            hosts,
+            template: template_of(&self.run()),
+            at: now_rfc3339(),
+            router: self.link.get().map(|l| l.router_id.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Waits until every one of `hosts` reported on `epoch` in a state `done` accepts, or
+    /// `within` passed; returns the reports seen.
+    async fn await_reports(
+        &self,
+        color: Color,
+        epoch: u64,
+        hosts: &[String],
+        within: Duration,
+        done: impl Fn(&HostReport) -> bool,
+    ) -> BTreeMap<String, HostReport> {
+        let Ok(link) = self.link() else {
+            return BTreeMap::new();
+        };
+        let mut rx = link.hosts.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got: BTreeMap<String, HostReport> = link
+                .hosts
+                .reports(&self.service, fleet_color(color))
+                .into_iter()
+                .filter(|(h, r)| hosts.contains(h) && r.epoch == epoch && done(r))
+                .collect();
+            if got.len() == hosts.len() {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return got;
+            }
+        }
+    }
+
+    /// Starts `color`'s processes on every host for a release (role `Releasing`) and waits
+    /// until each host has started them. Every host's agent must be connected: a release
+    /// that would come up on part of its hosts is refused before anything starts.
+    pub async fn start(&self, color: Color, version: &str) -> Result<Vec<ProcessRecord>, String> {
+        let hosts = self.run().hosts.clone();
+        let link = self.link()?;
+        let away: Vec<&String> = hosts.iter().filter(|h| !link.hosts.connected(h)).collect();
+        if !away.is_empty() {
+            let names: Vec<String> = away.iter().map(|h| format!("{h:?}")).collect();
+            return Err(format!(
+                "host agent {} not connected to the fleet (no agents/NAME key in etcd): start `cutover agent --host NAME` there, or take it out of services.{}.run.hosts",
+                names.join(", "),
+                self.service
+            ));
+        }
+        let _w = self.writes[idx(color)].lock().await;
+        let doc = self.doc(
+            color,
+            Wanted::Run,
+            Some(version.to_string()),
+            Role::Releasing,
+            hosts.clone(),
+        );
+        let epoch = doc.epoch;
+        self.write(color, &doc, None).await?;
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Releasing;
+        let reports = self
+            .await_reports(color, epoch, &hosts, START_WAIT, |r| r.state != HostState::Stopped)
+            .await;
+        let mut errors = Vec::new();
+        for h in &hosts {
+            match reports.get(h) {
+                None => errors.push(format!(
+                    "{h}: its agent did not report the start within {} s (connected: {})",
+                    START_WAIT.as_secs(),
+                    link.hosts.connected(h)
+                )),
+                Some(r) if r.state == HostState::Failed => {
+                    errors.push(format!("{h}: {}", r.error.as_deref().unwrap_or("the start failed")))
+                }
+                Some(_) => {}
+            }
+        }
+        if !errors.is_empty() {
+            return Err(format!("starting on the host agents failed: {}", errors.join("; ")));
+        }
+        Ok(hosts
+            .iter()
+            .filter_map(|h| reports.get(h).map(|r| (h, r)))
+            .flat_map(|(h, r)| {
+                r.processes.iter().map(move |p| ProcessRecord {
+                    service: self.service.clone(),
+                    color: stored(color),
+                    replica: p.replica,
+                    port: p.port,
+                    pid: p.pid,
+                    start_time: 0,
+                    version: p.version.clone(),
+                    log: p.log.as_ref().map(|l| format!("{h}:{l}")),
+                    started_at: p.started_at.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// True when `color` should be running somewhere, or some host still reports processes.
+    pub fn has_processes(&self, color: Color) -> bool {
+        let wanted = self.desired(color).is_some_and(|(d, _)| d.wanted == Wanted::Run);
+        wanted
+            || self.link.get().is_some_and(|l| {
+                l.hosts
+                    .reports(&self.service, fleet_color(color))
+                    .values()
+                    .any(|r| !r.processes.is_empty())
+            })
+    }
+
+    /// Stops `color`'s processes on every host and waits for the connected ones to say so
+    /// (up to `stop_timeout` and a margin). An agent cut from etcd stops them when it is
+    /// back: the stop is its desired state from now on.
+    pub async fn stop(&self, color: Color) {
+        let _w = self.writes[idx(color)].lock().await;
+        let mut hosts = self.run().hosts.clone();
+        if let Some((d, _)) = self.desired(color) {
+            for h in d.hosts {
+                if !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
+        }
+        let doc = self.doc(color, Wanted::Stop, None, Role::Idle, hosts.clone());
+        let epoch = doc.epoch;
+        if let Err(e) = self.write(color, &doc, None).await {
+            tracing::error!(service = %self.service, color = %color, error = %e, "cannot ask the host agents to stop the color's processes");
+            return;
+        }
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Idle;
+        let Ok(link) = self.link() else { return };
+        let connected: Vec<String> = hosts.iter().filter(|h| link.hosts.connected(h)).cloned().collect();
+        for h in hosts.iter().filter(|h| !connected.contains(h)) {
+            tracing::warn!(service = %self.service, color = %color, host = %h, "host agent not connected: its processes stop when it is back");
+        }
+        let within = self.run().stop_timeout.get() + STOP_MARGIN;
+        let got = self
+            .await_reports(color, epoch, &connected, within, |r| r.state == HostState::Stopped)
+            .await;
+        for h in connected.iter().filter(|h| !got.contains_key(*h)) {
+            tracing::warn!(service = %self.service, color = %color, host = %h, "host agent did not report the stop within {} s", within.as_secs());
+        }
+    }
+
+    /// Sets what an exit of `color`'s processes leads to on the hosts from now on.
+    pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
+        let was = std::mem::replace(
+            &mut self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)],
+            role,
+        );
+        let Some((d, _)) = self.desired(color) else { return };
+        if d.wanted != Wanted::Run || (was == role && d.role == role_doc(role)) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _w = me.writes[idx(color)].lock().await;
+            // Read again under the lock: a stop or a new start since is not overwritten.
+            let Some((mut d, rev)) = me.desired(color) else { return };
+            if d.wanted != Wanted::Run || d.role == role_doc(role) {
+                return;
+            }
+            d.role = role_doc(role);
+            d.at = now_rfc3339();
+            match me.write(color, &d, Some(rev)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(service = %me.service, color = %color, "the color's desired processes changed meanwhile; role not rewritten")
+                }
+                Err(e) => {
+                    tracing::error!(service = %me.service, color = %color, error = %e, "cannot tell the host agents the color's new role")
+                }
+            }
+        });
+    }
+
+    pub fn role(&self, color: Color) -> Role {
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)]
+    }
+
+    /// The unasked-for exit of the processes of `epoch`, if a host reported one.
+    pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
+        self.exits[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
+    }
+
+    /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
+    pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
+        let mut rx = self.exits[idx(color)].subscribe();
+        let seen = rx
+            .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
+            .await
+            .map(|e| e.clone());
+        match seen {
+            Ok(Some(e)) => e,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Publishes each exit a host reports for a color's current epoch once; the leader also
+    /// records it in its history.
+    async fn publish_exits(
+        &self,
+        link: &FleetLink,
+        seen: &mut BTreeMap<(usize, String), (u64, u32, String)>,
+        quiet: bool,
+    ) {
+        for color in Color::ALL {
+            let Some((d, _)) = self.desired(color) else { continue };
+            for (host, r) in link.hosts.reports(&self.service, fleet_color(color)) {
+                let Some(e) = r.last_exit.filter(|_| r.epoch == d.epoch) else {
+                    continue;
+                };
+                let mark = (r.epoch, e.pid, e.at.clone());
+                if seen.get(&(idx(color), host.clone())) == Some(&mark) {
+                    continue;
+                }
+                seen.insert((idx(color), host.clone()), mark);
+                if quiet {
+                    continue;
+                }
+                let exit = Exit {
+                    epoch: r.epoch,
+                    replica: e.replica,
+                    pid: e.pid,
+                    version: e.version.clone(),
+                    status: e.status.clone(),
+                    at: e.at.clone(),
+                    log: e.log.clone(),
+                    tail: e.tail.clone(),
+                    host: Some(host.clone()),
+                };
+                tracing::warn!(service = %self.service, color = %color, host = %host, pid = e.pid, status = %e.status, "a host agent reports a model server exited");
+                self.exits[idx(color)].send_replace(Some(exit.clone()));
+                if link.is_leader() {
+                    let (service, version, reason) = (self.service.clone(), e.version.clone(), exit.describe(color));
+                    record(&self.store, "a process event", &self.service, move |s| {
+                        s.record_event(&EventRecord {
+                            service: &service,
+                            kind: HistoryKind::ProcessExited,
+                            color: Some(stored(color)),
+                            version: Some(&version),
+                            actor: "supervisor",
+                            reason: &reason,
+                            release_id: None,
+                        })
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// `color`'s processes on all its hosts as `status` shows them.
+    pub fn status(&self, color: Color) -> ColorProcesses {
+        let mut out = ColorProcesses {
+            role: self.role(color),
+            running: Vec::new(),
+            restarts: 0,
+            last_exit: None,
+        };
+        let (Some(link), Some((d, _))) = (self.link.get(), self.desired(color)) else {
+            return out;
+        };
+        for (host, r) in link.hosts.reports(&self.service, fleet_color(color)) {
+            if r.epoch != d.epoch {
+                continue;
+            }
+            out.restarts += r.restarts;
+            out.running.extend(r.processes.iter().map(|p| ProcessStatus {
+                replica: p.replica,
+                pid: p.pid,
+                port: p.port,
+                version: p.version.clone(),
+                started_at: p.started_at.clone(),
+                log: p.log.clone(),
+                host: Some(host.clone()),
+            }));
+            if let Some(e) = r.last_exit {
+                if out.last_exit.as_ref().is_none_or(|l| l.at < e.at) {
+                    out.last_exit = Some(Exit {
+                        epoch: r.epoch,
+                        replica: e.replica,
+                        pid: e.pid,
+                        version: e.version,
+                        status: e.status,
+                        at: e.at,
+                        log: e.log,
+                        tail: e.tail,
+                        host: Some(host.clone()),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Restarts the hosts report per (color, version), for `cutover_process_restarts_total`.
+    pub fn restarts_total(&self) -> Vec<(Color, String, u64)> {
+        let Some(link) = self.link.get() else {
+            return Vec::new();
+        };
+        let mut out: BTreeMap<(usize, String), (Color, u64)> = BTreeMap::new();
+        for color in Color::ALL {
+            for r in link.hosts.reports(&self.service, fleet_color(color)).values() {
+                let Some(v) = r.processes.first().map(|p| p.version.clone()) else {
+                    continue;
+                };
+                out.entry((idx(color), v)).or_insert((color, 0)).1 += r.restarts;
+            }
+        }
+        out.into_iter().map(|((_, v), (c, n))| (c, v, n)).collect()
+    }
+}

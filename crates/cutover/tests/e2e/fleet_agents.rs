@@ -1,0 +1,328 @@
+//! Host agents on a real 3-member etcd: two `cutover agent` processes stand for two GPU
+//! hosts (`gpu-a` advertising 127.0.0.2, `gpu-b` 127.0.0.3, the same ports on each), routers
+//! reach the model servers at those addresses. A release refused while one host's agent is
+//! missing, then v1 and v2 released under load through two routers with no failed request;
+//! an agent killed and restarted adopts its model servers; agents cut from etcd (every member
+//! frozen) keep them running and restarted.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use crate::fleet::cluster::Cluster;
+use crate::fleet::{fleet_view, share_operator_token};
+use crate::support::*;
+
+const HOSTS: [(&str, &str); 2] = [("gpu-a", "127.0.0.2"), ("gpu-b", "127.0.0.3")];
+
+/// A `cutover agent` in its own data folder (kept across restarts).
+struct Agent {
+    dir: TempDir,
+    host: String,
+    advertise: String,
+    etcd: String,
+    fleet: String,
+    proc: Proc,
+}
+
+impl Agent {
+    fn start(etcd: &str, fleet: &str, host: &str, advertise: &str) -> Agent {
+        let mut a = Agent {
+            dir: TempDir::new("agent"),
+            host: host.into(),
+            advertise: advertise.into(),
+            etcd: etcd.into(),
+            fleet: fleet.into(),
+            proc: Proc(None),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(CUTOVER)
+            .args([
+                "agent",
+                "--etcd",
+                &self.etcd,
+                "--fleet",
+                &self.fleet,
+                "--host",
+                &self.host,
+            ])
+            .args(["--advertise", &self.advertise, "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cutover agent");
+        self.proc = Proc(Some(child));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// The mock-model processes the agents start outlive them on purpose: killed when the
+/// test ends.
+struct HostPorts {
+    blue: u16,
+    green: u16,
+}
+
+impl HostPorts {
+    fn new() -> HostPorts {
+        HostPorts {
+            blue: free_port(),
+            green: free_port(),
+        }
+    }
+}
+
+impl Drop for HostPorts {
+    fn drop(&mut self) {
+        for (_, ip) in HOSTS {
+            for port in [self.blue, self.green] {
+                if let Some(pid) = pid_at(ip, port) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+    }
+}
+
+/// The pid of the mock-model listening on `ip:port`, from its stats (blocking: for Drop).
+fn pid_at(ip: &str, port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((ip, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /mock/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let i = buf.find("\"pid\":")?;
+    buf[i + 6..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+async fn stats_at(ip: &str, port: u16) -> Option<Value> {
+    get(&format!("http://{ip}:{port}/mock/stats"))
+        .await
+        .ok()
+        .map(|r| r.json())
+}
+
+/// A managed service whose processes run on both agents' hosts.
+fn hosted_service(ports: &HostPorts, fleet_lines: &str) -> String {
+    format!(
+        "{fleet_lines}\n[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n\
+         [services.chat.run]\ncommand = [{:?}, \"--host\", \"{{host}}\", \"--port\", \"{{port}}\", \"--model-version\", \"{{version}}\"]\n\
+         ports = {{ blue = [{}], green = [{}] }}\nhosts = [\"gpu-a\", \"gpu-b\"]\nstop_timeout = \"2s\"\n\n\
+         [services.chat.release]\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n",
+        MOCK, ports.blue, ports.green
+    )
+}
+
+fn fleet_lines(url: &str, fleet: &str, id: &str) -> String {
+    format!("url = \"{url}\"\nfleet = \"{fleet}\"\nrouter_id = \"{id}\"")
+}
+
+/// Waits until `r` sees the agent of `host` connected (or not).
+async fn wait_agent(r: &Router, host: &str, connected: bool) {
+    wait_for(
+        &format!("agent {host} connected={connected}"),
+        Duration::from_secs(30),
+        || async {
+            let v = fleet_view(r).await;
+            v["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["host"] == host && a["connected"] == connected)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// The hosts `color`'s processes run on, as the router's status shows them.
+fn hosts_of(st: &Value, color: &str) -> Vec<String> {
+    let mut v: Vec<String> = st["colors"][color]["processes"]["running"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["host"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_failed_request() {
+    let etcd = Cluster::start(3).await;
+    let ports = HostPorts::new();
+    let fleet = "agents";
+    let mut routers = vec![
+        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(0), fleet, "r0"))).await,
+        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"))).await,
+    ];
+    share_operator_token(&mut routers).await;
+    let (r0, r1) = (&routers[0], &routers[1]);
+    let _a = Agent::start(&etcd.url_of(0), fleet, HOSTS[0].0, HOSTS[0].1);
+    wait_agent(r0, "gpu-a", true).await;
+
+    // gpu-b has no agent: the release is refused before anything starts, naming it.
+    let id = r1.release("v1").await;
+    let d = r1.wait_end(id, Duration::from_secs(60)).await;
+    // Nothing was switched: the release ends before its switch (`aborted`, as any failed
+    // provisioning does).
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("\"gpu-b\"") && reason.contains("not connected"), "{d}");
+    assert!(
+        stats_at(HOSTS[0].1, ports.blue).await.is_none(),
+        "nothing started on gpu-a"
+    );
+    assert!(r0.status().await["live"].is_null());
+
+    let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    wait_agent(r0, "gpu-b", true).await;
+    let id = r1.release("v1").await;
+    let d = r1.wait_end(id, Duration::from_secs(90)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    for (_, ip) in HOSTS {
+        let s = stats_at(ip, ports.blue).await.expect("v1 runs on both hosts");
+        assert_eq!(s["version"], "v1", "{s}");
+    }
+    for r in [r0, r1] {
+        wait_for("the router to serve v1 on blue", Duration::from_secs(20), || async {
+            (get(&r.url("/v1/models")).await.ok()?.header("x-cutover-color") == "blue").then_some(())
+        })
+        .await;
+    }
+    let st = r0.status().await;
+    assert_eq!(hosts_of(&st, "blue"), ["gpu-a", "gpu-b"], "{st}");
+
+    // v2 under load through both routers.
+    let t0 = Traffic::start(r0.url("/v1/chat/completions"), 3, Duration::from_millis(5));
+    let t1 = Traffic::start(r1.url("/v1/chat/completions"), 3, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = r0.release("v2").await;
+    let d = r0.wait_end(id, Duration::from_secs(90)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok0, failed0, by0) = t0.stop().await;
+    let (ok1, failed1, by1) = t1.stop().await;
+    assert!(
+        failed0.is_empty() && failed1.is_empty(),
+        "failed: {failed0:?} {failed1:?}"
+    );
+    assert!(ok0 > 50 && ok1 > 50, "{ok0} {ok1}");
+    for by in [&by0, &by1] {
+        assert!(by.get("v1").copied().unwrap_or(0) > 0, "{by:?}");
+        assert!(by.get("v2").copied().unwrap_or(0) > 0, "{by:?}");
+    }
+    // The new color serves from both hosts, and the old one is stopped on both.
+    for (_, ip) in HOSTS {
+        let s = stats_at(ip, ports.green).await.expect("v2 runs on both hosts");
+        assert_eq!(s["version"], "v2");
+        assert!(s["requests"].as_u64().unwrap_or(0) > 0, "{ip} got traffic: {s}");
+    }
+    wait_for("v1 stopped on both hosts", Duration::from_secs(30), || async {
+        for (_, ip) in HOSTS {
+            if stats_at(ip, ports.blue).await.is_some() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let st = r1.status().await;
+    assert_eq!(st["live"], "green", "{st}");
+    assert_eq!(hosts_of(&st, "green"), ["gpu-a", "gpu-b"], "{st}");
+    let (code, out, err) = r1.cli_async(&["fleet", "status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("gpu-a") && out.contains("127.0.0.2"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_through_etcd_going_away() {
+    let etcd = Cluster::start(3).await;
+    let ports = HostPorts::new();
+    let fleet = "adopt";
+    let r = Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url(), fleet, "r0"))).await;
+    let mut a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
+    let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    wait_agent(&r, "gpu-a", true).await;
+    wait_agent(&r, "gpu-b", true).await;
+    let id = r.release("v1").await;
+    let d = r.wait_end(id, Duration::from_secs(90)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let ip = HOSTS[0].1;
+    let pid = stats_at(ip, ports.blue).await.unwrap()["pid"].as_u64().unwrap();
+
+    // The agent is killed: its model server goes on serving; the agent is reported away.
+    let traffic = Traffic::start(r.url("/v1/chat/completions"), 2, Duration::from_millis(10));
+    a.proc.kill9();
+    wait_agent(&r, "gpu-a", false).await;
+    assert_eq!(stats_at(ip, ports.blue).await.unwrap()["pid"].as_u64(), Some(pid));
+
+    // Restarted, it adopts the same process instead of starting another.
+    a.spawn();
+    wait_agent(&r, "gpu-a", true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stats_at(ip, ports.blue).await.unwrap()["pid"].as_u64(), Some(pid));
+    assert!(a.log().contains("adopted running model server"), "{}", a.log());
+
+    // etcd goes away (every member frozen): the model servers keep running, and the
+    // agent's supervision goes on without it: a killed model server is started again.
+    for i in 0..3 {
+        etcd.pause(i);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let new_pid = wait_for(
+        "the agent to restart its model server",
+        Duration::from_secs(30),
+        || async {
+            let p = stats_at(ip, ports.blue).await?["pid"].as_u64()?;
+            (p != pid).then_some(p)
+        },
+    )
+    .await;
+    assert!(stats_at(HOSTS[1].1, ports.blue).await.is_some());
+    for i in 0..3 {
+        etcd.resume(i);
+    }
+    // Back on etcd: the restart reaches the routers' status.
+    wait_for("the restart in the status", Duration::from_secs(30), || async {
+        let st = r.status().await;
+        let p = &st["colors"]["blue"]["processes"];
+        let running = p["running"].as_array()?;
+        (p["restarts"] == 1 && running.iter().any(|x| x["pid"] == new_pid && x["host"] == "gpu-a")).then_some(())
+    })
+    .await;
+    let (ok, failed, _) = traffic.stop().await;
+    assert!(ok > 0);
+    // Requests in flight on the killed process are the only ones that may fail.
+    assert!(failed.len() <= 2, "{failed:?}");
+    let hist = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await;
+    assert!(
+        hist.text().contains("on gpu-a"),
+        "the exit is in the history: {}",
+        hist.text()
+    );
+}
