@@ -255,7 +255,34 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     assert_eq!(hosts_of(&st, "green"), ["gpu-a", "gpu-b"], "{st}");
     let (code, out, err) = r1.cli_async(&["fleet", "status"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("gpu-a") && out.contains("127.0.0.2"), "{out}");
+    assert!(
+        out.contains("2/2 host agents connected") && out.contains("gpu-a at 127.0.0.2"),
+        "{out}"
+    );
+
+    // v3 cannot start on gpu-b (its port is taken there): the release ends before its
+    // switch naming the host and why, what started on gpu-a is stopped, v2 stays live.
+    let squatter = std::net::TcpListener::bind((HOSTS[1].1, ports.blue)).unwrap();
+    let id = r0.release("v3").await;
+    let d = r0.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("gpu-b") && reason.contains("already in use"), "{d}");
+    wait_for("v3 stopped on gpu-a", Duration::from_secs(30), || async {
+        stats_at(HOSTS[0].1, ports.blue).await.is_none().then_some(())
+    })
+    .await;
+    drop(squatter);
+    let st = r1.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["version"].as_str()),
+        (Some("green"), Some("v2")),
+        "{st}"
+    );
+    assert_eq!(
+        get(&r1.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
