@@ -91,6 +91,17 @@ pub fn targets(env: &Environments, q: &LogsQuery, service: &str) -> Result<Vec<(
             format!("service {service} has static endpoints: cutover does not run its model servers, so it has no logs of them"),
         ));
     };
+    if !run.hosts.is_empty() {
+        // Logs stay on the GPU hosts: shipping model-server output through etcd would load
+        // the coordination store with bulk data.
+        return Err(ApiError::conflict(
+            "on_host_agents",
+            format!(
+                "the model servers of {service} run on host agents ({}): their logs are on those hosts, in each agent's --data-dir/logs/ (`cutover status` shows each process's file)",
+                run.hosts.join(", ")
+            ),
+        ));
+    }
     let colors = match q.color.as_deref() {
         None => vec![Color::Blue, Color::Green],
         Some(c) => vec![super::color(c)?],

@@ -253,6 +253,10 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     let st = r1.status().await;
     assert_eq!(st["live"], "green", "{st}");
     assert_eq!(hosts_of(&st, "green"), ["gpu-a", "gpu-b"], "{st}");
+    // Logs stay on the hosts: the router says where rather than answering nothing.
+    let (code, _, err) = r1.cli_async(&["logs", "chat"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("run on host agents (gpu-a, gpu-b)"), "{err}");
     let (code, out, err) = r1.cli_async(&["fleet", "status"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
