@@ -382,12 +382,14 @@ async fn acks(link: Arc<FleetLink>) {
     let key = link.keys.router(&link.router_id);
     let mut lease: Option<i64> = None;
     let mut due = true;
+    let mut renew_failed = false;
     loop {
         let id = match lease {
             Some(id) => id,
             None => match link.etcd.lease_grant(ACK_TTL).await {
                 Ok(l) => {
                     lease = Some(l.id);
+                    link.ack_lease.store(l.id, std::sync::atomic::Ordering::Relaxed);
                     due = true;
                     l.id
                 }
@@ -412,16 +414,27 @@ async fn acks(link: Arc<FleetLink>) {
                 }
             }
         }
+        // A renewal that failed is tried again soon, not a whole period later: on a loaded
+        // machine one slow call must not let the lease run out.
+        let wait = if renew_failed {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(ACK_TTL as u64 * 1000 / 3)
+        };
         tokio::select! {
             _ = link.ack_due.notified() => due = true,
-            _ = tokio::time::sleep(Duration::from_millis(ACK_TTL as u64 * 1000 / 3)) => {
+            _ = tokio::time::sleep(wait) => {
+                renew_failed = false;
                 match link.etcd.lease_keepalive(id).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::warn!("fleet: the ack's lease expired (cut from etcd too long); writing the ack again");
                         lease = None;
                     }
-                    Err(e) => tracing::debug!(error = %e, "fleet: cannot renew the ack's lease"),
+                    Err(e) => {
+                        renew_failed = true;
+                        tracing::debug!(error = %e, "fleet: cannot renew the ack's lease");
+                    }
                 }
             }
         }

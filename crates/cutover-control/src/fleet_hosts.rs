@@ -31,6 +31,8 @@ pub struct HostsView {
     inner: Mutex<Inner>,
     /// Bumped at every change, so waiters (a start waiting for reports) wake.
     changed: watch::Sender<u64>,
+    /// Set by the first full read.
+    read_once: std::sync::atomic::AtomicBool,
 }
 
 impl Default for HostsView {
@@ -38,6 +40,7 @@ impl Default for HostsView {
         HostsView {
             inner: Mutex::default(),
             changed: watch::Sender::new(0),
+            read_once: Default::default(),
         }
     }
 }
@@ -85,7 +88,21 @@ impl HostsView {
             next.put(keys, kv);
         }
         *self.lock() = next;
+        self.read_once.store(true, std::sync::atomic::Ordering::Relaxed);
         self.bump();
+    }
+
+    /// True once everything was read from etcd at least once.
+    pub fn was_read(&self) -> bool {
+        self.read_once.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Host agents connected and away (registered, no presence key), for metrics.
+    pub fn counts(&self) -> (u64, u64) {
+        let inner = self.lock();
+        let connected = inner.agents.len() as u64;
+        let away = inner.hosts.keys().filter(|h| !inner.agents.contains(*h)).count() as u64;
+        (connected, away)
     }
 
     /// One watch event: `Some(kv)` a put, `None` a delete of `key`. Returns the host whose

@@ -164,11 +164,19 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
 async fn hold(link: &FleetLink, term: Term) {
     let ttl = Duration::from_secs(LEADER_TTL as u64);
     let mut renewed = Instant::now();
+    let mut renew_failed = false;
     loop {
+        // A failed renewal is tried again soon: one slow call must not cost the term.
+        let wait = if renew_failed {
+            Duration::from_millis(200)
+        } else {
+            ttl / 3
+        };
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = link.leader_changed.notified() => {}
         }
+        renew_failed = false;
         if link.term() != Some(term) {
             return;
         }
@@ -185,7 +193,10 @@ async fn hold(link: &FleetLink, term: Term) {
                 link.step_down("the leader lease expired");
                 return;
             }
-            Err(e) => tracing::debug!(error = %e, "fleet: cannot renew the leader lease"),
+            Err(e) => {
+                renew_failed = true;
+                tracing::debug!(error = %e, "fleet: cannot renew the leader lease");
+            }
         }
     }
 }

@@ -174,6 +174,8 @@ pub struct FleetLink {
     pub(crate) leader_changed: tokio::sync::Notify,
     /// The host agents, their registrations, desired processes and reports.
     pub hosts: crate::fleet_hosts::HostsView,
+    /// The lease this router's ack lives on (0: none yet), revoked by a clean stop.
+    pub(crate) ack_lease: std::sync::atomic::AtomicI64,
 }
 
 impl FleetLink {
@@ -194,6 +196,27 @@ impl FleetLink {
             convergence: Histogram::default(),
             leader_changed: tokio::sync::Notify::new(),
             hosts: Default::default(),
+            ack_lease: Default::default(),
+        }
+    }
+
+    /// A clean stop (the fleet's tasks already stopped): gives the leader key and this
+    /// router's ack up at once, so another router leads without waiting out the leader
+    /// lease and switches stop waiting for this router's ack.
+    pub async fn resign(&self) {
+        let term = self.st().term.take();
+        let mut leases = vec![self.ack_lease.load(std::sync::atomic::Ordering::Relaxed)];
+        if let Some(t) = term {
+            leases.push(t.lease);
+            tracing::info!(fleet = %self.keys.prefix(), "fleet: giving up the leadership (clean stop)");
+        }
+        for lease in leases.into_iter().filter(|l| *l != 0) {
+            let why = match tokio::time::timeout(Duration::from_secs(1), self.etcd.lease_revoke(lease)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 1 s".to_string(),
+            };
+            tracing::warn!(error = %why, "fleet: could not revoke a lease at stop; it runs out by itself");
         }
     }
 

@@ -272,6 +272,17 @@ fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
         m.encode_family(&l)?.encode_gauge(&(n as i64))?;
     }
     let mut m = enc.encode_descriptor(
+        "cutover_fleet_agents",
+        "Host agents registered in the fleet: connected (holding their lease) or away (their model servers keep running)",
+        None,
+        MetricType::Gauge,
+    )?;
+    let (connected, away) = link.hosts.counts();
+    for (state, n) in [("connected", connected), ("away", away)] {
+        let l: Labels = vec![("state", state.to_string())];
+        m.encode_family(&l)?.encode_gauge(&(n as i64))?;
+    }
+    let mut m = enc.encode_descriptor(
         "cutover_fleet_switch_convergence_seconds",
         "Switches made through this router: commit to the last live router's ack",
         None,

@@ -100,13 +100,16 @@ impl RemoteProcs {
         let me = Arc::downgrade(self);
         let mut rx = link.hosts.subscribe();
         tokio::spawn(async move {
-            // What was reported before this router joined is not news.
+            // What the first read finds was reported before this router joined: not news (a
+            // router restart must not record every old exit again).
             let mut seen: BTreeMap<(usize, String), (u64, u32, String)> = BTreeMap::new();
-            let mut first = true;
+            let mut primed = false;
             loop {
                 let Some(me) = me.upgrade() else { return };
-                me.publish_exits(&link, &mut seen, first).await;
-                first = false;
+                if link.hosts.was_read() {
+                    me.publish_exits(&link, &mut seen, !primed).await;
+                    primed = true;
+                }
                 drop(me);
                 if rx.changed().await.is_err() {
                     return;
@@ -379,8 +382,18 @@ impl RemoteProcs {
         });
     }
 
+    /// The role the hosts apply (the desired document's); this router's last word before
+    /// the fleet was read.
     pub fn role(&self, color: Color) -> Role {
-        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)]
+        match self.desired(color) {
+            Some((d, _)) if d.wanted == Wanted::Run => match d.role {
+                ProcRole::Releasing => Role::Releasing,
+                ProcRole::Serving => Role::Serving,
+                ProcRole::Idle => Role::Idle,
+            },
+            Some(_) => Role::Idle,
+            None => self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)],
+        }
     }
 
     /// The unasked-for exit of the processes of `epoch`, if a host reported one.

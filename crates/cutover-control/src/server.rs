@@ -226,7 +226,7 @@ async fn run_with(
         admin,
         addresses,
         _sampling,
-        _fleet,
+        _fleet: fleet,
     } = started;
     if let Err(e) = write_addresses(
         admin_address_file.as_deref(),
@@ -282,6 +282,11 @@ async fn run_with(
         }
     }
     drain(tasks, stop_tx, &serving, opts.grace).await;
+    // The fleet's tasks stop first, or the campaign would win the key given up next.
+    drop(fleet);
+    if let Some(link) = ctl.fleet() {
+        link.resign().await;
+    }
     if let Some(guard) = paused {
         // Never resumed: a supervisor restart or a release step released now, as the runtime
         // winds down, would start a process or write a store the successor owns.

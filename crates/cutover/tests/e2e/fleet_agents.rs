@@ -309,6 +309,12 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
     let traffic = Traffic::start(r.url("/v1/chat/completions"), 2, Duration::from_millis(10));
     a.proc.kill9();
     wait_agent(&r, "gpu-a", false).await;
+    let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
+    assert!(metrics.contains("cutover_fleet_agents{state=\"away\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("cutover_fleet_agents{state=\"connected\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(stats_at(ip, ports.blue).await.unwrap()["pid"].as_u64(), Some(pid));
 
     // Restarted, it adopts the same process instead of starting another.

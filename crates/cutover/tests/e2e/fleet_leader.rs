@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 use crate::fleet::cluster::Cluster;
-use crate::fleet::{color_served, fleet_view, share_operator_token};
+use crate::fleet::{color_served, fleet_view, share_operator_token, state_of};
 
 /// A short bake that completes without traffic, and a quick scale-down.
 const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
@@ -185,6 +185,27 @@ async fn one_leader_and_a_release_asked_of_a_follower_runs_on_the_leader_and_com
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("leader: r{leader}")), "{out}");
     assert!(out.contains("3/3 routers synced"), "{out}");
+    // A clean stop of the leader gives its leases up: the key is gone at once (no wait for
+    // the TTL) and another router leads.
+    let mut f = f;
+    f.routers[leader].proc.signal("TERM");
+    assert_eq!(f.routers[leader].proc.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        f.routers[leader]
+            .log()
+            .contains("giving up the leadership (clean stop)"),
+        "{}",
+        f.routers[leader].log()
+    );
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let next = f.wait_leader(&rest).await;
+    assert_ne!(next, leader);
+    let v = fleet_view(&f.routers[next]).await;
+    assert_ne!(
+        state_of(&v, &format!("r{leader}")),
+        "SYNCED",
+        "the stopped router's ack went with its lease: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
