@@ -134,7 +134,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
     let store = Store::open(&db).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db.display()))?;
     let agent = Arc::new(Agent {
         keys: Keys::new(&opts.fleet),
-        etcd: Etcd::new(opts.members.clone()),
+        etcd: Etcd::new(opts.members.clone()).spread_by(&opts.host),
         store: Arc::new(store),
         pause: Pause::default(),
         sups: Mutex::default(),
@@ -314,7 +314,7 @@ impl Agent {
                     if self.connected.swap(false, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "agent: etcd not reachable; the model servers go on as they are");
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(cutover_fleet::jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }

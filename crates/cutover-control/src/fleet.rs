@@ -93,7 +93,7 @@ async fn sync(ctl: Arc<Controller>, link: Arc<FleetLink>) {
         if let Err(e) = read_all(&ctl, &link).await {
             link.set_connected(false);
             tracing::debug!(error = %e, "fleet: cannot read from etcd");
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(cutover_fleet::jittered(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
@@ -461,7 +461,7 @@ fn default_router_id(admin: std::net::SocketAddr) -> String {
 pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin: std::net::SocketAddr) -> FleetTasks {
     let id = cfg.router_id.clone().unwrap_or_else(|| default_router_id(admin));
     let link = Arc::new(FleetLink::new(
-        cutover_fleet::Etcd::new(cfg.members.clone()),
+        cutover_fleet::Etcd::new(cfg.members.clone()).spread_by(&id),
         &cfg.name,
         id.clone(),
         // What acks advertise and where release requests are forwarded.

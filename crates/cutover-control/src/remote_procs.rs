@@ -414,8 +414,9 @@ impl RemoteProcs {
         }
     }
 
-    /// Publishes each exit a host reports for a color's current epoch once; the leader also
-    /// records it in its history.
+    /// Publishes each exit a host reports for a color's current epoch once, and records it
+    /// in this router's history: every router's, since whether this one leads when the
+    /// report arrives (etcd just came back, say) is chance.
     async fn publish_exits(
         &self,
         link: &FleetLink,
@@ -449,21 +450,20 @@ impl RemoteProcs {
                 };
                 tracing::warn!(service = %self.service, color = %color, host = %host, pid = e.pid, status = %e.status, "a host agent reports a model server exited");
                 self.exits[idx(color)].send_replace(Some(exit.clone()));
-                if link.is_leader() {
-                    let (service, version, reason) = (self.service.clone(), e.version.clone(), exit.describe(color));
-                    record(&self.store, "a process event", &self.service, move |s| {
-                        s.record_event(&EventRecord {
-                            service: &service,
-                            kind: HistoryKind::ProcessExited,
-                            color: Some(stored(color)),
-                            version: Some(&version),
-                            actor: "supervisor",
-                            reason: &reason,
-                            release_id: None,
-                        })
+                let (service, version) = (self.service.clone(), e.version.clone());
+                let reason = format!("{} (reported by its host agent)", exit.describe(color));
+                record(&self.store, "a process event", &self.service, move |s| {
+                    s.record_event(&EventRecord {
+                        service: &service,
+                        kind: HistoryKind::ProcessExited,
+                        color: Some(stored(color)),
+                        version: Some(&version),
+                        actor: "supervisor",
+                        reason: &reason,
+                        release_id: None,
                     })
-                    .await;
-                }
+                })
+                .await;
             }
         }
     }

@@ -300,6 +300,13 @@ fn gateway_error(member: &str, status: StatusCode, v: &Value) -> Option<EtcdErro
     None
 }
 
+/// Which of `n` members a client named `seed` starts at (a stable hash: the same router
+/// starts at the same member after a restart).
+pub(crate) fn spread_index(seed: &str, n: usize) -> usize {
+    let h = u64::from_str_radix(&crate::doc::hash_hex(seed), 16).unwrap_or(0);
+    (h % n as u64) as usize
+}
+
 /// gRPC codes after which another member may well succeed: unavailable (no leader, leader
 /// changed, stopping) and deadline exceeded (a member cut from the quorum).
 fn worth_another_member(e: &EtcdError) -> bool {
@@ -328,6 +335,14 @@ impl Etcd {
 
     pub fn members(&self) -> &[String] {
         &self.members
+    }
+
+    /// Starts calls (and watches) at the member `seed` picks: routers given the same member
+    /// list spread over the members instead of all watching the first one.
+    pub fn spread_by(self, seed: &str) -> Etcd {
+        let n = self.members.len().max(1);
+        self.preferred.store(spread_index(seed, n), Relaxed);
+        self
     }
 
     /// POSTs `body` to `path` on each member in turn from the preferred one, until one answers.

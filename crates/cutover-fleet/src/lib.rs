@@ -14,6 +14,17 @@ pub mod etcd;
 
 pub use etcd::{Etcd, EtcdError};
 
+/// `d` scaled by a factor between 0.5 and 1.5, so clients cut off together (an etcd outage)
+/// do not come back in lockstep and hit the members at the same instant.
+pub fn jittered(d: std::time::Duration) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    // The clock's low digits are as good as random for spreading retries.
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
+}
+
 /// The keys of one fleet, all under `/cutover/<fleet>/`.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -155,6 +166,25 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half() {
+        let d = std::time::Duration::from_millis(400);
+        for _ in 0..100 {
+            let j = jittered(d);
+            assert!(j >= d / 2 && j <= d * 3 / 2, "{j:?}");
+        }
+    }
+
+    #[test]
+    fn clients_spread_over_members_stably() {
+        let members: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", 2379 + i)).collect();
+        let starts: std::collections::BTreeSet<usize> = (0..30)
+            .map(|i| etcd::spread_index(&format!("router-{i}"), members.len()))
+            .collect();
+        assert_eq!(starts.len(), 3, "30 names land on every member");
+        assert_eq!(etcd::spread_index("edge-1", 3), etcd::spread_index("edge-1", 3));
+    }
 
     #[test]
     fn keys_sit_under_the_fleet_prefix_and_parse_back() {
