@@ -5,7 +5,7 @@
 //! (`reports/<service>/<color>/<host>`).
 //!
 //! Routers use the registrations to reach the model servers (endpoint names of
-//! `run.hosts` resolve here, not in DNS); the controller ([`crate::remote_procs`]) waits on
+//! `run.hosts` resolve here, not in DNS); the controller (`remote_procs`) waits on
 //! the reports when it starts or stops a color.
 
 use std::collections::{BTreeMap, BTreeSet};

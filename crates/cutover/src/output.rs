@@ -80,6 +80,37 @@ pub fn status(v: &Value) -> String {
             c["in_flight"],
             eps.join(", ")
         ));
+        // Managed colors: where each process runs and logs (on a host agent: that host's file).
+        let procs = &c["processes"];
+        for p in procs["running"].as_array().into_iter().flatten() {
+            let on = p["host"].as_str().map(|h| format!(" on {h}")).unwrap_or_default();
+            out.push_str(&format!(
+                "         replica {}{on}  pid {}  port {}  log {}\n",
+                p["replica"],
+                p["pid"],
+                p["port"],
+                s(&p["log"])
+            ));
+        }
+        if procs["restarts"].as_u64().is_some_and(|n| n > 0) || !procs["last_exit"].is_null() {
+            let x = &procs["last_exit"];
+            let on = x["host"].as_str().map(|h| format!(" on {h}")).unwrap_or_default();
+            out.push_str(&format!(
+                "         restarts {}{}\n",
+                procs["restarts"],
+                if x.is_null() {
+                    String::new()
+                } else {
+                    format!(
+                        "; last exit{on}: replica {} pid {} {} at {}",
+                        x["replica"],
+                        x["pid"],
+                        s(&x["status"]),
+                        s(&x["at"])
+                    )
+                }
+            ));
+        }
     }
     if let Some(r) = v.get("release").filter(|r| !r.is_null()) {
         out.push_str(&format!(

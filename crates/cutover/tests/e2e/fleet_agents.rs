@@ -125,13 +125,14 @@ async fn stats_at(ip: &str, port: u16) -> Option<Value> {
         .map(|r| r.json())
 }
 
-/// A managed service whose processes run on both agents' hosts.
-fn hosted_service(ports: &HostPorts, fleet_lines: &str) -> String {
+/// A managed service whose processes run on both agents' hosts; `release` goes first in
+/// `[services.chat.release]`.
+fn hosted_service(ports: &HostPorts, fleet_lines: &str, release: &str) -> String {
     format!(
         "{fleet_lines}\n[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n\
          [services.chat.run]\ncommand = [{:?}, \"--host\", \"{{host}}\", \"--port\", \"{{port}}\", \"--model-version\", \"{{version}}\"]\n\
          ports = {{ blue = [{}], green = [{}] }}\nhosts = [\"gpu-a\", \"gpu-b\"]\nstop_timeout = \"2s\"\n\n\
-         [services.chat.release]\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n",
+         [services.chat.release]\n{release}\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n",
         MOCK, ports.blue, ports.green
     )
 }
@@ -176,8 +177,8 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     let ports = HostPorts::new();
     let fleet = "agents";
     let mut routers = vec![
-        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(0), fleet, "r0"))).await,
-        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"))).await,
+        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(0), fleet, "r0"), "")).await,
+        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"), "")).await,
     ];
     share_operator_token(&mut routers).await;
     let (r0, r1) = (&routers[0], &routers[1]);
@@ -215,6 +216,11 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     }
     let st = r0.status().await;
     assert_eq!(hosts_of(&st, "blue"), ["gpu-a", "gpu-b"], "{st}");
+    let (code, out, err) = r1.cli_async(&["status", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for host in ["gpu-a", "gpu-b"] {
+        assert!(out.contains(&format!("replica 0 on {host}  pid ")), "{out}");
+    }
 
     // v2 under load through both routers.
     let t0 = Traffic::start(r0.url("/v1/chat/completions"), 3, Duration::from_millis(5));
@@ -294,11 +300,13 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
     let etcd = Cluster::start(3).await;
     let ports = HostPorts::new();
     let fleet = "adopt";
-    let r = Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url(), fleet, "r0"))).await;
+    let release = "promotion = \"manual\"";
+    let r = Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url(), fleet, "r0"), release)).await;
     let mut a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
     let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
     wait_agent(&r, "gpu-a", true).await;
     wait_agent(&r, "gpu-b", true).await;
+    // The first release has nothing to promote over: it goes live without an approval.
     let id = r.release("v1").await;
     let d = r.wait_end(id, Duration::from_secs(90)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
@@ -361,5 +369,34 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
         hist.text().contains("on gpu-a"),
         "the exit is in the history: {}",
         hist.text()
+    );
+
+    // A model server of the color being released exits on gpu-b while the release waits
+    // for its approval: the agent does not restart it (it is being released), the release
+    // ends naming the host, gpu-a's new process is stopped, v1 stays live.
+    let id = r.release("v2").await;
+    let d = r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    assert_eq!(d["phase"], "awaiting_approval", "{d}");
+    let green_b = stats_at(HOSTS[1].1, ports.green).await.expect("v2 runs on gpu-b")["pid"]
+        .as_u64()
+        .unwrap();
+    let _ = Command::new("kill").args(["-9", &green_b.to_string()]).status();
+    let d = r.wait_end(id, Duration::from_secs(30)).await;
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("green replica 0 on gpu-b") && reason.contains("exited"),
+        "{d}"
+    );
+    wait_for("v2 stopped on gpu-a", Duration::from_secs(30), || async {
+        stats_at(HOSTS[0].1, ports.green).await.is_none().then_some(())
+    })
+    .await;
+    assert!(stats_at(HOSTS[1].1, ports.green).await.is_none(), "not restarted");
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["blue"]["version"].as_str()),
+        (Some("blue"), Some("v1")),
+        "{st}"
     );
 }
