@@ -72,7 +72,7 @@ done
 for host in gpu-a:127.0.0.2 gpu-b:127.0.0.3; do
   name=${host%%:*}; ip=${host#*:}
   "$BIN/cutover" agent --etcd "etcd://$members" --fleet example --host "$name" --advertise "$ip" \
-    --data-dir "$WORK/agent-$name" 2>"$WORK/agent-$name.log" & pids+=($!)
+    --allow-command "$BIN/mock-model" --data-dir "$WORK/agent-$name" 2>"$WORK/agent-$name.log" & pids+=($!)
 done
 for i in 1 2 3; do
   until curl -fsS "http://127.0.0.1:990$i/healthz" >/dev/null 2>&1; do sleep 0.2; done

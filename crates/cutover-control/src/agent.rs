@@ -65,6 +65,10 @@ pub struct AgentOptions {
     pub data_dir: PathBuf,
     /// Where processes run unless the template names a `workdir`.
     pub workdir: PathBuf,
+    /// The programs (`command[0]` as the config writes it) this host runs; `None`: any.
+    /// Whoever can write `desired/` in etcd chooses the command, so a host says which
+    /// programs it lends itself to.
+    pub allowed: Option<Vec<String>>,
 }
 
 type Key = (String, FColor);
@@ -434,8 +438,13 @@ impl Agent {
         let sup = self.supervisor(&service, &doc.template);
         // Whatever ran there first (a start is a new epoch: the controller drained it).
         sup.stop(color).await;
-        let (state, error) = match (wanted, doc.version.as_deref()) {
-            (Wanted::Run, Some(version)) => match sup.start(color, version).await {
+        let refused = self.refusal(&doc.template);
+        let (state, error) = match (wanted, doc.version.as_deref(), refused) {
+            (Wanted::Run, Some(_), Some(why)) => {
+                tracing::error!(service = %service, color = %color, error = %why, "agent: start refused");
+                (HostState::Failed, Some(why))
+            }
+            (Wanted::Run, Some(version), None) => match sup.start(color, version).await {
                 Ok(recs) => {
                     sup.set_role(color, role_of(doc.role));
                     let pids: Vec<u32> = recs.iter().map(|r| r.pid).collect();
@@ -456,6 +465,20 @@ impl Agent {
         Self::lock(&self.applied).insert(key, Applied { doc, state, error });
         self.save();
         self.report_due.notify_one();
+    }
+
+    /// Why this host will not run `template`'s program, if it will not.
+    fn refusal(&self, template: &RunTemplate) -> Option<String> {
+        let allowed = self.opts.allowed.as_ref()?;
+        let program = template.command.first().map(String::as_str).unwrap_or("");
+        if allowed.iter().any(|a| a == program) {
+            return None;
+        }
+        Some(format!(
+            "the agent of {} does not run {program:?}: it was started with --allow-command {} (the program must match run.command[0] exactly)",
+            self.opts.host,
+            allowed.join(" --allow-command ")
+        ))
     }
 
     fn report_of(&self, key: &Key, a: &Applied) -> HostReport {

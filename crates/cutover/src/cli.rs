@@ -116,7 +116,7 @@ pub enum Command {
             adopted again after an agent restart, as `serve` does on one machine, driven through etcd. \
             The model servers keep running when the agent stops or loses etcd. See docs/fleet.md.",
         after_help = "Example:\n  cutover agent --etcd etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \\\n    \
-            --fleet prod --host gpu-a --advertise 10.0.1.17 --data-dir /var/lib/cutover-agent"
+            --fleet prod --host gpu-a --advertise 10.0.1.17 --data-dir /var/lib/cutover-agent --allow-command vllm"
     )]
     Agent {
         /// The fleet's etcd members, as `[store] url` says them.
@@ -139,6 +139,14 @@ pub enum Command {
         /// [default: the current directory].
         #[arg(long, value_name = "DIR")]
         workdir: Option<PathBuf>,
+        /// A program this host runs (`run.command[0]` exactly as the config writes it);
+        /// repeat for several. Whoever can write the fleet's keys in etcd chooses commands:
+        /// this is the host's say in which programs.
+        #[arg(long = "allow-command", value_name = "PROGRAM")]
+        allow_command: Vec<String>,
+        /// Run any program the fleet's documents name (instead of --allow-command).
+        #[arg(long, conflicts_with = "allow_command")]
+        allow_any_command: bool,
         /// Log lines as text for people or as JSON for collectors.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,

@@ -107,10 +107,13 @@ fn main() -> ExitCode {
             advertise,
             data_dir,
             workdir,
+            allow_command,
+            allow_any_command,
             log_format,
         } => {
             init_logs(log_format);
-            exit(agent(etcd, fleet, host, advertise, data_dir, workdir))
+            let allowed = (!allow_any_command).then_some(allow_command);
+            exit(agent(etcd, fleet, host, advertise, data_dir, workdir, allowed))
         }
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -193,7 +196,15 @@ fn agent(
     advertise: std::net::IpAddr,
     data_dir: std::path::PathBuf,
     workdir: Option<std::path::PathBuf>,
+    allowed: Option<Vec<String>>,
 ) -> Result<(), Failure> {
+    if allowed.as_ref().is_some_and(|a| a.is_empty()) {
+        return Err(Failure::new(
+            2,
+            "say which programs this host runs: --allow-command PROGRAM (repeatable; run.command[0] as the config writes it), \
+             or --allow-any-command to run whatever the fleet's documents in etcd name",
+        ));
+    }
     let members = cutover_config::etcd_members(&etcd).map_err(|e| Failure::new(2, format!("--etcd: {e}")))?;
     if !cutover_config::is_key_word(&fleet) {
         return Err(Failure::new(
@@ -220,6 +231,7 @@ fn agent(
         advertise,
         data_dir,
         workdir,
+        allowed,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

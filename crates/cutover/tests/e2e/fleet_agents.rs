@@ -24,21 +24,29 @@ struct Agent {
     advertise: String,
     etcd: String,
     fleet: String,
+    /// `--allow-command` values; the mock-model binary unless a test says otherwise.
+    allow: Vec<String>,
     proc: Proc,
 }
 
 impl Agent {
     fn start(etcd: &str, fleet: &str, host: &str, advertise: &str) -> Agent {
-        let mut a = Agent {
+        let mut a = Agent::new(etcd, fleet, host, advertise);
+        a.spawn();
+        a
+    }
+
+    /// An agent not started yet.
+    fn new(etcd: &str, fleet: &str, host: &str, advertise: &str) -> Agent {
+        Agent {
             dir: TempDir::new("agent"),
             host: host.into(),
             advertise: advertise.into(),
             etcd: etcd.into(),
             fleet: fleet.into(),
+            allow: vec![MOCK.into()],
             proc: Proc(None),
-        };
-        a.spawn();
-        a
+        }
     }
 
     fn spawn(&mut self) {
@@ -59,6 +67,7 @@ impl Agent {
             ])
             .args(["--advertise", &self.advertise, "--data-dir"])
             .arg(self.dir.path().join("data"))
+            .args(self.allow.iter().flat_map(|a| ["--allow-command", a.as_str()]))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -159,6 +168,26 @@ async fn wait_agent(r: &Router, host: &str, connected: bool) {
     .await
 }
 
+/// Starts a release once the previous one has finished tearing its color down (its
+/// outcome is written first; the stop of its processes follows).
+async fn release_when_free(r: &Router, version: &str) -> i64 {
+    wait_for("the previous release to finish", Duration::from_secs(30), || async {
+        let resp = r
+            .api(
+                Method::POST,
+                "/v1/services/chat/releases",
+                serde_json::json!({ "version": version }),
+            )
+            .await;
+        match resp.status.as_u16() {
+            202 => Some(resp.json()["id"].as_i64().unwrap()),
+            409 if resp.text().contains("release_in_progress") => None,
+            s => panic!("{s}: {}", resp.text()),
+        }
+    })
+    .await
+}
+
 /// The hosts `color`'s processes run on, as the router's status shows them.
 fn hosts_of(st: &Value, color: &str) -> Vec<String> {
     let mut v: Vec<String> = st["colors"][color]["processes"]["running"]
@@ -199,9 +228,33 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     );
     assert!(r0.status().await["live"].is_null());
 
-    let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    // gpu-b's agent does not lend itself to this program: the start fails there, naming
+    // the host and the flag; nothing stays running on gpu-a.
+    let mut b = Agent::new(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    b.allow = vec!["/usr/bin/true".into()];
+    b.spawn();
     wait_agent(r0, "gpu-b", true).await;
     let id = r1.release("v1").await;
+    let d = r1.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("gpu-b: the agent of gpu-b does not run") && reason.contains("--allow-command"),
+        "{d}"
+    );
+    wait_for("nothing left on gpu-a", Duration::from_secs(30), || async {
+        stats_at(HOSTS[0].1, ports.blue).await.is_none().then_some(())
+    })
+    .await;
+    b.proc.kill9();
+    b.allow = vec![MOCK.into()];
+    b.spawn();
+    wait_for("gpu-b's agent back", Duration::from_secs(30), || async {
+        (b.log().matches("agent: registered").count() >= 2).then_some(())
+    })
+    .await;
+    wait_agent(r0, "gpu-b", true).await;
+    let id = release_when_free(r1, "v1").await;
     let d = r1.wait_end(id, Duration::from_secs(90)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
     for (_, ip) in HOSTS {
@@ -399,4 +452,45 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
         (Some("blue"), Some("v1")),
         "{st}"
     );
+}
+
+#[test]
+fn agent_arguments_are_checked_before_it_starts() {
+    let run = |args: &[&str]| {
+        let out = Command::new(CUTOVER).arg("agent").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let base = [
+        "--etcd",
+        "etcd://127.0.0.1:1",
+        "--fleet",
+        "f",
+        "--advertise",
+        "127.0.0.2",
+    ];
+    let with = |extra: &[&'static str]| base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
+    let (code, err) = run(&with(&["--host", "gpu-a"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--allow-command PROGRAM") && err.contains("--allow-any-command"),
+        "{err}"
+    );
+    let (code, err) = run(&with(&["--host", "gpu_a", "--allow-any-command"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--host") && err.contains("gpu_a"), "{err}");
+    let (code, err) = run(&[
+        "--etcd",
+        "http://x:1",
+        "--fleet",
+        "f",
+        "--host",
+        "a",
+        "--advertise",
+        "127.0.0.2",
+        "--allow-any-command",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--etcd") && err.contains("etcd://"), "{err}");
+    let (code, err) = run(&with(&["--host", "a", "--allow-any-command", "--allow-command", "x"]));
+    assert_eq!(code, Some(2), "clap refuses both: {err}");
 }
