@@ -123,6 +123,9 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
         agent_kvs.extend(link.etcd.range_prefix(&prefix).await?.kvs);
     }
     link.hosts.read(&link.keys, &agent_kvs);
+    // A leader key that went while no watch ran is seen here, not only by the slow poll.
+    let (leader, _) = link.etcd.get(&link.keys.leader()).await?;
+    link.set_leader(leader.as_ref());
     for kv in &releases.kvs {
         if let Some((service, id)) = link.keys.release_of(&kv.key) {
             link.release_seen(service, id, serde_json::from_slice(&kv.value).ok());
@@ -365,7 +368,15 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
     } else if let Some(id) = link.keys.router_id(key) {
         match e {
             Event::Put(kv) => match Ack::parse(&kv.value) {
-                Ok(ack) => link.router_acked(id, ack),
+                Ok(ack) => {
+                    // Our own ack as etcd holds it: a put that was retried through another
+                    // member can land after a newer one. What etcd shows behind what this
+                    // router applied is written again.
+                    if id == link.router_id && ack.generations != link.own_ack().generations {
+                        link.ack_due.notify_one();
+                    }
+                    link.router_acked(id, ack)
+                }
                 Err(reason) => tracing::warn!(router = %id, %reason, "fleet: unreadable ack"),
             },
             Event::Delete(_) => link.router_gone(id),

@@ -201,13 +201,19 @@ async fn hold(link: &FleetLink, term: Term) {
     }
 }
 
+/// How often a follower reads the leader key besides watching it.
+const VACANCY_POLL: Duration = Duration::from_secs(5);
+
 /// Not the leader: waits until the key is gone (the watch says so, or a poll finds it).
 async fn wait_for_vacancy(link: &FleetLink) {
     let key = link.keys.leader();
     loop {
+        // The watch says when the key goes (its delete wakes this at once); the poll only
+        // covers a missed event, so it is slow: every follower polls, and at fleet scale one
+        // read per router per second was most of etcd's idle load.
         tokio::select! {
             _ = link.leader_changed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(cutover_fleet::jittered(VACANCY_POLL)) => {}
         }
         match link.etcd.get(&key).await {
             Ok((None, _)) => return,

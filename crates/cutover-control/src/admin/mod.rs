@@ -360,19 +360,29 @@ fn color(s: &str) -> Result<Color, ApiError> {
 /// forced: switching under it would leave it pending with its checks overtaken. Forced
 /// before the release's switch, the switch happens and then ends the release (aborted,
 /// with the reason); after the release's switch, use rollback, which the run answers to.
+///
+/// Fleet mode: the release may run on the leader. A follower refuses the same way, and
+/// forwards a forced switch to the leader, where the run is that the switch must end.
 async fn switch(
     State(st): State<AdminState>,
     Path(svc): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
+    let raw = body.as_ref().ok().cloned();
     let b: SwitchBody = parse_body(body)?;
     let to = b.to.as_deref().map(color).transpose()?;
     let who = actor(&headers);
     let release = st.ctl.active_release_doc(&svc);
     if let Some(r) = &release {
         refuse_under_release(&svc, r, b.force)?;
+    } else if let Some(r) = st.ctl.release_in_progress(&svc) {
+        refuse_under_release(&svc, &r, b.force)?;
+        if let Some(answer) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.unwrap_or_default()).await {
+            return answer;
+        }
     }
     let reason = b.reason.unwrap_or_else(|| "manual switch".into());
     let out = st
@@ -404,7 +414,7 @@ async fn switch(
             v["ended_release"] = json!(r.id);
         }
     }
-    Ok(Json(v))
+    Ok(Json(v).into_response())
 }
 
 /// Fleet mode: a switch's answer waits for every live router's ack (at most
@@ -468,10 +478,20 @@ struct RollbackBody {
 async fn rollback(
     State(st): State<AdminState>,
     Path(svc): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
+    // Fleet mode: a release running on the leader answers to a rollback there (it ends as
+    // rolled back); done here, the leader's run would go on as if nothing happened.
+    if st.ctl.active_release_doc(&svc).is_none() && st.ctl.release_in_progress(&svc).is_some() {
+        if let Ok(raw) = &body {
+            if let Some(answer) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
+                return answer;
+            }
+        }
+    }
     let b: RollbackBody = parse_body(body)?;
     if b.redeploy {
         let doc = st.ctl.redeploy_previous(&svc, &actor(&headers)).await?;

@@ -383,3 +383,49 @@ async fn the_old_colors_scale_down_waits_while_a_router_is_stale_and_goes_on_aft
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_asked_of_a_follower_under_the_leaders_release_is_refused_and_a_forced_one_ends_it_there() {
+    let f = Fleet::start("override", MANUAL).await;
+    let leader = f.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let id = f.routers[leader].release("v2").await;
+    let d = f.routers[follower]
+        .wait_phase(id, "awaiting_approval", Duration::from_secs(20))
+        .await;
+    assert_eq!(d["phase"], "awaiting_approval", "{d}");
+    // The follower knows of the leader's release: a plain switch is refused as on the leader.
+    let r = f.routers[follower].switch("green").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains("release_in_progress") && r.text().contains("--force"),
+        "{}",
+        r.text()
+    );
+    // Forced, it goes to the leader: the switch happens there and ends the release.
+    let r = f.routers[follower]
+        .api(
+            Method::POST,
+            "/v1/services/chat/switch",
+            json!({"to": "green", "force": true, "reason": "hotfix"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-cutover-leader"), format!("r{leader}"));
+    assert_eq!(r.json()["ended_release"], id, "{}", r.text());
+    let d = f.routers[follower].wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("forced manual switch"),
+        "{d}"
+    );
+    for r in &f.routers {
+        wait_for("green everywhere", Duration::from_secs(10), || async {
+            (color_served(r).await == "green").then_some(())
+        })
+        .await;
+    }
+}
