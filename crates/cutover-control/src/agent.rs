@@ -87,7 +87,13 @@ struct Agent {
     etcd: Etcd,
     store: Arc<Store>,
     pause: Pause,
-    sups: Mutex<BTreeMap<String, Arc<Supervisor>>>,
+    /// One supervisor per service and color: each color runs the template of its own
+    /// desired document (a refused or stopped one never becomes the template another
+    /// color's restarts use).
+    sups: Mutex<BTreeMap<Key, Arc<Supervisor>>>,
+    /// The colors being reconciled now: one task per color, so a long stop of one service
+    /// does not hold up another's start.
+    busy: Mutex<std::collections::BTreeSet<Key>>,
     /// The newest desired document seen per color that concerns this host.
     latest: Mutex<BTreeMap<Key, DesiredProcs>>,
     applied: Mutex<BTreeMap<Key, Applied>>,
@@ -142,6 +148,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
         store: Arc::new(store),
         pause: Pause::default(),
         sups: Mutex::default(),
+        busy: Mutex::default(),
         latest: Mutex::default(),
         applied: Mutex::default(),
         work: Notify::new(),
@@ -176,13 +183,17 @@ impl Agent {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The supervisor of `service`, with `template` for the starts that follow.
-    fn supervisor(&self, service: &str, template: &RunTemplate) -> Arc<Supervisor> {
+    /// The supervisor of one service's color. With `use_template`, `template` is what its
+    /// starts and restarts run from now on; without (a stop, a refused start), a supervisor
+    /// that exists keeps its template, and a new one has no process to restart.
+    fn supervisor(&self, key: &Key, template: &RunTemplate, use_template: bool) -> Arc<Supervisor> {
         let run = run_config(template, self.opts.advertise);
         let mut sups = Self::lock(&self.sups);
-        match sups.get(service) {
+        match sups.get(key) {
             Some(s) => {
-                s.set_run(run);
+                if use_template {
+                    s.set_run(run);
+                }
                 s.clone()
             }
             None => {
@@ -190,8 +201,8 @@ impl Agent {
                     data_dir: self.opts.data_dir.clone(),
                     config_dir: self.opts.workdir.clone(),
                 };
-                let s = Supervisor::new(service, run, dirs, self.store.clone(), self.pause.clone());
-                sups.insert(service.to_string(), s.clone());
+                let s = Supervisor::new(&key.0, run, dirs, self.store.clone(), self.pause.clone());
+                sups.insert(key.clone(), s.clone());
                 s
             }
         }
@@ -231,7 +242,9 @@ impl Agent {
         for (service, color, a) in rows {
             let c = from_fleet(color);
             if a.doc.wanted == Wanted::Run && a.state == HostState::Running {
-                let sup = self.supervisor(&service, &a.doc.template);
+                let key = (service.clone(), color);
+                let refused = self.refusal(&a.doc.template);
+                let sup = self.supervisor(&key, &a.doc.template, refused.is_none());
                 let records: Vec<_> = self
                     .store
                     .processes(&service)?
@@ -245,7 +258,16 @@ impl Agent {
                         tracing::warn!(service = %service, color = %c, pid = p.pid, "a model server from before the agent's restart is gone");
                     }
                 }
-                sup.adopt(c, records, role_of(a.doc.role));
+                // Started under a wider --allow-command than this agent's: kept running (a
+                // restart of the agent must not take a model down), never started again.
+                let role = match &refused {
+                    Some(why) => {
+                        tracing::warn!(service = %service, color = %c, reason = %why, "adopted model servers this agent would not start; they are not restarted if they exit");
+                        Role::Idle
+                    }
+                    None => role_of(a.doc.role),
+                };
+                sup.adopt(c, records, role);
             }
             Self::lock(&self.applied).insert((service, color), a);
         }
@@ -394,7 +416,8 @@ impl Agent {
         }
     }
 
-    /// Applies each newer desired document, one at a time.
+    /// Applies each newer desired document: one task per color at a time, colors in
+    /// parallel. A color whose task is running is looked at again when it ends.
     async fn reconciler(self: Arc<Self>) {
         loop {
             let latest: Vec<(Key, DesiredProcs)> = Self::lock(&self.latest)
@@ -402,7 +425,16 @@ impl Agent {
                 .map(|(k, d)| (k.clone(), d.clone()))
                 .collect();
             for (key, doc) in latest {
-                self.reconcile(key, doc).await;
+                if !Self::lock(&self.busy).insert(key.clone()) {
+                    continue;
+                }
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.reconcile(key.clone(), doc).await;
+                    Self::lock(&me.busy).remove(&key);
+                    // A newer document may have come while this one was applied.
+                    me.work.notify_one();
+                });
             }
             self.work.notified().await;
         }
@@ -420,7 +452,7 @@ impl Agent {
             }
             if a.doc.epoch == doc.epoch {
                 if a.doc.role != doc.role && a.doc.wanted == Wanted::Run {
-                    if let Some(sup) = Self::lock(&self.sups).get(&service).cloned() {
+                    if let Some(sup) = Self::lock(&self.sups).get(&key).cloned() {
                         sup.set_role(color, role_of(doc.role));
                     }
                     tracing::info!(service = %service, color = %color, role = ?doc.role, "agent: role changed");
@@ -435,10 +467,13 @@ impl Agent {
         } else if wanted == Wanted::Stop && !mine {
             return;
         }
-        let sup = self.supervisor(&service, &doc.template);
+        // Checked before the template is taken: a refused program never becomes what this
+        // color's restarts run.
+        let refused = self.refusal(&doc.template);
+        let starts = wanted == Wanted::Run && refused.is_none();
+        let sup = self.supervisor(&key, &doc.template, starts);
         // Whatever ran there first (a start is a new epoch: the controller drained it).
         sup.stop(color).await;
-        let refused = self.refusal(&doc.template);
         let (state, error) = match (wanted, doc.version.as_deref(), refused) {
             (Wanted::Run, Some(_), Some(why)) => {
                 tracing::error!(service = %service, color = %color, error = %why, "agent: start refused");
@@ -482,7 +517,7 @@ impl Agent {
     }
 
     fn report_of(&self, key: &Key, a: &Applied) -> HostReport {
-        let sup = Self::lock(&self.sups).get(&key.0).cloned();
+        let sup = Self::lock(&self.sups).get(key).cloned();
         let status = sup.map(|s| s.status(from_fleet(key.1)));
         let (processes, restarts, last_exit) = match (&status, a.state) {
             (Some(st), HostState::Running) => (

@@ -185,7 +185,12 @@ impl Inner {
             }
             HostKey::Desired(s, c) => match DesiredProcs::parse(&kv.value) {
                 Ok(d) => {
-                    self.desired.insert((s.to_string(), c), (d, kv.mod_revision));
+                    // The watch replays from before a re-read's later ranges: an older
+                    // revision than the one held is that replay, not news.
+                    let key = (s.to_string(), c);
+                    if self.desired.get(&key).is_none_or(|(_, held)| kv.mod_revision >= *held) {
+                        self.desired.insert(key, (d, kv.mod_revision));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(service = %s, color = c.as_str(), error = %e, "fleet: unreadable desired processes")

@@ -25,6 +25,7 @@ use crate::controller::Controller;
 use crate::fleet_link::{FleetLink, Term};
 use crate::release::{self, ReleaseDoc};
 use crate::store_call::record;
+use crate::supervisor::Role;
 
 /// The leader key's lease (seconds): how long a leader that stopped renewing it (dead,
 /// paused, cut from etcd) keeps the fleet without one.
@@ -155,6 +156,18 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
             })
         })
         .await;
+    }
+    // Host agents' roles follow the routing as committed: a run cut off between its switch
+    // and its end left the live color `releasing` (its exits not restarted), and one cut
+    // off before its switch left the idle color so.
+    for svc in ctl.services().values() {
+        let (Some(crate::procs::Procs::Remote(p)), Some(live)) = (&svc.procs, svc.live()) else {
+            continue;
+        };
+        p.set_role(live, Role::Serving);
+        if p.role(live.other()) == Role::Releasing {
+            p.set_role(live.other(), Role::Idle);
+        }
     }
     Ok(())
 }

@@ -76,6 +76,8 @@ pub struct RemoteProcs {
     exits: [watch::Sender<Option<Exit>>; 2],
     /// One writer of a color's document at a time (a role change must not overtake a stop).
     writes: [tokio::sync::Mutex<()>; 2],
+    /// Roles asked for before the fleet was read (at start-up, `resume`): written once it is.
+    pending: Mutex<[Option<Role>; 2]>,
 }
 
 impl RemoteProcs {
@@ -88,6 +90,7 @@ impl RemoteProcs {
             roles: Mutex::new([Role::Idle, Role::Idle]),
             exits: [watch::Sender::new(None), watch::Sender::new(None)],
             writes: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
+            pending: Mutex::new([None, None]),
         })
     }
 
@@ -108,6 +111,14 @@ impl RemoteProcs {
                 let Some(me) = me.upgrade() else { return };
                 if link.hosts.was_read() {
                     me.publish_exits(&link, &mut seen, !primed).await;
+                    if !primed {
+                        let pending = std::mem::take(&mut *me.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                        for (color, role) in Color::ALL.into_iter().zip(pending) {
+                            if let Some(role) = role {
+                                me.set_role(color, role);
+                            }
+                        }
+                    }
                     primed = true;
                 }
                 drop(me);
@@ -151,17 +162,21 @@ impl RemoteProcs {
         now.max(self.epoch(color) + 1)
     }
 
-    /// Writes `color`'s document (only over `expected`, its `mod_revision`, when given) and
-    /// puts it in the view at once, so what follows reads it without waiting for the watch.
-    async fn write(&self, color: Color, doc: &DesiredProcs, expected: Option<i64>) -> Result<bool, String> {
+    /// Writes `color`'s document over the one this router has seen (`expected`: its
+    /// `mod_revision`, 0 for none), fenced by the leader's term when `fenced` (starts and
+    /// stops are the leader's: a paused old leader must not stop a new release's processes).
+    /// `Ok(false)`: the document changed meanwhile; the view has been read again. On success
+    /// the view has the new document at once, so what follows need not wait for the watch.
+    async fn write(&self, color: Color, doc: &DesiredProcs, expected: i64, fenced: bool) -> Result<bool, String> {
         let link = self.link()?;
         let key = link.keys.desired_of(&self.service, fleet_color(color));
         let value = bytes::Bytes::from(doc.to_bytes());
         let txn = Txn {
-            compare: expected
-                .map(|r| Compare::ModRevision(key.clone(), r))
-                .into_iter()
-                .collect(),
+            compare: vec![if expected == 0 {
+                Compare::CreateRevision(key.clone(), 0)
+            } else {
+                Compare::ModRevision(key.clone(), expected)
+            }],
             success: vec![Op::Put {
                 key: key.clone(),
                 value: value.clone(),
@@ -169,23 +184,58 @@ impl RemoteProcs {
             }],
             failure: vec![],
         };
-        let r = link
-            .etcd
-            .txn(&txn)
-            .await
-            .map_err(|e| format!("cannot write {key} to etcd: {e}"))?;
-        if r.succeeded {
-            let kv = Kv {
-                key: key.clone(),
-                value,
-                create_revision: 0,
-                mod_revision: r.revision,
-                version: 0,
-                lease: 0,
-            };
-            link.hosts.event(&link.keys, &key, Some(&kv));
+        let r = if fenced {
+            link.fenced(txn).await.map_err(|e| format!("cannot write {key}: {e}"))?
+        } else {
+            link.etcd
+                .txn(&txn)
+                .await
+                .map_err(|e| format!("cannot write {key} to etcd: {e}"))?
+        };
+        if !r.succeeded {
+            let (now, _) = link
+                .etcd
+                .get(&key)
+                .await
+                .map_err(|e| format!("cannot read {key} from etcd: {e}"))?;
+            link.hosts.event(&link.keys, &key, now.as_ref());
+            return Ok(false);
         }
-        Ok(r.succeeded)
+        let kv = Kv {
+            key: key.clone(),
+            value,
+            create_revision: 0,
+            mod_revision: r.revision,
+            version: 0,
+            lease: 0,
+        };
+        link.hosts.event(&link.keys, &key, Some(&kv));
+        Ok(true)
+    }
+
+    /// Writes a new epoch of `color`'s document (a start or a stop) over the newest one etcd
+    /// has: compared on its revision, read again and retried when another writer came first,
+    /// so the epoch goes up whatever this router's clock or view said.
+    async fn write_new_epoch(
+        &self,
+        color: Color,
+        wanted: Wanted,
+        version: Option<String>,
+        role: Role,
+        hosts: Vec<String>,
+    ) -> Result<DesiredProcs, String> {
+        for _ in 0..5 {
+            let (epoch, expected) = match self.desired(color) {
+                Some((d, rev)) => (d.epoch, rev),
+                None => (0, 0),
+            };
+            let mut doc = self.doc(color, wanted, version.clone(), role, hosts.clone());
+            doc.epoch = doc.epoch.max(epoch + 1);
+            if self.write(color, &doc, expected, true).await? {
+                return Ok(doc);
+            }
+        }
+        Err("the color's desired processes kept changing under this write (another controller?)".into())
     }
 
     fn doc(
@@ -257,15 +307,16 @@ impl RemoteProcs {
             ));
         }
         let _w = self.writes[idx(color)].lock().await;
-        let doc = self.doc(
-            color,
-            Wanted::Run,
-            Some(version.to_string()),
-            Role::Releasing,
-            hosts.clone(),
-        );
+        let doc = self
+            .write_new_epoch(
+                color,
+                Wanted::Run,
+                Some(version.to_string()),
+                Role::Releasing,
+                hosts.clone(),
+            )
+            .await?;
         let epoch = doc.epoch;
-        self.write(color, &doc, None).await?;
         self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Releasing;
         let reports = self
             .await_reports(color, epoch, &hosts, START_WAIT, |r| r.state != HostState::Stopped)
@@ -333,12 +384,16 @@ impl RemoteProcs {
                 }
             }
         }
-        let doc = self.doc(color, Wanted::Stop, None, Role::Idle, hosts.clone());
-        let epoch = doc.epoch;
-        if let Err(e) = self.write(color, &doc, None).await {
-            tracing::error!(service = %self.service, color = %color, error = %e, "cannot ask the host agents to stop the color's processes");
-            return;
-        }
+        let epoch = match self
+            .write_new_epoch(color, Wanted::Stop, None, Role::Idle, hosts.clone())
+            .await
+        {
+            Ok(doc) => doc.epoch,
+            Err(e) => {
+                tracing::error!(service = %self.service, color = %color, error = %e, "cannot ask the host agents to stop the color's processes");
+                return;
+            }
+        };
         self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Idle;
         let Ok(link) = self.link() else { return };
         let connected: Vec<String> = hosts.iter().filter(|h| link.hosts.connected(h)).cloned().collect();
@@ -354,35 +409,41 @@ impl RemoteProcs {
         }
     }
 
-    /// Sets what an exit of `color`'s processes leads to on the hosts from now on.
+    /// Sets what an exit of `color`'s processes leads to on the hosts from now on: the same
+    /// epoch rewritten with the role, compared on its revision (a newer start or stop is
+    /// never overwritten; a role rewrite by another router is read and this one retried).
+    /// Asked before the fleet was read, it is written once it is.
     pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
-        let was = std::mem::replace(
-            &mut self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)],
-            role,
-        );
-        let Some((d, _)) = self.desired(color) else { return };
-        if d.wanted != Wanted::Run || (was == role && d.role == role_doc(role)) {
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = role;
+        if !self.link.get().is_some_and(|l| l.hosts.was_read()) {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Some(role);
             return;
+        }
+        match self.desired(color) {
+            Some((d, _)) if d.wanted == Wanted::Run && d.role != role_doc(role) => {}
+            _ => return,
         }
         let me = self.clone();
         tokio::spawn(async move {
             let _w = me.writes[idx(color)].lock().await;
-            // Read again under the lock: a stop or a new start since is not overwritten.
-            let Some((mut d, rev)) = me.desired(color) else { return };
-            if d.wanted != Wanted::Run || d.role == role_doc(role) {
-                return;
-            }
-            d.role = role_doc(role);
-            d.at = now_rfc3339();
-            match me.write(color, &d, Some(rev)).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::info!(service = %me.service, color = %color, "the color's desired processes changed meanwhile; role not rewritten")
+            for _ in 0..5 {
+                // Read again under the lock: a stop or a new start since is not overwritten.
+                let Some((mut d, rev)) = me.desired(color) else { return };
+                if d.wanted != Wanted::Run || d.role == role_doc(role) {
+                    return;
                 }
-                Err(e) => {
-                    tracing::error!(service = %me.service, color = %color, error = %e, "cannot tell the host agents the color's new role")
+                d.role = role_doc(role);
+                d.at = now_rfc3339();
+                match me.write(color, &d, rev, false).await {
+                    Ok(true) => return,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(service = %me.service, color = %color, error = %e, "cannot tell the host agents the color's new role");
+                        return;
+                    }
                 }
             }
+            tracing::warn!(service = %me.service, color = %color, "the color's desired processes kept changing; role not rewritten");
         });
     }
 

@@ -134,14 +134,18 @@ async fn stats_at(ip: &str, port: u16) -> Option<Value> {
         .map(|r| r.json())
 }
 
-/// A managed service whose processes run on both agents' hosts; `release` goes first in
-/// `[services.chat.release]`.
+/// A managed service whose processes run on both agents' hosts, with a 1 s bake; `release`
+/// goes first in `[services.chat.release]`.
 fn hosted_service(ports: &HostPorts, fleet_lines: &str, release: &str) -> String {
+    hosted_service_baking(ports, fleet_lines, release, "1s")
+}
+
+fn hosted_service_baking(ports: &HostPorts, fleet_lines: &str, release: &str, bake: &str) -> String {
     format!(
         "{fleet_lines}\n[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"100ms\", timeout = \"1s\" }}\n\
          [services.chat.run]\ncommand = [{:?}, \"--host\", \"{{host}}\", \"--port\", \"{{port}}\", \"--model-version\", \"{{version}}\"]\n\
          ports = {{ blue = [{}], green = [{}] }}\nhosts = [\"gpu-a\", \"gpu-b\"]\nstop_timeout = \"2s\"\n\n\
-         [services.chat.release]\n{release}\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n",
+         [services.chat.release]\n{release}\nscale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"{bake}\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n",
         MOCK, ports.blue, ports.green
     )
 }
@@ -452,6 +456,74 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
         (Some("blue"), Some("v1")),
         "{st}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_lost_after_its_switch_leaves_the_live_color_restarted_by_the_hosts() {
+    let etcd = Cluster::start(3).await;
+    let ports = HostPorts::new();
+    let fleet = "handover";
+    let mut routers = Vec::new();
+    for i in 0..2 {
+        let lines = fleet_lines(&etcd.url_of(i), fleet, &format!("r{i}"));
+        routers.push(Router::start(&hosted_service_baking(&ports, &lines, "", "60s")).await);
+    }
+    share_operator_token(&mut routers).await;
+    let _a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
+    let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    wait_agent(&routers[0], "gpu-a", true).await;
+    wait_agent(&routers[0], "gpu-b", true).await;
+    let leader = wait_for("a leader", Duration::from_secs(20), || async {
+        for (i, r) in routers.iter().enumerate() {
+            if fleet_view(r).await["is_leader"] == true {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    let other = 1 - leader;
+    // v1 goes live at once (a first release has nothing to verify against); v2 switches and
+    // bakes for a minute: its processes are still "being released" when the leader dies.
+    let id = routers[leader].release("v1").await;
+    let d = routers[leader].wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let id = routers[leader].release("v2").await;
+    let d = routers[leader]
+        .wait_phase(id, "verifying", Duration::from_secs(60))
+        .await;
+    assert_eq!(d["phase"], "verifying", "{d}");
+    assert_eq!(
+        routers[other].status().await["colors"]["green"]["processes"]["role"],
+        "releasing"
+    );
+    routers[leader].proc.kill9();
+    // The other router leads, marks the release interrupted and gives the live color back
+    // to the restart policy on every host.
+    wait_for(
+        "the new leader to set green serving",
+        Duration::from_secs(30),
+        || async {
+            let st = routers[other].status().await;
+            (st["colors"]["green"]["processes"]["role"] == "serving").then_some(())
+        },
+    )
+    .await;
+    let pid = stats_at(HOSTS[0].1, ports.green).await.unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    wait_for(
+        "gpu-a to restart its live model server",
+        Duration::from_secs(30),
+        || async {
+            let p = stats_at(HOSTS[0].1, ports.green).await?["pid"].as_u64()?;
+            (p != pid).then_some(())
+        },
+    )
+    .await;
+    let d = routers[other].release_doc(id).await;
+    assert_eq!(d["outcome"], "interrupted", "{d}");
 }
 
 #[test]
