@@ -517,12 +517,15 @@ impl Supervisor {
                 }
             }
             self.watch_child(color, epoch, rec.replica, rec.pid, child);
+            // Recorded one by one: if this process dies between two starts, the next one
+            // finds (and stops, or adopts) every process already started, none orphaned on
+            // its port.
+            let r = rec.clone();
+            blocking(&self.store, move |s| s.put_process(&r))
+                .await
+                .map_err(|e| format!("the store could not record the started process: {e}"))?;
             records.push(rec);
         }
-        let recs = records.clone();
-        blocking(&self.store, move |s| recs.iter().try_for_each(|r| s.put_process(r)))
-            .await
-            .map_err(|e| format!("the store could not record the started processes: {e}"))?;
         Ok(records)
     }
 
