@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_fleet::doc::{Ack, ServiceDoc, Versions};
+use cutover_fleet::doc::{Ack, HistoryRecord, ServiceDoc, Versions};
 use cutover_fleet::etcd::{Compare, Event, Kv, Op, Txn, WatchMsg};
 use cutover_fleet::EtcdError;
 use cutover_proxy::Color;
@@ -271,7 +271,43 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv) {
         blue_version: doc.versions.blue.clone(),
         green_version: doc.versions.green.clone(),
     };
-    if let Err(e) = blocking(&svc.store, move |s| s.apply_snapshot(&state)).await {
+    // A switch this router made whose answer could not be confirmed (etcd changing leaders)
+    // but which committed: its line in this router's history, from etcd's record of it. A
+    // confirmed one was published before the watch brought it back, so it never gets here.
+    let own = if doc.router == link.router_id {
+        match link.etcd.get(&link.keys.history(&svc.name, doc.generation)).await {
+            Ok((Some(kv), _)) => serde_json::from_slice::<HistoryRecord>(&kv.value).ok(),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let expected = table.generation;
+    let name = svc.name.clone();
+    let written = blocking(&svc.store, move |s| {
+        let Some(h) = own else {
+            return s.apply_snapshot(&state).map(|_| ());
+        };
+        let rec = cutover_store::SwitchRecord {
+            service: &name,
+            expected_generation: expected,
+            to: state.live.unwrap_or(cutover_store::Color::Blue),
+            kind: if h.kind == cutover_store::HistoryKind::RolledBack.as_str() {
+                cutover_store::SwitchKind::RolledBack
+            } else {
+                cutover_store::SwitchKind::Switched
+            },
+            actor: &h.actor,
+            reason: &h.reason,
+            release_id: None,
+        };
+        match s.switch(&rec) {
+            Err(cutover_store::StoreError::Conflict { .. }) => s.apply_snapshot(&state).map(|_| ()),
+            r => r.map(|_| ()),
+        }
+    })
+    .await;
+    if let Err(e) = written {
         tracing::error!(service = %svc.name, error = %e, "fleet: cannot write the local snapshot; a restart while etcd is away would serve an older state");
     }
     link.record_applied(&svc.name, applied);

@@ -340,4 +340,41 @@ async fn a_document_no_router_can_apply_is_rejected_and_the_old_state_kept() {
     for r in [&a, &b] {
         wait_color(r, "green").await;
     }
+    // What a switch through `a` leaves in etcd when its commit landed but its answer was an
+    // error (etcd changing leaders): the document and its history record, both naming `a`.
+    // `a` finds it its own and writes the line its history would have had; `b` only applies.
+    let id = router_id(&a).await;
+    let doc = format!(
+        r#"{{"generation": 9, "live": "blue", "versions": {{"blue": "v1", "green": "v2"}}, "updated_at": "z", "actor": "alice", "router": "{id}"}}"#
+    );
+    let record = format!(
+        r#"{{"at": "z", "kind": "switched", "from": "green", "to": "blue", "generation": 9, "version": "v1", "actor": "alice", "reason": "its answer was lost", "router": "{id}"}}"#
+    );
+    let c = etcd.client();
+    c.put("/cutover/nack/history/chat/00000000000000000009", record.as_bytes(), 0)
+        .await
+        .unwrap();
+    c.put("/cutover/nack/services/chat", doc.as_bytes(), 0).await.unwrap();
+    for r in [&a, &b] {
+        wait_color(r, "blue").await;
+    }
+    let mine = history_of(&a).await;
+    let line = mine
+        .iter()
+        .find(|e| e["reason"] == "its answer was lost")
+        .unwrap_or_else(|| panic!("not in a's history: {mine:?}"));
+    assert_eq!(
+        (line["generation"].as_u64(), line["actor"].as_str()),
+        (Some(9), Some("alice")),
+        "{line}"
+    );
+    assert!(!history_of(&b)
+        .await
+        .iter()
+        .any(|e| e["reason"] == "its answer was lost"));
+}
+
+async fn history_of(r: &Router) -> Vec<Value> {
+    let h = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await;
+    h.json()["history"].as_array().unwrap().clone()
 }

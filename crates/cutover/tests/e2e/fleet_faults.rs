@@ -181,6 +181,23 @@ async fn sigkill_of_the_etcd_leader_during_switches_each_switch_happens_everywhe
         .await;
         assert_eq!(color_served(r).await, final_live);
     }
+    // The router that took them has each in its own history too, the ones whose answer
+    // was an unconfirmed error included (their line comes from etcd's record).
+    let local = a
+        .api(Method::GET, "/v1/services/chat/history?limit=100", Value::Null)
+        .await;
+    let local_reasons: Vec<String> = local.json()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    for reason in history.values() {
+        assert!(
+            local_reasons.contains(reason),
+            "{reason} is in etcd's history but not in the router's: {local_reasons:?}"
+        );
+    }
     // And the fleet switches as before.
     let s = a.switch(if final_live == "blue" { "green" } else { "blue" }).await;
     assert_eq!(s.status, 200, "{}", s.text());
