@@ -360,22 +360,26 @@ impl Agent {
         doc.hosts.contains(&self.opts.host) || Self::lock(&self.applied).contains_key(key)
     }
 
-    fn offer(&self, key: Key, doc: DesiredProcs) {
-        if self.concerns(&key, &doc) {
-            Self::lock(&self.latest).insert(key, doc);
+    /// A desired document read or watched: kept for the reconciler if it concerns this host.
+    fn offer_kv(&self, kv: &cutover_fleet::etcd::Kv) {
+        let Some((service, color)) = self.keys.desired_key(&kv.key) else {
+            return;
+        };
+        match DesiredProcs::parse(&kv.value) {
+            Ok(doc) => {
+                let key = (service.to_string(), color);
+                if self.concerns(&key, &doc) {
+                    Self::lock(&self.latest).insert(key, doc);
+                }
+            }
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "agent: ignoring a desired document"),
         }
     }
 
     async fn read_all(&self) -> Result<i64, EtcdError> {
         let r = self.etcd.range_prefix(&self.keys.desired()).await?;
         for kv in &r.kvs {
-            let Some((service, color)) = self.keys.desired_key(&kv.key) else {
-                continue;
-            };
-            match DesiredProcs::parse(&kv.value) {
-                Ok(doc) => self.offer((service.to_string(), color), doc),
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "agent: ignoring a desired document"),
-            }
+            self.offer_kv(kv);
         }
         self.work.notify_one();
         Ok(r.revision)
@@ -402,13 +406,7 @@ impl Agent {
                     for e in events {
                         // A deleted document changes nothing here: what runs keeps running.
                         let Event::Put(kv) = e else { continue };
-                        let Some((service, color)) = self.keys.desired_key(&kv.key) else {
-                            continue;
-                        };
-                        match DesiredProcs::parse(&kv.value) {
-                            Ok(doc) => self.offer((service.to_string(), color), doc),
-                            Err(e) => tracing::warn!(key = %kv.key, error = %e, "agent: ignoring a desired document"),
-                        }
+                        self.offer_kv(&kv);
                     }
                     self.work.notify_one();
                 }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
 
 use cutover_config::{RestartPolicy, RunConfig};
 use cutover_fleet::doc::{DesiredProcs, HostReport, HostState, ProcRole, RunTemplate, Wanted};
@@ -24,7 +23,7 @@ use cutover_store::{now_rfc3339, EventRecord, HistoryKind, ProcessRecord, Store}
 use crate::colors::{fleet_color, stored};
 use crate::fleet_link::FleetLink;
 use crate::store_call::record;
-use crate::supervisor::{ColorProcesses, Exit, ProcessStatus, Role};
+use crate::supervisor::{ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
 
 /// How long a start waits for every host's report. Spawning is quick; what takes long (a
 /// model loading) is the health wait that follows, not this.
@@ -73,7 +72,7 @@ pub struct RemoteProcs {
     link: OnceLock<Arc<FleetLink>>,
     roles: Mutex<[Role; 2]>,
     /// The latest exit a host reported for the color's current epoch.
-    exits: [watch::Sender<Option<Exit>>; 2],
+    exits: ExitWatch,
     /// One writer of a color's document at a time (a role change must not overtake a stop).
     writes: [tokio::sync::Mutex<()>; 2],
     /// Roles asked for before the fleet was read (at start-up, `resume`): written once it is.
@@ -88,7 +87,7 @@ impl RemoteProcs {
             store,
             link: OnceLock::new(),
             roles: Mutex::new([Role::Idle, Role::Idle]),
-            exits: [watch::Sender::new(None), watch::Sender::new(None)],
+            exits: ExitWatch::default(),
             writes: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             pending: Mutex::new([None, None]),
         })
@@ -463,20 +462,12 @@ impl RemoteProcs {
 
     /// The unasked-for exit of the processes of `epoch`, if a host reported one.
     pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
-        self.exits[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
+        self.exits.exit_of(color, epoch)
     }
 
     /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
     pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
-        let mut rx = self.exits[idx(color)].subscribe();
-        let seen = rx
-            .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
-            .await
-            .map(|e| e.clone());
-        match seen {
-            Ok(Some(e)) => e,
-            _ => std::future::pending().await,
-        }
+        self.exits.wait_exit(color, epoch).await
     }
 
     /// Publishes each exit a host reports for a color's current epoch once, and records it
@@ -514,7 +505,7 @@ impl RemoteProcs {
                     host: Some(host.clone()),
                 };
                 tracing::warn!(service = %self.service, color = %color, host = %host, pid = e.pid, status = %e.status, "a host agent reports a model server exited");
-                self.exits[idx(color)].send_replace(Some(exit.clone()));
+                self.exits.publish(color, exit.clone());
                 let (service, version) = (self.service.clone(), e.version.clone());
                 let reason = format!("{} (reported by its host agent)", exit.describe(color));
                 record(&self.store, "a process event", &self.service, move |s| {

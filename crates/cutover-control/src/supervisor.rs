@@ -318,6 +318,41 @@ impl Exit {
     }
 }
 
+/// The latest exit nobody asked for, per color: what a release run waits on, fed by the
+/// local supervisor or by the host agents' reports.
+pub struct ExitWatch([watch::Sender<Option<Exit>>; 2]);
+
+impl Default for ExitWatch {
+    fn default() -> Self {
+        ExitWatch([watch::Sender::new(None), watch::Sender::new(None)])
+    }
+}
+
+impl ExitWatch {
+    pub fn publish(&self, color: Color, exit: Exit) {
+        self.0[idx(color)].send_replace(Some(exit));
+    }
+
+    /// The unasked-for exit of the processes of `epoch`, if one happened.
+    pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
+        self.0[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
+    }
+
+    /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
+    pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
+        let mut rx = self.0[idx(color)].subscribe();
+        let seen = rx
+            .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
+            .await
+            .map(|e| e.clone());
+        match seen {
+            Ok(Some(e)) => e,
+            // The sender lives as long as its owner, which outlives this borrow.
+            _ => std::future::pending().await,
+        }
+    }
+}
+
 /// One running process as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessStatus {
@@ -408,7 +443,7 @@ pub struct Supervisor {
     /// Restarts made by this process per (color, version), for `cutover_process_restarts_total`.
     restarts_total: Mutex<BTreeMap<(Color, String), u64>>,
     /// The latest exit nobody asked for, per color; a release waits on its own color's.
-    exits: [watch::Sender<Option<Exit>>; 2],
+    exits: ExitWatch,
     /// Held from a start, restart or stop's first effect to its last store write, so a
     /// successor never adopts from a store that misses a process (see `pause`).
     pause: Pause,
@@ -423,7 +458,7 @@ impl Supervisor {
             store,
             colors: Mutex::new([ColorProcs::new(), ColorProcs::new()]),
             restarts_total: Mutex::new(BTreeMap::new()),
-            exits: [watch::Sender::new(None), watch::Sender::new(None)],
+            exits: ExitWatch::default(),
             pause,
         })
     }
@@ -730,7 +765,7 @@ impl Supervisor {
             };
             (exit, next)
         };
-        self.exits[idx(color)].send_replace(Some(exit.clone()));
+        self.exits.publish(color, exit.clone());
         let what = exit.describe(color);
         let then = match &next {
             Next::Restart(d) => format!(
@@ -844,21 +879,12 @@ impl Supervisor {
 
     /// The unasked-for exit of the processes of `epoch`, if one happened.
     pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
-        self.exits[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
+        self.exits.exit_of(color, epoch)
     }
 
     /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
     pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
-        let mut rx = self.exits[idx(color)].subscribe();
-        let seen = rx
-            .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
-            .await
-            .map(|e| e.clone());
-        match seen {
-            Ok(Some(e)) => e,
-            // The sender lives as long as the supervisor, which outlives this borrow.
-            _ => std::future::pending().await,
-        }
+        self.exits.wait_exit(color, epoch).await
     }
 
     /// Stops `color`'s processes (SIGTERM to each group, SIGKILL after `stop_timeout`) and
