@@ -18,12 +18,11 @@ use cutover_config::{RestartPolicy, RunConfig};
 use cutover_fleet::doc::{DesiredProcs, HostReport, HostState, ProcRole, RunTemplate, Wanted};
 use cutover_fleet::etcd::{Compare, Kv, Op, Txn};
 use cutover_proxy::Color;
-use cutover_store::{now_rfc3339, EventRecord, HistoryKind, ProcessRecord, Store};
+use cutover_store::{now_rfc3339, HistoryKind, ProcessRecord, Store};
 
 use crate::colors::{fleet_color, stored};
 use crate::fleet_link::FleetLink;
-use crate::store_call::record;
-use crate::supervisor::{ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
+use crate::supervisor::{process_event, ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
 
 /// How long a start waits for every host's report. Spawning is quick; what takes long (a
 /// model loading) is the health wait that follows, not this.
@@ -506,19 +505,15 @@ impl RemoteProcs {
                 };
                 tracing::warn!(service = %self.service, color = %color, host = %host, pid = e.pid, status = %e.status, "a host agent reports a model server exited");
                 self.exits.publish(color, exit.clone());
-                let (service, version) = (self.service.clone(), e.version.clone());
                 let reason = format!("{} (reported by its host agent)", exit.describe(color));
-                record(&self.store, "a process event", &self.service, move |s| {
-                    s.record_event(&EventRecord {
-                        service: &service,
-                        kind: HistoryKind::ProcessExited,
-                        color: Some(stored(color)),
-                        version: Some(&version),
-                        actor: "supervisor",
-                        reason: &reason,
-                        release_id: None,
-                    })
-                })
+                process_event(
+                    &self.store,
+                    &self.service,
+                    HistoryKind::ProcessExited,
+                    color,
+                    &e.version,
+                    reason,
+                )
                 .await;
             }
         }

@@ -862,19 +862,7 @@ impl Supervisor {
     }
 
     async fn history(&self, kind: HistoryKind, color: Color, version: &str, reason: String) {
-        let (service, version) = (self.service.clone(), version.to_string());
-        record(&self.store, "a process event", &self.service, move |s| {
-            s.record_event(&EventRecord {
-                service: &service,
-                kind,
-                color: Some(stored(color)),
-                version: Some(&version),
-                actor: "supervisor",
-                reason: &reason,
-                release_id: None,
-            })
-        })
-        .await;
+        process_event(&self.store, &self.service, kind, color, version, reason).await;
     }
 
     /// The unasked-for exit of the processes of `epoch`, if one happened.
@@ -960,6 +948,31 @@ impl Supervisor {
             .map(|((c, v), n)| (*c, v.clone(), *n))
             .collect()
     }
+}
+
+/// A process event in `service`'s history (actor `supervisor`), local or reported by a host
+/// agent; a failed write is logged.
+pub(crate) async fn process_event(
+    store: &Arc<Store>,
+    service: &str,
+    kind: HistoryKind,
+    color: Color,
+    version: &str,
+    reason: String,
+) {
+    let (name, version) = (service.to_string(), version.to_string());
+    record(store, "a process event", service, move |s| {
+        s.record_event(&EventRecord {
+            service: &name,
+            kind,
+            color: Some(stored(color)),
+            version: Some(&version),
+            actor: "supervisor",
+            reason: &reason,
+            release_id: None,
+        })
+    })
+    .await;
 }
 
 /// The delay before a restart when `recent` restarts were made within the window.
