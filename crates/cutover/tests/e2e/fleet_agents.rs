@@ -211,7 +211,12 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     let fleet = "agents";
     let mut routers = vec![
         Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(0), fleet, "r0"), "")).await,
-        Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"), "")).await,
+        // r1 on the hyper engine: the hosts' endpoints are the same route on both engines.
+        Router::start_with_env(
+            &hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"), ""),
+            &[("CUTOVER_HTTP1_ENGINE", "hyper")],
+        )
+        .await,
     ];
     share_operator_token(&mut routers).await;
     let (r0, r1) = (&routers[0], &routers[1]);
@@ -282,11 +287,22 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     // v2 under load through both routers.
     let t0 = Traffic::start(r0.url("/v1/chat/completions"), 3, Duration::from_millis(5));
     let t1 = Traffic::start(r1.url("/v1/chat/completions"), 3, Duration::from_millis(5));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = |t: &Traffic, v: &str| t.by_version.lock().unwrap().get(v).copied().unwrap_or(0);
+    wait_for(
+        "traffic on v1 through both routers",
+        Duration::from_secs(20),
+        || async { (served(&t0, "v1") > 10 && served(&t1, "v1") > 10).then_some(()) },
+    )
+    .await;
     let id = r0.release("v2").await;
     let d = r0.wait_end(id, Duration::from_secs(90)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        "traffic on v2 through both routers",
+        Duration::from_secs(20),
+        || async { (served(&t0, "v2") > 10 && served(&t1, "v2") > 10).then_some(()) },
+    )
+    .await;
     let (ok0, failed0, by0) = t0.stop().await;
     let (ok1, failed1, by1) = t1.stop().await;
     assert!(
@@ -385,7 +401,11 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
     // Restarted, it adopts the same process instead of starting another.
     a.spawn();
     wait_agent(&r, "gpu-a", true).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Back on etcd, it has read the desired state (and found nothing new to apply).
+    wait_for("the restarted agent to read etcd", Duration::from_secs(30), || async {
+        (a.log().matches("agent: connected to etcd").count() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(stats_at(ip, ports.blue).await.unwrap()["pid"].as_u64(), Some(pid));
     assert!(a.log().contains("adopted running model server"), "{}", a.log());
 
@@ -394,7 +414,6 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
     for i in 0..3 {
         etcd.pause(i);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     let new_pid = wait_for(
         "the agent to restart its model server",
