@@ -14,13 +14,11 @@ use axum::response::{IntoResponse, Response};
 use cutover_fleet::doc::LeaderDoc;
 use cutover_fleet::etcd::{Compare, Op, Txn};
 use cutover_fleet::EtcdError;
-use cutover_store::{EventRecord, HistoryKind};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use crate::colors::stored;
 use crate::controller::Controller;
 use crate::fleet_link::{FleetLink, Term};
 use crate::release::{self, ReleaseDoc};
@@ -142,18 +140,9 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
             continue;
         }
         tracing::warn!(%service, release = d.id, version = %d.version, "release interrupted: {reason}");
-        let (id, version, color) = (d.id, d.version.clone(), d.color);
         record(&svc.store, "the interrupted release", &service, move |s| {
-            s.put_release(id, &d.service, &value, true)?;
-            s.record_event(&EventRecord {
-                service: &d.service,
-                kind: HistoryKind::ReleaseInterrupted,
-                color: Some(stored(color)),
-                version: Some(&version),
-                actor: "controller",
-                reason: &reason,
-                release_id: Some(id),
-            })
+            s.put_release(d.id, &d.service, &value, true)?;
+            release::interrupted_event(s, &d, &reason)
         })
         .await;
     }

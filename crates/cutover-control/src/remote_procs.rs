@@ -151,15 +151,6 @@ impl RemoteProcs {
         self.desired(color).map(|(d, _)| d.epoch).unwrap_or(0)
     }
 
-    /// A new epoch: after the current one, and unique across controllers (milliseconds).
-    fn next_epoch(&self, color: Color) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        now.max(self.epoch(color) + 1)
-    }
-
     /// Writes `color`'s document over the one this router has seen (`expected`: its
     /// `mod_revision`, 0 for none), fenced by the leader's term when `fenced` (starts and
     /// stops are the leader's: a paused old leader must not stop a new release's processes).
@@ -223,37 +214,31 @@ impl RemoteProcs {
         hosts: Vec<String>,
     ) -> Result<DesiredProcs, String> {
         for _ in 0..5 {
-            let (epoch, expected) = match self.desired(color) {
+            let (current, expected) = match self.desired(color) {
                 Some((d, rev)) => (d.epoch, rev),
                 None => (0, 0),
             };
-            let mut doc = self.doc(color, wanted, version.clone(), role, hosts.clone());
-            doc.epoch = doc.epoch.max(epoch + 1);
+            // Milliseconds, so epochs stay unique across controllers; past the current one
+            // whatever the clock says.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let doc = DesiredProcs {
+                epoch: now.max(current + 1),
+                wanted,
+                version: version.clone(),
+                role: role_doc(role),
+                hosts: hosts.clone(),
+                template: template_of(&self.run()),
+                at: now_rfc3339(),
+                router: self.link.get().map(|l| l.router_id.clone()).unwrap_or_default(),
+            };
             if self.write(color, &doc, expected, true).await? {
                 return Ok(doc);
             }
         }
         Err("the color's desired processes kept changing under this write (another controller?)".into())
-    }
-
-    fn doc(
-        &self,
-        color: Color,
-        wanted: Wanted,
-        version: Option<String>,
-        role: Role,
-        hosts: Vec<String>,
-    ) -> DesiredProcs {
-        DesiredProcs {
-            epoch: self.next_epoch(color),
-            wanted,
-            version,
-            role: role_doc(role),
-            hosts,
-            template: template_of(&self.run()),
-            at: now_rfc3339(),
-            router: self.link.get().map(|l| l.router_id.clone()).unwrap_or_default(),
-        }
     }
 
     /// Waits until every one of `hosts` reported on `epoch` in a state `done` accepts, or

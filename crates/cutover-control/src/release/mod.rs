@@ -173,19 +173,10 @@ impl Releases {
             let doc = active.doc().clone();
             let reason = format!("{why}, during {}; routing left as committed", doc.phase);
             let doc = interrupted(doc, &reason);
-            let (id, version, color) = (doc.id, doc.version.clone(), doc.color);
-            tracing::warn!(service = %name, release = id, %version, "release halted: {reason}");
+            tracing::warn!(service = %name, release = doc.id, version = %doc.version, "release halted: {reason}");
             record(&svc.store, "the halted release", &name, move |s| {
-                s.update_release(id, &serde_json::to_value(&doc)?, true)?;
-                s.record_event(&EventRecord {
-                    service: &doc.service,
-                    kind: HistoryKind::ReleaseInterrupted,
-                    color: Some(stored(color)),
-                    version: Some(&version),
-                    actor: "controller",
-                    reason: &reason,
-                    release_id: Some(id),
-                })
+                s.update_release(doc.id, &serde_json::to_value(&doc)?, true)?;
+                interrupted_event(s, &doc, &reason)
             })
             .await;
         }
@@ -436,6 +427,24 @@ pub(crate) fn interrupted(mut doc: ReleaseDoc, reason: &str) -> ReleaseDoc {
     doc
 }
 
+/// The history line of `doc`, ended as interrupted with `reason` (a restart, a halt, a lost
+/// leader: the callers differ in how the document itself is saved).
+pub(crate) fn interrupted_event(
+    store: &Store,
+    doc: &ReleaseDoc,
+    reason: &str,
+) -> Result<(), cutover_store::StoreError> {
+    store.record_event(&EventRecord {
+        service: &doc.service,
+        kind: HistoryKind::ReleaseInterrupted,
+        color: Some(stored(doc.color)),
+        version: Some(&doc.version),
+        actor: "controller",
+        reason,
+        release_id: Some(doc.id),
+    })
+}
+
 /// Marks releases a previous process left unfinished as interrupted (start-up only, after
 /// every listener is bound: a second `serve` must not touch a live instance's store).
 pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<(), StoreFailure> {
@@ -453,15 +462,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
         );
         doc = interrupted(doc, &reason);
         store.update_release(id, &serde_json::to_value(&doc)?, true)?;
-        store.record_event(&EventRecord {
-            service: &svc.name,
-            kind: HistoryKind::ReleaseInterrupted,
-            color: Some(stored(doc.color)),
-            version: Some(&doc.version),
-            actor: "controller",
-            reason: &reason,
-            release_id: Some(id),
-        })?;
+        interrupted_event(store, &doc, &reason)?;
         tracing::warn!(service = %svc.name, release = id, version = %doc.version, phase = %doc.phase, "release interrupted by a restart; {reason}");
     }
     Ok(())
