@@ -274,11 +274,25 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv) {
     // A switch this router made whose answer could not be confirmed (etcd changing leaders)
     // but which committed: its line in this router's history, from etcd's record of it. A
     // confirmed one was published before the watch brought it back, so it never gets here.
+    // The record is read without a quorum (serializable): such a commit is typically seen
+    // while etcd is just losing or regaining one, and the record never changes once written.
     let own = if doc.router == link.router_id {
-        match link.etcd.get(&link.keys.history(&svc.name, doc.generation)).await {
-            Ok((Some(kv), _)) => serde_json::from_slice::<HistoryRecord>(&kv.value).ok(),
-            _ => None,
+        let key = link.keys.history(&svc.name, doc.generation);
+        let mut found = None;
+        for _ in 0..3 {
+            match link.etcd.get_serializable(&key).await {
+                Ok((Some(kv), _)) => {
+                    found = serde_json::from_slice::<HistoryRecord>(&kv.value).ok();
+                    break;
+                }
+                // A member behind the one the document came from: ask again shortly.
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
+        if found.is_none() {
+            tracing::warn!(service = %svc.name, generation = doc.generation, "fleet: a switch of this router committed after an unconfirmed answer, but its history record could not be read; the local history misses its line");
+        }
+        found
     } else {
         None
     };

@@ -420,6 +420,16 @@ impl Etcd {
     }
 
     /// Every pair whose key starts with `prefix`, in key order.
+    /// One key as the member that answers has it, without a round through the leader
+    /// (`serializable`): answered without a quorum too, possibly behind the leader. For a
+    /// record that never changes once written, seen or not seen is all it can get wrong.
+    pub async fn get_serializable(&self, key: &str) -> Result<(Option<Kv>, i64)> {
+        let r = self
+            .range_body(json!({"key": b64(key.as_bytes()), "serializable": true}))
+            .await?;
+        Ok((r.kvs.into_iter().next(), r.revision))
+    }
+
     pub async fn range_prefix(&self, prefix: &str) -> Result<Range> {
         self.range_body(json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}))
             .await
