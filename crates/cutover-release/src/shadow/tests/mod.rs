@@ -1,0 +1,1 @@
+//! Shadow engine tests.
