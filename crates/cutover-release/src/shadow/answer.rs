@@ -95,7 +95,7 @@ impl Answer {
     fn read_json(&mut self, body: &[u8]) {
         let v: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(_) if self.truncated => return,
+            Err(_) if self.truncated || !(200..300).contains(&self.status) => return,
             Err(e) => {
                 self.error.get_or_insert_with(|| format!("body is not JSON: {e}"));
                 return;
@@ -110,8 +110,15 @@ impl Answer {
         if let Some(c) = v.get("choices").and_then(|c| c.get(0)) {
             let m = c.get("message").unwrap_or(c);
             self.content.push_str(&text_of(m.get("content")));
-            self.content.push_str(c.get("text").and_then(Value::as_str).unwrap_or(""));
-            for (i, t) in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            self.content
+                .push_str(c.get("text").and_then(Value::as_str).unwrap_or(""));
+            for (i, t) in m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 self.merge_tool_delta(i, t);
             }
             if let Some(f) = m.get("function_call") {
@@ -129,7 +136,8 @@ impl Answer {
             match item.get("type").and_then(Value::as_str) {
                 Some("message") => {
                     for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
-                        self.content.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""));
+                        self.content
+                            .push_str(part.get("text").and_then(Value::as_str).unwrap_or(""));
                     }
                 }
                 Some("function_call") => self.tool_calls.push(ToolCall {
@@ -186,12 +194,19 @@ impl Answer {
         if let Some(c) = v.get("choices").and_then(|c| c.get(0)) {
             if let Some(d) = c.get("delta") {
                 self.content.push_str(&text_of(d.get("content")));
-                for (i, t) in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                for (i, t) in d
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
                     let index = t.get("index").and_then(Value::as_u64).map_or(i, |x| x as usize);
                     self.merge_tool_delta(index, t);
                 }
             }
-            self.content.push_str(c.get("text").and_then(Value::as_str).unwrap_or(""));
+            self.content
+                .push_str(c.get("text").and_then(Value::as_str).unwrap_or(""));
             self.finish(c.get("finish_reason"));
         }
         // Responses API stream events.
@@ -275,7 +290,9 @@ fn vector(v: &Value) -> Option<Vec<f64>> {
         Value::Array(xs) => Some(xs.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()),
         Value::String(s) => {
             let bytes = base64_decode(s)?;
-            let floats = bytes.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            let floats = bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
             Some(floats.collect())
         }
         _ => None,

@@ -19,7 +19,12 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 4] = [Class::DeterministicChat, Class::SampledChat, Class::Json, Class::Embeddings];
+    pub const ALL: [Class; 4] = [
+        Class::DeterministicChat,
+        Class::SampledChat,
+        Class::Json,
+        Class::Embeddings,
+    ];
 
     /// The metric label value (`cutover_shadow_pairs_total{class}`).
     pub fn as_str(self) -> &'static str {

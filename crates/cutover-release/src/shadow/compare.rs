@@ -244,7 +244,9 @@ fn json_facts(profile: &Profile, a: &Answer) -> (Option<bool>, Option<bool>) {
     let Some(format) = &profile.json else {
         return (None, None);
     };
-    let parsed = serde_json::from_str::<Value>(a.content.trim()).ok().filter(Value::is_object);
+    let parsed = serde_json::from_str::<Value>(a.content.trim())
+        .ok()
+        .filter(Value::is_object);
     match format {
         JsonFormat::Object => (Some(parsed.is_some()), None),
         JsonFormat::Schema(s) => {
@@ -314,7 +316,9 @@ fn compare_embeddings(d: &mut PairDiff, live: &Answer, shadow: &Answer) {
         .map(|(a, b)| cosine(a, b))
         .sum::<f64>()
         / live.embeddings.len() as f64;
-    d.set(Metric::Cosine, 1.0 - cos);
+    // Rounding leaves identical vectors a hair below 1.
+    let diff = 1.0 - cos;
+    d.set(Metric::Cosine, if diff.abs() < 1e-12 { 0.0 } else { diff });
 }
 
 /// The vector's norm; `None` for a NaN/infinite component or a zero norm.

@@ -141,12 +141,16 @@ fn spec(m: Metric, t: &Thresholds) -> (&'static str, Kind, Option<f64>) {
         Metric::ExactMismatch => ("exact match", Kind::AgreementRate, Some(t.exact_match_drop)),
         Metric::RougeL => ("ROUGE-L", Kind::Similarity(2), Some(t.rouge_l_drop)),
         Metric::LengthRatio => ("length ratio", Kind::TwoSidedLogRatio, ln(Some(t.length_ratio))),
-        Metric::FinishLength => ("finish_reason=length share", Kind::Points, Some(t.finish_length_increase)),
-        Metric::Empty => ("empty-answer rate", Kind::Points, Some(t.empty_increase)),
-        Metric::Refusal => ("refusal rate", Kind::Points, Some(t.refusal_increase)),
+        Metric::FinishLength => (
+            "finish_reason=length share increase",
+            Kind::Points,
+            Some(t.finish_length_increase),
+        ),
+        Metric::Empty => ("empty-answer-rate increase", Kind::Points, Some(t.empty_increase)),
+        Metric::Refusal => ("refusal-rate increase", Kind::Points, Some(t.refusal_increase)),
         Metric::ToolNames => ("tool-name disagreement", Kind::Rate, Some(t.tool_name_disagreement)),
-        Metric::JsonParse => ("JSON parse rate", Kind::Points, Some(t.json_parse_drop)),
-        Metric::SchemaValid => ("schema-valid rate", Kind::Points, Some(t.schema_valid_drop)),
+        Metric::JsonParse => ("JSON parse-rate drop", Kind::Points, Some(t.json_parse_drop)),
+        Metric::SchemaValid => ("schema-valid-rate drop", Kind::Points, Some(t.schema_valid_drop)),
         Metric::EmbeddingDim => ("dimension mismatch", Kind::Hard, Some(0.0)),
         Metric::BadVectors => ("new NaN/zero-norm vectors", Kind::Hard, Some(0.0)),
         Metric::Cosine => ("cosine similarity", Kind::Similarity(4), t.cosine_drop),
@@ -206,7 +210,7 @@ pub struct WorstPair {
     pub class: Class,
     /// 0 to 1: the largest single difference.
     pub severity: f64,
-    /// The pair's differing figures, e.g. "ROUGE-L 0.12; refusal rate +100.0 points".
+    /// The pair's differing figures, e.g. "ROUGE-L 0.12; refusal-rate increase 100.0 points".
     pub differences: String,
     /// Only with `keep_samples`, each cut to `sample_bytes`.
     pub request: Option<String>,
@@ -478,7 +482,7 @@ fn show(kind: Kind, d: f64) -> String {
     match kind {
         Kind::Similarity(decimals) => format!("{v:.decimals$}"),
         Kind::AgreementRate | Kind::Rate | Kind::Hard => format!("{:.1}%", v * 100.0),
-        Kind::Points => format!("{:+.1} points", v * 100.0),
+        Kind::Points => format!("{:.1} points", v * 100.0),
         Kind::LogRatio | Kind::TwoSidedLogRatio => format!("{v:.2}"),
     }
 }
@@ -491,6 +495,14 @@ fn show_tolerance(kind: Kind, tol: f64) -> String {
         Kind::Points => format!("{:.1} points", tol * 100.0),
         Kind::LogRatio | Kind::TwoSidedLogRatio => format!("×{:.2}", tol.exp()),
     }
+}
+
+/// A scope's name in words: "deterministic chat" for `deterministic_chat`.
+fn label_of(name: &str) -> &'static str {
+    Class::ALL
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .map_or("all answers", Class::label)
 }
 
 /// The verdict over all scopes: any failing scope fails; no judged scope is inconclusive.
@@ -508,7 +520,7 @@ fn verdict(classes: &[ClassReading], pairs: u64, t: &Thresholds) -> (GateResult,
         .iter()
         .skip(1)
         .filter(|c| !c.judged && c.pairs > 0)
-        .map(|c| format!("{} {} pairs", c.class, c.pairs))
+        .map(|c| format!("{} {} pairs", label_of(&c.class), c.pairs))
         .collect();
     let judged: Vec<&ClassReading> = classes.iter().skip(1).filter(|c| c.judged).collect();
     if judged.is_empty() {
@@ -533,7 +545,7 @@ fn verdict(classes: &[ClassReading], pairs: u64, t: &Thresholds) -> (GateResult,
             } else {
                 "no noise baseline: fixed thresholds".to_string()
             };
-            format!("{}: {} pairs passing ({mode})", c.class, c.pairs)
+            format!("{}: {} pairs passing ({mode})", label_of(&c.class), c.pairs)
         })
         .collect();
     if !unjudged.is_empty() {

@@ -29,9 +29,7 @@ pub use compare::{compare, Metric, PairDiff};
 pub use eligibility::{
     eligibility, eligible_body, eligible_route, request_key, sampled, MirrorRequest, MirrorRules, SkipReason,
 };
-pub use judge::{
-    Accumulator, ClassReading, MetricReading, Pair, ShadowReading, ShadowVerdict, Thresholds, WorstPair,
-};
+pub use judge::{Accumulator, ClassReading, MetricReading, Pair, ShadowReading, ShadowVerdict, Thresholds, WorstPair};
 pub use rouge::{rouge_l, tokenize, RougeScore};
 pub use stat::Stat;
 
