@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::answer::Answer;
 use super::classify::{Class, JsonFormat, Profile};
-use super::judge::Thresholds;
 use super::rouge::{rouge_l_tokens, tokenize};
+use super::thresholds::Thresholds;
 
 /// The per-pair metrics. Every value is a *difference*: 0 when the two answers agree, above 0
 /// when the shadow is worse (below 0 when it is better, for the one-sided ones).

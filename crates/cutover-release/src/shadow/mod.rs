@@ -13,7 +13,8 @@
 //! - `answer`: a raw answer (JSON or SSE, maybe truncated) assembled into an [`Answer`].
 //! - `rouge`: ROUGE-L F1 as Google's `rouge-score` computes it (default tokenizer, no stemmer).
 //! - `compare`: one pair of answers into per-metric differences ([`PairDiff`]).
-//! - `judge`: the running figures ([`Accumulator`]), the [`Thresholds`] and the verdict.
+//! - `thresholds`: the gate's [`Thresholds`], with their defaults.
+//! - `judge`: the running figures ([`Accumulator`]) and the verdict.
 
 mod answer;
 mod classify;
@@ -22,6 +23,7 @@ mod eligibility;
 mod judge;
 mod rouge;
 mod stat;
+mod thresholds;
 
 pub use answer::{Answer, RawAnswer, Timings, ToolCall, Usage};
 pub use classify::{classify, Class, JsonFormat, Profile, ToolSpec};
@@ -29,9 +31,10 @@ pub use compare::{compare, Metric, PairDiff};
 pub use eligibility::{
     eligibility, eligible_body, eligible_route, request_key, sampled, MirrorRequest, MirrorRules, SkipReason,
 };
-pub use judge::{Accumulator, ClassReading, MetricReading, Pair, ShadowReading, ShadowVerdict, Thresholds, WorstPair};
+pub use judge::{Accumulator, ClassReading, MetricReading, Pair, ShadowReading, ShadowVerdict, WorstPair};
 pub use rouge::{rouge_l, tokenize, RougeScore};
 pub use stat::Stat;
+pub use thresholds::Thresholds;
 
 #[cfg(test)]
 mod tests;
