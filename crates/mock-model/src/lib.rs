@@ -1,37 +1,54 @@
 //! A stand-in OpenAI-compatible model server for the demo, the tests and the benchmarks.
 //!
-//! It answers `/health`, `/v1/models`, `/v1/chat/completions` (plain and `"stream": true`
-//! server-sent events) and `/v1/embeddings`, puts its version in every response (`model`
-//! field and `x-model-version` header), and injects faults on request: an error rate, extra
-//! latency, a slow token rate, failing health, a crash after N requests, a wedged engine
-//! behind a healthy `/health`, and health routes that queue behind running requests.
+//! It answers `/health`, `/v1/models`, `/v1/chat/completions` and `/v1/completions` (plain and
+//! `"stream": true` server-sent events) and `/v1/embeddings`, puts its version in every
+//! response (`model` field and `x-model-version` header), and injects faults on request: an
+//! error rate, extra latency, a slow token rate, failing health, a crash after N requests, a
+//! wedged engine behind a healthy `/health`, and health routes that queue behind running
+//! requests.
+//!
+//! Answers depend on the prompt (see `reply`), so two servers of one model agree, and knobs
+//! make a version differ in controlled ways for the shadow comparison: output noise, a
+//! systematic perturbation, refusals, invalid JSON, a time-to-first-token shift, the
+//! embedding dimension and jitter. Like vLLM it serves Prometheus metrics at `/metrics`
+//! (`metrics`) and sleep mode: `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping`.
 //!
 //! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
 //! `POST /mock/health?fail=true|false` flips health at run time, `POST /mock/wedge?on=true|false`
 //! wedges the engine at run time (see `--wedged`), `POST /mock/exit?code=N` makes the process
-//! exit with that code (after answering), and a request header
-//! `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo` answers with the
-//! request's method, URI, HTTP version and headers, to check what a proxy forwarded.
+//! exit with that code (after answering), `POST /mock/metric?NAME=VALUE` pushes a metric, and
+//! a request header `x-mock-delay` adds latency (e.g. `2s`) to that request only. `/mock/echo`
+//! answers with the request's method, URI, HTTP version and headers, to check what a proxy
+//! forwarded.
+//!
+//! # Layout
+//! - `lib.rs`: flags, the listener and the routes;
+//! - `reply`: the answers' text, JSON and vectors, and the knobs that change them;
+//! - `stream`: the SSE body of a streamed answer;
+//! - `metrics`: the vLLM-like `/metrics` and the values pushed into it.
 
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+pub mod metrics;
+pub mod reply;
+mod stream;
+
+pub use reply::Knobs;
+pub use stream::TokenStream;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -55,6 +72,60 @@ pub struct Args {
     /// command template play a faulty release, as the demo does.
     #[arg(long = "error-rate-for", value_parser = parse_version_rate)]
     pub error_rate_for: Vec<(String, f64)>,
+    /// Probability (0.0-1.0), drawn per request, that one word of the answer changes, even at
+    /// temperature 0: the batch-induced nondeterminism of real servers.
+    #[arg(long, default_value_t = 0.0)]
+    pub output_noise: f64,
+    /// `VERSION=P`: `--output-noise` when running as VERSION (repeatable).
+    #[arg(long = "output-noise-for", value_parser = parse_version_rate)]
+    pub output_noise_for: Vec<(String, f64)>,
+    /// Share of prompts (chosen by the prompt's hash) whose answer is replaced by a different
+    /// one: a systematic change of the model.
+    #[arg(long, default_value_t = 0.0)]
+    pub perturb: f64,
+    /// `VERSION=P`: `--perturb` when running as VERSION (repeatable).
+    #[arg(long = "perturb-for", value_parser = parse_version_rate)]
+    pub perturb_for: Vec<(String, f64)>,
+    /// Share of prompts (by hash) answered "I'm sorry, but I can't help with that."
+    #[arg(long, default_value_t = 0.0)]
+    pub refusal_rate: f64,
+    /// `VERSION=P`: `--refusal-rate` when running as VERSION (repeatable).
+    #[arg(long = "refusal-rate-for", value_parser = parse_version_rate)]
+    pub refusal_rate_for: Vec<(String, f64)>,
+    /// Share of JSON-mode prompts (`response_format` json_object / json_schema, by hash)
+    /// answered with broken JSON; the others get a valid object.
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_json_rate: f64,
+    /// `VERSION=P`: `--invalid-json-rate` when running as VERSION (repeatable).
+    #[arg(long = "invalid-json-rate-for", value_parser = parse_version_rate)]
+    pub invalid_json_rate_for: Vec<(String, f64)>,
+    /// Extra delay before the first byte (first token) of every model answer.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub ttft_shift: Duration,
+    /// `VERSION=DURATION`: `--ttft-shift` when running as VERSION (repeatable).
+    #[arg(long = "ttft-shift-for", value_parser = parse_version_duration)]
+    pub ttft_shift_for: Vec<(String, Duration)>,
+    /// Dimension of the embedding vectors.
+    #[arg(long, default_value_t = 8)]
+    pub embedding_dim: usize,
+    /// `VERSION=N`: `--embedding-dim` when running as VERSION (repeatable).
+    #[arg(long = "embedding-dim-for", value_parser = parse_version_dim)]
+    pub embedding_dim_for: Vec<(String, usize)>,
+    /// Standard deviation of the noise added per component (per request) to embeddings,
+    /// before they are normalized.
+    #[arg(long, default_value_t = 0.0)]
+    pub embedding_jitter: f64,
+    /// `VERSION=X`: `--embedding-jitter` when running as VERSION (repeatable).
+    #[arg(long = "embedding-jitter-for", value_parser = parse_version_rate)]
+    pub embedding_jitter_for: Vec<(String, f64)>,
+    /// `NAME=VALUE`: serve this value at /metrics (repeatable), e.g.
+    /// `vllm:num_requests_waiting=7`; a vLLM metric's pushed value replaces the counted one,
+    /// any other name is served as a gauge.
+    #[arg(long = "metric", value_parser = metrics::parse_metric)]
+    pub metrics: Vec<(String, f64)>,
+    /// How long `POST /wake_up` takes to wake a sleeping server.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub wake_time: Duration,
     /// Extra latency before every model response's head.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub latency: Duration,
@@ -86,16 +157,59 @@ pub struct Args {
     pub threads: usize,
 }
 
-fn parse_version_rate(s: &str) -> Result<(String, f64), String> {
-    let (v, r) = s
+/// `VERSION=VALUE` with the value read by `parse`.
+fn parse_for<T>(s: &str, what: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<(String, T), String> {
+    let (v, x) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected VERSION=RATE, got {s:?}"))?;
-    let r: f64 = r.parse().map_err(|_| format!("invalid rate {r:?}"))?;
-    Ok((v.to_string(), r))
+        .ok_or_else(|| format!("expected VERSION={what}, got {s:?}"))?;
+    Ok((v.to_string(), parse(x)?))
+}
+
+fn parse_version_rate(s: &str) -> Result<(String, f64), String> {
+    parse_for(s, "RATE", |r| r.parse().map_err(|_| format!("invalid rate {r:?}")))
+}
+
+fn parse_version_duration(s: &str) -> Result<(String, Duration), String> {
+    parse_for(s, "DURATION", parse_duration)
+}
+
+fn parse_version_dim(s: &str) -> Result<(String, usize), String> {
+    parse_for(s, "N", |n| n.parse().map_err(|_| format!("invalid dimension {n:?}")))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 500ms, 2s)"))
+}
+
+impl Args {
+    /// Applies every `--…-for VERSION=…` that names this version (the last one wins).
+    fn resolve_versions(&mut self) {
+        fn pick<T: Copy>(version: &str, list: &[(String, T)], value: &mut T) {
+            if let Some((_, x)) = list.iter().rev().find(|(v, _)| v == version) {
+                *value = *x;
+            }
+        }
+        let v = self.version.clone();
+        pick(&v, &self.error_rate_for, &mut self.error_rate);
+        pick(&v, &self.output_noise_for, &mut self.output_noise);
+        pick(&v, &self.perturb_for, &mut self.perturb);
+        pick(&v, &self.refusal_rate_for, &mut self.refusal_rate);
+        pick(&v, &self.invalid_json_rate_for, &mut self.invalid_json_rate);
+        pick(&v, &self.ttft_shift_for, &mut self.ttft_shift);
+        pick(&v, &self.embedding_dim_for, &mut self.embedding_dim);
+        pick(&v, &self.embedding_jitter_for, &mut self.embedding_jitter);
+    }
+
+    fn knobs(&self) -> Knobs {
+        Knobs {
+            output_noise: self.output_noise.clamp(0.0, 1.0),
+            perturb: self.perturb.clamp(0.0, 1.0),
+            refusal_rate: self.refusal_rate.clamp(0.0, 1.0),
+            invalid_json_rate: self.invalid_json_rate.clamp(0.0, 1.0),
+            embedding_dim: self.embedding_dim.clamp(1, 65_536),
+            embedding_jitter: self.embedding_jitter.max(0.0),
+        }
+    }
 }
 
 /// Counters served at `/mock/stats`.
@@ -113,12 +227,20 @@ pub struct Stats {
 
 struct State {
     args: Args,
+    knobs: Knobs,
     version: HeaderValue,
     health_failing: AtomicBool,
     wedged: AtomicBool,
+    /// Sleep mode (`POST /sleep`): health fails and model requests get 503 until woken.
+    sleeping: AtomicBool,
+    /// +1 on every `POST /sleep`, so a wake that was overtaken by a new sleep does not wake.
+    sleep_epoch: AtomicU64,
     /// Model requests whose answer has not finished (streams until their last token).
     in_flight: AtomicI64,
+    /// Random per process: sampled answers and per-request noise differ between servers.
+    salt: u64,
     stats: Stats,
+    metrics: metrics::Metrics,
 }
 
 /// One model request's place in `State::in_flight`, given back on drop.
@@ -179,16 +301,27 @@ pub async fn run(args: Args) -> std::io::Result<()> {
     serve(listener, args).await
 }
 
+/// A random number without a random-number crate: std's hasher keys are random per process.
+fn process_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 /// Serves on an already bound listener (used by tests that want the port first).
 pub async fn serve(listener: TcpListener, mut args: Args) -> std::io::Result<()> {
-    if let Some((_, rate)) = args.error_rate_for.iter().find(|(v, _)| *v == args.version) {
-        args.error_rate = *rate;
-    }
+    args.resolve_versions();
     let state = Arc::new(State {
         version: HeaderValue::from_str(&args.version).unwrap_or(HeaderValue::from_static("invalid")),
         health_failing: AtomicBool::new(args.fail_health),
         wedged: AtomicBool::new(args.wedged),
+        sleeping: AtomicBool::new(false),
+        sleep_epoch: AtomicU64::new(0),
         in_flight: AtomicI64::new(0),
+        salt: process_salt(),
+        knobs: args.knobs(),
+        metrics: metrics::Metrics::new(&args.metrics),
         args,
         stats: Stats::default(),
     });
@@ -216,36 +349,58 @@ pub async fn serve(listener: TcpListener, mut args: Args) -> std::io::Result<()>
 
 type MockBody = http_body_util::Either<Full<Bytes>, TokenStream>;
 
-fn json_response(state: &State, status: StatusCode, v: &Value) -> Response<MockBody> {
-    let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(v.to_string()))));
+fn body_response(state: &State, status: StatusCode, content_type: &'static str, body: String) -> Response<MockBody> {
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert("x-model-version", state.version.clone());
     r
+}
+
+fn json_response(state: &State, status: StatusCode, v: &Value) -> Response<MockBody> {
+    body_response(state, status, "application/json", v.to_string())
+}
+
+fn error_response(state: &State, status: StatusCode, message: &str, kind: &str) -> Response<MockBody> {
+    json_response(state, status, &json!({"error": {"message": message, "type": kind}}))
+}
+
+/// A query parameter's value (`a=1&b=2`), percent-decoded.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     state.stats.requests.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    let resp = match (method, path.as_str()) {
-        (Method::GET, "/health") => {
-            queue_behind_running(&state).await;
-            if state.health_failing.load(Relaxed) {
-                json_response(
-                    &state,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "failing", "version": state.args.version}),
-                )
-            } else {
-                json_response(
-                    &state,
-                    StatusCode::OK,
-                    &json!({"status": "ok", "version": state.args.version}),
-                )
-            }
-        }
+    let resp = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/health") => health(&state).await,
         (Method::GET, "/v1/models") => {
             queue_behind_running(&state).await;
             json_response(
@@ -254,86 +409,163 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Mo
                 &json!({"object": "list", "data": [{"id": state.args.version, "object": "model", "owned_by": "mock-model"}]}),
             )
         }
-        (Method::GET, "/mock/stats") => {
-            let s = &state.stats;
-            json_response(
+        (Method::GET, "/metrics") => {
+            let text = state.metrics.render(&state.args.version, state.in_flight.load(Relaxed));
+            body_response(&state, StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        (Method::GET, "/is_sleeping") => json_response(
+            &state,
+            StatusCode::OK,
+            &json!({"is_sleeping": state.sleeping.load(Relaxed)}),
+        ),
+        (Method::POST, "/sleep") => sleep(&state, &req),
+        (Method::POST, "/wake_up") => wake_up(&state).await,
+        (_, p) if p.starts_with("/mock/") => mock_hook(&state, req, &path).await,
+        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
+            model_request(&state, req, &path).await
+        }
+        (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
+            error_response(
                 &state,
-                StatusCode::OK,
-                &json!({
-                    "version": state.args.version,
-                    "pid": std::process::id(),
-                    "connections": s.connections.load(Relaxed),
-                    "requests": s.requests.load(Relaxed),
-                    "model_requests": s.model_requests.load(Relaxed),
-                    "errors_injected": s.errors_injected.load(Relaxed),
-                    "streams_started": s.streams_started.load(Relaxed),
-                    "streams_completed": s.streams_completed.load(Relaxed),
-                    "streams_cancelled": s.streams_cancelled.load(Relaxed),
-                    "in_flight": state.in_flight.load(Relaxed),
-                }),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "invalid_request_error",
             )
         }
-        (_, "/mock/echo") => {
-            let headers: serde_json::Map<String, Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-                    )
-                })
-                .collect();
-            let method = req.method().to_string();
-            let uri = req.uri().to_string();
-            let version = format!("{:?}", req.version());
-            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-            json_response(
-                &state,
-                StatusCode::OK,
-                &json!({"method": method, "uri": uri, "http_version": version, "headers": headers, "body_bytes": body}),
-            )
+        _ => error_response(
+            &state,
+            StatusCode::NOT_FOUND,
+            &format!("no route for {path}"),
+            "invalid_request_error",
+        ),
+    };
+    Ok(resp)
+}
+
+async fn health(state: &State) -> Response<MockBody> {
+    queue_behind_running(state).await;
+    let (status, word) = if state.sleeping.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "sleeping")
+    } else if state.health_failing.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "failing")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    json_response(state, status, &json!({"status": word, "version": state.args.version}))
+}
+
+/// vLLM's `POST /sleep?level=1|2`: answers 200 with an empty body, as vLLM does.
+fn sleep(state: &State, req: &Request<Incoming>) -> Response<MockBody> {
+    let level = query_param(req, "level").unwrap_or_else(|| "1".into());
+    if level != "1" && level != "2" {
+        let msg = format!("level must be 1 or 2, not {level:?}");
+        return error_response(state, StatusCode::BAD_REQUEST, &msg, "invalid_request_error");
+    }
+    state.sleep_epoch.fetch_add(1, Relaxed);
+    state.sleeping.store(true, Relaxed);
+    body_response(state, StatusCode::OK, "application/json", String::new())
+}
+
+/// vLLM's `POST /wake_up`: answers once awake (after `--wake-time`), with an empty body.
+async fn wake_up(state: &State) -> Response<MockBody> {
+    if state.sleeping.load(Relaxed) {
+        let epoch = state.sleep_epoch.load(Relaxed);
+        tokio::time::sleep(state.args.wake_time).await;
+        // A sleep that came while waking wins: the server stays asleep.
+        if state.sleep_epoch.load(Relaxed) == epoch {
+            state.sleeping.store(false, Relaxed);
         }
+    }
+    body_response(state, StatusCode::OK, "application/json", String::new())
+}
+
+/// The `/mock/...` test hooks.
+async fn mock_hook(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response<MockBody> {
+    let flag = |name: &str| query_param(&req, name).as_deref() == Some("true");
+    match (req.method().clone(), path) {
+        (Method::GET, "/mock/stats") => json_response(state, StatusCode::OK, &stats(state)),
+        (_, "/mock/echo") => echo(state, req).await,
         (Method::POST, "/mock/wedge") => {
-            let on = req.uri().query().is_some_and(|q| q.contains("on=true"));
+            let on = flag("on");
             state.wedged.store(on, Relaxed);
-            json_response(&state, StatusCode::OK, &json!({"wedged": on}))
+            json_response(state, StatusCode::OK, &json!({"wedged": on}))
         }
         (Method::POST, "/mock/exit") => {
             // A crash on cue (tests of supervision): answer first, then exit with the code.
-            let code: i32 = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("code=")))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
+            let code: i32 = query_param(&req, "code").and_then(|c| c.parse().ok()).unwrap_or(1);
             eprintln!("mock-model: exiting with code {code} as asked (POST /mock/exit)");
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 std::process::exit(code);
             });
-            json_response(&state, StatusCode::OK, &json!({"exiting": code}))
+            json_response(state, StatusCode::OK, &json!({"exiting": code}))
         }
         (Method::POST, "/mock/health") => {
-            let fail = req.uri().query().is_some_and(|q| q.contains("fail=true"));
+            let fail = flag("fail");
             state.health_failing.store(fail, Relaxed);
-            json_response(&state, StatusCode::OK, &json!({"health_failing": fail}))
+            json_response(state, StatusCode::OK, &json!({"health_failing": fail}))
         }
-        (Method::POST, "/v1/chat/completions")
-        | (Method::POST, "/v1/completions")
-        | (Method::POST, "/v1/embeddings") => model_request(&state, req, &path).await,
-        (_, "/health" | "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => json_response(
-            &state,
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"error": {"message": "method not allowed", "type": "invalid_request_error"}}),
-        ),
-        _ => json_response(
-            &state,
+        (Method::POST, "/mock/metric") => push_metrics(state, &req),
+        _ => error_response(
+            state,
             StatusCode::NOT_FOUND,
-            &json!({"error": {"message": format!("no route for {path}"), "type": "invalid_request_error"}}),
+            &format!("no route for {path}"),
+            "invalid_request_error",
         ),
-    };
-    Ok(resp)
+    }
+}
+
+fn stats(state: &State) -> Value {
+    let s = &state.stats;
+    json!({
+        "version": state.args.version,
+        "pid": std::process::id(),
+        "connections": s.connections.load(Relaxed),
+        "requests": s.requests.load(Relaxed),
+        "model_requests": s.model_requests.load(Relaxed),
+        "errors_injected": s.errors_injected.load(Relaxed),
+        "streams_started": s.streams_started.load(Relaxed),
+        "streams_completed": s.streams_completed.load(Relaxed),
+        "streams_cancelled": s.streams_cancelled.load(Relaxed),
+        "in_flight": state.in_flight.load(Relaxed),
+    })
+}
+
+async fn echo(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+            )
+        })
+        .collect();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    json_response(
+        state,
+        StatusCode::OK,
+        &json!({"method": method, "uri": uri, "http_version": version, "headers": headers, "body_bytes": body}),
+    )
+}
+
+/// `POST /mock/metric?NAME=VALUE[&NAME=VALUE...]`.
+fn push_metrics(state: &State, req: &Request<Incoming>) -> Response<MockBody> {
+    let mut pushed = serde_json::Map::new();
+    for kv in req.uri().query().unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        match metrics::parse_metric(&percent_decode(kv)) {
+            Ok((name, v)) => {
+                state.metrics.push(&name, v);
+                pushed.insert(name, json!(v));
+            }
+            Err(e) => return error_response(state, StatusCode::BAD_REQUEST, &e, "invalid_request_error"),
+        }
+    }
+    json_response(state, StatusCode::OK, &json!({"pushed": pushed}))
 }
 
 async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -> Response<MockBody> {
@@ -343,32 +575,22 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
         eprintln!("mock-model: crashing on request {n} as asked (--crash-after)");
         std::process::exit(1);
     }
+    if state.sleeping.load(Relaxed) {
+        // vLLM refuses requests that need the weights while asleep.
+        let msg = "the model is sleeping (POST /wake_up)";
+        return error_response(state, StatusCode::SERVICE_UNAVAILABLE, msg, "service_unavailable");
+    }
     let delay = req
         .headers()
         .get("x-mock-delay")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| humantime::parse_duration(v).ok())
         .unwrap_or_default()
-        + state.args.latency;
-    let body = match Limited::new(req.into_body(), 8 << 20).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return json_response(
-                state,
-                StatusCode::BAD_REQUEST,
-                &json!({"error": {"message": format!("cannot read body: {e}")}}),
-            )
-        }
-    };
-    let parsed: Value = match serde_json::from_slice(&body) {
+        + state.args.latency
+        + state.args.ttft_shift;
+    let parsed = match read_json(state, req).await {
         Ok(v) => v,
-        Err(e) => {
-            return json_response(
-                state,
-                StatusCode::BAD_REQUEST,
-                &json!({"error": {"message": format!("body is not JSON: {e}"), "type": "invalid_request_error"}}),
-            )
-        }
+        Err(resp) => return resp,
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -377,51 +599,105 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
         // The engine took the request and will never answer: only the client leaving ends it.
         std::future::pending::<()>().await;
     }
-    // Spread errors evenly: request n fails when floor(n*rate) steps up, so a rate of 0.25
-    // fails exactly every 4th request instead of a random quarter.
+    if let Some(resp) = injected_error(state, n) {
+        return resp;
+    }
+    state.metrics.observe_ttft(delay);
+    state.metrics.success();
+    let nonce = reply::mix(state.salt ^ n);
+    if path == "/v1/embeddings" {
+        return embeddings(state, &parsed, nonce);
+    }
+    completion(state, &parsed, path == "/v1/completions", n, nonce, running)
+}
+
+async fn read_json(state: &State, req: Request<Incoming>) -> Result<Value, Response<MockBody>> {
+    let body = match Limited::new(req.into_body(), 8 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = format!("cannot read body: {e}");
+            return Err(error_response(
+                state,
+                StatusCode::BAD_REQUEST,
+                &msg,
+                "invalid_request_error",
+            ));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        let msg = format!("body is not JSON: {e}");
+        error_response(state, StatusCode::BAD_REQUEST, &msg, "invalid_request_error")
+    })
+}
+
+/// `--error-rate`, spread evenly: request n fails when floor(n*rate) steps up, so a rate of
+/// 0.25 fails exactly every 4th request instead of a random quarter.
+fn injected_error(state: &State, n: u64) -> Option<Response<MockBody>> {
     let rate = state.args.error_rate.clamp(0.0, 1.0);
     if rate > 0.0 && ((n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor() {
         state.stats.errors_injected.fetch_add(1, Relaxed);
-        return json_response(
+        let msg = "injected failure (--error-rate)";
+        return Some(error_response(
             state,
             StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": {"message": "injected failure (--error-rate)", "type": "server_error"}}),
-        );
+            msg,
+            "server_error",
+        ));
     }
-    let version = &state.args.version;
-    if path == "/v1/embeddings" {
-        let inputs: Vec<String> = match &parsed["input"] {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
-            _ => vec![String::new()],
-        };
-        let data: Vec<Value> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embed(text)}))
-            .collect();
-        return json_response(
-            state,
-            StatusCode::OK,
-            &json!({"object": "list", "data": data, "model": version, "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
-        );
-    }
+    None
+}
+
+fn embeddings(state: &State, parsed: &Value, nonce: u64) -> Response<MockBody> {
+    let inputs: Vec<String> = match &parsed["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+        _ => vec![String::new()],
+    };
+    let k = &state.knobs;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let v = reply::embed(text, k.embedding_dim, k.embedding_jitter, reply::mix(nonce ^ i as u64));
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    json_response(
+        state,
+        StatusCode::OK,
+        &json!({"object": "list", "data": data, "model": state.args.version, "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
+    )
+}
+
+fn completion(
+    state: &Arc<State>,
+    parsed: &Value,
+    completions: bool,
+    n: u64,
+    nonce: u64,
+    running: Running,
+) -> Response<MockBody> {
     let tokens = parsed["max_tokens"]
         .as_u64()
         .unwrap_or(state.args.tokens)
         .clamp(1, 100_000);
-    let id = format!("chatcmpl-{n}");
+    let answer = reply::reply(&state.knobs, parsed, tokens, nonce);
+    let id = if completions {
+        format!("cmpl-{n}")
+    } else {
+        format!("chatcmpl-{n}")
+    };
     if parsed["stream"].as_bool() == Some(true) {
         state.stats.streams_started.fetch_add(1, Relaxed);
-        let mut r = Response::new(http_body_util::Either::Right(TokenStream {
-            state: state.clone(),
+        let body = TokenStream::new(
+            state.clone(),
             id,
-            sent: 0,
-            tokens,
-            done: false,
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            _running: running,
-        }));
+            completions,
+            answer.pieces,
+            answer.finish_reason,
+            running,
+        );
+        let mut r = Response::new(http_body_util::Either::Right(body));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         r.headers_mut()
@@ -429,14 +705,27 @@ async fn model_request(state: &Arc<State>, req: Request<Incoming>, path: &str) -
         r.headers_mut().insert("x-model-version", state.version.clone());
         return r;
     }
-    let content: Vec<String> = (0..tokens).map(|i| format!("tok{i}")).collect();
+    let content = answer.content();
+    let (object, choice) = if completions {
+        (
+            "text_completion",
+            json!({"index": 0, "text": content, "finish_reason": answer.finish_reason}),
+        )
+    } else {
+        let message = json!({"role": "assistant", "content": content});
+        (
+            "chat.completion",
+            json!({"index": 0, "message": message, "finish_reason": answer.finish_reason}),
+        )
+    };
+    let used = answer.pieces.len() as u64;
     json_response(
         state,
         StatusCode::OK,
         &json!({
-            "id": id, "object": "chat.completion", "created": unix_now(), "model": version,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content.join(" ")}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}
+            "id": id, "object": object, "created": unix_now(), "model": state.args.version,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": used, "total_tokens": used + 1}
         }),
     )
 }
@@ -446,72 +735,6 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A deterministic 8-dimensional unit vector, so equal inputs embed equally.
-fn embed(text: &str) -> Vec<f64> {
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut v = Vec::with_capacity(8);
-    for i in 0..8u8 {
-        for b in text.bytes().chain([i]) {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-        v.push((h % 2000) as f64 / 1000.0 - 1.0);
-    }
-    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
-    v.into_iter().map(|x| x / norm).collect()
-}
-
-/// An SSE body that produces one chunk per token interval, then `[DONE]`.
-pub struct TokenStream {
-    state: Arc<State>,
-    id: String,
-    sent: u64,
-    tokens: u64,
-    done: bool,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Counts the stream as a running request until its last token.
-    _running: Running,
-}
-
-impl Body for TokenStream {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if self.sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        let this = &mut *self;
-        let version = &this.state.args.version;
-        let chunk = if this.sent < this.tokens {
-            let i = this.sent;
-            this.sent += 1;
-            let deadline = tokio::time::Instant::now() + this.state.args.token_interval;
-            this.sleep.as_mut().reset(deadline);
-            let v = json!({"id": this.id, "object": "chat.completion.chunk", "model": version,
-                "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]});
-            format!("data: {v}\n\n")
-        } else {
-            this.done = true;
-            this.state.stats.streams_completed.fetch_add(1, Relaxed);
-            let v = json!({"id": this.id, "object": "chat.completion.chunk", "model": version,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-            format!("data: {v}\n\ndata: [DONE]\n\n")
-        };
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
-    }
-}
-
-impl Drop for TokenStream {
-    fn drop(&mut self) {
-        if !self.done {
-            self.state.stats.streams_cancelled.fetch_add(1, Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -528,11 +751,42 @@ mod tests {
     }
 
     #[test]
-    fn embeddings_are_deterministic_unit_vectors() {
-        let a = embed("hello");
-        assert_eq!(a, embed("hello"));
-        assert_ne!(a, embed("world"));
-        let norm: f64 = a.iter().map(|x| x * x).sum();
-        assert!((norm - 1.0).abs() < 1e-9);
+    fn per_version_knobs_apply_to_their_version_only() {
+        let parse = |v: &str| {
+            let mut a = Args::parse_from([
+                "mock-model",
+                "--model-version",
+                v,
+                "--refusal-rate-for",
+                "v3=0.4",
+                "--ttft-shift-for",
+                "v3=200ms",
+                "--embedding-dim-for",
+                "v3=16",
+                "--perturb",
+                "0.1",
+            ]);
+            a.resolve_versions();
+            a
+        };
+        let (v2, v3) = (parse("v2"), parse("v3"));
+        assert_eq!(
+            (v2.refusal_rate, v2.ttft_shift, v2.embedding_dim),
+            (0.0, Duration::ZERO, 8)
+        );
+        assert_eq!(
+            (v3.refusal_rate, v3.ttft_shift, v3.embedding_dim),
+            (0.4, Duration::from_millis(200), 16)
+        );
+        assert_eq!((v2.perturb, v3.perturb), (0.1, 0.1));
+    }
+
+    #[test]
+    fn percent_decoding_reads_metric_names() {
+        assert_eq!(
+            percent_decode("vllm%3Anum_requests_waiting=7"),
+            "vllm:num_requests_waiting=7"
+        );
+        assert_eq!(percent_decode("a%zz"), "a%zz");
     }
 }
