@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::route::ColorRoute;
+use crate::mirror::{captured, AnswerCopy, Capture};
+use crate::route::{ColorRoute, Service};
 
 /// The message an event stream gets (in-band) and the count it lands in when the old
 /// color's drain deadline cuts it.
@@ -31,6 +32,16 @@ pub(crate) struct Guard {
     last_event: Option<Instant>,
     /// The response ended cleanly (its last byte went out).
     complete: bool,
+    /// Set for a request being copied for the shadow comparison (boxed: rare, and the
+    /// guard lives in every connection's task).
+    mirror: Option<Box<Mirroring>>,
+}
+
+/// A copied exchange's answer side, and where it is delivered when the guard drops.
+struct Mirroring {
+    capture: Arc<Capture>,
+    answer: AnswerCopy,
+    service: Arc<Service>,
 }
 
 /// What kind of answer the request got, for the statistics.
@@ -70,6 +81,32 @@ impl Guard {
             first_event: None,
             last_event: None,
             complete: false,
+            mirror: None,
+        }
+    }
+
+    /// Copy this exchange's answer for the shadow comparison, delivered at the end.
+    pub(crate) fn mirror(&mut self, capture: Arc<Capture>, service: Arc<Service>) {
+        self.mirror = Some(Box::new(Mirroring {
+            capture,
+            answer: AnswerCopy::default(),
+            service,
+        }));
+    }
+
+    /// The response head of a copied exchange: its content type and time to first byte.
+    pub(crate) fn mirror_head(&mut self, content_type: Option<&str>) {
+        if let Some(m) = self.mirror.as_mut() {
+            m.answer.head(content_type);
+        }
+    }
+
+    /// Body bytes of the answer (data, without chunk framing) as they go to the client.
+    #[inline]
+    pub(crate) fn mirror_data(&mut self, d: &[u8]) {
+        if let Some(m) = self.mirror.as_mut() {
+            let (cap, started) = (m.capture.cap(), self.started);
+            m.answer.data(d, cap, || started.elapsed());
         }
     }
 
@@ -145,6 +182,10 @@ impl Drop for Guard {
         }
         if self.complete {
             self.judge_answer(elapsed);
+        }
+        if let Some(m) = self.mirror.take() {
+            let c = captured(&m.capture, m.answer, self.status, self.complete, elapsed);
+            m.service.deliver_tap(c);
         }
         if let Some(a) = &self.access {
             // Written when the last byte has gone (or the client left): the duration covers

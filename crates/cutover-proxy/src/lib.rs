@@ -24,6 +24,8 @@
 //! - [`probe`]: one probe by kind: HTTP status, gRPC health (h2c), a generation request.
 //! - [`stats`]: lock-free per-color counters and histograms, read by gates and metrics.
 //! - [`error`]: the proxy's own error responses (JSON, with where the error came from).
+//! - [`mirror`]: the copy of a sampled live exchange for the shadow comparison, handed to
+//!   an installed [`mirror::Tap`] when it ends (never waited for).
 //! - [`tls`]: rustls configs for listeners and upstreams; certificates reloaded without a drop.
 
 #![forbid(unsafe_code)]
@@ -37,6 +39,7 @@ mod h1;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod mirror;
 pub mod probe;
 pub mod request_body;
 pub mod route;

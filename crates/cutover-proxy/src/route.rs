@@ -332,6 +332,8 @@ pub struct Service {
     /// what it read (as nginx workers keep the configuration they started with).
     settings: ArcSwap<ServiceSettings>,
     table: ArcSwap<RouteTable>,
+    /// Set while the service shadows: sampled live exchanges are copied to it.
+    tap: crate::mirror::TapSlot,
 }
 
 impl Service {
@@ -340,7 +342,28 @@ impl Service {
             name: name.into(),
             settings: ArcSwap::from_pointee(settings),
             table: ArcSwap::from_pointee(table),
+            tap: Default::default(),
         })
+    }
+
+    /// Installs (or with `None` removes) the shadow comparison's tap. An exchange being
+    /// copied is delivered to whatever tap is installed when it ends: none after a removal.
+    pub fn set_tap(&self, tap: Option<Box<dyn crate::mirror::Tap>>) {
+        self.tap.tap.store(tap.map(Arc::new));
+    }
+
+    /// A capture for a live request, if a tap is installed and wants it.
+    pub(crate) fn mirror(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: impl FnOnce() -> http::HeaderMap,
+    ) -> Option<Arc<crate::mirror::Capture>> {
+        self.tap.begin(method, path, headers)
+    }
+
+    pub(crate) fn deliver_tap(&self, c: crate::mirror::Captured) {
+        self.tap.deliver(c);
     }
 
     /// The settings new connections take.

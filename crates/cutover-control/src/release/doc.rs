@@ -57,6 +57,12 @@ pub struct ReleaseDoc {
     pub scale_down_at: Option<u64>,
     #[serde(default)]
     pub scaled_down: bool,
+    /// The shadow comparison's figures and verdict, once the shadowing phase ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<cutover_release::shadow::ShadowReading>,
+    /// Mirroring is paused while the live color is slower than before the phase.
+    #[serde(default)]
+    pub shadow_paused: bool,
 }
 
 /// What a new release starts from.
@@ -93,6 +99,8 @@ impl ReleaseDoc {
             generation: None,
             scale_down_at: None,
             scaled_down: false,
+            shadow: None,
+            shadow_paused: false,
         }
     }
 

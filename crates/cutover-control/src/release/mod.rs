@@ -4,6 +4,7 @@
 pub(crate) mod active;
 pub mod doc;
 pub mod run;
+pub(crate) mod shadow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,7 @@ impl Releases {
                 plan: Plan {
                     manual: svc.cfg().release.promotion == cutover_config::Promotion::Manual,
                     has_previous: previous_color.is_some(),
-                    shadow: false,
+                    shadow: svc.cfg().release.shadow.is_some(),
                 },
             },
             now_rfc3339(),

@@ -6,6 +6,7 @@
 mod reconfigure;
 mod resolve;
 pub mod series;
+pub(crate) mod shadow_counts;
 pub mod status;
 pub mod switch;
 
@@ -120,6 +121,8 @@ pub struct ServiceCtl {
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
     pub(crate) switches: AtomicU64,
     pub(crate) rollbacks: AtomicU64,
+    /// Shadow comparisons of this service's releases, for metrics.
+    pub(crate) shadow_counts: shadow_counts::ShadowCounts,
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -321,6 +324,7 @@ impl ServiceCtl {
             series: Default::default(),
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
+            shadow_counts: Default::default(),
             op: tokio::sync::Mutex::new(()),
             resolved: Mutex::default(),
             retired: Default::default(),

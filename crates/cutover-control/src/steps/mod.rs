@@ -77,6 +77,21 @@ fn build_request(spec: &RequestSpec, scheme: &str, addr: SocketAddr) -> Result<R
         .map_err(|e| e.to_string())
 }
 
+impl StepClient {
+    /// The URI of `path` on one endpoint, in the service's scheme.
+    pub(crate) fn uri(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+
+    /// Sends a request built by the caller (the shadow's mirrored copies).
+    pub(crate) async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.http.request(req).await.map_err(|e| e.to_string())
+    }
+}
+
 /// One answer of an endpoint, read to its end.
 pub(crate) struct Answer {
     pub(crate) status: u16,

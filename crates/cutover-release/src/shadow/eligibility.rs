@@ -37,10 +37,13 @@ pub enum SkipReason {
     Paused,
     /// The phase's time budget or duration is spent.
     BudgetSpent,
+    /// The live exchange did not complete (the client went away, the answer was cut): there
+    /// is no live answer to compare with.
+    LiveIncomplete,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 11] = [
         SkipReason::MethodNotMirrored,
         SkipReason::PathNotMirrored,
         SkipReason::SideEffects,
@@ -51,6 +54,7 @@ impl SkipReason {
         SkipReason::QueueFull,
         SkipReason::Paused,
         SkipReason::BudgetSpent,
+        SkipReason::LiveIncomplete,
     ];
 
     /// The metric label value (`cutover_shadow_skipped_total{reason}`).
@@ -66,6 +70,7 @@ impl SkipReason {
             SkipReason::QueueFull => "queue_full",
             SkipReason::Paused => "paused",
             SkipReason::BudgetSpent => "budget_spent",
+            SkipReason::LiveIncomplete => "live_incomplete",
         }
     }
 }

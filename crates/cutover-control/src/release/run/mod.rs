@@ -7,6 +7,7 @@
 //! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
 
 mod pre_switch;
+mod shadowing;
 mod switch;
 mod verify;
 

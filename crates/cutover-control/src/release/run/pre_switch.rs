@@ -57,7 +57,12 @@ impl ReleaseRun {
 
         let smoke = steps::smoke(self.svc.clone(), route.clone());
         let detail = self.guard(phase_timeout, "smoke checks", smoke).await?;
-        if self.step(Event::Done, detail).await? == Phase::AwaitingApproval {
+        let mut next = self.step(Event::Done, detail).await?;
+        if next == Phase::Shadowing {
+            let detail = self.shadowing(&route).await?;
+            next = self.step(Event::Done, detail).await?;
+        }
+        if next == Phase::AwaitingApproval {
             self.approval().await?;
         }
 

@@ -1,0 +1,101 @@
+//! The shadowing phase: mirror a sample of live traffic to the new color and compare its
+//! answers with the live ones until the verdict is clear or `duration` is spent. A failing
+//! verdict aborts before the switch (live traffic never saw the new version).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_config::{ShadowConfig, ShadowInconclusive};
+use cutover_proxy::ColorRoute;
+use cutover_release::shadow::ShadowReading;
+use cutover_release::GateResult;
+use tokio::time::Instant;
+
+use super::{ReleaseRun, Stop};
+use crate::error::StepError;
+use crate::release::shadow::Shadow;
+
+/// How often the verdict is read (and abort and exits checked).
+const TICK: Duration = Duration::from_millis(250);
+/// How often the reading is written to the store while the phase runs.
+const PERSIST_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether the reading settles the phase now: `Some(Ok)` passes, `Some(Err)` fails.
+pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Option<Result<String, String>> {
+    let t = cfg.thresholds();
+    // A deterministic class with too few baseline pairs yet would be judged on fixed
+    // thresholds, which two noisy answers of the same version can fail: wait for the
+    // baseline (never past `duration`) unless it is off.
+    let waiting_for_baseline = cfg.baseline > 0.0
+        && r.classes
+            .iter()
+            .any(|c| c.class == "deterministic_chat" && c.pairs > 0 && c.baseline_pairs < t.min_baseline_pairs);
+    let settled = r.pairs >= t.min_pairs && !waiting_for_baseline;
+    match r.result {
+        GateResult::Failing if settled || time_up => Some(Err(format!("shadow comparison failed: {}", r.reason))),
+        GateResult::Passing if settled || time_up => Some(Ok(format!(
+            "shadow comparison passed over {} pairs ({} baseline): {}",
+            r.pairs, r.baseline_pairs, r.reason
+        ))),
+        _ if !time_up => None,
+        _ => Some(match cfg.on_inconclusive {
+            ShadowInconclusive::Abort => Err(format!(
+                "shadow comparison inconclusive after {} (aborted as configured, on_inconclusive = \"abort\"): {}",
+                cfg.duration, r.reason
+            )),
+            ShadowInconclusive::Continue => Ok(format!(
+                "shadow comparison inconclusive after {}, continued as configured: {}",
+                cfg.duration, r.reason
+            )),
+        }),
+    }
+}
+
+impl ReleaseRun {
+    /// Runs the phase; `Ok` is the phase's detail.
+    pub(super) async fn shadowing(&mut self, candidate: &Arc<ColorRoute>) -> Result<String, Stop> {
+        let phase = self.machine.phase;
+        let fail = |reason: String| Stop::Failed(StepError::new(phase, reason));
+        let cfg = self
+            .svc
+            .cfg()
+            .release
+            .shadow
+            .clone()
+            .ok_or_else(|| fail("the shadowing phase needs release.shadow".into()))?;
+        let live = self
+            .svc
+            .live()
+            .and_then(|c| self.svc.route(c))
+            .ok_or_else(|| fail("nothing is live to mirror".into()))?;
+        let shadow = Shadow::start(self.svc.clone(), live, candidate.clone(), &cfg);
+        let until = Instant::now() + cfg.duration.get();
+        let mut last_persist = Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            if let Some(why) = self.abort_rx.borrow().clone() {
+                return Err(Stop::Aborted(why));
+            }
+            if let Some(e) = self.exited() {
+                return Err(fail(self.exit_reason(&e)));
+            }
+            let reading = shadow.reading();
+            let end = decide(&reading, &cfg, Instant::now() >= until);
+            let paused = shadow.paused();
+            self.doc(|d| {
+                d.shadow = Some(reading);
+                d.shadow_paused = paused;
+            });
+            if last_persist.elapsed() > PERSIST_EVERY || end.is_some() {
+                self.persist().await;
+                last_persist = Instant::now();
+            }
+            match end {
+                Some(Ok(detail)) => return Ok(detail),
+                Some(Err(reason)) => return Err(fail(reason)),
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The data plane's side of shadowing: a sampled live exchange is copied as it streams
+//! through (request body and answer, each up to a cap, nothing held back) and handed over
+//! when it ends. What is done with the copy (sending it to the candidate, comparing the
+//! answers) belongs to whoever installed the [`Tap`]; the proxy never waits for it.
+//!
+//! Cost when no tap is installed: one atomic load per request on the live listener.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+/// Installed on a service while it shadows (see [`crate::Service::set_tap`]).
+pub trait Tap: Send + Sync + 'static {
+    /// At a request's head on the live listener: copy this one? `key` is the request's
+    /// sampling key (the same request count gives the same key). Counts its own skips.
+    fn wants(&self, key: u64, method: &Method, path: &str) -> bool;
+    /// The most bytes kept of a request body and of its answer.
+    fn cap(&self) -> usize;
+    /// The exchange ended (answer complete, failed or cut): never blocks.
+    fn deliver(&self, exchange: Captured);
+}
+
+/// One copied part (request body or answer body).
+#[derive(Debug, Default, Clone)]
+pub struct Part {
+    pub bytes: Vec<u8>,
+    /// More came than the cap: `bytes` is a prefix.
+    pub over: bool,
+}
+
+impl Part {
+    fn push(&mut self, d: &[u8], cap: usize) {
+        let room = cap.saturating_sub(self.bytes.len());
+        if d.len() > room {
+            self.over = true;
+        }
+        self.bytes.extend_from_slice(&d[..d.len().min(room)]);
+    }
+}
+
+/// A live exchange being copied: shared by the request body's path (which may run in
+/// hyper's client task) and the response's guard.
+pub(crate) struct Capture {
+    pub(crate) key: u64,
+    cap: usize,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    request: Mutex<Part>,
+}
+
+impl Capture {
+    pub(crate) fn new(key: u64, cap: usize, method: Method, path: String, headers: HeaderMap) -> Arc<Capture> {
+        Arc::new(Capture {
+            key,
+            cap,
+            method,
+            path,
+            headers,
+            request: Mutex::new(Part::default()),
+        })
+    }
+
+    /// Request body bytes on their way upstream (data, without chunk framing).
+    pub(crate) fn request_data(&self, d: &[u8]) {
+        if let Ok(mut p) = self.request.lock() {
+            p.push(d, self.cap);
+        }
+    }
+
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+}
+
+/// The answer's copy, kept by the guard that watches the response go by.
+#[derive(Default)]
+pub(crate) struct AnswerCopy {
+    part: Part,
+    content_type: Option<String>,
+    first_byte: Option<Duration>,
+}
+
+impl AnswerCopy {
+    pub(crate) fn head(&mut self, content_type: Option<&str>) {
+        self.content_type = content_type.map(str::to_string);
+    }
+
+    /// Body data; `elapsed` is read once, at the first bytes (for a stream, the first
+    /// token's event: the same point the shadow's own answer is timed at).
+    pub(crate) fn data(&mut self, d: &[u8], cap: usize, elapsed: impl FnOnce() -> Duration) {
+        if self.first_byte.is_none() && !d.is_empty() {
+            self.first_byte = Some(elapsed());
+        }
+        self.part.push(d, cap);
+    }
+}
+
+/// What the tap receives when an exchange ends.
+#[derive(Debug)]
+pub struct Captured {
+    pub key: u64,
+    pub method: Method,
+    /// Path and query, as the client sent them.
+    pub path: String,
+    /// The client's end-to-end headers (connection-specific ones removed).
+    pub headers: HeaderMap,
+    pub request: Part,
+    /// The live answer's status (0: none came).
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub answer: Part,
+    /// The whole answer reached the client (a cut stream or an error is no pair).
+    pub complete: bool,
+    pub first_byte: Option<Duration>,
+    pub total: Duration,
+}
+
+pub(crate) fn captured(c: &Capture, a: AnswerCopy, status: u16, complete: bool, total: Duration) -> Captured {
+    let request = c.request.lock().map(|p| p.clone()).unwrap_or_default();
+    Captured {
+        key: c.key,
+        method: c.method.clone(),
+        path: c.path.clone(),
+        headers: c.headers.clone(),
+        request,
+        status,
+        content_type: a.content_type,
+        answer: a.part,
+        complete,
+        first_byte: a.first_byte,
+        total,
+    }
+}
+
+/// The installed tap and the service's request counter that sampling keys come from.
+#[derive(Default)]
+pub(crate) struct TapSlot {
+    pub(crate) tap: arc_swap::ArcSwapOption<Box<dyn Tap>>,
+    counter: AtomicU64,
+}
+
+impl TapSlot {
+    /// A capture for this request if a tap is installed and wants it.
+    pub(crate) fn begin(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: impl FnOnce() -> HeaderMap,
+    ) -> Option<Arc<Capture>> {
+        let guard = self.tap.load();
+        let tap = guard.as_ref()?;
+        // The tap mixes the key before it samples: a plain counter is as good as random.
+        let key = self.counter.fetch_add(1, Relaxed);
+        if !tap.wants(key, method, path) {
+            return None;
+        }
+        Some(Capture::new(
+            key,
+            tap.cap(),
+            method.clone(),
+            path.to_string(),
+            headers(),
+        ))
+    }
+
+    pub(crate) fn deliver(&self, c: Captured) {
+        if let Some(tap) = self.tap.load().as_ref() {
+            tap.deliver(c);
+        }
+    }
+}
+
+/// Headers a mirror must not copy: the connection's own, and the framing (the mirror sets
+/// its own length).
+pub(crate) fn end_to_end(h: &HeaderMap) -> HeaderMap {
+    let mut out = h.clone();
+    for name in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONTENT_LENGTH,
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::UPGRADE,
+        http::header::HOST,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::EXPECT,
+    ] {
+        out.remove(name);
+    }
+    out.remove("keep-alive");
+    out.remove("proxy-connection");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_keeps_at_most_its_cap_and_says_when_more_came() {
+        let mut p = Part::default();
+        p.push(b"hello ", 8);
+        assert!(!p.over);
+        p.push(b"world", 8);
+        assert_eq!(p.bytes, b"hello wo");
+        assert!(p.over);
+    }
+}
