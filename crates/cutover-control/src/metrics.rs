@@ -90,6 +90,7 @@ impl Collector for ControllerCollector {
         encode_color_state(&mut enc, &routes)?;
         encode_services(&mut enc, &self.0)?;
         encode_fleet(&mut enc, &self.0)?;
+        encode_shadow(&mut enc, &self.0)?;
         encode_tls(&mut enc)
     }
 }
@@ -448,6 +449,42 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Shadow comparisons: pairs by class and verdict, requests not mirrored by reason.
+fn encode_shadow(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_shadow_pairs",
+        "Mirrored requests whose two answers were compared, by request class and verdict (agree, differ)",
+        None,
+        MetricType::Counter,
+    )?;
+    for svc in ctl.services().values() {
+        for ((class, verdict), n) in svc.shadow_counts.pairs() {
+            let l: Labels = vec![
+                ("service", svc.name.clone()),
+                ("class", class.to_string()),
+                ("verdict", verdict.to_string()),
+            ];
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_shadow_skipped",
+        "Live requests not mirrored during a shadow comparison, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for svc in ctl.services().values() {
+        if svc.cfg().release.shadow.is_none() {
+            continue;
+        }
+        for (reason, n) in svc.shadow_counts.skipped() {
+            let l: Labels = vec![("service", svc.name.clone()), ("reason", reason.to_string())];
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
