@@ -20,7 +20,9 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 mod checks;
+mod shadow;
 pub use checks::{check, PLACEHOLDERS};
+pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
 
 /// A configuration error, already located in the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -619,6 +621,9 @@ pub struct ReleaseConfig {
     pub smoke: Vec<SmokeConfig>,
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// The shadowing phase (absent: no mirroring, the phase is skipped).
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
     #[serde(default)]
     pub hooks: HooksConfig,
     /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
@@ -637,6 +642,7 @@ impl Default for ReleaseConfig {
             drain_timeout: defaults::drain_timeout(),
             smoke: Vec::new(),
             verify: None,
+            shadow: None,
             hooks: HooksConfig::default(),
             phase_timeout: defaults::phase_timeout(),
         }
@@ -1704,6 +1710,15 @@ impl Source<'_> {
                         format!("must be a positive number of tokens per second, got {t}"),
                     );
                 }
+            }
+        }
+        if let Some(sh) = &rel.shadow {
+            if let Some((key, message)) = sh.invalid() {
+                return self.err_at(k(&format!("shadow.{key}")), near(&format!("shadow.{key}")), message);
+            }
+            if let Some(span) = self.span_of(&k("shadow.thresholds.min_pairs")) {
+                let msg = "set the phase's shadow.min_pairs instead".to_string();
+                return self.err(span, k("shadow.thresholds.min_pairs"), msg);
             }
         }
         if let Some((i, _)) = rel.smoke.iter().enumerate().find(|(_, s)| s.repeat == 0) {

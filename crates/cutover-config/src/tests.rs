@@ -724,3 +724,29 @@ fn host_agents_need_fleet_mode_and_valid_distinct_names() {
     let e = check(&format!("{fleet}{}", svc("[\"gpu-a\"]").replace("{host}", "{hots}"))).unwrap_err();
     assert!(e.message.contains("{host}"), "{e}");
 }
+
+#[test]
+fn shadow_section_parses_with_defaults_and_names_a_bad_key_at_its_line() {
+    let text = format!("{GOOD}[services.chat.release.shadow]\nsample = 0.05\nthresholds = {{ rouge_l_drop = 0.1 }}\n");
+    let c = check(&text).unwrap();
+    let sh = c.services["chat"].release.shadow.clone().unwrap();
+    assert_eq!(sh.sample, 0.05);
+    assert_eq!(sh.min_pairs, 50);
+    assert_eq!(sh.paths, ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]);
+    assert_eq!(sh.thresholds().rouge_l_drop, 0.1);
+    assert_eq!(sh.thresholds().min_pairs, 50, "the phase's min_pairs is the engine's");
+    assert!(check(GOOD).unwrap().services["chat"].release.shadow.is_none());
+
+    let bad = format!("{GOOD}[services.chat.release.shadow]\nsample = 1.5\n");
+    let e = check(&bad).unwrap_err();
+    assert_eq!(e.line, bad.lines().count(), "{e}");
+    assert!(e.to_string().contains("services.chat.release.shadow.sample"), "{e}");
+    assert!(e.to_string().contains("between 0 and 1"), "{e}");
+
+    let bad = format!("{GOOD}[services.chat.release.shadow]\nthresholds = {{ min_pairs = 3 }}\n");
+    let e = check(&bad).unwrap_err();
+    assert!(e.to_string().contains("shadow.min_pairs instead"), "{e}");
+    let bad = format!("{GOOD}[services.chat.release.shadow]\nthresholds = {{ rogue = 3 }}\n");
+    let e = check(&bad).unwrap_err();
+    assert!(e.to_string().contains("rogue"), "{e}");
+}

@@ -139,6 +139,10 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
             "fleet: etcd's revision went backwards (restored from a backup?): only newer generations will apply"
         );
     }
+    let seen = Seen::Read {
+        revision: services.revision,
+        went_back: services.revision < before,
+    };
     let mut docs: BTreeMap<&str, &Kv> = BTreeMap::new();
     for kv in &services.kvs {
         if let Some(name) = link.keys.service_name(&kv.key) {
@@ -147,7 +151,7 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
     }
     for svc in ctl.services().values() {
         match docs.get(svc.name.as_str()) {
-            Some(kv) => apply(link, svc, kv).await,
+            Some(kv) => apply(link, svc, kv, seen).await,
             None => create(link, svc).await?,
         }
     }
@@ -200,7 +204,11 @@ async fn create(link: &FleetLink, svc: &ServiceCtl) -> Result<(), EtcdError> {
             },
         );
     } else if let Some(kv) = r.gets.first().and_then(|g| g.first()) {
-        apply(link, svc, kv).await;
+        let seen = Seen::Read {
+            revision: r.revision,
+            went_back: false,
+        };
+        apply(link, svc, kv, seen).await;
     }
     Ok(())
 }
@@ -212,9 +220,31 @@ fn versions(svc: &ServiceCtl) -> Versions {
     }
 }
 
+/// How a document was seen: a watch event, or a full read at a revision (one that went
+/// behind what the watch had reached means etcd was restored from an older state).
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    Event,
+    Read { revision: i64, went_back: bool },
+}
+
+/// A document older than the one this router applied last is old news, not a restore,
+/// when it was already superseded where it was seen: a watch event from before this
+/// router's own newer write (two quick switches here: the watch brings the first after
+/// the second was published), or a read taken before that write. A read that went back
+/// in revisions, or one taken after the write, that still shows an older generation is
+/// a restore.
+fn superseded(applied: Option<Applied>, mod_revision: i64, seen: Seen) -> bool {
+    let Some(applied) = applied else { return false };
+    match seen {
+        Seen::Event => mod_revision < applied.mod_revision,
+        Seen::Read { revision, went_back } => !went_back && revision < applied.mod_revision,
+    }
+}
+
 /// Applies a stored document to a service if it is newer than what the service serves;
 /// a document it cannot apply is rejected (the ack says why) and the old state kept.
-async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv) {
+async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
     let doc = match ServiceDoc::parse(&kv.value) {
         Ok(d) => d,
         Err(reason) => return reject(link, svc, None, reason),
@@ -226,6 +256,10 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv) {
         mod_revision: kv.mod_revision,
     };
     if doc.generation < table.generation {
+        if superseded(link.applied(&svc.name), kv.mod_revision, seen) {
+            tracing::debug!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: an older document arrived after this router's newer one; nothing to do");
+            return;
+        }
         // Never apply an older generation. The next switch here compares this document's
         // revision and writes a higher generation over it.
         tracing::warn!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: etcd holds an older generation than this router serves; keeping ours");
@@ -384,7 +418,7 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
     if let Some(name) = link.keys.service_name(key) {
         let Ok(svc) = ctl.service(name) else { return };
         match e {
-            Event::Put(kv) => apply(link, &svc, kv).await,
+            Event::Put(kv) => apply(link, &svc, kv, Seen::Event).await,
             Event::Delete(_) => {
                 tracing::warn!(service = %name, "fleet: the service's document was deleted from etcd; keeping the state served now")
             }
@@ -437,13 +471,18 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
 /// Keeps this router's ack under `routers/<id>` on a lease: written whenever what it
 /// applied changes, renewed every third of the TTL, written anew on a new lease when the
 /// old one expired (the router was cut from etcd for longer than the TTL).
+///
+/// The renewal runs on its own clock: a put does not extend a lease, so a renewal that
+/// waited for a quiet moment never came under steady switching, and healthy routers went
+/// LOST every TTL.
 async fn acks(link: Arc<FleetLink>) {
     // Nothing to say before the first read.
     link.ack_due.notified().await;
     let key = link.keys.router(&link.router_id);
+    let period = Duration::from_millis(ACK_TTL as u64 * 1000 / 3);
     let mut lease: Option<i64> = None;
     let mut due = true;
-    let mut renew_failed = false;
+    let mut renew_at = tokio::time::Instant::now() + period;
     loop {
         let id = match lease {
             Some(id) => id,
@@ -452,6 +491,7 @@ async fn acks(link: Arc<FleetLink>) {
                     lease = Some(l.id);
                     link.ack_lease.store(l.id, std::sync::atomic::Ordering::Relaxed);
                     due = true;
+                    renew_at = tokio::time::Instant::now() + period;
                     l.id
                 }
                 Err(e) => {
@@ -475,29 +515,35 @@ async fn acks(link: Arc<FleetLink>) {
                 }
             }
         }
-        // A renewal that failed is tried again soon, not a whole period later: on a loaded
-        // machine one slow call must not let the lease run out.
-        let wait = if renew_failed {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_millis(ACK_TTL as u64 * 1000 / 3)
-        };
         tokio::select! {
             _ = link.ack_due.notified() => due = true,
-            _ = tokio::time::sleep(wait) => {
-                renew_failed = false;
-                match link.etcd.lease_keepalive(id).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        tracing::warn!("fleet: the ack's lease expired (cut from etcd too long); writing the ack again");
-                        lease = None;
-                    }
-                    Err(e) => {
-                        renew_failed = true;
-                        tracing::debug!(error = %e, "fleet: cannot renew the ack's lease");
-                    }
-                }
-            }
+            _ = tokio::time::sleep_until(renew_at) => match renew(&link, id).await {
+                Renewal::Done => renew_at = tokio::time::Instant::now() + period,
+                // Tried again soon, not a whole period later: on a loaded machine one slow
+                // call must not let the lease run out.
+                Renewal::Failed => renew_at = tokio::time::Instant::now() + Duration::from_millis(200),
+                Renewal::Expired => lease = None,
+            },
+        }
+    }
+}
+
+enum Renewal {
+    Done,
+    Failed,
+    Expired,
+}
+
+async fn renew(link: &FleetLink, lease: i64) -> Renewal {
+    match link.etcd.lease_keepalive(lease).await {
+        Ok(Some(_)) => Renewal::Done,
+        Ok(None) => {
+            tracing::warn!("fleet: the ack's lease expired (cut from etcd too long); writing the ack again");
+            Renewal::Expired
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "fleet: cannot renew the ack's lease");
+            Renewal::Failed
         }
     }
 }
@@ -543,3 +589,48 @@ pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin
 
 /// How long `serve` waits for the first read from etcd before serving its snapshot.
 const FIRST_READ: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APPLIED: Applied = Applied {
+        generation: 11,
+        mod_revision: 101,
+    };
+
+    #[test]
+    fn a_late_event_of_a_document_this_router_already_replaced_is_old_news() {
+        assert!(superseded(Some(APPLIED), 100, Seen::Event));
+        assert!(
+            !superseded(Some(APPLIED), 102, Seen::Event),
+            "a newer write with an older generation"
+        );
+        assert!(!superseded(None, 100, Seen::Event), "nothing applied yet");
+    }
+
+    #[test]
+    fn a_read_is_old_news_only_if_taken_before_this_routers_write_and_not_behind_the_watch() {
+        let before_write = Seen::Read {
+            revision: 100,
+            went_back: false,
+        };
+        let after_write = Seen::Read {
+            revision: 120,
+            went_back: false,
+        };
+        let restored = Seen::Read {
+            revision: 80,
+            went_back: true,
+        };
+        assert!(superseded(Some(APPLIED), 95, before_write));
+        assert!(
+            !superseded(Some(APPLIED), 95, after_write),
+            "restored with bumped revisions"
+        );
+        assert!(
+            !superseded(Some(APPLIED), 70, restored),
+            "restored to an older revision"
+        );
+    }
+}

@@ -332,6 +332,11 @@ impl FleetLink {
     pub(crate) fn router_gone(&self, id: &str) {
         let mut s = self.st();
         if let Some(ack) = s.routers.remove(id) {
+            lost_log(
+                id,
+                &ack,
+                "its ack's key was deleted: its lease ran out (no renewal within the TTL) or it stopped cleanly",
+            );
             s.lost.insert(id.to_string(), ack);
         }
         drop(s);
@@ -344,6 +349,7 @@ impl FleetLink {
         let gone: Vec<String> = s.routers.keys().filter(|k| !acks.contains_key(*k)).cloned().collect();
         for id in gone {
             if let Some(ack) = s.routers.remove(&id) {
+                lost_log(&id, &ack, "its ack is missing from a fresh read of etcd");
                 s.lost.insert(id, ack);
             }
         }
@@ -764,4 +770,10 @@ impl FleetLink {
             }),
         }
     }
+}
+
+/// A router going LOST is worth a line with why: it is what makes a switch's answer
+/// report fewer routers synced, and scale-downs stop waiting for it.
+fn lost_log(id: &str, ack: &Ack, why: &str) {
+    tracing::warn!(router = %id, last_ack_at = %ack.at, generations = ?ack.generations, "fleet: router LOST: {why}");
 }

@@ -22,6 +22,9 @@ pub enum Phase {
     WaitingHealthy,
     WarmingUp,
     SmokeTesting,
+    /// Live requests mirrored to the new color and its answers compared with the live
+    /// color's (`release.shadow`); only when something is live to mirror.
+    Shadowing,
     AwaitingApproval,
     PreSwitchHooks,
     Switching,
@@ -47,6 +50,7 @@ impl Phase {
             Phase::WaitingHealthy => "waiting_healthy",
             Phase::WarmingUp => "warming_up",
             Phase::SmokeTesting => "smoke_testing",
+            Phase::Shadowing => "shadowing",
             Phase::AwaitingApproval => "awaiting_approval",
             Phase::PreSwitchHooks => "pre_switch_hooks",
             Phase::Switching => "switching",
@@ -98,6 +102,11 @@ pub struct Plan {
     /// Something was live when the release began: there is a color to roll back to. The first
     /// release of a service goes straight to live after its checks and is not verified.
     pub has_previous: bool,
+    /// Mirror live traffic to the new color and compare before the switch (needs something
+    /// live to mirror: ignored on a first release). Absent in documents written before the
+    /// phase existed.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// The state of one release as the machine sees it.
@@ -135,8 +144,11 @@ impl Release {
             Phase::Provisioning => Phase::WaitingHealthy,
             Phase::WaitingHealthy => Phase::WarmingUp,
             Phase::WarmingUp => Phase::SmokeTesting,
-            Phase::SmokeTesting if self.plan.manual && self.plan.has_previous => Phase::AwaitingApproval,
-            Phase::SmokeTesting | Phase::AwaitingApproval => Phase::PreSwitchHooks,
+            Phase::SmokeTesting if self.plan.shadow && self.plan.has_previous => Phase::Shadowing,
+            Phase::SmokeTesting | Phase::Shadowing if self.plan.manual && self.plan.has_previous => {
+                Phase::AwaitingApproval
+            }
+            Phase::SmokeTesting | Phase::Shadowing | Phase::AwaitingApproval => Phase::PreSwitchHooks,
             Phase::PreSwitchHooks => Phase::Switching,
             Phase::Switching if self.plan.has_previous => Phase::Verifying,
             Phase::Switching | Phase::Verifying => Phase::Completed,

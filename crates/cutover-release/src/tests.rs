@@ -15,7 +15,13 @@ fn plans() -> Vec<Plan> {
     let mut v = Vec::new();
     for manual in [false, true] {
         for has_previous in [false, true] {
-            v.push(Plan { manual, has_previous });
+            for shadow in [false, true] {
+                v.push(Plan {
+                    manual,
+                    has_previous,
+                    shadow,
+                });
+            }
         }
     }
     v
@@ -37,6 +43,7 @@ fn happy_path_auto_with_previous_goes_through_every_phase() {
     let plan = Plan {
         manual: false,
         has_previous: true,
+        shadow: false,
     };
     let (r, seen) = run(plan, &vec![Event::Done; 8]);
     assert_eq!(r.outcome, Some(Outcome::Completed));
@@ -57,11 +64,50 @@ fn happy_path_auto_with_previous_goes_through_every_phase() {
 }
 
 #[test]
+fn shadowing_comes_after_the_smoke_checks_and_before_approval_when_something_is_live() {
+    let plan = Plan {
+        manual: true,
+        has_previous: true,
+        shadow: true,
+    };
+    let mut r = Release::new(plan);
+    for _ in 0..4 {
+        r.apply(&Event::Done).unwrap();
+    }
+    assert_eq!(r.phase, Phase::Shadowing);
+    assert!(r.phase.is_pre_switch(), "a shadow failure is an abort, live untouched");
+    assert_eq!(r.apply(&Event::Done), Ok(Phase::AwaitingApproval));
+    let mut failed = Release::new(plan);
+    while failed.phase != Phase::Shadowing {
+        failed.apply(&Event::Done).unwrap();
+    }
+    assert_eq!(failed.apply(&Event::Failed("shadow gate".into())), Ok(Phase::Aborted));
+    // A first release has nothing live to mirror: no shadow phase.
+    let (_, seen) = run(
+        Plan {
+            has_previous: false,
+            ..plan
+        },
+        &vec![Event::Done; 7],
+    );
+    assert!(!seen.contains(&Phase::Shadowing), "{seen:?}");
+    let (_, seen) = run(
+        Plan {
+            manual: false,
+            ..plan
+        },
+        &vec![Event::Done; 9],
+    );
+    assert_eq!(seen[4..6], [Phase::Shadowing, Phase::PreSwitchHooks]);
+}
+
+#[test]
 fn first_release_skips_approval_and_verification() {
     let (r, seen) = run(
         Plan {
             manual: true,
             has_previous: false,
+            shadow: false,
         },
         &vec![Event::Done; 7],
     );
@@ -75,6 +121,7 @@ fn manual_release_waits_for_approval() {
     let mut r = Release::new(Plan {
         manual: true,
         has_previous: true,
+        shadow: false,
     });
     for _ in 0..4 {
         r.apply(&Event::Done).unwrap();
@@ -89,6 +136,7 @@ fn abort_works_before_the_switch_only() {
     let mut r = Release::new(Plan {
         manual: false,
         has_previous: true,
+        shadow: false,
     });
     r.apply(&Event::Done).unwrap();
     assert_eq!(r.apply(&Event::Abort("stop".into())), Ok(Phase::Aborted));
@@ -97,6 +145,7 @@ fn abort_works_before_the_switch_only() {
     let mut r = Release::new(Plan {
         manual: false,
         has_previous: true,
+        shadow: false,
     });
     while r.phase != Phase::Verifying {
         r.apply(&Event::Done).unwrap();
@@ -112,6 +161,7 @@ fn a_failed_switch_is_an_abort_not_a_rollback() {
     let mut r = Release::new(Plan {
         manual: false,
         has_previous: true,
+        shadow: false,
     });
     while r.phase != Phase::Switching {
         r.apply(&Event::Done).unwrap();
@@ -355,7 +405,11 @@ mod properties {
         /// reached only after verifying with a previous color to return to.
         #[test]
         fn long_event_sequences_keep_the_invariants(manual: bool, has_previous: bool, events in proptest::collection::vec(event(), 0..40)) {
-            let plan = Plan { manual, has_previous };
+            let plan = Plan {
+                manual,
+                has_previous,
+                shadow: false,
+            };
             let mut r = Release::new(plan);
             let mut visited = vec![r.phase];
             for e in &events {

@@ -78,6 +78,7 @@ impl Releases {
                 plan: Plan {
                     manual: svc.cfg().release.promotion == cutover_config::Promotion::Manual,
                     has_previous: previous_color.is_some(),
+                    shadow: false,
                 },
             },
             now_rfc3339(),

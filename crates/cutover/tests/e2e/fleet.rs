@@ -378,3 +378,76 @@ async fn history_of(r: &Router) -> Vec<Value> {
     let h = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await;
     h.json()["history"].as_array().unwrap().clone()
 }
+
+/// Switching faster than one per third of the ack TTL, for several TTLs: every router
+/// keeps its ack (its lease renewed on its own clock, not only when no ack was written
+/// for a while), so every answer says 3/3. A router's two quick switches in a row do not
+/// make it think etcd was restored (its watch brings the first after it published the
+/// second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_switching_keeps_every_ack_alive_and_every_answer_says_all_routers_synced() {
+    let etcd = Cluster::start(3).await;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let svc = static_service(&[&blue], &[&green], "");
+    let mut routers = Vec::new();
+    for i in 0..3 {
+        routers.push(Router::start(&in_fleet(&etcd.url_of(i), "steady", &svc)).await);
+    }
+    wait_routers(&routers[0], 3, "SYNCED").await;
+    // Every delete under routers/ is an ack that went away (a lease that ran out).
+    let mut w = etcd.client().watch("/cutover/steady/routers/", 0, false).await.unwrap();
+    let gone = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = gone.clone();
+    let deletes = tokio::spawn(async move {
+        while let Ok(m) = w.next().await {
+            if let cutover_fleet::etcd::WatchMsg::Events { events, .. } = m {
+                for e in events {
+                    if let cutover_fleet::etcd::Event::Delete(kv) = e {
+                        seen.lock().unwrap().push(kv.key);
+                    }
+                }
+            }
+        }
+    });
+    // 4 switches a second for 3.5 TTLs (ACK_TTL is 5 s), two in a row through each router.
+    let until = tokio::time::Instant::now() + Duration::from_millis(17_500);
+    let mut n = 0usize;
+    let mut short = Vec::new();
+    while tokio::time::Instant::now() < until {
+        let r = &routers[(n / 2) % 3];
+        let s = r.switch(if n % 2 == 0 { "green" } else { "blue" }).await;
+        assert_eq!(s.status, 200, "{}", s.text());
+        let v = s.json();
+        if v["sync"]["synced"] != 3 || v["sync"]["of"] != 3 {
+            short.push(v["sync"].clone());
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(n >= 40, "only {n} switches in 17.5 s");
+    assert!(
+        short.is_empty(),
+        "{} of {n} answers were not 3/3: {short:?}",
+        short.len()
+    );
+    assert!(
+        !deletes.is_finished(),
+        "the watch on routers/ broke; deletes may have been missed"
+    );
+    deletes.abort();
+    let gone = gone.lock().unwrap().clone();
+    assert!(gone.is_empty(), "acks that went away during the storm: {gone:?}");
+    for r in &routers {
+        wait_for("the last generation everywhere", Duration::from_secs(10), || async {
+            (r.status().await["generation"] == n).then_some(())
+        })
+        .await;
+        let log = r.log();
+        assert!(
+            !log.contains("older generation than this router serves"),
+            "a false restore warning:\n{log}"
+        );
+        assert!(!log.contains("router LOST"), "{log}");
+    }
+}
