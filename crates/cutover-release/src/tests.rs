@@ -91,13 +91,7 @@ fn shadowing_comes_after_the_smoke_checks_and_before_approval_when_something_is_
         &vec![Event::Done; 7],
     );
     assert!(!seen.contains(&Phase::Shadowing), "{seen:?}");
-    let (_, seen) = run(
-        Plan {
-            manual: false,
-            ..plan
-        },
-        &vec![Event::Done; 9],
-    );
+    let (_, seen) = run(Plan { manual: false, ..plan }, &vec![Event::Done; 9]);
     assert_eq!(seen[4..6], [Phase::Shadowing, Phase::PreSwitchHooks]);
 }
 
