@@ -3,7 +3,9 @@
 //! A release moves through [`Phase`]s in a fixed order. [`Release::apply`] takes an [`Event`]
 //! and either moves to the next phase or refuses with the reason; the controller commits each
 //! accepted transition to the store before acting on it. [`judge`] turns a window of the new
-//! color's statistics into gate readings with a worst-wins verdict.
+//! color's statistics into gate readings with a worst-wins verdict. [`shadow`] is the shadow
+//! phase's comparison engine: which requests may be mirrored, how a pair of answers compares,
+//! and the shadow gate's verdict against a noise baseline.
 
 #![forbid(unsafe_code)]
 

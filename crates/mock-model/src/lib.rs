@@ -13,7 +13,8 @@
 //! embedding dimension and jitter. Like vLLM it serves Prometheus metrics at `/metrics`
 //! (`metrics`) and sleep mode: `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping`.
 //!
-//! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened,
+//! Test hooks (not part of any real model server): `GET /mock/stats` counts what happened
+//! (`shadow_requests`: those marked `x-cutover-shadow: 1`),
 //! `POST /mock/health?fail=true|false` flips health at run time, `POST /mock/wedge?on=true|false`
 //! wedges the engine at run time (see `--wedged`), `POST /mock/exit?code=N` makes the process
 //! exit with that code (after answering), `POST /mock/metric?NAME=VALUE` pushes a metric, and
@@ -223,6 +224,9 @@ pub struct Stats {
     pub streams_completed: AtomicU64,
     /// Streams whose client went away before the last token: the proxy cancelled them.
     pub streams_cancelled: AtomicU64,
+    /// Requests marked `x-cutover-shadow: 1` (mirrors), on any path: lets a test check what
+    /// a proxy mirrored, and that nothing with side effects was.
+    pub shadow_requests: AtomicU64,
 }
 
 struct State {
@@ -398,6 +402,9 @@ fn percent_decode(s: &str) -> String {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     state.stats.requests.fetch_add(1, Relaxed);
+    if req.headers().get("x-cutover-shadow").is_some_and(|v| v == "1") {
+        state.stats.shadow_requests.fetch_add(1, Relaxed);
+    }
     let path = req.uri().path().to_string();
     let resp = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => health(&state).await,
@@ -527,6 +534,7 @@ fn stats(state: &State) -> Value {
         "streams_started": s.streams_started.load(Relaxed),
         "streams_completed": s.streams_completed.load(Relaxed),
         "streams_cancelled": s.streams_cancelled.load(Relaxed),
+        "shadow_requests": s.shadow_requests.load(Relaxed),
         "in_flight": state.in_flight.load(Relaxed),
     })
 }

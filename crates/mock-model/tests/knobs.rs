@@ -44,9 +44,14 @@ impl Reply {
 }
 
 async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    send_with(addr, method, path, "", body).await
+}
+
+/// `send` with extra header lines (each ending in `\r\n`).
+async fn send_with(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Reply {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -291,4 +296,18 @@ async fn the_shadow_engine_passes_one_model_and_fails_a_refusing_version() {
     let (result, reason) = shadow_verdict(v1, refusing, 60).await;
     assert_eq!(result, GateResult::Failing, "{reason}");
     assert!(reason.contains("deterministic chat: refusal-rate increase"), "{reason}");
+}
+
+#[tokio::test]
+async fn mirrored_requests_are_counted() {
+    let a = start(&[]).await;
+    content(a, &chat("live", json!({}))).await;
+    let body = chat("mirrored", json!({}));
+    let r = send_with(a, "POST", "/v1/chat/completions", "x-cutover-shadow: 1\r\n", &body).await;
+    assert_eq!(r.status, 200);
+    let stats = send(a, "GET", "/mock/stats", "").await.json();
+    assert_eq!(
+        (stats["model_requests"].as_u64(), stats["shadow_requests"].as_u64()),
+        (Some(2), Some(1))
+    );
 }

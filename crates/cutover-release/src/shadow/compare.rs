@@ -91,6 +91,12 @@ impl PairDiff {
         self.values[m.index()] = Some(v);
     }
 
+    /// True when any compared metric differs (the `verdict` label of
+    /// `cutover_shadow_pairs_total{class,verdict}`: `differs` or `same`).
+    pub fn differs(&self) -> bool {
+        self.severity() > 0.0
+    }
+
     /// How different the pair is, 0 to 1: the worst pairs are kept for display by this.
     pub fn severity(&self) -> f64 {
         Metric::ALL

@@ -153,7 +153,7 @@ fn has_side_effect_path(path: &str) -> bool {
         .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
         // runs of assistants/threads under any prefix, and Responses API sub-resources
         // (retrieve, cancel, delete, input_items) which act on stored responses.
-        || path.contains("/runs")
+        || path.split('/').any(|segment| segment == "runs")
         || path.starts_with("/v1/responses/")
 }
 

@@ -360,7 +360,7 @@ fn differences(d: &PairDiff, t: &Thresholds) -> String {
     let parts: Vec<String> = Metric::ALL
         .into_iter()
         .filter(|m| !matches!(m, Metric::TtftRatio | Metric::TotalTimeRatio | Metric::StatusMismatch))
-        .filter_map(|m| d.get(m).filter(|v| *v > 0.0).map(|v| (m, v)))
+        .filter_map(|m| d.get(m).filter(|v| *v != 0.0).map(|v| (m, v)))
         .map(|(m, v)| {
             let (label, kind, _) = spec(m, t);
             format!("{label} {}", show(kind, v))

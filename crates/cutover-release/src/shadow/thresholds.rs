@@ -102,3 +102,48 @@ impl Default for Thresholds {
         }
     }
 }
+
+impl Thresholds {
+    /// Checks the values a config file could get wrong; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{key} must be between 0 and 1, not {v}"))
+            }
+        };
+        let ratio = |key: &str, v: Option<f64>| match v {
+            Some(r) if r.is_nan() || r < 1.0 => Err(format!("{key} must be a ratio of at least 1, not {r}")),
+            _ => Ok(()),
+        };
+        if self.min_pairs == 0 {
+            return Err("min_pairs must be at least 1: no pairs is never a pass".into());
+        }
+        for (key, v) in [
+            ("relative_margin", self.relative_margin),
+            ("new_error_rate", self.new_error_rate),
+            ("exact_match_drop", self.exact_match_drop),
+            ("rouge_l_drop", self.rouge_l_drop),
+            ("finish_length_increase", self.finish_length_increase),
+            ("empty_increase", self.empty_increase),
+            ("refusal_increase", self.refusal_increase),
+            ("tool_name_disagreement", self.tool_name_disagreement),
+            ("json_parse_drop", self.json_parse_drop),
+            ("schema_valid_drop", self.schema_valid_drop),
+            ("cosine_drop", self.cosine_drop.unwrap_or(0.0)),
+        ] {
+            share(key, v)?;
+        }
+        ratio("length_ratio", Some(self.length_ratio))?;
+        ratio("ttft_ratio", self.ttft_ratio)?;
+        ratio("total_time_ratio", self.total_time_ratio)?;
+        if self.z.is_nan() || self.z < 0.0 {
+            return Err(format!("z must be 0 or more, not {}", self.z));
+        }
+        if self.rouge_max_tokens == 0 {
+            return Err("rouge_max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}

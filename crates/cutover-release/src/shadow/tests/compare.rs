@@ -20,6 +20,7 @@ fn identical_answers_differ_nowhere() {
         };
         let d = cmp(&Profile::of(class), &a, &a);
         assert_eq!(d.severity(), 0.0, "{class}: {d:?}");
+        assert!(!d.differs());
     }
 }
 

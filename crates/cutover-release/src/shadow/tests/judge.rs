@@ -377,3 +377,29 @@ fn thresholds_default_from_an_empty_table_and_reject_unknown_keys() {
     let err = serde_json::from_str::<Thresholds>(r#"{"min_pair": 7}"#).unwrap_err();
     assert!(err.to_string().contains("unknown field `min_pair`"), "{err}");
 }
+
+#[test]
+fn thresholds_validate_names_the_wrong_key() {
+    assert_eq!(Thresholds::default().validate(), Ok(()));
+    let bad = |t: Thresholds| t.validate().unwrap_err();
+    assert!(bad(Thresholds {
+        min_pairs: 0,
+        ..Thresholds::default()
+    })
+    .contains("min_pairs"));
+    assert!(bad(Thresholds {
+        rouge_l_drop: 1.5,
+        ..Thresholds::default()
+    })
+    .contains("rouge_l_drop"));
+    assert!(bad(Thresholds {
+        ttft_ratio: Some(0.5),
+        ..Thresholds::default()
+    })
+    .contains("ttft_ratio"));
+    assert!(bad(Thresholds {
+        z: f64::NAN,
+        ..Thresholds::default()
+    })
+    .contains("z must"));
+}

@@ -5,6 +5,7 @@ mod answer;
 mod compare;
 mod eligibility;
 mod judge;
+mod properties;
 mod rouge_reference;
 
 use super::*;
