@@ -128,7 +128,7 @@ impl ShadowConfig {
         if let Some(p) = self.paths.iter().find(|p| !p.starts_with('/')) {
             return Some(("paths", format!("{p:?} must start with '/'")));
         }
-        None
+        self.thresholds.validate().err().map(|m| ("thresholds", m))
     }
 
     /// The engine's thresholds with the phase's own `min_pairs`.

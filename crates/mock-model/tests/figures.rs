@@ -1,10 +1,11 @@
 //! The figures in docs/shadow.md: mock-model versions that differ in controlled ways, 200
-//! requests each through the shadow engine, with and without a noise baseline. Ignored by
-//! default (it prints, it asserts little); run it with
-//! `cargo test -p mock-model --test figures -- --ignored --nocapture`.
+//! requests each through the shadow engine, with and without a noise baseline; each
+//! scenario's verdict is asserted, and `--nocapture` prints the figures the doc quotes:
+//! `cargo test -p mock-model --test figures -- --nocapture`.
 
 use clap::Parser;
 use cutover_release::shadow::*;
+use cutover_release::GateResult;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +44,7 @@ async fn send(addr: SocketAddr, path: &str, body: &str) -> Answer {
     })
 }
 /// Live and a second live server run `live`, the candidate `cand`; prints the reading.
-async fn scenario(name: &str, live: &[&str], cand: &[&str], baseline: bool, kind: &str) {
+async fn scenario(name: &str, live: &[&str], cand: &[&str], baseline: bool, kind: &str) -> GateResult {
     let (l, l2, c) = (start(live).await, start(live).await, start(cand).await);
     let mut acc = Accumulator::new(Thresholds::default());
     for key in 0..200u64 {
@@ -92,51 +93,73 @@ async fn scenario(name: &str, live: &[&str], cand: &[&str], baseline: bool, kind
             }
         }
     }
+    r.result
 }
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "prints the figures of docs/shadow.md"]
 async fn figures() {
-    scenario("identical", &[], &[], false, "chat").await;
-    scenario(
-        "noise 0.3 both, no baseline",
-        &["--output-noise", "0.3"],
-        &["--output-noise", "0.3"],
-        false,
-        "chat",
-    )
-    .await;
-    scenario(
-        "noise 0.3 both, baseline",
-        &["--output-noise", "0.3"],
-        &["--output-noise", "0.3"],
-        true,
-        "chat",
-    )
-    .await;
-    scenario(
-        "noise 0.1 + perturb 0.2, baseline",
-        &["--output-noise", "0.1"],
-        &["--output-noise", "0.1", "--perturb", "0.2"],
-        true,
-        "chat",
-    )
-    .await;
-    scenario("refusal 0.1, baseline", &[], &["--refusal-rate", "0.1"], true, "chat").await;
-    scenario(
-        "invalid json 0.1, baseline",
-        &[],
-        &["--invalid-json-rate", "0.1"],
-        true,
-        "json",
-    )
-    .await;
-    scenario("embedding dim 16", &[], &["--embedding-dim", "16"], false, "emb").await;
-    scenario(
-        "embedding jitter 0.05",
-        &[],
-        &["--embedding-jitter", "0.05"],
-        false,
-        "emb",
-    )
-    .await;
+    use GateResult::*;
+    assert_eq!(scenario("identical", &[], &[], false, "chat").await, Passing);
+    assert_eq!(
+        scenario(
+            "noise 0.3 both, no baseline",
+            &["--output-noise", "0.3"],
+            &["--output-noise", "0.3"],
+            false,
+            "chat",
+        )
+        .await,
+        Failing
+    );
+    assert_eq!(
+        scenario(
+            "noise 0.3 both, baseline",
+            &["--output-noise", "0.3"],
+            &["--output-noise", "0.3"],
+            true,
+            "chat",
+        )
+        .await,
+        Passing
+    );
+    assert_eq!(
+        scenario(
+            "noise 0.1 + perturb 0.2, baseline",
+            &["--output-noise", "0.1"],
+            &["--output-noise", "0.1", "--perturb", "0.2"],
+            true,
+            "chat",
+        )
+        .await,
+        Failing
+    );
+    assert_eq!(
+        scenario("refusal 0.1, baseline", &[], &["--refusal-rate", "0.1"], true, "chat").await,
+        Failing
+    );
+    assert_eq!(
+        scenario(
+            "invalid json 0.1, baseline",
+            &[],
+            &["--invalid-json-rate", "0.1"],
+            true,
+            "json",
+        )
+        .await,
+        Failing
+    );
+    assert_eq!(
+        scenario("embedding dim 16", &[], &["--embedding-dim", "16"], false, "emb").await,
+        Failing
+    );
+    assert_eq!(
+        scenario(
+            "embedding jitter 0.05",
+            &[],
+            &["--embedding-jitter", "0.05"],
+            false,
+            "emb",
+        )
+        .await,
+        Passing
+    );
 }
