@@ -1,6 +1,6 @@
 //! `cutover demo`: the whole story on this machine with no set-up. A router in a temporary
 //! folder with managed `mock-model` environments takes steady mixed traffic while v1, then v2
-//! are released, then a faulty v3 that verification catches and rolls back by itself.
+//! are released, then a faulty v3 that the shadow comparison catches before any user sees it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -40,15 +40,25 @@ impl Tally {
     }
 }
 
-async fn one_request(c: &HyperClient<HttpConnector, Full<Bytes>>, url: &str, stream: bool, tally: &Mutex<Tally>) {
-    let body = if stream {
-        r#"{"stream":true,"max_tokens":20}"#
-    } else {
-        r#"{"max_tokens":4}"#
-    };
+async fn one_request(
+    c: &HyperClient<HttpConnector, Full<Bytes>>,
+    url: &str,
+    stream: bool,
+    prompt: u64,
+    tally: &Mutex<Tally>,
+) {
+    // Deterministic requests (temperature 0) on a few dozen prompts: what the shadow
+    // comparison reads best, answer against answer.
+    let body = serde_json::json!({
+        "model": "chat",
+        "messages": [{"role": "user", "content": format!("question {}", prompt % 40)}],
+        "temperature": 0,
+        "stream": stream,
+        "max_tokens": if stream { 20 } else { 4 },
+    });
     let req = Request::post(url)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body.to_string())))
         .expect("static request");
     let resp = match c.request(req).await {
         Ok(r) => r,
@@ -101,8 +111,10 @@ fn start_traffic(url: String, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -
         .map(|w| {
             let (c, url, stop, tally) = (c.clone(), url.clone(), stop.clone(), tally.clone());
             tokio::spawn(async move {
+                let mut n = w as u64;
                 while !stop.load(Relaxed) {
-                    one_request(&c, &url, w < 2, &tally).await;
+                    n += 7;
+                    one_request(&c, &url, w < 2, n, &tally).await;
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
             })
@@ -135,14 +147,23 @@ stop_timeout = "5s"
 health_timeout = "30s"
 scale_down_delay = "5m"
 drain_timeout = "30s"
-# The demo lets up to 4 failed warm-up requests through, so v3 reaches live traffic and the
-# story can show verification rolling it back; the default (0) would stop it here.
+# The demo lets up to 4 failed warm-up requests through, so v3 reaches the shadow
+# comparison and the story can show it caught there; the default (0) would stop it here.
 warmup = {{ requests = 10, concurrency = 2, max_failures = 4, request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":4}}' }} }}
 
 [[services.chat.release.smoke]]
 name = "chat answers"
 request = {{ method = "POST", path = "/v1/chat/completions", body = '{{"max_tokens":1}}' }}
 expect = {{ status = 200, json = {{ "/object" = "chat.completion" }}, max_latency = "2s" }}
+
+# Before any user sees a new version, a quarter of live requests are mirrored to it and
+# its answers compared with the live ones (half of them also sent to live a second time:
+# the noise baseline).
+[services.chat.release.shadow]
+sample = 0.25
+duration = "30s"
+min_pairs = 40
+baseline = 0.5
 
 [services.chat.release.verify]
 bake = "8s"
@@ -325,24 +346,29 @@ async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure>
         "  {:<28} {:>12} {:>14}",
         "v3 (30% errors)",
         v3["outcome"].as_str().unwrap_or("?"),
-        format!("rollback {}", ms(&v3, "rollback_ms"))
+        "never live"
     ))?;
     let v2_window_failures = after_v2.1.saturating_sub(before_v2.1);
     output::line(&format!(
         "  failed requests across the v1 → v2 release: {v2_window_failures}"
     ))?;
+    output::line(&format!("  v2 shadow comparison: {}", shadow_line(&v2)))?;
+    output::line(&format!("  v3 shadow comparison: {}", shadow_line(&v3)))?;
     if let Some(r) = v3["reason"].as_str() {
-        output::line(&format!("  v3 was rolled back because: {r}"))?;
+        output::line(&format!("  v3 was stopped before the switch because: {r}"))?;
     }
     for f in &t.first_failures {
         output::line(&format!("    e.g. {f}"))?;
     }
+    let v3_served = t.ok.get("v3").copied().unwrap_or(0) + t.failed.get("v3").copied().unwrap_or(0);
     let ok = v1["outcome"] == "completed"
         && v2["outcome"] == "completed"
-        && v3["outcome"] == "rolled_back"
+        && v3["outcome"] == "aborted"
+        && v3["shadow"]["result"] == "failing"
+        && v3_served == 0
         && v2_window_failures == 0;
     if ok {
-        output::line("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught and rolled back by itself.")?;
+        output::line("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught by the shadow comparison before any user saw it.")?;
         Ok(())
     } else {
         Err(Failure::new(1, "the demo did not go as expected (see above)"))
@@ -353,4 +379,17 @@ async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure>
 fn snapshot(t: &Mutex<Tally>) -> (u64, u64) {
     let t = t.lock().unwrap_or_else(|p| p.into_inner());
     (t.ok.values().sum(), t.failed.values().sum())
+}
+
+/// A release's shadow reading in one line: verdict, pairs, baseline pairs.
+fn shadow_line(d: &Value) -> String {
+    let s = &d["shadow"];
+    match s["result"].as_str() {
+        Some(r) => format!(
+            "{r}, {} pairs compared ({} noise-baseline pairs)",
+            s["pairs"].as_u64().unwrap_or(0),
+            s["baseline_pairs"].as_u64().unwrap_or(0)
+        ),
+        None => "did not run".into(),
+    }
 }
