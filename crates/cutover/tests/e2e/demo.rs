@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::support::CUTOVER;
 
 #[test]
-fn demo_ships_v2_with_zero_failures_and_rolls_back_v3() {
+fn demo_ships_v2_with_zero_failures_and_the_shadow_comparison_stops_v3_before_the_switch() {
     let out = Command::new(CUTOVER).arg("demo").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -16,7 +16,12 @@ fn demo_ships_v2_with_zero_failures_and_rolls_back_v3() {
     );
     assert!(text.contains("release #1 of v1 completed"), "{text}");
     assert!(text.contains("release #2 of v2 completed: bake of 8s passed"), "{text}");
-    assert!(text.contains("release #3 of v3 rolled_back: error rate"), "{text}");
+    assert!(
+        text.contains("release #3 of v3 aborted: shadow comparison failed"),
+        "{text}"
+    );
+    assert!(text.contains("v2 shadow comparison: passing"), "{text}");
+    assert!(text.contains("v3 shadow comparison: failing"), "{text}");
     assert!(text.contains("failed requests across the v1 → v2 release: 0"), "{text}");
     assert!(text.contains("chat  live: green"), "v2 is live at the end: {text}");
 }

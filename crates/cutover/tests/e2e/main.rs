@@ -61,6 +61,7 @@ mod reload;
 mod restart;
 mod roles;
 mod routing;
+mod shadow;
 mod supervise;
 mod support;
 mod switching;

@@ -30,13 +30,19 @@ pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Op
         && r.classes
             .iter()
             .any(|c| c.class == "deterministic_chat" && c.pairs > 0 && c.baseline_pairs < t.min_baseline_pairs);
-    let settled = r.pairs >= t.min_pairs && !waiting_for_baseline;
+    // A pass needs every class that was seen to be judged (a class with too few pairs yet
+    // could still fail); a failure of any judged class is final.
+    let unjudged = r.classes.iter().any(|c| c.pairs > 0 && !c.judged);
     match r.result {
-        GateResult::Failing if settled || time_up => Some(Err(format!("shadow comparison failed: {}", r.reason))),
-        GateResult::Passing if settled || time_up => Some(Ok(format!(
-            "shadow comparison passed over {} pairs ({} baseline): {}",
-            r.pairs, r.baseline_pairs, r.reason
-        ))),
+        GateResult::Failing if !waiting_for_baseline || time_up => {
+            Some(Err(format!("shadow comparison failed: {}", r.reason)))
+        }
+        GateResult::Passing if (!unjudged && !waiting_for_baseline && r.pairs >= t.min_pairs) || time_up => {
+            Some(Ok(format!(
+                "shadow comparison passed over {} pairs ({} baseline): {}",
+                r.pairs, r.baseline_pairs, r.reason
+            )))
+        }
         _ if !time_up => None,
         _ => Some(match cfg.on_inconclusive {
             ShadowInconclusive::Abort => Err(format!(
