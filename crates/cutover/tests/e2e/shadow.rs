@@ -50,7 +50,7 @@ struct Mixed {
 impl Mixed {
     fn start(r: &Router, workers: usize) -> Mixed {
         let stop = Arc::new(AtomicBool::new(false));
-        let by_version = Arc::new(Mutex::new(Default::default()));
+        let by_version: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
         let failed = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(AtomicU64::new(0));
         let tasks = (0..workers)
