@@ -63,6 +63,9 @@ pub struct ReleaseDoc {
     /// Mirroring is paused while the live color is slower than before the phase.
     #[serde(default)]
     pub shadow_paused: bool,
+    /// `shadow.reverse`: the comparison during the bake, new version live, old as shadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_reverse: Option<cutover_release::shadow::ShadowReading>,
 }
 
 /// What a new release starts from.
@@ -101,6 +104,7 @@ impl ReleaseDoc {
             scaled_down: false,
             shadow: None,
             shadow_paused: false,
+            shadow_reverse: None,
         }
     }
 

@@ -9,7 +9,10 @@ use cutover_proxy::{ColorRoute, Health, StatsSnapshot};
 use cutover_release::{judge, GateResult, Limits, Verdict, Window};
 use tokio::time::Instant;
 
+use super::shadowing::decide as decide_shadow;
 use super::ReleaseRun;
+use crate::release::shadow::Shadow;
+use cutover_config::ShadowConfig;
 
 /// How often the gates are evaluated: the bound on the time from a breach to the rollback.
 const TICK: Duration = Duration::from_millis(200);
@@ -75,10 +78,23 @@ impl ReleaseRun {
         let until = Instant::now() + v.bake.get();
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
+        let reverse = self.reverse_shadow(route);
         loop {
             tick.tick().await;
             if let Some(e) = self.exited() {
                 return Err(self.exit_reason(&e));
+            }
+            if let Some((shadow, cfg)) = &reverse {
+                let reading = shadow.reading();
+                let failed = matches!(decide_shadow(&reading, cfg, false), Some(Err(_)));
+                let reason = format!(
+                    "reverse shadow comparison (old version as the shadow) failed: {}",
+                    reading.reason
+                );
+                self.doc(|d| d.shadow_reverse = Some(reading));
+                if failed {
+                    return Err(reason);
+                }
             }
             let window = window(route, &baseline);
             let verdict = judge(&window, &limits);
@@ -91,6 +107,17 @@ impl ReleaseRun {
                 return end;
             }
         }
+    }
+}
+
+impl ReleaseRun {
+    /// With `shadow.reverse`, the bake also mirrors the new live color's traffic to the old
+    /// one (still warm) and compares, old answers standing in for the shadow: a regression
+    /// the phase before the switch missed rolls back like any failing gate.
+    fn reverse_shadow(&self, new_live: &Arc<ColorRoute>) -> Option<(Shadow, ShadowConfig)> {
+        let cfg = self.svc.cfg().release.shadow.clone().filter(|c| c.reverse)?;
+        let old = self.doc(|d| d.previous_color).and_then(|c| self.svc.route(c))?;
+        Some((Shadow::start(self.svc.clone(), new_live.clone(), old, &cfg), cfg))
     }
 }
 
