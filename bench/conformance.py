@@ -56,8 +56,12 @@ TITLE = {"cutover": "cutover", "nginx": "nginx", "haproxy": "HAProxy"}
 # --- The table ------------------------------------------------------------------------------
 
 
+REPEAT = re.compile(rb"\{([0-9]+)\*([^}]+)\}")
+
+
 def bytes_of(s):
-    """`\\xHH` stands for one byte; `{N*c}` for `c` repeated N times (as conformance.rs)."""
+    """`\\xHH` stands for one byte; `{N*c}` for `c` repeated N times (as conformance.rs); any
+    other `{` is itself (JSON bodies)."""
     b = s.encode("utf-8")
     out = bytearray()
     i = 0
@@ -65,11 +69,10 @@ def bytes_of(s):
         if b[i] == 0x5C and b[i + 1 : i + 2] == b"x" and i + 3 < len(b):
             out.append(int(b[i + 2 : i + 4].decode(), 16))
             i += 4
-        elif b[i] == 0x7B:
-            end = b.index(b"}", i)
-            n, c = b[i + 1 : end].split(b"*", 1)
-            out += c * int(n)
-            i = end + 1
+        elif b[i] == 0x7B and REPEAT.match(b, i):
+            m = REPEAT.match(b, i)
+            out += m.group(2) * int(m.group(1))
+            i = m.end()
         else:
             out.append(b[i])
             i += 1
