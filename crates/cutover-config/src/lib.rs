@@ -1452,14 +1452,8 @@ impl Source<'_> {
             .enumerate()
             .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
             .collect::<Result<Vec<_>, _>>()?;
-        let retry_paths = match &svc.retry_paths {
-            Some(paths) => self.retry_paths(name, paths)?,
-            None => defaults::retry_paths(),
-        };
-        let upgrade_protocols = match &svc.upgrade_protocols {
-            Some(list) => self.upgrade_protocols(name, list)?,
-            None => defaults::upgrade_protocols(),
-        };
+        let retry_paths = self.retry_paths(name, svc.retry_paths.as_deref())?;
+        let upgrade_protocols = self.upgrade_protocols(name, svc.upgrade_protocols.as_deref())?;
         self.health(name, &svc.health, svc.upstream_protocol, span.clone())?;
         if svc.limits.max_header_line_bytes < 1024 {
             return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
@@ -1502,7 +1496,10 @@ impl Source<'_> {
 
     /// Each path absolute, without a query or fragment (they are matched exactly against
     /// the request's path).
-    fn retry_paths(&self, name: &str, paths: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
+    fn retry_paths(&self, name: &str, paths: Option<&[Spanned<String>]>) -> Result<Vec<String>, ConfigError> {
+        let Some(paths) = paths else {
+            return Ok(defaults::retry_paths());
+        };
         paths
             .iter()
             .enumerate()
@@ -1522,7 +1519,10 @@ impl Source<'_> {
 
     /// Upgrade tokens (RFC 9110 §7.8 protocol names), lowercased; `h2c` is refused: a
     /// tunnelled HTTP/2 connection would bypass every per-request rule of the proxy.
-    fn upgrade_protocols(&self, name: &str, list: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
+    fn upgrade_protocols(&self, name: &str, list: Option<&[Spanned<String>]>) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = list else {
+            return Ok(defaults::upgrade_protocols());
+        };
         list.iter()
             .enumerate()
             .map(|(i, p)| {

@@ -113,8 +113,9 @@ pub async fn serve(
 ) {
     let mut settings = fwd.service.settings();
     let mut engines = Engines::new(&settings);
-    // Every fast-path connection holds a sender; the drain waits for all of them to go.
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    // Every connection but hyper's HTTP/1.1 ones holds a sender; the drain waits for all of
+    // them to go.
+    let (open_tx, open_rx) = mpsc::channel::<()>(1);
     let mut cap = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
@@ -190,43 +191,72 @@ pub async fn serve(
             });
             continue;
         }
-        // HTTP/2 clients (prior knowledge) are told apart first, so their drain is the one
-        // GOAWAY of `h2drain` on this engine too; the rest is hyper's HTTP/1.1.
         let open = OpenGuard {
             stats: stats.clone(),
             _drain: open_tx.clone(),
         };
-        let (auto, watcher, h2) = (engines.auto.clone(), graceful.watcher(), engines.h2.clone());
-        let (shutdown, timeout) = (shutdown.clone(), settings.header_read_timeout);
-        tokio::spawn(async move {
-            let _open = open;
-            if sniff_h2(&stream, timeout).await {
-                Box::pin(serve_h2(h2, stream, Vec::new(), peer, fwd, shutdown)).await;
-            } else {
-                let svc = hyper_service(fwd, peer, false, shutdown, None);
-                let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let _ = watcher.watch(conn.into_owned()).await;
-            }
-            drop(permit);
-        });
+        let conn = HyperConn {
+            fwd,
+            peer,
+            shutdown: shutdown.clone(),
+            timeout: settings.header_read_timeout,
+        };
+        tokio::spawn(conn.serve(&engines, graceful.watcher(), (open, permit), stream));
     }
     drop(listener);
     drop(open_tx);
-    let drained = async {
-        // hyper's graceful shutdown closes an idle HTTP/1.1 connection at once, and the
-        // client may be sending its next request on it right then. Until the drain window
-        // ends (an idle connection's own timeout, `header_read_timeout`), every answer says
-        // `Connection: close` (`hyper_service`) and its connection closes after it; only
-        // what is still open then is shut down.
-        let window_end = tokio::time::Instant::now() + settings.header_read_timeout.min(grace);
-        while graceful.count() > 0 && tokio::time::Instant::now() < window_end {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        tokio::join!(graceful.shutdown(), open_rx.recv());
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
+    let window = settings.header_read_timeout.min(grace);
+    if tokio::time::timeout(grace, drain(graceful, open_rx, window)).await.is_err() {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
     }
+}
+
+/// A plain-TCP client connection on the hyper engine.
+struct HyperConn {
+    fwd: Arc<Forwarder>,
+    peer: std::net::SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    /// How long to wait for the first bytes that tell HTTP/2 from HTTP/1.1.
+    timeout: Duration,
+}
+
+impl HyperConn {
+    /// HTTP/2 clients (prior knowledge) are told apart first, so their drain is the one
+    /// GOAWAY of `h2drain` on this engine too; the rest is hyper's HTTP/1.1. `held` (the
+    /// listener's gauge and drain, the place under the cap) lasts as long as the connection.
+    fn serve<H: Send + 'static>(
+        self,
+        engines: &Engines,
+        watcher: hyper_util::server::graceful::Watcher,
+        held: H,
+        stream: TcpStream,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (auto, h2) = (engines.auto.clone(), engines.h2.clone());
+        async move {
+            let _held = held;
+            if sniff_h2(&stream, self.timeout).await {
+                Box::pin(serve_h2(h2, stream, Vec::new(), self.peer, self.fwd, self.shutdown)).await;
+            } else {
+                let svc = hyper_service(self.fwd, self.peer, false, self.shutdown, None);
+                let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+        }
+    }
+}
+
+/// After the accept loop: wait for the connections. hyper's graceful shutdown closes an idle
+/// HTTP/1.1 connection at once, and the client may be sending its next request on it right
+/// then; so until the drain `window` ends (an idle connection's own timeout), every answer
+/// says `Connection: close` (`hyper_service`) and its connection closes after it, and only
+/// what is still open then is shut down. The own engine's connections and HTTP/2 ones hold
+/// `open` until they end.
+async fn drain(graceful: GracefulShutdown, mut open: mpsc::Receiver<()>, window: Duration) {
+    let window_end = tokio::time::Instant::now() + window;
+    while graceful.count() > 0 && tokio::time::Instant::now() < window_end {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    tokio::join!(graceful.shutdown(), open.recv());
 }
 
 /// How often a drain looks whether hyper's connections are gone, or an HTTP/2 connection

@@ -371,10 +371,7 @@ impl Sender<'_> {
         let max = self.settings.max_header_bytes;
         loop {
             if !upbuf.is_empty() {
-                let rcx = &ResponseContext {
-                    client_keep_alive: rcx.client_keep_alive && !*self.shutdown.borrow(),
-                    ..*rcx
-                };
+                let rcx = &rcx.draining(*self.shutdown.borrow());
                 match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
                     Ok(ResponseParse::Partial) => {}
                     Ok(ResponseParse::Interim { len, relay }) => {
