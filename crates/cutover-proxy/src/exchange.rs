@@ -493,35 +493,72 @@ mod tests {
         let cases: [(ReplayFacts<'_>, Result<ResendReason, Refusal>); 8] = [
             (facts(&get, "/x", false, Some(b"")), Ok(ResendReason::IdempotentMethod)),
             (facts(&get, "/x", false, None), Err(Refusal::BodyNotAtHand)),
-            (facts(&post, "/v1/chat/completions", false, Some(chat)), Ok(ResendReason::RetryPath)),
-            (facts(&post, "/v1/chat/completions", true, None), Err(Refusal::BodyNotAtHand)),
+            (
+                facts(&post, "/v1/chat/completions", false, Some(chat)),
+                Ok(ResendReason::RetryPath),
+            ),
+            (
+                facts(&post, "/v1/chat/completions", true, None),
+                Err(Refusal::BodyNotAtHand),
+            ),
             (
                 facts(&post, "/v1/chat/completions", false, Some(br#"{"store" : true}"#)),
                 Err(Refusal::AsksToStore),
             ),
-            (facts(&post, "/v1/files", false, Some(b"{}")), Err(Refusal::NotRetryPath)),
-            (facts(&post, "/v1/files", true, Some(b"{}")), Ok(ResendReason::IdempotencyKey)),
+            (
+                facts(&post, "/v1/files", false, Some(b"{}")),
+                Err(Refusal::NotRetryPath),
+            ),
+            (
+                facts(&post, "/v1/files", true, Some(b"{}")),
+                Ok(ResendReason::IdempotencyKey),
+            ),
             // A retry path is matched exactly: a prefix is another path.
-            (facts(&post, "/v1/chat/completions/x", false, Some(b"{}")), Err(Refusal::NotRetryPath)),
+            (
+                facts(&post, "/v1/chat/completions/x", false, Some(b"{}")),
+                Err(Refusal::NotRetryPath),
+            ),
         ];
         for (f, want) in cases {
-            assert_eq!(resend(&f, &on), want, "{} {:?}", f.method, String::from_utf8_lossy(f.path));
+            assert_eq!(
+                resend(&f, &on),
+                want,
+                "{} {:?}",
+                f.method,
+                String::from_utf8_lossy(f.path)
+            );
         }
         let off = settings(false);
-        assert_eq!(resend(&facts(&post, "/v1/files", true, Some(b"")), &off), Err(Refusal::Disabled));
+        assert_eq!(
+            resend(&facts(&post, "/v1/files", true, Some(b"")), &off),
+            Err(Refusal::Disabled)
+        );
         assert_eq!(
             resend(&facts(&post, "/v1/chat/completions", false, Some(b"")), &off),
             Err(Refusal::Disabled)
         );
-        assert_eq!(resend(&facts(&get, "/x", false, Some(b"")), &off), Ok(ResendReason::IdempotentMethod));
+        assert_eq!(
+            resend(&facts(&get, "/x", false, Some(b"")), &off),
+            Ok(ResendReason::IdempotentMethod)
+        );
     }
 
     #[test]
     fn a_body_asks_to_store_only_with_store_true() {
-        for yes in [&br#"{"store":true}"#[..], br#"{"a":{"store" :	 true}}"#, br#"{"store": false, "x": {"store":true}}"#] {
+        for yes in [
+            &br#"{"store":true}"#[..],
+            br#"{"a":{"store" :	 true}}"#,
+            br#"{"store": false, "x": {"store":true}}"#,
+        ] {
             assert!(asks_to_store(yes), "{}", String::from_utf8_lossy(yes));
         }
-        for no in [&br#"{"store":false}"#[..], br#"{"stored":true}"#, br#"{"x":"store", "y": true}"#, b"", br#""store""#] {
+        for no in [
+            &br#"{"store":false}"#[..],
+            br#"{"stored":true}"#,
+            br#"{"x":"store", "y": true}"#,
+            b"",
+            br#""store""#,
+        ] {
             assert!(!asks_to_store(no), "{}", String::from_utf8_lossy(no));
         }
     }
@@ -532,7 +569,10 @@ mod tests {
         assert!(s.tunnels(b"websocket") && s.tunnels(b"WebSocket") && s.tunnels(b"websocket/13"));
         assert!(!s.tunnels(b"h2c") && !s.tunnels(b"foo") && !s.tunnels(b"") && !s.tunnels(b", "));
         s.upgrade_protocols = vec!["h2c".into(), "foo".into()];
-        assert!(!s.tunnels(b"h2c") && !s.tunnels(b"H2C, foo"), "h2c whatever the list says");
+        assert!(
+            !s.tunnels(b"h2c") && !s.tunnels(b"H2C, foo"),
+            "h2c whatever the list says"
+        );
         assert!(s.tunnels(b"foo/2, websocket"));
     }
 }

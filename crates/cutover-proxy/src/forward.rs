@@ -16,12 +16,12 @@ use hyper::body::Incoming;
 use crate::body::RespBody;
 use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, ReplayFacts, Retry};
-use crate::Refusal;
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
+use crate::Refusal;
 
 pub use crate::exchange::Forwarder;
 
@@ -411,7 +411,9 @@ impl Forwarder {
         };
         let verdict = exchange::resend(&facts, settings);
         // The head and body are kept for a second attempt only when the rule allows one.
-        let spare = verdict.is_ok().then(|| (parts.clone(), at_hand.clone().unwrap_or_default()));
+        let spare = verdict
+            .is_ok()
+            .then(|| (parts.clone(), at_hand.clone().unwrap_or_default()));
         let fault = body.fault();
         let mut upstream_req = Some(Request::from_parts(parts, body));
         let mut fresh = false;

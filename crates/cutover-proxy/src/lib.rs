@@ -34,8 +34,8 @@ pub mod error;
 mod exchange;
 pub mod forward;
 mod guard;
-mod h2drain;
 mod h1;
+mod h2drain;
 pub mod headers;
 pub mod health;
 pub mod listener;
@@ -57,8 +57,8 @@ pub mod fuzzing {
     }
 }
 
+pub use exchange::{Refusal, ResendReason};
 pub use headers::TrustedProxies;
 pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service};
-pub use exchange::{Refusal, ResendReason};
 pub use settings::{Protocol, ServiceSettings};
 pub use stats::{ColorStats, EndpointStats, HistogramSnapshot, ProbeReason, ProbeRecord, StatsSnapshot};

@@ -206,7 +206,10 @@ pub async fn serve(
     drop(listener);
     drop(open_tx);
     let window = settings.header_read_timeout.min(grace);
-    if tokio::time::timeout(grace, drain(graceful, open_rx, window)).await.is_err() {
+    if tokio::time::timeout(grace, drain(graceful, open_rx, window))
+        .await
+        .is_err()
+    {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
     }
 }

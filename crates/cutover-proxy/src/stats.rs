@@ -4,10 +4,10 @@
 //! Recording is a handful of relaxed atomic adds; reading takes a snapshot that gates diff
 //! over a window (bake) and that the metrics endpoint renders.
 
+use crate::exchange::{Refusal, ResendReason};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use crate::exchange::{Refusal, ResendReason};
 
 /// Upper bounds of the histogram buckets, in microseconds (the last bucket is +Inf).
 pub const BUCKETS_US: [u64; 17] = [
@@ -261,12 +261,16 @@ impl ColorStats {
 
     /// Re-sends so far, per reason (every reason, zeros included).
     pub fn resends(&self) -> impl Iterator<Item = (ResendReason, u64)> + '_ {
-        ResendReason::ALL.into_iter().zip(self.resends.iter().map(|n| n.load(Relaxed)))
+        ResendReason::ALL
+            .into_iter()
+            .zip(self.resends.iter().map(|n| n.load(Relaxed)))
     }
 
     /// Requests not re-sent so far, per reason (every reason, zeros included).
     pub fn not_resent(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
-        Refusal::ALL.into_iter().zip(self.not_resent.iter().map(|n| n.load(Relaxed)))
+        Refusal::ALL
+            .into_iter()
+            .zip(self.not_resent.iter().map(|n| n.load(Relaxed)))
     }
 
     /// Responses per status code, only the codes seen.

@@ -582,7 +582,8 @@ mod tests {
 
     #[test]
     fn an_idempotency_key_is_seen_and_forwarded() {
-        let (h, out) = req("POST /v1/files HTTP/1.1\r\nHost: a\r\nIdempotency-Key: \"k1\"\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let (h, out) =
+            req("POST /v1/files HTTP/1.1\r\nHost: a\r\nIdempotency-Key: \"k1\"\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert!(h.idempotency_key);
         assert!(out.contains("Idempotency-Key: \"k1\"\r\n"), "{out}");
         let (h, _) = req("POST /v1/files HTTP/1.1\r\nHost: a\r\nIdempotency-Keys: k\r\n\r\n").unwrap();

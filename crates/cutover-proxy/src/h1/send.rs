@@ -118,7 +118,10 @@ impl Outgoing {
         let target = bytes[..line_end].split(|&b| b == b' ').nth(1).unwrap_or(b"");
         let path = target.split(|&b| b == b'?').next().unwrap_or(target);
         let body = whole.then(|| {
-            let at = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |i| i + 4);
+            let at = bytes
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(bytes.len(), |i| i + 4);
             &bytes[at..]
         });
         ReplayFacts {

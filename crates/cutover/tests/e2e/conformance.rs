@@ -277,13 +277,20 @@ async fn client(port: u16, req: &[u8], want: usize, head: bool) -> ClientView {
 /// warm-up is back in the pool before `req` is read.
 async fn after_warm_up(port: u16, rec: &Recorder, req: &[u8], want: usize, head: bool) -> Result<ClientView, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n").await.map_err(|e| e.to_string())?;
+    s.write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while whole_response(&buf, false).is_none() {
         match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return Err(format!("the warm-up request got no answer: {:?}", trunc(&String::from_utf8_lossy(&buf)))),
+            _ => {
+                return Err(format!(
+                    "the warm-up request got no answer: {:?}",
+                    trunc(&String::from_utf8_lossy(&buf))
+                ))
+            }
         }
     }
     rec.got.lock().unwrap().clear();
@@ -618,7 +625,9 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
     let m = get(&r.admin_url("/metrics")).await.unwrap().text();
     let line = |name: &str, reason: &str| {
         m.lines()
-            .find(|l| l.starts_with(name) && l.contains("color=\"blue\"") && l.contains(&format!("reason=\"{reason}\"")))
+            .find(|l| {
+                l.starts_with(name) && l.contains("color=\"blue\"") && l.contains(&format!("reason=\"{reason}\""))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .map(str::to_string)
     };

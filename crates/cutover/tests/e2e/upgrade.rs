@@ -502,7 +502,10 @@ print(json.dumps(res), flush=True)
 
 /// The blue color's answered requests as the router's metrics count them.
 async fn blue_requests(r: &Router) -> u64 {
-    let m = get(&r.admin_url("/metrics")).await.map(|m| m.text()).unwrap_or_default();
+    let m = get(&r.admin_url("/metrics"))
+        .await
+        .map(|m| m.text())
+        .unwrap_or_default();
     m.lines()
         .filter(|l| l.starts_with("cutover_requests_total{") && l.contains("color=\"blue\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -521,7 +524,13 @@ async fn keep_alive_clients_across_an_upgrade(engine: &str) {
     assert_eq!(r.switch("blue").await.status, 200);
     let (n1, n2) = (20, 5);
     let mut py = std::process::Command::new("python3")
-        .args(["-c", KEEP_ALIVE_CLIENTS, &r.listen.to_string(), &n1.to_string(), &n2.to_string()])
+        .args([
+            "-c",
+            KEEP_ALIVE_CLIENTS,
+            &r.listen.to_string(),
+            &n1.to_string(),
+            &n2.to_string(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -532,11 +541,17 @@ async fn keep_alive_clients_across_an_upgrade(engine: &str) {
     assert_eq!(line.trim(), "running", "{engine}: the clients did not start");
 
     let mut old = upgrade(&mut r).await;
-    assert_eq!(exit_code(&mut old), Some(0), "{engine}: the old process drained and exited 0");
+    assert_eq!(
+        exit_code(&mut old),
+        Some(0),
+        "{engine}: the old process drained and exited 0"
+    );
     // The clients go on against the new process (its own count starts at 0).
-    wait_for("the clients to keep going on the new process", Duration::from_secs(20), || async {
-        (blue_requests(&r).await >= 200).then_some(())
-    })
+    wait_for(
+        "the clients to keep going on the new process",
+        Duration::from_secs(20),
+        || async { (blue_requests(&r).await >= 200).then_some(()) },
+    )
     .await;
     drop(py.stdin.take());
     line.clear();
