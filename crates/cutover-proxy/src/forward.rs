@@ -402,25 +402,30 @@ impl Forwarder {
         let settings = &*self.service.settings();
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
-        let (body, at_hand) = body_at_hand(&parts, body, settings).await?;
-        let facts = ReplayFacts {
-            method: &parts.method,
-            path: parts.uri.path().as_bytes(),
-            idempotency_key: parts.headers.contains_key(&IDEMPOTENCY_KEY),
-            body: at_hand.as_deref(),
+        let key = parts.headers.contains_key(&IDEMPOTENCY_KEY);
+        let (body, at_hand) = body_at_hand(&parts, body, key, settings).await?;
+        // The head and body are kept for a second attempt only when the rule could allow one
+        // (the body itself is read by the rule only if a reused connection dies).
+        let method = parts.method.clone();
+        let spare = at_hand
+            .filter(|_| exchange::may_resend(&method, parts.uri.path().as_bytes(), key, settings))
+            .map(|b| (parts.clone(), b));
+        let verdict = || {
+            let facts = ReplayFacts {
+                method: &method,
+                path: path.as_ref().map_or(&b"/"[..], |p| p.path().as_bytes()),
+                idempotency_key: key,
+                body: spare.as_ref().map(|(_, b)| &b[..]),
+            };
+            exchange::resend(&facts, settings)
         };
-        let verdict = exchange::resend(&facts, settings);
-        // The head and body are kept for a second attempt only when the rule allows one.
-        let spare = verdict
-            .is_ok()
-            .then(|| (parts.clone(), at_hand.clone().unwrap_or_default()));
         let fault = body.fault();
         let mut upstream_req = Some(Request::from_parts(parts, body));
         let mut fresh = false;
         let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
         loop {
             let Some(mut req) = upstream_req.take() else {
-                // Only a refused verdict leaves no spare, and it never asks for a resend.
+                // No spare means the rule refused, and a refusal never asks for a resend.
                 return Err(exchange::not_resent(&endpoint, Refusal::BodyNotAtHand));
             };
             prepare(&mut req, &endpoint, settings.protocol, path.as_ref(), host);
@@ -446,7 +451,7 @@ impl Forwarder {
                     (retry, classify(&error, &endpoint, fault(), settings.max_body_bytes))
                 }
             };
-            match ex.after_failure(retry, &endpoint, e, || verdict) {
+            match ex.after_failure(retry, &endpoint, e, verdict) {
                 Next::OtherEndpoint(next) => endpoint = next,
                 Next::FreshConnection => fresh = true,
                 Next::GiveUp(e) => return Err(e),
@@ -464,13 +469,13 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 async fn body_at_hand(
     parts: &http::request::Parts,
     body: Incoming,
+    key: bool,
     settings: &ServiceSettings,
 ) -> Result<(ReqBody, Option<Bytes>), ProxyError> {
     if body.is_end_stream() {
         return Ok((ReqBody::new(body, settings.max_body_bytes), Some(Bytes::new())));
     }
     let small = body.size_hint().exact().is_some_and(|n| n <= exchange::REPLAY_BUFFER);
-    let key = parts.headers.contains_key(&IDEMPOTENCY_KEY);
     if !small || !exchange::may_resend(&parts.method, parts.uri.path().as_bytes(), key, settings) {
         return Ok((ReqBody::new(body, settings.max_body_bytes), None));
     }
