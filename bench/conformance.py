@@ -56,8 +56,12 @@ TITLE = {"cutover": "cutover", "nginx": "nginx", "haproxy": "HAProxy"}
 # --- The table ------------------------------------------------------------------------------
 
 
+REPEAT = re.compile(rb"\{([0-9]+)\*([^}]+)\}")
+
+
 def bytes_of(s):
-    """`\\xHH` stands for one byte; `{N*c}` for `c` repeated N times (as conformance.rs)."""
+    """`\\xHH` stands for one byte; `{N*c}` for `c` repeated N times (as conformance.rs); any
+    other `{` is itself (JSON bodies)."""
     b = s.encode("utf-8")
     out = bytearray()
     i = 0
@@ -65,11 +69,10 @@ def bytes_of(s):
         if b[i] == 0x5C and b[i + 1 : i + 2] == b"x" and i + 3 < len(b):
             out.append(int(b[i + 2 : i + 4].decode(), 16))
             i += 4
-        elif b[i] == 0x7B:
-            end = b.index(b"}", i)
-            n, c = b[i + 1 : end].split(b"*", 1)
-            out += c * int(n)
-            i = end + 1
+        elif b[i] == 0x7B and REPEAT.match(b, i):
+            m = REPEAT.match(b, i)
+            out += m.group(2) * int(m.group(1))
+            i = m.end()
         else:
             out.append(b[i])
             i += 1
@@ -241,6 +244,7 @@ class Recorder:
         self.got = []  # (head, body)
         self.response = DEFAULT_RESPONSE
         self.close_after = False  # the case's `upstream_closes`
+        self.die_on_reused = False  # the case's `pooled_dies`: armed after its warm-up
         self.gen = 0  # bumped by reset(): bytes pending from an earlier case are not this one's
         self.pending = {}  # connection number -> (gen of its last bytes, bytes not yet a request)
         self.conns = {}
@@ -267,6 +271,7 @@ class Recorder:
 
     def _serve(self, s, cid):
         buf = b""
+        answered = 0
         try:
             while True:
                 data = s.recv(65536)
@@ -283,6 +288,13 @@ class Recorder:
                         with self.lock:
                             self.got.append((head, body))
                             answer = self.response
+                            # A request on a connection that already answered one: read,
+                            # then closed without a byte of answer (once).
+                            die = answered > 0 and self.die_on_reused
+                            self.die_on_reused = self.die_on_reused and not die
+                        if die:
+                            return
+                    answered += 1
                     s.sendall(answer)
                     if not health and self.close_after:
                         return
@@ -301,7 +313,14 @@ class Recorder:
             self.got = []
             self.response = response or DEFAULT_RESPONSE
             self.close_after = close_after
+            self.die_on_reused = False
             self.gen += 1
+
+    def arm(self):
+        """After a warm-up request: forget it, and let the next reused connection die."""
+        with self.lock:
+            self.got = []
+            self.die_on_reused = True
 
     def snapshot(self):
         with self.lock:
@@ -329,8 +348,14 @@ class View:
     pass
 
 
-def client(port, req, want, head, probe_close=False):
-    """Send req on a new connection; read until `want` complete responses, the close, or 5 s."""
+WARM_UP = b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def client(port, req, want, head, probe_close=False, warm=None):
+    """Send req on a new connection; read until `want` complete responses, the close, or 5 s.
+    With `warm` (the recorder of a `pooled_dies` case), a warm-up request goes first on the
+    same connection, so the proxy's upstream connection that answered it is pooled when req
+    comes; the recorder is armed between the two."""
     v = View()
     v.statuses, v.closed, v.timed_out, v.final = [], False, False, None
     buf, at = b"", 0
@@ -341,6 +366,19 @@ def client(port, req, want, head, probe_close=False):
         v.text, v.raw, v.incomplete, v.error = "", b"", False, f"connect: {e}"
         return v
     v.error = None
+    if warm is not None:
+        wbuf = b""
+        s.settimeout(DEADLINE)
+        try:
+            s.sendall(WARM_UP)
+            while whole_response(wbuf, False) is None:
+                data = s.recv(65536)
+                if not data:
+                    break
+                wbuf += data
+        except OSError:
+            pass
+        warm.arm()
     try:
         s.sendall(req)
     except OSError:
@@ -634,7 +672,8 @@ def classify(case, c):
 
 def run_case(case, port, rec):
     rec.reset(bytes_of(case["response"]) if "response" in case else None, case.get("upstream_closes", False))
-    view = client(port, bytes_of(case["request"]), case["responses"], case["head"], case["name"] in PROBE_CLOSE)
+    warm = rec if case.get("pooled_dies") else None
+    view = client(port, bytes_of(case["request"]), case["responses"], case["head"], case["name"] in PROBE_CLOSE, warm)
     time.sleep(SETTLE)
     got, part = rec.snapshot()
     c = {"view": view, "got": got, "part": part}

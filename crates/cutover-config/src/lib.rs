@@ -216,9 +216,15 @@ pub struct ServiceConfig {
     pub access_log: bool,
     /// Peers (address, prefix length) whose forwarding headers are kept.
     pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
-    /// A request that failed on a reused keep-alive connection before any byte of response
-    /// is sent again on a new one even when its method is not idempotent.
+    /// The master switch for re-sending a non-idempotent request after a reused keep-alive
+    /// connection died under it before any answer: when on, such a request goes once more
+    /// if it has an `Idempotency-Key` or its path is in `retry_paths`.
     pub retry_non_idempotent: bool,
+    /// Paths whose non-idempotent requests have no side effect (generations, embeddings,
+    /// tokenization), exact and without the query.
+    pub retry_paths: Vec<String>,
+    /// `Upgrade` protocols the service tunnels after a 101, lowercase; never `h2c`.
+    pub upgrade_protocols: Vec<String>,
     /// How often endpoint names (`gpu-a.internal:8000`) are resolved again.
     pub resolve_interval: Duration,
     pub health: HealthConfig,
@@ -792,8 +798,50 @@ mod defaults {
     }
     pub fn retry_non_idempotent() -> bool {
         // A generation has no side effect beyond its cost; a 502 for a request the server
-        // never read (it closed the idle connection as the request arrived) is worse.
+        // never read (it closed the idle connection as the request arrived) is worse. Which
+        // requests count as generations is `retry_paths`.
         true
+    }
+    pub fn retry_paths() -> Vec<String> {
+        // The side-effect-free inference paths of OpenAI-style servers, vLLM, SGLang, TGI,
+        // TEI and llama.cpp's server: generating, embedding, scoring and tokenizing change
+        // nothing on the server. Not `/v1/responses` (it stores by default), files,
+        // batches, fine-tuning, assistants or anything else that creates a resource.
+        [
+            // OpenAI-compatible (vLLM, SGLang, TGI, llama.cpp, mock-model)
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            // vLLM and SGLang: rerank, score, tokenizer
+            "/rerank",
+            "/v1/rerank",
+            "/v2/rerank",
+            "/score",
+            "/v1/score",
+            "/tokenize",
+            "/detokenize",
+            // TGI and TEI
+            "/generate",
+            "/generate_stream",
+            "/embed",
+            "/predict",
+            "/decode",
+            // llama.cpp's server
+            "/completion",
+            "/completions",
+            "/embedding",
+            "/embeddings",
+            "/reranking",
+            "/v1/reranking",
+            "/infill",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn upgrade_protocols() -> Vec<String> {
+        // Realtime and streaming-ASR endpoints speak WebSocket; nothing else is tunnelled
+        // unless a service asks for it.
+        vec!["websocket".to_string()]
     }
     pub fn header_read_timeout() -> Duration {
         Duration::from_secs(10)
@@ -937,6 +985,8 @@ struct RawService {
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default = "defaults::retry_non_idempotent")]
     retry_non_idempotent: bool,
+    retry_paths: Option<Vec<Spanned<String>>>,
+    upgrade_protocols: Option<Vec<Spanned<String>>>,
     #[serde(default = "defaults::resolve_interval")]
     resolve_interval: Duration,
     #[serde(default)]
@@ -1408,6 +1458,8 @@ impl Source<'_> {
             .enumerate()
             .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
             .collect::<Result<Vec<_>, _>>()?;
+        let retry_paths = self.retry_paths(name, svc.retry_paths.as_deref())?;
+        let upgrade_protocols = self.upgrade_protocols(name, svc.upgrade_protocols.as_deref())?;
         self.health(name, &svc.health, svc.upstream_protocol, span.clone())?;
         if svc.limits.max_header_line_bytes < 1024 {
             return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
@@ -1438,12 +1490,68 @@ impl Source<'_> {
             access_log: svc.access_log,
             trusted_proxies,
             retry_non_idempotent: svc.retry_non_idempotent,
+            retry_paths,
+            upgrade_protocols,
             resolve_interval: svc.resolve_interval,
             health: svc.health,
             limits: svc.limits,
             environments,
             release: svc.release,
         })
+    }
+
+    /// Each path absolute, without a query or fragment (they are matched exactly against
+    /// the request's path).
+    fn retry_paths(&self, name: &str, paths: Option<&[Spanned<String>]>) -> Result<Vec<String>, ConfigError> {
+        let Some(paths) = paths else {
+            return Ok(defaults::retry_paths());
+        };
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let v = p.get_ref();
+                if !v.starts_with('/') || v.contains(['?', '#']) || v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return self.err(
+                        p.span(),
+                        format!("services.{name}.retry_paths[{i}]"),
+                        format!("expected a path such as \"/v1/chat/completions\" (starting with '/', no query, no spaces), got {v:?}"),
+                    );
+                }
+                Ok(v.clone())
+            })
+            .collect()
+    }
+
+    /// Upgrade tokens (RFC 9110 §7.8 protocol names), lowercased; `h2c` is refused: a
+    /// tunnelled HTTP/2 connection would bypass every per-request rule of the proxy.
+    fn upgrade_protocols(&self, name: &str, list: Option<&[Spanned<String>]>) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = list else {
+            return Ok(defaults::upgrade_protocols());
+        };
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let v = p.get_ref();
+                let key = format!("services.{name}.upgrade_protocols[{i}]");
+                if v.eq_ignore_ascii_case("h2c") {
+                    return self.err(
+                        p.span(),
+                        key,
+                        "h2c is never tunnelled (h2c smuggling; RFC 9113 §3.1 deprecated the upgrade): HTTP/2 clients use prior knowledge, which cutover serves itself".into(),
+                    );
+                }
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if v.is_empty() || !v.bytes().all(token) {
+                    return self.err(
+                        p.span(),
+                        key,
+                        format!("expected an Upgrade protocol name such as \"websocket\" (a token, no version or spaces), got {v:?}"),
+                    );
+                }
+                Ok(v.to_ascii_lowercase())
+            })
+            .collect()
     }
 
     fn health(&self, name: &str, h: &HealthConfig, protocol: UpstreamProtocol, span: Span) -> Result<(), ConfigError> {

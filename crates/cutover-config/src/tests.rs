@@ -385,6 +385,72 @@ fn trusted_proxies_and_header_line_limit_are_checked_where_they_stand() {
 }
 
 #[test]
+fn upgrade_protocols_and_retry_paths_have_defaults_and_refuse_bad_entries_where_they_stand() {
+    let d = &check(GOOD).unwrap().services["chat"];
+    assert_eq!(d.upgrade_protocols, vec!["websocket"]);
+    for p in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/generate",
+        "/rerank",
+        "/tokenize",
+    ] {
+        assert!(d.retry_paths.iter().any(|x| x == p), "{p} is a default retry path");
+    }
+    for p in ["/v1/files", "/v1/batches", "/v1/responses", "/v1/fine_tuning/jobs"] {
+        assert!(!d.retry_paths.iter().any(|x| x == p), "{p} creates something");
+    }
+    let set = |extra: &str| {
+        GOOD.replace(
+            "preview_listen = \"127.0.0.1:8081\"",
+            &format!("preview_listen = \"127.0.0.1:8081\"\n{extra}"),
+        )
+    };
+    let c = check(&set(
+        "upgrade_protocols = [\"WebSocket\", \"foo\"]\nretry_paths = [\"/x\"]",
+    ))
+    .unwrap();
+    assert_eq!(c.services["chat"].upgrade_protocols, vec!["websocket", "foo"]);
+    assert_eq!(c.services["chat"].retry_paths, vec!["/x"]);
+    let c = check(&set("upgrade_protocols = []\nretry_paths = []")).unwrap();
+    assert!(c.services["chat"].upgrade_protocols.is_empty() && c.services["chat"].retry_paths.is_empty());
+    for (extra, key, why) in [
+        (
+            "upgrade_protocols = [\"websocket\", \"h2c\"]",
+            "services.chat.upgrade_protocols[1]",
+            "h2c is never tunnelled",
+        ),
+        (
+            "upgrade_protocols = [\"H2C\"]",
+            "services.chat.upgrade_protocols[0]",
+            "h2c is never tunnelled",
+        ),
+        (
+            "upgrade_protocols = [\"websocket/13\"]",
+            "services.chat.upgrade_protocols[0]",
+            "a token",
+        ),
+        (
+            "retry_paths = [\"/ok\", \"v1/chat\"]",
+            "services.chat.retry_paths[1]",
+            "starting with '/'",
+        ),
+        (
+            "retry_paths = [\"/v1/chat?x=1\"]",
+            "services.chat.retry_paths[0]",
+            "no query",
+        ),
+    ] {
+        let text = set(extra);
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert_eq!(e.line, line_with(&text, extra.split(' ').next().unwrap()), "{e}");
+        assert!(e.message.contains(why), "{e}");
+    }
+}
+
+#[test]
 fn probe_kinds_parse_with_their_keys_and_defaults() {
     let c = check(GOOD).unwrap();
     let h = &c.services["chat"].health;

@@ -180,6 +180,37 @@ fn encode_traffic(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<C
                 .encode_counter::<NoLabelSet, _, u64>(&get(r), None)?;
         }
     }
+    encode_resends(enc, routes)
+}
+
+/// Requests a reused connection died under: sent once more, or answered 502, by reason.
+fn encode_resends(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<ColorRoute>)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_upstream_resends",
+        "Requests sent once more on a new connection after a reused one died before any answer, by reason (idempotent_method, retry_path, idempotency_key)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (svc, r) in routes {
+        for (why, n) in r.stats.resends() {
+            let mut l = color_labels(svc, r);
+            l.push(("reason", why.as_str().to_string()));
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "cutover_upstream_not_resent",
+        "Requests answered 502 instead of sent again after a reused connection died under them, by reason (body_streamed, retry_non_idempotent_off, not_a_retry_path, asks_to_store)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (svc, r) in routes {
+        for (why, n) in r.stats.not_resent() {
+            let mut l = color_labels(svc, r);
+            l.push(("reason", why.as_str().to_string()));
+            m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+    }
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::route::EndpointLoad;
 use crate::upstream::Conn;
 
 /// A response body: either a proxied upstream stream or a small body the proxy made itself.
-pub struct RespBody(Kind);
+pub struct RespBody(Kind, Option<crate::h2drain::StreamHold>);
 
 enum Kind {
     Full(Option<Bytes>),
@@ -54,9 +54,23 @@ enum State {
     Done,
 }
 
+/// The answer to an HTTP/2 stream a draining connection refused: never delivered (the
+/// connection is gone by then), so the client sends the request again elsewhere.
+pub(crate) fn refused_response() -> http::Response<RespBody> {
+    let mut r = http::Response::new(RespBody::full(Bytes::new()));
+    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    r
+}
+
 impl RespBody {
     pub fn full(b: impl Into<Bytes>) -> RespBody {
-        RespBody(Kind::Full(Some(b.into())))
+        RespBody(Kind::Full(Some(b.into())), None)
+    }
+
+    /// Hold an HTTP/2 stream's place in its connection's in-flight count until this body
+    /// ends (dropped), so a drain closes the connection only after it.
+    pub(crate) fn hold(&mut self, h: crate::h2drain::StreamHold) {
+        self.1 = Some(h);
     }
 
     /// The bytes of a body the proxy made itself (empty for a proxied one).
@@ -88,7 +102,7 @@ impl RespBody {
         if p.inner.is_end_stream() {
             p.finish();
         }
-        RespBody(Kind::Proxied(Box::new(p)))
+        RespBody(Kind::Proxied(Box::new(p)), None)
     }
 }
 

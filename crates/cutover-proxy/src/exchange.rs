@@ -17,7 +17,12 @@ use crate::error::{ProxyError, Source};
 use crate::guard::{Access, Guard, Kind};
 use crate::route::Service;
 use crate::route::{ColorRoute, Endpoint};
+use crate::settings::ServiceSettings;
 use crate::upstream::ConnectError;
+
+/// Bodies up to this size are read whole before the request is sent, so it can be sent
+/// again: a chat request is a few KiB; an image upload is streamed.
+pub(crate) const REPLAY_BUFFER: u64 = 64 * 1024;
 
 /// Forwards the requests of one listener (live or preview) of one service.
 pub struct Forwarder {
@@ -74,28 +79,42 @@ impl Exchange {
         self.route.pick(None).ok_or_else(|| no_endpoint(fwd, &self.route))
     }
 
-    /// An attempt on `endpoint` failed with `retry`: what to do next. `replay` says whether
-    /// the request could be sent again at all.
-    pub(crate) fn after_failure(&mut self, retry: Retry, endpoint: &Arc<Endpoint>, replay: Replay) -> Next {
+    /// An attempt on `endpoint` failed with `retry` and error `e`: what to do next.
+    /// `resend` is the request's verdict under [`resend`] (asked only when a reused
+    /// connection died under it, so the engines can read the request's facts lazily).
+    pub(crate) fn after_failure(
+        &mut self,
+        retry: Retry,
+        endpoint: &Arc<Endpoint>,
+        e: ProxyError,
+        resend: impl FnOnce() -> Result<ResendReason, Refusal>,
+    ) -> Next {
         match retry {
-            Retry::Never => Next::GiveUp,
+            Retry::Never => Next::GiveUp(e),
             // Nothing was sent: another endpoint of the same color, once; never the other color.
             Retry::OtherEndpoint if !self.retries.moved => match self.route.pick(Some(endpoint)) {
                 Some(next) => {
                     self.retries.moved = true;
                     Next::OtherEndpoint(next)
                 }
-                None => Next::GiveUp,
+                None => Next::GiveUp(e),
             },
-            Retry::OtherEndpoint => Next::GiveUp,
+            Retry::OtherEndpoint => Next::GiveUp(e),
             // Most likely the upstream closed an idle connection as we reused it; it may
             // also have read the request, so only a request that is safe to repeat goes
             // again, once, on a new connection to the same endpoint.
-            Retry::ReusedConnection if !self.retries.refreshed && replay.whole_body && replay.idempotent => {
-                self.retries.refreshed = true;
-                Next::FreshConnection
-            }
-            Retry::ReusedConnection => Next::GiveUp,
+            Retry::ReusedConnection if !self.retries.refreshed => match resend() {
+                Ok(reason) => {
+                    self.retries.refreshed = true;
+                    self.route.stats.record_resend(reason);
+                    Next::FreshConnection
+                }
+                Err(why) => {
+                    self.route.stats.record_not_resent(why);
+                    Next::GiveUp(not_resent(endpoint, why))
+                }
+            },
+            Retry::ReusedConnection => Next::GiveUp(e),
         }
     }
 
@@ -140,21 +159,143 @@ pub(crate) enum Retry {
     ReusedConnection,
 }
 
-/// Whether the request could be sent again.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Replay {
-    /// The whole body is still at hand (it was empty, or fully buffered).
-    pub(crate) whole_body: bool,
-    pub(crate) idempotent: bool,
+/// What of a request decides whether it may be sent again after a reused connection died
+/// under it, read by each engine from its own representation of the request.
+pub(crate) struct ReplayFacts<'a> {
+    pub(crate) method: &'a Method,
+    /// The path, without the query.
+    pub(crate) path: &'a [u8],
+    /// The request carries an `Idempotency-Key` header (IETF httpapi draft): the client says
+    /// a repeat has the effect of one request.
+    pub(crate) idempotency_key: bool,
+    /// The whole body as it went out, when it is still at hand (`Some(b"")` for no body);
+    /// `None`: part of it was streamed and is gone.
+    pub(crate) body: Option<&'a [u8]>,
 }
 
-impl Replay {
-    /// `any_method`: the service's `retry_non_idempotent`, which lets a POST count as safe
-    /// to repeat.
-    pub(crate) fn of(method: &Method, whole_body: bool, any_method: bool) -> Replay {
-        Replay {
-            whole_body,
-            idempotent: any_method || idempotent(method),
+/// The one resend rule of both engines (RFC 9110 §9.2.2: a proxy repeats a non-idempotent
+/// request only when it knows the repeat is safe). An idempotent method may go again;
+/// another only when `retry_non_idempotent` is on and the request carries an
+/// `Idempotency-Key` or has its path in `retry_paths` with a body that asks to store
+/// nothing (`"store": true`). Either way the whole body must still be at hand.
+pub(crate) fn resend(f: &ReplayFacts<'_>, s: &ServiceSettings) -> Result<ResendReason, Refusal> {
+    let reason = if idempotent(f.method) {
+        ResendReason::IdempotentMethod
+    } else if !s.retry_non_idempotent {
+        return Err(Refusal::Disabled);
+    } else if f.idempotency_key {
+        ResendReason::IdempotencyKey
+    } else if s.retry_paths.iter().any(|p| p.as_bytes() == f.path) {
+        ResendReason::RetryPath
+    } else {
+        return Err(Refusal::NotRetryPath);
+    };
+    let body = f.body.ok_or(Refusal::BodyNotAtHand)?;
+    if reason == ResendReason::RetryPath && asks_to_store(body) {
+        return Err(Refusal::AsksToStore);
+    }
+    Ok(reason)
+}
+
+/// Whether the rule could ever allow a resend of this request once its body is at hand: the
+/// hyper engine buffers a small body only then (an upload to `/v1/files` keeps streaming).
+pub(crate) fn may_resend(method: &Method, path: &[u8], idempotency_key: bool, s: &ServiceSettings) -> bool {
+    let facts = ReplayFacts {
+        method,
+        path,
+        idempotency_key,
+        body: Some(b""),
+    };
+    resend(&facts, s).is_ok()
+}
+
+/// A JSON body that sets `"store": true` anywhere (OpenAI's `/v1/responses` and chat
+/// completions store the answer server-side then): read as bytes, not parsed, so a nested
+/// `store` counts too; erring towards "stores" only costs a 502 instead of a repeat.
+pub(crate) fn asks_to_store(body: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"store\"";
+    let mut rest = body;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        rest = &rest[at + KEY.len()..];
+        let after = rest.trim_ascii_start();
+        if let Some(value) = after.strip_prefix(b":") {
+            if value.trim_ascii_start().starts_with(b"true") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Why a request went again after a reused connection died under it: the `reason` label of
+/// `cutover_upstream_resends_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResendReason {
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE.
+    IdempotentMethod,
+    /// The path is in the service's `retry_paths` and the body asks to store nothing.
+    RetryPath,
+    /// The request carries an `Idempotency-Key`.
+    IdempotencyKey,
+}
+
+impl ResendReason {
+    pub const ALL: [ResendReason; 3] = [
+        ResendReason::IdempotentMethod,
+        ResendReason::RetryPath,
+        ResendReason::IdempotencyKey,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResendReason::IdempotentMethod => "idempotent_method",
+            ResendReason::RetryPath => "retry_path",
+            ResendReason::IdempotencyKey => "idempotency_key",
+        }
+    }
+}
+
+/// Why such a request was answered 502 instead of sent again: the `reason` label of
+/// `cutover_upstream_not_resent_total`, and the 502's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Part of the body was streamed upstream and is gone.
+    BodyNotAtHand,
+    /// `retry_non_idempotent = false`.
+    Disabled,
+    /// The path is not in `retry_paths` and there is no `Idempotency-Key`.
+    NotRetryPath,
+    /// The path is in `retry_paths` but the body sets `"store": true`.
+    AsksToStore,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::BodyNotAtHand,
+        Refusal::Disabled,
+        Refusal::NotRetryPath,
+        Refusal::AsksToStore,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BodyNotAtHand => "body_streamed",
+            Refusal::Disabled => "retry_non_idempotent_off",
+            Refusal::NotRetryPath => "not_a_retry_path",
+            Refusal::AsksToStore => "asks_to_store",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            Refusal::BodyNotAtHand => "its body was streamed and is no longer at hand",
+            Refusal::Disabled => "the method is not idempotent and the service has retry_non_idempotent = false",
+            Refusal::NotRetryPath => {
+                "the method is not idempotent, the path is not in the service's retry_paths, and there is no Idempotency-Key header"
+            }
+            Refusal::AsksToStore => "its body asks the server to store something (\"store\": true)",
         }
     }
 }
@@ -163,7 +304,8 @@ impl Replay {
 pub(crate) enum Next {
     OtherEndpoint(Arc<Endpoint>),
     FreshConnection,
-    GiveUp,
+    /// Answer the client with this error.
+    GiveUp(ProxyError),
 }
 
 /// Retries already spent: one move to another endpoint, one fresh connection.
@@ -248,6 +390,21 @@ pub(crate) fn connect_failed(e: &ConnectError, endpoint: &Endpoint, route: &Colo
     )
 }
 
+/// A reused connection died after the request went out and before any answer, and the
+/// request is not safe to send again: the upstream may have acted on it.
+pub(crate) fn not_resent(endpoint: &Endpoint, why: Refusal) -> ProxyError {
+    ProxyError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_closed_not_resent",
+        Source::Upstream,
+        format!(
+            "{} closed a reused connection after the request went out and before any answer; it may have acted on the request, which is not sent again: {}",
+            endpoint.addr,
+            why.explain()
+        ),
+    )
+}
+
 pub(crate) fn upstream_failed(endpoint: &Endpoint, m: &str) -> ProxyError {
     ProxyError::new(
         StatusCode::BAD_GATEWAY,
@@ -305,4 +462,117 @@ pub(crate) fn header_line_too_large() -> ProxyError {
         Source::Client,
         "a header line is longer than limits.max_header_line_bytes",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(method: &'a Method, path: &'a str, key: bool, body: Option<&'a [u8]>) -> ReplayFacts<'a> {
+        ReplayFacts {
+            method,
+            path: path.as_bytes(),
+            idempotency_key: key,
+            body,
+        }
+    }
+
+    fn settings(master: bool) -> ServiceSettings {
+        ServiceSettings {
+            retry_non_idempotent: master,
+            retry_paths: vec!["/v1/chat/completions".into()],
+            ..ServiceSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_resend_rule_reads_method_path_key_and_body() {
+        let (post, get) = (Method::POST, Method::GET);
+        let on = settings(true);
+        let chat = br#"{"model":"m","messages":[]}"#;
+        let cases: [(ReplayFacts<'_>, Result<ResendReason, Refusal>); 8] = [
+            (facts(&get, "/x", false, Some(b"")), Ok(ResendReason::IdempotentMethod)),
+            (facts(&get, "/x", false, None), Err(Refusal::BodyNotAtHand)),
+            (
+                facts(&post, "/v1/chat/completions", false, Some(chat)),
+                Ok(ResendReason::RetryPath),
+            ),
+            (
+                facts(&post, "/v1/chat/completions", true, None),
+                Err(Refusal::BodyNotAtHand),
+            ),
+            (
+                facts(&post, "/v1/chat/completions", false, Some(br#"{"store" : true}"#)),
+                Err(Refusal::AsksToStore),
+            ),
+            (
+                facts(&post, "/v1/files", false, Some(b"{}")),
+                Err(Refusal::NotRetryPath),
+            ),
+            (
+                facts(&post, "/v1/files", true, Some(b"{}")),
+                Ok(ResendReason::IdempotencyKey),
+            ),
+            // A retry path is matched exactly: a prefix is another path.
+            (
+                facts(&post, "/v1/chat/completions/x", false, Some(b"{}")),
+                Err(Refusal::NotRetryPath),
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(
+                resend(&f, &on),
+                want,
+                "{} {:?}",
+                f.method,
+                String::from_utf8_lossy(f.path)
+            );
+        }
+        let off = settings(false);
+        assert_eq!(
+            resend(&facts(&post, "/v1/files", true, Some(b"")), &off),
+            Err(Refusal::Disabled)
+        );
+        assert_eq!(
+            resend(&facts(&post, "/v1/chat/completions", false, Some(b"")), &off),
+            Err(Refusal::Disabled)
+        );
+        assert_eq!(
+            resend(&facts(&get, "/x", false, Some(b"")), &off),
+            Ok(ResendReason::IdempotentMethod)
+        );
+    }
+
+    #[test]
+    fn a_body_asks_to_store_only_with_store_true() {
+        for yes in [
+            &br#"{"store":true}"#[..],
+            br#"{"a":{"store" :	 true}}"#,
+            br#"{"store": false, "x": {"store":true}}"#,
+        ] {
+            assert!(asks_to_store(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &br#"{"store":false}"#[..],
+            br#"{"stored":true}"#,
+            br#"{"x":"store", "y": true}"#,
+            b"",
+            br#""store""#,
+        ] {
+            assert!(!asks_to_store(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+
+    #[test]
+    fn h2c_is_never_tunnelled_and_other_protocols_only_when_listed() {
+        let mut s = ServiceSettings::default();
+        assert!(s.tunnels(b"websocket") && s.tunnels(b"WebSocket") && s.tunnels(b"websocket/13"));
+        assert!(!s.tunnels(b"h2c") && !s.tunnels(b"foo") && !s.tunnels(b"") && !s.tunnels(b", "));
+        s.upgrade_protocols = vec!["h2c".into(), "foo".into()];
+        assert!(
+            !s.tunnels(b"h2c") && !s.tunnels(b"H2C, foo"),
+            "h2c whatever the list says"
+        );
+        assert!(s.tunnels(b"foo/2, websocket"));
+    }
 }

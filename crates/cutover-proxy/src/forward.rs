@@ -10,16 +10,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::body::RespBody;
 use crate::error::{ProxyError, Source};
-use crate::exchange::{self, Exchange, Next, Replay, Retry};
+use crate::exchange::{self, Exchange, Next, ReplayFacts, Retry};
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
+use crate::Refusal;
 
 pub use crate::exchange::Forwarder;
 
@@ -264,7 +266,7 @@ impl Forwarder {
         });
         // An upgrade (WebSocket) keeps its Upgrade through `strip`; the client's half of the
         // tunnel is taken out of the request before it goes upstream.
-        let upgrade = upgrade_of(&parts, body.is_end_stream(), settings.protocol);
+        let upgrade = upgrade_of(&parts, body.is_end_stream(), settings);
         let client_side = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -331,10 +333,11 @@ impl Forwarder {
 }
 
 /// The Upgrade value of a request that asks to switch protocols the way the HTTP/1.1 engine
-/// tunnels them: HTTP/1.1, no body, `Connection: upgrade`, a non-empty `Upgrade`, and an
-/// HTTP/1.1 upstream (HTTP/2 has no Upgrade).
-fn upgrade_of(parts: &http::request::Parts, no_body: bool, protocol: Protocol) -> Option<HeaderValue> {
-    if parts.version != Version::HTTP_11 || !no_body || protocol != Protocol::Http1 {
+/// tunnels them: HTTP/1.1, no body, `Connection: upgrade`, an `Upgrade` the service tunnels
+/// (never h2c), and an HTTP/1.1 upstream (HTTP/2 has no Upgrade). Any other upgrade request
+/// is served as plain HTTP: `strip` drops its Upgrade and Connection tokens.
+fn upgrade_of(parts: &http::request::Parts, no_body: bool, settings: &ServiceSettings) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 || !no_body || settings.protocol != Protocol::Http1 {
         return None;
     }
     let asks = parts
@@ -342,7 +345,10 @@ fn upgrade_of(parts: &http::request::Parts, no_body: bool, protocol: Protocol) -
         .get_all(header::CONNECTION)
         .iter()
         .any(|v| headers::list(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"upgrade")));
-    let value = parts.headers.get(header::UPGRADE).filter(|v| !v.is_empty())?;
+    let value = parts
+        .headers
+        .get(header::UPGRADE)
+        .filter(|v| !v.is_empty() && settings.tunnels(v.as_bytes()))?;
     asks.then(|| value.clone())
 }
 
@@ -396,25 +402,41 @@ impl Forwarder {
         let settings = &*self.service.settings();
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
-        // A request with no body can be sent again; its head is kept for that only when
-        // the retry rule could ever use it.
-        let replay = Replay::of(&parts.method, body.is_end_stream(), settings.retry_non_idempotent);
-        let spare = (replay.whole_body && replay.idempotent).then(|| parts.clone());
-        let body = ReqBody::new(body, settings.max_body_bytes);
+        let key = parts.headers.contains_key(&IDEMPOTENCY_KEY);
+        let (body, at_hand) = body_at_hand(&parts, body, key, settings).await?;
+        // The head and body are kept for a second attempt only when the rule could allow one
+        // (the body itself is read by the rule only if a reused connection dies).
+        let method = parts.method.clone();
+        let spare = at_hand
+            .filter(|_| exchange::may_resend(&method, parts.uri.path().as_bytes(), key, settings))
+            .map(|b| (parts.clone(), b));
+        let verdict = || {
+            let facts = ReplayFacts {
+                method: &method,
+                path: path.as_ref().map_or(&b"/"[..], |p| p.path().as_bytes()),
+                idempotency_key: key,
+                body: spare.as_ref().map(|(_, b)| &b[..]),
+            };
+            exchange::resend(&facts, settings)
+        };
         let fault = body.fault();
-        let mut upstream_req = Request::from_parts(parts, body);
+        let mut upstream_req = Some(Request::from_parts(parts, body));
         let mut fresh = false;
         let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
         loop {
-            prepare(&mut upstream_req, &endpoint, settings.protocol, path.as_ref(), host);
+            let Some(mut req) = upstream_req.take() else {
+                // No spare means the rule refused, and a refusal never asks for a resend.
+                return Err(exchange::not_resent(&endpoint, Refusal::BodyNotAtHand));
+            };
+            prepare(&mut req, &endpoint, settings.protocol, path.as_ref(), host);
             let load = endpoint.claim();
-            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, upstream_req, fresh));
+            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, req, fresh));
             let (retry, e) = match attempt.await {
                 Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
                 Ok(Ok((resp, conn))) => return Ok((resp, conn, load)),
                 Ok(Err(Attempt::Connect(e, req))) => {
                     tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    upstream_req = req;
+                    upstream_req = Some(req);
                     (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &ex.route))
                 }
                 Ok(Err(Attempt::Failed { error, reused })) => {
@@ -423,21 +445,51 @@ impl Forwarder {
                     } else {
                         Retry::Never
                     };
-                    let e = classify(&error, &endpoint, fault(), settings.max_body_bytes);
-                    upstream_req = match &spare {
-                        Some(p) => Request::from_parts(p.clone(), ReqBody::empty()),
-                        None => return Err(e),
-                    };
-                    (retry, e)
+                    upstream_req = spare
+                        .as_ref()
+                        .map(|(p, b)| Request::from_parts(p.clone(), ReqBody::full(b.clone())));
+                    (retry, classify(&error, &endpoint, fault(), settings.max_body_bytes))
                 }
             };
-            match ex.after_failure(retry, &endpoint, replay) {
+            match ex.after_failure(retry, &endpoint, e, verdict) {
                 Next::OtherEndpoint(next) => endpoint = next,
                 Next::FreshConnection => fresh = true,
-                Next::GiveUp => return Err(e),
+                Next::GiveUp(e) => return Err(e),
             }
         }
     }
+}
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The request body, and a copy of it when it is at hand: an empty body, or a small one
+/// (Content-Length up to `REPLAY_BUFFER`) read whole first when the resend rule could let
+/// the request go again, as the HTTP/1.1 engine does. The client has `header_read_timeout`
+/// to send it, like a head. Any other body streams, never buffered.
+async fn body_at_hand(
+    parts: &http::request::Parts,
+    body: Incoming,
+    key: bool,
+    settings: &ServiceSettings,
+) -> Result<(ReqBody, Option<Bytes>), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((ReqBody::new(body, settings.max_body_bytes), Some(Bytes::new())));
+    }
+    let small = body.size_hint().exact().is_some_and(|n| n <= exchange::REPLAY_BUFFER);
+    if !small || !exchange::may_resend(&parts.method, parts.uri.path().as_bytes(), key, settings) {
+        return Ok((ReqBody::new(body, settings.max_body_bytes), None));
+    }
+    let read = tokio::time::timeout(settings.header_read_timeout, body.collect()).await;
+    let data = match read {
+        Err(_) => {
+            return Err(exchange::bad_body(
+                "the client did not send its body within limits.header_read_timeout",
+            ))
+        }
+        Ok(Err(e)) => return Err(exchange::bad_body(&e.to_string())),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    Ok((ReqBody::full(data.clone()), Some(data)))
 }
 
 /// Whether any `Connection` line of the request says close, read byte by byte (hyper's own

@@ -90,6 +90,8 @@ pub(crate) fn class(name: &[u8]) -> Class {
         (10, b'c') if is(b"connection") => Class::HopByHop,
         (10, b'k') if is(b"keep-alive") => Class::HopByHop,
         (14, b'c') if is(b"content-length") => Class::ContentLength,
+        // RFC 9113 §3.2.1 (and 7540's): connection-specific, part of the deprecated h2c upgrade.
+        (14, b'h') if is(b"http2-settings") => Class::HopByHop,
         (15, b'x') if is(b"x-forwarded-for") => Class::Forwarding(Forwarding::For),
         (16, b'p') if is(b"proxy-connection") => Class::HopByHop,
         (16, b'x') if is(b"x-forwarded-host") => Class::Forwarding(Forwarding::Host),

@@ -18,6 +18,7 @@
 //! - [`request_body`]: the hyper engine's request body, cut off past the size limit (a leaf).
 //! - `guard`: a request's place in its color's in-flight count, its access-log record, and
 //!   what a stream cut short is told.
+//! - `h2drain`: an HTTP/2 client connection's drain: streams in flight, one GOAWAY at the end.
 //! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
 //! - [`health`]: active health checks with consecutive-result thresholds, tempered by the
 //!   proxy's own traffic (a probe timeout does not count while proxied requests succeed).
@@ -36,6 +37,7 @@ mod exchange;
 pub mod forward;
 mod guard;
 mod h1;
+mod h2drain;
 pub mod headers;
 pub mod health;
 pub mod listener;
@@ -58,6 +60,7 @@ pub mod fuzzing {
     }
 }
 
+pub use exchange::{Refusal, ResendReason};
 pub use headers::TrustedProxies;
 pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service};
 pub use settings::{Protocol, ServiceSettings};

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::forward::Forwarder;
 use crate::h1::{self, Outcome};
+use crate::h2drain::H2Streams;
 use crate::settings::{Protocol, ServiceSettings};
 use crate::tls::TlsAcceptor;
 
@@ -112,8 +113,9 @@ pub async fn serve(
 ) {
     let mut settings = fwd.service.settings();
     let mut engines = Engines::new(&settings);
-    // Every fast-path connection holds a sender; the drain waits for all of them to go.
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    // Every connection but hyper's HTTP/1.1 ones holds a sender; the drain waits for all of
+    // them to go.
+    let (open_tx, open_rx) = mpsc::channel::<()>(1);
     let mut cap = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let addr = listener.local_addr().ok();
@@ -152,6 +154,7 @@ pub async fn serve(
             // The handshake runs in the connection's task (a slow client holds only its own
             // place under the cap); the watcher makes the drain wait for it too.
             let (acceptor, auto, watcher) = (acceptor.clone(), engines.auto.clone(), graceful.watcher());
+            let shutdown = shutdown.clone();
             let (stats, timeout) = (stats.clone(), settings.header_read_timeout);
             tokio::spawn(async move {
                 let open = Open(stats.clone());
@@ -160,7 +163,7 @@ pub async fn serve(
                     return;
                 };
                 let conn = auto
-                    .serve_connection_with_upgrades(TokioIo::new(tls), hyper_service(fwd, peer, true))
+                    .serve_connection_with_upgrades(TokioIo::new(tls), hyper_service(fwd, peer, true, shutdown, None))
                     .into_owned();
                 let _ = watcher.watch(conn).await;
                 drop(open);
@@ -188,38 +191,103 @@ pub async fn serve(
             });
             continue;
         }
-        let conn = engines
-            .auto
-            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service(fwd, peer, false))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let _ = conn.await;
-            stats.open.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
+        let open = OpenGuard {
+            stats: stats.clone(),
+            _drain: open_tx.clone(),
+        };
+        let conn = HyperConn {
+            fwd,
+            peer,
+            shutdown: shutdown.clone(),
+            timeout: settings.header_read_timeout,
+        };
+        tokio::spawn(conn.serve(&engines, graceful.watcher(), (open, permit), stream));
     }
     drop(listener);
     drop(open_tx);
-    let drained = async {
-        // hyper closes an idle HTTP/1.1 connection at once on a graceful shutdown, so a
-        // client that connected a moment ago (the last accepts before a reload's or a
-        // hand-over's stop) would have its first request cut; give such requests the
-        // same last second the own engine gives its idle connections.
-        if graceful.count() > 0 {
-            tokio::time::sleep(LAST_ACCEPTED_WAIT.min(grace)).await;
-        }
-        tokio::join!(graceful.shutdown(), open_rx.recv());
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
+    let window = settings.header_read_timeout.min(grace);
+    if tokio::time::timeout(grace, drain(graceful, open_rx, window))
+        .await
+        .is_err()
+    {
         tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
     }
 }
 
-/// After a stop, how long hyper-engine connections keep serving before the graceful shutdown
-/// closes the idle ones.
-const LAST_ACCEPTED_WAIT: Duration = Duration::from_secs(1);
+/// A plain-TCP client connection on the hyper engine.
+struct HyperConn {
+    fwd: Arc<Forwarder>,
+    peer: std::net::SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    /// How long to wait for the first bytes that tell HTTP/2 from HTTP/1.1.
+    timeout: Duration,
+}
+
+impl HyperConn {
+    /// HTTP/2 clients (prior knowledge) are told apart first, so their drain is the one
+    /// GOAWAY of `h2drain` on this engine too; the rest is hyper's HTTP/1.1. `held` (the
+    /// listener's gauge and drain, the place under the cap) lasts as long as the connection.
+    fn serve<H: Send + 'static>(
+        self,
+        engines: &Engines,
+        watcher: hyper_util::server::graceful::Watcher,
+        held: H,
+        stream: TcpStream,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (auto, h2) = (engines.auto.clone(), engines.h2.clone());
+        async move {
+            let _held = held;
+            if sniff_h2(&stream, self.timeout).await {
+                Box::pin(serve_h2(h2, stream, Vec::new(), self.peer, self.fwd, self.shutdown)).await;
+            } else {
+                let svc = hyper_service(self.fwd, self.peer, false, self.shutdown, None);
+                let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+        }
+    }
+}
+
+/// After the accept loop: wait for the connections. hyper's graceful shutdown closes an idle
+/// HTTP/1.1 connection at once, and the client may be sending its next request on it right
+/// then; so until the drain `window` ends (an idle connection's own timeout), every answer
+/// says `Connection: close` (`hyper_service`) and its connection closes after it, and only
+/// what is still open then is shut down. The own engine's connections and HTTP/2 ones hold
+/// `open` until they end.
+async fn drain(graceful: GracefulShutdown, mut open: mpsc::Receiver<()>, window: Duration) {
+    let window_end = tokio::time::Instant::now() + window;
+    while graceful.count() > 0 && tokio::time::Instant::now() < window_end {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    tokio::join!(graceful.shutdown(), open.recv());
+}
+
+/// How often a drain looks whether hyper's connections are gone, or an HTTP/2 connection
+/// has nothing in flight (only while draining).
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// After an HTTP/2 connection took its last stream, how long hyper keeps it to write what it
+/// still holds (a last DATA frame) before the GOAWAY.
+const H2_SETTLE: Duration = Duration::from_millis(20);
+
+/// Whether the client's first bytes are the HTTP/2 preface (prior knowledge). Read with
+/// `peek`, so hyper still reads them; a client that sends nothing within `timeout` is left
+/// to hyper's own timeouts.
+async fn sniff_h2(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; 24];
+    let look = async {
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            match crate::h1::h2_preface(&buf[..n]) {
+                Some(is) => return is,
+                None if n == 0 => return false,
+                // Part of the preface: the rest is on its way (rare: it comes in one segment).
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, look).await.unwrap_or(false)
+}
 
 /// A place under `max_connections`, waiting (new connections stay in the listen backlog)
 /// while the cap is reached. None: shutdown came first.
@@ -330,10 +398,14 @@ async fn plain_http(mut stream: TcpStream) -> std::io::Error {
 }
 
 /// The hyper service of one connection: every request through the hyper request path.
+/// Once `draining`, an HTTP/1.x answer says `Connection: close` (hyper closes the connection
+/// after it); on an HTTP/2 connection, `streams` counts the streams in flight for its drain.
 fn hyper_service(
     fwd: Arc<Forwarder>,
     peer: std::net::SocketAddr,
     https: bool,
+    draining: watch::Receiver<bool>,
+    streams: Option<Arc<H2Streams>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::body::RespBody>,
@@ -344,14 +416,39 @@ fn hyper_service(
     let mut peer = crate::forward::Peer::new(peer, &fwd.service.settings());
     peer.https = https;
     let peer = Arc::new(peer);
-    hyper::service::service_fn(move |req| {
-        let fwd = fwd.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(fwd.handle(req, &peer).await) }
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (fwd, peer, draining, streams) = (fwd.clone(), peer.clone(), draining.clone(), streams.clone());
+        async move {
+            let hold = match &streams {
+                Some(s) => match s.enter() {
+                    Some(h) => Some(h),
+                    // The connection took its last stream: this one was not processed (its
+                    // id is past the GOAWAY's) and the client sends it again elsewhere.
+                    None => {
+                        s.gone().await;
+                        return Ok(crate::body::refused_response());
+                    }
+                },
+                None => None,
+            };
+            let h1 = req.version() < http::Version::HTTP_2;
+            let mut resp = fwd.handle(req, &peer).await;
+            if h1 && *draining.borrow() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            if let Some(h) = hold {
+                resp.body_mut().hold(h);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     })
 }
 
-/// Serve an HTTP/2 (prior knowledge) client found by the fast path, through hyper.
+/// Serve an HTTP/2 (prior knowledge) client through hyper; on shutdown, drain it as
+/// `h2drain` says: wait (within the drain window) for a moment with no stream in flight,
+/// then one GOAWAY and the close. A connection busy for the whole window gets hyper's
+/// graceful shutdown instead (its streams finish).
 async fn serve_h2(
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     stream: tokio::net::TcpStream,
@@ -360,21 +457,49 @@ async fn serve_h2(
     fwd: Arc<Forwarder>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let svc = hyper_service(fwd, peer, false);
+    let window = fwd.service.settings().header_read_timeout;
+    // A second handle on the socket, for the GOAWAY written after hyper let go of it.
+    let Ok((stream, spare)) = second_handle(stream) else {
+        return;
+    };
+    let streams = Arc::new(H2Streams::default());
+    let svc = hyper_service(fwd, peer, false, shutdown.clone(), Some(streams.clone()));
     let io = TokioIo::new(Prefixed {
         pre,
         pos: 0,
         io: stream,
     });
-    let mut conn = std::pin::pin!(h2.serve_connection(io, svc));
-    let stop = tokio::select! {
-        _ = conn.as_mut() => false,
-        _ = shutdown.wait_for(|s| *s) => true,
-    };
-    if stop {
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+    let mut conn = Box::pin(h2.serve_connection(io, svc));
+    tokio::select! {
+        _ = conn.as_mut() => return streams.set_gone(),
+        _ = shutdown.wait_for(|s| *s) => {}
     }
+    let window_end = tokio::time::Instant::now() + window;
+    while !streams.close_if_idle() {
+        if tokio::time::Instant::now() >= window_end {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+            return streams.set_gone();
+        }
+        tokio::select! {
+            _ = conn.as_mut() => return streams.set_gone(),
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+        }
+    }
+    // hyper writes what it still holds (the end of the last response) as it runs.
+    if tokio::time::timeout(H2_SETTLE, conn.as_mut()).await.is_ok() {
+        return streams.set_gone();
+    }
+    drop(conn);
+    streams.set_gone();
+    crate::h2drain::goaway_and_close(spare, &streams).await;
+}
+
+/// The socket as tokio's, and a second handle on it (a `dup`) that outlives the first.
+fn second_handle(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = stream.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, spare))
 }
 
 /// A socket whose first bytes were already read: they are replayed before the rest.

@@ -26,6 +26,8 @@ impl std::error::Error for BodyTooLarge {}
 /// A request body on its way upstream, cut off with [`BodyTooLarge`] past the limit.
 pub struct ReqBody {
     inner: Option<Incoming>,
+    /// A body read whole before sending (so the request can be sent again), not yet sent.
+    full: Option<Bytes>,
     limit: u64,
     seen: u64,
     /// Why the body failed, if it was the client's doing: kept beside the body because the
@@ -47,6 +49,7 @@ impl ReqBody {
     pub fn new(inner: Incoming, limit: u64) -> ReqBody {
         ReqBody {
             inner: Some(inner),
+            full: None,
             limit,
             seen: 0,
             fault: Arc::default(),
@@ -56,10 +59,18 @@ impl ReqBody {
     pub fn empty() -> ReqBody {
         ReqBody {
             inner: None,
+            full: None,
             limit: 0,
             seen: 0,
             fault: Arc::default(),
         }
+    }
+
+    /// A body already read whole (within its limit).
+    pub fn full(data: Bytes) -> ReqBody {
+        let mut b = ReqBody::empty();
+        b.full = (!data.is_empty()).then_some(data);
+        b
     }
 
     /// Reads what the body's client did, after the body is gone (into a request sent).
@@ -79,6 +90,9 @@ impl Body for ReqBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(data) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -104,10 +118,13 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.full.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(d) = &self.full {
+            return SizeHint::with_exact(d.len() as u64);
+        }
         self.inner.as_ref().map_or(SizeHint::with_exact(0), |b| b.size_hint())
     }
 }

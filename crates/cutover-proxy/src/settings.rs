@@ -34,12 +34,44 @@ pub struct ServiceSettings {
     pub max_header_line_bytes: usize,
     /// Peers whose forwarding headers are kept (see [`TrustedProxies`]).
     pub trusted_proxies: TrustedProxies,
-    /// A request that failed on a reused keep-alive connection before any byte of response
-    /// is sent again on a new connection even when its method is not idempotent (model
-    /// generations have no side effect beyond their cost), provided its whole body is at hand.
+    /// The master switch for re-sending a non-idempotent request after a reused keep-alive
+    /// connection died under it before any byte of response: off, only idempotent methods
+    /// go again; on, also requests with an `Idempotency-Key` and those on `retry_paths`
+    /// (the rule is `exchange::resend`).
     pub retry_non_idempotent: bool,
+    /// Paths (exact, without the query) whose non-idempotent requests are side-effect free
+    /// (generations, embeddings, tokenization): such a request may be sent once more.
+    pub retry_paths: Vec<String>,
+    /// `Upgrade` tokens, lowercase, that are tunnelled after a 101 (`websocket`); any other
+    /// upgrade request is served as plain HTTP without its Upgrade. Never `h2c`.
+    pub upgrade_protocols: Vec<String>,
     /// The endpoints are `https://`: connections to them are TLS (and take the hyper engine).
     pub upstream_tls: Option<UpstreamTls>,
+}
+
+impl ServiceSettings {
+    /// Whether an `Upgrade` value names a protocol this service tunnels. A list
+    /// (`websocket, foo`) is judged by its first token, the one the upstream would pick first;
+    /// `h2c` is refused whatever the list says (h2c smuggling: RFC 9113 §3.1 deprecated it).
+    pub fn tunnels(&self, upgrade: &[u8]) -> bool {
+        tunnels(&self.upgrade_protocols, upgrade)
+    }
+}
+
+/// [`ServiceSettings::tunnels`] on a bare list (the HTTP/1.1 engine's head parser holds the
+/// list, not the settings).
+pub(crate) fn tunnels(allowed: &[String], upgrade: &[u8]) -> bool {
+    {
+        let Some(first) = crate::headers::list(upgrade).next() else {
+            return false;
+        };
+        // A protocol may carry a version (`websocket/13`): the name is what is allowed.
+        let name = first.split(|&b| b == b'/').next().unwrap_or(first);
+        if name.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        allowed.iter().any(|p| p.as_bytes().eq_ignore_ascii_case(name))
+    }
 }
 
 impl Default for ServiceSettings {
@@ -59,6 +91,10 @@ impl Default for ServiceSettings {
             max_header_line_bytes: 16 * 1024,
             trusted_proxies: TrustedProxies::default(),
             retry_non_idempotent: true,
+            // The config's defaults (cutover-config `defaults::retry_paths`) fill this in; a
+            // bare `ServiceSettings` (unit tests) re-sends only by method or by key.
+            retry_paths: Vec::new(),
+            upgrade_protocols: vec!["websocket".to_string()],
             upstream_tls: None,
         }
     }

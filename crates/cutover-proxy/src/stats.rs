@@ -4,6 +4,7 @@
 //! Recording is a handful of relaxed atomic adds; reading takes a snapshot that gates diff
 //! over a window (bake) and that the metrics endpoint renders.
 
+use crate::exchange::{Refusal, ResendReason};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -205,6 +206,11 @@ pub struct ColorStats {
     /// than two events (a bare `[DONE]`), or a POST answered 200 with an empty body. They
     /// look like success and count as errors for verification.
     pub empty_generations: AtomicU64,
+    /// Requests sent once more after a reused connection died under them, by
+    /// [`ResendReason`] (in `ResendReason::ALL` order).
+    resends: [AtomicU64; 3],
+    /// Such requests answered 502 instead, by [`Refusal`] (in `Refusal::ALL` order).
+    not_resent: [AtomicU64; 4],
 }
 
 impl Default for ColorStats {
@@ -223,6 +229,8 @@ impl Default for ColorStats {
             token_gap: Sketch::default(),
             token_time: Sketch::default(),
             empty_generations: AtomicU64::new(0),
+            resends: Default::default(),
+            not_resent: Default::default(),
         }
     }
 }
@@ -237,6 +245,32 @@ impl ColorStats {
         if (100..600).contains(&code) {
             self.codes[(code - 100) as usize].fetch_add(1, Relaxed);
         }
+    }
+
+    pub(crate) fn record_resend(&self, why: ResendReason) {
+        if let Some(i) = ResendReason::ALL.iter().position(|r| *r == why) {
+            self.resends[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn record_not_resent(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            self.not_resent[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Re-sends so far, per reason (every reason, zeros included).
+    pub fn resends(&self) -> impl Iterator<Item = (ResendReason, u64)> + '_ {
+        ResendReason::ALL
+            .into_iter()
+            .zip(self.resends.iter().map(|n| n.load(Relaxed)))
+    }
+
+    /// Requests not re-sent so far, per reason (every reason, zeros included).
+    pub fn not_resent(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .into_iter()
+            .zip(self.not_resent.iter().map(|n| n.load(Relaxed)))
     }
 
     /// Responses per status code, only the codes seen.

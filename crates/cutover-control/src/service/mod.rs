@@ -167,6 +167,8 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         max_header_line_bytes: l.max_header_line_bytes,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.iter().copied()),
         retry_non_idempotent: cfg.retry_non_idempotent,
+        retry_paths: cfg.retry_paths.clone(),
+        upgrade_protocols: cfg.upgrade_protocols.clone(),
         upstream_tls: cfg.upstream_tls.as_ref().map(|t| {
             cutover_proxy::tls::UpstreamTls::new(t.ca_file.as_deref(), cfg.upstream_protocol == UpstreamProtocol::H2c)
         }),

@@ -24,11 +24,6 @@ use crate::exchange::{self, Exchange, Forwarder};
 use crate::route::ColorRoute;
 use crate::settings::ServiceSettings;
 
-/// After the listener shuts down (SIGTERM, a reload's replaced listener, a hand-over to a
-/// successor), how long an idle keep-alive connection waits for one last request before it
-/// closes: long enough for a client that was about to send on it.
-const LAST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// One client connection, for as long as it lasts.
 pub(super) struct ClientConn {
     pub(super) client: TcpStream,
@@ -114,6 +109,7 @@ impl ClientConn {
             scheme: b"http",
             want_path: self.settings.access_log,
             max_line: self.settings.max_header_line_bytes,
+            upgrades: &self.settings.upgrade_protocols,
         };
         let mut out = Out::new();
         match request::request_head(self.inbuf.bytes(), &target, out.vec()) {
@@ -152,16 +148,16 @@ impl ClientConn {
                         r = ready.as_mut() => if r.is_err() { return Err(Stop::Closed) },
                         _ = sleep_until(d) => return Err(Stop::Closed),
                         _ = wait_true(&mut self.shutdown) => {
-                            // Closed at once, an idle connection meets the request a client
-                            // may be sending on it right now: the client gets a reset, and a
-                            // POST is not sent again (HAProxy's idle-close-on-response). A
-                            // request within LAST_REQUEST_WAIT is answered, with
-                            // `Connection: close`.
-                            let last = sleep_until(d.min(Deadline::now() + LAST_REQUEST_WAIT));
+                            // Draining. Closed now, an idle connection would meet the request
+                            // a client may be sending on it right now (a reset, and a POST the
+                            // client cannot know whether to send again). It stays open for the
+                            // rest of its idle time (the drain window, within the listener's
+                            // grace): a request that comes is answered with `Connection:
+                            // close`, and the connection closes after that answer.
                             tokio::select! {
                                 biased;
                                 r = ready => if r.is_err() { return Err(Stop::Closed) },
-                                _ = last => return Err(Stop::Closed),
+                                _ = sleep_until(d) => return Err(Stop::Closed),
                             }
                         }
                     }
@@ -241,7 +237,7 @@ impl ClientConn {
             inbuf: &mut self.inbuf,
             settings: &self.settings,
             fwd: &self.fwd,
-            shutting_down: *self.shutdown.borrow(),
+            shutdown: &self.shutdown,
         };
         let sent = sender.forward(&head, out, &mut ex, &mut body_done).await;
         match sent {
@@ -266,6 +262,7 @@ impl ClientConn {
     ) -> After {
         let close = unread
             || !head.keep_alive
+            || *self.shutdown.borrow()
             || e.status == StatusCode::BAD_REQUEST
             || e.status == StatusCode::PAYLOAD_TOO_LARGE;
         let mut out = Out::new();

@@ -20,6 +20,7 @@ pub(crate) fn wire(data: &[u8]) {
         scheme: b"http",
         want_path: true,
         max_line: 8 * 1024,
+        upgrades: &[],
     };
     let mut out = Vec::new();
     match request::request_head(data, &t, &mut out) {

@@ -46,6 +46,8 @@ use crate::exchange::Forwarder;
 use crate::upstream::ConnectError;
 use client::{ClientConn, Stop};
 
+pub(crate) use buf::h2_preface;
+
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Framing {
@@ -140,9 +142,9 @@ pub(crate) async fn serve_connection(
                 return Outcome::Closed;
             }
         }
-        if *c.shutdown.borrow() {
-            return Outcome::Closed;
-        }
+        // A drain that began after this answer's head went out (it said keep-alive) does
+        // not close the connection here: the client may already be sending its next request,
+        // which `read_head` waits for and which is answered with `Connection: close`.
         // Idle connections hold no buffer.
         c.inbuf.release();
     }

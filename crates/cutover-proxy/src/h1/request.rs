@@ -42,9 +42,12 @@ pub(crate) struct RequestHead {
     pub(crate) expect_continue: bool,
     /// No Host came with the request: the upstream head still needs one.
     pub(crate) needs_host: bool,
-    /// An HTTP/1.1 request without a body asking to switch protocols (`Connection: upgrade`
-    /// and an `Upgrade`, e.g. WebSocket): its Upgrade went upstream, and a 101 opens a tunnel.
+    /// An HTTP/1.1 request without a body asking to switch to a protocol the service
+    /// tunnels (`Connection: upgrade` and an allowed `Upgrade`, e.g. WebSocket): its Upgrade
+    /// went upstream, and a 101 opens a tunnel.
     pub(crate) upgrade: bool,
+    /// The request carries an `Idempotency-Key` (read by the resend rule).
+    pub(crate) idempotency_key: bool,
     /// Present only when an access log wants it.
     pub(crate) path: Option<String>,
 }
@@ -59,6 +62,8 @@ pub(crate) struct Target<'a> {
     pub(crate) scheme: &'static [u8],
     pub(crate) want_path: bool,
     pub(crate) max_line: usize,
+    /// The service's `upgrade_protocols`: another Upgrade is dropped, not forwarded.
+    pub(crate) upgrades: &'a [String],
 }
 
 /// Parse a request head at the start of `buf` and write the upstream's version of it to
@@ -117,6 +122,7 @@ struct Seen<'h> {
     /// A trusted proxy's values, kept instead of the proxy's own.
     proto: Option<&'h [u8]>,
     fwd_host: Option<&'h [u8]>,
+    idempotency_key: bool,
 }
 
 fn rewrite(
@@ -147,7 +153,10 @@ fn rewrite(
         seen.upgrade = headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("upgrade") && !h.value.is_empty())
-            .map(|h| h.value);
+            .map(|h| h.value)
+            // Another protocol (h2c above all) is served as plain HTTP: its Upgrade and
+            // Connection tokens are dropped like any hop-by-hop header.
+            .filter(|v| crate::settings::tunnels(t.upgrades, v));
     }
     let host: Option<&[u8]> = uri_host.map(str::as_bytes).or(seen.host);
     let keep_alive = if minor == 1 {
@@ -176,6 +185,7 @@ fn rewrite(
         expect_continue: seen.expect_continue,
         needs_host: host.is_none(),
         upgrade: seen.upgrade.is_some(),
+        idempotency_key: seen.idempotency_key,
     })
 }
 
@@ -219,6 +229,9 @@ fn inspect<'h>(
                 seen.host = Some(h.value);
             }
             Class::Expect if h.value.eq_ignore_ascii_case(b"100-continue") => seen.expect_continue = true,
+            Class::Plain if h.name.len() == 15 && h.name.eq_ignore_ascii_case("idempotency-key") => {
+                seen.idempotency_key = true
+            }
             Class::Forwarding(Forwarding::Proto) if t.trusted => seen.proto = seen.proto.or(Some(h.value)),
             Class::Forwarding(Forwarding::Host) if t.trusted => seen.fwd_host = seen.fwd_host.or(Some(h.value)),
             _ => {}
@@ -396,8 +409,11 @@ mod tests {
             scheme: b"http",
             want_path: true,
             max_line: 16 * 1024,
+            upgrades: &UPGRADES,
         }
     }
+
+    static UPGRADES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["websocket".into()]);
 
     fn req_with(raw: &[u8], t: &Target<'_>) -> Result<(RequestHead, String), HeadError> {
         let mut out = Vec::new();
@@ -553,11 +569,25 @@ mod tests {
             "GET /ws HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             "POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
             "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n",
+            // Not in upgrade_protocols: served as plain HTTP, every upgrade token gone.
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo/1\r\nHTTP2-Settings: x\r\n\r\n",
         ] {
             let (h, out) = req(not_upgrade).unwrap();
             assert!(!h.upgrade, "{not_upgrade}");
             assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+            assert!(!out.to_ascii_lowercase().contains("http2-settings"), "{out}");
         }
+    }
+
+    #[test]
+    fn an_idempotency_key_is_seen_and_forwarded() {
+        let (h, out) =
+            req("POST /v1/files HTTP/1.1\r\nHost: a\r\nIdempotency-Key: \"k1\"\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(h.idempotency_key);
+        assert!(out.contains("Idempotency-Key: \"k1\"\r\n"), "{out}");
+        let (h, _) = req("POST /v1/files HTTP/1.1\r\nHost: a\r\nIdempotency-Keys: k\r\n\r\n").unwrap();
+        assert!(!h.idempotency_key);
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub(crate) struct ResponseContext<'a> {
     pub(crate) version: Option<&'a [u8]>,
 }
 
+impl ResponseContext<'_> {
+    /// The same, for a head written while the listener drains (`draining`): the client's
+    /// connection closes after it.
+    pub(crate) fn draining(&self, draining: bool) -> ResponseContext<'_> {
+        ResponseContext {
+            client_keep_alive: self.client_keep_alive && !draining,
+            ..*self
+        }
+    }
+}
+
 /// Parse an upstream response head and write the client's version of it to `out`.
 pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<u8>) -> Result<ResponseParse, String> {
     let mut headers = [httparse::EMPTY_HEADER; super::request::MAX_HEADERS];

@@ -19,13 +19,11 @@ use super::response::{self, ResponseContext, ResponseHead, ResponseParse};
 use super::Framing;
 use super::{After, Fail};
 use crate::error::ProxyError;
-use crate::exchange::{self, Exchange, Forwarder, Next, Replay, Retry};
+use crate::exchange::{self, Exchange, Forwarder, Next, ReplayFacts, Retry};
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
 
-/// Bodies up to this size are read whole before the request is sent, so it can be sent
-/// again (see `read_small_body`): a chat request is a few KiB; an image upload is streamed.
-const REPLAY_BUFFER: u64 = 64 * 1024;
+use crate::exchange::REPLAY_BUFFER;
 
 /// Where the request body stands.
 #[derive(Clone)]
@@ -110,14 +108,41 @@ pub(super) struct Outgoing {
     body: BodyProgress,
 }
 
+impl Outgoing {
+    /// What the resend rule reads, from the bytes that went out: the path of the request
+    /// line, and the body after the head when all of it is here (`whole`). Read only after
+    /// a reused connection died, so the common path pays nothing for it.
+    fn facts<'a>(&'a self, head: &'a RequestHead, whole: bool) -> ReplayFacts<'a> {
+        let bytes = &self.bytes.0;
+        let line_end = bytes.iter().position(|&b| b == b'\r').unwrap_or(bytes.len());
+        let target = bytes[..line_end].split(|&b| b == b' ').nth(1).unwrap_or(b"");
+        let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+        let body = whole.then(|| {
+            let at = bytes
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(bytes.len(), |i| i + 4);
+            &bytes[at..]
+        });
+        ReplayFacts {
+            method: &head.method,
+            path,
+            idempotency_key: head.idempotency_key,
+            body,
+        }
+    }
+}
+
 /// The client connection's parts an exchange with an upstream uses.
 pub(super) struct Sender<'a> {
     pub(super) client: &'a mut TcpStream,
     pub(super) inbuf: &'a mut Buf,
     pub(super) settings: &'a ServiceSettings,
     pub(super) fwd: &'a Forwarder,
-    /// The listener is shutting down: the client's connection closes after this answer.
-    pub(super) shutting_down: bool,
+    /// True once the listener drains: an answer whose head is written after that says
+    /// `Connection: close`, and the client's connection closes after it. Read when the head
+    /// is written, not when the request came: a model may think for minutes.
+    pub(super) shutdown: &'a tokio::sync::watch::Receiver<bool>,
 }
 
 /// For a request answered without an upstream: when its whole body is already buffered
@@ -270,13 +295,14 @@ impl Sender<'_> {
             upgrade: head.upgrade,
             head_request: head.method == http::Method::HEAD,
             client_minor: head.minor,
-            client_keep_alive: head.keep_alive && !self.shutting_down,
+            client_keep_alive: head.keep_alive,
             color: route.color.as_str().as_bytes(),
             version: route.version_header.as_ref().map(|v| v.as_bytes()),
         };
         let limit = self.settings.first_byte_timeout;
         let first_byte_deadline = Deadline::from_std(ex.started) + limit;
-        let replay = Replay::of(&head.method, req.body.done(), self.settings.retry_non_idempotent);
+        // The whole body is in `req.bytes` (and can go again) only if it was read before sending.
+        let whole = req.body.done();
         let mut fresh_only = false;
         loop {
             let load = endpoint.claim();
@@ -291,10 +317,12 @@ impl Sender<'_> {
                 Ok(Err(Fail::Stale(why))) => (Retry::ReusedConnection, exchange::upstream_failed(&endpoint, &why)),
                 Ok(Err(e)) => return Err(e),
             };
-            match ex.after_failure(retry, &endpoint, replay) {
+            let settings = self.settings;
+            let resend = || exchange::resend(&req.facts(head, whole), settings);
+            match ex.after_failure(retry, &endpoint, e, resend) {
                 Next::OtherEndpoint(next) => endpoint = next,
                 Next::FreshConnection => fresh_only = true,
-                Next::GiveUp => return Err(Fail::Proxy(e)),
+                Next::GiveUp(e) => return Err(Fail::Proxy(e)),
             }
         }
     }
@@ -346,6 +374,7 @@ impl Sender<'_> {
         let max = self.settings.max_header_bytes;
         loop {
             if !upbuf.is_empty() {
+                let rcx = &rcx.draining(*self.shutdown.borrow());
                 match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
                     Ok(ResponseParse::Partial) => {}
                     Ok(ResponseParse::Interim { len, relay }) => {

@@ -38,6 +38,11 @@ pub struct Case {
     pub response: Option<String>,
     #[serde(default)]
     pub upstream_closes: bool,
+    /// The request reaches the upstream on a pooled keep-alive connection (a warm-up
+    /// request on the same client connection opened it), which the upstream closes after
+    /// reading it, without a byte of answer; on a new connection it is answered.
+    #[serde(default)]
+    pub pooled_dies: bool,
     #[serde(default)]
     pub upstream_has: Vec<String>,
     #[serde(default)]
@@ -90,7 +95,7 @@ impl Case {
     }
 }
 
-/// `\xHH` stands for one byte; `{N*c}` for `c` repeated N times.
+/// `\xHH` stands for one byte; `{N*c}` for `c` repeated N times (N digits).
 fn bytes_of(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();
@@ -100,10 +105,8 @@ fn bytes_of(s: &str) -> Vec<u8> {
             let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
             out.push(u8::from_str_radix(hex, 16).expect("\\xHH"));
             i += 4;
-        } else if b[i] == b'{' {
-            let end = s[i..].find('}').expect("closing }") + i;
-            let (n, c) = s[i + 1..end].split_once('*').expect("{N*c}");
-            out.extend(c.as_bytes().repeat(n.parse().unwrap()));
+        } else if let Some((n, c, end)) = repeat_at(s, i) {
+            out.extend(c.as_bytes().repeat(n));
             i = end + 1;
         } else {
             out.push(b[i]);
@@ -111,6 +114,15 @@ fn bytes_of(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A `{N*c}` at `i`: (N, c, index of the `}`). Any other `{` (a JSON body) is itself.
+fn repeat_at(s: &str, i: usize) -> Option<(usize, &str, usize)> {
+    let rest = s[i..].strip_prefix('{')?;
+    let end = rest.find('}')?;
+    let (n, c) = rest[..end].split_once('*')?;
+    let n = n.parse().ok().filter(|_| n.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((n, c, i + 1 + end))
 }
 
 /// One request as the upstream received it.
@@ -129,6 +141,9 @@ struct Recorder {
     response: Arc<Mutex<Vec<u8>>>,
     /// Close the connection after answering.
     close: Arc<std::sync::atomic::AtomicBool>,
+    /// The next request that arrives on a connection which already answered one is
+    /// recorded, then its connection closed without an answer (once).
+    die_on_reused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const DEFAULT_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -153,6 +168,7 @@ impl Recorder {
         let mut chunk = [0u8; 16384];
         // This connection's share of `pending`.
         let mut mine = 0isize;
+        let mut answered = 0usize;
         'conn: loop {
             let n = match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
@@ -170,8 +186,12 @@ impl Recorder {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
                 } else {
                     self.got.lock().unwrap().push(req);
+                    if answered > 0 && self.die_on_reused.swap(false, Ordering::Relaxed) {
+                        break 'conn;
+                    }
                     self.response.lock().unwrap().clone()
                 };
+                answered += 1;
                 if s.write_all(&answer).await.is_err() || (!health && self.close.load(Ordering::Relaxed)) {
                     break 'conn;
                 }
@@ -187,6 +207,7 @@ impl Recorder {
         self.got.lock().unwrap().clear();
         *self.response.lock().unwrap() = response.unwrap_or(DEFAULT_RESPONSE).to_vec();
         self.close.store(false, Ordering::Relaxed);
+        self.die_on_reused.store(false, Ordering::Relaxed);
     }
 }
 
@@ -248,6 +269,36 @@ struct ClientView {
 /// Send `req`, read until `want` complete responses arrived, the server closed, or 5 s.
 async fn client(port: u16, req: &[u8], want: usize, head: bool) -> ClientView {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    client_on(&mut s, req, want, head).await
+}
+
+/// `client` on a connection that already carried a warm-up request: the proxy handles a
+/// client connection's requests in order, so the upstream connection that answered the
+/// warm-up is back in the pool before `req` is read.
+async fn after_warm_up(port: u16, rec: &Recorder, req: &[u8], want: usize, head: bool) -> Result<ClientView, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while whole_response(&buf, false).is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => {
+                return Err(format!(
+                    "the warm-up request got no answer: {:?}",
+                    trunc(&String::from_utf8_lossy(&buf))
+                ))
+            }
+        }
+    }
+    rec.got.lock().unwrap().clear();
+    rec.die_on_reused.store(true, Ordering::Relaxed);
+    Ok(client_on(&mut s, req, want, head).await)
+}
+
+async fn client_on(s: &mut TcpStream, req: &[u8], want: usize, head: bool) -> ClientView {
     let _ = s.write_all(req).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut buf = Vec::new();
@@ -341,7 +392,11 @@ async fn run(case: &Case, port: u16, rec: &Recorder) -> Result<(), String> {
     let pending_before = rec.pending.load(Ordering::Relaxed);
     let req = bytes_of(&case.request);
     let want = case.responses.unwrap_or(1);
-    let view = client(port, &req, want, case.head).await;
+    let view = if case.pooled_dies {
+        after_warm_up(port, rec, &req, want, case.head).await?
+    } else {
+        client(port, &req, want, case.head).await
+    };
     let expect_cut = case.expect.as_str() == Some("cut");
     let expect_status = case.expect.as_integer().map(|n| n as u16);
     match (expect_status, view.statuses.first()) {
@@ -536,7 +591,13 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
     let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let what = format!("{engine} engine, retry_non_idempotent = {retry_non_idempotent}");
-    let send = |req: &'static [u8]| client(r.listen, req, 1, false);
+    // One client connection for all: the proxy handles its requests in order, so the
+    // upstream connection that answered one is back in the pool when the next is read.
+    let conn = tokio::sync::Mutex::new(TcpStream::connect(("127.0.0.1", r.listen)).await.unwrap());
+    let send = |req: &'static [u8]| {
+        let conn = &conn;
+        async move { client_on(&mut *conn.lock().await, req, 1, false).await }
+    };
     assert_eq!(
         send(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n").await.statuses,
         vec![200],
@@ -547,24 +608,51 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
     let v = send(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(v.statuses, vec![200], "{what}: {}", v.text);
     assert_eq!(*seen.lock().unwrap(), vec!["GET /again HTTP/1.1"; 2], "{what}");
-    // The same under a POST whose body is at hand: sent again only when the service allows
-    // it. (On the hyper engine a request body is streamed, never at hand: never again.)
+    // The same under a POST to a retry path (TGI's /generate) whose small body is at hand
+    // (both engines read it whole first): sent again only when the master switch is on.
     seen.lock().unwrap().clear();
     let v = send(b"POST /generate HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi").await;
-    let resent = retry_non_idempotent && engine == "own";
-    if resent {
+    if retry_non_idempotent {
         assert_eq!(v.statuses, vec![200], "{what}: {}", v.text);
         assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1"; 2], "{what}");
     } else {
         assert_eq!(v.statuses, vec![502], "{what}: {}", v.text);
-        assert!(v.text.contains("upstream_failed"), "{what}: {}", v.text);
+        assert!(v.text.contains("upstream_closed_not_resent"), "{what}: {}", v.text);
+        assert!(v.text.contains("retry_non_idempotent = false"), "{what}: {}", v.text);
         assert_eq!(*seen.lock().unwrap(), vec!["POST /generate HTTP/1.1"], "{what}");
     }
+    // Counted by reason for /metrics.
+    let m = get(&r.admin_url("/metrics")).await.unwrap().text();
+    let line = |name: &str, reason: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(name) && l.contains("color=\"blue\"") && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        line("cutover_upstream_resends_total", "idempotent_method").as_deref(),
+        Some("1"),
+        "{what}:\n{m}"
+    );
+    let (resent_path, refused) = if retry_non_idempotent { ("1", "0") } else { ("0", "1") };
+    assert_eq!(
+        line("cutover_upstream_resends_total", "retry_path").as_deref(),
+        Some(resent_path),
+        "{what}"
+    );
+    assert_eq!(
+        line("cutover_upstream_not_resent_total", "retry_non_idempotent_off").as_deref(),
+        Some(refused),
+        "{what}"
+    );
 }
 
 /// One retry rule on both engines (docs/reliability.md): a request that failed on a reused
 /// keep-alive connection before any response byte is sent again on a fresh connection only
-/// when it is idempotent and its whole body is at hand.
+/// when its whole body is at hand and it is idempotent, or (with `retry_non_idempotent`)
+/// on a retry path or with an Idempotency-Key; re-sends and refusals are counted by reason.
 #[tokio::test]
 async fn reused_connection_retry_rule_is_the_same_on_both_engines() {
     for engine in ["own", "hyper"] {

@@ -433,3 +433,145 @@ async fn a_listener_a_reload_moved_is_the_one_handed_over() {
         "v1"
     );
 }
+
+/// Keep-alive clients that never retry, in a closed loop: `http.client` (HTTP/1.1, one
+/// connection each) and httpx over h2c (prior knowledge). Prints `running` once every client
+/// has an answer, then runs until its stdin closes and prints what happened as JSON.
+const KEEP_ALIVE_CLIENTS: &str = r#"
+import http.client, json, sys, threading
+import httpx
+port, n1, n2 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":2}'
+head = {"content-type": "application/json"}
+stop, lock, started = threading.Event(), threading.Lock(), threading.Semaphore(0)
+res = {"h1_ok": 0, "h1_closes": 0, "h2_ok": 0, "errors": []}
+
+def fail(who, e):
+    with lock:
+        res["errors"].append(f"{who}: {type(e).__name__}: {e}")
+
+def h1():
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    ok = closes = 0
+    while not stop.is_set():
+        try:
+            c.request("POST", "/v1/chat/completions", body, head)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"status {r.status}")
+            ok += 1
+            closes += r.will_close
+            if ok == 1:
+                started.release()
+        except Exception as e:
+            fail("http.client", e)
+            c.close()
+    with lock:
+        res["h1_ok"] += ok
+        res["h1_closes"] += closes
+
+def h2():
+    ok = 0
+    with httpx.Client(http1=False, http2=True, timeout=30) as c:
+        while not stop.is_set():
+            try:
+                r = c.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=body, headers=head)
+                if r.status_code != 200 or r.http_version != "HTTP/2":
+                    raise RuntimeError(f"status {r.status_code} over {r.http_version}")
+                ok += 1
+                if ok == 1:
+                    started.release()
+            except Exception as e:
+                fail("httpx h2c", e)
+    with lock:
+        res["h2_ok"] += ok
+
+threads = [threading.Thread(target=h1) for _ in range(n1)] + [threading.Thread(target=h2) for _ in range(n2)]
+for t in threads:
+    t.start()
+for _ in threads:
+    started.acquire()
+print("running", flush=True)
+sys.stdin.read()
+stop.set()
+for t in threads:
+    t.join()
+print(json.dumps(res), flush=True)
+"#;
+
+/// The blue color's answered requests as the router's metrics count them.
+async fn blue_requests(r: &Router) -> u64 {
+    let m = get(&r.admin_url("/metrics"))
+        .await
+        .map(|m| m.text())
+        .unwrap_or_default();
+    m.lines()
+        .filter(|l| l.starts_with("cutover_requests_total{") && l.contains("color=\"blue\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn keep_alive_clients_across_an_upgrade(engine: &str) {
+    use std::io::BufRead;
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let mut r = Router::start_with_env(
+        &static_service(&[&blue], &[&green], ""),
+        &[("CUTOVER_HTTP1_ENGINE", engine)],
+    )
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let (n1, n2) = (20, 5);
+    let mut py = std::process::Command::new("python3")
+        .args([
+            "-c",
+            KEEP_ALIVE_CLIENTS,
+            &r.listen.to_string(),
+            &n1.to_string(),
+            &n2.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with httpx and h2");
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::task::block_in_place(|| out.read_line(&mut line)).unwrap();
+    assert_eq!(line.trim(), "running", "{engine}: the clients did not start");
+
+    let mut old = upgrade(&mut r).await;
+    assert_eq!(
+        exit_code(&mut old),
+        Some(0),
+        "{engine}: the old process drained and exited 0"
+    );
+    // The clients go on against the new process (its own count starts at 0).
+    wait_for(
+        "the clients to keep going on the new process",
+        Duration::from_secs(20),
+        || async { (blue_requests(&r).await >= 200).then_some(()) },
+    )
+    .await;
+    drop(py.stdin.take());
+    line.clear();
+    tokio::task::block_in_place(|| out.read_line(&mut line)).unwrap();
+    let _ = py.wait();
+    let res: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{engine}: {e}: {line:?}"));
+    assert_eq!(res["errors"], serde_json::json!([]), "{engine}: {res}\n{}", r.log());
+    // Every HTTP/1.1 connection was told to close by the drain (and reopened on its own);
+    // nothing else closes them.
+    assert!(res["h1_closes"].as_u64() >= Some(n1), "{engine}: {res}");
+    assert!(res["h2_ok"].as_u64() > Some(n2), "{engine}: {res}");
+}
+
+/// `serve --upgrade` under keep-alive clients that never retry: every HTTP/1.1 answer of the
+/// drain says `Connection: close` and its connection closes after it (none is closed under
+/// a request on its way), and an h2c connection ends with one GOAWAY at a moment with
+/// nothing in flight: not one error, on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_that_never_retry_see_no_error_across_an_upgrade_on_both_engines() {
+    for engine in ["own", "hyper"] {
+        keep_alive_clients_across_an_upgrade(engine).await;
+    }
+}
