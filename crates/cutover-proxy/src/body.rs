@@ -148,6 +148,7 @@ impl Proxied {
                 g.route.stats.stream_events.fetch_add(n, Relaxed);
             }
             g.body(d.len(), n);
+            g.mirror_data(d);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 
 use crate::error::{ProxyError, Source};
 use crate::guard::{Access, Guard, Kind};
@@ -52,6 +52,8 @@ pub(crate) struct Exchange {
     pub(crate) guard: Option<Guard>,
     pub(crate) started: Instant,
     retries: Retries,
+    /// Set when the shadow comparison copies this exchange: the request body's side.
+    pub(crate) capture: Option<Arc<crate::mirror::Capture>>,
 }
 
 impl Exchange {
@@ -71,6 +73,7 @@ impl Exchange {
             route,
             started,
             retries: Retries::default(),
+            capture: None,
         })
     }
 
@@ -124,7 +127,28 @@ impl Exchange {
         self.route.stats.record_status(status);
         if let Some(g) = self.guard.as_mut() {
             g.answered(status, sse);
+            g.mirror_head(sse);
         }
+    }
+
+    /// On the live listener, while a shadow comparison runs: copy this exchange if the tap
+    /// samples it (`headers` is built only then). One atomic load when none runs.
+    pub(crate) fn mirror(&mut self, fwd: &Forwarder, method: &Method, path: &str, headers: impl FnOnce() -> HeaderMap) {
+        if fwd.preview {
+            return;
+        }
+        let capture = fwd.service.mirror(method, path, headers);
+        self.attach(fwd, capture);
+    }
+
+    /// A copy decided by the engine itself (the HTTP/1.1 engine decides before its head's
+    /// bytes are released).
+    pub(crate) fn attach(&mut self, fwd: &Forwarder, capture: Option<Arc<crate::mirror::Capture>>) {
+        let Some(c) = capture else { return };
+        if let Some(g) = self.guard.as_mut() {
+            g.mirror(c.clone(), fwd.service.clone());
+        }
+        self.capture = Some(c);
     }
 
     /// The exchange became a tunnel (101 Switching Protocols): still in flight until it

@@ -257,6 +257,8 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         check(&mut parts, settings)?;
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        ex.mirror(self, &parts.method, pq, || crate::mirror::end_to_end(&parts.headers));
         let close = client_asks_close(&parts.headers);
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -403,7 +405,13 @@ impl Forwarder {
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
         let key = parts.headers.contains_key(&IDEMPOTENCY_KEY);
-        let (body, at_hand) = body_at_hand(&parts, body, key, settings).await?;
+        let (mut body, at_hand) = body_at_hand(&parts, body, key, settings).await?;
+        if let Some(c) = &ex.capture {
+            match &at_hand {
+                Some(b) => c.request_data(b),
+                None => body.capture(c.clone()),
+            }
+        }
         // The head and body are kept for a second attempt only when the rule could allow one
         // (the body itself is read by the rule only if a reused connection dies).
         let method = parts.method.clone();

@@ -94,10 +94,12 @@ impl Guard {
         }));
     }
 
-    /// The response head of a copied exchange: its content type and time to first byte.
-    pub(crate) fn mirror_head(&mut self, content_type: Option<&str>) {
+    /// The response head of a copied exchange: a stream or a plain answer (what the
+    /// comparison needs of its content type).
+    pub(crate) fn mirror_head(&mut self, sse: bool) {
         if let Some(m) = self.mirror.as_mut() {
-            m.answer.head(content_type);
+            m.answer
+                .head(Some(if sse { "text/event-stream" } else { "application/json" }));
         }
     }
 

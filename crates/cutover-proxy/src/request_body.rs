@@ -1,5 +1,5 @@
 //! A request body on its way upstream through hyper: streamed frame by frame, cut off past
-//! the size limit (a leaf module).
+//! the size limit, copied for the shadow comparison when it is sampled.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::mirror::Capture;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,6 +36,8 @@ pub struct ReqBody {
     /// HTTP/2 client reports a failed body as a plain stream error, without the cause, and a
     /// client's mistake must never count against the color.
     fault: Arc<AtomicU8>,
+    /// Set when the shadow comparison copies this request.
+    capture: Option<Arc<Capture>>,
 }
 
 /// What ended a request body early on the client's side (read through [`ReqBody::fault`]).
@@ -53,6 +57,7 @@ impl ReqBody {
             limit,
             seen: 0,
             fault: Arc::default(),
+            capture: None,
         }
     }
 
@@ -63,7 +68,13 @@ impl ReqBody {
             limit: 0,
             seen: 0,
             fault: Arc::default(),
+            capture: None,
         }
+    }
+
+    /// Copy the data of this body, as it streams upstream, for the shadow comparison.
+    pub(crate) fn capture(&mut self, c: Arc<Capture>) {
+        self.capture = Some(c);
     }
 
     /// A body already read whole (within its limit).
@@ -104,6 +115,9 @@ impl Body for ReqBody {
                         this.inner = None;
                         this.fault.store(1, Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                    if let Some(c) = &this.capture {
+                        c.request_data(d);
                     }
                 }
                 Poll::Ready(Some(Ok(f)))

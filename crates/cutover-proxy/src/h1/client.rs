@@ -219,8 +219,16 @@ impl ClientConn {
     pub(super) async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
         // The head is dealt with from here on, whatever the answer: an error answered on a
         // kept-alive connection must not find the same request again.
-        self.inbuf.consume(head.head_len);
         let fwd = self.fwd.clone();
+        let capture = match fwd.preview {
+            false => {
+                let raw = &self.inbuf.bytes()[..head.head_len];
+                fwd.service
+                    .mirror(&head.method, request::target_of(raw), || request::headers_of(raw))
+            }
+            true => None,
+        };
+        self.inbuf.consume(head.head_len);
         let begun = Exchange::begin(&fwd, Instant::now(), &head.method, || {
             exchange::access(&fwd, &head.method, head.path.take().unwrap_or_default(), self.peer)
         });
@@ -231,6 +239,7 @@ impl ClientConn {
                 return self.answer_error(e, None, &head, unread).await;
             }
         };
+        ex.attach(&fwd, capture);
         let mut body_done = head.body == Framing::None;
         let mut sender = Sender {
             client: &mut self.client,

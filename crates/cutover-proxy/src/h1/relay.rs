@@ -199,6 +199,7 @@ impl Relay<'_> {
                 if sse {
                     events += count_events(&mut p.last_nl, d);
                 }
+                self.guard.mirror_data(d);
                 cout.vec().extend_from_slice(d);
                 upbuf.consume(take);
                 p.left -= take as u64;
@@ -208,11 +209,13 @@ impl Relay<'_> {
                 let out = cout.vec();
                 let last_nl = &mut p.last_nl;
                 let bytes = &mut bytes;
+                let guard = &mut *self.guard;
                 let fed = p.dec.feed(upbuf.bytes(), |d| {
                     *bytes += d.len();
                     if sse {
                         events += count_events(last_nl, d);
                     }
+                    guard.mirror_data(d);
                     match mode {
                         OutMode::Rechunk => chunk(out, d),
                         OutMode::Close => out.extend_from_slice(d),
@@ -229,6 +232,7 @@ impl Relay<'_> {
                 if sse {
                     events += count_events(&mut p.last_nl, d);
                 }
+                self.guard.mirror_data(d);
                 match mode {
                     OutMode::Rechunk => chunk(cout.vec(), d),
                     _ => cout.vec().extend_from_slice(d),

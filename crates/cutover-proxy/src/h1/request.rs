@@ -397,6 +397,31 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// The request-target of a head already accepted by [`request_head`] (the shadow
+/// comparison's path, read again only while a tap is installed).
+pub(crate) fn target_of(raw: &[u8]) -> &str {
+    let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+    let target = line.split(|b| *b == b' ').nth(1).unwrap_or(b"/");
+    std::str::from_utf8(target).unwrap_or("/")
+}
+
+/// The client's end-to-end headers of an accepted head, for a sampled request's mirror.
+pub(crate) fn headers_of(raw: &[u8]) -> http::HeaderMap {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let mut map = http::HeaderMap::new();
+    if req.parse(raw).is_ok() {
+        for h in req.headers.iter() {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes());
+            let value = http::HeaderValue::from_bytes(h.value);
+            if let (Ok(n), Ok(v)) = (name, value) {
+                map.append(n, v);
+            }
+        }
+    }
+    crate::mirror::end_to_end(&map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

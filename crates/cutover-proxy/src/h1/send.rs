@@ -20,6 +20,7 @@ use super::Framing;
 use super::{After, Fail};
 use crate::error::ProxyError;
 use crate::exchange::{self, Exchange, Forwarder, Next, ReplayFacts, Retry};
+use crate::mirror::Capture;
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
 
@@ -35,16 +36,25 @@ pub(super) struct BodyProgress {
     data_seen: u64,
     dec: Chunked,
     limit: u64,
+    /// Set when the shadow comparison copies this request: its data, as it goes upstream.
+    capture: Option<Arc<Capture>>,
 }
 
 impl BodyProgress {
-    fn new(framing: Framing, limit: u64) -> BodyProgress {
+    fn new(framing: Framing, limit: u64, capture: Option<Arc<Capture>>) -> BodyProgress {
         BodyProgress {
             framing,
             sent: 0,
             data_seen: 0,
             dec: Chunked::new(),
             limit,
+            capture,
+        }
+    }
+
+    fn copy(&self, d: &[u8]) {
+        if let Some(c) = &self.capture {
+            c.request_data(d);
         }
     }
 
@@ -77,17 +87,22 @@ impl BodyProgress {
         if let Framing::Length(_) = self.framing {
             let k = self.take_length(input.len());
             out.extend_from_slice(&input[..k]);
+            self.copy(&input[..k]);
             return Ok(k);
         }
         if self.framing != Framing::Chunked {
             return Ok(0);
         }
         let mut seen = 0u64;
+        let capture = self.capture.as_deref();
         let k = self
             .dec
             .feed(input, |d| {
                 seen += d.len() as u64;
                 chunk(out, d);
+                if let Some(c) = capture {
+                    c.request_data(d);
+                }
             })
             .map_err(exchange::bad_body)?;
         self.data_seen += seen;
@@ -189,7 +204,7 @@ impl Sender<'_> {
                 return Err(Fail::Proxy(e));
             }
         };
-        let mut req = self.prepare(head, out, &endpoint).await?;
+        let mut req = self.prepare(head, out, &endpoint, ex.capture.clone()).await?;
         *body_done = req.body.done();
         let sent = self.send(head, &mut req, ex, endpoint).await;
         *body_done = req.body.done();
@@ -232,14 +247,20 @@ impl Sender<'_> {
     /// with the part of the body already read; when that is all of it, the request can be
     /// sent again should a pooled connection turn out dead. Answers `100 Continue` for a
     /// body still to come.
-    async fn prepare(&mut self, head: &RequestHead, mut out: Out, endpoint: &Endpoint) -> Result<Outgoing, Fail> {
+    async fn prepare(
+        &mut self,
+        head: &RequestHead,
+        mut out: Out,
+        endpoint: &Endpoint,
+        capture: Option<Arc<Capture>>,
+    ) -> Result<Outgoing, Fail> {
         if head.needs_host {
             let end = out.0.len() - 2;
             out.0.truncate(end);
             out.0
                 .extend_from_slice(format!("host: {}\r\n\r\n", endpoint.addr).as_bytes());
         }
-        let mut body = BodyProgress::new(head.body, self.settings.max_body_bytes);
+        let mut body = BodyProgress::new(head.body, self.settings.max_body_bytes, capture);
         let k = body.take(self.inbuf.bytes(), &mut out.0).map_err(Fail::Proxy)?;
         self.inbuf.consume(k);
         if head.expect_continue && !body.done() && head.minor == 1 {
@@ -485,6 +506,7 @@ impl Sender<'_> {
             }
             let (take, wrote) = if let Framing::Length(_) = body.framing {
                 let take = body.take_length(self.inbuf.len());
+                body.copy(&self.inbuf.bytes()[..take]);
                 (take, up.write_all(&self.inbuf.bytes()[..take]).await)
             } else {
                 let o = framed.vec();

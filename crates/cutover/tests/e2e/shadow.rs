@@ -44,7 +44,6 @@ struct Mixed {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     by_version: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     failed: Arc<Mutex<Vec<String>>>,
-    sent: Arc<AtomicU64>,
 }
 
 impl Mixed {
@@ -52,10 +51,9 @@ impl Mixed {
         let stop = Arc::new(AtomicBool::new(false));
         let by_version: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
         let failed = Arc::new(Mutex::new(Vec::new()));
-        let sent = Arc::new(AtomicU64::new(0));
         let tasks = (0..workers)
             .map(|w| {
-                let (stop, by, failed, sent) = (stop.clone(), by_version.clone(), failed.clone(), sent.clone());
+                let (stop, by, failed) = (stop.clone(), by_version.clone(), failed.clone());
                 let base = r.url("");
                 tokio::spawn(async move {
                     let c = http_client();
@@ -74,7 +72,6 @@ impl Mixed {
                             Ok(a) => failed.lock().unwrap().push(format!("{} {}", a.status, a.text())),
                             Err(e) => failed.lock().unwrap().push(e),
                         }
-                        sent.fetch_add(1, Relaxed);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 })
@@ -85,7 +82,6 @@ impl Mixed {
             tasks,
             by_version,
             failed,
-            sent,
         }
     }
 
