@@ -450,6 +450,31 @@ fn upgrade_protocols_and_retry_paths_have_defaults_and_refuse_bad_entries_where_
     }
 }
 
+/// docs/configuration.md lists the defaults of `retry_paths` and `upgrade_protocols` as the
+/// code has them.
+#[test]
+fn the_documented_retry_paths_and_upgrade_protocols_are_the_defaults() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let row = |key: &str| {
+        doc.lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("no row for {key}"))
+            .split(" | ")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let documented = |cell: String| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+    let paths = documented(row("retry_paths"));
+    let mut want = defaults::retry_paths();
+    want.sort();
+    let mut got = paths;
+    got.sort();
+    assert_eq!(got, want, "docs/configuration.md's retry_paths row");
+    assert_eq!(row("upgrade_protocols"), "`[\"websocket\"]`");
+    assert_eq!(defaults::upgrade_protocols(), vec!["websocket"]);
+}
+
 #[test]
 fn probe_kinds_parse_with_their_keys_and_defaults() {
     let c = check(GOOD).unwrap();
