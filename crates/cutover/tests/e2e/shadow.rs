@@ -117,7 +117,10 @@ async fn a_candidate_is_compared_on_mirrored_live_traffic_and_each_kind_of_regre
         "--embedding-dim-for",
         "v7=16",
     ];
-    let svc = managed_service(&ports, &knobs, &format!("health_timeout = \"20s\"\n{SHADOW}"));
+    let release = format!(
+        "health_timeout = \"20s\"\n{SHADOW}\n[services.chat.release.verify]\nbake = \"2s\"\nmin_requests = 1\n"
+    );
+    let svc = managed_service(&ports, &knobs, &release);
     let r = Router::start(&svc).await;
     let v1 = r.release("v1").await;
     assert_eq!(r.wait_end(v1, Duration::from_secs(60)).await["outcome"], "completed");
