@@ -18,6 +18,8 @@
 //! - [`release`]: release documents, start / approve / abort; [`release::run`] is one
 //!   pipeline run (pre-switch, switch, verify).
 //! - [`scale_down`]: the old color's delayed drain and stop after a completed release.
+//! - `shadow`: the shadow comparison's tap on the live listener, its queue and worker (the
+//!   copies sent to the candidate and the noise baseline), read by the shadowing phase.
 //! - [`steps`]: provision, wait for health, warm-up, smoke checks, hooks.
 //! - [`service`]: one service's colors, states, route tables, switch and rollback.
 //! - [`fleet_link`]: the router's link to etcd: applied documents, the routers' acks, the
@@ -53,6 +55,7 @@ pub mod remote_procs;
 pub mod scale_down;
 pub mod server;
 pub mod service;
+pub(crate) mod shadow;
 pub mod steps;
 pub(crate) mod store_call;
 pub mod supervisor;

@@ -44,6 +44,7 @@ pub mod listener;
 pub mod mirror;
 pub mod probe;
 pub mod request_body;
+mod resend;
 pub mod route;
 pub mod settings;
 pub mod stats;

@@ -4,7 +4,7 @@
 //! Recording is a handful of relaxed atomic adds; reading takes a snapshot that gates diff
 //! over a window (bake) and that the metrics endpoint renders.
 
-use crate::exchange::{Refusal, ResendReason};
+use crate::resend::{Refusal, ResendReason};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};

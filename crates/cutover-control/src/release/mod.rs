@@ -4,7 +4,6 @@
 pub(crate) mod active;
 pub mod doc;
 pub mod run;
-pub(crate) mod shadow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "agent",
     "service",
     "steps",
+    "shadow",
     "scale_down",
     "release",
     "controller",

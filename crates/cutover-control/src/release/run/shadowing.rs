@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
 use crate::error::StepError;
-use crate::release::shadow::Shadow;
+use crate::shadow::Shadow;
 
 /// How often the verdict is read (and abort and exits checked).
 const TICK: Duration = Duration::from_millis(250);

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::shadowing::decide as decide_shadow;
 use super::ReleaseRun;
-use crate::release::shadow::Shadow;
+use crate::shadow::Shadow;
 use cutover_config::ShadowConfig;
 
 /// How often the gates are evaluated: the bound on the time from a breach to the rollback.
