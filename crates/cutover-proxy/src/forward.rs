@@ -234,13 +234,13 @@ impl Forwarder {
         });
         let mut ex = match begun {
             Ok(ex) => ex,
-            Err(e) => return e.into_response(&svc.name, None),
+            Err(e) => return e.into_response(&svc.name, None, false),
         };
         match self.forward(req, peer, &mut ex).await {
             Ok(resp) => resp,
             Err(e) => {
                 ex.failed(&e);
-                e.into_response(&svc.name, Some(&ex.route))
+                e.into_response(&svc.name, Some(&ex.route), svc.settings().response_headers)
             }
         }
     }
@@ -302,11 +302,13 @@ impl Forwarder {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        parts
-            .headers
-            .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
-        if let Some(v) = &ex.route.version_header {
-            parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
+        if settings.response_headers {
+            parts
+                .headers
+                .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
+            if let Some(v) = &ex.route.version_header {
+                parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
+            }
         }
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         if let (Some(client), Some(upstream)) = (client_side.filter(|_| switching), upstream_side) {

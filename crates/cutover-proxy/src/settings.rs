@@ -40,6 +40,9 @@ pub struct ServiceSettings {
     pub retry_non_idempotent: bool,
     /// The endpoints are `https://`: connections to them are TLS (and take the hyper engine).
     pub upstream_tls: Option<UpstreamTls>,
+    /// `x-cutover-color` and `x-cutover-version` on answers to clients (both engines, the
+    /// proxy's own errors included).
+    pub response_headers: bool,
 }
 
 impl Default for ServiceSettings {
@@ -60,6 +63,7 @@ impl Default for ServiceSettings {
             trusted_proxies: TrustedProxies::default(),
             retry_non_idempotent: true,
             upstream_tls: None,
+            response_headers: true,
         }
     }
 }

@@ -34,7 +34,8 @@ struct Tally {
 impl Tally {
     fn fail(&mut self, version: &str, what: String) {
         *self.failed.entry(version.to_string()).or_insert(0) += 1;
-        if self.first_failures.len() < 2 {
+        // Two different examples: the same failure twice says nothing more.
+        if self.first_failures.len() < 2 && !self.first_failures.contains(&what) {
             self.first_failures.push(what);
         }
     }
@@ -170,6 +171,7 @@ async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
         id,
         Progress {
             heartbeat: Duration::from_secs(15),
+            timeout: None,
         },
     )
     .await

@@ -147,11 +147,38 @@ struct Printed {
     last_status: Option<(Instant, Value)>,
 }
 
+/// The exit code of `--timeout` passing before the release ended.
+pub const EXIT_TIMEOUT: u8 = 5;
+
+/// Whether the release's reason is already on screen: the detail of its last phase line
+/// (where the run writes why it stopped).
+fn reason_shown(doc: &Value) -> bool {
+    let last = doc["phases"].as_array().and_then(|p| p.last());
+    last.is_some_and(|p| !p["ended_at"].is_null() && p["detail"] == doc["reason"])
+}
+
+/// The last line of a followed release: its outcome, and its reason unless the last phase
+/// line just said it.
+fn end_line(id: i64, doc: &Value) -> String {
+    let mut line = format!("release #{id} of {} {}", s(&doc["version"]), s(&doc["outcome"]));
+    match doc["reason"].as_str() {
+        Some(r) if !reason_shown(doc) => line.push_str(&format!(": {r}")),
+        Some(_) => {
+            let phase = doc["phases"].as_array().and_then(|p| p.last()).map(|p| s(&p["phase"]));
+            line.push_str(&format!(" in {}", phase.unwrap_or("-")));
+        }
+        None => {}
+    }
+    line
+}
+
 /// Follows release `id` to its end and returns the final document. Nothing is printed
-/// with `--json` (the caller prints the document).
+/// with `--json` (the caller prints the document). `--timeout` ends it with exit 5; the
+/// release goes on.
 pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) -> Result<Value, Failure> {
     let quiet = remote.json;
     let tty = std::io::stdout().is_terminal() && !quiet;
+    let deadline = p.timeout.map(|t| Instant::now() + t);
     let mut printed = Printed {
         ended: 0,
         started: 0,
@@ -170,14 +197,24 @@ pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Pro
         }
         if !doc["outcome"].is_null() {
             if !quiet {
-                output::line(&format!(
-                    "release #{id} of {} {}: {}",
-                    s(&doc["version"]),
-                    s(&doc["outcome"]),
-                    s(&doc["reason"])
-                ))?;
+                output::line(&end_line(id, &doc))?;
             }
             return Ok(doc);
+        }
+        if let (Some(d), Some(t)) = (deadline, p.timeout) {
+            if Instant::now() >= d {
+                if tty {
+                    output::raw("\n")?;
+                }
+                return Err(Failure::new(
+                    EXIT_TIMEOUT,
+                    format!(
+                        "--timeout {} passed while release #{id} is {}; it goes on: `cutover release follow {service} {id}` re-attaches, `cutover abort {service}` stops it before its switch",
+                        short_duration(t),
+                        s(&doc["phase"])
+                    ),
+                ));
+            }
         }
         if !quiet {
             waiting(c, service, &doc, &mut printed, tty, p.heartbeat).await?;

@@ -1,12 +1,13 @@
 //! One service as the control plane holds it: the two colors' routes and health checks, their
 //! displayed states, the managed processes, and the route table it publishes to the data
-//! plane. Switch and rollback live in [`switch`]; the API's view in [`status`]; the
-//! dashboard's traffic samples in [`series`].
+//! plane. Switch and rollback live in [`switch`]; stopping a color on purpose in [`stop`];
+//! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
 mod reconfigure;
 mod resolve;
 pub mod series;
 pub mod status;
+pub mod stop;
 pub mod switch;
 
 use std::net::SocketAddr;
@@ -28,9 +29,12 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::colors::stored;
+use crate::error::StoreFailure;
 use crate::pause::Pause;
 use crate::procs::Procs;
 use crate::remote_procs::RemoteProcs;
+use crate::store_call::blocking;
 use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
@@ -161,6 +165,7 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         pool_max_idle: l.pool_max_idle,
         pool_idle_timeout: l.pool_idle_timeout.get(),
         access_log: cfg.access_log,
+        response_headers: cfg.response_headers,
         max_header_line_bytes: l.max_header_line_bytes,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.iter().copied()),
         retry_non_idempotent: cfg.retry_non_idempotent,
@@ -372,6 +377,33 @@ impl ServiceCtl {
 
     pub(crate) fn version_of(&self, c: Color) -> Option<String> {
         self.route(c).and_then(|r| r.version.clone())
+    }
+
+    /// The version last made live on `color`, from the history; the color's label when the
+    /// history names none (a fleet router that did not commit the switch itself, a store
+    /// from before switches recorded versions).
+    pub(crate) async fn last_live_version(&self, c: Color) -> Result<Option<String>, StoreFailure> {
+        let name = self.name.clone();
+        let v = blocking(&self.store, move |s| s.last_live_version(&name, stored(c))).await?;
+        Ok(v.or_else(|| self.version_of(c)))
+    }
+
+    /// Puts back the label `color` had before a release that ended before its switch and
+    /// whose processes were stopped: status and `rollback` then name what ran there, not a
+    /// build that never went live (which stays in `releases` and the history).
+    pub(crate) async fn restore_label(&self, color: Color, version: Option<String>) -> Result<(), StoreFailure> {
+        if self.version_of(color) == version {
+            return Ok(());
+        }
+        let _op = self.op.lock().await;
+        let _permit = self.pause.enter().await;
+        let (name, v) = (self.name.clone(), version.clone());
+        blocking(&self.store, move |s| s.set_version(&name, stored(color), v.as_deref())).await?;
+        self.install(color, version);
+        // Nothing runs there: its checks would only report a planned stop.
+        self.unwatch(color);
+        self.republish();
+        Ok(())
     }
 
     /// Installs a new route for `color` (a new version there) and starts its health checks,

@@ -524,3 +524,57 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
     })
     .await;
 }
+
+/// Issue #25: after aborted releases into the scaled-down color, `rollback --redeploy` (and
+/// the dashboard's Roll back, which reads the 409's message) offered the aborted build.
+#[tokio::test]
+async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
+    let ports = ManagedPorts::new();
+    let release = format!("promotion = \"manual\"\nscale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
+    let r = Router::start(&managed_service(&ports, &[], &release)).await;
+    let id = r.release("v1").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    let id = r.release("v2").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    let (code, _, err) = r.cli_async(&["approve", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    wait_for("blue (v1) to be scaled down", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["state"] == "stopped").then_some(())
+    })
+    .await;
+    let id = r.release("bad").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    assert_eq!(r.status().await["colors"]["blue"]["version"], "bad", "while it runs");
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.wait_end(id, Duration::from_secs(20)).await["outcome"], "aborted");
+    let st = wait_for("blue's label to settle", Duration::from_secs(10), || async {
+        let st = r.status().await;
+        (st["colors"]["blue"]["state"] == "stopped").then_some(st)
+    })
+    .await;
+    assert_eq!(st["colors"]["blue"]["version"], "v1", "{st}");
+    let plain = r.api(Method::POST, "/v1/services/chat/rollback", json!({})).await;
+    assert_eq!(plain.status, 409, "{}", plain.text());
+    assert!(
+        plain.text().contains("to release v1 again"),
+        "{}",
+        plain.text()
+    );
+    let redeploy = r
+        .api(Method::POST, "/v1/services/chat/rollback", json!({"redeploy": true}))
+        .await;
+    assert_eq!(redeploy.status, 202, "{}", redeploy.text());
+    let doc = redeploy.json();
+    assert_eq!(
+        (doc["release"]["version"].as_str(), doc["release"]["color"].as_str()),
+        (Some("v1"), Some("blue")),
+        "{doc}"
+    );
+    let id = doc["release"]["id"].as_i64().unwrap();
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    r.wait_end(id, Duration::from_secs(20)).await;
+}

@@ -80,6 +80,9 @@ pub(crate) struct ReleaseRun {
     /// The start of the managed processes this release made (`Supervisor::epoch`), once
     /// provisioning made them: from then on, an exit of one of them fails the release.
     epoch: Option<u64>,
+    /// The color's version label before this release: put back if it ends before its
+    /// switch with its processes stopped.
+    label_before: Option<String>,
 }
 
 impl ReleaseRun {
@@ -89,7 +92,11 @@ impl ReleaseRun {
         active: Active,
         abort_rx: watch::Receiver<Option<String>>,
     ) -> ReleaseRun {
-        let plan = active.doc().plan;
+        let (plan, color) = {
+            let d = active.doc();
+            (d.plan, d.color)
+        };
+        let label_before = svc.version_of(color);
         ReleaseRun {
             svc,
             env,
@@ -98,6 +105,7 @@ impl ReleaseRun {
             abort_rx,
             phase_started: Instant::now(),
             epoch: None,
+            label_before,
         }
     }
 
