@@ -335,15 +335,25 @@ impl Controller {
 
     /// A release by id: the live copy while it runs, else the stored one.
     pub async fn release_doc(&self, name: &str, id: i64) -> Result<ReleaseDoc, ControlError> {
-        self.service(name)?;
+        if let Err(e) = self.service(name) {
+            // A removed service's releases stay readable, as its history does.
+            return match self.releases.doc(&self.store, None, name, id).await {
+                Ok(d) => Ok(d),
+                Err(_) => Err(e),
+            };
+        }
         Ok(self
             .releases
             .doc(&self.store, self.fleet().map(|l| &**l), name, id)
             .await?)
     }
 
+    /// A service's releases, newest first; also of a service a reload removed.
     pub async fn releases(&self, name: &str, limit: u32) -> Result<Vec<ReleaseDoc>, ControlError> {
-        self.service(name)?;
+        if let Err(e) = self.service(name) {
+            let list = self.releases.list(&self.store, None, name, limit).await?;
+            return if list.is_empty() { Err(e) } else { Ok(list) };
+        }
         Ok(self
             .releases
             .list(&self.store, self.fleet().map(|l| &**l), name, limit)
@@ -393,10 +403,16 @@ impl Controller {
         Ok(self.service(name)?.series_points())
     }
 
+    /// A service's history, newest first; also of a service a reload removed (its history
+    /// stays in the store, and comes back with it if it is added again).
     pub async fn history(&self, name: &str, limit: u32) -> Result<Vec<HistoryEntry>, ControlError> {
-        self.service(name)?;
-        let name = name.to_string();
-        Ok(blocking(&self.store, move |s| s.history(&name, limit)).await?)
+        let unknown = self.service(name).err();
+        let n = name.to_string();
+        let rows = blocking(&self.store, move |s| s.history(&n, limit)).await?;
+        match unknown {
+            Some(e) if rows.is_empty() => Err(e),
+            _ => Ok(rows),
+        }
     }
 }
 

@@ -340,7 +340,11 @@ impl Serving {
                 }
                 let key = if preview { "preview_listen" } else { "listen" };
                 let l = listener::bind(want).map_err(|e| {
-                    ReloadError::Bind(format!("cannot listen on services.{}.{key} {want}: {e}", cfg.name))
+                    ReloadError::Bind(crate::supervisor::cannot_listen(
+                        &format!("services.{}.{key}", cfg.name),
+                        want,
+                        &e,
+                    ))
                 })?;
                 bound.push((cfg.name.clone(), preview, l, want));
             }

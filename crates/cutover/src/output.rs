@@ -89,7 +89,7 @@ pub fn status(v: &Value) -> String {
                     .filter(|p| p["ok"] == false)
                     .map(|p| format!(" ({})", s(&p["message"])))
                     .unwrap_or_default();
-                format!("{} {}{why}", s(&e["address"]), s(&e["health"]))
+                format!("{} {}{why}", s(&e["address"]), s(&e["health"]).replace('_', " "))
             })
             .collect();
         out.push_str(&format!(

@@ -124,6 +124,9 @@ pub struct ServiceCtl {
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
     pub(crate) switches: AtomicU64,
     pub(crate) rollbacks: AtomicU64,
+    /// Releases this process saw end, by outcome (completed, aborted, rolled back,
+    /// interrupted), for `cutover_releases_total`.
+    pub(crate) releases_ended: [AtomicU64; 4],
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -138,6 +141,18 @@ pub struct ServiceCtl {
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
     pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
+}
+
+/// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.
+pub(crate) const OUTCOMES: [cutover_release::Outcome; 4] = [
+    cutover_release::Outcome::Completed,
+    cutover_release::Outcome::Aborted,
+    cutover_release::Outcome::RolledBack,
+    cutover_release::Outcome::Interrupted,
+];
+
+fn outcome_index(o: cutover_release::Outcome) -> usize {
+    OUTCOMES.iter().position(|x| *x == o).unwrap_or(0)
 }
 
 fn idx(c: Color) -> usize {
@@ -326,6 +341,7 @@ impl ServiceCtl {
             series: Default::default(),
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
+            releases_ended: Default::default(),
             op: tokio::sync::Mutex::new(()),
             resolved: Mutex::default(),
             retired: Default::default(),
@@ -337,6 +353,13 @@ impl ServiceCtl {
         svc.install(Color::Blue, blue);
         svc.install(Color::Green, green);
         svc
+    }
+
+    /// Counts a release that ended, for `cutover_releases_total{outcome}`.
+    pub(crate) fn count_release_end(&self, outcome: Option<cutover_release::Outcome>) {
+        if let Some(o) = outcome {
+            self.releases_ended[outcome_index(o)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// True when `host` is one of the host agents this service's processes run on.

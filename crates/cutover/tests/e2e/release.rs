@@ -555,6 +555,7 @@ async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
     })
     .await;
     assert_eq!(st["colors"]["blue"]["version"], "v1", "{st}");
+    assert_eq!(st["colors"]["blue"]["endpoints"][0]["health"], "not_checked", "{st}");
     let plain = r.api(Method::POST, "/v1/services/chat/rollback", json!({})).await;
     assert_eq!(plain.status, 409, "{}", plain.text());
     assert!(
