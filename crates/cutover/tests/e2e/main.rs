@@ -23,6 +23,8 @@
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
+//! - `operating`: `cutover stop`, `token delete`, the x-cutover-* headers turned off on both
+//!   engines, a busy listener port's holder, the dashboard URL in the log, releases by outcome.
 //! - `probes`: health probes by kind (gRPC on grpcio, generation), passive evidence, the
 //!   probe failure metric, the example configs.
 //! - `reload`: configuration reload (`cutover reload`, SIGHUP) under load; refusals change nothing.
@@ -55,6 +57,7 @@ mod hardening;
 mod http1;
 mod llama;
 mod observability;
+mod operating;
 mod probes;
 mod release;
 mod reload;
