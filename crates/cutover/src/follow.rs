@@ -150,24 +150,18 @@ struct Printed {
 /// The exit code of `--timeout` passing before the release ended.
 pub const EXIT_TIMEOUT: u8 = 5;
 
-/// Whether the release's reason is already on screen: the detail of its last phase line
-/// (where the run writes why it stopped).
-fn reason_shown(doc: &Value) -> bool {
-    let last = doc["phases"].as_array().and_then(|p| p.last());
-    last.is_some_and(|p| !p["ended_at"].is_null() && p["detail"] == doc["reason"])
+/// Whether phase `i` is the one the release ended in, its detail the release's reason: its
+/// line then leaves the detail to the last line, so the reason is printed once.
+fn ends_with_reason(doc: &Value, i: usize, p: &Value) -> bool {
+    let last = doc["phases"].as_array().map_or(0, |a| a.len());
+    !doc["outcome"].is_null() && i + 1 == last && p["detail"] == doc["reason"]
 }
 
-/// The last line of a followed release: its outcome, and its reason unless the last phase
-/// line just said it.
+/// The last line of a followed release: its outcome and why.
 fn end_line(id: i64, doc: &Value) -> String {
     let mut line = format!("release #{id} of {} {}", s(&doc["version"]), s(&doc["outcome"]));
-    match doc["reason"].as_str() {
-        Some(r) if !reason_shown(doc) => line.push_str(&format!(": {r}")),
-        Some(_) => {
-            let phase = doc["phases"].as_array().and_then(|p| p.last()).map(|p| s(&p["phase"]));
-            line.push_str(&format!(" in {}", phase.unwrap_or("-")));
-        }
-        None => {}
+    if let Some(r) = doc["reason"].as_str() {
+        line.push_str(&format!(": {r}"));
     }
     line
 }
@@ -239,7 +233,12 @@ fn lines(doc: &Value, printed: &mut Printed, tty: bool, remote: &Remote, c: &Cli
             printed.last_line = Instant::now();
         }
         if !p["ended_at"].is_null() {
-            output::line(&output::phase_line(p))?;
+            let text = if ends_with_reason(doc, i, p) {
+                output::phase_time(p)
+            } else {
+                output::phase_line(p)
+            };
+            output::line(&text)?;
             printed.ended = i + 1;
             printed.last_line = Instant::now();
             continue;

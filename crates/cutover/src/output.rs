@@ -200,13 +200,13 @@ pub fn releases(v: &Value, limit: usize) -> String {
 
 /// One phase as it ended: name, time, detail.
 pub fn phase_line(p: &Value) -> String {
+    format!("{}  {}", phase_time(p), s(&p["detail"]))
+}
+
+/// One phase as it ended: name and time only (its detail is said elsewhere).
+pub fn phase_time(p: &Value) -> String {
     let ms = p["elapsed_ms"].as_u64().unwrap_or(0);
-    format!(
-        "  {:<18} {:>7.1} s  {}",
-        s(&p["phase"]),
-        ms as f64 / 1000.0,
-        s(&p["detail"])
-    )
+    format!("  {:<18} {:>7.1} s", s(&p["phase"]), ms as f64 / 1000.0)
 }
 
 /// A whole release document: header, every phase, gates, timings and the end.

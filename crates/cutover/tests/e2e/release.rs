@@ -68,7 +68,7 @@ async fn smoke_failure_aborts_with_the_check_name_expectation_and_an_excerpt() {
     // Issue #25: the reason was printed three times (phase line, last line, error).
     let said = format!("{out}{err}").matches("expected status 200, got 500").count();
     assert_eq!(said, 1, "the reason once: {out}{err}");
-    assert!(out.contains("release #1 of v2 aborted in smoke_testing"), "{out}");
+    assert!(out.contains("release #1 of v2 aborted: smoke check"), "{out}");
     assert!(err.contains("release #1 aborted: why is above"), "{err}");
     assert_eq!(live(&r).await, ("blue".into(), 1));
     assert_eq!(
