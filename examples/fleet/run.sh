@@ -31,6 +31,7 @@ WORK="$(mktemp -d /tmp/cutover-fleet-example.XXXXXX)"
 pids=()
 ok=""
 cleanup() {
+  local rc=$?
   if [ -z "$ok" ]; then
     echo "error: the example stopped early; the last lines of each log:" >&2
     for f in "$WORK"/*.log "$WORK"/r*/serve.log; do
@@ -47,6 +48,8 @@ cleanup() {
     done
   done
   rm -rf "$WORK"
+  # The script's status, not that of the last clean-up command.
+  exit "$rc"
 }
 trap cleanup EXIT
 # wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds; after

@@ -80,17 +80,19 @@ fn program_found(prog: &str, dirs: &[&Path]) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(d.join(prog))))
 }
 
-/// The flag of a command that hands a script to a shell (`sh -c "..."`, `bash -lc`), if it
-/// does: what runs is decided by the script, which `check` cannot follow.
-fn shell_script(command: &[String]) -> Option<&str> {
-    let prog = Path::new(command.first()?).file_name()?.to_str()?;
-    if !matches!(prog, "sh" | "bash" | "dash" | "zsh" | "ash" | "ksh") {
+/// The warning for a command that hands a script to a shell (`sh -c "..."`, `bash -lc`):
+/// what runs is decided by the script, which `check` cannot follow.
+fn shell_script(command: &[String]) -> Option<String> {
+    let shell = Path::new(command.first()?).file_name()?.to_str()?;
+    if !matches!(shell, "sh" | "bash" | "dash" | "zsh" | "ash" | "ksh") {
         return None;
     }
-    command[1..]
+    let flag = command[1..]
         .iter()
-        .find(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
-        .map(String::as_str)
+        .find(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
+    Some(format!(
+        "`{shell} {flag}` runs a script: the programs it starts were not checked (whether they are installed and executable here); only {shell} was"
+    ))
 }
 
 impl Source<'_> {
@@ -210,12 +212,8 @@ impl Source<'_> {
             } {
                 let prog = &run.command[0];
                 let workdir = run.workdir.clone().unwrap_or_else(|| dir.clone());
-                if let Some(script) = shell_script(&run.command) {
-                    warn(
-                        &mut out,
-                        format!("services.{name}.run.command"),
-                        format!("`{prog} {script}` runs a script: the programs it starts were not checked (whether they are installed and executable here); only {prog} was"),
-                    );
+                if let Some(m) = shell_script(&run.command) {
+                    warn(&mut out, format!("services.{name}.run.command"), m);
                 }
                 if placeholders(prog).is_empty() && !program_found(prog, &[&workdir]) {
                     warn(

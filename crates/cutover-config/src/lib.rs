@@ -1297,7 +1297,8 @@ impl Source<'_> {
         if let Some(toml::de::DeValue::Table(services)) = services.map(|s| s.into_inner()) {
             for (name, svc) in services {
                 let prefix = format!("services.{}", name.get_ref());
-                match serde_path_to_error::deserialize::<_, Spanned<RawService>>(toml::de::ValueDeserializer::from(svc)) {
+                match serde_path_to_error::deserialize::<_, Spanned<RawService>>(toml::de::ValueDeserializer::from(svc))
+                {
                     Ok(svc) => {
                         raw.services.insert(name.get_ref().to_string(), svc);
                     }
@@ -1537,8 +1538,14 @@ impl Source<'_> {
             )
         });
         errors.extend(self.release(name, &svc.release, span));
-        let (Some(listen), Some(preview_listen), Some(tls), Some(trusted_proxies), Some(environments), Some(upstream_tls)) =
-            (listen, preview_listen, tls, trusted_proxies, environments, upstream_tls)
+        let (
+            Some(listen),
+            Some(preview_listen),
+            Some(tls),
+            Some(trusted_proxies),
+            Some(environments),
+            Some(upstream_tls),
+        ) = (listen, preview_listen, tls, trusted_proxies, environments, upstream_tls)
         else {
             return Err(errors);
         };
@@ -1591,7 +1598,11 @@ impl Source<'_> {
         if svc.limits.max_header_line_bytes < 1024 {
             keep(
                 &mut errors,
-                self.err_at::<()>(k("limits.max_header_line_bytes"), span.clone(), "must be at least 1024".into()),
+                self.err_at::<()>(
+                    k("limits.max_header_line_bytes"),
+                    span.clone(),
+                    "must be at least 1024".into(),
+                ),
             );
         }
         if svc.resolve_interval.get() < std::time::Duration::from_secs(1) {
@@ -1818,7 +1829,11 @@ impl Source<'_> {
             }
         }
         if run.host.parse::<std::net::IpAddr>().is_err() {
-            return self.err(at(&k("run.host")), k("run.host"), format!("invalid IP address {:?}", run.host));
+            return self.err(
+                at(&k("run.host")),
+                k("run.host"),
+                format!("invalid IP address {:?}", run.host),
+            );
         }
         self.run_hosts(name, &run, &rspan, claims.fleet)?;
         run.workdir = run.workdir.map(|w| self.resolve(&w));
@@ -1868,32 +1883,44 @@ impl Source<'_> {
         };
         if let Some(v) = &rel.verify {
             if !(0.0..=1.0).contains(&v.max_error_rate) {
-                keep::<()>(&mut errors, self.err_at(
-                    k("verify.max_error_rate"),
-                    near("verify"),
-                    format!("must be between 0 and 1, got {}", v.max_error_rate),
-                ));
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(
+                        k("verify.max_error_rate"),
+                        near("verify"),
+                        format!("must be between 0 and 1, got {}", v.max_error_rate),
+                    ),
+                );
             }
             if let Some(t) = v.min_tokens_per_second {
                 if !(t.is_finite() && t > 0.0) {
-                    keep::<()>(&mut errors, self.err_at(
-                        k("verify.min_tokens_per_second"),
-                        near("verify.min_tokens_per_second"),
-                        format!("must be a positive number of tokens per second, got {t}"),
-                    ));
+                    keep::<()>(
+                        &mut errors,
+                        self.err_at(
+                            k("verify.min_tokens_per_second"),
+                            near("verify.min_tokens_per_second"),
+                            format!("must be a positive number of tokens per second, got {t}"),
+                        ),
+                    );
                 }
             }
         }
         if let Some((i, _)) = rel.smoke.iter().enumerate().find(|(_, s)| s.repeat == 0) {
-            keep::<()>(&mut errors, self.err_at(
-                k(&format!("smoke.{i}.repeat")),
-                near("smoke"),
-                "must be at least 1".into(),
-            ));
+            keep::<()>(
+                &mut errors,
+                self.err_at(
+                    k(&format!("smoke.{i}.repeat")),
+                    near("smoke"),
+                    "must be at least 1".into(),
+                ),
+            );
         }
         if let Some(w) = &rel.warmup {
             if w.concurrency == 0 {
-                keep::<()>(&mut errors, self.err_at(k("warmup.concurrency"), near("warmup"), "must be at least 1".into()));
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(k("warmup.concurrency"), near("warmup"), "must be at least 1".into()),
+                );
             }
         }
         let h = &rel.hooks;
@@ -1910,7 +1937,10 @@ impl Source<'_> {
                     let span = self
                         .span_of(&k(&format!("hooks.{stage}.{i}")))
                         .unwrap_or_else(|| near("hooks"));
-                    keep::<()>(&mut errors, self.err(span, k("hooks"), format!("hook #{n} is an empty argv list")));
+                    keep::<()>(
+                        &mut errors,
+                        self.err(span, k("hooks"), format!("hook #{n} is an empty argv list")),
+                    );
                 }
             }
         }
@@ -1919,11 +1949,14 @@ impl Source<'_> {
                 let span = self
                     .span_of(&k(&format!("smoke.{i}.request.path")))
                     .unwrap_or_else(|| near("smoke"));
-                keep::<()>(&mut errors, self.err(
-                    span,
-                    k("smoke.request.path"),
-                    format!("smoke check {:?}: path must start with '/'", s.name),
-                ));
+                keep::<()>(
+                    &mut errors,
+                    self.err(
+                        span,
+                        k("smoke.request.path"),
+                        format!("smoke check {:?}: path must start with '/'", s.name),
+                    ),
+                );
             }
         }
         errors

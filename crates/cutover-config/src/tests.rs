@@ -768,10 +768,16 @@ fn a_config_without_services_is_refused() {
 #[test]
 fn run_ports_errors_name_the_line_of_ports() {
     let head = "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = [\"srv\", \"--port\", \"{port}\"]\n";
-    let e = check(&format!("{head}stop_timeout = \"5s\"\nports = {{ blue = [9001], green = [] }}\n")).unwrap_err();
+    let e = check(&format!(
+        "{head}stop_timeout = \"5s\"\nports = {{ blue = [9001], green = [] }}\n"
+    ))
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.ports"), "{e}");
     let e = check(&format!("{head}ports = {{ blue = [9001],\n  green = [0] }}\n")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.ports.green"), "{e}");
-    let e = check(&format!("{head}ports = {{ blue = [9001], green = [9002] }}\nhost = \"nowhere\"\n")).unwrap_err();
+    let e = check(&format!(
+        "{head}ports = {{ blue = [9001], green = [9002] }}\nhost = \"nowhere\"\n"
+    ))
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.host"), "{e}");
 }

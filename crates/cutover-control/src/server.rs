@@ -61,8 +61,9 @@ fn bind_key(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     listener::bind(addr).map_err(|e| anyhow::anyhow!(cannot_listen(key, addr, &e)))
 }
 
-/// Where a person opens the dashboard: the admin address, loopback for a wildcard one.
-fn dashboard_url(admin: SocketAddr, tls: bool) -> String {
+/// Says where a person opens the dashboard: the admin address (loopback for a wildcard
+/// one), and where a token is; never the token itself.
+fn log_dashboard(admin: SocketAddr, tls: bool, token_file: &Path) {
     let mut a = admin;
     if a.ip().is_unspecified() {
         a.set_ip(if a.is_ipv4() {
@@ -71,7 +72,12 @@ fn dashboard_url(admin: SocketAddr, tls: bool) -> String {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    format!("{}://{a}/", if tls { "https" } else { "http" })
+    let url = format!("{}://{a}/", if tls { "https" } else { "http" });
+    tracing::info!(
+        %url,
+        token_file = %token_file.display(),
+        "dashboard: open the url (it asks for a token; or append #token=TOKEN, e.g. the admin token in token_file)"
+    );
 }
 
 impl Listeners {
@@ -394,11 +400,7 @@ async fn start(
             .upgraded_from(upgraded_from),
     );
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
-    tracing::info!(
-        url = %dashboard_url(addresses.admin, admin_tls.is_some()),
-        token_file = %ctl.config.admin.token_file.display(),
-        "dashboard: open the url (it asks for a token; or append #token=TOKEN, e.g. the admin token in token_file)"
-    );
+    log_dashboard(addresses.admin, admin_tls.is_some(), &ctl.config.admin.token_file);
     tasks.push(tokio::spawn(serve_admin(
         listeners.admin,
         app,

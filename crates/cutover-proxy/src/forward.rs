@@ -17,7 +17,7 @@ use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, Replay, Retry};
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
-use crate::route::{Endpoint, EndpointLoad};
+use crate::route::{ColorRoute, Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
 
@@ -225,6 +225,16 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     Ok(())
 }
 
+/// `x-cutover-color` and `x-cutover-version` of `route`, when the service wants them.
+fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
+    if on {
+        h.insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
+        if let Some(v) = &route.version_header {
+            h.insert(X_CUTOVER_VERSION.clone(), v.clone());
+        }
+    }
+}
+
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
         let started = Instant::now();
@@ -302,14 +312,7 @@ impl Forwarder {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if settings.response_headers {
-            parts
-                .headers
-                .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
-            if let Some(v) = &ex.route.version_header {
-                parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
-            }
-        }
+        tag(&mut parts.headers, &ex.route, settings.response_headers);
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         if let (Some(client), Some(upstream)) = (client_side.filter(|_| switching), upstream_side) {
             ex.tunnel();

@@ -367,7 +367,11 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
 
     gates.push(Gate {
         name: "healthy_endpoints".into(),
-        value: Some(if w.all_unhealthy { 0.0 } else { f64::from(w.healthy_endpoints) }),
+        value: Some(if w.all_unhealthy {
+            0.0
+        } else {
+            f64::from(w.healthy_endpoints)
+        }),
         limit: 1.0,
         result: if w.all_unhealthy {
             GateResult::Failing

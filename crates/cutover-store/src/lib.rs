@@ -728,7 +728,10 @@ mod tests {
         s.switch(&switch("chat", 2, Color::Blue)).unwrap();
         // An aborted release into green wrote its label and never went live.
         s.set_version("chat", Color::Green, Some("bad")).unwrap();
-        assert_eq!(s.last_live_version("chat", Color::Green).unwrap().as_deref(), Some("v2"));
+        assert_eq!(
+            s.last_live_version("chat", Color::Green).unwrap().as_deref(),
+            Some("v2")
+        );
         assert_eq!(s.last_live_version("chat", Color::Blue).unwrap().as_deref(), Some("v3"));
     }
 

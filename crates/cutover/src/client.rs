@@ -306,7 +306,13 @@ impl Client {
     /// another web server): exit 3, as for a router that cannot be reached.
     fn not_cutover(&self, path: &str, status: StatusCode, body: &[u8]) -> Failure {
         let text = String::from_utf8_lossy(body);
-        let excerpt: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(120).collect();
+        let excerpt: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(120)
+            .collect();
         let said = if excerpt.is_empty() {
             "an empty body".to_string()
         } else {
@@ -351,7 +357,11 @@ async fn speaks_plain_http(host: &str, port: u16) -> bool {
         tcp.read_exact(&mut buf).await.ok()?;
         Some(buf.starts_with(b"HTTP/1."))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, probe).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(CONNECT_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// A connection to the router, plain or TLS.

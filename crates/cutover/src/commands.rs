@@ -76,10 +76,12 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             reason,
             remote,
         } => {
-            let c = Client::new(&remote)?;
-            let body = json!({"color": color, "force": force, "reason": reason});
-            let v = c.post(&format!("/v1/services/{service}/stop"), &body).await?;
-            output::print(&remote, &v, |v| stopped(&service, v))
+            stop(
+                &remote,
+                &service,
+                json!({"color": color, "force": force, "reason": reason}),
+            )
+            .await
         }
         Command::Logs {
             service,
@@ -337,6 +339,12 @@ async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p
             sync_lines(service, v)
         )
     })
+}
+
+async fn stop(remote: &Remote, service: &str, body: Value) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c.post(&format!("/v1/services/{service}/stop"), &body).await?;
+    output::print(remote, &v, |v| stopped(service, v))
 }
 
 /// `cutover stop`: what was stopped, and how.

@@ -281,8 +281,10 @@ mod tests {
             10,
         );
         assert_eq!(table.lines().count(), 2, "{table}");
-        let h = history(&serde_json::json!({"service": "chat", "history": [{"at": "2026-12-06T10:00:00Z",
-            "kind": "release_aborted", "to": "green", "generation": 2, "version": "bad", "actor": "controller", "reason": r}]}));
+        let h = history(
+            &serde_json::json!({"service": "chat", "history": [{"at": "2026-12-06T10:00:00Z",
+            "kind": "release_aborted", "to": "green", "generation": 2, "version": "bad", "actor": "controller", "reason": r}]}),
+        );
         assert_eq!(h.lines().count(), 2, "{h}");
     }
 
@@ -290,6 +292,10 @@ mod tests {
     fn a_first_release_reads_from_nothing_live() {
         let d = serde_json::json!({"service": "chat", "id": 1, "version": "v1", "color": "blue",
             "previous_color": null, "previous_version": null, "created_at": "t", "actor": "a", "phases": []});
-        assert!(release(&d).starts_with("chat: release #1 of v1 into blue (from nothing live), started"), "{}", release(&d));
+        assert!(
+            release(&d).starts_with("chat: release #1 of v1 into blue (from nothing live), started"),
+            "{}",
+            release(&d)
+        );
     }
 }

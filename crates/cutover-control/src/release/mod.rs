@@ -137,7 +137,6 @@ impl Releases {
         let task_name = name.clone();
         let task = tokio::spawn(async move {
             let end = run.run().await;
-            svc.count_release_end(end.outcome);
             // History first: whoever sees the release leave the active set finds its end
             // recorded. An abort someone asked for is theirs; any other end the controller's.
             let actor = match end.outcome {

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn latencies_say_only_what_was_measured() {
         let d = Duration::from_micros;
-        assert_eq!(latencies(10, &[d(840_000), d(95_000)]), "10 requests, first 840.0 ms, last 95.0 ms");
+        assert_eq!(
+            latencies(10, &[d(840_000), d(95_000)]),
+            "10 requests, first 840.0 ms, last 95.0 ms"
+        );
         assert_eq!(latencies(1, &[d(400)]), "1 request, 0.40 ms");
         assert_eq!(latencies(3, &[]), "3 requests, none answered");
     }

@@ -364,7 +364,11 @@ pub fn delete(path: &Path, name: &str) -> Result<Entry, CreateError> {
         } else {
             format!(" (it has {})", names.join(", "))
         };
-        return Err(invalid(0, "name", format!("no token named {name:?} in the tokens file{hint}")));
+        return Err(invalid(
+            0,
+            "name",
+            format!("no token named {name:?} in the tokens file{hint}"),
+        ));
     };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let headers: Vec<usize> = (0..lines.len())

@@ -175,13 +175,21 @@ fn delete_removes_only_that_entry_and_keeps_comments_and_mode() {
     assert!(text.starts_with("# Named admin tokens"), "{text}");
     assert!(!text.contains(&hex(&b.entry.sha256)), "{text}");
     assert!(!text.contains("\n\n\n"), "{text}");
-    let names: Vec<String> = file::read(&path).unwrap().unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = file::read(&path)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["ci", "deploy"]);
     assert!(text.contains(&hex(&a.entry.sha256)) && text.contains(&hex(&c.entry.sha256)));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let e = file::delete(&path, "grafana").unwrap_err().to_string();
-    assert!(e.contains("no token named \"grafana\"") && e.contains("ci, deploy"), "{e}");
+    assert!(
+        e.contains("no token named \"grafana\"") && e.contains("ci, deploy"),
+        "{e}"
+    );
     let e = file::delete(&path, "admin").unwrap_err().to_string();
     assert!(e.contains("admin.token"), "{e}");
     file::delete(&path, "deploy").unwrap();

@@ -524,7 +524,10 @@ fn every_command_has_help_with_examples_and_completions_and_man_pages_generate()
     assert!(top.contains("Exit codes:") && top.contains("141"), "{top}");
     // Issue #25: exit code 4 (live but not verified) was missing; 5 is --timeout's.
     for help in [top.clone(), run(&["release", "--help"])] {
-        assert!(help.contains("4 the release is live but not verified") || help.contains("4 live but not verified"), "{help}");
+        assert!(
+            help.contains("4 the release is live but not verified") || help.contains("4 live but not verified"),
+            "{help}"
+        );
         assert!(help.contains("5 --timeout passed"), "{help}");
     }
     for cmd in [
@@ -597,7 +600,10 @@ async fn an_admin_url_that_is_not_cutover_says_so_with_exit_3() {
     ] {
         let (code, _, err) = r.cli(&["status", "--admin", &url]);
         assert_eq!(code, 3, "{what}: {err}");
-        assert!(err.contains(&format!("{url} is not a cutover admin API")), "{what}: {err}");
+        assert!(
+            err.contains(&format!("{url} is not a cutover admin API")),
+            "{what}: {err}"
+        );
         assert!(err.contains("[admin] listen"), "{what}: {err}");
     }
     let https = format!("https://127.0.0.1:{}", r.admin);
@@ -632,7 +638,11 @@ async fn release_wait_and_follow_stop_at_their_timeout_with_exit_5() {
 #[tokio::test]
 async fn dash_c_works_on_client_commands() {
     let (r, _b, _g) = manual_router().await;
-    for args in [&["status", "chat", "-c"][..], &["history", "-c"][..], &["releases", "chat", "-c"][..]] {
+    for args in [
+        &["status", "chat", "-c"][..],
+        &["history", "-c"][..],
+        &["releases", "chat", "-c"][..],
+    ] {
         let out = Command::new(CUTOVER)
             .args(args)
             .arg(&r.config)

@@ -197,9 +197,18 @@ fn check_names_every_error_in_one_run() {
     assert_eq!(code, 2, "{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 3, "{out}");
-    assert!(errors[0].starts_with("error: cutover.toml:2: key `admin.listen`"), "{out}");
-    assert!(errors[1].starts_with("error: cutover.toml:10: key `services.chat.release.scale_down_delay`"), "{out}");
-    assert!(errors[2].starts_with("error: cutover.toml:12: key `services.embed.lisen`"), "{out}");
+    assert!(
+        errors[0].starts_with("error: cutover.toml:2: key `admin.listen`"),
+        "{out}"
+    );
+    assert!(
+        errors[1].starts_with("error: cutover.toml:10: key `services.chat.release.scale_down_delay`"),
+        "{out}"
+    );
+    assert!(
+        errors[2].starts_with("error: cutover.toml:12: key `services.embed.lisen`"),
+        "{out}"
+    );
     assert!(out.contains("3 errors"), "{out}");
 }
 

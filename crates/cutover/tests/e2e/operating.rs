@@ -13,7 +13,10 @@ use crate::support::*;
 const VERIFY_SHORT: &str = "[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n";
 
 async fn history_kinds(r: &Router) -> Vec<String> {
-    let h = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await.json();
+    let h = r
+        .api(Method::GET, "/v1/services/chat/history", Value::Null)
+        .await
+        .json();
     h["history"]
         .as_array()
         .unwrap()
@@ -53,9 +56,15 @@ async fn stop_drains_the_idle_color_refuses_the_live_one_and_is_recorded() {
     );
     assert_eq!(st["live"], "green");
     assert_eq!(history_kinds(&r).await[0], "stopped");
-    let h = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await.json();
+    let h = r
+        .api(Method::GET, "/v1/services/chat/history", Value::Null)
+        .await
+        .json();
     let reason = h["history"][0]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("free the GPU: blue (v1) stopped on request"), "{reason}");
+    assert!(
+        reason.starts_with("free the GPU: blue (v1) stopped on request"),
+        "{reason}"
+    );
 
     // Again: nothing to stop, not an error.
     let (code, out, _) = r.cli_async(&["stop", "chat", "blue"]).await;
@@ -66,7 +75,10 @@ async fn stop_drains_the_idle_color_refuses_the_live_one_and_is_recorded() {
     let (code, out, err) = r.cli_async(&["stop", "chat", "green", "--force", "--json"]).await;
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["color"].as_str(), v["was_live"].as_bool()), (Some("green"), Some(true)));
+    assert_eq!(
+        (v["color"].as_str(), v["was_live"].as_bool()),
+        (Some("green"), Some(true))
+    );
     assert!(get(&format!("http://127.0.0.1:{}/health", ports.green)).await.is_err());
     assert_eq!(r.status().await["colors"]["green"]["processes"]["role"], "idle");
 }
@@ -84,11 +96,18 @@ async fn stop_is_refused_for_static_services_and_during_a_release() {
     let resp = r.api(Method::POST, "/v1/services/chat/stop", json!({})).await;
     assert_eq!(resp.status, 409, "{}", resp.text());
     assert_eq!(resp.json()["error"]["code"], "not_managed");
-    let bad = r.api(Method::POST, "/v1/services/chat/stop", json!({"color": "red"})).await;
+    let bad = r
+        .api(Method::POST, "/v1/services/chat/stop", json!({"color": "red"}))
+        .await;
     assert_eq!(bad.status, 400, "{}", bad.text());
 
     let ports = ManagedPorts::new();
-    let m = Router::start(&managed_service(&ports, &[], &format!("promotion = \"manual\"\n{VERIFY_SHORT}"))).await;
+    let m = Router::start(&managed_service(
+        &ports,
+        &[],
+        &format!("promotion = \"manual\"\n{VERIFY_SHORT}"),
+    ))
+    .await;
     let id = m.release("v1").await;
     m.wait_end(id, Duration::from_secs(30)).await;
     let id = m.release("v2").await;
@@ -105,7 +124,12 @@ async fn token_delete_revokes_a_named_token_of_a_running_router() {
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     let run = |args: &[&str]| {
-        let out = Command::new(CUTOVER).args(args).arg("-c").arg(&r.config).output().unwrap();
+        let out = Command::new(CUTOVER)
+            .args(args)
+            .arg("-c")
+            .arg(&r.config)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -119,21 +143,31 @@ async fn token_delete_revokes_a_named_token_of_a_running_router() {
     let with = |t: String| {
         let url = url.clone();
         async move {
-            send(&http_client(), Method::GET, &url, &[("authorization", &format!("Bearer {t}"))], "")
-                .await
-                .unwrap()
-                .status
+            send(
+                &http_client(),
+                Method::GET,
+                &url,
+                &[("authorization", &format!("Bearer {t}"))],
+                "",
+            )
+            .await
+            .unwrap()
+            .status
         }
     };
     assert_eq!(with(token.clone()).await, 200);
     let (code, out, err) = run(&["token", "delete", "ci"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("deleted token \"ci\" (role viewer)"), "{out}");
-    wait_for("the router to refuse the deleted token", Duration::from_secs(10), || {
-        let t = token.clone();
-        let w = &with;
-        async move { (w(t).await == 401).then_some(()) }
-    })
+    wait_for(
+        "the router to refuse the deleted token",
+        Duration::from_secs(10),
+        || {
+            let t = token.clone();
+            let w = &with;
+            async move { (w(t).await == 401).then_some(()) }
+        },
+    )
     .await;
     let (_, out, _) = run(&["token", "list"]);
     assert!(!out.contains("ci "), "{out}");
@@ -198,7 +232,11 @@ async fn a_busy_listener_port_names_the_process_that_holds_it() {
         ),
     )
     .unwrap();
-    let out = Command::new(CUTOVER).args(["serve", "-c"]).arg(&config).output().unwrap();
+    let out = Command::new(CUTOVER)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -215,7 +253,10 @@ async fn serve_logs_the_dashboard_url() {
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     let log = r.log();
-    let line = log.lines().find(|l| l.contains("dashboard")).unwrap_or_else(|| panic!("{log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("dashboard"))
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&format!("http://127.0.0.1:{}/", r.admin)), "{line}");
     assert!(line.contains("admin.token"), "{line}");
 }
@@ -245,7 +286,10 @@ async fn releases_are_counted_by_outcome_for_alerting() {
     r.wait_end(id, Duration::from_secs(30)).await;
     let text = get(&r.admin_url("/metrics")).await.unwrap().text();
     assert_eq!(
-        (metric(&text, "completed").as_deref(), metric(&text, "aborted").as_deref()),
+        (
+            metric(&text, "completed").as_deref(),
+            metric(&text, "aborted").as_deref()
+        ),
         (Some("1"), Some("1")),
         "{text}"
     );

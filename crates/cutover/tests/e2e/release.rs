@@ -535,7 +535,8 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
 #[tokio::test]
 async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
     let ports = ManagedPorts::new();
-    let release = format!("promotion = \"manual\"\nscale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
+    let release =
+        format!("promotion = \"manual\"\nscale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
     let r = Router::start(&managed_service(&ports, &[], &release)).await;
     let id = r.release("v1").await;
     assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
@@ -563,11 +564,7 @@ async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
     assert_eq!(st["colors"]["blue"]["endpoints"][0]["health"], "not_checked", "{st}");
     let plain = r.api(Method::POST, "/v1/services/chat/rollback", json!({})).await;
     assert_eq!(plain.status, 409, "{}", plain.text());
-    assert!(
-        plain.text().contains("to release v1 again"),
-        "{}",
-        plain.text()
-    );
+    assert!(plain.text().contains("to release v1 again"), "{}", plain.text());
     let redeploy = r
         .api(Method::POST, "/v1/services/chat/rollback", json!({"redeploy": true}))
         .await;

@@ -222,7 +222,11 @@ async fn a_changed_listen_address_is_rebound_and_a_removed_service_drains() {
     let r = Router::start(&format!("{}{extra}", static_service(&[&b], &[&g], ""))).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let embed_switch = r
-        .api(Method::POST, "/v1/services/embed/switch", serde_json::json!({"to": "green"}))
+        .api(
+            Method::POST,
+            "/v1/services/embed/switch",
+            serde_json::json!({"to": "green"}),
+        )
         .await;
     assert_eq!(embed_switch.status, 200, "{}", embed_switch.text());
     let old_port = r.listen;

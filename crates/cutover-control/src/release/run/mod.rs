@@ -114,7 +114,9 @@ impl ReleaseRun {
         if let Err(stop) = self.pipeline().await {
             self.finish_early(stop).await;
         }
-        self.active.doc().clone()
+        let end = self.active.doc().clone();
+        self.svc.count_release_end(end.outcome);
+        end
     }
 
     async fn pipeline(&mut self) -> Result<(), Stop> {
