@@ -32,6 +32,8 @@ pids=()
 ok=""
 cleanup() {
   local rc=$?
+  # Every step of the clean-up runs, whatever fails (no model server answering, say).
+  set +e +o pipefail
   if [ -z "$ok" ]; then
     echo "error: the example stopped early; the last lines of each log:" >&2
     for f in "$WORK"/*.log "$WORK"/r*/serve.log; do
