@@ -8,7 +8,8 @@
 //! - `conformance`: the HTTP/1.1 conformance table (`tests/conformance/cases.toml`) on both
 //!   engines, against a raw recording upstream.
 //! - `config`: `cutover check` errors and warnings name file, line and key.
-//! - `dashboard`: the dashboard in headless Chromium (playwright-core).
+//! - `dashboard`: the dashboard in headless Chromium (playwright-core): state, Switch, and Roll
+//!   back offering the redeploy of the version last live.
 //! - `demo`: `cutover demo` tells its whole story and ends well.
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,

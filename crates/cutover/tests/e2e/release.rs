@@ -530,14 +530,12 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
     .await;
 }
 
-/// Issue #25: after aborted releases into the scaled-down color, `rollback --redeploy` (and
-/// the dashboard's Roll back, which reads the 409's message) offered the aborted build.
-#[tokio::test]
-async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
-    let ports = ManagedPorts::new();
+/// A managed `chat` where v1 went live on blue, then v2 on green (approved), blue was
+/// scaled down, and a release of `bad` into blue was aborted: the scene of issue #25.
+pub async fn scaled_down_then_aborted(ports: &ManagedPorts) -> Router {
     let release =
         format!("promotion = \"manual\"\nscale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
-    let r = Router::start(&managed_service(&ports, &[], &release)).await;
+    let r = Router::start(&managed_service(ports, &[], &release)).await;
     let id = r.release("v1").await;
     assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
     let id = r.release("v2").await;
@@ -555,6 +553,15 @@ async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
     let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(r.wait_end(id, Duration::from_secs(20)).await["outcome"], "aborted");
+    r
+}
+
+/// Issue #25: after aborted releases into the scaled-down color, `rollback --redeploy` (and
+/// the dashboard's Roll back, which reads the 409's message) offered the aborted build.
+#[tokio::test]
+async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
+    let ports = ManagedPorts::new();
+    let r = scaled_down_then_aborted(&ports).await;
     let st = wait_for("blue's label to settle", Duration::from_secs(10), || async {
         let st = r.status().await;
         (st["colors"]["blue"]["state"] == "stopped").then_some(st)
