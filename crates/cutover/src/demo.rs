@@ -356,3 +356,19 @@ fn snapshot(t: &Mutex<Tally>) -> (u64, u64) {
     let t = t.lock().unwrap_or_else(|p| p.into_inner());
     (t.ok.values().sum(), t.failed.values().sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #25: the demo ended with two identical `e.g.` lines.
+    #[test]
+    fn the_examples_of_failures_are_two_different_ones() {
+        let mut t = Tally::default();
+        for what in ["v3: HTTP 500", "v3: HTTP 500", "v3: stream cut", "v3: other"] {
+            t.fail("v3", what.to_string());
+        }
+        assert_eq!(t.first_failures, ["v3: HTTP 500", "v3: stream cut"]);
+        assert_eq!(t.failed["v3"], 4);
+    }
+}

@@ -588,3 +588,31 @@ async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
     assert_eq!(code, 0, "{err}");
     r.wait_end(id, Duration::from_secs(20)).await;
 }
+
+/// Issue #25: the gate read `healthy_endpoints 1 (limit 1)` for a color with 2 healthy ones.
+#[tokio::test]
+async fn the_healthy_endpoints_gate_reads_the_real_count() {
+    let blue = Mock::start("v1", &[]).await;
+    let (g1, g2) = (Mock::start("v2", &[]).await, Mock::start("v2", &[]).await);
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"500ms\"\nmin_requests = 0\n",
+        static_service(&[&blue], &[&g1, &g2], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(30)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let gate = d["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "healthy_endpoints")
+        .cloned()
+        .unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(
+        (gate["value"].as_f64(), gate["limit"].as_f64()),
+        (Some(2.0), Some(1.0)),
+        "{gate}"
+    );
+}
