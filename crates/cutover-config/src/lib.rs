@@ -1002,9 +1002,15 @@ pub fn parse_all(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
         },
         Err(e) => ctx.shape_errors(&e),
     };
-    errors.sort_by_key(|e| e.line);
-    errors.dedup();
-    Err(errors)
+    // A part deserialized again on its own repeats the error the whole file stopped at.
+    let mut once: Vec<ConfigError> = Vec::with_capacity(errors.len());
+    for e in errors {
+        if !once.contains(&e) {
+            once.push(e);
+        }
+    }
+    once.sort_by_key(|e| e.line);
+    Err(once)
 }
 
 /// A deserialization error's key: `Spanned<T>` shows up in the path as a private field; it

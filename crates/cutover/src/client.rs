@@ -299,9 +299,7 @@ impl Client {
             code: v["error"]["code"].as_str().map(str::to_string),
         })
     }
-}
 
-impl Client {
     /// Whatever answered is not a cutover admin API (a service's listener, a model server,
     /// another web server): exit 3, as for a router that cannot be reached.
     fn not_cutover(&self, path: &str, status: StatusCode, body: &[u8]) -> Failure {
