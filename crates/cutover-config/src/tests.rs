@@ -748,6 +748,8 @@ fn every_error_of_every_part_is_reported_at_its_line() {
             (17, "services.embed.run.ports"),
             (19, "services.embed.release.warmup.concurrency"),
             (21, "services.embed.release.verify.max_error_rate"),
+            // `lisen` taken out, `listen` is missing: both are so.
+            (23, "services.third"),
             (24, "services.third.lisen"),
         ],
         "{errors:#?}"
@@ -780,4 +782,36 @@ fn run_ports_errors_name_the_line_of_ports() {
     ))
     .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.host"), "{e}");
+}
+
+/// Within one part, each unknown key and wrong value is named, not only the first.
+#[test]
+fn every_wrong_key_of_one_service_is_reported() {
+    let text = "[services.chat]\nlisten = \"127.0.0.1:8080\"\nacess_log = true\n\
+        health = { interval = \"soon\", timeout = 5 }\n\
+        [services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n[services.chat.green]\nendpoints = [\"127.0.0.1:9002\"]\n\
+        [services.chat.release]\nscale_down_delay = \"later\"\n[services.chat.release.verify]\nmax_error_rate = 2.0\n";
+    let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (3, "services.chat.acess_log"),
+            (4, "services.chat.health.interval"),
+            (4, "services.chat.health.timeout"),
+            (10, "services.chat.release.scale_down_delay"),
+            (12, "services.chat.release.verify.max_error_rate"),
+        ],
+        "{errors:#?}"
+    );
+}
+
+/// A required key that is wrong ends its part: taking it out would only add "missing".
+#[test]
+fn a_wrong_required_key_is_one_error_not_two() {
+    let text = "[services.chat]\nlisten = 8080\n[services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n\
+        [services.chat.green]\nendpoints = [\"127.0.0.1:9002\", 7]\n";
+    let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(got, [(6, "services.chat.green.endpoints[1]")], "{errors:#?}");
 }
