@@ -189,14 +189,14 @@ fn the_managed_example_config_checks() {
 /// Issue #25: `check` stopped at the first error; every one is named, in file order.
 #[test]
 fn check_names_every_error_in_one_run() {
-    // Three parts of the file, each wrong (a wrong value stops its own part only).
+    // Three parts of the file, each wrong; embed's typo also leaves it without `listen`.
     let text = format!(
         "[admin]\nlisten = \"127.0.0.1:99999\"\n{BASE}[services.chat.release]\nscale_down_delay = \"soon\"\n[services.embed]\nlisen = \"x\"\n"
     );
     let (code, out) = check(&text);
     assert_eq!(code, 2, "{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 3, "{out}");
+    assert_eq!(errors.len(), 4, "{out}");
     assert!(
         errors[0].starts_with("error: cutover.toml:2: key `admin.listen`"),
         "{out}"
@@ -206,10 +206,14 @@ fn check_names_every_error_in_one_run() {
         "{out}"
     );
     assert!(
-        errors[2].starts_with("error: cutover.toml:12: key `services.embed.lisen`"),
+        errors[2].starts_with("error: cutover.toml:11: key `services.embed`: missing field `listen`"),
         "{out}"
     );
-    assert!(out.contains("3 errors"), "{out}");
+    assert!(
+        errors[3].starts_with("error: cutover.toml:12: key `services.embed.lisen`"),
+        "{out}"
+    );
+    assert!(out.contains("4 errors"), "{out}");
 }
 
 #[test]
