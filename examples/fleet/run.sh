@@ -27,7 +27,7 @@ say "using $BIN/cutover"
 ETCD="$(command -v etcd || echo /usr/bin/etcd)"
 [ -x "$ETCD" ] || { echo "error: no etcd found (apt-get install etcd-server)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "error: curl is needed" >&2; exit 2; }
-WORK="$(mktemp -d /tmp/cutover-fleet-example.XXXXXX)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/cutover-fleet-example.XXXXXX")"
 pids=()
 ok=""
 cleanup() {
@@ -55,11 +55,18 @@ cleanup() {
 }
 trap cleanup EXIT
 # wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds; after
-# SECONDS, says what did not happen and fails (the trap shows the logs).
+# SECONDS, or as soon as a process this script started has exited, says what did not happen
+# and fails (the trap shows the logs).
 wait_until() {
   local limit=$1 what=$2; shift 2
   local until=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
+    for p in "${pids[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        echo "error: a process this example started (pid $p) exited while waiting for $what" >&2
+        return 1
+      fi
+    done
     if [ "$SECONDS" -ge "$until" ]; then
       echo "error: $what did not happen within $limit s" >&2
       return 1

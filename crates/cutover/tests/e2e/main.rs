@@ -11,6 +11,7 @@
 //! - `dashboard`: the dashboard in headless Chromium (playwright-core): state, Switch, and Roll
 //!   back offering the redeploy of the version last live.
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `examples`: `examples/fleet/run.sh` fails fast, says why and cleans up.
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,
 //!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
@@ -49,6 +50,7 @@ mod conformance;
 mod dashboard;
 mod demo;
 mod dns;
+mod examples;
 mod fleet;
 mod fleet_agents;
 mod fleet_faults;
