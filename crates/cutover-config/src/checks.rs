@@ -80,6 +80,21 @@ fn program_found(prog: &str, dirs: &[&Path]) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(d.join(prog))))
 }
 
+/// The warning for a command that hands a script to a shell (`sh -c "..."`, `bash -lc`):
+/// what runs is decided by the script, which `check` cannot follow.
+fn shell_script(command: &[String]) -> Option<String> {
+    let shell = Path::new(command.first()?).file_name()?.to_str()?;
+    if !matches!(shell, "sh" | "bash" | "dash" | "zsh" | "ash" | "ksh") {
+        return None;
+    }
+    let flag = command[1..]
+        .iter()
+        .find(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'))?;
+    Some(format!(
+        "`{shell} {flag}` runs a script: the programs it starts were not checked (whether they are installed and executable here); only {shell} was"
+    ))
+}
+
 impl Source<'_> {
     /// The span of `key`, or of the nearest enclosing key the file has.
     fn near(&self, keys: &[&str], fallback: &Span) -> Span {
@@ -197,6 +212,9 @@ impl Source<'_> {
             } {
                 let prog = &run.command[0];
                 let workdir = run.workdir.clone().unwrap_or_else(|| dir.clone());
+                if let Some(m) = shell_script(&run.command) {
+                    warn(&mut out, format!("services.{name}.run.command"), m);
+                }
                 if placeholders(prog).is_empty() && !program_found(prog, &[&workdir]) {
                     warn(
                         &mut out,
@@ -240,16 +258,18 @@ impl Source<'_> {
     }
 }
 
-/// Reads and validates a config file like [`super::load`], and also returns the warnings
-/// about this machine (each with file, line and key).
-pub fn check(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        key: String::new(),
-        message: format!("cannot read the file: {e}"),
+/// Reads and validates a config file like [`super::load_all`] (every error, in file order),
+/// and also returns the warnings about this machine (each with file, line and key).
+pub fn check(path: &Path) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]
     })?;
-    let cfg = super::parse(path, &text)?;
+    let cfg = super::parse_all(path, &text)?;
     let ctx = Source {
         path,
         text: &text,

@@ -214,6 +214,9 @@ pub struct ServiceConfig {
     pub upstream_protocol: UpstreamProtocol,
     /// One log line per request; off by default.
     pub access_log: bool,
+    /// `x-cutover-color` and `x-cutover-version` on every answer to a client; on by default
+    /// (`response_headers = false` keeps which color served a request private).
+    pub response_headers: bool,
     /// Peers (address, prefix length) whose forwarding headers are kept.
     pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
     /// The master switch for re-sending a non-idempotent request after a reused keep-alive
@@ -915,7 +918,7 @@ mod defaults {
 
 // ---- the file's shape, before validation -------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
@@ -981,6 +984,8 @@ struct RawService {
     upstream_protocol: UpstreamProtocol,
     #[serde(default)]
     access_log: bool,
+    #[serde(default = "defaults::yes")]
+    response_headers: bool,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default = "defaults::retry_non_idempotent")]
@@ -1007,32 +1012,105 @@ struct RawStaticColor {
     version: Option<String>,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file; the first error (see [`load_all`] for every one).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        key: String::new(),
-        message: format!("cannot read the file: {e}"),
-    })?;
-    parse(path, &text)
+    load_all(path).map_err(first)
 }
 
-/// Validates config text; `path` names it in errors and anchors relative paths.
+/// Reads and validates a config file, reporting every error it finds, in file order.
+pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    parse_all(path, &text)
+}
+
+fn first(mut errors: Vec<ConfigError>) -> ConfigError {
+    errors.swap_remove(0)
+}
+
+/// Validates config text; `path` names it in errors and anchors relative paths. The first
+/// error (see [`parse_all`] for every one).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_all(path, text).map_err(first)
+}
+
+/// Validates config text, reporting every error, in file order (never an empty list). Text
+/// that is not TOML stops at its syntax error; each part of the file (`[admin]` and
+/// `[store]`, each service) is read and checked on its own (see [`Source::part`]).
+pub fn parse_all(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
     let ctx = Source {
         path,
         text,
         doc: toml::de::DeTable::parse(text).ok(),
     };
-    let de = toml::Deserializer::parse(text).map_err(|e| ctx.toml_error(&e, String::new()))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        // Spanned<T> shows up in the path as a private field; it is not a key of the file.
-        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-        let key = if key == "." { String::new() } else { key };
-        ctx.toml_error(e.inner(), key)
-    })?;
-    ctx.validate(raw)
+    let de = toml::Deserializer::parse(text).map_err(|e| vec![ctx.toml_error(&e, String::new())])?;
+    let errors = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+        Ok(raw) => match ctx.validate(raw) {
+            Ok(cfg) => return Ok(cfg),
+            Err(errors) => errors,
+        },
+        Err(e) => ctx.shape_errors(&e),
+    };
+    // A part deserialized again on its own repeats the error the whole file stopped at.
+    let mut once: Vec<ConfigError> = Vec::with_capacity(errors.len());
+    for e in errors {
+        if !once.contains(&e) {
+            once.push(e);
+        }
+    }
+    once.sort_by_key(|e| e.line);
+    Err(once)
+}
+
+/// A deserialization error's key: `Spanned<T>` shows up in the path as a private field; it
+/// is not a key of the file.
+fn path_key<E>(e: &serde_path_to_error::Error<E>, prefix: &str) -> String {
+    let path = e.path().to_string();
+    let key: Vec<&str> = path
+        .split('.')
+        .filter(|part| !part.is_empty() && *part != "$__serde_spanned_private_value")
+        .collect();
+    match (key.join("."), prefix) {
+        (k, "") => k,
+        (k, p) if k.is_empty() => p.to_string(),
+        (k, p) => format!("{p}.{k}"),
+    }
+}
+
+/// The field a serde "missing field `NAME`" message names.
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Removes the deepest table key on `path` from `v` (an array element goes with its whole
+/// array, which is a key's value); how many parts of `path` name the key removed.
+fn remove_key(v: &mut toml::de::DeValue<'_>, path: &[&str]) -> Option<usize> {
+    use toml::de::DeValue;
+    let (first, rest) = path.split_first()?;
+    match v {
+        DeValue::Table(t) => {
+            let deeper = t
+                .get_mut(*first)
+                .filter(|_| !rest.is_empty())
+                .and_then(|child| remove_key(child.get_mut(), rest));
+            match deeper {
+                Some(n) => Some(n + 1),
+                None => t.remove(*first).map(|_| 1),
+            }
+        }
+        DeValue::Array(a) => {
+            let child = a.get_mut(first.parse::<usize>().ok()?)?;
+            remove_key(child.get_mut(), rest).map(|n| n + 1)
+        }
+        _ => None,
+    }
 }
 
 /// Methods and header names are tokens: letters, digits and a few marks (RFC 9110 §5.6.2).
@@ -1064,6 +1142,11 @@ fn cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
 }
 
 type Span = std::ops::Range<usize>;
+
+/// The value of a check that passed; a failed one's error joins `errors`.
+fn keep<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
+}
 
 /// That a CA file is readable and holds PEM certificates.
 fn ca_certificates(p: &Path) -> Result<(), String> {
@@ -1237,23 +1320,125 @@ impl Source<'_> {
         Ok(())
     }
 
-    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// Every error of a file whose shape deserialized: `[admin]`, `[store]` and each service
+    /// are checked on their own, so one run names the problems of all of them.
+    fn validate(&self, raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+        let mut errors = Vec::new();
         let mut claims = Claims::default();
-        let admin = self.admin(&raw.admin, &mut claims)?;
-        let store = self.store(&raw.store)?;
-        claims.fleet = store.fleet.is_some();
+        let admin = keep(&mut errors, self.admin(&raw.admin, &mut claims));
+        let store = keep(&mut errors, self.store(&raw.store));
+        claims.fleet = store.as_ref().is_some_and(|s| s.fleet.is_some());
+        if raw.services.is_empty() && !self.has_services() {
+            errors.push(self.no_services());
+        }
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
-            let svc = self.service(&name, svc, &mut claims)?;
-            services.insert(name, svc);
+            match self.service(&name, svc, &mut claims) {
+                Ok(svc) => {
+                    services.insert(name, svc);
+                }
+                Err(e) => errors.extend(e),
+            }
         }
-        self.no_self_proxy(&services, &claims)?;
-        Ok(Config {
-            path: std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf()),
-            admin,
-            store,
-            services,
-        })
+        keep(&mut errors, self.no_self_proxy(&services, &claims));
+        match (admin, store) {
+            (Some(admin), Some(store)) if errors.is_empty() => Ok(Config {
+                path: std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf()),
+                admin,
+                store,
+                services,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// A file with no service would run a router that serves nothing: a truncated or wrong
+    /// file more likely than a wish.
+    fn no_services(&self) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: self.span_of("services").map(|s| self.line_of(s.start)).unwrap_or(0),
+            key: "services".into(),
+            message: "no service is configured: add a [services.NAME] table with `listen` and its environments \
+                      (static [services.NAME.blue]/[services.NAME.green] endpoints or a managed [services.NAME.run]); \
+                      see examples/static.toml"
+                .into(),
+        }
+    }
+
+    /// The errors of a file whose shape did not deserialize: the one serde stopped at, then
+    /// those of every part deserialized on its own ([`Source::part`]: `[admin]` with
+    /// `[store]`, and each service), then the validation of what they hold, so a typo hides
+    /// no other error.
+    fn shape_errors<E: std::borrow::Borrow<toml::de::Error>>(
+        &self,
+        e: &serde_path_to_error::Error<E>,
+    ) -> Vec<ConfigError> {
+        let mut errors = vec![self.toml_error(e.inner().borrow(), path_key(e, ""))];
+        let Some(doc) = &self.doc else { return errors };
+        let mut top = doc.get_ref().clone();
+        let services = top.remove("services");
+        let top = toml::Spanned::new(doc.span(), toml::de::DeValue::Table(top));
+        let mut raw: RawConfig = self.part(top, "", &mut errors).unwrap_or_default();
+        if let Some(toml::de::DeValue::Table(services)) = services.map(|s| s.into_inner()) {
+            for (name, svc) in services {
+                let prefix = format!("services.{}", name.get_ref());
+                if let Some(svc) = self.part::<Spanned<RawService>>(svc, &prefix, &mut errors) {
+                    raw.services.insert(name.get_ref().to_string(), svc);
+                }
+            }
+        }
+        if let Err(more) = self.validate(raw) {
+            errors.extend(more);
+        }
+        errors
+    }
+
+    /// Deserializes one part of the file (`prefix`: its key), reporting every key that does
+    /// not fit: each error's key is removed and the part tried again, so the next wrong key
+    /// shows too. `None` when it does not deserialize even so (a required key is missing).
+    fn part<T: serde::de::DeserializeOwned>(
+        &self,
+        mut value: Spanned<toml::de::DeValue<'_>>,
+        prefix: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<T> {
+        let mut removed: Vec<String> = Vec::new();
+        // Bounded: each round removes a key, but a file may have many.
+        for _ in 0..32 {
+            let e = match serde_path_to_error::deserialize::<_, T>(toml::de::ValueDeserializer::from(value.clone())) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let key = path_key(&e, "");
+            if let Some(field) = missing_field(e.inner().message()) {
+                // A key taken out for its error is now missing: that error is said already.
+                // Otherwise the table lacks a required key: taking the table out would only
+                // make another error up. Either way the part ends here.
+                let gone = if key.is_empty() {
+                    field
+                } else {
+                    format!("{key}.{field}")
+                };
+                if !removed.contains(&gone) {
+                    errors.push(self.toml_error(e.inner(), path_key(&e, prefix)));
+                }
+                return None;
+            }
+            errors.push(self.toml_error(e.inner(), path_key(&e, prefix)));
+            // `endpoints[1]` is the element 1 of `endpoints`.
+            let dotted = key.replace('[', ".").replace(']', "");
+            let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
+            let depth = remove_key(value.get_mut(), &parts)?;
+            removed.push(parts[..depth].join("."));
+        }
+        None
+    }
+
+    /// True when the file has at least one `[services.NAME]` table.
+    fn has_services(&self) -> bool {
+        let Some(doc) = &self.doc else { return false };
+        matches!(doc.get_ref().get("services").map(|s| s.get_ref()), Some(toml::de::DeValue::Table(t)) if !t.is_empty())
     }
 
     fn admin(&self, raw: &RawAdmin, claims: &mut Claims) -> Result<AdminConfig, ConfigError> {
@@ -1423,63 +1608,89 @@ impl Source<'_> {
         }))
     }
 
-    fn service(&self, name: &str, svc: Spanned<RawService>, claims: &mut Claims) -> Result<ServiceConfig, ConfigError> {
+    /// One service, every independent check run: all their errors, or the service.
+    fn service(
+        &self,
+        name: &str,
+        svc: Spanned<RawService>,
+        claims: &mut Claims,
+    ) -> Result<ServiceConfig, Vec<ConfigError>> {
         let span = svc.span();
         let svc = svc.into_inner();
         let k = |rest: &str| format!("services.{name}.{rest}");
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return self.err(
-                span,
-                format!("services.{name}"),
-                "service names may use only letters, digits, '-' and '_'".into(),
-            );
+            return Err(vec![ConfigError {
+                file: self.path.to_path_buf(),
+                line: self.line_of(span.start),
+                key: format!("services.{name}"),
+                message: "service names may use only letters, digits, '-' and '_'".into(),
+            }]);
         }
-        let listen = self.addr(&svc.listen, k("listen"))?;
-        self.claim(claims, listen, k("listen"), svc.listen.span())?;
-        let preview_listen = match &svc.preview_listen {
-            Some(s) => {
-                let a = self.addr(s, k("preview_listen"))?;
-                if !a.ip().is_loopback() && !svc.preview_allow_remote {
-                    return self.err(
-                        s.span(),
-                        k("preview_listen"),
-                        format!("{a} is not a loopback address; the preview listener serves an unreleased version, so set `preview_allow_remote = true` to expose it on purpose"),
-                    );
-                }
-                self.claim(claims, a, k("preview_listen"), s.span())?;
-                Some(a)
+        let mut errors = Vec::new();
+        let listen = keep(
+            &mut errors,
+            self.addr(&svc.listen, k("listen"))
+                .and_then(|a| self.claim(claims, a, k("listen"), svc.listen.span()).map(|_| a)),
+        );
+        let preview_listen = keep(&mut errors, self.preview_listen(name, &svc, claims));
+        let tls = keep(&mut errors, self.tls(svc.tls.as_ref(), &k("tls"), span.clone()));
+        let trusted_proxies = keep(
+            &mut errors,
+            svc.trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        keep(
+            &mut errors,
+            self.health(name, &svc.health, svc.upstream_protocol, span.clone()),
+        );
+        errors.extend(self.limits(name, &svc, &span));
+        let environments = keep(
+            &mut errors,
+            self.environments(name, svc.blue, svc.green, svc.run, span.clone(), claims),
+        );
+        let upstream_tls = environments.as_ref().and_then(|env| {
+            if !svc.allow_shared_endpoints {
+                keep(&mut errors, self.colors_apart(name, env));
             }
-            None => None,
+            keep(
+                &mut errors,
+                self.upstream_tls(name, svc.upstream_tls.as_ref(), env, span.clone()),
+            )
+        });
+        let retry_paths = keep(&mut errors, self.retry_paths(name, svc.retry_paths.as_deref()));
+        let upgrade_protocols = keep(
+            &mut errors,
+            self.upgrade_protocols(name, svc.upgrade_protocols.as_deref()),
+        );
+        errors.extend(self.release(name, &svc.release, span));
+        let (
+            Some(listen),
+            Some(preview_listen),
+            Some(tls),
+            Some(trusted_proxies),
+            Some(environments),
+            Some(upstream_tls),
+            Some(retry_paths),
+            Some(upgrade_protocols),
+        ) = (
+            listen,
+            preview_listen,
+            tls,
+            trusted_proxies,
+            environments,
+            upstream_tls,
+            retry_paths,
+            upgrade_protocols,
+        )
+        else {
+            return Err(errors);
         };
-        let tls = self.tls(svc.tls.as_ref(), &k("tls"), span.clone())?;
-        let trusted_proxies = svc
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| cidr(p.get_ref()).or_else(|m| self.err(p.span(), k(&format!("trusted_proxies[{i}]")), m)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let retry_paths = self.retry_paths(name, svc.retry_paths.as_deref())?;
-        let upgrade_protocols = self.upgrade_protocols(name, svc.upgrade_protocols.as_deref())?;
-        self.health(name, &svc.health, svc.upstream_protocol, span.clone())?;
-        if svc.limits.max_header_line_bytes < 1024 {
-            return self.err_at(k("limits.max_header_line_bytes"), span, "must be at least 1024".into());
+        if !errors.is_empty() {
+            return Err(errors);
         }
-        if svc.resolve_interval.get() < std::time::Duration::from_secs(1) {
-            return self.err_at(
-                k("resolve_interval"),
-                span,
-                "must be at least 1s: names are resolved again this often".into(),
-            );
-        }
-        if svc.limits.max_connections == 0 {
-            return self.err_at(k("limits.max_connections"), span, "must be at least 1".into());
-        }
-        let environments = self.environments(name, svc.blue, svc.green, svc.run, span.clone(), claims)?;
-        if !svc.allow_shared_endpoints {
-            self.colors_apart(name, &environments)?;
-        }
-        let upstream_tls = self.upstream_tls(name, svc.upstream_tls.as_ref(), &environments, span.clone())?;
-        self.release(name, &svc.release, span)?;
         Ok(ServiceConfig {
             name: name.to_string(),
             listen,
@@ -1488,6 +1699,7 @@ impl Source<'_> {
             upstream_tls,
             upstream_protocol: svc.upstream_protocol,
             access_log: svc.access_log,
+            response_headers: svc.response_headers,
             trusted_proxies,
             retry_non_idempotent: svc.retry_non_idempotent,
             retry_paths,
@@ -1552,6 +1764,59 @@ impl Source<'_> {
                 Ok(v.to_ascii_lowercase())
             })
             .collect()
+    }
+
+    fn preview_listen(
+        &self,
+        name: &str,
+        svc: &RawService,
+        claims: &mut Claims,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        let key = format!("services.{name}.preview_listen");
+        let Some(s) = &svc.preview_listen else { return Ok(None) };
+        let a = self.addr(s, key.clone())?;
+        if !a.ip().is_loopback() && !svc.preview_allow_remote {
+            return self.err(
+                s.span(),
+                key,
+                format!("{a} is not a loopback address; the preview listener serves an unreleased version, so set `preview_allow_remote = true` to expose it on purpose"),
+            );
+        }
+        self.claim(claims, a, key, s.span())?;
+        Ok(Some(a))
+    }
+
+    /// The service's limits and resolve interval, each checked on its own.
+    fn limits(&self, name: &str, svc: &RawService, span: &Span) -> Vec<ConfigError> {
+        let k = |rest: &str| format!("services.{name}.{rest}");
+        let mut errors = Vec::new();
+        if svc.limits.max_header_line_bytes < 1024 {
+            keep(
+                &mut errors,
+                self.err_at::<()>(
+                    k("limits.max_header_line_bytes"),
+                    span.clone(),
+                    "must be at least 1024".into(),
+                ),
+            );
+        }
+        if svc.resolve_interval.get() < std::time::Duration::from_secs(1) {
+            keep(
+                &mut errors,
+                self.err_at::<()>(
+                    k("resolve_interval"),
+                    span.clone(),
+                    "must be at least 1s: names are resolved again this often".into(),
+                ),
+            );
+        }
+        if svc.limits.max_connections == 0 {
+            keep(
+                &mut errors,
+                self.err_at::<()>(k("limits.max_connections"), span.clone(), "must be at least 1".into()),
+            );
+        }
+        errors
     }
 
     fn health(&self, name: &str, h: &HealthConfig, protocol: UpstreamProtocol, span: Span) -> Result<(), ConfigError> {
@@ -1719,44 +1984,51 @@ impl Source<'_> {
             return self.err(rspan, k("run.command"), "must name a program to run".into());
         }
         self.run_template(name, &run, &rspan)?;
+        // The line of `ports` (or of the offending port) when the file has it, not the header.
+        let at = |key: &str| self.span_of(key).unwrap_or_else(|| rspan.clone());
         if run.ports.blue.is_empty() || run.ports.green.is_empty() {
             return self.err(
-                rspan,
+                at(&k("run.ports")),
                 k("run.ports"),
                 "each color needs at least one port (one per replica)".into(),
             );
         }
         if run.ports.blue.len() != run.ports.green.len() {
             return self.err(
-                rspan,
+                at(&k("run.ports")),
                 k("run.ports"),
                 "both colors must have the same number of ports: they are identical environments".into(),
             );
         }
         for (color, ports) in [("blue", &run.ports.blue), ("green", &run.ports.green)] {
-            for p in ports {
+            for (i, p) in ports.iter().enumerate() {
                 let key = format!("{}.{color}", k("run.ports"));
+                let span = at(&format!("{key}.{i}"));
                 if *p == 0 {
                     return self.err(
-                        rspan,
+                        span,
                         key,
                         "port 0 is not allowed: cutover must know where the model server listens".into(),
                     );
                 }
                 if let Some(other) = claims.managed_ports.insert(*p, key.clone()) {
-                    return self.err(rspan, key, format!("port {p} is also used by `{other}`"));
+                    return self.err(span, key, format!("port {p} is also used by `{other}`"));
                 }
                 // On host agents the ports are the agents' machines', not this one's.
                 if !run.hosts.is_empty() {
                     continue;
                 }
                 if let Ok(ip) = run.host.parse() {
-                    self.claim(claims, SocketAddr::new(ip, *p), key, rspan.clone())?;
+                    self.claim(claims, SocketAddr::new(ip, *p), key, span)?;
                 }
             }
         }
         if run.host.parse::<std::net::IpAddr>().is_err() {
-            return self.err(rspan, k("run.host"), format!("invalid IP address {:?}", run.host));
+            return self.err(
+                at(&k("run.host")),
+                k("run.host"),
+                format!("invalid IP address {:?}", run.host),
+            );
         }
         self.run_hosts(name, &run, &rspan, claims.fleet)?;
         run.workdir = run.workdir.map(|w| self.resolve(&w));
@@ -1794,7 +2066,9 @@ impl Source<'_> {
     }
 
     /// Cross-field rules of `[services.NAME.release]`, each reported on the line of its key.
-    fn release(&self, name: &str, rel: &ReleaseConfig, span: Span) -> Result<(), ConfigError> {
+    /// Every error of a service's release table.
+    fn release(&self, name: &str, rel: &ReleaseConfig, span: Span) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         let k = |rest: &str| format!("services.{name}.release.{rest}");
         // The nearest table the file has, for a key that only has its default.
         let near = |sub: &str| {
@@ -1804,41 +2078,47 @@ impl Source<'_> {
         };
         if let Some(v) = &rel.verify {
             if !(0.0..=1.0).contains(&v.max_error_rate) {
-                return self.err_at(
-                    k("verify.max_error_rate"),
-                    near("verify"),
-                    format!("must be between 0 and 1, got {}", v.max_error_rate),
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(
+                        k("verify.max_error_rate"),
+                        near("verify"),
+                        format!("must be between 0 and 1, got {}", v.max_error_rate),
+                    ),
                 );
             }
             if let Some(t) = v.min_tokens_per_second {
                 if !(t.is_finite() && t > 0.0) {
-                    return self.err_at(
-                        k("verify.min_tokens_per_second"),
-                        near("verify.min_tokens_per_second"),
-                        format!("must be a positive number of tokens per second, got {t}"),
+                    keep::<()>(
+                        &mut errors,
+                        self.err_at(
+                            k("verify.min_tokens_per_second"),
+                            near("verify.min_tokens_per_second"),
+                            format!("must be a positive number of tokens per second, got {t}"),
+                        ),
                     );
                 }
             }
         }
         if let Some(sh) = &rel.shadow {
-            if let Some((key, message)) = sh.invalid() {
-                return self.err_at(k(&format!("shadow.{key}")), near(&format!("shadow.{key}")), message);
-            }
-            if let Some(span) = self.span_of(&k("shadow.thresholds.min_pairs")) {
-                let msg = "set the phase's shadow.min_pairs instead".to_string();
-                return self.err(span, k("shadow.thresholds.min_pairs"), msg);
-            }
+            errors.extend(self.shadow(name, sh, near("shadow")));
         }
         if let Some((i, _)) = rel.smoke.iter().enumerate().find(|(_, s)| s.repeat == 0) {
-            return self.err_at(
-                k(&format!("smoke.{i}.repeat")),
-                near("smoke"),
-                "must be at least 1".into(),
+            keep::<()>(
+                &mut errors,
+                self.err_at(
+                    k(&format!("smoke.{i}.repeat")),
+                    near("smoke"),
+                    "must be at least 1".into(),
+                ),
             );
         }
         if let Some(w) = &rel.warmup {
             if w.concurrency == 0 {
-                return self.err_at(k("warmup.concurrency"), near("warmup"), "must be at least 1".into());
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(k("warmup.concurrency"), near("warmup"), "must be at least 1".into()),
+                );
             }
         }
         let h = &rel.hooks;
@@ -1855,7 +2135,10 @@ impl Source<'_> {
                     let span = self
                         .span_of(&k(&format!("hooks.{stage}.{i}")))
                         .unwrap_or_else(|| near("hooks"));
-                    return self.err(span, k("hooks"), format!("hook #{n} is an empty argv list"));
+                    keep::<()>(
+                        &mut errors,
+                        self.err(span, k("hooks"), format!("hook #{n} is an empty argv list")),
+                    );
                 }
             }
         }
@@ -1864,14 +2147,32 @@ impl Source<'_> {
                 let span = self
                     .span_of(&k(&format!("smoke.{i}.request.path")))
                     .unwrap_or_else(|| near("smoke"));
-                return self.err(
-                    span,
-                    k("smoke.request.path"),
-                    format!("smoke check {:?}: path must start with '/'", s.name),
+                keep::<()>(
+                    &mut errors,
+                    self.err(
+                        span,
+                        k("smoke.request.path"),
+                        format!("smoke check {:?}: path must start with '/'", s.name),
+                    ),
                 );
             }
         }
-        Ok(())
+        errors
+    }
+
+    /// `[services.NAME.release.shadow]`: each key in range, `min_pairs` set where the phase
+    /// reads it.
+    fn shadow(&self, name: &str, sh: &ShadowConfig, table: Span) -> Vec<ConfigError> {
+        let k = |rest: &str| format!("services.{name}.release.shadow.{rest}");
+        let mut errors = Vec::new();
+        if let Some((key, message)) = sh.invalid() {
+            keep::<()>(&mut errors, self.err_at(k(key), table.clone(), message));
+        }
+        if let Some(span) = self.span_of(&k("thresholds.min_pairs")) {
+            let msg = "set the phase's shadow.min_pairs instead".to_string();
+            keep::<()>(&mut errors, self.err(span, k("thresholds.min_pairs"), msg));
+        }
+        errors
     }
 
     /// A listener of ours on an upstream's address would proxy to itself.

@@ -132,7 +132,8 @@ fn managed_ports_must_be_distinct_and_balanced() {
     assert!(matches!(ok.services["chat"].environments, Environments::Managed(_)));
     let e = check(&format!("{base}ports = {{ blue = [9001], green = [9001] }}\n")).unwrap_err();
     assert!(e.message.contains("also used"), "{e}");
-    assert_eq!(e.line, 3);
+    // The line of `ports`, not of the [services.chat.run] header.
+    assert_eq!(e.line, 5);
     let e = check(&format!("{base}ports = {{ blue = [9001, 9002], green = [9003] }}\n")).unwrap_err();
     assert!(e.message.contains("same number of ports"), "{e}");
 }
@@ -840,4 +841,93 @@ fn shadow_section_parses_with_defaults_and_names_a_bad_key_at_its_line() {
     let bad = format!("{GOOD}[services.chat.release.shadow]\nthresholds = {{ rogue = 3 }}\n");
     let e = check(&bad).unwrap_err();
     assert!(e.to_string().contains("rogue"), "{e}");
+
+/// Issue #25: `check` stopped at the first error; it names every one, each at its line.
+#[test]
+fn every_error_of_every_part_is_reported_at_its_line() {
+    let text = "[admin]\nlisten = \"127.0.0.1:99999\"\n\n\
+        [services.chat]\nlisten = \"127.0.0.1:8080\"\nhealth = { path = \"/health\", interval = \"soon\" }\n\
+        [services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n[services.chat.green]\nendpoints = [\"127.0.0.1:9002\"]\n\n\
+        [services.embed]\nlisten = \"127.0.0.1:8090\"\npreview_listen = \"bad\"\n\
+        [services.embed.run]\ncommand = [\"srv\", \"--port\", \"{port}\"]\nports = { blue = [9101], green = [9102, 9103] }\n\
+        [services.embed.release]\nwarmup = { concurrency = 0, request = { path = \"/x\" } }\n\
+        [services.embed.release.verify]\nmax_error_rate = 2.0\n\n\
+        [services.third]\nlisen = \"x\"\n";
+    let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (2, "admin.listen"),
+            (6, "services.chat.health.interval"),
+            (14, "services.embed.preview_listen"),
+            (17, "services.embed.run.ports"),
+            (19, "services.embed.release.warmup.concurrency"),
+            (21, "services.embed.release.verify.max_error_rate"),
+            // `lisen` taken out, `listen` is missing: both are so.
+            (23, "services.third"),
+            (24, "services.third.lisen"),
+        ],
+        "{errors:#?}"
+    );
+    // `parse` (what `serve` and clients use) gives the first of them.
+    assert_eq!(check(text).unwrap_err(), errors[0]);
+}
+
+#[test]
+fn a_config_without_services_is_refused() {
+    let e = check("[admin]\nlisten = \"127.0.0.1:9901\"\n").unwrap_err();
+    assert_eq!(e.key, "services", "{e}");
+    assert!(e.message.contains("no service is configured"), "{e}");
+    assert!(check("").is_err());
+}
+
+/// Issue #25: errors in `run.ports` named the `[services.X.run]` header's line.
+#[test]
+fn run_ports_errors_name_the_line_of_ports() {
+    let head = "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\ncommand = [\"srv\", \"--port\", \"{port}\"]\n";
+    let e = check(&format!(
+        "{head}stop_timeout = \"5s\"\nports = {{ blue = [9001], green = [] }}\n"
+    ))
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.ports"), "{e}");
+    let e = check(&format!("{head}ports = {{ blue = [9001],\n  green = [0] }}\n")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.ports.green"), "{e}");
+    let e = check(&format!(
+        "{head}ports = {{ blue = [9001], green = [9002] }}\nhost = \"nowhere\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (6, "services.chat.run.host"), "{e}");
+}
+
+/// Within one part, each unknown key and wrong value is named, not only the first.
+#[test]
+fn every_wrong_key_of_one_service_is_reported() {
+    let text = "[services.chat]\nlisten = \"127.0.0.1:8080\"\nacess_log = true\n\
+        health = { interval = \"soon\", timeout = 5 }\n\
+        [services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n[services.chat.green]\nendpoints = [\"127.0.0.1:9002\"]\n\
+        [services.chat.release]\nscale_down_delay = \"later\"\n[services.chat.release.verify]\nmax_error_rate = 2.0\n";
+    let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (3, "services.chat.acess_log"),
+            (4, "services.chat.health.interval"),
+            (4, "services.chat.health.timeout"),
+            (10, "services.chat.release.scale_down_delay"),
+            (12, "services.chat.release.verify.max_error_rate"),
+        ],
+        "{errors:#?}"
+    );
+}
+
+/// A required key that is wrong ends its part: taking it out would only add "missing".
+#[test]
+fn a_wrong_required_key_is_one_error_not_two() {
+    let text = "[services.chat]\nlisten = 8080\n[services.chat.blue]\nendpoints = [\"127.0.0.1:9001\"]\n\
+        [services.chat.green]\nendpoints = [\"127.0.0.1:9002\", 7]\n";
+    let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(got, [(6, "services.chat.green.endpoints[1]")], "{errors:#?}");
 }

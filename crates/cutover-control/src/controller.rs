@@ -22,6 +22,7 @@ use crate::release::run::RunEnv;
 use crate::release::{self, ReleaseDoc, Releases};
 use crate::scale_down::ScaleDowns;
 use crate::service::series::Point;
+use crate::service::stop::{StopOutcome, StopRequest};
 use crate::service::switch::{RollbackRequest, SwitchOutcome, SwitchRequest};
 use crate::service::{ColorState, ServiceCtl};
 use crate::store_call::blocking;
@@ -279,19 +280,41 @@ impl Controller {
         Ok(out)
     }
 
+    /// Stops a managed color's model servers on purpose (`cutover stop`). Refused while a
+    /// release runs: it owns the idle color until it ends.
+    pub async fn stop(&self, name: &str, req: StopRequest) -> Result<StopOutcome, ControlError> {
+        let svc = self.service(name)?;
+        if let Some(doc) = self.releases.active_doc(name) {
+            return Err(ReleaseError::InProgress {
+                id: doc.id,
+                version: doc.version,
+                phase: doc.phase,
+            }
+            .into());
+        }
+        let out = svc.stop_color(req).await?;
+        if !out.was_live {
+            // The pending scale-down was this color's: it is done now.
+            self.scale_downs.cancel(name);
+        }
+        Ok(out)
+    }
+
     /// Starts a release of `version` into the idle color. One release at a time per service.
     pub async fn start_release(&self, name: &str, version: &str, actor: &str) -> Result<ReleaseDoc, ControlError> {
         let svc = self.service(name)?.clone();
         Ok(self.releases.start(svc, self.run_env(), version, actor).await?)
     }
 
-    /// `rollback --redeploy`: the previous color was scaled down, so release its version
-    /// again through the whole pipeline.
+    /// `rollback --redeploy`: the previous color was scaled down, so release again, through
+    /// the whole pipeline, the version that was last live there (from the history: never a
+    /// build whose release into that color was aborted).
     pub async fn redeploy_previous(&self, name: &str, actor: &str) -> Result<ReleaseDoc, ControlError> {
         let svc = self.service(name)?;
+        let idle = svc.live().ok_or(ReleaseError::NoPreviousVersion)?.other();
         let version = svc
-            .live()
-            .and_then(|live| svc.version_of(live.other()))
+            .last_live_version(idle)
+            .await?
             .ok_or(ReleaseError::NoPreviousVersion)?;
         self.start_release(name, &version, actor).await
     }
@@ -312,15 +335,25 @@ impl Controller {
 
     /// A release by id: the live copy while it runs, else the stored one.
     pub async fn release_doc(&self, name: &str, id: i64) -> Result<ReleaseDoc, ControlError> {
-        self.service(name)?;
+        if let Err(e) = self.service(name) {
+            // A removed service's releases stay readable, as its history does.
+            return match self.releases.doc(&self.store, None, name, id).await {
+                Ok(d) => Ok(d),
+                Err(_) => Err(e),
+            };
+        }
         Ok(self
             .releases
             .doc(&self.store, self.fleet().map(|l| &**l), name, id)
             .await?)
     }
 
+    /// A service's releases, newest first; also of a service a reload removed.
     pub async fn releases(&self, name: &str, limit: u32) -> Result<Vec<ReleaseDoc>, ControlError> {
-        self.service(name)?;
+        if let Err(e) = self.service(name) {
+            let list = self.releases.list(&self.store, None, name, limit).await?;
+            return if list.is_empty() { Err(e) } else { Ok(list) };
+        }
         Ok(self
             .releases
             .list(&self.store, self.fleet().map(|l| &**l), name, limit)
@@ -370,10 +403,16 @@ impl Controller {
         Ok(self.service(name)?.series_points())
     }
 
+    /// A service's history, newest first; also of a service a reload removed (its history
+    /// stays in the store, and comes back with it if it is added again).
     pub async fn history(&self, name: &str, limit: u32) -> Result<Vec<HistoryEntry>, ControlError> {
-        self.service(name)?;
-        let name = name.to_string();
-        Ok(blocking(&self.store, move |s| s.history(&name, limit)).await?)
+        let unknown = self.service(name).err();
+        let n = name.to_string();
+        let rows = blocking(&self.store, move |s| s.history(&n, limit)).await?;
+        match unknown {
+            Some(e) if rows.is_empty() => Err(e),
+            _ => Ok(rows),
+        }
     }
 }
 

@@ -92,6 +92,18 @@ pub enum ReleaseError {
     Store(#[from] StoreFailure),
 }
 
+/// Why `cutover stop` stopped nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    #[error("{service} has static endpoints: cutover started no process there; stop them where they were deployed")]
+    NotManaged { service: String },
+    #[error("nothing is live in {service}: say which color to stop")]
+    NothingLive { service: String },
+    #[error("{color} is live in {service}: stopped, it leaves clients with errors until something is live again; switch first, or pass --force (API: \"force\": true) to stop it anyway")]
+    Live { service: String, color: Color },
+}
+
 /// Anything a control operation can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,6 +114,8 @@ pub enum ControlError {
     Switch(#[from] SwitchError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Stop(#[from] StopError),
     #[error(transparent)]
     Store(#[from] StoreFailure),
 }

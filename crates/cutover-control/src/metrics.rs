@@ -330,6 +330,29 @@ fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     m.encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, s.count(), &buckets, None)
 }
 
+/// `cutover_releases_total{service,outcome}`: releases this process saw end.
+fn encode_releases(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "cutover_releases",
+        "Releases that ended, by outcome: completed, aborted, rolled_back, interrupted (seen by this process)",
+        None,
+        MetricType::Counter,
+    )?;
+    for svc in ctl.services().values() {
+        // Every outcome shows, at 0 until one happens: an alert on a rate needs the series.
+        for (o, n) in crate::service::OUTCOMES.iter().zip(&svc.releases_ended) {
+            let outcome = serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let l: Labels = vec![("service", svc.name.clone()), ("outcome", outcome)];
+            m.encode_family(&l)?
+                .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;
+        }
+    }
+    Ok(())
+}
+
 fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     let mut m = enc.encode_descriptor(
         "cutover_generation",
@@ -361,6 +384,7 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
             m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
     }
+    encode_releases(enc, ctl)?;
     let mut m = enc.encode_descriptor(
         "cutover_process_restarts",
         "Managed processes started again by the restart policy after an exit (this process)",

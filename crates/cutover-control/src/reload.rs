@@ -338,10 +338,13 @@ impl Serving {
                 if have == Some(want) {
                     continue;
                 }
-                let key = if preview { "preview_listen" } else { "listen" };
-                let l = listener::bind(want).map_err(|e| {
-                    ReloadError::Bind(format!("cannot listen on services.{}.{key} {want}: {e}", cfg.name))
-                })?;
+                let key = format!(
+                    "services.{}.{}",
+                    cfg.name,
+                    if preview { "preview_listen" } else { "listen" }
+                );
+                let l = listener::bind(want)
+                    .map_err(|e| ReloadError::Bind(crate::supervisor::cannot_listen(&key, want, &e)))?;
                 bound.push((cfg.name.clone(), preview, l, want));
             }
         }

@@ -27,6 +27,7 @@ use crate::controller::Controller;
 use crate::reload::Serving;
 use crate::service::series::SAMPLE_EVERY;
 use crate::service::BoundAddrs;
+use crate::supervisor::cannot_listen;
 use crate::token;
 use crate::upgrade::{self, Entry, Predecessor, Received, UpgradeSocket};
 
@@ -55,22 +56,43 @@ pub struct Listeners {
     services: BTreeMap<String, (TcpListener, Option<TcpListener>)>,
 }
 
+/// `bind` of `addr` for `key`, its failure said by [`cannot_listen`].
+fn bind_key(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    listener::bind(addr).map_err(|e| anyhow::anyhow!(cannot_listen(key, addr, &e)))
+}
+
+/// Says where a person opens the dashboard: the admin address (loopback for a wildcard
+/// one), and where a token is; never the token itself.
+fn log_dashboard(admin: SocketAddr, tls: bool, token_file: &Path) {
+    let mut a = admin;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("{}://{a}/", if tls { "https" } else { "http" });
+    tracing::info!(
+        %url,
+        token_file = %token_file.display(),
+        "dashboard: open the url (it asks for a token; or append #token=TOKEN, e.g. the admin token in token_file)"
+    );
+}
+
 impl Listeners {
     /// Binds the admin listener and every service's listeners; the first failure names the
-    /// key whose address could not be bound.
+    /// key whose address could not be bound, and who holds a port in use.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let admin = TcpListener::bind(config.admin.listen)
+        let a = config.admin.listen;
+        let admin = TcpListener::bind(a)
             .await
-            .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+            .map_err(|e| anyhow::anyhow!(cannot_listen("admin.listen", a, &e)))?;
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
-            let live = listener::bind(svc.listen)
-                .with_context(|| format!("cannot listen on services.{name}.listen {}", svc.listen))?;
+            let live = bind_key(&format!("services.{name}.listen"), svc.listen)?;
             let preview = match svc.preview_listen {
-                Some(p) => Some(
-                    listener::bind(p)
-                        .with_context(|| format!("cannot listen on services.{name}.preview_listen {p}"))?,
-                ),
+                Some(p) => Some(bind_key(&format!("services.{name}.preview_listen"), p)?),
                 None => None,
             };
             services.insert(name.clone(), (live, preview));
@@ -96,7 +118,7 @@ impl Listeners {
                     TcpListener::from_std(r.listener)
                         .with_context(|| format!("cannot serve the {key} socket handed over"))
                 }
-                None => fresh(addr).with_context(|| format!("cannot listen on {key} {addr}")),
+                None => fresh(addr).map_err(|e| anyhow::anyhow!(cannot_listen(key, addr, &e))),
             };
         let admin = take("admin", config.admin.listen, &|a| {
             let l = std::net::TcpListener::bind(a)?;
@@ -378,6 +400,7 @@ async fn start(
             .upgraded_from(upgraded_from),
     );
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
+    log_dashboard(addresses.admin, admin_tls.is_some(), &ctl.config.admin.token_file);
     tasks.push(tokio::spawn(serve_admin(
         listeners.admin,
         app,

@@ -135,6 +135,18 @@ pub fn port_holder(port: u16) -> Option<String> {
     None
 }
 
+/// Why `key` (a listener of the config) could not listen on `addr`: the error, and for a
+/// port in use who holds it, as a managed port taken by a stray server says it.
+pub fn cannot_listen(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    let mut out = format!("cannot listen on {key} {addr}: {e}");
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        let who = port_holder(addr.port())
+            .unwrap_or_else(|| "a process this user cannot see (not listed in /proc/*/fd)".to_string());
+        out.push_str(&format!("; held by {who}"));
+    }
+    out
+}
+
 /// Checks that `host:port` can be bound, so the process started there is the one health
 /// checks will reach; `Err` says who holds it when /proc tells.
 pub fn check_port_free(service: &str, host: &str, port: u16) -> Result<(), String> {

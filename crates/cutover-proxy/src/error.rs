@@ -46,7 +46,8 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self, service: &str, route: Option<&ColorRoute>) -> Response<RespBody> {
+    /// The answer to the client; `tag`: with `x-cutover-color`/`-version` for `route`.
+    pub fn into_response(self, service: &str, route: Option<&ColorRoute>, tag: bool) -> Response<RespBody> {
         let mut body = json!({"error": {"code": self.code, "message": self.message, "source": self.source.as_str(), "service": service}});
         if let Some(r) = route {
             body["error"]["color"] = r.color.as_str().into();
@@ -56,7 +57,7 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert("x-cutover-error", HeaderValue::from_static(self.code));
-        if let Some(r) = route {
+        if let Some(r) = route.filter(|_| tag) {
             h.insert("x-cutover-color", r.color_header.clone());
             if let Some(v) = &r.version_header {
                 h.insert("x-cutover-version", v.clone());

@@ -18,7 +18,7 @@ use crate::error::{ProxyError, Source};
 use crate::exchange::{self, Exchange, Next, ReplayFacts, Retry};
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
-use crate::route::{Endpoint, EndpointLoad};
+use crate::route::{ColorRoute, Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::upstream::{Conn, ConnectError, SendError};
 use crate::Refusal;
@@ -227,6 +227,16 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     Ok(())
 }
 
+/// `x-cutover-color` and `x-cutover-version` of `route`, when the service wants them.
+fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
+    if on {
+        h.insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
+        if let Some(v) = &route.version_header {
+            h.insert(X_CUTOVER_VERSION.clone(), v.clone());
+        }
+    }
+}
+
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
         let started = Instant::now();
@@ -236,13 +246,13 @@ impl Forwarder {
         });
         let mut ex = match begun {
             Ok(ex) => ex,
-            Err(e) => return e.into_response(&svc.name, None),
+            Err(e) => return e.into_response(&svc.name, None, false),
         };
         match self.forward(req, peer, &mut ex).await {
             Ok(resp) => resp,
             Err(e) => {
                 ex.failed(&e);
-                e.into_response(&svc.name, Some(&ex.route))
+                e.into_response(&svc.name, Some(&ex.route), svc.settings().response_headers)
             }
         }
     }
@@ -306,12 +316,7 @@ impl Forwarder {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        parts
-            .headers
-            .insert(X_CUTOVER_COLOR.clone(), ex.route.color_header.clone());
-        if let Some(v) = &ex.route.version_header {
-            parts.headers.insert(X_CUTOVER_VERSION.clone(), v.clone());
-        }
+        tag(&mut parts.headers, &ex.route, settings.response_headers);
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         if let (Some(client), Some(upstream)) = (client_side.filter(|_| switching), upstream_side) {
             ex.tunnel();

@@ -47,6 +47,9 @@ pub struct ServiceSettings {
     pub upgrade_protocols: Vec<String>,
     /// The endpoints are `https://`: connections to them are TLS (and take the hyper engine).
     pub upstream_tls: Option<UpstreamTls>,
+    /// `x-cutover-color` and `x-cutover-version` on answers to clients (both engines, the
+    /// proxy's own errors included).
+    pub response_headers: bool,
 }
 
 impl ServiceSettings {
@@ -96,6 +99,7 @@ impl Default for ServiceSettings {
             retry_paths: Vec::new(),
             upgrade_protocols: vec!["websocket".to_string()],
             upstream_tls: None,
+            response_headers: true,
         }
     }
 }

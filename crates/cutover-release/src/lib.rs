@@ -228,6 +228,9 @@ pub struct Window {
     pub tokens_per_second: Option<f64>,
     /// No endpoint of the new color is healthy.
     pub all_unhealthy: bool,
+    /// Endpoints of the new color that take traffic (healthy, or not checked yet): the
+    /// `healthy_endpoints` gate's reading.
+    pub healthy_endpoints: u32,
 }
 
 /// Limits the window is judged against; `None` turns a gate off.
@@ -380,7 +383,11 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
 
     gates.push(Gate {
         name: "healthy_endpoints".into(),
-        value: Some(if w.all_unhealthy { 0.0 } else { 1.0 }),
+        value: Some(if w.all_unhealthy {
+            0.0
+        } else {
+            f64::from(w.healthy_endpoints)
+        }),
         limit: 1.0,
         result: if w.all_unhealthy {
             GateResult::Failing

@@ -377,6 +377,21 @@ fn all_unhealthy_fails_even_without_traffic() {
     assert!(v.reason.starts_with("every endpoint of the new color is unhealthy"));
 }
 
+/// Issue #25: the reading said 1 for a color with 2 healthy endpoints.
+#[test]
+fn healthy_endpoints_reads_the_real_count() {
+    let v = judge(
+        &Window {
+            requests: 100,
+            healthy_endpoints: 2,
+            ..Window::default()
+        },
+        &limits(),
+    );
+    let g = v.gates.iter().find(|g| g.name == "healthy_endpoints").unwrap();
+    assert_eq!((g.value, g.limit, g.result), (Some(2.0), 1.0, GateResult::Passing));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

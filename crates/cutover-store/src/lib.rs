@@ -82,10 +82,12 @@ pub enum HistoryKind {
     ProcessRestarted,
     /// A configuration reload added the service or changed it; the reason lists what changed.
     Reconfigured,
+    /// Someone stopped a managed color's model servers on purpose (`cutover stop`).
+    Stopped,
 }
 
 impl HistoryKind {
-    const ALL: [HistoryKind; 12] = [
+    const ALL: [HistoryKind; 13] = [
         HistoryKind::Switched,
         HistoryKind::RolledBack,
         HistoryKind::ReleaseStarted,
@@ -98,6 +100,7 @@ impl HistoryKind {
         HistoryKind::ProcessExited,
         HistoryKind::ProcessRestarted,
         HistoryKind::Reconfigured,
+        HistoryKind::Stopped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +117,7 @@ impl HistoryKind {
             HistoryKind::ProcessExited => "process_exited",
             HistoryKind::ProcessRestarted => "process_restarted",
             HistoryKind::Reconfigured => "reconfigured",
+            HistoryKind::Stopped => "stopped",
         }
     }
 }
@@ -494,6 +498,22 @@ impl Store {
         Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
+    /// The version that was last made live on `color` (by a switch or a rollback), from the
+    /// history: what `rollback --redeploy` brings back. A label a release wrote and that never
+    /// went live (an aborted build) is not it.
+    pub fn last_live_version(&self, service: &str, color: Color) -> Result<Option<String>> {
+        let conn = self.conn();
+        let v: Option<Option<String>> = conn
+            .query_row(
+                "SELECT version FROM history WHERE service = ?1 AND to_color = ?2 AND kind IN (?3, ?4)
+                 ORDER BY id DESC LIMIT 1",
+                params![service, color, HistoryKind::Switched, HistoryKind::RolledBack],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.flatten())
+    }
+
     /// Stores a new release document and returns its id.
     pub fn insert_release(&self, service: &str, doc: &serde_json::Value) -> Result<i64> {
         let conn = self.conn();
@@ -693,6 +713,26 @@ mod tests {
         );
         assert_eq!(h[0].version.as_deref(), Some("v2"));
         assert_eq!(h[1].from, None);
+    }
+
+    #[test]
+    fn last_live_version_skips_labels_that_never_went_live() {
+        let (s, _) = temp_store();
+        s.ensure_service("chat", None, None).unwrap();
+        assert_eq!(s.last_live_version("chat", Color::Green).unwrap(), None);
+        s.set_version("chat", Color::Blue, Some("v1")).unwrap();
+        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
+        s.set_version("chat", Color::Green, Some("v2")).unwrap();
+        s.switch(&switch("chat", 1, Color::Green)).unwrap();
+        s.set_version("chat", Color::Blue, Some("v3")).unwrap();
+        s.switch(&switch("chat", 2, Color::Blue)).unwrap();
+        // An aborted release into green wrote its label and never went live.
+        s.set_version("chat", Color::Green, Some("bad")).unwrap();
+        assert_eq!(
+            s.last_live_version("chat", Color::Green).unwrap().as_deref(),
+            Some("v2")
+        );
+        assert_eq!(s.last_live_version("chat", Color::Blue).unwrap().as_deref(), Some("v3"));
     }
 
     #[test]

@@ -21,8 +21,10 @@ pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
         API: --admin URL (env CUTOVER_ADMIN, default http://127.0.0.1:9901) and --token (env \
         CUTOVER_TOKEN) or --token-file, or --config FILE to take both from that config.",
     after_help = "Exit codes: 0 success; 1 the operation ran and failed (release aborted or rolled back, \
-        409 conflict); 2 usage or config error; 3 the router could not be reached or refused the token; \
-        141 stdout was closed (e.g. piped into `head`); 130 interrupted (Ctrl-C).\n\n\
+        409 conflict); 2 usage or config error; 3 the router could not be reached, is not a cutover admin API \
+        or refused the token; 4 the release is live but not verified (too little traffic in the bake); \
+        5 --timeout passed before the release ended (it goes on); 141 stdout was closed (e.g. piped into \
+        `head`); 130 interrupted (Ctrl-C).\n\n\
         Examples:\n  cutover serve --config cutover.toml\n  cutover release chat v2 --wait\n  \
         cutover status chat --json"
 )]
@@ -45,7 +47,7 @@ pub struct Remote {
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Take the admin address and token file from this config.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// PEM file of the CA that signed an https:// router's certificate [default: the system's
     /// roots].
@@ -76,6 +78,10 @@ pub struct Progress {
     /// the release is waiting for.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub heartbeat: Duration,
+    /// Stop following after this long (exit 5): the release goes on, and `cutover release
+    /// follow` re-attaches [default: follow until it ends].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -281,6 +287,31 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Stop a managed service's model servers on purpose (the idle color by default).
+    #[command(
+        long_about = "Stop the model servers of a managed service's color on purpose: its requests drain \
+            first (up to drain_timeout), then its processes get SIGTERM (SIGKILL after run.stop_timeout). \
+            The idle color by default; the live color only with --force (the service then answers 503 \
+            until a switch or release). Recorded in the history as `stopped`. A release in progress is \
+            refused: abort it first. Static services have no processes to stop.",
+        after_help = "Examples:\n  cutover stop chat             # the idle color\n  \
+            cutover stop chat green --reason \"free the GPU\"\n  cutover stop chat blue --force   # even if blue is live"
+    )]
+    Stop {
+        /// The service, as named by its [services.NAME] table.
+        service: String,
+        /// blue or green [default: the idle color].
+        #[arg(value_parser = ColorParser)]
+        color: Option<String>,
+        /// Stop even the live color (its clients then get 503 until something is live again).
+        #[arg(long)]
+        force: bool,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Show (and with -f follow) the log of a managed color's model servers.
     #[command(
         long_about = "Show the current log of each replica of a managed service's colors (both colors \
@@ -308,7 +339,7 @@ pub enum Command {
     },
     /// Fleet mode: the routers, their acks and the elected leader.
     Fleet(FleetCmd),
-    /// Create or list named admin tokens with roles (the tokens file), offline.
+    /// Create, list or delete named admin tokens with roles (the tokens file), offline.
     Token(TokenCmd),
     /// Print shell completions (bash, zsh or fish) to stdout.
     #[command(
@@ -364,10 +395,13 @@ pub enum FleetSub {
     long_about = "Release VERSION into the idle color through the whole pipeline: provisioning, \
         waiting_healthy, warming_up, smoke_testing, awaiting_approval, pre_switch_hooks, switching, \
         verifying, completed (or aborted / rolled_back). With --wait, follow it: exit 0 when live and \
-        verified, 1 when aborted or rolled back. Ctrl-C stops following, not the release: \
-        `cutover release follow SERVICE` re-attaches.",
-    after_help = "Examples:\n  cutover release chat v2 --wait\n  cutover release show chat\n  \
-        cutover release follow chat"
+        verified, 1 when aborted or rolled back, 4 when live but not verified (too few requests in the \
+        bake to judge), 5 when --timeout passed first. Ctrl-C or --timeout stop following, not the \
+        release: `cutover release follow SERVICE` re-attaches.",
+    after_help = "Exit codes: 0 live and verified; 1 aborted, rolled back or interrupted; 2 usage error; \
+        3 the router could not be reached; 4 live but not verified; 5 --timeout passed (the release goes on).\n\n\
+        Examples:\n  cutover release chat v2 --wait\n  cutover release chat v2 --wait --timeout 30m   # CI: never wait for ever\n  \
+        cutover release show chat\n  cutover release follow chat --timeout 10m"
 )]
 pub struct ReleaseCmd {
     #[command(subcommand)]
@@ -378,7 +412,8 @@ pub struct ReleaseCmd {
     /// The version label ({version} in a managed command template).
     #[arg(required = true)]
     pub version: Option<String>,
-    /// Follow the release phase by phase; exit 0 when live and verified, 1 otherwise.
+    /// Follow the release phase by phase; exit 0 when live and verified, 1 when it failed, 4
+    /// when live but not verified, 5 when --timeout passed first.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -417,16 +452,17 @@ pub enum ReleaseSub {
     },
 }
 
-/// `cutover token create NAME --role ROLE` and `cutover token list`.
+/// `cutover token create NAME --role ROLE`, `cutover token list` and `cutover token delete NAME`.
 #[derive(Args)]
 #[command(
-    long_about = "Create or list named admin tokens. They live in the tokens file (`[admin] tokens_file`, \
+    long_about = "Create, list or delete named admin tokens. They live in the tokens file (`[admin] tokens_file`, \
         default tokens.toml next to the config), which holds each token's SHA-256 and never the token \
         itself. These commands work on the file, without a running router; a running `cutover serve` \
         takes a new token on its first use, no restart needed. Roles: viewer (every read), operator \
-        (also switch, rollback, release, approve, abort), admin (also reload).",
+        (also switch, rollback, release, approve, abort, stop), admin (also reload).",
     after_help = "Examples:\n  cutover token create ci --role operator\n  \
-        cutover token create grafana --role viewer --config /etc/cutover/cutover.toml\n  cutover token list"
+        cutover token create grafana --role viewer --config /etc/cutover/cutover.toml\n  cutover token list\n  \
+        cutover token delete grafana"
 )]
 pub struct TokenCmd {
     #[command(subcommand)]
@@ -452,6 +488,18 @@ pub enum TokenSub {
         /// What the token may do: viewer, operator or admin.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["viewer", "operator", "admin"]))]
         role: String,
+        /// The router's config: its `[admin] tokens_file` is the file written.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Remove a named token from the tokens file: a running router refuses it from its next
+    /// use on (it re-reads the file when it changes).
+    #[command(
+        after_help = "Examples:\n  cutover token delete ci\n  cutover token delete grafana -c /etc/cutover/cutover.toml"
+    )]
+    Delete {
+        /// The token's name, as `cutover token list` shows it.
+        name: String,
         /// The router's config: its `[admin] tokens_file` is the file written.
         #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
         config: PathBuf,

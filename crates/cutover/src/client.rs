@@ -216,9 +216,16 @@ impl Client {
                     }),
             }
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))??;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Err(_) => return Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            Ok(Err(e)) if self.tls.is_some() && speaks_plain_http(host, self.port).await => {
+                let plain = self.base.replacen("https://", "http://", 1);
+                return Err(format!(
+                    "it answers in plain HTTP, not TLS: use --admin {plain} (the admin API has no [admin] tls) ({e})"
+                ));
+            }
+            Ok(r) => r?,
+        };
         match stream {
             Stream::Plain(s) => request_on(TokioIo::new(s), req).await,
             Stream::Tls(s) => request_on(TokioIo::new(*s), req).await,
@@ -265,6 +272,9 @@ impl Client {
             .to_bytes();
         let v: Value =
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        if !is_admin_answer(status, &v) {
+            return Err(self.not_cutover(path, status, &bytes));
+        }
         if status.is_success() {
             return Ok(v);
         }
@@ -289,6 +299,67 @@ impl Client {
             code: v["error"]["code"].as_str().map(str::to_string),
         })
     }
+
+    /// Whatever answered is not a cutover admin API (a service's listener, a model server,
+    /// another web server): exit 3, as for a router that cannot be reached.
+    fn not_cutover(&self, path: &str, status: StatusCode, body: &[u8]) -> Failure {
+        let text = String::from_utf8_lossy(body);
+        let excerpt: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(120)
+            .collect();
+        let said = if excerpt.is_empty() {
+            "an empty body".to_string()
+        } else {
+            format!("{excerpt:?}")
+        };
+        Failure::new(
+            3,
+            format!(
+                "{} is not a cutover admin API: it answered {path} with HTTP {} and {said}. Is --admin a service's \
+                 listen address or another server? The admin API is where the router's [admin] listen says \
+                 (default {DEFAULT_ADMIN}); --config FILE reads it from the config",
+                self.base,
+                status.as_u16()
+            ),
+        )
+    }
+}
+
+/// Does this answer come from a cutover admin API? Its answers are JSON objects, and its
+/// errors are exactly `{"error":{"code","message"}}` (a service's own errors carry `source`
+/// and `service`, an OpenAI-style model server's carry `type`).
+fn is_admin_answer(status: StatusCode, v: &Value) -> bool {
+    if status.is_success() {
+        return v.is_object();
+    }
+    let Some(e) = v.get("error").and_then(Value::as_object) else {
+        return false;
+    };
+    e.len() == 2 && e.get("code").is_some_and(Value::is_string) && e.get("message").is_some_and(Value::is_string)
+}
+
+/// After a failed TLS handshake: does the port answer plain HTTP? (An `https://` URL for an
+/// admin API that has no TLS.)
+async fn speaks_plain_http(host: &str, port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut tcp = TcpStream::connect((host, port)).await.ok()?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: cutover\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 8];
+        tcp.read_exact(&mut buf).await.ok()?;
+        Some(buf.starts_with(b"HTTP/1."))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// A connection to the router, plain or TLS.

@@ -69,6 +69,20 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Stop {
+            service,
+            color,
+            force,
+            reason,
+            remote,
+        } => {
+            stop(
+                &remote,
+                &service,
+                json!({"color": color, "force": force, "reason": reason}),
+            )
+            .await
+        }
         Command::Logs {
             service,
             color,
@@ -327,6 +341,31 @@ async fn rollback(remote: &Remote, service: &str, redeploy: bool, body: Value, p
     })
 }
 
+async fn stop(remote: &Remote, service: &str, body: Value) -> Result<(), Failure> {
+    let c = Client::new(remote)?;
+    let v = c.post(&format!("/v1/services/{service}/stop"), &body).await?;
+    output::print(remote, &v, |v| stopped(service, v))
+}
+
+/// `cutover stop`: what was stopped, and how.
+fn stopped(service: &str, v: &Value) -> String {
+    let color = v["color"].as_str().unwrap_or("?");
+    let version = v["version"].as_str().unwrap_or("no version");
+    if v["had_processes"] != true {
+        return format!("{service}: {color} ({version}) runs no model server: nothing to stop");
+    }
+    let mut text = format!(
+        "{service}: stopped {color} ({version}); {}",
+        v["drained"].as_str().unwrap_or("")
+    );
+    if v["was_live"] == true {
+        text.push_str(&format!(
+            "\n{service}: {color} was live: clients get errors until a switch or a release makes a color live"
+        ));
+    }
+    text
+}
+
 /// `cutover fleet status`: the connection, the leader, "n/m routers synced", a line per router.
 fn fleet_status(v: &Value) -> String {
     let leader = match v["leader"]["router_id"].as_str() {
@@ -441,12 +480,20 @@ async fn wait(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) 
             )),
             None => Ok(()),
         },
-        other => Err(Failure::new(
+        // The reason is on stdout already, unless only the JSON document went there.
+        other if remote.json => Err(Failure::new(
             1,
             format!(
                 "release #{id} {}: {}",
                 other.unwrap_or("ended"),
                 doc["reason"].as_str().unwrap_or("")
+            ),
+        )),
+        other => Err(Failure::new(
+            1,
+            format!(
+                "release #{id} {}: why is above; `cutover release show {service} {id}` has every phase",
+                other.unwrap_or("ended")
             ),
         )),
     }

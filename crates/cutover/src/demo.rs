@@ -34,7 +34,8 @@ struct Tally {
 impl Tally {
     fn fail(&mut self, version: &str, what: String) {
         *self.failed.entry(version.to_string()).or_insert(0) += 1;
-        if self.first_failures.len() < 2 {
+        // Two different examples: the same failure twice says nothing more.
+        if self.first_failures.len() < 2 && !self.first_failures.contains(&what) {
             self.first_failures.push(what);
         }
     }
@@ -191,6 +192,7 @@ async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
         id,
         Progress {
             heartbeat: Duration::from_secs(15),
+            timeout: None,
         },
     )
     .await
@@ -391,5 +393,21 @@ fn shadow_line(d: &Value) -> String {
             s["baseline_pairs"].as_u64().unwrap_or(0)
         ),
         None => "did not run".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #25: the demo ended with two identical `e.g.` lines.
+    #[test]
+    fn the_examples_of_failures_are_two_different_ones() {
+        let mut t = Tally::default();
+        for what in ["v3: HTTP 500", "v3: HTTP 500", "v3: stream cut", "v3: other"] {
+            t.fail("v3", what.to_string());
+        }
+        assert_eq!(t.first_failures, ["v3: HTTP 500", "v3: stream cut"]);
+        assert_eq!(t.failed["v3"], 4);
     }
 }

@@ -147,11 +147,32 @@ struct Printed {
     last_status: Option<(Instant, Value)>,
 }
 
+/// The exit code of `--timeout` passing before the release ended.
+pub const EXIT_TIMEOUT: u8 = 5;
+
+/// Whether phase `i` is the one the release ended in, its detail the release's reason: its
+/// line then leaves the detail to the last line, so the reason is printed once.
+fn ends_with_reason(doc: &Value, i: usize, p: &Value) -> bool {
+    let last = doc["phases"].as_array().map_or(0, |a| a.len());
+    !doc["outcome"].is_null() && i + 1 == last && p["detail"] == doc["reason"]
+}
+
+/// The last line of a followed release: its outcome and why.
+fn end_line(id: i64, doc: &Value) -> String {
+    let mut line = format!("release #{id} of {} {}", s(&doc["version"]), s(&doc["outcome"]));
+    if let Some(r) = doc["reason"].as_str() {
+        line.push_str(&format!(": {r}"));
+    }
+    line
+}
+
 /// Follows release `id` to its end and returns the final document. Nothing is printed
-/// with `--json` (the caller prints the document).
+/// with `--json` (the caller prints the document). `--timeout` ends it with exit 5; the
+/// release goes on.
 pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Progress) -> Result<Value, Failure> {
     let quiet = remote.json;
     let tty = std::io::stdout().is_terminal() && !quiet;
+    let deadline = p.timeout.map(|t| Instant::now() + t);
     let mut printed = Printed {
         ended: 0,
         started: 0,
@@ -170,14 +191,24 @@ pub async fn release(c: &Client, remote: &Remote, service: &str, id: i64, p: Pro
         }
         if !doc["outcome"].is_null() {
             if !quiet {
-                output::line(&format!(
-                    "release #{id} of {} {}: {}",
-                    s(&doc["version"]),
-                    s(&doc["outcome"]),
-                    s(&doc["reason"])
-                ))?;
+                output::line(&end_line(id, &doc))?;
             }
             return Ok(doc);
+        }
+        if let (Some(d), Some(t)) = (deadline, p.timeout) {
+            if Instant::now() >= d {
+                if tty {
+                    output::raw("\n")?;
+                }
+                return Err(Failure::new(
+                    EXIT_TIMEOUT,
+                    format!(
+                        "--timeout {} passed while release #{id} is {}; it goes on: `cutover release follow {service} {id}` re-attaches, `cutover abort {service}` stops it before its switch",
+                        short_duration(t),
+                        s(&doc["phase"])
+                    ),
+                ));
+            }
         }
         if !quiet {
             waiting(c, service, &doc, &mut printed, tty, p.heartbeat).await?;
@@ -202,7 +233,12 @@ fn lines(doc: &Value, printed: &mut Printed, tty: bool, remote: &Remote, c: &Cli
             printed.last_line = Instant::now();
         }
         if !p["ended_at"].is_null() {
-            output::line(&output::phase_line(p))?;
+            let text = if ends_with_reason(doc, i, p) {
+                output::phase_time(p)
+            } else {
+                output::phase_line(p)
+            };
+            output::line(&text)?;
             printed.ended = i + 1;
             printed.last_line = Instant::now();
             continue;

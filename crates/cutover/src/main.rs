@@ -125,9 +125,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// `cutover check`: errors exit 2; warnings (on stderr, file:line and key) exit 0.
+/// Every config error, one `error:` line each (the first one's prefix is the caller's), and
+/// how many when there are several.
+fn config_errors(errors: &[cutover_config::ConfigError]) -> String {
+    let mut text = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\nerror: ");
+    if errors.len() > 1 {
+        text.push_str(&format!("\n{} errors", errors.len()));
+    }
+    text
+}
+
+/// `cutover check`: every error (exit 2); warnings (on stderr, file:line and key) exit 0.
 fn check(file: &Path) -> Result<(), Failure> {
-    let (c, warnings) = cutover_config::check(file).map_err(|e| Failure::new(2, e.to_string()))?;
+    let (c, warnings) = cutover_config::check(file).map_err(|e| Failure::new(2, config_errors(&e)))?;
     for w in &warnings {
         let _ = writeln!(std::io::stderr(), "warning: {w}");
     }
@@ -258,10 +272,10 @@ fn agent(
 
 /// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.
 fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::server::ServeOptions) -> ExitCode {
-    let cfg = match cutover_config::load(config) {
+    let cfg = match cutover_config::load_all(config) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e}");
+            let _ = writeln!(std::io::stderr(), "error: {}", config_errors(&e));
             return ExitCode::from(2);
         }
     };

@@ -42,6 +42,26 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// Longest reason a table row shows.
+const SUMMARY_CHARS: usize = 160;
+
+/// A reason as one table row shows it: its first line, cut at `SUMMARY_CHARS`, saying
+/// how much more there is (`release show` has the whole text: quoted log lines and all).
+pub fn summary(reason: &str) -> String {
+    let reason = reason.trim();
+    let mut lines = reason.lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    let more = lines.filter(|l| !l.trim().is_empty()).count();
+    let mut out: String = first.chars().take(SUMMARY_CHARS).collect();
+    if out.len() < first.len() {
+        out.push('…');
+    }
+    if more > 0 {
+        out.push_str(&format!(" (+{more} line{})", if more == 1 { "" } else { "s" }));
+    }
+    out
+}
+
 pub fn status(v: &Value) -> String {
     // The bound address is the useful one (the config may say port 0).
     let listen = v["bound"]["listen"].as_str().unwrap_or(s(&v["listen"]));
@@ -69,7 +89,7 @@ pub fn status(v: &Value) -> String {
                     .filter(|p| p["ok"] == false)
                     .map(|p| format!(" ({})", s(&p["message"])))
                     .unwrap_or_default();
-                format!("{} {}{why}", s(&e["address"]), s(&e["health"]))
+                format!("{} {}{why}", s(&e["address"]), s(&e["health"]).replace('_', " "))
             })
             .collect();
         out.push_str(&format!(
@@ -146,7 +166,7 @@ pub fn history(v: &Value) -> String {
             what,
             s(&e["version"]),
             s(&e["actor"]),
-            s(&e["reason"])
+            summary(s(&e["reason"]))
         ));
     }
     out.trim_end().to_string()
@@ -172,7 +192,7 @@ pub fn releases(v: &Value, limit: usize) -> String {
             state,
             s(&r["created_at"]),
             s(&r["actor"]),
-            r["reason"].as_str().unwrap_or("")
+            summary(r["reason"].as_str().unwrap_or(""))
         ));
     }
     out.trim_end().to_string()
@@ -180,25 +200,28 @@ pub fn releases(v: &Value, limit: usize) -> String {
 
 /// One phase as it ended: name, time, detail.
 pub fn phase_line(p: &Value) -> String {
+    format!("{}  {}", phase_time(p), s(&p["detail"]))
+}
+
+/// One phase as it ended: name and time only (its detail is said elsewhere).
+pub fn phase_time(p: &Value) -> String {
     let ms = p["elapsed_ms"].as_u64().unwrap_or(0);
-    format!(
-        "  {:<18} {:>7.1} s  {}",
-        s(&p["phase"]),
-        ms as f64 / 1000.0,
-        s(&p["detail"])
-    )
+    format!("  {:<18} {:>7.1} s", s(&p["phase"]), ms as f64 / 1000.0)
 }
 
 /// A whole release document: header, every phase, gates, timings and the end.
 pub fn release(d: &Value) -> String {
+    let from = match (d["previous_color"].as_str(), d["previous_version"].as_str()) {
+        (Some(c), Some(v)) => format!("{c} {v}"),
+        (Some(c), None) => c.to_string(),
+        (None, _) => "nothing live".to_string(),
+    };
     let mut out = format!(
-        "{}: release #{} of {} into {} (from {} {}), started {} by {}\n",
+        "{}: release #{} of {} into {} (from {from}), started {} by {}\n",
         s(&d["service"]),
         d["id"],
         s(&d["version"]),
         s(&d["color"]),
-        d["previous_color"].as_str().unwrap_or("nothing live"),
-        d["previous_version"].as_str().unwrap_or(""),
         s(&d["created_at"]),
         s(&d["actor"])
     );
@@ -239,4 +262,40 @@ pub fn gate(g: &Value) -> String {
         num(&g["limit"]),
         s(&g["result"])
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_reason_is_one_row_in_tables() {
+        let r = "smoke check \"chat\" failed: status 500\n  log: line one\n  log: line two\n";
+        assert_eq!(summary(r), "smoke check \"chat\" failed: status 500 (+2 lines)");
+        assert_eq!(summary("one line"), "one line");
+        let long = "x".repeat(SUMMARY_CHARS + 10);
+        assert_eq!(summary(&long).chars().count(), SUMMARY_CHARS + 1);
+        let table = releases(
+            &serde_json::json!({"service": "chat", "releases": [{"id": 3, "version": "bad", "color": "green",
+                "outcome": "aborted", "created_at": "2026-12-06T10:00:00Z", "actor": "cli:me", "reason": r}]}),
+            10,
+        );
+        assert_eq!(table.lines().count(), 2, "{table}");
+        let h = history(
+            &serde_json::json!({"service": "chat", "history": [{"at": "2026-12-06T10:00:00Z",
+            "kind": "release_aborted", "to": "green", "generation": 2, "version": "bad", "actor": "controller", "reason": r}]}),
+        );
+        assert_eq!(h.lines().count(), 2, "{h}");
+    }
+
+    #[test]
+    fn a_first_release_reads_from_nothing_live() {
+        let d = serde_json::json!({"service": "chat", "id": 1, "version": "v1", "color": "blue",
+            "previous_color": null, "previous_version": null, "created_at": "t", "actor": "a", "phases": []});
+        assert!(
+            release(&d).starts_with("chat: release #1 of v1 into blue (from nothing live), started"),
+            "{}",
+            release(&d)
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `cutover token create|list`: named admin tokens, on the tokens file of a config, without
+//! `cutover token create|list|delete`: named admin tokens, on the tokens file of a config, without
 //! a running router (which picks changes up by itself).
 
 use std::io::Write;
@@ -15,7 +15,21 @@ pub fn run(cmd: TokenSub) -> Result<(), Failure> {
     match cmd {
         TokenSub::Create { name, role, config } => create(&config, &name, &role),
         TokenSub::List { config, json } => list(&config, json),
+        TokenSub::Delete { name, config } => delete(&config, &name),
     }
+}
+
+fn delete(config: &Path, name: &str) -> Result<(), Failure> {
+    let admin = admin_config(config)?;
+    let gone = file::delete(&admin.tokens_file, name).map_err(|e| match e {
+        file::CreateError::Invalid(e) => Failure::new(2, e.to_string()),
+        file::CreateError::Io(m) => Failure::new(1, m),
+    })?;
+    output::line(&format!(
+        "deleted token {name:?} (role {}) from {}: a running router refuses it from its next use on",
+        gone.role,
+        admin.tokens_file.display()
+    ))
 }
 
 fn admin_config(config: &Path) -> Result<cutover_config::AdminConfig, Failure> {

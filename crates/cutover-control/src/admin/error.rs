@@ -7,7 +7,7 @@ use axum::Json;
 use cutover_store::StoreError;
 use serde_json::json;
 
-use crate::error::{ControlError, ReleaseError, StoreFailure, SwitchError};
+use crate::error::{ControlError, ReleaseError, StopError, StoreFailure, SwitchError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -122,12 +122,24 @@ impl From<ReleaseError> for ApiError {
     }
 }
 
+impl From<StopError> for ApiError {
+    fn from(e: StopError) -> ApiError {
+        let code = match &e {
+            StopError::NotManaged { .. } => "not_managed",
+            StopError::NothingLive { .. } => "nothing_live",
+            StopError::Live { .. } => "color_live",
+        };
+        ApiError::conflict(code, e.to_string())
+    }
+}
+
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         match e {
             ControlError::UnknownService { .. } => ApiError::not_found(e.to_string()),
             ControlError::Switch(e) => e.into(),
             ControlError::Release(e) => e.into(),
+            ControlError::Stop(e) => e.into(),
             ControlError::Store(e) => e.into(),
         }
     }

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::controller::Controller;
+use crate::service::stop::StopRequest;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
 use crate::token::{Identity, Tokens};
 pub use error::ApiError;
@@ -79,6 +80,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}", get(get_service))
         .route("/v1/services/{svc}/switch", post(switch))
         .route("/v1/services/{svc}/rollback", post(rollback))
+        .route("/v1/services/{svc}/stop", post(stop))
         .route("/v1/services/{svc}/history", get(history))
         .route("/v1/services/{svc}/series", get(series))
         .route("/v1/services/{svc}/logs", get(service_logs))
@@ -194,8 +196,9 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
     let needed = access::needed(req.method(), &route);
     if who.role < needed {
         return ApiError::forbidden(format!(
-            "{} {route} needs a token with the role {needed}{}; token {:?} has the role {}",
+            "{} {} needs a token with the role {needed}{}; token {:?} has the role {}",
             req.method(),
+            req.uri().path(),
             if needed == crate::token::Role::Admin {
                 ""
             } else {
@@ -278,6 +281,7 @@ pub fn fuzz_admin_bodies(data: &[u8]) {
     }
     one::<SwitchBody>(data);
     one::<RollbackBody>(data);
+    one::<StopBody>(data);
     if let Some(b) = one::<ReleaseBody>(data) {
         // Any outcome is fine; it must only not panic.
         let _valid = crate::release::validate_version(&b.version).is_ok();
@@ -513,6 +517,42 @@ async fn rollback(
         json!({"live": out.live, "previous": out.previous, "generation": out.generation, "version": out.version});
     with_sync(&st, &svc, &out, &mut v).await;
     Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    /// A string, parsed by [`color`]; `None`: the idle color.
+    color: Option<String>,
+    #[serde(default)]
+    force: bool,
+    reason: Option<String>,
+}
+
+/// `cutover stop`: drains and stops a managed color's model servers. In fleet mode the
+/// leader does it (its runs own the processes), as with releases.
+async fn stop(
+    State(st): State<AdminState>,
+    Path(svc): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    st.ctl.service(&svc)?;
+    if let Ok(raw) = &body {
+        if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
+            return r;
+        }
+    }
+    let b: StopBody = parse_body(body)?;
+    let req = StopRequest {
+        color: b.color.as_deref().map(color).transpose()?,
+        force: b.force,
+        actor: actor(&headers),
+        reason: b.reason,
+    };
+    let out = st.ctl.stop(&svc, req).await?;
+    Ok(Json(serde_json::to_value(out).unwrap_or_default()).into_response())
 }
 
 #[derive(Deserialize, Default)]

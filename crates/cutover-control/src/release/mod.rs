@@ -174,6 +174,7 @@ impl Releases {
             let doc = active.doc().clone();
             let reason = format!("{why}, during {}; routing left as committed", doc.phase);
             let doc = interrupted(doc, &reason);
+            svc.count_release_end(doc.outcome);
             tracing::warn!(service = %name, release = doc.id, version = %doc.version, "release halted: {reason}");
             record(&svc.store, "the halted release", &name, move |s| {
                 s.update_release(doc.id, &serde_json::to_value(&doc)?, true)?;
@@ -464,6 +465,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
         doc = interrupted(doc, &reason);
         store.update_release(id, &serde_json::to_value(&doc)?, true)?;
         interrupted_event(store, &doc, &reason)?;
+        svc.count_release_end(doc.outcome);
         tracing::warn!(service = %svc.name, release = id, version = %doc.version, phase = %doc.phase, "release interrupted by a restart; {reason}");
     }
     Ok(())

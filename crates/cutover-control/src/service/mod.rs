@@ -1,13 +1,14 @@
 //! One service as the control plane holds it: the two colors' routes and health checks, their
 //! displayed states, the managed processes, and the route table it publishes to the data
-//! plane. Switch and rollback live in [`switch`]; the API's view in [`status`]; the
-//! dashboard's traffic samples in [`series`].
+//! plane. Switch and rollback live in [`switch`]; stopping a color on purpose in [`stop`];
+//! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
 mod reconfigure;
 mod resolve;
 pub mod series;
 pub(crate) mod shadow_counts;
 pub mod status;
+pub mod stop;
 pub mod switch;
 
 use std::net::SocketAddr;
@@ -29,9 +30,12 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::colors::stored;
+use crate::error::StoreFailure;
 use crate::pause::Pause;
 use crate::procs::Procs;
 use crate::remote_procs::RemoteProcs;
+use crate::store_call::blocking;
 use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
@@ -123,6 +127,9 @@ pub struct ServiceCtl {
     pub(crate) rollbacks: AtomicU64,
     /// Shadow comparisons of this service's releases, for metrics.
     pub(crate) shadow_counts: shadow_counts::ShadowCounts,
+    /// Releases this process saw end, by outcome (completed, aborted, rolled back,
+    /// interrupted), for `cutover_releases_total`.
+    pub(crate) releases_ended: [AtomicU64; 4],
     /// Serializes control operations (switch, rollback, release steps) on this service so the
     /// stored generation and the published one never diverge.
     pub(crate) op: tokio::sync::Mutex<()>,
@@ -137,6 +144,18 @@ pub struct ServiceCtl {
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
     pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
+}
+
+/// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.
+pub(crate) const OUTCOMES: [cutover_release::Outcome; 4] = [
+    cutover_release::Outcome::Completed,
+    cutover_release::Outcome::Aborted,
+    cutover_release::Outcome::RolledBack,
+    cutover_release::Outcome::Interrupted,
+];
+
+fn outcome_index(o: cutover_release::Outcome) -> usize {
+    OUTCOMES.iter().position(|x| *x == o).unwrap_or(0)
 }
 
 fn idx(c: Color) -> usize {
@@ -164,6 +183,7 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         pool_max_idle: l.pool_max_idle,
         pool_idle_timeout: l.pool_idle_timeout.get(),
         access_log: cfg.access_log,
+        response_headers: cfg.response_headers,
         max_header_line_bytes: l.max_header_line_bytes,
         trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.iter().copied()),
         retry_non_idempotent: cfg.retry_non_idempotent,
@@ -327,6 +347,7 @@ impl ServiceCtl {
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             shadow_counts: Default::default(),
+            releases_ended: Default::default(),
             op: tokio::sync::Mutex::new(()),
             resolved: Mutex::default(),
             retired: Default::default(),
@@ -338,6 +359,13 @@ impl ServiceCtl {
         svc.install(Color::Blue, blue);
         svc.install(Color::Green, green);
         svc
+    }
+
+    /// Counts a release that ended, for `cutover_releases_total{outcome}`.
+    pub(crate) fn count_release_end(&self, outcome: Option<cutover_release::Outcome>) {
+        if let Some(o) = outcome {
+            self.releases_ended[outcome_index(o)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// True when `host` is one of the host agents this service's processes run on.
@@ -378,6 +406,33 @@ impl ServiceCtl {
 
     pub(crate) fn version_of(&self, c: Color) -> Option<String> {
         self.route(c).and_then(|r| r.version.clone())
+    }
+
+    /// The version last made live on `color`, from the history; the color's label when the
+    /// history names none (a fleet router that did not commit the switch itself, a store
+    /// from before switches recorded versions).
+    pub(crate) async fn last_live_version(&self, c: Color) -> Result<Option<String>, StoreFailure> {
+        let name = self.name.clone();
+        let v = blocking(&self.store, move |s| s.last_live_version(&name, stored(c))).await?;
+        Ok(v.or_else(|| self.version_of(c)))
+    }
+
+    /// Puts back the label `color` had before a release that ended before its switch and
+    /// whose processes were stopped: status and `rollback` then name what ran there, not a
+    /// build that never went live (which stays in `releases` and the history).
+    pub(crate) async fn restore_label(&self, color: Color, version: Option<String>) -> Result<(), StoreFailure> {
+        if self.version_of(color) == version {
+            return Ok(());
+        }
+        let _op = self.op.lock().await;
+        let _permit = self.pause.enter().await;
+        let (name, v) = (self.name.clone(), version.clone());
+        blocking(&self.store, move |s| s.set_version(&name, stored(color), v.as_deref())).await?;
+        self.install(color, version);
+        // Nothing runs there: its checks would only report a planned stop.
+        self.unwatch(color);
+        self.republish();
+        Ok(())
     }
 
     /// Installs a new route for `color` (a new version there) and starts its health checks,

@@ -9,6 +9,18 @@ use serde::Serialize;
 use super::{BoundAddrs, ColorState, ServiceCtl};
 use crate::supervisor::ColorProcesses;
 
+/// An endpoint's health as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointHealth {
+    /// Checked, no verdict yet: it takes traffic meanwhile.
+    Unknown,
+    Healthy,
+    Unhealthy,
+    /// Its color's checks are off (empty, stopped, or stale): nothing is expected to answer.
+    NotChecked,
+}
+
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
     pub address: String,
@@ -16,7 +28,7 @@ pub struct EndpointStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub healthy: Option<bool>,
-    pub health: Health,
+    pub health: EndpointHealth,
     /// Requests on this endpoint now (a hung endpoint shows as one whose count only grows).
     pub in_flight: usize,
     /// What the latest probe saw; `null` before the first one.
@@ -103,20 +115,23 @@ pub fn endpoint_line(e: &Endpoint) -> String {
     }
 }
 
-fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
+/// `checked`: the color's health checks run; when they do not, every endpoint is "not
+/// checked", never the `unknown` of a fresh endpoint that takes traffic.
+fn endpoints(r: &ColorRoute, checked: bool) -> Vec<EndpointStatus> {
     r.endpoints()
         .iter()
         .map(|e| {
-            let h = e.health();
+            let (healthy, health) = match e.health() {
+                _ if !checked => (None, EndpointHealth::NotChecked),
+                Health::Unknown => (None, EndpointHealth::Unknown),
+                Health::Healthy => (Some(true), EndpointHealth::Healthy),
+                Health::Unhealthy => (Some(false), EndpointHealth::Unhealthy),
+            };
             EndpointStatus {
                 address: e.addr.to_string(),
                 name: e.name.as_deref().map(str::to_string),
-                healthy: match h {
-                    Health::Unknown => None,
-                    Health::Healthy => Some(true),
-                    Health::Unhealthy => Some(false),
-                },
-                health: h,
+                healthy,
+                health,
                 in_flight: e.in_flight(),
                 last_probe: e.stats.last_probe().as_ref().map(ProbeStatus::of),
                 probe_failures: e.stats.probe_failures_total(),
@@ -154,7 +169,7 @@ impl ServiceCtl {
                 ColorStatus {
                     version: r.version.clone(),
                     state,
-                    endpoints: endpoints(&r),
+                    endpoints: endpoints(&r, self.watched(c)),
                     in_flight: r.in_flight(),
                     processes: self.procs.as_ref().map(|p| p.status(c)),
                 },

@@ -251,10 +251,18 @@ impl ServiceCtl {
         };
         let target = live.other();
         if self.state(target) == Some(ColorState::Stopped) && !req.force {
+            // What `--redeploy` would bring back: the version last live there.
+            let version = match self.last_live_version(target).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(service = %self.name, error = %e, "cannot read the history for the version last live; naming the color's label");
+                    self.version_of(target)
+                }
+            };
             return Err(SwitchError::ScaledDown {
                 service,
                 color: target,
-                version: self.version_of(target).unwrap_or_default(),
+                version: version.unwrap_or_default(),
             });
         }
         if self.version_of(target).is_none() {

@@ -36,19 +36,32 @@ pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConf
                 w.max_failures
             ));
         }
-        details.push(format!(
-            "{}: {} requests, first {:.1} ms, last {:.1} ms",
-            ep,
-            res.len(),
-            ok.first().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
-            ok.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
-        ));
+        details.push(format!("{ep}: {}", latencies(res.len(), &ok)));
     }
     let mut s = details.join("; ");
     if failed_total > 0 {
         s.push_str(&format!("; {failed_total} failed"));
     }
     Ok(s)
+}
+
+/// "10 requests, first 840 ms, last 95 ms" of one endpoint's answered requests (in request
+/// order): only what was measured, never a 0.0 ms for a request that had no answer.
+fn latencies(sent: usize, ok: &[Duration]) -> String {
+    let ms = |d: &Duration| {
+        let ms = d.as_secs_f64() * 1000.0;
+        if ms < 1.0 {
+            format!("{ms:.2} ms")
+        } else {
+            format!("{ms:.1} ms")
+        }
+    };
+    let plural = if sent == 1 { "" } else { "s" };
+    match ok {
+        [] => format!("{sent} request{plural}, none answered"),
+        [one] => format!("{sent} request{plural}, {}", ms(one)),
+        [first, .., last] => format!("{sent} request{plural}, first {}, last {}", ms(first), ms(last)),
+    }
 }
 
 /// Sends the warm-up requests to one endpoint; results in request order.
@@ -84,4 +97,20 @@ async fn warm_one(svc: &ServiceCtl, addr: std::net::SocketAddr, w: &WarmupConfig
     let mut res = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     res.sort_by_key(|(i, _)| *i);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_say_only_what_was_measured() {
+        let d = Duration::from_micros;
+        assert_eq!(
+            latencies(10, &[d(840_000), d(95_000)]),
+            "10 requests, first 840.0 ms, last 95.0 ms"
+        );
+        assert_eq!(latencies(1, &[d(400)]), "1 request, 0.40 ms");
+        assert_eq!(latencies(3, &[]), "3 requests, none answered");
+    }
 }

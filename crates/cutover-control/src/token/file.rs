@@ -340,3 +340,68 @@ pub fn create(path: &Path, name: &str, role: Role) -> Result<Created, CreateErro
         },
     })
 }
+
+/// Removes the entry named `name` from the tokens file at `path`: the lines from its
+/// `[[token]]` header to the next header, everything else (comments, other entries) kept as
+/// written. The new file replaces the old in one rename (mode 0600), so a router reading it
+/// meanwhile sees one or the other. Returns the entry removed.
+pub fn delete(path: &Path, name: &str) -> Result<Entry, CreateError> {
+    let invalid = |line: usize, key: &str, m: String| CreateError::Invalid(error(path, line, key.into(), m));
+    let Some(text) = read_text(path).map_err(CreateError::Invalid)? else {
+        return Err(invalid(
+            0,
+            "",
+            format!("there is no tokens file, so no token named {name:?}"),
+        ));
+    };
+    let entries = parse(path, &text).map_err(CreateError::Invalid)?;
+    let Some(i) = entries.iter().position(|e| e.name == name) else {
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let hint = if name == ADMIN_TOKEN_NAME {
+            " (the admin token is the admin.token file: replace that file to change it)".to_string()
+        } else if names.is_empty() {
+            " (it holds none)".to_string()
+        } else {
+            format!(" (it has {})", names.join(", "))
+        };
+        return Err(invalid(
+            0,
+            "name",
+            format!("no token named {name:?} in the tokens file{hint}"),
+        ));
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let headers: Vec<usize> = (0..lines.len())
+        .filter(|&l| lines[l].trim_start().starts_with('['))
+        .collect();
+    let tokens = headers.iter().filter(|&&l| lines[l].trim() == "[[token]]").count();
+    if tokens != entries.len() || headers.len() != tokens {
+        return Err(invalid(
+            entries[i].line,
+            &format!("token[{i}]"),
+            "this file is not written as one [[token]] table per entry, so it is not edited automatically: remove the entry's lines by hand".into(),
+        ));
+    }
+    let start = headers[i];
+    let end = headers.get(i + 1).copied().unwrap_or(lines.len());
+    // The blank lines before the entry go with it, so the file keeps its spacing.
+    let mut from = start;
+    while from > 0 && lines[from - 1].trim().is_empty() {
+        from -= 1;
+    }
+    let kept: String = lines[..from].iter().chain(&lines[end..]).copied().collect();
+    let io = |what: &str, e: std::io::Error| CreateError::Io(format!("cannot {what} {}: {e}", path.display()));
+    let tmp = path.with_extension("toml.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("write next to", e))?;
+    f.write_all(kept.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io("write next to", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
+    Ok(entries[i].clone())
+}

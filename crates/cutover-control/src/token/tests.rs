@@ -163,6 +163,41 @@ fn create_appends_a_hash_refuses_duplicates_and_exposed_files() {
 }
 
 #[test]
+fn delete_removes_only_that_entry_and_keeps_comments_and_mode() {
+    let d = Dir::new("delete");
+    let path = d.0.join("tokens.toml");
+    let a = file::create(&path, "ci", Role::Operator).unwrap();
+    let b = file::create(&path, "grafana", Role::Viewer).unwrap();
+    let c = file::create(&path, "deploy", Role::Admin).unwrap();
+    let removed = file::delete(&path, "grafana").unwrap();
+    assert_eq!((removed.name.as_str(), removed.role), ("grafana", Role::Viewer));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# Named admin tokens"), "{text}");
+    assert!(!text.contains(&hex(&b.entry.sha256)), "{text}");
+    assert!(!text.contains("\n\n\n"), "{text}");
+    let names: Vec<String> = file::read(&path)
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["ci", "deploy"]);
+    assert!(text.contains(&hex(&a.entry.sha256)) && text.contains(&hex(&c.entry.sha256)));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let e = file::delete(&path, "grafana").unwrap_err().to_string();
+    assert!(
+        e.contains("no token named \"grafana\"") && e.contains("ci, deploy"),
+        "{e}"
+    );
+    let e = file::delete(&path, "admin").unwrap_err().to_string();
+    assert!(e.contains("admin.token"), "{e}");
+    file::delete(&path, "deploy").unwrap();
+    file::delete(&path, "ci").unwrap();
+    assert!(file::read(&path).unwrap().unwrap().is_empty());
+}
+
+#[test]
 fn a_running_set_takes_new_tokens_at_once_and_keeps_the_old_set_over_a_broken_file() {
     let d = Dir::new("live");
     let admin_file = d.0.join("admin.token");

@@ -193,7 +193,8 @@ impl ClientConn {
     /// Answer with the proxy's own error (the connection closes after it).
     pub(super) async fn refuse(&mut self, e: ProxyError, route: Option<&ColorRoute>) {
         let mut out = Out::new();
-        error_response(e, &self.fwd.service.name, route, true, out.vec());
+        let tag = self.settings.response_headers;
+        error_response(e, &self.fwd.service.name, route, tag, true, out.vec());
         let deadline = Deadline::now() + self.settings.header_read_timeout;
         let _ = write_by(&mut self.client, &out.0, deadline).await;
     }
@@ -275,7 +276,8 @@ impl ClientConn {
             || e.status == StatusCode::BAD_REQUEST
             || e.status == StatusCode::PAYLOAD_TOO_LARGE;
         let mut out = Out::new();
-        error_response(e, &self.fwd.service.name, route, close, out.vec());
+        let tag = self.settings.response_headers;
+        error_response(e, &self.fwd.service.name, route, tag, close, out.vec());
         if !close && head.minor == 0 {
             // error_response ends the head; HTTP/1.0 keep-alive must be restated.
             let at = out.0.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 2;

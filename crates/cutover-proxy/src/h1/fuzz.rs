@@ -37,7 +37,7 @@ pub(crate) fn wire(data: &[u8]) {
         head_request: data.first().is_some_and(|b| b & 1 == 1),
         client_minor: data.get(1).map_or(1, |b| b & 1),
         client_keep_alive: true,
-        color: b"blue",
+        color: Some(b"blue"),
         version: Some(b"v1"),
     };
     let mut out = Vec::new();

@@ -287,8 +287,15 @@ impl Relay<'_> {
 }
 
 /// The proxy's own error as an HTTP/1.1 response.
-pub(super) fn error_response(e: ProxyError, service: &str, route: Option<&ColorRoute>, close: bool, out: &mut Vec<u8>) {
-    let resp = e.into_response(service, route);
+pub(super) fn error_response(
+    e: ProxyError,
+    service: &str,
+    route: Option<&ColorRoute>,
+    tag: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    let resp = e.into_response(service, route, tag);
     let status = resp.status();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());

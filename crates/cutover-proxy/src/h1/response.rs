@@ -58,7 +58,8 @@ pub(crate) struct ResponseContext<'a> {
     pub(crate) upgrade: bool,
     pub(crate) client_minor: u8,
     pub(crate) client_keep_alive: bool,
-    pub(crate) color: &'a [u8],
+    /// `None`: no `x-cutover-*` headers (`response_headers = false`).
+    pub(crate) color: Option<&'a [u8]>,
     pub(crate) version: Option<&'a [u8]>,
 }
 
@@ -69,6 +70,16 @@ impl ResponseContext<'_> {
         ResponseContext {
             client_keep_alive: self.client_keep_alive && !draining,
             ..*self
+        }
+    }
+}
+
+/// `x-cutover-color` and `x-cutover-version`, unless the service turned them off.
+fn cutover_headers(out: &mut Vec<u8>, cx: &ResponseContext<'_>) {
+    if let Some(c) = cx.color {
+        header(out, b"x-cutover-color", c);
+        if let Some(v) = cx.version {
+            header(out, b"x-cutover-version", v);
         }
     }
 }
@@ -98,10 +109,7 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
             }
         }
         out.extend_from_slice(b"connection: upgrade\r\n");
-        header(out, b"x-cutover-color", cx.color);
-        if let Some(v) = cx.version {
-            header(out, b"x-cutover-version", v);
-        }
+        cutover_headers(out, cx);
         out.extend_from_slice(b"\r\n");
         return Ok(ResponseParse::Switching { len: head_len });
     }
@@ -264,10 +272,7 @@ fn write_head(
         }
         header(out, name, h.value);
     }
-    header(out, b"x-cutover-color", cx.color);
-    if let Some(v) = cx.version {
-        header(out, b"x-cutover-version", v);
-    }
+    cutover_headers(out, cx);
     match (mode, f.body) {
         (OutMode::Length, Framing::Length(n)) => header(out, b"content-length", super::buf::itoa(n, &mut [0u8; 20])),
         (OutMode::Rechunk, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -291,7 +296,7 @@ mod tests {
             head_request,
             client_minor: minor,
             client_keep_alive: keep,
-            color: b"green",
+            color: Some(b"green"),
             version: Some(b"v2"),
         };
         let mut out = Vec::new();
@@ -307,7 +312,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: b"blue",
+            color: Some(b"blue"),
             version: None,
         };
         let mut out = Vec::new();
@@ -396,7 +401,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: b"blue",
+            color: Some(b"blue"),
             version: None,
         };
         let mut out = Vec::new();
@@ -423,7 +428,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: b"blue",
+            color: Some(b"blue"),
             version: None,
         };
         let mut out = Vec::new();

@@ -317,8 +317,12 @@ impl Sender<'_> {
             head_request: head.method == http::Method::HEAD,
             client_minor: head.minor,
             client_keep_alive: head.keep_alive,
-            color: route.color.as_str().as_bytes(),
-            version: route.version_header.as_ref().map(|v| v.as_bytes()),
+            color: self.settings.response_headers.then(|| route.color.as_str().as_bytes()),
+            version: route
+                .version_header
+                .as_ref()
+                .filter(|_| self.settings.response_headers)
+                .map(|v| v.as_bytes()),
         };
         let limit = self.settings.first_byte_timeout;
         let first_byte_deadline = Deadline::from_std(ex.started) + limit;

@@ -522,6 +522,14 @@ fn every_command_has_help_with_examples_and_completions_and_man_pages_generate()
     };
     let top = run(&["--help"]);
     assert!(top.contains("Exit codes:") && top.contains("141"), "{top}");
+    // Issue #25: exit code 4 (live but not verified) was missing; 5 is --timeout's.
+    for help in [top.clone(), run(&["release", "--help"])] {
+        assert!(
+            help.contains("4 the release is live but not verified") || help.contains("4 live but not verified"),
+            "{help}"
+        );
+        assert!(help.contains("5 --timeout passed"), "{help}");
+    }
     for cmd in [
         "serve",
         "demo",
@@ -534,6 +542,7 @@ fn every_command_has_help_with_examples_and_completions_and_man_pages_generate()
         "approve",
         "abort",
         "rollback",
+        "stop",
         "logs",
         "completions",
         "man",
@@ -579,4 +588,69 @@ async fn an_unverified_release_exits_4_not_0() {
         "{err}"
     );
     assert_eq!(r.status().await["live"], "green", "it is live all the same");
+}
+
+/// Issue #25: `--admin` at the data port or a foreign server printed `error: "" (HTTP 404)`.
+#[tokio::test]
+async fn an_admin_url_that_is_not_cutover_says_so_with_exit_3() {
+    let (r, blue, _g) = manual_router().await;
+    for (what, url) in [
+        ("the service's listener", format!("http://127.0.0.1:{}", r.listen)),
+        ("a model server", format!("http://127.0.0.1:{}", blue.port)),
+    ] {
+        let (code, _, err) = r.cli(&["status", "--admin", &url]);
+        assert_eq!(code, 3, "{what}: {err}");
+        assert!(
+            err.contains(&format!("{url} is not a cutover admin API")),
+            "{what}: {err}"
+        );
+        assert!(err.contains("[admin] listen"), "{what}: {err}");
+    }
+    let https = format!("https://127.0.0.1:{}", r.admin);
+    let (code, _, err) = r.cli(&["status", "--admin", &https]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("plain HTTP, not TLS") && err.contains(&format!("--admin http://127.0.0.1:{}", r.admin)),
+        "{err}"
+    );
+}
+
+/// Issue #25: a forgotten approval blocked a CI job; `--timeout` ends the wait with exit 5
+/// and leaves the release as it is.
+#[tokio::test]
+async fn release_wait_and_follow_stop_at_their_timeout_with_exit_5() {
+    let (r, _b, _g) = manual_router().await;
+    let (code, out, err) = r
+        .cli_async(&["release", "chat", "v2", "--wait", "--timeout", "1s"])
+        .await;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("--timeout 1s passed while release #1 is"), "{err}");
+    assert!(err.contains("cutover release follow chat 1"), "{err}");
+    let d = r.wait_phase(1, "awaiting_approval", Duration::from_secs(20)).await;
+    assert!(d["outcome"].is_null(), "the release goes on: {d}");
+    let (code, _, err) = r.cli_async(&["release", "follow", "chat", "--timeout", "500ms"]).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("is awaiting_approval"), "{err}");
+    assert_eq!(r.release_doc(1).await["phase"], "awaiting_approval");
+}
+
+/// `-c FILE` takes the admin address and token from a config, on client commands too.
+#[tokio::test]
+async fn dash_c_works_on_client_commands() {
+    let (r, _b, _g) = manual_router().await;
+    for args in [
+        &["status", "chat", "-c"][..],
+        &["history", "-c"][..],
+        &["releases", "chat", "-c"][..],
+    ] {
+        let out = Command::new(CUTOVER)
+            .args(args)
+            .arg(&r.config)
+            .env_remove("CUTOVER_ADMIN")
+            .env_remove("CUTOVER_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
 }

@@ -185,3 +185,53 @@ fn the_managed_example_config_checks() {
         assert!(w.contains("program \"vllm\""), "unexpected warning: {w}");
     }
 }
+
+/// Issue #25: `check` stopped at the first error; every one is named, in file order.
+#[test]
+fn check_names_every_error_in_one_run() {
+    // Three parts of the file, each wrong; embed's typo also leaves it without `listen`.
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:99999\"\n{BASE}[services.chat.release]\nscale_down_delay = \"soon\"\n[services.embed]\nlisen = \"x\"\n"
+    );
+    let (code, out) = check(&text);
+    assert_eq!(code, 2, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 4, "{out}");
+    assert!(
+        errors[0].starts_with("error: cutover.toml:2: key `admin.listen`"),
+        "{out}"
+    );
+    assert!(
+        errors[1].starts_with("error: cutover.toml:10: key `services.chat.release.scale_down_delay`"),
+        "{out}"
+    );
+    assert!(
+        errors[2].starts_with("error: cutover.toml:11: key `services.embed`: missing field `listen`"),
+        "{out}"
+    );
+    assert!(
+        errors[3].starts_with("error: cutover.toml:12: key `services.embed.lisen`"),
+        "{out}"
+    );
+    assert!(out.contains("4 errors"), "{out}");
+}
+
+#[test]
+fn a_config_without_services_is_refused() {
+    let (code, out) = check("[admin]\nlisten = \"127.0.0.1:9901\"\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no service is configured"), "{out}");
+    assert!(!out.contains("ok (0 services)"), "{out}");
+}
+
+#[test]
+fn check_says_it_cannot_follow_a_shell_script() {
+    let text = "[services.chat]\nlisten = \"127.0.0.1:8080\"\n[services.chat.run]\n\
+        command = [\"sh\", \"-c\", 'exec some-server --port \"$1\"', \"sh\", \"{port}\"]\nports = { blue = [9001], green = [9002] }\n";
+    let (code, out) = check(text);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: cutover.toml:4: key `services.chat.run.command`: `sh -c` runs a script: the programs it starts were not checked"),
+        "{out}"
+    );
+}

@@ -1,5 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's) driven by playwright-core.
-//! It must show what the API says, and a click on "Switch" must switch and show it.
+//! It must show what the API says, a click on "Switch" must switch and show it, and "Roll
+//! back" after a scale-down must offer to redeploy the version last live there.
 //! Screenshots land in target/dashboard-{before,after}.png.
 
 use std::path::PathBuf;
@@ -57,4 +58,45 @@ async fn dashboard_shows_the_api_state_and_switches_on_click() {
     assert!(text.contains("ok: blue -> green, generation 2"), "{text}");
     assert_eq!(r.status().await["live"], "green");
     assert!(target.join("dashboard-after.png").exists());
+}
+
+/// Issue #25: the Roll back button, after the previous color was scaled down and a release
+/// into it aborted, named the aborted build and offered nothing; it offers to redeploy the
+/// version last live there, and does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roll_back_offers_to_redeploy_the_version_last_live() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (bash .ci/run does) and install chromium"
+    );
+    let ports = ManagedPorts::new();
+    let r = crate::release::scaled_down_then_aborted(&ports).await;
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/rollback.mjs"))
+        .arg(r.admin_url(""))
+        .arg(&r.token)
+        .output()
+        .await
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {text}");
+    assert!(
+        text.contains("to release v1 again") && text.contains("Redeploy it now?"),
+        "{text}"
+    );
+    assert!(!text.contains("bad"), "the aborted build is not offered: {text}");
+    assert!(text.contains("release: v1"), "{text}");
+    let st = r.status().await;
+    assert_eq!(
+        (st["release"]["version"].as_str(), st["release"]["color"].as_str()),
+        (Some("v1"), Some("blue")),
+        "{st}"
+    );
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
 }

@@ -8,8 +8,10 @@
 //! - `conformance`: the HTTP/1.1 conformance table (`tests/conformance/cases.toml`) on both
 //!   engines, against a raw recording upstream.
 //! - `config`: `cutover check` errors and warnings name file, line and key.
-//! - `dashboard`: the dashboard in headless Chromium (playwright-core).
+//! - `dashboard`: the dashboard in headless Chromium (playwright-core): state, Switch, and Roll
+//!   back offering the redeploy of the version last live.
 //! - `demo`: `cutover demo` tells its whole story and ends well.
+//! - `examples`: `examples/fleet/run.sh` fails fast, says why and cleans up.
 //! - `dns`: endpoint names, one endpoint per address, following the answers under traffic.
 //! - `fleet`: fleet mode on a real 3-member etcd: acked switches across routers, a CAS race,
 //!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
@@ -23,6 +25,8 @@
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
+//! - `operating`: `cutover stop`, `token delete`, the x-cutover-* headers turned off on both
+//!   engines, a busy listener port's holder, the dashboard URL in the log, releases by outcome.
 //! - `probes`: health probes by kind (gRPC on grpcio, generation), passive evidence, the
 //!   probe failure metric, the example configs.
 //! - `reload`: configuration reload (`cutover reload`, SIGHUP) under load; refusals change nothing.
@@ -46,6 +50,7 @@ mod conformance;
 mod dashboard;
 mod demo;
 mod dns;
+mod examples;
 mod fleet;
 mod fleet_agents;
 mod fleet_faults;
@@ -55,6 +60,7 @@ mod hardening;
 mod http1;
 mod llama;
 mod observability;
+mod operating;
 mod probes;
 mod release;
 mod reload;

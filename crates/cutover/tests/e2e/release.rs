@@ -65,6 +65,11 @@ async fn smoke_failure_aborts_with_the_check_name_expectation_and_an_excerpt() {
     assert!(reason.contains("expected status 200, got 500"), "{reason}");
     assert!(reason.contains("injected failure"), "excerpt of the body: {reason}");
     assert!(out.contains("smoke_testing"), "progress shows the phase: {out}");
+    // Issue #25: the reason was printed three times (phase line, last line, error).
+    let said = format!("{out}{err}").matches("expected status 200, got 500").count();
+    assert_eq!(said, 1, "the reason once: {out}{err}");
+    assert!(out.contains("release #1 of v2 aborted: smoke check"), "{out}");
+    assert!(err.contains("release #1 aborted: why is above"), "{err}");
     assert_eq!(live(&r).await, ("blue".into(), 1));
     assert_eq!(
         green.stats().await["model_requests"],
@@ -523,4 +528,91 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
         (r.status().await["colors"]["blue"]["state"] == "stopped").then_some(())
     })
     .await;
+}
+
+/// A managed `chat` where v1 went live on blue, then v2 on green (approved), blue was
+/// scaled down, and a release of `bad` into blue was aborted: the scene of issue #25.
+pub async fn scaled_down_then_aborted(ports: &ManagedPorts) -> Router {
+    let release =
+        format!("promotion = \"manual\"\nscale_down_delay = \"200ms\"\ndrain_timeout = \"1s\"\n{VERIFY_SHORT}");
+    let r = Router::start(&managed_service(ports, &[], &release)).await;
+    let id = r.release("v1").await;
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    let id = r.release("v2").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    let (code, _, err) = r.cli_async(&["approve", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.wait_end(id, Duration::from_secs(30)).await["outcome"], "completed");
+    wait_for("blue (v1) to be scaled down", Duration::from_secs(10), || async {
+        (r.status().await["colors"]["blue"]["state"] == "stopped").then_some(())
+    })
+    .await;
+    let id = r.release("bad").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    assert_eq!(r.status().await["colors"]["blue"]["version"], "bad", "while it runs");
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r.wait_end(id, Duration::from_secs(20)).await["outcome"], "aborted");
+    r
+}
+
+/// Issue #25: after aborted releases into the scaled-down color, `rollback --redeploy` (and
+/// the dashboard's Roll back, which reads the 409's message) offered the aborted build.
+#[tokio::test]
+async fn redeploy_brings_back_the_version_last_live_not_an_aborted_build() {
+    let ports = ManagedPorts::new();
+    let r = scaled_down_then_aborted(&ports).await;
+    let st = wait_for("blue's label to settle", Duration::from_secs(10), || async {
+        let st = r.status().await;
+        (st["colors"]["blue"]["state"] == "stopped").then_some(st)
+    })
+    .await;
+    assert_eq!(st["colors"]["blue"]["version"], "v1", "{st}");
+    assert_eq!(st["colors"]["blue"]["endpoints"][0]["health"], "not_checked", "{st}");
+    let plain = r.api(Method::POST, "/v1/services/chat/rollback", json!({})).await;
+    assert_eq!(plain.status, 409, "{}", plain.text());
+    assert!(plain.text().contains("to release v1 again"), "{}", plain.text());
+    let redeploy = r
+        .api(Method::POST, "/v1/services/chat/rollback", json!({"redeploy": true}))
+        .await;
+    assert_eq!(redeploy.status, 202, "{}", redeploy.text());
+    let doc = redeploy.json();
+    assert_eq!(
+        (doc["release"]["version"].as_str(), doc["release"]["color"].as_str()),
+        (Some("v1"), Some("blue")),
+        "{doc}"
+    );
+    let id = doc["release"]["id"].as_i64().unwrap();
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(30)).await;
+    let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{err}");
+    r.wait_end(id, Duration::from_secs(20)).await;
+}
+
+/// Issue #25: the gate read `healthy_endpoints 1 (limit 1)` for a color with 2 healthy ones.
+#[tokio::test]
+async fn the_healthy_endpoints_gate_reads_the_real_count() {
+    let blue = Mock::start("v1", &[]).await;
+    let (g1, g2) = (Mock::start("v2", &[]).await, Mock::start("v2", &[]).await);
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"500ms\"\nmin_requests = 0\n",
+        static_service(&[&blue], &[&g1, &g2], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(30)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let gate = d["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "healthy_endpoints")
+        .cloned()
+        .unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(
+        (gate["value"].as_f64(), gate["limit"].as_f64()),
+        (Some(2.0), Some(1.0)),
+        "{gate}"
+    );
 }

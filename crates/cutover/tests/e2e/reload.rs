@@ -221,6 +221,14 @@ async fn a_changed_listen_address_is_rebound_and_a_removed_service_drains() {
     );
     let r = Router::start(&format!("{}{extra}", static_service(&[&b], &[&g], ""))).await;
     assert_eq!(r.switch("blue").await.status, 200);
+    let embed_switch = r
+        .api(
+            Method::POST,
+            "/v1/services/embed/switch",
+            serde_json::json!({"to": "green"}),
+        )
+        .await;
+    assert_eq!(embed_switch.status, 200, "{}", embed_switch.text());
     let old_port = r.listen;
     let stream = open_stream(&r, r.url("/v1/chat/completions")).await;
     let embed_port = bound_port(&r, "embed");
@@ -258,4 +266,10 @@ async fn a_changed_listen_address_is_rebound_and_a_removed_service_drains() {
     );
     let missing = r.api(Method::GET, "/v1/services/embed", Value::Null).await;
     assert_eq!(missing.status, 404);
+    // Issue #25: its history stays readable (it was "no service named").
+    let (code, out, err) = r.cli_async(&["history", "embed"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("switched") && out.contains("→ green"), "{out}");
+    let (code, _, err) = r.cli_async(&["history", "never-was"]).await;
+    assert_eq!(code, 2, "an unknown name is still unknown: {err}");
 }

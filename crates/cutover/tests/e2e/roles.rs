@@ -123,6 +123,8 @@ async fn viewer_reads_operator_switches_and_the_history_names_the_token() {
         msg.contains("role operator or higher") && msg.contains("\"grafana\" has the role viewer"),
         "{msg}"
     );
+    // The path asked for, not the route template (issue #25).
+    assert!(msg.starts_with("POST /v1/services/chat/switch needs"), "{msg}");
     assert_eq!(r.status().await["live"], "blue");
     let (code, _, err) = cli_as(&r, &viewer, &["switch", "chat", "green"]);
     assert_eq!(code, 3, "{err}");

@@ -81,6 +81,9 @@ pub(crate) struct ReleaseRun {
     /// The start of the managed processes this release made (`Supervisor::epoch`), once
     /// provisioning made them: from then on, an exit of one of them fails the release.
     epoch: Option<u64>,
+    /// The color's version label before this release: put back if it ends before its
+    /// switch with its processes stopped.
+    label_before: Option<String>,
 }
 
 impl ReleaseRun {
@@ -90,7 +93,11 @@ impl ReleaseRun {
         active: Active,
         abort_rx: watch::Receiver<Option<String>>,
     ) -> ReleaseRun {
-        let plan = active.doc().plan;
+        let (plan, color) = {
+            let d = active.doc();
+            (d.plan, d.color)
+        };
+        let label_before = svc.version_of(color);
         ReleaseRun {
             svc,
             env,
@@ -99,6 +106,7 @@ impl ReleaseRun {
             abort_rx,
             phase_started: Instant::now(),
             epoch: None,
+            label_before,
         }
     }
 
@@ -107,7 +115,9 @@ impl ReleaseRun {
         if let Err(stop) = self.pipeline().await {
             self.finish_early(stop).await;
         }
-        self.active.doc().clone()
+        let end = self.active.doc().clone();
+        self.svc.count_release_end(end.outcome);
+        end
     }
 
     async fn pipeline(&mut self) -> Result<(), Stop> {

@@ -154,7 +154,15 @@ impl ReleaseRun {
         }
         // Drained first: testers may be streaming from it through the preview listener.
         let state = match self.svc.stop_managed(color).await {
-            Some(_) => ColorState::Stopped,
+            Some(_) => {
+                // The build that failed no longer runs there: the label goes back to what
+                // did. A static color keeps the new label: its endpoints run what the
+                // user's pipeline deployed there, which is that build.
+                if let Err(e) = self.svc.restore_label(color, self.label_before.clone()).await {
+                    tracing::error!(service = %self.svc.name, release = self.active.id, error = %e, "could not put back the color's version label");
+                }
+                ColorState::Stopped
+            }
             None => ColorState::Failed,
         };
         self.svc.set_state(color, Some(state));

@@ -59,6 +59,11 @@ fn window(route: &ColorRoute, baseline: &StatsSnapshot) -> Window {
         token_gap_p99: w.token_gap.quantile(0.99),
         tokens_per_second: w.tokens_per_second(),
         all_unhealthy: route.endpoints().iter().all(|e| e.health() == Health::Unhealthy),
+        healthy_endpoints: route
+            .endpoints()
+            .iter()
+            .filter(|e| e.health() != Health::Unhealthy)
+            .count() as u32,
     }
 }
 
