@@ -841,6 +841,7 @@ fn shadow_section_parses_with_defaults_and_names_a_bad_key_at_its_line() {
     let bad = format!("{GOOD}[services.chat.release.shadow]\nthresholds = {{ rogue = 3 }}\n");
     let e = check(&bad).unwrap_err();
     assert!(e.to_string().contains("rogue"), "{e}");
+}
 
 /// Issue #25: `check` stopped at the first error; it names every one, each at its line.
 #[test]
