@@ -1,5 +1,6 @@
 //! The certificate stores of one `serve`, one per `tls` table of the config (`admin.tls`,
-//! `services.NAME.tls`; a service's live and preview listeners share theirs): polled for file
+//! `services.NAME.tls`, a service's live and preview listeners sharing theirs; `store.tls`,
+//! the client certificate etcd sees): polled for file
 //! changes, and read again by every configuration reload (SIGHUP, `cutover reload`).
 
 use std::collections::BTreeMap;
@@ -23,15 +24,22 @@ impl Certs {
     /// A TLS acceptor for a listener of `key` (`services.chat.tls`): on the store already open
     /// for those files, else on a new one (the files are read now; the error names the key).
     pub fn acceptor(&self, key: &str, t: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+        Ok(tls::acceptor(self.store(key, t)?))
+    }
+
+    /// The store of `key` for those files, opened now if it is not yet: a listener's, or the
+    /// client certificate fleet mode presents to etcd (`store.tls`), polled and reloaded
+    /// with the listeners'.
+    pub fn store(&self, key: &str, t: &TlsConfig) -> anyhow::Result<Arc<CertStore>> {
         let mut stores = self.stores();
         if let Some((have, store)) = stores.get(key) {
             if have == t {
-                return Ok(tls::acceptor(store.clone()));
+                return Ok(store.clone());
             }
         }
         let store = CertStore::open(key, &t.cert, &t.key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         stores.insert(key.to_string(), (t.clone(), store.clone()));
-        Ok(tls::acceptor(store))
+        Ok(store)
     }
 
     /// Forgets the store of `key` (its service was removed); connections open on it keep it.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::client::ClientConfig;
+use rustls::client::{ClientConfig, ResolvesClientCert};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -229,6 +229,23 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
         .with_cert_resolver(store);
     c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Arc::new(c)
+}
+
+/// A client presents the same pair a listener would: fleet mode's etcd client gives etcd the
+/// store's current certificate at each handshake, so a renewed pair is used by the next
+/// connection without a restart.
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 pub fn acceptor(store: Arc<CertStore>) -> TlsAcceptor {
@@ -491,11 +508,23 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
 
 /// A client config that verifies servers against `roots`, offering `alpn` (empty: none).
 pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut c = ClientConfig::builder_with_provider(provider())
+    client_config_with_cert(roots, None, alpn)
+}
+
+/// [`client_config`] that also presents `cert`'s current pair when the server asks for one.
+pub fn client_config_with_cert(
+    roots: RootCertStore,
+    cert: Option<Arc<CertStore>>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut c = match cert {
+        Some(store) => builder.with_client_cert_resolver(store),
+        None => builder.with_no_client_auth(),
+    };
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
