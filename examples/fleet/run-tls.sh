@@ -36,8 +36,12 @@ trap cleanup EXIT
 wait_until() {
   local limit=$1 what=$2; shift 2
   local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then echo "gave up after ${limit}s waiting for $what" >&2; exit 1; fi
+  until "$@" >"$WORK/last-wait" 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "gave up after ${limit}s waiting for $what; last try said:" >&2
+      cat "$WORK/last-wait" >&2
+      exit 1
+    fi
     sleep 0.2
   done
 }
@@ -153,9 +157,9 @@ done
 token=$("$BIN/cutover" token create example --role operator --config "$WORK/r1/cutover.toml")
 for i in 2 3; do cp -p "$WORK/r1/tokens.toml" "$WORK/r$i/tokens.toml"; done
 cli() { CUTOVER_ADMIN="http://127.0.0.1:991$1" CUTOVER_TOKEN="$token" "$BIN/cutover" "${@:2}"; }
-synced() { cli 3 fleet status --json | grep -q '"connected":true' && [ "$(cli 3 fleet status --json | grep -o '"state":"SYNCED"' | wc -l)" -ge 3 ]; }
+synced() { cli 3 fleet status --json | grep -oE '"state": ?"SYNCED"' | wc -l | grep -qx 3; }
 wait_until 20 "3 routers synced over TLS" synced
-agents_in() { [ "$(cli 3 fleet status --json | grep -o '"connected":true' | wc -l)" -ge 3 ]; }
+agents_in() { cli 3 fleet status --json | grep -oE '"connected": ?true' | wc -l | grep -qx 3; }
 wait_until 20 "both agents connected" agents_in
 cli 3 fleet status
 timeout 120 env CUTOVER_ADMIN="http://127.0.0.1:9912" CUTOVER_TOKEN="$token" "$BIN/cutover" release chat v1 --wait
@@ -175,7 +179,7 @@ echo "requests during the v2 release: $total, failed: $failed"
 cli 3 fleet status
 
 echo "--- what the security buys"
-echo "a client without a certificate:"
+echo "a client without a certificate (etcd ends the handshake):"
 curl -sS -m 5 --cacert "$PKI/ca.pem" "https://127.0.0.1:12479/v3/kv/range" -d '{"key":"Lw=="}' 2>&1 | head -1 || true
 echo "an agent's user writing desired/ (what the hosts run):"
 "${E[@]:0:7}" --user="cutover-agent-gpu-a:$(cat "$PKI/cutover-agent-gpu-a.password")" \

@@ -226,6 +226,15 @@ pub struct EtcdAccessInput {
     pub password_file: Option<PathBuf>,
 }
 
+/// How to reach etcd, checked: what [`etcd_access`] makes of an [`EtcdAccessInput`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAccess {
+    pub members: EtcdMembers,
+    /// `Some` exactly when the members are `https://`.
+    pub tls: Option<EtcdTls>,
+    pub user: Option<EtcdUser>,
+}
+
 /// Which setting of [`EtcdAccessInput`] an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EtcdSetting {
@@ -243,9 +252,7 @@ pub enum EtcdSetting {
 /// certificate needs its key; a user needs a readable, non-empty password file and
 /// `https://` (a password or token in clear would let anyone on the path write the fleet's
 /// keys, and with them what the host agents run).
-pub fn etcd_access(
-    i: &EtcdAccessInput,
-) -> Result<(EtcdMembers, Option<EtcdTls>, Option<EtcdUser>), (EtcdSetting, String)> {
+pub fn etcd_access(i: &EtcdAccessInput) -> Result<EtcdAccess, (EtcdSetting, String)> {
     use EtcdSetting as S;
     let members = etcd_members(&i.url).map_err(|m| (S::Url, m))?;
     let has_tls_files = i.ca.is_some() || i.cert.is_some() || i.key.is_some();
@@ -296,7 +303,7 @@ pub fn etcd_access(
             })
         }
     };
-    Ok((members, tls, user))
+    Ok(EtcdAccess { members, tls, user })
 }
 
 /// That a password file is readable and its first line is not empty (its content is never
@@ -1501,7 +1508,7 @@ impl Source<'_> {
             }
             return Ok(None);
         };
-        let (members, tls, user) = self.etcd_access(raw, url)?;
+        let EtcdAccess { members, tls, user } = self.etcd_access(raw, url)?;
         let Some(fleet) = &raw.fleet else {
             return self.err(
                 url.span(),
@@ -1546,11 +1553,7 @@ impl Source<'_> {
 
     /// `store.url`, `tls`, `username` and `password_file` through [`etcd_access`], its error
     /// placed on the key it is about.
-    fn etcd_access(
-        &self,
-        raw: &RawStore,
-        url: &Spanned<String>,
-    ) -> Result<(EtcdMembers, Option<EtcdTls>, Option<EtcdUser>), ConfigError> {
+    fn etcd_access(&self, raw: &RawStore, url: &Spanned<String>) -> Result<EtcdAccess, ConfigError> {
         let t = raw.tls.as_ref();
         let input = EtcdAccessInput {
             url: url.get_ref().clone(),

@@ -220,18 +220,19 @@ fn agent(
              or --allow-any-command to run whatever the fleet's documents in etcd name",
         ));
     }
-    let (members, tls, user) = cutover_config::etcd_access(&etcd).map_err(|(which, e)| {
-        use cutover_config::EtcdSetting as S;
-        let flag = match which {
-            S::Url => "--etcd",
-            S::Tls | S::Ca => "--etcd-ca",
-            S::Cert => "--etcd-cert",
-            S::Key => "--etcd-key",
-            S::Username => "--etcd-user",
-            S::PasswordFile => "--etcd-password-file",
-        };
-        Failure::new(2, format!("{flag}: {e}"))
-    })?;
+    let cutover_config::EtcdAccess { members, tls, user } =
+        cutover_config::etcd_access(&etcd).map_err(|(which, e)| {
+            use cutover_config::EtcdSetting as S;
+            let flag = match which {
+                S::Url => "--etcd",
+                S::Tls | S::Ca => "--etcd-ca",
+                S::Cert => "--etcd-cert",
+                S::Key => "--etcd-key",
+                S::Username => "--etcd-user",
+                S::PasswordFile => "--etcd-password-file",
+            };
+            Failure::new(2, format!("{flag}: {e}"))
+        })?;
     if !cutover_config::is_key_word(&fleet) {
         return Err(Failure::new(
             2,
