@@ -32,6 +32,8 @@ fn not_confirmed(e: &cutover_fleet::EtcdError) -> String {
         cutover_fleet::EtcdError::Server { code, .. } if *code != 4 => {
             format!("the switch was not committed (etcd: {e}); nothing changed")
         }
+        // etcd refused the user before the write was proposed.
+        cutover_fleet::EtcdError::Auth { .. } => format!("the switch was not committed ({e}); nothing changed"),
         _ => format!(
             "etcd did not confirm the switch ({e}): it is not applied here, but a write already on its way may still commit; read the service's generation before retrying (a retry with if_generation is safe)"
         ),

@@ -205,11 +205,17 @@ impl std::fmt::Debug for Etcd {
     }
 }
 
-/// Whether etcd refused the call for its token (expired, unknown to this member, or missing
-/// while auth is on): worth one renewal and a retry.
+/// Whether etcd refused the call for its token (expired, unknown to this member, missing
+/// while auth is on, or issued before the users or roles changed): worth one renewal and a
+/// retry. None of these refusals is proposed to raft, or applied: the retry cannot write twice.
 fn token_refused(e: &EtcdError) -> bool {
-    matches!(e, EtcdError::Server { code: 16, .. })
-        || matches!(e, EtcdError::Server { message, .. } if message.contains("user name is empty"))
+    match e {
+        EtcdError::Server { code: 16, .. } => true,
+        EtcdError::Server { message, .. } => {
+            message.contains("user name is empty") || message.contains("revision of auth store is old")
+        }
+        _ => false,
+    }
 }
 
 /// A gateway answer that is not JSON: etcd's plain-text refusals, made readable.
@@ -825,6 +831,20 @@ mod tests {
     fn a_prefix_range_ends_just_past_the_prefix() {
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn only_refusals_of_the_token_are_retried_after_authenticating_again() {
+        let server = |code, message: &str| EtcdError::Server {
+            member: "m".into(),
+            code,
+            message: message.into(),
+        };
+        assert!(token_refused(&server(16, "etcdserver: invalid auth token")));
+        assert!(token_refused(&server(3, "etcdserver: user name is empty")));
+        assert!(token_refused(&server(3, "etcdserver: revision of auth store is old")));
+        assert!(!token_refused(&server(7, "etcdserver: permission denied")));
+        assert!(!token_refused(&EtcdError::Unreachable { tried: vec![] }));
     }
 
     #[test]
