@@ -146,13 +146,23 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
         .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", opts.data_dir.display()))?;
     let db = opts.data_dir.join("agent.db");
     let store = Store::open(&db).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db.display()))?;
-    let mut cert = None;
-    let access = crate::fleet::etcd_access(opts.tls.as_ref(), opts.user.as_ref(), |t| {
-        let store = cutover_proxy::tls::CertStore::open("--etcd-cert", &t.cert, &t.key)
-            .map_err(|e| anyhow::anyhow!("--etcd-cert: {e}"))?;
-        cert = Some(store.clone());
-        Ok(store)
-    })?;
+    let (mut cert, mut ca) = (None, None);
+    let access = crate::fleet::etcd_access(
+        opts.tls.as_ref(),
+        opts.user.as_ref(),
+        |t| {
+            let store = cutover_proxy::tls::CertStore::open("--etcd-cert", &t.cert, &t.key)
+                .map_err(|e| anyhow::anyhow!("--etcd-cert: {e}"))?;
+            cert = Some(store.clone());
+            Ok(store)
+        },
+        |path| {
+            let store =
+                cutover_proxy::tls::CaStore::open("--etcd-ca", path).map_err(|e| anyhow::anyhow!("--etcd-ca: {e}"))?;
+            ca = Some(store.clone());
+            Ok(store)
+        },
+    )?;
     let agent = Arc::new(Agent {
         keys: Keys::new(&opts.fleet),
         etcd: Etcd::connect(opts.members.clone(), access).spread_by(&opts.host),
@@ -175,7 +185,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
         tokio::spawn(agent.clone().sync()),
         tokio::spawn(agent.clone().reconciler()),
         tokio::spawn(agent.clone().reporter()),
-        tokio::spawn(poll_certificate(cert)),
+        tokio::spawn(poll_certificates(cert, ca)),
     ];
     shutdown.await;
     for t in &tasks {
@@ -190,17 +200,26 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
     Ok(())
 }
 
-/// Reads the client certificate again when its files change, as `serve` does its
-/// listeners': a renewed pair reaches etcd with the next connection, no restart.
-async fn poll_certificate(cert: Option<Arc<cutover_proxy::tls::CertStore>>) {
-    let Some(cert) = cert else { return };
+/// Reads the client certificate and the CA file again when they change, as `serve` does
+/// its listeners': a renewed pair or CA is used by the next connection, no restart.
+async fn poll_certificates(
+    cert: Option<Arc<cutover_proxy::tls::CertStore>>,
+    ca: Option<Arc<cutover_proxy::tls::CaStore>>,
+) {
+    if cert.is_none() && ca.is_none() {
+        return;
+    }
     let mut tick = tokio::time::interval(cutover_proxy::tls::POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let c = cert.clone();
-        // Outcomes are logged by the store.
-        let _ = tokio::task::spawn_blocking(move || c.poll()).await;
+        let (c, a) = (cert.clone(), ca.clone());
+        // Outcomes are logged by the stores.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = c.map(|c| c.poll());
+            let _ = a.map(|a| a.poll());
+        })
+        .await;
     }
 }
 

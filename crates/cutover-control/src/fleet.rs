@@ -571,7 +571,12 @@ pub async fn join(
     certs: &crate::certs::Certs,
 ) -> anyhow::Result<FleetTasks> {
     let id = cfg.router_id.clone().unwrap_or_else(|| default_router_id(admin));
-    let access = etcd_access(cfg.tls.as_ref(), cfg.user.as_ref(), |t| certs.store("store.tls", t))?;
+    let access = etcd_access(
+        cfg.tls.as_ref(),
+        cfg.user.as_ref(),
+        |t| certs.store("store.tls", t),
+        |ca| certs.ca("store.tls.ca", ca),
+    )?;
     let link = Arc::new(FleetLink::new(
         cutover_fleet::Etcd::connect(cfg.members.clone(), access).spread_by(&id),
         &cfg.name,
@@ -592,19 +597,20 @@ pub async fn join(
     Ok(start(ctl, link, FIRST_READ).await)
 }
 
-/// How a router or an agent reaches etcd, from the checked settings: the CA is read now,
-/// the client certificate comes from `cert_store` (which keeps it fresh), the password
-/// stays in its file.
+/// How a router or an agent reaches etcd, from the checked settings: the client
+/// certificate and the CA come from `cert_store` and `ca_store` (whose owner keeps them
+/// fresh), the password stays in its file.
 pub fn etcd_access(
     tls: Option<&cutover_config::EtcdTls>,
     user: Option<&cutover_config::EtcdUser>,
     cert_store: impl FnOnce(&cutover_config::TlsConfig) -> anyhow::Result<Arc<cutover_proxy::tls::CertStore>>,
+    ca_store: impl FnOnce(&std::path::Path) -> anyhow::Result<Arc<cutover_proxy::tls::CaStore>>,
 ) -> anyhow::Result<cutover_fleet::Access> {
     let tls = match tls {
         Some(t) => {
             let cert = t.client.as_ref().map(cert_store).transpose()?;
-            let config = cutover_fleet::access::tls_config(t.ca.as_deref(), cert)
-                .map_err(|e| anyhow::anyhow!("store.tls.ca: {e}"))?;
+            let ca = t.ca.as_deref().map(ca_store).transpose()?;
+            let config = cutover_fleet::access::tls_config(ca, cert).map_err(|e| anyhow::anyhow!("store.tls: {e}"))?;
             Some(config)
         }
         None => None,

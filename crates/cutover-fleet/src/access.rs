@@ -3,18 +3,19 @@
 //!
 //! The certificate files are read by `cutover_proxy::tls` (one copy of the PEM handling in
 //! the workspace): the client certificate comes from a `CertStore`, the same kind the
-//! listeners use, so whoever polls and reloads those also renews the pair etcd sees.
+//! listeners use, and the CA file from a `CaStore`, so whoever polls and reloads those also
+//! renews what etcd sees and what etcd is checked with.
 //!
 //! etcd's JSON gateway never takes the user from a certificate's Common Name: with
 //! `--client-cert-auth` and auth enabled it refuses any certificate that has a CN
 //! (etcd-io/etcd#10366). Through the gateway, the certificate proves the client may connect;
 //! the user and password name who it is.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_proxy::tls::{self, CertStore, EndpointStream, TlsConnector};
+use cutover_proxy::tls::{self, CaStore, CertStore, EndpointStream, TlsConnector};
 use hyper_util::rt::TokioIo;
 
 /// What a client needs besides the members' addresses. `Default`: plain HTTP, no user.
@@ -81,18 +82,31 @@ impl Credentials {
     }
 }
 
-/// The TLS settings of `https://` members: trust the CA(s) of `ca` (else the system's roots)
-/// and present `cert`'s pair when a member asks for a client certificate. HTTP/1.1 only:
-/// each watch stream keeps its own connection, as over plain HTTP.
-pub fn tls_config(ca: Option<&Path>, cert: Option<Arc<CertStore>>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = tls::roots(ca)?;
-    Ok(tls::client_config_with_cert(roots, cert, &[tls::ALPN_HTTP1]))
+/// The TLS settings of `https://` members: trust the CA(s) of `ca` as the store holds them
+/// at each handshake (else the system's roots) and present `cert`'s pair when a member asks
+/// for a client certificate. HTTP/1.1 only: each watch stream keeps its own connection, as
+/// over plain HTTP.
+pub fn tls_config(ca: Option<Arc<CaStore>>, cert: Option<Arc<CertStore>>) -> Result<Arc<rustls::ClientConfig>, String> {
+    match ca {
+        Some(ca) => Ok(tls::client_config_with_stores(ca, cert, &[tls::ALPN_HTTP1])),
+        None => Ok(tls::client_config_with_cert(
+            tls::roots(None)?,
+            cert,
+            &[tls::ALPN_HTTP1],
+        )),
+    }
 }
 
 /// Why a connection to a member failed, with a hint when it is the client certificate: a
 /// member that requires one and got none (or one it does not trust) ends the handshake with
 /// an alert, which without the hint reads like a network fault.
 pub(crate) fn explain(detail: String, access: &Access) -> String {
+    if detail.contains("UnknownIssuer") {
+        return format!("{detail} (the member's certificate is not signed by a CA of the configured CA file)");
+    }
+    if detail.contains("NotValidForName") {
+        return format!("{detail} (the member's certificate does not name the host as the etcd URL writes it)");
+    }
     let refused = [
         "CertificateRequired",
         "BadCertificate",

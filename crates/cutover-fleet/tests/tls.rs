@@ -118,3 +118,28 @@ async fn clients_etcd_refuses_say_why_a_missing_certificate_or_one_with_a_common
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_rewritten_with_the_members_ca_is_read_again_and_the_next_connection_verifies() {
+    let cluster = Cluster::start_tls(3).await;
+    let pki = cluster.pki();
+    let ca_file = pki.dir.join("rotating-ca.pem");
+    let other = rcgen::generate_simple_self_signed(vec!["another CA".to_string()]).unwrap();
+    std::fs::write(&ca_file, other.cert.pem()).unwrap();
+    let ca = cutover_proxy::tls::CaStore::open("store.tls.ca", &ca_file).unwrap();
+    let cert = cutover_proxy::tls::CertStore::open("store.tls", &pki.client.0, &pki.client.1).unwrap();
+    let client = cluster.client_with(cutover_fleet::Access {
+        tls: Some(cutover_fleet::access::tls_config(Some(ca.clone()), Some(cert)).unwrap()),
+        user: None,
+    });
+    let e = client.get("/cutover/prod/services/chat").await.unwrap_err();
+    assert!(
+        e.to_string().contains("UnknownIssuer")
+            && e.to_string().contains("not signed by a CA of the configured CA file"),
+        "{e}"
+    );
+
+    std::fs::copy(&pki.ca, &ca_file).unwrap();
+    assert_eq!(ca.poll(), Some(Ok(true)), "the poll reads the new file");
+    client.put("/cutover/prod/services/chat", b"g1", 0).await.unwrap();
+}

@@ -174,8 +174,9 @@ impl Pki {
     /// made by [`Pki::password_file`]).
     pub fn access(&self, cert: Option<&(PathBuf, PathBuf)>, user: Option<&str>) -> Access {
         let store = cert.map(|(c, k)| cutover_proxy::tls::CertStore::open("test", c, k).unwrap());
+        let ca = cutover_proxy::tls::CaStore::open("test", &self.ca).unwrap();
         Access {
-            tls: Some(cutover_fleet::access::tls_config(Some(&self.ca), store).unwrap()),
+            tls: Some(cutover_fleet::access::tls_config(Some(ca), store).unwrap()),
             user: user.map(|u| Credentials {
                 name: u.to_string(),
                 password_file: self.dir.join(format!("{u}.password")),

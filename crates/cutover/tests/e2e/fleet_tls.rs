@@ -80,6 +80,10 @@ async fn fleet_tls_three_routers_with_client_certificates_ack_every_switch_and_t
     let r = routers[0].api(Method::POST, "/v1/reload", Value::Null).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let certs = &r.json()["certificates"];
+    assert_eq!(
+        certs["store.tls.ca"], "unchanged",
+        "the CA file is read again too: {certs}"
+    );
     let outcome = certs["store.tls"].as_str().unwrap_or_default().to_string();
     // The poll (every 3 s) may have read the new files first: then the reload finds them unchanged.
     assert!(outcome == "reloaded" || outcome == "unchanged", "{certs}");
