@@ -124,6 +124,12 @@ async fn fleet_tls_a_router_without_a_client_certificate_is_refused_and_says_why
         "{}",
         r.log()
     );
+    let (code, out, err) = r.cli_async(&["fleet", "status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("CUT FROM ETCD") && out.contains("etcd requires a client certificate"),
+        "{out}"
+    );
     let kvs = etcd.client().range_prefix("/cutover/tls/routers/").await.unwrap().kvs;
     assert!(kvs.is_empty(), "no ack of the refused router: {kvs:?}");
 }
