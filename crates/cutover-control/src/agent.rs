@@ -378,11 +378,15 @@ impl Agent {
     /// trouble. A timeout never counts as "nothing changed".
     async fn sync(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        // Logged when it changes: a refused certificate or user at start says so once.
+        let mut last_error = String::new();
         loop {
             let revision = match self.read_all().await {
                 Ok(r) => r,
                 Err(e) => {
-                    if self.connected.swap(false, Ordering::Relaxed) {
+                    let was = self.connected.swap(false, Ordering::Relaxed);
+                    if was || e.to_string() != last_error {
+                        last_error = e.to_string();
                         tracing::warn!(error = %e, "agent: etcd not reachable; the model servers go on as they are");
                     }
                     tokio::time::sleep(cutover_fleet::jittered(backoff)).await;
@@ -393,6 +397,7 @@ impl Agent {
             if !self.connected.swap(true, Ordering::Relaxed) {
                 tracing::info!("agent: connected to etcd");
             }
+            last_error.clear();
             backoff = Duration::from_millis(100);
             let why = self.watch(revision + 1).await;
             tracing::info!(why = %why, "agent: reading the desired state again");

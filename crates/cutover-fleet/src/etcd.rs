@@ -424,7 +424,16 @@ impl Etcd {
         let password = user.password().map_err(|detail| EtcdError::Auth { detail })?;
         let body = json!({"name": user.name, "password": password});
         let token: Arc<str> = match self.call_members("/v3/auth/authenticate", &body, None).await {
-            Ok(v) => v["token"].as_str().unwrap_or_default().into(),
+            // It becomes a header value: one that cannot be is refused here, not at every call.
+            Ok(v) => match v["token"].as_str() {
+                Some(t) if !t.is_empty() && http::HeaderValue::from_str(t).is_ok() => t.into(),
+                _ => {
+                    return Err(EtcdError::protocol(
+                        &self.current(),
+                        "an authentication answer without a usable token",
+                    ))
+                }
+            },
             Err(EtcdError::Server { message, .. }) if message.contains("authentication is not enabled") => {
                 tracing::warn!(user = %user.name, "etcd's authentication is off: the configured user is not used, and any client that can connect may write the fleet's keys");
                 "".into()
