@@ -472,6 +472,20 @@ impl Etcd {
                 let token = self.authenticate(token).await?;
                 self.call_members(path, body, token.as_deref()).await
             }
+            // Without a token: "user name is empty"; "permission denied" from an etcd that
+            // ran the call as its own certificate's CN. Both mean that its auth is on.
+            Err(EtcdError::Server { member, code, message })
+                if token.is_none()
+                    && (message.contains("user name is empty") || message.contains("permission denied")) =>
+            {
+                Err(EtcdError::Server {
+                    member,
+                    code,
+                    message: format!(
+                        "{message} (no etcd user is configured: with etcd's auth on, set a username and password file)"
+                    ),
+                })
+            }
             r => r,
         }
     }
@@ -531,7 +545,12 @@ impl Etcd {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!("{}://{member}{path}", self.access.scheme()))
-            .header(http::header::CONTENT_TYPE, "application/json");
+            .header(http::header::CONTENT_TYPE, "application/json")
+            // etcd 3.4 tells gateway traffic by the `grpcgateway-*` metadata these become;
+            // a request with neither header and no token is taken for the gateway's own
+            // connection and runs as the user named by the member certificate's CN.
+            .header(http::header::USER_AGENT, concat!("cutover/", env!("CARGO_PKG_VERSION")))
+            .header(http::header::ACCEPT, "application/json");
         // etcd's gateway takes the bare token (no "Bearer"); empty: etcd's auth is off.
         if let Some(t) = token.filter(|t| !t.is_empty()) {
             req = req.header(http::header::AUTHORIZATION, t);
