@@ -143,19 +143,60 @@ pub struct FleetConfig {
     pub router_id: Option<String>,
     /// How long a switch waits for every live router's ack before answering.
     pub ack_timeout: Duration,
+    /// `Some` when the members are `https://` (`[store] tls`).
+    pub tls: Option<EtcdTls>,
+    /// etcd's own user (`[store] username`, `password_file`).
+    pub user: Option<EtcdUser>,
 }
 
-/// Parses `etcd://HOST:PORT[,HOST:PORT...]` into each member's `HOST:PORT`.
-pub fn etcd_members(url: &str) -> Result<Vec<String>, String> {
-    let Some(rest) = url.strip_prefix("etcd://") else {
-        return Err(format!(
-            "{url:?} is not an etcd URL; expected \"etcd://HOST:PORT[,HOST:PORT...]\" (fleet mode), or leave `url` out for the SQLite store alone"
-        ));
+/// TLS to `https://` etcd members. Paths are absolute and were checked at load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EtcdTls {
+    /// PEM CA(s) that signed the members' certificates; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The certificate and key presented to members started with `--client-cert-auth`;
+    /// read again when the files change, as the listeners' are.
+    pub client: Option<TlsConfig>,
+}
+
+/// An etcd user (`etcdctl user add`): its token is asked for with the password in `password_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    pub name: String,
+    /// Read at each authentication, never kept: a password is never written in a config.
+    pub password_file: PathBuf,
+}
+
+/// The members of an etcd URL and how they are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMembers {
+    /// Each member's `HOST:PORT`, in the URL's order.
+    pub addrs: Vec<String>,
+    /// Every member is `https://`.
+    pub https: bool,
+}
+
+/// Parses an etcd URL: `etcd://HOST:PORT[,HOST:PORT...]` (plain HTTP), or each member with
+/// its scheme as etcdctl's `--endpoints` takes them (`https://HOST:PORT,https://HOST:PORT`).
+/// Members must all be `http://` or all `https://`.
+pub fn etcd_members(url: &str) -> Result<EtcdMembers, String> {
+    let expected = "expected \"etcd://HOST:PORT[,HOST:PORT...]\" or \"https://HOST:PORT[,https://HOST:PORT...]\" (fleet mode), or leave `url` out for the SQLite store alone";
+    let (rest, default_scheme) = match url.strip_prefix("etcd://") {
+        Some(rest) => (rest, Some(false)),
+        None => (url, None),
     };
-    let mut members = Vec::new();
+    let mut addrs = Vec::new();
+    let mut schemes: Vec<(bool, &str)> = Vec::new();
     for m in rest.split(',') {
         let m = m.trim();
-        let ok = m
+        let (https, addr) = match (m.strip_prefix("https://"), m.strip_prefix("http://"), default_scheme) {
+            (Some(a), _, _) => (true, a),
+            (None, Some(a), _) => (false, a),
+            (None, None, Some(d)) => (d, m),
+            (None, None, None) => return Err(format!("{url:?} is not an etcd URL; {expected}")),
+        };
+        let addr = addr.trim_end_matches('/');
+        let ok = addr
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p != 0));
         if !ok {
@@ -163,9 +204,121 @@ pub fn etcd_members(url: &str) -> Result<Vec<String>, String> {
                 "member {m:?} of {url:?} is not HOST:PORT (members are HOST:PORT, separated by commas)"
             ));
         }
-        members.push(m.to_string());
+        schemes.push((https, m));
+        addrs.push(addr.to_string());
     }
-    Ok(members)
+    let https = schemes.first().is_some_and(|(h, _)| *h);
+    if let Some((_, odd)) = schemes.iter().find(|(h, _)| *h != https) {
+        return Err(format!(
+            "{url:?} mixes http:// and https:// members ({odd:?} is not like the first): every member is reached the same way, all https:// (with `tls`) or all plain"
+        ));
+    }
+    Ok(EtcdMembers { addrs, https })
+}
+
+/// The files and names of how to reach etcd, as a config or `cutover agent`'s flags give
+/// them (paths already absolute).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccessInput {
+    pub url: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// How to reach etcd, checked: what [`etcd_access`] makes of an [`EtcdAccessInput`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAccess {
+    pub members: EtcdMembers,
+    /// `Some` exactly when the members are `https://`.
+    pub tls: Option<EtcdTls>,
+    pub user: Option<EtcdUser>,
+}
+
+/// Which setting of [`EtcdAccessInput`] an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdSetting {
+    Url,
+    Tls,
+    Ca,
+    Cert,
+    Key,
+    Username,
+    PasswordFile,
+}
+
+/// [`etcd_members`] and everything else about reaching etcd, checked together and with the
+/// files read now: `https://` needs no file (system roots) but TLS files need `https://`; a
+/// certificate needs its key; a user needs a readable, non-empty password file and
+/// `https://` (a password or token in clear would let anyone on the path write the fleet's
+/// keys, and with them what the host agents run).
+pub fn etcd_access(i: &EtcdAccessInput) -> Result<EtcdAccess, (EtcdSetting, String)> {
+    use EtcdSetting as S;
+    let members = etcd_members(&i.url).map_err(|m| (S::Url, m))?;
+    let has_tls_files = i.ca.is_some() || i.cert.is_some() || i.key.is_some();
+    if has_tls_files && !members.https {
+        return Err((
+            S::Tls,
+            "TLS settings need https:// members (write the URL as \"https://HOST:PORT,https://HOST:PORT\")".into(),
+        ));
+    }
+    let tls = if members.https {
+        if let Some(ca) = &i.ca {
+            ca_certificates(ca).map_err(|m| (S::Ca, m))?;
+        }
+        let client = match (&i.cert, &i.key) {
+            (Some(cert), Some(key)) => {
+                tls_pair(cert, key).map_err(|(which, m)| (if which == "cert" { S::Cert } else { S::Key }, m))?;
+                Some(TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            (Some(_), None) => return Err((S::Key, "a client certificate needs its private key too".into())),
+            (None, Some(_)) => return Err((S::Cert, "a client key needs its certificate too".into())),
+            (None, None) => None,
+        };
+        Some(EtcdTls {
+            ca: i.ca.clone(),
+            client,
+        })
+    } else {
+        None
+    };
+    let user = match (&i.username, &i.password_file) {
+        (None, None) => None,
+        (Some(_), None) => return Err((S::PasswordFile, "an etcd user needs its password file (the password itself is never written in a config or on a command line)".into())),
+        (None, Some(_)) => return Err((S::Username, "a password file needs the etcd user's name".into())),
+        (Some(name), Some(file)) => {
+            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err((S::Username, format!("{name:?} is not an etcd user name")));
+            }
+            if !members.https {
+                return Err((S::Username, "etcd's password and token would cross the network in clear: use https:// members (with `tls`)".into()));
+            }
+            password_file(file).map_err(|m| (S::PasswordFile, m))?;
+            Some(EtcdUser {
+                name: name.clone(),
+                password_file: file.clone(),
+            })
+        }
+    };
+    Ok(EtcdAccess { members, tls, user })
+}
+
+/// That a password file is readable and its first line is not empty (its content is never
+/// shown).
+fn password_file(p: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read the password file {}: {e}", p.display()))?;
+    if text.lines().next().unwrap_or("").is_empty() {
+        return Err(format!(
+            "the password file {} is empty (the password is its first line)",
+            p.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A fleet name or router id: it becomes part of etcd keys.
@@ -964,6 +1117,19 @@ struct RawStore {
     fleet: Option<Spanned<String>>,
     router_id: Option<Spanned<String>>,
     ack_timeout: Option<Spanned<Duration>>,
+    tls: Option<RawEtcdTls>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    /// Never accepted: present only to say why.
+    password: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1551,11 +1717,27 @@ impl Source<'_> {
 
     /// Fleet mode's keys: all of them need `url`, and `url` needs `fleet`.
     fn fleet(&self, raw: &RawStore) -> Result<Option<FleetConfig>, ConfigError> {
+        if let Some(p) = &raw.password {
+            return self.err(
+                p.span(),
+                "store.password".into(),
+                "a password is never written in a config: put it in a file readable only by cutover and set `password_file`".into(),
+            );
+        }
         let Some(url) = &raw.url else {
+            if let Some(span) = raw.tls.as_ref().and_then(|_| self.span_of("store.tls")) {
+                return self.err(
+                    span,
+                    "store.tls".into(),
+                    "only meaningful in fleet mode: set `store.url = \"https://HOST:PORT,...\"` too".into(),
+                );
+            }
             for (key, span) in [
                 ("fleet", raw.fleet.as_ref().map(Spanned::span)),
                 ("router_id", raw.router_id.as_ref().map(Spanned::span)),
                 ("ack_timeout", raw.ack_timeout.as_ref().map(Spanned::span)),
+                ("username", raw.username.as_ref().map(Spanned::span)),
+                ("password_file", raw.password_file.as_ref().map(Spanned::span)),
             ] {
                 if let Some(span) = span {
                     return self.err(
@@ -1567,7 +1749,7 @@ impl Source<'_> {
             }
             return Ok(None);
         };
-        let members = etcd_members(url.get_ref()).or_else(|m| self.err(url.span(), "store.url".into(), m))?;
+        let EtcdAccess { members, tls, user } = self.etcd_access(raw, url)?;
         let Some(fleet) = &raw.fleet else {
             return self.err(
                 url.span(),
@@ -1601,11 +1783,49 @@ impl Source<'_> {
             None => Duration::from_secs(2),
         };
         Ok(Some(FleetConfig {
-            members,
+            members: members.addrs,
             name,
             router_id,
             ack_timeout,
+            tls,
+            user,
         }))
+    }
+
+    /// `store.url`, `tls`, `username` and `password_file` through [`etcd_access`], its error
+    /// placed on the key it is about.
+    fn etcd_access(&self, raw: &RawStore, url: &Spanned<String>) -> Result<EtcdAccess, ConfigError> {
+        let t = raw.tls.as_ref();
+        let input = EtcdAccessInput {
+            url: url.get_ref().clone(),
+            ca: t.and_then(|t| t.ca.as_deref()).map(|p| self.resolve(p)),
+            cert: t.and_then(|t| t.cert.as_deref()).map(|p| self.resolve(p)),
+            key: t.and_then(|t| t.key.as_deref()).map(|p| self.resolve(p)),
+            username: raw.username.as_ref().map(|u| u.get_ref().clone()),
+            password_file: raw.password_file.as_ref().map(|p| self.resolve(p.get_ref())),
+        };
+        etcd_access(&input).or_else(|(which, m)| {
+            let key = match which {
+                EtcdSetting::Url => "store.url",
+                EtcdSetting::Tls => "store.tls",
+                EtcdSetting::Ca => "store.tls.ca",
+                EtcdSetting::Cert => "store.tls.cert",
+                EtcdSetting::Key => "store.tls.key",
+                EtcdSetting::Username => "store.username",
+                EtcdSetting::PasswordFile => "store.password_file",
+            };
+            let near = match which {
+                EtcdSetting::Username => raw.username.as_ref().map(Spanned::span),
+                EtcdSetting::PasswordFile => raw.password_file.as_ref().map(Spanned::span),
+                _ => None,
+            };
+            // A missing key of `tls` is pointed at by the table itself.
+            let near = near
+                .or_else(|| self.span_of(key))
+                .or_else(|| self.span_of("store.tls"))
+                .unwrap_or_else(|| url.span());
+            self.err(near, key.into(), m)
+        })
     }
 
     /// One service, every independent check run: all their errors, or the service.

@@ -621,11 +621,11 @@ fn fleet_mode_reads_the_members_name_and_ack_timeout() {
 #[test]
 fn fleet_mode_errors_name_the_line_and_key() {
     let e = check(&format!(
-        "[store]\nurl = \"http://127.0.0.1:2379\"\nfleet = \"prod\"\n{GOOD}"
+        "[store]\nurl = \"redis://127.0.0.1:2379\"\nfleet = \"prod\"\n{GOOD}"
     ))
     .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (2, "store.url"), "{e}");
-    assert!(e.message.contains("etcd://"), "{e}");
+    assert!(e.message.contains("etcd://") && e.message.contains("https://"), "{e}");
     let e = check(&format!("[store]\nurl = \"etcd://127.0.0.1:2379\"\n{GOOD}")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (2, "store.fleet"), "{e}");
     let e = check(&format!(
@@ -931,4 +931,99 @@ fn a_wrong_required_key_is_one_error_not_two() {
     let errors = parse_all(Path::new("/etc/cutover/cutover.toml"), text).unwrap_err();
     let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
     assert_eq!(got, [(6, "services.chat.green.endpoints[1]")], "{errors:#?}");
+}
+
+#[test]
+fn etcd_members_are_all_plain_or_all_https_and_a_mix_is_refused() {
+    let m = etcd_members("etcd://a:1, b:2").unwrap();
+    assert_eq!((m.addrs, m.https), (vec!["a:1".to_string(), "b:2".to_string()], false));
+    let m = etcd_members("https://10.0.0.1:2379,https://etcd-b.internal:2379/").unwrap();
+    assert_eq!(m.addrs, vec!["10.0.0.1:2379", "etcd-b.internal:2379"]);
+    assert!(m.https);
+    assert!(!etcd_members("http://a:1,http://b:1").unwrap().https);
+    for mixed in [
+        "https://a:1,http://b:1",
+        "etcd://a:1,https://b:1",
+        "http://a:1,https://b:1",
+    ] {
+        let e = etcd_members(mixed).unwrap_err();
+        assert!(e.contains("mixes http:// and https://"), "{mixed}: {e}");
+    }
+    assert!(
+        etcd_members("https://a:1,b:1").is_err(),
+        "a member without a scheme after https://"
+    );
+}
+
+#[test]
+fn etcd_tls_and_user_are_checked_at_load_and_errors_name_the_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("cutover-config-etcd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+    let client = rcgen::generate_simple_self_signed(vec!["router".to_string()]).unwrap();
+    std::fs::write(dir.join("router.pem"), client.cert.pem()).unwrap();
+    std::fs::write(dir.join("router.key"), client.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("etcd.password"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("empty.password"), "").unwrap();
+    let path = dir.join("cutover.toml");
+    let store = |lines: &str| format!("[store]\nfleet = \"prod\"\n{lines}\n{GOOD}");
+    let https = "url = \"https://127.0.0.1:2379,https://127.0.0.1:22379\"";
+
+    let c = parse(
+        &path,
+        &store(&format!(
+            "{https}\ntls = {{ ca = \"ca.pem\", cert = \"router.pem\", key = \"router.key\" }}\nusername = \"router\"\npassword_file = \"etcd.password\""
+        )),
+    )
+    .unwrap();
+    let f = c.store.fleet.unwrap();
+    assert_eq!(f.members, vec!["127.0.0.1:2379", "127.0.0.1:22379"]);
+    let tls = f.tls.unwrap();
+    assert_eq!(tls.ca, Some(dir.join("ca.pem")), "relative to the config's folder");
+    assert_eq!(tls.client.unwrap().key, dir.join("router.key"));
+    let user = f.user.unwrap();
+    assert_eq!(
+        (user.name.as_str(), user.password_file),
+        ("router", dir.join("etcd.password"))
+    );
+    let plain = parse(&path, &store("url = \"etcd://a:1\""))
+        .unwrap()
+        .store
+        .fleet
+        .unwrap();
+    assert!(plain.tls.is_none() && plain.user.is_none());
+    assert_eq!(
+        parse(&path, &store(https)).unwrap().store.fleet.unwrap().tls,
+        Some(EtcdTls::default()),
+        "https:// alone: the system's roots, no client certificate"
+    );
+
+    let refused = |lines: &str| parse(&path, &store(lines)).unwrap_err();
+    let e = refused("url = \"https://a:1,http://b:1\"");
+    assert_eq!((e.line, e.key.as_str()), (3, "store.url"), "{e}");
+    assert!(e.message.contains("mixes http:// and https://"), "{e}");
+    let e = refused("url = \"etcd://a:1\"\ntls = { ca = \"ca.pem\" }");
+    assert_eq!((e.line, e.key.as_str()), (4, "store.tls"), "{e}");
+    assert!(e.message.contains("need https://"), "{e}");
+    let e = refused(&format!("{https}\ntls = {{ ca = \"router.key\" }}"));
+    assert_eq!((e.line, e.key.as_str()), (4, "store.tls.ca"), "{e}");
+    let e = refused(&format!("{https}\ntls = {{ cert = \"router.pem\" }}"));
+    assert_eq!((e.line, e.key.as_str()), (4, "store.tls.key"), "{e}");
+    let e = refused(&format!("{https}\nusername = \"router\"\npassword = \"s3cret\""));
+    assert_eq!((e.line, e.key.as_str()), (5, "store.password"), "{e}");
+    assert!(
+        e.message.contains("password_file") && !e.message.contains("s3cret"),
+        "{e}"
+    );
+    let e = refused(&format!("{https}\nusername = \"router\""));
+    assert_eq!(e.key, "store.password_file", "{e}");
+    let e = refused(&format!(
+        "{https}\nusername = \"router\"\npassword_file = \"empty.password\""
+    ));
+    assert_eq!((e.line, e.key.as_str()), (5, "store.password_file"), "{e}");
+    let e = refused("url = \"etcd://a:1\"\nusername = \"router\"\npassword_file = \"etcd.password\"");
+    assert_eq!((e.line, e.key.as_str()), (4, "store.username"), "{e}");
+    assert!(e.message.contains("in clear"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

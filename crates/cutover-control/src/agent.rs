@@ -56,6 +56,10 @@ const SNAPSHOT: &str = "agent-desired.json";
 pub struct AgentOptions {
     /// etcd members, `HOST:PORT`.
     pub members: Vec<String>,
+    /// `Some` when the members are `https://`: the CA and this host's client certificate.
+    pub tls: Option<cutover_config::EtcdTls>,
+    /// etcd's user for this host (a role that may not write `desired/`, see docs/fleet.md).
+    pub user: Option<cutover_config::EtcdUser>,
     pub fleet: String,
     /// This host's name, as services list it in `run.hosts`.
     pub host: String,
@@ -142,9 +146,26 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
         .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", opts.data_dir.display()))?;
     let db = opts.data_dir.join("agent.db");
     let store = Store::open(&db).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db.display()))?;
+    let (mut cert, mut ca) = (None, None);
+    let access = crate::fleet::etcd_access(
+        opts.tls.as_ref(),
+        opts.user.as_ref(),
+        |t| {
+            let store = cutover_proxy::tls::CertStore::open("--etcd-cert", &t.cert, &t.key)
+                .map_err(|e| anyhow::anyhow!("--etcd-cert: {e}"))?;
+            cert = Some(store.clone());
+            Ok(store)
+        },
+        |path| {
+            let store =
+                cutover_proxy::tls::CaStore::open("--etcd-ca", path).map_err(|e| anyhow::anyhow!("--etcd-ca: {e}"))?;
+            ca = Some(store.clone());
+            Ok(store)
+        },
+    )?;
     let agent = Arc::new(Agent {
         keys: Keys::new(&opts.fleet),
-        etcd: Etcd::new(opts.members.clone()).spread_by(&opts.host),
+        etcd: Etcd::connect(opts.members.clone(), access).spread_by(&opts.host),
         store: Arc::new(store),
         pause: Pause::default(),
         sups: Mutex::default(),
@@ -158,12 +179,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
         opts,
     });
     agent.restore()?;
-    tracing::info!(host = %agent.opts.host, advertise = %agent.opts.advertise, fleet = %agent.opts.fleet, members = %agent.opts.members.join(","), "host agent: joining the fleet");
+    tracing::info!(host = %agent.opts.host, advertise = %agent.opts.advertise, fleet = %agent.opts.fleet, members = %agent.opts.members.join(","), access = ?agent.etcd.access(), "host agent: joining the fleet");
     let tasks = [
         tokio::spawn(agent.clone().presence()),
         tokio::spawn(agent.clone().sync()),
         tokio::spawn(agent.clone().reconciler()),
         tokio::spawn(agent.clone().reporter()),
+        tokio::spawn(poll_certificates(cert, ca)),
     ];
     shutdown.await;
     for t in &tasks {
@@ -176,6 +198,29 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
     }
     tracing::info!(host = %agent.opts.host, "host agent stopped; its model servers keep running and are adopted by the next agent");
     Ok(())
+}
+
+/// Reads the client certificate and the CA file again when they change, as `serve` does
+/// its listeners': a renewed pair or CA is used by the next connection, no restart.
+async fn poll_certificates(
+    cert: Option<Arc<cutover_proxy::tls::CertStore>>,
+    ca: Option<Arc<cutover_proxy::tls::CaStore>>,
+) {
+    if cert.is_none() && ca.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(cutover_proxy::tls::POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (c, a) = (cert.clone(), ca.clone());
+        // Outcomes are logged by the stores.
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = c.map(|c| c.poll());
+            let _ = a.map(|a| a.poll());
+        })
+        .await;
+    }
 }
 
 impl Agent {
@@ -333,11 +378,15 @@ impl Agent {
     /// trouble. A timeout never counts as "nothing changed".
     async fn sync(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        // Logged when it changes: a refused certificate or user at start says so once.
+        let mut last_error = String::new();
         loop {
             let revision = match self.read_all().await {
                 Ok(r) => r,
                 Err(e) => {
-                    if self.connected.swap(false, Ordering::Relaxed) {
+                    let was = self.connected.swap(false, Ordering::Relaxed);
+                    if was || e.to_string() != last_error {
+                        last_error = e.to_string();
                         tracing::warn!(error = %e, "agent: etcd not reachable; the model servers go on as they are");
                     }
                     tokio::time::sleep(cutover_fleet::jittered(backoff)).await;
@@ -348,6 +397,7 @@ impl Agent {
             if !self.connected.swap(true, Ordering::Relaxed) {
                 tracing::info!("agent: connected to etcd");
             }
+            last_error.clear();
             backoff = Duration::from_millis(100);
             let why = self.watch(revision + 1).await;
             tracing::info!(why = %why, "agent: reading the desired state again");

@@ -1,5 +1,6 @@
 //! The certificate stores of one `serve`, one per `tls` table of the config (`admin.tls`,
-//! `services.NAME.tls`; a service's live and preview listeners share theirs): polled for file
+//! `services.NAME.tls`, a service's live and preview listeners sharing theirs; `store.tls`,
+//! the client certificate etcd sees): polled for file
 //! changes, and read again by every configuration reload (SIGHUP, `cutover reload`).
 
 use std::collections::BTreeMap;
@@ -7,15 +8,37 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover_config::TlsConfig;
-use cutover_proxy::tls::{self, CertStore, TlsAcceptor};
+use cutover_proxy::tls::{self, CaStore, CertStore, TlsAcceptor};
 
 #[derive(Default)]
 pub struct Certs {
     /// By config key; the files each store was opened with.
     stores: Mutex<BTreeMap<String, (TlsConfig, Arc<CertStore>)>>,
+    /// CA files by config key (`store.tls.ca`): what etcd's certificates are checked with.
+    cas: Mutex<BTreeMap<String, Arc<CaStore>>>,
+}
+
+/// What one reload or poll of a store did, as `cutover reload` reports it.
+fn outcome(r: Result<bool, String>) -> String {
+    match r {
+        Ok(true) => "reloaded".to_string(),
+        Ok(false) => "unchanged".to_string(),
+        Err(e) => format!("refused, the certificate in use stays: {e}"),
+    }
 }
 
 impl Certs {
+    fn cas(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<CaStore>>> {
+        self.cas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CA store of `key`, opened now: read again with the certificates.
+    pub fn ca(&self, key: &str, path: &std::path::Path) -> anyhow::Result<Arc<CaStore>> {
+        let store = CaStore::open(key, path).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        self.cas().insert(key.to_string(), store.clone());
+        Ok(store)
+    }
+
     fn stores(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (TlsConfig, Arc<CertStore>)>> {
         self.stores.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -23,15 +46,22 @@ impl Certs {
     /// A TLS acceptor for a listener of `key` (`services.chat.tls`): on the store already open
     /// for those files, else on a new one (the files are read now; the error names the key).
     pub fn acceptor(&self, key: &str, t: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+        Ok(tls::acceptor(self.store(key, t)?))
+    }
+
+    /// The store of `key` for those files, opened now if it is not yet: a listener's, or the
+    /// client certificate fleet mode presents to etcd (`store.tls`), polled and reloaded
+    /// with the listeners'.
+    pub fn store(&self, key: &str, t: &TlsConfig) -> anyhow::Result<Arc<CertStore>> {
         let mut stores = self.stores();
         if let Some((have, store)) = stores.get(key) {
             if have == t {
-                return Ok(tls::acceptor(store.clone()));
+                return Ok(store.clone());
             }
         }
         let store = CertStore::open(key, &t.cert, &t.key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
         stores.insert(key.to_string(), (t.clone(), store.clone()));
-        Ok(tls::acceptor(store))
+        Ok(store)
     }
 
     /// Forgets the store of `key` (its service was removed); connections open on it keep it.
@@ -44,17 +74,11 @@ impl Certs {
     pub fn reload(&self) -> BTreeMap<String, String> {
         let stores: Vec<(String, Arc<CertStore>)> =
             self.stores().iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
-        stores
-            .into_iter()
-            .map(|(k, s)| {
-                let outcome = match s.reload() {
-                    Ok(true) => "reloaded".to_string(),
-                    Ok(false) => "unchanged".to_string(),
-                    Err(e) => format!("refused, the certificate in use stays: {e}"),
-                };
-                (k, outcome)
-            })
-            .collect()
+        let cas: Vec<(String, Arc<CaStore>)> = self.cas().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        let mut outcomes: BTreeMap<String, String> =
+            stores.into_iter().map(|(k, s)| (k, outcome(s.reload()))).collect();
+        outcomes.extend(cas.into_iter().map(|(k, s)| (k, outcome(s.reload()))));
+        outcomes
     }
 
     /// Looks at every store's files every `every`, off the async workers, until `stop` turns
@@ -69,13 +93,17 @@ impl Certs {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let stores: Vec<Arc<CertStore>> = self.stores().values().map(|(_, s)| s.clone()).collect();
-            if stores.is_empty() {
+            let cas: Vec<Arc<CaStore>> = self.cas().values().cloned().collect();
+            if stores.is_empty() && cas.is_empty() {
                 continue;
             }
             let _ = tokio::task::spawn_blocking(move || {
+                // Outcomes are logged and counted by the stores.
                 for s in stores {
-                    // Outcomes are logged and counted by the store.
                     let _ = s.poll();
+                }
+                for c in cas {
+                    let _ = c.poll();
                 }
             })
             .await;

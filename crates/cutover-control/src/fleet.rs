@@ -91,8 +91,7 @@ async fn sync(ctl: Arc<Controller>, link: Arc<FleetLink>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if let Err(e) = read_all(&ctl, &link).await {
-            link.set_connected(false);
-            tracing::debug!(error = %e, "fleet: cannot read from etcd");
+            link.set_cut(&e);
             tokio::time::sleep(cutover_fleet::jittered(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
@@ -565,10 +564,21 @@ fn default_router_id(admin: std::net::SocketAddr) -> String {
 
 /// Joins the fleet `cfg` names: attaches the link to the controller (switches commit through
 /// etcd from now on) and starts the sync, waiting a little for the first read.
-pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin: std::net::SocketAddr) -> FleetTasks {
+pub async fn join(
+    ctl: Arc<Controller>,
+    cfg: &cutover_config::FleetConfig,
+    admin: std::net::SocketAddr,
+    certs: &crate::certs::Certs,
+) -> anyhow::Result<FleetTasks> {
     let id = cfg.router_id.clone().unwrap_or_else(|| default_router_id(admin));
+    let access = etcd_access(
+        cfg.tls.as_ref(),
+        cfg.user.as_ref(),
+        |t| certs.store("store.tls", t),
+        |ca| certs.ca("store.tls.ca", ca),
+    )?;
     let link = Arc::new(FleetLink::new(
-        cutover_fleet::Etcd::new(cfg.members.clone()).spread_by(&id),
+        cutover_fleet::Etcd::connect(cfg.members.clone(), access).spread_by(&id),
         &cfg.name,
         id.clone(),
         // What acks advertise and where release requests are forwarded.
@@ -582,9 +592,36 @@ pub async fn join(ctl: Arc<Controller>, cfg: &cutover_config::FleetConfig, admin
         ),
         cfg.ack_timeout.get(),
     ));
-    tracing::info!(fleet = %cfg.name, router_id = %id, members = %cfg.members.join(","), "fleet mode: joining");
+    tracing::info!(fleet = %cfg.name, router_id = %id, members = %cfg.members.join(","), access = ?link.etcd.access(), "fleet mode: joining");
     ctl.attach_fleet(link.clone());
-    start(ctl, link, FIRST_READ).await
+    Ok(start(ctl, link, FIRST_READ).await)
+}
+
+/// How a router or an agent reaches etcd, from the checked settings: the client
+/// certificate and the CA come from `cert_store` and `ca_store` (whose owner keeps them
+/// fresh), the password stays in its file.
+pub fn etcd_access(
+    tls: Option<&cutover_config::EtcdTls>,
+    user: Option<&cutover_config::EtcdUser>,
+    cert_store: impl FnOnce(&cutover_config::TlsConfig) -> anyhow::Result<Arc<cutover_proxy::tls::CertStore>>,
+    ca_store: impl FnOnce(&std::path::Path) -> anyhow::Result<Arc<cutover_proxy::tls::CaStore>>,
+) -> anyhow::Result<cutover_fleet::Access> {
+    let tls = match tls {
+        Some(t) => {
+            let cert = t.client.as_ref().map(cert_store).transpose()?;
+            let ca = t.ca.as_deref().map(ca_store).transpose()?;
+            let config = cutover_fleet::access::tls_config(ca, cert).map_err(|e| anyhow::anyhow!("store.tls: {e}"))?;
+            Some(config)
+        }
+        None => None,
+    };
+    Ok(cutover_fleet::Access {
+        tls,
+        user: user.map(|u| cutover_fleet::Credentials {
+            name: u.name.clone(),
+            password_file: u.password_file.clone(),
+        }),
+    })
 }
 
 /// How long `serve` waits for the first read from etcd before serving its snapshot.

@@ -32,6 +32,8 @@ fn not_confirmed(e: &cutover_fleet::EtcdError) -> String {
         cutover_fleet::EtcdError::Server { code, .. } if *code != 4 => {
             format!("the switch was not committed (etcd: {e}); nothing changed")
         }
+        // etcd refused the user before the write was proposed.
+        cutover_fleet::EtcdError::Auth { .. } => format!("the switch was not committed ({e}); nothing changed"),
         _ => format!(
             "etcd did not confirm the switch ({e}): it is not applied here, but a write already on its way may still commit; read the service's generation before retrying (a retry with if_generation is safe)"
         ),
@@ -125,6 +127,9 @@ struct LinkState {
     connected: bool,
     /// When `connected` last changed (RFC 3339).
     since: String,
+    /// Why the last read of etcd failed while cut from it (a refused certificate or user
+    /// reads here, not only in the log); cleared on connecting.
+    error: Option<String>,
     /// The etcd revision applied up to (never advanced by a timeout).
     revision: i64,
     applied: BTreeMap<String, Applied>,
@@ -230,8 +235,24 @@ impl FleetLink {
         (s.connected, s.since.clone())
     }
 
+    /// A read of etcd failed with `why`: cut from it. Logged when the reason changes, not
+    /// at every retry.
+    pub(crate) fn set_cut(&self, why: &cutover_fleet::EtcdError) {
+        let why = why.to_string();
+        let mut s = self.st();
+        if s.error.as_deref() != Some(&why) {
+            tracing::warn!(fleet = %self.keys.prefix(), error = %why, "fleet: cannot read from etcd");
+            s.error = Some(why);
+        }
+        drop(s);
+        self.set_connected(false);
+    }
+
     pub(crate) fn set_connected(&self, connected: bool) {
         let mut s = self.st();
+        if connected {
+            s.error = None;
+        }
         if s.connected != connected {
             s.connected = connected;
             s.since = cutover_store::now_rfc3339();
@@ -507,6 +528,7 @@ impl FleetLink {
             "router_id": self.router_id,
             "connected": s.connected,
             "since": s.since,
+            "etcd_error": s.error,
             "revision": s.revision,
             "services": s.latest,
             "ahead_of_etcd": s.ahead.iter().map(|(svc, (stored, serving))| {

@@ -359,8 +359,10 @@ async fn start(
     let token = token::Tokens::load(&config.admin)?;
     let fleet_config = config.store.fleet.clone();
     let ctl = Arc::new(open_and_resume(config)?);
+    // Before the fleet joins: etcd's client certificate is one of its stores.
+    let serving = Serving::new(ctl.clone(), opts.grace);
     let _fleet = match fleet_config {
-        Some(f) => Some(crate::fleet::join(ctl.clone(), &f, addresses.admin).await),
+        Some(f) => Some(crate::fleet::join(ctl.clone(), &f, addresses.admin, &serving.certs).await?),
         None => None,
     };
     // Endpoint names resolve before the first request is taken (connections wait in the
@@ -379,7 +381,6 @@ async fn start(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let serving = Serving::new(ctl.clone(), opts.grace);
     for (name, (live, preview)) in listeners.services {
         let cfg = ctl
             .service(&name)

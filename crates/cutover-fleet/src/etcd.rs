@@ -12,8 +12,13 @@
 //! out may still have been applied by the member that got it: callers that must know compare
 //! in a transaction and read back (see `Txn::failure`). Watch streams never reconnect by
 //! themselves: the caller re-reads and watches again.
+//!
+//! Access (see [`crate::access`]): `https://` members with a CA and a client certificate,
+//! and etcd's own user, whose token every call carries; a token etcd no longer takes (it
+//! expired, or the member that answers never saw it) is renewed once and the call retried.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,9 +27,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+
+use crate::access::{chain, explain, Access, Connector};
 
 /// How long one call to one member may take before the next member is tried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,6 +52,9 @@ pub enum EtcdError {
     /// A member's answer was not what the gateway sends.
     #[error("etcd {member}: unexpected answer: {detail}")]
     Protocol { member: String, detail: String },
+    /// etcd's user could not be authenticated (its password file, or etcd refused it).
+    #[error("etcd authentication: {detail}")]
+    Auth { detail: String },
 }
 
 impl EtcdError {
@@ -177,14 +187,53 @@ pub struct Etcd {
     members: Vec<String>,
     /// The member that answered last: calls start there.
     preferred: AtomicUsize,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<Connector, Full<Bytes>>,
     timeout: Duration,
+    access: Access,
+    /// etcd's token for `access.user`, once authenticated; empty when etcd's auth is off.
+    token: std::sync::Mutex<Option<Arc<str>>>,
+    /// Held while authenticating, so calls that find the token refused together renew it once.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Etcd").field("members", &self.members).finish()
+        f.debug_struct("Etcd")
+            .field("members", &self.members)
+            .field("access", &self.access)
+            .finish()
     }
+}
+
+/// Whether etcd refused the call for its token (expired, unknown to this member, missing
+/// while auth is on, or issued before the users or roles changed): worth one renewal and a
+/// retry. None of these refusals is proposed to raft, or applied: the retry cannot write twice.
+fn token_refused(e: &EtcdError) -> bool {
+    match e {
+        EtcdError::Server { code: 16, .. } => true,
+        EtcdError::Server { message, .. } => {
+            message.contains("user name is empty") || message.contains("revision of auth store is old")
+        }
+        _ => false,
+    }
+}
+
+/// A gateway answer that is not JSON: etcd's plain-text refusals, made readable.
+fn not_json(member: &str, status: StatusCode, body: &[u8], e: &serde_json::Error) -> EtcdError {
+    if body.starts_with(b"CommonName of client") {
+        return EtcdError::Server {
+            member: member.to_string(),
+            code: 3,
+            message: "etcd's JSON gateway refuses a client certificate that has a Common Name while etcd's auth is on (it never takes the user from it: etcd-io/etcd#10366): issue the client certificate with an empty CN and name the etcd user with a username and password".into(),
+        };
+    }
+    EtcdError::protocol(
+        member,
+        format!(
+            "{status}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    )
 }
 
 fn b64(s: &[u8]) -> String {
@@ -320,17 +369,85 @@ impl Etcd {
     }
 
     pub fn with_timeout(members: Vec<String>, timeout: Duration) -> Etcd {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+        Etcd::with_access(members, Access::default(), timeout)
+    }
+
+    /// A client of `members` reached as `access` says (TLS, client certificate, user).
+    pub fn connect(members: Vec<String>, access: Access) -> Etcd {
+        Etcd::with_access(members, access, CALL_TIMEOUT)
+    }
+
+    pub fn with_access(members: Vec<String>, access: Access, timeout: Duration) -> Etcd {
         Etcd {
             members,
             preferred: AtomicUsize::new(0),
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+                .build(Connector::new(&access, timeout)),
             timeout,
+            access,
+            token: std::sync::Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// How this client reaches its members.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    fn held_token(&self) -> Option<Arc<str>> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The token to send: `None` without a user; authenticates first if there is none yet.
+    async fn token(&self) -> Result<Option<Arc<str>>> {
+        if self.access.user.is_none() {
+            return Ok(None);
+        }
+        match self.held_token() {
+            Some(t) => Ok(Some(t)),
+            None => self.authenticate(None).await,
+        }
+    }
+
+    /// Gets a new token for the user, unless another call already replaced `stale`.
+    async fn authenticate(&self, stale: Option<Arc<str>>) -> Result<Option<Arc<str>>> {
+        let Some(user) = &self.access.user else {
+            return Ok(None);
+        };
+        let _one = self.renewing.lock().await;
+        let held = self.held_token();
+        if held.is_some() && held != stale {
+            return Ok(held);
+        }
+        let password = user.password().map_err(|detail| EtcdError::Auth { detail })?;
+        let body = json!({"name": user.name, "password": password});
+        let token: Arc<str> = match self.call_members("/v3/auth/authenticate", &body, None).await {
+            // It becomes a header value: one that cannot be is refused here, not at every call.
+            Ok(v) => match v["token"].as_str() {
+                Some(t) if !t.is_empty() && http::HeaderValue::from_str(t).is_ok() => t.into(),
+                _ => {
+                    return Err(EtcdError::protocol(
+                        &self.current(),
+                        "an authentication answer without a usable token",
+                    ))
+                }
+            },
+            Err(EtcdError::Server { message, .. }) if message.contains("authentication is not enabled") => {
+                tracing::warn!(user = %user.name, "etcd's authentication is off: the configured user is not used, and any client that can connect may write the fleet's keys");
+                "".into()
+            }
+            Err(EtcdError::Server { member, code, message }) => {
+                return Err(EtcdError::Auth {
+                    detail: format!("etcd {member} refused user {:?}: {message} (code {code})", user.name),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(user = %user.name, "authenticated to etcd");
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(Some(token))
     }
 
     pub fn members(&self) -> &[String] {
@@ -345,15 +462,43 @@ impl Etcd {
         self
     }
 
-    /// POSTs `body` to `path` on each member in turn from the preferred one, until one answers.
+    /// POSTs `body` to `path` as this client's user, renewing its token once if etcd no
+    /// longer takes it.
     async fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let token = self.token().await?;
+        match self.call_members(path, body, token.as_deref()).await {
+            Err(e) if token.is_some() && token_refused(&e) => {
+                tracing::debug!(error = %e, "etcd refused the token; authenticating again");
+                let token = self.authenticate(token).await?;
+                self.call_members(path, body, token.as_deref()).await
+            }
+            // Without a token: "user name is empty"; "permission denied" from an etcd that
+            // ran the call as its own certificate's CN. Both mean that its auth is on.
+            Err(EtcdError::Server { member, code, message })
+                if token.is_none()
+                    && (message.contains("user name is empty") || message.contains("permission denied")) =>
+            {
+                Err(EtcdError::Server {
+                    member,
+                    code,
+                    message: format!(
+                        "{message} (no etcd user is configured: with etcd's auth on, set a username and password file)"
+                    ),
+                })
+            }
+            r => r,
+        }
+    }
+
+    /// POSTs `body` to `path` on each member in turn from the preferred one, until one answers.
+    async fn call_members(&self, path: &str, body: &Value, token: Option<&str>) -> Result<Value> {
         let n = self.members.len();
         let first = self.preferred.load(Relaxed) % n.max(1);
         let mut tried = Vec::new();
         for i in 0..n {
             let idx = (first + i) % n;
             let member = &self.members[idx];
-            match self.call_one(member, path, body).await {
+            match self.call_one(member, path, body, token).await {
                 Ok(v) => {
                     self.preferred.store(idx, Relaxed);
                     return Ok(v);
@@ -371,28 +516,20 @@ impl Etcd {
         Err(EtcdError::Unreachable { tried })
     }
 
-    async fn call_one(&self, member: &str, path: &str, body: &Value) -> Result<Value> {
+    async fn call_one(&self, member: &str, path: &str, body: &Value, token: Option<&str>) -> Result<Value> {
         let unreachable = |what: String| EtcdError::Unreachable {
-            tried: vec![format!("{member}: {what}")],
+            tried: vec![format!("{member}: {}", explain(what, &self.access))],
         };
-        let req = self.request(member, path, body);
+        let req = self.request(member, path, body, token);
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| unreachable(e.to_string()))?;
+            let resp = self.http.request(req).await.map_err(|e| unreachable(chain(&e)))?;
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| unreachable(format!("reading the answer: {e}")))?
                 .to_bytes();
-            let v: Value = serde_json::from_slice(&body).map_err(|e| {
-                EtcdError::protocol(
-                    member,
-                    format!(
-                        "{status}: not JSON ({e}): {}",
-                        String::from_utf8_lossy(&body[..body.len().min(200)])
-                    ),
-                )
-            })?;
+            let v: Value = serde_json::from_slice(&body).map_err(|e| not_json(member, status, &body, &e))?;
             if let Some(e) = gateway_error(member, status, &v) {
                 return Err(e);
             }
@@ -404,12 +541,21 @@ impl Etcd {
         }
     }
 
-    fn request(&self, member: &str, path: &str, body: &Value) -> Request<Full<Bytes>> {
-        Request::builder()
+    fn request(&self, member: &str, path: &str, body: &Value, token: Option<&str>) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{member}{path}"))
+            .uri(format!("{}://{member}{path}", self.access.scheme()))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            // etcd 3.4 tells gateway traffic by the `grpcgateway-*` metadata these become;
+            // a request with neither header and no token is taken for the gateway's own
+            // connection and runs as the user named by the member certificate's CN.
+            .header(http::header::USER_AGENT, concat!("cutover/", env!("CARGO_PKG_VERSION")))
+            .header(http::header::ACCEPT, "application/json");
+        // etcd's gateway takes the bare token (no "Bearer"); empty: etcd's auth is off.
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            req = req.header(http::header::AUTHORIZATION, t);
+        }
+        req.body(Full::new(Bytes::from(body.to_string())))
             .expect("a valid request")
     }
 
@@ -533,7 +679,10 @@ impl Etcd {
 
     /// The status of one member (no failover: the question is about that member).
     pub async fn status_of(&self, member: &str) -> Result<Status> {
-        let v = self.call_one(member, "/v3/maintenance/status", &json!({})).await?;
+        let token = self.token().await?;
+        let v = self
+            .call_one(member, "/v3/maintenance/status", &json!({}), token.as_deref())
+            .await?;
         Ok(Status {
             member_id: uint(&v["header"]["member_id"]),
             leader: uint(&v["leader"]),
@@ -560,13 +709,14 @@ impl Etcd {
             "start_revision": start_revision.to_string(),
             "progress_notify": progress_notify,
         }});
+        let token = self.token().await?;
         let n = self.members.len();
         let first = self.preferred.load(Relaxed) % n.max(1);
         let mut tried = Vec::new();
         for i in 0..n {
             let idx = (first + i) % n;
             let member = &self.members[idx];
-            let req = self.request(member, "/v3/watch", &body);
+            let req = self.request(member, "/v3/watch", &body, token.as_deref());
             match tokio::time::timeout(self.timeout, self.http.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     self.preferred.store(idx, Relaxed);
@@ -577,7 +727,7 @@ impl Etcd {
                     });
                 }
                 Ok(Ok(resp)) => tried.push(format!("{member}: HTTP {}", resp.status())),
-                Ok(Err(e)) => tried.push(format!("{member}: {e}")),
+                Ok(Err(e)) => tried.push(format!("{member}: {}", explain(chain(&e), &self.access))),
                 Err(_) => tried.push(format!("{member}: no answer within {:?}", self.timeout)),
             }
         }
@@ -669,9 +819,16 @@ impl Watch {
             });
         }
         if r["canceled"].as_bool().unwrap_or(false) {
-            return Ok(WatchMsg::Canceled {
-                reason: r["cancel_reason"].as_str().unwrap_or("").to_string(),
-            });
+            let reason = r["cancel_reason"].as_str().unwrap_or("").to_string();
+            if reason.contains("auth token") {
+                // The caller reads again, and that call renews the token.
+                return Err(EtcdError::Server {
+                    member: member.clone(),
+                    code: 16,
+                    message: reason,
+                });
+            }
+            return Ok(WatchMsg::Canceled { reason });
         }
         if r["created"].as_bool().unwrap_or(false) {
             return Ok(WatchMsg::Created { revision });
@@ -702,6 +859,20 @@ mod tests {
     fn a_prefix_range_ends_just_past_the_prefix() {
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
         assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn only_refusals_of_the_token_are_retried_after_authenticating_again() {
+        let server = |code, message: &str| EtcdError::Server {
+            member: "m".into(),
+            code,
+            message: message.into(),
+        };
+        assert!(token_refused(&server(16, "etcdserver: invalid auth token")));
+        assert!(token_refused(&server(3, "etcdserver: user name is empty")));
+        assert!(token_refused(&server(3, "etcdserver: revision of auth store is old")));
+        assert!(!token_refused(&server(7, "etcdserver: permission denied")));
+        assert!(!token_refused(&EtcdError::Unreachable { tried: vec![] }));
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //!
 //! # Layout
 //! - `etcd`: the v3 JSON gateway over hyper, member failover, watch streams.
+//! - `access`: TLS to `https://` members, client certificates, etcd's user and its token.
 //! - `doc`: the service document, the history record and the router's ack, with validation;
 //!   the host agents' registration, desired processes and reports.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod doc;
 pub mod etcd;
 
+pub use access::{Access, Credentials};
 pub use etcd::{Etcd, EtcdError};
 
 /// `d` scaled by a factor between 0.5 and 1.5, so clients cut off together (an etcd outage)
@@ -163,6 +166,82 @@ impl Keys {
     }
 }
 
+/// What a role may do with a range of keys (`etcdctl role grant-permission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Perm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Perm::Read => "read",
+            Perm::Write => "write",
+            Perm::ReadWrite => "readwrite",
+        }
+    }
+}
+
+/// One permission of a least-privilege etcd role: `key` alone, or every key under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub perm: Perm,
+    pub key: String,
+    pub prefix: bool,
+}
+
+impl Grant {
+    fn new(perm: Perm, key: String, prefix: bool) -> Grant {
+        Grant { perm, key, prefix }
+    }
+
+    /// `etcdctl` arguments that grant it to `role`.
+    pub fn etcdctl_args(&self, role: &str) -> Vec<String> {
+        let mut a = vec!["role".into(), "grant-permission".into(), role.into()];
+        if self.prefix {
+            a.push("--prefix=true".into());
+        }
+        a.push(self.perm.as_str().into());
+        a.push(self.key.clone());
+        a
+    }
+}
+
+impl Keys {
+    /// A router's role: it reads the whole fleet (one watch over the prefix) and writes
+    /// switches (`services/`, `history/`), its ack (`routers/`), and, because any router may
+    /// be elected, the leader's keys: `leader`, `releases/` and `desired/` (what the host
+    /// agents run). Whoever holds it chooses the commands the agents start.
+    pub fn router_grants(&self) -> Vec<Grant> {
+        let mut g = vec![Grant::new(Perm::Read, self.prefix.clone(), true)];
+        for k in [
+            self.services(),
+            format!("{}history/", self.prefix),
+            self.routers(),
+            self.releases(),
+            self.desired(),
+        ] {
+            g.push(Grant::new(Perm::ReadWrite, k, true));
+        }
+        g.push(Grant::new(Perm::ReadWrite, self.leader(), false));
+        g
+    }
+
+    /// The role of the agent of `host`: it reads `desired/` and writes its registration,
+    /// its presence and the reports of what it runs; it can never change what any host runs.
+    /// Reports are keyed by service first, so `reports/` is granted whole.
+    pub fn agent_grants(&self, host: &str) -> Vec<Grant> {
+        vec![
+            Grant::new(Perm::Read, self.desired(), true),
+            Grant::new(Perm::Write, self.host(host), false),
+            Grant::new(Perm::Write, self.agent(host), false),
+            Grant::new(Perm::Write, self.reports(), true),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +288,38 @@ mod tests {
         assert_eq!(k.report_key(&r), Some(("chat", doc::Color::Blue, "gpu-b")));
         assert_eq!(k.report_key(&d), None);
         assert_eq!(k.desired_key(&k.service("chat")), None);
+    }
+
+    #[test]
+    fn an_agents_role_grants_nothing_under_desired_but_read() {
+        let k = Keys::new("prod");
+        let agent = k.agent_grants("gpu-a");
+        assert!(agent
+            .iter()
+            .filter(|g| k.desired_of("chat", doc::Color::Green).starts_with(&g.key) || g.key.starts_with(&k.desired()))
+            .all(|g| g.perm == Perm::Read));
+        assert_eq!(
+            agent[1].etcdctl_args("cutover-agent-gpu-a"),
+            [
+                "role",
+                "grant-permission",
+                "cutover-agent-gpu-a",
+                "write",
+                "/cutover/prod/hosts/gpu-a"
+            ]
+        );
+        let router = k.router_grants();
+        assert!(router.iter().any(|g| g.key == k.desired() && g.perm == Perm::ReadWrite));
+        assert_eq!(
+            router[0].etcdctl_args("cutover-router"),
+            [
+                "role",
+                "grant-permission",
+                "cutover-router",
+                "--prefix=true",
+                "read",
+                "/cutover/prod/"
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! TLS with rustls on the ring provider: listener configs whose certificate comes from a
 //! [`CertStore`] that is replaced without dropping a connection, and client configs for HTTPS
-//! upstreams and the CLI.
+//! upstreams, the CLI and fleet mode's etcd client (whose CA file, a [`CaStore`], and client
+//! certificate are re-read like a listener's certificate).
 //!
 //! Protocols are TLS 1.3 and 1.2 only (rustls has nothing older, and no renegotiation at all);
 //! cipher suites are rustls' defaults for ring. A certificate pair is checked whole before it
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::client::ClientConfig;
+use rustls::client::{ClientConfig, ResolvesClientCert};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -229,6 +230,23 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
         .with_cert_resolver(store);
     c.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Arc::new(c)
+}
+
+/// A client presents the same pair a listener would: fleet mode's etcd client gives etcd the
+/// store's current certificate at each handshake, so a renewed pair is used by the next
+/// connection without a restart.
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 pub fn acceptor(store: Arc<CertStore>) -> TlsAcceptor {
@@ -489,13 +507,167 @@ pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// A client config that verifies servers against `roots`, offering `alpn` (empty: none).
-pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut c = ClientConfig::builder_with_provider(provider())
+/// The CA(s) a client verifies servers with, read from a PEM file and replaced whole when
+/// it changes (the rule of [`CertStore`]: polled, read again on reload, a file that does not
+/// parse leaves the CAs in use). Handshakes read it with one atomic load.
+pub struct CaStore {
+    /// The config key it comes from (`store.tls.ca`), for logs.
+    pub name: String,
+    path: PathBuf,
+    /// The verifier of the CAs in use, and their certificates (to tell a reload that changed
+    /// nothing).
+    current: ArcSwap<(Arc<rustls::client::WebPkiServerVerifier>, Vec<CertificateDer<'static>>)>,
+    seen: Mutex<Option<Stamp>>,
+}
+
+impl std::fmt::Debug for CaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaStore")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+type Verified = (Arc<rustls::client::WebPkiServerVerifier>, Vec<CertificateDer<'static>>);
+
+fn ca_verifier(path: &Path) -> Result<Verified, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    let roots = roots(Some(path))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("{}: no usable CA: {e}", path.display()))?;
+    Ok((verifier, certs))
+}
+
+impl CaStore {
+    /// Loads the CA file; an error says what is wrong with it.
+    pub fn open(name: impl Into<String>, path: &Path) -> Result<Arc<CaStore>, String> {
+        let seen = stamp(path);
+        let current = ca_verifier(path)?;
+        Ok(Arc::new(CaStore {
+            name: name.into(),
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(current),
+            seen: Mutex::new(seen),
+        }))
+    }
+
+    /// Reads the file again: `Ok(true)` new CAs verify new connections, `Ok(false)` the
+    /// same ones, `Err` the file is not usable (logged) and the CAs in use stay.
+    pub fn reload(&self) -> Result<bool, String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut seen)
+    }
+
+    /// Reloads only when the file changed since it was last read; `None`: nothing changed.
+    pub fn poll(&self) -> Option<Result<bool, String>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == stamp(&self.path) {
+            return None;
+        }
+        Some(self.reload_locked(&mut seen))
+    }
+
+    fn reload_locked(&self, seen: &mut Option<Stamp>) -> Result<bool, String> {
+        *seen = stamp(&self.path);
+        let counts = reload_counts();
+        match ca_verifier(&self.path) {
+            Ok(v) if v.1 == self.current.load().1 => {
+                counts.unchanged.fetch_add(1, Relaxed);
+                Ok(false)
+            }
+            Ok(v) => {
+                self.current.store(Arc::new(v));
+                counts.loaded.fetch_add(1, Relaxed);
+                tracing::info!(tls = %self.name, ca = %self.path.display(), "CA file reloaded: new connections are verified with it");
+                Ok(true)
+            }
+            Err(e) => {
+                counts.failed.fetch_add(1, Relaxed);
+                tracing::warn!(tls = %self.name, error = %e, "CA file not reloaded: keeping the CAs in use");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for CaStore {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current.load().0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current.load().0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current.load().0.supported_verify_schemes()
+    }
+}
+
+/// A client config that verifies servers with the CAs of `ca` as they are at each handshake
+/// and presents `cert`'s current pair when asked, offering `alpn`.
+pub fn client_config_with_stores(ca: Arc<CaStore>, cert: Option<Arc<CertStore>>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .dangerous()
+        .with_custom_certificate_verifier(ca);
+    let mut c = match cert {
+        Some(store) => builder.with_client_cert_resolver(store),
+        None => builder.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// A client config that verifies servers against `roots`, offering `alpn` (empty: none).
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    client_config_with_cert(roots, None, alpn)
+}
+
+/// [`client_config`] that also presents `cert`'s current pair when the server asks for one.
+pub fn client_config_with_cert(
+    roots: RootCertStore,
+    cert: Option<Arc<CertStore>>,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots);
+    let mut c = match cert {
+        Some(store) => builder.with_client_cert_resolver(store),
+        None => builder.with_no_client_auth(),
+    };
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
@@ -568,6 +740,27 @@ mod tests {
         std::fs::rename(&new_key, &key).unwrap();
         assert_eq!(store.poll(), Some(Ok(true)));
         assert_ne!(store.current().cert, first);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_ca_store_keeps_its_cas_through_a_broken_file_and_takes_a_new_one() {
+        let d = tmp("ca");
+        let (first, _) = pair(&d, "ca1", &["ca1"]);
+        let path = d.join("ca.pem");
+        std::fs::copy(&first, &path).unwrap();
+        let store = CaStore::open("store.tls.ca", &path).unwrap();
+        let before = store.current.load().1.clone();
+        assert!(store.poll().is_none(), "nothing changed");
+        assert_eq!(store.reload(), Ok(false));
+        std::fs::write(&path, "half written").unwrap();
+        let e = store.poll().expect("the file changed").unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
+        assert_eq!(store.current.load().1, before, "the CAs in use stay");
+        let (second, _) = pair(&d, "ca2", &["ca2"]);
+        std::fs::copy(&second, &path).unwrap();
+        assert_eq!(store.reload(), Ok(true));
+        assert_ne!(store.current.load().1, before);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

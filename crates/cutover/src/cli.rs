@@ -122,12 +122,34 @@ pub enum Command {
             adopted again after an agent restart, as `serve` does on one machine, driven through etcd. \
             The model servers keep running when the agent stops or loses etcd. See docs/fleet.md.",
         after_help = "Example:\n  cutover agent --etcd etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \\\n    \
-            --fleet prod --host gpu-a --advertise 10.0.1.17 --data-dir /var/lib/cutover-agent --allow-command vllm"
+            --fleet prod --host gpu-a --advertise 10.0.1.17 --data-dir /var/lib/cutover-agent --allow-command vllm\n\n\
+            Over TLS, with a client certificate and an etcd user whose role may not write desired/:\n  \
+            cutover agent --etcd https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379 \\\n    \
+            --etcd-ca /etc/cutover/etcd-ca.pem --etcd-cert /etc/cutover/gpu-a.pem --etcd-key /etc/cutover/gpu-a.key \\\n    \
+            --etcd-user agent-gpu-a --etcd-password-file /etc/cutover/etcd.password \\\n    \
+            --fleet prod --host gpu-a --advertise 10.0.1.17 --allow-command vllm"
     )]
     Agent {
         /// The fleet's etcd members, as `[store] url` says them.
         #[arg(long, value_name = "URL")]
         etcd: String,
+        /// PEM CA that signed the etcd members' certificates (`https://` members; default:
+        /// the system's roots), as `[store] tls.ca`.
+        #[arg(long, value_name = "FILE")]
+        etcd_ca: Option<PathBuf>,
+        /// This host's client certificate for etcd (`--client-cert-auth`), as `[store] tls.cert`;
+        /// read again when the file changes.
+        #[arg(long, value_name = "FILE", requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// The client certificate's private key, as `[store] tls.key`.
+        #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// etcd's user for this host (auth enabled), as `[store] username`.
+        #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+        etcd_user: Option<String>,
+        /// File whose first line is the etcd user's password, as `[store] password_file`.
+        #[arg(long, value_name = "FILE", requires = "etcd_user")]
+        etcd_password_file: Option<PathBuf>,
         /// The fleet's name (`[store] fleet`).
         #[arg(long, value_name = "NAME")]
         fleet: String,

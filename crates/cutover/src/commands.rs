@@ -385,7 +385,8 @@ fn fleet_status(v: &Value) -> String {
         if v["connected"] == true {
             "connected to etcd".to_string()
         } else {
-            format!("CUT FROM ETCD since {}", v["since"].as_str().unwrap_or("?"))
+            let why = v["etcd_error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+            format!("CUT FROM ETCD since {}{why}", v["since"].as_str().unwrap_or("?"))
         },
         routers.len()
     );

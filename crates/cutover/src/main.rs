@@ -102,6 +102,11 @@ fn main() -> ExitCode {
         }
         Command::Agent {
             etcd,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
             fleet,
             host,
             advertise,
@@ -113,6 +118,16 @@ fn main() -> ExitCode {
         } => {
             init_logs(log_format);
             let allowed = (!allow_any_command).then_some(allow_command);
+            // Relative to where the agent starts, as every path flag.
+            let absolute = |p: Option<std::path::PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
+            let etcd = cutover_config::EtcdAccessInput {
+                url: etcd,
+                ca: absolute(etcd_ca),
+                cert: absolute(etcd_cert),
+                key: absolute(etcd_key),
+                username: etcd_user,
+                password_file: absolute(etcd_password_file),
+            };
             exit(agent(etcd, fleet, host, advertise, data_dir, workdir, allowed))
         }
         cmd => {
@@ -204,7 +219,7 @@ fn man(dir: Option<&Path>) -> Result<(), Failure> {
 /// `cutover agent`: checks its arguments like a config (exit 2), then runs until SIGINT or
 /// SIGTERM; the model servers it runs stay.
 fn agent(
-    etcd: String,
+    etcd: cutover_config::EtcdAccessInput,
     fleet: String,
     host: String,
     advertise: std::net::IpAddr,
@@ -219,7 +234,19 @@ fn agent(
              or --allow-any-command to run whatever the fleet's documents in etcd name",
         ));
     }
-    let members = cutover_config::etcd_members(&etcd).map_err(|e| Failure::new(2, format!("--etcd: {e}")))?;
+    let cutover_config::EtcdAccess { members, tls, user } =
+        cutover_config::etcd_access(&etcd).map_err(|(which, e)| {
+            use cutover_config::EtcdSetting as S;
+            let flag = match which {
+                S::Url => "--etcd",
+                S::Tls | S::Ca => "--etcd-ca",
+                S::Cert => "--etcd-cert",
+                S::Key => "--etcd-key",
+                S::Username => "--etcd-user",
+                S::PasswordFile => "--etcd-password-file",
+            };
+            Failure::new(2, format!("{flag}: {e}"))
+        })?;
     if !cutover_config::is_key_word(&fleet) {
         return Err(Failure::new(
             2,
@@ -239,7 +266,9 @@ fn agent(
         }
     };
     let opts = cutover_control::agent::AgentOptions {
-        members,
+        members: members.addrs,
+        tls,
+        user,
         fleet,
         host,
         advertise,

@@ -571,7 +571,7 @@ fn agent_arguments_are_checked_before_it_starts() {
     assert!(err.contains("--host") && err.contains("gpu_a"), "{err}");
     let (code, err) = run(&[
         "--etcd",
-        "http://x:1",
+        "redis://x:1",
         "--fleet",
         "f",
         "--host",

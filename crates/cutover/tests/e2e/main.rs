@@ -17,6 +17,9 @@
 //!   a router started while etcd is down, cut from it, paused across a compaction; a NACK.
 //! - `fleet_faults`: fleet mode under etcd's failures: the leader SIGKILLed during switches,
 //!   etcd restored from an older snapshot, a router cut by a paused TCP proxy.
+//! - `fleet_tls`: fleet mode on etcd with TLS only, `--client-cert-auth` and auth on: routers
+//!   and an agent with their own certificates and least-privilege users, a renewed client
+//!   certificate, a router with none refused and saying why, mixed `http://`/`https://` refused.
 //! - `fleet_leader`: one elected controller: a release asked of a follower runs on the
 //!   leader; a paused leader fenced out; a killed one's release interrupted, then aborted;
 //!   the old color's scale-down held while a router is STALE.
@@ -55,6 +58,7 @@ mod fleet;
 mod fleet_agents;
 mod fleet_faults;
 mod fleet_leader;
+mod fleet_tls;
 mod gates;
 mod hardening;
 mod http1;

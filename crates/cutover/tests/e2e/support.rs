@@ -558,8 +558,13 @@ pub fn stream_versions(events: &[String]) -> Result<Vec<String>, String> {
 /// Kills whatever `mock-model` listens on `port` (managed processes outlive cutover on
 /// purpose, so tests clean them up themselves).
 pub fn kill_mock_on(port: u16) {
+    kill_mock_at("127.0.0.1", port)
+}
+
+/// Kills whatever `mock-model` listens on `ip:port` (a host agent's, on 127.0.0.2).
+pub fn kill_mock_at(ip: &str, port: u16) {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = std::net::TcpStream::connect((ip, port)) else {
         return;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
