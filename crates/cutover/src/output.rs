@@ -84,8 +84,13 @@ pub fn status(v: &Value) -> String {
         let procs = &c["processes"];
         for p in procs["running"].as_array().into_iter().flatten() {
             let on = p["host"].as_str().map(|h| format!(" on {h}")).unwrap_or_default();
+            let unknown = if p["unknown"] == true {
+                "  unknown (host agent away; last reported)"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "         replica {}{on}  pid {}  port {}  log {}\n",
+                "         replica {}{on}  pid {}  port {}  log {}{unknown}\n",
                 p["replica"],
                 p["pid"],
                 p["port"],

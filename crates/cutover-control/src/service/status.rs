@@ -125,6 +125,15 @@ fn endpoints(r: &ColorRoute) -> Vec<EndpointStatus> {
         .collect()
 }
 
+/// The version a color's processes run, when they all run one: what the color holds, even
+/// where the route's label is older (a router that did not run the release learns the label
+/// only at a switch, and a release cut off before its switch never records it there).
+fn running_version(p: Option<&ColorProcesses>) -> Option<String> {
+    let mut versions = p?.running.iter().map(|p| p.version.as_str());
+    let first = versions.next()?;
+    versions.all(|v| v == first).then(|| first.to_string())
+}
+
 impl ServiceCtl {
     /// The state a color shows: live wins, then a state set by a release, then derived.
     pub fn color_state(&self, c: Color) -> ColorState {
@@ -149,14 +158,15 @@ impl ServiceCtl {
             } else {
                 self.color_state(c)
             };
+            let processes = self.procs.as_ref().map(|p| p.status(c));
             colors.insert(
                 c,
                 ColorStatus {
-                    version: r.version.clone(),
+                    version: running_version(processes.as_ref()).or_else(|| r.version.clone()),
                     state,
                     endpoints: endpoints(&r),
                     in_flight: r.in_flight(),
-                    processes: self.procs.as_ref().map(|p| p.status(c)),
+                    processes,
                 },
             );
         }
