@@ -209,7 +209,12 @@ impl Controller {
         }
         let unfinished = std::mem::take(&mut *self.unfinished.lock().unwrap_or_else(|p| p.into_inner()));
         for (service, ids) in unfinished {
-            tokio::spawn(release::adopt_fleet_copies(self.store.clone(), link.clone(), service, ids));
+            tokio::spawn(release::adopt_fleet_copies(
+                self.store.clone(),
+                link.clone(),
+                service,
+                ids,
+            ));
         }
         let _ = self.fleet.set(link);
     }
@@ -240,7 +245,12 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
         self.adopt(&svc)?;
         if let (Some(link), false) = (self.fleet.get(), ids.is_empty()) {
-            tokio::spawn(release::adopt_fleet_copies(self.store.clone(), link.clone(), svc.name.clone(), ids));
+            tokio::spawn(release::adopt_fleet_copies(
+                self.store.clone(),
+                link.clone(),
+                svc.name.clone(),
+                ids,
+            ));
         }
         let mut all = (*self.services()).clone();
         all.insert(cfg.name.clone(), svc.clone());

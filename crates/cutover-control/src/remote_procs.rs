@@ -377,7 +377,8 @@ impl RemoteProcs {
         }
         let _w = self.writes[idx(color)].lock().await;
         let abandoned = self.desired(color).is_some_and(|(d, _)| {
-            d.wanted == Wanted::Run && (d.role == ProcRole::Releasing || version.is_some_and(|v| d.version.as_deref() == Some(v)))
+            d.wanted == Wanted::Run
+                && (d.role == ProcRole::Releasing || version.is_some_and(|v| d.version.as_deref() == Some(v)))
         });
         if !abandoned || busy() {
             return false;
@@ -391,7 +392,10 @@ impl RemoteProcs {
     /// what runs there, and their exits go unseen until they are back.
     pub fn away(&self, color: Color) -> Vec<String> {
         let Ok(link) = self.link() else { return Vec::new() };
-        let hosts = self.desired(color).map(|(d, _)| d.hosts).unwrap_or_else(|| self.run().hosts.clone());
+        let hosts = self
+            .desired(color)
+            .map(|(d, _)| d.hosts)
+            .unwrap_or_else(|| self.run().hosts.clone());
         hosts.into_iter().filter(|h| !link.hosts.connected(h)).collect()
     }
 

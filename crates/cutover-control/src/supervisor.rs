@@ -994,15 +994,18 @@ pub(crate) async fn process_event(
     let (name, version) = (service.to_string(), version.to_string());
     let at = at.unwrap_or_else(cutover_store::now_rfc3339);
     record(store, "a process event", service, move |s| {
-        s.record_event_at(&EventRecord {
-            service: &name,
-            kind,
-            color: Some(stored(color)),
-            version: Some(&version),
-            actor: "supervisor",
-            reason: &reason,
-            release_id: None,
-        }, &at)
+        s.record_event_at(
+            &EventRecord {
+                service: &name,
+                kind,
+                color: Some(stored(color)),
+                version: Some(&version),
+                actor: "supervisor",
+                reason: &reason,
+                release_id: None,
+            },
+            &at,
+        )
     })
     .await;
 }

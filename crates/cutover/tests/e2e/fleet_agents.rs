@@ -572,7 +572,9 @@ async fn pids_of(ports: &HostPorts, color: &str) -> Vec<u64> {
     let port = if color == "blue" { ports.blue } else { ports.green };
     let mut out = Vec::new();
     for (host, ip) in HOSTS {
-        let s = stats_at(ip, port).await.unwrap_or_else(|| panic!("{color} runs on {host}"));
+        let s = stats_at(ip, port)
+            .await
+            .unwrap_or_else(|| panic!("{color} runs on {host}"));
         out.push(s["pid"].as_u64().unwrap());
     }
     out
@@ -700,7 +702,11 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
             assert!(resp.status.is_success(), "{}", resp.text());
         }
     };
-    let holds = || r.log().matches("the switch holds until the host agents are back").count();
+    let holds = || {
+        r.log()
+            .matches("the switch holds until the host agents are back")
+            .count()
+    };
 
     // gpu-b's agent dies while v2 waits for its approval: its process is listed as unknown;
     // the approved switch holds until the agent is back, then goes on.
@@ -720,9 +726,21 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
             .collect()
     };
     let listed = on_b(&st, "green");
-    assert!(listed.len() == 1 && listed[0]["pid"] == green_b && listed[0]["unknown"] == true, "{st}");
+    assert!(
+        listed.len() == 1 && listed[0]["pid"] == green_b && listed[0]["unknown"] == true,
+        "{st}"
+    );
+    let (code, out, err) = r.cli_async(&["status", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("on gpu-b  pid {green_b}")) && out.contains("unknown (host agent away"),
+        "{out}"
+    );
     approve(id).await;
-    wait_for("the switch to hold", Duration::from_secs(30), || async { (holds() == 1).then_some(()) }).await;
+    wait_for("the switch to hold", Duration::from_secs(30), || async {
+        (holds() == 1).then_some(())
+    })
+    .await;
     assert_eq!(r.status().await["live"], "blue");
     b.spawn();
     let d = r.wait_end(id, Duration::from_secs(60)).await;
@@ -741,7 +759,10 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
     assert_eq!(d["outcome"], "aborted", "{d}");
     let reason = d["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("gpu-b") && reason.contains("away"), "{d}");
-    assert_eq!(get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"), "v2");
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v2"
+    );
     wait_gone("v3 stopped on gpu-a", &blue[..1]).await;
     assert!(alive(blue[1]), "gpu-b's agent is away: nothing stopped it");
     let listed = on_b(&r.status().await, "blue");
@@ -761,7 +782,11 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
     let blue = pids_of(&ports, "blue").await;
     b.proc.signal("STOP");
     let resp = r
-        .api(Method::POST, &format!("/v1/services/chat/releases/{id}/abort"), Value::Null)
+        .api(
+            Method::POST,
+            &format!("/v1/services/chat/releases/{id}/abort"),
+            Value::Null,
+        )
         .await;
     assert!(resp.status.is_success(), "{}", resp.text());
     wait_for("the stop to see gpu-b leave", Duration::from_secs(30), || async {
