@@ -342,6 +342,11 @@ impl RemoteProcs {
             .collect())
     }
 
+    /// True when `color`'s document asks its hosts to stop it.
+    pub fn stopped(&self, color: Color) -> bool {
+        self.desired(color).is_some_and(|(d, _)| d.wanted == Wanted::Stop)
+    }
+
     /// True when `color` should be running somewhere, or some host still reports processes.
     pub fn has_processes(&self, color: Color) -> bool {
         let wanted = self.desired(color).is_some_and(|(d, _)| d.wanted == Wanted::Run);

@@ -135,6 +135,16 @@ fn running_version(p: Option<&ColorProcesses>) -> Option<String> {
 }
 
 impl ServiceCtl {
+    /// Host agents: the color's document says stop and no host lists a process. Every
+    /// router reads that from etcd, so one that did not run the stop does not call the
+    /// color `idle` (ready for a rollback) when nothing runs there.
+    fn stopped_on_hosts(&self, c: Color, processes: Option<&ColorProcesses>) -> bool {
+        let Some(crate::procs::Procs::Remote(r)) = &self.procs else {
+            return false;
+        };
+        r.stopped(c) && processes.is_some_and(|p| p.running.is_empty())
+    }
+
     /// The state a color shows: live wins, then a state set by a release, then derived.
     pub fn color_state(&self, c: Color) -> ColorState {
         if self.live() == Some(c) {
@@ -153,12 +163,12 @@ impl ServiceCtl {
         let mut colors = BTreeMap::new();
         for c in Color::ALL {
             let Some(r) = self.route(c) else { continue };
-            let state = if table.live_color() == Some(c) {
-                ColorState::Live
-            } else {
-                self.color_state(c)
-            };
             let processes = self.procs.as_ref().map(|p| p.status(c));
+            let state = match self.color_state(c) {
+                _ if table.live_color() == Some(c) => ColorState::Live,
+                ColorState::Idle if self.stopped_on_hosts(c, processes.as_ref()) => ColorState::Stopped,
+                s => s,
+            };
             colors.insert(
                 c,
                 ColorStatus {

@@ -677,6 +677,9 @@ async fn a_release_cut_off_with_its_leader_stops_what_it_started_and_cutover_abo
     .await;
     let hist = ex.api(Method::GET, "/v1/services/chat/history", Value::Null).await;
     assert!(!hist.text().contains("release_interrupted"), "{}", hist.text());
+    // Nothing runs on green: every router says stopped, not only the one that stopped it.
+    let st = ex.status().await;
+    assert_eq!(st["colors"]["green"]["state"], "stopped", "{st}");
     assert!(hist.text().contains("release_started"), "{}", hist.text());
 }
 
