@@ -192,3 +192,41 @@ impl ServiceCtl {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::{ProcessStatus, Role};
+
+    fn on(host: &str, version: &str) -> ProcessStatus {
+        ProcessStatus {
+            replica: 0,
+            pid: 1,
+            port: 8000,
+            version: version.into(),
+            started_at: None,
+            log: None,
+            host: Some(host.into()),
+            unknown: false,
+        }
+    }
+
+    fn running(procs: Vec<ProcessStatus>) -> ColorProcesses {
+        ColorProcesses {
+            role: Role::Idle,
+            running: procs,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn a_color_shows_the_version_its_processes_run_only_when_they_agree() {
+        let same = running(vec![on("gpu-a", "v4"), on("gpu-b", "v4")]);
+        assert_eq!(running_version(Some(&same)).as_deref(), Some("v4"));
+        let mixed = running(vec![on("gpu-a", "v4"), on("gpu-b", "v3")]);
+        assert_eq!(running_version(Some(&mixed)), None, "the route's label is kept");
+        assert_eq!(running_version(Some(&running(vec![]))), None, "nothing runs");
+        assert_eq!(running_version(None), None, "static endpoints");
+    }
+}
