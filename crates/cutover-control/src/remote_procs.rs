@@ -371,7 +371,8 @@ impl RemoteProcs {
     /// it (its run was cut off with a lost leader, or that release was aborted after): the
     /// document still says `run` with the role `releasing`, or the run of `version`. Skipped
     /// when `busy` says a release of the service is running now (its own start is what the
-    /// document says). Waits for the first read of the fleet. Returns whether it stopped.
+    /// document says). Waits for the first read of the fleet. Returns whether it asked the
+    /// hosts to stop.
     pub async fn stop_abandoned(&self, color: Color, version: Option<&str>, busy: impl Fn() -> bool) -> bool {
         let Ok(link) = self.link() else { return false };
         let mut rx = link.hosts.subscribe();
@@ -389,8 +390,7 @@ impl RemoteProcs {
             return false;
         }
         tracing::warn!(service = %self.service, color = %color, "stopping the processes of a release that will not switch to them");
-        self.stop_locked(color).await;
-        true
+        self.stop_locked(color).await
     }
 
     /// The hosts of `color` whose agents are away (no presence key): nothing supervises
@@ -415,7 +415,9 @@ impl RemoteProcs {
         }
     }
 
-    async fn stop_locked(&self, color: Color) {
+    /// The stop, under the color's write lock; false when the document could not be written
+    /// (etcd away, or no longer the leader): nothing was asked of the hosts.
+    async fn stop_locked(&self, color: Color) -> bool {
         let mut hosts = self.run().hosts.clone();
         if let Some((d, _)) = self.desired(color) {
             for h in d.hosts {
@@ -431,11 +433,11 @@ impl RemoteProcs {
             Ok(doc) => doc.epoch,
             Err(e) => {
                 tracing::error!(service = %self.service, color = %color, error = %e, "cannot ask the host agents to stop the color's processes");
-                return;
+                return false;
             }
         };
         self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Idle;
-        let Ok(link) = self.link() else { return };
+        let Ok(link) = self.link() else { return true };
         let connected: Vec<String> = hosts.iter().filter(|h| link.hosts.connected(h)).cloned().collect();
         for h in hosts.iter().filter(|h| !connected.contains(h)) {
             tracing::warn!(service = %self.service, color = %color, host = %h, "host agent not connected: its processes stop when it is back");
@@ -455,6 +457,7 @@ impl RemoteProcs {
                 tracing::warn!(service = %self.service, color = %color, host = %h, "host agent left the fleet {waited:.1} s into the stop, before reporting it: its processes stop when it is back");
             }
         }
+        true
     }
 
     /// Sets what an exit of `color`'s processes leads to on the hosts from now on: the same

@@ -61,6 +61,8 @@ impl ReleaseRun {
             self.approval().await?;
         }
 
+        // Before the hooks too: a migration run for a switch that cannot happen is wasted.
+        self.hold_for_hosts(color).await?;
         let env = self.doc(|d| d.hook_env());
         let per_hook = rel.hooks.timeout.get();
         let hooks = steps::run_hooks("pre_switch", &rel.hooks.pre_switch, &env, per_hook);
