@@ -689,7 +689,9 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
     let ports = HostPorts::new();
     let fleet = "away";
     let release = "promotion = \"manual\"\nphase_timeout = \"8s\"";
-    let r = Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url(), fleet, "r0"), release)).await;
+    // A 3 s bake: long enough to kill an agent between the switch and the scale-down.
+    let lines = fleet_lines(&etcd.url(), fleet, "r0");
+    let r = Router::start(&hosted_service_baking(&ports, &lines, release, "3s")).await;
     let _a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
     let mut b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
     wait_agent(&r, "gpu-a", true).await;
@@ -800,6 +802,29 @@ async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_process
     assert!(!alive(blue[0]) && alive(blue[1]), "{blue:?}");
     b.proc.signal("CONT");
     wait_gone("v4 stopped on gpu-b after SIGCONT", &blue[1..]).await;
+
+    // An agent lost after the switch: the old color's scale-down reaches it when it is back,
+    // and until then its process stays listed as unknown.
+    wait_agent(&r, "gpu-b", true).await;
+    let id = release_when_free(&r, "v5").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    let old_green = pids_of(&ports, "green").await;
+    approve(id).await;
+    let d = r.wait_phase(id, "verifying", Duration::from_secs(60)).await;
+    assert_eq!(d["phase"], "verifying", "{d}");
+    b.proc.kill9();
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    wait_gone("v2 scaled down on gpu-a", &old_green[..1]).await;
+    wait_agent(&r, "gpu-b", false).await;
+    let listed = on_b(&r.status().await, "green");
+    assert!(
+        listed.len() == 1 && listed[0]["pid"] == old_green[1] && listed[0]["unknown"] == true,
+        "{listed:?}"
+    );
+    assert!(alive(old_green[1]));
+    b.spawn();
+    wait_gone("v2 scaled down on gpu-b once its agent is back", &old_green[1..]).await;
 }
 
 #[test]
