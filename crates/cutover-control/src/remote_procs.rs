@@ -588,10 +588,10 @@ impl RemoteProcs {
             // An away host's last report is all anyone knows of it: its processes may still
             // run (a stop it has not received yet), so they stay listed, as unknown.
             let away = !link.hosts.connected(&host);
-            if r.epoch != d.epoch && !away {
+            let current = r.epoch == d.epoch;
+            if !current && !away {
                 continue;
             }
-            out.restarts += r.restarts;
             out.running.extend(r.processes.iter().map(|p| ProcessStatus {
                 unknown: away,
                 replica: p.replica,
@@ -602,6 +602,11 @@ impl RemoteProcs {
                 log: p.log.clone(),
                 host: Some(host.clone()),
             }));
+            // Restarts and exits are the current start's: an older one's belong to the past.
+            if !current {
+                continue;
+            }
+            out.restarts += r.restarts;
             if let Some(e) = r.last_exit {
                 if out.last_exit.as_ref().is_none_or(|l| l.at < e.at) {
                     out.last_exit = Some(Exit {
