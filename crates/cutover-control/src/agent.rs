@@ -246,7 +246,7 @@ impl Agent {
                     data_dir: self.opts.data_dir.clone(),
                     config_dir: self.opts.workdir.clone(),
                 };
-                let s = Supervisor::new(&key.0, run, dirs, self.store.clone(), self.pause.clone());
+                let s = Supervisor::on_host(&key.0, run, dirs, self.store.clone(), self.pause.clone());
                 sups.insert(key.clone(), s.clone());
                 s
             }

@@ -47,13 +47,16 @@ pub struct Controller {
     /// Reloads done by this process, for `cutover_config_reloads_total{result}`.
     pub reloads: ReloadCounts,
     /// The release in progress per service (at most one).
-    releases: Releases,
+    pub(crate) releases: Releases,
     /// Pending scale-downs of old colors, per service.
     scale_downs: ScaleDowns,
     /// Stops the control plane's writes while a successor takes over (`serve --upgrade`).
     pub(crate) pause: Pause,
     /// Fleet mode's link to etcd, attached by `serve` once the admin listener is bound.
     fleet: std::sync::OnceLock<Arc<FleetLink>>,
+    /// Fleet mode: the releases this router left unfinished before its restart, per
+    /// service, until the fleet's documents replace them (`attach_fleet`).
+    unfinished: std::sync::Mutex<Vec<(String, Vec<i64>)>>,
 }
 
 impl Controller {
@@ -85,12 +88,19 @@ impl Controller {
             scale_downs: ScaleDowns::default(),
             pause,
             fleet: Default::default(),
+            unfinished: Default::default(),
         };
+        let fleet = ctl.config.store.fleet.is_some();
+        let mut unfinished = Vec::new();
         for svc in ctl.services().values() {
-            release::interrupt_unfinished(&ctl.store, svc)
+            let ids = release::interrupt_unfinished(&ctl.store, svc, fleet)
                 .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
+            if !ids.is_empty() {
+                unfinished.push((svc.name.clone(), ids));
+            }
             ctl.adopt(svc)?;
         }
+        *ctl.unfinished.lock().unwrap_or_else(|p| p.into_inner()) = unfinished;
         Ok(ctl)
     }
 
@@ -198,6 +208,15 @@ impl Controller {
                 r.attach(link.clone());
             }
         }
+        let unfinished = std::mem::take(&mut *self.unfinished.lock().unwrap_or_else(|p| p.into_inner()));
+        for (service, ids) in unfinished {
+            tokio::spawn(release::adopt_fleet_copies(
+                self.store.clone(),
+                link.clone(),
+                service,
+                ids,
+            ));
+        }
         let _ = self.fleet.set(link);
     }
 
@@ -223,9 +242,17 @@ impl Controller {
     /// and added back finds its routing, history and still-running processes again).
     pub fn add_service(&self, cfg: &cutover_config::ServiceConfig) -> anyhow::Result<Arc<ServiceCtl>> {
         let svc = restore(cfg, &self.store, &self.dirs, &self.pause)?;
-        release::interrupt_unfinished(&self.store, &svc)
+        let ids = release::interrupt_unfinished(&self.store, &svc, self.config.store.fleet.is_some())
             .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
         self.adopt(&svc)?;
+        if let (Some(link), false) = (self.fleet.get(), ids.is_empty()) {
+            tokio::spawn(release::adopt_fleet_copies(
+                self.store.clone(),
+                link.clone(),
+                svc.name.clone(),
+                ids,
+            ));
+        }
         let mut all = (*self.services()).clone();
         all.insert(cfg.name.clone(), svc.clone());
         self.services.store(Arc::new(all));

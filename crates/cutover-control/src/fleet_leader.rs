@@ -146,19 +146,36 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
         })
         .await;
     }
-    // Host agents' roles follow the routing as committed: a run cut off between its switch
-    // and its end left the live color `releasing` (its exits not restarted), and one cut
-    // off before its switch left the idle color so.
+    settle_hosts(ctl);
+    Ok(())
+}
+
+/// Host agents' processes follow the routing as committed: a run cut off between its switch
+/// and its end left the live color `releasing` (its exits not restarted): it serves. One cut
+/// off before its switch left a color that is not live running `releasing`: nobody will
+/// switch to it (an interrupted release is resumed by releasing again, from a new start),
+/// so it is stopped rather than left holding GPU memory with no signal to anyone.
+fn settle_hosts(ctl: &Controller) {
     for svc in ctl.services().values() {
-        let (Some(crate::procs::Procs::Remote(p)), Some(live)) = (&svc.procs, svc.live()) else {
+        let Some(crate::procs::Procs::Remote(p)) = &svc.procs else {
             continue;
         };
-        p.set_role(live, Role::Serving);
-        if p.role(live.other()) == Role::Releasing {
-            p.set_role(live.other(), Role::Idle);
+        let live = svc.live();
+        if let Some(live) = live {
+            p.set_role(live, Role::Serving);
+        }
+        for color in cutover_proxy::Color::ALL.into_iter().filter(|c| Some(*c) != live) {
+            let (p, svc, releases) = (p.clone(), svc.clone(), ctl.releases.clone());
+            tokio::spawn(async move {
+                // A release started since this router took office owns the color.
+                let busy = || releases.active(&svc.name).is_some();
+                if p.stop_abandoned(color, None, busy).await {
+                    svc.unwatch(color);
+                    svc.set_state(color, Some(crate::service::ColorState::Stopped));
+                }
+            });
         }
     }
-    Ok(())
 }
 
 /// Keeps the lease alive; returns once the term is over: the lease expired or could not be

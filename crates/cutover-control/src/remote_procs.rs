@@ -342,6 +342,11 @@ impl RemoteProcs {
             .collect())
     }
 
+    /// True when `color`'s document asks its hosts to stop it.
+    pub fn stopped(&self, color: Color) -> bool {
+        self.desired(color).is_some_and(|(d, _)| d.wanted == Wanted::Stop)
+    }
+
     /// True when `color` should be running somewhere, or some host still reports processes.
     pub fn has_processes(&self, color: Color) -> bool {
         let wanted = self.desired(color).is_some_and(|(d, _)| d.wanted == Wanted::Run);
@@ -359,6 +364,60 @@ impl RemoteProcs {
     /// back: the stop is its desired state from now on.
     pub async fn stop(&self, color: Color) {
         let _w = self.writes[idx(color)].lock().await;
+        self.stop_locked(color).await;
+    }
+
+    /// Stops `color` when what it runs was started by a release that will never switch to
+    /// it (its run was cut off with a lost leader, or that release was aborted after): the
+    /// document still says `run` with the role `releasing`, or the run of `version`. Skipped
+    /// when `busy` says a release of the service is running now (its own start is what the
+    /// document says). Waits for the first read of the fleet. Returns whether it asked the
+    /// hosts to stop.
+    pub async fn stop_abandoned(&self, color: Color, version: Option<&str>, busy: impl Fn() -> bool) -> bool {
+        let Ok(link) = self.link() else { return false };
+        let mut rx = link.hosts.subscribe();
+        while !link.hosts.was_read() {
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+        let _w = self.writes[idx(color)].lock().await;
+        let abandoned = self.desired(color).is_some_and(|(d, _)| {
+            d.wanted == Wanted::Run
+                && (d.role == ProcRole::Releasing || version.is_some_and(|v| d.version.as_deref() == Some(v)))
+        });
+        if !abandoned || busy() {
+            return false;
+        }
+        tracing::warn!(service = %self.service, color = %color, "stopping the processes of a release that will not switch to them");
+        self.stop_locked(color).await
+    }
+
+    /// The hosts of `color` whose agents are away (no presence key): nothing supervises
+    /// what runs there, and their exits go unseen until they are back.
+    pub fn away(&self, color: Color) -> Vec<String> {
+        let Ok(link) = self.link() else { return Vec::new() };
+        let hosts = self
+            .desired(color)
+            .map(|(d, _)| d.hosts)
+            .unwrap_or_else(|| self.run().hosts.clone());
+        hosts.into_iter().filter(|h| !link.hosts.connected(h)).collect()
+    }
+
+    /// Waits until every host of `color` has its agent connected.
+    pub async fn wait_connected(&self, color: Color) {
+        let Ok(link) = self.link() else { return };
+        let mut rx = link.hosts.subscribe();
+        while !self.away(color).is_empty() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The stop, under the color's write lock; false when the document could not be written
+    /// (etcd away, or no longer the leader): nothing was asked of the hosts.
+    async fn stop_locked(&self, color: Color) -> bool {
         let mut hosts = self.run().hosts.clone();
         if let Some((d, _)) = self.desired(color) {
             for h in d.hosts {
@@ -374,22 +433,31 @@ impl RemoteProcs {
             Ok(doc) => doc.epoch,
             Err(e) => {
                 tracing::error!(service = %self.service, color = %color, error = %e, "cannot ask the host agents to stop the color's processes");
-                return;
+                return false;
             }
         };
         self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Idle;
-        let Ok(link) = self.link() else { return };
+        let Ok(link) = self.link() else { return true };
         let connected: Vec<String> = hosts.iter().filter(|h| link.hosts.connected(h)).cloned().collect();
         for h in hosts.iter().filter(|h| !connected.contains(h)) {
             tracing::warn!(service = %self.service, color = %color, host = %h, "host agent not connected: its processes stop when it is back");
         }
         let within = self.run().stop_timeout.get() + STOP_MARGIN;
+        let began = tokio::time::Instant::now();
         let got = self
             .await_reports(color, epoch, &connected, within, |r| r.state == HostState::Stopped)
             .await;
+        // The wait also ends early when a host's agent goes away: that is not the timeout,
+        // and saying "within 13 s" after 5 would send someone after the wrong clock.
+        let waited = began.elapsed().as_secs_f64();
         for h in connected.iter().filter(|h| !got.contains_key(*h)) {
-            tracing::warn!(service = %self.service, color = %color, host = %h, "host agent did not report the stop within {} s", within.as_secs());
+            if link.hosts.connected(h) {
+                tracing::warn!(service = %self.service, color = %color, host = %h, "host agent did not report the stop within {} s", within.as_secs());
+            } else {
+                tracing::warn!(service = %self.service, color = %color, host = %h, "host agent left the fleet {waited:.1} s into the stop, before reporting it: its processes stop when it is back");
+            }
         }
+        true
     }
 
     /// Sets what an exit of `color`'s processes leads to on the hosts from now on: the same
@@ -498,6 +566,7 @@ impl RemoteProcs {
                     color,
                     &e.version,
                     reason,
+                    Some(e.at.clone()),
                 )
                 .await;
             }
@@ -516,11 +585,15 @@ impl RemoteProcs {
             return out;
         };
         for (host, r) in link.hosts.reports(&self.service, fleet_color(color)) {
-            if r.epoch != d.epoch {
+            // An away host's last report is all anyone knows of it: its processes may still
+            // run (a stop it has not received yet), so they stay listed, as unknown.
+            let away = !link.hosts.connected(&host);
+            let current = r.epoch == d.epoch;
+            if !current && !away {
                 continue;
             }
-            out.restarts += r.restarts;
             out.running.extend(r.processes.iter().map(|p| ProcessStatus {
+                unknown: away,
                 replica: p.replica,
                 pid: p.pid,
                 port: p.port,
@@ -529,6 +602,11 @@ impl RemoteProcs {
                 log: p.log.clone(),
                 host: Some(host.clone()),
             }));
+            // Restarts and exits are the current start's: an older one's belong to the past.
+            if !current {
+                continue;
+            }
+            out.restarts += r.restarts;
             if let Some(e) = r.last_exit {
                 if out.last_exit.as_ref().is_none_or(|l| l.at < e.at) {
                     out.last_exit = Some(Exit {

@@ -377,6 +377,10 @@ pub struct ProcessStatus {
     /// The host agent it runs on (`run.hosts`); absent on this machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Its host agent is away: this is the agent's last report, not confirmed since (the
+    /// process may have exited, or be stopped when the agent is back).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 /// A color's managed processes as `status` shows them.
@@ -459,10 +463,30 @@ pub struct Supervisor {
     /// Held from a start, restart or stop's first effect to its last store write, so a
     /// successor never adopts from a store that misses a process (see `pause`).
     pause: Pause,
+    /// False on a host agent: its store has no services (the history is the routers', who
+    /// record what the agent reports), so a history line there could only fail.
+    records_history: bool,
 }
 
 impl Supervisor {
     pub fn new(service: &str, run: RunConfig, dirs: Dirs, store: Arc<Store>, pause: Pause) -> Arc<Supervisor> {
+        Self::build(service, run, dirs, store, pause, true)
+    }
+
+    /// A host agent's supervisor: processes and their records as on one machine, no
+    /// history lines (the exits and restarts reach the routers through the agent's report).
+    pub fn on_host(service: &str, run: RunConfig, dirs: Dirs, store: Arc<Store>, pause: Pause) -> Arc<Supervisor> {
+        Self::build(service, run, dirs, store, pause, false)
+    }
+
+    fn build(
+        service: &str,
+        run: RunConfig,
+        dirs: Dirs,
+        store: Arc<Store>,
+        pause: Pause,
+        records_history: bool,
+    ) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             service: service.to_string(),
             run: arc_swap::ArcSwap::from_pointee(run),
@@ -472,6 +496,7 @@ impl Supervisor {
             restarts_total: Mutex::new(BTreeMap::new()),
             exits: ExitWatch::default(),
             pause,
+            records_history,
         })
     }
 
@@ -874,7 +899,10 @@ impl Supervisor {
     }
 
     async fn history(&self, kind: HistoryKind, color: Color, version: &str, reason: String) {
-        process_event(&self.store, &self.service, kind, color, version, reason).await;
+        if !self.records_history {
+            return;
+        }
+        process_event(&self.store, &self.service, kind, color, version, reason, None).await;
     }
 
     /// The unasked-for exit of the processes of `epoch`, if one happened.
@@ -944,6 +972,7 @@ impl Supervisor {
                     started_at: p.started_at.clone(),
                     log: p.log.clone(),
                     host: None,
+                    unknown: false,
                 })
                 .collect(),
             restarts: c.restarts,
@@ -963,7 +992,8 @@ impl Supervisor {
 }
 
 /// A process event in `service`'s history (actor `supervisor`), local or reported by a host
-/// agent; a failed write is logged.
+/// agent, dated `at` when it happened before now (a report read late); a failed write is
+/// logged.
 pub(crate) async fn process_event(
     store: &Arc<Store>,
     service: &str,
@@ -971,18 +1001,23 @@ pub(crate) async fn process_event(
     color: Color,
     version: &str,
     reason: String,
+    at: Option<String>,
 ) {
     let (name, version) = (service.to_string(), version.to_string());
+    let at = at.unwrap_or_else(cutover_store::now_rfc3339);
     record(store, "a process event", service, move |s| {
-        s.record_event(&EventRecord {
-            service: &name,
-            kind,
-            color: Some(stored(color)),
-            version: Some(&version),
-            actor: "supervisor",
-            reason: &reason,
-            release_id: None,
-        })
+        s.record_event_at(
+            &EventRecord {
+                service: &name,
+                kind,
+                color: Some(stored(color)),
+                version: Some(&version),
+                actor: "supervisor",
+                reason: &reason,
+                release_id: None,
+            },
+            &at,
+        )
     })
     .await;
 }

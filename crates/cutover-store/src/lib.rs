@@ -453,6 +453,13 @@ impl Store {
 
     /// Appends a history line that is not a switch (a release started, was aborted, ...).
     pub fn record_event(&self, e: &EventRecord<'_>) -> Result<()> {
+        self.record_event_at(e, &now_rfc3339())
+    }
+
+    /// As `record_event`, dated `at` (RFC 3339): an event that happened before it could be
+    /// recorded (a host agent's report of an exit, read after a partition healed) keeps
+    /// the time it happened.
+    pub fn record_event_at(&self, e: &EventRecord<'_>, at: &str) -> Result<()> {
         let conn = self.conn();
         let cur = read_service(&conn, e.service)?.ok_or_else(|| StoreError::NotFound(e.service.into()))?;
         conn.execute(
@@ -460,7 +467,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 e.service,
-                now_rfc3339(),
+                at,
                 e.kind,
                 cur.live,
                 e.color,

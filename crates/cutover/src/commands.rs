@@ -264,6 +264,16 @@ async fn in_progress(c: &Client, service: &str) -> Result<i64, Failure> {
     Err(Failure::new(1, format!("no release is in progress in {service}{hint}")))
 }
 
+/// The latest release (the one named, if it is that one) when it ended `interrupted`.
+async fn interrupted(c: &Client, service: &str, wanted: Option<i64>) -> Result<Option<i64>, Failure> {
+    let v = c.get(&format!("/v1/services/{service}/releases")).await?;
+    let latest = v["releases"].as_array().and_then(|a| a.first());
+    Ok(latest
+        .filter(|r| r["outcome"] == "interrupted")
+        .and_then(|r| r["id"].as_i64())
+        .filter(|id| wanted.is_none_or(|w| w == *id)))
+}
+
 /// The release a signal is for: the one in progress, which must be `wanted` if given.
 async fn target(c: &Client, service: &str, wanted: Option<i64>) -> Result<i64, Failure> {
     let id = in_progress(c, service).await?;
@@ -308,7 +318,12 @@ async fn approve(remote: &Remote, service: &str, wanted: Option<i64>) -> Result<
 
 async fn abort(remote: &Remote, service: &str, wanted: Option<i64>) -> Result<(), Failure> {
     let c = Client::new(remote)?;
-    let id = target(&c, service, wanted).await?;
+    let id = match target(&c, service, wanted).await {
+        Ok(id) => id,
+        // A release a lost fleet leader left interrupted is not in progress, yet an abort
+        // closes it (and stops what it started on the host agents).
+        Err(f) => interrupted(&c, service, wanted).await?.ok_or(f)?,
+    };
     let v = c
         .post(&format!("/v1/services/{service}/releases/{id}/abort"), &json!({}))
         .await?;

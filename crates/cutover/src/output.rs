@@ -103,14 +103,7 @@ pub fn status(v: &Value) -> String {
         // Managed colors: where each process runs and logs (on a host agent: that host's file).
         let procs = &c["processes"];
         for p in procs["running"].as_array().into_iter().flatten() {
-            let on = p["host"].as_str().map(|h| format!(" on {h}")).unwrap_or_default();
-            out.push_str(&format!(
-                "         replica {}{on}  pid {}  port {}  log {}\n",
-                p["replica"],
-                p["pid"],
-                p["port"],
-                s(&p["log"])
-            ));
+            out.push_str(&process_line(p));
         }
         if procs["restarts"].as_u64().is_some_and(|n| n > 0) || !procs["last_exit"].is_null() {
             let x = &procs["last_exit"];
@@ -142,6 +135,24 @@ pub fn status(v: &Value) -> String {
         ));
     }
     out.trim_end().to_string()
+}
+
+/// One managed process of a color: replica, host, pid, port, log; a process on a host whose
+/// agent is away is the agent's last report, so it says it is unknown.
+fn process_line(p: &Value) -> String {
+    let on = p["host"].as_str().map(|h| format!(" on {h}")).unwrap_or_default();
+    let unknown = if p["unknown"] == true {
+        "  unknown (host agent away; last reported)"
+    } else {
+        ""
+    };
+    format!(
+        "         replica {}{on}  pid {}  port {}  log {}{unknown}\n",
+        p["replica"],
+        p["pid"],
+        p["port"],
+        s(&p["log"])
+    )
 }
 
 pub fn history(v: &Value) -> String {

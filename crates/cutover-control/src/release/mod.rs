@@ -275,7 +275,7 @@ impl Releases {
     /// (routing stays as committed; nothing runs any more to tear down). Leader only.
     pub(crate) async fn abort_interrupted(
         &self,
-        svc: &ServiceCtl,
+        svc: &Arc<ServiceCtl>,
         link: &FleetLink,
         id: i64,
         actor: &str,
@@ -306,6 +306,7 @@ impl Releases {
         let value = serde_json::to_value(&doc).map_err(StoreFailure::from)?;
         link.put_release(&svc.name, id, &value).await?;
         let (service, version, color, actor) = (svc.name.clone(), doc.version.clone(), doc.color, actor.to_string());
+        self.stop_interrupted(svc, color, &version);
         record(&svc.store, "the abort of an interrupted release", &svc.name, move |s| {
             s.put_release(id, &service, &value, true)?;
             s.record_event(&EventRecord {
@@ -320,6 +321,27 @@ impl Releases {
         })
         .await;
         Ok(())
+    }
+
+    /// An aborted interrupted release stops what it started on the host agents, if its
+    /// color is not live and still runs its version (the new leader stops it when it takes
+    /// office; this covers a document left `run` by a leader that did not). In the
+    /// background: the abort's answer does not wait for the hosts.
+    fn stop_interrupted(&self, svc: &Arc<ServiceCtl>, color: Color, version: &str) {
+        let Some(crate::procs::Procs::Remote(p)) = &svc.procs else {
+            return;
+        };
+        if svc.live() == Some(color) {
+            return;
+        }
+        let (p, svc, me, version) = (p.clone(), svc.clone(), self.clone(), version.to_string());
+        tokio::spawn(async move {
+            let busy = || me.active(&svc.name).is_some();
+            if p.stop_abandoned(color, Some(&version), busy).await {
+                svc.unwatch(color);
+                svc.set_state(color, Some(crate::service::ColorState::Stopped));
+            }
+        });
     }
 
     fn running(&self, service: &str, id: i64) -> Result<(Active, Phase), ReleaseError> {
@@ -449,8 +471,13 @@ pub(crate) fn interrupted_event(
 
 /// Marks releases a previous process left unfinished as interrupted (start-up only, after
 /// every listener is bound: a second `serve` must not touch a live instance's store).
-pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<(), StoreFailure> {
+/// In fleet mode the release is the fleet's: its leader marks it interrupted (and records
+/// that) or it has already ended, aborted say, while this router was down. So the local row
+/// is closed without a history line, and its id returned: [`adopt_fleet_copies`] replaces
+/// the row with the fleet's document once etcd answers.
+pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl, fleet: bool) -> Result<Vec<i64>, StoreFailure> {
     let table = svc.proxy.table();
+    let mut ids = Vec::new();
     for (id, v) in store.unfinished_releases(&svc.name)? {
         let Ok(mut doc) = serde_json::from_value::<ReleaseDoc>(v) else {
             tracing::warn!(service = %svc.name, release = id, "an unfinished release document cannot be read; left as it is");
@@ -464,9 +491,46 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl) -> Result<()
         );
         doc = interrupted(doc, &reason);
         store.update_release(id, &serde_json::to_value(&doc)?, true)?;
+        ids.push(id);
+        if fleet {
+            tracing::warn!(service = %svc.name, release = id, version = %doc.version, phase = %doc.phase, "a release this router ran was unfinished at its restart; the fleet's copy in etcd says how it ended");
+            continue;
+        }
         interrupted_event(store, &doc, &reason)?;
         svc.count_release_end(doc.outcome);
         tracing::warn!(service = %svc.name, release = id, version = %doc.version, phase = %doc.phase, "release interrupted by a restart; {reason}");
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// Fleet mode, after a restart: the releases `ids` of `service` that this router left
+/// unfinished take the fleet's documents (the leader's interrupted, or an abort since) once
+/// etcd has them ended. Retried while etcd is away or a new leader has not marked them yet.
+pub(crate) async fn adopt_fleet_copies(store: Arc<Store>, link: Arc<FleetLink>, service: String, mut ids: Vec<i64>) {
+    for _ in 0..120 {
+        if let Ok(docs) = link.releases(&service).await {
+            let mut ended = Vec::new();
+            ids.retain(|id| match docs.get(id) {
+                Some(v) if !v["outcome"].is_null() => {
+                    ended.push((*id, v.clone()));
+                    false
+                }
+                Some(_) => true,
+                // Never reached etcd (its start was refused): the local row is all there is.
+                None => false,
+            });
+            for (id, v) in ended {
+                let name = service.clone();
+                record(&store, "the fleet's copy of a release", &service, move |s| {
+                    s.put_release(id, &name, &v, true)
+                })
+                .await;
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    tracing::warn!(service = %service, releases = ?ids, "the fleet's copies of releases unfinished at this router's restart were not ended in etcd; the local rows stay interrupted");
 }

@@ -140,7 +140,26 @@ fn endpoints(r: &ColorRoute, checked: bool) -> Vec<EndpointStatus> {
         .collect()
 }
 
+/// The version a color's processes run, when they all run one: what the color holds, even
+/// where the route's label is older (a router that did not run the release learns the label
+/// only at a switch, and a release cut off before its switch never records it there).
+fn running_version(p: Option<&ColorProcesses>) -> Option<String> {
+    let mut versions = p?.running.iter().map(|p| p.version.as_str());
+    let first = versions.next()?;
+    versions.all(|v| v == first).then(|| first.to_string())
+}
+
 impl ServiceCtl {
+    /// Host agents: the color's document says stop and no host lists a process. Every
+    /// router reads that from etcd, so one that did not run the stop does not call the
+    /// color `idle` (ready for a rollback) when nothing runs there.
+    fn stopped_on_hosts(&self, c: Color, processes: Option<&ColorProcesses>) -> bool {
+        let Some(crate::procs::Procs::Remote(r)) = &self.procs else {
+            return false;
+        };
+        r.stopped(c) && processes.is_some_and(|p| p.running.is_empty())
+    }
+
     /// The state a color shows: live wins, then a state set by a release, then derived.
     pub fn color_state(&self, c: Color) -> ColorState {
         if self.live() == Some(c) {
@@ -159,19 +178,20 @@ impl ServiceCtl {
         let mut colors = BTreeMap::new();
         for c in Color::ALL {
             let Some(r) = self.route(c) else { continue };
-            let state = if table.live_color() == Some(c) {
-                ColorState::Live
-            } else {
-                self.color_state(c)
+            let processes = self.procs.as_ref().map(|p| p.status(c));
+            let state = match self.color_state(c) {
+                _ if table.live_color() == Some(c) => ColorState::Live,
+                ColorState::Idle if self.stopped_on_hosts(c, processes.as_ref()) => ColorState::Stopped,
+                s => s,
             };
             colors.insert(
                 c,
                 ColorStatus {
-                    version: r.version.clone(),
+                    version: running_version(processes.as_ref()).or_else(|| r.version.clone()),
                     state,
                     endpoints: endpoints(&r, self.watched(c)),
                     in_flight: r.in_flight(),
-                    processes: self.procs.as_ref().map(|p| p.status(c)),
+                    processes,
                 },
             );
         }
@@ -185,5 +205,43 @@ impl ServiceCtl {
             colors,
             release,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::{ProcessStatus, Role};
+
+    fn on(host: &str, version: &str) -> ProcessStatus {
+        ProcessStatus {
+            replica: 0,
+            pid: 1,
+            port: 8000,
+            version: version.into(),
+            started_at: None,
+            log: None,
+            host: Some(host.into()),
+            unknown: false,
+        }
+    }
+
+    fn running(procs: Vec<ProcessStatus>) -> ColorProcesses {
+        ColorProcesses {
+            role: Role::Idle,
+            running: procs,
+            restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn a_color_shows_the_version_its_processes_run_only_when_they_agree() {
+        let same = running(vec![on("gpu-a", "v4"), on("gpu-b", "v4")]);
+        assert_eq!(running_version(Some(&same)).as_deref(), Some("v4"));
+        let mixed = running(vec![on("gpu-a", "v4"), on("gpu-b", "v3")]);
+        assert_eq!(running_version(Some(&mixed)), None, "the route's label is kept");
+        assert_eq!(running_version(Some(&running(vec![]))), None, "nothing runs");
+        assert_eq!(running_version(None), None, "static endpoints");
     }
 }

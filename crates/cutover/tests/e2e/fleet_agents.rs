@@ -446,6 +446,20 @@ async fn host_agents_keep_their_model_servers_through_an_agent_restart_and_throu
         "the exit is in the history: {}",
         hist.text()
     );
+    // Dated when it happened (the report carries it), not when etcd came back.
+    let st = r.status().await;
+    let exit_at = st["colors"]["blue"]["processes"]["last_exit"]["at"].clone();
+    let h = hist.json();
+    let line = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "process_exited" && e["reason"].as_str().unwrap_or("").contains("on gpu-a"))
+        .cloned()
+        .unwrap();
+    assert_eq!(line["at"], exit_at, "{line} vs {st}");
+    // The agent keeps no history of its own: no failed write for each process event.
+    assert!(!a.log().contains("could not record"), "{}", a.log());
 
     // A model server of the color being released exits on gpu-b while the release waits
     // for its approval: the agent does not restart it (it is being released), the release
@@ -543,6 +557,274 @@ async fn a_leader_lost_after_its_switch_leaves_the_live_color_restarted_by_the_h
     .await;
     let d = routers[other].release_doc(id).await;
     assert_eq!(d["outcome"], "interrupted", "{d}");
+}
+
+/// True while `pid` is a live process (a zombie is not: it has exited).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(") ").next().map(|rest| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The pid of `color`'s model server on every host, gpu-a first.
+async fn pids_of(ports: &HostPorts, color: &str) -> Vec<u64> {
+    let port = if color == "blue" { ports.blue } else { ports.green };
+    let mut out = Vec::new();
+    for (host, ip) in HOSTS {
+        let s = stats_at(ip, port)
+            .await
+            .unwrap_or_else(|| panic!("{color} runs on {host}"));
+        out.push(s["pid"].as_u64().unwrap());
+    }
+    out
+}
+
+async fn wait_gone(what: &str, pids: &[u64]) {
+    wait_for(what, Duration::from_secs(30), || async {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await
+}
+
+/// The index of the router that leads.
+async fn leader_of(routers: &[Router]) -> usize {
+    wait_for("a leader", Duration::from_secs(20), || async {
+        for (i, r) in routers.iter().enumerate() {
+            if fleet_view(r).await["is_leader"] == true {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_cut_off_with_its_leader_stops_what_it_started_and_cutover_abort_closes_it() {
+    let etcd = Cluster::start(3).await;
+    let ports = HostPorts::new();
+    let fleet = "cutoff";
+    let mut routers = Vec::new();
+    for i in 0..2 {
+        let lines = fleet_lines(&etcd.url_of(i), fleet, &format!("r{i}"));
+        routers.push(Router::start(&hosted_service(&ports, &lines, "promotion = \"manual\"")).await);
+    }
+    share_operator_token(&mut routers).await;
+    let _a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
+    let _b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    wait_agent(&routers[0], "gpu-a", true).await;
+    wait_agent(&routers[0], "gpu-b", true).await;
+    let leader = leader_of(&routers).await;
+    let other = 1 - leader;
+    let id = routers[leader].release("v1").await;
+    let d = routers[leader].wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+
+    // v2 comes up on green and waits for an approval.
+    let id = routers[leader].release("v2").await;
+    let d = routers[leader]
+        .wait_phase(id, "awaiting_approval", Duration::from_secs(60))
+        .await;
+    assert_eq!(d["phase"], "awaiting_approval", "{d}");
+    let green = pids_of(&ports, "green").await;
+    // A router that did not run the release shows what green runs, not an old label.
+    let st = routers[other].status().await;
+    assert_eq!(st["colors"]["green"]["version"], "v2", "{st}");
+
+    // The leader dies: the new one marks the release interrupted and stops what it started
+    // (nobody will switch to it), on both hosts.
+    routers[leader].proc.kill9();
+    let r = &routers[other];
+    wait_for("the release interrupted", Duration::from_secs(30), || async {
+        (r.release_doc(id).await["outcome"] == "interrupted").then_some(())
+    })
+    .await;
+    wait_gone("v2 stopped on both hosts", &green).await;
+    let (kv, _) = etcd
+        .client()
+        .get(&format!("/cutover/{fleet}/desired/chat/green"))
+        .await
+        .unwrap();
+    let desired: Value = serde_json::from_slice(&kv.unwrap().value).unwrap();
+    assert_eq!(desired["wanted"], "stop", "{desired}");
+    wait_for("green shown stopped", Duration::from_secs(30), || async {
+        let st = r.status().await;
+        let empty = st["colors"]["green"]["processes"]["running"].as_array()?.is_empty();
+        (empty && st["colors"]["green"]["state"] == "stopped").then_some(())
+    })
+    .await;
+    let st = r.status().await;
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["blue"]["version"].as_str()),
+        (Some("blue"), Some("v1")),
+        "{st}"
+    );
+
+    // `cutover abort` finds the interrupted release and closes it.
+    let (code, out, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("#{id}")), "{out}");
+    assert_eq!(r.release_doc(id).await["outcome"], "aborted");
+
+    // The ex-leader restarted takes the fleet's word for the release it ran: aborted, and
+    // no `release_interrupted` line of its own.
+    routers[leader].spawn().await;
+    let ex = &routers[leader];
+    wait_for("the ex-leader to show the abort", Duration::from_secs(30), || async {
+        (ex.release_doc(id).await["outcome"] == "aborted").then_some(())
+    })
+    .await;
+    let hist = ex.api(Method::GET, "/v1/services/chat/history", Value::Null).await;
+    assert!(!hist.text().contains("release_interrupted"), "{}", hist.text());
+    // Nothing runs on green: every router says stopped, not only the one that stopped it.
+    let st = ex.status().await;
+    assert_eq!(st["colors"]["green"]["state"], "stopped", "{st}");
+    assert!(hist.text().contains("release_started"), "{}", hist.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_agent_away_holds_the_switch_fails_it_if_not_back_and_its_processes_stay_listed_as_unknown() {
+    let etcd = Cluster::start(3).await;
+    let ports = HostPorts::new();
+    let fleet = "away";
+    let release = "promotion = \"manual\"\nphase_timeout = \"8s\"";
+    // A 3 s bake: long enough to kill an agent between the switch and the scale-down.
+    let lines = fleet_lines(&etcd.url(), fleet, "r0");
+    let r = Router::start(&hosted_service_baking(&ports, &lines, release, "3s")).await;
+    let _a = Agent::start(&etcd.url(), fleet, HOSTS[0].0, HOSTS[0].1);
+    let mut b = Agent::start(&etcd.url(), fleet, HOSTS[1].0, HOSTS[1].1);
+    wait_agent(&r, "gpu-a", true).await;
+    wait_agent(&r, "gpu-b", true).await;
+    let id = r.release("v1").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let approve = |id: i64| {
+        let r = &r;
+        async move {
+            let path = format!("/v1/services/chat/releases/{id}/approve");
+            let resp = r.api(Method::POST, &path, Value::Null).await;
+            assert!(resp.status.is_success(), "{}", resp.text());
+        }
+    };
+    let holds = || {
+        r.log()
+            .matches("the switch holds until the host agents are back")
+            .count()
+    };
+
+    // gpu-b's agent dies while v2 waits for its approval: its process is listed as unknown;
+    // the approved switch holds until the agent is back, then goes on.
+    let id = r.release("v2").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    let green_b = pids_of(&ports, "green").await[1];
+    b.proc.kill9();
+    wait_agent(&r, "gpu-b", false).await;
+    let st = r.status().await;
+    let on_b = |st: &Value, color: &str| -> Vec<Value> {
+        st["colors"][color]["processes"]["running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["host"] == "gpu-b")
+            .cloned()
+            .collect()
+    };
+    let listed = on_b(&st, "green");
+    assert!(
+        listed.len() == 1 && listed[0]["pid"] == green_b && listed[0]["unknown"] == true,
+        "{st}"
+    );
+    let (code, out, err) = r.cli_async(&["status", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("on gpu-b  pid {green_b}")) && out.contains("unknown (host agent away"),
+        "{out}"
+    );
+    approve(id).await;
+    wait_for("the switch to hold", Duration::from_secs(30), || async {
+        (holds() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(r.status().await["live"], "blue");
+    b.spawn();
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    assert!(alive(green_b), "adopted, not started again");
+
+    // Away through the whole hold: the release fails naming the host, v2 stays live, and
+    // what runs on gpu-b stays listed (unknown) until its agent is back and stops it.
+    let id = release_when_free(&r, "v3").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    let blue = pids_of(&ports, "blue").await;
+    b.proc.kill9();
+    wait_agent(&r, "gpu-b", false).await;
+    approve(id).await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "aborted", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("gpu-b") && reason.contains("away"), "{d}");
+    assert_eq!(
+        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
+        "v2"
+    );
+    wait_gone("v3 stopped on gpu-a", &blue[..1]).await;
+    assert!(alive(blue[1]), "gpu-b's agent is away: nothing stopped it");
+    let listed = on_b(&r.status().await, "blue");
+    assert!(listed.len() == 1 && listed[0]["unknown"] == true, "{listed:?}");
+    b.spawn();
+    wait_gone("v3 stopped on gpu-b once its agent is back", &blue[1..]).await;
+    wait_for("gpu-b's blue unlisted", Duration::from_secs(30), || async {
+        on_b(&r.status().await, "blue").is_empty().then_some(())
+    })
+    .await;
+
+    // An agent that goes away during a stop is reported as that, not as a stop timeout
+    // (the wait ends when its lease lapses, long before stop_timeout + 10 s).
+    wait_agent(&r, "gpu-b", true).await;
+    let id = release_when_free(&r, "v4").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    let blue = pids_of(&ports, "blue").await;
+    b.proc.signal("STOP");
+    let resp = r
+        .api(
+            Method::POST,
+            &format!("/v1/services/chat/releases/{id}/abort"),
+            Value::Null,
+        )
+        .await;
+    assert!(resp.status.is_success(), "{}", resp.text());
+    wait_for("the stop to see gpu-b leave", Duration::from_secs(30), || async {
+        r.log().contains("into the stop, before reporting it").then_some(())
+    })
+    .await;
+    assert!(!r.log().contains("did not report the stop within"), "{}", r.log());
+    assert!(!alive(blue[0]) && alive(blue[1]), "{blue:?}");
+    b.proc.signal("CONT");
+    wait_gone("v4 stopped on gpu-b after SIGCONT", &blue[1..]).await;
+
+    // An agent lost after the switch: the old color's scale-down reaches it when it is back,
+    // and until then its process stays listed as unknown.
+    wait_agent(&r, "gpu-b", true).await;
+    let id = release_when_free(&r, "v5").await;
+    r.wait_phase(id, "awaiting_approval", Duration::from_secs(60)).await;
+    let old_green = pids_of(&ports, "green").await;
+    approve(id).await;
+    let d = r.wait_phase(id, "verifying", Duration::from_secs(60)).await;
+    assert_eq!(d["phase"], "verifying", "{d}");
+    b.proc.kill9();
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    wait_gone("v2 scaled down on gpu-a", &old_green[..1]).await;
+    wait_agent(&r, "gpu-b", false).await;
+    let listed = on_b(&r.status().await, "green");
+    assert!(
+        listed.len() == 1 && listed[0]["pid"] == old_green[1] && listed[0]["unknown"] == true,
+        "{listed:?}"
+    );
+    assert!(alive(old_green[1]));
+    b.spawn();
+    wait_gone("v2 scaled down on gpu-b once its agent is back", &old_green[1..]).await;
 }
 
 #[test]

@@ -66,12 +66,15 @@ impl ReleaseRun {
             self.approval().await?;
         }
 
+        // Before the hooks too: a migration run for a switch that cannot happen is wasted.
+        self.hold_for_hosts(color).await?;
         let env = self.doc(|d| d.hook_env());
         let per_hook = rel.hooks.timeout.get();
         let hooks = steps::run_hooks("pre_switch", &rel.hooks.pre_switch, &env, per_hook);
         let all_hooks = per_hook * (rel.hooks.pre_switch.len().max(1) as u32);
         let detail = self.guard(Some(all_hooks), "pre-switch hooks", hooks).await?;
         self.step(Event::Done, detail).await?;
+        self.hold_for_hosts(color).await?;
         // The last look before traffic moves: an exit seen only now still stops the switch.
         if let Some(e) = self.exited() {
             return Err(Stop::Failed(crate::error::StepError::new(
@@ -80,6 +83,35 @@ impl ReleaseRun {
             )));
         }
         Ok(route)
+    }
+
+    /// Host agents: a color with a host whose agent is away has nothing supervising it there
+    /// (an exit would go unseen, a stop undelivered), so the switch holds until every host
+    /// is back, for at most `phase_timeout`; then the release fails naming the hosts. A
+    /// quick agent restart (an upgrade, a crash) costs a pause, not the release.
+    async fn hold_for_hosts(&mut self, color: cutover_proxy::Color) -> Result<(), Stop> {
+        let Some(crate::procs::Procs::Remote(p)) = self.svc.procs.clone() else {
+            return Ok(());
+        };
+        let away = p.away(color);
+        if away.is_empty() {
+            return Ok(());
+        }
+        let limit = self.svc.cfg().release.phase_timeout.get();
+        tracing::warn!(service = %self.svc.name, release = self.active.id, hosts = %away.join(", "), "the switch holds until the host agents are back (at most {})", steps::deadline_text(limit));
+        let wait = async move {
+            match tokio::time::timeout(limit, p.wait_connected(color)).await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(format!(
+                    "host agent {} away (not connected to the fleet) through the switch's hold of {}: a color whose hosts have no supervisor is not switched to",
+                    p.away(color).join(", "),
+                    steps::deadline_text(limit)
+                )),
+            }
+        };
+        self.guard(None, "the hold for host agents", wait).await?;
+        tracing::info!(service = %self.svc.name, release = self.active.id, "the host agents are back; the switch goes on");
+        Ok(())
     }
 
     /// Waits for `approve` (or `auto_promote_after`), then records who approved.
