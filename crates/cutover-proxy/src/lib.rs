@@ -27,6 +27,8 @@
 //! - [`error`]: the proxy's own error responses (JSON, with where the error came from).
 //! - [`mirror`]: the copy of a sampled live exchange for the shadow comparison, handed to
 //!   an installed [`mirror::Tap`] when it ends (never waited for).
+//! - [`peek`]: one top-level string field of a JSON body (`model`, `user`) read from the
+//!   first bytes, never by buffering the body.
 //! - [`tls`]: rustls configs for listeners and upstreams; certificates reloaded without a drop.
 
 #![forbid(unsafe_code)]
@@ -42,6 +44,7 @@ pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod mirror;
+pub mod peek;
 pub mod probe;
 pub mod request_body;
 mod resend;
