@@ -31,7 +31,8 @@ pub(crate) struct Shared {
     /// Per [`SkipReason::ALL`] index: counted on the request path, so atomics, not the lock.
     skipped: [AtomicU64; SkipReason::ALL.len()],
     paused: AtomicBool,
-    /// The service's counters for metrics (kept across releases).
+    /// The service: its counters for metrics (kept across releases), and its sample rate
+    /// as configured now (a reload applies at once).
     svc: Arc<ServiceCtl>,
 }
 
@@ -69,6 +70,7 @@ impl Shadow {
             paused: AtomicBool::new(false),
             svc: svc.clone(),
         });
+        svc.set_shadow_sample(f64::NAN);
         let (tx, rx) = mpsc::channel::<Captured>(cfg.queue);
         let tap = tap::ShadowTap::new(shared.clone(), tx);
         svc.proxy.set_tap(Some(Box::new(tap)));

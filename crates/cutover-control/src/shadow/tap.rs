@@ -27,7 +27,7 @@ impl Tap for ShadowTap {
     fn wants(&self, key: u64, method: &Method, path: &str) -> bool {
         let s = &self.shared;
         let decision = eligible_route(&s.rules, method.as_str(), path).and_then(|()| {
-            if !sampled(key, s.cfg.sample) {
+            if !sampled(key, s.svc.shadow_sample()) {
                 Err(SkipReason::SampledOut)
             } else if s.paused.load(Relaxed) {
                 Err(SkipReason::Paused)

@@ -312,6 +312,25 @@ async fn only_eligible_requests_reach_the_shadow_and_every_other_one_is_counted_
         0,
         "baseline off: live gets no copies"
     );
+    // Sample rate 0 through the API stops mirroring at once, mid-phase.
+    let set = r
+        .api(Method::POST, "/v1/services/chat/shadow", json!({"sample": 0}))
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let bad = r
+        .api(Method::POST, "/v1/services/chat/shadow", json!({"sample": 2}))
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    send_n(&r, 20, Method::POST, "/v1/chat/completions", &chat(json!({}))).await;
+    wait_for("20 requests sampled out", Duration::from_secs(10), || async {
+        (r.release_doc(id).await["shadow"]["skipped"]["sampled_out"] == 20).then_some(())
+    })
+    .await;
+    assert_eq!(
+        green.stats().await["shadow_requests"],
+        30,
+        "nothing mirrored after the reload"
+    );
     let (code, out, err) = r.cli_async(&["abort", "chat"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let d = r.wait_end(id, Duration::from_secs(20)).await;
