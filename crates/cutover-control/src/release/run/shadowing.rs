@@ -105,3 +105,85 @@ impl ReleaseRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_release::shadow::ClassReading;
+
+    fn cfg(baseline: f64, on_inconclusive: &str) -> ShadowConfig {
+        toml::from_str(&format!(
+            "min_pairs = 10\nbaseline = {baseline}\non_inconclusive = \"{on_inconclusive}\""
+        ))
+        .unwrap()
+    }
+
+    fn class(name: &str, pairs: u64, baseline_pairs: u64, judged: bool) -> ClassReading {
+        ClassReading {
+            class: name.into(),
+            pairs,
+            baseline_pairs,
+            baseline_used: baseline_pairs > 0,
+            judged,
+            result: GateResult::Passing,
+            metrics: vec![],
+        }
+    }
+
+    fn reading(result: GateResult, classes: Vec<ClassReading>) -> ShadowReading {
+        ShadowReading {
+            result,
+            reason: "r".into(),
+            pairs: classes.iter().map(|c| c.pairs).max().unwrap_or(0),
+            baseline_pairs: 0,
+            skipped: Default::default(),
+            classes,
+            worst: vec![],
+        }
+    }
+
+    #[test]
+    fn a_pass_waits_for_every_class_seen_to_be_judged() {
+        let c = cfg(0.0, "abort");
+        let partly = reading(
+            GateResult::Passing,
+            vec![class("deterministic_chat", 40, 0, true), class("json", 3, 0, false)],
+        );
+        assert!(
+            decide(&partly, &c, false).is_none(),
+            "a class with 3 pairs could still fail"
+        );
+        assert!(
+            matches!(decide(&partly, &c, true), Some(Ok(_))),
+            "at the end the judged ones decide"
+        );
+        let all = reading(GateResult::Passing, vec![class("json", 12, 0, true)]);
+        assert!(matches!(decide(&all, &c, false), Some(Ok(_))));
+    }
+
+    #[test]
+    fn a_failure_waits_for_the_noise_baseline_when_one_is_configured() {
+        let waiting = reading(GateResult::Failing, vec![class("deterministic_chat", 50, 5, true)]);
+        assert!(
+            decide(&waiting, &cfg(0.25, "abort"), false).is_none(),
+            "5 baseline pairs of 20"
+        );
+        assert!(matches!(decide(&waiting, &cfg(0.25, "abort"), true), Some(Err(_))));
+        assert!(
+            matches!(decide(&waiting, &cfg(0.0, "abort"), false), Some(Err(_))),
+            "no baseline: fixed thresholds"
+        );
+        let ready = reading(GateResult::Failing, vec![class("deterministic_chat", 50, 25, true)]);
+        let e = decide(&ready, &cfg(0.25, "abort"), false).unwrap().unwrap_err();
+        assert!(e.starts_with("shadow comparison failed: "), "{e}");
+    }
+
+    #[test]
+    fn inconclusive_at_the_end_follows_on_inconclusive_and_never_ends_early() {
+        let r = reading(GateResult::Inconclusive, vec![class("sampled_chat", 4, 0, false)]);
+        assert!(decide(&r, &cfg(0.0, "abort"), false).is_none());
+        let e = decide(&r, &cfg(0.0, "abort"), true).unwrap().unwrap_err();
+        assert!(e.contains("inconclusive"), "{e}");
+        assert!(matches!(decide(&r, &cfg(0.0, "continue"), true), Some(Ok(_))));
+    }
+}
