@@ -240,7 +240,7 @@ impl ClientConn {
                 return self.answer_error(e, None, &head, unread).await;
             }
         };
-        ex.attach(&fwd, capture);
+        ex.attach(capture);
         let mut body_done = head.body == Framing::None;
         let mut sender = Sender {
             client: &mut self.client,
