@@ -16,7 +16,7 @@ included: the worker runs in the same process), live p50/p99 latency, and the ra
 Each mode runs twice, alternating, and the lower CPU figure is kept. Bounded: fixed
 durations, every process stopped at the end, traffic only to 127.0.0.1.
 """
-import argparse, json, os, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, signal, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADMIN, LISTEN, BLUE, GREEN = 24910, 24911, 24921, 24922
@@ -34,8 +34,11 @@ def api(path, token, body=None):
     req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}{path}", data=json.dumps(body).encode() if body is not None else None,
                                  headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
                                  method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{path}: HTTP {e.code}: {e.read().decode()}") from None
 
 
 def wait(what, f, timeout=30):
@@ -88,9 +91,9 @@ def measure(binp, work, pid, secs):
     return r
 
 
-def run_mode(binp, work, mode, secs):
+def run_mode(binp, work, mode, secs, round_):
     sample = {"off": 0.0, "5%": 0.05, "100%": 1.0}[mode]
-    d = os.path.join(work, mode.replace("%", "pct"))
+    d = os.path.join(work, f"{mode.replace('%', 'pct')}-{round_}")
     os.makedirs(d, exist_ok=True)
     open(f"{d}/c.toml", "w").write(config(work, sample))
     p = start([f"{binp}/cutover", "serve", "--config", f"{d}/c.toml", "--threads", "1"], f"{d}/serve.log")
@@ -99,7 +102,8 @@ def run_mode(binp, work, mode, secs):
     api("/v1/services/chat/switch", token, {"to": "blue"})
     if mode != "off":
         rid = api("/v1/services/chat/releases", token, {"version": "v2"})["id"]
-        wait("the shadowing phase", lambda: api(f"/v1/services/chat/releases/{rid}", token)["phase"] == "shadowing")
+        # Mirroring starts after the phase's 2 s reference window: its first reading says so.
+        wait("mirroring", lambda: api(f"/v1/services/chat/releases/{rid}", token).get("shadow"))
     r = measure(binp, work, p.pid, secs)
     if mode != "off":
         doc = api(f"/v1/services/chat/releases/{rid}", token)
@@ -122,9 +126,9 @@ def main():
         for port, v in [(BLUE, "v1"), (GREEN, "v2")]:
             start([f"{binp}/mock-model", "--port", str(port), "--model-version", v, "--token-interval", "0s"], f"{work}/mock-{v}.log")
         best = {}
-        for _ in range(1 if a.quick else 2):
+        for round_ in range(1 if a.quick else 2):
             for mode in ["off", "5%", "100%"]:
-                r = run_mode(binp, work, mode, secs)
+                r = run_mode(binp, work, mode, secs, round_)
                 if mode not in best or r["cpu_us_per_req"] < best[mode]["cpu_us_per_req"]:
                     best[mode] = r
         off = best["off"]
