@@ -865,7 +865,9 @@ fn every_error_of_every_part_is_reported_at_its_line() {
             (17, "services.embed.run.ports"),
             (19, "services.embed.release.warmup.concurrency"),
             (21, "services.embed.release.verify.max_error_rate"),
-            // `lisen` taken out, `listen` is missing: both are so.
+            // `lisen` taken out, `listen` (or `listener`) is missing, and so are its
+            // environments: all are so.
+            (23, "services.third.listen"),
             (23, "services.third"),
             (24, "services.third.lisen"),
         ],
