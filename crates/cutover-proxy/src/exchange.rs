@@ -31,6 +31,10 @@ pub struct Forwarder {
     pub preview: bool,
     /// The service's name, shared with access-log lines.
     pub(crate) service_name: Arc<str>,
+    /// Set on a shared listener's forwarder: each request goes to the service it picks
+    /// (`service` is then the listener's own, routing nowhere, whose settings are the
+    /// connections').
+    pub shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Forwarder {
@@ -40,7 +44,17 @@ impl Forwarder {
             service,
             preview,
             service_name,
+            shared: None,
         }
+    }
+
+    /// The forwarder of a shared listener: its connections take `settings` (limits,
+    /// timeouts, trusted proxies), each request the service `shared` picks for it.
+    pub fn for_shared(shared: crate::shared::Shared, settings: ServiceSettings) -> Forwarder {
+        let front = Service::new(shared.name.clone(), settings, crate::route::RouteTable::default());
+        let mut fwd = Forwarder::new(front, false);
+        fwd.shared = Some(Arc::new(shared));
+        fwd
     }
 }
 
