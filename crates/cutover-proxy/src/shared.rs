@@ -101,8 +101,7 @@ impl Shared {
             if !head_matches(rule, host, path) {
                 continue;
             }
-            // The most specific rule wins: the longest prefix, then a named host.
-            let weight = rule.path_prefix.as_ref().map_or(0, |p| p.len() * 2) + usize::from(rule.host.is_some());
+            let weight = specificity(rule);
             if !rule.models.is_empty() {
                 by_model |= 1 << i;
                 model_weight = model_weight.max(weight);
@@ -226,6 +225,14 @@ impl Shared {
     }
 }
 
+/// How specific a rule's head part is; the most specific rule that matches wins. A named
+/// host first (as nginx picks the server by name before a location), then the longest
+/// prefix; `/` still outranks no prefix.
+fn specificity(rule: &Rule) -> usize {
+    let host = if rule.host.is_some() { 1 << 16 } else { 0 };
+    host + rule.path_prefix.as_ref().map_or(0, |p| p.len() + 1)
+}
+
 /// Methods whose requests carry the JSON body a model is read from.
 fn body_method(m: &Method) -> bool {
     *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
@@ -322,6 +329,7 @@ mod tests {
         assert_eq!(name(s.by_head(&post, Some(b"Admin.Example:8000"), b"/x")), "admin");
         assert_eq!(name(s.by_head(&post, None, b"/rerank/v2/go")), "rerank2");
         assert_eq!(name(s.by_head(&post, None, b"/rerank")), "rerank");
+        assert_eq!(name(s.by_head(&post, Some(b"admin.example"), b"/rerank/v2")), "admin", "a host outranks a prefix");
         assert_eq!(name(s.by_head(&post, None, b"/reranking")), "by model 11");
         assert_eq!(name(s.by_head(&Method::GET, None, b"/health")), "404 no_service_matches");
         // No live color yet: nothing listed.

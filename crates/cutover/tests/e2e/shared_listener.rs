@@ -1,0 +1,259 @@
+//! A shared listener: a chat service and an embedding service behind one address, routed by
+//! the OpenAI `model` field (and by Host and path prefix), driven with the official `openai`
+//! Python client (`tests/shared/openai_client.py`) on both engines.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/shared/openai_client.py")
+}
+
+fn python() -> String {
+    std::env::var("CUTOVER_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The engine's environment: the own HTTP/1.1 engine by default, hyper on request.
+fn engine(hyper: bool) -> Vec<(&'static str, &'static str)> {
+    if hyper {
+        vec![("CUTOVER_HTTP1_ENGINE", "hyper")]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `chat` (blue, green) and `embed` (blue, green) on listener `api`, each with its `match`.
+fn config(chat: [&Mock; 2], embed: [&Mock; 2], chat_match: &str, embed_match: &str) -> String {
+    let svc = |name: &str, m: [&Mock; 2], matches: &str| {
+        format!(
+            "[services.{name}]\nlistener = \"api\"\nmatch = {matches}\n\
+             health = {{ path = \"/health\", interval = \"200ms\", timeout = \"1s\" }}\n\
+             [services.{name}.blue]\nendpoints = [\"{}\"]\nversion = \"{}\"\n\
+             [services.{name}.green]\nendpoints = [\"{}\"]\nversion = \"{}\"\n\n",
+            m[0].addr(),
+            m[0].version,
+            m[1].addr(),
+            m[1].version
+        )
+    };
+    format!(
+        "[listeners.api]\nlisten = \"{{listen}}\"\n\n{}{}",
+        svc("chat", chat, chat_match),
+        svc("embed", embed, embed_match)
+    )
+}
+
+/// Four mocks and a router with both services live on blue.
+async fn start(hyper: bool, chat_match: &str, embed_match: &str) -> (Router, Vec<Mock>) {
+    let mocks = vec![
+        Mock::start("chat-v1", &[]).await,
+        Mock::start("chat-v2", &[]).await,
+        Mock::start("embed-v1", &[]).await,
+        Mock::start("embed-v2", &[]).await,
+    ];
+    let text = config([&mocks[0], &mocks[1]], [&mocks[2], &mocks[3]], chat_match, embed_match);
+    let r = Router::start_with_env(&text, &engine(hyper)).await;
+    for svc in ["chat", "embed"] {
+        let s = r
+            .api(Method::POST, &format!("/v1/services/{svc}/switch"), json!({"to": "blue"}))
+            .await;
+        assert_eq!(s.status, 200, "{svc}: {}", s.text());
+    }
+    (r, mocks)
+}
+
+const BY_MODEL: (&str, &str) = (r#"{ model = ["llama-3-8b"] }"#, r#"{ model = ["bge-small"] }"#);
+
+/// Runs the client script in `mode` and returns its one JSON line.
+async fn client(mode: &str, base: &str) -> Value {
+    let out = tokio::process::Command::new(python())
+        .arg(script())
+        .args([mode, "--base-url", base])
+        .output()
+        .await
+        .expect("run python3 with the openai client (.ci/llama-setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{mode}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn routes_by_model(hyper: bool) {
+    let (r, _mocks) = start(hyper, BY_MODEL.0, BY_MODEL.1).await;
+    let got = client("once", &r.url("/v1")).await;
+    assert_eq!(got["chat_version"], "chat-v1", "{got}");
+    assert_eq!(got["stream_versions"], json!(["chat-v1"]), "{got}");
+    assert_eq!(got["embed_version"], "embed-v1", "{got}");
+    assert!(got["embed_dims"].as_u64().unwrap() > 0, "{got}");
+    assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
+    let unknown = &got["unknown"];
+    assert_eq!(
+        (&unknown["status"], &unknown["code"], &unknown["type"], &unknown["param"]),
+        (&json!(404), &json!("model_not_found"), &json!("invalid_request_error"), &json!("model")),
+        "{got}"
+    );
+    assert!(unknown["message"].as_str().unwrap().contains("gpt-9"), "{got}");
+
+    // A body of 1 MiB whose model comes first is routed from its first bytes and arrives
+    // whole; one whose model is past the cap is refused, not buffered.
+    let big = "x".repeat(1 << 20);
+    // Written out: `json!` sorts its keys, which would put `input` first.
+    let first = format!(r#"{{"model":"bge-small","input":"{big}"}}"#);
+    let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[("content-type", "application/json")], &first)
+        .await
+        .unwrap();
+    assert_eq!((resp.status.as_u16(), resp.header("x-cutover-version")), (200, "embed-v1"), "{}", resp.text());
+    let late = format!(r#"{{"input":"{big}","model":"bge-small"}}"#);
+    let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[], &late)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "model_not_in_first_bytes", "{}", resp.text());
+
+    // Each service counts its own requests.
+    let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
+    for svc in ["chat", "embed"] {
+        let counted: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("cutover_requests_total{") && l.contains(&format!("service=\"{svc}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(counted >= 2.0, "{svc} counted {counted}:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn shared_listener_routes_openai_chat_and_embeddings_by_model() {
+    routes_by_model(false).await;
+}
+
+#[tokio::test]
+async fn shared_listener_routes_openai_chat_and_embeddings_by_model_on_hyper() {
+    routes_by_model(true).await;
+}
+
+/// The load mode of the client script.
+struct Load {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Every `seen` line read so far (they come in any order).
+    seen: std::collections::HashSet<String>,
+}
+
+impl Load {
+    fn start(base: &str) -> Load {
+        let mut child = tokio::process::Command::new(python())
+            .arg(script())
+            .args(["load", "--base-url", base, "--workers", "4"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn python3");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Load {
+            child,
+            lines,
+            seen: Default::default(),
+        }
+    }
+
+    /// Waits for the script to say it saw an answer of `kind` from `version`.
+    async fn seen(&mut self, kind: &str, version: &str) {
+        let want = format!("seen {kind} {version}");
+        let wait = async {
+            while !self.seen.contains(&want) {
+                match self.lines.next_line().await.unwrap() {
+                    Some(l) => self.seen.insert(l),
+                    None => panic!("the load ended before {want}"),
+                };
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {want} in 60 s"));
+    }
+
+    async fn finish(mut self) -> Value {
+        drop(self.child.stdin.take());
+        let summary = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(l) = self.lines.next_line().await.unwrap() {
+                if let Some(s) = l.strip_prefix("summary ") {
+                    return serde_json::from_str::<Value>(s).unwrap();
+                }
+            }
+            panic!("the load gave no summary");
+        })
+        .await
+        .expect("a summary within 60 s");
+        let _ = self.child.wait().await;
+        summary
+    }
+}
+
+async fn release_one_while_the_other_serves(hyper: bool) {
+    let (r, _mocks) = start(hyper, BY_MODEL.0, BY_MODEL.1).await;
+    let mut load = Load::start(&r.url("/v1"));
+    load.seen("chat", "chat-v1").await;
+    load.seen("embed", "embed-v1").await;
+    let id = r.release("chat-v2").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    load.seen("chat", "chat-v2").await;
+    let summary = load.finish().await;
+    eprintln!("load summary: {summary}");
+    assert_eq!(summary["failures"], json!([]), "{summary}");
+    let counts = summary["counts"].as_object().unwrap();
+    assert!(counts["embed embed-v1"].as_u64().unwrap() > 0, "{summary}");
+    assert!(!counts.contains_key("embed embed-v2"), "embed was not released: {summary}");
+    let embed = r
+        .api(Method::GET, "/v1/services/embed", Value::Null)
+        .await
+        .json();
+    assert_eq!((&embed["live"], &embed["generation"]), (&json!("blue"), &json!(1)), "{embed}");
+    assert_eq!(r.status().await["live"], "green");
+}
+
+#[tokio::test]
+async fn a_release_on_a_shared_listener_leaves_the_other_service_serving() {
+    release_one_while_the_other_serves(false).await;
+}
+
+#[tokio::test]
+async fn a_release_on_a_shared_listener_leaves_the_other_service_serving_on_hyper() {
+    release_one_while_the_other_serves(true).await;
+}
+
+async fn routes_by_host_and_prefix(hyper: bool) {
+    let (r, _mocks) = start(hyper, r#"{ host = "chat.example" }"#, r#"{ path_prefix = "/v1/embeddings" }"#).await;
+    let got = client("hosts", &r.url("/v1")).await;
+    assert_eq!(got["chat_by_host"], "chat-v1", "{got}");
+    assert_eq!(got["embed_by_prefix"], "embed-v1", "{got}");
+    assert_eq!(got["no_match"]["status"], 404, "{got}");
+    assert_eq!(got["no_match"]["code"], "no_service_matches", "{got}");
+    // A host outranks a prefix, as nginx picks the server before the location.
+    let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[("host", "Chat.Example:80")], r#"{"input":"x"}"#)
+        .await
+        .unwrap();
+    assert_eq!(resp.header("x-cutover-version"), "chat-v1", "{}", resp.text());
+}
+
+#[tokio::test]
+async fn a_shared_listener_routes_by_host_and_path_prefix() {
+    routes_by_host_and_prefix(false).await;
+}
+
+#[tokio::test]
+async fn a_shared_listener_routes_by_host_and_path_prefix_on_hyper() {
+    routes_by_host_and_prefix(true).await;
+}
