@@ -527,3 +527,54 @@ fn shared_change(old: &Config, new: &Config) -> Option<String> {
             .into(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: &str = r#"
+[listeners.api]
+listen = "127.0.0.1:0"
+[services.chat]
+listener = "api"
+match = { model = ["a"] }
+[services.chat.blue]
+endpoints = ["127.0.0.1:9001"]
+[services.chat.green]
+endpoints = ["127.0.0.1:9002"]
+"#;
+
+    fn parse(text: &str) -> Config {
+        cutover_config::parse(std::path::Path::new("/etc/cutover/cutover.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_reload_refuses_any_change_to_a_shared_listener_and_allows_the_rest() {
+        let old = parse(SHARED);
+        assert_eq!(shared_change(&old, &parse(SHARED)), None);
+        let limits = format!("{SHARED}[services.chat.limits]\nmax_body_bytes = 1000\n");
+        assert_eq!(shared_change(&old, &parse(&limits)), None, "a service's own settings reload");
+        for changed in [
+            SHARED.replace(r#"["a"]"#, r#"["a", "b"]"#),
+            SHARED.replace("127.0.0.1:0", "127.0.0.1:8000"),
+            format!(
+                "{SHARED}[services.embed]\nlistener = \"api\"\nmatch = {{ model = [\"e\"] }}\n\
+                 [services.embed.blue]\nendpoints = [\"127.0.0.1:9011\"]\n[services.embed.green]\nendpoints = [\"127.0.0.1:9012\"]\n"
+            ),
+        ] {
+            let why = shared_change(&old, &parse(&changed)).expect("refused");
+            assert!(why.contains("read at start only") && why.contains("serve --upgrade"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_shared_listener_takes_hyper_when_any_service_needs_it() {
+        let cfg = parse(SHARED);
+        let chat = Arc::new(cfg.services["chat"].clone());
+        assert_eq!(shared_front(&[chat.clone()]).unwrap().protocol, Protocol::Http1);
+        let h2 = parse(&SHARED.replace("[services.chat.blue]", "upstream_protocol = \"h2c\"\n[services.chat.blue]"));
+        let h2 = Arc::new(h2.services["chat"].clone());
+        assert_eq!(shared_front(&[chat, h2]).unwrap().protocol, Protocol::H2c);
+        assert!(shared_front(&[]).is_none());
+    }
+}

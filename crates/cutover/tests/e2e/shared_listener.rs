@@ -43,8 +43,9 @@ fn config(chat: [&Mock; 2], embed: [&Mock; 2], chat_match: &str, embed_match: &s
             m[1].version
         )
     };
+    // A short bake: the release test waits for the whole release.
     format!(
-        "[listeners.api]\nlisten = \"{{listen}}\"\n\n{}{}",
+        "[listeners.api]\nlisten = \"{{listen}}\"\n\n{}{}[services.chat.release.verify]\nbake = \"2s\"\nmin_requests = 5\n",
         svc("chat", chat, chat_match),
         svc("embed", embed, embed_match)
     )
@@ -256,4 +257,46 @@ async fn a_shared_listener_routes_by_host_and_path_prefix() {
 #[tokio::test]
 async fn a_shared_listener_routes_by_host_and_path_prefix_on_hyper() {
     routes_by_host_and_prefix(true).await;
+}
+
+/// In a fleet, every router reads the same rules from its config and the switches come
+/// from etcd: two routers answer the openai client alike, before and after a switch of one
+/// service made through the other router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_of_a_fleet_route_a_shared_listener_alike() {
+    let etcd = crate::fleet::cluster::Cluster::start(1).await;
+    let mocks = [
+        Mock::start("chat-v1", &[]).await,
+        Mock::start("chat-v2", &[]).await,
+        Mock::start("embed-v1", &[]).await,
+        Mock::start("embed-v2", &[]).await,
+    ];
+    let text = config([&mocks[0], &mocks[1]], [&mocks[2], &mocks[3]], BY_MODEL.0, BY_MODEL.1);
+    let fleet = crate::fleet::in_fleet(&etcd.url_of(0), "shared", &text);
+    let routers = [Router::start(&fleet).await, Router::start(&fleet).await];
+    crate::fleet::wait_routers(&routers[0], 2, "SYNCED").await;
+    let switch = |r: usize, svc: &'static str, to: &'static str| {
+        let r = &routers[r];
+        async move {
+            let s = r
+                .api(Method::POST, &format!("/v1/services/{svc}/switch"), json!({"to": to}))
+                .await;
+            assert_eq!(s.status, 200, "{svc}: {}", s.text());
+            assert_eq!(s.json()["sync"]["synced"], 2, "both routers acked: {}", s.text());
+        }
+    };
+    switch(0, "chat", "blue").await;
+    switch(0, "embed", "blue").await;
+    for (chat, embed) in [("chat-v1", "embed-v1"), ("chat-v2", "embed-v1")] {
+        for r in &routers {
+            let got = client("once", &r.url("/v1")).await;
+            assert_eq!((got["chat_version"].as_str(), got["embed_version"].as_str()), (Some(chat), Some(embed)), "{got}");
+            assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
+            assert_eq!(got["unknown"]["code"], "model_not_found", "{got}");
+        }
+        // Acked means applied: the switch is seen by both routers at once.
+        if chat == "chat-v1" {
+            switch(1, "chat", "green").await;
+        }
+    }
 }
