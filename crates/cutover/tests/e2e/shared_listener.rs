@@ -121,6 +121,31 @@ async fn routes_by_model(hyper: bool) {
     assert_eq!(resp.status, 400, "{}", resp.text());
     assert_eq!(resp.json()["error"]["code"], "model_not_in_first_bytes", "{}", resp.text());
 
+    // A chunked body whose model spans chunks, and an HTTP/2 client, are routed alike.
+    let body = r#"{"model":"bge-small","input":"hi"}"#;
+    let chunks: String = body
+        .as_bytes()
+        .chunks(5)
+        .map(|c| format!("{:x}\r\n{}\r\n", c.len(), std::str::from_utf8(c).unwrap()))
+        .collect();
+    let req = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}0\r\n\r\n"
+    );
+    let (answer, _) = raw(r.listen, req.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("x-cutover-version: embed-v1"),
+        "{answer}"
+    );
+    let h2 = tokio::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-H", "content-type: application/json"])
+        .args(["-d", r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#])
+        .arg(r.url("/v1/chat/completions"))
+        .output()
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&h2.stdout);
+    assert!(head.starts_with("HTTP/2 200") && head.contains("x-cutover-version: chat-v1"), "{head}");
+
     // Each service counts its own requests.
     let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
     for svc in ["chat", "embed"] {
