@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
-use super::{keep, Claims, ConfigError, ListenerConfig, RawListener, RawService, ServiceConfig, SharedMatch, Source, Span};
+use super::{
+    keep, Claims, ConfigError, ListenerConfig, RawListener, RawService, ServiceConfig, SharedMatch, Source, Span,
+};
 
 impl Source<'_> {
     /// Every `[listeners.NAME]`, its address claimed like a service's own listener.
@@ -26,7 +28,13 @@ impl Source<'_> {
                 .and_then(|a| self.claim(claims, a, key, listen.span()).map(|_| a));
             if let Some(a) = keep(errors, addr) {
                 claims.listeners.insert(name.clone(), a);
-                out.insert(name.clone(), ListenerConfig { name: name.clone(), listen: a });
+                out.insert(
+                    name.clone(),
+                    ListenerConfig {
+                        name: name.clone(),
+                        listen: a,
+                    },
+                );
             }
         }
         out
@@ -88,28 +96,55 @@ impl Source<'_> {
         };
         let raw = m.get_ref();
         if raw.model.is_empty() && raw.host.is_none() && raw.path_prefix.is_none() {
-            return self.err(m.span(), key, "`match` is empty: give `model`, `host` or `path_prefix`".into());
+            return self.err(
+                m.span(),
+                key,
+                "`match` is empty: give `model`, `host` or `path_prefix`".into(),
+            );
         }
         let mut model = Vec::new();
         for (i, s) in raw.model.iter().enumerate() {
             if s.get_ref().is_empty() {
-                return self.err(s.span(), format!("{key}.model[{i}]"), "a model name cannot be empty".into());
+                return self.err(
+                    s.span(),
+                    format!("{key}.model[{i}]"),
+                    "a model name cannot be empty".into(),
+                );
             }
             model.push(s.get_ref().clone());
         }
         let host = match &raw.host {
             Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ', ':']) => {
-                return self.err(h.span(), format!("{key}.host"), format!("expected a host name such as \"embed.example.com\" (no port, scheme or path), got {:?}", h.get_ref()));
+                return self.err(
+                    h.span(),
+                    format!("{key}.host"),
+                    format!(
+                        "expected a host name such as \"embed.example.com\" (no port, scheme or path), got {:?}",
+                        h.get_ref()
+                    ),
+                );
             }
             h => h.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
         };
         let path_prefix = match &raw.path_prefix {
             Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(['?', '#', ' ']) => {
-                return self.err(p.span(), format!("{key}.path_prefix"), format!("expected a path prefix such as \"/embed\" (starting with '/', no query), got {:?}", p.get_ref()));
+                return self.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "expected a path prefix such as \"/embed\" (starting with '/', no query), got {:?}",
+                        p.get_ref()
+                    ),
+                );
             }
             p => p.as_ref().map(|p| p.get_ref().clone()),
         };
-        Ok(SharedMatch { listener: String::new(), model, host, path_prefix })
+        Ok(SharedMatch {
+            listener: String::new(),
+            model,
+            host,
+            path_prefix,
+        })
     }
 
     /// Across services: no two on one listener with the same model, Host or path prefix
@@ -123,19 +158,39 @@ impl Source<'_> {
         let mut seen: HashMap<(String, &'static str, String), &str> = HashMap::new();
         for (name, svc) in services {
             let Some(m) = &svc.shared else { continue };
-            let keys = m.model.iter().map(|v| ("model", v.clone()))
+            let keys = m
+                .model
+                .iter()
+                .map(|v| ("model", v.clone()))
                 .chain(m.host.iter().map(|v| ("host", v.clone())))
                 .chain(m.path_prefix.iter().map(|v| ("path_prefix", v.clone())));
             for (kind, value) in keys {
                 if let Some(other) = seen.insert((m.listener.clone(), kind, value.clone()), name) {
                     let key = format!("services.{name}.match.{kind}");
-                    let span = self.span_of(&key).or_else(|| self.span_of(&format!("services.{name}"))).unwrap_or(0..0);
-                    keep(&mut errors, self.err::<()>(span, key, format!("{kind} {value:?} on listener {:?} is already matched by service {other}", m.listener)));
+                    let span = self
+                        .span_of(&key)
+                        .or_else(|| self.span_of(&format!("services.{name}")))
+                        .unwrap_or(0..0);
+                    keep(
+                        &mut errors,
+                        self.err::<()>(
+                            span,
+                            key,
+                            format!(
+                                "{kind} {value:?} on listener {:?} is already matched by service {other}",
+                                m.listener
+                            ),
+                        ),
+                    );
                 }
             }
         }
         for (name, l) in raw {
-            if !services.values().any(|s| s.shared.as_ref().is_some_and(|m| &m.listener == name)) && errors.is_empty() {
+            if !services
+                .values()
+                .any(|s| s.shared.as_ref().is_some_and(|m| &m.listener == name))
+                && errors.is_empty()
+            {
                 keep(&mut errors, self.err::<()>(l.span(), format!("listeners.{name}"), format!("no service takes its requests from this listener: set `listener = \"{name}\"` in a service, or remove it")));
             }
         }

@@ -1062,8 +1062,14 @@ fn services_on_a_shared_listener_take_its_address_and_their_match() {
         .replace(r#"model = ["bge-small"]"#, r#"host = "Embed.Example""#)
         .replace(r#"model = ["llama-3-8b", "llama-3-70b"]"#, r#"path_prefix = "/chat""#);
     let c = check(&hosts).unwrap();
-    assert_eq!(c.services["embed"].shared.as_ref().unwrap().host.as_deref(), Some("embed.example"));
-    assert_eq!(c.services["chat"].shared.as_ref().unwrap().path_prefix.as_deref(), Some("/chat"));
+    assert_eq!(
+        c.services["embed"].shared.as_ref().unwrap().host.as_deref(),
+        Some("embed.example")
+    );
+    assert_eq!(
+        c.services["chat"].shared.as_ref().unwrap().path_prefix.as_deref(),
+        Some("/chat")
+    );
 }
 
 #[test]
@@ -1072,17 +1078,36 @@ fn shared_listener_mistakes_name_their_line_and_key() {
     // The same model on two services of one listener.
     let text = SHARED.replace("bge-small", "llama-3-70b");
     let e = check(&text).unwrap_err();
-    assert_eq!((e.key.as_str(), e.line), ("services.embed.match.model", line_of(&text, r#"match = { model = ["llama-3-70b"]"#)), "{e}");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        (
+            "services.embed.match.model",
+            line_of(&text, r#"match = { model = ["llama-3-70b"]"#)
+        ),
+        "{e}"
+    );
     assert!(e.message.contains("already matched by service chat"), "{e}");
     // Both `listen` and `listener`.
-    let text = SHARED.replacen("listener = \"api\"", "listen = \"127.0.0.1:8100\"\nlistener = \"api\"", 1);
+    let text = SHARED.replacen(
+        "listener = \"api\"",
+        "listen = \"127.0.0.1:8100\"\nlistener = \"api\"",
+        1,
+    );
     let e = check(&text).unwrap_err();
-    assert_eq!((e.key.as_str(), e.line), ("services.chat.listen", line_of(&text, "8100")), "{e}");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("services.chat.listen", line_of(&text, "8100")),
+        "{e}"
+    );
     assert!(e.message.contains("not both"), "{e}");
     // A listener nobody configured.
     let text = SHARED.replacen("listener = \"api\"", "listener = \"apj\"", 1);
     let e = check(&text).unwrap_err();
-    assert_eq!((e.key.as_str(), e.line), ("services.chat.listener", line_of(&text, "apj")), "{e}");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("services.chat.listener", line_of(&text, "apj")),
+        "{e}"
+    );
     // A shared service without a match.
     let text = SHARED.replacen("match = { model = [\"bge-small\"] }\n", "", 1);
     let e = check(&text).unwrap_err();

@@ -24,9 +24,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cutover_config::{Config, ConfigError, ServiceConfig};
 use cutover_proxy::forward::Forwarder;
+use cutover_proxy::listener::{self, ListenerStats};
 use cutover_proxy::shared::{Rule, Shared};
 use cutover_proxy::{Protocol, ServiceSettings};
-use cutover_proxy::listener::{self, ListenerStats};
 use cutover_store::{EventRecord, HistoryKind};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -187,7 +187,9 @@ impl Serving {
         let mut on = Vec::new();
         for svc in self.ctl.services().values() {
             let cfg = svc.cfg();
-            let Some(m) = cfg.shared.as_ref().filter(|m| m.listener == name) else { continue };
+            let Some(m) = cfg.shared.as_ref().filter(|m| m.listener == name) else {
+                continue;
+            };
             let rule = Rule {
                 models: m.model.clone(),
                 host: m.host.clone(),
@@ -216,7 +218,10 @@ impl Serving {
             stop,
             fd,
         };
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), loop_);
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), loop_);
         for cfg in on {
             self.publish_bound(&cfg.name);
         }
@@ -230,7 +235,11 @@ impl Serving {
         }
         let cfg = self.ctl.service(service).ok()?.cfg();
         let m = cfg.shared.as_ref()?;
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).get(&m.listener).map(|l| l.bound)
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.listener)
+            .map(|l| l.bound)
     }
 
     /// Tells the service which addresses serve it now (status shows them).
@@ -516,7 +525,11 @@ fn shared_front(on: &[Arc<ServiceConfig>]) -> Option<ServiceSettings> {
 /// listener's rules are fixed while it serves (its requests pick among them without a lock).
 fn shared_change(old: &Config, new: &Config) -> Option<String> {
     let matches = |c: &Config| -> BTreeMap<String, Option<cutover_config::SharedMatch>> {
-        c.services.iter().map(|(n, s)| (n.clone(), s.shared.clone())).filter(|(_, m)| m.is_some()).collect()
+        c.services
+            .iter()
+            .map(|(n, s)| (n.clone(), s.shared.clone()))
+            .filter(|(_, m)| m.is_some())
+            .collect()
     };
     if old.listeners == new.listeners && matches(old) == matches(new) {
         return None;
@@ -553,7 +566,11 @@ endpoints = ["127.0.0.1:9002"]
         let old = parse(SHARED);
         assert_eq!(shared_change(&old, &parse(SHARED)), None);
         let limits = format!("{SHARED}[services.chat.limits]\nmax_body_bytes = 1000\n");
-        assert_eq!(shared_change(&old, &parse(&limits)), None, "a service's own settings reload");
+        assert_eq!(
+            shared_change(&old, &parse(&limits)),
+            None,
+            "a service's own settings reload"
+        );
         for changed in [
             SHARED.replace(r#"["a"]"#, r#"["a", "b"]"#),
             SHARED.replace("127.0.0.1:0", "127.0.0.1:8000"),
@@ -571,8 +588,14 @@ endpoints = ["127.0.0.1:9002"]
     fn a_shared_listener_takes_hyper_when_any_service_needs_it() {
         let cfg = parse(SHARED);
         let chat = Arc::new(cfg.services["chat"].clone());
-        assert_eq!(shared_front(&[chat.clone()]).unwrap().protocol, Protocol::Http1);
-        let h2 = parse(&SHARED.replace("[services.chat.blue]", "upstream_protocol = \"h2c\"\n[services.chat.blue]"));
+        assert_eq!(
+            shared_front(std::slice::from_ref(&chat)).unwrap().protocol,
+            Protocol::Http1
+        );
+        let h2 = parse(&SHARED.replace(
+            "[services.chat.blue]",
+            "upstream_protocol = \"h2c\"\n[services.chat.blue]",
+        ));
         let h2 = Arc::new(h2.services["chat"].clone());
         assert_eq!(shared_front(&[chat, h2]).unwrap().protocol, Protocol::H2c);
         assert!(shared_front(&[]).is_none());

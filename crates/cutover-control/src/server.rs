@@ -110,7 +110,11 @@ impl Listeners {
         for (name, l) in &config.listeners {
             shared.insert(name.clone(), bind_key(&format!("listeners.{name}.listen"), l.listen)?);
         }
-        Ok(Listeners { admin, services, shared })
+        Ok(Listeners {
+            admin,
+            services,
+            shared,
+        })
     }
 
     /// The listeners for `config` from those a predecessor handed over: a key whose configured
@@ -152,9 +156,19 @@ impl Listeners {
         }
         let mut shared = BTreeMap::new();
         for (name, l) in &config.listeners {
-            shared.insert(name.clone(), take(&format!("listeners.{name}.listen"), l.listen, &listener::bind)?);
+            shared.insert(
+                name.clone(),
+                take(&format!("listeners.{name}.listen"), l.listen, &listener::bind)?,
+            );
         }
-        Ok((Listeners { admin, services, shared }, taken))
+        Ok((
+            Listeners {
+                admin,
+                services,
+                shared,
+            },
+            taken,
+        ))
     }
 
     /// The admin listener's manifest entry and a copy of its socket, to hand to a successor
@@ -178,7 +192,9 @@ impl Listeners {
         for (name, (live, preview)) in &self.services {
             let listen = match (live, config.services.get(name).and_then(|s| s.shared.as_ref())) {
                 (Some(l), _) => l.local_addr()?,
-                (None, Some(m)) => *listeners.get(&m.listener).ok_or_else(|| std::io::Error::other("a shared listener is bound"))?,
+                (None, Some(m)) => *listeners
+                    .get(&m.listener)
+                    .ok_or_else(|| std::io::Error::other("a shared listener is bound"))?,
                 (None, None) => return Err(std::io::Error::other("a service has a listener")),
             };
             let addrs = BoundAddrs {

@@ -135,7 +135,13 @@ impl Shared {
 
     /// Picks by the `model` among the candidates `by_head` found; a head-only rule that
     /// matched too takes requests with no model or an unknown one.
-    pub(crate) fn by_model(&self, candidates: u64, model: &Model, host: Option<&[u8]>, path: &[u8]) -> Result<&Arc<Forwarder>, ProxyError> {
+    pub(crate) fn by_model(
+        &self,
+        candidates: u64,
+        model: &Model,
+        host: Option<&[u8]>,
+        path: &[u8],
+    ) -> Result<&Arc<Forwarder>, ProxyError> {
         if let Model::Found(m) = model {
             let hit = self
                 .routes
@@ -190,9 +196,9 @@ impl Shared {
             .enumerate()
             .filter(|(i, (_, fwd))| candidates & (1 << i) != 0 && fwd.service.table().live_color().is_some())
             .flat_map(|(_, (rule, fwd))| {
-                rule.models.iter().map(|m| {
-                    serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": fwd.service.name})
-                })
+                rule.models.iter().map(
+                    |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": fwd.service.name}),
+                )
             })
             .collect();
         serde_json::json!({"object": "list", "data": data}).to_string()
@@ -329,16 +335,29 @@ mod tests {
         assert_eq!(name(s.by_head(&post, Some(b"Admin.Example:8000"), b"/x")), "admin");
         assert_eq!(name(s.by_head(&post, None, b"/rerank/v2/go")), "rerank2");
         assert_eq!(name(s.by_head(&post, None, b"/rerank")), "rerank");
-        assert_eq!(name(s.by_head(&post, Some(b"admin.example"), b"/rerank/v2")), "admin", "a host outranks a prefix");
+        assert_eq!(
+            name(s.by_head(&post, Some(b"admin.example"), b"/rerank/v2")),
+            "admin",
+            "a host outranks a prefix"
+        );
         assert_eq!(name(s.by_head(&post, None, b"/reranking")), "by model 11");
-        assert_eq!(name(s.by_head(&Method::GET, None, b"/health")), "404 no_service_matches");
+        assert_eq!(
+            name(s.by_head(&Method::GET, None, b"/health")),
+            "404 no_service_matches"
+        );
         // No live color yet: nothing listed.
-        assert_eq!(name(s.by_head(&Method::GET, None, b"/v1/models")), r#"{"data":[],"object":"list"}"#);
-        let pick = |m: Model| s.by_model(0b11, &m, None, b"/v1/x").map(|f| f.service.name.clone()).map_err(|e| e);
+        assert_eq!(
+            name(s.by_head(&Method::GET, None, b"/v1/models")),
+            r#"{"data":[],"object":"list"}"#
+        );
+        let pick = |m: Model| s.by_model(0b11, &m, None, b"/v1/x").map(|f| f.service.name.clone());
         assert_eq!(pick(Model::Found("bge".into())).unwrap(), "embed");
         let e = pick(Model::Found("gpt-9".into())).unwrap_err();
         let body = e.clone().into_response("api", None, false);
-        assert_eq!((e.status.as_u16(), e.code, e.param), (404, "model_not_found", Some("model")));
+        assert_eq!(
+            (e.status.as_u16(), e.code, e.param),
+            (404, "model_not_found", Some("model"))
+        );
         assert_eq!(body.status(), 404);
         assert_eq!(pick(Model::PastCap).unwrap_err().code, "model_not_in_first_bytes");
         assert_eq!(pick(Model::Missing).unwrap_err().code, "model_required");
@@ -346,7 +365,10 @@ mod tests {
 
     #[test]
     fn a_model_is_read_from_the_first_bytes_or_refused_past_the_cap() {
-        assert_eq!(Model::read(br#"{"model":"m","input":"#, false), Some(Model::Found("m".into())));
+        assert_eq!(
+            Model::read(br#"{"model":"m","input":"#, false),
+            Some(Model::Found("m".into()))
+        );
         assert_eq!(Model::read(br#"{"input":"x"#, false), None);
         assert_eq!(Model::read(br#"{"input":"x"#, true), Some(Model::Missing));
         assert_eq!(Model::read(b"", true), Some(Model::Missing));

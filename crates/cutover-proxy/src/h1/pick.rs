@@ -69,7 +69,11 @@ impl ClientConn {
             }
             match tokio::time::timeout_at(deadline, self.client.read_buf(&mut self.inbuf.data)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return Err(exchange::bad_body("the client closed the connection before its body's `model` field")),
+                Ok(_) => {
+                    return Err(exchange::bad_body(
+                        "the client closed the connection before its body's `model` field",
+                    ))
+                }
                 Err(_) => {
                     return Err(exchange::bad_body(
                         "the client did not send the start of its body within limits.header_read_timeout",

@@ -486,7 +486,13 @@ fn every_example_config_passes_cutover_check() {
         checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     checked.sort();
-    for want in ["llama-server.toml", "shared-listener.toml", "triton-grpc.toml", "triton-http.toml", "vllm.toml"] {
+    for want in [
+        "llama-server.toml",
+        "shared-listener.toml",
+        "triton-grpc.toml",
+        "triton-http.toml",
+        "vllm.toml",
+    ] {
         assert!(checked.iter().any(|c| c == want), "{want} is among {checked:?}");
     }
 }

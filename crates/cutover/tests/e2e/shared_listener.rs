@@ -63,7 +63,11 @@ async fn start(hyper: bool, chat_match: &str, embed_match: &str) -> (Router, Vec
     let r = Router::start_with_env(&text, &engine(hyper)).await;
     for svc in ["chat", "embed"] {
         let s = r
-            .api(Method::POST, &format!("/v1/services/{svc}/switch"), json!({"to": "blue"}))
+            .api(
+                Method::POST,
+                &format!("/v1/services/{svc}/switch"),
+                json!({"to": "blue"}),
+            )
             .await;
         assert_eq!(s.status, 200, "{svc}: {}", s.text());
     }
@@ -99,8 +103,18 @@ async fn routes_by_model(hyper: bool) {
     assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
     let unknown = &got["unknown"];
     assert_eq!(
-        (&unknown["status"], &unknown["code"], &unknown["type"], &unknown["param"]),
-        (&json!(404), &json!("model_not_found"), &json!("invalid_request_error"), &json!("model")),
+        (
+            &unknown["status"],
+            &unknown["code"],
+            &unknown["type"],
+            &unknown["param"]
+        ),
+        (
+            &json!(404),
+            &json!("model_not_found"),
+            &json!("invalid_request_error"),
+            &json!("model")
+        ),
         "{got}"
     );
     assert!(unknown["message"].as_str().unwrap().contains("gpt-9"), "{got}");
@@ -110,16 +124,32 @@ async fn routes_by_model(hyper: bool) {
     let big = "x".repeat(1 << 20);
     // Written out: `json!` sorts its keys, which would put `input` first.
     let first = format!(r#"{{"model":"bge-small","input":"{big}"}}"#);
-    let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[("content-type", "application/json")], &first)
-        .await
-        .unwrap();
-    assert_eq!((resp.status.as_u16(), resp.header("x-cutover-version")), (200, "embed-v1"), "{}", resp.text());
+    let resp = send(
+        &r.http,
+        Method::POST,
+        &r.url("/v1/embeddings"),
+        &[("content-type", "application/json")],
+        &first,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (resp.status.as_u16(), resp.header("x-cutover-version")),
+        (200, "embed-v1"),
+        "{}",
+        resp.text()
+    );
     let late = format!(r#"{{"input":"{big}","model":"bge-small"}}"#);
     let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[], &late)
         .await
         .unwrap();
     assert_eq!(resp.status, 400, "{}", resp.text());
-    assert_eq!(resp.json()["error"]["code"], "model_not_in_first_bytes", "{}", resp.text());
+    assert_eq!(
+        resp.json()["error"]["code"],
+        "model_not_in_first_bytes",
+        "{}",
+        resp.text()
+    );
 
     // A chunked body whose model spans chunks, and an HTTP/2 client, are routed alike.
     let body = r#"{"model":"bge-small","input":"hi"}"#;
@@ -137,14 +167,29 @@ async fn routes_by_model(hyper: bool) {
         "{answer}"
     );
     let h2 = tokio::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", "-H", "content-type: application/json"])
-        .args(["-d", r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args([
+            "-d",
+            r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#,
+        ])
         .arg(r.url("/v1/chat/completions"))
         .output()
         .await
         .unwrap();
     let head = String::from_utf8_lossy(&h2.stdout);
-    assert!(head.starts_with("HTTP/2 200") && head.contains("x-cutover-version: chat-v1"), "{head}");
+    assert!(
+        head.starts_with("HTTP/2 200") && head.contains("x-cutover-version: chat-v1"),
+        "{head}"
+    );
 
     // Each service counts its own requests.
     let metrics = get(&r.admin_url("/metrics")).await.unwrap().text();
@@ -241,12 +286,16 @@ async fn release_one_while_the_other_serves(hyper: bool) {
     assert_eq!(summary["failures"], json!([]), "{summary}");
     let counts = summary["counts"].as_object().unwrap();
     assert!(counts["embed embed-v1"].as_u64().unwrap() > 0, "{summary}");
-    assert!(!counts.contains_key("embed embed-v2"), "embed was not released: {summary}");
-    let embed = r
-        .api(Method::GET, "/v1/services/embed", Value::Null)
-        .await
-        .json();
-    assert_eq!((&embed["live"], &embed["generation"]), (&json!("blue"), &json!(1)), "{embed}");
+    assert!(
+        !counts.contains_key("embed embed-v2"),
+        "embed was not released: {summary}"
+    );
+    let embed = r.api(Method::GET, "/v1/services/embed", Value::Null).await.json();
+    assert_eq!(
+        (&embed["live"], &embed["generation"]),
+        (&json!("blue"), &json!(1)),
+        "{embed}"
+    );
     assert_eq!(r.status().await["live"], "green");
 }
 
@@ -261,16 +310,27 @@ async fn a_release_on_a_shared_listener_leaves_the_other_service_serving_on_hype
 }
 
 async fn routes_by_host_and_prefix(hyper: bool) {
-    let (r, _mocks) = start(hyper, r#"{ host = "chat.example" }"#, r#"{ path_prefix = "/v1/embeddings" }"#).await;
+    let (r, _mocks) = start(
+        hyper,
+        r#"{ host = "chat.example" }"#,
+        r#"{ path_prefix = "/v1/embeddings" }"#,
+    )
+    .await;
     let got = client("hosts", &r.url("/v1")).await;
     assert_eq!(got["chat_by_host"], "chat-v1", "{got}");
     assert_eq!(got["embed_by_prefix"], "embed-v1", "{got}");
     assert_eq!(got["no_match"]["status"], 404, "{got}");
     assert_eq!(got["no_match"]["code"], "no_service_matches", "{got}");
     // A host outranks a prefix, as nginx picks the server before the location.
-    let resp = send(&r.http, Method::POST, &r.url("/v1/embeddings"), &[("host", "Chat.Example:80")], r#"{"input":"x"}"#)
-        .await
-        .unwrap();
+    let resp = send(
+        &r.http,
+        Method::POST,
+        &r.url("/v1/embeddings"),
+        &[("host", "Chat.Example:80")],
+        r#"{"input":"x"}"#,
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.header("x-cutover-version"), "chat-v1", "{}", resp.text());
 }
 
@@ -315,7 +375,11 @@ async fn two_routers_of_a_fleet_route_a_shared_listener_alike() {
     for (chat, embed) in [("chat-v1", "embed-v1"), ("chat-v2", "embed-v1")] {
         for r in &routers {
             let got = client("once", &r.url("/v1")).await;
-            assert_eq!((got["chat_version"].as_str(), got["embed_version"].as_str()), (Some(chat), Some(embed)), "{got}");
+            assert_eq!(
+                (got["chat_version"].as_str(), got["embed_version"].as_str()),
+                (Some(chat), Some(embed)),
+                "{got}"
+            );
             assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
             assert_eq!(got["unknown"]["code"], "model_not_found", "{got}");
         }
