@@ -427,22 +427,8 @@ async fn start(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for (name, (live, preview)) in listeners.services {
-        let cfg = ctl
-            .service(&name)
-            .context("a bound service is in the controller")?
-            .cfg();
-        if let Some(live) = live {
-            serving.start(&name, false, live, cfg.listen)?;
-        }
-        if let (Some(p), Some(configured)) = (preview, cfg.preview_listen) {
-            serving.start(&name, true, p, configured)?;
-        }
-    }
-    for (name, l) in listeners.shared {
-        let configured = ctl.config.listeners[&name].listen;
-        serving.start_shared(&name, l, configured)?;
-    }
+    let admin = listeners.admin;
+    serve_data_plane(&ctl, &serving, listeners.services, listeners.shared)?;
     let admin_tls = match &ctl.config.admin.tls {
         Some(t) => Some(serving.certs.acceptor("admin.tls", t)?),
         None => None,
@@ -455,7 +441,7 @@ async fn start(
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
     log_dashboard(addresses.admin, admin_tls.is_some(), &ctl.config.admin.token_file);
     tasks.push(tokio::spawn(serve_admin(
-        listeners.admin,
+        admin,
         app,
         stop_rx.clone(),
         admin_tls,
@@ -476,6 +462,33 @@ async fn start(
         _sampling,
         _fleet,
     })
+}
+
+/// Starts serving every data-plane listener: each service's own (live, preview) and each
+/// shared one.
+fn serve_data_plane(
+    ctl: &Controller,
+    serving: &Serving,
+    services: BTreeMap<String, (Option<TcpListener>, Option<TcpListener>)>,
+    shared: BTreeMap<String, TcpListener>,
+) -> anyhow::Result<()> {
+    for (name, (live, preview)) in services {
+        let cfg = ctl
+            .service(&name)
+            .context("a bound service is in the controller")?
+            .cfg();
+        if let Some(live) = live {
+            serving.start(&name, false, live, cfg.listen)?;
+        }
+        if let (Some(p), Some(configured)) = (preview, cfg.preview_listen) {
+            serving.start(&name, true, p, configured)?;
+        }
+    }
+    for (name, l) in shared {
+        let configured = ctl.config.listeners[&name].listen;
+        serving.start_shared(&name, l, configured)?;
+    }
+    Ok(())
 }
 
 /// Stops accepting (the listening sockets close here; a successor's copies live on) and
