@@ -440,12 +440,7 @@ async fn start(
     );
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
     log_dashboard(addresses.admin, admin_tls.is_some(), &ctl.config.admin.token_file);
-    tasks.push(tokio::spawn(serve_admin(
-        admin,
-        app,
-        stop_rx.clone(),
-        admin_tls,
-    )));
+    tasks.push(tokio::spawn(serve_admin(admin, app, stop_rx.clone(), admin_tls)));
     tasks.push(tokio::spawn(
         serving
             .certs

@@ -389,3 +389,35 @@ async fn two_routers_of_a_fleet_route_a_shared_listener_alike() {
         }
     }
 }
+
+/// A reload that would change a shared listener's rules is refused and changes nothing;
+/// `serve --upgrade` hands the shared listener's socket over by its key, and the new process
+/// routes alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_listener_refuses_a_rule_change_on_reload_and_survives_an_upgrade() {
+    let (mut r, _mocks) = start(false, BY_MODEL.0, BY_MODEL.1).await;
+    let text = std::fs::read_to_string(&r.config).unwrap();
+    std::fs::write(
+        &r.config,
+        text.replace(r#"["bge-small"]"#, r#"["bge-small", "bge-large"]"#),
+    )
+    .unwrap();
+    let (code, out, err) = r.cli_async(&["reload"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("shared listeners") && err.contains("read at start only"),
+        "{out}{err}"
+    );
+    let got = client("once", &r.url("/v1")).await;
+    assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "unchanged: {got}");
+
+    std::fs::write(&r.config, &text).unwrap();
+    let mut old = crate::upgrade::upgrade(&mut r).await;
+    assert_eq!(crate::upgrade::exit_code(&mut old), Some(0));
+    let got = client("once", &r.url("/v1")).await;
+    assert_eq!(
+        (got["chat_version"].as_str(), got["embed_version"].as_str()),
+        (Some("chat-v1"), Some("embed-v1")),
+        "{got}"
+    );
+}
