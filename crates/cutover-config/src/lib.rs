@@ -100,6 +100,8 @@ pub struct Config {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// The listener speaks TLS only, with this certificate (as a service's `tls`).
+    pub tls: Option<TlsConfig>,
 }
 
 /// How a service on a shared listener is chosen for a request. Host and path prefix are
@@ -1116,6 +1118,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawListener {
     listen: Spanned<String>,
+    tls: Option<RawTls>,
 }
 
 #[derive(Deserialize, Default)]

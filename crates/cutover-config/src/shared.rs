@@ -26,15 +26,23 @@ impl Source<'_> {
             let addr = self
                 .addr(&listen, key.clone())
                 .and_then(|a| self.claim(claims, a, key, listen.span()).map(|_| a));
+            let tls_key = format!("listeners.{name}.tls");
+            let tls = keep(errors, self.tls(l.get_ref().tls.as_ref(), &tls_key, l.span()));
             if let Some(a) = keep(errors, addr) {
+                // Known to the services even when its `tls` is wrong: one error, not one more
+                // per service that names it.
                 claims.listeners.insert(name.clone(), a);
-                out.insert(
-                    name.clone(),
-                    ListenerConfig {
-                        name: name.clone(),
-                        listen: a,
-                    },
-                );
+                if let Some(tls) = tls {
+                    let listen = a;
+                    out.insert(
+                        name.clone(),
+                        ListenerConfig {
+                            name: name.clone(),
+                            listen,
+                            tls,
+                        },
+                    );
+                }
             }
         }
         out
@@ -79,7 +87,7 @@ impl Source<'_> {
                     );
                 };
                 if svc.tls.is_some() {
-                    return self.err_at(k("tls"), span.clone(), "a service on a shared listener cannot have its own `tls`: the listener's connections are shared".into());
+                    return self.err_at(k("tls"), span.clone(), format!("a service on a shared listener cannot have its own `tls`: the listener's connections are shared; set `tls` in [listeners.{}]", l.get_ref()));
                 }
                 let m = self.shared_match(name, svc, span)?;
                 Ok((addr, Some(SharedMatch { listener: l.get_ref().clone(), ..m })))

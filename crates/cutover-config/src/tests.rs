@@ -1116,6 +1116,14 @@ fn shared_listener_mistakes_name_their_line_and_key() {
     let text = SHARED.replace(r#"model = ["bge-small"]"#, r#"path_prefix = "embed""#);
     let e = check(&text).unwrap_err();
     assert_eq!(e.key, "services.embed.match.path_prefix", "{e}");
+    // A listener's `tls` is checked as a service's is, at its key.
+    let text = SHARED.replacen(
+        "listen = \"127.0.0.1:8000\"\n",
+        "listen = \"127.0.0.1:8000\"\ntls = { cert = \"/nonexistent.crt\", key = \"/nonexistent.key\" }\n",
+        1,
+    );
+    let e = check(&text).unwrap_err();
+    assert!(e.key.starts_with("listeners.api.tls"), "{e}");
     // Neither address.
     let text = SHARED.replacen("listener = \"api\"\n", "", 1);
     assert_eq!(check(&text).unwrap_err().key, "services.chat.listen");

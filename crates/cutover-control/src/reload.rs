@@ -200,7 +200,11 @@ impl Serving {
         }
         let front = shared_front(&on).context("a shared listener has services")?;
         let shared = Shared::new(name, routes).map_err(anyhow::Error::msg)?;
-        tracing::info!(listener = %name, listen = %bound, services = %on.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "), "shared listener listening");
+        let tls = match self.ctl.config.listeners.get(name).and_then(|l| l.tls.as_ref()) {
+            Some(t) => Some(self.certs.acceptor(&format!("listeners.{name}.tls"), t)?),
+            None => None,
+        };
+        tracing::info!(listener = %name, listen = %bound, tls = tls.is_some(), services = %on.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "), "shared listener listening");
         let (stop, stop_rx) = watch::channel(false);
         let fwd = Arc::new(Forwarder::for_shared(shared, front));
         let task = tokio::spawn(listener::serve(
@@ -209,7 +213,7 @@ impl Serving {
             Arc::new(ListenerStats::default()),
             stop_rx,
             self.grace,
-            None,
+            tls,
         ));
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
         let loop_ = Loop {

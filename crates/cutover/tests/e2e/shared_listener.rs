@@ -53,6 +53,11 @@ fn config(chat: [&Mock; 2], embed: [&Mock; 2], chat_match: &str, embed_match: &s
 
 /// Four mocks and a router with both services live on blue.
 async fn start(hyper: bool, chat_match: &str, embed_match: &str) -> (Router, Vec<Mock>) {
+    start_with(hyper, chat_match, embed_match, "").await
+}
+
+/// As `start`, with `listener_extra` (TOML lines) in `[listeners.api]`.
+async fn start_with(hyper: bool, chat_match: &str, embed_match: &str, listener_extra: &str) -> (Router, Vec<Mock>) {
     let mocks = vec![
         Mock::start("chat-v1", &[]).await,
         Mock::start("chat-v2", &[]).await,
@@ -60,6 +65,7 @@ async fn start(hyper: bool, chat_match: &str, embed_match: &str) -> (Router, Vec
         Mock::start("embed-v2", &[]).await,
     ];
     let text = config([&mocks[0], &mocks[1]], [&mocks[2], &mocks[3]], chat_match, embed_match);
+    let text = text.replacen("[listeners.api]\n", &format!("[listeners.api]\n{listener_extra}\n"), 1);
     let r = Router::start_with_env(&text, &engine(hyper)).await;
     for svc in ["chat", "embed"] {
         let s = r
@@ -78,9 +84,14 @@ const BY_MODEL: (&str, &str) = (r#"{ model = ["llama-3-8b"] }"#, r#"{ model = ["
 
 /// Runs the client script in `mode` and returns its one JSON line.
 async fn client(mode: &str, base: &str) -> Value {
+    client_with(mode, base, &[]).await
+}
+
+async fn client_with(mode: &str, base: &str, extra: &[&str]) -> Value {
     let out = tokio::process::Command::new(python())
         .arg(script())
         .args([mode, "--base-url", base])
+        .args(extra)
         .output()
         .await
         .expect("run python3 with the openai client (.ci/llama-setup.sh installs it)");
@@ -420,4 +431,22 @@ async fn a_shared_listener_refuses_a_rule_change_on_reload_and_survives_an_upgra
         (Some("chat-v1"), Some("embed-v1")),
         "{got}"
     );
+}
+
+/// A shared listener with `tls`: the openai client, trusting the test CA, is routed by model
+/// over HTTPS (TLS connections take the hyper engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_listener_with_tls_routes_the_openai_client_by_model() {
+    let pki = crate::tls::Pki::new();
+    pki.write_leaf("api", 1);
+    let (r, _mocks) = start_with(false, BY_MODEL.0, BY_MODEL.1, &pki.tls_line("api")).await;
+    let base = format!("https://127.0.0.1:{}/v1", r.listen);
+    let got = client_with("once", &base, &["--ca", pki.ca.to_str().unwrap()]).await;
+    assert_eq!(
+        (got["chat_version"].as_str(), got["embed_version"].as_str()),
+        (Some("chat-v1"), Some("embed-v1")),
+        "{got}"
+    );
+    assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
+    assert_eq!(got["unknown"]["code"], "model_not_found", "{got}");
 }

@@ -92,8 +92,14 @@ def main():
     p.add_argument("--chat-model", default="llama-3-8b")
     p.add_argument("--embed-model", default="bge-small")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--ca", help="the CA file a TLS listener's certificate is checked against")
     a = p.parse_args()
-    c = OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=30)
+    extra = {}
+    if a.ca:
+        import httpx
+
+        extra["http_client"] = httpx.Client(verify=a.ca)
+    c = OpenAI(base_url=a.base_url, api_key="unused", max_retries=0, timeout=30, **extra)
     if a.mode == "once":
         print(json.dumps(once(c, a)), flush=True)
     elif a.mode == "hosts":
