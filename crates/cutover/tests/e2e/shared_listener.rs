@@ -450,3 +450,82 @@ async fn a_shared_listener_with_tls_routes_the_openai_client_by_model() {
     assert_eq!(got["models"], json!(["bge-small", "llama-3-8b"]), "{got}");
     assert_eq!(got["unknown"]["code"], "model_not_found", "{got}");
 }
+
+/// Shadow mirroring on a shared listener: a release of `chat` in its shadowing phase gets
+/// copies of the chat requests that came through the shared listener (body read for the
+/// model included) and none of the embedding service's, on both engines.
+async fn shadow_mirrors_only_its_service(hyper: bool) {
+    let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"120s\"\nmin_pairs = 100000\nbaseline = 0\npaths = [\"/v1/chat/completions\"]\n";
+    let (r, mocks) = start(hyper, BY_MODEL.0, BY_MODEL.1).await;
+    // The shadow table is added to the running config's file before the release reads it.
+    let text = std::fs::read_to_string(&r.config).unwrap();
+    std::fs::write(&r.config, format!("{text}{shadow}")).unwrap();
+    let (code, out, err) = r.cli_async(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let id = r.release("chat-v2").await;
+    r.wait_phase(id, "shadowing", Duration::from_secs(20)).await;
+    let chat = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hello"}],"temperature":0}"#;
+    let h = [("content-type", "application/json")];
+    for _ in 0..20 {
+        let a = send(&r.http, Method::POST, &r.url("/v1/chat/completions"), &h, chat)
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.status.as_u16(), a.header("x-cutover-version")),
+            (200, "chat-v1"),
+            "{}",
+            a.text()
+        );
+        let e = send(
+            &r.http,
+            Method::POST,
+            &r.url("/v1/embeddings"),
+            &h,
+            r#"{"model":"bge-small","input":"x"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (e.status.as_u16(), e.header("x-cutover-version")),
+            (200, "embed-v1"),
+            "{}",
+            e.text()
+        );
+    }
+    let s = wait_for("20 mirrors compared", Duration::from_secs(20), || async {
+        let s = r.release_doc(id).await["shadow"].clone();
+        (s["pairs"] == 20).then_some(s)
+    })
+    .await;
+    // The copies carried the whole body, the bytes read for the model included: the
+    // candidate answered each one as the live color did.
+    let all = s["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == "all")
+        .unwrap();
+    let mismatch = all["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "status_mismatch")
+        .unwrap();
+    assert_eq!(mismatch["value"], 0.0, "{s}");
+    assert_eq!(mocks[1].stats().await["shadow_requests"], 20, "{s}");
+    for m in [&mocks[0], &mocks[2], &mocks[3]] {
+        assert_eq!(m.stats().await["shadow_requests"], 0, "{} got copies", m.version);
+    }
+    let (code, out, err) = r.cli_async(&["abort", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mirroring_on_a_shared_listener_copies_only_its_service() {
+    shadow_mirrors_only_its_service(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mirroring_on_a_shared_listener_copies_only_its_service_on_hyper() {
+    shadow_mirrors_only_its_service(true).await;
+}
