@@ -302,7 +302,11 @@ impl ClientConn {
             || e.status == StatusCode::BAD_REQUEST
             || e.status == StatusCode::PAYLOAD_TOO_LARGE;
         let mut out = Out::new();
-        let tag = self.settings.response_headers;
+        // The service's own choice (on a shared listener, the picked service's).
+        let tag = match self.fwd.shared {
+            Some(_) => fwd.service.settings().response_headers,
+            None => self.settings.response_headers,
+        };
         error_response(e, &fwd.service.name, route, tag, close, out.vec());
         if !close && head.minor == 0 {
             // error_response ends the head; HTTP/1.0 keep-alive must be restated.
