@@ -20,7 +20,7 @@ use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
 use crate::route::{ColorRoute, Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
-use crate::shared::{Choice, Model, Shared};
+use crate::shared::{Choice, Model};
 use crate::upstream::{Conn, ConnectError, SendError};
 use crate::Refusal;
 
@@ -252,7 +252,12 @@ impl Forwarder {
 
     /// On a shared listener: pick the service by the head, or by the body's first bytes,
     /// then run its exchange with those bytes sent first.
-    async fn handle_shared(&self, shared: &Shared, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
+    async fn handle_shared(
+        &self,
+        shared: &exchange::SharedListener,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<RespBody> {
         let (choice, head) = {
             // HTTP/2 says the host in `:authority`, which hyper puts in the URI.
             let host = req

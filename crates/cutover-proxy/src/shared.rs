@@ -7,13 +7,17 @@
 //! Each picked service then runs its own exchange: its own route table (loaded once),
 //! colors, statistics and shadow tap.
 
-use std::sync::Arc;
-
 use http::{Method, StatusCode};
 
 use crate::error::{ProxyError, Source};
-use crate::exchange::Forwarder;
 use crate::peek::{json_string_field, Peek};
+use crate::route::Service;
+
+/// What a shared listener hands a request to: one service's forwarder. A trait, so this
+/// module does not depend on `exchange`, whose forwarder holds a shared listener.
+pub trait Target: Send + Sync {
+    fn service(&self) -> &Service;
+}
 
 /// How much of a body's start is read to find its `model` field: a chat request puts it
 /// in its first bytes; one that does not within this many is answered 400, not buffered.
@@ -33,15 +37,15 @@ pub struct Rule {
 }
 
 /// The services of one shared listener, each with its rule (fixed at start).
-pub struct Shared {
+pub struct Shared<T> {
     /// The listener's name (`[listeners.NAME]`), said in its own answers.
     pub name: String,
-    routes: Vec<(Rule, Arc<Forwarder>)>,
+    routes: Vec<(Rule, T)>,
 }
 
 /// What the head of a request decides on a shared listener.
-pub(crate) enum Choice<'a> {
-    Service(&'a Arc<Forwarder>),
+pub(crate) enum Choice<'a, T> {
+    Service(&'a T),
     /// The `model` field decides, among the candidates (a bit set over the routes).
     ByModel(u64),
     /// `GET /v1/models`: answered by the listener itself, with this JSON.
@@ -73,9 +77,9 @@ impl Model {
     }
 }
 
-impl Shared {
+impl<T: Target> Shared<T> {
     /// Fails when there are more services than [`MAX_SERVICES`].
-    pub fn new(name: impl Into<String>, routes: Vec<(Rule, Arc<Forwarder>)>) -> Result<Shared, String> {
+    pub fn new(name: impl Into<String>, routes: Vec<(Rule, T)>) -> Result<Shared<T>, String> {
         let name = name.into();
         if routes.len() > MAX_SERVICES {
             return Err(format!(
@@ -87,16 +91,16 @@ impl Shared {
     }
 
     /// The services of this listener, in order.
-    pub fn forwarders(&self) -> impl Iterator<Item = &Arc<Forwarder>> {
-        self.routes.iter().map(|(_, f)| f)
+    pub fn targets(&self) -> impl Iterator<Item = &T> {
+        self.routes.iter().map(|(_, t)| t)
     }
 
     /// Picks by the head: `host` is the `Host` header's value, `path` the target's path.
-    pub(crate) fn by_head(&self, method: &Method, host: Option<&[u8]>, path: &[u8]) -> Choice<'_> {
+    pub(crate) fn by_head(&self, method: &Method, host: Option<&[u8]>, path: &[u8]) -> Choice<'_, T> {
         let host = host.map(without_port);
         let mut by_model = 0u64;
         let mut model_weight = 0;
-        let mut best: Option<(usize, &Arc<Forwarder>)> = None;
+        let mut best: Option<(usize, &T)> = None;
         for (i, (rule, fwd)) in self.routes.iter().enumerate() {
             if !head_matches(rule, host, path) {
                 continue;
@@ -141,7 +145,7 @@ impl Shared {
         model: &Model,
         host: Option<&[u8]>,
         path: &[u8],
-    ) -> Result<&Arc<Forwarder>, ProxyError> {
+    ) -> Result<&T, ProxyError> {
         if let Model::Found(m) = model {
             let hit = self
                 .routes
@@ -194,10 +198,10 @@ impl Shared {
             .routes
             .iter()
             .enumerate()
-            .filter(|(i, (_, fwd))| candidates & (1 << i) != 0 && fwd.service.table().live_color().is_some())
+            .filter(|(i, (_, fwd))| candidates & (1 << i) != 0 && fwd.service().table().live_color().is_some())
             .flat_map(|(_, (rule, fwd))| {
                 rule.models.iter().map(
-                    |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": fwd.service.name}),
+                    |m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": fwd.service().name}),
                 )
             })
             .collect();
@@ -290,8 +294,11 @@ pub(crate) fn path_of(target: &str) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::route::{RouteTable, Service};
+    use crate::exchange::Forwarder;
+    use crate::route::RouteTable;
     use crate::settings::ServiceSettings;
 
     fn fwd(name: &str) -> Arc<Forwarder> {
@@ -309,7 +316,7 @@ mod tests {
         }
     }
 
-    fn name(c: Choice<'_>) -> String {
+    fn name(c: Choice<'_, Arc<Forwarder>>) -> String {
         match c {
             Choice::Service(f) => f.service.name.clone(),
             Choice::ByModel(m) => format!("by model {m:b}"),

@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant as Deadline};
 
 use super::buf::{self, Buf, Out};
 use super::io::{poll_now, read_ready, wait_true, write_by};
-use super::pick::Picked;
+use super::pick::{self, Picked};
 use super::relay::error_response;
 use super::request::{self, HeadError, RequestHead};
 use super::send::{self, Sender};
@@ -221,7 +221,7 @@ impl ClientConn {
     pub(super) async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
         let fwd = match self.fwd.shared.clone() {
             None => self.fwd.clone(),
-            Some(shared) => match self.pick(&shared, &mut head).await {
+            Some(shared) => match pick::pick(self.reader(), &shared, &mut head).await {
                 Picked::Service(f) => f,
                 Picked::Models(json) => {
                     self.inbuf.consume(head.head_len);
@@ -285,6 +285,26 @@ impl ClientConn {
             // The client left: nobody to answer. Stale and connect failures were turned
             // into errors by `forward`.
             Err(_) => After::Close,
+        }
+    }
+
+    /// What a shared listener's pick reads from.
+    fn reader(&mut self) -> pick::Reader<'_> {
+        pick::Reader {
+            client: &mut self.client,
+            inbuf: &mut self.inbuf,
+            timeout: self.settings.header_read_timeout,
+        }
+    }
+
+    /// The answer to `GET /v1/models` on a shared listener (the head already consumed).
+    async fn answer_models(&mut self, json: String, head: &RequestHead) -> After {
+        let close = !head.keep_alive || *self.shutdown.borrow();
+        let out = pick::models_answer(&json, head, close);
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        match write_by(&mut self.client, &out, deadline).await {
+            Ok(()) if !close => After::KeepAlive,
+            _ => After::Close,
         }
     }
 
