@@ -161,15 +161,15 @@ impl Exchange {
             return;
         }
         let capture = fwd.service.mirror(method, path, headers);
-        self.attach(fwd, capture);
+        self.attach(capture);
     }
 
     /// A copy decided by the engine itself (the HTTP/1.1 engine decides before its head's
     /// bytes are released).
-    pub(crate) fn attach(&mut self, fwd: &Forwarder, capture: Option<Arc<crate::mirror::Capture>>) {
+    pub(crate) fn attach(&mut self, capture: Option<Arc<crate::mirror::Capture>>) {
         let Some(c) = capture else { return };
         if let Some(g) = self.guard.as_mut() {
-            g.mirror(c.clone(), fwd.service.clone());
+            g.mirror(c.clone());
         }
         self.capture = Some(c);
     }

@@ -259,7 +259,7 @@ impl ClientConn {
                 return self.answer_error(e, &fwd, None, &head, unread).await;
             }
         };
-        ex.attach(&fwd, capture);
+        ex.attach(capture);
         let mut body_done = head.body == Framing::None;
         // On a shared listener, the picked service's settings (its body limit, timeouts,
         // retry rule); the head was read under the listener's.
