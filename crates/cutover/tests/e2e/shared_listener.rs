@@ -463,7 +463,13 @@ async fn shadow_mirrors_only_its_service(hyper: bool) {
     let (code, out, err) = r.cli_async(&["reload"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let id = r.release("chat-v2").await;
-    r.wait_phase(id, "shadowing", Duration::from_secs(20)).await;
+    // Mirroring starts after the phase's reference window: its first reading is then in
+    // the release document.
+    wait_for("mirroring to start", Duration::from_secs(20), || async {
+        let d = r.release_doc(id).await;
+        (d["phase"] == "shadowing" && !d["shadow"].is_null()).then_some(())
+    })
+    .await;
     let chat = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hello"}],"temperature":0}"#;
     let h = [("content-type", "application/json")];
     for _ in 0..20 {
