@@ -177,6 +177,17 @@ async fn routes_by_model(hyper: bool) {
         answer.starts_with("HTTP/1.1 200") && answer.contains("x-cutover-version: embed-v1"),
         "{answer}"
     );
+    // A client that waits for `100 Continue` before its body gets it: the body is needed to
+    // pick the service.
+    let port = r.listen;
+    let continued = tokio::task::spawn_blocking(move || expect_continue(port, body))
+        .await
+        .unwrap();
+    assert!(
+        continued.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+            && continued.contains("x-cutover-version: embed-v1"),
+        "{continued}"
+    );
     let h2 = tokio::process::Command::new("curl")
         .args([
             "-s",
@@ -212,6 +223,24 @@ async fn routes_by_model(hyper: bool) {
             .sum();
         assert!(counted >= 2.0, "{svc} counted {counted}:\n{metrics}");
     }
+}
+
+/// Sends a head with `Expect: 100-continue`, waits for the interim answer, then the body;
+/// returns all that came back.
+fn expect_continue(port: u16, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut got = vec![0u8; 25];
+    s.read_exact(&mut got).expect("100 Continue before the body");
+    s.write_all(body.as_bytes()).unwrap();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test]
