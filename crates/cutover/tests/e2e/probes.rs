@@ -483,7 +483,13 @@ fn every_example_config_passes_cutover_check() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "shared-listener.toml" {
+            // A chat and an embedding service behind one port.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("ok (2 services, 1 shared listener)"), "{stdout}");
+        }
+        checked.push(name);
     }
     checked.sort();
     for want in [
