@@ -37,6 +37,9 @@
 //!   role too low, the token's name as the actor, the tokens file's checks, `admin.token`.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
+//! - `shared_listener`: a chat and an embedding service behind one address, routed by model,
+//!   Host and path prefix, on both engines, with the openai client; a release of one while
+//!   the other serves.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 //! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
 //!   process under load (by config key, port 0 included); a failed upgrade changes nothing.
@@ -72,6 +75,7 @@ mod restart;
 mod roles;
 mod routing;
 mod shadow;
+mod shared_listener;
 mod supervise;
 mod support;
 mod switching;
