@@ -237,11 +237,27 @@ fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
     }
 }
 
+/// What routing reads of a request in this engine: its headers only. A `body_field` sticky
+/// key is never looked for here: the first body frame is not at hand when the head is (it is
+/// polled from the connection later), and waiting for it would delay or buffer the request;
+/// such a request is keyless (drawn per request). Most clients reach the HTTP/1.1 engine,
+/// which reads the field from the bytes that came with the head.
+struct Heads<'a>(&'a HeaderMap);
+
+impl crate::split::RequestView for Heads<'_> {
+    fn header(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.0.get(name).map(|v| v.as_bytes())
+    }
+    fn body_prefix(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        None
+    }
+}
+
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
-        let begun = Exchange::begin(self, started, req.method(), || {
+        let begun = Exchange::begin(self, started, req.method(), &Heads(req.headers()), || {
             exchange::access(self, req.method(), req.uri().path().to_string(), peer.addr)
         });
         let mut ex = match begun {
@@ -283,6 +299,10 @@ impl Forwarder {
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         strip(&mut parts.headers);
+        if let Some(r) = &settings.header_route {
+            // The token is the tester's credential, not the model server's business.
+            parts.headers.remove(&r.header);
+        }
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
         if let Some(u) = &upgrade {
             parts.headers.insert(header::UPGRADE, u.clone());

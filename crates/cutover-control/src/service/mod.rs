@@ -192,6 +192,24 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         upstream_tls: cfg.upstream_tls.as_ref().map(|t| {
             cutover_proxy::tls::UpstreamTls::new(t.ca_file.as_deref(), cfg.upstream_protocol == UpstreamProtocol::H2c)
         }),
+        sticky: cfg.release.sticky.as_ref().and_then(sticky_of),
+        header_route: cfg.release.header_route.as_ref().and_then(|h| {
+            Some(cutover_proxy::split::HeaderRoute {
+                header: HeaderName::from_bytes(h.header.as_bytes()).ok()?,
+                tokens: h.tokens.clone(),
+            })
+        }),
+    }
+}
+
+/// The data plane's sticky key (validated by cutover-config: exactly one source is set).
+fn sticky_of(s: &cutover_config::StickyConfig) -> Option<cutover_proxy::split::Sticky> {
+    use cutover_proxy::split::Sticky;
+    match (&s.header, &s.body_field, s.token) {
+        (Some(h), _, _) => HeaderName::from_bytes(h.as_bytes()).ok().map(Sticky::Header),
+        (_, Some(f), _) => Some(Sticky::BodyField(f.clone())),
+        (_, _, Some(true)) => Some(Sticky::Token),
+        _ => None,
     }
 }
 
@@ -522,6 +540,7 @@ impl ServiceCtl {
             generation,
             live: live.and_then(|c| self.route(c)),
             idle,
+            weight: 0,
         });
     }
 
