@@ -174,6 +174,7 @@ async fn create(link: &FleetLink, svc: &ServiceCtl) -> Result<(), EtcdError> {
     let doc = ServiceDoc {
         generation: table.generation,
         live: table.live_color().map(fleet_color),
+        weight: table.weight,
         versions: versions(svc),
         config_hash: config_hash(&svc.cfg()),
         updated_at: cutover_store::now_rfc3339_millis(),
@@ -295,8 +296,8 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
         }
     }
     svc.watch(live);
-    svc.publish(Some(live), doc.generation);
-    tracing::info!(service = %svc.name, live = %live, generation = doc.generation, actor = %doc.actor, "fleet: applied");
+    svc.publish_weighted(Some(live), doc.generation, doc.weight);
+    tracing::info!(service = %svc.name, live = %live, weight = doc.weight, generation = doc.generation, actor = %doc.actor, "fleet: applied");
     let state = cutover_store::ServiceState {
         name: svc.name.clone(),
         live: Some(stored(live)),

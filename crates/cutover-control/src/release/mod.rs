@@ -19,7 +19,7 @@ use crate::service::ServiceCtl;
 use crate::store_call::{blocking, record};
 use active::{Active, Signals};
 use doc::NewRelease;
-pub use doc::{PhaseRecord, ReleaseDoc};
+pub use doc::{PhaseRecord, ReleaseDoc, StepRecord};
 use run::{ReleaseRun, RunEnv};
 
 /// A version label: 1-200 characters, no whitespace or control characters (it becomes a
@@ -83,6 +83,12 @@ impl Releases {
             },
             now_rfc3339(),
         );
+        doc.traffic = match svc.cfg().release.traffic {
+            cutover_config::Traffic::AllAtOnce => "all_at_once",
+            cutover_config::Traffic::Canary { .. } => "canary",
+            cutover_config::Traffic::Linear { .. } => "linear",
+        }
+        .into();
         let fleet = svc.fleet.get().cloned();
         if let Some(link) = &fleet {
             if !link.is_leader() {

@@ -528,6 +528,12 @@ impl ServiceCtl {
 
     /// Publishes a table with `live` as the live color; the other color becomes the idle one.
     pub(crate) fn publish(&self, live: Option<Color>, generation: u64) {
+        self.publish_weighted(live, generation, 0);
+    }
+
+    /// As [`publish`](Self::publish), with `weight` percent of the live listener's requests
+    /// going to the other color (a progressive release's step).
+    pub(crate) fn publish_weighted(&self, live: Option<Color>, generation: u64, weight: u8) {
         let idle = match live {
             Some(c) => self.route(c.other()),
             // Nothing live yet: preview shows blue if it has a version, else green.
@@ -540,14 +546,15 @@ impl ServiceCtl {
             generation,
             live: live.and_then(|c| self.route(c)),
             idle,
-            weight: 0,
+            weight: if live.is_some() { weight } else { 0 },
         });
     }
 
     /// Republishes the current live color and generation (after a new route was installed).
     pub(crate) fn republish(&self) {
         let t = self.proxy.table();
-        self.publish(t.live_color(), t.generation);
+        // A step in progress keeps its weight: a new route is not a decision about traffic.
+        self.publish_weighted(t.live_color(), t.generation, t.weight);
     }
 
     /// Waits for `color`'s requests to finish (in-flight 0), at most `drain_timeout`; what is
