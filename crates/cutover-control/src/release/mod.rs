@@ -389,7 +389,9 @@ impl Releases {
         if phase.is_terminal() {
             return Err(ReleaseError::Ended { id, phase });
         }
-        if !phase.is_pre_switch() {
+        // During a progressive release's steps the old color is still live: an abort
+        // returns the step's share to it and ends the release.
+        if !phase.is_pre_switch() && phase != Phase::Stepping {
             return Err(ReleaseError::AlreadySwitched { id, phase });
         }
         a.signals.request_abort(actor, reason);

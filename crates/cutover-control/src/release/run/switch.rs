@@ -52,6 +52,7 @@ impl ReleaseRun {
         self.doc(|d| {
             d.switch_ms = Some(switch_ms);
             d.generation = Some(out.generation);
+            d.weight = 100;
         });
         let baseline = route.stats.snapshot();
         let hooks = &self.svc.cfg().release.hooks;
@@ -97,6 +98,7 @@ impl ReleaseRun {
                 self.doc(|d| {
                     d.rollback_ms = Some(ms);
                     d.generation = Some(out.generation);
+                    d.weight = 0;
                 });
                 let color = self.doc(|d| d.color);
                 self.svc.set_state(color, Some(ColorState::Failed));
