@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::active::Active;
-use super::doc::ReleaseDoc;
+use super::doc::{ReleaseDoc, StepRecord};
 use crate::error::{StepError, StoreFailure};
 use crate::scale_down::ScaleDowns;
 use crate::service::ServiceCtl;

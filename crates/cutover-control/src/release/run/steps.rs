@@ -14,7 +14,7 @@ use cutover_store::{now_rfc3339, SwitchKind};
 use super::verify::Halt;
 use super::{ReleaseRun, Stop};
 use crate::error::StepError;
-use crate::release::doc::StepRecord;
+use super::StepRecord;
 use crate::service::switch::StepRequest;
 
 /// How the steps ended.

@@ -44,7 +44,7 @@ fn decide(verdict: &Verdict, v: &VerifyConfig, bake: Duration, done: bool) -> Op
         }),
         GateResult::Passing if done => Some(Ok(format!(
             "bake of {} passed: {}",
-            crate::steps::deadline_text(bake),
+            cutover_config::Duration(bake),
             verdict.reason
         ))),
         _ => None,
