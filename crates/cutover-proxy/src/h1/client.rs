@@ -110,6 +110,7 @@ impl ClientConn {
             want_path: self.settings.access_log,
             max_line: self.settings.max_header_line_bytes,
             upgrades: &self.settings.upgrade_protocols,
+            drop: self.settings.header_route.as_ref().map(|r| &r.header),
         };
         let mut out = Out::new();
         match request::request_head(self.inbuf.bytes(), &target, out.vec()) {
