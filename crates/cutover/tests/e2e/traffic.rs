@@ -243,3 +243,29 @@ async fn the_header_route_reaches_the_idle_color_only_with_a_token() {
     let plain = send(&c, Method::GET, &url, &[], "").await.unwrap();
     assert_eq!((plain.status.as_u16(), plain.header("x-cutover-color")), (200, "blue"));
 }
+
+#[tokio::test]
+async fn a_manual_rollback_at_a_step_returns_all_to_the_old_color_and_ends_the_release() {
+    let (r, _b, _g) = router(&[], "traffic = { linear = { step = 25, interval = \"10m\" } }").await;
+    let id = r.release("v2").await;
+    wait_weight(&r, 25).await;
+    // A manual switch is refused during the steps, as after a blue-green switch.
+    let refused = r.switch("green").await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "release_in_progress");
+    let (code, out, err) = r.cli_async(&["status", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("step 1/3 25% running"), "{out}");
+    let (code, out, err) = r.cli_async(&["rollback", "chat"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let d = r.wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("manual rollback"), "{d}");
+    let st = r.status().await;
+    assert_eq!((st["live"].as_str(), st["colors"]["blue"]["weight"].as_u64()), (Some("blue"), Some(100)));
+    let c = http_client();
+    for _ in 0..30 {
+        let resp = send(&c, Method::GET, &r.url("/v1/models"), &[], "").await.unwrap();
+        assert_eq!(resp.header("x-cutover-color"), "blue");
+    }
+}
