@@ -2405,9 +2405,18 @@ impl Source<'_> {
                 .unwrap_or(span.clone())
         };
         let mut errors = Vec::new();
-        let dotted = |table: &str, key: &str| if key.is_empty() { k(table) } else { k(&format!("{table}.{key}")) };
+        let dotted = |table: &str, key: &str| {
+            if key.is_empty() {
+                k(table)
+            } else {
+                k(&format!("{table}.{key}"))
+            }
+        };
         if let Some((key, message)) = rel.traffic.invalid() {
-            keep::<()>(&mut errors, self.err_at(dotted("traffic", key), near("traffic"), message));
+            keep::<()>(
+                &mut errors,
+                self.err_at(dotted("traffic", key), near("traffic"), message),
+            );
         }
         if let Some((key, message)) = rel.sticky.as_ref().and_then(|s| s.invalid()) {
             keep::<()>(&mut errors, self.err_at(dotted("sticky", key), near("sticky"), message));
@@ -2415,7 +2424,10 @@ impl Source<'_> {
         if let Some(hr) = rel.header_route.as_mut() {
             if http::HeaderName::from_bytes(hr.header.as_bytes()).is_err() {
                 let message = format!("{:?} is not a valid header name", hr.header);
-                keep::<()>(&mut errors, self.err_at(k("header_route.header"), near("header_route"), message));
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(k("header_route.header"), near("header_route"), message),
+                );
             }
             hr.tokens_file = self.resolve(&hr.tokens_file);
             match std::fs::read_to_string(&hr.tokens_file) {
@@ -2423,7 +2435,10 @@ impl Source<'_> {
                 r => {
                     let why = r.err().map_or("it has no token".to_string(), |e| e.to_string());
                     let message = format!("cannot use {}: {why} (one token per line)", hr.tokens_file.display());
-                    keep::<()>(&mut errors, self.err_at(k("header_route.tokens_file"), near("header_route"), message));
+                    keep::<()>(
+                        &mut errors,
+                        self.err_at(k("header_route.tokens_file"), near("header_route"), message),
+                    );
                 }
             }
         }

@@ -1055,8 +1055,14 @@ fn traffic_sticky_and_header_route_errors_name_file_line_and_key() {
     assert_eq!(e.key, "services.chat.release.header_route.tokens_file", "{e}");
     assert!(e.message.contains("/etc/cutover/no-such.tokens"), "{e}");
 
-    let ok = check(&with("traffic = { linear = { step = 25, interval = \"2m\" } }\nsticky = { body_field = \"user\" }")).unwrap();
+    let ok = check(&with(
+        "traffic = { linear = { step = 25, interval = \"2m\" } }\nsticky = { body_field = \"user\" }",
+    ))
+    .unwrap();
     let steps = ok.services["chat"].release.traffic.steps();
     assert_eq!(steps.iter().map(|s| s.weight).collect::<Vec<_>>(), vec![25, 50, 75]);
-    assert_eq!(check(GOOD).unwrap().services["chat"].release.traffic, Traffic::AllAtOnce);
+    assert_eq!(
+        check(GOOD).unwrap().services["chat"].release.traffic,
+        Traffic::AllAtOnce
+    );
 }

@@ -79,7 +79,11 @@ pub struct StickyConfig {
 
 impl StickyConfig {
     pub fn invalid(&self) -> Option<(&'static str, String)> {
-        let set = [self.header.is_some(), self.body_field.is_some(), self.token == Some(true)];
+        let set = [
+            self.header.is_some(),
+            self.body_field.is_some(),
+            self.token == Some(true),
+        ];
         if set.iter().filter(|s| **s).count() != 1 {
             return Some((
                 "",
@@ -92,7 +96,10 @@ impl StickyConfig {
             }
         }
         if self.body_field.as_deref() == Some("") {
-            return Some(("body_field", "must name a top-level JSON field, such as \"user\"".into()));
+            return Some((
+                "body_field",
+                "must name a top-level JSON field, such as \"user\"".into(),
+            ));
         }
         None
     }

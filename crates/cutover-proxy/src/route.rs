@@ -12,8 +12,8 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 pub use crate::settings::{Protocol, ServiceSettings};
-use crate::stats::{ColorStats, EndpointStats};
 use crate::split::{self, RequestView, Side};
+use crate::stats::{ColorStats, EndpointStats};
 use crate::upstream::Pool;
 
 /// One of the two fixed positions of a service.

@@ -161,7 +161,9 @@ pub(crate) fn dechunk_prefix(raw: &[u8], cap: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = raw;
     while out.len() < cap {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
         let size_text = rest[..eol].split(|&b| b == b';').next().unwrap_or_default();
         let Some(size) = std::str::from_utf8(size_text)
             .ok()
@@ -221,7 +223,11 @@ mod tests {
             for (k, prev) in keys.iter().zip(before.iter_mut()) {
                 let side = weighted(weight, Some(&sticky), &user(k));
                 for _ in 0..3 {
-                    assert_eq!(weighted(weight, Some(&sticky), &user(k)), side, "{k} moved within a step");
+                    assert_eq!(
+                        weighted(weight, Some(&sticky), &user(k)),
+                        side,
+                        "{k} moved within a step"
+                    );
                 }
                 assert!(
                     !(*prev == Side::Idle && side == Side::Live),
@@ -266,7 +272,11 @@ mod tests {
             headers: vec![],
             body: Some(br#"{"model":"m","us"#),
         };
-        assert_eq!(key_bucket(&field, &cut), None, "not at hand: keyless, nothing waited for");
+        assert_eq!(
+            key_bucket(&field, &cut),
+            None,
+            "not at hand: keyless, nothing waited for"
+        );
     }
 
     #[test]

@@ -459,7 +459,10 @@ fn steps_come_between_the_hooks_and_the_switch_and_a_failing_step_rolls_back() {
     assert_eq!(r.apply(&Event::Step), Ok(Phase::Stepping), "one transition per step");
     assert!(!r.phase.is_pre_switch(), "a step touches live traffic");
     let mut failing = r.clone();
-    assert_eq!(failing.apply(&Event::Failed("error rate".into())), Ok(Phase::RolledBack));
+    assert_eq!(
+        failing.apply(&Event::Failed("error rate".into())),
+        Ok(Phase::RolledBack)
+    );
     assert_eq!(failing.outcome, Some(Outcome::RolledBack));
     let mut aborted = r.clone();
     assert_eq!(aborted.apply(&Event::Abort("by ann".into())), Ok(Phase::Aborted));

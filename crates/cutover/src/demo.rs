@@ -443,7 +443,9 @@ async fn canary_story(c: &Client, listen: u16, started: Instant) -> Result<(), F
         && v3["outcome"] == "rolled_back"
         && step["result"] == "failed"
         && v3_served * 4 < window.max(1)
-        && status["colors"]["green"]["weight"].as_u64().unwrap_or(0) + status["colors"]["blue"]["weight"].as_u64().unwrap_or(0) == 100;
+        && status["colors"]["green"]["weight"].as_u64().unwrap_or(0)
+            + status["colors"]["blue"]["weight"].as_u64().unwrap_or(0)
+            == 100;
     if ok {
         output::line("\n✔ v2 shipped through its canary; the faulty v3 was caught at its 10% step and all traffic went back to v2 at once.")?;
         Ok(())

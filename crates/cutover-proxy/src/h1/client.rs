@@ -321,8 +321,7 @@ impl crate::split::RequestView for HeadView<'_> {
         head.split(|&b| b == b'\n').skip(1).find_map(|line| {
             let colon = line.iter().position(|&b| b == b':')?;
             let (n, v) = (&line[..colon], &line[colon + 1..]);
-            n.eq_ignore_ascii_case(name.as_str().as_bytes())
-                .then(|| v.trim_ascii())
+            n.eq_ignore_ascii_case(name.as_str().as_bytes()).then(|| v.trim_ascii())
         })
     }
 
@@ -335,9 +334,7 @@ impl crate::split::RequestView for HeadView<'_> {
                 crate::split::BODY_KEY_CAP,
             ))),
             // Not past the body: what follows may be the next request of a pipeline.
-            Framing::Length(n) => Some(std::borrow::Cow::Borrowed(
-                &at_hand[..at_hand.len().min(n as usize)],
-            )),
+            Framing::Length(n) => Some(std::borrow::Cow::Borrowed(&at_hand[..at_hand.len().min(n as usize)])),
             Framing::None | Framing::Close => None,
         }
     }

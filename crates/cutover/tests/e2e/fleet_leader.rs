@@ -451,7 +451,11 @@ async fn every_step_of_a_linear_release_is_applied_and_acked_by_every_router() {
     assert_eq!(weights, vec![30, 60, 90], "{d}");
     for s in steps {
         let sync = &s["sync"];
-        assert_eq!((sync["synced"].as_u64(), sync["of"].as_u64()), (Some(3), Some(3)), "{s}");
+        assert_eq!(
+            (sync["synced"].as_u64(), sync["of"].as_u64()),
+            (Some(3), Some(3)),
+            "{s}"
+        );
         for r in sync["routers"].as_array().unwrap() {
             assert_eq!(r["state"], "SYNCED", "{s}");
             assert_eq!(r["generation"], s["generation"], "{s}");

@@ -72,23 +72,44 @@ async fn a_10_percent_canary_splits_10k_requests_within_binomial_bounds_and_abor
     // Binomial(10000, 0.1): mean 1000, σ = 30; 3σ either side.
     assert!((910..=1090).contains(&green), "{green} of {n} on green");
     let doc = r.release_doc(id).await;
-    assert_eq!((doc["phase"].as_str(), doc["weight"].as_u64()), (Some("stepping"), Some(10)));
+    assert_eq!(
+        (doc["phase"].as_str(), doc["weight"].as_u64()),
+        (Some("stepping"), Some(10))
+    );
     let abort = r
-        .api(Method::POST, &format!("/v1/services/chat/releases/{id}/abort"), json!({}))
+        .api(
+            Method::POST,
+            &format!("/v1/services/chat/releases/{id}/abort"),
+            json!({}),
+        )
         .await;
     assert_eq!(abort.status, 200, "{}", abort.text());
     let d = r.wait_end(id, Duration::from_secs(20)).await;
     assert_eq!(d["outcome"], "aborted", "{d}");
     assert_eq!(d["steps"][0]["result"], "aborted", "{d}");
     let st = r.status().await;
-    assert_eq!((st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()), (Some("blue"), Some(0)));
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()),
+        (Some("blue"), Some(0))
+    );
     for _ in 0..50 {
         let resp = send(&c, Method::GET, &r.url("/v1/models"), &[], "").await.unwrap();
         assert_eq!(resp.header("x-cutover-color"), "blue", "all back on the old color");
     }
-    let h = r.api(Method::GET, "/v1/services/chat/history", Value::Null).await.json();
-    let kinds: Vec<&str> = h["history"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert!(kinds.contains(&"stepped") && kinds.contains(&"rolled_back"), "{kinds:?}");
+    let h = r
+        .api(Method::GET, "/v1/services/chat/history", Value::Null)
+        .await
+        .json();
+    let kinds: Vec<&str> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"stepped") && kinds.contains(&"rolled_back"),
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
@@ -118,9 +139,10 @@ async fn a_breach_at_step_2_of_linear_returns_all_to_the_old_color_with_no_faile
             .collect();
         for t in round {
             match t.await.unwrap() {
-                (k, Ok(resp)) if resp.status == 200 => {
-                    seen.entry(k).or_default().push(resp.header("x-cutover-color").to_string())
-                }
+                (k, Ok(resp)) if resp.status == 200 => seen
+                    .entry(k)
+                    .or_default()
+                    .push(resp.header("x-cutover-color").to_string()),
                 (_, Ok(resp)) => failed.push(format!("{} {}", resp.status, resp.text())),
                 (_, Err(e)) => failed.push(e),
             }
@@ -134,8 +156,14 @@ async fn a_breach_at_step_2_of_linear_returns_all_to_the_old_color_with_no_faile
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     let steps = d["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2, "{d}");
-    assert_eq!((steps[0]["weight"].as_u64(), steps[0]["result"].as_str()), (Some(20), Some("passed")));
-    assert_eq!((steps[1]["weight"].as_u64(), steps[1]["result"].as_str()), (Some(40), Some("failed")));
+    assert_eq!(
+        (steps[0]["weight"].as_u64(), steps[0]["result"].as_str()),
+        (Some(20), Some("passed"))
+    );
+    assert_eq!(
+        (steps[1]["weight"].as_u64(), steps[1]["result"].as_str()),
+        (Some(40), Some("failed"))
+    );
     let reason = d["reason"].as_str().unwrap();
     assert!(reason.contains("p99") && reason.contains("step 2/4 (40%)"), "{reason}");
     // Each key moved at most once, blue → green, and never back while the release ran.
@@ -144,11 +172,20 @@ async fn a_breach_at_step_2_of_linear_returns_all_to_the_old_color_with_no_faile
         assert!(colors[first_green..].iter().all(|c| c == "green"), "{k}: {colors:?}");
     }
     let st = r.status().await;
-    assert_eq!((st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()), (Some("blue"), Some(0)));
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()),
+        (Some("blue"), Some(0))
+    );
     for k in &keys {
-        let resp = send(&c, Method::POST, &r.url("/v1/chat/completions"), &[("x-user-id", k)], "{}")
-            .await
-            .unwrap();
+        let resp = send(
+            &c,
+            Method::POST,
+            &r.url("/v1/chat/completions"),
+            &[("x-user-id", k)],
+            "{}",
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.header("x-cutover-color"), "blue", "100% back on the old color");
     }
 }
@@ -190,7 +227,10 @@ async fn streams_that_started_on_a_color_finish_there_across_steps() {
         assert!(versions.iter().all(|v| v == want), "a {color} stream: {versions:?}");
     }
     let st = r.status().await;
-    assert_eq!((st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()), (Some("green"), Some(100)));
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()),
+        (Some("green"), Some(100))
+    );
 }
 
 #[tokio::test]
@@ -199,10 +239,21 @@ async fn the_user_field_of_a_chunked_body_keeps_each_user_on_its_color() {
     let (r, _b, _g) = router(&[], release).await;
     let _id = r.release("v2").await;
     wait_weight(&r, 50).await;
-    let port: u16 = r.url("").rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let port: u16 = r
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
     for i in 0..16 {
         let user = format!("user-{i}");
-        let want = if bucket_of(fnv(user.as_bytes())) < 50 { "green" } else { "blue" };
+        let want = if bucket_of(fnv(user.as_bytes())) < 50 {
+            "green"
+        } else {
+            "blue"
+        };
         for _ in 0..3 {
             // The field is in the first chunk; the rest of the body is a second chunk.
             let first = format!("{{\"user\":\"{user}\",");
@@ -235,9 +286,13 @@ async fn the_header_route_reaches_the_idle_color_only_with_a_token() {
     let (r, _b, _g) = router(&[], &release).await;
     let c = http_client();
     let url = r.url("/v1/models");
-    let with = send(&c, Method::GET, &url, &[("x-cutover-color", "s3cret-tester")], "").await.unwrap();
+    let with = send(&c, Method::GET, &url, &[("x-cutover-color", "s3cret-tester")], "")
+        .await
+        .unwrap();
     assert_eq!((with.status.as_u16(), with.header("x-cutover-color")), (200, "green"));
-    let wrong = send(&c, Method::GET, &url, &[("x-cutover-color", "green")], "").await.unwrap();
+    let wrong = send(&c, Method::GET, &url, &[("x-cutover-color", "green")], "")
+        .await
+        .unwrap();
     assert_eq!(wrong.status, 403, "{}", wrong.text());
     assert_eq!(wrong.json()["error"]["code"], "header_route_refused");
     let plain = send(&c, Method::GET, &url, &[], "").await.unwrap();
@@ -262,7 +317,10 @@ async fn a_manual_rollback_at_a_step_returns_all_to_the_old_color_and_ends_the_r
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     assert!(d["reason"].as_str().unwrap().contains("manual rollback"), "{d}");
     let st = r.status().await;
-    assert_eq!((st["live"].as_str(), st["colors"]["blue"]["weight"].as_u64()), (Some("blue"), Some(100)));
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["blue"]["weight"].as_u64()),
+        (Some("blue"), Some(100))
+    );
     let c = http_client();
     for _ in 0..30 {
         let resp = send(&c, Method::GET, &r.url("/v1/models"), &[], "").await.unwrap();

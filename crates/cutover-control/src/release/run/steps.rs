@@ -12,9 +12,9 @@ use cutover_release::Event;
 use cutover_store::{now_rfc3339, SwitchKind};
 
 use super::verify::Halt;
+use super::StepRecord;
 use super::{ReleaseRun, Stop};
 use crate::error::StepError;
-use super::StepRecord;
 use crate::service::switch::StepRequest;
 
 /// How the steps ended.
@@ -74,7 +74,9 @@ impl ReleaseRun {
             .map_err(|e| Stop::Failed(StepError::new(phase, format!("step {n}/{of} refused: {e}"))))?;
         let sync = match self.svc.fleet.get() {
             Some(link) => {
-                let report = link.await_acks(&self.svc.name, out.generation, tokio::time::Instant::now()).await;
+                let report = link
+                    .await_acks(&self.svc.name, out.generation, tokio::time::Instant::now())
+                    .await;
                 serde_json::to_value(report).ok()
             }
             None => None,
@@ -122,7 +124,10 @@ impl ReleaseRun {
             }
             Halt::Overridden(reason) => {
                 self.end_step("failed", &reason);
-                if let Err(e) = self.transition(Event::Failed(reason.clone()), format!("{reason} ({at})")).await {
+                if let Err(e) = self
+                    .transition(Event::Failed(reason.clone()), format!("{reason} ({at})"))
+                    .await
+                {
                     tracing::error!(error = %e, "could not record the end of the progressive release");
                 }
                 self.persist().await;

@@ -97,7 +97,15 @@ fn limits_of(v: &VerifyConfig) -> Limits {
 impl ReleaseRun {
     /// Watches the new color for the bake window. `Err` carries the reason to roll back.
     pub(super) async fn verify(&mut self, route: &Arc<ColorRoute>, baseline: StatsSnapshot) -> Result<String, String> {
-        let bake = self.svc.cfg().release.verify.clone().unwrap_or_else(default_verify).bake.get();
+        let bake = self
+            .svc
+            .cfg()
+            .release
+            .verify
+            .clone()
+            .unwrap_or_else(default_verify)
+            .bake
+            .get();
         let reverse = self.reverse_shadow(route);
         self.judge(route, baseline, bake, reverse, None)
             .await
