@@ -27,6 +27,15 @@ pub struct Step {
 }
 
 impl Traffic {
+    /// The mode's name as the API and the release document show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Traffic::AllAtOnce => "all_at_once",
+            Traffic::Canary { .. } => "canary",
+            Traffic::Linear { .. } => "linear",
+        }
+    }
+
     /// The steps before the full switch (none for `all_at_once`).
     pub fn steps(&self) -> Vec<Step> {
         match *self {

@@ -227,6 +227,13 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     Ok(())
 }
 
+/// The header route's header is the tester's credential, not the model server's business.
+fn drop_route_token(h: &mut HeaderMap, s: &ServiceSettings) {
+    if let Some(r) = &s.header_route {
+        h.remove(&r.header);
+    }
+}
+
 /// `x-cutover-color` and `x-cutover-version` of `route`, when the service wants them.
 fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
     if on {
@@ -299,10 +306,7 @@ impl Forwarder {
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         strip(&mut parts.headers);
-        if let Some(r) = &settings.header_route {
-            // The token is the tester's credential, not the model server's business.
-            parts.headers.remove(&r.header);
-        }
+        drop_route_token(&mut parts.headers, settings);
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
         if let Some(u) = &upgrade {
             parts.headers.insert(header::UPGRADE, u.clone());

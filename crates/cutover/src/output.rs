@@ -134,20 +134,26 @@ pub fn status(v: &Value) -> String {
             s(&r["color"]),
             s(&r["phase"])
         ));
-        // A progressive release: every step so far, the last one with its share now.
-        for st in r["steps"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "    step {}/{} {}% {}: {} requests{}\n",
-                st["step"],
-                st["of"],
-                st["weight"],
-                s(&st["result"]),
-                st["requests"],
-                st["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()
-            ));
-        }
+        out.push_str(&step_lines(r));
     }
     out.trim_end().to_string()
+}
+
+/// A progressive release's steps so far, one line each, the last one with its share now.
+fn step_lines(r: &Value) -> String {
+    let mut out = String::new();
+    for st in r["steps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "    step {}/{} {}% {}: {} requests{}\n",
+            st["step"],
+            st["of"],
+            st["weight"],
+            s(&st["result"]),
+            st["requests"],
+            st["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()
+        ));
+    }
+    out
 }
 
 /// One managed process of a color: replica, host, pid, port, log; a process on a host whose

@@ -83,12 +83,7 @@ impl Releases {
             },
             now_rfc3339(),
         );
-        doc.traffic = match svc.cfg().release.traffic {
-            cutover_config::Traffic::AllAtOnce => "all_at_once",
-            cutover_config::Traffic::Canary { .. } => "canary",
-            cutover_config::Traffic::Linear { .. } => "linear",
-        }
-        .into();
+        doc.traffic = svc.cfg().release.traffic.name().into();
         let fleet = svc.fleet.get().cloned();
         if let Some(link) = &fleet {
             if !link.is_leader() {

@@ -209,11 +209,7 @@ impl ServiceCtl {
             name: self.name.clone(),
             live: table.live_color(),
             generation: table.generation,
-            traffic: match self.cfg().release.traffic {
-                cutover_config::Traffic::AllAtOnce => "all_at_once",
-                cutover_config::Traffic::Canary { .. } => "canary",
-                cutover_config::Traffic::Linear { .. } => "linear",
-            },
+            traffic: self.cfg().release.traffic.name(),
             listen: self.cfg().listen.to_string(),
             preview_listen: self.cfg().preview_listen.map(|a| a.to_string()),
             bound: self.bound(),
