@@ -76,6 +76,11 @@ async fn a_10_percent_canary_splits_10k_requests_within_binomial_bounds_and_abor
         (doc["phase"].as_str(), doc["weight"].as_u64()),
         (Some("stepping"), Some(10))
     );
+    let m = get(&r.admin_url("/metrics")).await.unwrap().text();
+    assert!(
+        m.contains("cutover_traffic_weight{service=\"chat\",color=\"green\",version=\"v2\"} 10"),
+        "{m}"
+    );
     let abort = r
         .api(
             Method::POST,
