@@ -16,6 +16,7 @@ use super::StepRecord;
 use super::{ReleaseRun, Stop};
 use crate::error::StepError;
 use crate::service::switch::StepRequest;
+use crate::service::ColorState;
 
 /// How the steps ended.
 pub(super) enum Stepped {
@@ -130,7 +131,10 @@ impl ReleaseRun {
                 {
                     tracing::error!(error = %e, "could not record the end of the progressive release");
                 }
-                self.persist().await;
+                // As after an automatic rollback: the new version stays up to be looked at
+                // for `scale_down_delay`, then is stopped.
+                self.svc.set_state(self.doc(|d| d.color), Some(ColorState::Failed));
+                self.schedule_failed_scale_down();
             }
             Halt::Aborted(why) => {
                 self.end_step("aborted", &why);

@@ -127,7 +127,7 @@ impl ReleaseRun {
     /// After an automatic rollback of a managed release, the failed version keeps running
     /// for `scale_down_delay` (its processes and state can be looked at, through the preview
     /// listener too), then drains and is stopped like any old color; its logs are kept.
-    fn schedule_failed_scale_down(&mut self) {
+    pub(super) fn schedule_failed_scale_down(&mut self) {
         let color = self.doc(|d| d.color);
         if self.svc.procs.is_none() || self.svc.live() == Some(color) {
             return;

@@ -155,7 +155,8 @@ impl ReleaseRun {
             let verdict = judge(&window, &limits);
             self.doc(|d| {
                 d.gates = verdict.gates.clone();
-                if let Some(s) = d.steps.last_mut() {
+                // The step's own count; after the full switch the steps are history.
+                if let (Some(s), Some(_)) = (d.steps.last_mut(), step) {
                     s.requests = window.requests;
                 }
             });
