@@ -749,6 +749,34 @@ mod tests {
     }
 
     #[test]
+    fn a_step_keeps_the_live_color_and_is_a_compare_and_swap_with_its_own_history_line() {
+        let (s, _) = temp_store();
+        s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
+        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
+        let step = SwitchRecord {
+            kind: SwitchKind::Stepped,
+            ..switch("chat", 1, Color::Green)
+        };
+        let st = s.step(&step).unwrap();
+        assert_eq!((st.live, st.generation), (Some(Color::Blue), 2), "live unchanged, +1");
+        assert!(matches!(
+            s.step(&step),
+            Err(StoreError::Conflict { expected: 1, actual: 2 })
+        ));
+        let h = s.history("chat", 1).unwrap();
+        assert_eq!(
+            (h[0].kind, h[0].from, h[0].to, h[0].generation, h[0].version.as_deref()),
+            (
+                HistoryKind::Stepped,
+                Some(Color::Blue),
+                Some(Color::Green),
+                2,
+                Some("v2")
+            )
+        );
+    }
+
+    #[test]
     fn switch_is_compare_and_swap_and_recorded() {
         let (s, _) = temp_store();
         let st = s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
