@@ -267,7 +267,9 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
         link.record_ahead(&svc.name, doc.generation, table.generation);
         return;
     }
-    if doc.generation == table.generation {
+    // The same generation with another weight: this router restarted during a step (a
+    // local snapshot keeps no weight), so the stored document is applied again.
+    if doc.generation == table.generation && doc.weight == table.weight {
         link.record_applied(&svc.name, applied);
         return;
     }
