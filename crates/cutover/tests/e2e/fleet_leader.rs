@@ -468,3 +468,39 @@ async fn every_step_of_a_linear_release_is_applied_and_acked_by_every_router() {
     let kinds = history_kinds(&f.routers[leader], id).await;
     assert_eq!(kinds.iter().filter(|k| *k == "stepped").count(), 3, "{kinds:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_a_canary_step_leaves_it_interrupted_and_the_new_leader_returns_all_to_blue() {
+    let release = "traffic = { canary = { percent = 50, bake = \"10m\" } }\n";
+    let mut f = Fleet::start("kill-step", release).await;
+    let old = f.wait_leader(&[0, 1, 2]).await;
+    let id = f.routers[old].release("v2").await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    for &i in &rest {
+        wait_for("the step on every router", Duration::from_secs(20), || async {
+            (f.routers[i].status().await["colors"]["green"]["weight"] == 50).then_some(())
+        })
+        .await;
+    }
+    f.routers[old].proc.kill9();
+    let _new = f.wait_leader(&rest).await;
+    let d = f.routers[rest[0]].wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "interrupted", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("during stepping"), "{d}");
+    // Nothing judges the share any more: every router is back to all blue.
+    for &i in &rest {
+        wait_for("all blue again", Duration::from_secs(20), || async {
+            (f.routers[i].status().await["colors"]["green"]["weight"] == 0).then_some(())
+        })
+        .await;
+        for _ in 0..20 {
+            assert_eq!(color_served(&f.routers[i]).await, "blue");
+        }
+    }
+    let (doc, _) = f.stored("services/chat").await;
+    assert_eq!(
+        (doc["live"].as_str(), doc["weight"].as_u64()),
+        (Some("blue"), Some(0)),
+        "{doc}"
+    );
+}
