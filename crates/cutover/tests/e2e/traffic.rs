@@ -332,3 +332,30 @@ async fn a_manual_rollback_at_a_step_returns_all_to_the_old_color_and_ends_the_r
         assert_eq!(resp.header("x-cutover-color"), "blue");
     }
 }
+
+#[tokio::test]
+async fn a_restart_during_a_step_interrupts_the_release_and_serves_the_old_color_only() {
+    let (mut r, _b, _g) = router(&[], "traffic = { canary = { percent = 50, bake = \"10m\" } }").await;
+    let id = r.release("v2").await;
+    let st = wait_weight(&r, 50).await;
+    let generation = st["generation"].as_u64().unwrap();
+    r.proc.kill9();
+    r.spawn().await;
+    let d = r.wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "interrupted", "{d}");
+    let st = r.status().await;
+    assert_eq!(
+        st["generation"].as_u64(),
+        Some(generation),
+        "the step was committed: {st}"
+    );
+    assert_eq!(
+        (st["live"].as_str(), st["colors"]["green"]["weight"].as_u64()),
+        (Some("blue"), Some(0))
+    );
+    let c = http_client();
+    for _ in 0..30 {
+        let resp = send(&c, Method::GET, &r.url("/v1/models"), &[], "").await.unwrap();
+        assert_eq!(resp.header("x-cutover-color"), "blue");
+    }
+}
