@@ -302,6 +302,26 @@ async fn the_header_route_reaches_the_idle_color_only_with_a_token() {
     assert_eq!(wrong.json()["error"]["code"], "header_route_refused");
     let plain = send(&c, Method::GET, &url, &[], "").await.unwrap();
     assert_eq!((plain.status.as_u16(), plain.header("x-cutover-color")), (200, "blue"));
+    // The hyper engine (HTTP/2 clients) follows the same rule.
+    let h2 = |value: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--http2-prior-knowledge", "-H"])
+            .arg(format!("x-cutover-color: {value}"))
+            .arg(&url)
+            .output()
+            .expect("curl is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = h2("s3cret-tester");
+    assert!(
+        text.starts_with("HTTP/2 200") && text.contains("x-cutover-color: green"),
+        "{text}"
+    );
+    let text = h2("green");
+    assert!(
+        text.starts_with("HTTP/2 403") && text.contains("header_route_refused"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
