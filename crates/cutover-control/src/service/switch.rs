@@ -127,7 +127,8 @@ impl ServiceCtl {
         tracing::info!(service = %self.name, live = %live, candidate = %candidate, weight = req.weight, generation, actor = %req.actor, reason = %req.reason, "stepped");
         Ok(SwitchOutcome {
             live,
-            previous: Some(live),
+            // The live color did not change: there is no previous one to name.
+            previous: None,
             generation,
             version: self.version_of(live),
         })
