@@ -295,6 +295,35 @@ mod tests {
         assert_eq!(header_route(None, &with("t0k3n")), None, "off by default");
     }
 
+    proptest::proptest! {
+        /// However a body is cut into chunks, and wherever the bytes at hand stop, the
+        /// de-chunked prefix is a prefix of the body, and all of it (to the cap) when every
+        /// chunk arrived.
+        #[test]
+        fn any_chunking_dechunks_to_a_prefix_of_the_body(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            cuts in proptest::collection::vec(1usize..40, 1..20),
+            cap in 1usize..400,
+            at_hand in 0usize..2000,
+        ) {
+            let mut wire = Vec::new();
+            let (mut rest, mut i) = (&body[..], 0);
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let whole = dechunk_prefix(&wire, cap);
+            proptest::prop_assert_eq!(&whole[..], &body[..body.len().min(cap)]);
+            let part = dechunk_prefix(&wire[..at_hand.min(wire.len())], cap);
+            proptest::prop_assert!(body.starts_with(&part));
+        }
+    }
+
     #[test]
     fn a_chunked_prefix_is_dechunked_up_to_the_cap() {
         let raw = b"5\r\n{\"use\r\nb;x=1\r\nr\":\"alice\"}\r\n0\r\n\r\n";
