@@ -22,8 +22,10 @@ use toml::Spanned;
 mod checks;
 mod shadow;
 mod shared;
+mod traffic;
 pub use checks::{check, PLACEHOLDERS};
 pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
+pub use traffic::{HeaderRouteConfig, Step, StickyConfig, Traffic};
 
 /// A configuration error, already located in the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -818,6 +820,15 @@ pub struct ReleaseConfig {
     pub shadow: Option<ShadowConfig>,
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// How traffic moves to the new color: `all_at_once` (default), a canary step, linear steps.
+    #[serde(default)]
+    pub traffic: Traffic,
+    /// What keeps a client on one color while traffic is split (absent: a draw per request).
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
+    /// A header plus token that reaches the idle color on the main listener (absent: off).
+    #[serde(default)]
+    pub header_route: Option<HeaderRouteConfig>,
     /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
     #[serde(default = "defaults::phase_timeout")]
     pub phase_timeout: Duration,
@@ -836,6 +847,9 @@ impl Default for ReleaseConfig {
             verify: None,
             shadow: None,
             hooks: HooksConfig::default(),
+            traffic: Traffic::AllAtOnce,
+            sticky: None,
+            header_route: None,
             phase_timeout: defaults::phase_timeout(),
         }
     }
@@ -1893,7 +1907,7 @@ impl Source<'_> {
         claims: &mut Claims,
     ) -> Result<ServiceConfig, Vec<ConfigError>> {
         let span = svc.span();
-        let svc = svc.into_inner();
+        let mut svc = svc.into_inner();
         let k = |rest: &str| format!("services.{name}.{rest}");
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(vec![ConfigError {
@@ -1940,7 +1954,8 @@ impl Source<'_> {
             &mut errors,
             self.upgrade_protocols(name, svc.upgrade_protocols.as_deref()),
         );
-        errors.extend(self.release(name, &svc.release, span));
+        errors.extend(self.release(name, &svc.release, span.clone()));
+        errors.extend(self.traffic(name, &mut svc.release, span));
         let (
             Some(listen),
             Some(preview_listen),
@@ -2431,6 +2446,56 @@ impl Source<'_> {
                         format!("smoke check {:?}: path must start with '/'", s.name),
                     ),
                 );
+            }
+        }
+        errors
+    }
+
+    /// `traffic`, `sticky` and `header_route`: each in range; the header route's tokens are
+    /// read here (an unreadable or empty file is an error, not a route nobody can use).
+    fn traffic(&self, name: &str, rel: &mut ReleaseConfig, span: Span) -> Vec<ConfigError> {
+        let k = |rest: &str| format!("services.{name}.release.{rest}");
+        let near = |sub: &str| {
+            self.span_of(&k(sub))
+                .or_else(|| self.span_of(&format!("services.{name}.release")))
+                .unwrap_or(span.clone())
+        };
+        let mut errors = Vec::new();
+        let dotted = |table: &str, key: &str| {
+            if key.is_empty() {
+                k(table)
+            } else {
+                k(&format!("{table}.{key}"))
+            }
+        };
+        if let Some((key, message)) = rel.traffic.invalid() {
+            keep::<()>(
+                &mut errors,
+                self.err_at(dotted("traffic", key), near("traffic"), message),
+            );
+        }
+        if let Some((key, message)) = rel.sticky.as_ref().and_then(|s| s.invalid()) {
+            keep::<()>(&mut errors, self.err_at(dotted("sticky", key), near("sticky"), message));
+        }
+        if let Some(hr) = rel.header_route.as_mut() {
+            if http::HeaderName::from_bytes(hr.header.as_bytes()).is_err() {
+                let message = format!("{:?} is not a valid header name", hr.header);
+                keep::<()>(
+                    &mut errors,
+                    self.err_at(k("header_route.header"), near("header_route"), message),
+                );
+            }
+            hr.tokens_file = self.resolve(&hr.tokens_file);
+            match std::fs::read_to_string(&hr.tokens_file) {
+                Ok(text) if !traffic::tokens_of(&text).is_empty() => hr.tokens = traffic::tokens_of(&text),
+                r => {
+                    let why = r.err().map_or("it has no token".to_string(), |e| e.to_string());
+                    let message = format!("cannot use {}: {why} (one token per line)", hr.tokens_file.display());
+                    keep::<()>(
+                        &mut errors,
+                        self.err_at(k("header_route.tokens_file"), near("header_route"), message),
+                    );
+                }
             }
         }
         errors

@@ -1128,3 +1128,42 @@ fn shared_listener_mistakes_name_their_line_and_key() {
     let text = SHARED.replacen("listener = \"api\"\n", "", 1);
     assert_eq!(check(&text).unwrap_err().key, "services.chat.listen");
 }
+
+#[test]
+fn traffic_sticky_and_header_route_errors_name_file_line_and_key() {
+    let with = |line: &str| GOOD.replace("promotion = \"manual\"", &format!("promotion = \"manual\"\n{line}"));
+    let text = with("traffic = { canary = { percent = 0, bake = \"5m\" } }");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.traffic.canary.percent", "{e}");
+    assert_eq!(e.line, line_with(&text, "percent = 0"), "{e}");
+    assert!(e.to_string().starts_with("/etc/cutover/cutover.toml:"), "{e}");
+
+    let text = with("traffic = { linear = { step = 20, interval = \"0s\" } }");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.traffic.linear.interval", "{e}");
+
+    let text = with("traffic = { tidal = { percent = 5 } }");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.line, line_with(&text, "tidal"), "{e}");
+
+    let text = with("sticky = { header = \"x-user-id\", token = true }");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.sticky", "{e}");
+    assert!(e.message.contains("exactly one"), "{e}");
+
+    let text = with("header_route = { header = \"x-cutover-color\", tokens_file = \"no-such.tokens\" }");
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.release.header_route.tokens_file", "{e}");
+    assert!(e.message.contains("/etc/cutover/no-such.tokens"), "{e}");
+
+    let ok = check(&with(
+        "traffic = { linear = { step = 25, interval = \"2m\" } }\nsticky = { body_field = \"user\" }",
+    ))
+    .unwrap();
+    let steps = ok.services["chat"].release.traffic.steps();
+    assert_eq!(steps.iter().map(|s| s.weight).collect::<Vec<_>>(), vec![25, 50, 75]);
+    assert_eq!(
+        check(GOOD).unwrap().services["chat"].release.traffic,
+        Traffic::AllAtOnce
+    );
+}

@@ -174,6 +174,7 @@ async fn create(link: &FleetLink, svc: &ServiceCtl) -> Result<(), EtcdError> {
     let doc = ServiceDoc {
         generation: table.generation,
         live: table.live_color().map(fleet_color),
+        weight: table.weight,
         versions: versions(svc),
         config_hash: config_hash(&svc.cfg()),
         updated_at: cutover_store::now_rfc3339_millis(),
@@ -266,7 +267,9 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
         link.record_ahead(&svc.name, doc.generation, table.generation);
         return;
     }
-    if doc.generation == table.generation {
+    // The same generation with another weight: this router restarted during a step (a
+    // local snapshot keeps no weight), so the stored document is applied again.
+    if doc.generation == table.generation && doc.weight == table.weight {
         link.record_applied(&svc.name, applied);
         return;
     }
@@ -295,8 +298,8 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
         }
     }
     svc.watch(live);
-    svc.publish(Some(live), doc.generation);
-    tracing::info!(service = %svc.name, live = %live, generation = doc.generation, actor = %doc.actor, "fleet: applied");
+    svc.publish_weighted(Some(live), doc.generation, doc.weight);
+    tracing::info!(service = %svc.name, live = %live, weight = doc.weight, generation = doc.generation, actor = %doc.actor, "fleet: applied");
     let state = cutover_store::ServiceState {
         name: svc.name.clone(),
         live: Some(stored(live)),

@@ -140,6 +140,7 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
             continue;
         }
         tracing::warn!(%service, release = d.id, version = %d.version, "release interrupted: {reason}");
+        unsplit_interrupted(&svc, d.id).await;
         record(&svc.store, "the interrupted release", &service, move |s| {
             s.put_release(d.id, &d.service, &value, true)?;
             release::interrupted_event(s, &d, &reason)
@@ -148,6 +149,28 @@ async fn on_elected(ctl: &Controller, link: &FleetLink, term: Term, doc: LeaderD
     }
     settle_hosts(ctl);
     Ok(())
+}
+
+/// A release cut off during its steps left the traffic split, and nothing would ever judge
+/// the new color's share again: all of it goes back to the live (old) color, acked like any
+/// step.
+async fn unsplit_interrupted(svc: &crate::service::ServiceCtl, id: i64) {
+    let weight = svc.proxy.table().weight;
+    if weight == 0 {
+        return;
+    }
+    let r = svc
+        .step(crate::service::switch::StepRequest {
+            weight: 0,
+            kind: cutover_store::SwitchKind::RolledBack,
+            actor: "controller".into(),
+            reason: format!("release #{id} was interrupted at {weight}%: all traffic back to the live color"),
+            release_id: Some(id),
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(service = %svc.name, release = id, error = %e, "could not return an interrupted step's share to the live color");
+    }
 }
 
 /// Host agents' processes follow the routing as committed: a run cut off between its switch

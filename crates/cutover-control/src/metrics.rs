@@ -236,6 +236,21 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
         m.encode_family(&color_labels(svc, r))?.encode_gauge(&live)?;
     }
     let mut m = enc.encode_descriptor(
+        "cutover_traffic_weight",
+        "the color's share (percent) of the live listener's traffic: split during a progressive release's step",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (svc, r) in routes {
+        let t = svc.proxy.table();
+        let weight = match t.live_color() {
+            Some(l) if l == r.color => 100 - i64::from(t.weight.min(100)),
+            Some(_) => i64::from(t.weight.min(100)),
+            None => 0,
+        };
+        m.encode_family(&color_labels(svc, r))?.encode_gauge(&weight)?;
+    }
+    let mut m = enc.encode_descriptor(
         "cutover_endpoint_healthy",
         "1 healthy, 0 unhealthy, -1 not checked yet",
         None,

@@ -47,6 +47,10 @@ pub struct ServiceDoc {
     /// `None` before anything was live.
     pub live: Option<Color>,
     pub versions: Versions,
+    /// A progressive release's step: the share (0-100) of the live traffic that goes to the
+    /// other color. 0 (and absent, in documents from before steps) outside one.
+    #[serde(default)]
+    pub weight: u8,
     /// The writer's hash of the service's configuration (endpoints, versions as configured):
     /// routers whose configuration differs show it in `GET /v1/fleet`.
     #[serde(default)]
@@ -341,6 +345,7 @@ mod tests {
         let doc = ServiceDoc {
             generation: 3,
             live: Some(Color::Green),
+            weight: 10,
             versions: Versions {
                 blue: Some("v1".into()),
                 green: Some("v2".into()),

@@ -18,6 +18,7 @@ use crate::guard::{Access, Guard, Kind};
 use crate::route::Service;
 use crate::route::{ColorRoute, Endpoint};
 use crate::settings::ServiceSettings;
+pub(crate) use crate::split::RequestView;
 use crate::upstream::ConnectError;
 
 /// Bodies up to this size are read whole before the request is sent, so it can be sent
@@ -80,16 +81,24 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Load the route table once and take a place in the color's in-flight count. Err:
-    /// nothing to route to on this listener (no route, so nothing to count).
+    /// Load the route table once, pick the color (`req` is read only while a progressive
+    /// release splits traffic, or for the header route) and take a place in the color's
+    /// in-flight count. Err: nothing to route to on this listener (no route, so nothing to
+    /// count), or the header route was asked for without its token.
     pub(crate) fn begin(
         fwd: &Forwarder,
         started: Instant,
         method: &Method,
+        req: &impl RequestView,
         access: impl FnOnce() -> Access,
     ) -> Result<Exchange, ProxyError> {
-        let route = fwd.service.target(fwd.preview).ok_or_else(|| no_route(fwd))?;
-        let access = fwd.service.settings().access_log.then(|| Box::new(access()));
+        let settings = fwd.service.settings();
+        let route = fwd
+            .service
+            .target(fwd.preview, &settings, req)
+            .map_err(|_| header_route_refused(&settings))?
+            .ok_or_else(|| no_route(fwd))?;
+        let access = settings.access_log.then(|| Box::new(access()));
         let post = *method == Method::POST;
         Ok(Exchange {
             guard: Some(Guard::new(route.clone(), started, post, access)),
@@ -308,6 +317,19 @@ pub(crate) fn access(fwd: &Forwarder, method: &Method, path: String, peer: Socke
         peer,
         status: 0,
     }
+}
+
+/// The header route's header came with a value that is none of its tokens: refused rather
+/// than ignored, so a tester whose token is wrong learns it instead of silently testing the
+/// live version.
+fn header_route_refused(s: &ServiceSettings) -> ProxyError {
+    let header = s.header_route.as_ref().map_or("", |r| r.header.as_str());
+    ProxyError::new(
+        StatusCode::FORBIDDEN,
+        "header_route_refused",
+        Source::Client,
+        format!("the {header} header reaches the idle color only with a valid token"),
+    )
 }
 
 /// Nothing to route to on this listener.

@@ -228,6 +228,13 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     Ok(())
 }
 
+/// The header route's header is the tester's credential, not the model server's business.
+fn drop_route_token(h: &mut HeaderMap, s: &ServiceSettings) {
+    if let Some(r) = &s.header_route {
+        h.remove(&r.header);
+    }
+}
+
 /// `x-cutover-color` and `x-cutover-version` of `route`, when the service wants them.
 fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
     if on {
@@ -241,6 +248,21 @@ fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
 /// The first bytes of a request body read already (to find its `model` on a shared
 /// listener), and whether they are all of it.
 pub(crate) type Start = Option<(Bytes, bool)>;
+/// What routing reads of a request in this engine: its headers only. A `body_field` sticky
+/// key is never looked for here: the first body frame is not at hand when the head is (it is
+/// polled from the connection later), and waiting for it would delay or buffer the request;
+/// such a request is keyless (drawn per request). Most clients reach the HTTP/1.1 engine,
+/// which reads the field from the bytes that came with the head.
+struct Heads<'a>(&'a HeaderMap);
+
+impl crate::split::RequestView for Heads<'_> {
+    fn header(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        self.0.get(name).map(|v| v.as_bytes())
+    }
+    fn body_prefix(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        None
+    }
+}
 
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
@@ -297,7 +319,7 @@ impl Forwarder {
     async fn handle_one(&self, req: Request<Incoming>, peer: &Peer, start: Start) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
-        let begun = Exchange::begin(self, started, req.method(), || {
+        let begun = Exchange::begin(self, started, req.method(), &Heads(req.headers()), || {
             exchange::access(self, req.method(), req.uri().path().to_string(), peer.addr)
         });
         let mut ex = match begun {
@@ -340,6 +362,7 @@ impl Forwarder {
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         strip(&mut parts.headers);
+        drop_route_token(&mut parts.headers, settings);
         forwarding(&mut parts.headers, peer, original_host.as_ref())?;
         if let Some(u) = &upgrade {
             parts.headers.insert(header::UPGRADE, u.clone());

@@ -31,6 +31,8 @@
 //!   first bytes, never by buffering the body.
 //! - [`shared`]: a shared listener: the service picked per request by Host, path prefix or
 //!   the OpenAI `model` field, before the exchange begins.
+//! - [`split`]: a progressive release's per-request choice: header route, sticky key
+//!   bucket, or a draw against the route table's weight.
 //! - [`tls`]: rustls configs for listeners and upstreams; certificates reloaded without a drop.
 
 #![forbid(unsafe_code)]
@@ -53,6 +55,7 @@ mod resend;
 pub mod route;
 pub mod settings;
 pub mod shared;
+pub mod split;
 pub mod stats;
 pub mod tls;
 pub mod upstream;

@@ -12,6 +12,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 pub use crate::settings::{Protocol, ServiceSettings};
+use crate::split::{self, RequestView, Side};
 use crate::stats::{ColorStats, EndpointStats};
 use crate::upstream::Pool;
 
@@ -308,8 +309,12 @@ pub struct RouteTable {
     pub generation: u64,
     /// Receives all production traffic; `None` before the first switch.
     pub live: Option<Arc<ColorRoute>>,
-    /// The other color, reachable through the preview listener only.
+    /// The other color: reachable through the preview listener, the header route, and
+    /// `weight` percent of the live listener's requests.
     pub idle: Option<Arc<ColorRoute>>,
+    /// A progressive release's current step: the share (0-100) of the live listener's
+    /// requests that go to `idle`, the candidate. 0 outside a progressive release.
+    pub weight: u8,
 }
 
 impl RouteTable {
@@ -382,14 +387,30 @@ impl Service {
         self.table.store(Arc::new(table));
     }
 
-    /// The route a request on the live (or preview) listener goes to, taken with one load.
+    /// The route a request on the live (or preview) listener goes to, taken with one load:
+    /// the idle color on the preview listener or through the header route; else the live
+    /// color, or the candidate for the request's share of a progressive release's weight.
+    /// Err: the header route was asked for without a valid token.
     #[inline]
-    pub(crate) fn target(&self, preview: bool) -> Option<Arc<ColorRoute>> {
+    pub(crate) fn target(
+        &self,
+        preview: bool,
+        settings: &ServiceSettings,
+        req: &impl RequestView,
+    ) -> Result<Option<Arc<ColorRoute>>, Side> {
         let t = self.table.load();
         if preview {
-            t.idle.clone()
-        } else {
-            t.live.clone()
+            return Ok(t.idle.clone());
+        }
+        let side = match split::header_route(settings.header_route.as_ref(), req) {
+            Some(side) => side,
+            None if t.idle.is_none() => Side::Live,
+            None => split::weighted(t.weight, settings.sticky.as_ref(), req),
+        };
+        match side {
+            Side::Live => Ok(t.live.clone()),
+            Side::Idle => Ok(t.idle.clone()),
+            Side::Refused => Err(Side::Refused),
         }
     }
 }

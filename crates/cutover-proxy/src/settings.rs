@@ -50,6 +50,11 @@ pub struct ServiceSettings {
     /// `x-cutover-color` and `x-cutover-version` on answers to clients (both engines, the
     /// proxy's own errors included).
     pub response_headers: bool,
+    /// What keeps a client on one color while a progressive release splits traffic
+    /// (`None`: every request is drawn on its own).
+    pub sticky: Option<crate::split::Sticky>,
+    /// The testers' way to the idle color on the main listener (`None`: off).
+    pub header_route: Option<crate::split::HeaderRoute>,
 }
 
 impl ServiceSettings {
@@ -100,6 +105,8 @@ impl Default for ServiceSettings {
             upgrade_protocols: vec!["websocket".to_string()],
             upstream_tls: None,
             response_headers: true,
+            sticky: None,
+            header_route: None,
         }
     }
 }

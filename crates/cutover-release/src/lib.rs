@@ -29,6 +29,10 @@ pub enum Phase {
     Shadowing,
     AwaitingApproval,
     PreSwitchHooks,
+    /// A progressive release (canary, linear) gives the new color a share of the live
+    /// traffic, one stored step at a time, each judged by the gates; entered by
+    /// [`Event::Step`], left by `Done` for the full switch.
+    Stepping,
     Switching,
     Verifying,
     Completed,
@@ -43,7 +47,7 @@ impl Phase {
 
     /// True while live traffic has not been touched: an abort is still a no-op for users.
     pub fn is_pre_switch(self) -> bool {
-        self < Phase::Switching
+        self < Phase::Stepping
     }
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Phase {
             Phase::Shadowing => "shadowing",
             Phase::AwaitingApproval => "awaiting_approval",
             Phase::PreSwitchHooks => "pre_switch_hooks",
+            Phase::Stepping => "stepping",
             Phase::Switching => "switching",
             Phase::Verifying => "verifying",
             Phase::Completed => "completed",
@@ -94,6 +99,9 @@ pub enum Event {
     Abort(String),
     /// cutover restarted; the release cannot continue.
     Interrupted,
+    /// A progressive release's next step (a new weight) after the pre-switch hooks or the
+    /// previous step.
+    Step,
 }
 
 /// Fixed facts about a release that decide its path.
@@ -151,7 +159,7 @@ impl Release {
                 Phase::AwaitingApproval
             }
             Phase::SmokeTesting | Phase::Shadowing | Phase::AwaitingApproval => Phase::PreSwitchHooks,
-            Phase::PreSwitchHooks => Phase::Switching,
+            Phase::PreSwitchHooks | Phase::Stepping => Phase::Switching,
             Phase::Switching if self.plan.has_previous => Phase::Verifying,
             Phase::Switching | Phase::Verifying => Phase::Completed,
             terminal => terminal,
@@ -180,9 +188,15 @@ impl Release {
             }
             Event::Approve if self.phase == Phase::AwaitingApproval => (Phase::PreSwitchHooks, None),
             Event::Approve => return refuse("only a release awaiting approval can be approved"),
+            Event::Step if matches!(self.phase, Phase::PreSwitchHooks | Phase::Stepping) => (Phase::Stepping, None),
+            Event::Step => return refuse("steps come after the pre-switch hooks, before the full switch"),
+            // A step gave the new color a share: aborting returns it to the old color.
+            Event::Abort(_) if self.phase == Phase::Stepping => (Phase::Aborted, Some(Outcome::Aborted)),
             Event::Abort(_) if self.phase.is_pre_switch() => (Phase::Aborted, Some(Outcome::Aborted)),
             Event::Abort(_) => return refuse("traffic has already switched: roll back instead"),
             // A failed switch changed nothing (the store refused or the target was unhealthy).
+            // A failing step had live traffic: that is a rollback.
+            Event::Failed(_) if self.phase == Phase::Stepping => (Phase::RolledBack, Some(Outcome::RolledBack)),
             Event::Failed(_) if self.phase <= Phase::Switching => (Phase::Aborted, Some(Outcome::Aborted)),
             Event::Failed(_) => (Phase::RolledBack, Some(Outcome::RolledBack)),
         };

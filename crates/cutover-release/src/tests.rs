@@ -442,3 +442,31 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn steps_come_between_the_hooks_and_the_switch_and_a_failing_step_rolls_back() {
+    let plan = Plan {
+        manual: false,
+        has_previous: true,
+        shadow: false,
+    };
+    let mut r = Release::new(plan);
+    for _ in 0..4 {
+        r.apply(&Event::Done).unwrap();
+    }
+    assert_eq!(r.phase, Phase::PreSwitchHooks);
+    assert_eq!(r.apply(&Event::Step), Ok(Phase::Stepping));
+    assert_eq!(r.apply(&Event::Step), Ok(Phase::Stepping), "one transition per step");
+    assert!(!r.phase.is_pre_switch(), "a step touches live traffic");
+    let mut failing = r.clone();
+    assert_eq!(
+        failing.apply(&Event::Failed("error rate".into())),
+        Ok(Phase::RolledBack)
+    );
+    assert_eq!(failing.outcome, Some(Outcome::RolledBack));
+    let mut aborted = r.clone();
+    assert_eq!(aborted.apply(&Event::Abort("by ann".into())), Ok(Phase::Aborted));
+    assert_eq!(r.apply(&Event::Done), Ok(Phase::Switching));
+    assert!(r.apply(&Event::Step).is_err(), "no step after the full switch");
+    assert_eq!(r.apply(&Event::Done), Ok(Phase::Verifying));
+}

@@ -84,10 +84,13 @@ pub enum HistoryKind {
     Reconfigured,
     /// Someone stopped a managed color's model servers on purpose (`cutover stop`).
     Stopped,
+    /// A progressive release gave the new color (`to`) a share of the live traffic; the
+    /// reason says which share and which step. The live color (`from`) is unchanged.
+    Stepped,
 }
 
 impl HistoryKind {
-    const ALL: [HistoryKind; 13] = [
+    const ALL: [HistoryKind; 14] = [
         HistoryKind::Switched,
         HistoryKind::RolledBack,
         HistoryKind::ReleaseStarted,
@@ -101,6 +104,7 @@ impl HistoryKind {
         HistoryKind::ProcessRestarted,
         HistoryKind::Reconfigured,
         HistoryKind::Stopped,
+        HistoryKind::Stepped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +122,7 @@ impl HistoryKind {
             HistoryKind::ProcessRestarted => "process_restarted",
             HistoryKind::Reconfigured => "reconfigured",
             HistoryKind::Stopped => "stopped",
+            HistoryKind::Stepped => "stepped",
         }
     }
 }
@@ -133,6 +138,8 @@ impl std::fmt::Display for HistoryKind {
 pub enum SwitchKind {
     Switched,
     RolledBack,
+    /// A progressive release's step: a new weight, the live color unchanged.
+    Stepped,
 }
 
 impl From<SwitchKind> for HistoryKind {
@@ -140,6 +147,7 @@ impl From<SwitchKind> for HistoryKind {
         match k {
             SwitchKind::Switched => HistoryKind::Switched,
             SwitchKind::RolledBack => HistoryKind::RolledBack,
+            SwitchKind::Stepped => HistoryKind::Stepped,
         }
     }
 }
@@ -389,6 +397,47 @@ impl Store {
         tx.execute(
             "UPDATE services SET live = ?2, generation = ?3, updated_at = ?4 WHERE name = ?1",
             params![rec.service, rec.to, generation as i64, at],
+        )?;
+        tx.execute(
+            "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                rec.service,
+                at,
+                HistoryKind::from(rec.kind),
+                cur.live,
+                rec.to,
+                generation as i64,
+                cur.version(rec.to),
+                rec.actor,
+                rec.reason,
+                rec.release_id
+            ],
+        )?;
+        let s = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
+        tx.commit()?;
+        Ok(s)
+    }
+
+    /// A progressive release's step (or its return to 0%): +1 on the generation if it is
+    /// still `expected_generation`, the live color unchanged, and the history line (`to` is
+    /// the color that gets the share) in the same transaction. The weight itself is not
+    /// stored: a restart ends the release as interrupted and routes all to the live color.
+    pub fn step(&self, rec: &SwitchRecord<'_>) -> Result<ServiceState> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let cur = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
+        if cur.generation != rec.expected_generation {
+            return Err(StoreError::Conflict {
+                expected: rec.expected_generation,
+                actual: cur.generation,
+            });
+        }
+        let generation = cur.generation + 1;
+        let at = now_rfc3339();
+        tx.execute(
+            "UPDATE services SET generation = ?2, updated_at = ?3 WHERE name = ?1",
+            params![rec.service, generation as i64, at],
         )?;
         tx.execute(
             "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
@@ -697,6 +746,34 @@ mod tests {
             reason: "because",
             release_id: None,
         }
+    }
+
+    #[test]
+    fn a_step_keeps_the_live_color_and_is_a_compare_and_swap_with_its_own_history_line() {
+        let (s, _) = temp_store();
+        s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
+        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
+        let step = SwitchRecord {
+            kind: SwitchKind::Stepped,
+            ..switch("chat", 1, Color::Green)
+        };
+        let st = s.step(&step).unwrap();
+        assert_eq!((st.live, st.generation), (Some(Color::Blue), 2), "live unchanged, +1");
+        assert!(matches!(
+            s.step(&step),
+            Err(StoreError::Conflict { expected: 1, actual: 2 })
+        ));
+        let h = s.history("chat", 1).unwrap();
+        assert_eq!(
+            (h[0].kind, h[0].from, h[0].to, h[0].generation, h[0].version.as_deref()),
+            (
+                HistoryKind::Stepped,
+                Some(Color::Blue),
+                Some(Color::Green),
+                2,
+                Some("v2")
+            )
+        );
     }
 
     #[test]

@@ -180,8 +180,13 @@ pub enum Command {
         log_format: LogFormat,
     },
     /// Run the whole story on this machine: releases v1, v2 and a faulty v3 under traffic.
-    #[command(after_help = "Example:\n  cutover demo")]
-    Demo,
+    #[command(after_help = "Examples:\n  cutover demo\n  cutover demo --canary")]
+    Demo {
+        /// Release through a 10% canary step: the faulty v3 is caught while it has only
+        /// its share of the traffic (no shadow comparison).
+        #[arg(long)]
+        canary: bool,
+    },
     /// Validate a config file without starting anything.
     #[command(
         long_about = "Validate a config file without starting anything. Errors (exit 2) and warnings \

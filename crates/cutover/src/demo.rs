@@ -125,8 +125,8 @@ fn start_traffic(url: String, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -
 
 /// The demo's config: cutover's own listeners on port 0 (the kernel picks, `serve` reports),
 /// the managed model servers on the given ports (cutover must know where they listen).
-fn config_text(exe: &str, blue: u16, green: u16) -> String {
-    format!(
+fn config_text(exe: &str, blue: u16, green: u16, canary: bool) -> String {
+    let text = format!(
         r#"# Written by `cutover demo`.
 [admin]
 listen = "127.0.0.1:0"
@@ -172,7 +172,25 @@ max_error_rate = 0.02
 max_p99_latency = "2s"
 min_requests = 30
 "#
+    );
+    if canary {
+        canary_config(&text)
+    } else {
+        text
+    }
+}
+
+/// `--canary`: the same service without the shadow comparison, releasing through a 10%
+/// canary step judged by the same gates.
+fn canary_config(text: &str) -> String {
+    let start = text.find("# Before any user sees").unwrap_or(text.len());
+    let end = text.find("[services.chat.release.verify]").unwrap_or(text.len());
+    let text = format!("{}{}", &text[..start], &text[end..]);
+    text.replace(
+        "[services.chat.release]\n",
+        "[services.chat.release]\n# A new version first gets 10% of the live traffic for 8 s, judged by the verify\n# gates on its own share; then all of it.\ntraffic = { canary = { percent = 10, bake = \"8s\" } }\n",
     )
+    .replace("min_requests = 30", "min_requests = 15")
 }
 
 async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
@@ -198,7 +216,7 @@ async fn release(c: &Client, version: &str) -> Result<Value, Failure> {
     .await
 }
 
-pub async fn run() -> Result<(), Failure> {
+pub async fn run(canary: bool) -> Result<(), Failure> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -208,7 +226,7 @@ pub async fn run() -> Result<(), Failure> {
         .map_err(|e| Failure::new(1, format!("no free port: {e}")))?;
     let (blue, green) = ports;
     let cfg_path = dir.join("cutover.toml");
-    std::fs::write(&cfg_path, config_text(&exe.to_string_lossy(), blue, green))
+    std::fs::write(&cfg_path, config_text(&exe.to_string_lossy(), blue, green, canary))
         .map_err(|e| Failure::new(1, e.to_string()))?;
     let config = cutover_config::load(&cfg_path).map_err(|e| Failure::new(2, e.to_string()))?;
     let store_path = config.store.path.clone();
@@ -270,7 +288,11 @@ pub async fn run() -> Result<(), Failure> {
             return Err(Failure::new(1, "the router did not come up"));
         }
         let c = Client::new(&remote)?;
-        story(&c, listen, started).await
+        if canary {
+            canary_story(&c, listen, started).await
+        } else {
+            story(&c, listen, started).await
+        }
     };
     let result = tokio::select! {
         r = story => r,
@@ -371,6 +393,61 @@ async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure>
         && v2_window_failures == 0;
     if ok {
         output::line("\n✔ v2 shipped with zero failed requests; the faulty v3 was caught by the shadow comparison before any user saw it.")?;
+        Ok(())
+    } else {
+        Err(Failure::new(1, "the demo did not go as expected (see above)"))
+    }
+}
+
+/// `--canary`: v1, then v2 and the faulty v3 through a 10% canary step each; v3 is caught
+/// at its step, while it has only its share of the traffic, and all of it goes back to v2.
+async fn canary_story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure> {
+    let v1 = release(c, "v1").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let url = format!("http://127.0.0.1:{listen}/v1/chat/completions");
+    let traffic = start_traffic(url, stop.clone(), tally.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v2 = release(c, "v2").await?;
+    let before_v3 = snapshot(&tally);
+    let v3 = release(c, "v3").await?;
+    let after_v3 = snapshot(&tally);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Relaxed);
+    for t in traffic {
+        let _ = t.await;
+    }
+    let status = c.get("/v1/services/chat").await?;
+    output::line(&format!("\n{}", output::status(&status)))?;
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    output::line(&format!("\nSummary ({:.0} s)", started.elapsed().as_secs_f64()))?;
+    for v in ["v1", "v2", "v3"] {
+        let (ok, failed) = (t.ok.get(v).unwrap_or(&0), t.failed.get(v).unwrap_or(&0));
+        output::line(&format!("  {v:<8} served {ok:>8}  failed {failed:>6}"))?;
+    }
+    let step = &v3["steps"][0];
+    let window = (after_v3.0 + after_v3.1).saturating_sub(before_v3.0 + before_v3.1);
+    let v3_served = t.ok.get("v3").copied().unwrap_or(0) + t.failed.get("v3").copied().unwrap_or(0);
+    output::line(&format!(
+        "  v3 canary step: {}% of the traffic, {}: {}",
+        step["weight"],
+        step["result"].as_str().unwrap_or("?"),
+        step["detail"].as_str().unwrap_or("-")
+    ))?;
+    output::line(&format!(
+        "  during v3's release {v3_served} of {window} requests reached v3; every other went to v2"
+    ))?;
+    // v3 had its share only: well under half of the requests while it was released.
+    let ok = v1["outcome"] == "completed"
+        && v2["outcome"] == "completed"
+        && v3["outcome"] == "rolled_back"
+        && step["result"] == "failed"
+        && v3_served * 4 < window.max(1)
+        && status["colors"]["green"]["weight"].as_u64().unwrap_or(0)
+            + status["colors"]["blue"]["weight"].as_u64().unwrap_or(0)
+            == 100;
+    if ok {
+        output::line("\n✔ v2 shipped through its canary; the faulty v3 was caught at its 10% step and all traffic went back to v2 at once.")?;
         Ok(())
     } else {
         Err(Failure::new(1, "the demo did not go as expected (see above)"))

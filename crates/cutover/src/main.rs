@@ -72,13 +72,13 @@ fn main() -> ExitCode {
             let argv = std::iter::once("mock-model".to_string()).chain(args);
             mock_model::main_with_args(<mock_model::Args as Parser>::parse_from(argv))
         }
-        Command::Demo => {
+        Command::Demo { canary } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("runtime");
-            exit(rt.block_on(demo::run()))
+            exit(rt.block_on(demo::run(canary)))
         }
         Command::Check { file } => exit(check(&file)),
         Command::Completions { shell } => exit(completions(shell)),

@@ -93,10 +93,11 @@ pub fn status(v: &Value) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "  {:<6} {:<8} {:<12} in-flight {:<4} {}\n",
+            "  {:<6} {:<8} {:<12} {:>4} in-flight {:<4} {}\n",
             color,
             s(&c["state"]),
             s(&c["version"]),
+            c["weight"].as_u64().map(|w| format!("{w}%")).unwrap_or_default(),
             c["in_flight"],
             eps.join(", ")
         ));
@@ -133,8 +134,26 @@ pub fn status(v: &Value) -> String {
             s(&r["color"]),
             s(&r["phase"])
         ));
+        out.push_str(&step_lines(r));
     }
     out.trim_end().to_string()
+}
+
+/// A progressive release's steps so far, one line each, the last one with its share now.
+fn step_lines(r: &Value) -> String {
+    let mut out = String::new();
+    for st in r["steps"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "    step {}/{} {}% {}: {} requests{}\n",
+            st["step"],
+            st["of"],
+            st["weight"],
+            s(&st["result"]),
+            st["requests"],
+            st["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()
+        ));
+    }
+    out
 }
 
 /// One managed process of a color: replica, host, pid, port, log; a process on a host whose

@@ -66,6 +66,43 @@ pub struct ReleaseDoc {
     /// `shadow.reverse`: the comparison during the bake, new version live, old as shadow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_reverse: Option<cutover_release::shadow::ShadowReading>,
+    /// The traffic mode: `all_at_once`, `canary` or `linear`.
+    #[serde(default = "all_at_once")]
+    pub traffic: String,
+    /// The new color's share of the live traffic now (0 before the first step and after a
+    /// return to the old color; 100 once it is live).
+    #[serde(default)]
+    pub weight: u8,
+    /// A progressive release's steps as they happened, each with its gates at its end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+}
+
+fn all_at_once() -> String {
+    "all_at_once".into()
+}
+
+/// One step of a progressive release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based.
+    pub step: u32,
+    /// Of how many steps before the full switch.
+    pub of: u32,
+    /// The new color's share (percent) during the step.
+    pub weight: u8,
+    /// The generation the step was committed as (acked by every router in a fleet).
+    pub generation: u64,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Requests the new color served during the step: its share, which the gates judged.
+    pub requests: u64,
+    /// `passed`, `failed`, `aborted`, or `running`.
+    pub result: String,
+    pub detail: Option<String>,
+    /// Fleet mode: the routers' acks of the step's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<serde_json::Value>,
 }
 
 /// What a new release starts from.
@@ -105,6 +142,9 @@ impl ReleaseDoc {
             shadow: None,
             shadow_paused: false,
             shadow_reverse: None,
+            traffic: all_at_once(),
+            weight: 0,
+            steps: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::service::ServiceCtl;
 use crate::store_call::{blocking, record};
 use active::{Active, Signals};
 use doc::NewRelease;
-pub use doc::{PhaseRecord, ReleaseDoc};
+pub use doc::{PhaseRecord, ReleaseDoc, StepRecord};
 use run::{ReleaseRun, RunEnv};
 
 /// A version label: 1-200 characters, no whitespace or control characters (it becomes a
@@ -83,6 +83,7 @@ impl Releases {
             },
             now_rfc3339(),
         );
+        doc.traffic = svc.cfg().release.traffic.name().into();
         let fleet = svc.fleet.get().cloned();
         if let Some(link) = &fleet {
             if !link.is_leader() {
@@ -383,7 +384,9 @@ impl Releases {
         if phase.is_terminal() {
             return Err(ReleaseError::Ended { id, phase });
         }
-        if !phase.is_pre_switch() {
+        // During a progressive release's steps the old color is still live: an abort
+        // returns the step's share to it and ends the release.
+        if !phase.is_pre_switch() && phase != Phase::Stepping {
             return Err(ReleaseError::AlreadySwitched { id, phase });
         }
         a.signals.request_abort(actor, reason);

@@ -194,6 +194,24 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
         upstream_tls: cfg.upstream_tls.as_ref().map(|t| {
             cutover_proxy::tls::UpstreamTls::new(t.ca_file.as_deref(), cfg.upstream_protocol == UpstreamProtocol::H2c)
         }),
+        sticky: cfg.release.sticky.as_ref().and_then(sticky_of),
+        header_route: cfg.release.header_route.as_ref().and_then(|h| {
+            Some(cutover_proxy::split::HeaderRoute {
+                header: HeaderName::from_bytes(h.header.as_bytes()).ok()?,
+                tokens: h.tokens.clone(),
+            })
+        }),
+    }
+}
+
+/// The data plane's sticky key (validated by cutover-config: exactly one source is set).
+fn sticky_of(s: &cutover_config::StickyConfig) -> Option<cutover_proxy::split::Sticky> {
+    use cutover_proxy::split::Sticky;
+    match (&s.header, &s.body_field, s.token) {
+        (Some(h), _, _) => HeaderName::from_bytes(h.as_bytes()).ok().map(Sticky::Header),
+        (_, Some(f), _) => Some(Sticky::BodyField(f.clone())),
+        (_, _, Some(true)) => Some(Sticky::Token),
+        _ => None,
     }
 }
 
@@ -531,6 +549,12 @@ impl ServiceCtl {
 
     /// Publishes a table with `live` as the live color; the other color becomes the idle one.
     pub(crate) fn publish(&self, live: Option<Color>, generation: u64) {
+        self.publish_weighted(live, generation, 0);
+    }
+
+    /// As [`publish`](Self::publish), with `weight` percent of the live listener's requests
+    /// going to the other color (a progressive release's step).
+    pub(crate) fn publish_weighted(&self, live: Option<Color>, generation: u64, weight: u8) {
         let idle = match live {
             Some(c) => self.route(c.other()),
             // Nothing live yet: preview shows blue if it has a version, else green.
@@ -543,13 +567,15 @@ impl ServiceCtl {
             generation,
             live: live.and_then(|c| self.route(c)),
             idle,
+            weight: if live.is_some() { weight } else { 0 },
         });
     }
 
     /// Republishes the current live color and generation (after a new route was installed).
     pub(crate) fn republish(&self) {
         let t = self.proxy.table();
-        self.publish(t.live_color(), t.generation);
+        // A step in progress keeps its weight: a new route is not a decision about traffic.
+        self.publish_weighted(t.live_color(), t.generation, t.weight);
     }
 
     /// Waits for `color`'s requests to finish (in-flight 0), at most `drain_timeout`; what is

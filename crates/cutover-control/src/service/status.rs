@@ -78,6 +78,9 @@ pub struct ColorStatus {
     pub state: ColorState,
     pub endpoints: Vec<EndpointStatus>,
     pub in_flight: i64,
+    /// The color's share (percent) of the live listener's traffic: 100 for the live color,
+    /// 0 for the idle one, split during a progressive release's step.
+    pub weight: u8,
     /// Managed services only: the color's processes, restarts and last exit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<ColorProcesses>,
@@ -94,6 +97,8 @@ pub struct ServiceStatus {
     /// What `serve` actually bound; `null` when this controller serves no traffic.
     pub bound: Option<BoundAddrs>,
     pub colors: BTreeMap<Color, ColorStatus>,
+    /// The configured traffic mode: `all_at_once`, `canary` or `linear`.
+    pub traffic: &'static str,
     pub release: Option<serde_json::Value>,
 }
 
@@ -191,6 +196,11 @@ impl ServiceCtl {
                     state,
                     endpoints: endpoints(&r, self.watched(c)),
                     in_flight: r.in_flight(),
+                    weight: match table.live_color() {
+                        Some(l) if l == c => 100 - table.weight.min(100),
+                        Some(_) => table.weight.min(100),
+                        None => 0,
+                    },
                     processes,
                 },
             );
@@ -199,6 +209,7 @@ impl ServiceCtl {
             name: self.name.clone(),
             live: table.live_color(),
             generation: table.generation,
+            traffic: self.cfg().release.traffic.name(),
             listen: self.cfg().listen.to_string(),
             preview_listen: self.cfg().preview_listen.map(|a| a.to_string()),
             bound: self.bound(),

@@ -49,7 +49,91 @@ pub struct RollbackRequest {
     pub release_id: Option<i64>,
 }
 
+/// What a commit changes: the live color after it, the other color's weight, and the
+/// color the history line names as `to` (the live one for a switch, the candidate for a step).
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    live: Color,
+    weight: u8,
+    subject: Color,
+    step: bool,
+}
+
+impl Change {
+    fn switch(to: Color) -> Change {
+        Change {
+            live: to,
+            weight: 0,
+            subject: to,
+            step: false,
+        }
+    }
+
+    fn is_step(&self) -> bool {
+        self.step
+    }
+}
+
+/// A progressive release's step: the idle color (the candidate) gets `weight` percent of the
+/// live listener's requests; the live color stays live.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    pub weight: u8,
+    /// `Stepped`, or `RolledBack` for the return to 0% after a breach or on request.
+    pub kind: SwitchKind,
+    pub actor: String,
+    pub reason: String,
+    pub release_id: Option<i64>,
+}
+
 impl ServiceCtl {
+    /// Gives the candidate color a share of the live traffic: committed (in a fleet: one
+    /// etcd transaction, acked like a switch), then published in one pointer swap.
+    pub async fn step(&self, req: StepRequest) -> Result<SwitchOutcome, SwitchError> {
+        let _op = self.op.lock().await;
+        let _permit = self.pause.enter().await;
+        self.step_locked(req).await
+    }
+
+    pub(crate) async fn step_locked(&self, req: StepRequest) -> Result<SwitchOutcome, SwitchError> {
+        let table = self.proxy.table();
+        let Some(live) = table.live_color() else {
+            return Err(SwitchError::NothingLive {
+                service: self.name.clone(),
+            });
+        };
+        let candidate = live.other();
+        let change = Change {
+            live,
+            weight: req.weight,
+            subject: candidate,
+            step: true,
+        };
+        let sreq = SwitchRequest {
+            to: Some(live),
+            if_generation: None,
+            force: true,
+            kind: req.kind,
+            actor: req.actor.clone(),
+            reason: req.reason.clone(),
+            release_id: req.release_id,
+        };
+        let generation = self.commit_switch(table.generation, change, &sreq).await?;
+        self.watch(candidate);
+        self.publish_weighted(Some(live), generation, req.weight);
+        if req.kind == SwitchKind::RolledBack {
+            self.rollbacks.fetch_add(1, Relaxed);
+        }
+        tracing::info!(service = %self.name, live = %live, candidate = %candidate, weight = req.weight, generation, actor = %req.actor, reason = %req.reason, "stepped");
+        Ok(SwitchOutcome {
+            live,
+            // The live color did not change: there is no previous one to name.
+            previous: None,
+            generation,
+            version: self.version_of(live),
+        })
+    }
+
     /// Makes a color live. Durable before it returns.
     pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
         let _op = self.op.lock().await;
@@ -75,7 +159,7 @@ impl ServiceCtl {
             self.refuse_unhealthy(to, &route).await?;
         }
         let previous = table.live_color();
-        let generation = self.commit_switch(table.generation, to, &req).await?;
+        let generation = self.commit_switch(table.generation, Change::switch(to), &req).await?;
         // A live color is always health-checked (a stale or never-checked one was not).
         self.watch(to);
         self.publish(Some(to), generation);
@@ -154,23 +238,29 @@ impl ServiceCtl {
         Err(SwitchError::TargetUnhealthy { color: to, detail })
     }
 
-    /// Commits the switch (compare-and-swap on `generation`); returns the new generation.
-    async fn commit_switch(&self, generation: u64, to: Color, req: &SwitchRequest) -> Result<u64, SwitchError> {
+    /// Commits the switch or step (compare-and-swap on `generation`); returns the new
+    /// generation.
+    async fn commit_switch(&self, generation: u64, change: Change, req: &SwitchRequest) -> Result<u64, SwitchError> {
         if let Some(link) = self.fleet.get() {
-            return self.commit_fleet_switch(link, generation, to, req).await;
+            return self.commit_fleet_switch(link, generation, change, req).await;
         }
         let service = self.name.clone();
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = blocking(&self.store, move |s| {
-            s.switch(&SwitchRecord {
+            let rec = SwitchRecord {
                 service: &service,
                 expected_generation: generation,
-                to: stored(to),
+                to: stored(change.subject),
                 kind,
                 actor: &actor,
                 reason: &reason,
                 release_id,
-            })
+            };
+            if change.is_step() {
+                s.step(&rec)
+            } else {
+                s.switch(&rec)
+            }
         })
         .await?;
         Ok(state.generation)
@@ -182,13 +272,15 @@ impl ServiceCtl {
         &self,
         link: &FleetLink,
         generation: u64,
-        to: Color,
+        change: Change,
         req: &SwitchRequest,
     ) -> Result<u64, SwitchError> {
+        let (to, live_after) = (change.subject, change.live);
         let next = generation + 1;
         let doc = ServiceDoc {
             generation: next,
-            live: Some(fleet_color(to)),
+            live: Some(fleet_color(live_after)),
+            weight: change.weight,
             versions: Versions {
                 blue: self.version_of(Color::Blue),
                 green: self.version_of(Color::Green),
@@ -216,7 +308,7 @@ impl ServiceCtl {
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = cutover_store::ServiceState {
             name: service.clone(),
-            live: Some(stored(to)),
+            live: Some(stored(live_after)),
             generation: next,
             blue_version: doc.versions.blue.clone(),
             green_version: doc.versions.green.clone(),
@@ -232,7 +324,8 @@ impl ServiceCtl {
                 release_id,
             };
             // The snapshot may be behind etcd (a write that failed earlier): then whole.
-            match s.switch(&rec) {
+            let r = if change.is_step() { s.step(&rec) } else { s.switch(&rec) };
+            match r {
                 Err(cutover_store::StoreError::Conflict { .. }) => s.apply_snapshot(&state).map(|_| ()),
                 r => r.map(|_| ()),
             }
@@ -249,6 +342,25 @@ impl ServiceCtl {
         let Some(live) = self.live() else {
             return Err(SwitchError::NothingToRollBack { service });
         };
+        let weight = self.proxy.table().weight;
+        if weight > 0 {
+            // A progressive release's step is under way: the old color is still live, so
+            // going back is all of the traffic to it, not a switch to the candidate.
+            let reason = if req.reason.is_empty() {
+                format!("rollback: {} back from {weight}% to 0%", live.other())
+            } else {
+                req.reason
+            };
+            return self
+                .step_locked(StepRequest {
+                    weight: 0,
+                    actor: req.actor,
+                    reason,
+                    release_id: req.release_id,
+                    kind: SwitchKind::RolledBack,
+                })
+                .await;
+        }
         let target = live.other();
         if self.state(target) == Some(ColorState::Stopped) && !req.force {
             // What `--redeploy` would bring back: the version last live there.

@@ -111,6 +111,7 @@ impl ClientConn {
             want_path: self.settings.access_log,
             max_line: self.settings.max_header_line_bytes,
             upgrades: &self.settings.upgrade_protocols,
+            drop: self.settings.header_route.as_ref().map(|r| &r.header),
         };
         let mut out = Out::new();
         match request::request_head(self.inbuf.bytes(), &target, out.vec()) {
@@ -248,10 +249,16 @@ impl ClientConn {
             }
             true => None,
         };
-        self.inbuf.consume(head.head_len);
-        let begun = Exchange::begin(&fwd, Instant::now(), &head.method, || {
-            exchange::access(&fwd, &head.method, head.path.take().unwrap_or_default(), self.peer)
+        let view = HeadView {
+            bytes: self.inbuf.bytes(),
+            head_len: head.head_len,
+            body: head.body,
+        };
+        let path = &mut head.path;
+        let begun = Exchange::begin(&fwd, Instant::now(), &head.method, &view, || {
+            exchange::access(&fwd, &head.method, path.take().unwrap_or_default(), self.peer)
         });
+        self.inbuf.consume(head.head_len);
         let mut ex = match begun {
             Ok(ex) => ex,
             Err(e) => {
@@ -343,6 +350,42 @@ impl ClientConn {
             After::Close
         } else {
             After::KeepAlive
+        }
+    }
+}
+
+/// What routing reads of a request in this engine: the raw head, and the body bytes that
+/// arrived with it (still in the input buffer). Nothing more is read for routing: a sticky
+/// field that is not in those bytes leaves the request keyless.
+struct HeadView<'a> {
+    /// The input buffer: the head, then whatever of the body is at hand.
+    bytes: &'a [u8],
+    head_len: usize,
+    body: Framing,
+}
+
+impl crate::split::RequestView for HeadView<'_> {
+    fn header(&self, name: &http::HeaderName) -> Option<&[u8]> {
+        let head = &self.bytes[..self.head_len];
+        // The head was parsed and accepted already: lines are CRLF, names are tokens.
+        head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (n, v) = (&line[..colon], &line[colon + 1..]);
+            n.eq_ignore_ascii_case(name.as_str().as_bytes()).then(|| v.trim_ascii())
+        })
+    }
+
+    fn body_prefix(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let at_hand = &self.bytes[self.head_len..];
+        match self.body {
+            _ if at_hand.is_empty() => None,
+            Framing::Chunked => Some(std::borrow::Cow::Owned(crate::split::dechunk_prefix(
+                at_hand,
+                crate::split::BODY_KEY_CAP,
+            ))),
+            // Not past the body: what follows may be the next request of a pipeline.
+            Framing::Length(n) => Some(std::borrow::Cow::Borrowed(&at_hand[..at_hand.len().min(n as usize)])),
+            Framing::None | Framing::Close => None,
         }
     }
 }

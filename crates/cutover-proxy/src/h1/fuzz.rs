@@ -21,6 +21,7 @@ pub(crate) fn wire(data: &[u8]) {
         want_path: true,
         max_line: 8 * 1024,
         upgrades: &[],
+        drop: None,
     };
     let mut out = Vec::new();
     match request::request_head(data, &t, &mut out) {

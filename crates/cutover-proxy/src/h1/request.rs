@@ -64,6 +64,8 @@ pub(crate) struct Target<'a> {
     pub(crate) max_line: usize,
     /// The service's `upgrade_protocols`: another Upgrade is dropped, not forwarded.
     pub(crate) upgrades: &'a [String],
+    /// The header route's header: its value is a tester's token, not the upstream's business.
+    pub(crate) drop: Option<&'a http::HeaderName>,
 }
 
 /// Parse a request head at the start of `buf` and write the upstream's version of it to
@@ -205,6 +207,9 @@ fn inspect<'h>(
             return Err(HeadError::LineTooLong);
         }
         *class = headers::class(h.name.as_bytes());
+        if t.drop.is_some_and(|d| h.name.eq_ignore_ascii_case(d.as_str())) {
+            *class = Class::HopByHop;
+        }
         match *class {
             Class::ContentLength => {
                 let n = headers::content_length(h.value)
@@ -435,7 +440,21 @@ mod tests {
             want_path: true,
             max_line: 16 * 1024,
             upgrades: &UPGRADES,
+            drop: None,
         }
+    }
+
+    #[test]
+    fn the_header_routes_header_never_goes_upstream() {
+        let name = http::HeaderName::from_static("x-tester");
+        let t = Target {
+            drop: Some(&name),
+            ..target(false)
+        };
+        let raw = b"GET / HTTP/1.1\r\nhost: a\r\nX-Tester: s3cret\r\nx-keep: 1\r\n\r\n";
+        let (_, out) = req_with(raw, &t).unwrap();
+        assert!(!out.to_ascii_lowercase().contains("x-tester"), "{out}");
+        assert!(out.contains("x-keep: 1"), "{out}");
     }
 
     static UPGRADES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["websocket".into()]);

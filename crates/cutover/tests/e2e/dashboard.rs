@@ -100,3 +100,40 @@ async fn roll_back_offers_to_redeploy_the_version_last_live() {
     let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_each_colors_share_and_the_steps_of_a_canary() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("tests/browser/steps.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (bash .ci/run does) and install chromium"
+    );
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\ntraffic = {{ canary = {{ percent = 10, bake = \"10m\" }} }}\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let _id = r.release("v2").await;
+    wait_for("the canary step", Duration::from_secs(20), || async {
+        (r.status().await["colors"]["green"]["weight"] == 10).then_some(())
+    })
+    .await;
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(r.admin_url(""))
+        .arg(&r.token)
+        .output()
+        .await
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {text}");
+    assert!(text.contains("ok: green 10%, step 1/1 running"), "{text}");
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 use crate::fleet::cluster::Cluster;
-use crate::fleet::{color_served, fleet_view, share_operator_token, state_of};
+use crate::fleet::{color_served, fleet_view, share_operator_token, state_of, wait_color};
 
 /// A short bake that completes without traffic, and a quick scale-down.
 const QUICK: &str = "scale_down_delay = \"300ms\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 1000\non_inconclusive = \"complete\"\n";
@@ -428,4 +428,79 @@ async fn a_switch_asked_of_a_follower_under_the_leaders_release_is_refused_and_a
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_step_of_a_linear_release_is_applied_and_acked_by_every_router() {
+    let release = "traffic = { linear = { step = 30, interval = \"1s\" } }\n[services.chat.release.verify]\nbake = \"300ms\"\nmin_requests = 0\n";
+    let f = Fleet::start("steps", release).await;
+    let leader = f.wait_leader(&[0, 1, 2]).await;
+    let id = f.routers[leader].release("v2").await;
+    // A follower serves the split too: its route table came from etcd with the weight.
+    let follower = &f.routers[(leader + 1) % 3];
+    let st = wait_for("a follower at a step", Duration::from_secs(20), || async {
+        let st = follower.status().await;
+        (st["colors"]["green"]["weight"] == 30).then_some(st)
+    })
+    .await;
+    assert_eq!(st["colors"]["blue"]["weight"], 70, "{st}");
+    let d = f.routers[leader].wait_end(id, Duration::from_secs(40)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let steps = d["steps"].as_array().unwrap();
+    let weights: Vec<u64> = steps.iter().map(|s| s["weight"].as_u64().unwrap()).collect();
+    assert_eq!(weights, vec![30, 60, 90], "{d}");
+    for s in steps {
+        let sync = &s["sync"];
+        assert_eq!(
+            (sync["synced"].as_u64(), sync["of"].as_u64()),
+            (Some(3), Some(3)),
+            "{s}"
+        );
+        for r in sync["routers"].as_array().unwrap() {
+            assert_eq!(r["state"], "SYNCED", "{s}");
+            assert_eq!(r["generation"], s["generation"], "{s}");
+        }
+    }
+    // Every router serves the new color; the leader's history has a line per step.
+    for r in &f.routers {
+        wait_color(r, "green").await;
+    }
+    let kinds = history_kinds(&f.routers[leader], id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "stepped").count(), 3, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_a_canary_step_leaves_it_interrupted_and_the_new_leader_returns_all_to_blue() {
+    let release = "traffic = { canary = { percent = 50, bake = \"10m\" } }\n";
+    let mut f = Fleet::start("kill-step", release).await;
+    let old = f.wait_leader(&[0, 1, 2]).await;
+    let id = f.routers[old].release("v2").await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    for &i in &rest {
+        wait_for("the step on every router", Duration::from_secs(20), || async {
+            (f.routers[i].status().await["colors"]["green"]["weight"] == 50).then_some(())
+        })
+        .await;
+    }
+    f.routers[old].proc.kill9();
+    let _new = f.wait_leader(&rest).await;
+    let d = f.routers[rest[0]].wait_end(id, Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "interrupted", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("during stepping"), "{d}");
+    // Nothing judges the share any more: every router is back to all blue.
+    for &i in &rest {
+        wait_for("all blue again", Duration::from_secs(20), || async {
+            (f.routers[i].status().await["colors"]["green"]["weight"] == 0).then_some(())
+        })
+        .await;
+        for _ in 0..20 {
+            assert_eq!(color_served(&f.routers[i]).await, "blue");
+        }
+    }
+    let (doc, _) = f.stored("services/chat").await;
+    assert_eq!(
+        (doc["live"].as_str(), doc["weight"].as_u64()),
+        (Some("blue"), Some(0)),
+        "{doc}"
+    );
 }

@@ -46,6 +46,8 @@
 //! - `tls`: TLS service and admin listeners (curl, openai with a CA, the CLI's `--cacert`),
 //!   streams through a switch, a certificate rotation and `serve --upgrade`, WebSocket over
 //!   TLS, refused clients; `https://` upstreams (SNI, CA file, a wrong CA, h2 by ALPN).
+//! - `traffic`: progressive releases (canary, linear) within binomial bounds, a breach at a
+//!   step, streams across steps, sticky keys (a chunked body's `user`), the header route.
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
@@ -80,5 +82,6 @@ mod supervise;
 mod support;
 mod switching;
 mod tls;
+mod traffic;
 mod upgrade;
 mod websocket;

@@ -8,6 +8,7 @@
 
 mod pre_switch;
 mod shadowing;
+mod steps;
 mod switch;
 mod verify;
 
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::active::Active;
-use super::doc::ReleaseDoc;
+use super::doc::{ReleaseDoc, StepRecord};
 use crate::error::{StepError, StoreFailure};
 use crate::scale_down::ScaleDowns;
 use crate::service::ServiceCtl;
@@ -84,6 +85,9 @@ pub(crate) struct ReleaseRun {
     /// The color's version label before this release: put back if it ends before its
     /// switch with its processes stopped.
     label_before: Option<String>,
+    /// A progressive release's pre-switch hooks' detail, set when they finished: the first
+    /// step's transition closes their phase with it (the full switch's `Done` does else).
+    hooks_detail: Option<String>,
 }
 
 impl ReleaseRun {
@@ -107,6 +111,7 @@ impl ReleaseRun {
             phase_started: Instant::now(),
             epoch: None,
             label_before,
+            hooks_detail: None,
         }
     }
 
@@ -122,6 +127,12 @@ impl ReleaseRun {
 
     async fn pipeline(&mut self) -> Result<(), Stop> {
         let route = self.pre_switch().await?;
+        if let Some(hooks_detail) = self.hooks_detail.take() {
+            let steps = self.svc.cfg().release.traffic.steps();
+            if let steps::Stepped::Ended = self.progress(&route, &steps, hooks_detail).await? {
+                return Ok(());
+            }
+        }
         let baseline = match self.switch(&route).await? {
             Some(baseline) => baseline,
             // A post-switch hook failed and the run rolled back.

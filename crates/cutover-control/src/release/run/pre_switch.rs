@@ -73,7 +73,12 @@ impl ReleaseRun {
         let hooks = steps::run_hooks("pre_switch", &rel.hooks.pre_switch, &env, per_hook);
         let all_hooks = per_hook * (rel.hooks.pre_switch.len().max(1) as u32);
         let detail = self.guard(Some(all_hooks), "pre-switch hooks", hooks).await?;
-        self.step(Event::Done, detail).await?;
+        if self.machine.plan.has_previous && !rel.traffic.steps().is_empty() {
+            // Progressive: the first step's transition closes this phase.
+            self.hooks_detail = Some(detail);
+        } else {
+            self.step(Event::Done, detail).await?;
+        }
         self.hold_for_hosts(color).await?;
         // The last look before traffic moves: an exit seen only now still stops the switch.
         if let Some(e) = self.exited() {
@@ -173,6 +178,8 @@ impl ReleaseRun {
                 tracing::info!(service = %self.svc.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")
             }
         }
+        // A step's share goes back to the old color before anything else: "at once".
+        self.unsplit(stop.detail()).await;
         if let Err(e) = self.transition(stop.event(), stop.detail().to_string()).await {
             tracing::error!(service = %self.svc.name, release = self.active.id, error = %e, "could not record the end of the release");
             self.doc(|d| {

@@ -52,6 +52,7 @@ impl ReleaseRun {
         self.doc(|d| {
             d.switch_ms = Some(switch_ms);
             d.generation = Some(out.generation);
+            d.weight = 100;
         });
         let baseline = route.stats.snapshot();
         let hooks = &self.svc.cfg().release.hooks;
@@ -97,6 +98,7 @@ impl ReleaseRun {
                 self.doc(|d| {
                     d.rollback_ms = Some(ms);
                     d.generation = Some(out.generation);
+                    d.weight = 0;
                 });
                 let color = self.doc(|d| d.color);
                 self.svc.set_state(color, Some(ColorState::Failed));
@@ -125,7 +127,7 @@ impl ReleaseRun {
     /// After an automatic rollback of a managed release, the failed version keeps running
     /// for `scale_down_delay` (its processes and state can be looked at, through the preview
     /// listener too), then drains and is stopped like any old color; its logs are kept.
-    fn schedule_failed_scale_down(&mut self) {
+    pub(super) fn schedule_failed_scale_down(&mut self) {
         let color = self.doc(|d| d.color);
         if self.svc.procs.is_none() || self.svc.live() == Some(color) {
             return;

@@ -25,7 +25,7 @@ pub(crate) fn default_verify() -> VerifyConfig {
 }
 
 /// What one evaluation decides: go on, or end with the detail (`Ok`) or a rollback reason.
-fn decide(verdict: &Verdict, v: &VerifyConfig, done: bool) -> Option<Result<String, String>> {
+fn decide(verdict: &Verdict, v: &VerifyConfig, bake: Duration, done: bool) -> Option<Result<String, String>> {
     match verdict.result {
         GateResult::Failing if v.auto_rollback => Some(Err(verdict.reason.clone())),
         GateResult::Failing if done => Some(Ok(format!(
@@ -42,7 +42,11 @@ fn decide(verdict: &Verdict, v: &VerifyConfig, done: bool) -> Option<Result<Stri
                 verdict.reason
             )),
         }),
-        GateResult::Passing if done => Some(Ok(format!("bake of {} passed: {}", v.bake, verdict.reason))),
+        GateResult::Passing if done => Some(Ok(format!(
+            "bake of {} passed: {}",
+            cutover_config::Duration(bake),
+            verdict.reason
+        ))),
         _ => None,
     }
 }
@@ -67,27 +71,73 @@ fn window(route: &ColorRoute, baseline: &StatsSnapshot) -> Window {
     }
 }
 
+/// Why judging a step stopped before its bake ended, besides its gates.
+#[derive(Debug)]
+pub(super) enum Halt {
+    /// A gate failed (or an exit of the new color's processes): roll back.
+    Breach(String),
+    /// Someone aborted the release.
+    Aborted(String),
+    /// The route table changed under the step: someone rolled back (or switched) by hand.
+    Overridden(String),
+}
+
+fn limits_of(v: &VerifyConfig) -> Limits {
+    Limits {
+        max_error_rate: v.max_error_rate,
+        max_p99: v.max_p99_latency.map(|d| d.get()),
+        min_requests: v.min_requests,
+        max_ttft_p50: v.max_ttft_p50.map(|d| d.get()),
+        max_ttft_p99: v.max_ttft_p99.map(|d| d.get()),
+        max_token_gap_p99: v.max_token_gap_p99.map(|d| d.get()),
+        min_tokens_per_second: v.min_tokens_per_second,
+    }
+}
+
 impl ReleaseRun {
     /// Watches the new color for the bake window. `Err` carries the reason to roll back.
     pub(super) async fn verify(&mut self, route: &Arc<ColorRoute>, baseline: StatsSnapshot) -> Result<String, String> {
+        let bake = self
+            .svc
+            .cfg()
+            .release
+            .verify
+            .clone()
+            .unwrap_or_else(default_verify)
+            .bake
+            .get();
+        let reverse = self.reverse_shadow(route);
+        self.judge(route, baseline, bake, reverse, None)
+            .await
+            .map_err(|h| match h {
+                Halt::Breach(r) | Halt::Aborted(r) | Halt::Overridden(r) => r,
+            })
+    }
+
+    /// Judges the new color's own window since `baseline` every tick for `bake`: the gates
+    /// of `[verify]` at every step and after the full switch. `step`: the generation a
+    /// progressive release's step committed; then an abort or a change of the route table
+    /// also ends the judging.
+    pub(super) async fn judge(
+        &mut self,
+        route: &Arc<ColorRoute>,
+        baseline: StatsSnapshot,
+        bake: Duration,
+        reverse: Option<(Shadow, ShadowConfig)>,
+        step: Option<u64>,
+    ) -> Result<String, Halt> {
         let v = self.svc.cfg().release.verify.clone().unwrap_or_else(default_verify);
-        let limits = Limits {
-            max_error_rate: v.max_error_rate,
-            max_p99: v.max_p99_latency.map(|d| d.get()),
-            min_requests: v.min_requests,
-            max_ttft_p50: v.max_ttft_p50.map(|d| d.get()),
-            max_ttft_p99: v.max_ttft_p99.map(|d| d.get()),
-            max_token_gap_p99: v.max_token_gap_p99.map(|d| d.get()),
-            min_tokens_per_second: v.min_tokens_per_second,
-        };
-        let until = Instant::now() + v.bake.get();
+        let limits = limits_of(&v);
+        let until = Instant::now() + bake;
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
-        let reverse = self.reverse_shadow(route);
         loop {
             tick.tick().await;
             if let Some(e) = self.exited() {
-                return Err(self.exit_reason(&e));
+                return Err(Halt::Breach(self.exit_reason(&e)));
+            }
+            if let Some(g) = step {
+                self.step_interrupted(g)?;
             }
             if let Some((shadow, cfg)) = &reverse {
                 let reading = shadow.reading();
@@ -98,20 +148,40 @@ impl ReleaseRun {
                 );
                 self.doc(|d| d.shadow_reverse = Some(reading));
                 if failed {
-                    return Err(reason);
+                    return Err(Halt::Breach(reason));
                 }
             }
             let window = window(route, &baseline);
             let verdict = judge(&window, &limits);
-            self.doc(|d| d.gates = verdict.gates.clone());
+            self.doc(|d| {
+                d.gates = verdict.gates.clone();
+                // The step's own count; after the full switch the steps are history.
+                if let (Some(s), Some(_)) = (d.steps.last_mut(), step) {
+                    s.requests = window.requests;
+                }
+            });
             if last_persist.elapsed() > PERSIST_EVERY {
                 self.persist().await;
                 last_persist = Instant::now();
             }
-            if let Some(end) = decide(&verdict, &v, Instant::now() >= until) {
-                return end;
+            if let Some(end) = decide(&verdict, &v, bake, Instant::now() >= until) {
+                return end.map_err(Halt::Breach);
             }
         }
+    }
+
+    /// During a step: an abort, or a route table that is no longer the step's own.
+    fn step_interrupted(&self, generation: u64) -> Result<(), Halt> {
+        if let Some(why) = self.abort_rx.borrow().clone() {
+            return Err(Halt::Aborted(why));
+        }
+        let now = self.svc.proxy.table().generation;
+        if now != generation {
+            return Err(Halt::Overridden(format!(
+                "the route table changed under the step (generation {generation} became {now}): a manual rollback or switch ended the progressive release"
+            )));
+        }
+        Ok(())
     }
 }
 
