@@ -20,8 +20,10 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 mod checks;
+mod external;
 mod shadow;
 pub use checks::{check, PLACEHOLDERS};
+pub use external::{PrometheusGate, Reduce, ScrapeGate};
 pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
 
 /// A configuration error, already located in the source.
@@ -891,6 +893,12 @@ pub struct VerifyConfig {
     pub auto_rollback: bool,
     #[serde(default)]
     pub on_inconclusive: OnInconclusive,
+    /// PromQL gates read through the bake (see `external`).
+    #[serde(default)]
+    pub prometheus: Vec<PrometheusGate>,
+    /// Gates on one metric of the new color's own `/metrics` endpoints.
+    #[serde(default)]
+    pub scrape: Vec<ScrapeGate>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -2320,6 +2328,9 @@ impl Source<'_> {
                 }
             }
         }
+        if let Some(v) = &rel.verify {
+            errors.extend(self.external_gates(name, v, near("verify")));
+        }
         if let Some(sh) = &rel.shadow {
             errors.extend(self.shadow(name, sh, near("shadow")));
         }
@@ -2376,6 +2387,31 @@ impl Source<'_> {
                     ),
                 );
             }
+        }
+        errors
+    }
+
+    /// `[[...verify.prometheus]]` and `[[...verify.scrape]]`: a threshold each, valid sources.
+    fn external_gates(&self, name: &str, v: &VerifyConfig, near: Span) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let found = v
+            .prometheus
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.invalid().map(|e| ("prometheus", i, e)))
+            .chain(
+                v.scrape
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, g)| g.invalid().map(|e| ("scrape", i, e))),
+            );
+        for (kind, i, (key, message)) in found {
+            let at = format!("services.{name}.release.verify.{kind}.{i}");
+            let span = self
+                .span_of(&format!("{at}.{key}"))
+                .or_else(|| self.span_of(&at))
+                .unwrap_or_else(|| near.clone());
+            keep::<()>(&mut errors, self.err(span, format!("services.{name}.release.verify.{kind}.{key}"), message));
         }
         errors
     }

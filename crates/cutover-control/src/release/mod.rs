@@ -3,6 +3,7 @@
 
 pub(crate) mod active;
 pub mod doc;
+pub(crate) mod external;
 pub mod run;
 
 use std::collections::HashMap;

@@ -10,6 +10,8 @@ use cutover_release::{judge, GateResult, Limits, Verdict, Window};
 use tokio::time::Instant;
 
 use super::shadowing::decide as decide_shadow;
+use crate::release::external::{ExternalGates, Subst};
+use cutover_release::external::merge as merge_external;
 use super::ReleaseRun;
 use crate::shadow::Shadow;
 use cutover_config::ShadowConfig;
@@ -84,6 +86,7 @@ impl ReleaseRun {
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         let reverse = self.reverse_shadow(route);
+        let external = self.external_gates(route, &v);
         loop {
             tick.tick().await;
             if let Some(e) = self.exited() {
@@ -102,7 +105,7 @@ impl ReleaseRun {
                 }
             }
             let window = window(route, &baseline);
-            let verdict = judge(&window, &limits);
+            let verdict = merge_external(judge(&window, &limits), &external.readings());
             self.doc(|d| d.gates = verdict.gates.clone());
             if last_persist.elapsed() > PERSIST_EVERY {
                 self.persist().await;
@@ -116,6 +119,17 @@ impl ReleaseRun {
 }
 
 impl ReleaseRun {
+    /// The PromQL and scrape gates of the bake, polling from now on for the new color.
+    fn external_gates(&self, route: &Arc<ColorRoute>, v: &VerifyConfig) -> ExternalGates {
+        let (service, color, version) = self.doc(|d| (d.service.clone(), d.color.to_string(), d.version.clone()));
+        let s = Subst {
+            service: &service,
+            color: &color,
+            version: &version,
+        };
+        ExternalGates::start(&self.svc, route, &s, v)
+    }
+
     /// With `shadow.reverse`, the bake also mirrors the new live color's traffic to the old
     /// one (still warm) and compares, old answers standing in for the shadow: a regression
     /// the phase before the switch missed rolls back like any failing gate.
