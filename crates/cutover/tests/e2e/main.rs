@@ -23,6 +23,8 @@
 //! - `fleet_leader`: one elected controller: a release asked of a follower runs on the
 //!   leader; a paused leader fenced out; a killed one's release interrupted, then aborted;
 //!   the old color's scale-down held while a router is STALE.
+//! - `external_gates`: PromQL gates on a real Prometheus and scrape gates on the new color's
+//!   own `/metrics`: passing, failing (rolled back), inconclusive without data.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
@@ -54,6 +56,7 @@ mod dashboard;
 mod demo;
 mod dns;
 mod examples;
+mod external_gates;
 mod fleet;
 mod fleet_agents;
 mod fleet_faults;
