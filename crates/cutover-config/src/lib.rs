@@ -22,8 +22,10 @@ use toml::Spanned;
 mod checks;
 mod external;
 mod shadow;
+mod webhooks;
 pub use checks::{check, PLACEHOLDERS};
 pub use external::{PrometheusGate, Reduce, ScrapeGate};
+pub use webhooks::{ApprovalWebhookConfig, WebhookConfig, WEBHOOK_EVENTS};
 pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
 
 /// A configuration error, already located in the source.
@@ -754,6 +756,20 @@ pub enum Promotion {
     Manual,
 }
 
+/// What the old color does once a release has switched away from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Standby {
+    /// Stopped (managed) or marked stale (static) after `scale_down_delay`.
+    #[default]
+    Stop,
+    /// Left up and warm: a rollback is one switch for as long as it runs.
+    Keep,
+    /// Put to sleep right after the switch (`POST /sleep?level=1`, vLLM's sleep mode frees
+    /// accelerator memory); a rollback wakes it (`POST /wake_up`) before it switches.
+    Sleep,
+}
+
 /// What verification does when the bake window ends with fewer than `min_requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -790,6 +806,16 @@ pub struct ReleaseConfig {
     pub shadow: Option<ShadowConfig>,
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// Signed JSON POSTs on release events; never waited for.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// With manual promotion: a 2xx from this endpoint approves the release.
+    #[serde(default)]
+    pub approval_webhook: Option<ApprovalWebhookConfig>,
+    /// What the old color does after a switch: `stop` (after `scale_down_delay`), `keep`
+    /// (stays up), or `sleep` (vLLM sleep mode; woken for a rollback).
+    #[serde(default)]
+    pub standby: Standby,
     /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
     #[serde(default = "defaults::phase_timeout")]
     pub phase_timeout: Duration,
@@ -808,6 +834,9 @@ impl Default for ReleaseConfig {
             verify: None,
             shadow: None,
             hooks: HooksConfig::default(),
+            webhooks: Vec::new(),
+            approval_webhook: None,
+            standby: Standby::default(),
             phase_timeout: defaults::phase_timeout(),
         }
     }
@@ -1936,8 +1965,19 @@ impl Source<'_> {
             health: svc.health,
             limits: svc.limits,
             environments,
-            release: svc.release,
+            release: self.release_paths(svc.release),
         })
+    }
+
+    /// The release's files (webhook secrets) resolved against the config's folder.
+    fn release_paths(&self, mut rel: ReleaseConfig) -> ReleaseConfig {
+        for w in &mut rel.webhooks {
+            w.secret_file = w.secret_file.as_deref().map(|p| self.resolve(p));
+        }
+        if let Some(a) = &mut rel.approval_webhook {
+            a.secret_file = a.secret_file.as_deref().map(|p| self.resolve(p));
+        }
+        rel
     }
 
     /// Each path absolute, without a query or fragment (they are matched exactly against
@@ -2331,6 +2371,7 @@ impl Source<'_> {
         if let Some(v) = &rel.verify {
             errors.extend(self.external_gates(name, v, near("verify")));
         }
+        errors.extend(self.webhooks(name, rel, near("webhooks")));
         if let Some(sh) = &rel.shadow {
             errors.extend(self.shadow(name, sh, near("shadow")));
         }
@@ -2387,6 +2428,26 @@ impl Source<'_> {
                     ),
                 );
             }
+        }
+        errors
+    }
+
+    /// `[[...webhooks]]` and `[...approval_webhook]`: http:// URLs, known events.
+    fn webhooks(&self, name: &str, rel: &ReleaseConfig, near: Span) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let k = |rest: &str| format!("services.{name}.release.{rest}");
+        for (i, w) in rel.webhooks.iter().enumerate() {
+            if let Some((key, message)) = w.invalid() {
+                let span = self
+                    .span_of(&k(&format!("webhooks.{i}.{key}")))
+                    .or_else(|| self.span_of(&k(&format!("webhooks.{i}"))))
+                    .unwrap_or_else(|| near.clone());
+                keep::<()>(&mut errors, self.err(span, k(&format!("webhooks.{key}")), message));
+            }
+        }
+        if let Some((key, message)) = rel.approval_webhook.as_ref().and_then(|a| webhooks::invalid_url(&a.url)) {
+            let key = k(&format!("approval_webhook.{key}"));
+            keep::<()>(&mut errors, self.err_at(key, near, message));
         }
         errors
     }
