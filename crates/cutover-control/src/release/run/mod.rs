@@ -6,6 +6,7 @@
 //! untouched; a failure tears the idle color down), [`switch`] (the switch, post-switch
 //! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
 
+mod notify;
 mod pre_switch;
 mod shadowing;
 mod switch;
@@ -28,6 +29,7 @@ use crate::service::ServiceCtl;
 use crate::steps::deadline_text;
 use crate::store_call::blocking;
 use crate::supervisor::Exit;
+use super::webhooks::Webhooks;
 
 /// What a run needs from outside its service.
 #[derive(Clone)]
@@ -84,6 +86,8 @@ pub(crate) struct ReleaseRun {
     /// The color's version label before this release: put back if it ends before its
     /// switch with its processes stopped.
     label_before: Option<String>,
+    /// The release's webhooks, for its events (their tasks outlive the run to send the last).
+    webhooks: Webhooks,
 }
 
 impl ReleaseRun {
@@ -98,7 +102,9 @@ impl ReleaseRun {
             (d.plan, d.color)
         };
         let label_before = svc.version_of(color);
+        let webhooks = Webhooks::start(&svc.name, &svc.cfg().release.webhooks);
         ReleaseRun {
+            webhooks,
             svc,
             env,
             active,
@@ -217,6 +223,7 @@ impl ReleaseRun {
         self.commit(next).await?;
         let (svc, version, color) = self.doc(|d| (d.service.clone(), d.version.clone(), d.color));
         tracing::info!(service = %svc, release = self.active.id, version = %version, color = %color, from = %from, to = %to, reason = %detail, "release phase");
+        self.notify(from, to, &detail);
         Ok(to)
     }
 
