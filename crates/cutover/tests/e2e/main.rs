@@ -38,6 +38,8 @@
 //! - `roles`: named tokens with roles: `cutover token create` on a running router, 403 for a
 //!   role too low, the token's name as the actor, the tokens file's checks, `admin.token`.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
+//! - `webhooks`: signed release events in order at a Python receiver, a dead receiver that
+//!   does not hold up a rollback, an approval webhook that approves.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 //! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
@@ -80,4 +82,5 @@ mod support;
 mod switching;
 mod tls;
 mod upgrade;
+mod webhooks;
 mod websocket;
