@@ -933,12 +933,20 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
+    /// Run while provisioning, before cutover waits for health: for static environments,
+    /// the user's own deploy of the idle color (`CUTOVER_ENDPOINTS` names its addresses).
+    #[serde(default)]
+    pub provision: Vec<Vec<String>>,
     #[serde(default)]
     pub pre_switch: Vec<Vec<String>>,
     #[serde(default)]
     pub post_switch: Vec<Vec<String>>,
     #[serde(default)]
     pub on_rollback: Vec<Vec<String>>,
+    /// Run once the old color has stopped after `scale_down_delay`: the contract step of an
+    /// expand/contract migration, safe only once the old version is gone.
+    #[serde(default)]
+    pub post_scale_down: Vec<Vec<String>>,
     #[serde(default = "defaults::hook_timeout")]
     pub timeout: Duration,
 }
@@ -2395,9 +2403,11 @@ impl Source<'_> {
         }
         let h = &rel.hooks;
         let stages = [
+            ("provision", &h.provision),
             ("pre_switch", &h.pre_switch),
             ("post_switch", &h.post_switch),
             ("on_rollback", &h.on_rollback),
+            ("post_scale_down", &h.post_scale_down),
         ];
         let mut n = 0;
         for (stage, hooks) in stages {

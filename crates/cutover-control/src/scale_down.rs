@@ -4,6 +4,7 @@
 //! processes and logs can be looked at), then drains to zero in-flight or `drain_timeout`,
 //! then is stopped (managed; its logs are kept) or marked stale (static). In fleet mode it
 //! first waits until every live router acked the switch: one still STALE routes there.
+//! The `post_scale_down` hooks run once it has stopped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,28 @@ impl ScaleDowns {
     }
 }
 
+/// The `post_scale_down` hooks, once the old color has stopped; what they did (or why they
+/// failed) for the release document. A failure is logged and recorded, nothing is undone:
+/// the old version is gone either way.
+async fn post_scale_down(svc: &ServiceCtl, color: Color, version: &str, release_id: i64) -> Option<String> {
+    let hooks = &svc.cfg().release.hooks;
+    if hooks.post_scale_down.is_empty() {
+        return None;
+    }
+    let env = [
+        ("CUTOVER_SERVICE", svc.name.clone()),
+        ("CUTOVER_COLOR", color.as_str().to_string()),
+        ("CUTOVER_STOPPED_VERSION", version.to_string()),
+        ("CUTOVER_RELEASE_ID", release_id.to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let r = crate::steps::run_hooks("post_scale_down", &hooks.post_scale_down, &env, hooks.timeout.get()).await;
+    if let Err(e) = &r {
+        tracing::error!(service = %svc.name, color = %color, error = %e, "a post_scale_down hook failed");
+    }
+    Some(r.unwrap_or_else(|e| format!("failed: {e}")))
+}
+
 async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
     if svc.live() == Some(color) {
         return;
@@ -82,6 +105,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         }
     };
     svc.set_state(color, Some(state));
+    let hooks = post_scale_down(svc, color, &version, release_id).await;
     let reason = format!(
         "{color} ({version}) scaled down after scale_down_delay; {}",
         drained.describe()
@@ -101,6 +125,9 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         })?;
         if let Some((_, mut v)) = s.release(release_id)? {
             v["scaled_down"] = true.into();
+            if let Some(h) = &hooks {
+                v["post_scale_down"] = h.clone().into();
+            }
             s.update_release(release_id, &v, true)?;
         }
         Ok(())

@@ -28,6 +28,8 @@
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
+//! - `lifecycle_hooks`: a provision hook brings up a static color; a post_scale_down hook
+//!   runs once the old color has stopped.
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `operating`: `cutover stop`, `token delete`, the x-cutover-* headers turned off on both
@@ -67,6 +69,7 @@ mod fleet_tls;
 mod gates;
 mod hardening;
 mod http1;
+mod lifecycle_hooks;
 mod llama;
 mod observability;
 mod operating;
