@@ -816,6 +816,10 @@ pub struct ReleaseConfig {
     /// (stays up), or `sleep` (vLLM sleep mode; woken for a rollback).
     #[serde(default)]
     pub standby: Standby,
+    /// How long waking a sleeping color may take (every endpoint awake and healthy) before
+    /// the switch or rollback that needed it fails, leaving live traffic where it was.
+    #[serde(default = "defaults::wake_timeout")]
+    pub wake_timeout: Duration,
     /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
     #[serde(default = "defaults::phase_timeout")]
     pub phase_timeout: Duration,
@@ -837,6 +841,7 @@ impl Default for ReleaseConfig {
             webhooks: Vec::new(),
             approval_webhook: None,
             standby: Standby::default(),
+            wake_timeout: defaults::wake_timeout(),
             phase_timeout: defaults::phase_timeout(),
         }
     }
@@ -953,6 +958,9 @@ pub struct HooksConfig {
 
 mod defaults {
     use super::Duration;
+    pub fn wake_timeout() -> Duration {
+        Duration(std::time::Duration::from_secs(60))
+    }
     pub fn resolve_interval() -> Duration {
         Duration::from_secs(10)
     }

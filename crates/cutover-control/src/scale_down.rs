@@ -42,9 +42,49 @@ impl ScaleDowns {
         }
     }
 
+    /// `standby = "sleep"`: once `color` has drained, puts it to sleep, unless it is live
+    /// again by then. Cancelled, like a scale-down, by the next release.
+    pub(crate) fn schedule_sleep(&self, svc: Arc<ServiceCtl>, color: Color, release_id: i64) {
+        let name = svc.name.clone();
+        let me = self.clone();
+        let h = tokio::spawn(async move {
+            sleep_old_color(&svc, color, release_id).await;
+            me.lock().remove(&svc.name);
+        });
+        if let Some(old) = self.lock().insert(name, h) {
+            old.abort();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, tokio::task::JoinHandle<()>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+async fn sleep_old_color(svc: &ServiceCtl, color: Color, release_id: i64) {
+    let drained = svc.drain(color).await;
+    let _op = svc.op.lock().await;
+    if svc.live() == Some(color) {
+        return;
+    }
+    let (reason, asleep) = match svc.sleep_locked(color).await {
+        Ok(detail) => (format!("{detail} (standby = \"sleep\"); {}", drained.describe()), true),
+        Err(e) => {
+            // Awake and warm is the safe side: a rollback is still one switch.
+            tracing::error!(service = %svc.name, color = %color, error = %e, "the old color could not be put to sleep; it stays up");
+            return;
+        }
+    };
+    tracing::info!(service = %svc.name, color = %color, "{reason}");
+    let _permit = svc.pause.enter().await;
+    record(&svc.store, "the standby sleep", &svc.name, move |s| {
+        if let Some((_, mut v)) = s.release(release_id)? {
+            v["standby_sleeping"] = asleep.into();
+            s.update_release(release_id, &v, true)?;
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// The `post_scale_down` hooks, once the old color has stopped; what they did (or why they

@@ -8,6 +8,7 @@ mod resolve;
 pub mod series;
 pub(crate) mod shadow_counts;
 pub mod status;
+pub(crate) mod standby;
 pub mod stop;
 pub mod switch;
 
@@ -66,6 +67,8 @@ pub enum ColorState {
     Stale,
     /// Its release failed or was rolled back.
     Failed,
+    /// The old live color asleep (`standby = "sleep"`): woken before it takes traffic again.
+    Sleeping,
 }
 
 /// One color's current route and the health checks that watch it (they stop when it drops).

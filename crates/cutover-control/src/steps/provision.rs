@@ -16,6 +16,11 @@ use crate::store_call::blocking;
 pub use crate::supervisor::Dirs;
 
 pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
+    if svc.procs.is_none() && svc.state(color) == Some(ColorState::Sleeping) {
+        // A static color asleep since the last release: nobody restarts it, so wake it.
+        let _op = svc.op.lock().await;
+        svc.wake_locked(color).await.map_err(|e| format!("{color} is asleep and did not wake: {e}"))?;
+    }
     svc.set_state(color, Some(ColorState::Provisioning));
     let name = svc.name.clone();
     let mut detail = match &svc.procs {

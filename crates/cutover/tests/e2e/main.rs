@@ -49,6 +49,8 @@
 //! - `tls`: TLS service and admin listeners (curl, openai with a CA, the CLI's `--cacert`),
 //!   streams through a switch, a certificate rotation and `serve --upgrade`, WebSocket over
 //!   TLS, refused clients; `https://` upstreams (SNI, CA file, a wrong CA, h2 by ALPN).
+//! - `standby`: the old color asleep after a release; a rollback wakes it first (0 failed
+//!   requests); a failed wake leaves live traffic where it was.
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
@@ -80,6 +82,7 @@ mod restart;
 mod roles;
 mod routing;
 mod shadow;
+mod standby;
 mod supervise;
 mod support;
 mod switching;

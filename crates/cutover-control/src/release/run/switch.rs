@@ -1,6 +1,7 @@
 //! The switch stage: make the new color live (committed, then published), run the
 //! post-switch hooks, and — from here on — roll back instead of abort when something fails.
 
+use cutover_config::Standby;
 use std::sync::Arc;
 
 use cutover_proxy::{ColorRoute, StatsSnapshot};
@@ -146,11 +147,18 @@ impl ReleaseRun {
         let Some(prev) = self.doc(|d| d.previous_color) else {
             return;
         };
-        let delay = self.svc.cfg().release.scale_down_delay.get();
-        self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
-        self.persist().await;
-        self.env
-            .scale_downs
-            .schedule(self.svc.clone(), prev, delay, self.active.id);
+        match self.svc.cfg().release.standby {
+            Standby::Stop => {
+                let delay = self.svc.cfg().release.scale_down_delay.get();
+                self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
+                self.persist().await;
+                self.env
+                    .scale_downs
+                    .schedule(self.svc.clone(), prev, delay, self.active.id);
+            }
+            // Kept up and warm: a rollback stays one switch for as long as it runs.
+            Standby::Keep => {}
+            Standby::Sleep => self.env.scale_downs.schedule_sleep(self.svc.clone(), prev, self.active.id),
+        }
     }
 }
