@@ -83,7 +83,10 @@ pub(crate) fn invalid_bounds(max: Option<f64>, min: Option<f64>) -> Option<(&'st
 impl PrometheusGate {
     pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
         if !self.url.starts_with("http://") {
-            return Some(("url", format!("must be an http:// URL of a Prometheus server, got {:?}", self.url)));
+            return Some((
+                "url",
+                format!("must be an http:// URL of a Prometheus server, got {:?}", self.url),
+            ));
         }
         if self.query.trim().is_empty() {
             return Some(("query", "must not be empty".into()));
@@ -107,6 +110,7 @@ impl ScrapeGate {
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`.
 fn valid_metric(name: &str) -> bool {
     let mut c = name.chars();
-    c.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    c.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }

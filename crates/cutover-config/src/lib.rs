@@ -25,8 +25,8 @@ mod shadow;
 mod webhooks;
 pub use checks::{check, PLACEHOLDERS};
 pub use external::{PrometheusGate, Reduce, ScrapeGate};
-pub use webhooks::{ApprovalWebhookConfig, WebhookConfig, WEBHOOK_EVENTS};
 pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
+pub use webhooks::{ApprovalWebhookConfig, WebhookConfig, WEBHOOK_EVENTS};
 
 /// A configuration error, already located in the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -2463,7 +2463,11 @@ impl Source<'_> {
                 keep::<()>(&mut errors, self.err(span, k(&format!("webhooks.{key}")), message));
             }
         }
-        if let Some((key, message)) = rel.approval_webhook.as_ref().and_then(|a| webhooks::invalid_url(&a.url)) {
+        if let Some((key, message)) = rel
+            .approval_webhook
+            .as_ref()
+            .and_then(|a| webhooks::invalid_url(&a.url))
+        {
             let key = k(&format!("approval_webhook.{key}"));
             keep::<()>(&mut errors, self.err_at(key, near, message));
         }
@@ -2490,7 +2494,10 @@ impl Source<'_> {
                 .span_of(&format!("{at}.{key}"))
                 .or_else(|| self.span_of(&at))
                 .unwrap_or_else(|| near.clone());
-            keep::<()>(&mut errors, self.err(span, format!("services.{name}.release.verify.{kind}.{key}"), message));
+            keep::<()>(
+                &mut errors,
+                self.err(span, format!("services.{name}.release.verify.{kind}.{key}"), message),
+            );
         }
         errors
     }

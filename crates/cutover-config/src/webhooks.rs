@@ -74,7 +74,10 @@ impl WebhookConfig {
             return Some(e);
         }
         if let Some(e) = self.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
-            return Some(("events", format!("unknown event {e:?}; known: {}", WEBHOOK_EVENTS.join(", "))));
+            return Some((
+                "events",
+                format!("unknown event {e:?}; known: {}", WEBHOOK_EVENTS.join(", ")),
+            ));
         }
         if self.attempts == 0 {
             return Some(("attempts", "must be at least 1".into()));

@@ -155,7 +155,10 @@ mod tests {
         let (g, why) = reading(Ok(None), Some(5.0), None).judge();
         assert_eq!(g.result, GateResult::Inconclusive);
         let why = why.unwrap();
-        assert!(why.contains("no data") && why.contains("max(q{color=\"green\"})"), "{why}");
+        assert!(
+            why.contains("no data") && why.contains("max(q{color=\"green\"})"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -177,21 +180,33 @@ mod tests {
 
     #[test]
     fn merge_takes_the_worst_and_keeps_a_passing_summary_out_of_the_reason() {
-        let v = merge(passing(), &[reading(Ok(Some(7.0)), Some(5.0), None), reading(Ok(None), Some(5.0), None)]);
+        let v = merge(
+            passing(),
+            &[
+                reading(Ok(Some(7.0)), Some(5.0), None),
+                reading(Ok(None), Some(5.0), None),
+            ],
+        );
         assert_eq!(v.result, GateResult::Failing);
         assert!(!v.reason.contains("all gates passing"), "{}", v.reason);
         assert!(v.reason.contains("7 > max 5"), "{}", v.reason);
         assert_eq!(v.gates.len(), 2);
         assert_eq!(v.gates[0].query.as_deref(), Some("max(q{color=\"green\"})"));
         let ok = merge(passing(), &[reading(Ok(Some(1.0)), Some(5.0), None)]);
-        assert_eq!((ok.result, ok.reason.as_str()), (GateResult::Passing, "all gates passing over 30 requests"));
+        assert_eq!(
+            (ok.result, ok.reason.as_str()),
+            (GateResult::Passing, "all gates passing over 30 requests")
+        );
     }
 
     #[test]
     fn reductions() {
         let v = [1.0, 4.0, 2.0, 1.0];
         let r = |x: Reduce| x.apply(&v).unwrap();
-        assert_eq!((r(Reduce::Max), r(Reduce::Min), r(Reduce::Sum), r(Reduce::Mean)), (4.0, 1.0, 8.0, 2.0));
+        assert_eq!(
+            (r(Reduce::Max), r(Reduce::Min), r(Reduce::Sum), r(Reduce::Mean)),
+            (4.0, 1.0, 8.0, 2.0)
+        );
         assert_eq!(Reduce::Max.apply(&[]), None);
     }
 }

@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use crate::steps::{client, StepClient};
 use crate::service::ServiceCtl;
+use crate::steps::{client, StepClient};
 
 /// What a query's answer can hold before it is refused: a gate reads one number.
 const MAX_BODY: usize = 4 << 20;
@@ -53,7 +53,12 @@ impl Subst<'_> {
 
 impl ExternalGates {
     /// Starts polling every external gate of `v` for the new color `route`.
-    pub(crate) fn start(svc: &Arc<ServiceCtl>, route: &Arc<ColorRoute>, s: &Subst<'_>, v: &VerifyConfig) -> ExternalGates {
+    pub(crate) fn start(
+        svc: &Arc<ServiceCtl>,
+        route: &Arc<ColorRoute>,
+        s: &Subst<'_>,
+        v: &VerifyConfig,
+    ) -> ExternalGates {
         let mut initial = Vec::new();
         let mut tasks = Vec::new();
         let readings = Arc::new(Mutex::new(Vec::new()));
@@ -69,7 +74,13 @@ impl ExternalGates {
         for g in &v.scrape {
             let query = format!("{}({})", g.reduce.as_str(), g.metric);
             initial.push(unread(&g.gate_name(), &query, g.max, g.min));
-            let (slot, readings, c, g, route) = (initial.len() - 1, readings.clone(), client(svc), g.clone(), route.clone());
+            let (slot, readings, c, g, route) = (
+                initial.len() - 1,
+                readings.clone(),
+                client(svc),
+                g.clone(),
+                route.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 poll(readings, slot, g.interval.get(), || scrape(&c, &g, &route)).await
             }));
@@ -113,9 +124,15 @@ where
 
 /// `GET {url}/api/v1/query?query=...`: the value of an instant query, the worst series
 /// against the gate's bounds when it returns several.
-async fn prometheus(http: &Client<HttpConnector, Full<Bytes>>, g: &PrometheusGate, query: &str) -> Result<Option<f64>, String> {
+async fn prometheus(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    g: &PrometheusGate,
+    query: &str,
+) -> Result<Option<f64>, String> {
     let uri = format!("{}/api/v1/query?query={}", g.url.trim_end_matches('/'), encode(query));
-    let req = http::Request::get(&uri).body(Full::default()).map_err(|e| e.to_string())?;
+    let req = http::Request::get(&uri)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
     let body = tokio::time::timeout(g.timeout.get(), async {
         let resp = http.request(req).await.map_err(|e| format!("{}: {e}", g.url))?;
         let status = resp.status();
@@ -145,7 +162,10 @@ async fn prometheus(http: &Client<HttpConnector, Full<Bytes>>, g: &PrometheusGat
 fn prom_values(body: &[u8]) -> Result<Vec<f64>, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not a Prometheus answer: {e}"))?;
     if v["status"] != "success" {
-        return Err(format!("query failed: {}", v["error"].as_str().unwrap_or("no reason given")));
+        return Err(format!(
+            "query failed: {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        ));
     }
     let number = |pair: &serde_json::Value| pair[1].as_str().and_then(|s| s.parse::<f64>().ok());
     let data = &v["data"];
@@ -155,7 +175,10 @@ fn prom_values(body: &[u8]) -> Result<Vec<f64>, String> {
             .map(|a| a.iter().filter_map(|s| number(&s["value"])).collect())
             .unwrap_or_default()),
         Some("scalar") => Ok(number(&data["result"]).into_iter().collect()),
-        other => Err(format!("the query returns {}, not a vector or scalar", other.unwrap_or("nothing"))),
+        other => Err(format!(
+            "the query returns {}, not a vector or scalar",
+            other.unwrap_or("nothing")
+        )),
     }
 }
 
@@ -210,7 +233,9 @@ pub(crate) fn sample_sum(text: &str, metric: &str) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(metric) else { continue };
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
         // The name must end here: `foo` is not `foo_total`.
         let rest = match rest.chars().next() {
             Some('{') => &rest[labels_end(rest)?..],

@@ -73,12 +73,7 @@ impl Webhooks {
 pub(crate) fn signature(key: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
 }
 
@@ -204,7 +199,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_instead_of_waiting() {
-        let cfg: WebhookConfig = toml::from_str("url = \"http://127.0.0.1:9/\"\nqueue = 1\nattempts = 1\ntimeout = \"30s\"").unwrap();
+        let cfg: WebhookConfig =
+            toml::from_str("url = \"http://127.0.0.1:9/\"\nqueue = 1\nattempts = 1\ntimeout = \"30s\"").unwrap();
         let w = Webhooks::start("chat", &[cfg]);
         // More events than the queue holds, with nobody able to take them: each send returns.
         for _ in 0..100 {

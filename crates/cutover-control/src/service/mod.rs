@@ -7,8 +7,8 @@ mod reconfigure;
 mod resolve;
 pub mod series;
 pub(crate) mod shadow_counts;
-pub mod status;
 pub(crate) mod standby;
+pub mod status;
 pub mod stop;
 pub mod switch;
 

@@ -19,7 +19,9 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
     if svc.procs.is_none() && svc.state(color) == Some(ColorState::Sleeping) {
         // A static color asleep since the last release: nobody restarts it, so wake it.
         let _op = svc.op.lock().await;
-        svc.wake_locked(color).await.map_err(|e| format!("{color} is asleep and did not wake: {e}"))?;
+        svc.wake_locked(color)
+            .await
+            .map_err(|e| format!("{color} is asleep and did not wake: {e}"))?;
     }
     svc.set_state(color, Some(ColorState::Provisioning));
     let name = svc.name.clone();

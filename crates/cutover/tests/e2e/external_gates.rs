@@ -113,7 +113,11 @@ async fn promql_gates_pass_on_cutover_and_model_metrics() {
         "sum(max_over_time(cutover_endpoint_healthy{service=\"chat\",color=\"green\"}[5s]))"
     );
     let queue = gate(&d, "queue");
-    assert_eq!((queue["result"].as_str(), queue["value"].as_f64()), (Some("passing"), Some(0.0)), "{d}");
+    assert_eq!(
+        (queue["result"].as_str(), queue["value"].as_f64()),
+        (Some("passing"), Some(0.0)),
+        "{d}"
+    );
 }
 
 /// The model server's queue above the ceiling rolls back, naming the query and the value.
@@ -132,7 +136,11 @@ async fn promql_gate_over_its_max_rolls_back() {
         "{reason}"
     );
     let queue = gate(&d, "queue");
-    assert_eq!((queue["result"].as_str(), queue["value"].as_f64()), (Some("failing"), Some(7.0)), "{d}");
+    assert_eq!(
+        (queue["result"].as_str(), queue["value"].as_f64()),
+        (Some("failing"), Some(7.0)),
+        "{d}"
+    );
 }
 
 /// A query with no data reads inconclusive (never a pass); `on_inconclusive = "rollback"`
@@ -149,11 +157,16 @@ async fn promql_gate_without_data_is_inconclusive() {
     let reason = d["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("inconclusive"), "{reason}");
     assert!(
-        reason.contains("max(vllm:no_such_metric{color=\"green\"}) returned an empty result") && reason.contains("no data"),
+        reason.contains("max(vllm:no_such_metric{color=\"green\"}) returned an empty result")
+            && reason.contains("no data"),
         "{reason}"
     );
     let g = gate(&d, "absent");
-    assert_eq!((g["result"].as_str(), g["value"].is_null()), (Some("inconclusive"), true), "{d}");
+    assert_eq!(
+        (g["result"].as_str(), g["value"].is_null()),
+        (Some("inconclusive"), true),
+        "{d}"
+    );
 }
 
 /// Releases v2 onto two green endpoints whose queues are 7 and 0, with `gates` as the
@@ -183,7 +196,11 @@ async fn scrape_gates_pass_on_the_mean_across_the_new_colors_endpoints() {
     .await;
     assert_eq!(d["outcome"], "completed", "{d}");
     let mean = gate(&d, "queue mean");
-    assert_eq!((mean["result"].as_str(), mean["value"].as_f64()), (Some("passing"), Some(3.5)), "{d}");
+    assert_eq!(
+        (mean["result"].as_str(), mean["value"].as_f64()),
+        (Some("passing"), Some(3.5)),
+        "{d}"
+    );
     assert_eq!(mean["query"], "mean(vllm:num_requests_waiting)");
     assert_eq!(gate(&d, "kv cache")["result"], "passing", "{d}");
 }
@@ -198,8 +215,15 @@ async fn scrape_gate_over_its_max_rolls_back() {
     .await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     let max = gate(&d, "vllm:num_requests_waiting");
-    assert_eq!((max["result"].as_str(), max["value"].as_f64()), (Some("failing"), Some(7.0)), "{d}");
+    assert_eq!(
+        (max["result"].as_str(), max["value"].as_f64()),
+        (Some("failing"), Some(7.0)),
+        "{d}"
+    );
     let reason = d["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("max(vllm:num_requests_waiting) = 7 > max 5"), "{reason}");
+    assert!(
+        reason.contains("max(vllm:num_requests_waiting) = 7 > max 5"),
+        "{reason}"
+    );
     assert_eq!(r.status().await["live"], "blue");
 }

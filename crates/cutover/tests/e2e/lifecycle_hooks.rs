@@ -17,7 +17,8 @@ async fn a_provision_hook_brings_up_a_static_color() {
     let blue = Mock::start("v1", &[]).await;
     // Its drop kills whatever the hook left listening on the green port.
     let ports = ManagedPorts::new();
-    let script = format!("{MOCK} --port ${{CUTOVER_ENDPOINTS##*:}} --model-version \"$CUTOVER_VERSION\" >/dev/null 2>&1 &");
+    let script =
+        format!("{MOCK} --port ${{CUTOVER_ENDPOINTS##*:}} --model-version \"$CUTOVER_VERSION\" >/dev/null 2>&1 &");
     let r = Router::start(&format!(
         "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"200ms\", timeout = \"1s\" }}\n\
          [services.chat.blue]\nendpoints = [\"{}\"]\nversion = \"v1\"\n[services.chat.green]\nendpoints = [\"127.0.0.1:{}\"]\n\
@@ -27,16 +28,24 @@ async fn a_provision_hook_brings_up_a_static_color() {
     ))
     .await;
     assert_eq!(r.switch("blue").await.status, 200);
-    assert!(get(&format!("http://127.0.0.1:{}/health", ports.green)).await.is_err(), "nothing at green yet");
+    assert!(
+        get(&format!("http://127.0.0.1:{}/health", ports.green)).await.is_err(),
+        "nothing at green yet"
+    );
     let id = r.release("v2").await;
     let d = r.wait_end(id, Duration::from_secs(60)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
     let provisioning = d["phases"][0]["detail"].as_str().unwrap_or_default();
     assert!(provisioning.contains("1 provision hook succeeded"), "{d}");
-    let resp = send(&r.http, Method::POST, &r.url("/v1/chat/completions"), &[], "{}").await.unwrap();
+    let resp = send(&r.http, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     // Served by the process the hook started, with the version it was given.
-    assert_eq!((resp.header("x-cutover-color"), resp.header("x-model-version")), ("green", "v2"));
+    assert_eq!(
+        (resp.header("x-cutover-color"), resp.header("x-model-version")),
+        ("green", "v2")
+    );
 }
 
 /// After v2 replaces v1 and `scale_down_delay` passes, the hook runs: by then v1's process

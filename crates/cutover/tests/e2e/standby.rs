@@ -56,10 +56,19 @@ async fn a_rollback_wakes_the_sleeping_old_color_then_switches_without_a_failed_
     })
     .await;
     let (ok, failed, by_version) = traffic.stop().await;
-    assert!(failed.is_empty(), "{} failed of {}: {:?}", failed.len(), ok, &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(5)]
+    );
     assert!(by_version.get("v2").copied().unwrap_or(0) > 0 && by_version.get("v1").copied().unwrap_or(0) > 0);
     let status = r.status().await;
-    assert_eq!((status["live"].as_str(), status["colors"]["blue"]["state"].as_str()), (Some("blue"), Some("live")));
+    assert_eq!(
+        (status["live"].as_str(), status["colors"]["blue"]["state"].as_str()),
+        (Some("blue"), Some("live"))
+    );
 }
 
 #[tokio::test]
@@ -71,9 +80,17 @@ async fn a_failed_wake_fails_the_rollback_and_leaves_live_traffic_where_it_was()
     assert_eq!(resp.status, 409, "{}", resp.text());
     let err = resp.json();
     assert_eq!(err["error"]["code"], "wake_failed", "{err}");
-    assert!(err["error"]["message"].as_str().unwrap().contains("did not wake"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("did not wake"),
+        "{err}"
+    );
     let status = r.status().await;
-    assert_eq!((status["live"].as_str(), &status["generation"]), (Some("green"), &generation));
-    let resp = send(&r.http, Method::POST, &r.url("/v1/chat/completions"), &[], "{}").await.unwrap();
+    assert_eq!(
+        (status["live"].as_str(), &status["generation"]),
+        (Some("green"), &generation)
+    );
+    let resp = send(&r.http, Method::POST, &r.url("/v1/chat/completions"), &[], "{}")
+        .await
+        .unwrap();
     assert_eq!((resp.status.as_u16(), resp.header("x-model-version")), (200, "v2"));
 }

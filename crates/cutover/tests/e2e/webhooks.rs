@@ -55,7 +55,9 @@ impl Receiver {
             .spawn()
             .expect("python3");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         Receiver {
             port: line.trim().parse().expect("the receiver prints its port"),
             log,
@@ -118,7 +120,11 @@ async fn webhook_events_are_signed_and_arrive_in_order() {
     .await;
     assert!(all.iter().all(|e| e["sig_ok"] == true), "{all:?}");
     let seqs: Vec<u64> = all.iter().map(|e| e["body"]["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>(), "in order, none missing");
+    assert_eq!(
+        seqs,
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "in order, none missing"
+    );
     let phases: Vec<&str> = all
         .iter()
         .filter(|e| e["body"]["event"] == "phase")
@@ -130,9 +136,16 @@ async fn webhook_events_are_signed_and_arrive_in_order() {
         .collect();
     // The document records every phase but the terminal one, which is its outcome.
     assert_eq!(phases.last(), Some(&"completed"), "{phases:?}");
-    assert_eq!(phases[..phases.len() - 1], doc_phases[..], "one phase event per transition, in order");
+    assert_eq!(
+        phases[..phases.len() - 1],
+        doc_phases[..],
+        "one phase event per transition, in order"
+    );
     let last = &all.last().unwrap()["body"];
-    assert_eq!((last["event"].as_str(), last["release"].as_i64()), (Some("completed"), Some(id)));
+    assert_eq!(
+        (last["event"].as_str(), last["release"].as_i64()),
+        (Some("completed"), Some(id))
+    );
     assert!(last["text"].as_str().unwrap().contains("chat release #"), "{last}");
     let done = rx.received("/done");
     assert_eq!(done.len(), 1, "{done:?}");
@@ -208,6 +221,9 @@ async fn an_approval_webhook_approves_a_manual_release() {
     let detail = approval["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("approval webhook"), "{d}");
     let asked = rx.received("/approve");
-    assert!(!asked.is_empty() && asked.iter().all(|e| e["sig_ok"] == true), "{asked:?}");
+    assert!(
+        !asked.is_empty() && asked.iter().all(|e| e["sig_ok"] == true),
+        "{asked:?}"
+    );
     assert_eq!(asked[0]["body"]["id"], id);
 }

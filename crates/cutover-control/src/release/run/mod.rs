@@ -23,13 +23,13 @@ use tokio::time::Instant;
 
 use super::active::Active;
 use super::doc::ReleaseDoc;
+use super::webhooks::Webhooks;
 use crate::error::{StepError, StoreFailure};
 use crate::scale_down::ScaleDowns;
 use crate::service::ServiceCtl;
 use crate::steps::deadline_text;
 use crate::store_call::blocking;
 use crate::supervisor::Exit;
-use super::webhooks::Webhooks;
 
 /// What a run needs from outside its service.
 #[derive(Clone)]

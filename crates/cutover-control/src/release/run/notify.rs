@@ -11,8 +11,15 @@ use crate::release::webhooks::text;
 impl ReleaseRun {
     /// Queues the events of the transition `from` → `to` just committed.
     pub(super) fn notify(&self, from: Phase, to: Phase, reason: &str) {
-        let (service, id, version, color, outcome) =
-            self.doc(|d| (d.service.clone(), d.id, d.version.clone(), d.color.to_string(), d.outcome));
+        let (service, id, version, color, outcome) = self.doc(|d| {
+            (
+                d.service.clone(),
+                d.id,
+                d.version.clone(),
+                d.color.to_string(),
+                d.outcome,
+            )
+        });
         let outcome = match outcome {
             Some(Outcome::Completed) => Some("completed"),
             Some(Outcome::Aborted) => Some("aborted"),

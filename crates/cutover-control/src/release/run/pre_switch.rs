@@ -146,7 +146,11 @@ impl ReleaseRun {
     fn approval_webhook(&self) -> Option<crate::release::webhooks::ApprovalGuard> {
         let cfg = self.svc.cfg().release.approval_webhook.clone()?;
         let payload = self.doc(|d| serde_json::to_value(&*d)).ok()?;
-        Some(crate::release::webhooks::approval_poller(&cfg, self.active.signals.clone(), payload))
+        Some(crate::release::webhooks::approval_poller(
+            &cfg,
+            self.active.signals.clone(),
+            payload,
+        ))
     }
 
     /// The approval's history line, with who approved.

@@ -158,7 +158,10 @@ impl ReleaseRun {
             }
             // Kept up and warm: a rollback stays one switch for as long as it runs.
             Standby::Keep => {}
-            Standby::Sleep => self.env.scale_downs.schedule_sleep(self.svc.clone(), prev, self.active.id),
+            Standby::Sleep => self
+                .env
+                .scale_downs
+                .schedule_sleep(self.svc.clone(), prev, self.active.id),
         }
     }
 }

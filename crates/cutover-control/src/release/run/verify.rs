@@ -10,11 +10,11 @@ use cutover_release::{judge, GateResult, Limits, Verdict, Window};
 use tokio::time::Instant;
 
 use super::shadowing::decide as decide_shadow;
-use crate::release::external::{ExternalGates, Subst};
-use cutover_release::external::merge as merge_external;
 use super::ReleaseRun;
+use crate::release::external::{ExternalGates, Subst};
 use crate::shadow::Shadow;
 use cutover_config::ShadowConfig;
+use cutover_release::external::merge as merge_external;
 
 /// How often the gates are evaluated: the bound on the time from a breach to the rollback.
 const TICK: Duration = Duration::from_millis(200);
