@@ -3,9 +3,7 @@
 
 pub(crate) mod active;
 pub mod doc;
-pub(crate) mod external;
 pub mod run;
-pub(crate) mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 //! plane. Switch and rollback live in [`switch`]; stopping a color on purpose in [`stop`];
 //! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
+pub(crate) mod endpoint_client;
 mod reconfigure;
 mod resolve;
 pub mod series;

@@ -11,8 +11,8 @@ use cutover_proxy::{Color, Health};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
+use super::endpoint_client::{client, StepClient};
 use super::{ColorState, ServiceCtl};
-use crate::steps::{client, StepClient};
 
 /// How often a waking color's `/is_sleeping` and health verdicts are read.
 const WAKE_POLL: Duration = Duration::from_millis(50);
@@ -52,7 +52,7 @@ impl ServiceCtl {
             Ok(Err(why)) => Err(why),
             Err(_) => Err(format!(
                 "not awake and healthy within wake_timeout ({})",
-                crate::steps::deadline_text(limit)
+                self.cfg().release.wake_timeout
             )),
         }
     }
@@ -104,5 +104,7 @@ async fn call(c: &StepClient, method: http::Method, uri: &str) -> Result<(u16, S
         .await
         .map_err(|e| format!("{uri}: {e}"))?
         .to_bytes();
-    Ok((status, crate::steps::excerpt(&body)))
+    // A short excerpt: it only ever ends up in an error message.
+    let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+    Ok((status, text))
 }

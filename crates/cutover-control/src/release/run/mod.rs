@@ -6,11 +6,13 @@
 //! untouched; a failure tears the idle color down), [`switch`] (the switch, post-switch
 //! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
 
+mod external;
 mod notify;
 mod pre_switch;
 mod shadowing;
 mod switch;
 mod verify;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,13 +25,13 @@ use tokio::time::Instant;
 
 use super::active::Active;
 use super::doc::ReleaseDoc;
-use super::webhooks::Webhooks;
 use crate::error::{StepError, StoreFailure};
 use crate::scale_down::ScaleDowns;
 use crate::service::ServiceCtl;
 use crate::steps::deadline_text;
 use crate::store_call::blocking;
 use crate::supervisor::Exit;
+use webhooks::Webhooks;
 
 /// What a run needs from outside its service.
 #[derive(Clone)]

@@ -5,8 +5,8 @@ use cutover_release::{Outcome, Phase};
 use cutover_store::now_rfc3339;
 use serde_json::json;
 
+use super::webhooks::text;
 use super::ReleaseRun;
-use crate::release::webhooks::text;
 
 impl ReleaseRun {
     /// Queues the events of the transition `from` → `to` just committed.

@@ -143,14 +143,14 @@ impl ReleaseRun {
     }
 
     /// Starts offering the release to the approval webhook, when one is configured.
-    fn approval_webhook(&self) -> Option<crate::release::webhooks::ApprovalGuard> {
+    fn approval_webhook(&self) -> Option<super::webhooks::ApprovalGuard> {
         let cfg = self.svc.cfg().release.approval_webhook.clone()?;
         let payload = self.doc(|d| serde_json::to_value(&*d)).ok()?;
-        Some(crate::release::webhooks::approval_poller(
-            &cfg,
-            self.active.signals.clone(),
-            payload,
-        ))
+        let signals = self.active.signals.clone();
+        Some(super::webhooks::approval_poller(&cfg, payload, move |by| {
+            signals.set_approver(by);
+            signals.approve.notify_one();
+        }))
     }
 
     /// The approval's history line, with who approved.

@@ -9,9 +9,9 @@ use cutover_proxy::{ColorRoute, Health, StatsSnapshot};
 use cutover_release::{judge, GateResult, Limits, Verdict, Window};
 use tokio::time::Instant;
 
+use super::external::{ExternalGates, Subst};
 use super::shadowing::decide as decide_shadow;
 use super::ReleaseRun;
-use crate::release::external::{ExternalGates, Subst};
 use crate::shadow::Shadow;
 use cutover_config::ShadowConfig;
 use cutover_release::external::merge as merge_external;

@@ -6,7 +6,6 @@
 //! failing or dead receiver never blocks or delays a phase, and never a rollback. One task per
 //! receiver sends its events one at a time, so a receiver sees them in order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +17,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
-
-use super::active::Signals;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -135,8 +132,13 @@ async fn post(http: &Http, url: &str, key: Option<&[u8]>, body: &Bytes, timeout:
 }
 
 /// Offers the release to the approval webhook every `interval` while it awaits approval; the
-/// first 2xx approves it. The task stops when the returned guard drops (approval over).
-pub(crate) fn approval_poller(c: &ApprovalWebhookConfig, signals: Arc<Signals>, payload: Value) -> ApprovalGuard {
+/// first 2xx calls `approve` with who approved. The task stops when the returned guard drops
+/// (the wait for approval is over, however it ended).
+pub(crate) fn approval_poller(
+    c: &ApprovalWebhookConfig,
+    payload: Value,
+    approve: impl FnOnce(String) + Send + 'static,
+) -> ApprovalGuard {
     let c = c.clone();
     let task = tokio::spawn(async move {
         let key = match secret(c.secret_file.as_deref()) {
@@ -153,8 +155,7 @@ pub(crate) fn approval_poller(c: &ApprovalWebhookConfig, signals: Arc<Signals>, 
             tick.tick().await;
             match post(&http, &c.url, key.as_deref(), &body, c.timeout.get()).await {
                 Ok(status) => {
-                    signals.set_approver(format!("approval webhook {} ({status})", c.url));
-                    signals.approve.notify_one();
+                    approve(format!("approval webhook {} ({status})", c.url));
                     return;
                 }
                 Err(e) => tracing::debug!(url = %c.url, error = %e, "approval webhook has not approved yet"),
