@@ -1,5 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's) driven by playwright-core.
-//! It must show what the API says, a click on "Switch" must switch and show it, and "Roll
+//! It must show what the API says (external gates with their queries included), a click on
+//! "Switch" must switch and show it, and "Roll
 //! back" after a scale-down must offer to redeploy the version last live there.
 //! Screenshots land in target/dashboard-{before,after}.png.
 
@@ -99,4 +100,44 @@ async fn roll_back_offers_to_redeploy_the_version_last_live() {
     );
     let (code, _, err) = r.cli_async(&["abort", "chat"]).await;
     assert_eq!(code, 0, "{err}");
+}
+
+/// The dashboard shows an external gate while the release bakes: its name, the metric it
+/// reads with the reduction, its value and result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_external_gate_values_and_queries() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (bash .ci/run does) and install chromium"
+    );
+    let blue = Mock::start("v1", &[]).await;
+    let g1 = Mock::start("v2", &["--metric", "vllm:num_requests_waiting=3"]).await;
+    let g2 = Mock::start("v2", &["--metric", "vllm:num_requests_waiting=4"]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"5m\"\nmin_requests = 0\n\
+         [[services.chat.release.verify.scrape]]\nname = \"queue\"\nmetric = \"vllm:num_requests_waiting\"\nreduce = \"sum\"\nmax = 100\ninterval = \"200ms\"\n",
+        static_service(&[&blue], &[&g1, &g2], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    r.wait_phase(id, "verifying", Duration::from_secs(30)).await;
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/gates.mjs"))
+        .arg(r.admin_url(""))
+        .arg(&r.token)
+        .output()
+        .await
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {text}");
+    assert!(
+        text.contains("gate: queue | sum(vllm:num_requests_waiting) | 7.000 | passing"),
+        "{text}"
+    );
 }
