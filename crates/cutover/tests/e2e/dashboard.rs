@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: headless Chromium (Debian's) driven by playwright-core.
 //! It must show what the API says (external gates with their queries included), a click on
-//! "Switch" must switch and show it, and "Roll
-//! back" after a scale-down must offer to redeploy the version last live there.
+//! "Switch" must switch and show it, and "Roll back" after a scale-down must offer to redeploy
+//! the version last live there.
 //! Screenshots land in target/dashboard-{before,after}.png.
 
 use std::path::PathBuf;
