@@ -94,3 +94,41 @@ async fn a_failed_wake_fails_the_rollback_and_leaves_live_traffic_where_it_was()
         .unwrap();
     assert_eq!((resp.status.as_u16(), resp.header("x-model-version")), (200, "v2"));
 }
+
+/// `standby = "keep"`: no scale-down is scheduled (none is ever due), the old color stays
+/// awake and checked, and a rollback is one switch.
+#[tokio::test]
+async fn standby_keep_schedules_no_scale_down_and_a_rollback_is_one_switch() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\nstandby = \"keep\"\nscale_down_delay = \"100ms\"\n\
+         [services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    // The outcome shows once the run has ended, after it decided the old color's standby.
+    assert!(d["scale_down_at"].is_null(), "{d}");
+    assert_eq!(is_sleeping(&blue).await, Some(false));
+    let resp = r.api(Method::POST, "/v1/services/chat/rollback", Value::Null).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(r.status().await["live"], "blue");
+}
+
+/// A cutover restart keeps knowing the old color is asleep (its servers kept running, asleep):
+/// a rollback after it still wakes the color first.
+#[tokio::test]
+async fn after_a_restart_a_sleeping_color_is_still_woken_before_a_rollback() {
+    let (mut r, blue, _green) = released_with_sleeping_blue().await;
+    r.proc.kill9();
+    r.spawn().await;
+    assert_eq!(r.status().await["colors"]["blue"]["state"], "sleeping");
+    let resp = r.api(Method::POST, "/v1/services/chat/rollback", Value::Null).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(is_sleeping(&blue).await, Some(false));
+    assert_eq!(r.status().await["live"], "blue");
+}
