@@ -5,6 +5,8 @@
 //! The run is three stages, one file each: [`pre_switch`] (steps that leave live traffic
 //! untouched; a failure tears the idle color down), [`switch`] (the switch, post-switch
 //! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
+//! The bake also reads the [`external`] gates (PromQL, the new color's `/metrics`), and every
+//! committed transition is queued for the release's [`webhooks`] ([`notify`]), never awaited.
 
 mod external;
 mod notify;

@@ -1,9 +1,9 @@
 //! The switch stage: make the new color live (committed, then published), run the
 //! post-switch hooks, and — from here on — roll back instead of abort when something fails.
 
-use cutover_config::Standby;
 use std::sync::Arc;
 
+use cutover_config::Standby;
 use cutover_proxy::{ColorRoute, StatsSnapshot};
 use cutover_release::Event;
 use cutover_store::SwitchKind;
