@@ -227,3 +227,30 @@ async fn scrape_gate_over_its_max_rolls_back() {
     );
     assert_eq!(r.status().await["live"], "blue");
 }
+
+/// An unreachable Prometheus is no data either: inconclusive, never a pass. With the default
+/// `on_inconclusive = "complete"` the release completes and says why it could not judge.
+#[tokio::test]
+async fn promql_gate_with_an_unreachable_prometheus_is_inconclusive() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let dead = free_port();
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"2s\"\nmin_requests = 0\n\
+         [[services.chat.release.verify.prometheus]]\nname = \"queue\"\nurl = \"http://127.0.0.1:{dead}\"\n\
+         query = 'max(vllm:num_requests_waiting)'\nmax = 5\ninterval = \"200ms\"\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(d["outcome"], "completed", "{d}");
+    let reason = d["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("inconclusive, completed as configured")
+            && reason.contains("gate \"queue\" had no data: max(vllm:num_requests_waiting) could not be read"),
+        "{reason}"
+    );
+    assert_eq!(gate(&d, "queue")["result"], "inconclusive", "{d}");
+}
