@@ -132,3 +132,24 @@ async fn after_a_restart_a_sleeping_color_is_still_woken_before_a_rollback() {
     assert_eq!(is_sleeping(&blue).await, Some(false));
     assert_eq!(r.status().await["live"], "blue");
 }
+
+/// The next release onto the sleeping static color wakes it while provisioning (nobody
+/// restarts static endpoints), then goes through health and the switch as usual; the color it
+/// leaves is put to sleep in turn.
+#[tokio::test]
+async fn a_release_onto_a_sleeping_static_color_wakes_it_first() {
+    let (r, blue, green) = released_with_sleeping_blue().await;
+    let id = r.release("v1").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (d["outcome"].as_str(), d["color"].as_str()),
+        (Some("completed"), Some("blue")),
+        "{d}"
+    );
+    assert_eq!(is_sleeping(&blue).await, Some(false));
+    wait_for("green to be put to sleep", Duration::from_secs(30), || async {
+        (is_sleeping(&green).await == Some(true)).then_some(())
+    })
+    .await;
+    assert_eq!(r.status().await["live"], "blue");
+}
