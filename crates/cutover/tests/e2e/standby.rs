@@ -153,3 +153,48 @@ async fn a_release_onto_a_sleeping_static_color_wakes_it_first() {
     .await;
     assert_eq!(r.status().await["live"], "blue");
 }
+
+/// The same with managed processes: cutover's own blue process is put to sleep after v2's
+/// release (it keeps running, asleep), and a rollback under load wakes it before switching.
+#[tokio::test]
+async fn a_managed_old_color_sleeps_and_a_rollback_under_load_wakes_it() {
+    let ports = ManagedPorts::new();
+    let r = Router::start(&managed_service(
+        &ports,
+        &["--wake-time", "300ms"],
+        "standby = \"sleep\"\n[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n",
+    ))
+    .await;
+    for version in ["v1", "v2"] {
+        let id = r.release(version).await;
+        assert_eq!(r.wait_end(id, Duration::from_secs(60)).await["outcome"], "completed");
+    }
+    let sleeping = |port: u16| async move {
+        let r = get(&format!("http://127.0.0.1:{port}/is_sleeping")).await.ok()?;
+        r.json()["is_sleeping"].as_bool()
+    };
+    wait_for("blue to be put to sleep", Duration::from_secs(30), || async {
+        (sleeping(ports.blue).await == Some(true)).then_some(())
+    })
+    .await;
+    let traffic = Traffic::start(r.url("/v1/chat/completions"), 4, Duration::from_millis(5));
+    wait_for("traffic on green", Duration::from_secs(10), || async {
+        (traffic.ok.load(std::sync::atomic::Ordering::Relaxed) > 20).then_some(())
+    })
+    .await;
+    let resp = r.api(Method::POST, "/v1/services/chat/rollback", Value::Null).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(sleeping(ports.blue).await, Some(false));
+    wait_for("traffic on blue", Duration::from_secs(10), || async {
+        let by = traffic.by_version.lock().unwrap().get("v1").copied().unwrap_or(0);
+        (by > 20).then_some(())
+    })
+    .await;
+    let (_, failed, _) = traffic.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
