@@ -41,6 +41,11 @@ pub struct ScrapeGate {
     /// How the endpoints' values become one reading.
     #[serde(default)]
     pub reduce: Reduce,
+    /// Set: `metric` is a histogram (`vllm:time_to_first_token_seconds`); the endpoints'
+    /// buckets are added up and this quantile read from them, as `histogram_quantile` does
+    /// (`reduce` is not used).
+    #[serde(default)]
+    pub quantile: Option<f64>,
     #[serde(default)]
     pub max: Option<f64>,
     #[serde(default)]
@@ -56,6 +61,15 @@ pub struct ScrapeGate {
 impl ScrapeGate {
     pub fn gate_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.metric.clone())
+    }
+
+    /// What the gate reads, as the release document shows it: `max(vllm:num_requests_waiting)`
+    /// or `histogram_quantile(0.99, vllm:time_to_first_token_seconds)`.
+    pub fn describe(&self) -> String {
+        match self.quantile {
+            Some(q) => format!("histogram_quantile({q}, {})", self.metric),
+            None => format!("{}({})", self.reduce.as_str(), self.metric),
+        }
     }
 }
 
@@ -99,6 +113,9 @@ impl ScrapeGate {
     pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
         if !crate::external::valid_metric(&self.metric) {
             return Some(("metric", format!("{:?} is not a Prometheus metric name", self.metric)));
+        }
+        if let Some(q) = self.quantile.filter(|q| !(*q > 0.0 && *q < 1.0)) {
+            return Some(("quantile", format!("must be between 0 and 1 (exclusive), got {q}")));
         }
         if !self.path.starts_with('/') {
             return Some(("path", "must start with '/'".into()));

@@ -254,3 +254,29 @@ async fn promql_gate_with_an_unreachable_prometheus_is_inconclusive() {
     );
     assert_eq!(gate(&d, "queue")["result"], "inconclusive", "{d}");
 }
+
+/// A histogram scrape gate: vLLM's `vllm:time_to_first_token_seconds` on the new color,
+/// whose answers take 300 ms, reads a p99 in (0.25, 0.5] (interpolated as Prometheus does)
+/// and fails a 200 ms ceiling once traffic has filled the buckets; before that it had no data.
+#[tokio::test]
+async fn scrape_gate_reads_a_histogram_quantile() {
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &["--latency", "300ms"]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"20s\"\nmin_requests = 0\n\
+         [[services.chat.release.verify.scrape]]\nname = \"ttft p99\"\nmetric = \"vllm:time_to_first_token_seconds\"\nquantile = 0.99\nmax = 0.2\ninterval = \"200ms\"\n",
+        static_service(&[&blue], &[&green], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let traffic = Traffic::start(r.url("/v1/chat/completions"), 4, Duration::from_millis(5));
+    let id = r.release("v2").await;
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    let _ = traffic.stop().await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let g = gate(&d, "ttft p99");
+    assert_eq!(g["query"], "histogram_quantile(0.99, vllm:time_to_first_token_seconds)");
+    let v = g["value"].as_f64().unwrap();
+    assert!(v > 0.25 && v <= 0.5, "{d}");
+    assert_eq!(g["result"], "failing", "{d}");
+}

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use super::exposition;
 use crate::service::ServiceCtl;
 use crate::steps::{client, StepClient};
 
@@ -72,7 +73,7 @@ impl ExternalGates {
             }));
         }
         for g in &v.scrape {
-            let query = format!("{}({})", g.reduce.as_str(), g.metric);
+            let query = g.describe();
             initial.push(unread(&g.gate_name(), &query, g.max, g.min));
             let (slot, readings, c, g, route) = (
                 initial.len() - 1,
@@ -196,17 +197,27 @@ fn encode(s: &str) -> String {
 /// or lacks the metric, makes the whole reading no data: a reduction over part of the
 /// endpoints could pass a version whose worst endpoint is the one hiding.
 async fn scrape(c: &StepClient, g: &ScrapeGate, route: &ColorRoute) -> Result<Option<f64>, String> {
-    let mut values = Vec::new();
+    let (mut values, mut buckets) = (Vec::new(), Vec::new());
     for ep in route.endpoints().iter() {
         let text = tokio::time::timeout(g.timeout.get(), fetch(c, ep.addr, &g.path))
             .await
             .map_err(|_| format!("{}{} did not answer within {}", ep.addr, g.path, g.timeout))??;
-        match sample_sum(&text, &g.metric) {
+        if g.quantile.is_some() {
+            // A histogram: the endpoints' buckets add up; the quantile is read from the sum.
+            if !exposition::add_buckets(&text, &g.metric, &mut buckets) {
+                return Ok(None);
+            }
+            continue;
+        }
+        match exposition::sample_sum(&text, &g.metric) {
             Some(v) => values.push(v),
             None => return Ok(None),
         }
     }
-    Ok(g.reduce.apply(&values))
+    Ok(match g.quantile {
+        Some(q) => exposition::quantile(q, &buckets),
+        None => g.reduce.apply(&values),
+    })
 }
 
 async fn fetch(c: &StepClient, addr: SocketAddr, path: &str) -> Result<String, String> {
@@ -225,65 +236,9 @@ async fn fetch(c: &StepClient, addr: SocketAddr, path: &str) -> Result<String, S
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The sum of every sample named `metric` (any labels) in a Prometheus text exposition;
-/// `None` when there is none.
-pub(crate) fn sample_sum(text: &str, metric: &str) -> Option<f64> {
-    let mut sum = None;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(metric) else {
-            continue;
-        };
-        // The name must end here: `foo` is not `foo_total`.
-        let rest = match rest.chars().next() {
-            Some('{') => &rest[labels_end(rest)?..],
-            Some(' ') | Some('\t') => rest,
-            _ => continue,
-        };
-        let value = rest.split_whitespace().next()?;
-        let v: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().ok()?,
-        };
-        sum = Some(sum.unwrap_or(0.0) + v);
-    }
-    sum
-}
-
-/// The index just past the `}` that closes a label set at the start of `s` (a `}` inside a
-/// quoted label value does not close it).
-fn labels_end(s: &str) -> Option<usize> {
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '}' if !quoted => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TEXT: &str = "# HELP vllm:num_requests_waiting Waiting.\n# TYPE vllm:num_requests_waiting gauge\n\
-        vllm:num_requests_waiting{model_name=\"a\"} 3\nvllm:num_requests_waiting{model_name=\"b\",x=\"}\"} 4 1700000000\n\
-        vllm:num_requests_waiting_total 100\ntgi_queue_size 2.5\n";
-
-    #[test]
-    fn samples_of_one_name_are_added_across_labels_and_no_other_name_counts() {
-        assert_eq!(sample_sum(TEXT, "vllm:num_requests_waiting"), Some(7.0));
-        assert_eq!(sample_sum(TEXT, "tgi_queue_size"), Some(2.5));
-        assert_eq!(sample_sum(TEXT, "vllm:num_requests"), None);
-        assert_eq!(sample_sum(TEXT, "llamacpp:requests_deferred"), None);
-    }
 
     #[test]
     fn prometheus_answers_read_as_numbers_or_no_data() {

@@ -8,6 +8,7 @@
 //! The bake also reads the [`external`] gates (PromQL, the new color's `/metrics`), and every
 //! committed transition is queued for the release's [`webhooks`] ([`notify`]), never awaited.
 
+mod exposition;
 mod external;
 mod notify;
 mod pre_switch;
