@@ -97,7 +97,8 @@ async fn router(dir: &TempDir, green_args: &[&str], release: &str) -> (Router, M
 
 /// Every event is signed with the shared secret, carries a Slack `text`, and arrives in the
 /// order it happened (sequence numbers without a gap, phases in the document's order); a
-/// webhook that asks only for `completed` gets only that.
+/// webhook that asks only for `completed` gets only that; one whose signatures the receiver
+/// refuses (401) is not retried.
 #[tokio::test]
 async fn webhook_events_are_signed_and_arrive_in_order() {
     let dir = TempDir::new("webhooks");
@@ -105,10 +106,13 @@ async fn webhook_events_are_signed_and_arrive_in_order() {
     let release = format!(
         "[services.chat.release.verify]\nbake = \"1s\"\nmin_requests = 0\n\
          [[services.chat.release.webhooks]]\nurl = \"{}\"\nsecret_file = \"{{dir}}/hook.secret\"\n\
-         [[services.chat.release.webhooks]]\nurl = \"{}\"\nsecret_file = \"{{dir}}/hook.secret\"\nevents = [\"completed\"]\n",
+         [[services.chat.release.webhooks]]\nurl = \"{}\"\nsecret_file = \"{{dir}}/hook.secret\"\nevents = [\"completed\"]\n\
+         [[services.chat.release.webhooks]]\nurl = \"{}\"\nsecret_file = \"{{dir}}/wrong.secret\"\n",
         rx.url("/all"),
-        rx.url("/done")
+        rx.url("/done"),
+        rx.url("/wrong")
     );
+    std::fs::write(dir.path().join("wrong.secret"), "not-the-secret").unwrap();
     let (r, _b, _g) = router(&dir, &[], &release).await;
     let id = r.release("v2").await;
     let d = r.wait_end(id, Duration::from_secs(60)).await;
@@ -147,6 +151,16 @@ async fn webhook_events_are_signed_and_arrive_in_order() {
         (Some("completed"), Some(id))
     );
     assert!(last["text"].as_str().unwrap().contains("chat release #"), "{last}");
+    // A wrong key: the receiver answers 401, which is final (no retry): by the time the last
+    // event arrived there, every earlier one had arrived exactly once, in order.
+    let wrong = wait_for("the completed event at /wrong", Duration::from_secs(30), || async {
+        let w = rx.received("/wrong");
+        w.iter().any(|e| e["body"]["event"] == "completed").then_some(w)
+    })
+    .await;
+    assert!(wrong.iter().all(|e| e["sig_ok"] == false));
+    let wrong_seqs: Vec<u64> = wrong.iter().map(|e| e["body"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(wrong_seqs, seqs, "each refused event sent once, none retried");
     let done = rx.received("/done");
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0]["body"]["event"], "completed");

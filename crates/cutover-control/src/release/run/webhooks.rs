@@ -98,11 +98,12 @@ async fn deliver(service: String, c: WebhookConfig, http: Http, mut rx: mpsc::Re
         for attempt in 1..=c.attempts {
             match post(&http, &c.url, key.as_deref(), &body, c.timeout.get()).await {
                 Ok(_) => break,
-                Err(e) if attempt == c.attempts => {
-                    tracing::warn!(service, url = %c.url, attempts = attempt, error = %e, "webhook event dropped after its last attempt");
+                Err(e) if !e.retry || attempt == c.attempts => {
+                    tracing::warn!(service, url = %c.url, attempts = attempt, error = %e.why, "webhook event dropped");
+                    break;
                 }
                 Err(e) => {
-                    tracing::debug!(service, url = %c.url, attempt, error = %e, "webhook attempt failed; retrying");
+                    tracing::debug!(service, url = %c.url, attempt, error = %e.why, "webhook attempt failed; retrying");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
@@ -111,24 +112,43 @@ async fn deliver(service: String, c: WebhookConfig, http: Http, mut rx: mpsc::Re
     }
 }
 
-/// One signed POST; `Ok` only for a 2xx answer within `timeout`.
-async fn post(http: &Http, url: &str, key: Option<&[u8]>, body: &Bytes, timeout: Duration) -> Result<u16, String> {
+/// Why a POST did not deliver, and whether sending it again may help.
+struct Failure {
+    why: String,
+    retry: bool,
+}
+
+impl Failure {
+    fn retry(why: String) -> Failure {
+        Failure { why, retry: true }
+    }
+}
+
+/// One signed POST; `Ok` only for a 2xx answer within `timeout`. A 4xx other than 408 and 429
+/// is final: the receiver refused this event (a bad signature, say), and will again.
+async fn post(http: &Http, url: &str, key: Option<&[u8]>, body: &Bytes, timeout: Duration) -> Result<u16, Failure> {
     let mut req = http::Request::post(url).header("content-type", "application/json");
     if let Some(k) = key {
         req = req.header("x-cutover-signature", signature(k, body));
     }
-    let req = req.body(Full::new(body.clone())).map_err(|e| e.to_string())?;
+    let req = req.body(Full::new(body.clone())).map_err(|e| Failure {
+        why: e.to_string(),
+        retry: false,
+    })?;
     let resp = tokio::time::timeout(timeout, http.request(req))
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| Failure::retry(format!("no answer within {timeout:?}")))?
+        .map_err(|e| Failure::retry(e.to_string()))?;
     let status = resp.status();
     // The body is not read: a receiver's answer carries nothing we use.
     if status.is_success() {
-        Ok(status.as_u16())
-    } else {
-        Err(format!("answered {status}"))
+        return Ok(status.as_u16());
     }
+    let retry = !status.is_client_error() || matches!(status.as_u16(), 408 | 429);
+    Err(Failure {
+        why: format!("answered {status}"),
+        retry,
+    })
 }
 
 /// Offers the release to the approval webhook every `interval` while it awaits approval; the
@@ -158,7 +178,7 @@ pub(crate) fn approval_poller(
                     approve(format!("approval webhook {} ({status})", c.url));
                     return;
                 }
-                Err(e) => tracing::debug!(url = %c.url, error = %e, "approval webhook has not approved yet"),
+                Err(e) => tracing::debug!(url = %c.url, error = %e.why, "approval webhook has not approved yet"),
             }
         }
     });
