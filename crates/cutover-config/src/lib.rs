@@ -22,6 +22,7 @@ use toml::Spanned;
 mod checks;
 mod external;
 mod shadow;
+mod shared;
 mod webhooks;
 pub use checks::{check, PLACEHOLDERS};
 pub use external::{PrometheusGate, Reduce, ScrapeGate};
@@ -93,6 +94,32 @@ pub struct Config {
     pub admin: AdminConfig,
     pub store: StoreConfig,
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Shared listeners (`[listeners.NAME]`): one address for the services that name it.
+    pub listeners: BTreeMap<String, ListenerConfig>,
+}
+
+/// A shared listener: one address whose requests go to the service their Host, path or
+/// OpenAI `model` field matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The listener speaks TLS only, with this certificate (as a service's `tls`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// How a service on a shared listener is chosen for a request. Host and path prefix are
+/// read from the head; the model from the first bytes of a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMatch {
+    /// The `[listeners.NAME]` this service takes its requests from.
+    pub listener: String,
+    /// OpenAI model names (the request body's `model` field) this service answers.
+    pub model: Vec<String>,
+    /// The `Host` (without port, lowercase) this service answers.
+    pub host: Option<String>,
+    /// The path prefix this service answers (the longest matching prefix wins).
+    pub path_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,7 +389,10 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub name: String,
+    /// The service's own listener, or the shared listener's address when `shared` is set.
     pub listen: SocketAddr,
+    /// Set when the service takes its requests from a shared listener (`listener = "NAME"`).
+    pub shared: Option<SharedMatch>,
     pub preview_listen: Option<SocketAddr>,
     /// Both listeners (`listen` and `preview_listen`) speak TLS only, with this certificate.
     pub tls: Option<TlsConfig>,
@@ -1133,6 +1163,24 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    listeners: BTreeMap<String, Spanned<RawListener>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: Spanned<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    model: Vec<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1188,7 +1236,11 @@ struct RawEtcdTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
+    /// A shared listener's name, instead of `listen`.
+    listener: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    matches: Option<Spanned<RawMatch>>,
     preview_listen: Option<Spanned<String>>,
     /// Must be set to bind the preview listener to a non-loopback address.
     #[serde(default)]
@@ -1441,6 +1493,8 @@ struct Source<'a> {
 struct Claims {
     addrs: HashMap<SocketAddr, String>,
     managed_ports: HashMap<u16, String>,
+    /// The shared listeners' addresses by name (read before the services that name them).
+    listeners: HashMap<String, SocketAddr>,
     /// `[store] url` is set: managed services may run on host agents.
     fleet: bool,
 }
@@ -1550,6 +1604,7 @@ impl Source<'_> {
         if raw.services.is_empty() && !self.has_services() {
             errors.push(self.no_services());
         }
+        let listeners = self.listeners(&raw.listeners, &mut claims, &mut errors);
         let mut services = BTreeMap::new();
         for (name, svc) in raw.services {
             match self.service(&name, svc, &mut claims) {
@@ -1560,12 +1615,14 @@ impl Source<'_> {
             }
         }
         keep(&mut errors, self.no_self_proxy(&services, &claims));
+        errors.extend(self.shared_routes(&raw.listeners, &services));
         match (admin, store) {
             (Some(admin), Some(store)) if errors.is_empty() => Ok(Config {
                 path: std::path::absolute(self.path).unwrap_or_else(|_| self.path.to_path_buf()),
                 admin,
                 store,
                 services,
+                listeners,
             }),
             _ => Err(errors),
         }
@@ -1900,11 +1957,9 @@ impl Source<'_> {
             }]);
         }
         let mut errors = Vec::new();
-        let listen = keep(
-            &mut errors,
-            self.addr(&svc.listen, k("listen"))
-                .and_then(|a| self.claim(claims, a, k("listen"), svc.listen.span()).map(|_| a)),
-        );
+        let listen = keep(&mut errors, self.service_listen(name, &svc, claims, &span));
+        let shared = listen.as_ref().and_then(|(_, s)| s.clone());
+        let listen = listen.map(|(a, _)| a);
         let preview_listen = keep(&mut errors, self.preview_listen(name, &svc, claims));
         let tls = keep(&mut errors, self.tls(svc.tls.as_ref(), &k("tls"), span.clone()));
         let trusted_proxies = keep(
@@ -1967,6 +2022,7 @@ impl Source<'_> {
         Ok(ServiceConfig {
             name: name.to_string(),
             listen,
+            shared,
             preview_listen,
             tls,
             upstream_tls,

@@ -865,7 +865,9 @@ fn every_error_of_every_part_is_reported_at_its_line() {
             (17, "services.embed.run.ports"),
             (19, "services.embed.release.warmup.concurrency"),
             (21, "services.embed.release.verify.max_error_rate"),
-            // `lisen` taken out, `listen` is missing: both are so.
+            // `lisen` taken out, `listen` (or `listener`) is missing, and so are its
+            // environments: all are so.
+            (23, "services.third.listen"),
             (23, "services.third"),
             (24, "services.third.lisen"),
         ],
@@ -1082,4 +1084,103 @@ fn external_gates_webhooks_and_standby_parse_and_their_errors_name_the_key_and_l
     }
     let e = check(&text.replace("standby = \"sleep\"", "standby = \"hibernate\"")).unwrap_err();
     assert!(e.key.contains("standby") && e.message.contains("sleep"), "{e}");
+}
+
+const SHARED: &str = r#"
+[listeners.api]
+listen = "127.0.0.1:8000"
+
+[services.chat]
+listener = "api"
+match = { model = ["llama-3-8b", "llama-3-70b"] }
+[services.chat.blue]
+endpoints = ["127.0.0.1:9001"]
+[services.chat.green]
+endpoints = ["127.0.0.1:9002"]
+
+[services.embed]
+listener = "api"
+match = { model = ["bge-small"] }
+[services.embed.blue]
+endpoints = ["127.0.0.1:9011"]
+[services.embed.green]
+endpoints = ["127.0.0.1:9012"]
+"#;
+
+#[test]
+fn services_on_a_shared_listener_take_its_address_and_their_match() {
+    let c = check(SHARED).unwrap();
+    assert_eq!(c.listeners["api"].listen.port(), 8000);
+    let chat = c.services["chat"].shared.as_ref().unwrap();
+    assert_eq!((chat.listener.as_str(), chat.model.len()), ("api", 2));
+    assert_eq!(c.services["embed"].listen.port(), 8000);
+    let hosts = SHARED
+        .replace(r#"model = ["bge-small"]"#, r#"host = "Embed.Example""#)
+        .replace(r#"model = ["llama-3-8b", "llama-3-70b"]"#, r#"path_prefix = "/chat""#);
+    let c = check(&hosts).unwrap();
+    assert_eq!(
+        c.services["embed"].shared.as_ref().unwrap().host.as_deref(),
+        Some("embed.example")
+    );
+    assert_eq!(
+        c.services["chat"].shared.as_ref().unwrap().path_prefix.as_deref(),
+        Some("/chat")
+    );
+}
+
+#[test]
+fn shared_listener_mistakes_name_their_line_and_key() {
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    // The same model on two services of one listener.
+    let text = SHARED.replace("bge-small", "llama-3-70b");
+    let e = check(&text).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        (
+            "services.embed.match.model",
+            line_of(&text, r#"match = { model = ["llama-3-70b"]"#)
+        ),
+        "{e}"
+    );
+    assert!(e.message.contains("already matched by service chat"), "{e}");
+    // Both `listen` and `listener`.
+    let text = SHARED.replacen(
+        "listener = \"api\"",
+        "listen = \"127.0.0.1:8100\"\nlistener = \"api\"",
+        1,
+    );
+    let e = check(&text).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("services.chat.listen", line_of(&text, "8100")),
+        "{e}"
+    );
+    assert!(e.message.contains("not both"), "{e}");
+    // A listener nobody configured.
+    let text = SHARED.replacen("listener = \"api\"", "listener = \"apj\"", 1);
+    let e = check(&text).unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("services.chat.listener", line_of(&text, "apj")),
+        "{e}"
+    );
+    // A shared service without a match.
+    let text = SHARED.replacen("match = { model = [\"bge-small\"] }\n", "", 1);
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.embed.match", "{e}");
+    // A bad prefix.
+    let text = SHARED.replace(r#"model = ["bge-small"]"#, r#"path_prefix = "embed""#);
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.embed.match.path_prefix", "{e}");
+    // A listener's `tls` is checked as a service's is, at its key.
+    let text = SHARED.replacen(
+        "listen = \"127.0.0.1:8000\"\n",
+        "listen = \"127.0.0.1:8000\"\ntls = { cert = \"/nonexistent.crt\", key = \"/nonexistent.key\" }\n",
+        1,
+    );
+    let e = check(&text).unwrap_err();
+    assert!(e.key.starts_with("listeners.api.tls"), "{e}");
+    // Neither address.
+    let text = SHARED.replacen("listener = \"api\"\n", "", 1);
+    assert_eq!(check(&text).unwrap_err().key, "services.chat.listen");
 }

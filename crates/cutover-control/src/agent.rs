@@ -147,7 +147,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
     let db = opts.data_dir.join("agent.db");
     let store = Store::open(&db).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db.display()))?;
     let (mut cert, mut ca) = (None, None);
-    let access = crate::fleet::etcd_access(
+    let access = crate::fleet_link::etcd_access(
         opts.tls.as_ref(),
         opts.user.as_ref(),
         |t| {

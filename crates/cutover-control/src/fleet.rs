@@ -597,32 +597,7 @@ pub async fn join(
     Ok(start(ctl, link, FIRST_READ).await)
 }
 
-/// How a router or an agent reaches etcd, from the checked settings: the client
-/// certificate and the CA come from `cert_store` and `ca_store` (whose owner keeps them
-/// fresh), the password stays in its file.
-pub fn etcd_access(
-    tls: Option<&cutover_config::EtcdTls>,
-    user: Option<&cutover_config::EtcdUser>,
-    cert_store: impl FnOnce(&cutover_config::TlsConfig) -> anyhow::Result<Arc<cutover_proxy::tls::CertStore>>,
-    ca_store: impl FnOnce(&std::path::Path) -> anyhow::Result<Arc<cutover_proxy::tls::CaStore>>,
-) -> anyhow::Result<cutover_fleet::Access> {
-    let tls = match tls {
-        Some(t) => {
-            let cert = t.client.as_ref().map(cert_store).transpose()?;
-            let ca = t.ca.as_deref().map(ca_store).transpose()?;
-            let config = cutover_fleet::access::tls_config(ca, cert).map_err(|e| anyhow::anyhow!("store.tls: {e}"))?;
-            Some(config)
-        }
-        None => None,
-    };
-    Ok(cutover_fleet::Access {
-        tls,
-        user: user.map(|u| cutover_fleet::Credentials {
-            name: u.name.clone(),
-            password_file: u.password_file.clone(),
-        }),
-    })
-}
+pub use crate::fleet_link::etcd_access;
 
 /// How long `serve` waits for the first read from etcd before serving its snapshot.
 const FIRST_READ: Duration = Duration::from_secs(3);

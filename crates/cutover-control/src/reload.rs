@@ -21,9 +21,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover_config::{ConfigError, ServiceConfig};
+use anyhow::Context as _;
+use cutover_config::{Config, ConfigError, ServiceConfig};
 use cutover_proxy::forward::Forwarder;
 use cutover_proxy::listener::{self, ListenerStats};
+use cutover_proxy::shared::{Rule, Shared};
+use cutover_proxy::{Protocol, ServiceSettings};
 use cutover_store::{EventRecord, HistoryKind};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -107,6 +110,8 @@ pub struct Serving {
     grace: Duration,
     config_path: PathBuf,
     loops: Mutex<BTreeMap<(String, bool), Loop>>,
+    /// The shared listeners' accept loops, by listener name (fixed from start to stop).
+    shared: Mutex<BTreeMap<String, Loop>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -123,6 +128,7 @@ impl Serving {
             ctl,
             grace,
             loops: Mutex::new(BTreeMap::new()),
+            shared: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             reloading: tokio::sync::Mutex::new(()),
             addresses: Mutex::new(None),
@@ -172,32 +178,93 @@ impl Serving {
         Ok(())
     }
 
+    /// Serves the shared listener `name` for the services that name it in `listener`.
+    /// Its connections take the first of them's limits and timeouts (see `shared_front`).
+    pub fn start_shared(&self, name: &str, l: TcpListener, configured: SocketAddr) -> anyhow::Result<()> {
+        let bound = l.local_addr()?;
+        let fd = l.as_fd().try_clone_to_owned()?;
+        let mut routes = Vec::new();
+        let mut on = Vec::new();
+        for svc in self.ctl.services().values() {
+            let cfg = svc.cfg();
+            let Some(m) = cfg.shared.as_ref().filter(|m| m.listener == name) else {
+                continue;
+            };
+            let rule = Rule {
+                models: m.model.clone(),
+                host: m.host.clone(),
+                path_prefix: m.path_prefix.clone(),
+            };
+            routes.push((rule, Arc::new(Forwarder::new(svc.proxy.clone(), false))));
+            on.push(cfg);
+        }
+        let front = shared_front(&on).context("a shared listener has services")?;
+        let shared = Shared::new(name, routes).map_err(anyhow::Error::msg)?;
+        let tls = match self.ctl.config.listeners.get(name).and_then(|l| l.tls.as_ref()) {
+            Some(t) => Some(self.certs.acceptor(&format!("listeners.{name}.tls"), t)?),
+            None => None,
+        };
+        tracing::info!(listener = %name, listen = %bound, tls = tls.is_some(), services = %on.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "), "shared listener listening");
+        let (stop, stop_rx) = watch::channel(false);
+        let fwd = Arc::new(Forwarder::for_shared(shared, front));
+        let task = tokio::spawn(listener::serve(
+            l,
+            fwd,
+            Arc::new(ListenerStats::default()),
+            stop_rx,
+            self.grace,
+            tls,
+        ));
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        let loop_ = Loop {
+            configured,
+            bound,
+            stop,
+            fd,
+        };
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), loop_);
+        for cfg in on {
+            self.publish_bound(&cfg.name);
+        }
+        Ok(())
+    }
+
+    /// The bound address of a service's live requests: its own listener's, or its shared one's.
+    fn live_bound(&self, service: &str) -> Option<SocketAddr> {
+        if let Some(l) = self.loops().get(&(service.to_string(), false)) {
+            return Some(l.bound);
+        }
+        let cfg = self.ctl.service(service).ok()?.cfg();
+        let m = cfg.shared.as_ref()?;
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&m.listener)
+            .map(|l| l.bound)
+    }
+
     /// Tells the service which addresses serve it now (status shows them).
     fn publish_bound(&self, service: &str) {
         let Ok(svc) = self.ctl.service(service) else { return };
-        let loops = self.loops();
-        let Some(live) = loops.get(&(service.to_string(), false)) else {
+        let Some(listen) = self.live_bound(service) else {
             return;
         };
         svc.set_bound(BoundAddrs {
-            listen: live.bound,
-            preview_listen: loops.get(&(service.to_string(), true)).map(|l| l.bound),
+            listen,
+            preview_listen: self.loops().get(&(service.to_string(), true)).map(|l| l.bound),
         });
     }
 
     /// The bound addresses of every service.
     pub fn bound(&self) -> BTreeMap<String, BoundAddrs> {
-        let loops = self.loops();
         let mut out = BTreeMap::new();
-        for ((name, preview), l) in loops.iter() {
-            if !preview {
-                out.insert(
-                    name.clone(),
-                    BoundAddrs {
-                        listen: l.bound,
-                        preview_listen: loops.get(&(name.clone(), true)).map(|p| p.bound),
-                    },
-                );
+        for name in self.ctl.services().keys() {
+            if let Some(listen) = self.live_bound(name) {
+                let preview_listen = self.loops().get(&(name.clone(), true)).map(|p| p.bound);
+                out.insert(name.clone(), BoundAddrs { listen, preview_listen });
             }
         }
         out
@@ -211,6 +278,14 @@ impl Serving {
             let key = if *preview { "preview_listen" } else { "listen" };
             let entry = Entry {
                 key: format!("services.{name}.{key}"),
+                configured: l.configured,
+                bound: l.bound,
+            };
+            out.push((entry, l.fd.try_clone()?));
+        }
+        for (name, l) in self.shared.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let entry = Entry {
+                key: format!("listeners.{name}.listen"),
                 configured: l.configured,
                 bound: l.bound,
             };
@@ -234,6 +309,9 @@ impl Serving {
     /// Stops every accept loop and waits for their connections, at most the grace period.
     pub async fn shutdown(&self) {
         for l in std::mem::take(&mut *self.loops()).into_values() {
+            l.stop.send_replace(true);
+        }
+        for l in std::mem::take(&mut *self.shared.lock().unwrap_or_else(|p| p.into_inner())).into_values() {
             l.stop.send_replace(true);
         }
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -287,6 +365,9 @@ impl Serving {
                     .into(),
             ));
         }
+        if let Some(why) = shared_change(old, &new) {
+            return Err(ReloadError::Refused(why));
+        }
         let running = self.ctl.services();
         let mut report = ReloadReport::default();
         let mut changed: Vec<(&ServiceConfig, Vec<String>)> = Vec::new();
@@ -332,7 +413,9 @@ impl Serving {
         // Bind everything new before changing anything; dropping `bound` undoes it.
         let mut bound: Vec<(String, bool, TcpListener, SocketAddr)> = Vec::new();
         for cfg in new.services.values() {
-            for (preview, want) in [(false, Some(cfg.listen)), (true, cfg.preview_listen)] {
+            // A shared listener's services have no live listener of their own.
+            let own = cfg.shared.is_none().then_some(cfg.listen);
+            for (preview, want) in [(false, own), (true, cfg.preview_listen)] {
                 let have = self.loops().get(&(cfg.name.clone(), preview)).map(|l| l.configured);
                 let Some(want) = want else { continue };
                 if have == Some(want) {
@@ -423,5 +506,102 @@ impl Serving {
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
             tracing::warn!(path = %path.display(), error = %e, "cannot rewrite the addresses file");
         }
+    }
+}
+
+/// The settings of a shared listener's connections: the first service's (by name), since a
+/// connection's limits are read before its requests pick a service. The own HTTP/1.1 engine
+/// dials plain HTTP/1.1 upstreams only: when any service has h2c or TLS upstreams, the
+/// listener's connections take the hyper engine, which serves every kind.
+fn shared_front(on: &[Arc<ServiceConfig>]) -> Option<ServiceSettings> {
+    let mut front = crate::service::settings_from(on.first()?);
+    if on
+        .iter()
+        .map(|c| crate::service::settings_from(c))
+        .any(|s| s.protocol != Protocol::Http1 || s.upstream_tls.is_some())
+    {
+        front.protocol = Protocol::H2c;
+    }
+    Some(front)
+}
+
+/// Why a reload cannot apply the new config's shared listeners, if it changed them: the
+/// listener's rules are fixed while it serves (its requests pick among them without a lock).
+fn shared_change(old: &Config, new: &Config) -> Option<String> {
+    let matches = |c: &Config| -> BTreeMap<String, Option<cutover_config::SharedMatch>> {
+        c.services
+            .iter()
+            .map(|(n, s)| (n.clone(), s.shared.clone()))
+            .filter(|(_, m)| m.is_some())
+            .collect()
+    };
+    if old.listeners == new.listeners && matches(old) == matches(new) {
+        return None;
+    }
+    Some(
+        "shared listeners ([listeners.NAME], and the `listener` and `match` of their services) are read at start only: \
+         restart cutover (`serve --upgrade` keeps connections) to change them"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: &str = r#"
+[listeners.api]
+listen = "127.0.0.1:0"
+[services.chat]
+listener = "api"
+match = { model = ["a"] }
+[services.chat.blue]
+endpoints = ["127.0.0.1:9001"]
+[services.chat.green]
+endpoints = ["127.0.0.1:9002"]
+"#;
+
+    fn parse(text: &str) -> Config {
+        cutover_config::parse(std::path::Path::new("/etc/cutover/cutover.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_reload_refuses_any_change_to_a_shared_listener_and_allows_the_rest() {
+        let old = parse(SHARED);
+        assert_eq!(shared_change(&old, &parse(SHARED)), None);
+        let limits = format!("{SHARED}[services.chat.limits]\nmax_body_bytes = 1000\n");
+        assert_eq!(
+            shared_change(&old, &parse(&limits)),
+            None,
+            "a service's own settings reload"
+        );
+        for changed in [
+            SHARED.replace(r#"["a"]"#, r#"["a", "b"]"#),
+            SHARED.replace("127.0.0.1:0", "127.0.0.1:8000"),
+            format!(
+                "{SHARED}[services.embed]\nlistener = \"api\"\nmatch = {{ model = [\"e\"] }}\n\
+                 [services.embed.blue]\nendpoints = [\"127.0.0.1:9011\"]\n[services.embed.green]\nendpoints = [\"127.0.0.1:9012\"]\n"
+            ),
+        ] {
+            let why = shared_change(&old, &parse(&changed)).expect("refused");
+            assert!(why.contains("read at start only") && why.contains("serve --upgrade"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_shared_listener_takes_hyper_when_any_service_needs_it() {
+        let cfg = parse(SHARED);
+        let chat = Arc::new(cfg.services["chat"].clone());
+        assert_eq!(
+            shared_front(std::slice::from_ref(&chat)).unwrap().protocol,
+            Protocol::Http1
+        );
+        let h2 = parse(&SHARED.replace(
+            "[services.chat.blue]",
+            "upstream_protocol = \"h2c\"\n[services.chat.blue]",
+        ));
+        let h2 = Arc::new(h2.services["chat"].clone());
+        assert_eq!(shared_front(&[chat, h2]).unwrap().protocol, Protocol::H2c);
+        assert!(shared_front(&[]).is_none());
     }
 }

@@ -47,13 +47,19 @@ pub struct ServeOptions {
 pub struct Addresses {
     pub admin: SocketAddr,
     pub services: BTreeMap<String, BoundAddrs>,
+    /// Shared listeners (`[listeners.NAME]`) by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, SocketAddr>,
 }
 
 /// Every listener of one `serve`, bound and not yet serving (stage two of start-up).
 pub struct Listeners {
     admin: TcpListener,
-    /// Per service: its live listener and, if configured, its preview listener.
-    services: BTreeMap<String, (TcpListener, Option<TcpListener>)>,
+    /// Per service: its live listener (none on a shared listener) and, if configured, its
+    /// preview listener.
+    services: BTreeMap<String, (Option<TcpListener>, Option<TcpListener>)>,
+    /// The shared listeners by name.
+    shared: BTreeMap<String, TcpListener>,
 }
 
 /// `bind` of `addr` for `key`, its failure said by [`cannot_listen`].
@@ -90,14 +96,25 @@ impl Listeners {
             .map_err(|e| anyhow::anyhow!(cannot_listen("admin.listen", a, &e)))?;
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
-            let live = bind_key(&format!("services.{name}.listen"), svc.listen)?;
+            let live = match svc.shared {
+                None => Some(bind_key(&format!("services.{name}.listen"), svc.listen)?),
+                Some(_) => None,
+            };
             let preview = match svc.preview_listen {
                 Some(p) => Some(bind_key(&format!("services.{name}.preview_listen"), p)?),
                 None => None,
             };
             services.insert(name.clone(), (live, preview));
         }
-        Ok(Listeners { admin, services })
+        let mut shared = BTreeMap::new();
+        for (name, l) in &config.listeners {
+            shared.insert(name.clone(), bind_key(&format!("listeners.{name}.listen"), l.listen)?);
+        }
+        Ok(Listeners {
+            admin,
+            services,
+            shared,
+        })
     }
 
     /// The listeners for `config` from those a predecessor handed over: a key whose configured
@@ -127,14 +144,31 @@ impl Listeners {
         })?;
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
-            let live = take(&format!("services.{name}.listen"), svc.listen, &listener::bind)?;
+            let live = match svc.shared {
+                None => Some(take(&format!("services.{name}.listen"), svc.listen, &listener::bind)?),
+                Some(_) => None,
+            };
             let preview = match svc.preview_listen {
                 Some(p) => Some(take(&format!("services.{name}.preview_listen"), p, &listener::bind)?),
                 None => None,
             };
             services.insert(name.clone(), (live, preview));
         }
-        Ok((Listeners { admin, services }, taken))
+        let mut shared = BTreeMap::new();
+        for (name, l) in &config.listeners {
+            shared.insert(
+                name.clone(),
+                take(&format!("listeners.{name}.listen"), l.listen, &listener::bind)?,
+            );
+        }
+        Ok((
+            Listeners {
+                admin,
+                services,
+                shared,
+            },
+            taken,
+        ))
     }
 
     /// The admin listener's manifest entry and a copy of its socket, to hand to a successor
@@ -149,11 +183,22 @@ impl Listeners {
     }
 
     /// The addresses actually bound (a configured port 0 is a real port here).
-    pub fn addresses(&self) -> std::io::Result<Addresses> {
+    pub fn addresses(&self, config: &Config) -> std::io::Result<Addresses> {
+        let mut listeners = BTreeMap::new();
+        for (name, l) in &self.shared {
+            listeners.insert(name.clone(), l.local_addr()?);
+        }
         let mut services = BTreeMap::new();
         for (name, (live, preview)) in &self.services {
+            let listen = match (live, config.services.get(name).and_then(|s| s.shared.as_ref())) {
+                (Some(l), _) => l.local_addr()?,
+                (None, Some(m)) => *listeners
+                    .get(&m.listener)
+                    .ok_or_else(|| std::io::Error::other("a shared listener is bound"))?,
+                (None, None) => return Err(std::io::Error::other("a service has a listener")),
+            };
             let addrs = BoundAddrs {
-                listen: live.local_addr()?,
+                listen,
                 preview_listen: preview.as_ref().map(TcpListener::local_addr).transpose()?,
             };
             services.insert(name.clone(), addrs);
@@ -161,6 +206,7 @@ impl Listeners {
         Ok(Addresses {
             admin: self.admin.local_addr()?,
             services,
+            listeners,
         })
     }
 }
@@ -352,7 +398,7 @@ async fn start(
     opts: &ServeOptions,
     upgraded_from: Option<u32>,
 ) -> anyhow::Result<Started> {
-    let addresses = listeners.addresses()?;
+    let addresses = listeners.addresses(&config)?;
     let admin_entry = listeners
         .admin_entry(&config)
         .context("cannot copy the admin listener for a later upgrade")?;
@@ -381,16 +427,8 @@ async fn start(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for (name, (live, preview)) in listeners.services {
-        let cfg = ctl
-            .service(&name)
-            .context("a bound service is in the controller")?
-            .cfg();
-        serving.start(&name, false, live, cfg.listen)?;
-        if let (Some(p), Some(configured)) = (preview, cfg.preview_listen) {
-            serving.start(&name, true, p, configured)?;
-        }
-    }
+    let admin = listeners.admin;
+    serve_data_plane(&ctl, &serving, listeners.services, listeners.shared)?;
     let admin_tls = match &ctl.config.admin.tls {
         Some(t) => Some(serving.certs.acceptor("admin.tls", t)?),
         None => None,
@@ -402,12 +440,7 @@ async fn start(
     );
     tracing::info!(listen = %addresses.admin, tls = admin_tls.is_some(), "admin API listening");
     log_dashboard(addresses.admin, admin_tls.is_some(), &ctl.config.admin.token_file);
-    tasks.push(tokio::spawn(serve_admin(
-        listeners.admin,
-        app,
-        stop_rx.clone(),
-        admin_tls,
-    )));
+    tasks.push(tokio::spawn(serve_admin(admin, app, stop_rx.clone(), admin_tls)));
     tasks.push(tokio::spawn(
         serving
             .certs
@@ -424,6 +457,33 @@ async fn start(
         _sampling,
         _fleet,
     })
+}
+
+/// Starts serving every data-plane listener: each service's own (live, preview) and each
+/// shared one.
+fn serve_data_plane(
+    ctl: &Controller,
+    serving: &Serving,
+    services: BTreeMap<String, (Option<TcpListener>, Option<TcpListener>)>,
+    shared: BTreeMap<String, TcpListener>,
+) -> anyhow::Result<()> {
+    for (name, (live, preview)) in services {
+        let cfg = ctl
+            .service(&name)
+            .context("a bound service is in the controller")?
+            .cfg();
+        if let Some(live) = live {
+            serving.start(&name, false, live, cfg.listen)?;
+        }
+        if let (Some(p), Some(configured)) = (preview, cfg.preview_listen) {
+            serving.start(&name, true, p, configured)?;
+        }
+    }
+    for (name, l) in shared {
+        let configured = ctl.config.listeners[&name].listen;
+        serving.start_shared(&name, l, configured)?;
+    }
+    Ok(())
 }
 
 /// Stops accepting (the listening sockets close here; a successor's copies live on) and

@@ -34,6 +34,10 @@ pub struct ProxyError {
     pub code: &'static str,
     pub source: Source,
     pub message: String,
+    /// Set for errors about an OpenAI request field (`model` on a shared listener): the body
+    /// then also says `"type":"invalid_request_error","param":...`, as OpenAI's API does, so
+    /// OpenAI clients show the message.
+    pub param: Option<&'static str>,
 }
 
 impl ProxyError {
@@ -43,7 +47,14 @@ impl ProxyError {
             code,
             source,
             message: message.into(),
+            param: None,
         }
+    }
+
+    /// The same error, said the OpenAI way about request field `param`.
+    pub fn about_field(mut self, param: &'static str) -> ProxyError {
+        self.param = Some(param);
+        self
     }
 
     /// The answer to the client; `tag`: with `x-cutover-color`/`-version` for `route`.
@@ -51,6 +62,10 @@ impl ProxyError {
         let mut body = json!({"error": {"code": self.code, "message": self.message, "source": self.source.as_str(), "service": service}});
         if let Some(r) = route {
             body["error"]["color"] = r.color.as_str().into();
+        }
+        if let Some(p) = self.param {
+            body["error"]["type"] = "invalid_request_error".into();
+            body["error"]["param"] = p.into();
         }
         let mut resp = Response::new(RespBody::full(body.to_string()));
         *resp.status_mut() = self.status;

@@ -31,6 +31,19 @@ pub struct Forwarder {
     pub preview: bool,
     /// The service's name, shared with access-log lines.
     pub(crate) service_name: Arc<str>,
+    /// Set on a shared listener's forwarder: each request goes to the service it picks
+    /// (`service` is then the listener's own, routing nowhere, whose settings are the
+    /// connections').
+    pub shared: Option<Arc<SharedListener>>,
+}
+
+/// A shared listener's services, each behind its forwarder.
+pub type SharedListener = crate::shared::Shared<Arc<Forwarder>>;
+
+impl crate::shared::Target for Arc<Forwarder> {
+    fn service(&self) -> &Service {
+        &self.service
+    }
 }
 
 impl Forwarder {
@@ -40,7 +53,17 @@ impl Forwarder {
             service,
             preview,
             service_name,
+            shared: None,
         }
+    }
+
+    /// The forwarder of a shared listener: its connections take `settings` (limits,
+    /// timeouts, trusted proxies), each request the service `shared` picks for it.
+    pub fn for_shared(shared: SharedListener, settings: ServiceSettings) -> Forwarder {
+        let front = Service::new(shared.name.clone(), settings, crate::route::RouteTable::default());
+        let mut fwd = Forwarder::new(front, false);
+        fwd.shared = Some(Arc::new(shared));
+        fwd
     }
 }
 
@@ -138,15 +161,15 @@ impl Exchange {
             return;
         }
         let capture = fwd.service.mirror(method, path, headers);
-        self.attach(fwd, capture);
+        self.attach(capture);
     }
 
     /// A copy decided by the engine itself (the HTTP/1.1 engine decides before its head's
     /// bytes are released).
-    pub(crate) fn attach(&mut self, fwd: &Forwarder, capture: Option<Arc<crate::mirror::Capture>>) {
+    pub(crate) fn attach(&mut self, capture: Option<Arc<crate::mirror::Capture>>) {
         let Some(c) = capture else { return };
         if let Some(g) = self.guard.as_mut() {
-            g.mirror(c.clone(), fwd.service.clone());
+            g.mirror(c.clone());
         }
         self.capture = Some(c);
     }

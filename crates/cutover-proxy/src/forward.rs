@@ -20,6 +20,7 @@ use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
 use crate::route::{ColorRoute, Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
+use crate::shared::{Choice, Model};
 use crate::upstream::{Conn, ConnectError, SendError};
 use crate::Refusal;
 
@@ -237,8 +238,63 @@ fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
     }
 }
 
+/// The first bytes of a request body read already (to find its `model` on a shared
+/// listener), and whether they are all of it.
+pub(crate) type Start = Option<(Bytes, bool)>;
+
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<RespBody> {
+        match &self.shared {
+            Some(shared) => self.handle_shared(shared, req, peer).await,
+            None => self.handle_one(req, peer, None).await,
+        }
+    }
+
+    /// On a shared listener: pick the service by the head, or by the body's first bytes,
+    /// then run its exchange with those bytes sent first.
+    async fn handle_shared(
+        &self,
+        shared: &exchange::SharedListener,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<RespBody> {
+        let (choice, head) = {
+            // HTTP/2 says the host in `:authority`, which hyper puts in the URI.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .map(HeaderValue::as_bytes)
+                .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+            let path = req.uri().path().as_bytes();
+            let choice = shared.by_head(req.method(), host, path);
+            let head = matches!(choice, Choice::ByModel(_)).then(|| (host.map(<[u8]>::to_vec), path.to_vec()));
+            (choice, head)
+        };
+        let refuse = |e: ProxyError| e.into_response(&shared.name, None, false);
+        match choice {
+            Choice::Service(f) => f.handle_one(req, peer, None).await,
+            Choice::Models(json) => models_response(json),
+            Choice::Refuse(e) => refuse(e),
+            Choice::ByModel(candidates) => {
+                let (host, path) = head.unwrap_or_default();
+                let (parts, mut body) = req.into_parts();
+                let timeout = self.service.settings().header_read_timeout;
+                let (start, ended, model) = match body_start(&mut body, timeout).await {
+                    Ok(s) => s,
+                    Err(e) => return refuse(e),
+                };
+                match shared.by_model(candidates, &model, host.as_deref(), &path) {
+                    Ok(f) => {
+                        f.handle_one(Request::from_parts(parts, body), peer, Some((start, ended)))
+                            .await
+                    }
+                    Err(e) => refuse(e),
+                }
+            }
+        }
+    }
+
+    async fn handle_one(&self, req: Request<Incoming>, peer: &Peer, start: Start) -> Response<RespBody> {
         let started = Instant::now();
         let svc = &*self.service;
         let begun = Exchange::begin(self, started, req.method(), || {
@@ -248,7 +304,7 @@ impl Forwarder {
             Ok(ex) => ex,
             Err(e) => return e.into_response(&svc.name, None, false),
         };
-        match self.forward(req, peer, &mut ex).await {
+        match self.forward(req, peer, &mut ex, start).await {
             Ok(resp) => resp,
             Err(e) => {
                 ex.failed(&e);
@@ -262,6 +318,7 @@ impl Forwarder {
         req: Request<Incoming>,
         peer: &Peer,
         ex: &mut Exchange,
+        start: Start,
     ) -> Result<Response<RespBody>, ProxyError> {
         let settings = &*self.service.settings();
         let (mut parts, body) = req.into_parts();
@@ -278,7 +335,7 @@ impl Forwarder {
         });
         // An upgrade (WebSocket) keeps its Upgrade through `strip`; the client's half of the
         // tunnel is taken out of the request before it goes upstream.
-        let upgrade = upgrade_of(&parts, body.is_end_stream(), settings);
+        let upgrade = upgrade_of(&parts, body.is_end_stream() && start.is_none(), settings);
         let client_side = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -293,7 +350,7 @@ impl Forwarder {
 
         let endpoint = ex.first_endpoint(self)?;
         let (mut resp, conn, mut load) = self
-            .send_with_retries(parts, body, ex, endpoint, original_host.as_ref())
+            .send_with_retries(parts, (body, start), ex, endpoint, original_host.as_ref())
             .await?;
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_side.is_some();
@@ -401,7 +458,7 @@ impl Forwarder {
     async fn send_with_retries(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        (body, start): (Incoming, Start),
         ex: &mut Exchange,
         mut endpoint: Arc<Endpoint>,
         host: Option<&HeaderValue>,
@@ -410,7 +467,10 @@ impl Forwarder {
         // A refcounted handle on the client's path, not a copy.
         let path = parts.uri.path_and_query().cloned();
         let key = parts.headers.contains_key(&IDEMPOTENCY_KEY);
-        let (mut body, at_hand) = body_at_hand(&parts, body, key, settings).await?;
+        let (mut body, at_hand) = match start {
+            Some(start) => body_from_start(start, body, settings)?,
+            None => body_at_hand(&parts, body, key, settings).await?,
+        };
         if let Some(c) = &ex.capture {
             match &at_hand {
                 Some(b) => c.request_data(b),
@@ -503,6 +563,59 @@ async fn body_at_hand(
         Ok(Ok(c)) => c.to_bytes(),
     };
     Ok((ReqBody::full(data.clone()), Some(data)))
+}
+
+/// The request body when its first bytes were read already: all of it at hand when they
+/// were the whole body, else those bytes first and the rest streamed.
+fn body_from_start(
+    (start, ended): (Bytes, bool),
+    body: Incoming,
+    settings: &ServiceSettings,
+) -> Result<(ReqBody, Option<Bytes>), ProxyError> {
+    if !ended {
+        return Ok((ReqBody::prefixed(start, body, settings.max_body_bytes), None));
+    }
+    if start.len() as u64 > settings.max_body_bytes {
+        return Err(exchange::too_large(start.len() as u64, settings.max_body_bytes));
+    }
+    Ok((ReqBody::full(start.clone()), Some(start)))
+}
+
+/// Reads a body's first bytes until they say what its `model` is (at most about
+/// [`crate::shared::MODEL_PEEK`]), within the client's `header_read_timeout`. Returns them,
+/// whether they are the whole body, and the verdict. A trailer section is not kept: the JSON
+/// bodies routed by model do not have one.
+async fn body_start(body: &mut Incoming, timeout: std::time::Duration) -> Result<(Bytes, bool, Model), ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        loop {
+            let ended = body.is_end_stream();
+            if let Some(m) = Model::read(&buf, ended) {
+                return Ok((ended, m));
+            }
+            match body.frame().await {
+                None => return Ok((true, Model::read(&buf, true).unwrap_or(Model::Missing))),
+                Some(Err(e)) => return Err(exchange::bad_body(&e.to_string())),
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        buf.extend_from_slice(&d);
+                    }
+                }
+            }
+        }
+    };
+    let (ended, model) = tokio::time::timeout(timeout, read).await.map_err(|_| {
+        exchange::bad_body("the client did not send the start of its body within limits.header_read_timeout")
+    })??;
+    Ok((buf.freeze(), ended, model))
+}
+
+/// The answer to `GET /v1/models` on a shared listener.
+fn models_response(json: String) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(json));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// Whether any `Connection` line of the request says close, read byte by byte (hyper's own

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::mirror::{captured, AnswerCopy, Capture};
-use crate::route::{ColorRoute, Service};
+use crate::mirror::{AnswerCopy, Capture};
+use crate::route::ColorRoute;
 
 /// The message an event stream gets (in-band) and the count it lands in when the old
 /// color's drain deadline cuts it.
@@ -37,11 +37,10 @@ pub(crate) struct Guard {
     mirror: Option<Box<Mirroring>>,
 }
 
-/// A copied exchange's answer side, and where it is delivered when the guard drops.
+/// A copied exchange's answer side, delivered with the capture when the guard drops.
 struct Mirroring {
     capture: Arc<Capture>,
     answer: AnswerCopy,
-    service: Arc<Service>,
 }
 
 /// What kind of answer the request got, for the statistics.
@@ -86,11 +85,10 @@ impl Guard {
     }
 
     /// Copy this exchange's answer for the shadow comparison, delivered at the end.
-    pub(crate) fn mirror(&mut self, capture: Arc<Capture>, service: Arc<Service>) {
+    pub(crate) fn mirror(&mut self, capture: Arc<Capture>) {
         self.mirror = Some(Box::new(Mirroring {
             capture,
             answer: AnswerCopy::default(),
-            service,
         }));
     }
 
@@ -186,8 +184,7 @@ impl Drop for Guard {
             self.judge_answer(elapsed);
         }
         if let Some(m) = self.mirror.take() {
-            let c = captured(&m.capture, m.answer, self.status, self.complete, elapsed);
-            m.service.deliver_tap(c);
+            m.capture.deliver(m.answer, self.status, self.complete, elapsed);
         }
         if let Some(a) = &self.access {
             // Written when the last byte has gone (or the client left): the duration covers

@@ -29,6 +29,8 @@
 //!   an installed [`mirror::Tap`] when it ends (never waited for).
 //! - [`peek`]: one top-level string field of a JSON body (`model`, `user`) read from the
 //!   first bytes, never by buffering the body.
+//! - [`shared`]: a shared listener: the service picked per request by Host, path prefix or
+//!   the OpenAI `model` field, before the exchange begins.
 //! - [`tls`]: rustls configs for listeners and upstreams; certificates reloaded without a drop.
 
 #![forbid(unsafe_code)]
@@ -50,6 +52,7 @@ pub mod request_body;
 mod resend;
 pub mod route;
 pub mod settings;
+pub mod shared;
 pub mod stats;
 pub mod tls;
 pub mod upstream;

@@ -11,14 +11,20 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
+/// What a tap hands out for a request it copies and gets back with the copy: a reserved
+/// place in its queue, so the copies in flight are bounded from the moment they start.
+pub type Ticket = Box<dyn std::any::Any + Send + Sync>;
+
 /// Installed on a service while it shadows (see [`crate::Service::set_tap`]).
 pub trait Tap: Send + Sync + 'static {
     /// At a request's head on the live listener: copy this one? `key` is the request's
     /// sampling key (the same request count gives the same key). Counts its own skips.
-    fn wants(&self, key: u64, method: &Method, path: &str) -> bool;
+    fn wants(&self, key: u64, method: &Method, path: &str) -> Option<Ticket>;
     /// The most bytes kept of a request body and of its answer.
     fn cap(&self) -> usize;
-    /// The exchange ended (answer complete, failed or cut): never blocks.
+    /// The exchange ended (answer complete, failed or cut), with the ticket `wants` gave:
+    /// never blocks. Delivered to the tap that took the copy, even if another one is
+    /// installed by then (a copy belongs to the comparison that asked for it).
     fn deliver(&self, exchange: Captured);
 }
 
@@ -36,7 +42,13 @@ impl Part {
         if d.len() > room {
             self.over = true;
         }
-        self.bytes.extend_from_slice(&d[..d.len().min(room)]);
+        let take = d.len().min(room);
+        if take > self.bytes.capacity() - self.bytes.len() {
+            // Doubling, but never past the cap: a copy holds at most `cap` bytes.
+            let want = (self.bytes.len() + take).max((self.bytes.capacity() * 2).min(cap));
+            self.bytes.reserve_exact(want - self.bytes.len());
+        }
+        self.bytes.extend_from_slice(&d[..take]);
     }
 }
 
@@ -49,18 +61,34 @@ pub(crate) struct Capture {
     path: String,
     headers: HeaderMap,
     request: Mutex<Part>,
+    /// The tap that asked for the copy, and its ticket.
+    tap: Arc<Box<dyn Tap>>,
+    ticket: Mutex<Option<Ticket>>,
 }
 
 impl Capture {
-    pub(crate) fn new(key: u64, cap: usize, method: Method, path: String, headers: HeaderMap) -> Arc<Capture> {
-        Arc::new(Capture {
-            key,
-            cap,
-            method,
-            path,
-            headers,
-            request: Mutex::new(Part::default()),
-        })
+    /// Gives the finished exchange to the tap that took the copy.
+    pub(crate) fn deliver(&self, answer: AnswerCopy, status: u16, complete: bool, total: Duration) {
+        let request = self
+            .request
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        let ticket = self.ticket.lock().ok().and_then(|mut t| t.take());
+        self.tap.deliver(Captured {
+            key: self.key,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: self.headers.clone(),
+            request,
+            status,
+            content_type: answer.content_type,
+            answer: answer.part,
+            complete,
+            first_byte: answer.first_byte,
+            total,
+            ticket,
+        });
     }
 
     /// Request body bytes on their way upstream (data, without chunk framing).
@@ -99,7 +127,6 @@ impl AnswerCopy {
 }
 
 /// What the tap receives when an exchange ends.
-#[derive(Debug)]
 pub struct Captured {
     pub key: u64,
     pub method: Method,
@@ -116,23 +143,8 @@ pub struct Captured {
     pub complete: bool,
     pub first_byte: Option<Duration>,
     pub total: Duration,
-}
-
-pub(crate) fn captured(c: &Capture, a: AnswerCopy, status: u16, complete: bool, total: Duration) -> Captured {
-    let request = c.request.lock().map(|p| p.clone()).unwrap_or_default();
-    Captured {
-        key: c.key,
-        method: c.method.clone(),
-        path: c.path.clone(),
-        headers: c.headers.clone(),
-        request,
-        status,
-        content_type: a.content_type,
-        answer: a.part,
-        complete,
-        first_byte: a.first_byte,
-        total,
-    }
+    /// What `Tap::wants` handed out for this request.
+    pub ticket: Option<Ticket>,
 }
 
 /// The installed tap and the service's request counter that sampling keys come from.
@@ -154,22 +166,17 @@ impl TapSlot {
         let tap = guard.as_ref()?;
         // The tap mixes the key before it samples: a plain counter is as good as random.
         let key = self.counter.fetch_add(1, Relaxed);
-        if !tap.wants(key, method, path) {
-            return None;
-        }
-        Some(Capture::new(
+        let ticket = tap.wants(key, method, path)?;
+        Some(Arc::new(Capture {
             key,
-            tap.cap(),
-            method.clone(),
-            path.to_string(),
-            headers(),
-        ))
-    }
-
-    pub(crate) fn deliver(&self, c: Captured) {
-        if let Some(tap) = self.tap.load().as_ref() {
-            tap.deliver(c);
-        }
+            cap: tap.cap(),
+            method: method.clone(),
+            path: path.to_string(),
+            headers: headers(),
+            request: Mutex::new(Part::default()),
+            tap: tap.clone(),
+            ticket: Mutex::new(Some(ticket)),
+        }))
     }
 }
 
@@ -192,6 +199,15 @@ pub(crate) fn end_to_end(h: &HeaderMap) -> HeaderMap {
     }
     out.remove("keep-alive");
     out.remove("proxy-connection");
+    // The proxy's own markers: a client's `x-cutover-shadow: 0` must not unmark a mirror.
+    let ours: Vec<_> = out
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-cutover-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        out.remove(k);
+    }
     out
 }
 

@@ -77,6 +77,14 @@ impl ReqBody {
         self.capture = Some(c);
     }
 
+    /// A body whose first bytes `start` were read already (to find its `model` on a shared
+    /// listener): they go first, then the rest of `inner`, all counted against `limit`.
+    pub fn prefixed(start: Bytes, inner: Incoming, limit: u64) -> ReqBody {
+        let mut b = ReqBody::new(inner, limit);
+        b.full = (!start.is_empty()).then_some(start);
+        b
+    }
+
     /// A body already read whole (within its limit).
     pub fn full(data: Bytes) -> ReqBody {
         let mut b = ReqBody::empty();
@@ -102,6 +110,19 @@ impl Body for ReqBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(data) = this.full.take() {
+            // A read start of a streamed body (`prefixed`) is part of what streams: counted
+            // and copied like the frames after it. A whole body was captured by the caller.
+            if this.inner.is_some() {
+                this.seen += data.len() as u64;
+                if this.seen > this.limit {
+                    this.inner = None;
+                    this.fault.store(1, Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                }
+                if let Some(c) = &this.capture {
+                    c.request_data(&data);
+                }
+            }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -136,6 +157,18 @@ impl Body for ReqBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let (Some(d), Some(inner)) = (&self.full, &self.inner) {
+            let (n, rest) = (d.len() as u64, inner.size_hint());
+            if let Some(e) = rest.exact() {
+                return SizeHint::with_exact(n + e);
+            }
+            let mut h = SizeHint::new();
+            h.set_lower(rest.lower() + n);
+            if let Some(u) = rest.upper() {
+                h.set_upper(u + n);
+            }
+            return h;
+        }
         if let Some(d) = &self.full {
             return SizeHint::with_exact(d.len() as u64);
         }

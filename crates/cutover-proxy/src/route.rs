@@ -362,10 +362,6 @@ impl Service {
         self.tap.begin(method, path, headers)
     }
 
-    pub(crate) fn deliver_tap(&self, c: crate::mirror::Captured) {
-        self.tap.deliver(c);
-    }
-
     /// The settings new connections take.
     pub fn settings(&self) -> Arc<ServiceSettings> {
         self.settings.load_full()

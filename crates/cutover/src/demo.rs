@@ -216,7 +216,7 @@ pub async fn run() -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::new(1, format!("{e:#}")))?;
     let bound = listeners
-        .addresses()
+        .addresses(&config)
         .map_err(|e| Failure::new(1, format!("cannot read the bound addresses: {e}")))?;
     let (admin, listen) = (bound.admin.port(), bound.services["chat"].listen.port());
 

@@ -162,9 +162,14 @@ fn check(file: &Path) -> Result<(), Failure> {
     }
     let n = c.services.len();
     output::line(&format!(
-        "{}: ok ({n} service{}{})",
+        "{}: ok ({n} service{}{}{})",
         file.display(),
         if n == 1 { "" } else { "s" },
+        match c.listeners.len() {
+            0 => String::new(),
+            1 => ", 1 shared listener".into(),
+            l => format!(", {l} shared listeners"),
+        },
         match warnings.len() {
             0 => String::new(),
             1 => ", 1 warning".into(),

@@ -34,6 +34,7 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("POST", "/v1/services/{svc}/switch", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/rollback", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/stop", R(Role::Operator)),
+    ("POST", "/v1/services/{svc}/shadow", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/releases", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/releases/{id}/approve", R(Role::Operator)),
     ("POST", "/v1/services/{svc}/releases/{id}/abort", R(Role::Operator)),

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod error;
 pub mod logs;
+mod shadow;
 
 use std::sync::Arc;
 
@@ -81,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/services/{svc}/switch", post(switch))
         .route("/v1/services/{svc}/rollback", post(rollback))
         .route("/v1/services/{svc}/stop", post(stop))
+        .route("/v1/services/{svc}/shadow", post(shadow::set_sample))
         .route("/v1/services/{svc}/history", get(history))
         .route("/v1/services/{svc}/series", get(series))
         .route("/v1/services/{svc}/logs", get(service_logs))

@@ -131,6 +131,8 @@ pub struct ServiceCtl {
     pub(crate) rollbacks: AtomicU64,
     /// Shadow comparisons of this service's releases, for metrics.
     pub(crate) shadow_counts: shadow_counts::ShadowCounts,
+    /// A sample rate set through the API for the running shadow phase (f64 bits; NaN: none).
+    shadow_sample_set: AtomicU64,
     /// Releases this process saw end, by outcome (completed, aborted, rolled back,
     /// interrupted), for `cutover_releases_total`.
     pub(crate) releases_ended: [AtomicU64; 4],
@@ -308,6 +310,24 @@ impl ServiceCtl {
         self.cfg.load_full()
     }
 
+    /// The shadow sample rate now, read per request by a running shadow's tap: what the
+    /// API set during this phase (`POST .../shadow`: 0 stops mirroring at once), else
+    /// `release.shadow.sample` as configured.
+    pub(crate) fn shadow_sample(&self) -> f64 {
+        let set = f64::from_bits(self.shadow_sample_set.load(std::sync::atomic::Ordering::Relaxed));
+        if !set.is_nan() {
+            return set;
+        }
+        self.cfg.load().release.shadow.as_ref().map_or(0.0, |s| s.sample)
+    }
+
+    /// Sets the running shadow's sample rate (`NaN`: back to the configured one, which every
+    /// new phase starts from).
+    pub(crate) fn set_shadow_sample(&self, rate: f64) {
+        self.shadow_sample_set
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The health checks' settings now.
     pub fn health(&self) -> Arc<HealthSpec> {
         self.health.load_full()
@@ -351,6 +371,7 @@ impl ServiceCtl {
             switches: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             shadow_counts: Default::default(),
+            shadow_sample_set: AtomicU64::new(f64::NAN.to_bits()),
             releases_ended: Default::default(),
             op: tokio::sync::Mutex::new(()),
             resolved: Mutex::default(),

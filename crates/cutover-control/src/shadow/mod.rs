@@ -31,7 +31,8 @@ pub(crate) struct Shared {
     /// Per [`SkipReason::ALL`] index: counted on the request path, so atomics, not the lock.
     skipped: [AtomicU64; SkipReason::ALL.len()],
     paused: AtomicBool,
-    /// The service's counters for metrics (kept across releases).
+    /// The service: its counters for metrics (kept across releases), and its sample rate
+    /// as configured now (a reload applies at once).
     svc: Arc<ServiceCtl>,
 }
 
@@ -58,6 +59,8 @@ impl Shadow {
         live: Arc<ColorRoute>,
         candidate: Arc<ColorRoute>,
         cfg: &ShadowConfig,
+        reverse: bool,
+        reference: Option<Duration>,
     ) -> Shadow {
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
@@ -69,13 +72,14 @@ impl Shadow {
             paused: AtomicBool::new(false),
             svc: svc.clone(),
         });
+        svc.set_shadow_sample(f64::NAN);
         let (tx, rx) = mpsc::channel::<Captured>(cfg.queue);
         let tap = tap::ShadowTap::new(shared.clone(), tx);
         svc.proxy.set_tap(Some(Box::new(tap)));
-        let sender = send::Sender::new(&svc, shared.clone(), live.clone(), candidate);
+        let sender = send::Sender::new(&svc, shared.clone(), live.clone(), candidate, reverse);
         let tasks = vec![
             tokio::spawn(sender.run(rx)),
-            tokio::spawn(pause_on_slow_live(shared.clone(), live)),
+            tokio::spawn(pause_on_slow_live(shared.clone(), live, reference)),
         ];
         tracing::info!(service = %svc.name, sample = cfg.sample, "shadow: mirroring live traffic");
         Shadow { shared, svc, tasks }
@@ -111,13 +115,14 @@ impl Drop for Shadow {
 const PAUSE_CHECK: Duration = Duration::from_secs(2);
 
 /// Mirroring pauses itself while the live color's median time to first token (streams) or
-/// latency (plain answers) over the last check period is more than `pause_above` over its
-/// median before the phase: shadow work shares the machine (and, for the baseline, the
-/// live servers), and live users come first.
-async fn pause_on_slow_live(shared: Arc<Shared>, live: Arc<ColorRoute>) {
-    let before = live.stats.snapshot();
-    let reference = median(&before);
-    let mut last = before;
+/// latency (plain answers) over the last check period is more than `pause_above` over
+/// `reference` (its median just before the phase: see [`reference`]): shadow work shares the
+/// machine (and, for the baseline, the live servers), and live users come first. Two slow
+/// periods in a row pause, one that is not resumes, so one slow request does not.
+async fn pause_on_slow_live(shared: Arc<Shared>, live: Arc<ColorRoute>, reference: Option<Duration>) {
+    let Some(reference) = reference else { return };
+    let mut last = live.stats.snapshot();
+    let mut slow_periods = 0;
     let mut tick = tokio::time::interval(PAUSE_CHECK);
     tick.tick().await;
     loop {
@@ -125,19 +130,29 @@ async fn pause_on_slow_live(shared: Arc<Shared>, live: Arc<ColorRoute>) {
         let now = live.stats.snapshot();
         let window = now.since(&last);
         last = now;
-        let (Some(reference), Some(current)) = (reference, median(&window)) else {
-            continue;
-        };
+        let Some(current) = median(&window) else { continue };
         let slow = current.as_secs_f64() > reference.as_secs_f64() * (1.0 + shared.cfg.pause_above);
-        if slow != shared.paused.swap(slow, Relaxed) {
+        slow_periods = if slow { slow_periods + 1 } else { 0 };
+        let pause = slow_periods >= 2;
+        if pause != shared.paused.swap(pause, Relaxed) {
             tracing::info!(
-                paused = slow,
+                paused = pause,
                 before_ms = reference.as_secs_f64() * 1e3,
                 now_ms = current.as_secs_f64() * 1e3,
                 "shadow: live latency check"
             );
         }
     }
+}
+
+/// How long the live color is watched before mirroring starts, for the pause's reference.
+pub(crate) const REFERENCE_WINDOW: Duration = Duration::from_secs(2);
+
+/// The live color's median over the window since `before` (taken `REFERENCE_WINDOW` ago,
+/// with no mirroring yet), or over its whole life when that window had too few answers;
+/// `None` (never pause) for a color with almost no traffic.
+pub(crate) fn reference(live: &ColorRoute, before: &cutover_proxy::StatsSnapshot) -> Option<Duration> {
+    median(&live.stats.snapshot().since(before)).or_else(|| median(before))
 }
 
 /// The median time to first token, or of whole plain answers when there were no streams;

@@ -30,6 +30,9 @@ pub(super) struct Sender {
     candidate: Arc<ColorRoute>,
     slots: Arc<Semaphore>,
     next: AtomicUsize,
+    /// After the switch: `live` is the new version, `candidate` the old one, and a pair
+    /// compares the old answer as the reference with the new one as the one judged.
+    reverse: bool,
 }
 
 /// One answer as the worker read it.
@@ -48,6 +51,7 @@ impl Sender {
         shared: Arc<Shared>,
         live: Arc<ColorRoute>,
         candidate: Arc<ColorRoute>,
+        reverse: bool,
     ) -> Sender {
         let slots = Arc::new(Semaphore::new(shared.cfg.max_in_flight));
         Sender {
@@ -58,12 +62,17 @@ impl Sender {
             candidate,
             slots,
             next: AtomicUsize::new(0),
+            reverse,
         }
     }
 
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Captured>) {
         let me = Arc::new(self);
+        // The pairs in flight belong to this task: when the phase ends (the task is aborted)
+        // they stop too, and no mirror goes out after it.
+        let mut pairs = tokio::task::JoinSet::new();
         while let Some(c) = rx.recv().await {
+            while pairs.try_join_next().is_some() {}
             let profile = match me.admit(&c) {
                 Ok(p) => p,
                 Err(r) => {
@@ -76,7 +85,7 @@ impl Sender {
             let Ok(permit) = me.slots.clone().acquire_owned().await else {
                 return;
             };
-            tokio::spawn(me.clone().pair(c, profile, permit));
+            pairs.spawn(me.clone().pair(c, profile, permit));
         }
     }
 
@@ -85,7 +94,12 @@ impl Sender {
         if !c.complete || c.status == 0 {
             return Err(SkipReason::LiveIncomplete);
         }
-        eligible_body(&c.path, &c.request.bytes, !c.request.over)
+        let profile = eligible_body(&c.path, &c.request.bytes, !c.request.over)?;
+        // Vectors cut at the cap cannot be compared: such a pair would be no evidence.
+        if profile.class == Class::Embeddings && c.answer.over {
+            return Err(SkipReason::BodyTooLarge);
+        }
+        Ok(profile)
     }
 
     async fn pair(self: Arc<Self>, c: Captured, profile: Profile, _slot: OwnedSemaphorePermit) {
@@ -102,6 +116,22 @@ impl Sender {
             }
         };
         let (shadow, second) = tokio::join!(shadow, second);
+        // Assembling answers and ROUGE-L are CPU work: off the runtime that serves traffic.
+        let me = self.clone();
+        let judged = tokio::task::spawn_blocking(move || me.compare(&c, &profile, shadow, second)).await;
+        if let Ok(verdict) = judged {
+            self.svc.shadow_counts.pair(verdict.0, verdict.1);
+        }
+    }
+
+    /// Adds the pair (and the baseline pair) to the accumulator; the class and verdict labels.
+    fn compare(
+        &self,
+        c: &Captured,
+        profile: &Profile,
+        shadow: Result<Fetched, String>,
+        second: Option<Result<Fetched, String>>,
+    ) -> (&'static str, &'static str) {
         let live = Answer::assemble(&RawAnswer {
             status: c.status,
             content_type: c.content_type.as_deref(),
@@ -112,23 +142,29 @@ impl Sender {
                 total: Some(c.total),
             },
         });
-        let shadow = answer(shadow);
+        let other = answer(shadow);
         let second = second.map(answer);
+        // The one judged is always the new version: the candidate before the switch, the
+        // live color after it (reverse).
+        let (reference, judged) = if self.reverse { (&other, &live) } else { (&live, &other) };
         let mut acc = self.shared.acc.lock().unwrap_or_else(|p| p.into_inner());
         let pair = Pair {
             key: c.key,
-            profile: &profile,
+            profile,
             request: Some(&c.request.bytes),
-            live: &live,
-            shadow: &shadow,
+            live: reference,
+            shadow: judged,
         };
         let d = acc.add_pair(&pair);
         if let Some(second) = &second {
-            acc.add_baseline(&Pair { shadow: second, ..pair });
+            acc.add_baseline(&Pair {
+                live: &live,
+                shadow: second,
+                ..pair
+            });
         }
-        drop(acc);
         let verdict = if d.severity() > 0.0 { "differ" } else { "agree" };
-        self.svc.shadow_counts.pair(profile.class.as_str(), verdict);
+        (profile.class.as_str(), verdict)
     }
 
     /// An endpoint of `route` in turn, healthy ones first.
@@ -155,11 +191,12 @@ impl Sender {
         for (k, v) in &c.headers {
             b = b.header(k, v);
         }
-        let req = b
-            .header("x-cutover-shadow", "1")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let limit = self.shared.cfg.timeout.get();
+        let mut req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+        req.headers_mut()
+            .insert("x-cutover-shadow", http::HeaderValue::from_static("1"));
+        // A slow answer is the comparison's business (time ratios), not a timeout: the
+        // deadline stretches to three times what the live answer took.
+        let limit = self.shared.cfg.timeout.get().max(c.total * 3);
         let cap = self.shared.cfg.max_body_bytes;
         tokio::time::timeout(limit, read(&self.client, req, cap))
             .await

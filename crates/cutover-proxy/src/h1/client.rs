@@ -15,6 +15,7 @@ use tokio::time::{sleep_until, Instant as Deadline};
 
 use super::buf::{self, Buf, Out};
 use super::io::{poll_now, read_ready, wait_true, write_by};
+use super::pick::{self, Picked};
 use super::relay::error_response;
 use super::request::{self, HeadError, RequestHead};
 use super::send::{self, Sender};
@@ -218,9 +219,27 @@ impl ClientConn {
 
     /// One request: forward it, stream the response back, record it.
     pub(super) async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
+        let fwd = match self.fwd.shared.clone() {
+            None => self.fwd.clone(),
+            Some(shared) => match pick::pick(self.reader(), &shared, &mut head).await {
+                Picked::Service(f) => f,
+                Picked::Models(json) => {
+                    self.inbuf.consume(head.head_len);
+                    if !send::skip_buffered_body(&mut self.inbuf, head.body) {
+                        return After::Close;
+                    }
+                    return self.answer_models(json, &head).await;
+                }
+                Picked::Refuse(e) => {
+                    self.inbuf.consume(head.head_len);
+                    let unread = !send::skip_buffered_body(&mut self.inbuf, head.body);
+                    let front = self.fwd.clone();
+                    return self.answer_error(e, &front, None, &head, unread).await;
+                }
+            },
+        };
         // The head is dealt with from here on, whatever the answer: an error answered on a
         // kept-alive connection must not find the same request again.
-        let fwd = self.fwd.clone();
         let capture = match fwd.preview {
             false => {
                 let raw = &self.inbuf.bytes()[..head.head_len];
@@ -237,16 +256,22 @@ impl ClientConn {
             Ok(ex) => ex,
             Err(e) => {
                 let unread = !send::skip_buffered_body(&mut self.inbuf, head.body);
-                return self.answer_error(e, None, &head, unread).await;
+                return self.answer_error(e, &fwd, None, &head, unread).await;
             }
         };
-        ex.attach(&fwd, capture);
+        ex.attach(capture);
         let mut body_done = head.body == Framing::None;
+        // On a shared listener, the picked service's settings (its body limit, timeouts,
+        // retry rule); the head was read under the listener's.
+        let settings = match self.fwd.shared {
+            Some(_) => fwd.service.settings(),
+            None => self.settings.clone(),
+        };
         let mut sender = Sender {
             client: &mut self.client,
             inbuf: &mut self.inbuf,
-            settings: &self.settings,
-            fwd: &self.fwd,
+            settings: &settings,
+            fwd: &fwd,
             shutdown: &self.shutdown,
         };
         let sent = sender.forward(&head, out, &mut ex, &mut body_done).await;
@@ -255,7 +280,7 @@ impl ClientConn {
             Err(Fail::Proxy(e)) => {
                 ex.failed(&e);
                 let route = ex.route.clone();
-                self.answer_error(e, Some(&route), &head, !body_done).await
+                self.answer_error(e, &fwd, Some(&route), &head, !body_done).await
             }
             // The client left: nobody to answer. Stale and connect failures were turned
             // into errors by `forward`.
@@ -263,9 +288,30 @@ impl ClientConn {
         }
     }
 
+    /// What a shared listener's pick reads from.
+    fn reader(&mut self) -> pick::Reader<'_> {
+        pick::Reader {
+            client: &mut self.client,
+            inbuf: &mut self.inbuf,
+            timeout: self.settings.header_read_timeout,
+        }
+    }
+
+    /// The answer to `GET /v1/models` on a shared listener (the head already consumed).
+    async fn answer_models(&mut self, json: String, head: &RequestHead) -> After {
+        let close = !head.keep_alive || *self.shutdown.borrow();
+        let out = pick::models_answer(&json, head, close);
+        let deadline = Deadline::now() + self.settings.header_read_timeout;
+        match write_by(&mut self.client, &out, deadline).await {
+            Ok(()) if !close => After::KeepAlive,
+            _ => After::Close,
+        }
+    }
+
     async fn answer_error(
         &mut self,
         e: ProxyError,
+        fwd: &Forwarder,
         route: Option<&ColorRoute>,
         head: &RequestHead,
         unread: bool,
@@ -276,8 +322,12 @@ impl ClientConn {
             || e.status == StatusCode::BAD_REQUEST
             || e.status == StatusCode::PAYLOAD_TOO_LARGE;
         let mut out = Out::new();
-        let tag = self.settings.response_headers;
-        error_response(e, &self.fwd.service.name, route, tag, close, out.vec());
+        // The service's own choice (on a shared listener, the picked service's).
+        let tag = match self.fwd.shared {
+            Some(_) => fwd.service.settings().response_headers,
+            None => self.settings.response_headers,
+        };
+        error_response(e, &fwd.service.name, route, tag, close, out.vec());
         if !close && head.minor == 0 {
             // error_response ends the head; HTTP/1.0 keep-alive must be restated.
             let at = out.0.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 2;

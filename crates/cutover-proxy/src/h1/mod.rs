@@ -21,6 +21,7 @@
 //! - `relay`: the response body to the client, and the proxy's own errors on the wire.
 //! - `request`, `response`: the two heads, parsed and rewritten in one pass.
 //! - `chunked`: the strict chunked decoder and the proxy's own chunks.
+//! - `pick`: on a shared listener, the service of each request (head or body's first bytes).
 //! - `buf`: pooled buffers; `io`: socket waits that hold no buffer.
 //! - `fuzz` (tests and `cfg(fuzzing)` only): the invariants the fuzzer checks.
 
@@ -30,6 +31,7 @@ mod client;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod fuzz;
 mod io;
+mod pick;
 mod relay;
 mod request;
 mod response;

@@ -43,6 +43,9 @@
 //! - `webhooks`: signed release events in order at a Python receiver, a dead receiver that
 //!   does not hold up a rollback, an approval webhook that approves.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
+//! - `shared_listener`: a chat and an embedding service behind one address, routed by model,
+//!   Host and path prefix, on both engines, with the openai client; a release of one while
+//!   the other serves.
 //! - `restart`: kill -9 and restart keep every acknowledged switch.
 //! - `upgrade`: `serve --upgrade` hands the listeners, store and managed processes to a new
 //!   process under load (by config key, port 0 included); a failed upgrade changes nothing.
@@ -82,6 +85,7 @@ mod restart;
 mod roles;
 mod routing;
 mod shadow;
+mod shared_listener;
 mod standby;
 mod supervise;
 mod support;

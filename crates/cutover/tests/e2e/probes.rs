@@ -483,10 +483,22 @@ fn every_example_config_passes_cutover_check() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "shared-listener.toml" {
+            // A chat and an embedding service behind one port.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("ok (2 services, 1 shared listener)"), "{stdout}");
+        }
+        checked.push(name);
     }
     checked.sort();
-    for want in ["llama-server.toml", "triton-grpc.toml", "triton-http.toml", "vllm.toml"] {
+    for want in [
+        "llama-server.toml",
+        "shared-listener.toml",
+        "triton-grpc.toml",
+        "triton-http.toml",
+        "vllm.toml",
+    ] {
         assert!(checked.iter().any(|c| c == want), "{want} is among {checked:?}");
     }
 }

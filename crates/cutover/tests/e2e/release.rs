@@ -516,7 +516,7 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(cut, "the transfer ends in an error: {text}");
     assert!(
-        text.contains("tok0") && text.contains("event: error") && text.contains("drain deadline"),
+        text.contains("chat.completion.chunk") && text.contains("event: error") && text.contains("drain deadline"),
         "{text}"
     );
     let m = get(&r.admin_url("/metrics")).await.unwrap().text();

@@ -204,7 +204,7 @@ async fn a_hanging_shadow_never_slows_live_traffic_and_its_memory_stays_bounded(
     let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"6s\"\nmax_in_flight = 2\nqueue = 4\nmax_body_bytes = 65536\ntimeout = \"60s\"\n";
     let (r, _blue, green) = static_pair(&["--ttft-shift", "60s"], shadow, &[]).await;
     let id = r.release("v2").await;
-    r.wait_phase(id, "shadowing", Duration::from_secs(20)).await;
+    wait_mirroring(&r, id).await;
     let pid = r.proc.pid();
     let before = rss_kib(pid);
     // 600 live requests with 20 KiB prompts, 8 at a time, all during the phase.
@@ -257,6 +257,16 @@ async fn a_hanging_shadow_never_slows_live_traffic_and_its_memory_stays_bounded(
     );
 }
 
+/// Waits until the release's shadowing phase mirrors (after its reference window, the
+/// phase's first reading is in the document).
+async fn wait_mirroring(r: &Router, id: i64) {
+    wait_for("mirroring to start", Duration::from_secs(20), || async {
+        let d = r.release_doc(id).await;
+        (d["phase"] == "shadowing" && !d["shadow"].is_null()).then_some(())
+    })
+    .await;
+}
+
 /// Sends `n` requests of one kind through the live listener, each answered.
 async fn send_n(r: &Router, n: usize, method: Method, path: &str, body: &str) {
     let c = http_client();
@@ -280,7 +290,7 @@ async fn only_eligible_requests_reach_the_shadow_and_every_other_one_is_counted_
     let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"120s\"\nmin_pairs = 100000\nbaseline = 0\npaths = [\"/v1/chat/completions\"]\n";
     let (r, blue, green) = static_pair(&[], shadow, &[("CUTOVER_HTTP1_ENGINE", "hyper")]).await;
     let id = r.release("v2").await;
-    r.wait_phase(id, "shadowing", Duration::from_secs(20)).await;
+    wait_mirroring(&r, id).await;
     let chat = |extra: Value| {
         let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}], "temperature": 0});
         b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -312,6 +322,25 @@ async fn only_eligible_requests_reach_the_shadow_and_every_other_one_is_counted_
         0,
         "baseline off: live gets no copies"
     );
+    // Sample rate 0 through the API stops mirroring at once, mid-phase.
+    let set = r
+        .api(Method::POST, "/v1/services/chat/shadow", json!({"sample": 0}))
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let bad = r
+        .api(Method::POST, "/v1/services/chat/shadow", json!({"sample": 2}))
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    send_n(&r, 20, Method::POST, "/v1/chat/completions", &chat(json!({}))).await;
+    wait_for("20 requests sampled out", Duration::from_secs(10), || async {
+        (r.release_doc(id).await["shadow"]["skipped"]["sampled_out"] == 20).then_some(())
+    })
+    .await;
+    assert_eq!(
+        green.stats().await["shadow_requests"],
+        30,
+        "nothing mirrored after the reload"
+    );
     let (code, out, err) = r.cli_async(&["abort", "chat"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let d = r.wait_end(id, Duration::from_secs(20)).await;
@@ -328,7 +357,7 @@ async fn the_mirrored_share_of_10k_requests_at_5_percent_lies_within_binomial_bo
     let shadow = "[services.chat.release.shadow]\nsample = 0.05\nduration = \"120s\"\nmin_pairs = 100000\nbaseline = 0\nqueue = 2048\nmax_in_flight = 32\n";
     let (r, _blue, green) = static_pair(&[], shadow, &[]).await;
     let id = r.release("v2").await;
-    r.wait_phase(id, "shadowing", Duration::from_secs(20)).await;
+    wait_mirroring(&r, id).await;
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).to_string();
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -364,4 +393,34 @@ async fn the_mirrored_share_of_10k_requests_at_5_percent_lies_within_binomial_bo
         .status,
         200
     );
+}
+
+/// `shadow.reverse`: after the switch the new live color's answers are judged against the
+/// old color's (still warm), so a regression seen only once the new version is live rolls
+/// back. Here the forward phase sees no traffic (inconclusive, continued as configured) and
+/// the new version refuses 30% of prompts: the bake's reverse comparison catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reverse_comparison_during_the_bake_judges_the_new_version_and_rolls_it_back() {
+    let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"3s\"\nmin_pairs = 20\nbaseline = 0\n\
+                  on_inconclusive = \"continue\"\nreverse = true\n\
+                  [services.chat.release.verify]\nbake = \"60s\"\nmin_requests = 1\n";
+    let (r, _blue, _green) = static_pair(&["--refusal-rate", "0.3"], shadow, &[]).await;
+    let id = r.release("v2").await;
+    r.wait_phase(id, "verifying", Duration::from_secs(30)).await;
+    let traffic = Mixed::start(&r, 2);
+    let d = r.wait_end(id, Duration::from_secs(60)).await;
+    let (_, failed) = traffic.stop().await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("reverse shadow comparison") && reason.contains("refusal-rate increase"),
+        "{reason}"
+    );
+    assert_eq!(d["shadow_reverse"]["result"], "failing", "{d}");
+    assert!(
+        d["shadow"]["reason"].as_str().is_some(),
+        "the forward phase ran (without pairs)"
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(r.status().await["live"], "blue");
 }

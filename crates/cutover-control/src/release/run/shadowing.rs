@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
 use crate::error::StepError;
-use crate::shadow::Shadow;
+use crate::shadow::{self, Shadow};
 
 /// How often the verdict is read (and abort and exits checked).
 const TICK: Duration = Duration::from_millis(250);
@@ -30,30 +30,43 @@ pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Op
         && r.classes
             .iter()
             .any(|c| c.class == "deterministic_chat" && c.pairs > 0 && c.baseline_pairs < t.min_baseline_pairs);
-    // A pass needs every class that was seen to be judged (a class with too few pairs yet
-    // could still fail); a failure of any judged class is final.
-    let unjudged = r.classes.iter().any(|c| c.pairs > 0 && !c.judged);
+    // A pass needs every class that was seen to be judged (a class with too few pairs could
+    // still fail: it is no pass, even at the end); a failure of any judged class is final.
+    let unjudged = r.classes.iter().find(|c| c.pairs > 0 && !c.judged);
+    let enough = unjudged.is_none() && r.pairs >= t.min_pairs;
     match r.result {
         GateResult::Failing if !waiting_for_baseline || time_up => {
             Some(Err(format!("shadow comparison failed: {}", r.reason)))
         }
-        GateResult::Passing if (!unjudged && !waiting_for_baseline && r.pairs >= t.min_pairs) || time_up => {
-            Some(Ok(format!(
-                "shadow comparison passed over {} pairs ({} baseline): {}",
-                r.pairs, r.baseline_pairs, r.reason
-            )))
-        }
+        GateResult::Passing if enough && (!waiting_for_baseline || time_up) => Some(Ok(format!(
+            "shadow comparison passed over {} pairs ({} baseline): {}",
+            r.pairs, r.baseline_pairs, r.reason
+        ))),
         _ if !time_up => None,
-        _ => Some(match cfg.on_inconclusive {
-            ShadowInconclusive::Abort => Err(format!(
-                "shadow comparison inconclusive after {} (aborted as configured, on_inconclusive = \"abort\"): {}",
-                cfg.duration, r.reason
-            )),
-            ShadowInconclusive::Continue => Ok(format!(
-                "shadow comparison inconclusive after {}, continued as configured: {}",
-                cfg.duration, r.reason
-            )),
-        }),
+        _ => {
+            let why = match unjudged {
+                Some(c) => format!(
+                    "{} has only {} of min_pairs {} pairs; {}",
+                    c.class, c.pairs, t.min_pairs, r.reason
+                ),
+                None => r.reason.clone(),
+            };
+            Some(inconclusive(cfg, why))
+        }
+    }
+}
+
+/// The end of `duration` without a verdict: what `on_inconclusive` says.
+fn inconclusive(cfg: &ShadowConfig, why: String) -> Result<String, String> {
+    match cfg.on_inconclusive {
+        ShadowInconclusive::Abort => Err(format!(
+            "shadow comparison inconclusive after {} (aborted as configured, on_inconclusive = \"abort\"): {why}",
+            cfg.duration
+        )),
+        ShadowInconclusive::Continue => Ok(format!(
+            "shadow comparison inconclusive after {}, continued as configured: {why}",
+            cfg.duration
+        )),
     }
 }
 
@@ -74,7 +87,11 @@ impl ReleaseRun {
             .live()
             .and_then(|c| self.svc.route(c))
             .ok_or_else(|| fail("nothing is live to mirror".into()))?;
-        let shadow = Shadow::start(self.svc.clone(), live, candidate.clone(), &cfg);
+        // The pause compares live latency with what it was just before mirroring began.
+        let before = live.stats.snapshot();
+        tokio::time::sleep(shadow::REFERENCE_WINDOW).await;
+        let reference = shadow::reference(&live, &before);
+        let shadow = Shadow::start(self.svc.clone(), live, candidate.clone(), &cfg, false, reference);
         let until = Instant::now() + cfg.duration.get();
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
@@ -103,5 +120,93 @@ impl ReleaseRun {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_release::shadow::ClassReading;
+
+    fn cfg(baseline: f64, on_inconclusive: &str) -> ShadowConfig {
+        toml::from_str(&format!(
+            "min_pairs = 10\nbaseline = {baseline}\non_inconclusive = \"{on_inconclusive}\""
+        ))
+        .unwrap()
+    }
+
+    fn class(name: &str, pairs: u64, baseline_pairs: u64, judged: bool) -> ClassReading {
+        ClassReading {
+            class: name.into(),
+            pairs,
+            baseline_pairs,
+            baseline_used: baseline_pairs > 0,
+            judged,
+            result: GateResult::Passing,
+            metrics: vec![],
+        }
+    }
+
+    fn reading(result: GateResult, classes: Vec<ClassReading>) -> ShadowReading {
+        ShadowReading {
+            result,
+            reason: "r".into(),
+            pairs: classes.iter().map(|c| c.pairs).max().unwrap_or(0),
+            baseline_pairs: 0,
+            skipped: Default::default(),
+            classes,
+            worst: vec![],
+        }
+    }
+
+    #[test]
+    fn a_pass_waits_for_every_class_seen_to_be_judged() {
+        let c = cfg(0.0, "abort");
+        let partly = reading(
+            GateResult::Passing,
+            vec![class("deterministic_chat", 40, 0, true), class("json", 3, 0, false)],
+        );
+        assert!(
+            decide(&partly, &c, false).is_none(),
+            "a class with 3 pairs could still fail"
+        );
+        let e = decide(&partly, &c, true).unwrap().unwrap_err();
+        assert!(
+            e.contains("json has only 3 of min_pairs 10"),
+            "no pass at the end either: {e}"
+        );
+        let cont = cfg(0.0, "continue");
+        assert!(
+            matches!(decide(&partly, &cont, true), Some(Ok(_))),
+            "continue: as configured"
+        );
+        let all = reading(GateResult::Passing, vec![class("json", 12, 0, true)]);
+        assert!(matches!(decide(&all, &c, false), Some(Ok(_))));
+    }
+
+    #[test]
+    fn a_failure_waits_for_the_noise_baseline_when_one_is_configured() {
+        let waiting = reading(GateResult::Failing, vec![class("deterministic_chat", 50, 5, true)]);
+        assert!(
+            decide(&waiting, &cfg(0.25, "abort"), false).is_none(),
+            "5 baseline pairs of 20"
+        );
+        assert!(matches!(decide(&waiting, &cfg(0.25, "abort"), true), Some(Err(_))));
+        assert!(
+            matches!(decide(&waiting, &cfg(0.0, "abort"), false), Some(Err(_))),
+            "no baseline: fixed thresholds"
+        );
+        let ready = reading(GateResult::Failing, vec![class("deterministic_chat", 50, 25, true)]);
+        let e = decide(&ready, &cfg(0.25, "abort"), false).unwrap().unwrap_err();
+        assert!(e.starts_with("shadow comparison failed: "), "{e}");
+    }
+
+    #[test]
+    fn inconclusive_at_the_end_follows_on_inconclusive_and_never_ends_early() {
+        let r = reading(GateResult::Inconclusive, vec![class("sampled_chat", 4, 0, false)]);
+        assert!(decide(&r, &cfg(0.0, "abort"), false).is_none());
+        let e = decide(&r, &cfg(0.0, "abort"), true).unwrap().unwrap_err();
+        assert!(e.contains("inconclusive"), "{e}");
+        assert!(matches!(decide(&r, &cfg(0.0, "continue"), true), Some(Ok(_))));
     }
 }

@@ -136,7 +136,12 @@ impl ReleaseRun {
     fn reverse_shadow(&self, new_live: &Arc<ColorRoute>) -> Option<(Shadow, ShadowConfig)> {
         let cfg = self.svc.cfg().release.shadow.clone().filter(|c| c.reverse)?;
         let old = self.doc(|d| d.previous_color).and_then(|c| self.svc.route(c))?;
-        Some((Shadow::start(self.svc.clone(), new_live.clone(), old, &cfg), cfg))
+        // The new color has little history of its own yet: its whole life is the reference.
+        let reference = crate::shadow::reference(new_live, &new_live.stats.snapshot());
+        Some((
+            Shadow::start(self.svc.clone(), new_live.clone(), old, &cfg, true, reference),
+            cfg,
+        ))
     }
 }
 
