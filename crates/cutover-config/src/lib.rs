@@ -20,12 +20,16 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 mod checks;
+mod external;
 mod shadow;
 mod shared;
 mod traffic;
+mod webhooks;
 pub use checks::{check, PLACEHOLDERS};
+pub use external::{PrometheusGate, Reduce, ScrapeGate};
 pub use shadow::{ShadowConfig, ShadowInconclusive, ShadowThresholds};
 pub use traffic::{HeaderRouteConfig, Step, StickyConfig, Traffic};
+pub use webhooks::{ApprovalWebhookConfig, WebhookConfig, WEBHOOK_EVENTS};
 
 /// A configuration error, already located in the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -784,6 +788,20 @@ pub enum Promotion {
     Manual,
 }
 
+/// What the old color does once a release has switched away from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Standby {
+    /// Stopped (managed) or marked stale (static) after `scale_down_delay`.
+    #[default]
+    Stop,
+    /// Left up and warm: a rollback is one switch for as long as it runs.
+    Keep,
+    /// Put to sleep right after the switch (`POST /sleep?level=1`, vLLM's sleep mode frees
+    /// accelerator memory); a rollback wakes it (`POST /wake_up`) before it switches.
+    Sleep,
+}
+
 /// What verification does when the bake window ends with fewer than `min_requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -829,6 +847,20 @@ pub struct ReleaseConfig {
     /// A header plus token that reaches the idle color on the main listener (absent: off).
     #[serde(default)]
     pub header_route: Option<HeaderRouteConfig>,
+    /// Signed JSON POSTs on release events; never waited for.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// With manual promotion: a 2xx from this endpoint approves the release.
+    #[serde(default)]
+    pub approval_webhook: Option<ApprovalWebhookConfig>,
+    /// What the old color does after a switch: `stop` (after `scale_down_delay`), `keep`
+    /// (stays up), or `sleep` (vLLM sleep mode; woken for a rollback).
+    #[serde(default)]
+    pub standby: Standby,
+    /// How long waking a sleeping color may take (every endpoint awake and healthy) before
+    /// the switch or rollback that needed it fails, leaving live traffic where it was.
+    #[serde(default = "defaults::wake_timeout")]
+    pub wake_timeout: Duration,
     /// Deadline of each phase that has none of its own (warm-up, smoke, hooks).
     #[serde(default = "defaults::phase_timeout")]
     pub phase_timeout: Duration,
@@ -850,6 +882,10 @@ impl Default for ReleaseConfig {
             traffic: Traffic::AllAtOnce,
             sticky: None,
             header_route: None,
+            webhooks: Vec::new(),
+            approval_webhook: None,
+            standby: Standby::default(),
+            wake_timeout: defaults::wake_timeout(),
             phase_timeout: defaults::phase_timeout(),
         }
     }
@@ -935,23 +971,40 @@ pub struct VerifyConfig {
     pub auto_rollback: bool,
     #[serde(default)]
     pub on_inconclusive: OnInconclusive,
+    /// PromQL gates read through the bake (see `external`).
+    #[serde(default)]
+    pub prometheus: Vec<PrometheusGate>,
+    /// Gates on one metric of the new color's own `/metrics` endpoints.
+    #[serde(default)]
+    pub scrape: Vec<ScrapeGate>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
+    /// Run while provisioning, before cutover waits for health: for static environments,
+    /// the user's own deploy of the idle color (`CUTOVER_ENDPOINTS` names its addresses).
+    #[serde(default)]
+    pub provision: Vec<Vec<String>>,
     #[serde(default)]
     pub pre_switch: Vec<Vec<String>>,
     #[serde(default)]
     pub post_switch: Vec<Vec<String>>,
     #[serde(default)]
     pub on_rollback: Vec<Vec<String>>,
+    /// Run once the old color has stopped after `scale_down_delay`: the contract step of an
+    /// expand/contract migration, safe only once the old version is gone.
+    #[serde(default)]
+    pub post_scale_down: Vec<Vec<String>>,
     #[serde(default = "defaults::hook_timeout")]
     pub timeout: Duration,
 }
 
 mod defaults {
     use super::Duration;
+    pub fn wake_timeout() -> Duration {
+        Duration(std::time::Duration::from_secs(60))
+    }
     pub fn resolve_interval() -> Duration {
         Duration::from_secs(10)
     }
@@ -1999,8 +2052,19 @@ impl Source<'_> {
             health: svc.health,
             limits: svc.limits,
             environments,
-            release: svc.release,
+            release: self.release_paths(svc.release),
         })
+    }
+
+    /// The release's files (webhook secrets) resolved against the config's folder.
+    fn release_paths(&self, mut rel: ReleaseConfig) -> ReleaseConfig {
+        for w in &mut rel.webhooks {
+            w.secret_file = w.secret_file.as_deref().map(|p| self.resolve(p));
+        }
+        if let Some(a) = &mut rel.approval_webhook {
+            a.secret_file = a.secret_file.as_deref().map(|p| self.resolve(p));
+        }
+        rel
     }
 
     /// Each path absolute, without a query or fragment (they are matched exactly against
@@ -2391,6 +2455,10 @@ impl Source<'_> {
                 }
             }
         }
+        if let Some(v) = &rel.verify {
+            errors.extend(self.external_gates(name, v, near("verify")));
+        }
+        errors.extend(self.webhooks(name, rel, near("webhooks")));
         if let Some(sh) = &rel.shadow {
             errors.extend(self.shadow(name, sh, near("shadow")));
         }
@@ -2414,9 +2482,11 @@ impl Source<'_> {
         }
         let h = &rel.hooks;
         let stages = [
+            ("provision", &h.provision),
             ("pre_switch", &h.pre_switch),
             ("post_switch", &h.post_switch),
             ("on_rollback", &h.on_rollback),
+            ("post_scale_down", &h.post_scale_down),
         ];
         let mut n = 0;
         for (stage, hooks) in stages {
@@ -2497,6 +2567,58 @@ impl Source<'_> {
                     );
                 }
             }
+        }
+        errors
+    }
+
+    /// `[[...webhooks]]` and `[...approval_webhook]`: http:// URLs, known events.
+    fn webhooks(&self, name: &str, rel: &ReleaseConfig, near: Span) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let k = |rest: &str| format!("services.{name}.release.{rest}");
+        for (i, w) in rel.webhooks.iter().enumerate() {
+            if let Some((key, message)) = w.invalid() {
+                let span = self
+                    .span_of(&k(&format!("webhooks.{i}.{key}")))
+                    .or_else(|| self.span_of(&k(&format!("webhooks.{i}"))))
+                    .unwrap_or_else(|| near.clone());
+                keep::<()>(&mut errors, self.err(span, k(&format!("webhooks.{key}")), message));
+            }
+        }
+        if let Some((key, message)) = rel
+            .approval_webhook
+            .as_ref()
+            .and_then(|a| webhooks::invalid_url(&a.url))
+        {
+            let key = k(&format!("approval_webhook.{key}"));
+            keep::<()>(&mut errors, self.err_at(key, near, message));
+        }
+        errors
+    }
+
+    /// `[[...verify.prometheus]]` and `[[...verify.scrape]]`: a threshold each, valid sources.
+    fn external_gates(&self, name: &str, v: &VerifyConfig, near: Span) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let found = v
+            .prometheus
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.invalid().map(|e| ("prometheus", i, e)))
+            .chain(
+                v.scrape
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, g)| g.invalid().map(|e| ("scrape", i, e))),
+            );
+        for (kind, i, (key, message)) in found {
+            let at = format!("services.{name}.release.verify.{kind}.{i}");
+            let span = self
+                .span_of(&format!("{at}.{key}"))
+                .or_else(|| self.span_of(&at))
+                .unwrap_or_else(|| near.clone());
+            keep::<()>(
+                &mut errors,
+                self.err(span, format!("services.{name}.release.verify.{kind}.{key}"), message),
+            );
         }
         errors
     }

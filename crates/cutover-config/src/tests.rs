@@ -1030,6 +1030,62 @@ fn etcd_tls_and_user_are_checked_at_load_and_errors_name_the_line_and_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// External gates, webhooks, hooks and standby: what parses, and errors on the key's line.
+#[test]
+fn external_gates_webhooks_and_standby_parse_and_their_errors_name_the_key_and_line() {
+    let text = format!(
+        "{GOOD}[[services.chat.release.verify.prometheus]]\nname = \"q\"\nurl = \"http://127.0.0.1:9090\"\nquery = 'max(x{{color=\"{{color}}\"}})'\nmax = 5\n\
+         [[services.chat.release.verify.scrape]]\nmetric = \"vllm:num_requests_waiting\"\nreduce = \"mean\"\nmin = 0\n\
+         [[services.chat.release.webhooks]]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"hook.secret\"\nevents = [\"rolled_back\"]\n\
+         [services.chat.release.hooks]\nprovision = [[\"./deploy.sh\"]]\npost_scale_down = [[\"./migrate.sh\", \"contract\"]]\n"
+    );
+    let text = text.replace("promotion = \"manual\"", "promotion = \"manual\"\nstandby = \"sleep\"");
+    let c = check(&text).unwrap();
+    let rel = &c.services["chat"].release;
+    let v = rel.verify.as_ref().unwrap();
+    assert_eq!((v.prometheus[0].max, v.scrape[0].reduce), (Some(5.0), Reduce::Mean));
+    assert_eq!(rel.standby, Standby::Sleep);
+    assert_eq!(
+        rel.webhooks[0].secret_file.as_deref(),
+        Some(Path::new("/etc/cutover/hook.secret"))
+    );
+    assert!(rel.webhooks[0].wants("rolled_back") && !rel.webhooks[0].wants("phase"));
+    assert_eq!(
+        rel.hooks.post_scale_down,
+        vec![vec!["./migrate.sh".to_string(), "contract".into()]]
+    );
+
+    // A gate without a threshold, an unknown event, an unknown standby: each on its line.
+    for (bad, good, key, wanted) in [
+        (
+            "max = 5\n",
+            "\n",
+            "services.chat.release.verify.prometheus.max",
+            "threshold",
+        ),
+        (
+            "events = [\"rolled_back\"]",
+            "events = [\"deployed\"]",
+            "services.chat.release.webhooks.events",
+            "unknown event",
+        ),
+        (
+            "url = \"http://127.0.0.1:9090\"",
+            "url = \"127.0.0.1:9090\"",
+            "services.chat.release.verify.prometheus.url",
+            "http://",
+        ),
+    ] {
+        let t = text.replacen(bad, good, 1);
+        let e = check(&t).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(wanted), "{e}");
+        assert!(e.line > 0, "{e}");
+    }
+    let e = check(&text.replace("standby = \"sleep\"", "standby = \"hibernate\"")).unwrap_err();
+    assert!(e.key.contains("standby") && e.message.contains("sleep"), "{e}");
+}
+
 const SHARED: &str = r#"
 [listeners.api]
 listen = "127.0.0.1:8000"

@@ -155,6 +155,15 @@ impl Controller {
             let Ok(doc) = serde_json::from_value::<ReleaseDoc>(v) else {
                 continue;
             };
+            if doc.standby_sleeping && doc.outcome == Some(Outcome::Completed) {
+                // Put to sleep before the restart: the servers kept running asleep, so a
+                // rollback must still wake them first.
+                if let Some(prev) = doc.previous_color.filter(|c| svc.live() != Some(*c)) {
+                    svc.set_state(prev, Some(ColorState::Sleeping));
+                    svc.unwatch(prev);
+                }
+                continue;
+            }
             let (Some(at), false) = (doc.scale_down_at, doc.scaled_down) else {
                 continue;
             };

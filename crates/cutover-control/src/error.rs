@@ -50,6 +50,9 @@ pub enum SwitchError {
     },
     #[error("{color} has no version recorded in service {service}: there is nothing to roll back to")]
     NoPreviousVersion { service: String, color: Color },
+    /// A sleeping target did not wake (`standby = "sleep"`); nothing was switched.
+    #[error("{color} is asleep (standby = \"sleep\") and did not wake: {why}; live traffic stays where it was")]
+    WakeFailed { color: Color, why: String },
     /// The store did not commit the switch, so nothing was published.
     #[error(transparent)]
     Store(#[from] StoreFailure),

@@ -4,6 +4,7 @@
 //! processes and logs can be looked at), then drains to zero in-flight or `drain_timeout`,
 //! then is stopped (managed; its logs are kept) or marked stale (static). In fleet mode it
 //! first waits until every live router acked the switch: one still STALE routes there.
+//! The `post_scale_down` hooks run once it has stopped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -41,9 +42,71 @@ impl ScaleDowns {
         }
     }
 
+    /// `standby = "sleep"`: once `color` has drained, puts it to sleep, unless it is live
+    /// again by then. Cancelled, like a scale-down, by the next release.
+    pub(crate) fn schedule_sleep(&self, svc: Arc<ServiceCtl>, color: Color, release_id: i64) {
+        let name = svc.name.clone();
+        let me = self.clone();
+        let h = tokio::spawn(async move {
+            sleep_old_color(&svc, color, release_id).await;
+            me.lock().remove(&svc.name);
+        });
+        if let Some(old) = self.lock().insert(name, h) {
+            old.abort();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, tokio::task::JoinHandle<()>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+async fn sleep_old_color(svc: &ServiceCtl, color: Color, release_id: i64) {
+    let drained = svc.drain(color).await;
+    let _op = svc.op.lock().await;
+    if svc.live() == Some(color) {
+        return;
+    }
+    let (reason, asleep) = match svc.sleep_locked(color).await {
+        Ok(detail) => (format!("{detail} (standby = \"sleep\"); {}", drained.describe()), true),
+        Err(e) => {
+            // Awake and warm is the safe side: a rollback is still one switch.
+            tracing::error!(service = %svc.name, color = %color, error = %e, "the old color could not be put to sleep; it stays up");
+            return;
+        }
+    };
+    tracing::info!(service = %svc.name, color = %color, "{reason}");
+    let _permit = svc.pause.enter().await;
+    record(&svc.store, "the standby sleep", &svc.name, move |s| {
+        if let Some((_, mut v)) = s.release(release_id)? {
+            v["standby_sleeping"] = asleep.into();
+            s.update_release(release_id, &v, true)?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// The `post_scale_down` hooks, once the old color has stopped; what they did (or why they
+/// failed) for the release document. A failure is logged and recorded, nothing is undone:
+/// the old version is gone either way.
+async fn post_scale_down(svc: &ServiceCtl, color: Color, version: &str, release_id: i64) -> Option<String> {
+    let hooks = &svc.cfg().release.hooks;
+    if hooks.post_scale_down.is_empty() {
+        return None;
+    }
+    let env = [
+        ("CUTOVER_SERVICE", svc.name.clone()),
+        ("CUTOVER_COLOR", color.as_str().to_string()),
+        ("CUTOVER_STOPPED_VERSION", version.to_string()),
+        ("CUTOVER_RELEASE_ID", release_id.to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let r = crate::steps::run_hooks("post_scale_down", &hooks.post_scale_down, &env, hooks.timeout.get()).await;
+    if let Err(e) = &r {
+        tracing::error!(service = %svc.name, color = %color, error = %e, "a post_scale_down hook failed");
+    }
+    Some(r.unwrap_or_else(|e| format!("failed: {e}")))
 }
 
 async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
@@ -82,6 +145,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         }
     };
     svc.set_state(color, Some(state));
+    let hooks = post_scale_down(svc, color, &version, release_id).await;
     let reason = format!(
         "{color} ({version}) scaled down after scale_down_delay; {}",
         drained.describe()
@@ -101,6 +165,9 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         })?;
         if let Some((_, mut v)) = s.release(release_id)? {
             v["scaled_down"] = true.into();
+            if let Some(h) = &hooks {
+                v["post_scale_down"] = h.clone().into();
+            }
             s.update_release(release_id, &v, true)?;
         }
         Ok(())

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod external;
 pub mod shadow;
 
 /// Where a release is. Phases before [`Phase::Switching`] leave live traffic untouched.
@@ -223,6 +224,10 @@ pub struct Gate {
     pub value: Option<f64>,
     pub limit: f64,
     pub result: GateResult,
+    /// External gates only: the PromQL query (as sent) or the scraped metric and its
+    /// reduction, so the document says what was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// What the new color did during the window being judged.
@@ -291,6 +296,7 @@ fn ceiling(
         value: value.map(secs),
         limit: max.as_secs_f64(),
         result,
+        query: None,
     }
 }
 
@@ -318,6 +324,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
         } else {
             GateResult::Inconclusive
         },
+        query: None,
     });
     if !enough {
         reasons.push(format!(
@@ -344,6 +351,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
         name: "error_rate".into(),
         value: rate,
         limit: l.max_error_rate,
+        query: None,
         result: rate_result,
     });
 
@@ -361,6 +369,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
             name: "p99_latency".into(),
             value: w.p99.map(secs),
             limit: max.as_secs_f64(),
+            query: None,
             result,
         });
     }
@@ -391,6 +400,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
             name: "tokens_per_second".into(),
             value: w.tokens_per_second,
             limit: min,
+            query: None,
             result,
         });
     }
@@ -408,6 +418,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
         } else {
             GateResult::Passing
         },
+        query: None,
     });
     if w.all_unhealthy {
         reasons.insert(0, "every endpoint of the new color is unhealthy".into());

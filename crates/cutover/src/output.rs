@@ -285,8 +285,10 @@ pub fn gate(g: &Value) -> String {
         Some(x) => format!("{x}"),
         None => "-".into(),
     };
+    // An external gate says what it read: its query, or the metric and its reduction.
+    let query = g["query"].as_str().map(|q| format!(" [{q}]")).unwrap_or_default();
     format!(
-        "{} {} (limit {}) {}",
+        "{}{query} {} (limit {}) {}",
         s(&g["name"]),
         num(&g["value"]),
         num(&g["limit"]),
@@ -297,6 +299,14 @@ pub fn gate(g: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_external_gate_shows_its_query() {
+        let g = serde_json::json!({"name": "queue", "value": 7.0, "limit": 5.0, "result": "failing", "query": "max(q{color=\"green\"})"});
+        assert_eq!(gate(&g), "queue [max(q{color=\"green\"})] 7 (limit 5) failing");
+        let builtin = serde_json::json!({"name": "error_rate", "value": null, "limit": 0.01, "result": "inconclusive"});
+        assert_eq!(gate(&builtin), "error_rate - (limit 0.01) inconclusive");
+    }
 
     #[test]
     fn a_multi_line_reason_is_one_row_in_tables() {

@@ -87,6 +87,7 @@ impl From<SwitchError> for ApiError {
             SwitchError::TargetUnhealthy { .. } => "target_unhealthy",
             SwitchError::ScaledDown { .. } => "scaled_down",
             SwitchError::NoPreviousVersion { .. } => "no_previous_version",
+            SwitchError::WakeFailed { .. } => "wake_failed",
             // Mapped by their own kind below.
             SwitchError::Store(_) | SwitchError::Fleet { .. } => "",
         };

@@ -57,6 +57,12 @@ pub struct ReleaseDoc {
     pub scale_down_at: Option<u64>,
     #[serde(default)]
     pub scaled_down: bool,
+    /// What the `post_scale_down` hooks did (or why they failed), once they ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_scale_down: Option<String>,
+    /// The old color is asleep (`standby = "sleep"`) since the switch.
+    #[serde(default)]
+    pub standby_sleeping: bool,
     /// The shadow comparison's figures and verdict, once the shadowing phase ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<cutover_release::shadow::ShadowReading>,
@@ -139,6 +145,8 @@ impl ReleaseDoc {
             generation: None,
             scale_down_at: None,
             scaled_down: false,
+            post_scale_down: None,
+            standby_sleeping: false,
             shadow: None,
             shadow_paused: false,
             shadow_reverse: None,

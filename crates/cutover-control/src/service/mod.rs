@@ -3,10 +3,12 @@
 //! plane. Switch and rollback live in [`switch`]; stopping a color on purpose in [`stop`];
 //! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
+pub(crate) mod endpoint_client;
 mod reconfigure;
 mod resolve;
 pub mod series;
 pub(crate) mod shadow_counts;
+pub(crate) mod standby;
 pub mod status;
 pub mod stop;
 pub mod switch;
@@ -66,6 +68,8 @@ pub enum ColorState {
     Stale,
     /// Its release failed or was rolled back.
     Failed,
+    /// The old live color asleep (`standby = "sleep"`): woken before it takes traffic again.
+    Sleeping,
 }
 
 /// One color's current route and the health checks that watch it (they stop when it drops).

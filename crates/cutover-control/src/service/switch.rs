@@ -155,6 +155,13 @@ impl ServiceCtl {
         let route = self
             .route(to)
             .expect("both colors always have a route: installed at start, replaced whole");
+        if self.state(to) == Some(ColorState::Sleeping) {
+            // Asleep on purpose (standby): wake it and see it healthy first, whatever `force`
+            // says; a failed wake leaves live traffic where it is.
+            self.wake_locked(to)
+                .await
+                .map_err(|why| SwitchError::WakeFailed { color: to, why })?;
+        }
         if !req.force {
             self.refuse_unhealthy(to, &route).await?;
         }

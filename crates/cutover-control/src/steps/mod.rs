@@ -14,14 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cutover_config::RequestSpec;
-use cutover_proxy::tls::EndpointConnector;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
-
-use crate::service::ServiceCtl;
 
 pub use hooks::run_hooks;
 pub use provision::provision;
@@ -29,37 +24,7 @@ pub use smoke::smoke;
 pub use wait_healthy::wait_healthy;
 pub use warm_up::warm_up;
 
-/// A client that talks to the color's endpoints directly (not through the proxy), in the
-/// service's upstream protocol, over TLS to `https://` endpoints.
-#[derive(Clone)]
-pub(crate) struct StepClient {
-    http: Client<EndpointConnector, Full<Bytes>>,
-    scheme: &'static str,
-}
-
-pub(crate) fn client(svc: &ServiceCtl) -> StepClient {
-    let settings = svc.proxy.settings();
-    let mut b = Client::builder(TokioExecutor::new());
-    if settings.protocol == cutover_proxy::Protocol::H2c {
-        b.http2_only(true);
-    }
-    // Each address's certificate name (the host as configured), for both colors' endpoints.
-    let names = cutover_proxy::Color::ALL
-        .into_iter()
-        .filter_map(|c| svc.route(c))
-        .flat_map(|r| {
-            r.endpoints()
-                .iter()
-                .filter_map(|e| e.tls_name().map(|n| (e.addr, n.clone())))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let connector = EndpointConnector::new(settings.upstream_tls.clone(), names, settings.connect_timeout);
-    StepClient {
-        scheme: connector.scheme(),
-        http: b.build(connector),
-    }
-}
+pub(crate) use crate::service::endpoint_client::{client, StepClient};
 
 fn build_request(spec: &RequestSpec, scheme: &str, addr: SocketAddr) -> Result<Request<Full<Bytes>>, String> {
     let method = Method::from_bytes(spec.method.as_bytes()).map_err(|_| format!("invalid method {:?}", spec.method))?;
@@ -75,21 +40,6 @@ fn build_request(spec: &RequestSpec, scheme: &str, addr: SocketAddr) -> Result<R
     }
     b.body(Full::new(Bytes::from(spec.body.clone().unwrap_or_default())))
         .map_err(|e| e.to_string())
-}
-
-impl StepClient {
-    /// The URI of `path` on one endpoint, in the service's scheme.
-    pub(crate) fn uri(&self, addr: SocketAddr, path: &str) -> String {
-        format!("{}://{addr}{path}", self.scheme)
-    }
-
-    /// Sends a request built by the caller (the shadow's mirrored copies).
-    pub(crate) async fn send(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        self.http.request(req).await.map_err(|e| e.to_string())
-    }
 }
 
 /// One answer of an endpoint, read to its end.

@@ -1,7 +1,8 @@
 //! Provisioning: a managed color's processes are (re)started from the template, after what
 //! still ran there drained and stopped and every port was found free; a static color only gets
 //! its version label. Either way the version is stored, then a new route is installed for the
-//! color and published as the idle one.
+//! color and published as the idle one. The `provision` hooks run last, before health is
+//! waited for: for static environments they are the user's own deploy of the idle color.
 
 use std::sync::Arc;
 
@@ -15,12 +16,25 @@ use crate::store_call::blocking;
 pub use crate::supervisor::Dirs;
 
 pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
+    if svc.procs.is_none() && svc.state(color) == Some(ColorState::Sleeping) {
+        // A static color asleep since the last release: nobody restarts it, so wake it.
+        let _op = svc.op.lock().await;
+        svc.wake_locked(color)
+            .await
+            .map_err(|e| format!("{color} is asleep and did not wake: {e}"))?;
+    }
     svc.set_state(color, Some(ColorState::Provisioning));
     let name = svc.name.clone();
-    let detail = match &svc.procs {
+    let mut detail = match &svc.procs {
         Some(procs) => start_managed(&svc, procs, color, &version).await?,
         None => "static endpoints: recorded the version label".to_string(),
     };
+    let hooks = &svc.cfg().release.hooks;
+    if !hooks.provision.is_empty() {
+        let env = provision_env(&svc, color, &version);
+        let ran = super::run_hooks("provision", &hooks.provision, &env, hooks.timeout.get()).await?;
+        detail = format!("{detail}; {ran}");
+    }
     let v = version.clone();
     let permit = svc.pause.enter().await;
     blocking(&svc.store, move |s| s.set_version(&name, stored(color), Some(&v)))
@@ -36,6 +50,21 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
     svc.install(color, Some(version));
     svc.republish();
     Ok(detail)
+}
+
+/// What a provision hook is told: the release's service, version and color, and the color's
+/// endpoints (`CUTOVER_ENDPOINTS`, comma-separated) it is to bring up.
+fn provision_env(svc: &ServiceCtl, color: Color, version: &str) -> Vec<(String, String)> {
+    let endpoints: Vec<String> = crate::service::endpoints_of(&svc.cfg(), color)
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    vec![
+        ("CUTOVER_SERVICE".into(), svc.name.clone()),
+        ("CUTOVER_VERSION".into(), version.into()),
+        ("CUTOVER_COLOR".into(), color.as_str().into()),
+        ("CUTOVER_ENDPOINTS".into(), endpoints.join(",")),
+    ]
 }
 
 /// Drains and stops whatever runs at `color`, starts its processes and records them.

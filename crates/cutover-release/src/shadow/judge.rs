@@ -177,6 +177,7 @@ impl ShadowReading {
             value: Some(self.pairs as f64),
             limit: min_pairs as f64,
             result: self.result,
+            query: None,
         }
     }
 }

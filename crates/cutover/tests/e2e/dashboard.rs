@@ -137,3 +137,43 @@ async fn dashboard_shows_each_colors_share_and_the_steps_of_a_canary() {
     assert!(out.status.success(), "browser test failed: {text}");
     assert!(text.contains("ok: green 10%, step 1/1 running"), "{text}");
 }
+
+/// The dashboard shows an external gate while the release bakes: its name, the metric it
+/// reads with the reduction, its value and result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_external_gate_values_and_queries() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is missing: run `npm ci --prefix tests/browser` (bash .ci/run does) and install chromium"
+    );
+    let blue = Mock::start("v1", &[]).await;
+    let g1 = Mock::start("v2", &["--metric", "vllm:num_requests_waiting=3"]).await;
+    let g2 = Mock::start("v2", &["--metric", "vllm:num_requests_waiting=4"]).await;
+    let r = Router::start(&format!(
+        "{}\n[services.chat.release]\n[services.chat.release.verify]\nbake = \"5m\"\nmin_requests = 0\n\
+         [[services.chat.release.verify.scrape]]\nname = \"queue\"\nmetric = \"vllm:num_requests_waiting\"\nreduce = \"sum\"\nmax = 100\ninterval = \"200ms\"\n",
+        static_service(&[&blue], &[&g1, &g2], "")
+    ))
+    .await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    let id = r.release("v2").await;
+    r.wait_phase(id, "verifying", Duration::from_secs(30)).await;
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/gates.mjs"))
+        .arg(r.admin_url(""))
+        .arg(&r.token)
+        .output()
+        .await
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser test failed: {text}");
+    assert!(
+        text.contains("gate: queue | sum(vllm:num_requests_waiting) | 7.000 | passing"),
+        "{text}"
+    );
+}

@@ -23,9 +23,13 @@
 //! - `fleet_leader`: one elected controller: a release asked of a follower runs on the
 //!   leader; a paused leader fenced out; a killed one's release interrupted, then aborted;
 //!   the old color's scale-down held while a router is STALE.
+//! - `external_gates`: PromQL gates on a real Prometheus and scrape gates on the new color's
+//!   own `/metrics`: passing, failing (rolled back), inconclusive without data.
 //! - `gates`: verification gates that fit token streams (time to first token, plain latency).
 //! - `hardening`: races, kill -9 storms, smuggling, malformed input, slow clients.
 //! - `http1`: the HTTP/1.1 fast path on the wire (pipelining, HTTP/1.0, chunked, 100-continue).
+//! - `lifecycle_hooks`: a provision hook brings up a static color; a post_scale_down hook
+//!   runs once the old color has stopped.
 //! - `llama`: a real llama.cpp server (llama-cpp-python) on generated models, the openai client.
 //! - `observability`: metrics match the traffic and pass promtool.
 //! - `operating`: `cutover stop`, `token delete`, the x-cutover-* headers turned off on both
@@ -36,6 +40,8 @@
 //! - `roles`: named tokens with roles: `cutover token create` on a running router, 403 for a
 //!   role too low, the token's name as the actor, the tokens file's checks, `admin.token`.
 //! - `release`: the release pipeline, phase by phase, with real managed processes.
+//! - `webhooks`: signed release events in order at a Python receiver, a dead receiver that
+//!   does not hold up a rollback, an approval webhook that approves.
 //! - `websocket`: WebSocket sessions tunnelled to their color (Python `websockets` both ends).
 //! - `shared_listener`: a chat and an embedding service behind one address, routed by model,
 //!   Host and path prefix, on both engines, with the openai client; a release of one while
@@ -48,6 +54,8 @@
 //!   TLS, refused clients; `https://` upstreams (SNI, CA file, a wrong CA, h2 by ALPN).
 //! - `traffic`: progressive releases (canary, linear) within binomial bounds, a breach at a
 //!   step, streams across steps, sticky keys (a chunked body's `user`), the header route.
+//! - `standby`: the old color asleep after a release; a rollback wakes it first (0 failed
+//!   requests); a failed wake leaves live traffic where it was.
 //! - `supervise`: managed processes: port checks, exits in any phase, restart policy,
 //!   drain before stop, scale-down after a rollback, no health noise for planned stops.
 
@@ -59,6 +67,7 @@ mod dashboard;
 mod demo;
 mod dns;
 mod examples;
+mod external_gates;
 mod fleet;
 mod fleet_agents;
 mod fleet_faults;
@@ -67,6 +76,7 @@ mod fleet_tls;
 mod gates;
 mod hardening;
 mod http1;
+mod lifecycle_hooks;
 mod llama;
 mod observability;
 mod operating;
@@ -78,10 +88,12 @@ mod roles;
 mod routing;
 mod shadow;
 mod shared_listener;
+mod standby;
 mod supervise;
 mod support;
 mod switching;
 mod tls;
 mod traffic;
 mod upgrade;
+mod webhooks;
 mod websocket;

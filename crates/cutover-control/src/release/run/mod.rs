@@ -5,12 +5,18 @@
 //! The run is three stages, one file each: [`pre_switch`] (steps that leave live traffic
 //! untouched; a failure tears the idle color down), [`switch`] (the switch, post-switch
 //! hooks, rollback), and [`verify`] (gates on the new color's own metrics for the bake).
+//! The bake also reads the [`external`] gates (PromQL, the new color's `/metrics`), and every
+//! committed transition is queued for the release's [`webhooks`] ([`notify`]), never awaited.
 
+mod exposition;
+mod external;
+mod notify;
 mod pre_switch;
 mod shadowing;
 mod steps;
 mod switch;
 mod verify;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +35,7 @@ use crate::service::ServiceCtl;
 use crate::steps::deadline_text;
 use crate::store_call::blocking;
 use crate::supervisor::Exit;
+use webhooks::Webhooks;
 
 /// What a run needs from outside its service.
 #[derive(Clone)]
@@ -88,6 +95,8 @@ pub(crate) struct ReleaseRun {
     /// A progressive release's pre-switch hooks' detail, set when they finished: the first
     /// step's transition closes their phase with it (the full switch's `Done` does else).
     hooks_detail: Option<String>,
+    /// The release's webhooks, for its events (their tasks outlive the run to send the last).
+    webhooks: Webhooks,
 }
 
 impl ReleaseRun {
@@ -102,7 +111,9 @@ impl ReleaseRun {
             (d.plan, d.color)
         };
         let label_before = svc.version_of(color);
+        let webhooks = Webhooks::start(&svc.name, &svc.cfg().release.webhooks);
         ReleaseRun {
+            webhooks,
             svc,
             env,
             active,
@@ -228,6 +239,7 @@ impl ReleaseRun {
         self.commit(next).await?;
         let (svc, version, color) = self.doc(|d| (d.service.clone(), d.version.clone(), d.color));
         tracing::info!(service = %svc, release = self.active.id, version = %version, color = %color, from = %from, to = %to, reason = %detail, "release phase");
+        self.notify(from, to, &detail);
         Ok(to)
     }
 

@@ -137,12 +137,25 @@ impl ReleaseRun {
             }
             Ok::<_, String>(())
         };
+        // The approval webhook, if any, approves through the same signal a person's does.
+        let _poller = self.approval_webhook();
         // No deadline of its own: a person may take the night; abort still works.
         self.guard(None, "approval", wait).await?;
         let by = self.active.signals.approver();
         self.step(Event::Approve, format!("approved by {by}")).await?;
         self.record_approval(&by).await;
         Ok(())
+    }
+
+    /// Starts offering the release to the approval webhook, when one is configured.
+    fn approval_webhook(&self) -> Option<super::webhooks::ApprovalGuard> {
+        let cfg = self.svc.cfg().release.approval_webhook.clone()?;
+        let payload = self.doc(|d| serde_json::to_value(&*d)).ok()?;
+        let signals = self.active.signals.clone();
+        Some(super::webhooks::approval_poller(&cfg, payload, move |by| {
+            signals.set_approver(by);
+            signals.approve.notify_one();
+        }))
     }
 
     /// The approval's history line, with who approved.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cutover_config::Standby;
 use cutover_proxy::{ColorRoute, StatsSnapshot};
 use cutover_release::Event;
 use cutover_store::SwitchKind;
@@ -148,11 +149,21 @@ impl ReleaseRun {
         let Some(prev) = self.doc(|d| d.previous_color) else {
             return;
         };
-        let delay = self.svc.cfg().release.scale_down_delay.get();
-        self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
-        self.persist().await;
-        self.env
-            .scale_downs
-            .schedule(self.svc.clone(), prev, delay, self.active.id);
+        match self.svc.cfg().release.standby {
+            Standby::Stop => {
+                let delay = self.svc.cfg().release.scale_down_delay.get();
+                self.doc(|d| d.scale_down_at = Some(unix_now() + delay.as_secs()));
+                self.persist().await;
+                self.env
+                    .scale_downs
+                    .schedule(self.svc.clone(), prev, delay, self.active.id);
+            }
+            // Kept up and warm: a rollback stays one switch for as long as it runs.
+            Standby::Keep => {}
+            Standby::Sleep => self
+                .env
+                .scale_downs
+                .schedule_sleep(self.svc.clone(), prev, self.active.id),
+        }
     }
 }

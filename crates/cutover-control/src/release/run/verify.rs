@@ -9,10 +9,12 @@ use cutover_proxy::{ColorRoute, Health, StatsSnapshot};
 use cutover_release::{judge, GateResult, Limits, Verdict, Window};
 use tokio::time::Instant;
 
+use super::external::{ExternalGates, Subst};
 use super::shadowing::decide as decide_shadow;
 use super::ReleaseRun;
 use crate::shadow::Shadow;
 use cutover_config::ShadowConfig;
+use cutover_release::external::merge as merge_external;
 
 /// How often the gates are evaluated: the bound on the time from a breach to the rollback.
 const TICK: Duration = Duration::from_millis(200);
@@ -131,6 +133,7 @@ impl ReleaseRun {
         let until = Instant::now() + bake;
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(TICK);
+        let external = self.external_gates(route, &v);
         loop {
             tick.tick().await;
             if let Some(e) = self.exited() {
@@ -152,7 +155,7 @@ impl ReleaseRun {
                 }
             }
             let window = window(route, &baseline);
-            let verdict = judge(&window, &limits);
+            let verdict = merge_external(judge(&window, &limits), &external.readings());
             self.doc(|d| {
                 d.gates = verdict.gates.clone();
                 // The step's own count; after the full switch the steps are history.
@@ -186,6 +189,17 @@ impl ReleaseRun {
 }
 
 impl ReleaseRun {
+    /// The PromQL and scrape gates of the bake, polling from now on for the new color.
+    fn external_gates(&self, route: &Arc<ColorRoute>, v: &VerifyConfig) -> ExternalGates {
+        let (service, color, version) = self.doc(|d| (d.service.clone(), d.color.to_string(), d.version.clone()));
+        let s = Subst {
+            service: &service,
+            color: &color,
+            version: &version,
+        };
+        ExternalGates::start(&self.svc, route, &s, v)
+    }
+
     /// With `shadow.reverse`, the bake also mirrors the new live color's traffic to the old
     /// one (still warm) and compares, old answers standing in for the shadow: a regression
     /// the phase before the switch missed rolls back like any failing gate.
