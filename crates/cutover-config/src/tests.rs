@@ -476,6 +476,50 @@ fn the_documented_retry_paths_and_upgrade_protocols_are_the_defaults() {
     assert_eq!(defaults::upgrade_protocols(), vec!["websocket"]);
 }
 
+/// docs/configuration.md's `limits` table lists every key with the code's default: the
+/// table's default cells, read as TOML, give `LimitsConfig::default()`.
+#[test]
+fn the_documented_limits_are_the_defaults() {
+    let doc = include_str!("../../../docs/configuration.md");
+    let table: Vec<(&str, &str)> = doc
+        .split("### `limits = { ... }`")
+        .nth(1)
+        .expect("a limits section")
+        .lines()
+        .skip_while(|l| !l.starts_with("| `"))
+        .take_while(|l| l.starts_with("| `"))
+        .map(|l| {
+            let mut cells = l.split(" | ");
+            let key = cells.next().unwrap().trim_start_matches("| ").trim_matches('`');
+            let default = cells.next().unwrap().split('`').nth(1).unwrap();
+            (key, default)
+        })
+        .collect();
+    let text: String = table.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let documented: LimitsConfig =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("docs/configuration.md's limits table: {e}"));
+    assert_eq!(
+        format!("{documented:?}"),
+        format!("{:?}", LimitsConfig::default()),
+        "docs/configuration.md's limits defaults"
+    );
+    let code = format!("{:?}", LimitsConfig::default());
+    let fields: Vec<&str> = code
+        .split(['{', ','])
+        .skip(1)
+        .filter_map(|f| f.split(':').next())
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && !f.starts_with('}'))
+        .collect();
+    assert_eq!(fields.len(), 10, "{code}");
+    for field in fields {
+        assert!(
+            table.iter().any(|(k, _)| *k == field),
+            "docs/configuration.md has no limits row for {field}"
+        );
+    }
+}
+
 #[test]
 fn probe_kinds_parse_with_their_keys_and_defaults() {
     let c = check(GOOD).unwrap();
