@@ -26,6 +26,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rustix::process::{kill_process_group, Pid, Signal};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -1036,14 +1037,14 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-async fn signal_group(pid: u32, sig: &str) {
-    // `kill -SIG -- -PGID` reaches the model server and any workers it forked. (A child
-    // process, not libc::kill: the crates forbid unsafe code.)
-    let _ = tokio::process::Command::new("kill")
-        .args([format!("-{sig}"), "--".into(), format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status()
-        .await;
+/// `kill(-pgid, sig)`: reaches the model server and any workers it forked (it leads its own
+/// process group). Errors (the group already gone) are ignored, as `alive` decides what
+/// happens next. A pid that is not a child's (0, 1, past `i32`) is never signalled: a group
+/// of 0 is our own and `kill(-1)` reaches every process we may signal.
+fn signal_group(pid: u32, sig: Signal) {
+    if let Some(pgid) = i32::try_from(pid).ok().filter(|&p| p > 1).and_then(Pid::from_raw) {
+        let _ = kill_process_group(pgid, sig);
+    }
 }
 
 /// Stops processes: SIGTERM to each group, then SIGKILL to those still alive after `timeout`.
@@ -1051,7 +1052,7 @@ pub async fn stop(procs: &[ProcessRecord], timeout: Duration) {
     let live: Vec<&ProcessRecord> = procs.iter().filter(|p| alive(p)).collect();
     for p in &live {
         tracing::info!(service = %p.service, color = %p.color, version = %p.version, pid = p.pid, "stopping model server (SIGTERM)");
-        signal_group(p.pid, "TERM").await;
+        signal_group(p.pid, Signal::TERM);
     }
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline && live.iter().any(|p| alive(p)) {
@@ -1059,7 +1060,7 @@ pub async fn stop(procs: &[ProcessRecord], timeout: Duration) {
     }
     for p in live.iter().filter(|p| alive(p)) {
         tracing::warn!(service = %p.service, color = %p.color, pid = p.pid, ?timeout, "model server ignored SIGTERM; sending SIGKILL");
-        signal_group(p.pid, "KILL").await;
+        signal_group(p.pid, Signal::KILL);
     }
 }
 
@@ -1086,6 +1087,49 @@ mod tests {
         let secs: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(backoff(usize::MAX), BACKOFF_MAX);
+    }
+
+    /// `stop` signals the whole process group: a server that ignores SIGTERM is killed after
+    /// the timeout, and so is the worker it forked.
+    #[tokio::test]
+    async fn stop_kills_a_group_that_ignores_sigterm_workers_included() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; sleep 60 & echo $!; wait"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let record = |pid: u32| ProcessRecord {
+            service: "chat".into(),
+            color: cutover_store::Color::Blue,
+            replica: 0,
+            port: 0,
+            pid,
+            start_time: start_time(pid).unwrap(),
+            version: "v1".into(),
+            log: None,
+            started_at: None,
+        };
+        let server = record(child.id());
+        let worker = record(line.trim().parse().unwrap());
+        stop(std::slice::from_ref(&server), Duration::from_millis(300)).await;
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "SIGTERM was ignored: SIGKILL"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(&worker) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(&worker), "the forked worker got the group's SIGKILL");
     }
 
     #[test]
