@@ -383,40 +383,7 @@ impl Store {
     /// Makes `to` live if the generation is still `expected_generation`; appends the history
     /// line in the same transaction. Returns the new state.
     pub fn switch(&self, rec: &SwitchRecord<'_>) -> Result<ServiceState> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let cur = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
-        if cur.generation != rec.expected_generation {
-            return Err(StoreError::Conflict {
-                expected: rec.expected_generation,
-                actual: cur.generation,
-            });
-        }
-        let generation = cur.generation + 1;
-        let at = now_rfc3339();
-        tx.execute(
-            "UPDATE services SET live = ?2, generation = ?3, updated_at = ?4 WHERE name = ?1",
-            params![rec.service, rec.to, generation as i64, at],
-        )?;
-        tx.execute(
-            "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                rec.service,
-                at,
-                HistoryKind::from(rec.kind),
-                cur.live,
-                rec.to,
-                generation as i64,
-                cur.version(rec.to),
-                rec.actor,
-                rec.reason,
-                rec.release_id
-            ],
-        )?;
-        let s = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
-        tx.commit()?;
-        Ok(s)
+        self.advance(rec, true)
     }
 
     /// A progressive release's step (or its return to 0%): +1 on the generation if it is
@@ -424,6 +391,12 @@ impl Store {
     /// the color that gets the share) in the same transaction. The weight itself is not
     /// stored: a restart ends the release as interrupted and routes all to the live color.
     pub fn step(&self, rec: &SwitchRecord<'_>) -> Result<ServiceState> {
+        self.advance(rec, false)
+    }
+
+    /// A switch (`make_live`) or a step: the compare on the generation, +1, and the history
+    /// line, in one transaction.
+    fn advance(&self, rec: &SwitchRecord<'_>, make_live: bool) -> Result<ServiceState> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let cur = read_service(&tx, rec.service)?.ok_or_else(|| StoreError::NotFound(rec.service.into()))?;
@@ -435,9 +408,10 @@ impl Store {
         }
         let generation = cur.generation + 1;
         let at = now_rfc3339();
+        let live = if make_live { Some(rec.to) } else { cur.live };
         tx.execute(
-            "UPDATE services SET generation = ?2, updated_at = ?3 WHERE name = ?1",
-            params![rec.service, generation as i64, at],
+            "UPDATE services SET live = ?2, generation = ?3, updated_at = ?4 WHERE name = ?1",
+            params![rec.service, live, generation as i64, at],
         )?;
         tx.execute(
             "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
