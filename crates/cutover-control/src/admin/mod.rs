@@ -492,10 +492,8 @@ async fn rollback(
     // Fleet mode: a release running on the leader answers to a rollback there (it ends as
     // rolled back); done here, the leader's run would go on as if nothing happened.
     if st.ctl.active_release_doc(&svc).is_none() && st.ctl.release_in_progress(&svc).is_some() {
-        if let Ok(raw) = &body {
-            if let Some(answer) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
-                return answer;
-            }
+        if let Some(answer) = post_to_leader(&st, &uri, &headers, &body).await {
+            return answer;
         }
     }
     let b: RollbackBody = parse_body(body)?;
@@ -541,10 +539,8 @@ async fn stop(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
-    if let Ok(raw) = &body {
-        if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
-            return r;
-        }
+    if let Some(r) = post_to_leader(&st, &uri, &headers, &body).await {
+        return r;
     }
     let b: StopBody = parse_body(body)?;
     let req = StopRequest {
@@ -581,6 +577,18 @@ async fn to_leader(
     )
 }
 
+/// `to_leader` for a POST whose body is forwarded as it came (a body that could not be read
+/// is answered here, by `parse_body`).
+async fn post_to_leader(
+    st: &AdminState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &Result<Bytes, BytesRejection>,
+) -> Option<Result<Response, ApiError>> {
+    let raw = body.as_ref().ok()?;
+    to_leader(st, axum::http::Method::POST, uri, headers, raw.clone()).await
+}
+
 async fn start_release(
     State(st): State<AdminState>,
     Path(svc): Path<String>,
@@ -589,10 +597,8 @@ async fn start_release(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     st.ctl.service(&svc)?;
-    if let Ok(raw) = &body {
-        if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
-            return r;
-        }
+    if let Some(r) = post_to_leader(&st, &uri, &headers, &body).await {
+        return r;
     }
     let b: ReleaseBody = parse_body(body)?;
     if b.version.is_empty() {

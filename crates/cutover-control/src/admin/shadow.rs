@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse_body, to_leader, AdminState, ApiError};
+use super::{parse_body, post_to_leader, AdminState, ApiError};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -28,10 +28,8 @@ pub(super) async fn set_sample(
 ) -> Result<Response, ApiError> {
     let s = st.ctl.service(&svc)?;
     // Only the leader's tap mirrors in a fleet: the change belongs there.
-    if let Ok(raw) = &body {
-        if let Some(r) = to_leader(&st, axum::http::Method::POST, &uri, &headers, raw.clone()).await {
-            return r;
-        }
+    if let Some(r) = post_to_leader(&st, &uri, &headers, &body).await {
+        return r;
     }
     let b: ShadowBody = parse_body(body)?;
     let Some(sample) = b.sample.filter(|v| (0.0..=1.0).contains(v)) else {
