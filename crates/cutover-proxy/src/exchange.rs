@@ -169,7 +169,7 @@ impl Exchange {
         if fwd.preview {
             return;
         }
-        let capture = fwd.service.mirror(method, path, headers);
+        let capture = fwd.service.mirror(method, || path, headers);
         self.attach(capture);
     }
 

@@ -156,14 +156,17 @@ pub(crate) struct TapSlot {
 
 impl TapSlot {
     /// A capture for this request if a tap is installed and wants it.
-    pub(crate) fn begin(
+    /// `path` and `headers` are read only while a tap is installed: an engine that must
+    /// parse them again pays nothing otherwise.
+    pub(crate) fn begin<'p>(
         &self,
         method: &Method,
-        path: &str,
+        path: impl FnOnce() -> &'p str,
         headers: impl FnOnce() -> HeaderMap,
     ) -> Option<Arc<Capture>> {
         let guard = self.tap.load();
         let tap = guard.as_ref()?;
+        let path = path();
         // The tap mixes the key before it samples: a plain counter is as good as random.
         let key = self.counter.fetch_add(1, Relaxed);
         let ticket = tap.wants(key, method, path)?;

@@ -358,10 +358,10 @@ impl Service {
     }
 
     /// A capture for a live request, if a tap is installed and wants it.
-    pub(crate) fn mirror(
+    pub(crate) fn mirror<'p>(
         &self,
         method: &http::Method,
-        path: &str,
+        path: impl FnOnce() -> &'p str,
         headers: impl FnOnce() -> http::HeaderMap,
     ) -> Option<Arc<crate::mirror::Capture>> {
         self.tap.begin(method, path, headers)

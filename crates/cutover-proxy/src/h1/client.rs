@@ -245,7 +245,7 @@ impl ClientConn {
             false => {
                 let raw = &self.inbuf.bytes()[..head.head_len];
                 fwd.service
-                    .mirror(&head.method, request::target_of(raw), || request::headers_of(raw))
+                    .mirror(&head.method, || request::target_of(raw), || request::headers_of(raw))
             }
             true => None,
         };
