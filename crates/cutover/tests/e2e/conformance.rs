@@ -654,7 +654,7 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
 /// when its whole body is at hand and it is idempotent, or (with `retry_non_idempotent`)
 /// on a retry path or with an Idempotency-Key; re-sends and refusals are counted by reason.
 #[tokio::test]
-async fn reused_connection_retry_rule_is_the_same_on_both_engines() {
+async fn a_request_lost_on_a_reused_connection_is_resent_by_one_rule_on_both_engines() {
     for engine in ["own", "hyper"] {
         for retry_non_idempotent in [true, false] {
             reused_connection_rule(engine, retry_non_idempotent).await;
