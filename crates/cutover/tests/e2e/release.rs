@@ -515,7 +515,6 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
         )))
         .unwrap();
     let resp = c.request(req).await.unwrap();
-    let started = std::time::Instant::now();
     let reader = tokio::spawn(async move {
         let (text, cut) = read_text(resp).await;
         (text, cut.is_some())
@@ -526,8 +525,9 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
         .await
         .expect("cut at the deadline, not after 2 minutes")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(15));
     assert!(cut, "the transfer ends in an error: {text}");
+    // Cut by the drain, not ended by the model: its first chunk only (the next is 30 s away).
+    assert_eq!(text.matches("chat.completion.chunk").count(), 1, "{text}");
     assert!(
         text.contains("chat.completion.chunk") && text.contains("event: error") && text.contains("drain deadline"),
         "{text}"
