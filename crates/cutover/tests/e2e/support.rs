@@ -6,7 +6,7 @@
 //! here and handed over. Model servers (mock, managed, on host agents) must be told their
 //! port before they run, since cutover's config names it: `free_port` hands out one the
 //! kernel never picks for anyone else (outside its ephemeral range), reserved against other
-//! test processes by a lock file.
+//! test processes by an abstract Unix socket.
 
 #![allow(dead_code)]
 
@@ -35,14 +35,14 @@ pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-model");
 /// any process between this call and the server's bind: every outgoing connection and every
 /// port-0 bind draws from that range. So the port comes from outside it, where only an
 /// explicit bind can take it, and is reserved against the other test processes of this
-/// machine (parallel suites) by a lock on a file named after it, held while this process
-/// lives.
+/// machine (parallel suites) by an abstract Unix socket named after it: bound by one process
+/// at a time, released by the kernel when that process ends, however it ends.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<(HashSet<u16>, Vec<std::fs::File>)>> = Mutex::new(None);
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    static GIVEN: Mutex<Option<(HashSet<u16>, Vec<UnixListener>)>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let (ports, locks) = given.get_or_insert_with(Default::default);
-    let dir = std::env::temp_dir().join("cutover-e2e-ports");
-    std::fs::create_dir_all(&dir).unwrap();
     let candidates = outside_ephemeral_range();
     // Start somewhere else in each process, so parallel suites rarely meet at one lock.
     let start = (std::process::id() as usize).wrapping_mul(7919) % candidates.len();
@@ -50,12 +50,10 @@ pub fn free_port() -> u16 {
         if ports.contains(&p) {
             continue;
         }
-        let Ok(lock) = std::fs::File::create(dir.join(p.to_string())) else {
+        let name = SocketAddr::from_abstract_name(format!("cutover-e2e-port-{p}")).unwrap();
+        let Ok(lock) = UnixListener::bind_addr(&name) else {
             continue;
         };
-        if lock.try_lock().is_err() {
-            continue;
-        }
         // Free on every address (host agents and DNS tests listen on 127.0.0.x).
         if std::net::TcpListener::bind(("0.0.0.0", p)).is_err() {
             continue;
