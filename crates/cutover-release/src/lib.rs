@@ -312,66 +312,13 @@ pub struct Verdict {
 /// failing: "no data" is not evidence of a bad version. All endpoints unhealthy fails at once.
 pub fn judge(w: &Window, l: &Limits) -> Verdict {
     let enough = w.requests >= l.min_requests;
-    let mut gates = Vec::new();
     let mut reasons = Vec::new();
-
-    gates.push(Gate {
-        name: "requests".into(),
-        value: Some(w.requests as f64),
-        limit: l.min_requests as f64,
-        result: if enough {
-            GateResult::Passing
-        } else {
-            GateResult::Inconclusive
-        },
-        query: None,
-    });
-    if !enough {
-        reasons.push(format!(
-            "only {} requests, fewer than min_requests {}",
-            w.requests, l.min_requests
-        ));
-    }
-
-    let rate = (w.requests > 0).then(|| w.errors as f64 / w.requests as f64);
-    let rate_result = match rate {
-        Some(r) if r > l.max_error_rate && enough => {
-            reasons.push(format!(
-                "error rate {:.1}% > {:.1}% over {} requests",
-                r * 100.0,
-                l.max_error_rate * 100.0,
-                w.requests
-            ));
-            GateResult::Failing
-        }
-        _ if !enough => GateResult::Inconclusive,
-        _ => GateResult::Passing,
-    };
-    gates.push(Gate {
-        name: "error_rate".into(),
-        value: rate,
-        limit: l.max_error_rate,
-        query: None,
-        result: rate_result,
-    });
-
+    let mut gates = vec![
+        requests_gate(w, l.min_requests, enough, &mut reasons),
+        error_rate_gate(w, l.max_error_rate, enough, &mut reasons),
+    ];
     if let Some(max) = l.max_p99 {
-        // Plain answers only; a window of streams alone has no reading, which is no failure.
-        let result = match w.p99 {
-            Some(p) if p > max && enough => {
-                reasons.push(format!("p99 latency {p:.2?} > {max:?} over {} requests", w.requests));
-                GateResult::Failing
-            }
-            _ if !enough => GateResult::Inconclusive,
-            _ => GateResult::Passing,
-        };
-        gates.push(Gate {
-            name: "p99_latency".into(),
-            value: w.p99.map(secs),
-            limit: max.as_secs_f64(),
-            query: None,
-            result,
-        });
+        gates.push(p99_gate(w, max, enough, &mut reasons));
     }
     for (name, what, value, max) in [
         ("ttft_p50", "time to first token p50", w.ttft_p50, l.max_ttft_p50),
@@ -388,24 +335,111 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
         }
     }
     if let Some(min) = l.min_tokens_per_second {
-        let result = match w.tokens_per_second {
-            Some(t) if t < min && enough => {
-                reasons.push(format!("{t:.1} tokens/s per stream (median) < {min}"));
-                GateResult::Failing
-            }
-            Some(_) if enough => GateResult::Passing,
-            _ => GateResult::Inconclusive,
-        };
-        gates.push(Gate {
-            name: "tokens_per_second".into(),
-            value: w.tokens_per_second,
-            limit: min,
-            query: None,
-            result,
-        });
+        gates.push(tokens_per_second_gate(w, min, enough, &mut reasons));
+    }
+    gates.push(healthy_endpoints_gate(w));
+    if w.all_unhealthy {
+        // First: it is the cause, whatever else the window shows.
+        reasons.insert(0, "every endpoint of the new color is unhealthy".into());
     }
 
-    gates.push(Gate {
+    let result = gates.iter().map(|g| g.result).max().unwrap_or(GateResult::Passing);
+    let reason = match result {
+        GateResult::Passing => format!("all gates passing over {} requests", w.requests),
+        _ => reasons.join("; "),
+    };
+    Verdict { gates, result, reason }
+}
+
+/// The request count against `min_requests`: too few is inconclusive, never failing.
+fn requests_gate(w: &Window, min_requests: u64, enough: bool, reasons: &mut Vec<String>) -> Gate {
+    if !enough {
+        reasons.push(format!(
+            "only {} requests, fewer than min_requests {min_requests}",
+            w.requests
+        ));
+    }
+    Gate {
+        name: "requests".into(),
+        value: Some(w.requests as f64),
+        limit: min_requests as f64,
+        result: if enough {
+            GateResult::Passing
+        } else {
+            GateResult::Inconclusive
+        },
+        query: None,
+    }
+}
+
+/// Errors over requests against `max_error_rate`; a window without requests has no reading.
+fn error_rate_gate(w: &Window, max_error_rate: f64, enough: bool, reasons: &mut Vec<String>) -> Gate {
+    let rate = (w.requests > 0).then(|| w.errors as f64 / w.requests as f64);
+    let result = match rate {
+        Some(r) if r > max_error_rate && enough => {
+            reasons.push(format!(
+                "error rate {:.1}% > {:.1}% over {} requests",
+                r * 100.0,
+                max_error_rate * 100.0,
+                w.requests
+            ));
+            GateResult::Failing
+        }
+        _ if !enough => GateResult::Inconclusive,
+        _ => GateResult::Passing,
+    };
+    Gate {
+        name: "error_rate".into(),
+        value: rate,
+        limit: max_error_rate,
+        query: None,
+        result,
+    }
+}
+
+/// The p99 latency of plain answers against `max_p99`. A window of streams alone has no
+/// reading, which is no failure.
+fn p99_gate(w: &Window, max: Duration, enough: bool, reasons: &mut Vec<String>) -> Gate {
+    let result = match w.p99 {
+        Some(p) if p > max && enough => {
+            reasons.push(format!("p99 latency {p:.2?} > {max:?} over {} requests", w.requests));
+            GateResult::Failing
+        }
+        _ if !enough => GateResult::Inconclusive,
+        _ => GateResult::Passing,
+    };
+    Gate {
+        name: "p99_latency".into(),
+        value: w.p99.map(secs),
+        limit: max.as_secs_f64(),
+        query: None,
+        result,
+    }
+}
+
+/// The median stream's tokens per second against its floor: inconclusive without a reading.
+fn tokens_per_second_gate(w: &Window, min: f64, enough: bool, reasons: &mut Vec<String>) -> Gate {
+    let result = match w.tokens_per_second {
+        Some(t) if t < min && enough => {
+            reasons.push(format!("{t:.1} tokens/s per stream (median) < {min}"));
+            GateResult::Failing
+        }
+        Some(_) if enough => GateResult::Passing,
+        _ => GateResult::Inconclusive,
+    };
+    Gate {
+        name: "tokens_per_second".into(),
+        value: w.tokens_per_second,
+        limit: min,
+        query: None,
+        result,
+    }
+}
+
+/// Endpoints that take traffic; all unhealthy fails whatever the request count (its reason
+/// is added by `judge`, first).
+fn healthy_endpoints_gate(w: &Window) -> Gate {
+    Gate {
         name: "healthy_endpoints".into(),
         value: Some(if w.all_unhealthy {
             0.0
@@ -419,17 +453,7 @@ pub fn judge(w: &Window, l: &Limits) -> Verdict {
             GateResult::Passing
         },
         query: None,
-    });
-    if w.all_unhealthy {
-        reasons.insert(0, "every endpoint of the new color is unhealthy".into());
     }
-
-    let result = gates.iter().map(|g| g.result).max().unwrap_or(GateResult::Passing);
-    let reason = match result {
-        GateResult::Passing => format!("all gates passing over {} requests", w.requests),
-        _ => reasons.join("; "),
-    };
-    Verdict { gates, result, reason }
 }
 
 #[cfg(test)]

@@ -23,25 +23,11 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             switch(&remote, &service, body).await
         }
         Command::Release(r) => release_cmd(r).await,
-        Command::Reload { remote } => {
-            let c = Client::new(&remote)?;
-            let v = c.post("/v1/reload", &json!({})).await?;
-            output::print(&remote, &v, |v| {
-                format!("reloaded: {}", v["summary"].as_str().unwrap_or("?"))
-            })
-        }
+        Command::Reload { remote } => reload(&remote).await,
         Command::Fleet(f) => match f.sub {
-            FleetSub::Status { remote } => {
-                let c = Client::new(&remote)?;
-                let v = c.get("/v1/fleet").await?;
-                output::print(&remote, &v, fleet_status)
-            }
+            FleetSub::Status { remote } => fleet(&remote).await,
         },
-        Command::Releases { service, limit, remote } => {
-            let c = Client::new(&remote)?;
-            let v = c.get(&format!("/v1/services/{service}/releases")).await?;
-            output::print(&remote, &v, |v| output::releases(v, limit))
-        }
+        Command::Releases { service, limit, remote } => releases(&remote, &service, limit).await,
         Command::Approve {
             service,
             release,
@@ -60,14 +46,8 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             progress,
             remote,
         } => {
-            rollback(
-                &remote,
-                &service,
-                redeploy,
-                json!({"force": force, "reason": reason, "redeploy": redeploy}),
-                progress,
-            )
-            .await
+            let body = json!({"force": force, "reason": reason, "redeploy": redeploy});
+            rollback(&remote, &service, redeploy, body, progress).await
         }
         Command::Stop {
             service,
@@ -76,12 +56,8 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             reason,
             remote,
         } => {
-            stop(
-                &remote,
-                &service,
-                json!({"color": color, "force": force, "reason": reason}),
-            )
-            .await
+            let body = json!({"color": color, "force": force, "reason": reason});
+            stop(&remote, &service, body).await
         }
         Command::Logs {
             service,
@@ -91,7 +67,6 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
             replica,
             remote,
         } => {
-            let c = Client::new(&remote)?;
             let args = logs::LogsArgs {
                 service: &service,
                 color: color.as_deref(),
@@ -100,10 +75,29 @@ pub async fn run(cmd: Command) -> Result<(), Failure> {
                 replica,
                 json: remote.json,
             };
-            until_interrupted(logs::run(&c, &args), None).await
+            until_interrupted(logs::run(&Client::new(&remote)?, &args), None).await
         }
         _ => Err(Failure::new(2, "not a client command")),
     }
+}
+
+async fn reload(remote: &Remote) -> Result<(), Failure> {
+    let v = Client::new(remote)?.post("/v1/reload", &json!({})).await?;
+    output::print(remote, &v, |v| {
+        format!("reloaded: {}", v["summary"].as_str().unwrap_or("?"))
+    })
+}
+
+async fn fleet(remote: &Remote) -> Result<(), Failure> {
+    let v = Client::new(remote)?.get("/v1/fleet").await?;
+    output::print(remote, &v, fleet_status)
+}
+
+async fn releases(remote: &Remote, service: &str, limit: usize) -> Result<(), Failure> {
+    let v = Client::new(remote)?
+        .get(&format!("/v1/services/{service}/releases"))
+        .await?;
+    output::print(remote, &v, |v| output::releases(v, limit))
 }
 
 async fn status(remote: &Remote, service: Option<String>) -> Result<(), Failure> {

@@ -237,18 +237,7 @@ pub async fn run(canary: bool) -> Result<(), Failure> {
         .addresses(&config)
         .map_err(|e| Failure::new(1, format!("cannot read the bound addresses: {e}")))?;
     let (admin, listen) = (bound.admin.port(), bound.services["chat"].listen.port());
-
-    output::line(&format!(
-        "cutover demo — everything runs on this machine, in {}",
-        dir.display()
-    ))?;
-    output::line(&format!(
-        "  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}"
-    ))?;
-    output::line(&format!(
-        "  model servers: managed `mock-model` processes, blue on :{blue}, green on :{green}"
-    ))?;
-    output::line("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time")?;
+    intro(&dir, listen, admin, (blue, green))?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cutover_control::server::run(
@@ -272,22 +261,7 @@ pub async fn run(canary: bool) -> Result<(), Failure> {
         json: false,
     };
     let story = async {
-        let mut up = false;
-        for _ in 0..100 {
-            if std::fs::metadata(dir.join("admin.token")).is_ok() {
-                if let Ok(c) = Client::new(&remote) {
-                    if c.get("/v1/services").await.is_ok() {
-                        up = true;
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !up {
-            return Err(Failure::new(1, "the router did not come up"));
-        }
-        let c = Client::new(&remote)?;
+        let c = router_up(&dir, &remote).await?;
         if canary {
             canary_story(&c, listen, started).await
         } else {
@@ -300,14 +274,49 @@ pub async fn run(canary: bool) -> Result<(), Failure> {
     };
     let _ = stop_tx.send(());
     let _ = server.await;
-    // Managed model servers outlive cutover on purpose; the demo cleans up after itself.
-    if let Ok(store) = cutover_store::Store::open(&store_path) {
+    clean_up(&store_path, &dir).await;
+    result
+}
+
+/// Says where everything runs.
+fn intro(dir: &std::path::Path, listen: u16, admin: u16, (blue, green): (u16, u16)) -> Result<(), Failure> {
+    output::line(&format!(
+        "cutover demo — everything runs on this machine, in {}",
+        dir.display()
+    ))?;
+    output::line(&format!(
+        "  router: 127.0.0.1:{listen} (service `chat`), admin API: 127.0.0.1:{admin}"
+    ))?;
+    output::line(&format!(
+        "  model servers: managed `mock-model` processes, blue on :{blue}, green on :{green}"
+    ))?;
+    output::line("  traffic: 4 clients of plain chat completions + 2 of 20-token streams, all the time")
+}
+
+/// A client once the router answers its admin API (it writes its token first), for 5 s at most.
+async fn router_up(dir: &std::path::Path, remote: &Remote) -> Result<Client, Failure> {
+    for _ in 0..100 {
+        if std::fs::metadata(dir.join("admin.token")).is_ok() {
+            if let Ok(c) = Client::new(remote) {
+                if c.get("/v1/services").await.is_ok() {
+                    return Ok(c);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Failure::new(1, "the router did not come up"))
+}
+
+/// Stops the managed model servers (they outlive cutover on purpose, the demo cleans up
+/// after itself) and removes the demo's folder.
+async fn clean_up(store_path: &std::path::Path, dir: &std::path::Path) {
+    if let Ok(store) = cutover_store::Store::open(store_path) {
         if let Ok(procs) = store.processes("chat") {
             cutover_control::supervisor::stop(&procs, Duration::from_secs(5)).await;
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure> {
@@ -335,43 +344,8 @@ async fn story(c: &Client, listen: u16, started: Instant) -> Result<(), Failure>
 
     let t = tally.lock().unwrap_or_else(|p| p.into_inner());
     output::line(&format!("\nSummary ({:.0} s)", started.elapsed().as_secs_f64()))?;
-    output::line(&format!("  {:<8} {:>10} {:>8}", "version", "served", "failed"))?;
-    let mut versions: Vec<&String> = t.ok.keys().chain(t.failed.keys()).collect();
-    versions.sort();
-    versions.dedup();
-    for v in versions {
-        output::line(&format!(
-            "  {:<8} {:>10} {:>8}",
-            v,
-            t.ok.get(v).unwrap_or(&0),
-            t.failed.get(v).unwrap_or(&0)
-        ))?;
-    }
-    output::line(&format!("  streams completed intact: {}", t.streams))?;
-    let ms = |d: &Value, k: &str| {
-        d[k].as_f64()
-            .map(|x| format!("{x:.1} ms"))
-            .unwrap_or_else(|| "-".into())
-    };
-    output::line(&format!("  {:<28} {:>12} {:>14}", "release", "outcome", "time"))?;
-    output::line(&format!(
-        "  {:<28} {:>12} {:>14}",
-        "v1 (first, straight to live)",
-        v1["outcome"].as_str().unwrap_or("?"),
-        format!("switch {}", ms(&v1, "switch_ms"))
-    ))?;
-    output::line(&format!(
-        "  {:<28} {:>12} {:>14}",
-        "v2 (verified)",
-        v2["outcome"].as_str().unwrap_or("?"),
-        format!("switch {}", ms(&v2, "switch_ms"))
-    ))?;
-    output::line(&format!(
-        "  {:<28} {:>12} {:>14}",
-        "v3 (30% errors)",
-        v3["outcome"].as_str().unwrap_or("?"),
-        "never live"
-    ))?;
+    served_table(&t)?;
+    releases_table(&v1, &v2, &v3)?;
     let v2_window_failures = after_v2.1.saturating_sub(before_v2.1);
     output::line(&format!(
         "  failed requests across the v1 → v2 release: {v2_window_failures}"
@@ -452,6 +426,51 @@ async fn canary_story(c: &Client, listen: u16, started: Instant) -> Result<(), F
     } else {
         Err(Failure::new(1, "the demo did not go as expected (see above)"))
     }
+}
+
+/// Requests served and failed per version, and the streams that completed intact.
+fn served_table(t: &Tally) -> Result<(), Failure> {
+    output::line(&format!("  {:<8} {:>10} {:>8}", "version", "served", "failed"))?;
+    let mut versions: Vec<&String> = t.ok.keys().chain(t.failed.keys()).collect();
+    versions.sort();
+    versions.dedup();
+    for v in versions {
+        output::line(&format!(
+            "  {:<8} {:>10} {:>8}",
+            v,
+            t.ok.get(v).unwrap_or(&0),
+            t.failed.get(v).unwrap_or(&0)
+        ))?;
+    }
+    output::line(&format!("  streams completed intact: {}", t.streams))
+}
+
+/// The three releases' outcomes, with the switch time of the two that went live.
+fn releases_table(v1: &Value, v2: &Value, v3: &Value) -> Result<(), Failure> {
+    let ms = |d: &Value, k: &str| {
+        d[k].as_f64()
+            .map(|x| format!("{x:.1} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    output::line(&format!("  {:<28} {:>12} {:>14}", "release", "outcome", "time"))?;
+    output::line(&format!(
+        "  {:<28} {:>12} {:>14}",
+        "v1 (first, straight to live)",
+        v1["outcome"].as_str().unwrap_or("?"),
+        format!("switch {}", ms(v1, "switch_ms"))
+    ))?;
+    output::line(&format!(
+        "  {:<28} {:>12} {:>14}",
+        "v2 (verified)",
+        v2["outcome"].as_str().unwrap_or("?"),
+        format!("switch {}", ms(v2, "switch_ms"))
+    ))?;
+    output::line(&format!(
+        "  {:<28} {:>12} {:>14}",
+        "v3 (30% errors)",
+        v3["outcome"].as_str().unwrap_or("?"),
+        "never live"
+    ))
 }
 
 /// (successes, failures) so far.

@@ -35,6 +35,8 @@ struct Running {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr; they end at the pipes' end.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -51,18 +53,23 @@ impl Running {
         let stderr = Arc::new(Mutex::new(String::new()));
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
         let l = lines.clone();
-        std::thread::spawn(move || {
+        let out = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 l.lock().unwrap().push(line);
             }
         });
         let e = stderr.clone();
-        std::thread::spawn(move || {
+        let err = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = BufReader::new(err).read_to_string(&mut s);
             e.lock().unwrap().push_str(&s);
         });
-        Running { child, lines, stderr }
+        Running {
+            child,
+            lines,
+            stderr,
+            readers: vec![out, err],
+        }
     }
 
     /// Waits for a line containing `pat`; returns it.
@@ -100,8 +107,10 @@ impl Running {
             async move { st.map(|s| s.code().unwrap_or(-1)) }
         })
         .await;
-        // The reader threads finish at the pipes' end.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Everything the process wrote is read once its pipes end.
+        for h in std::mem::take(&mut self.readers) {
+            tokio::task::spawn_blocking(move || h.join().unwrap()).await.unwrap();
+        }
         let err = self.stderr.lock().unwrap().clone();
         (code, self.text(), err)
     }

@@ -87,11 +87,13 @@ async fn a_healthy_streaming_release_is_not_rolled_back_by_whole_request_latency
     let streams = Streams::start(r.url("/v1/chat/completions"), 4, 150);
     let id = r.release("v2").await;
     let d = r.wait_end(id, Duration::from_secs(60)).await;
-    let (ok, failed) = streams.stop().await;
+    let (_, failed) = streams.stop().await;
     assert_eq!(d["outcome"], "completed", "{d}");
     assert_eq!(failed, 0);
-    assert!(ok > 0);
     let gates = d["gates"].as_array().unwrap();
+    // Judged on streams, not on an empty window: min_requests (3) of them reached green.
+    let requests = gates.iter().find(|g| g["name"] == "requests").expect("a requests gate");
+    assert_eq!(requests["result"], "passing", "{d}");
     let ttft = gates
         .iter()
         .find(|g| g["name"] == "ttft_p99")

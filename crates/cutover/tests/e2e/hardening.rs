@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcp;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,46 +171,55 @@ async fn malformed_requests_get_400() {
 async fn slow_clients_are_cut_at_the_header_timeout_and_others_are_served() {
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
-    let extra = "limits = { header_read_timeout = \"1s\" }";
+    let extra = "limits = { header_read_timeout = \"2s\" }";
     let r = Router::start(&static_service(&[&blue], &[&green], extra)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let port = r.listen;
-    // 100 slowloris connections, one header byte every 200 ms.
-    let slow = tokio::task::spawn_blocking(move || {
-        let mut conns: Vec<StdTcp> = (0..100)
-            .map(|_| StdTcp::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        let started = Instant::now();
-        let head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
-        let mut cut_at = None;
-        for (i, b) in head.iter().enumerate() {
-            let mut alive = 0;
-            for c in conns.iter_mut() {
-                if c.write_all(&[*b]).is_ok() {
-                    alive += 1;
+    let head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    // 100 slowloris connections, one header byte every 200 ms (16 s for the whole head).
+    let alive = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let slow = tokio::task::spawn_blocking({
+        let alive = alive.clone();
+        move || {
+            let mut conns: Vec<StdTcp> = (0..100)
+                .map(|_| StdTcp::connect(("127.0.0.1", port)).unwrap())
+                .collect();
+            let mut started_tx = Some(started_tx);
+            for (i, b) in head.iter().enumerate() {
+                let n = conns.iter_mut().filter_map(|c| c.write_all(&[*b]).ok()).count();
+                alive.store(n, Ordering::SeqCst);
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
                 }
+                if n == 0 {
+                    return (Some(i), conns);
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            if alive == 0 {
-                cut_at = Some((i, started.elapsed()));
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            (None, conns)
         }
-        cut_at
     });
-    // Meanwhile a normal client is served promptly.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = Instant::now();
+    // A normal client is served while the 100 hold their connections open.
+    started.await.unwrap();
     let resp = get(&r.url("/v1/models")).await.unwrap();
     assert_eq!(resp.status, 200);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "normal client waited {:?}",
-        t.elapsed()
-    );
-    let cut = slow.await.unwrap();
-    let (_, when) = cut.expect("the slow connections were closed before they finished their headers");
-    assert!(when < Duration::from_secs(6), "closed after {when:?}");
+    let open = alive.load(Ordering::SeqCst);
+    assert!(open > 0, "answered only after the slow connections were cut");
+    let (cut_at, conns) = slow.await.unwrap();
+    let i = cut_at.expect("the slow connections were closed before they finished their headers");
+    assert!(i < head.len(), "cut after {i} of {} bytes", head.len());
+    // Closed by the proxy without a word: no answer was written to any of them.
+    for mut c in conns {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 256];
+        let got = c.read(&mut buf);
+        assert!(
+            !matches!(got, Ok(n) if n > 0),
+            "a cut connection got an answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
 }
 
 /// Files made immutable for the life of the guard (so a failing test leaves no undeletable files).
@@ -422,15 +432,25 @@ async fn connections_past_the_cap_wait_and_the_cap_is_logged() {
     let mut idle: Vec<StdTcp> = (0..3)
         .map(|_| StdTcp::connect(("127.0.0.1", r.listen)).unwrap())
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Logged when the accept loop waits for a place: the three are accepted.
+    wait_for("the cap to be reached", Duration::from_secs(10), || async {
+        r.log().contains("connection cap reached").then_some(())
+    })
+    .await;
     let url = r.url("/v1/models");
     let waiting = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The fourth waits in the kernel's accept queue: connected, never accepted.
+    let port = r.listen;
+    wait_for(
+        "a fourth connection in the accept queue",
+        Duration::from_secs(10),
+        || async move { (accept_queue(port) == Some(1)).then_some(()) },
+    )
+    .await;
     assert!(
         !waiting.is_finished(),
         "a fourth connection is not served while three are open"
     );
-    assert!(r.log().contains("connection cap reached"), "{}", r.log());
     idle.pop();
     let resp = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -450,7 +470,10 @@ async fn a_burst_of_connections_waits_in_a_deep_accept_queue() {
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "limits = { max_connections = 1 }")).await;
     let _held = StdTcp::connect(("127.0.0.1", r.listen)).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the cap to be reached", Duration::from_secs(10), || async {
+        r.log().contains("connection cap reached").then_some(())
+    })
+    .await;
     let port = r.listen;
     let attempts: Vec<_> = (0..600)
         .map(|_| {
@@ -474,6 +497,8 @@ async fn a_burst_of_connections_waits_in_a_deep_accept_queue() {
         600,
         "every connect completed at once, none waits for a SYN retransmit"
     );
+    // And each is queued, none was dropped at the full queue after its handshake.
+    assert_eq!(accept_queue(port), Some(600), "the listener's accept queue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,18 +507,24 @@ async fn a_slow_admin_client_is_cut_at_the_header_timeout() {
     let green = Mock::start("v2", &[]).await;
     let r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     let port = r.admin;
+    let (sent_tx, sent) = tokio::sync::oneshot::channel();
     let slow = tokio::task::spawn_blocking(move || {
         let mut s = StdTcp::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // Longer than the admin listener's header timeout (10 s): a read that ends before
+        // it is the server's doing.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(b"GET /v1/services HTTP/1.1\r\nHost: x\r\n").unwrap();
-        let started = Instant::now();
+        let _ = sent_tx.send(());
         let mut buf = [0u8; 1024];
         // The head never ends; the server must give up on it, not wait forever.
-        let _ = s.read(&mut buf);
-        started.elapsed()
+        s.read(&mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sent.await.unwrap();
     assert_eq!(r.status().await["name"], "chat", "others are served meanwhile");
-    let waited = slow.await.unwrap();
-    assert!(waited < Duration::from_secs(15), "cut after {waited:?}");
+    let got = slow.await.unwrap();
+    assert!(
+        matches!(&got, Ok(text) if text.is_empty() || text.starts_with("HTTP/1.1 408")),
+        "the server closed the connection (or answered 408), not our read timeout: {got:?}"
+    );
 }

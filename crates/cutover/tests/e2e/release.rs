@@ -120,7 +120,10 @@ async fn manual_promotion_waits_for_approve_and_abort_leaves_live_alone() {
         .await;
     assert_eq!(second.status, 409);
     assert_eq!(second.json()["error"]["code"], "release_in_progress");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The switch comes only after this phase (phases run in order): still here, still blue.
+    let d = r.release_doc(id).await;
+    assert_eq!(d["phase"], "awaiting_approval", "{d}");
+    assert!(d["switch_ms"].is_null(), "{d}");
     assert_eq!(live(&r).await, ("blue".into(), 1), "nothing switches without approval");
     let (code, out, err) = r.cli(&["approve", "chat"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -301,7 +304,17 @@ async fn old_color_scales_down_after_the_delay_but_not_before_its_stream_drains(
     let id = r.release("v2").await;
     let d = r.wait_end(id, Duration::from_secs(30)).await;
     assert_eq!(d["outcome"], "completed", "{d}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The scale-down has begun (scale_down_delay passed) and waits for blue's stream.
+    wait_for(
+        "the scale-down to wait for the stream",
+        Duration::from_secs(10),
+        || async {
+            r.log()
+                .contains("waiting for requests to finish before stopping the color")
+                .then_some(())
+        },
+    )
+    .await;
     assert!(!reader.is_finished());
     assert_eq!(r.status().await["colors"]["blue"]["in_flight"], 1);
     assert!(
@@ -502,7 +515,6 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
         )))
         .unwrap();
     let resp = c.request(req).await.unwrap();
-    let started = std::time::Instant::now();
     let reader = tokio::spawn(async move {
         let (text, cut) = read_text(resp).await;
         (text, cut.is_some())
@@ -513,8 +525,9 @@ async fn a_stalled_stream_is_cut_at_the_drain_deadline_and_counted() {
         .await
         .expect("cut at the deadline, not after 2 minutes")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(15));
     assert!(cut, "the transfer ends in an error: {text}");
+    // Cut by the drain, not ended by the model: its first chunk only (the next is 30 s away).
+    assert_eq!(text.matches("chat.completion.chunk").count(), 1, "{text}");
     assert!(
         text.contains("chat.completion.chunk") && text.contains("event: error") && text.contains("drain deadline"),
         "{text}"

@@ -233,12 +233,12 @@ async fn a_changed_listen_address_is_rebound_and_a_removed_service_drains() {
     let stream = open_stream(&r, r.url("/v1/chat/completions")).await;
     let embed_port = bound_port(&r, "embed");
 
-    // chat moves to a fixed port; embed goes away.
-    let new_port = free_port();
+    // chat moves to another address (port 0 again: the reload rewrites the addresses file
+    // with the port it bound); embed goes away.
     edit(&r, |t| {
         let t = t.replacen(
             "[services.chat]\nlisten = \"127.0.0.1:0\"",
-            &format!("[services.chat]\nlisten = \"127.0.0.1:{new_port}\""),
+            "[services.chat]\nlisten = \"127.0.0.2:0\"",
             1,
         );
         t.replace(&extra, "")
@@ -246,9 +246,10 @@ async fn a_changed_listen_address_is_rebound_and_a_removed_service_drains() {
     let (code, out, err) = r.cli_async(&["reload"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("removed embed") && out.contains("listen"), "{out}");
-    let resp = get(&format!("http://127.0.0.1:{new_port}/v1/models")).await.unwrap();
+    let new_port = bound_port(&r, "chat");
+    assert_ne!(new_port, 0);
+    let resp = get(&format!("http://127.0.0.2:{new_port}/v1/models")).await.unwrap();
     assert_eq!((resp.status.as_u16(), resp.header("x-model-version")), (200, "v1"));
-    assert_eq!(bound_port(&r, "chat"), new_port);
     // The old listener accepts no more, but the stream it carried finishes.
     wait_for("the old port to stop accepting", Duration::from_secs(5), || async {
         get(&format!("http://127.0.0.1:{old_port}/v1/models"))

@@ -3,9 +3,10 @@
 //!
 //! A router's own listeners (admin, service, preview) are configured on port 0 and read back
 //! from the file `serve --addresses-file` writes once everything serves: no port is picked
-//! here and handed over (a race with whatever else binds meanwhile). Model servers and
-//! managed environments still get a free port handed to them: cutover must know where they
-//! listen before they run.
+//! here and handed over. Model servers (mock, managed, on host agents) must be told their
+//! port before they run, since cutover's config names it: `free_port` hands out one the
+//! kernel never picks for anyone else (outside its ephemeral range), reserved against other
+//! test processes by an abstract Unix socket.
 
 #![allow(dead_code)]
 
@@ -27,17 +28,75 @@ use serde_json::Value;
 pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
 pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-model");
 
-/// A loopback port nobody in this process was given before and that was free a moment ago.
+/// A port for a server this test starts on a fixed port (a model server, a managed color),
+/// free on every address when handed out and not handed out again.
+///
+/// A port from the kernel's ephemeral range (what a bind to port 0 returns) can be taken by
+/// any process between this call and the server's bind: every outgoing connection and every
+/// port-0 bind draws from that range. So the port comes from outside it, where only an
+/// explicit bind can take it, and is reserved against the other test processes of this
+/// machine (parallel suites) by an abstract Unix socket named after it: bound by one process
+/// at a time, released by the kernel when that process ends, however it ends.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        let mut g = GIVEN.lock().unwrap();
-        if g.get_or_insert_with(HashSet::new).insert(p) {
-            return p;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    static GIVEN: Mutex<Option<(HashSet<u16>, Vec<UnixListener>)>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let (ports, locks) = given.get_or_insert_with(Default::default);
+    let candidates = outside_ephemeral_range();
+    // Start somewhere else in each process, so parallel suites rarely meet at one lock.
+    let start = (std::process::id() as usize).wrapping_mul(7919) % candidates.len();
+    for &p in candidates.iter().cycle().skip(start).take(candidates.len()) {
+        if ports.contains(&p) {
+            continue;
         }
+        let name = SocketAddr::from_abstract_name(format!("cutover-e2e-port-{p}")).unwrap();
+        let Ok(lock) = UnixListener::bind_addr(&name) else {
+            continue;
+        };
+        // Free on every address (host agents and DNS tests listen on 127.0.0.x).
+        if std::net::TcpListener::bind(("0.0.0.0", p)).is_err() {
+            continue;
+        }
+        ports.insert(p);
+        locks.push(lock);
+        return p;
     }
+    panic!("no free port outside the ephemeral range {:?}", ephemeral_range());
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), Linux's default if unreadable.
+fn ephemeral_range() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|v| v.parse().ok());
+    match (it.next(), it.next()) {
+        (Some(lo), Some(hi)) => (lo, hi),
+        _ => (32768, 60999),
+    }
+}
+
+/// Up to 10,000 unprivileged ports below the ephemeral range, then those above it.
+fn outside_ephemeral_range() -> Vec<u16> {
+    let (lo, hi) = ephemeral_range();
+    let below = lo.saturating_sub(10_000).max(1024)..lo;
+    let above = hi.saturating_add(1).max(1024)..=u16::MAX;
+    let v: Vec<u16> = below.chain(above.filter(|&p| p > hi)).collect();
+    assert!(!v.is_empty(), "the ephemeral range {lo}-{hi} leaves no port outside it");
+    v
+}
+
+/// How many connections wait, not yet accepted, in the accept queue of the TCP listener on
+/// 127.0.0.1:`port` (Linux: the receive queue of a listening socket in `/proc/net/tcp`).
+pub fn accept_queue(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local_address, rem_address, st (0A: LISTEN), tx_queue:rx_queue.
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+            .then(|| u32::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok())
+            .flatten()
+    })
 }
 
 /// A folder removed when dropped.
@@ -193,9 +252,9 @@ pub struct Mock {
 }
 
 impl Mock {
-    /// Starts a mock on a free port. A mock has to be told its port (cutover's config names
-    /// it), so the port is picked here; if another process took it meanwhile the mock exits
-    /// at its bind and is started again on a new one.
+    /// Starts a mock on a `free_port`. A mock has to be told its port (cutover's config names
+    /// it), so the port is picked here; if a process bound it explicitly meanwhile the mock
+    /// exits at its bind and is started again on a new one.
     pub async fn start(version: &str, extra: &[&str]) -> Mock {
         for _ in 0..5 {
             if let Some(m) = Mock::try_start_on(free_port(), version, extra).await {

@@ -4,7 +4,7 @@
 //! old one serving and its control plane working.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +61,10 @@ pub fn exit_code(old: &mut Proc) -> Option<i32> {
 
 /// New connections, one request each (connection: close), until stopped: every one must be
 /// accepted and answered, whichever process accepts it.
-fn fresh_connections(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+/// `ok` counts the answered ones as they come; the failures are returned.
+fn fresh_connections(port: u16, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, Vec::new());
+        let mut failed = Vec::new();
         while !stop.load(Relaxed) {
             let r = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -73,14 +74,25 @@ fn fresh_connections(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
                 Ok(buf)
             });
             match r {
-                Ok(b) if b.starts_with("HTTP/1.1 200") => ok += 1,
+                Ok(b) if b.starts_with("HTTP/1.1 200") => {
+                    ok.fetch_add(1, Relaxed);
+                }
                 Ok(b) => failed.push(b.lines().next().unwrap_or("(empty answer)").to_string()),
                 Err(e) => failed.push(e.to_string()),
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        (ok, failed)
+        failed
     })
+}
+
+/// Waits until both kinds of traffic have had `n` more answers than now.
+async fn more_answers(traffic: &Traffic, fresh: &AtomicU64, n: u64, what: &str) {
+    let (t0, f0) = (traffic.ok.load(Relaxed), fresh.load(Relaxed));
+    wait_for(what, Duration::from_secs(30), || async {
+        (traffic.ok.load(Relaxed) >= t0 + n && fresh.load(Relaxed) >= f0 + n).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,23 +122,26 @@ async fn upgrade_under_load_and_50_streams_fails_nothing_and_the_new_process_ser
     .await;
     let traffic = Traffic::start(r.url("/v1/chat/completions"), 4, Duration::from_millis(5));
     let stop = Arc::new(AtomicBool::new(false));
-    let fresh = fresh_connections(r.listen, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh_ok = Arc::new(AtomicU64::new(0));
+    let fresh = fresh_connections(r.listen, stop.clone(), fresh_ok.clone());
+    more_answers(&traffic, &fresh_ok, 20, "traffic before the upgrade").await;
 
     let mut old = upgrade(&mut r).await;
     let new_pid = r.proc.pid();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Traffic runs on after the hand-over, through the new process's listeners.
+    let handed = format!("upgrade: handed 3 listeners to pid {new_pid}");
+    wait_for("the old process to hand over", Duration::from_secs(10), || async {
+        r.log().contains(&handed).then_some(())
+    })
+    .await;
+    more_answers(&traffic, &fresh_ok, 20, "traffic after the hand-over").await;
     stop.store(true, Relaxed);
-    let (fresh_ok, fresh_failed) = tokio::task::block_in_place(|| fresh.join().unwrap());
-    let (ok, failed, _) = traffic.stop().await;
+    let fresh_failed = tokio::task::block_in_place(|| fresh.join().unwrap());
+    let (_, failed, _) = traffic.stop().await;
     assert!(failed.is_empty(), "{} failed requests: {failed:?}", failed.len());
     assert!(
         fresh_failed.is_empty(),
         "new connections refused or failed: {fresh_failed:?}"
-    );
-    assert!(
-        ok > 20 && fresh_ok > 20,
-        "traffic ran throughout ({ok} requests, {fresh_ok} fresh connections)"
     );
     for s in streams {
         let (events, err) = s.await.unwrap().unwrap();
@@ -221,6 +236,10 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_w
     let mut r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let traffic = Traffic::start(r.url("/v1/chat/completions"), 2, Duration::from_millis(5));
+    wait_for("traffic before the upgrade", Duration::from_secs(10), || async {
+        (traffic.ok.load(Relaxed) >= 20).then_some(())
+    })
+    .await;
 
     // The new process's store cannot open (its folder would be inside a file); the upgrade
     // socket is found through the same data_dir.
@@ -262,8 +281,13 @@ async fn a_failed_upgrade_leaves_the_old_router_serving_with_its_control_plane_w
         get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
         "v2"
     );
-    let (ok, failed, _) = traffic.stop().await;
-    assert!(failed.is_empty() && ok > 0, "{ok} ok, failed: {failed:?}");
+    let resumed = traffic.ok.load(Relaxed);
+    wait_for("traffic after the failed upgrade", Duration::from_secs(10), || async {
+        (traffic.ok.load(Relaxed) >= resumed + 20).then_some(())
+    })
+    .await;
+    let (_, failed, _) = traffic.stop().await;
+    assert!(failed.is_empty(), "failed: {failed:?}");
     assert!(
         r.proc.0.as_mut().unwrap().try_wait().unwrap().is_none(),
         "still running"
@@ -408,17 +432,21 @@ async fn a_listener_a_reload_moved_is_the_one_handed_over() {
     let green = Mock::start("v2", &[]).await;
     let mut r = Router::start(&static_service(&[&blue], &[&green], "")).await;
     assert_eq!(r.switch("blue").await.status, 200);
-    let port = free_port();
+    // Moved to another loopback address, port 0 again: the port is read back from the
+    // addresses file the reload rewrites.
     let text = std::fs::read_to_string(&r.config).unwrap().replacen(
         "listen = \"127.0.0.1:0\"\npreview_listen",
-        &format!("listen = \"127.0.0.1:{port}\"\npreview_listen"),
+        "listen = \"127.0.0.2:0\"\npreview_listen",
         1,
     );
     std::fs::write(&r.config, text).unwrap();
     let (code, out, err) = r.cli_async(&["reload"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    r.listen = port;
-    assert_eq!(get(&r.url("/v1/models")).await.unwrap().status, 200);
+    let moved = bound_listen(&r);
+    assert_eq!(moved.ip().to_string(), "127.0.0.2");
+    r.listen = moved.port();
+    let url = format!("http://{moved}/v1/models");
+    assert_eq!(get(&url).await.unwrap().status, 200);
 
     let mut old = upgrade(&mut r).await;
     assert_eq!(exit_code(&mut old), Some(0));
@@ -428,10 +456,14 @@ async fn a_listener_a_reload_moved_is_the_one_handed_over() {
         "every key taken over, the moved one included: {}",
         r.log()
     );
-    assert_eq!(
-        get(&r.url("/v1/models")).await.unwrap().header("x-cutover-version"),
-        "v1"
-    );
+    assert_eq!(bound_listen(&r), moved, "the successor serves the moved address");
+    assert_eq!(get(&url).await.unwrap().header("x-cutover-version"), "v1");
+}
+
+/// The address `services.chat.listen` is bound to, from the addresses file.
+fn bound_listen(r: &Router) -> std::net::SocketAddr {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(r.addresses_file()).unwrap()).unwrap();
+    v["services"]["chat"]["listen"].as_str().unwrap().parse().unwrap()
 }
 
 /// Keep-alive clients that never retry, in a closed loop: `http.client` (HTTP/1.1, one
