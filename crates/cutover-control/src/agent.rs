@@ -37,9 +37,9 @@ use cutover_fleet::{Etcd, EtcdError, Keys};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, Store};
 
-use crate::colors::{from_fleet, stored};
-use crate::pause::Pause;
-use crate::supervisor::{self, Dirs, Role, Supervisor};
+use crate::base::colors::{from_fleet, stored};
+use crate::base::pause::Pause;
+use crate::procs::supervisor::{self, Dirs, Role, Supervisor};
 
 /// The presence key's lease TTL (seconds).
 const LEASE_TTL: i64 = 5;
@@ -147,7 +147,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl std::future::Future<Output =
     let db = opts.data_dir.join("agent.db");
     let store = Store::open(&db).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db.display()))?;
     let (mut cert, mut ca) = (None, None);
-    let access = crate::fleet_link::etcd_access(
+    let access = crate::fleet::link::etcd_access(
         opts.tls.as_ref(),
         opts.user.as_ref(),
         |t| {

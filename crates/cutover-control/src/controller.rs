@@ -14,19 +14,19 @@ use cutover_proxy::Color;
 use cutover_release::Outcome;
 use cutover_store::{HistoryEntry, Store};
 
-use crate::colors::{routed, stored};
-use crate::error::{ControlError, ReleaseError};
-use crate::fleet_link::FleetLink;
-use crate::pause::{Pause, Quiesced};
+use crate::base::colors::{routed, stored};
+use crate::base::error::{ControlError, ReleaseError};
+use crate::base::pause::{Pause, Quiesced};
+use crate::base::store_call::blocking;
+use crate::fleet::link::FleetLink;
+use crate::procs::supervisor::{self, Dirs, Role};
 use crate::release::run::RunEnv;
+use crate::release::scale_down::ScaleDowns;
 use crate::release::{self, ReleaseDoc, Releases};
-use crate::scale_down::ScaleDowns;
 use crate::service::series::Point;
 use crate::service::stop::{StopOutcome, StopRequest};
 use crate::service::switch::{RollbackRequest, SwitchOutcome, SwitchRequest};
 use crate::service::{ColorState, ServiceCtl};
-use crate::store_call::blocking;
-use crate::supervisor::{self, Dirs, Role};
 
 /// Configuration reloads done by this process, by result.
 #[derive(Default)]

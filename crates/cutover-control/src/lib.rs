@@ -36,33 +36,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod agent;
-pub mod certs;
-pub(crate) mod colors;
+pub mod api;
+pub mod base;
 pub mod controller;
-pub mod error;
 pub mod fleet;
-pub mod fleet_hosts;
-pub mod fleet_leader;
-pub mod fleet_link;
-pub mod metrics;
-pub mod pause;
 pub mod procs;
 pub mod release;
-pub mod reload;
-pub mod remote_procs;
-pub mod scale_down;
-pub mod server;
+pub mod serve;
 pub mod service;
-pub(crate) mod shadow;
-pub mod steps;
-pub(crate) mod store_call;
-pub mod supervisor;
-pub mod token;
-pub mod upgrade;
 
-pub use admin::ApiError;
+pub use api::ApiError;
 pub use controller::Controller;
 
 #[cfg(test)]

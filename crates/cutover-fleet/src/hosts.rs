@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use cutover_fleet::doc::{Color, DesiredProcs, HostDoc, HostReport};
-use cutover_fleet::etcd::Kv;
-use cutover_fleet::Keys;
+use crate::doc::{Color, DesiredProcs, HostDoc, HostReport};
+use crate::etcd::Kv;
+use crate::Keys;
 use tokio::sync::watch;
 
 #[derive(Default, Clone)]
@@ -46,7 +46,7 @@ impl Default for HostsView {
 }
 
 /// What a key of the fleet's prefix was, if it is about host agents.
-pub(crate) enum HostKey<'k> {
+pub enum HostKey<'k> {
     Host(&'k str),
     Agent(&'k str),
     Desired(&'k str, Color),
@@ -54,7 +54,7 @@ pub(crate) enum HostKey<'k> {
 }
 
 impl<'k> HostKey<'k> {
-    pub(crate) fn of(keys: &Keys, key: &'k str) -> Option<HostKey<'k>> {
+    pub fn of(keys: &Keys, key: &'k str) -> Option<HostKey<'k>> {
         if let Some(h) = keys.host_name(key) {
             Some(HostKey::Host(h))
         } else if let Some(h) = keys.agent_name(key) {
@@ -82,7 +82,7 @@ impl HostsView {
     }
 
     /// Replaces everything with a full read (`kvs` from the four prefixes).
-    pub(crate) fn read(&self, keys: &Keys, kvs: &[Kv]) {
+    pub fn read(&self, keys: &Keys, kvs: &[Kv]) {
         let mut next = Inner::default();
         for kv in kvs {
             next.put(keys, kv);
@@ -107,7 +107,7 @@ impl HostsView {
 
     /// One watch event: `Some(kv)` a put, `None` a delete of `key`. Returns the host whose
     /// registration changed, so the services it serves resolve their names again.
-    pub(crate) fn event(&self, keys: &Keys, key: &str, kv: Option<&Kv>) -> Option<String> {
+    pub fn event(&self, keys: &Keys, key: &str, kv: Option<&Kv>) -> Option<String> {
         let changed_host = {
             let mut inner = self.lock();
             match kv {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cutover_store::{Store, StoreError};
 
-use crate::error::StoreFailure;
+use crate::base::error::StoreFailure;
 
 /// Runs a blocking store call off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -19,11 +19,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+use crate::base::store_call::record;
 use crate::controller::Controller;
-use crate::fleet_link::{FleetLink, Term};
+use crate::fleet::link::{FleetLink, Term};
+use crate::procs::supervisor::Role;
 use crate::release::{self, ReleaseDoc};
-use crate::store_call::record;
-use crate::supervisor::Role;
 
 /// The leader key's lease (seconds): how long a leader that stopped renewing it (dead,
 /// paused, cut from etcd) keeps the fleet without one.
@@ -348,13 +348,13 @@ pub async fn forward(
 }
 
 #[cfg(test)]
-#[path = "../../cutover-fleet/tests/support/cluster.rs"]
+#[path = "../../../cutover-fleet/tests/support/cluster.rs"]
 mod cluster;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet_link::FenceError;
+    use crate::fleet::link::FenceError;
 
     fn link(c: &cluster::Cluster, id: &str) -> FleetLink {
         FleetLink::new(

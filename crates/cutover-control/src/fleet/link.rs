@@ -15,7 +15,7 @@ use cutover_proxy::stats::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::error::SwitchError;
+use crate::base::error::SwitchError;
 
 /// The hash of a service's configuration that documents carry (`config_hash`): its
 /// environments (endpoints, versions as configured, or the managed run).
@@ -111,11 +111,11 @@ pub enum FenceError {
     Etcd(#[from] cutover_fleet::EtcdError),
 }
 
-impl From<FenceError> for crate::error::ReleaseError {
-    fn from(e: FenceError) -> crate::error::ReleaseError {
+impl From<FenceError> for crate::base::error::ReleaseError {
+    fn from(e: FenceError) -> crate::base::error::ReleaseError {
         match e {
-            FenceError::NotLeader { leader } => crate::error::ReleaseError::NotLeader { leader },
-            e => crate::error::ReleaseError::Fleet { detail: e.to_string() },
+            FenceError::NotLeader { leader } => crate::base::error::ReleaseError::NotLeader { leader },
+            e => crate::base::error::ReleaseError::Fleet { detail: e.to_string() },
         }
     }
 }
@@ -178,7 +178,7 @@ pub struct FleetLink {
     /// Wakes the campaign: the leader key went away, or this router lost its term.
     pub(crate) leader_changed: tokio::sync::Notify,
     /// The host agents, their registrations, desired processes and reports.
-    pub hosts: crate::fleet_hosts::HostsView,
+    pub hosts: cutover_fleet::hosts::HostsView,
     /// The lease this router's ack lives on (0: none yet), revoked by a clean stop.
     pub(crate) ack_lease: std::sync::atomic::AtomicI64,
 }

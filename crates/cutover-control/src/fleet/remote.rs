@@ -1,7 +1,7 @@
 //! Managed environments on host agents (`[services.NAME.run] hosts = [...]`, fleet mode):
 //! the controller's side. A start or stop of a color is one document,
 //! `desired/<service>/<color>`, with a new epoch; every agent named in it acts on it with
-//! its own [`Supervisor`](crate::supervisor::Supervisor) and answers under
+//! its own [`Supervisor`](crate::procs::supervisor::Supervisor) and answers under
 //! `reports/<service>/<color>/<host>`. The release run waits on those reports as it would on
 //! local processes: a start succeeds once every host reports its processes started (or fails
 //! naming the host that could not), an exit a host reports for the epoch being released fails
@@ -20,9 +20,9 @@ use cutover_fleet::etcd::{Compare, Kv, Op, Txn};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, HistoryKind, ProcessRecord, Store};
 
-use crate::colors::{fleet_color, stored};
-use crate::fleet_link::FleetLink;
-use crate::supervisor::{process_event, ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
+use crate::base::colors::{fleet_color, stored};
+use crate::fleet::link::FleetLink;
+use crate::procs::supervisor::{process_event, ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
 
 /// How long a start waits for every host's report. Spawning is quick; what takes long (a
 /// model loading) is the health wait that follows, not this.

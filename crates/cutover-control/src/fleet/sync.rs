@@ -13,11 +13,11 @@ use cutover_fleet::etcd::{Compare, Event, Kv, Op, Txn, WatchMsg};
 use cutover_fleet::EtcdError;
 use cutover_proxy::Color;
 
-use crate::colors::{fleet_color, from_fleet, stored};
+use crate::base::colors::{fleet_color, from_fleet, stored};
+use crate::base::store_call::blocking;
 use crate::controller::Controller;
-use crate::fleet_link::{config_hash, Applied, FleetLink};
+use crate::fleet::link::{config_hash, Applied, FleetLink};
 use crate::service::ServiceCtl;
-use crate::store_call::blocking;
 
 /// A router's ack lives this long after its last renewal (its lease's TTL, seconds).
 pub const ACK_TTL: i64 = 5;
@@ -47,7 +47,7 @@ pub async fn start(ctl: Arc<Controller>, link: Arc<FleetLink>, first_read: Durat
     let tasks = vec![
         tokio::spawn(sync(ctl.clone(), link.clone())),
         tokio::spawn(acks(link.clone())),
-        tokio::spawn(crate::fleet_leader::campaign(ctl, link.clone())),
+        tokio::spawn(crate::fleet::leader::campaign(ctl, link.clone())),
     ];
     let deadline = tokio::time::Instant::now() + first_read;
     while !link.connected().0 && tokio::time::Instant::now() < deadline {
@@ -436,7 +436,7 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
             Event::Put(kv) => link.set_leader(Some(kv)),
             Event::Delete(_) => link.set_leader(None),
         }
-    } else if crate::fleet_hosts::HostKey::of(&link.keys, key).is_some() {
+    } else if cutover_fleet::hosts::HostKey::of(&link.keys, key).is_some() {
         let kv = match e {
             Event::Put(kv) => Some(kv),
             Event::Delete(_) => None,
@@ -571,7 +571,7 @@ pub async fn join(
     ctl: Arc<Controller>,
     cfg: &cutover_config::FleetConfig,
     admin: std::net::SocketAddr,
-    certs: &crate::certs::Certs,
+    certs: &crate::base::certs::Certs,
 ) -> anyhow::Result<FleetTasks> {
     let id = cfg.router_id.clone().unwrap_or_else(|| default_router_id(admin));
     let access = etcd_access(
@@ -600,7 +600,7 @@ pub async fn join(
     Ok(start(ctl, link, FIRST_READ).await)
 }
 
-pub use crate::fleet_link::etcd_access;
+pub use crate::fleet::link::etcd_access;
 
 /// How long `serve` waits for the first read from etcd before serving its snapshot.
 const FIRST_READ: Duration = Duration::from_secs(3);

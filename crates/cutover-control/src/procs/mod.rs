@@ -2,14 +2,16 @@
 //! host agents through etcd ([`RemoteProcs`], `run.hosts` in fleet mode). Provisioning, the
 //! release run, scale-downs and status use this one face and do not care which.
 
+pub mod supervisor;
+
 use std::sync::Arc;
 
 use cutover_config::RunConfig;
 use cutover_proxy::Color;
 use cutover_store::ProcessRecord;
 
-use crate::remote_procs::RemoteProcs;
-use crate::supervisor::{ColorProcesses, Exit, Role, Supervisor};
+use crate::fleet::remote::RemoteProcs;
+use crate::procs::supervisor::{ColorProcesses, Exit, Role, Supervisor};
 
 #[derive(Clone)]
 pub enum Procs {

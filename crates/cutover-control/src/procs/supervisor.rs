@@ -35,9 +35,9 @@ use cutover_config::{RestartPolicy, RunConfig};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, now_rfc3339_millis, EventRecord, HistoryKind, ProcessRecord, Store};
 
-use crate::colors::stored;
-use crate::pause::Pause;
-use crate::store_call::{blocking, record};
+use crate::base::colors::stored;
+use crate::base::pause::Pause;
+use crate::base::store_call::{blocking, record};
 
 /// Log files kept per replica (one per start); older ones are removed at the next start.
 pub const LOGS_KEPT: usize = 10;

@@ -4,6 +4,9 @@
 pub(crate) mod active;
 pub mod doc;
 pub mod run;
+pub mod scale_down;
+pub(crate) mod shadow;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,11 @@ use cutover_proxy::Color;
 use cutover_release::{Outcome, Phase, Plan};
 use cutover_store::{now_rfc3339, EventRecord, HistoryKind, Store};
 
-use crate::colors::stored;
-use crate::error::{ReleaseError, StoreFailure};
-use crate::fleet_link::FleetLink;
+use crate::base::colors::stored;
+use crate::base::error::{ReleaseError, StoreFailure};
+use crate::base::store_call::{blocking, record};
+use crate::fleet::link::FleetLink;
 use crate::service::ServiceCtl;
-use crate::store_call::{blocking, record};
 use active::{Active, Signals};
 use doc::NewRelease;
 pub use doc::{PhaseRecord, ReleaseDoc, StepRecord};

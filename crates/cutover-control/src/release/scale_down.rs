@@ -13,9 +13,9 @@ use std::time::Duration;
 use cutover_proxy::Color;
 use cutover_store::{EventRecord, HistoryKind};
 
-use crate::colors::stored;
+use crate::base::colors::stored;
+use crate::base::store_call::record;
 use crate::service::{ColorState, ServiceCtl};
-use crate::store_call::record;
 
 /// The pending scale-down per service (at most one: a new release cancels the old one).
 #[derive(Clone, Default)]
@@ -102,7 +102,8 @@ async fn post_scale_down(svc: &ServiceCtl, color: Color, version: &str, release_
         ("CUTOVER_RELEASE_ID", release_id.to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
-    let r = crate::steps::run_hooks("post_scale_down", &hooks.post_scale_down, &env, hooks.timeout.get()).await;
+    let r =
+        crate::release::steps::run_hooks("post_scale_down", &hooks.post_scale_down, &env, hooks.timeout.get()).await;
     if let Err(e) = &r {
         tracing::error!(service = %svc.name, color = %color, error = %e, "a post_scale_down hook failed");
     }
@@ -175,7 +176,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
     .await;
     if let Some(link) = svc.fleet.get() {
         // The fleet's copy says so too (a follower's `release show` reads it).
-        if let Ok(Some((_, v))) = crate::store_call::blocking(&svc.store, move |s| s.release(release_id)).await {
+        if let Ok(Some((_, v))) = crate::base::store_call::blocking(&svc.store, move |s| s.release(release_id)).await {
             if let Err(e) = link.put_release(&svc.name, release_id, &v).await {
                 tracing::warn!(service = %svc.name, release = release_id, error = %e, "the fleet's copy of the release does not say it was scaled down");
             }

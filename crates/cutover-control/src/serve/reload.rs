@@ -32,10 +32,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::certs::Certs;
+use crate::base::certs::Certs;
 use crate::controller::Controller;
+use crate::serve::upgrade::Entry;
 use crate::service::BoundAddrs;
-use crate::upgrade::Entry;
 
 /// Why a reload changed nothing.
 #[derive(Debug)]
@@ -427,7 +427,7 @@ impl Serving {
                     if preview { "preview_listen" } else { "listen" }
                 );
                 let l = listener::bind(want)
-                    .map_err(|e| ReloadError::Bind(crate::supervisor::cannot_listen(&key, want, &e)))?;
+                    .map_err(|e| ReloadError::Bind(crate::procs::supervisor::cannot_listen(&key, want, &e)))?;
                 bound.push((cfg.name.clone(), preview, l, want));
             }
         }

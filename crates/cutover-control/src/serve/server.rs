@@ -5,7 +5,7 @@
 //! fails at the bind, before it has written anything into the live instance's store.
 //!
 //! `serve --upgrade` takes the listeners of the running router instead of binding them (see
-//! [`crate::upgrade`]); a running router hands them on and drains once its successor serves.
+//! [`crate::serve::upgrade`]); a running router hands them on and drains once its successor serves.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,14 +22,14 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::api::admin::{self, AdminState};
+use crate::api::token;
 use crate::controller::Controller;
-use crate::reload::Serving;
+use crate::procs::supervisor::cannot_listen;
+use crate::serve::reload::Serving;
+use crate::serve::upgrade::{self, Entry, Predecessor, Received, UpgradeSocket};
 use crate::service::series::SAMPLE_EVERY;
 use crate::service::BoundAddrs;
-use crate::supervisor::cannot_listen;
-use crate::token;
-use crate::upgrade::{self, Entry, Predecessor, Received, UpgradeSocket};
 
 pub struct ServeOptions {
     /// How long in-flight requests (streams included) may run on after SIGTERM.
@@ -408,7 +408,7 @@ async fn start(
     // Before the fleet joins: etcd's client certificate is one of its stores.
     let serving = Serving::new(ctl.clone(), opts.grace);
     let _fleet = match fleet_config {
-        Some(f) => Some(crate::fleet::join(ctl.clone(), &f, addresses.admin, &serving.certs).await?),
+        Some(f) => Some(crate::fleet::sync::join(ctl.clone(), &f, addresses.admin, &serving.certs).await?),
         None => None,
     };
     // Endpoint names resolve before the first request is taken (connections wait in the
@@ -517,7 +517,7 @@ async fn hand_over(
     socket: Option<UpgradeSocket>,
     admin: (Entry, OwnedFd),
     serving: &Serving,
-) -> (u32, crate::pause::Quiesced) {
+) -> (u32, crate::base::pause::Quiesced) {
     let Some(socket) = socket else {
         return std::future::pending().await;
     };

@@ -32,13 +32,13 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::colors::stored;
-use crate::error::StoreFailure;
-use crate::pause::Pause;
+use crate::base::colors::stored;
+use crate::base::error::StoreFailure;
+use crate::base::pause::Pause;
+use crate::base::store_call::blocking;
+use crate::fleet::remote::RemoteProcs;
+use crate::procs::supervisor::{Dirs, Supervisor};
 use crate::procs::Procs;
-use crate::remote_procs::RemoteProcs;
-use crate::store_call::blocking;
-use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -149,7 +149,7 @@ pub struct ServiceCtl {
     /// writes the store, never before it.
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
-    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
+    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::link::FleetLink>>,
 }
 
 /// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.

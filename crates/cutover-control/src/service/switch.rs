@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
-use crate::colors::{fleet_color, stored};
-use crate::error::SwitchError;
-use crate::fleet_link::{config_hash, FleetLink};
-use crate::store_call::blocking;
+use crate::base::colors::{fleet_color, stored};
+use crate::base::error::SwitchError;
+use crate::base::store_call::blocking;
+use crate::fleet::link::{config_hash, FleetLink};
 use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 
 /// What a switch did.

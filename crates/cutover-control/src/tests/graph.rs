@@ -99,7 +99,7 @@ fn module_graph_is_one_way() {
 #[test]
 fn the_scan_sees_a_reference_and_skips_comments() {
     let refs = crate_refs(
-        "use crate::service::ServiceCtl;\n// crate::admin in a comment\nlet x = crate::steps::plural(1, \"s\");",
+        "use crate::service::ServiceCtl;\n// crate::api::admin in a comment\nlet x = crate::release::steps::plural(1, \"s\");",
     );
     assert_eq!(
         refs,

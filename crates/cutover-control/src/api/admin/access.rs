@@ -4,7 +4,7 @@
 
 use axum::http::Method;
 
-use crate::token::Role;
+use crate::api::token::Role;
 
 /// What a route asks of a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use axum::Json;
 use cutover_store::StoreError;
 use serde_json::json;
 
-use crate::error::{ControlError, ReleaseError, StopError, StoreFailure, SwitchError};
+use crate::base::error::{ControlError, ReleaseError, StopError, StoreFailure, SwitchError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -22,10 +22,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api::token::{Identity, Tokens};
 use crate::controller::Controller;
 use crate::service::stop::StopRequest;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
-use crate::token::{Identity, Tokens};
 pub use error::ApiError;
 
 /// Admin request bodies larger than this are refused with 413.
@@ -38,14 +38,14 @@ pub struct AdminState {
     pub tokens: Tokens,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The running `serve`'s listeners, which a reload changes; `None` in a bare controller.
-    pub serving: Option<Arc<crate::reload::Serving>>,
+    pub serving: Option<Arc<crate::serve::reload::Serving>>,
     /// Which process answers, for `/healthz`: after `serve --upgrade`, which one it replaced.
     pub process: Arc<Value>,
 }
 
 impl AdminState {
     pub fn new(ctl: Arc<Controller>, tokens: Tokens) -> AdminState {
-        let metrics = Arc::new(crate::metrics::registry(ctl.clone()));
+        let metrics = Arc::new(crate::api::metrics::registry(ctl.clone()));
         let process = Arc::new(json!({
             "pid": std::process::id(),
             "started_at": cutover_store::now_rfc3339(),
@@ -69,7 +69,7 @@ impl AdminState {
     }
 
     /// Lets `POST /v1/reload` reload the configuration of this `serve`.
-    pub fn with_reload(mut self, serving: Arc<crate::reload::Serving>) -> AdminState {
+    pub fn with_reload(mut self, serving: Arc<crate::serve::reload::Serving>) -> AdminState {
         self.serving = Some(serving);
         self
     }
@@ -147,7 +147,7 @@ async fn series(State(st): State<AdminState>, Path(svc): Path<String>) -> Result
 }
 
 async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
-    let body = crate::metrics::render(&st.metrics);
+    let body = crate::api::metrics::render(&st.metrics);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -162,7 +162,7 @@ async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
         )
             .into_response()
     } else {
-        let text = crate::metrics::to_prometheus_text(&body);
+        let text = crate::api::metrics::to_prometheus_text(&body);
         (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             text,
@@ -201,7 +201,7 @@ async fn auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Res
             "{} {} needs a token with the role {needed}{}; token {:?} has the role {}",
             req.method(),
             req.uri().path(),
-            if needed == crate::token::Role::Admin {
+            if needed == crate::api::token::Role::Admin {
                 ""
             } else {
                 " or higher"
@@ -302,7 +302,7 @@ fn actor(headers: &HeaderMap) -> String {
 
 /// Reads the config file again and applies the differences (see `reload`).
 async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    use crate::reload::ReloadError;
+    use crate::serve::reload::ReloadError;
     let serving = st
         .serving
         .clone()
@@ -571,7 +571,7 @@ async fn to_leader(
     let link = st.ctl.fleet().filter(|l| !l.is_leader())?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
     Some(
-        crate::fleet_leader::forward(link, method, path, headers, body)
+        crate::fleet::leader::forward(link, method, path, headers, body)
             .await
             .map_err(|e| ApiError::conflict("not_leader", e.0)),
     )
@@ -798,7 +798,7 @@ mod tests {
 
     #[test]
     fn the_actor_is_the_token_name_then_the_clients_label() {
-        use crate::token::{Identity, Role};
+        use crate::api::token::{Identity, Role};
         let ci = Identity {
             name: "ci".into(),
             role: Role::Operator,

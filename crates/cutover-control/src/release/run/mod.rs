@@ -29,12 +29,12 @@ use tokio::time::Instant;
 
 use super::active::Active;
 use super::doc::{ReleaseDoc, StepRecord};
-use crate::error::{StepError, StoreFailure};
-use crate::scale_down::ScaleDowns;
+use crate::base::error::{StepError, StoreFailure};
+use crate::base::store_call::blocking;
+use crate::procs::supervisor::Exit;
+use crate::release::scale_down::ScaleDowns;
+use crate::release::steps::deadline_text;
 use crate::service::ServiceCtl;
-use crate::steps::deadline_text;
-use crate::store_call::blocking;
-use crate::supervisor::Exit;
 use webhooks::Webhooks;
 
 /// What a run needs from outside its service.
@@ -197,7 +197,7 @@ impl ReleaseRun {
         let Some(link) = self.svc.fleet.get() else { return };
         match link.put_release(&self.svc.name, id, value).await {
             Ok(()) => {}
-            Err(crate::fleet_link::FenceError::NotLeader { .. }) => {
+            Err(crate::fleet::link::FenceError::NotLeader { .. }) => {
                 tracing::error!(service = %self.svc.name, release = id, "a fenced write of the release failed: not the leader any more; the run stops");
                 std::future::pending::<()>().await;
             }

@@ -14,7 +14,7 @@ use cutover_store::{now_rfc3339, SwitchKind};
 use super::verify::Halt;
 use super::StepRecord;
 use super::{ReleaseRun, Stop};
-use crate::error::StepError;
+use crate::base::error::StepError;
 use crate::service::switch::StepRequest;
 use crate::service::ColorState;
 

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::release::steps::StepClient;
 use crate::service::ServiceCtl;
-use crate::steps::StepClient;
 
 /// Mixed into the request key so the baseline's draw is independent of the sampling's.
 const BASELINE_SALT: u64 = 0x5eed_ba5e_11fe_0001;
@@ -55,7 +55,7 @@ impl Sender {
     ) -> Sender {
         let slots = Arc::new(Semaphore::new(shared.cfg.max_in_flight));
         Sender {
-            client: crate::steps::client(svc),
+            client: crate::release::steps::client(svc),
             svc: svc.clone(),
             shared,
             live,

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use cutover_proxy::Color;
 
 use super::plural;
-use crate::colors::stored;
+use crate::base::colors::stored;
+use crate::base::store_call::blocking;
+pub use crate::procs::supervisor::Dirs;
 use crate::procs::Procs;
 use crate::service::{ColorState, ServiceCtl};
-use crate::store_call::blocking;
-pub use crate::supervisor::Dirs;
 
 pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
     if svc.procs.is_none() && svc.state(color) == Some(ColorState::Sleeping) {
