@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod reload;
 pub mod token;
 
 pub use admin::ApiError;

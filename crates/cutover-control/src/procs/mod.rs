@@ -1,22 +1,73 @@
 //! A managed service's processes, wherever they run: on this machine ([`Supervisor`]) or on
-//! host agents through etcd ([`RemoteProcs`], `run.hosts` in fleet mode). Provisioning, the
-//! release run, scale-downs and status use this one face and do not care which.
+//! host agents through etcd (a [`RemoteDriver`], `run.hosts` in fleet mode, implemented by
+//! `fleet::remote`). Provisioning, the release run, scale-downs and status use this one face
+//! and do not care which; this layer knows nothing of the fleet.
 
 pub mod supervisor;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use cutover_config::RunConfig;
 use cutover_proxy::Color;
 use cutover_store::ProcessRecord;
 
-use crate::fleet::remote::RemoteProcs;
 use crate::procs::supervisor::{ColorProcesses, Exit, Role, Supervisor};
+
+/// A future a [`RemoteDriver`] returns (trait objects cannot have `async fn`s).
+pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Processes that something other than this machine's supervisor runs: host agents, which
+/// fleet mode drives through etcd. The first methods are [`Procs`]'s common face; the last
+/// four are what only hosts have (an agent can be away, and a leader cleans up after a
+/// release that lost its leader).
+pub trait RemoteDriver: Send + Sync {
+    fn has_processes(&self, color: Color) -> bool;
+    fn start<'a>(&'a self, color: Color, version: &'a str) -> DriverFuture<'a, Result<Vec<ProcessRecord>, String>>;
+    fn stop(&self, color: Color) -> DriverFuture<'_, ()>;
+    fn assign_role(self: Arc<Self>, color: Color, role: Role);
+    fn role(&self, color: Color) -> Role;
+    fn epoch(&self, color: Color) -> u64;
+    fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit>;
+    fn wait_exit(&self, color: Color, epoch: u64) -> DriverFuture<'_, Exit>;
+    fn status(&self, color: Color) -> ColorProcesses;
+    fn restarts_total(&self) -> Vec<(Color, String, u64)>;
+    fn set_run(&self, run: RunConfig);
+    /// The color's stored desire is to stop.
+    fn stopped(&self, color: Color) -> bool;
+    /// The hosts of `color` whose agents are away.
+    fn away(&self, color: Color) -> Vec<String>;
+    /// Until every host of `color` has its agent back.
+    fn wait_connected(&self, color: Color) -> DriverFuture<'_, ()>;
+    /// Stops `color` if a release that will never switch to it started it, unless `busy`.
+    fn stop_abandoned_unless<'a>(
+        &'a self,
+        color: Color,
+        version: Option<&'a str>,
+        busy: &'a (dyn Fn() -> bool + Send + Sync),
+    ) -> DriverFuture<'a, bool>;
+}
+
+impl dyn RemoteDriver {
+    pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
+        self.clone().assign_role(color, role)
+    }
+
+    pub async fn stop_abandoned(
+        &self,
+        color: Color,
+        version: Option<&str>,
+        busy: impl Fn() -> bool + Send + Sync,
+    ) -> bool {
+        self.stop_abandoned_unless(color, version, &busy).await
+    }
+}
 
 #[derive(Clone)]
 pub enum Procs {
     Local(Arc<Supervisor>),
-    Remote(Arc<RemoteProcs>),
+    Remote(Arc<dyn RemoteDriver>),
 }
 
 impl Procs {

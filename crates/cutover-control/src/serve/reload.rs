@@ -22,77 +22,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cutover_config::{Config, ConfigError, ServiceConfig};
+use cutover_config::{Config, ServiceConfig};
 use cutover_proxy::forward::Forwarder;
 use cutover_proxy::listener::{self, ListenerStats};
 use cutover_proxy::shared::{Rule, Shared};
 use cutover_proxy::{Protocol, ServiceSettings};
 use cutover_store::{EventRecord, HistoryKind};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::reload::{Reload, ReloadFuture};
+pub use crate::api::reload::{ReloadError, ReloadReport};
 use crate::base::certs::Certs;
 use crate::controller::Controller;
 use crate::serve::upgrade::Entry;
 use crate::service::BoundAddrs;
-
-/// Why a reload changed nothing.
-#[derive(Debug)]
-pub enum ReloadError {
-    /// The file does not parse or validate.
-    Invalid(ConfigError),
-    /// A change reload cannot make in place (or a service is mid-release).
-    Refused(String),
-    /// A new listener could not be bound.
-    Bind(String),
-}
-
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReloadError::Invalid(e) => write!(f, "the new configuration is invalid, nothing changed: {e}"),
-            ReloadError::Refused(m) => write!(f, "reload refused, nothing changed: {m}"),
-            ReloadError::Bind(m) => write!(f, "reload failed, nothing changed: {m}"),
-        }
-    }
-}
-
-/// What a reload changed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Per changed service, what changed in it (`health`, `blue.endpoints`, `listen`, ...).
-    pub changed: BTreeMap<String, Vec<String>>,
-    /// Per `tls` table (`services.chat.tls`): its files read again, `reloaded`, `unchanged` or
-    /// why the new pair was refused. Not a change of the configuration: not in `summary`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub certificates: BTreeMap<String, String>,
-}
-
-impl ReloadReport {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-
-    pub fn summary(&self) -> String {
-        if self.is_empty() {
-            return "no changes".into();
-        }
-        let mut parts = Vec::new();
-        if !self.added.is_empty() {
-            parts.push(format!("added {}", self.added.join(", ")));
-        }
-        if !self.removed.is_empty() {
-            parts.push(format!("removed {}", self.removed.join(", ")));
-        }
-        for (svc, what) in &self.changed {
-            parts.push(format!("{svc}: {}", what.join(", ")));
-        }
-        parts.join("; ")
-    }
-}
 
 /// One running accept loop.
 struct Loop {
@@ -543,6 +487,13 @@ fn shared_change(old: &Config, new: &Config) -> Option<String> {
          restart cutover (`serve --upgrade` keeps connections) to change them"
             .into(),
     )
+}
+
+/// The admin API's `POST /v1/reload` comes here.
+impl Reload for Serving {
+    fn reload<'a>(&'a self, actor: &'a str) -> ReloadFuture<'a> {
+        Box::pin(Serving::reload(self, actor))
+    }
 }
 
 #[cfg(test)]

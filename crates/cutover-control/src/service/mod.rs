@@ -124,6 +124,8 @@ pub struct ServiceCtl {
     bound: Mutex<Option<BoundAddrs>>,
     /// The managed processes of both colors; `None` for static endpoints.
     pub(crate) procs: Option<Procs>,
+    /// The same processes when host agents run them (fleet mode attaches its link to them).
+    hosts: Option<Arc<RemoteProcs>>,
     /// Requests/s and error rate per color over the last minutes, for the dashboard.
     pub(crate) series: Mutex<series::Series>,
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
@@ -150,6 +152,13 @@ pub struct ServiceCtl {
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
     pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::link::FleetLink>>,
+}
+
+impl ServiceCtl {
+    /// The host agents' processes, when `run.hosts` places this service's processes there.
+    pub(crate) fn hosts(&self) -> Option<&Arc<RemoteProcs>> {
+        self.hosts.as_ref()
+    }
 }
 
 /// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.
@@ -362,10 +371,14 @@ impl ServiceCtl {
     ) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = health_spec(&cfg);
-        let procs = match &cfg.environments {
+        let hosts = match &cfg.environments {
             Environments::Managed(run) if !run.hosts.is_empty() => {
-                Some(Procs::Remote(RemoteProcs::new(&cfg.name, run.clone(), store.clone())))
+                Some(RemoteProcs::new(&cfg.name, run.clone(), store.clone()))
             }
+            _ => None,
+        };
+        let procs = match &cfg.environments {
+            _ if hosts.is_some() => hosts.clone().map(|h| Procs::Remote(h)),
             Environments::Managed(run) => Some(Procs::Local(Supervisor::new(
                 &cfg.name,
                 run.clone(),
@@ -384,6 +397,7 @@ impl ServiceCtl {
             slots: Mutex::new([None, None]),
             states: Mutex::new([None, None]),
             bound: Mutex::new(None),
+            hosts,
             procs,
             series: Default::default(),
             switches: AtomicU64::new(0),

@@ -38,7 +38,7 @@ pub struct AdminState {
     pub tokens: Tokens,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The running `serve`'s listeners, which a reload changes; `None` in a bare controller.
-    pub serving: Option<Arc<crate::serve::reload::Serving>>,
+    pub serving: Option<Arc<dyn crate::api::reload::Reload>>,
     /// Which process answers, for `/healthz`: after `serve --upgrade`, which one it replaced.
     pub process: Arc<Value>,
 }
@@ -69,7 +69,7 @@ impl AdminState {
     }
 
     /// Lets `POST /v1/reload` reload the configuration of this `serve`.
-    pub fn with_reload(mut self, serving: Arc<crate::serve::reload::Serving>) -> AdminState {
+    pub fn with_reload(mut self, serving: Arc<dyn crate::api::reload::Reload>) -> AdminState {
         self.serving = Some(serving);
         self
     }
@@ -302,7 +302,7 @@ fn actor(headers: &HeaderMap) -> String {
 
 /// Reads the config file again and applies the differences (see `reload`).
 async fn reload(State(st): State<AdminState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    use crate::serve::reload::ReloadError;
+    use crate::api::reload::ReloadError;
     let serving = st
         .serving
         .clone()

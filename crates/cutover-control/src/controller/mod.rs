@@ -213,7 +213,7 @@ impl Controller {
     pub fn attach_fleet(&self, link: Arc<FleetLink>) {
         for svc in self.services().values() {
             let _ = svc.fleet.set(link.clone());
-            if let Some(crate::procs::Procs::Remote(r)) = &svc.procs {
+            if let Some(r) = svc.hosts() {
                 r.attach(link.clone());
             }
         }
