@@ -291,7 +291,7 @@ fn encode_color_state(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, A
 /// Per service: generation, switches and rollbacks, the phase of a release in progress.
 /// Fleet mode only: the link to etcd, the routers by ack state, switch convergence.
 fn encode_fleet(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
-    let Some(link) = ctl.fleet() else {
+    let Some(link) = crate::fleet::link_of(ctl) else {
         return Ok(());
     };
     let mut m = enc.encode_descriptor(

@@ -18,11 +18,11 @@ use crate::base::colors::{routed, stored};
 use crate::base::error::{ControlError, ReleaseError};
 use crate::base::pause::{Pause, Quiesced};
 use crate::base::store_call::blocking;
-use crate::fleet::link::FleetLink;
 use crate::procs::supervisor::{self, Dirs, Role};
 use crate::release::run::RunEnv;
 use crate::release::scale_down::ScaleDowns;
 use crate::release::{self, ReleaseDoc, Releases};
+use crate::service::fleet::Fleet;
 use crate::service::series::Point;
 use crate::service::stop::{StopOutcome, StopRequest};
 use crate::service::switch::{RollbackRequest, SwitchOutcome, SwitchRequest};
@@ -53,7 +53,7 @@ pub struct Controller {
     /// Stops the control plane's writes while a successor takes over (`serve --upgrade`).
     pub(crate) pause: Pause,
     /// Fleet mode's link to etcd, attached by `serve` once the admin listener is bound.
-    fleet: std::sync::OnceLock<Arc<FleetLink>>,
+    fleet: std::sync::OnceLock<Arc<dyn Fleet>>,
     /// Fleet mode: the releases this router left unfinished before its restart, per
     /// service, until the fleet's documents replace them (`attach_fleet`).
     unfinished: std::sync::Mutex<Vec<(String, Vec<i64>)>>,
@@ -210,12 +210,10 @@ impl Controller {
     }
 
     /// Fleet mode: from now on every switch of every service commits through `link`.
-    pub fn attach_fleet(&self, link: Arc<FleetLink>) {
+    pub fn attach_fleet(&self, link: Arc<dyn Fleet>) {
         for svc in self.services().values() {
             let _ = svc.fleet.set(link.clone());
-            if let Some(r) = svc.hosts() {
-                r.attach(link.clone());
-            }
+            link.clone().attach_hosts(svc);
         }
         let unfinished = std::mem::take(&mut *self.unfinished.lock().unwrap_or_else(|p| p.into_inner()));
         for (service, ids) in unfinished {
@@ -230,7 +228,7 @@ impl Controller {
     }
 
     /// The fleet link, in fleet mode.
-    pub fn fleet(&self) -> Option<&Arc<FleetLink>> {
+    pub fn fleet(&self) -> Option<&Arc<dyn Fleet>> {
         self.fleet.get()
     }
 
@@ -268,7 +266,7 @@ impl Controller {
         if let Some(link) = self.fleet.get() {
             let _ = svc.fleet.set(link.clone());
             // Its document is read (or created) before its first switch can commit.
-            link.resync.notify_one();
+            link.resync();
         }
         Ok(svc)
     }
@@ -406,7 +404,7 @@ impl Controller {
         match (self.releases.abort(name, id, actor), self.fleet()) {
             // Fleet mode: a release a lost leader left interrupted can be closed here.
             (Err(ReleaseError::NotRunning { .. }), Some(link)) if link.is_leader() => {
-                Ok(self.releases.abort_interrupted(&svc, link, id, actor).await?)
+                Ok(self.releases.abort_interrupted(&svc, &**link, id, actor).await?)
             }
             (r, _) => Ok(r?),
         }

@@ -8,5 +8,13 @@ pub mod link;
 pub mod remote;
 pub mod sync;
 
+use crate::controller::Controller;
 pub use link::FleetLink;
 pub use sync::{join, start, FleetTasks};
+
+/// The controller's link to the fleet, in fleet mode, as the link itself: the layers above
+/// the controller read its acks, leader and connection state, which the controller's
+/// [`crate::service::fleet::Fleet`] slot does not show.
+pub fn link_of(ctl: &Controller) -> Option<&FleetLink> {
+    ctl.fleet()?.as_any().downcast_ref()
+}

@@ -18,7 +18,7 @@ use cutover_store::{now_rfc3339, EventRecord, HistoryKind, Store};
 use crate::base::colors::stored;
 use crate::base::error::{ReleaseError, StoreFailure};
 use crate::base::store_call::{blocking, record};
-use crate::fleet::link::FleetLink;
+use crate::service::fleet::Fleet;
 use crate::service::ServiceCtl;
 use active::{Active, Signals};
 use doc::NewRelease;
@@ -91,7 +91,7 @@ impl Releases {
         if let Some(link) = &fleet {
             if !link.is_leader() {
                 return Err(ReleaseError::NotLeader {
-                    leader: link.leader().map(|l| l.router_id),
+                    leader: link.leader_id(),
                 });
             }
         }
@@ -113,7 +113,7 @@ impl Releases {
             // The fleet's copy first: a release only the leader's disk knows would vanish
             // with it. Refused (no longer leader, etcd away): the local row is closed too.
             let put = match serde_json::to_value(&doc) {
-                Ok(v) => link.put_release(&name, id, &v).await.map_err(ReleaseError::from),
+                Ok(v) => link.put_release(&name, id, &v).await,
                 Err(e) => Err(StoreFailure::from(e).into()),
             };
             if let Err(e) = put {
@@ -215,7 +215,7 @@ impl Releases {
     pub async fn doc(
         &self,
         store: &Arc<Store>,
-        fleet: Option<&FleetLink>,
+        fleet: Option<&dyn Fleet>,
         service: &str,
         id: i64,
     ) -> Result<ReleaseDoc, ReleaseError> {
@@ -248,7 +248,7 @@ impl Releases {
     pub async fn list(
         &self,
         store: &Arc<Store>,
-        fleet: Option<&FleetLink>,
+        fleet: Option<&dyn Fleet>,
         service: &str,
         limit: u32,
     ) -> Result<Vec<ReleaseDoc>, ReleaseError> {
@@ -280,7 +280,7 @@ impl Releases {
     pub(crate) async fn abort_interrupted(
         &self,
         svc: &Arc<ServiceCtl>,
-        link: &FleetLink,
+        link: &dyn Fleet,
         id: i64,
         actor: &str,
     ) -> Result<(), ReleaseError> {
@@ -512,7 +512,7 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl, fleet: bool)
 /// Fleet mode, after a restart: the releases `ids` of `service` that this router left
 /// unfinished take the fleet's documents (the leader's interrupted, or an abort since) once
 /// etcd has them ended. Retried while etcd is away or a new leader has not marked them yet.
-pub(crate) async fn adopt_fleet_copies(store: Arc<Store>, link: Arc<FleetLink>, service: String, mut ids: Vec<i64>) {
+pub(crate) async fn adopt_fleet_copies(store: Arc<Store>, link: Arc<dyn Fleet>, service: String, mut ids: Vec<i64>) {
     for _ in 0..120 {
         if let Ok(docs) = link.releases(&service).await {
             let mut ended = Vec::new();

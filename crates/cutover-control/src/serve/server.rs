@@ -352,7 +352,7 @@ async fn run_with(
     drain(tasks, stop_tx, &serving, opts.grace).await;
     // The fleet's tasks stop first, or the campaign would win the key given up next.
     drop(fleet);
-    if let Some(link) = ctl.fleet() {
+    if let Some(link) = crate::fleet::link_of(&ctl) {
         link.resign().await;
     }
     if let Some(guard) = paused {

@@ -4,6 +4,7 @@
 //! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
 pub(crate) mod endpoint_client;
+pub mod fleet;
 mod reconfigure;
 mod resolve;
 pub mod series;
@@ -151,7 +152,7 @@ pub struct ServiceCtl {
     /// writes the store, never before it.
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
-    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet::link::FleetLink>>,
+    pub(crate) fleet: std::sync::OnceLock<Arc<dyn fleet::Fleet>>,
 }
 
 impl ServiceCtl {

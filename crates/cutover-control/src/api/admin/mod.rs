@@ -426,7 +426,7 @@ async fn switch(
 /// Fleet mode: a switch's answer waits for every live router's ack (at most
 /// `store.ack_timeout`) and says where each stands (`"sync"`).
 async fn with_sync(st: &AdminState, svc: &str, out: &crate::service::switch::SwitchOutcome, v: &mut Value) {
-    if let Some(link) = st.ctl.fleet() {
+    if let Some(link) = crate::fleet::link_of(&st.ctl) {
         let report = link.await_acks(svc, out.generation, tokio::time::Instant::now()).await;
         v["sync"] = json!(report);
     }
@@ -434,7 +434,7 @@ async fn with_sync(st: &AdminState, svc: &str, out: &crate::service::switch::Swi
 
 /// `GET /v1/fleet`: this router's link and every router's ack.
 async fn fleet(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    match st.ctl.fleet() {
+    match crate::fleet::link_of(&st.ctl) {
         Some(link) => Ok(Json(link.view())),
         None => Err(ApiError::not_found(
             "this router is not in fleet mode (no `[store] url = \"etcd://...\"`)",
@@ -568,7 +568,7 @@ async fn to_leader(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Option<Result<Response, ApiError>> {
-    let link = st.ctl.fleet().filter(|l| !l.is_leader())?;
+    let link = crate::fleet::link_of(&st.ctl).filter(|l| !l.is_leader())?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
     Some(
         crate::fleet::leader::forward(link, method, path, headers, body)
