@@ -1,5 +1,4 @@
-//! The data-plane listeners of a running `serve`, and configuration reload (SIGHUP,
-//! `POST /v1/reload`, `cutover reload`).
+//! Configuration reload (SIGHUP, `POST /v1/reload`, `cutover reload`) of a running `serve`.
 //!
 //! A reload reads the config file again and validates it whole; an invalid file changes
 //! nothing (logged, counted, answered with file, line and key). Then every change that cannot
@@ -12,258 +11,127 @@
 //! for the grace period), services removed (their listeners drain the same way; their
 //! managed processes keep running, as when cutover stops). A listener whose address did not
 //! change is never touched: no connection of an unchanged service notices a reload.
+//!
+//! The decisions ([`refusal_of_file`], [`plan`], [`binds`]) are pure functions of the two
+//! configurations and what the running services say; [`Serving::reload`] runs their effects.
+//!
+//! [`ServiceCtl::refusal`]: crate::service::ServiceCtl::refusal
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use anyhow::Context as _;
-use cutover_config::{Config, ServiceConfig};
-use cutover_proxy::forward::Forwarder;
-use cutover_proxy::listener::{self, ListenerStats};
-use cutover_proxy::shared::{Rule, Shared};
-use cutover_proxy::{Protocol, ServiceSettings};
+use cutover_config::Config;
+use cutover_proxy::listener;
 use cutover_store::{EventRecord, HistoryKind};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
+pub use super::listeners::Serving;
 use crate::api::reload::{Reload, ReloadFuture};
 pub use crate::api::reload::{ReloadError, ReloadReport};
-use crate::base::certs::Certs;
-use crate::controller::Controller;
-use crate::serve::upgrade::Entry;
-use crate::service::BoundAddrs;
 
-/// One running accept loop.
-struct Loop {
-    /// The address the config asked for (port 0 stays 0: a reload of the same file keeps it).
-    configured: SocketAddr,
-    bound: SocketAddr,
-    stop: watch::Sender<bool>,
-    /// A copy of the listening socket, for a successor (`serve --upgrade`); closed with the loop.
-    fd: OwnedFd,
+/// What a running service says of the new configuration.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Its new section, if it has one: why it cannot be applied in place, else what changes.
+    next: Option<Result<Vec<String>, String>>,
+    /// The release in progress: (id, version).
+    release: Option<(i64, String)>,
 }
 
-/// Every data-plane accept loop of one `serve`, by (service, preview).
-pub struct Serving {
-    ctl: Arc<Controller>,
-    grace: Duration,
-    config_path: PathBuf,
-    loops: Mutex<BTreeMap<(String, bool), Loop>>,
-    /// The shared listeners' accept loops, by listener name (fixed from start to stop).
-    shared: Mutex<BTreeMap<String, Loop>>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// One reload at a time.
-    reloading: tokio::sync::Mutex<()>,
-    /// Where `serve --addresses-file` writes, rewritten after a reload bound new listeners.
-    addresses: Mutex<Option<(PathBuf, SocketAddr)>>,
-    /// The certificates of TLS listeners, read again at every reload.
-    pub certs: Arc<Certs>,
+/// What a reload will do, decided before anything changes.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// Per service changed in place, what changes (`health`, `listen`, ...).
+    changed: Vec<(String, Vec<String>)>,
+}
+
+/// Why the file as a whole cannot be reloaded: `[admin]`, `[store]` or the shared listeners
+/// changed (each read at start only).
+fn refusal_of_file(old: &Config, new: &Config) -> Option<String> {
+    if format!("{:?}", old.admin) != format!("{:?}", new.admin)
+        || format!("{:?}", old.store) != format!("{:?}", new.store)
+    {
+        return Some(
+            "[admin] and [store] are read at start only; restart cutover (`serve --upgrade` keeps connections) to change them"
+                .into(),
+        );
+    }
+    shared_change(old, new)
+}
+
+/// The services added, removed and changed, or why the reload is refused: the first
+/// refusal in the new file's order, then a service removed mid-release, then (in fleet mode)
+/// any service added or removed.
+fn plan(new: &Config, running: &BTreeMap<String, Seen>, fleet: bool) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    for name in new.services.keys() {
+        let Some(seen) = running.get(name) else {
+            plan.added.push(name.clone());
+            continue;
+        };
+        let what = match &seen.next {
+            Some(Ok(what)) => what,
+            Some(Err(why)) => return Err(why.clone()),
+            None => continue,
+        };
+        if what.is_empty() {
+            continue;
+        }
+        if let Some((id, version)) = &seen.release {
+            return Err(format!(
+                "release {id} of {name} ({version}) is in progress; wait for it or abort it, then reload"
+            ));
+        }
+        plan.changed.push((name.clone(), what.clone()));
+    }
+    for (name, seen) in running {
+        if new.services.contains_key(name) {
+            continue;
+        }
+        if let Some((id, version)) = &seen.release {
+            return Err(format!(
+                "release {id} of {name} ({version}) is in progress; a service cannot be removed mid-release"
+            ));
+        }
+        plan.removed.push(name.clone());
+    }
+    if fleet && !(plan.added.is_empty() && plan.removed.is_empty()) {
+        return Err(
+            "in fleet mode a reload does not add or remove services yet (every router must agree on the set): \
+             change the config of every router and restart them one at a time (`serve --upgrade`)"
+                .into(),
+        );
+    }
+    Ok(plan)
+}
+
+/// The listeners to bind: (service, preview, address, config key) for every address the new
+/// file asks for that no loop serves yet (`have` says what a loop was configured with).
+fn binds(new: &Config, have: impl Fn(&str, bool) -> Option<SocketAddr>) -> Vec<(String, bool, SocketAddr, String)> {
+    let mut out = Vec::new();
+    for cfg in new.services.values() {
+        // A shared listener's services have no live listener of their own.
+        let own = cfg.shared.is_none().then_some(cfg.listen);
+        for (preview, want) in [(false, own), (true, cfg.preview_listen)] {
+            let Some(want) = want else { continue };
+            if have(&cfg.name, preview) == Some(want) {
+                continue;
+            }
+            let key = format!(
+                "services.{}.{}",
+                cfg.name,
+                if preview { "preview_listen" } else { "listen" }
+            );
+            out.push((cfg.name.clone(), preview, want, key));
+        }
+    }
+    out
 }
 
 impl Serving {
-    pub fn new(ctl: Arc<Controller>, grace: Duration) -> Arc<Serving> {
-        Arc::new(Serving {
-            config_path: ctl.config.path.clone(),
-            ctl,
-            grace,
-            loops: Mutex::new(BTreeMap::new()),
-            shared: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
-            reloading: tokio::sync::Mutex::new(()),
-            addresses: Mutex::new(None),
-            certs: Arc::default(),
-        })
-    }
-
-    fn loops(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, bool), Loop>> {
-        self.loops.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Serves `l` for `service` (its live listener, or its preview one).
-    pub fn start(&self, service: &str, preview: bool, l: TcpListener, configured: SocketAddr) -> anyhow::Result<()> {
-        let svc = self.ctl.service(service)?;
-        let bound = l.local_addr()?;
-        let fd = l.as_fd().try_clone_to_owned()?;
-        tracing::info!(service = %service, listen = %bound, kind = if preview { "preview" } else { "live" }, "data plane listening");
-        let tls = match &svc.cfg().tls {
-            Some(t) => Some(self.certs.acceptor(&format!("services.{service}.tls"), t)?),
-            None => None,
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        let fwd = Arc::new(Forwarder::new(svc.proxy.clone(), preview));
-        let task = tokio::spawn(listener::serve(
-            l,
-            fwd,
-            Arc::new(ListenerStats::default()),
-            stop_rx,
-            self.grace,
-            tls,
-        ));
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
-        let old = self.loops().insert(
-            (service.to_string(), preview),
-            Loop {
-                configured,
-                bound,
-                stop,
-                fd,
-            },
-        );
-        if let Some(old) = old {
-            tracing::info!(service = %service, listen = %old.bound, "old listener stops accepting; its connections drain");
-            old.stop.send_replace(true);
-        }
-        self.publish_bound(service);
-        Ok(())
-    }
-
-    /// Serves the shared listener `name` for the services that name it in `listener`.
-    /// Its connections take the first of them's limits and timeouts (see `shared_front`).
-    pub fn start_shared(&self, name: &str, l: TcpListener, configured: SocketAddr) -> anyhow::Result<()> {
-        let bound = l.local_addr()?;
-        let fd = l.as_fd().try_clone_to_owned()?;
-        let mut routes = Vec::new();
-        let mut on = Vec::new();
-        for svc in self.ctl.services().values() {
-            let cfg = svc.cfg();
-            let Some(m) = cfg.shared.as_ref().filter(|m| m.listener == name) else {
-                continue;
-            };
-            let rule = Rule {
-                models: m.model.clone(),
-                host: m.host.clone(),
-                path_prefix: m.path_prefix.clone(),
-            };
-            routes.push((rule, Arc::new(Forwarder::new(svc.proxy.clone(), false))));
-            on.push(cfg);
-        }
-        let front = shared_front(&on).context("a shared listener has services")?;
-        let shared = Shared::new(name, routes).map_err(anyhow::Error::msg)?;
-        let tls = match self.ctl.config.listeners.get(name).and_then(|l| l.tls.as_ref()) {
-            Some(t) => Some(self.certs.acceptor(&format!("listeners.{name}.tls"), t)?),
-            None => None,
-        };
-        tracing::info!(listener = %name, listen = %bound, tls = tls.is_some(), services = %on.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "), "shared listener listening");
-        let (stop, stop_rx) = watch::channel(false);
-        let fwd = Arc::new(Forwarder::for_shared(shared, front));
-        let task = tokio::spawn(listener::serve(
-            l,
-            fwd,
-            Arc::new(ListenerStats::default()),
-            stop_rx,
-            self.grace,
-            tls,
-        ));
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
-        let loop_ = Loop {
-            configured,
-            bound,
-            stop,
-            fd,
-        };
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), loop_);
-        for cfg in on {
-            self.publish_bound(&cfg.name);
-        }
-        Ok(())
-    }
-
-    /// The bound address of a service's live requests: its own listener's, or its shared one's.
-    fn live_bound(&self, service: &str) -> Option<SocketAddr> {
-        if let Some(l) = self.loops().get(&(service.to_string(), false)) {
-            return Some(l.bound);
-        }
-        let cfg = self.ctl.service(service).ok()?.cfg();
-        let m = cfg.shared.as_ref()?;
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&m.listener)
-            .map(|l| l.bound)
-    }
-
-    /// Tells the service which addresses serve it now (status shows them).
-    fn publish_bound(&self, service: &str) {
-        let Ok(svc) = self.ctl.service(service) else { return };
-        let Some(listen) = self.live_bound(service) else {
-            return;
-        };
-        svc.set_bound(BoundAddrs {
-            listen,
-            preview_listen: self.loops().get(&(service.to_string(), true)).map(|l| l.bound),
-        });
-    }
-
-    /// The bound addresses of every service.
-    pub fn bound(&self) -> BTreeMap<String, BoundAddrs> {
-        let mut out = BTreeMap::new();
-        for name in self.ctl.services().keys() {
-            if let Some(listen) = self.live_bound(name) {
-                let preview_listen = self.loops().get(&(name.clone(), true)).map(|p| p.bound);
-                out.insert(name.clone(), BoundAddrs { listen, preview_listen });
-            }
-        }
-        out
-    }
-
-    /// Every data-plane listener as a successor gets it: its config key, addresses and a copy
-    /// of its socket.
-    pub fn handover(&self) -> std::io::Result<Vec<(Entry, OwnedFd)>> {
-        let mut out = Vec::new();
-        for ((name, preview), l) in self.loops().iter() {
-            let key = if *preview { "preview_listen" } else { "listen" };
-            let entry = Entry {
-                key: format!("services.{name}.{key}"),
-                configured: l.configured,
-                bound: l.bound,
-            };
-            out.push((entry, l.fd.try_clone()?));
-        }
-        for (name, l) in self.shared.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let entry = Entry {
-                key: format!("listeners.{name}.listen"),
-                configured: l.configured,
-                bound: l.bound,
-            };
-            out.push((entry, l.fd.try_clone()?));
-        }
-        Ok(out)
-    }
-
-    /// Keep `--addresses-file` up to date from now on.
-    pub fn set_addresses_file(&self, path: PathBuf, admin: SocketAddr) {
-        *self.addresses.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, admin));
-    }
-
-    fn stop_loop(&self, service: &str, preview: bool) {
-        if let Some(l) = self.loops().remove(&(service.to_string(), preview)) {
-            tracing::info!(service = %service, listen = %l.bound, "listener stops accepting; its connections drain");
-            l.stop.send_replace(true);
-        }
-    }
-
-    /// Stops every accept loop and waits for their connections, at most the grace period.
-    pub async fn shutdown(&self) {
-        for l in std::mem::take(&mut *self.loops()).into_values() {
-            l.stop.send_replace(true);
-        }
-        for l in std::mem::take(&mut *self.shared.lock().unwrap_or_else(|p| p.into_inner())).into_values() {
-            l.stop.send_replace(true);
-        }
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
     /// Reads the config file again and applies what changed; see the module docs.
     pub async fn reload(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
         let _one = self.reloading.lock().await;
@@ -294,88 +162,59 @@ impl Serving {
         r
     }
 
+    /// Reads and decides (nothing changes on a refusal), binds (dropping what was bound on
+    /// a failure undoes it), then applies.
     async fn reload_inner(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
         let path = self.config_path.clone();
         let new = tokio::task::spawn_blocking(move || cutover_config::load(&path))
             .await
             .map_err(|e| ReloadError::Refused(format!("the config reader failed: {e}")))?
             .map_err(ReloadError::Invalid)?;
-        let old = &self.ctl.config;
-        if format!("{:?}", old.admin) != format!("{:?}", new.admin)
-            || format!("{:?}", old.store) != format!("{:?}", new.store)
-        {
-            return Err(ReloadError::Refused(
-                "[admin] and [store] are read at start only; restart cutover (`serve --upgrade` keeps connections) to change them"
-                    .into(),
-            ));
-        }
-        if let Some(why) = shared_change(old, &new) {
+        if let Some(why) = refusal_of_file(&self.ctl.config, &new) {
             return Err(ReloadError::Refused(why));
         }
-        let running = self.ctl.services();
-        let mut report = ReloadReport::default();
-        let mut changed: Vec<(&ServiceConfig, Vec<String>)> = Vec::new();
-        for (name, cfg) in &new.services {
-            match running.get(name) {
-                None => report.added.push(name.clone()),
-                Some(svc) => {
-                    if let Some(why) = svc.refusal(cfg) {
-                        return Err(ReloadError::Refused(why));
-                    }
-                    let what = svc.changes(cfg);
-                    if !what.is_empty() {
-                        if let Some(d) = self.ctl.active_release_doc(name) {
-                            return Err(ReloadError::Refused(format!(
-                                "release {} of {name} ({}) is in progress; wait for it or abort it, then reload",
-                                d.id, d.version
-                            )));
-                        }
-                        changed.push((cfg, what));
-                    }
-                }
-            }
-        }
-        for name in running.keys() {
-            if !new.services.contains_key(name) {
-                if let Some(d) = self.ctl.active_release_doc(name) {
-                    return Err(ReloadError::Refused(format!(
-                        "release {} of {name} ({}) is in progress; a service cannot be removed mid-release",
-                        d.id, d.version
-                    )));
-                }
-                report.removed.push(name.clone());
-            }
-        }
-
-        if self.ctl.fleet().is_some() && !(report.added.is_empty() && report.removed.is_empty()) {
-            return Err(ReloadError::Refused(
-                "in fleet mode a reload does not add or remove services yet (every router must agree on the set): \
-                 change the config of every router and restart them one at a time (`serve --upgrade`)"
-                    .into(),
-            ));
-        }
-        // Bind everything new before changing anything; dropping `bound` undoes it.
+        let plan = plan(&new, &self.seen(&new), self.ctl.fleet().is_some()).map_err(ReloadError::Refused)?;
         let mut bound: Vec<(String, bool, TcpListener, SocketAddr)> = Vec::new();
-        for cfg in new.services.values() {
-            // A shared listener's services have no live listener of their own.
-            let own = cfg.shared.is_none().then_some(cfg.listen);
-            for (preview, want) in [(false, own), (true, cfg.preview_listen)] {
-                let have = self.loops().get(&(cfg.name.clone(), preview)).map(|l| l.configured);
-                let Some(want) = want else { continue };
-                if have == Some(want) {
-                    continue;
-                }
-                let key = format!(
-                    "services.{}.{}",
-                    cfg.name,
-                    if preview { "preview_listen" } else { "listen" }
-                );
-                let l = listener::bind(want)
-                    .map_err(|e| ReloadError::Bind(crate::procs::supervisor::cannot_listen(&key, want, &e)))?;
-                bound.push((cfg.name.clone(), preview, l, want));
-            }
+        for (name, preview, want, key) in binds(&new, |s, p| self.configured(s, p)) {
+            let l = listener::bind(want)
+                .map_err(|e| ReloadError::Bind(crate::procs::supervisor::cannot_listen(&key, want, &e)))?;
+            bound.push((name, preview, l, want));
         }
+        let report = self.apply(&new, plan, bound).await?;
+        self.record(actor, &report);
+        self.write_addresses();
+        Ok(report)
+    }
 
+    /// What each running service says of `new`.
+    fn seen(&self, new: &Config) -> BTreeMap<String, Seen> {
+        let running = self.ctl.services();
+        running
+            .iter()
+            .map(|(name, svc)| {
+                let next = new
+                    .services
+                    .get(name)
+                    .map(|cfg| svc.refusal(cfg).map_or_else(|| Ok(svc.changes(cfg)), Err));
+                let release = self.ctl.active_release_doc(name).map(|d| (d.id, d.version));
+                (name.clone(), Seen { next, release })
+            })
+            .collect()
+    }
+
+    /// The effects of a decided reload, in order: services added, changed in place, the new
+    /// listeners started, previews the file dropped and removed services' listeners stopped.
+    async fn apply(
+        &self,
+        new: &Config,
+        plan: Plan,
+        bound: Vec<(String, bool, TcpListener, SocketAddr)>,
+    ) -> Result<ReloadReport, ReloadError> {
+        let mut report = ReloadReport {
+            added: plan.added,
+            removed: plan.removed,
+            ..Default::default()
+        };
         for name in &report.added {
             self.ctl
                 .add_service(&new.services[name])
@@ -383,10 +222,10 @@ impl Serving {
                 .start_resolving()
                 .await;
         }
-        for (cfg, what) in &changed {
-            let svc = self.ctl.service(&cfg.name).expect("a running service");
-            svc.reconfigure((*cfg).clone()).await;
-            report.changed.insert(cfg.name.clone(), what.clone());
+        for (name, what) in plan.changed {
+            let svc = self.ctl.service(&name).expect("a running service");
+            svc.reconfigure(new.services[&name].clone()).await;
+            report.changed.insert(name, what);
         }
         for (name, preview, l, want) in bound {
             self.start(&name, preview, l, want)
@@ -404,8 +243,6 @@ impl Serving {
             self.certs.remove(&format!("services.{name}.tls"));
             let _ = self.ctl.remove_service(name);
         }
-        self.record(actor, &report);
-        self.write_addresses();
         Ok(report)
     }
 
@@ -439,34 +276,6 @@ impl Serving {
             }
         }
     }
-
-    fn write_addresses(&self) {
-        let Some((path, admin)) = self.addresses.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return;
-        };
-        let doc = serde_json::json!({ "admin": admin, "services": self.bound() });
-        let tmp = path.with_extension("tmp");
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot rewrite the addresses file");
-        }
-    }
-}
-
-/// The settings of a shared listener's connections: the first service's (by name), since a
-/// connection's limits are read before its requests pick a service. The own HTTP/1.1 engine
-/// dials plain HTTP/1.1 upstreams only: when any service has h2c or TLS upstreams, the
-/// listener's connections take the hyper engine, which serves every kind.
-fn shared_front(on: &[Arc<ServiceConfig>]) -> Option<ServiceSettings> {
-    let mut front = crate::service::settings_from(on.first()?);
-    if on
-        .iter()
-        .map(|c| crate::service::settings_from(c))
-        .any(|s| s.protocol != Protocol::Http1 || s.upstream_tls.is_some())
-    {
-        front.protocol = Protocol::H2c;
-    }
-    Some(front)
 }
 
 /// Why a reload cannot apply the new config's shared listeners, if it changed them: the
@@ -498,7 +307,10 @@ impl Reload for Serving {
 
 #[cfg(test)]
 mod tests {
+    use super::super::listeners::shared_front;
     use super::*;
+    use cutover_proxy::Protocol;
+    use std::sync::Arc;
 
     const SHARED: &str = r#"
 [listeners.api]
@@ -554,5 +366,142 @@ endpoints = ["127.0.0.1:9002"]
         let h2 = Arc::new(h2.services["chat"].clone());
         assert_eq!(shared_front(&[chat, h2]).unwrap().protocol, Protocol::H2c);
         assert!(shared_front(&[]).is_none());
+    }
+
+    const TWO: &str = r#"
+[services.chat]
+listen = "127.0.0.1:8001"
+[services.chat.blue]
+endpoints = ["127.0.0.1:9001"]
+[services.chat.green]
+endpoints = ["127.0.0.1:9002"]
+[services.embed]
+listen = "127.0.0.1:8002"
+preview_listen = "127.0.0.1:8003"
+[services.embed.blue]
+endpoints = ["127.0.0.1:9003"]
+[services.embed.green]
+endpoints = ["127.0.0.1:9004"]
+"#;
+
+    fn same(next: &[&str]) -> Seen {
+        Seen {
+            next: Some(Ok(next.iter().map(|s| s.to_string()).collect())),
+            release: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_names_what_is_added_changed_and_removed() {
+        let new = parse(TWO);
+        let running = BTreeMap::from([
+            ("chat".to_string(), same(&["health"])),
+            ("old".to_string(), Seen::default()),
+        ]);
+        let p = plan(&new, &running, false).unwrap();
+        assert_eq!(p.added, ["embed"]);
+        assert_eq!(p.removed, ["old"]);
+        assert_eq!(p.changed, [("chat".to_string(), vec!["health".to_string()])]);
+        let unchanged = BTreeMap::from([("chat".to_string(), same(&[])), ("embed".to_string(), same(&[]))]);
+        assert_eq!(plan(&new, &unchanged, false).unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn a_plan_refuses_a_service_it_cannot_change_or_that_is_mid_release() {
+        let new = parse(TWO);
+        let refused = BTreeMap::from([
+            (
+                "chat".to_string(),
+                Seen {
+                    next: Some(Err("no".into())),
+                    release: None,
+                },
+            ),
+            ("embed".to_string(), same(&[])),
+        ]);
+        assert_eq!(plan(&new, &refused, false), Err("no".to_string()));
+        // A release blocks a change, not an unchanged service.
+        let releasing = |what: &[&str]| Seen {
+            release: Some((7, "v2".into())),
+            ..same(what)
+        };
+        let busy = BTreeMap::from([("chat".to_string(), releasing(&[])), ("embed".to_string(), same(&[]))]);
+        assert!(plan(&new, &busy, false).is_ok());
+        let busy = BTreeMap::from([
+            ("chat".to_string(), releasing(&["health"])),
+            ("embed".to_string(), same(&[])),
+        ]);
+        let why = plan(&new, &busy, false).unwrap_err();
+        assert!(why.contains("release 7 of chat (v2) is in progress"), "{why}");
+        let removed = BTreeMap::from([
+            ("chat".to_string(), same(&[])),
+            ("embed".to_string(), same(&[])),
+            (
+                "old".to_string(),
+                Seen {
+                    next: None,
+                    release: Some((3, "v9".into())),
+                },
+            ),
+        ]);
+        let why = plan(&new, &removed, false).unwrap_err();
+        assert!(why.contains("cannot be removed mid-release"), "{why}");
+    }
+
+    #[test]
+    fn in_fleet_mode_a_plan_neither_adds_nor_removes() {
+        let new = parse(TWO);
+        let one = BTreeMap::from([("chat".to_string(), same(&[]))]);
+        assert!(plan(&new, &one, true).unwrap_err().contains("fleet mode"));
+        assert_eq!(plan(&new, &one, false).unwrap().added, ["embed"]);
+        let both = BTreeMap::from([
+            ("chat".to_string(), same(&["health"])),
+            ("embed".to_string(), same(&[])),
+        ]);
+        assert_eq!(
+            plan(&new, &both, true).unwrap().changed.len(),
+            1,
+            "a change in place is allowed"
+        );
+    }
+
+    #[test]
+    fn binds_are_the_addresses_no_loop_was_started_for() {
+        let new = parse(TWO);
+        let all = binds(&new, |_, _| None);
+        let keys: Vec<_> = all.iter().map(|b| b.3.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "services.chat.listen",
+                "services.embed.listen",
+                "services.embed.preview_listen"
+            ]
+        );
+        let running = |s: &str, p: bool| match (s, p) {
+            ("chat", false) => Some("127.0.0.1:8001".parse().unwrap()),
+            ("embed", false) => Some("127.0.0.1:9999".parse().unwrap()),
+            _ => None,
+        };
+        let keys: Vec<_> = binds(&new, running).into_iter().map(|b| (b.3, b.2.port())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("services.embed.listen".to_string(), 8002),
+                ("services.embed.preview_listen".to_string(), 8003)
+            ],
+            "an unchanged address is not bound again; a moved one and a new preview are"
+        );
+        // A shared listener's service has no listener of its own.
+        assert!(binds(&parse(SHARED), |_, _| None).is_empty());
+    }
+
+    #[test]
+    fn the_file_is_refused_when_admin_or_store_changes() {
+        let old = parse(TWO);
+        assert_eq!(refusal_of_file(&old, &parse(TWO)), None);
+        let admin = format!("[admin]\nlisten = \"127.0.0.1:7999\"\n{TWO}");
+        let why = refusal_of_file(&old, &parse(&admin)).unwrap();
+        assert!(why.contains("[admin] and [store]"), "{why}");
     }
 }

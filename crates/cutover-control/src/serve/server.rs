@@ -18,7 +18,6 @@ use anyhow::Context;
 use cutover_config::Config;
 use cutover_proxy::listener;
 use cutover_store::Store;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,6 +25,7 @@ use crate::api::admin::{self, AdminState};
 use crate::api::token;
 use crate::controller::Controller;
 use crate::procs::supervisor::cannot_listen;
+use crate::serve::addresses::{write_addresses, Addresses};
 use crate::serve::reload::Serving;
 use crate::serve::upgrade::{self, Entry, Predecessor, Received, UpgradeSocket};
 use crate::service::series::SAMPLE_EVERY;
@@ -40,16 +40,6 @@ pub struct ServeOptions {
     /// Take the listeners of the router running with this config (`serve --upgrade`) instead
     /// of binding them, and tell it to drain once this process serves.
     pub upgrade: bool,
-}
-
-/// What one `serve` bound, as written to `--addresses-file`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Addresses {
-    pub admin: SocketAddr,
-    pub services: BTreeMap<String, BoundAddrs>,
-    /// Shared listeners (`[listeners.NAME]`) by name.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub listeners: BTreeMap<String, SocketAddr>,
 }
 
 /// Every listener of one `serve`, bound and not yet serving (stage two of start-up).
@@ -363,17 +353,6 @@ async fn run_with(
     Ok(())
 }
 
-/// Writes `admin.address_file` and `--addresses-file`: present means everything serves.
-fn write_addresses(admin: Option<&Path>, all: Option<&Path>, addresses: &Addresses) -> anyhow::Result<()> {
-    if let Some(path) = admin {
-        write_atomically(path, &format!("{}\n", addresses.admin))?;
-    }
-    if let Some(path) = all {
-        write_atomically(path, &serde_json::to_string_pretty(addresses)?)?;
-    }
-    Ok(())
-}
-
 /// What `start` leaves running.
 struct Started {
     ctl: Arc<Controller>,
@@ -606,14 +585,6 @@ fn open_and_resume(config: Config) -> anyhow::Result<Controller> {
     let ctl = Controller::build(config, store)?;
     ctl.resume();
     Ok(ctl)
-}
-
-/// Writes a file of bound addresses with a rename, so a reader never sees half of one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write the addresses file {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write the addresses file {}", path.display()))?;
-    Ok(())
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {

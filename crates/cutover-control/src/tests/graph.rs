@@ -71,11 +71,14 @@ fn crate_refs(text: &str) -> BTreeSet<String> {
 }
 
 /// Per layer, the layers its files name (itself left out), and the upward imports found.
-fn scan(src: &Path) -> (BTreeMap<String, BTreeSet<String>>, Vec<(String, String)>) {
+/// Each layer and the layers it names.
+type Uses = BTreeMap<String, BTreeSet<String>>;
+
+fn scan(src: &Path) -> (Uses, Vec<(String, String)>) {
     let mut files = Vec::new();
     rust_files(src, &mut files);
     let rank = |m: &str| LAYERS.iter().position(|l| *l == m);
-    let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut uses = Uses::new();
     let mut upward = Vec::new();
     for f in &files {
         let rel = f.strip_prefix(src).unwrap();
