@@ -3,6 +3,9 @@
 //! `fleet::remote`). Provisioning, the release run, scale-downs and status use this one face
 //! and do not care which; this layer knows nothing of the fleet.
 
+pub mod exit;
+pub mod logs;
+pub mod os;
 pub mod supervisor;
 
 use std::future::Future;

@@ -20,15 +20,12 @@
 //! no longer our child.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustix::process::{kill_process_group, Pid, Signal};
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use cutover_config::{RestartPolicy, RunConfig};
@@ -39,16 +36,17 @@ use crate::base::colors::stored;
 use crate::base::pause::Pause;
 use crate::base::store_call::{blocking, record};
 
-/// Log files kept per replica (one per start); older ones are removed at the next start.
-pub const LOGS_KEPT: usize = 10;
+pub use super::exit::{Exit, ExitWatch};
+pub use super::logs::{log_path, tail, LOGS_KEPT};
+use super::logs::{new_log, TAIL_LINES};
+pub use super::os::{alive, cannot_listen, check_port_free, port_holder, start_time, stop};
+
 /// The first restart's delay; each further restart within the window doubles it.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest delay between restarts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often an adopted process (not our child: no exit notification) is looked for in /proc.
 const ADOPTED_POLL: Duration = Duration::from_secs(1);
-/// Lines of a process's log quoted in an exit's reason.
-const TAIL_LINES: usize = 10;
 
 /// Where managed processes run and write their logs.
 #[derive(Debug, Clone)]
@@ -67,217 +65,6 @@ pub fn substitute(s: &str, version: &str, port: u16, color: Color, replica: u32)
         .replace("{replica}", &replica.to_string())
 }
 
-/// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), which tells
-/// a live process apart from a later one that reused its pid.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); field 22 is index 19. A zombie counts as gone.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
-/// True when the recorded process is still the one we started.
-pub fn alive(p: &ProcessRecord) -> bool {
-    start_time(p.pid) == Some(p.start_time)
-}
-
-/// The stable name of a replica's log: a symlink to the file of its newest start.
-pub fn log_path(data_dir: &Path, service: &str, color: Color, replica: u32) -> PathBuf {
-    data_dir.join("logs").join(format!("{service}-{color}-{replica}.log"))
-}
-
-/// Who listens on `port`, as "pid N (command line)", from /proc/net/tcp* and /proc/*/fd;
-/// `None` when that cannot be read (another user's process, no /proc).
-pub fn port_holder(port: u16) -> Option<String> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the inode.
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let p = local.rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok());
-            if p == Some(port) && *state == "0A" && *inode != "0" {
-                inodes.push(format!("socket:[{inode}]"));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return None;
-    }
-    for proc_dir in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = proc_dir.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                let cmd = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                return Some(format!("pid {pid} ({})", cmd.trim()));
-            }
-        }
-    }
-    None
-}
-
-/// Why `key` (a listener of the config) could not listen on `addr`: the error, and for a
-/// port in use who holds it, as a managed port taken by a stray server says it.
-pub fn cannot_listen(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
-    let mut out = format!("cannot listen on {key} {addr}: {e}");
-    if e.kind() == std::io::ErrorKind::AddrInUse {
-        let who = port_holder(addr.port())
-            .unwrap_or_else(|| "a process this user cannot see (not listed in /proc/*/fd)".to_string());
-        out.push_str(&format!("; held by {who}"));
-    }
-    out
-}
-
-/// Checks that `host:port` can be bound, so the process started there is the one health
-/// checks will reach; `Err` says who holds it when /proc tells.
-pub fn check_port_free(service: &str, host: &str, port: u16) -> Result<(), String> {
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| format!("invalid host {host:?} in services.{service}.run.host"))?;
-    match std::net::TcpListener::bind((ip, port)) {
-        Ok(l) => {
-            drop(l);
-            Ok(())
-        }
-        Err(e) => {
-            let who = port_holder(port)
-                .unwrap_or_else(|| "a process this user cannot see (not listed in /proc/*/fd)".to_string());
-            Err(format!(
-                "port {port} on {host} is already in use ({e}) by {who}: a model server started there could not listen, and health checks would reach the other process instead; stop it or change services.{service}.run.ports"
-            ))
-        }
-    }
-}
-
-/// The last `n` lines of a file (read from its last 16 KiB).
-pub fn tail(path: &Path, n: usize) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = len.saturating_sub(16 * 1024);
-    if f.seek(SeekFrom::Start(from)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _partial = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let lines = &lines[lines.len().saturating_sub(n)..];
-    lines
-        .iter()
-        .map(|l| {
-            let l: String = l.chars().take(300).collect();
-            format!("| {l}")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Opens the log file of a new start: a new file, a header line, the stable symlink pointed
-/// at it, the oldest files beyond [`LOGS_KEPT`] removed.
-fn new_log(
-    dir: &Path,
-    service: &str,
-    color: Color,
-    replica: u32,
-    header: &str,
-) -> std::io::Result<(PathBuf, std::fs::File)> {
-    std::fs::create_dir_all(dir)?;
-    let prefix = format!("{service}-{color}-{replica}-");
-    let stamp: String = now_rfc3339_millis()
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    let (path, mut file) = {
-        // After the highest start of this millisecond still on disk: a name freed by retention
-        // must not come back for a newer start, or it would sort as the oldest.
-        let taken = |name: &str| -> Option<u32> {
-            let rest = name.strip_prefix(&prefix)?.strip_prefix(&stamp)?.strip_suffix(".log")?;
-            match rest {
-                "" => Some(1),
-                r => r.strip_prefix('-')?.parse().ok(),
-            }
-        };
-        let mut n = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| taken(e.file_name().to_str()?))
-            .max()
-            .map_or(1, |m| m + 1);
-        loop {
-            let name = if n == 1 {
-                format!("{prefix}{stamp}.log")
-            } else {
-                format!("{prefix}{stamp}-{n}.log")
-            };
-            let path = dir.join(&name);
-            match std::fs::OpenOptions::new().create_new(true).append(true).open(&path) {
-                Ok(f) => break (path, f),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    writeln!(file, "{header}")?;
-    let link = dir.join(format!("{service}-{color}-{replica}.log"));
-    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_file()) {
-        // The single appended file of an older cutover: keep it under a name retention skips.
-        std::fs::rename(
-            &link,
-            dir.join(format!("{service}-{color}-{replica}.before-per-start-logs.log")),
-        )?;
-    }
-    let tmp = dir.join(format!(".{service}-{color}-{replica}.log.tmp"));
-    let _stale = std::fs::remove_file(&tmp);
-    if let Some(name) = path.file_name() {
-        std::os::unix::fs::symlink(name, &tmp)?;
-        std::fs::rename(&tmp, &link)?;
-    }
-    // Names sort by start time; a name whose rest is not a timestamp belongs to another service
-    // whose name extends this one ("chat" vs "chat-blue-0").
-    let mut old: Vec<((String, u32), PathBuf)> = std::fs::read_dir(dir)?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let rest = name.strip_prefix(&prefix)?.strip_suffix(".log")?;
-            if !rest.starts_with(|c: char| c.is_ascii_digit()) {
-                return None;
-            }
-            // `STAMP` or `STAMP-N` (a second start within the same millisecond).
-            let key = match rest.split_once('-') {
-                Some((stamp, n)) => (stamp.to_string(), n.parse().ok()?),
-                None => (rest.to_string(), 1),
-            };
-            Some((key, e.path()))
-        })
-        .collect();
-    old.sort();
-    for (_, p) in old.iter().take(old.len().saturating_sub(LOGS_KEPT)) {
-        let _gone = std::fs::remove_file(p);
-    }
-    Ok((path, file))
-}
-
 /// What the supervisor does when a process of a color exits without being asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -288,82 +75,6 @@ pub enum Role {
     Serving,
     /// Anything else (a rolled-back version waiting for its scale-down): recorded only.
     Idle,
-}
-
-/// An exit nobody asked for.
-#[derive(Debug, Clone, Serialize)]
-pub struct Exit {
-    /// Which start of the color's processes it belongs to ([`Supervisor::epoch`]).
-    #[serde(skip)]
-    pub epoch: u64,
-    pub replica: u32,
-    pub pid: u32,
-    pub version: String,
-    /// `exit status: 1`, `signal: 9 (SIGKILL)`, or why it is unknown.
-    pub status: String,
-    pub at: String,
-    pub log: Option<String>,
-    /// The last lines of its log, each prefixed with `| `.
-    #[serde(skip)]
-    pub tail: String,
-    /// The host agent it ran on (`run.hosts`); `None` on this machine.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-}
-
-impl Exit {
-    /// One message for reasons and history: what exited, how, its log and last lines.
-    pub fn describe(&self, color: Color) -> String {
-        let on = self.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
-        let mut s = format!(
-            "{color} replica {}{on} ({}, pid {}) exited: {}",
-            self.replica, self.version, self.pid, self.status
-        );
-        if let Some(log) = &self.log {
-            s.push_str(&format!("; log: {log}"));
-            if self.tail.is_empty() {
-                s.push_str(" (empty)");
-            } else {
-                s.push_str(&format!("; last lines:\n{}", self.tail));
-            }
-        }
-        s
-    }
-}
-
-/// The latest exit nobody asked for, per color: what a release run waits on, fed by the
-/// local supervisor or by the host agents' reports.
-pub struct ExitWatch([watch::Sender<Option<Exit>>; 2]);
-
-impl Default for ExitWatch {
-    fn default() -> Self {
-        ExitWatch([watch::Sender::new(None), watch::Sender::new(None)])
-    }
-}
-
-impl ExitWatch {
-    pub fn publish(&self, color: Color, exit: Exit) {
-        self.0[idx(color)].send_replace(Some(exit));
-    }
-
-    /// The unasked-for exit of the processes of `epoch`, if one happened.
-    pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
-        self.0[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
-    }
-
-    /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
-    pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
-        let mut rx = self.0[idx(color)].subscribe();
-        let seen = rx
-            .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
-            .await
-            .map(|e| e.clone());
-        match seen {
-            Ok(Some(e)) => e,
-            // The sender lives as long as its owner, which outlives this borrow.
-            _ => std::future::pending().await,
-        }
-    }
 }
 
 /// One running process as `status` shows it.
@@ -1037,33 +748,6 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-/// `kill(-pgid, sig)`: reaches the model server and any workers it forked (it leads its own
-/// process group). Errors (the group already gone) are ignored, as `alive` decides what
-/// happens next. A pid that is not a child's (0, 1, past `i32`) is never signalled: a group
-/// of 0 is our own and `kill(-1)` reaches every process we may signal.
-fn signal_group(pid: u32, sig: Signal) {
-    if let Some(pgid) = i32::try_from(pid).ok().filter(|&p| p > 1).and_then(Pid::from_raw) {
-        let _ = kill_process_group(pgid, sig);
-    }
-}
-
-/// Stops processes: SIGTERM to each group, then SIGKILL to those still alive after `timeout`.
-pub async fn stop(procs: &[ProcessRecord], timeout: Duration) {
-    let live: Vec<&ProcessRecord> = procs.iter().filter(|p| alive(p)).collect();
-    for p in &live {
-        tracing::info!(service = %p.service, color = %p.color, version = %p.version, pid = p.pid, "stopping model server (SIGTERM)");
-        signal_group(p.pid, Signal::TERM);
-    }
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline && live.iter().any(|p| alive(p)) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for p in live.iter().filter(|p| alive(p)) {
-        tracing::warn!(service = %p.service, color = %p.color, pid = p.pid, ?timeout, "model server ignored SIGTERM; sending SIGKILL");
-        signal_group(p.pid, Signal::KILL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1087,122 +771,5 @@ mod tests {
         let secs: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(backoff(usize::MAX), BACKOFF_MAX);
-    }
-
-    /// `stop` signals the whole process group: a server that ignores SIGTERM is killed after
-    /// the timeout, and so is the worker it forked.
-    #[tokio::test]
-    async fn stop_kills_a_group_that_ignores_sigterm_workers_included() {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "trap '' TERM; sleep 60 & echo $!; wait"])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let record = |pid: u32| ProcessRecord {
-            service: "chat".into(),
-            color: cutover_store::Color::Blue,
-            replica: 0,
-            port: 0,
-            pid,
-            start_time: start_time(pid).unwrap(),
-            version: "v1".into(),
-            log: None,
-            started_at: None,
-        };
-        let server = record(child.id());
-        let worker = record(line.trim().parse().unwrap());
-        stop(std::slice::from_ref(&server), Duration::from_millis(300)).await;
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "SIGTERM was ignored: SIGKILL"
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while alive(&worker) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!alive(&worker), "the forked worker got the group's SIGKILL");
-    }
-
-    #[test]
-    fn own_start_time_is_readable_and_stable() {
-        let me = std::process::id();
-        let a = start_time(me).unwrap();
-        assert!(a > 0);
-        assert_eq!(start_time(me), Some(a));
-        assert_eq!(start_time(u32::MAX - 1), None);
-    }
-
-    /// Regression: a port held by another server used to be started on anyway; the model
-    /// server exited with "Address already in use" and health checks passed on the stray.
-    #[test]
-    fn a_held_port_is_refused_naming_its_holder() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let err = check_port_free("chat", "127.0.0.1", port).unwrap_err();
-        assert!(
-            err.contains(&format!("port {port} on 127.0.0.1 is already in use")),
-            "{err}"
-        );
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "this test process holds it: {err}"
-        );
-        assert!(err.contains("services.chat.run.ports"), "{err}");
-        drop(l);
-        check_port_free("chat", "127.0.0.1", port).unwrap();
-    }
-
-    #[test]
-    fn one_log_file_per_start_with_a_header_a_symlink_and_retention() {
-        let dir = std::env::temp_dir().join(format!("cutover-logs-test-{}", std::process::id()));
-        let _fresh = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // An older cutover's single file is kept aside, not overwritten.
-        std::fs::write(dir.join("chat-blue-0.log"), "old lines\n").unwrap();
-        // Another service whose name extends this one: never removed by this one's retention.
-        std::fs::write(dir.join("chat-blue-0-blue-0-20000101T000000.000Z.log"), "x").unwrap();
-        let mut paths = Vec::new();
-        for i in 0..(LOGS_KEPT + 2) {
-            let (p, mut f) = new_log(&dir, "chat", Color::Blue, 0, &format!("=== start {i} ===")).unwrap();
-            writeln!(f, "line of start {i}").unwrap();
-            paths.push(p);
-        }
-        let names: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        let per_start = names
-            .iter()
-            .filter(|n| n.starts_with("chat-blue-0-2") && n.ends_with(".log"))
-            .count();
-        assert_eq!(per_start, LOGS_KEPT, "{names:?}");
-        assert!(names.contains("chat-blue-0.before-per-start-logs.log"), "{names:?}");
-        assert!(
-            names.contains("chat-blue-0-blue-0-20000101T000000.000Z.log"),
-            "{names:?}"
-        );
-        assert!(
-            !paths[0].exists() && !paths[1].exists() && paths[2].exists() && paths[LOGS_KEPT + 1].exists(),
-            "the two oldest went: {paths:?} {names:?}"
-        );
-        let newest = std::fs::read_to_string(dir.join("chat-blue-0.log")).unwrap();
-        assert_eq!(
-            newest,
-            format!("=== start {} ===\nline of start {}\n", LOGS_KEPT + 1, LOGS_KEPT + 1)
-        );
-        assert_eq!(
-            tail(&paths[LOGS_KEPT + 1], 1),
-            format!("| line of start {}", LOGS_KEPT + 1)
-        );
-        let _gone = std::fs::remove_dir_all(&dir);
     }
 }
