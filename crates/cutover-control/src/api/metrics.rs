@@ -95,6 +95,49 @@ impl Collector for ControllerCollector {
     }
 }
 
+/// The sketches each color keeps, as histograms.
+const SKETCHES: [ColorSketch; 2] = [
+    (
+        "cutover_time_to_first_token_seconds",
+        "Request arrival to an event stream's first event",
+        |r| &r.stats.ttft,
+    ),
+    (
+        "cutover_token_gap_seconds",
+        "Time between reads that carried events, within a stream",
+        |r| &r.stats.token_gap,
+    ),
+];
+
+/// The plain counters each color keeps.
+const COLOR_COUNTERS: [ColorCounter; 5] = [
+    (
+        "cutover_empty_generations",
+        "2xx answers that carried no generation (a stream of a bare [DONE], a POST's empty 200): errors for verification",
+        |r| r.stats.empty_generations.load(Relaxed),
+    ),
+    (
+        "cutover_stream_events",
+        "Server-sent events relayed (derive tokens/s)",
+        |r| r.stats.stream_events.load(Relaxed),
+    ),
+    (
+        "cutover_upstream_failures",
+        "Requests the proxy failed for the upstream (no endpoint, connect, timeout, bad response)",
+        |r| r.stats.upstream_failures.load(Relaxed),
+    ),
+    (
+        "cutover_aborted_bodies",
+        "Response bodies cut short after the head was sent",
+        |r| r.stats.aborted_bodies.load(Relaxed),
+    ),
+    (
+        "cutover_drain_closed",
+        "Requests closed at the drain deadline of an old color",
+        |r| r.stats.drain_closed.load(Relaxed),
+    ),
+];
+
 /// What each color served: responses by code, latency histograms, per-color counters.
 fn encode_traffic(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<ColorRoute>)]) -> fmt::Result {
     let mut m = enc.encode_descriptor(
@@ -128,52 +171,13 @@ fn encode_traffic(enc: &mut DescriptorEncoder, routes: &[(Arc<ServiceCtl>, Arc<C
     for (svc, r) in routes {
         histogram(&mut m, &color_labels(svc, r), &r.stats.ttfb)?;
     }
-    let sketches: [ColorSketch; 2] = [
-        (
-            "cutover_time_to_first_token_seconds",
-            "Request arrival to an event stream's first event",
-            |r| &r.stats.ttft,
-        ),
-        (
-            "cutover_token_gap_seconds",
-            "Time between reads that carried events, within a stream",
-            |r| &r.stats.token_gap,
-        ),
-    ];
-    for (name, help, get) in sketches {
+    for (name, help, get) in SKETCHES {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (svc, r) in routes {
             sketch_histogram(&mut m, &color_labels(svc, r), get(r))?;
         }
     }
-    let counters: [ColorCounter; 5] = [
-        (
-            "cutover_empty_generations",
-            "2xx answers that carried no generation (a stream of a bare [DONE], a POST's empty 200): errors for verification",
-            |r| r.stats.empty_generations.load(Relaxed),
-        ),
-        (
-            "cutover_stream_events",
-            "Server-sent events relayed (derive tokens/s)",
-            |r| r.stats.stream_events.load(Relaxed),
-        ),
-        (
-            "cutover_upstream_failures",
-            "Requests the proxy failed for the upstream (no endpoint, connect, timeout, bad response)",
-            |r| r.stats.upstream_failures.load(Relaxed),
-        ),
-        (
-            "cutover_aborted_bodies",
-            "Response bodies cut short after the head was sent",
-            |r| r.stats.aborted_bodies.load(Relaxed),
-        ),
-        (
-            "cutover_drain_closed",
-            "Requests closed at the drain deadline of an old color",
-            |r| r.stats.drain_closed.load(Relaxed),
-        ),
-    ];
-    for (name, help, get) in counters {
+    for (name, help, get) in COLOR_COUNTERS {
         let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (svc, r) in routes {
             m.encode_family(&color_labels(svc, r))?
@@ -400,6 +404,23 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
         }
     }
     encode_releases(enc, ctl)?;
+    encode_restarts(enc, ctl)?;
+    let mut m = enc.encode_descriptor(
+        "cutover_config_reloads",
+        "Configuration reloads by this process (SIGHUP, POST /v1/reload), by result; an error changed nothing",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("ok", &ctl.reloads.ok), ("error", &ctl.reloads.error)] {
+        let l: Labels = vec![("result", result.to_string())];
+        m.encode_family(&l)?
+            .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;
+    }
+    encode_release_phase(enc, ctl)
+}
+
+/// Restarts of managed processes per color and version.
+fn encode_restarts(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     let mut m = enc.encode_descriptor(
         "cutover_process_restarts",
         "Managed processes started again by the restart policy after an exit (this process)",
@@ -427,17 +448,11 @@ fn encode_services(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result
             m.encode_family(&l)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
     }
-    let mut m = enc.encode_descriptor(
-        "cutover_config_reloads",
-        "Configuration reloads by this process (SIGHUP, POST /v1/reload), by result; an error changed nothing",
-        None,
-        MetricType::Counter,
-    )?;
-    for (result, n) in [("ok", &ctl.reloads.ok), ("error", &ctl.reloads.error)] {
-        let l: Labels = vec![("result", result.to_string())];
-        m.encode_family(&l)?
-            .encode_counter::<NoLabelSet, _, u64>(&n.load(Relaxed), None)?;
-    }
+    Ok(())
+}
+
+/// The phase of each release in progress, as a 1-valued info series.
+fn encode_release_phase(enc: &mut DescriptorEncoder, ctl: &Controller) -> fmt::Result {
     let mut m = enc.encode_descriptor(
         "cutover_release_phase_info",
         "1 for the phase of the release in progress",

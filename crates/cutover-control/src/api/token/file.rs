@@ -82,6 +82,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// Parses and checks a tokens file's text; `path` names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let raw = deserialize(path, text, &line_of)?;
+    let mut out: Vec<Entry> = Vec::with_capacity(raw.token.len());
+    for (i, t) in raw.token.into_iter().enumerate() {
+        let line = line_of(t.span().start);
+        let at = |s: &std::ops::Range<usize>, key: &str, message: String| {
+            error(path, line_of(s.start), format!("token[{i}].{key}"), message)
+        };
+        let entry = check_entry(t.into_inner(), line, &out, at)?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// The file's TOML as its raw entries; an error names the line and the key.
+fn deserialize(path: &Path, text: &str, line_of: &dyn Fn(usize) -> usize) -> Result<RawFile, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| {
         error(
             path,
@@ -90,7 +105,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
             e.message().trim().to_string(),
         )
     })?;
-    let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         // Spanned<T> shows up in the path as a private field; it is not a key of the file.
         let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
@@ -101,75 +116,76 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
             key,
             inner.message().trim().to_string(),
         )
-    })?;
-    let mut out: Vec<Entry> = Vec::with_capacity(raw.token.len());
-    for (i, t) in raw.token.into_iter().enumerate() {
-        let line = line_of(t.span().start);
-        let t = t.into_inner();
-        let at = |s: &std::ops::Range<usize>, key: &str, message: String| {
-            error(path, line_of(s.start), format!("token[{i}].{key}"), message)
-        };
-        check_name(t.name.get_ref()).map_err(|m| at(&t.name.span(), "name", m))?;
-        let name = t.name.get_ref().clone();
-        if let Some(first) = out.iter().find(|e| e.name == name) {
-            return Err(at(
-                &t.name.span(),
-                "name",
-                format!("a token named {name:?} is already on line {}", first.line),
-            ));
-        }
-        let role = Role::parse(t.role.get_ref()).ok_or_else(|| {
-            at(
-                &t.role.span(),
-                "role",
-                format!(
-                    "unknown role {:?}: expected viewer, operator or admin",
-                    t.role.get_ref()
-                ),
-            )
-        })?;
-        let sha256 = parse_digest(t.sha256.get_ref()).ok_or_else(|| {
-            at(
-                &t.sha256.span(),
-                "sha256",
-                "expected the token's SHA-256 as 64 hex characters (`cutover token create` writes it); never the token itself".into(),
-            )
-        })?;
-        if let Some(first) = out.iter().find(|e| e.sha256 == sha256) {
-            return Err(at(
-                &t.sha256.span(),
-                "sha256",
-                format!("the same token as {:?} on line {}", first.name, first.line),
-            ));
-        }
-        if sha256 == digest("") {
-            return Err(at(&t.sha256.span(), "sha256", "the SHA-256 of an empty token".into()));
-        }
-        let created = match t.created {
-            Some(c) => {
-                humantime::parse_rfc3339_weak(c.get_ref()).map_err(|e| {
-                    at(
-                        &c.span(),
-                        "created",
-                        format!(
-                            "{:?} is not an RFC 3339 time such as \"2026-12-01T11:06:13Z\": {e}",
-                            c.get_ref()
-                        ),
-                    )
-                })?;
-                Some(c.into_inner())
-            }
-            None => None,
-        };
-        out.push(Entry {
-            name,
-            role,
-            sha256,
-            created,
-            line,
-        });
+    })
+}
+
+/// One entry checked against itself and the entries before it (`out`); `at` makes the
+/// error for a key at a span.
+fn check_entry(
+    t: RawEntry,
+    line: usize,
+    out: &[Entry],
+    at: impl Fn(&std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<Entry, ConfigError> {
+    check_name(t.name.get_ref()).map_err(|m| at(&t.name.span(), "name", m))?;
+    let name = t.name.get_ref().clone();
+    if let Some(first) = out.iter().find(|e| e.name == name) {
+        return Err(at(
+            &t.name.span(),
+            "name",
+            format!("a token named {name:?} is already on line {}", first.line),
+        ));
     }
-    Ok(out)
+    let role = Role::parse(t.role.get_ref()).ok_or_else(|| {
+        at(
+            &t.role.span(),
+            "role",
+            format!(
+                "unknown role {:?}: expected viewer, operator or admin",
+                t.role.get_ref()
+            ),
+        )
+    })?;
+    let sha256 = parse_digest(t.sha256.get_ref()).ok_or_else(|| {
+        at(
+            &t.sha256.span(),
+            "sha256",
+            "expected the token's SHA-256 as 64 hex characters (`cutover token create` writes it); never the token itself".into(),
+        )
+    })?;
+    if let Some(first) = out.iter().find(|e| e.sha256 == sha256) {
+        return Err(at(
+            &t.sha256.span(),
+            "sha256",
+            format!("the same token as {:?} on line {}", first.name, first.line),
+        ));
+    }
+    if sha256 == digest("") {
+        return Err(at(&t.sha256.span(), "sha256", "the SHA-256 of an empty token".into()));
+    }
+    let created = match t.created {
+        Some(c) => {
+            humantime::parse_rfc3339_weak(c.get_ref()).map_err(|e| {
+                at(
+                    &c.span(),
+                    "created",
+                    format!(
+                        "{:?} is not an RFC 3339 time such as \"2026-12-01T11:06:13Z\": {e}",
+                        c.get_ref()
+                    ),
+                )
+            })?;
+            Some(c.into_inner())
+        }
+        None => None,
+    };
+    Ok(Entry {
+        name,
+        role,
+        sha256,
+        created,
+        line,
+    })
 }
 
 fn parse_digest(s: &str) -> Option<Digest> {
