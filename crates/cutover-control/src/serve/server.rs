@@ -302,32 +302,15 @@ async fn run_with(
         serving.set_addresses_file(path.clone(), addresses.admin);
     }
     if let Some((p, deadline)) = pred {
-        let from = p.pid;
-        // The predecessor names this process the unit's main process (`MAINPID`) before its
-        // bye, so systemd takes this process's `READY=1` below.
-        match tokio::time::timeout_at(deadline, p.ready()).await {
-            Ok(Ok(())) => tracing::info!(
-                from_pid = from,
-                "upgrade: serving; the old process stops accepting and drains"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(from_pid = from, error = %format!("{e:#}"), "upgrade: serving, but the old process did not confirm")
-            }
-            Err(_) => tracing::warn!(
-                from_pid = from,
-                "upgrade: serving, but the old process did not confirm in time"
-            ),
-        }
+        tell_ready(p, deadline).await;
     }
     upgrade::notify("READY=1");
     let _reload_on_hup = AbortOnDrop(tokio::spawn(reload_on_sighup(serving.clone())));
-    let socket = match UpgradeSocket::bind(&upgrade_path) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "this process cannot be upgraded in place (serve --upgrade)");
-            None
-        }
-    };
+    let socket = UpgradeSocket::bind(&upgrade_path)
+        .map_err(
+            |e| tracing::warn!(error = %format!("{e:#}"), "this process cannot be upgraded in place (serve --upgrade)"),
+        )
+        .ok();
 
     // A successor that took over ends the serve like a signal, but keeps the control plane
     // paused for good: this process must not write the store the successor now owns.
@@ -351,6 +334,27 @@ async fn run_with(
         std::mem::forget(guard);
     }
     Ok(())
+}
+
+/// Tells the predecessor this process serves, and waits (until `deadline`) for its word
+/// that it stops accepting.
+async fn tell_ready(p: Predecessor, deadline: tokio::time::Instant) {
+    let from = p.pid;
+    // The predecessor names this process the unit's main process (`MAINPID`) before its
+    // bye, so systemd takes this process's `READY=1` after this.
+    match tokio::time::timeout_at(deadline, p.ready()).await {
+        Ok(Ok(())) => tracing::info!(
+            from_pid = from,
+            "upgrade: serving; the old process stops accepting and drains"
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(from_pid = from, error = %format!("{e:#}"), "upgrade: serving, but the old process did not confirm")
+        }
+        Err(_) => tracing::warn!(
+            from_pid = from,
+            "upgrade: serving, but the old process did not confirm in time"
+        ),
+    }
 }
 
 /// What `start` leaves running.
@@ -519,16 +523,8 @@ async fn hand_over(
             }
         };
         let deadline = tokio::time::Instant::now() + upgrade::HANDOVER_TIMEOUT;
-        let version = match tokio::time::timeout(Duration::from_secs(5), next.hello()).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "upgrade: no hand-over");
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!("upgrade: a connection to the upgrade socket said nothing for 5 s");
-                continue;
-            }
+        let Some(version) = hello(&mut next).await else {
+            continue;
         };
         let pid = next.pid;
         tracing::info!(successor_pid = pid, successor_version = %version, "upgrade: a new process asks for the listeners; pausing the control plane");
@@ -571,6 +567,22 @@ async fn hand_over(
             }
         }
         drop(guard);
+    }
+}
+
+/// The version a connection to the upgrade socket says it runs, within 5 s; `None` (logged)
+/// when it says nothing or not that.
+async fn hello(next: &mut upgrade::Successor) -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(5), next.hello()).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "upgrade: no hand-over");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("upgrade: a connection to the upgrade socket said nothing for 5 s");
+            None
+        }
     }
 }
 
