@@ -56,6 +56,12 @@ impl ScaleDowns {
         }
     }
 
+    /// A scale-down or standby sleep of `service` is scheduled and has not ended.
+    #[cfg(test)]
+    pub(crate) fn is_pending(&self, service: &str) -> bool {
+        self.lock().get(service).is_some_and(|h| !h.is_finished())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, tokio::task::JoinHandle<()>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
