@@ -1,5 +1,5 @@
 //! The control plane's pause for a hand-over: while a successor takes the listeners (see
-//! [`crate::serve::upgrade`]), nothing of the control plane may change the store or the managed
+//! `serve::upgrade`), nothing of the control plane may change the store or the managed
 //! processes, because the successor reads both once and adopts them.
 //!
 //! Every control operation that writes the store or starts, restarts or stops a process holds

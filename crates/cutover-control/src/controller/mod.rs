@@ -19,6 +19,7 @@ use crate::base::error::{ControlError, ReleaseError};
 use crate::base::pause::{Pause, Quiesced};
 use crate::base::store_call::blocking;
 use crate::procs::supervisor::{self, Dirs, Role};
+use crate::procs::HostsDriver;
 use crate::release::run::RunEnv;
 use crate::release::scale_down::ScaleDowns;
 use crate::release::{self, ReleaseDoc, Releases};
@@ -44,6 +45,8 @@ pub struct Controller {
     /// while it runs; each service's current settings are in its `ServiceCtl`).
     pub config: Config,
     dirs: Dirs,
+    /// Makes the driver of `run.hosts` processes (fleet mode's); `None` where none is given.
+    hosts: Option<HostsDriver>,
     /// Reloads done by this process, for `cutover_config_reloads_total{result}`.
     pub reloads: ReloadCounts,
     /// The release in progress per service (at most one).
@@ -67,6 +70,12 @@ impl Controller {
     /// This writes to the store: call it only once every listener is bound, so that a
     /// second `serve` started by mistake fails before it touches a live instance's state.
     pub fn build(config: Config, store: Store) -> anyhow::Result<Controller> {
+        Controller::build_with(config, store, None)
+    }
+
+    /// [`Controller::build`], with `hosts` making the driver of a service whose processes
+    /// run on host agents (`run.hosts`); without it such a service is refused.
+    pub fn build_with(config: Config, store: Store, hosts: Option<HostsDriver>) -> anyhow::Result<Controller> {
         let store = Arc::new(store);
         let dirs = Dirs {
             data_dir: config.store.data_dir.clone(),
@@ -75,7 +84,7 @@ impl Controller {
         let pause = Pause::default();
         let mut services = BTreeMap::new();
         for (name, cfg) in &config.services {
-            let svc = restore(cfg, &store, &dirs, &pause)?;
+            let svc = restore(cfg, &store, &dirs, &pause, hosts)?;
             services.insert(name.clone(), svc);
         }
         let ctl = Controller {
@@ -83,6 +92,7 @@ impl Controller {
             store,
             config,
             dirs,
+            hosts,
             reloads: ReloadCounts::default(),
             releases: Releases::default(),
             scale_downs: ScaleDowns::default(),
@@ -248,7 +258,7 @@ impl Controller {
     /// A service a reload added: restored from the store as at start-up (a service removed
     /// and added back finds its routing, history and still-running processes again).
     pub fn add_service(&self, cfg: &cutover_config::ServiceConfig) -> anyhow::Result<Arc<ServiceCtl>> {
-        let svc = restore(cfg, &self.store, &self.dirs, &self.pause)?;
+        let svc = restore(cfg, &self.store, &self.dirs, &self.pause, self.hosts)?;
         let ids = release::interrupt_unfinished(&self.store, &svc, self.config.store.fleet.is_some())
             .map_err(|e| anyhow::anyhow!("cannot mark the unfinished releases of {}: {e}", svc.name))?;
         self.adopt(&svc)?;
@@ -464,8 +474,18 @@ fn restore(
     store: &Arc<Store>,
     dirs: &Dirs,
     pause: &Pause,
+    hosts: Option<HostsDriver>,
 ) -> anyhow::Result<Arc<ServiceCtl>> {
     let name = &cfg.name;
+    let remote = match &cfg.environments {
+        Environments::Managed(run) if !run.hosts.is_empty() => match hosts {
+            Some(make) => Some(make(name, run.clone(), store.clone())),
+            None => anyhow::bail!(
+                "service {name}: run.hosts needs fleet mode's host agents, which this controller was not given"
+            ),
+        },
+        _ => None,
+    };
     let (bv, gv) = match &cfg.environments {
         Environments::Static { blue, green } => (blue.version.as_deref(), green.version.as_deref()),
         Environments::Managed(_) => (None, None),
@@ -479,6 +499,7 @@ fn restore(
         [state.blue_version.clone(), state.green_version.clone()],
         dirs.clone(),
         pause.clone(),
+        remote,
     );
     let live = state.live.map(routed);
     svc.publish(live, state.generation);

@@ -899,7 +899,10 @@ impl Fleet for FleetLink {
         self.resync.notify_one()
     }
     fn attach_hosts(self: std::sync::Arc<Self>, svc: &ServiceCtl) {
-        if let Some(hosts) = svc.hosts() {
+        let Some(crate::procs::Procs::Remote(r)) = &svc.procs else {
+            return;
+        };
+        if let Ok(hosts) = r.clone().as_any().downcast::<crate::fleet::remote::RemoteProcs>() {
             hosts.attach(self);
         }
     }

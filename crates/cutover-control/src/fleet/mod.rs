@@ -10,6 +10,9 @@ pub mod sync;
 
 use crate::controller::Controller;
 pub use link::FleetLink;
+use std::sync::Arc;
+
+use crate::procs::RemoteDriver;
 pub use sync::{join, start, FleetTasks};
 
 /// The controller's link to the fleet, in fleet mode, as the link itself: the layers above
@@ -17,4 +20,14 @@ pub use sync::{join, start, FleetTasks};
 /// [`crate::service::fleet::Fleet`] slot does not show.
 pub fn link_of(ctl: &Controller) -> Option<&FleetLink> {
     ctl.fleet()?.as_any().downcast_ref()
+}
+
+/// The driver of a service's processes on host agents (`run.hosts`), for the controller to
+/// build services with ([`crate::procs::HostsDriver`]).
+pub fn hosts_driver(
+    service: &str,
+    run: cutover_config::RunConfig,
+    store: Arc<cutover_store::Store>,
+) -> Arc<dyn RemoteDriver> {
+    remote::RemoteProcs::new(service, run, store)
 }

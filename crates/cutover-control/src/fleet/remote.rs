@@ -697,4 +697,7 @@ impl RemoteDriver for RemoteProcs {
     ) -> DriverFuture<'a, bool> {
         Box::pin(RemoteProcs::stop_abandoned(self, color, version, busy))
     }
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }

@@ -8,18 +8,23 @@ pub mod logs;
 pub mod os;
 pub mod supervisor;
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use cutover_config::RunConfig;
 use cutover_proxy::Color;
-use cutover_store::ProcessRecord;
+use cutover_store::{ProcessRecord, Store};
 
 use crate::procs::supervisor::{ColorProcesses, Exit, Role, Supervisor};
 
 /// A future a [`RemoteDriver`] returns (trait objects cannot have `async fn`s).
 pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes the driver of a service's processes on host agents (`run.hosts`): fleet mode's,
+/// handed to the controller by whoever builds it.
+pub type HostsDriver = fn(&str, RunConfig, Arc<Store>) -> Arc<dyn RemoteDriver>;
 
 /// Processes that something other than this machine's supervisor runs: host agents, which
 /// fleet mode drives through etcd. The first methods are [`Procs`]'s common face; the last
@@ -50,6 +55,8 @@ pub trait RemoteDriver: Send + Sync {
         version: Option<&'a str>,
         busy: &'a (dyn Fn() -> bool + Send + Sync),
     ) -> DriverFuture<'a, bool>;
+    /// For the layer that made it, which knows the implementation.
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
 impl dyn RemoteDriver {

@@ -1,7 +1,7 @@
 //! The data-plane listeners of one running `serve`: every accept loop by service (live and
 //! preview) and by shared listener, started, replaced and stopped; the bound addresses
 //! services show and `--addresses-file` holds; the copies a successor takes over. A reload
-//! ([`super::reload`]) changes the set through the same registry.
+//! (the `reload` module beside this one) changes the set through the same registry.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

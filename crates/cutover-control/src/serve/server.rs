@@ -594,7 +594,7 @@ fn open_and_resume(config: Config) -> anyhow::Result<Controller> {
     }
     let store = Store::open(&config.store.path)
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
-    let ctl = Controller::build(config, store)?;
+    let ctl = Controller::build_with(config, store, Some(crate::fleet::hosts_driver))?;
     ctl.resume();
     Ok(ctl)
 }

@@ -37,7 +37,6 @@ use crate::base::colors::stored;
 use crate::base::error::StoreFailure;
 use crate::base::pause::Pause;
 use crate::base::store_call::blocking;
-use crate::fleet::remote::RemoteProcs;
 use crate::procs::supervisor::{Dirs, Supervisor};
 use crate::procs::Procs;
 
@@ -125,8 +124,6 @@ pub struct ServiceCtl {
     bound: Mutex<Option<BoundAddrs>>,
     /// The managed processes of both colors; `None` for static endpoints.
     pub(crate) procs: Option<Procs>,
-    /// The same processes when host agents run them (fleet mode attaches its link to them).
-    hosts: Option<Arc<RemoteProcs>>,
     /// Requests/s and error rate per color over the last minutes, for the dashboard.
     pub(crate) series: Mutex<series::Series>,
     /// Switches (rollbacks included) and rollbacks made by this process, for metrics.
@@ -153,13 +150,6 @@ pub struct ServiceCtl {
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
     pub(crate) fleet: std::sync::OnceLock<Arc<dyn fleet::Fleet>>,
-}
-
-impl ServiceCtl {
-    /// The host agents' processes, when `run.hosts` places this service's processes there.
-    pub(crate) fn hosts(&self) -> Option<&Arc<RemoteProcs>> {
-        self.hosts.as_ref()
-    }
 }
 
 /// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.
@@ -369,17 +359,12 @@ impl ServiceCtl {
         versions: [Option<String>; 2],
         dirs: Dirs,
         pause: Pause,
+        hosts: Option<Arc<dyn crate::procs::RemoteDriver>>,
     ) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = health_spec(&cfg);
-        let hosts = match &cfg.environments {
-            Environments::Managed(run) if !run.hosts.is_empty() => {
-                Some(RemoteProcs::new(&cfg.name, run.clone(), store.clone()))
-            }
-            _ => None,
-        };
         let procs = match &cfg.environments {
-            _ if hosts.is_some() => hosts.clone().map(|h| Procs::Remote(h)),
+            _ if hosts.is_some() => hosts.map(Procs::Remote),
             Environments::Managed(run) => Some(Procs::Local(Supervisor::new(
                 &cfg.name,
                 run.clone(),
@@ -398,7 +383,6 @@ impl ServiceCtl {
             slots: Mutex::new([None, None]),
             states: Mutex::new([None, None]),
             bound: Mutex::new(None),
-            hosts,
             procs,
             series: Default::default(),
             switches: AtomicU64::new(0),
