@@ -8,7 +8,7 @@ use tokio::sync::watch;
 /// An exit nobody asked for.
 #[derive(Debug, Clone, Serialize)]
 pub struct Exit {
-    /// Which start of the color's processes it belongs to ([`Supervisor::epoch`]).
+    /// Which start of the color's processes it belongs to (`Supervisor::epoch`).
     #[serde(skip)]
     pub epoch: u64,
     pub replica: u32,
