@@ -15,9 +15,7 @@ use cutover_proxy::stats::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::base::error::{ReleaseError, SwitchError};
-use crate::service::fleet::{Fleet, FleetFuture};
-use crate::service::ServiceCtl;
+use crate::base::error::SwitchError;
 
 /// The hash of a service's configuration that documents carry (`config_hash`): its
 /// environments (endpoints, versions as configured, or the managed run).
@@ -827,86 +825,4 @@ pub fn etcd_access(
             password_file: u.password_file.clone(),
         }),
     })
-}
-
-/// Fleet mode as the services, the releases and the controller see it: each method is the
-/// link's own (above), or reads one of its fields.
-impl Fleet for FleetLink {
-    fn router_id(&self) -> &str {
-        &self.router_id
-    }
-    fn config_hash(&self, cfg: &cutover_config::ServiceConfig) -> String {
-        config_hash(cfg)
-    }
-    fn commit_switch<'a>(
-        &'a self,
-        service: &'a str,
-        expected: u64,
-        doc: &'a ServiceDoc,
-        history: &'a HistoryRecord,
-        fenced: bool,
-    ) -> FleetFuture<'a, Result<i64, SwitchError>> {
-        Box::pin(FleetLink::commit_switch(self, service, expected, doc, history, fenced))
-    }
-    fn host_address(&self, host: &str) -> Option<std::net::IpAddr> {
-        self.hosts.address(host)
-    }
-    fn is_leader(&self) -> bool {
-        FleetLink::is_leader(self)
-    }
-    fn leader_id(&self) -> Option<String> {
-        self.leader().map(|l| l.router_id)
-    }
-    fn next_release_id(&self) -> i64 {
-        FleetLink::next_release_id(self)
-    }
-    fn used_release_id(&self, id: i64) {
-        FleetLink::used_release_id(self, id)
-    }
-    fn put_release<'a>(
-        &'a self,
-        service: &'a str,
-        id: i64,
-        doc: &'a serde_json::Value,
-    ) -> FleetFuture<'a, Result<(), ReleaseError>> {
-        Box::pin(async move {
-            FleetLink::put_release(self, service, id, doc)
-                .await
-                .map_err(ReleaseError::from)
-        })
-    }
-    fn releases<'a>(&'a self, service: &'a str) -> FleetFuture<'a, Result<BTreeMap<i64, serde_json::Value>, String>> {
-        Box::pin(async move { FleetLink::releases(self, service).await.map_err(|e| e.to_string()) })
-    }
-    fn release_in_progress(&self, service: &str) -> Option<serde_json::Value> {
-        FleetLink::release_in_progress(self, service)
-    }
-    fn await_acks<'a>(
-        &'a self,
-        service: &'a str,
-        generation: u64,
-        since: Instant,
-    ) -> FleetFuture<'a, serde_json::Value> {
-        Box::pin(async move {
-            let report = FleetLink::await_acks(self, service, generation, since).await;
-            serde_json::to_value(report).unwrap_or_default()
-        })
-    }
-    fn await_all_acked<'a>(&'a self, service: &'a str, generation: u64) -> FleetFuture<'a, ()> {
-        Box::pin(FleetLink::await_all_acked(self, service, generation))
-    }
-    fn resync(&self) {
-        self.resync.notify_one()
-    }
-    fn attach_hosts(self: std::sync::Arc<Self>, svc: &ServiceCtl) {
-        let Some(crate::procs::Procs::Remote(r)) = &svc.procs else {
-            return;
-        };
-        if let Ok(hosts) = r.clone().as_any().downcast::<crate::fleet::remote::RemoteProcs>() {
-            hosts.attach(self);
-        }
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }

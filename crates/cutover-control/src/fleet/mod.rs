@@ -6,6 +6,7 @@
 pub mod leader;
 pub mod link;
 pub mod remote;
+mod seams;
 pub mod sync;
 
 use crate::controller::Controller;

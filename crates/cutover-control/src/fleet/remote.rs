@@ -23,7 +23,6 @@ use cutover_store::{now_rfc3339, HistoryKind, ProcessRecord, Store};
 use crate::base::colors::{fleet_color, stored};
 use crate::fleet::link::FleetLink;
 use crate::procs::supervisor::{process_event, ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
-use crate::procs::{DriverFuture, RemoteDriver};
 
 /// How long a start waits for every host's report. Spawning is quick; what takes long (a
 /// model loading) is the health wait that follows, not this.
@@ -642,62 +641,5 @@ impl RemoteProcs {
             }
         }
         out.into_iter().map(|((_, v), (c, n))| (c, v, n)).collect()
-    }
-}
-
-/// The host agents as the process layer's driver: each method is the inherent one above.
-impl RemoteDriver for RemoteProcs {
-    fn has_processes(&self, color: Color) -> bool {
-        RemoteProcs::has_processes(self, color)
-    }
-    fn start<'a>(&'a self, color: Color, version: &'a str) -> DriverFuture<'a, Result<Vec<ProcessRecord>, String>> {
-        Box::pin(RemoteProcs::start(self, color, version))
-    }
-    fn stop(&self, color: Color) -> DriverFuture<'_, ()> {
-        Box::pin(RemoteProcs::stop(self, color))
-    }
-    fn assign_role(self: Arc<Self>, color: Color, role: Role) {
-        RemoteProcs::set_role(&self, color, role)
-    }
-    fn role(&self, color: Color) -> Role {
-        RemoteProcs::role(self, color)
-    }
-    fn epoch(&self, color: Color) -> u64 {
-        RemoteProcs::epoch(self, color)
-    }
-    fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
-        RemoteProcs::exit_of(self, color, epoch)
-    }
-    fn wait_exit(&self, color: Color, epoch: u64) -> DriverFuture<'_, Exit> {
-        Box::pin(RemoteProcs::wait_exit(self, color, epoch))
-    }
-    fn status(&self, color: Color) -> ColorProcesses {
-        RemoteProcs::status(self, color)
-    }
-    fn restarts_total(&self) -> Vec<(Color, String, u64)> {
-        RemoteProcs::restarts_total(self)
-    }
-    fn set_run(&self, run: RunConfig) {
-        RemoteProcs::set_run(self, run)
-    }
-    fn stopped(&self, color: Color) -> bool {
-        RemoteProcs::stopped(self, color)
-    }
-    fn away(&self, color: Color) -> Vec<String> {
-        RemoteProcs::away(self, color)
-    }
-    fn wait_connected(&self, color: Color) -> DriverFuture<'_, ()> {
-        Box::pin(RemoteProcs::wait_connected(self, color))
-    }
-    fn stop_abandoned_unless<'a>(
-        &'a self,
-        color: Color,
-        version: Option<&'a str>,
-        busy: &'a (dyn Fn() -> bool + Send + Sync),
-    ) -> DriverFuture<'a, bool> {
-        Box::pin(RemoteProcs::stop_abandoned(self, color, version, busy))
-    }
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
     }
 }
