@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cutover_control::fleet_link::FleetLink;
+use cutover_control::fleet::FleetLink;
 use cutover_control::service::switch::SwitchRequest;
 use cutover_control::Controller;
 use cutover_proxy::Color;

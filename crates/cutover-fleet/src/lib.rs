@@ -7,12 +7,14 @@
 //! - `access`: TLS to `https://` members, client certificates, etcd's user and its token.
 //! - `doc`: the service document, the history record and the router's ack, with validation;
 //!   the host agents' registration, desired processes and reports.
+//! - `hosts`: what a router knows of the host agents (their registrations and reports).
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod doc;
 pub mod etcd;
+pub mod hosts;
 
 pub use access::{Access, Credentials};
 pub use etcd::{Etcd, EtcdError};

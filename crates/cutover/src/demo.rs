@@ -230,7 +230,7 @@ pub async fn run(canary: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::new(1, e.to_string()))?;
     let config = cutover_config::load(&cfg_path).map_err(|e| Failure::new(2, e.to_string()))?;
     let store_path = config.store.path.clone();
-    let listeners = cutover_control::server::Listeners::bind(&config)
+    let listeners = cutover_control::serve::Listeners::bind(&config)
         .await
         .map_err(|e| Failure::new(1, format!("{e:#}")))?;
     let bound = listeners
@@ -240,10 +240,10 @@ pub async fn run(canary: bool) -> Result<(), Failure> {
     intro(&dir, listen, admin, (blue, green))?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cutover_control::server::run(
+    let server = tokio::spawn(cutover_control::serve::run(
         config,
         listeners,
-        cutover_control::server::ServeOptions {
+        cutover_control::serve::ServeOptions {
             grace: Duration::from_secs(5),
             addresses_file: None,
             upgrade: false,
@@ -313,7 +313,7 @@ async fn router_up(dir: &std::path::Path, remote: &Remote) -> Result<Client, Fai
 async fn clean_up(store_path: &std::path::Path, dir: &std::path::Path) {
     if let Ok(store) = cutover_store::Store::open(store_path) {
         if let Ok(procs) = store.processes("chat") {
-            cutover_control::supervisor::stop(&procs, Duration::from_secs(5)).await;
+            cutover_control::procs::supervisor::stop(&procs, Duration::from_secs(5)).await;
         }
     }
     let _ = std::fs::remove_dir_all(dir);

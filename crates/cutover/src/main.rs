@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             upgrade,
         } => {
             init_logs(log_format);
-            let opts = cutover_control::server::ServeOptions {
+            let opts = cutover_control::serve::ServeOptions {
                 grace,
                 addresses_file,
                 upgrade,
@@ -305,7 +305,7 @@ fn agent(
 }
 
 /// `cutover serve`: stage one (the config, no side effects) here, the rest in the server.
-fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::server::ServeOptions) -> ExitCode {
+fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::serve::ServeOptions) -> ExitCode {
     let cfg = match cutover_config::load_all(config) {
         Ok(c) => c,
         Err(e) => {
@@ -328,7 +328,7 @@ fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::server::S
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(cutover_control::server::serve(cfg, opts)) {
+    match rt.block_on(cutover_control::serve::serve(cfg, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e:#}");

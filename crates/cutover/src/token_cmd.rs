@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use cutover_control::token::{self, file, Role};
+use cutover_control::api::token::{self, file, Role};
 use serde_json::json;
 
 use crate::cli::TokenSub;

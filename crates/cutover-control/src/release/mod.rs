@@ -4,6 +4,9 @@
 pub(crate) mod active;
 pub mod doc;
 pub mod run;
+pub mod scale_down;
+pub(crate) mod shadow;
+pub mod steps;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,11 @@ use cutover_proxy::Color;
 use cutover_release::{Outcome, Phase, Plan};
 use cutover_store::{now_rfc3339, EventRecord, HistoryKind, Store};
 
-use crate::colors::stored;
-use crate::error::{ReleaseError, StoreFailure};
-use crate::fleet_link::FleetLink;
+use crate::base::colors::stored;
+use crate::base::error::{ReleaseError, StoreFailure};
+use crate::base::store_call::{blocking, record};
+use crate::service::fleet::Fleet;
 use crate::service::ServiceCtl;
-use crate::store_call::{blocking, record};
 use active::{Active, Signals};
 use doc::NewRelease;
 pub use doc::{PhaseRecord, ReleaseDoc, StepRecord};
@@ -66,31 +69,12 @@ impl Releases {
     ) -> Result<ReleaseDoc, ReleaseError> {
         validate_version(version)?;
         let name = svc.name.clone();
-        let previous_color = svc.live();
-        let mut doc = ReleaseDoc::new(
-            NewRelease {
-                service: &name,
-                version,
-                actor,
-                color: previous_color.map(Color::other).unwrap_or(Color::Blue),
-                previous_color,
-                previous_version: previous_color.and_then(|c| svc.version_of(c)),
-                plan: Plan {
-                    manual: svc.cfg().release.promotion == cutover_config::Promotion::Manual,
-                    has_previous: previous_color.is_some(),
-                    shadow: svc.cfg().release.shadow.is_some(),
-                },
-            },
-            now_rfc3339(),
-        );
-        doc.traffic = svc.cfg().release.traffic.name().into();
+        let mut doc = new_doc(&svc, version, actor);
         let fleet = svc.fleet.get().cloned();
-        if let Some(link) = &fleet {
-            if !link.is_leader() {
-                return Err(ReleaseError::NotLeader {
-                    leader: link.leader().map(|l| l.router_id),
-                });
-            }
+        if let Some(link) = fleet.as_ref().filter(|l| !l.is_leader()) {
+            return Err(ReleaseError::NotLeader {
+                leader: link.leader_id(),
+            });
         }
         let (signals, abort_rx) = Signals::new();
         let shared = Arc::new(Mutex::new(doc.clone()));
@@ -106,19 +90,7 @@ impl Releases {
         };
         doc.id = id;
         if let Some(link) = &fleet {
-            link.used_release_id(id);
-            // The fleet's copy first: a release only the leader's disk knows would vanish
-            // with it. Refused (no longer leader, etcd away): the local row is closed too.
-            let put = match serde_json::to_value(&doc) {
-                Ok(v) => link.put_release(&name, id, &v).await.map_err(ReleaseError::from),
-                Err(e) => Err(StoreFailure::from(e).into()),
-            };
-            if let Err(e) = put {
-                doc.outcome = Some(Outcome::Aborted);
-                doc.reason = Some(format!("not started: {e}"));
-                if let Ok(v) = serde_json::to_value(&doc) {
-                    let _ = blocking(&svc.store, move |s| s.update_release(id, &v, true)).await;
-                }
+            if let Err(e) = fleet_copy_first(&svc, &**link, &mut doc).await {
                 self.lock().remove(&name);
                 return Err(e);
             }
@@ -131,16 +103,20 @@ impl Releases {
         };
         self.lock().insert(name.clone(), active.clone());
         tracing::info!(service = %name, release = id, version, color = %doc.color, actor, "release started");
-        let signals = active.signals.clone();
-        let run = ReleaseRun::new(svc.clone(), env, active, abort_rx);
-        let me = self.clone();
+        let run = ReleaseRun::new(svc.clone(), env, active.clone(), abort_rx);
         drop(permit);
-        let tasks = self.tasks.clone();
-        let task_name = name.clone();
+        self.spawn_run(svc, run, active.signals);
+        Ok(doc)
+    }
+
+    /// Runs `run` to its end, records the end (history first: whoever sees the release
+    /// leave the active set finds its end recorded), then takes it out of the active set.
+    fn spawn_run(&self, svc: Arc<ServiceCtl>, run: ReleaseRun, signals: Arc<Signals>) {
+        let me = self.clone();
+        let name = svc.name.clone();
         let task = tokio::spawn(async move {
             let end = run.run().await;
-            // History first: whoever sees the release leave the active set finds its end
-            // recorded. An abort someone asked for is theirs; any other end the controller's.
+            // An abort someone asked for is theirs; any other end the controller's.
             let actor = match end.outcome {
                 Some(Outcome::Aborted) => signals.aborter(),
                 _ => None,
@@ -148,14 +124,13 @@ impl Releases {
             let permit = svc.pause.enter().await;
             record_end(&svc.store, &end, actor.as_deref().unwrap_or("controller")).await;
             drop(permit);
-            me.lock().remove(&name);
-            me.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            me.lock().remove(&svc.name);
+            me.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&svc.name);
         });
-        tasks
+        self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(task_name, task.abort_handle());
-        Ok(doc)
+            .insert(name, task.abort_handle());
     }
 
     /// A fleet leader that lost its term stops every run where it is: no teardown, no
@@ -212,7 +187,7 @@ impl Releases {
     pub async fn doc(
         &self,
         store: &Arc<Store>,
-        fleet: Option<&FleetLink>,
+        fleet: Option<&dyn Fleet>,
         service: &str,
         id: i64,
     ) -> Result<ReleaseDoc, ReleaseError> {
@@ -245,7 +220,7 @@ impl Releases {
     pub async fn list(
         &self,
         store: &Arc<Store>,
-        fleet: Option<&FleetLink>,
+        fleet: Option<&dyn Fleet>,
         service: &str,
         limit: u32,
     ) -> Result<Vec<ReleaseDoc>, ReleaseError> {
@@ -277,7 +252,7 @@ impl Releases {
     pub(crate) async fn abort_interrupted(
         &self,
         svc: &Arc<ServiceCtl>,
-        link: &FleetLink,
+        link: &dyn Fleet,
         id: i64,
         actor: &str,
     ) -> Result<(), ReleaseError> {
@@ -506,10 +481,56 @@ pub(crate) fn interrupt_unfinished(store: &Store, svc: &ServiceCtl, fleet: bool)
     Ok(ids)
 }
 
+/// A new release's document: `version` into the idle color (blue when nothing is live),
+/// with the plan the service's configuration makes.
+fn new_doc(svc: &ServiceCtl, version: &str, actor: &str) -> ReleaseDoc {
+    let previous_color = svc.live();
+    let cfg = svc.cfg();
+    let mut doc = ReleaseDoc::new(
+        NewRelease {
+            service: &svc.name,
+            version,
+            actor,
+            color: previous_color.map(Color::other).unwrap_or(Color::Blue),
+            previous_color,
+            previous_version: previous_color.and_then(|c| svc.version_of(c)),
+            plan: Plan {
+                manual: cfg.release.promotion == cutover_config::Promotion::Manual,
+                has_previous: previous_color.is_some(),
+                shadow: cfg.release.shadow.is_some(),
+            },
+        },
+        now_rfc3339(),
+    );
+    doc.traffic = cfg.release.traffic.name().into();
+    doc
+}
+
+/// Fleet mode: the fleet's copy of a new release first, since a release only the leader's
+/// disk knows would vanish with it. Refused (no longer leader, etcd away): the local row is
+/// closed too, as aborted.
+async fn fleet_copy_first(svc: &ServiceCtl, link: &dyn Fleet, doc: &mut ReleaseDoc) -> Result<(), ReleaseError> {
+    let id = doc.id;
+    link.used_release_id(id);
+    let put = match serde_json::to_value(&*doc) {
+        Ok(v) => link.put_release(&svc.name, id, &v).await,
+        Err(e) => Err(StoreFailure::from(e).into()),
+    };
+    if let Err(e) = put {
+        doc.outcome = Some(Outcome::Aborted);
+        doc.reason = Some(format!("not started: {e}"));
+        if let Ok(v) = serde_json::to_value(&*doc) {
+            let _ = blocking(&svc.store, move |s| s.update_release(id, &v, true)).await;
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Fleet mode, after a restart: the releases `ids` of `service` that this router left
 /// unfinished take the fleet's documents (the leader's interrupted, or an abort since) once
 /// etcd has them ended. Retried while etcd is away or a new leader has not marked them yet.
-pub(crate) async fn adopt_fleet_copies(store: Arc<Store>, link: Arc<FleetLink>, service: String, mut ids: Vec<i64>) {
+pub(crate) async fn adopt_fleet_copies(store: Arc<Store>, link: Arc<dyn Fleet>, service: String, mut ids: Vec<i64>) {
     for _ in 0..120 {
         if let Ok(docs) = link.releases(&service).await {
             let mut ended = Vec::new();

@@ -4,6 +4,7 @@
 //! the API's view in [`status`]; the dashboard's traffic samples in [`series`].
 
 pub(crate) mod endpoint_client;
+pub mod fleet;
 mod reconfigure;
 mod resolve;
 pub mod series;
@@ -32,13 +33,12 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::colors::stored;
-use crate::error::StoreFailure;
-use crate::pause::Pause;
+use crate::base::colors::stored;
+use crate::base::error::StoreFailure;
+use crate::base::pause::Pause;
+use crate::base::store_call::blocking;
+use crate::procs::supervisor::{Dirs, Supervisor};
 use crate::procs::Procs;
-use crate::remote_procs::RemoteProcs;
-use crate::store_call::blocking;
-use crate::supervisor::{Dirs, Supervisor};
 
 /// How often a draining color's in-flight count is read.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -149,7 +149,7 @@ pub struct ServiceCtl {
     /// writes the store, never before it.
     pub(crate) pause: Pause,
     /// Fleet mode: switches commit through etcd (set once, before anything serves).
-    pub(crate) fleet: std::sync::OnceLock<Arc<crate::fleet_link::FleetLink>>,
+    pub(crate) fleet: std::sync::OnceLock<Arc<dyn fleet::Fleet>>,
 }
 
 /// The outcomes `cutover_releases_total` counts, in the order of `releases_ended`.
@@ -359,13 +359,12 @@ impl ServiceCtl {
         versions: [Option<String>; 2],
         dirs: Dirs,
         pause: Pause,
+        hosts: Option<Arc<dyn crate::procs::RemoteDriver>>,
     ) -> Arc<ServiceCtl> {
         let proxy = Service::new(cfg.name.clone(), settings_from(&cfg), RouteTable::default());
         let health = health_spec(&cfg);
         let procs = match &cfg.environments {
-            Environments::Managed(run) if !run.hosts.is_empty() => {
-                Some(Procs::Remote(RemoteProcs::new(&cfg.name, run.clone(), store.clone())))
-            }
+            _ if hosts.is_some() => hosts.map(Procs::Remote),
             Environments::Managed(run) => Some(Procs::Local(Supervisor::new(
                 &cfg.name,
                 run.clone(),
@@ -625,5 +624,84 @@ impl ServiceCtl {
     pub(crate) async fn stop_processes(&self, procs: &Procs, color: Color) {
         self.unwatch(color);
         procs.stop(color).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(body: &str) -> ServiceConfig {
+        let text = format!("[services.chat]\nlisten = \"127.0.0.1:8080\"\n{body}");
+        let cfg = cutover_config::parse(std::path::Path::new("/etc/cutover/cutover.toml"), &text).unwrap();
+        cfg.services["chat"].clone()
+    }
+
+    const STATIC: &str = "[services.chat.blue]\nendpoints = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\n\
+                          [services.chat.green]\nendpoints = [\"127.0.0.1:9003\"]\n";
+
+    #[test]
+    fn a_color_has_its_static_endpoints_or_its_managed_ports() {
+        let s = service(STATIC);
+        let ports = |c| endpoints_of(&s, c).iter().map(|e| e.port).collect::<Vec<_>>();
+        assert_eq!(ports(Color::Blue), [9001, 9002]);
+        assert_eq!(ports(Color::Green), [9003]);
+        let managed = service(
+            "[services.chat.run]\ncommand = [\"mock-model\", \"--port\", \"{port}\"]\n\
+             ports = { blue = [9101, 9104], green = [9102, 9103] }\n",
+        );
+        let green = endpoints_of(&managed, Color::Green);
+        assert_eq!(
+            green.iter().map(|e| (e.host.as_str(), e.port)).collect::<Vec<_>>(),
+            [("127.0.0.1", 9102), ("127.0.0.1", 9103)],
+            "managed processes listen on run.host, loopback unless set"
+        );
+    }
+
+    #[test]
+    fn a_generation_probe_sends_json_and_expects_a_2xx_by_default() {
+        let s = service(&format!(
+            "health = {{ kind = \"generation\", request = {{ method = \"POST\", path = \"/v1/completions\", body = '{{\"prompt\":\"hi\"}}' }} }}\n{STATIC}"
+        ));
+        let Probe::Generation(g) = probe_of(&s.health) else {
+            panic!("a generation probe: {:?}", s.health.kind)
+        };
+        assert_eq!((g.method, g.path.as_str()), (Method::POST, "/v1/completions"));
+        assert_eq!(g.status, [(200, 299)]);
+        assert!(
+            g.headers
+                .iter()
+                .any(|(k, v)| k == http::header::CONTENT_TYPE && v == "application/json"),
+            "a body without a content type is sent as JSON: {:?}",
+            g.headers
+        );
+        assert_eq!(&g.body[..], br#"{"prompt":"hi"}"#);
+        let Probe::Http { path, .. } = probe_of(&service(STATIC).health) else {
+            panic!("the default probe is HTTP")
+        };
+        assert_eq!(path, service(STATIC).health.path);
+    }
+
+    #[test]
+    fn a_drain_says_how_long_and_what_it_cut() {
+        let clean = Drained {
+            elapsed: Duration::from_millis(1500),
+            closed: 0,
+        };
+        assert_eq!(clean.describe(), "drained in 1.5 s");
+        let cut = Drained {
+            elapsed: Duration::from_secs(30),
+            closed: 3,
+        };
+        assert_eq!(
+            cut.describe(),
+            "drained in 30.0 s, 3 requests closed at the drain deadline"
+        );
+    }
+
+    #[test]
+    fn the_release_outcomes_count_in_their_own_slots() {
+        let slots: Vec<usize> = OUTCOMES.iter().map(|o| outcome_index(*o)).collect();
+        assert_eq!(slots, [0, 1, 2, 3]);
     }
 }

@@ -247,8 +247,7 @@ impl ServiceCtl {
                         return Err("not in a fleet yet: host agents' addresses come from etcd".to_string());
                     };
                     fleet
-                        .hosts
-                        .address(&s.host)
+                        .host_address(&s.host)
                         .map(|ip| vec![SocketAddr::new(ip, s.port)])
                         .ok_or_else(|| {
                             format!(

@@ -7,7 +7,7 @@ use cutover_proxy::{Color, ColorRoute, Endpoint, Health, ProbeRecord};
 use serde::Serialize;
 
 use super::{BoundAddrs, ColorState, ServiceCtl};
-use crate::supervisor::ColorProcesses;
+use crate::procs::supervisor::ColorProcesses;
 
 /// An endpoint's health as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -222,7 +222,7 @@ impl ServiceCtl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::{ProcessStatus, Role};
+    use crate::procs::supervisor::{ProcessStatus, Role};
 
     fn on(host: &str, version: &str) -> ProcessStatus {
         ProcessStatus {

@@ -6,10 +6,10 @@ use cutover_store::{EventRecord, HistoryKind};
 use serde::Serialize;
 
 use super::{ColorState, ServiceCtl};
-use crate::colors::stored;
-use crate::error::StopError;
-use crate::store_call::record;
-use crate::supervisor::Role;
+use crate::base::colors::stored;
+use crate::base::error::StopError;
+use crate::base::store_call::record;
+use crate::procs::supervisor::Role;
 
 /// A request to stop a color.
 #[derive(Debug, Clone)]

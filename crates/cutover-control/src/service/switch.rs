@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
-use crate::colors::{fleet_color, stored};
-use crate::error::SwitchError;
-use crate::fleet_link::{config_hash, FleetLink};
-use crate::store_call::blocking;
+use crate::base::colors::{fleet_color, stored};
+use crate::base::error::SwitchError;
+use crate::base::store_call::blocking;
+use crate::service::fleet::Fleet;
 use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 
 /// What a switch did.
@@ -249,7 +249,7 @@ impl ServiceCtl {
     /// generation.
     async fn commit_switch(&self, generation: u64, change: Change, req: &SwitchRequest) -> Result<u64, SwitchError> {
         if let Some(link) = self.fleet.get() {
-            return self.commit_fleet_switch(link, generation, change, req).await;
+            return self.commit_fleet_switch(&**link, generation, change, req).await;
         }
         let service = self.name.clone();
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
@@ -277,7 +277,7 @@ impl ServiceCtl {
     /// record, compared on the document's revision); then the local snapshot and history.
     async fn commit_fleet_switch(
         &self,
-        link: &FleetLink,
+        link: &dyn Fleet,
         generation: u64,
         change: Change,
         req: &SwitchRequest,
@@ -292,11 +292,11 @@ impl ServiceCtl {
                 blue: self.version_of(Color::Blue),
                 green: self.version_of(Color::Green),
             },
-            config_hash: config_hash(&self.cfg()),
+            config_hash: link.config_hash(&self.cfg()),
             // Milliseconds: a retried write recognizes its own document by its bytes.
             updated_at: cutover_store::now_rfc3339_millis(),
             actor: req.actor.clone(),
-            router: link.router_id.clone(),
+            router: link.router_id().to_string(),
         };
         let history = HistoryRecord {
             at: doc.updated_at.clone(),
@@ -307,7 +307,7 @@ impl ServiceCtl {
             version: self.version_of(to),
             actor: req.actor.clone(),
             reason: req.reason.clone(),
-            router: link.router_id.clone(),
+            router: link.router_id().to_string(),
         };
         link.commit_switch(&self.name, generation, &doc, &history, req.release_id.is_some())
             .await?;

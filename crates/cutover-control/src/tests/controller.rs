@@ -4,7 +4,7 @@ use cutover_proxy::Color;
 use cutover_store::SwitchKind;
 
 use super::support::{controller, kinds, TempDir, TinyServer};
-use crate::error::{ControlError, SwitchError};
+use crate::base::error::{ControlError, SwitchError};
 use crate::service::switch::{RollbackRequest, SwitchRequest};
 use crate::service::ColorState;
 

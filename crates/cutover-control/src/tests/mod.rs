@@ -7,4 +7,5 @@ mod controller;
 mod graph;
 mod quiesce;
 mod release_run;
+mod scale_down;
 mod support;

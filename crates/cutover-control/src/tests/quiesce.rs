@@ -8,9 +8,9 @@ use cutover_proxy::Color;
 use cutover_store::SwitchKind;
 
 use super::support::{controller, TempDir, TinyServer};
-use crate::admin::{self, AdminState};
+use crate::api::admin::{self, AdminState};
+use crate::api::token::Tokens;
 use crate::service::switch::SwitchRequest;
-use crate::token::Tokens;
 
 /// One admin call over a real connection: the status line and the body.
 fn call(addr: std::net::SocketAddr, token: &str, method: &str, path: &str, body: &str) -> (String, String) {

@@ -2,6 +2,10 @@
 //! scrape gates need: the samples of one name (any labels), and a histogram's buckets with
 //! the quantile Prometheus's `histogram_quantile` would read from them.
 
+/// Where a sample's label set begins (a named constant: a brace in a character literal
+/// miscounts in the project's function-length tool).
+const LABELS_OPEN: char = '{';
+
 /// Every sample named `name` exactly (`foo` is not `foo_total`): its label set (with the
 /// braces, empty without) and value. Comments and lines that do not parse are skipped.
 fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
@@ -11,7 +15,7 @@ fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f
         .filter_map(move |line| {
             let rest = line.strip_prefix(name)?;
             let (labels, rest) = match rest.chars().next()? {
-                '{' => rest.split_at(labels_end(rest)?),
+                LABELS_OPEN => rest.split_at(labels_end(rest)?),
                 ' ' | '\t' => ("", rest),
                 _ => return None,
             };

@@ -16,8 +16,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::exposition;
+use crate::release::steps::{client, StepClient};
 use crate::service::ServiceCtl;
-use crate::steps::{client, StepClient};
 
 /// What a query's answer can hold before it is refused: a gate reads one number.
 const MAX_BODY: usize = 4 << 20;
@@ -143,7 +143,11 @@ async fn prometheus(
             .map_err(|e| format!("{}: {e}", g.url))?
             .to_bytes();
         if !status.is_success() {
-            return Err(format!("{} answered {status}: {}", g.url, crate::steps::excerpt(&body)));
+            return Err(format!(
+                "{} answered {status}: {}",
+                g.url,
+                crate::release::steps::excerpt(&body)
+            ));
         }
         Ok(body)
     })

@@ -29,12 +29,12 @@ use tokio::time::Instant;
 
 use super::active::Active;
 use super::doc::{ReleaseDoc, StepRecord};
-use crate::error::{StepError, StoreFailure};
-use crate::scale_down::ScaleDowns;
+use crate::base::error::{ReleaseError, StepError, StoreFailure};
+use crate::base::store_call::blocking;
+use crate::procs::supervisor::Exit;
+use crate::release::scale_down::ScaleDowns;
+use crate::release::steps::deadline_text;
 use crate::service::ServiceCtl;
-use crate::steps::deadline_text;
-use crate::store_call::blocking;
-use crate::supervisor::Exit;
 use webhooks::Webhooks;
 
 /// What a run needs from outside its service.
@@ -197,9 +197,13 @@ impl ReleaseRun {
         let Some(link) = self.svc.fleet.get() else { return };
         match link.put_release(&self.svc.name, id, value).await {
             Ok(()) => {}
-            Err(crate::fleet_link::FenceError::NotLeader { .. }) => {
+            Err(ReleaseError::NotLeader { .. }) => {
                 tracing::error!(service = %self.svc.name, release = id, "a fenced write of the release failed: not the leader any more; the run stops");
                 std::future::pending::<()>().await;
+            }
+            // The link's own words ("etcd: ..."), as before it was a trait object.
+            Err(ReleaseError::Fleet { detail: e }) => {
+                tracing::warn!(service = %self.svc.name, release = id, error = %e, "the fleet's copy of the release document was not written")
             }
             Err(e) => {
                 tracing::warn!(service = %self.svc.name, release = id, error = %e, "the fleet's copy of the release document was not written")

@@ -10,10 +10,10 @@ use cutover_release::{Event, Outcome, Phase};
 use cutover_store::{EventRecord, HistoryKind};
 
 use super::{ReleaseRun, Stop};
-use crate::colors::stored;
+use crate::base::colors::stored;
+use crate::base::store_call::record;
+use crate::release::steps;
 use crate::service::ColorState;
-use crate::steps;
-use crate::store_call::record;
 
 impl ReleaseRun {
     /// Runs every stage before the switch; returns the new color's route, ready to go live.
@@ -82,7 +82,7 @@ impl ReleaseRun {
         self.hold_for_hosts(color).await?;
         // The last look before traffic moves: an exit seen only now still stops the switch.
         if let Some(e) = self.exited() {
-            return Err(Stop::Failed(crate::error::StepError::new(
+            return Err(Stop::Failed(crate::base::error::StepError::new(
                 self.machine.phase,
                 self.exit_reason(&e),
             )));

@@ -12,8 +12,8 @@ use cutover_release::GateResult;
 use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
-use crate::error::StepError;
-use crate::shadow::{self, Shadow};
+use crate::base::error::StepError;
+use crate::release::shadow::{self, Shadow};
 
 /// How often the verdict is read (and abort and exits checked).
 const TICK: Duration = Duration::from_millis(250);

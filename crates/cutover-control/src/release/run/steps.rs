@@ -14,7 +14,7 @@ use cutover_store::{now_rfc3339, SwitchKind};
 use super::verify::Halt;
 use super::StepRecord;
 use super::{ReleaseRun, Stop};
-use crate::error::StepError;
+use crate::base::error::StepError;
 use crate::service::switch::StepRequest;
 use crate::service::ColorState;
 
@@ -74,12 +74,10 @@ impl ReleaseRun {
             .await
             .map_err(|e| Stop::Failed(StepError::new(phase, format!("step {n}/{of} refused: {e}"))))?;
         let sync = match self.svc.fleet.get() {
-            Some(link) => {
-                let report = link
-                    .await_acks(&self.svc.name, out.generation, tokio::time::Instant::now())
-                    .await;
-                serde_json::to_value(report).ok()
-            }
+            Some(link) => Some(
+                link.await_acks(&self.svc.name, out.generation, tokio::time::Instant::now())
+                    .await,
+            ),
             None => None,
         };
         self.doc(|d| {

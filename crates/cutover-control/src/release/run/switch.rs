@@ -10,11 +10,11 @@ use cutover_store::SwitchKind;
 use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
-use crate::error::StepError;
+use crate::base::error::StepError;
+use crate::procs::supervisor::Role;
+use crate::release::steps;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
 use crate::service::ColorState;
-use crate::steps;
-use crate::supervisor::Role;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::external::{ExternalGates, Subst};
 use super::shadowing::decide as decide_shadow;
 use super::ReleaseRun;
-use crate::shadow::Shadow;
+use crate::release::shadow::Shadow;
 use cutover_config::ShadowConfig;
 use cutover_release::external::merge as merge_external;
 
@@ -207,7 +207,7 @@ impl ReleaseRun {
         let cfg = self.svc.cfg().release.shadow.clone().filter(|c| c.reverse)?;
         let old = self.doc(|d| d.previous_color).and_then(|c| self.svc.route(c))?;
         // The new color has little history of its own yet: its whole life is the reference.
-        let reference = crate::shadow::reference(new_live, &new_live.stats.snapshot());
+        let reference = crate::release::shadow::reference(new_live, &new_live.stats.snapshot());
         Some((
             Shadow::start(self.svc.clone(), new_live.clone(), old, &cfg, true, reference),
             cfg,
