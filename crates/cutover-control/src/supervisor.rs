@@ -150,11 +150,8 @@ pub fn cannot_listen(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) 
 
 /// Checks that `host:port` can be bound, so the process started there is the one health
 /// checks will reach; `Err` says who holds it when /proc tells.
-pub fn check_port_free(service: &str, host: &str, port: u16) -> Result<(), String> {
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| format!("invalid host {host:?} in services.{service}.run.host"))?;
-    match std::net::TcpListener::bind((ip, port)) {
+pub fn check_port_free(service: &str, host: std::net::IpAddr, port: u16) -> Result<(), String> {
+    match std::net::TcpListener::bind((host, port)) {
         Ok(l) => {
             drop(l);
             Ok(())
@@ -571,7 +568,7 @@ impl Supervisor {
     pub async fn start(self: &Arc<Self>, color: Color, version: &str) -> Result<Vec<ProcessRecord>, String> {
         let _permit = self.pause.enter().await;
         for port in self.ports(color) {
-            check_port_free(&self.service, &self.run().host, port)?;
+            check_port_free(&self.service, self.run().host, port)?;
         }
         let epoch = {
             let mut colors = self.lock();
@@ -615,7 +612,7 @@ impl Supervisor {
         let argv: Vec<String> = run
             .command
             .iter()
-            .map(|a| substitute(a, version, port, color, replica).replace("{host}", &run.host))
+            .map(|a| substitute(a, version, port, color, replica).replace("{host}", &run.host.to_string()))
             .collect();
         let started_at = now_rfc3339();
         let header = format!(
@@ -642,7 +639,7 @@ impl Supervisor {
         for (k, v) in &run.env {
             cmd.env(
                 k,
-                substitute(v, version, port, color, replica).replace("{host}", &run.host),
+                substitute(v, version, port, color, replica).replace("{host}", &run.host.to_string()),
             );
         }
         let child = cmd.spawn().map_err(|e| {
@@ -846,7 +843,7 @@ impl Supervisor {
                 return;
             };
             c.recent.push_back(Instant::now());
-            let r = check_port_free(&self.service, &self.run().host, old.port)
+            let r = check_port_free(&self.service, self.run().host, old.port)
                 .and_then(|()| self.spawn_one(color, &old.version, replica, old.port));
             match r {
                 Ok((rec, child)) => {
@@ -1147,7 +1144,7 @@ mod tests {
     fn a_held_port_is_refused_naming_its_holder() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let err = check_port_free("chat", "127.0.0.1", port).unwrap_err();
+        let err = check_port_free("chat", std::net::Ipv4Addr::LOCALHOST.into(), port).unwrap_err();
         assert!(
             err.contains(&format!("port {port} on 127.0.0.1 is already in use")),
             "{err}"
@@ -1158,7 +1155,7 @@ mod tests {
         );
         assert!(err.contains("services.chat.run.ports"), "{err}");
         drop(l);
-        check_port_free("chat", "127.0.0.1", port).unwrap();
+        check_port_free("chat", std::net::Ipv4Addr::LOCALHOST.into(), port).unwrap();
     }
 
     #[test]
