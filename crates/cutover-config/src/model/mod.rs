@@ -13,7 +13,7 @@ mod traffic;
 mod webhooks;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -84,6 +84,13 @@ pub struct AdminConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// The defaults of `[admin]`: loopback only, files next to the config.
+impl AdminConfig {
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+    pub const TOKEN_FILE: &'static str = "admin.token";
+    pub const TOKENS_FILE: &'static str = "tokens.toml";
+}
+
 /// How cutover checks the certificates of `https://` endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamTls {
@@ -110,6 +117,13 @@ pub struct StoreConfig {
     pub fleet: Option<FleetConfig>,
 }
 
+/// The defaults of `[store]`: files next to the config.
+impl StoreConfig {
+    pub const PATH: &'static str = "cutover.db";
+    /// Beside the store file, whatever its name.
+    pub const DATA_DIR: &'static str = "cutover-data";
+}
+
 /// `[store] url`, `fleet`, `router_id`, `ack_timeout`: this router's place in a fleet.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -125,6 +139,11 @@ pub struct FleetConfig {
     pub tls: Option<EtcdTls>,
     /// etcd's own user (`[store] username`, `password_file`).
     pub user: Option<EtcdUser>,
+}
+
+impl FleetConfig {
+    /// A switch answers within a few seconds even when a router is away.
+    pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 /// TLS to `https://` etcd members. Paths are absolute and were checked at load.

@@ -2,6 +2,7 @@
 //! part of the file, and property tests that any text yields a config or a located error.
 
 mod basics;
+mod defaults;
 mod docs;
 mod fleet;
 mod health;

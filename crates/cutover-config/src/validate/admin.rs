@@ -1,7 +1,6 @@
 //! `[admin]` and `[store]` (fleet mode's keys among them), and the `tls` tables of every
 //! listener: the files they name are read and checked now.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use toml::Spanned;
@@ -12,7 +11,7 @@ use crate::etcd::{etcd_access, EtcdAccess, EtcdAccessInput, EtcdSetting};
 use crate::model::{AdminConfig, FleetConfig, StoreConfig, TlsConfig};
 use crate::pem::tls_pair;
 use crate::raw::{RawAdmin, RawStore, RawTls};
-use crate::value::{is_key_word, Duration};
+use crate::value::is_key_word;
 
 impl Source<'_> {
     pub(super) fn admin(&self, raw: &RawAdmin, claims: &mut Claims) -> Result<AdminConfig, ConfigError> {
@@ -30,15 +29,19 @@ impl Source<'_> {
                 a
             }
             None => {
-                let a: SocketAddr = "127.0.0.1:9901".parse().expect("constant address");
+                let a = AdminConfig::LISTEN;
                 self.claim(claims, a, "admin.listen".into(), 0..0)?;
                 a
             }
         };
         Ok(AdminConfig {
             listen,
-            token_file: self.resolve(raw.token_file.as_deref().unwrap_or(Path::new("admin.token"))),
-            tokens_file: self.resolve(raw.tokens_file.as_deref().unwrap_or(Path::new("tokens.toml"))),
+            token_file: self.resolve(raw.token_file.as_deref().unwrap_or(Path::new(AdminConfig::TOKEN_FILE))),
+            tokens_file: self.resolve(
+                raw.tokens_file
+                    .as_deref()
+                    .unwrap_or(Path::new(AdminConfig::TOKENS_FILE)),
+            ),
             address_file: raw.address_file.as_deref().map(|p| self.resolve(p)),
             tls: self.tls(raw.tls.as_ref(), "admin.tls", 0..0)?,
         })
@@ -65,10 +68,10 @@ impl Source<'_> {
     }
 
     pub(super) fn store(&self, raw: &RawStore) -> Result<StoreConfig, ConfigError> {
-        let path = self.resolve(raw.path.as_deref().unwrap_or(Path::new("cutover.db")));
+        let path = self.resolve(raw.path.as_deref().unwrap_or(Path::new(StoreConfig::PATH)));
         let data_dir = match &raw.data_dir {
             Some(d) => self.resolve(d),
-            None => path.parent().unwrap_or(Path::new(".")).join("cutover-data"),
+            None => path.parent().unwrap_or(Path::new(".")).join(StoreConfig::DATA_DIR),
         };
         let fleet = self.fleet(raw)?;
         Ok(StoreConfig { path, data_dir, fleet })
@@ -139,7 +142,7 @@ impl Source<'_> {
                 )
             }
             Some(t) => *t.get_ref(),
-            None => Duration::from_secs(2),
+            None => FleetConfig::ACK_TIMEOUT,
         };
         Ok(Some(FleetConfig {
             members: members.addrs,
