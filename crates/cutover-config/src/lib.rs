@@ -4,14 +4,14 @@
 //! Unknown keys are errors: a typo must never silently turn a safety setting off.
 //!
 //! # Layout
-//! - [`raw`]: the file's shape as serde reads it (strings with their place in the file).
-//! - [`model`]: the validated, typed configuration ([`Config`] and friends), each section's
+//! - `raw`: the file's shape as serde reads it (strings with their place in the file).
+//! - `model`: the validated, typed configuration ([`Config`] and friends), each section's
 //!   defaults beside its fields.
-//! - [`validate`]: raw into model, one file per section, every error located.
-//! - [`value`]: durations, status sets, endpoint and CIDR addresses, names.
-//! - [`etcd`] (fleet mode's etcd access) and [`pem`] (certificate files, checked with the
-//!   data plane's own loading).
-//! - [`check`] (`checks`): `cutover check`'s warnings about this machine.
+//! - `validate`: raw into model, one file per section, every error located ([`parse_all`]).
+//! - `value`: durations, status sets, endpoint and CIDR addresses, names.
+//! - `etcd` (fleet mode's etcd access, [`etcd_access`]) and `pem` (certificate files,
+//!   checked with the data plane's own loading).
+//! - `checks`: `cutover check`'s warnings about this machine ([`check`]).
 
 #![forbid(unsafe_code)]
 
