@@ -82,6 +82,11 @@ pub(crate) fn tunnels(allowed: &[String], upgrade: &[u8]) -> bool {
     }
 }
 
+/// For the data plane's own tests and for embedding it as a library: cutover never serves
+/// with these. Each service's settings are built from its config (cutover-control's
+/// `settings_from`), whose defaults are cutover-config's one table (`LimitsConfig` and the
+/// `ServiceConfig` constants, beside their fields). These mirror them so that a test sees
+/// what a service with no `limits` table would; cutover-config's tests hold the two equal.
 impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
@@ -99,8 +104,8 @@ impl Default for ServiceSettings {
             max_header_line_bytes: 16 * 1024,
             trusted_proxies: TrustedProxies::default(),
             retry_non_idempotent: true,
-            // The config's defaults (cutover-config `defaults::retry_paths`) fill this in; a
-            // bare `ServiceSettings` (unit tests) re-sends only by method or by key.
+            // The config's defaults (cutover-config `ServiceConfig::RETRY_PATHS`) fill this in;
+            // a bare `ServiceSettings` (unit tests) re-sends only by method or by key.
             retry_paths: Vec::new(),
             upgrade_protocols: vec!["websocket".to_string()],
             upstream_tls: None,

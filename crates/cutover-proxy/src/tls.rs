@@ -40,42 +40,67 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// Which file of a certificate pair an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFile {
+    Cert,
+    Key,
+}
+
+impl PairFile {
+    /// The config key under a `tls` table: `cert` or `key`.
+    pub fn key(self) -> &'static str {
+        match self {
+            PairFile::Cert => "cert",
+            PairFile::Key => "key",
+        }
+    }
+}
+
 /// Reads a certificate chain and its private key (PEM) and checks they belong together.
 /// The error names the file and says what is wrong with it.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    check_pair(cert, key).map_err(|(_, m)| m)
+}
+
+/// [`load_pair`], the error also saying which of the two files is wrong (cutover-config
+/// checks a config's pairs with it and reports the key of that file).
+pub fn check_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, (PairFile, String)> {
+    let c = |m: String| (PairFile::Cert, m);
+    let k = |m: String| (PairFile::Key, m);
     let cert_pem =
-        std::fs::read(cert).map_err(|e| format!("cannot read the certificate file {}: {e}", cert.display()))?;
+        std::fs::read(cert).map_err(|e| c(format!("cannot read the certificate file {}: {e}", cert.display())))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file: {e}", cert.display()))?;
+        .map_err(|e| c(format!("{}: not a PEM certificate file: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(format!(
+        return Err(c(format!(
             "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)",
             cert.display()
-        ));
+        )));
     }
-    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read the key file {}: {e}", key.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| k(format!("cannot read the key file {}: {e}", key.display())))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
+        rustls::pki_types::pem::Error::NoItemsFound => k(format!(
             "{} holds no private key (expected a PEM \"-----BEGIN PRIVATE KEY-----\", RSA or EC key block)",
             key.display()
-        ),
-        e => format!("{}: not a PEM private key file: {e}", key.display()),
+        )),
+        e => k(format!("{}: not a PEM private key file: {e}", key.display())),
     })?;
     let signer = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+        .map_err(|e| k(format!("{}: unusable private key: {e}", key.display())))?;
     let pair = CertifiedKey::new(chain, signer);
     match pair.keys_match() {
         // Unknown: the key cannot tell its public half (never for ring's keys); nothing to compare.
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
-        Err(rustls::Error::InconsistentKeys(_)) => Err(format!(
+        Err(rustls::Error::InconsistentKeys(_)) => Err(k(format!(
             "the private key in {} does not match the certificate in {} (the first certificate must be the one the key signs for)",
             key.display(),
             cert.display()
-        )),
-        Err(e) => Err(format!("{}: the certificate cannot be parsed: {e}", cert.display())),
+        ))),
+        Err(e) => Err(c(format!("{}: the certificate cannot be parsed: {e}", cert.display()))),
     }
 }
 

@@ -128,7 +128,7 @@ fn run_config(t: &RunTemplate, advertise: IpAddr) -> RunConfig {
         },
         stop_timeout: cutover_config::Duration(Duration::from_millis(t.stop_timeout_ms)),
         workdir: t.workdir.as_ref().map(PathBuf::from),
-        host: advertise.to_string(),
+        host: advertise,
         hosts: Vec::new(),
         restart: if t.restart == "never" {
             RestartPolicy::Never

@@ -86,11 +86,8 @@ pub fn cannot_listen(key: &str, addr: std::net::SocketAddr, e: &std::io::Error) 
 
 /// Checks that `host:port` can be bound, so the process started there is the one health
 /// checks will reach; `Err` says who holds it when /proc tells.
-pub fn check_port_free(service: &str, host: &str, port: u16) -> Result<(), String> {
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| format!("invalid host {host:?} in services.{service}.run.host"))?;
-    match std::net::TcpListener::bind((ip, port)) {
+pub fn check_port_free(service: &str, host: std::net::IpAddr, port: u16) -> Result<(), String> {
+    match std::net::TcpListener::bind((host, port)) {
         Ok(l) => {
             drop(l);
             Ok(())
@@ -196,7 +193,7 @@ mod tests {
     fn a_held_port_is_refused_naming_its_holder() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let err = check_port_free("chat", "127.0.0.1", port).unwrap_err();
+        let err = check_port_free("chat", std::net::Ipv4Addr::LOCALHOST.into(), port).unwrap_err();
         assert!(
             err.contains(&format!("port {port} on 127.0.0.1 is already in use")),
             "{err}"
@@ -207,6 +204,6 @@ mod tests {
         );
         assert!(err.contains("services.chat.run.ports"), "{err}");
         drop(l);
-        check_port_free("chat", "127.0.0.1", port).unwrap();
+        check_port_free("chat", std::net::Ipv4Addr::LOCALHOST.into(), port).unwrap();
     }
 }

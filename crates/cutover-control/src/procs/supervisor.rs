@@ -282,7 +282,7 @@ impl Supervisor {
     pub async fn start(self: &Arc<Self>, color: Color, version: &str) -> Result<Vec<ProcessRecord>, String> {
         let _permit = self.pause.enter().await;
         for port in self.ports(color) {
-            check_port_free(&self.service, &self.run().host, port)?;
+            check_port_free(&self.service, self.run().host, port)?;
         }
         let epoch = {
             let mut colors = self.lock();
@@ -326,7 +326,7 @@ impl Supervisor {
         let argv: Vec<String> = run
             .command
             .iter()
-            .map(|a| substitute(a, version, port, color, replica).replace("{host}", &run.host))
+            .map(|a| substitute(a, version, port, color, replica).replace("{host}", &run.host.to_string()))
             .collect();
         let started_at = now_rfc3339();
         let header = format!(
@@ -353,7 +353,7 @@ impl Supervisor {
         for (k, v) in &run.env {
             cmd.env(
                 k,
-                substitute(v, version, port, color, replica).replace("{host}", &run.host),
+                substitute(v, version, port, color, replica).replace("{host}", &run.host.to_string()),
             );
         }
         let child = cmd.spawn().map_err(|e| {
@@ -557,7 +557,7 @@ impl Supervisor {
                 return;
             };
             c.recent.push_back(Instant::now());
-            let r = check_port_free(&self.service, &self.run().host, old.port)
+            let r = check_port_free(&self.service, self.run().host, old.port)
                 .and_then(|()| self.spawn_one(color, &old.version, replica, old.port));
             match r {
                 Ok((rec, child)) => {

@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use cutover_config::{
-    EndpointSpec, Environments, HealthConfig, ProbeKind, RequestSpec, ServiceConfig, StatusSet, UpstreamProtocol,
-};
+use cutover_config::{EndpointSpec, Environments, HealthConfig, ProbeConfig, ServiceConfig, UpstreamProtocol};
 use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::probe::{Generation, Probe};
 use cutover_proxy::Protocol;
@@ -220,25 +218,18 @@ fn sticky_of(s: &cutover_config::StickyConfig) -> Option<cutover_proxy::split::S
 }
 
 /// The data plane's probe for a service's `health` table (validated by cutover-config: the
-/// kind's keys are present and well-formed).
+/// kind's keys are well-formed).
 pub fn probe_of(h: &HealthConfig) -> Probe {
-    match h.kind {
-        ProbeKind::Http => Probe::Http {
-            path: h.path.clone(),
-            status: h.status.clone().unwrap_or_else(StatusSet::success_or_redirect).0,
+    match &h.probe {
+        ProbeConfig::Http { path, status } => Probe::Http {
+            path: path.clone(),
+            status: status.0.clone(),
         },
-        ProbeKind::Grpc => Probe::Grpc {
-            service: h.service.clone(),
+        ProbeConfig::Grpc { service } => Probe::Grpc {
+            service: service.clone(),
         },
-        ProbeKind::Generation => {
-            let req = h.request.clone().unwrap_or_else(|| RequestSpec {
-                method: "GET".into(),
-                path: h.path.clone(),
-                body: None,
-                headers: Default::default(),
-            });
-            let expect = h.expect.clone().unwrap_or_default();
-            let mut headers: Vec<(HeaderName, HeaderValue)> = req
+        ProbeConfig::Generation { request, expect } => {
+            let mut headers: Vec<(HeaderName, HeaderValue)> = request
                 .headers
                 .iter()
                 .filter_map(|(k, v)| {
@@ -248,14 +239,14 @@ pub fn probe_of(h: &HealthConfig) -> Probe {
                     ))
                 })
                 .collect();
-            if req.body.is_some() && !headers.iter().any(|(k, _)| k == http::header::CONTENT_TYPE) {
+            if request.body.is_some() && !headers.iter().any(|(k, _)| k == http::header::CONTENT_TYPE) {
                 headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
             }
             Probe::Generation(Generation {
-                method: Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::POST),
-                path: req.path,
+                method: Method::from_bytes(request.method.as_bytes()).unwrap_or(Method::POST),
+                path: request.path.clone(),
                 headers,
-                body: Bytes::from(req.body.unwrap_or_default()),
+                body: Bytes::from(request.body.clone().unwrap_or_default()),
                 status: match expect.status {
                     Some(s) => vec![(s, s)],
                     None => vec![(200, 299)],
@@ -265,7 +256,7 @@ pub fn probe_of(h: &HealthConfig) -> Probe {
                     .iter()
                     .filter_map(|(p, v)| Some((p.clone(), serde_json::to_value(v).ok()?)))
                     .collect(),
-                body_contains: expect.body_contains,
+                body_contains: expect.body_contains.clone(),
             })
         }
     }
@@ -297,10 +288,9 @@ pub fn endpoints_of(cfg: &ServiceConfig, color: Color) -> Vec<EndpointSpec> {
                     })
                     .collect();
             }
-            let ip = run.host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
             ports
                 .iter()
-                .map(|p| EndpointSpec::from_addr(SocketAddr::new(ip, *p)))
+                .map(|p| EndpointSpec::from_addr(SocketAddr::new(run.host, *p)))
                 .collect()
         }
     }
@@ -664,7 +654,7 @@ mod tests {
             "health = {{ kind = \"generation\", request = {{ method = \"POST\", path = \"/v1/completions\", body = '{{\"prompt\":\"hi\"}}' }} }}\n{STATIC}"
         ));
         let Probe::Generation(g) = probe_of(&s.health) else {
-            panic!("a generation probe: {:?}", s.health.kind)
+            panic!("a generation probe: {:?}", s.health.probe.kind())
         };
         assert_eq!((g.method, g.path.as_str()), (Method::POST, "/v1/completions"));
         assert_eq!(g.status, [(200, 299)]);
@@ -679,7 +669,10 @@ mod tests {
         let Probe::Http { path, .. } = probe_of(&service(STATIC).health) else {
             panic!("the default probe is HTTP")
         };
-        assert_eq!(path, service(STATIC).health.path);
+        let cutover_config::ProbeConfig::Http { path: configured, .. } = service(STATIC).health.probe else {
+            panic!("the default probe is HTTP")
+        };
+        assert_eq!(path, configured);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::Duration;
+use crate::value::Duration;
 
 /// How a release moves traffic to the new color.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

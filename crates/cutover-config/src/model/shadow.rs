@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 pub use cutover_release::shadow::Thresholds as ShadowThresholds;
 
-use crate::Duration;
+use crate::value::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

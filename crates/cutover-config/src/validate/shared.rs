@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
-use super::{
-    keep, Claims, ConfigError, ListenerConfig, RawListener, RawService, ServiceConfig, SharedMatch, Source, Span,
-};
+use super::{keep, Claims, Source, Span};
+use crate::error::ConfigError;
+use crate::model::{ListenerConfig, ServiceConfig, SharedMatch};
+use crate::raw::{RawListener, RawService};
 
 impl Source<'_> {
     /// Every `[listeners.NAME]`, its address claimed like a service's own listener.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::Duration;
+use crate::value::Duration;
 
 /// The release events a webhook can ask for.
 pub const WEBHOOK_EVENTS: [&str; 5] = ["phase", "awaiting_approval", "completed", "aborted", "rolled_back"];

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 pub use cutover_release::external::Reduce;
 
-use crate::Duration;
+use crate::value::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +111,7 @@ impl PrometheusGate {
 
 impl ScrapeGate {
     pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
-        if !crate::external::valid_metric(&self.metric) {
+        if !valid_metric(&self.metric) {
             return Some(("metric", format!("{:?} is not a Prometheus metric name", self.metric)));
         }
         if let Some(q) = self.quantile.filter(|q| !(*q > 0.0 && *q < 1.0)) {
