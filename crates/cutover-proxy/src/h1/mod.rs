@@ -45,7 +45,6 @@ use tokio::sync::watch;
 
 use crate::error::ProxyError;
 use crate::exchange::Forwarder;
-use crate::upstream::ConnectError;
 use client::{ClientConn, Stop};
 
 pub(crate) use buf::h2_preface;
@@ -61,16 +60,19 @@ pub(crate) enum Framing {
     Close,
 }
 
-/// Why the exchange with an upstream stopped before a response head.
+/// Why an exchange stopped without an answer from upstream (what may be tried again is
+/// [`crate::exchange::Failed`]'s).
 #[derive(Debug)]
 pub(crate) enum Fail {
-    /// No connection: nothing was sent, another endpoint may be tried.
-    Connect(ConnectError),
-    /// A reused connection died before a byte of response came back.
-    Stale(String),
     /// The client went away while its request was pending.
     ClientGone,
     Proxy(ProxyError),
+}
+
+impl From<ProxyError> for Fail {
+    fn from(e: ProxyError) -> Fail {
+        Fail::Proxy(e)
+    }
 }
 
 /// What becomes of the client connection after an exchange.
