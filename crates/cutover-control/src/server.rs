@@ -689,7 +689,13 @@ async fn serve_admin(
         shutdown: stop.clone(),
         grace: Duration::from_secs(5),
     };
-    accept::serve(listener, &mut AdminConns { builder, app, tls, stop }, a).await;
+    let mut conns = AdminConns {
+        builder,
+        app,
+        tls,
+        stop,
+    };
+    accept::serve(listener, &mut conns, a).await;
 }
 
 /// The admin listener's connections: hyper serving the API's router.

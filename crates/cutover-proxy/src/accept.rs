@@ -103,7 +103,12 @@ pub async fn serve(listener: TcpListener, conns: &mut impl Connections, mut a: A
 
 /// A place under the cap, waiting (new connections stay in the listen backlog) while it is
 /// reached. None: shutdown came first.
-async fn next_permit(cap: &Arc<Semaphore>, max: usize, a: &Accept, addr: Option<SocketAddr>) -> Option<OwnedSemaphorePermit> {
+async fn next_permit(
+    cap: &Arc<Semaphore>,
+    max: usize,
+    a: &Accept,
+    addr: Option<SocketAddr>,
+) -> Option<OwnedSemaphorePermit> {
     if let Ok(p) = cap.clone().try_acquire_owned() {
         return Some(p);
     }

@@ -359,12 +359,7 @@ impl Forwarder {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         ex.mirror(self, &parts.method, pq, || crate::mirror::end_to_end(&parts.headers));
         let close = client_asks_close(&parts.headers);
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let original_host = host_of(&parts);
         // An upgrade (WebSocket) keeps its Upgrade through `strip`; the client's half of the
         // tunnel is taken out of the request before it goes upstream.
         let upgrade = upgrade_of(&parts, body.is_end_stream() && start.is_none(), settings);
@@ -426,6 +421,16 @@ impl Forwarder {
         let body = RespBody::proxied(body, guard, (load, conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The request's host: its Host header, else its URI's authority (HTTP/2's `:authority`).
+fn host_of(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// The Upgrade value of a request that asks to switch protocols the way the HTTP/1.1 engine
