@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,17 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::listener::ListenerStats;
+/// Counters of one listener, for metrics and logs.
+#[derive(Default)]
+pub struct ListenerStats {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    /// Times the accept loop waited because `max_connections` were open.
+    pub at_cap: AtomicU64,
+    /// TLS connections that closed before their handshake completed (timeout, plain HTTP,
+    /// a refused protocol version, a client that did not trust the certificate).
+    pub tls_handshake_failed: AtomicU64,
+}
 
 /// What a listener does with the connections it accepts.
 pub trait Connections {

@@ -1,7 +1,8 @@
 //! One request's lifecycle, shared by both engines (the own HTTP/1.1 engine in `h1` and the
 //! hyper engine in `forward`): pick the route with one atomic load, hold the color's
-//! in-flight guard, choose endpoints, decide whether a failed attempt may go again, count
-//! what happened, and build the proxy's own error answers. The engines keep only the wire.
+//! in-flight guard, choose endpoints, run the attempt loop and decide whether a failed
+//! attempt may go again, count what happened, and build the proxy's own error answers. The
+//! engines keep only the wire: each implements [`Attempts`] (one attempt) and its relay.
 //!
 //! A feature that touches every request (mirroring to the idle color, weighted routing, a
 //! new statistic) is one change here.

@@ -6,7 +6,7 @@
 //! works on `TcpStream` readiness and never sees decrypted bytes.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,17 +23,7 @@ use crate::h2drain::H2Streams;
 use crate::settings::{Http1Engine, Protocol, ServiceSettings};
 use crate::tls::TlsAcceptor;
 
-/// Counters of one listener, for metrics and logs.
-#[derive(Default)]
-pub struct ListenerStats {
-    pub accepted: AtomicU64,
-    pub open: AtomicU64,
-    /// Times the accept loop waited because `max_connections` were open.
-    pub at_cap: AtomicU64,
-    /// TLS connections that closed before their handshake completed (timeout, plain HTTP,
-    /// a refused protocol version, a client that did not trust the certificate).
-    pub tls_handshake_failed: AtomicU64,
-}
+pub use crate::accept::ListenerStats;
 
 /// Connections the kernel may queue for a listener before it drops SYNs. A burst of new
 /// clients (hundreds of streams opened at once) must wait in this queue, not be dropped: a

@@ -16,8 +16,8 @@
 //!
 //! # Layout
 //! - `client`: the client connection: request heads, refusals, one exchange per request.
-//! - `send`: the request to an upstream (attempts, retries, the rest of the body) and the
-//!   response head back.
+//! - `send`: the request to an upstream (this engine's attempt for `Exchange::attempts`, the
+//!   rest of the body) and the response head back.
 //! - `relay`: the response body to the client, and the proxy's own errors on the wire.
 //! - `request`, `response`: the two heads, parsed and rewritten in one pass.
 //! - `chunked`: the strict chunked decoder and the proxy's own chunks.

@@ -1,6 +1,7 @@
 //! The request's way to an upstream: its rewritten head with whatever part of the body was
-//! already read, then the rest of the body, on a pooled or new connection, with the retry
-//! rule of [`crate::exchange`]; then the response head, rewritten for the client.
+//! already read, then the rest of the body, on a pooled or new connection (one attempt; the
+//! loop and its retry rule are [`Exchange::attempts`]); then the response head, rewritten for
+//! the client.
 
 use std::pin::pin;
 use std::sync::Arc;
