@@ -73,10 +73,7 @@ impl ProxyError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert("x-cutover-error", HeaderValue::from_static(self.code));
         if let Some(r) = route.filter(|_| tag) {
-            h.insert("x-cutover-color", r.color_header.clone());
-            if let Some(v) = &r.version_header {
-                h.insert("x-cutover-version", v.clone());
-            }
+            r.tag(h);
         }
         if self.status == StatusCode::BAD_REQUEST || self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the request may still be on the wire; do not read it as a new one.

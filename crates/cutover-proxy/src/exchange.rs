@@ -1,7 +1,8 @@
 //! One request's lifecycle, shared by both engines (the own HTTP/1.1 engine in `h1` and the
 //! hyper engine in `forward`): pick the route with one atomic load, hold the color's
-//! in-flight guard, choose endpoints, decide whether a failed attempt may go again, count
-//! what happened, and build the proxy's own error answers. The engines keep only the wire.
+//! in-flight guard, choose endpoints, run the attempt loop and decide whether a failed
+//! attempt may go again, count what happened, and build the proxy's own error answers. The
+//! engines keep only the wire: each implements [`Attempts`] (one attempt) and its relay.
 //!
 //! A feature that touches every request (mirroring to the idle color, weighted routing, a
 //! new statistic) is one change here.
@@ -16,7 +17,7 @@ use http::{HeaderMap, Method, StatusCode};
 use crate::error::{ProxyError, Source};
 use crate::guard::{Access, Guard, Kind};
 use crate::route::Service;
-use crate::route::{ColorRoute, Endpoint};
+use crate::route::{ColorRoute, Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
 pub(crate) use crate::split::RequestView;
 use crate::upstream::ConnectError;
@@ -117,7 +118,7 @@ impl Exchange {
     /// An attempt on `endpoint` failed with `retry` and error `e`: what to do next.
     /// `resend` is the request's verdict under [`resend`] (asked only when a reused
     /// connection died under it, so the engines can read the request's facts lazily).
-    pub(crate) fn after_failure(
+    fn after_failure(
         &mut self,
         retry: Retry,
         endpoint: &Arc<Endpoint>,
@@ -125,7 +126,6 @@ impl Exchange {
         resend: impl FnOnce() -> Result<ResendReason, Refusal>,
     ) -> Next {
         match retry {
-            Retry::Never => Next::GiveUp(e),
             // Nothing was sent: another endpoint of the same color, once; never the other color.
             Retry::OtherEndpoint if !self.retries.moved => match self.route.pick(Some(endpoint)) {
                 Some(next) => {
@@ -150,6 +150,38 @@ impl Exchange {
                 }
             },
             Retry::ReusedConnection => Next::GiveUp(e),
+        }
+    }
+
+    /// The one attempt loop of both engines: attempts (each engine's own, through
+    /// [`Attempts`]) on `endpoint` and then where [`Exchange::after_failure`] says, until one
+    /// gets a response head or `first_byte_timeout` from the request's start passes.
+    pub(crate) async fn attempts<A: Attempts>(
+        &mut self,
+        fwd: &Forwarder,
+        a: &mut A,
+        mut endpoint: Arc<Endpoint>,
+        limit: Duration,
+    ) -> Result<(A::Answer, EndpointLoad), A::Error> {
+        let deadline = tokio::time::Instant::from_std(self.started) + limit;
+        let mut fresh = false;
+        loop {
+            let load = endpoint.claim();
+            let (retry, e) = match tokio::time::timeout_at(deadline, a.attempt(&endpoint, fresh)).await {
+                Err(_) => return Err(first_byte_timeout(&endpoint, limit).into()),
+                Ok(Ok(answer)) => return Ok((answer, load)),
+                Ok(Err(Failed::Connect(e))) => {
+                    tracing::debug!(service = %fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
+                    (Retry::OtherEndpoint, connect_failed(&e, &endpoint, &self.route))
+                }
+                Ok(Err(Failed::Stale(e))) => (Retry::ReusedConnection, e),
+                Ok(Err(Failed::Final(e))) => return Err(e),
+            };
+            match self.after_failure(retry, &endpoint, e, || a.resend()) {
+                Next::OtherEndpoint(next) => endpoint = next,
+                Next::FreshConnection => fresh = true,
+                Next::GiveUp(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -204,11 +236,54 @@ impl Exchange {
     }
 }
 
-/// What a failed attempt allows, decided where the failure happened (pingora's `RetryType`).
+/// What an engine does for [`Exchange::attempts`] (pingora's `proxy_common` split): one
+/// attempt on one connection, and the request's verdict under [`resend`].
+pub(crate) trait Attempts {
+    /// What a successful attempt hands to the engine's relay: the response head and the
+    /// upstream connection.
+    type Answer;
+    /// The engine's own error (its proxy error, or more: a client that went away).
+    type Error: From<ProxyError>;
+
+    /// Send the request to `endpoint` (on a new connection when `fresh`, else on a pooled
+    /// one if any) and read the response head.
+    async fn attempt(&mut self, endpoint: &Arc<Endpoint>, fresh: bool) -> Result<Self::Answer, Failed<Self::Error>>;
+
+    /// Whether the request may go again after a reused connection died under it (asked only
+    /// then, so the engine reads the request's facts lazily).
+    fn resend(&self) -> Result<ResendReason, Refusal>;
+}
+
+/// Why an attempt got no response head.
+pub(crate) enum Failed<E> {
+    /// No connection could be made: nothing was sent, another endpoint may be tried.
+    Connect(ConnectError),
+    /// A reused connection died before any byte of response (the error if it is not sent
+    /// again).
+    Stale(ProxyError),
+    /// Nothing more to try: answer with this.
+    Final(E),
+}
+
+impl<E> From<E> for Failed<E> {
+    fn from(e: E) -> Failed<E> {
+        Failed::Final(e)
+    }
+}
+
+/// The one check of a body length known up front (Content-Length, or a body read whole)
+/// against `max_body_bytes`, on both engines.
+pub(crate) fn within_body_limit(n: u64, s: &ServiceSettings) -> Result<(), ProxyError> {
+    if n > s.max_body_bytes {
+        return Err(too_large(n, s.max_body_bytes));
+    }
+    Ok(())
+}
+
+/// What a failed attempt allows, decided where the failure happened (pingora's
+/// `RetryType`; a failure that allows nothing is [`Failed::Final`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// Bytes may have been processed, or an answer came: the request is never sent again.
-    Never,
+enum Retry {
     /// No connection could be made, so nothing was sent.
     OtherEndpoint,
     /// A reused keep-alive connection died before any byte of response.
@@ -286,7 +361,7 @@ pub(crate) fn asks_to_store(body: &[u8]) -> bool {
 pub use crate::resend::{Refusal, ResendReason};
 
 /// The next step after a failed attempt.
-pub(crate) enum Next {
+enum Next {
     OtherEndpoint(Arc<Endpoint>),
     FreshConnection,
     /// Answer the client with this error.

@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 
 use crate::body::RespBody;
 use crate::error::{ProxyError, Source};
-use crate::exchange::{self, Exchange, Next, ReplayFacts, Retry};
+use crate::exchange::{self, Exchange, Failed, ReplayFacts};
 use crate::headers::{self, Class, Codings};
 use crate::request_body::{BodyTooLarge, ClientFault, ReqBody};
-use crate::route::{ColorRoute, Endpoint, EndpointLoad};
+use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::{Protocol, ServiceSettings};
 use crate::shared::{Choice, Model};
 use crate::upstream::{Conn, ConnectError, SendError};
@@ -29,8 +29,6 @@ pub use crate::exchange::Forwarder;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_CUTOVER_COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
-static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
 
 /// Who is on the other end of a client connection, worked out once per connection.
 #[derive(Clone)]
@@ -177,49 +175,34 @@ fn check_framing(h: &mut HeaderMap, settings: &ServiceSettings) -> Result<(), Pr
         if lengths.next().is_some() {
             return Err(exchange::malformed("more than one content-length header"));
         }
-        if n > settings.max_body_bytes {
-            return Err(exchange::too_large(n, settings.max_body_bytes));
-        }
+        exchange::within_body_limit(n, settings)?;
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(())
 }
 
-/// Write the forwarding headers: from a trusted proxy, its chain (all its X-Forwarded-For
-/// lines, in order) and then the peer in exactly one line, and its proto and host; from
-/// anyone else, the peer alone and this listener's own proto and host.
+/// Write the forwarding headers ([`headers::Forwarded::write`]) in place of the request's
+/// own; `Forwarded` and `X-Real-IP` stay only from a trusted proxy.
 fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Result<(), ProxyError> {
-    let trusted = if peer.trusted {
-        let chain: Vec<&[u8]> = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .flat_map(|v| headers::list(v.as_bytes()))
-            .collect();
-        let proto = h.get(&X_FORWARDED_PROTO).cloned();
-        let fwd_host = h.get(&X_FORWARDED_HOST).cloned();
-        let xff = if chain.is_empty() {
-            peer.ip.clone()
-        } else {
-            let mut v = chain.join(&b", "[..]);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.ip.as_bytes());
-            HeaderValue::from_bytes(&v).map_err(|_| exchange::malformed("malformed x-forwarded-for"))?
-        };
-        Some((xff, proto, fwd_host))
-    } else {
-        None
+    let mut lines = Lines::default();
+    let f = headers::Forwarded {
+        trusted: peer.trusted,
+        peer_ip: peer.ip.as_bytes(),
+        scheme: if peer.https { b"https" } else { b"http" },
+        proto: h.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes),
+        fwd_host: h.get(&X_FORWARDED_HOST).map(HeaderValue::as_bytes),
+        host: host.map(HeaderValue::as_bytes),
     };
+    f.write(
+        h.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes),
+        &mut lines,
+    );
     h.remove(&X_FORWARDED_FOR);
     h.remove(&X_FORWARDED_PROTO);
     h.remove(&X_FORWARDED_HOST);
-    let (xff, proto, fwd_host) = trusted.unwrap_or((peer.ip.clone(), None, None));
-    h.insert(X_FORWARDED_FOR.clone(), xff);
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        proto.unwrap_or(HeaderValue::from_static(if peer.https { "https" } else { "http" })),
-    );
-    if let Some(v) = fwd_host.or_else(|| host.cloned()) {
-        h.insert(X_FORWARDED_HOST.clone(), v);
+    for (name, value) in lines.done {
+        let value = HeaderValue::from_bytes(&value).map_err(|_| exchange::malformed(format!("malformed {name}")))?;
+        h.insert(HeaderName::from_static(name), value);
     }
     if !peer.trusted {
         h.remove(header::FORWARDED);
@@ -228,20 +211,47 @@ fn forwarding(h: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Res
     Ok(())
 }
 
+/// Header lines gathered for a header map.
+#[derive(Default)]
+struct Lines {
+    done: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl headers::HeaderSink for Lines {
+    fn begin(&mut self, name: &'static str) {
+        self.done.push((name, Vec::new()));
+    }
+    fn push(&mut self, value: &[u8]) {
+        if let Some((_, v)) = self.done.last_mut() {
+            v.extend_from_slice(value);
+        }
+    }
+    fn end(&mut self) {}
+}
+
+/// The request's headers as they go upstream: hop-by-hop ones and the header route's token
+/// out, the forwarding headers the proxy's own, an upgrade restated for this hop.
+fn upstream_head(
+    h: &mut HeaderMap,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+    upgrade: Option<&HeaderValue>,
+    settings: &ServiceSettings,
+) -> Result<(), ProxyError> {
+    strip(h);
+    drop_route_token(h, settings);
+    forwarding(h, peer, host)?;
+    if let Some(u) = upgrade {
+        h.insert(header::UPGRADE, u.clone());
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Ok(())
+}
+
 /// The header route's header is the tester's credential, not the model server's business.
 fn drop_route_token(h: &mut HeaderMap, s: &ServiceSettings) {
     if let Some(r) = &s.header_route {
         h.remove(&r.header);
-    }
-}
-
-/// `x-cutover-color` and `x-cutover-version` of `route`, when the service wants them.
-fn tag(h: &mut HeaderMap, route: &ColorRoute, on: bool) {
-    if on {
-        h.insert(X_CUTOVER_COLOR.clone(), route.color_header.clone());
-        if let Some(v) = &route.version_header {
-            h.insert(X_CUTOVER_VERSION.clone(), v.clone());
-        }
     }
 }
 
@@ -349,28 +359,20 @@ impl Forwarder {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         ex.mirror(self, &parts.method, pq, || crate::mirror::end_to_end(&parts.headers));
         let close = client_asks_close(&parts.headers);
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let original_host = host_of(&parts);
         // An upgrade (WebSocket) keeps its Upgrade through `strip`; the client's half of the
         // tunnel is taken out of the request before it goes upstream.
         let upgrade = upgrade_of(&parts, body.is_end_stream() && start.is_none(), settings);
         let client_side = upgrade
             .as_ref()
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-        strip(&mut parts.headers);
-        drop_route_token(&mut parts.headers, settings);
-        forwarding(&mut parts.headers, peer, original_host.as_ref())?;
-        if let Some(u) = &upgrade {
-            parts.headers.insert(header::UPGRADE, u.clone());
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-
+        upstream_head(
+            &mut parts.headers,
+            peer,
+            original_host.as_ref(),
+            upgrade.as_ref(),
+            settings,
+        )?;
         let endpoint = ex.first_endpoint(self)?;
         let (mut resp, conn, mut load) = self
             .send_with_retries(parts, (body, start), ex, endpoint, original_host.as_ref())
@@ -396,7 +398,9 @@ impl Forwarder {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        tag(&mut parts.headers, &ex.route, settings.response_headers);
+        if settings.response_headers {
+            ex.route.tag(&mut parts.headers);
+        }
         let deadline = tokio::time::Instant::from_std(ex.started) + settings.request_timeout;
         if let (Some(client), Some(upstream)) = (client_side.filter(|_| switching), upstream_side) {
             ex.tunnel();
@@ -417,6 +421,16 @@ impl Forwarder {
         let body = RespBody::proxied(body, guard, (load, conn), deadline, sse);
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The request's host: its Host header, else its URI's authority (HTTP/2's `:authority`).
+fn host_of(parts: &http::request::Parts) -> Option<HeaderValue> {
+    parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// The Upgrade value of a request that asks to switch protocols the way the HTTP/1.1 engine
@@ -483,7 +497,7 @@ impl Forwarder {
         parts: http::request::Parts,
         (body, start): (Incoming, Start),
         ex: &mut Exchange,
-        mut endpoint: Arc<Endpoint>,
+        endpoint: Arc<Endpoint>,
         host: Option<&HeaderValue>,
     ) -> Result<(Response<Incoming>, Conn, EndpointLoad), ProxyError> {
         let settings = &*self.service.settings();
@@ -506,53 +520,86 @@ impl Forwarder {
         let spare = at_hand
             .filter(|_| exchange::may_resend(&method, parts.uri.path().as_bytes(), key, settings))
             .map(|b| (parts.clone(), b));
-        let verdict = || {
-            let facts = ReplayFacts {
-                method: &method,
-                path: path.as_ref().map_or(&b"/"[..], |p| p.path().as_bytes()),
-                idempotency_key: key,
-                body: spare.as_ref().map(|(_, b)| &b[..]),
-            };
-            exchange::resend(&facts, settings)
-        };
         let fault = body.fault();
-        let mut upstream_req = Some(Request::from_parts(parts, body));
-        let mut fresh = false;
-        let first_byte_deadline = tokio::time::Instant::from_std(ex.started) + settings.first_byte_timeout;
-        loop {
-            let Some(mut req) = upstream_req.take() else {
-                // No spare means the rule refused, and a refusal never asks for a resend.
-                return Err(exchange::not_resent(&endpoint, Refusal::BodyNotAtHand));
-            };
-            prepare(&mut req, &endpoint, settings.protocol, path.as_ref(), host);
-            let load = endpoint.claim();
-            let attempt = tokio::time::timeout_at(first_byte_deadline, send(&endpoint, req, fresh));
-            let (retry, e) = match attempt.await {
-                Err(_) => return Err(exchange::first_byte_timeout(&endpoint, settings.first_byte_timeout)),
-                Ok(Ok((resp, conn))) => return Ok((resp, conn, load)),
-                Ok(Err(Attempt::Connect(e, req))) => {
-                    tracing::debug!(service = %self.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    upstream_req = Some(req);
-                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &ex.route))
-                }
-                Ok(Err(Attempt::Failed { error, reused })) => {
-                    let retry = if reused && died_before_response(&error) {
-                        Retry::ReusedConnection
-                    } else {
-                        Retry::Never
-                    };
-                    upstream_req = spare
-                        .as_ref()
-                        .map(|(p, b)| Request::from_parts(p.clone(), ReqBody::full(b.clone())));
-                    (retry, classify(&error, &endpoint, fault(), settings.max_body_bytes))
-                }
-            };
-            match ex.after_failure(retry, &endpoint, e, verdict) {
-                Next::OtherEndpoint(next) => endpoint = next,
-                Next::FreshConnection => fresh = true,
-                Next::GiveUp(e) => return Err(e),
+        let mut tries = Tries {
+            req: Some(Request::from_parts(parts, body)),
+            spare,
+            method,
+            path,
+            key,
+            host,
+            settings,
+            fault,
+        };
+        let limit = settings.first_byte_timeout;
+        let ((resp, conn), load) = ex.attempts(self, &mut tries, endpoint, limit).await?;
+        Ok((resp, conn, load))
+    }
+}
+
+/// This engine's side of [`Exchange::attempts`]: the request, and what is kept of it for a
+/// second attempt.
+struct Tries<'a, F> {
+    /// The request for the next attempt: the original, given back by an attempt that could
+    /// not connect, or one rebuilt from `spare`.
+    req: Option<Request<ReqBody>>,
+    /// The head and whole body, kept only when the resend rule could allow a second attempt.
+    spare: Option<(http::request::Parts, Bytes)>,
+    method: http::Method,
+    /// A refcounted handle on the client's path, not a copy.
+    path: Option<PathAndQuery>,
+    key: bool,
+    host: Option<&'a HeaderValue>,
+    settings: &'a ServiceSettings,
+    /// Whether the client's body broke the attempt (too large, or cut off).
+    fault: F,
+}
+
+impl<F: Fn() -> ClientFault> exchange::Attempts for Tries<'_, F> {
+    type Answer = (Response<Incoming>, Conn);
+    type Error = ProxyError;
+
+    async fn attempt(&mut self, endpoint: &Arc<Endpoint>, fresh: bool) -> Result<Self::Answer, Failed<ProxyError>> {
+        let Some(mut req) = self.req.take() else {
+            // No spare means the rule refused, and a refusal never asks for a resend.
+            return Err(Failed::Final(exchange::not_resent(endpoint, Refusal::BodyNotAtHand)));
+        };
+        prepare(
+            &mut req,
+            endpoint,
+            self.settings.protocol,
+            self.path.as_ref(),
+            self.host,
+        );
+        match send(endpoint, req, fresh).await {
+            Ok(answer) => Ok(answer),
+            Err(Attempt::Connect(e, req)) => {
+                self.req = Some(req);
+                Err(Failed::Connect(e))
+            }
+            Err(Attempt::Failed { error, reused }) => {
+                self.req = self
+                    .spare
+                    .as_ref()
+                    .map(|(p, b)| Request::from_parts(p.clone(), ReqBody::full(b.clone())));
+                let e = classify(&error, endpoint, (self.fault)(), self.settings.max_body_bytes);
+                Err(if reused && died_before_response(&error) {
+                    Failed::Stale(e)
+                } else {
+                    Failed::Final(e)
+                })
             }
         }
+    }
+
+    fn resend(&self) -> Result<exchange::ResendReason, Refusal> {
+        let facts = ReplayFacts {
+            method: &self.method,
+            path: self.path.as_ref().map_or(&b"/"[..], |p| p.path().as_bytes()),
+            idempotency_key: self.key,
+            body: self.spare.as_ref().map(|(_, b)| &b[..]),
+        };
+        exchange::resend(&facts, self.settings)
     }
 }
 
@@ -598,9 +645,7 @@ fn body_from_start(
     if !ended {
         return Ok((ReqBody::prefixed(start, body, settings.max_body_bytes), None));
     }
-    if start.len() as u64 > settings.max_body_bytes {
-        return Err(exchange::too_large(start.len() as u64, settings.max_body_bytes));
-    }
+    exchange::within_body_limit(start.len() as u64, settings)?;
     Ok((ReqBody::full(start.clone()), Some(start)))
 }
 

@@ -352,6 +352,73 @@ impl<'a> ConnectionTokens<'a> {
     }
 }
 
+/// What the upstream is told of where a request came from, read by each engine from its own
+/// representation of the request.
+pub(crate) struct Forwarded<'a> {
+    /// The peer is a trusted proxy: its chain, proto and host are kept.
+    pub(crate) trusted: bool,
+    pub(crate) peer_ip: &'a [u8],
+    /// This listener's own `X-Forwarded-Proto`.
+    pub(crate) scheme: &'static [u8],
+    /// The request's first `X-Forwarded-Proto` and `X-Forwarded-Host` (read only from a
+    /// trusted proxy).
+    pub(crate) proto: Option<&'a [u8]>,
+    pub(crate) fwd_host: Option<&'a [u8]>,
+    /// The request's host (the absolute-form target's, else Host).
+    pub(crate) host: Option<&'a [u8]>,
+}
+
+/// Where [`Forwarded::write`] puts its header lines: the HTTP/1.1 engine's head bytes, or a
+/// header map on the hyper engine.
+pub(crate) trait HeaderSink {
+    fn begin(&mut self, name: &'static str);
+    fn push(&mut self, value: &[u8]);
+    fn end(&mut self);
+}
+
+impl Forwarded<'_> {
+    /// The X-Forwarded-* lines of both engines: exactly one `X-Forwarded-For`, a trusted
+    /// proxy's chain (the items of all its lines, in order) and then the peer, from anyone
+    /// else the peer alone; then `X-Forwarded-Proto` and `X-Forwarded-Host`, a trusted
+    /// proxy's or this listener's own.
+    pub(crate) fn write<'c>(&self, chain: impl Iterator<Item = &'c [u8]>, sink: &mut impl HeaderSink) {
+        sink.begin("x-forwarded-for");
+        if self.trusted {
+            for hop in chain.flat_map(list) {
+                sink.push(hop);
+                sink.push(b", ");
+            }
+        }
+        sink.push(self.peer_ip);
+        sink.end();
+        let (proto, fwd_host) = match self.trusted {
+            true => (self.proto, self.fwd_host),
+            false => (None, None),
+        };
+        sink.begin("x-forwarded-proto");
+        sink.push(proto.unwrap_or(self.scheme));
+        sink.end();
+        if let Some(h) = fwd_host.or(self.host) {
+            sink.begin("x-forwarded-host");
+            sink.push(h);
+            sink.end();
+        }
+    }
+}
+
+impl HeaderSink for Vec<u8> {
+    fn begin(&mut self, name: &'static str) {
+        self.extend_from_slice(name.as_bytes());
+        self.extend_from_slice(b": ");
+    }
+    fn push(&mut self, value: &[u8]) {
+        self.extend_from_slice(value);
+    }
+    fn end(&mut self) {
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Which peers may tell the proxy who the client is: their `X-Forwarded-*`, `Forwarded`
 /// and `X-Real-IP` are kept (and `X-Forwarded-For` appended to). Everyone else's are
 /// replaced: an application that trusts its one proxy must not be handed any address a

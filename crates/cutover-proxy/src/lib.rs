@@ -8,8 +8,8 @@
 //!   [`Service`] that holds one `ArcSwap<RouteTable>`, replaced whole on a switch.
 //! - `h1`: the HTTP/1.1 fast path (client and upstream both HTTP/1.1), one task per
 //!   connection, no hyper in between; HTTP/2 clients are handed to hyper.
-//! - `exchange`: one request's lifecycle for both engines: route pick, in-flight guard, retry
-//!   decision, failure accounting, the proxy's error answers.
+//! - `exchange`: one request's lifecycle for both engines: route pick, in-flight guard, the
+//!   attempt loop and its retry decision, failure accounting, the proxy's error answers.
 //! - [`forward`]: the hyper request path: pick a color (one atomic load), an endpoint, forward, stream back.
 //! - [`upstream`]: per-endpoint connection pools (HTTP/1.1 or h2c) with explicit timeouts.
 //! - [`settings`]: a service's limits, timeouts and protocol (a leaf: depends on nothing here).
@@ -19,7 +19,9 @@
 //! - `guard`: a request's place in its color's in-flight count, its access-log record, and
 //!   what a stream cut short is told.
 //! - `h2drain`: an HTTP/2 client connection's drain: streams in flight, one GOAWAY at the end.
-//! - [`listener`]: accept loop, connection cap, HTTP/1.1 + HTTP/2 serving, graceful drain.
+//! - [`accept`]: the one accept loop of every listener in the process (data plane and admin
+//!   API): connection cap, gauge, drain.
+//! - [`listener`]: a data-plane listener's connections: HTTP/1.1 + HTTP/2 serving, engines.
 //! - [`health`]: active health checks with consecutive-result thresholds, tempered by the
 //!   proxy's own traffic (a probe timeout does not count while proxied requests succeed).
 //! - [`probe`]: one probe by kind: HTTP status, gRPC health (h2c), a generation request.
@@ -37,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod body;
 pub mod error;
 mod exchange;
@@ -73,5 +76,5 @@ pub mod fuzzing {
 pub use exchange::{Refusal, ResendReason};
 pub use headers::TrustedProxies;
 pub use route::{Color, ColorRoute, Endpoint, Health, RouteTable, Service};
-pub use settings::{Protocol, ServiceSettings};
+pub use settings::{Http1Engine, Protocol, ServiceSettings};
 pub use stats::{ColorStats, EndpointStats, HistogramSnapshot, ProbeReason, ProbeRecord, StatsSnapshot};

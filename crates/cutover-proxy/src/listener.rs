@@ -1,39 +1,29 @@
-//! Accepts client connections for one listener and serves HTTP/1.1 and HTTP/2 (h2c prior
-//! knowledge, or ALPN `h2` over TLS) on them, with a connection cap and a graceful drain on
-//! shutdown.
+//! Serves a data-plane listener's connections, accepted, capped and drained by
+//! [`crate::accept`]: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN `h2` over TLS), each
+//! connection on the engine it takes.
 //!
 //! A TLS listener's connections all take the hyper engine: the own HTTP/1.1 engine (`h1`)
 //! works on `TcpStream` readiness and never sees decrypted bytes.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::watch;
 
+use crate::accept::{self, Accept, Connections, Held};
 use crate::forward::Forwarder;
 use crate::h1::{self, Outcome};
 use crate::h2drain::H2Streams;
-use crate::settings::{Protocol, ServiceSettings};
+use crate::settings::{Http1Engine, Protocol, ServiceSettings};
 use crate::tls::TlsAcceptor;
 
-/// Counters of one listener, for metrics and logs.
-#[derive(Default)]
-pub struct ListenerStats {
-    pub accepted: AtomicU64,
-    pub open: AtomicU64,
-    /// Times the accept loop waited because `max_connections` were open.
-    pub at_cap: AtomicU64,
-    /// TLS connections that closed before their handshake completed (timeout, plain HTTP,
-    /// a refused protocol version, a client that did not trust the certificate).
-    pub tls_handshake_failed: AtomicU64,
-}
+pub use crate::accept::ListenerStats;
 
 /// Connections the kernel may queue for a listener before it drops SYNs. A burst of new
 /// clients (hundreds of streams opened at once) must wait in this queue, not be dropped: a
@@ -91,7 +81,7 @@ impl Engines {
         // The own engine dials plain `TcpStream`s: TLS upstreams take hyper.
         let fast = settings.protocol == Protocol::Http1
             && settings.upstream_tls.is_none()
-            && std::env::var("CUTOVER_HTTP1_ENGINE").map_or(true, |v| v != "hyper");
+            && settings.http1_engine == Http1Engine::Own;
         Engines {
             auto: Arc::new(auto),
             h2,
@@ -107,79 +97,79 @@ pub async fn serve(
     listener: TcpListener,
     fwd: Arc<Forwarder>,
     stats: Arc<ListenerStats>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     tls: Option<TlsAcceptor>,
 ) {
-    let mut settings = fwd.service.settings();
-    let mut engines = Engines::new(&settings);
-    // Every connection but hyper's HTTP/1.1 ones holds a sender; the drain waits for all of
-    // them to go.
-    let (open_tx, open_rx) = mpsc::channel::<()>(1);
-    let mut cap = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
-    let addr = listener.local_addr().ok();
-    loop {
-        // A reload gave the service new settings: connections from now on get them. The
-        // connections open before hold places under the old cap, counted apart from the new
-        // one until they close (for at most their lifetime, the two caps add up).
-        let now = fwd.service.settings();
-        if !Arc::ptr_eq(&now, &settings) {
-            engines = Engines::new(&now);
-            if now.max_connections != settings.max_connections {
-                cap = Arc::new(Semaphore::new(now.max_connections));
-            }
-            settings = now;
+    let settings = fwd.service.settings();
+    let accept = Accept {
+        name: fwd.service.name.clone(),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        grace,
+    };
+    let mut plane = Plane {
+        engines: Engines::new(&settings),
+        settings,
+        fwd,
+        tls,
+        stats,
+        shutdown,
+        grace,
+    };
+    accept::serve(listener, &mut plane, accept).await;
+}
+
+/// A data-plane listener's connections, served by the engine each one takes.
+struct Plane {
+    fwd: Arc<Forwarder>,
+    /// The settings `engines` were made for: a reload gives the service new ones, and
+    /// connections from then on get them.
+    settings: Arc<ServiceSettings>,
+    engines: Engines,
+    tls: Option<TlsAcceptor>,
+    stats: Arc<ListenerStats>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl Connections for Plane {
+    fn refresh(&mut self) -> usize {
+        let now = self.fwd.service.settings();
+        if !Arc::ptr_eq(&now, &self.settings) {
+            self.engines = Engines::new(&now);
+            self.settings = now;
         }
-        let Some(permit) = next_permit(&cap, &stats, &fwd, addr, &mut shutdown).await else {
-            break;
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off rather than spin on the error.
-                    tracing::warn!(service = %fwd.service.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        stats.accepted.fetch_add(1, Relaxed);
-        stats.open.fetch_add(1, Relaxed);
-        let fwd = fwd.clone();
-        if let Some(acceptor) = &tls {
+        self.settings.max_connections
+    }
+
+    fn spawn(&mut self, stream: TcpStream, peer: std::net::SocketAddr, held: Held) {
+        let (fwd, shutdown) = (self.fwd.clone(), self.shutdown.clone());
+        // An idle hyper HTTP/1.1 connection's time to close by itself once the listener
+        // drains: an idle connection's own timeout, within the grace period.
+        let window = self.settings.header_read_timeout.min(self.grace);
+        if let Some(acceptor) = &self.tls {
             // The handshake runs in the connection's task (a slow client holds only its own
-            // place under the cap); the watcher makes the drain wait for it too.
-            let (acceptor, auto, watcher) = (acceptor.clone(), engines.auto.clone(), graceful.watcher());
-            let shutdown = shutdown.clone();
-            let (stats, timeout) = (stats.clone(), settings.header_read_timeout);
+            // place under the cap), and the drain waits for it too.
+            let (acceptor, auto) = (acceptor.clone(), self.engines.auto.clone());
+            let (stats, timeout) = (self.stats.clone(), self.settings.header_read_timeout);
             tokio::spawn(async move {
-                let open = Open(stats.clone());
+                let _held = held;
                 let Some(tls) = handshake(&acceptor, stream, timeout).await else {
                     stats.tls_handshake_failed.fetch_add(1, Relaxed);
                     return;
                 };
-                let conn = auto
-                    .serve_connection_with_upgrades(TokioIo::new(tls), hyper_service(fwd, peer, true, shutdown, None))
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
-                drop(open);
-                drop(permit);
+                let svc = hyper_service(fwd, peer, true, shutdown.clone(), None);
+                let conn = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                accept::until_drained(conn, shutdown, window).await;
             });
-            continue;
+            return;
         }
-        if engines.fast {
-            let open = OpenGuard {
-                stats: stats.clone(),
-                _drain: open_tx.clone(),
-            };
-            let (shutdown, h2) = (shutdown.clone(), engines.h2.clone());
+        if self.engines.fast {
+            let h2 = self.engines.h2.clone();
             tokio::spawn(async move {
-                // Counted down however the task ends, a panic included.
-                let _open = open;
+                // Released however the task ends, a panic included.
+                let _held = held;
                 if let Outcome::Http2(stream, pre) =
                     h1::serve_connection(stream, peer, fwd.clone(), shutdown.clone()).await
                 {
@@ -187,30 +177,17 @@ pub async fn serve(
                     // connection's task would otherwise be sized for it.
                     Box::pin(serve_h2(h2, stream, pre, peer, fwd, shutdown)).await;
                 }
-                drop(permit);
             });
-            continue;
+            return;
         }
-        let open = OpenGuard {
-            stats: stats.clone(),
-            _drain: open_tx.clone(),
-        };
         let conn = HyperConn {
             fwd,
             peer,
-            shutdown: shutdown.clone(),
-            timeout: settings.header_read_timeout,
+            shutdown,
+            timeout: self.settings.header_read_timeout,
+            window,
         };
-        tokio::spawn(conn.serve(&engines, graceful.watcher(), (open, permit), stream));
-    }
-    drop(listener);
-    drop(open_tx);
-    let window = settings.header_read_timeout.min(grace);
-    if tokio::time::timeout(grace, drain(graceful, open_rx, window))
-        .await
-        .is_err()
-    {
-        tracing::warn!(service = %fwd.service.name, listener = ?addr, "grace period over: closing connections still open");
+        tokio::spawn(conn.serve(&self.engines, held, stream));
     }
 }
 
@@ -221,17 +198,18 @@ struct HyperConn {
     shutdown: watch::Receiver<bool>,
     /// How long to wait for the first bytes that tell HTTP/2 from HTTP/1.1.
     timeout: Duration,
+    /// See [`accept::until_drained`].
+    window: Duration,
 }
 
 impl HyperConn {
     /// HTTP/2 clients (prior knowledge) are told apart first, so their drain is the one
-    /// GOAWAY of `h2drain` on this engine too; the rest is hyper's HTTP/1.1. `held` (the
-    /// listener's gauge and drain, the place under the cap) lasts as long as the connection.
-    fn serve<H: Send + 'static>(
+    /// GOAWAY of `h2drain` on this engine too; the rest is hyper's HTTP/1.1. `held` lasts as
+    /// long as the connection.
+    fn serve(
         self,
         engines: &Engines,
-        watcher: hyper_util::server::graceful::Watcher,
-        held: H,
+        held: Held,
         stream: TcpStream,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (auto, h2) = (engines.auto.clone(), engines.h2.clone());
@@ -240,30 +218,15 @@ impl HyperConn {
             if sniff_h2(&stream, self.timeout).await {
                 Box::pin(serve_h2(h2, stream, Vec::new(), self.peer, self.fwd, self.shutdown)).await;
             } else {
-                let svc = hyper_service(self.fwd, self.peer, false, self.shutdown, None);
+                let svc = hyper_service(self.fwd, self.peer, false, self.shutdown.clone(), None);
                 let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let _ = watcher.watch(conn.into_owned()).await;
+                accept::until_drained(conn, self.shutdown, self.window).await;
             }
         }
     }
 }
 
-/// After the accept loop: wait for the connections. hyper's graceful shutdown closes an idle
-/// HTTP/1.1 connection at once, and the client may be sending its next request on it right
-/// then; so until the drain `window` ends (an idle connection's own timeout), every answer
-/// says `Connection: close` (`hyper_service`) and its connection closes after it, and only
-/// what is still open then is shut down. The own engine's connections and HTTP/2 ones hold
-/// `open` until they end.
-async fn drain(graceful: GracefulShutdown, mut open: mpsc::Receiver<()>, window: Duration) {
-    let window_end = tokio::time::Instant::now() + window;
-    while graceful.count() > 0 && tokio::time::Instant::now() < window_end {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    tokio::join!(graceful.shutdown(), open.recv());
-}
-
-/// How often a drain looks whether hyper's connections are gone, or an HTTP/2 connection
-/// has nothing in flight (only while draining).
+/// How often a draining HTTP/2 connection looks whether it has nothing in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// After an HTTP/2 connection took its last stream, how long hyper keeps it to write what it
@@ -287,55 +250,6 @@ async fn sniff_h2(stream: &TcpStream, timeout: Duration) -> bool {
         }
     };
     tokio::time::timeout(timeout, look).await.unwrap_or(false)
-}
-
-/// A place under `max_connections`, waiting (new connections stay in the listen backlog)
-/// while the cap is reached. None: shutdown came first.
-async fn next_permit(
-    cap: &Arc<Semaphore>,
-    stats: &ListenerStats,
-    fwd: &Forwarder,
-    addr: Option<std::net::SocketAddr>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    if let Ok(p) = cap.clone().try_acquire_owned() {
-        return Some(p);
-    }
-    // Logged at the first wait and every 1000th after, not once per waiting connection.
-    let waits = stats.at_cap.fetch_add(1, Relaxed);
-    if waits % 1000 == 0 {
-        tracing::warn!(
-            service = %fwd.service.name,
-            listener = ?addr,
-            max_connections = fwd.service.settings().max_connections,
-            "connection cap reached: new connections wait in the listen backlog until one closes"
-        );
-    }
-    tokio::select! {
-        p = cap.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
-        _ = shutdown.changed() => None,
-    }
-}
-
-/// One open fast-path connection: in the listener's gauge and holding the drain open.
-struct OpenGuard {
-    stats: Arc<ListenerStats>,
-    _drain: mpsc::Sender<()>,
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Relaxed);
-    }
-}
-
-/// One open connection in the listener's gauge, however its task ends.
-struct Open(Arc<ListenerStats>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
-    }
 }
 
 /// The first byte of a TLS handshake record; anything else is not TLS.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 pub use crate::settings::{Protocol, ServiceSettings};
@@ -227,6 +227,21 @@ impl ColorRoute {
             closing: AtomicBool::new(false),
             close_signal: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// `x-cutover-color` and `x-cutover-version` of this route: the one place that names and
+    /// fills them, for both engines' answers and the proxy's own errors.
+    pub(crate) fn tags(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        static COLOR: HeaderName = HeaderName::from_static("x-cutover-color");
+        static VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
+        std::iter::once((&COLOR, &self.color_header)).chain(self.version_header.as_ref().map(|v| (&VERSION, v)))
+    }
+
+    /// [`ColorRoute::tags`] into a header map.
+    pub(crate) fn tag(&self, h: &mut HeaderMap) {
+        for (name, value) in self.tags() {
+            h.insert(name.clone(), value.clone());
+        }
     }
 
     /// The less loaded of two endpoints (power of two choices) among the routable ones,

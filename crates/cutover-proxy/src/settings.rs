@@ -14,10 +14,22 @@ pub enum Protocol {
     H2c,
 }
 
+/// Which engine serves HTTP/1.1 clients of a service whose upstreams are plain HTTP/1.1 (every
+/// other client or upstream takes hyper whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Engine {
+    /// The own engine (`h1`): one task per connection, no hyper in between.
+    #[default]
+    Own,
+    /// hyper's HTTP/1.1 server and client, as for TLS clients.
+    Hyper,
+}
+
 /// Limits and timeouts of one service, fixed at start.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
     pub protocol: Protocol,
+    pub http1_engine: Http1Engine,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub max_body_bytes: u64,
@@ -91,6 +103,7 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
             protocol: Protocol::Http1,
+            http1_engine: Http1Engine::Own,
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 256 << 20,

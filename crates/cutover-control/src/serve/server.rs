@@ -650,69 +650,70 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the admin API with the limits the data plane has: a header-read timeout (slow clients
-/// are cut; it bounds a TLS handshake too), a connection cap, and a graceful stop.
+/// Serves the admin API with the limits the data plane has, through the data plane's own
+/// accept loop: a header-read timeout (slow clients are cut; it bounds a TLS handshake too),
+/// a connection cap, and a graceful stop.
 async fn serve_admin(
     listener: TcpListener,
     app: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     tls: Option<cutover_proxy::tls::TlsAcceptor>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    use cutover_proxy::accept::{self, Accept};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
-    let cap = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            p = cap.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = stop.changed() => break,
-        };
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        if let Some(acceptor) = &tls {
-            let (acceptor, builder, app, watcher) =
-                (acceptor.clone(), builder.clone(), app.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                let Some(tls) = listener::handshake(&acceptor, stream, ADMIN_HEADER_TIMEOUT).await else {
-                    return;
-                };
-                let conn = builder
-                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
-                drop(permit);
-            });
-            continue;
-        }
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
-            .into_owned();
-        let conn = graceful.watch(conn);
+    let a = Accept {
+        name: "admin".into(),
+        stats: Arc::new(listener::ListenerStats::default()),
+        shutdown: stop.clone(),
+        grace: Duration::from_secs(5),
+    };
+    let mut conns = AdminConns {
+        builder,
+        app,
+        tls,
+        stop,
+    };
+    accept::serve(listener, &mut conns, a).await;
+}
+
+/// The admin listener's connections: hyper serving the API's router.
+struct AdminConns {
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    app: axum::Router,
+    tls: Option<cutover_proxy::tls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+}
+
+impl cutover_proxy::accept::Connections for AdminConns {
+    fn refresh(&mut self) -> usize {
+        ADMIN_MAX_CONNECTIONS
+    }
+
+    fn spawn(&mut self, stream: tokio::net::TcpStream, _: std::net::SocketAddr, held: cutover_proxy::accept::Held) {
+        use cutover_proxy::accept::until_drained;
+        use hyper_util::rt::TokioIo;
+        let (builder, tls, stop) = (self.builder.clone(), self.tls.clone(), self.stop.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(self.app.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            let _held = held;
+            // Told to finish at once on a stop: admin clients do not keep connections idle.
+            let window = Duration::ZERO;
+            match tls {
+                Some(acceptor) => {
+                    let Some(tls) = listener::handshake(&acceptor, stream, ADMIN_HEADER_TIMEOUT).await else {
+                        return;
+                    };
+                    until_drained(builder.serve_connection(TokioIo::new(tls), svc), stop, window).await;
+                }
+                None => until_drained(builder.serve_connection(TokioIo::new(stream), svc), stop, window).await,
+            }
         });
     }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 /// A client must send a whole admin request head within this time.

@@ -33,13 +33,13 @@ pub(crate) fn wire(data: &[u8]) {
         }
         Ok(None) | Err(_) => assert!(out.is_empty(), "nothing written unless accepted"),
     }
+    let tagged = crate::route::ColorRoute::with_endpoints(crate::route::Color::Blue, Some("v1".into()), Vec::new());
     let cx = ResponseContext {
         upgrade: data.get(2).is_some_and(|b| b & 1 == 1),
         head_request: data.first().is_some_and(|b| b & 1 == 1),
         client_minor: data.get(1).map_or(1, |b| b & 1),
         client_keep_alive: true,
-        color: Some(b"blue"),
-        version: Some(b"v1"),
+        tags: Some(&tagged),
     };
     let mut out = Vec::new();
     if let Ok(ResponseParse::Head(h)) = response::response_head(data, &cx, &mut out) {

@@ -16,8 +16,8 @@
 //!
 //! # Layout
 //! - `client`: the client connection: request heads, refusals, one exchange per request.
-//! - `send`: the request to an upstream (attempts, retries, the rest of the body) and the
-//!   response head back.
+//! - `send`: the request to an upstream (this engine's attempt for `Exchange::attempts`, the
+//!   rest of the body) and the response head back.
 //! - `relay`: the response body to the client, and the proxy's own errors on the wire.
 //! - `request`, `response`: the two heads, parsed and rewritten in one pass.
 //! - `chunked`: the strict chunked decoder and the proxy's own chunks.
@@ -45,7 +45,6 @@ use tokio::sync::watch;
 
 use crate::error::ProxyError;
 use crate::exchange::Forwarder;
-use crate::upstream::ConnectError;
 use client::{ClientConn, Stop};
 
 pub(crate) use buf::h2_preface;
@@ -61,16 +60,19 @@ pub(crate) enum Framing {
     Close,
 }
 
-/// Why the exchange with an upstream stopped before a response head.
+/// Why an exchange stopped without an answer from upstream (what may be tried again is
+/// [`crate::exchange::Failed`]'s).
 #[derive(Debug)]
 pub(crate) enum Fail {
-    /// No connection: nothing was sent, another endpoint may be tried.
-    Connect(ConnectError),
-    /// A reused connection died before a byte of response came back.
-    Stale(String),
     /// The client went away while its request was pending.
     ClientGone,
     Proxy(ProxyError),
+}
+
+impl From<ProxyError> for Fail {
+    fn from(e: ProxyError) -> Fail {
+        Fail::Proxy(e)
+    }
 }
 
 /// What becomes of the client connection after an exchange.

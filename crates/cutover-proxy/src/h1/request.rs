@@ -315,31 +315,28 @@ impl Write<'_, '_> {
         }
     }
 
-    /// Exactly one X-Forwarded-For line: a trusted proxy's chain (all its lines, in order)
-    /// and then this connection's peer; from anyone else, the peer alone.
+    /// The forwarding lines ([`headers::Forwarded::write`]), after the Host an absolute-form
+    /// target names (HTTP/1.0 without Host: the caller adds the endpoint's address once it
+    /// has one).
     fn forwarding(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if self.t.trusted {
-            let chain = self
-                .headers
-                .iter()
-                .zip(self.classes)
-                .filter(|(_, &c)| c == Class::Forwarding(Forwarding::For));
-            for hop in chain.flat_map(|(h, _)| headers::list(h.value)) {
-                out.extend_from_slice(hop);
-                out.extend_from_slice(b", ");
-            }
-        }
-        out.extend_from_slice(self.t.peer_ip);
-        out.extend_from_slice(b"\r\n");
-        line(out, b"x-forwarded-proto", self.seen.proto.unwrap_or(self.t.scheme));
-        // HTTP/1.0 without Host: the caller adds the endpoint's address once it has one.
         if let (Some(h), true) = (self.host, self.absolute) {
             line(out, b"host", h);
         }
-        if let Some(h) = self.seen.fwd_host.or(self.host) {
-            line(out, b"x-forwarded-host", h);
-        }
+        let chain = self
+            .headers
+            .iter()
+            .zip(self.classes)
+            .filter(|(_, &c)| c == Class::Forwarding(Forwarding::For))
+            .map(|(h, _)| h.value);
+        let f = headers::Forwarded {
+            trusted: self.t.trusted,
+            peer_ip: self.t.peer_ip,
+            scheme: self.t.scheme,
+            proto: self.seen.proto,
+            fwd_host: self.seen.fwd_host,
+            host: self.host,
+        };
+        f.write(chain, out);
     }
 }
 

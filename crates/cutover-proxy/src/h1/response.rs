@@ -5,6 +5,7 @@ use http::StatusCode;
 
 use super::{connection_lines, header_line as header, Framing};
 use crate::headers::{self, Class, Codings, ConnectionTokens};
+use crate::route::ColorRoute;
 
 /// Longest response head accepted from an upstream.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -58,9 +59,9 @@ pub(crate) struct ResponseContext<'a> {
     pub(crate) upgrade: bool,
     pub(crate) client_minor: u8,
     pub(crate) client_keep_alive: bool,
-    /// `None`: no `x-cutover-*` headers (`response_headers = false`).
-    pub(crate) color: Option<&'a [u8]>,
-    pub(crate) version: Option<&'a [u8]>,
+    /// The route whose `x-cutover-*` headers the answer carries; `None`: none
+    /// (`response_headers = false`).
+    pub(crate) tags: Option<&'a ColorRoute>,
 }
 
 impl ResponseContext<'_> {
@@ -76,11 +77,8 @@ impl ResponseContext<'_> {
 
 /// `x-cutover-color` and `x-cutover-version`, unless the service turned them off.
 fn cutover_headers(out: &mut Vec<u8>, cx: &ResponseContext<'_>) {
-    if let Some(c) = cx.color {
-        header(out, b"x-cutover-color", c);
-        if let Some(v) = cx.version {
-            header(out, b"x-cutover-version", v);
-        }
+    for (name, value) in cx.tags.iter().flat_map(|r| r.tags()) {
+        header(out, name.as_str().as_bytes(), value.as_bytes());
     }
 }
 
@@ -97,47 +95,78 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
         return Err("malformed status line".into());
     };
     if code == 101 {
-        if !cx.upgrade {
-            return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
-        }
-        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-        for h in resp.headers.iter() {
-            // Upgrade and Connection are restated for this hop; the rest (Sec-WebSocket-*)
-            // is the two ends' business.
-            if !headers::response_skip(h.name.as_bytes()) || h.name.eq_ignore_ascii_case("upgrade") {
-                header(out, h.name.as_bytes(), h.value);
-            }
-        }
-        out.extend_from_slice(b"connection: upgrade\r\n");
-        cutover_headers(out, cx);
-        out.extend_from_slice(b"\r\n");
-        return Ok(ResponseParse::Switching { len: head_len });
+        return switching(resp.headers, head_len, cx, out);
     }
     if (100..200).contains(&code) {
-        // RFC 9110 §15.2: a proxy passes 1xx on, but never to an HTTP/1.0 client, and not
-        // 100 Continue: cutover answers `Expect: 100-continue` itself and does not forward
-        // Expect, so an upstream's 100 would be a second one.
-        let relay = code != 100 && cx.client_minor == 1;
-        if relay {
-            out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
-            for h in resp
-                .headers
-                .iter()
-                .filter(|h| !headers::response_skip(h.name.as_bytes()))
-            {
-                header(out, h.name.as_bytes(), h.value);
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-        return Ok(ResponseParse::Interim { len: head_len, relay });
+        return Ok(interim(&resp, code, head_len, cx, out));
     }
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
-    let headers = &*resp.headers;
+    let reason = status.canonical_reason().or(resp.reason).unwrap_or("");
+    final_head(resp.headers, (status, reason, minor), head_len, cx, out).map(ResponseParse::Head)
+}
+
+/// A 101 to an upgrade request: the client's 101 head.
+fn switching(
+    headers: &[httparse::Header<'_>],
+    head_len: usize,
+    cx: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ResponseParse, String> {
+    if !cx.upgrade {
+        return Err("101 Switching Protocols to a request whose upgrade was not forwarded".into());
+    }
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for h in headers {
+        // Upgrade and Connection are restated for this hop; the rest (Sec-WebSocket-*)
+        // is the two ends' business.
+        if !headers::response_skip(h.name.as_bytes()) || h.name.eq_ignore_ascii_case("upgrade") {
+            header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n");
+    cutover_headers(out, cx);
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseParse::Switching { len: head_len })
+}
+
+/// RFC 9110 §15.2: a proxy passes 1xx on, but never to an HTTP/1.0 client, and not 100
+/// Continue: cutover answers `Expect: 100-continue` itself and does not forward Expect, so
+/// an upstream's 100 would be a second one.
+fn interim(
+    resp: &httparse::Response<'_, '_>,
+    code: u16,
+    len: usize,
+    cx: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+) -> ResponseParse {
+    let relay = code != 100 && cx.client_minor == 1;
+    if relay {
+        out.extend_from_slice(format!("HTTP/1.1 {code} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+        for h in resp
+            .headers
+            .iter()
+            .filter(|h| !headers::response_skip(h.name.as_bytes()))
+        {
+            header(out, h.name.as_bytes(), h.value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    ResponseParse::Interim { len, relay }
+}
+
+/// A final answer (2xx-5xx): its framing for the client, and the client's head.
+fn final_head(
+    headers: &[httparse::Header<'_>],
+    (status, reason, minor): (StatusCode, &str, u8),
+    head_len: usize,
+    cx: &ResponseContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, String> {
     let conn = ConnectionTokens::parse(connection_lines(headers));
     // Each header's class, found once by `framing` and read again by `write_head`.
     let mut classes = [Class::Plain; super::request::MAX_HEADERS];
     let classes = &mut classes[..headers.len()];
-    let f = framing(headers, classes, code, cx)?;
+    let f = framing(headers, classes, status.as_u16(), cx)?;
     let upstream_keep_alive = f.body != Framing::Close
         && if minor == 1 {
             !conn.close
@@ -156,20 +185,20 @@ pub(crate) fn response_head(buf: &[u8], cx: &ResponseContext<'_>, out: &mut Vec<
     };
     let client = ClientFraming {
         status,
-        reason: status.canonical_reason().or(resp.reason).unwrap_or(""),
+        reason,
         mode,
         close_client,
     };
     write_head(out, &client, headers, classes, &conn, &f, cx);
-    Ok(ResponseParse::Head(ResponseHead {
+    Ok(ResponseHead {
         head_len,
-        status: code,
+        status: status.as_u16(),
         body: f.body,
         upstream_keep_alive,
         sse: f.sse,
         out: mode,
         close_client,
-    }))
+    })
 }
 
 /// How the upstream framed the body, and whether it is an event stream.
@@ -289,6 +318,11 @@ fn write_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Color;
+
+    fn route(color: Color, version: Option<&str>) -> std::sync::Arc<ColorRoute> {
+        ColorRoute::with_endpoints(color, version.map(str::to_string), Vec::new())
+    }
 
     fn resp(raw: &str, head_request: bool, minor: u8, keep: bool) -> (ResponseHead, String) {
         let cx = ResponseContext {
@@ -296,8 +330,7 @@ mod tests {
             head_request,
             client_minor: minor,
             client_keep_alive: keep,
-            color: Some(b"green"),
-            version: Some(b"v2"),
+            tags: Some(&route(Color::Green, Some("v2"))),
         };
         let mut out = Vec::new();
         match response_head(raw.as_bytes(), &cx, &mut out).unwrap() {
@@ -312,8 +345,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: Some(b"blue"),
-            version: None,
+            tags: Some(&route(Color::Blue, None)),
         };
         let mut out = Vec::new();
         let e = response_head(raw, &cx, &mut out).expect_err(&String::from_utf8_lossy(raw));
@@ -401,8 +433,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: Some(b"blue"),
-            version: None,
+            tags: Some(&route(Color::Blue, None)),
         };
         let mut out = Vec::new();
         assert!(
@@ -428,8 +459,7 @@ mod tests {
             head_request: false,
             client_minor: 1,
             client_keep_alive: true,
-            color: Some(b"blue"),
-            version: None,
+            tags: Some(&route(Color::Blue, None)),
         };
         let mut out = Vec::new();
         let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";

@@ -1,6 +1,7 @@
 //! The request's way to an upstream: its rewritten head with whatever part of the body was
-//! already read, then the rest of the body, on a pooled or new connection, with the retry
-//! rule of [`crate::exchange`]; then the response head, rewritten for the client.
+//! already read, then the rest of the body, on a pooled or new connection (one attempt; the
+//! loop and its retry rule are [`Exchange::attempts`]); then the response head, rewritten for
+//! the client.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::response::{self, ResponseContext, ResponseHead, ResponseParse};
 use super::Framing;
 use super::{After, Fail};
 use crate::error::ProxyError;
-use crate::exchange::{self, Exchange, Forwarder, Next, ReplayFacts, Retry};
+use crate::exchange::{self, Exchange, Failed, Forwarder, ReplayFacts};
 use crate::mirror::Capture;
 use crate::route::{Endpoint, EndpointLoad};
 use crate::settings::ServiceSettings;
@@ -193,9 +194,7 @@ impl Sender<'_> {
     ) -> Result<After, Fail> {
         let settings = self.settings;
         if let Framing::Length(n) = head.body {
-            if n > settings.max_body_bytes {
-                return Err(Fail::Proxy(exchange::too_large(n, settings.max_body_bytes)));
-            }
+            exchange::within_body_limit(n, settings)?;
         }
         let endpoint = match ex.first_endpoint(self.fwd) {
             Ok(e) => e,
@@ -303,53 +302,33 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Attempts until one gets a response head, within the first-byte deadline.
+    /// Attempts until one gets a response head, by [`Exchange::attempts`].
     async fn send(
         &mut self,
         head: &RequestHead,
         req: &mut Outgoing,
         ex: &mut Exchange,
-        mut endpoint: Arc<Endpoint>,
+        endpoint: Arc<Endpoint>,
     ) -> Result<(Answer, EndpointLoad), Fail> {
         let route = ex.route.clone();
+        let (fwd, limit) = (self.fwd, self.settings.first_byte_timeout);
         let rcx = ResponseContext {
             upgrade: head.upgrade,
             head_request: head.method == http::Method::HEAD,
             client_minor: head.minor,
             client_keep_alive: head.keep_alive,
-            color: self.settings.response_headers.then(|| route.color.as_str().as_bytes()),
-            version: route
-                .version_header
-                .as_ref()
-                .filter(|_| self.settings.response_headers)
-                .map(|v| v.as_bytes()),
+            tags: self.settings.response_headers.then_some(&*route),
         };
-        let limit = self.settings.first_byte_timeout;
-        let first_byte_deadline = Deadline::from_std(ex.started) + limit;
         // The whole body is in `req.bytes` (and can go again) only if it was read before sending.
         let whole = req.body.done();
-        let mut fresh_only = false;
-        loop {
-            let load = endpoint.claim();
-            let attempt = self.attempt(&endpoint, fresh_only, req, &rcx);
-            let (retry, e) = match tokio::time::timeout_at(first_byte_deadline, attempt).await {
-                Err(_) => return Err(Fail::Proxy(exchange::first_byte_timeout(&endpoint, limit))),
-                Ok(Ok(answer)) => return Ok((answer, load)),
-                Ok(Err(Fail::Connect(e))) => {
-                    tracing::debug!(service = %self.fwd.service.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                    (Retry::OtherEndpoint, exchange::connect_failed(&e, &endpoint, &route))
-                }
-                Ok(Err(Fail::Stale(why))) => (Retry::ReusedConnection, exchange::upstream_failed(&endpoint, &why)),
-                Ok(Err(e)) => return Err(e),
-            };
-            let settings = self.settings;
-            let resend = || exchange::resend(&req.facts(head, whole), settings);
-            match ex.after_failure(retry, &endpoint, e, resend) {
-                Next::OtherEndpoint(next) => endpoint = next,
-                Next::FreshConnection => fresh_only = true,
-                Next::GiveUp(e) => return Err(Fail::Proxy(e)),
-            }
-        }
+        let mut tries = Tries {
+            sender: self,
+            req,
+            head,
+            rcx,
+            whole,
+        };
+        ex.attempts(fwd, &mut tries, endpoint, limit).await
     }
 
     /// One try on one connection: send the request (streaming what is left of its body) and
@@ -360,24 +339,22 @@ impl Sender<'_> {
         fresh_only: bool,
         req: &mut Outgoing,
         rcx: &ResponseContext<'_>,
-    ) -> Result<Answer, Fail> {
+    ) -> Result<Answer, Failed<Fail>> {
         let pooled = if fresh_only { None } else { endpoint.pool.take_raw() };
         let mut up = match pooled {
             Some(stream) => UpstreamSocket { stream, reused: true },
             None => UpstreamSocket {
-                stream: endpoint.pool.connect_raw().await.map_err(Fail::Connect)?,
+                stream: endpoint.pool.connect_raw().await.map_err(Failed::Connect)?,
                 reused: false,
             },
         };
         if let Err(e) = up.stream.write_all(&req.bytes.0).await {
             // A write refused outright on a reused connection: the upstream closed it.
             return Err(if up.reused && req.body.done() {
-                Fail::Stale(format!("{e}"))
+                Failed::Stale(exchange::upstream_failed(endpoint, &e.to_string()))
             } else {
-                Fail::Proxy(exchange::upstream_failed(
-                    endpoint,
-                    &format!("sending the request failed: {e}"),
-                ))
+                let m = format!("sending the request failed: {e}");
+                Failed::Final(Fail::Proxy(exchange::upstream_failed(endpoint, &m)))
             });
         }
         if !req.body.done() {
@@ -387,78 +364,102 @@ impl Sender<'_> {
     }
 
     /// Read the upstream's response head (interim 1xx answers skipped), rewritten for the
-    /// client. While the model thinks, the wait holds no buffer and watches the client.
+    /// client.
     async fn response_head(
         &mut self,
         mut up: UpstreamSocket,
         endpoint: &Endpoint,
         rcx: &ResponseContext<'_>,
-    ) -> Result<Answer, Fail> {
+    ) -> Result<Answer, Failed<Fail>> {
         let mut upbuf = Buf::new();
         let mut cout = Out::new();
-        let max = self.settings.max_header_bytes;
         loop {
             if !upbuf.is_empty() {
-                let rcx = &rcx.draining(*self.shutdown.borrow());
-                match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
-                    Ok(ResponseParse::Partial) => {}
-                    Ok(ResponseParse::Interim { len, relay }) => {
-                        upbuf.consume(len);
-                        if relay {
-                            let d = Deadline::now() + self.settings.header_read_timeout;
-                            let sent = write_by(self.client, &cout.0, d).await;
-                            cout.0.clear();
-                            sent.map_err(|_| Fail::ClientGone)?;
-                        }
-                        continue;
-                    }
-                    Ok(ResponseParse::Head(h)) => {
-                        upbuf.consume(h.head_len);
-                        return Ok(Answer {
-                            up,
-                            head: h,
-                            rest: upbuf,
-                            out: cout,
-                            tunnel: false,
-                        });
-                    }
-                    Ok(ResponseParse::Switching { len }) => {
-                        upbuf.consume(len);
-                        let head = ResponseHead {
-                            head_len: len,
-                            status: 101,
-                            body: Framing::Close,
-                            upstream_keep_alive: false,
-                            sse: false,
-                            out: response::OutMode::None,
-                            close_client: true,
-                        };
+                match self.parse_head(&mut upbuf, &mut cout, endpoint, rcx).await? {
+                    Parsed::Partial => {}
+                    Parsed::Interim => continue,
+                    Parsed::Head(head, tunnel) => {
                         return Ok(Answer {
                             up,
                             head,
                             rest: upbuf,
                             out: cout,
-                            tunnel: true,
-                        });
+                            tunnel,
+                        })
                     }
-                    Err(m) => return Err(Fail::Proxy(exchange::bad_response(endpoint, &m))),
                 }
             }
+            self.read_head_bytes(&mut up, &mut upbuf, endpoint).await?;
+        }
+    }
+
+    /// Parse what of the response head is in `upbuf` (the client's version of it goes to
+    /// `cout`); an interim answer the client is to see is written to it at once.
+    async fn parse_head(
+        &mut self,
+        upbuf: &mut Buf,
+        cout: &mut Out,
+        endpoint: &Endpoint,
+        rcx: &ResponseContext<'_>,
+    ) -> Result<Parsed, Fail> {
+        let rcx = &rcx.draining(*self.shutdown.borrow());
+        match response::response_head(upbuf.bytes(), rcx, cout.vec()) {
+            Ok(ResponseParse::Partial) => Ok(Parsed::Partial),
+            Ok(ResponseParse::Interim { len, relay }) => {
+                upbuf.consume(len);
+                if relay {
+                    let d = Deadline::now() + self.settings.header_read_timeout;
+                    let sent = write_by(self.client, &cout.0, d).await;
+                    cout.0.clear();
+                    sent.map_err(|_| Fail::ClientGone)?;
+                }
+                Ok(Parsed::Interim)
+            }
+            Ok(ResponseParse::Head(h)) => {
+                upbuf.consume(h.head_len);
+                Ok(Parsed::Head(h, false))
+            }
+            Ok(ResponseParse::Switching { len }) => {
+                upbuf.consume(len);
+                let head = ResponseHead {
+                    head_len: len,
+                    status: 101,
+                    body: Framing::Close,
+                    upstream_keep_alive: false,
+                    sse: false,
+                    out: response::OutMode::None,
+                    close_client: true,
+                };
+                Ok(Parsed::Head(head, true))
+            }
+            Err(m) => Err(Fail::Proxy(exchange::bad_response(endpoint, &m))),
+        }
+    }
+
+    /// Read more of the response head into `upbuf`. While nothing came yet (the model may
+    /// think for minutes) the wait holds no buffer; either way it watches the client.
+    async fn read_head_bytes(
+        &mut self,
+        up: &mut UpstreamSocket,
+        upbuf: &mut Buf,
+        endpoint: &Endpoint,
+    ) -> Result<(), Failed<Fail>> {
+        let max = self.settings.max_header_bytes;
+        loop {
             let nothing_yet = upbuf.is_empty();
             if nothing_yet {
-                // The model may think for minutes: wait without holding a buffer.
                 upbuf.release();
                 let mut ready = pin!(read_ready(&up.stream));
                 if poll_now(ready.as_mut()).is_pending() {
                     tokio::select! {
                         biased;
                         _ = ready => {}
-                        _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone),
+                        _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone.into()),
                     }
                 }
             }
             if !upbuf.reserve(response::MAX_RESPONSE_HEAD) {
-                return Err(Fail::Proxy(exchange::bad_response(endpoint, "response head too large")));
+                return Err(Fail::Proxy(exchange::bad_response(endpoint, "response head too large")).into());
             }
             let r = {
                 let mut fut = pin!(up.stream.read_buf(&mut upbuf.data));
@@ -470,7 +471,7 @@ impl Sender<'_> {
                         tokio::select! {
                             biased;
                             r = fut => r,
-                            _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone),
+                            _ = client_gone(self.client, self.inbuf, max) => return Err(Fail::ClientGone.into()),
                         }
                     }
                 }
@@ -478,12 +479,14 @@ impl Sender<'_> {
             let why = match r {
                 Ok(0) => "closed the connection before answering".to_string(),
                 Err(e) => format!("failed before answering: {e}"),
-                Ok(_) => continue,
+                Ok(_) => return Ok(()),
             };
-            if up.reused && nothing_yet {
-                return Err(Fail::Stale(why));
-            }
-            return Err(Fail::Proxy(exchange::upstream_failed(endpoint, &why)));
+            let e = exchange::upstream_failed(endpoint, &why);
+            return Err(if up.reused && nothing_yet {
+                Failed::Stale(e)
+            } else {
+                Failed::Final(Fail::Proxy(e))
+            });
         }
     }
 
@@ -528,5 +531,37 @@ impl Sender<'_> {
             self.inbuf.consume(take);
         }
         Ok(())
+    }
+}
+
+/// What [`Sender::parse_head`] found.
+enum Parsed {
+    Partial,
+    /// An interim answer, dealt with: the final one follows.
+    Interim,
+    /// The final head; `true`: a 101 that opens a tunnel.
+    Head(ResponseHead, bool),
+}
+
+/// This engine's side of [`Exchange::attempts`].
+struct Tries<'s, 'a> {
+    sender: &'s mut Sender<'a>,
+    req: &'s mut Outgoing,
+    head: &'s RequestHead,
+    rcx: ResponseContext<'s>,
+    /// The whole body went out with the head (see [`Outgoing::facts`]).
+    whole: bool,
+}
+
+impl exchange::Attempts for Tries<'_, '_> {
+    type Answer = Answer;
+    type Error = Fail;
+
+    async fn attempt(&mut self, endpoint: &Arc<Endpoint>, fresh: bool) -> Result<Answer, Failed<Fail>> {
+        self.sender.attempt(endpoint, fresh, self.req, &self.rcx).await
+    }
+
+    fn resend(&self) -> Result<exchange::ResendReason, exchange::Refusal> {
+        exchange::resend(&self.req.facts(self.head, self.whole), self.sender.settings)
     }
 }
