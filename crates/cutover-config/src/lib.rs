@@ -375,18 +375,8 @@ pub fn is_host_name(s: &str) -> bool {
         })
 }
 
-/// The upstream protocol a service's model servers speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    #[default]
-    Http1,
-    /// HTTP/2: with prior knowledge over plain TCP (gRPC model servers), or negotiated by
-    /// ALPN `h2` to `https://` endpoints. `"h2"` is the same setting, the name that reads
-    /// right for TLS endpoints.
-    #[serde(alias = "h2")]
-    H2c,
-}
+/// The upstream protocol a service's model servers speak (`"http1"`, `"h2c"` or `"h2"`).
+pub use cutover_types::Protocol as UpstreamProtocol;
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -574,16 +564,7 @@ pub struct RunConfig {
 }
 
 /// `[services.NAME.run] restart`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Restart after any exit cutover did not ask for (a model server is meant to run until
-    /// stopped, so a clean exit is a failure too), with a doubling backoff.
-    #[default]
-    OnFailure,
-    /// Record and report the exit; never start the process again.
-    Never,
-}
+pub use cutover_types::RestartPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -39,7 +39,6 @@
 pub mod admin;
 pub mod agent;
 pub mod certs;
-pub(crate) mod colors;
 pub mod controller;
 pub mod error;
 pub mod fleet;

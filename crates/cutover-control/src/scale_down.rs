@@ -13,7 +13,6 @@ use std::time::Duration;
 use cutover_proxy::Color;
 use cutover_store::{EventRecord, HistoryKind};
 
-use crate::colors::stored;
 use crate::service::{ColorState, ServiceCtl};
 use crate::store_call::record;
 
@@ -157,7 +156,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         s.record_event(&EventRecord {
             service: &n,
             kind: HistoryKind::ScaledDown,
-            color: Some(stored(color)),
+            color: Some(color),
             version: None,
             actor: "controller",
             reason: &reason,

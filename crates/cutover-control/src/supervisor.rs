@@ -35,7 +35,6 @@ use cutover_config::{RestartPolicy, RunConfig};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, now_rfc3339_millis, EventRecord, HistoryKind, ProcessRecord, Store};
 
-use crate::colors::stored;
 use crate::pause::Pause;
 use crate::store_call::{blocking, record};
 
@@ -343,17 +342,17 @@ impl Default for ExitWatch {
 
 impl ExitWatch {
     pub fn publish(&self, color: Color, exit: Exit) {
-        self.0[idx(color)].send_replace(Some(exit));
+        self.0[color.index()].send_replace(Some(exit));
     }
 
     /// The unasked-for exit of the processes of `epoch`, if one happened.
     pub fn exit_of(&self, color: Color, epoch: u64) -> Option<Exit> {
-        self.0[idx(color)].borrow().clone().filter(|e| e.epoch == epoch)
+        self.0[color.index()].borrow().clone().filter(|e| e.epoch == epoch)
     }
 
     /// Waits for an unasked-for exit of the processes of `epoch` (forever if none comes).
     pub async fn wait_exit(&self, color: Color, epoch: u64) -> Exit {
-        let mut rx = self.0[idx(color)].subscribe();
+        let mut rx = self.0[color.index()].subscribe();
         let seen = rx
             .wait_for(|e| e.as_ref().is_some_and(|e| e.epoch == epoch))
             .await
@@ -432,13 +431,6 @@ impl ColorProcs {
         self.restarts = 0;
         self.recent.clear();
         self.last_exit = None;
-    }
-}
-
-fn idx(c: Color) -> usize {
-    match c {
-        Color::Blue => 0,
-        Color::Green => 1,
     }
 }
 
@@ -524,7 +516,7 @@ impl Supervisor {
 
     /// The current start of `color`'s processes; exits carry it.
     pub fn epoch(&self, color: Color) -> u64 {
-        self.lock()[idx(color)].epoch
+        self.lock()[color.index()].epoch
     }
 
     /// Sets what an exit of `color`'s processes leads to from now on. A color that starts
@@ -533,7 +525,7 @@ impl Supervisor {
     pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
         let dead: Vec<(u64, u32, u32, Duration)> = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let was = std::mem::replace(&mut c.role, role);
             if role != Role::Serving || was == Role::Serving || c.stopping || self.run().restart == RestartPolicy::Never
             {
@@ -558,12 +550,12 @@ impl Supervisor {
     }
 
     pub fn role(&self, color: Color) -> Role {
-        self.lock()[idx(color)].role
+        self.lock()[color.index()].role
     }
 
     /// True when `color` has processes this supervisor watches.
     pub fn has_processes(&self, color: Color) -> bool {
-        !self.lock()[idx(color)].procs.is_empty()
+        !self.lock()[color.index()].procs.is_empty()
     }
 
     /// Starts one process per port of `color` for a release (role `Releasing`), after
@@ -575,7 +567,7 @@ impl Supervisor {
         }
         let epoch = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.renew(Role::Releasing);
             c.epoch
         };
@@ -584,7 +576,7 @@ impl Supervisor {
             let (rec, child) = self.spawn_one(color, version, replica as u32, *port)?;
             {
                 let mut colors = self.lock();
-                let c = &mut colors[idx(color)];
+                let c = &mut colors[color.index()];
                 if c.epoch == epoch {
                     c.procs.push(rec.clone());
                 }
@@ -658,7 +650,7 @@ impl Supervisor {
         Ok((
             ProcessRecord {
                 service: service.into(),
-                color: stored(color),
+                color,
                 replica,
                 port,
                 pid,
@@ -711,7 +703,7 @@ impl Supervisor {
 
     fn is_current(&self, color: Color, epoch: u64, replica: u32, pid: u32) -> bool {
         let colors = self.lock();
-        let c = &colors[idx(color)];
+        let c = &colors[color.index()];
         c.epoch == epoch && c.procs.get(replica as usize).is_some_and(|p| p.pid == pid)
     }
 
@@ -722,7 +714,7 @@ impl Supervisor {
         }
         let epoch = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.renew(role);
             let mut procs = records.clone();
             procs.sort_by_key(|p| p.replica);
@@ -756,7 +748,7 @@ impl Supervisor {
         let service = self.service.clone();
         let (exit, next) = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let Some(rec) = c
                 .procs
                 .get(replica as usize)
@@ -836,7 +828,7 @@ impl Supervisor {
         let permit = self.pause.enter().await;
         let started = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let Some(old) = c
                 .procs
                 .get(replica as usize)
@@ -922,14 +914,14 @@ impl Supervisor {
         let _permit = self.pause.enter().await;
         let procs = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.stopping = true;
             c.procs.clone()
         };
         // Also whatever the store still lists (a process from before adoption was possible).
         let name = self.service.clone();
         let stored_procs = match blocking(&self.store, move |s| s.processes(&name)).await {
-            Ok(r) => r.into_iter().filter(|p| p.color == stored(color)).collect(),
+            Ok(r) => r.into_iter().filter(|p| p.color == color).collect(),
             Err(e) => {
                 tracing::error!(service = %self.service, error = %e, "cannot read managed processes from the store");
                 Vec::new()
@@ -944,14 +936,14 @@ impl Supervisor {
         stop(&all, self.run().stop_timeout.get()).await;
         {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.procs.clear();
             c.role = Role::Idle;
             c.stopping = false;
         }
         let name = self.service.clone();
         record(&self.store, "the stopped processes", &self.service, move |s| {
-            s.remove_processes(&name, stored(color))
+            s.remove_processes(&name, color)
         })
         .await;
     }
@@ -959,7 +951,7 @@ impl Supervisor {
     /// `color`'s processes as `status` shows them.
     pub fn status(&self, color: Color) -> ColorProcesses {
         let colors = self.lock();
-        let c = &colors[idx(color)];
+        let c = &colors[color.index()];
         ColorProcesses {
             role: c.role,
             running: c
@@ -1011,7 +1003,7 @@ pub(crate) async fn process_event(
             &EventRecord {
                 service: &name,
                 kind,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: Some(&version),
                 actor: "supervisor",
                 reason: &reason,

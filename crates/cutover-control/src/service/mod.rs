@@ -25,14 +25,12 @@ use cutover_config::{
 };
 use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::probe::{Generation, Probe};
-use cutover_proxy::Protocol;
 use cutover_proxy::{Color, ColorRoute, Endpoint, RouteTable, Service, ServiceSettings, TrustedProxies};
 use cutover_store::Store;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::colors::stored;
 use crate::error::StoreFailure;
 use crate::pause::Pause;
 use crate::procs::Procs;
@@ -164,21 +162,11 @@ fn outcome_index(o: cutover_release::Outcome) -> usize {
     OUTCOMES.iter().position(|x| *x == o).unwrap_or(0)
 }
 
-fn idx(c: Color) -> usize {
-    match c {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
-}
-
 /// The data plane's settings for a service, from its config.
 pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
     let l = &cfg.limits;
     ServiceSettings {
-        protocol: match cfg.upstream_protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1,
-            UpstreamProtocol::H2c => Protocol::H2c,
-        },
+        protocol: cfg.upstream_protocol,
         max_header_bytes: l.max_header_bytes,
         header_read_timeout: l.header_read_timeout.get(),
         max_body_bytes: l.max_body_bytes,
@@ -314,10 +302,7 @@ pub fn health_spec(cfg: &ServiceConfig) -> HealthSpec {
         timeout: cfg.health.timeout.get(),
         healthy_threshold: cfg.health.healthy_threshold,
         unhealthy_threshold: cfg.health.unhealthy_threshold,
-        protocol: match cfg.upstream_protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1,
-            UpstreamProtocol::H2c => Protocol::H2c,
-        },
+        protocol: cfg.upstream_protocol,
         passive_window: cfg.health.passive_window.get(),
     }
 }
@@ -430,15 +415,15 @@ impl ServiceCtl {
     }
 
     pub(crate) fn set_state(&self, c: Color, state: Option<ColorState>) {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)] = state;
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[c.index()] = state;
     }
 
     pub(crate) fn state(&self, c: Color) -> Option<ColorState> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[c.index()]
     }
 
     pub(crate) fn route(&self, c: Color) -> Option<Arc<ColorRoute>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[c.index()]
             .as_ref()
             .map(|s| s.route.clone())
     }
@@ -456,7 +441,7 @@ impl ServiceCtl {
     /// from before switches recorded versions).
     pub(crate) async fn last_live_version(&self, c: Color) -> Result<Option<String>, StoreFailure> {
         let name = self.name.clone();
-        let v = blocking(&self.store, move |s| s.last_live_version(&name, stored(c))).await?;
+        let v = blocking(&self.store, move |s| s.last_live_version(&name, c)).await?;
         Ok(v.or_else(|| self.version_of(c)))
     }
 
@@ -470,7 +455,7 @@ impl ServiceCtl {
         let _op = self.op.lock().await;
         let _permit = self.pause.enter().await;
         let (name, v) = (self.name.clone(), version.clone());
-        blocking(&self.store, move |s| s.set_version(&name, stored(color), v.as_deref())).await?;
+        blocking(&self.store, move |s| s.set_version(&name, color, v.as_deref())).await?;
         self.install(color, version);
         // Nothing runs there: its checks would only report a planned stop.
         self.unwatch(color);
@@ -492,7 +477,7 @@ impl ServiceCtl {
             .collect();
         let route = ColorRoute::with_endpoints(color, version, endpoints);
         let checks = checked.then(|| health::spawn(&self.name, &route, &self.health()));
-        slots[idx(color)] = Some(Slot {
+        slots[color.index()] = Some(Slot {
             route: route.clone(),
             checks,
         });
@@ -527,7 +512,7 @@ impl ServiceCtl {
     /// Starts `color`'s health checks if they are not running (it is about to serve).
     pub(crate) fn watch(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots[idx(color)].as_mut().filter(|s| s.checks.is_none()) {
+        if let Some(slot) = slots[color.index()].as_mut().filter(|s| s.checks.is_none()) {
             slot.checks = Some(health::spawn(&self.name, &slot.route, &self.health()));
         }
     }
@@ -536,7 +521,7 @@ impl ServiceCtl {
     /// their verdicts, so status shows "not checked" rather than a stale or alarming result.
     pub(crate) fn unwatch(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots[idx(color)].as_mut() {
+        if let Some(slot) = slots[color.index()].as_mut() {
             slot.checks = None;
             for e in slot.route.endpoints().iter() {
                 e.set_health(cutover_proxy::Health::Unknown);
@@ -546,7 +531,7 @@ impl ServiceCtl {
 
     /// True while `color`'s health checks run.
     pub fn watched(&self, color: Color) -> bool {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(color)]
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[color.index()]
             .as_ref()
             .is_some_and(|s| s.checks.is_some())
     }

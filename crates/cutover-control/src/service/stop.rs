@@ -6,7 +6,6 @@ use cutover_store::{EventRecord, HistoryKind};
 use serde::Serialize;
 
 use super::{ColorState, ServiceCtl};
-use crate::colors::stored;
 use crate::error::StopError;
 use crate::store_call::record;
 use crate::supervisor::Role;
@@ -85,7 +84,7 @@ impl ServiceCtl {
             s.record_event(&EventRecord {
                 service: &n,
                 kind: HistoryKind::Stopped,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: v.as_deref(),
                 actor: &actor,
                 reason: &reason,

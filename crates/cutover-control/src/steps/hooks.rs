@@ -4,14 +4,10 @@
 use std::time::Duration;
 
 use super::{deadline_text, excerpt, plural};
+use crate::error::{FailureKind, StepFailure, StepResult};
 
 /// Runs hooks in order; the first non-zero exit (or timeout) fails with its stderr excerpt.
-pub async fn run_hooks(
-    stage: &str,
-    hooks: &[Vec<String>],
-    env: &[(String, String)],
-    timeout: Duration,
-) -> Result<String, String> {
+pub async fn run_hooks(stage: &str, hooks: &[Vec<String>], env: &[(String, String)], timeout: Duration) -> StepResult {
     if hooks.is_empty() {
         return Ok(format!("no {stage} hooks"));
     }
@@ -23,14 +19,19 @@ pub async fn run_hooks(
             .kill_on_drop(true);
         let out = tokio::time::timeout(timeout, cmd.output())
             .await
-            .map_err(|_| format!("{stage} hook {argv:?} did not finish within {}", deadline_text(timeout)))?
-            .map_err(|e| format!("{stage} hook {argv:?} could not start: {e}"))?;
+            .map_err(|_| {
+                hook_failed(format!(
+                    "{stage} hook {argv:?} did not finish within {}",
+                    deadline_text(timeout)
+                ))
+            })?
+            .map_err(|e| hook_failed(format!("{stage} hook {argv:?} could not start: {e}")))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(hook_failed(format!(
                 "{stage} hook {argv:?} exited with {}: {}",
                 out.status,
                 excerpt(&out.stderr).trim()
-            ));
+            )));
         }
     }
     Ok(format!(
@@ -38,4 +39,8 @@ pub async fn run_hooks(
         hooks.len(),
         plural(hooks.len(), "s")
     ))
+}
+
+fn hook_failed(reason: String) -> StepFailure {
+    StepFailure::new(FailureKind::Hook, reason)
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 /// modules listed before it. `admin`, `metrics` and `server` sit on top of `controller`.
 const LAYERS: &[&str] = &[
     "error",
-    "colors",
     "store_call",
     "token",
     "pause",

@@ -12,7 +12,7 @@ use cutover_release::GateResult;
 use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
-use crate::error::StepError;
+use crate::error::{FailureKind, StepError};
 use crate::shadow::{self, Shadow};
 
 /// How often the verdict is read (and abort and exits checked).
@@ -74,19 +74,19 @@ impl ReleaseRun {
     /// Runs the phase; `Ok` is the phase's detail.
     pub(super) async fn shadowing(&mut self, candidate: &Arc<ColorRoute>) -> Result<String, Stop> {
         let phase = self.machine.phase;
-        let fail = |reason: String| Stop::Failed(StepError::new(phase, reason));
+        let fail = |kind: FailureKind, reason: String| Stop::Failed(StepError::new(phase, kind, reason));
         let cfg = self
             .svc
             .cfg()
             .release
             .shadow
             .clone()
-            .ok_or_else(|| fail("the shadowing phase needs release.shadow".into()))?;
+            .ok_or_else(|| fail(FailureKind::Refused, "the shadowing phase needs release.shadow".into()))?;
         let live = self
             .svc
             .live()
             .and_then(|c| self.svc.route(c))
-            .ok_or_else(|| fail("nothing is live to mirror".into()))?;
+            .ok_or_else(|| fail(FailureKind::Refused, "nothing is live to mirror".into()))?;
         // The pause compares live latency with what it was just before mirroring began.
         let before = live.stats.snapshot();
         tokio::time::sleep(shadow::REFERENCE_WINDOW).await;
@@ -101,7 +101,7 @@ impl ReleaseRun {
                 return Err(Stop::Aborted(why));
             }
             if let Some(e) = self.exited() {
-                return Err(fail(self.exit_reason(&e)));
+                return Err(fail(FailureKind::Exited, self.exit_reason(&e)));
             }
             let reading = shadow.reading();
             let end = decide(&reading, &cfg, Instant::now() >= until);
@@ -116,7 +116,7 @@ impl ReleaseRun {
             }
             match end {
                 Some(Ok(detail)) => return Ok(detail),
-                Some(Err(reason)) => return Err(fail(reason)),
+                Some(Err(reason)) => return Err(fail(FailureKind::Gate, reason)),
                 None => {}
             }
         }
