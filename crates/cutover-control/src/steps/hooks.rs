@@ -44,3 +44,47 @@ pub async fn run_hooks(stage: &str, hooks: &[Vec<String>], env: &[(String, Strin
 fn hook_failed(reason: String) -> StepFailure {
     StepFailure::new(FailureKind::Hook, reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    /// Each way a hook can fail is a `Hook` failure whose reason names the stage and the hook;
+    /// hooks after a failed one do not run.
+    #[tokio::test]
+    async fn a_failing_hook_is_a_hook_failure_that_says_which_and_why() {
+        let dir = std::env::temp_dir().join(format!("cutover-hooks-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("ran");
+        let after = argv(&["touch", marker.to_str().unwrap()]);
+        let long = Duration::from_secs(30);
+
+        let e = run_hooks(
+            "pre_switch",
+            &[argv(&["sh", "-c", "echo broken >&2; exit 3"]), after.clone()],
+            &[],
+            long,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Hook);
+        assert!(e.reason.starts_with("pre_switch hook [\"sh\""), "{e}");
+        assert!(e.reason.contains("broken"), "{e}");
+        assert!(!marker.exists(), "the hook after the failed one ran");
+
+        let e = run_hooks("provision", &[argv(&["/nonexistent/cutover-hook"])], &[], long)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Hook);
+        assert!(e.reason.contains("could not start"), "{e}");
+
+        let ok = run_hooks("post_switch", &[after], &[], long).await.unwrap();
+        assert_eq!(ok, "1 post_switch hook succeeded");
+        assert!(marker.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
