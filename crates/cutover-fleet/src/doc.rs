@@ -6,30 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A color as documents write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
-
-impl Color {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Color> {
-        match s {
-            "blue" => Some(Color::Blue),
-            "green" => Some(Color::Green),
-            _ => None,
-        }
-    }
-}
+/// The words documents share with the rest of cutover, spelled as the store and the API spell
+/// them.
+pub use cutover_types::{Color, HistoryKind, RestartPolicy};
 
 /// The version at each color.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +73,8 @@ impl ServiceDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryRecord {
     pub at: String,
-    /// The history kind's text (`switched`, `forced`, `rolled_back`, ...).
-    pub kind: String,
+    /// What the switch was (`switched`, `rolled_back` or `stepped`).
+    pub kind: HistoryKind,
     pub from: Option<Color>,
     pub to: Color,
     pub generation: u64,
@@ -219,8 +198,8 @@ pub struct RunTemplate {
     pub green_ports: Vec<u16>,
     /// Absolute, or `None`: the agent's own working directory.
     pub workdir: Option<String>,
-    /// `on-failure` or `never`.
-    pub restart: String,
+    /// Written `on-failure` or `never`.
+    pub restart: RestartPolicy,
     pub restart_limit: u32,
     pub restart_window_ms: u64,
     pub stop_timeout_ms: u64,
@@ -366,6 +345,30 @@ mod tests {
         assert!(ServiceDoc::parse(b"not json")
             .unwrap_err()
             .contains("invalid service document"));
+    }
+
+    /// Documents as routers wrote them before the kinds and policies were types: the same
+    /// bytes read back as the same words, and are written again unchanged.
+    #[test]
+    fn stored_history_records_and_templates_keep_their_spelling() {
+        let text = r#"{"at":"2026-01-01T00:00:00Z","kind":"rolled_back","from":"green","to":"blue","generation":7,"version":"v1","actor":"alice","reason":"why","router":"r1"}"#;
+        let h: HistoryRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            (h.kind, h.from, h.to),
+            (HistoryKind::RolledBack, Some(Color::Green), Color::Blue)
+        );
+        assert_eq!(serde_json::to_string(&h).unwrap(), text);
+        for (spelling, policy) in [
+            ("on-failure", RestartPolicy::OnFailure),
+            ("never", RestartPolicy::Never),
+        ] {
+            let text = format!(
+                r#"{{"command":["serve"],"env":{{}},"blue_ports":[9001],"green_ports":[9002],"workdir":null,"restart":"{spelling}","restart_limit":5,"restart_window_ms":600000,"stop_timeout_ms":30000}}"#
+            );
+            let t: RunTemplate = serde_json::from_str(&text).unwrap();
+            assert_eq!(t.restart, policy);
+            assert_eq!(serde_json::to_string(&t).unwrap(), text);
+        }
     }
 
     #[test]

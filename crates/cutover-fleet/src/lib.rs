@@ -147,7 +147,7 @@ impl Keys {
     pub fn desired_key<'k>(&self, key: &'k str) -> Option<(&'k str, doc::Color)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("desired/")?;
         let (service, color) = rest.split_once('/')?;
-        Some((service, doc::Color::parse(color)?))
+        Some((service, color.parse().ok()?))
     }
 
     pub fn reports(&self) -> String {
@@ -164,7 +164,7 @@ impl Keys {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("reports/")?;
         let mut parts = rest.splitn(3, '/');
         let (service, color, host) = (parts.next()?, parts.next()?, parts.next()?);
-        Some((service, doc::Color::parse(color)?, host))
+        Some((service, color.parse().ok()?, host))
     }
 }
 

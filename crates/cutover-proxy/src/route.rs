@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -16,48 +15,8 @@ use crate::split::{self, RequestView, Side};
 use crate::stats::{ColorStats, EndpointStats};
 use crate::upstream::Pool;
 
-/// One of the two fixed positions of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
-
-impl Color {
-    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-
-    pub fn other(self) -> Color {
-        match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
-        }
-    }
-}
-
-impl fmt::Display for Color {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Color {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "blue" => Ok(Color::Blue),
-            "green" => Ok(Color::Green),
-            other => Err(format!("unknown color {other:?}: expected \"blue\" or \"green\"")),
-        }
-    }
-}
+/// One of the two fixed positions of a service: the workspace's one color type.
+pub use cutover_types::Color;
 
 /// What active health checks last concluded about an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,13 +6,8 @@ use std::time::Duration;
 use crate::headers::TrustedProxies;
 use crate::tls::UpstreamTls;
 
-/// The upstream protocol of a service's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    #[default]
-    Http1,
-    H2c,
-}
+/// The upstream protocol of a service's endpoints: the workspace's one protocol type.
+pub use cutover_types::Protocol;
 
 /// Which engine serves HTTP/1.1 clients of a service whose upstreams are plain HTTP/1.1 (every
 /// other client or upstream takes hyper whatever this says).

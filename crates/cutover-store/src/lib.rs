@@ -11,9 +11,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+
+use crate::sql::{opt, opt_word, word, Text};
+
+mod schema;
+mod sql;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,108 +34,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// A color as the store writes it (`"blue"` / `"green"`, the same text the API shows).
-///
-/// The store keeps its own enum rather than the data plane's so that it depends on no
-/// networking crate; the control plane converts at its one seam.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    Blue,
-    Green,
-}
-
-impl Color {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-}
-
-impl std::fmt::Display for Color {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a history line records. The text of each is part of the API (`kind` in history).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HistoryKind {
-    /// A switch asked for by a person or a release.
-    Switched,
-    /// A switch back to the previous live color.
-    RolledBack,
-    ReleaseStarted,
-    /// A person (or `auto_promote_after`) approved a release awaiting approval.
-    ReleaseApproved,
-    ReleaseCompleted,
-    ReleaseAborted,
-    ReleaseRolledBack,
-    /// A restart found the release unfinished.
-    ReleaseInterrupted,
-    /// The old color was stopped (managed) or marked stale (static) after `scale_down_delay`.
-    ScaledDown,
-    /// A managed process exited without being asked to; the reason has its status, what
-    /// happens next (restart, or why not) and where its log is.
-    ProcessExited,
-    /// The supervisor started a managed process again after it exited.
-    ProcessRestarted,
-    /// A configuration reload added the service or changed it; the reason lists what changed.
-    Reconfigured,
-    /// Someone stopped a managed color's model servers on purpose (`cutover stop`).
-    Stopped,
-    /// A progressive release gave the new color (`to`) a share of the live traffic; the
-    /// reason says which share and which step. The live color (`from`) is unchanged.
-    Stepped,
-}
-
-impl HistoryKind {
-    const ALL: [HistoryKind; 14] = [
-        HistoryKind::Switched,
-        HistoryKind::RolledBack,
-        HistoryKind::ReleaseStarted,
-        HistoryKind::ReleaseApproved,
-        HistoryKind::ReleaseCompleted,
-        HistoryKind::ReleaseAborted,
-        HistoryKind::ReleaseRolledBack,
-        HistoryKind::ReleaseInterrupted,
-        HistoryKind::ScaledDown,
-        HistoryKind::ProcessExited,
-        HistoryKind::ProcessRestarted,
-        HistoryKind::Reconfigured,
-        HistoryKind::Stopped,
-        HistoryKind::Stepped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HistoryKind::Switched => "switched",
-            HistoryKind::RolledBack => "rolled_back",
-            HistoryKind::ReleaseStarted => "release_started",
-            HistoryKind::ReleaseApproved => "release_approved",
-            HistoryKind::ReleaseCompleted => "release_completed",
-            HistoryKind::ReleaseAborted => "release_aborted",
-            HistoryKind::ReleaseRolledBack => "release_rolled_back",
-            HistoryKind::ReleaseInterrupted => "release_interrupted",
-            HistoryKind::ScaledDown => "scaled_down",
-            HistoryKind::ProcessExited => "process_exited",
-            HistoryKind::ProcessRestarted => "process_restarted",
-            HistoryKind::Reconfigured => "reconfigured",
-            HistoryKind::Stopped => "stopped",
-            HistoryKind::Stepped => "stepped",
-        }
-    }
-}
-
-impl std::fmt::Display for HistoryKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A color as the store writes it (`"blue"` / `"green"`, the same text the API shows), and
+/// what a history line records (`kind`): the workspace's one type for each.
+pub use cutover_types::{Color, HistoryKind};
 
 /// The two kinds of history line a switch writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,38 +54,6 @@ impl From<SwitchKind> for HistoryKind {
             SwitchKind::RolledBack => HistoryKind::RolledBack,
             SwitchKind::Stepped => HistoryKind::Stepped,
         }
-    }
-}
-
-impl ToSql for Color {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for Color {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        match v.as_str()? {
-            "blue" => Ok(Color::Blue),
-            "green" => Ok(Color::Green),
-            other => Err(FromSqlError::Other(format!("not a color: {other:?}").into())),
-        }
-    }
-}
-
-impl ToSql for HistoryKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for HistoryKind {
-    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = v.as_str()?;
-        HistoryKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| FromSqlError::Other(format!("not a history kind: {s:?}").into()))
     }
 }
 
@@ -269,53 +142,6 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS services (
-    name          TEXT PRIMARY KEY,
-    live          TEXT CHECK (live IN ('blue', 'green')),
-    generation    INTEGER NOT NULL DEFAULT 0,
-    blue_version  TEXT,
-    green_version TEXT,
-    updated_at    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS history (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    service     TEXT NOT NULL,
-    at          TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    from_color  TEXT,
-    to_color    TEXT,
-    generation  INTEGER NOT NULL,
-    version     TEXT,
-    actor       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    release_id  INTEGER
-);
-CREATE INDEX IF NOT EXISTS history_by_service ON history (service, id);
-CREATE TABLE IF NOT EXISTS releases (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    service     TEXT NOT NULL,
-    doc         TEXT NOT NULL,
-    finished    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS releases_by_service ON releases (service, id);
-CREATE TABLE IF NOT EXISTS processes (
-    service     TEXT NOT NULL,
-    color       TEXT NOT NULL,
-    replica     INTEGER NOT NULL,
-    port        INTEGER NOT NULL,
-    pid         INTEGER NOT NULL,
-    start_time  INTEGER NOT NULL,
-    version     TEXT NOT NULL,
-    log         TEXT,
-    started_at  TEXT,
-    PRIMARY KEY (service, color, replica)
-);
-"#;
-
-/// Columns added after the first schema, with their type: added to an older file at open.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("processes", "log", "TEXT"), ("processes", "started_at", "TEXT")];
-
 /// Now, as RFC 3339 UTC with seconds, e.g. `2026-11-27T10:00:00Z`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
@@ -338,17 +164,7 @@ impl Store {
             tracing::warn!(%mode, "store: the file system refused WAL mode; commits are still durable but slower");
         }
         conn.execute_batch("PRAGMA synchronous=FULL;")?;
-        conn.execute_batch(SCHEMA)?;
-        for (table, column, ty) in ADDED_COLUMNS {
-            let has: bool = conn.query_row(
-                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-                params![column],
-                |r| r.get(0),
-            )?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty};"))?;
-            }
-        }
+        schema::bring_up_to_date(&conn)?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -411,7 +227,7 @@ impl Store {
         let live = if make_live { Some(rec.to) } else { cur.live };
         tx.execute(
             "UPDATE services SET live = ?2, generation = ?3, updated_at = ?4 WHERE name = ?1",
-            params![rec.service, live, generation as i64, at],
+            params![rec.service, opt(live), generation as i64, at],
         )?;
         tx.execute(
             "INSERT INTO history (service, at, kind, from_color, to_color, generation, version, actor, reason, release_id)
@@ -419,9 +235,9 @@ impl Store {
             params![
                 rec.service,
                 at,
-                HistoryKind::from(rec.kind),
-                cur.live,
-                rec.to,
+                Text(HistoryKind::from(rec.kind)),
+                opt(cur.live),
+                Text(rec.to),
                 generation as i64,
                 cur.version(rec.to),
                 rec.actor,
@@ -444,7 +260,7 @@ impl Store {
              WHERE name = ?1 AND generation < ?3",
             params![
                 s.name,
-                s.live,
+                opt(s.live),
                 s.generation as i64,
                 s.blue_version,
                 s.green_version,
@@ -491,9 +307,9 @@ impl Store {
             params![
                 e.service,
                 at,
-                e.kind,
-                cur.live,
-                e.color,
+                Text(e.kind),
+                opt(cur.live),
+                opt(e.color),
                 cur.generation as i64,
                 e.version,
                 e.actor,
@@ -515,9 +331,9 @@ impl Store {
             Ok(HistoryEntry {
                 id: r.get(0)?,
                 at: r.get(1)?,
-                kind: r.get(2)?,
-                from: r.get(3)?,
-                to: r.get(4)?,
+                kind: word(r, 2)?,
+                from: opt_word(r, 3)?,
+                to: opt_word(r, 4)?,
                 generation: r.get::<_, i64>(5)? as u64,
                 version: r.get(6)?,
                 actor: r.get(7)?,
@@ -537,7 +353,12 @@ impl Store {
             .query_row(
                 "SELECT version FROM history WHERE service = ?1 AND to_color = ?2 AND kind IN (?3, ?4)
                  ORDER BY id DESC LIMIT 1",
-                params![service, color, HistoryKind::Switched, HistoryKind::RolledBack],
+                params![
+                    service,
+                    Text(color),
+                    Text(HistoryKind::Switched),
+                    Text(HistoryKind::RolledBack)
+                ],
                 |r| r.get(0),
             )
             .optional()?;
@@ -634,7 +455,7 @@ impl Store {
     pub fn put_process(&self, p: &ProcessRecord) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO processes (service, color, replica, port, pid, start_time, version, log, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![p.service, p.color, p.replica, p.port, p.pid, p.start_time as i64, p.version, p.log, p.started_at],
+            params![p.service, Text(p.color), p.replica, p.port, p.pid, p.start_time as i64, p.version, p.log, p.started_at],
         )?;
         Ok(())
     }
@@ -642,7 +463,7 @@ impl Store {
     pub fn remove_processes(&self, service: &str, color: Color) -> Result<()> {
         self.conn().execute(
             "DELETE FROM processes WHERE service = ?1 AND color = ?2",
-            params![service, color],
+            params![service, Text(color)],
         )?;
         Ok(())
     }
@@ -655,7 +476,7 @@ impl Store {
         let rows = st.query_map(params![service], |r| {
             Ok(ProcessRecord {
                 service: r.get(0)?,
-                color: r.get(1)?,
+                color: word(r, 1)?,
                 replica: r.get(2)?,
                 port: r.get(3)?,
                 pid: r.get(4)?,
@@ -682,7 +503,7 @@ fn read_service(conn: &Connection, name: &str) -> Result<Option<ServiceState>> {
             |r| {
                 Ok(ServiceState {
                     name: r.get(0)?,
-                    live: r.get(1)?,
+                    live: opt_word(r, 1)?,
                     generation: r.get::<_, i64>(2)? as u64,
                     blue_version: r.get(3)?,
                     green_version: r.get(4)?,
@@ -693,228 +514,4 @@ fn read_service(conn: &Connection, name: &str) -> Result<Option<ServiceState>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_store() -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("cutover-store-test-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cutover.db");
-        (Store::open(&path).unwrap(), path)
-    }
-
-    fn rand_suffix() -> u128 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    }
-
-    fn switch(service: &str, gen: u64, to: Color) -> SwitchRecord<'_> {
-        SwitchRecord {
-            service,
-            expected_generation: gen,
-            to,
-            kind: SwitchKind::Switched,
-            actor: "test",
-            reason: "because",
-            release_id: None,
-        }
-    }
-
-    #[test]
-    fn a_step_keeps_the_live_color_and_is_a_compare_and_swap_with_its_own_history_line() {
-        let (s, _) = temp_store();
-        s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
-        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
-        let step = SwitchRecord {
-            kind: SwitchKind::Stepped,
-            ..switch("chat", 1, Color::Green)
-        };
-        let st = s.step(&step).unwrap();
-        assert_eq!((st.live, st.generation), (Some(Color::Blue), 2), "live unchanged, +1");
-        assert!(matches!(
-            s.step(&step),
-            Err(StoreError::Conflict { expected: 1, actual: 2 })
-        ));
-        let h = s.history("chat", 1).unwrap();
-        assert_eq!(
-            (h[0].kind, h[0].from, h[0].to, h[0].generation, h[0].version.as_deref()),
-            (
-                HistoryKind::Stepped,
-                Some(Color::Blue),
-                Some(Color::Green),
-                2,
-                Some("v2")
-            )
-        );
-    }
-
-    #[test]
-    fn switch_is_compare_and_swap_and_recorded() {
-        let (s, _) = temp_store();
-        let st = s.ensure_service("chat", Some("v1"), Some("v2")).unwrap();
-        assert_eq!((st.live, st.generation), (None, 0));
-        let st = s.switch(&switch("chat", 0, Color::Blue)).unwrap();
-        assert_eq!((st.live, st.generation), (Some(Color::Blue), 1));
-        match s.switch(&switch("chat", 0, Color::Green)) {
-            Err(StoreError::Conflict { expected: 0, actual: 1 }) => {}
-            other => panic!("expected conflict, got {other:?}"),
-        }
-        let st = s.switch(&switch("chat", 1, Color::Green)).unwrap();
-        assert_eq!(st.generation, 2);
-        let h = s.history("chat", 10).unwrap();
-        assert_eq!(h.len(), 2);
-        assert_eq!(
-            (h[0].from, h[0].to, h[0].kind, h[0].generation),
-            (Some(Color::Blue), Some(Color::Green), HistoryKind::Switched, 2)
-        );
-        assert_eq!(h[0].version.as_deref(), Some("v2"));
-        assert_eq!(h[1].from, None);
-    }
-
-    #[test]
-    fn last_live_version_skips_labels_that_never_went_live() {
-        let (s, _) = temp_store();
-        s.ensure_service("chat", None, None).unwrap();
-        assert_eq!(s.last_live_version("chat", Color::Green).unwrap(), None);
-        s.set_version("chat", Color::Blue, Some("v1")).unwrap();
-        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
-        s.set_version("chat", Color::Green, Some("v2")).unwrap();
-        s.switch(&switch("chat", 1, Color::Green)).unwrap();
-        s.set_version("chat", Color::Blue, Some("v3")).unwrap();
-        s.switch(&switch("chat", 2, Color::Blue)).unwrap();
-        // An aborted release into green wrote its label and never went live.
-        s.set_version("chat", Color::Green, Some("bad")).unwrap();
-        assert_eq!(
-            s.last_live_version("chat", Color::Green).unwrap().as_deref(),
-            Some("v2")
-        );
-        assert_eq!(s.last_live_version("chat", Color::Blue).unwrap().as_deref(), Some("v3"));
-    }
-
-    #[test]
-    fn state_survives_reopen_and_config_versions_do_not_override() {
-        let (s, path) = temp_store();
-        s.ensure_service("chat", Some("v1"), None).unwrap();
-        s.switch(&switch("chat", 0, Color::Blue)).unwrap();
-        s.set_version("chat", Color::Green, Some("v7")).unwrap();
-        drop(s);
-        let s = Store::open(&path).unwrap();
-        let st = s.ensure_service("chat", Some("other"), Some("other")).unwrap();
-        assert_eq!(st.live, Some(Color::Blue));
-        assert_eq!(st.generation, 1);
-        assert_eq!(st.blue_version.as_deref(), Some("v1"));
-        assert_eq!(st.green_version.as_deref(), Some("v7"));
-        assert_eq!(s.integrity_check().unwrap(), "ok");
-    }
-
-    #[test]
-    fn fleet_release_ids_start_past_a_floor_and_imports_keep_theirs() {
-        let (s, _) = temp_store();
-        let doc = serde_json::json!({"phase": "provisioning"});
-        assert_eq!(s.insert_release_from("chat", &doc, 40).unwrap(), 40);
-        // Past the floor, the next id follows the highest.
-        assert_eq!(s.insert_release_from("chat", &doc, 1).unwrap(), 41);
-        s.put_release(90, "chat", &serde_json::json!({"phase": "verifying"}), false)
-            .unwrap();
-        s.put_release(90, "chat", &serde_json::json!({"phase": "completed"}), true)
-            .unwrap();
-        assert_eq!(s.release(90).unwrap().unwrap().1["phase"], "completed");
-        assert_eq!(s.insert_release("chat", &doc).unwrap(), 91);
-    }
-
-    #[test]
-    fn releases_and_processes_round_trip() {
-        let (s, _) = temp_store();
-        s.ensure_service("chat", None, None).unwrap();
-        let id = s
-            .insert_release("chat", &serde_json::json!({"phase": "provisioning"}))
-            .unwrap();
-        assert_eq!(s.unfinished_releases("chat").unwrap().len(), 1);
-        s.update_release(id, &serde_json::json!({"phase": "completed"}), true)
-            .unwrap();
-        assert!(s.unfinished_releases("chat").unwrap().is_empty());
-        assert_eq!(s.release(id).unwrap().unwrap().1["phase"], "completed");
-        let p = ProcessRecord {
-            service: "chat".into(),
-            color: Color::Green,
-            replica: 0,
-            port: 9002,
-            pid: 42,
-            start_time: 7,
-            version: "v2".into(),
-            log: Some("/logs/chat-green-0-20261127T100000.000Z.log".into()),
-            started_at: Some("2026-11-27T10:00:00Z".into()),
-        };
-        s.put_process(&p).unwrap();
-        assert_eq!(s.processes("chat").unwrap(), vec![p]);
-        s.remove_processes("chat", Color::Green).unwrap();
-        assert!(s.processes("chat").unwrap().is_empty());
-    }
-
-    /// A store file from before logs were kept per start gets the new columns at open, and
-    /// its rows read back with them empty.
-    #[test]
-    fn an_older_processes_table_gains_the_new_columns() {
-        let (s, path) = temp_store();
-        drop(s);
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "DROP TABLE processes; CREATE TABLE processes (service TEXT NOT NULL, color TEXT NOT NULL, replica INTEGER NOT NULL, port INTEGER NOT NULL, pid INTEGER NOT NULL, start_time INTEGER NOT NULL, version TEXT NOT NULL, PRIMARY KEY (service, color, replica));
-             INSERT INTO processes VALUES ('chat', 'blue', 0, 9001, 42, 7, 'v1');",
-        )
-        .unwrap();
-        drop(conn);
-        let s = Store::open(&path).unwrap();
-        let p = s.processes("chat").unwrap();
-        assert_eq!((p[0].pid, p[0].log.clone(), p[0].started_at.clone()), (42, None, None));
-        drop(s);
-        // Opening again finds the columns there and adds nothing.
-        Store::open(&path).unwrap();
-    }
-
-    /// The API shows these strings; the enums must write exactly what the strings were.
-    #[test]
-    fn kinds_and_colors_keep_their_stored_and_json_text() {
-        for k in HistoryKind::ALL {
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
-        }
-        assert_eq!(serde_json::to_value(Color::Green).unwrap(), "green");
-        let (s, _) = temp_store();
-        s.ensure_service("chat", None, None).unwrap();
-        s.switch(&SwitchRecord {
-            kind: SwitchKind::RolledBack,
-            ..switch("chat", 0, Color::Green)
-        })
-        .unwrap();
-        s.record_event(&EventRecord {
-            service: "chat",
-            kind: HistoryKind::ReleaseInterrupted,
-            color: Some(Color::Blue),
-            version: Some("v2"),
-            actor: "controller",
-            reason: "restart",
-            release_id: Some(3),
-        })
-        .unwrap();
-        let raw: Vec<(String, Option<String>)> = s
-            .conn()
-            .prepare("SELECT kind, to_color FROM history ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<std::result::Result<_, _>>()
-            .unwrap();
-        assert_eq!(
-            raw,
-            vec![
-                ("rolled_back".to_string(), Some("green".to_string())),
-                ("release_interrupted".to_string(), Some("blue".to_string()))
-            ]
-        );
-        let h = s.history("chat", 10).unwrap();
-        assert_eq!(h[0].kind, HistoryKind::ReleaseInterrupted);
-        assert_eq!(h[0].from, Some(Color::Green), "from is the stored live color");
-    }
-}
+mod tests;

@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use serde::Deserialize;
-
 use crate::value::{Duration, EndpointSpec};
 
 pub use external::{PrometheusGate, Reduce, ScrapeGate};
@@ -164,18 +162,8 @@ pub struct EtcdUser {
     pub password_file: PathBuf,
 }
 
-/// The upstream protocol a service's model servers speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    #[default]
-    Http1,
-    /// HTTP/2: with prior knowledge over plain TCP (gRPC model servers), or negotiated by
-    /// ALPN `h2` to `https://` endpoints. `"h2"` is the same setting, the name that reads
-    /// right for TLS endpoints.
-    #[serde(alias = "h2")]
-    H2c,
-}
+/// The upstream protocol a service's model servers speak (`"http1"`, `"h2c"` or `"h2"`).
+pub use cutover_types::Protocol as UpstreamProtocol;
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {

@@ -72,16 +72,7 @@ fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
 }
 
 /// `[services.NAME.run] restart`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Restart after any exit cutover did not ask for (a model server is meant to run until
-    /// stopped, so a clean exit is a failure too), with a doubling backoff.
-    #[default]
-    OnFailure,
-    /// Record and report the exit; never start the process again.
-    Never,
-}
+pub use cutover_types::RestartPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -27,17 +27,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use cutover_config::{ColorPorts, RestartPolicy, RunConfig};
+use cutover_config::{ColorPorts, RunConfig};
 use cutover_fleet::doc::{
-    Color as FColor, DesiredProcs, HostDoc, HostReport, HostState, ProcRole, ReportedExit, ReportedProcess,
-    RunTemplate, Wanted,
+    Color, DesiredProcs, HostDoc, HostReport, HostState, ProcRole, ReportedExit, ReportedProcess, RunTemplate, Wanted,
 };
 use cutover_fleet::etcd::{Event, WatchMsg};
 use cutover_fleet::{Etcd, EtcdError, Keys};
-use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, Store};
 
-use crate::base::colors::{from_fleet, stored};
 use crate::base::pause::Pause;
 use crate::procs::supervisor::{self, Dirs, Role, Supervisor};
 
@@ -75,7 +72,7 @@ pub struct AgentOptions {
     pub allowed: Option<Vec<String>>,
 }
 
-type Key = (String, FColor);
+type Key = (String, Color);
 
 /// What the agent did with one color's desired document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,11 +127,7 @@ fn run_config(t: &RunTemplate, advertise: IpAddr) -> RunConfig {
         workdir: t.workdir.as_ref().map(PathBuf::from),
         host: advertise,
         hosts: Vec::new(),
-        restart: if t.restart == "never" {
-            RestartPolicy::Never
-        } else {
-            RestartPolicy::OnFailure
-        },
+        restart: t.restart,
         restart_limit: t.restart_limit,
         restart_window: cutover_config::Duration(Duration::from_millis(t.restart_window_ms)),
     }
@@ -259,7 +252,7 @@ impl Agent {
 
     /// Writes what was applied (a temporary file renamed over the old one: never half).
     fn save(&self) {
-        let rows: Vec<(String, FColor, Applied)> = Self::lock(&self.applied)
+        let rows: Vec<(String, Color, Applied)> = Self::lock(&self.applied)
             .iter()
             .map(|((s, c), a)| (s.clone(), *c, a.clone()))
             .collect();
@@ -276,7 +269,7 @@ impl Agent {
     /// one gone is reported as an exit (and restarted when its color serves).
     fn restore(&self) -> anyhow::Result<()> {
         let path = self.snapshot_path();
-        let rows: Vec<(String, FColor, Applied)> = match std::fs::read(&path) {
+        let rows: Vec<(String, Color, Applied)> = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::error!(path = %path.display(), error = %e, "unreadable snapshot: starting from etcd's desired state (its processes are started again)");
                 Vec::new()
@@ -285,7 +278,6 @@ impl Agent {
             Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
         };
         for (service, color, a) in rows {
-            let c = from_fleet(color);
             if a.doc.wanted == Wanted::Run && a.state == HostState::Running {
                 let key = (service.clone(), color);
                 let refused = self.refusal(&a.doc.template);
@@ -294,25 +286,25 @@ impl Agent {
                     .store
                     .processes(&service)?
                     .into_iter()
-                    .filter(|p| p.color == stored(c))
+                    .filter(|p| p.color == color)
                     .collect();
                 for p in &records {
                     if supervisor::alive(p) {
-                        tracing::info!(service = %service, color = %c, pid = p.pid, port = p.port, version = %p.version, "adopted running model server");
+                        tracing::info!(service = %service, color = %color, pid = p.pid, port = p.port, version = %p.version, "adopted running model server");
                     } else {
-                        tracing::warn!(service = %service, color = %c, pid = p.pid, "a model server from before the agent's restart is gone");
+                        tracing::warn!(service = %service, color = %color, pid = p.pid, "a model server from before the agent's restart is gone");
                     }
                 }
                 // Started under a wider --allow-command than this agent's: kept running (a
                 // restart of the agent must not take a model down), never started again.
                 let role = match &refused {
                     Some(why) => {
-                        tracing::warn!(service = %service, color = %c, reason = %why, "adopted model servers this agent would not start; they are not restarted if they exit");
+                        tracing::warn!(service = %service, color = %color, reason = %why, "adopted model servers this agent would not start; they are not restarted if they exit");
                         Role::Idle
                     }
                     None => role_of(a.doc.role),
                 };
-                sup.adopt(c, records, role);
+                sup.adopt(color, records, role);
             }
             Self::lock(&self.applied).insert((service, color), a);
         }
@@ -489,8 +481,7 @@ impl Agent {
     }
 
     async fn reconcile(&self, key: Key, doc: DesiredProcs) {
-        let (service, fcolor) = (key.0.clone(), key.1);
-        let color: Color = from_fleet(fcolor);
+        let (service, color) = (key.0.clone(), key.1);
         let mine = doc.hosts.contains(&self.opts.host);
         let wanted = if mine { doc.wanted } else { Wanted::Stop };
         let current = Self::lock(&self.applied).get(&key).cloned();
@@ -566,7 +557,7 @@ impl Agent {
 
     fn report_of(&self, key: &Key, a: &Applied) -> HostReport {
         let sup = Self::lock(&self.sups).get(key).cloned();
-        let status = sup.map(|s| s.status(from_fleet(key.1)));
+        let status = sup.map(|s| s.status(key.1));
         let (processes, restarts, last_exit) = match (&status, a.state) {
             (Some(st), HostState::Running) => (
                 st.running

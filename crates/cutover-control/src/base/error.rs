@@ -123,20 +123,99 @@ pub enum ControlError {
     Store(#[from] StoreFailure),
 }
 
-/// A release step that failed: the phase it failed in and why, as the release document
-/// will say it.
+/// What sort of failure ended a release step: the reason is for people, the kind for code
+/// and logs that tell failures apart without reading the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The step did not finish within its deadline.
+    Deadline,
+    /// The color's model servers could not be stopped, started or woken.
+    Processes,
+    /// Endpoints did not become healthy.
+    Unhealthy,
+    /// An endpoint gave no answer, or not the one expected (warm-up, smoke checks).
+    Answers,
+    /// A user's hook exited non-zero, timed out or could not start.
+    Hook,
+    /// The store did not record what the step did.
+    Store,
+    /// A model server of the new color exited during the step.
+    Exited,
+    /// A gate judged the new color and failed it (verify, shadow comparison).
+    Gate,
+    /// The switch, a traffic step or the phase change was refused.
+    Refused,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Processes => "processes",
+            FailureKind::Unhealthy => "unhealthy",
+            FailureKind::Answers => "answers",
+            FailureKind::Hook => "hook",
+            FailureKind::Store => "store",
+            FailureKind::Exited => "exited",
+            FailureKind::Gate => "gate",
+            FailureKind::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a release step failed: its kind, and the reason as the release document will say it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct StepFailure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl StepFailure {
+    pub fn new(kind: FailureKind, reason: impl Into<String>) -> StepFailure {
+        StepFailure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// A `map_err` for a failure of one kind: `.map_err(StepFailure::of(FailureKind::Hook))`.
+    pub fn of<E: Into<String>>(kind: FailureKind) -> impl Fn(E) -> StepFailure {
+        move |reason| StepFailure::new(kind, reason)
+    }
+}
+
+/// What a release step returns: a detail for the release document, or why it failed.
+pub type StepResult<T = String> = Result<T, StepFailure>;
+
+/// A release step that failed: the phase it failed in, what sort of failure it was and why,
+/// as the release document will say it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct StepError {
     pub phase: Phase,
+    pub kind: FailureKind,
     pub reason: String,
 }
 
 impl StepError {
-    pub fn new(phase: Phase, reason: impl Into<String>) -> StepError {
+    pub fn new(phase: Phase, kind: FailureKind, reason: impl Into<String>) -> StepError {
         StepError {
             phase,
+            kind,
             reason: reason.into(),
         }
+    }
+
+    /// `failure`, in `phase`.
+    pub fn during(phase: Phase, failure: StepFailure) -> StepError {
+        StepError::new(phase, failure.kind, failure.reason)
     }
 }

@@ -3,7 +3,6 @@
 //! certificate stores (the listeners' and etcd's).
 
 pub mod certs;
-pub(crate) mod colors;
 pub mod error;
 pub mod pause;
 pub(crate) mod store_call;

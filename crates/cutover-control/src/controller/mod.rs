@@ -14,7 +14,6 @@ use cutover_proxy::Color;
 use cutover_release::Outcome;
 use cutover_store::{HistoryEntry, Store};
 
-use crate::base::colors::{routed, stored};
 use crate::base::error::{ControlError, ReleaseError};
 use crate::base::pause::{Pause, Quiesced};
 use crate::base::store_call::blocking;
@@ -127,14 +126,14 @@ impl Controller {
         let records = self.store.processes(name)?;
         let live = svc.live();
         for c in Color::ALL {
-            let mine: Vec<_> = records.iter().filter(|p| p.color == stored(c)).cloned().collect();
+            let mine: Vec<_> = records.iter().filter(|p| p.color == c).cloned().collect();
             let (alive, dead): (Vec<_>, Vec<_>) = mine.into_iter().partition(supervisor::alive);
             for p in &alive {
                 tracing::info!(service = %name, color = %c, pid = p.pid, version = %p.version, port = p.port, "adopted running model server");
             }
             if !dead.is_empty() {
                 tracing::warn!(service = %name, color = %c, gone = dead.len(), "managed processes from before the restart are gone");
-                self.store.remove_processes(name, stored(c))?;
+                self.store.remove_processes(name, c)?;
                 for p in &alive {
                     self.store.put_process(p)?;
                 }
@@ -501,7 +500,7 @@ fn restore(
         pause.clone(),
         remote,
     );
-    let live = state.live.map(routed);
+    let live = state.live;
     svc.publish(live, state.generation);
     tracing::info!(
         service = %name,

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use cutover_config::{RestartPolicy, RunConfig};
+use cutover_config::RunConfig;
 use cutover_fleet::doc::{DesiredProcs, HostReport, HostState, ProcRole, RunTemplate, Wanted};
 use cutover_fleet::etcd::{Compare, Kv, Op, Txn};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, HistoryKind, ProcessRecord, Store};
 
-use crate::base::colors::{fleet_color, stored};
 use crate::fleet::link::FleetLink;
 use crate::procs::supervisor::{process_event, ColorProcesses, Exit, ExitWatch, ProcessStatus, Role};
 
@@ -38,13 +37,6 @@ fn role_doc(r: Role) -> ProcRole {
     }
 }
 
-fn idx(c: Color) -> usize {
-    match c {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
-}
-
 /// The template agents start processes from, as the controller's config says it.
 pub fn template_of(run: &RunConfig) -> RunTemplate {
     RunTemplate {
@@ -53,10 +45,7 @@ pub fn template_of(run: &RunConfig) -> RunTemplate {
         blue_ports: run.ports.blue.clone(),
         green_ports: run.ports.green.clone(),
         workdir: run.workdir.as_ref().map(|w| w.display().to_string()),
-        restart: match run.restart {
-            RestartPolicy::OnFailure => "on-failure".into(),
-            RestartPolicy::Never => "never".into(),
-        },
+        restart: run.restart,
         restart_limit: run.restart_limit,
         restart_window_ms: run.restart_window.get().as_millis() as u64,
         stop_timeout_ms: run.stop_timeout.get().as_millis() as u64,
@@ -143,7 +132,7 @@ impl RemoteProcs {
     }
 
     fn desired(&self, color: Color) -> Option<(DesiredProcs, i64)> {
-        self.link.get()?.hosts.desired(&self.service, fleet_color(color))
+        self.link.get()?.hosts.desired(&self.service, color)
     }
 
     /// The current start of `color` (its desired document's epoch); exits carry it.
@@ -158,7 +147,7 @@ impl RemoteProcs {
     /// the view has the new document at once, so what follows need not wait for the watch.
     async fn write(&self, color: Color, doc: &DesiredProcs, expected: i64, fenced: bool) -> Result<bool, String> {
         let link = self.link()?;
-        let key = link.keys.desired_of(&self.service, fleet_color(color));
+        let key = link.keys.desired_of(&self.service, color);
         let value = bytes::Bytes::from(doc.to_bytes());
         let txn = Txn {
             compare: vec![if expected == 0 {
@@ -259,7 +248,7 @@ impl RemoteProcs {
         loop {
             let got: BTreeMap<String, HostReport> = link
                 .hosts
-                .reports(&self.service, fleet_color(color))
+                .reports(&self.service, color)
                 .into_iter()
                 .filter(|(h, r)| hosts.contains(h) && r.epoch == epoch && done(r))
                 .collect();
@@ -289,7 +278,7 @@ impl RemoteProcs {
                 self.service
             ));
         }
-        let _w = self.writes[idx(color)].lock().await;
+        let _w = self.writes[color.index()].lock().await;
         let doc = self
             .write_new_epoch(
                 color,
@@ -300,7 +289,7 @@ impl RemoteProcs {
             )
             .await?;
         let epoch = doc.epoch;
-        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Releasing;
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[color.index()] = Role::Releasing;
         let reports = self
             .await_reports(color, epoch, &hosts, START_WAIT, |r| r.state != HostState::Stopped)
             .await;
@@ -329,7 +318,7 @@ impl RemoteProcs {
             .flat_map(|(h, r)| {
                 r.processes.iter().map(move |p| ProcessRecord {
                     service: self.service.clone(),
-                    color: stored(color),
+                    color,
                     replica: p.replica,
                     port: p.port,
                     pid: p.pid,
@@ -353,7 +342,7 @@ impl RemoteProcs {
         wanted
             || self.link.get().is_some_and(|l| {
                 l.hosts
-                    .reports(&self.service, fleet_color(color))
+                    .reports(&self.service, color)
                     .values()
                     .any(|r| !r.processes.is_empty())
             })
@@ -363,7 +352,7 @@ impl RemoteProcs {
     /// (up to `stop_timeout` and a margin). An agent cut from etcd stops them when it is
     /// back: the stop is its desired state from now on.
     pub async fn stop(&self, color: Color) {
-        let _w = self.writes[idx(color)].lock().await;
+        let _w = self.writes[color.index()].lock().await;
         self.stop_locked(color).await;
     }
 
@@ -381,7 +370,7 @@ impl RemoteProcs {
                 return false;
             }
         }
-        let _w = self.writes[idx(color)].lock().await;
+        let _w = self.writes[color.index()].lock().await;
         let abandoned = self.desired(color).is_some_and(|(d, _)| {
             d.wanted == Wanted::Run
                 && (d.role == ProcRole::Releasing || version.is_some_and(|v| d.version.as_deref() == Some(v)))
@@ -436,7 +425,7 @@ impl RemoteProcs {
                 return false;
             }
         };
-        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Role::Idle;
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[color.index()] = Role::Idle;
         let Ok(link) = self.link() else { return true };
         let connected: Vec<String> = hosts.iter().filter(|h| link.hosts.connected(h)).cloned().collect();
         for h in hosts.iter().filter(|h| !connected.contains(h)) {
@@ -465,9 +454,9 @@ impl RemoteProcs {
     /// never overwritten; a role rewrite by another router is read and this one retried).
     /// Asked before the fleet was read, it is written once it is.
     pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
-        self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = role;
+        self.roles.lock().unwrap_or_else(|p| p.into_inner())[color.index()] = role;
         if !self.link.get().is_some_and(|l| l.hosts.was_read()) {
-            self.pending.lock().unwrap_or_else(|p| p.into_inner())[idx(color)] = Some(role);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner())[color.index()] = Some(role);
             return;
         }
         match self.desired(color) {
@@ -476,7 +465,7 @@ impl RemoteProcs {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let _w = me.writes[idx(color)].lock().await;
+            let _w = me.writes[color.index()].lock().await;
             for _ in 0..5 {
                 // Read again under the lock: a stop or a new start since is not overwritten.
                 let Some((mut d, rev)) = me.desired(color) else { return };
@@ -508,7 +497,7 @@ impl RemoteProcs {
                 ProcRole::Idle => Role::Idle,
             },
             Some(_) => Role::Idle,
-            None => self.roles.lock().unwrap_or_else(|p| p.into_inner())[idx(color)],
+            None => self.roles.lock().unwrap_or_else(|p| p.into_inner())[color.index()],
         }
     }
 
@@ -533,15 +522,15 @@ impl RemoteProcs {
     ) {
         for color in Color::ALL {
             let Some((d, _)) = self.desired(color) else { continue };
-            for (host, r) in link.hosts.reports(&self.service, fleet_color(color)) {
+            for (host, r) in link.hosts.reports(&self.service, color) {
                 let Some(e) = r.last_exit.filter(|_| r.epoch == d.epoch) else {
                     continue;
                 };
                 let mark = (r.epoch, e.pid, e.at.clone());
-                if seen.get(&(idx(color), host.clone())) == Some(&mark) {
+                if seen.get(&(color.index(), host.clone())) == Some(&mark) {
                     continue;
                 }
-                seen.insert((idx(color), host.clone()), mark);
+                seen.insert((color.index(), host.clone()), mark);
                 if quiet {
                     continue;
                 }
@@ -584,7 +573,7 @@ impl RemoteProcs {
         let (Some(link), Some((d, _))) = (self.link.get(), self.desired(color)) else {
             return out;
         };
-        for (host, r) in link.hosts.reports(&self.service, fleet_color(color)) {
+        for (host, r) in link.hosts.reports(&self.service, color) {
             // An away host's last report is all anyone knows of it: its processes may still
             // run (a stop it has not received yet), so they stay listed, as unknown.
             let away = !link.hosts.connected(&host);
@@ -633,11 +622,11 @@ impl RemoteProcs {
         };
         let mut out: BTreeMap<(usize, String), (Color, u64)> = BTreeMap::new();
         for color in Color::ALL {
-            for r in link.hosts.reports(&self.service, fleet_color(color)).values() {
+            for r in link.hosts.reports(&self.service, color).values() {
                 let Some(v) = r.processes.first().map(|p| p.version.clone()) else {
                     continue;
                 };
-                out.entry((idx(color), v)).or_insert((color, 0)).1 += r.restarts;
+                out.entry((color.index(), v)).or_insert((color, 0)).1 += r.restarts;
             }
         }
         out.into_iter().map(|((_, v), (c, n))| (c, v, n)).collect()

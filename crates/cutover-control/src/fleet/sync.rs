@@ -13,7 +13,6 @@ use cutover_fleet::etcd::{Compare, Event, Kv, Op, Txn, WatchMsg};
 use cutover_fleet::EtcdError;
 use cutover_proxy::Color;
 
-use crate::base::colors::{fleet_color, from_fleet, stored};
 use crate::base::store_call::blocking;
 use crate::controller::Controller;
 use crate::fleet::link::{config_hash, Applied, FleetLink};
@@ -173,7 +172,7 @@ async fn create(link: &FleetLink, svc: &ServiceCtl) -> Result<(), EtcdError> {
     let table = svc.proxy.table();
     let doc = ServiceDoc {
         generation: table.generation,
-        live: table.live_color().map(fleet_color),
+        live: table.live_color(),
         weight: table.weight,
         versions: versions(svc),
         config_hash: config_hash(&svc.cfg()),
@@ -273,7 +272,7 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
         link.record_applied(&svc.name, applied);
         return;
     }
-    let Some(live) = doc.live.map(from_fleet) else {
+    let Some(live) = doc.live else {
         return reject(link, svc, Some(doc.generation), "nothing live".into());
     };
     let endpoints = svc.route(live).map(|r| r.endpoints().len()).unwrap_or(0);
@@ -302,7 +301,7 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
     tracing::info!(service = %svc.name, live = %live, weight = doc.weight, generation = doc.generation, actor = %doc.actor, "fleet: applied");
     let state = cutover_store::ServiceState {
         name: svc.name.clone(),
-        live: Some(stored(live)),
+        live: Some(live),
         generation: doc.generation,
         blue_version: doc.versions.blue.clone(),
         green_version: doc.versions.green.clone(),
@@ -342,7 +341,7 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
             service: &name,
             expected_generation: expected,
             to: state.live.unwrap_or(cutover_store::Color::Blue),
-            kind: if h.kind == cutover_store::HistoryKind::RolledBack.as_str() {
+            kind: if h.kind == cutover_store::HistoryKind::RolledBack {
                 cutover_store::SwitchKind::RolledBack
             } else {
                 cutover_store::SwitchKind::Switched

@@ -32,7 +32,6 @@ use cutover_config::{RestartPolicy, RunConfig};
 use cutover_proxy::Color;
 use cutover_store::{now_rfc3339, now_rfc3339_millis, EventRecord, HistoryKind, ProcessRecord, Store};
 
-use crate::base::colors::stored;
 use crate::base::pause::Pause;
 use crate::base::store_call::{blocking, record};
 
@@ -146,13 +145,6 @@ impl ColorProcs {
     }
 }
 
-fn idx(c: Color) -> usize {
-    match c {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
-}
-
 /// What happens after an exit, decided under the lock.
 enum Next {
     Restart(Duration),
@@ -235,7 +227,7 @@ impl Supervisor {
 
     /// The current start of `color`'s processes; exits carry it.
     pub fn epoch(&self, color: Color) -> u64 {
-        self.lock()[idx(color)].epoch
+        self.lock()[color.index()].epoch
     }
 
     /// Sets what an exit of `color`'s processes leads to from now on. A color that starts
@@ -244,7 +236,7 @@ impl Supervisor {
     pub fn set_role(self: &Arc<Self>, color: Color, role: Role) {
         let dead: Vec<(u64, u32, u32, Duration)> = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let was = std::mem::replace(&mut c.role, role);
             if role != Role::Serving || was == Role::Serving || c.stopping || self.run().restart == RestartPolicy::Never
             {
@@ -269,12 +261,12 @@ impl Supervisor {
     }
 
     pub fn role(&self, color: Color) -> Role {
-        self.lock()[idx(color)].role
+        self.lock()[color.index()].role
     }
 
     /// True when `color` has processes this supervisor watches.
     pub fn has_processes(&self, color: Color) -> bool {
-        !self.lock()[idx(color)].procs.is_empty()
+        !self.lock()[color.index()].procs.is_empty()
     }
 
     /// Starts one process per port of `color` for a release (role `Releasing`), after
@@ -286,7 +278,7 @@ impl Supervisor {
         }
         let epoch = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.renew(Role::Releasing);
             c.epoch
         };
@@ -295,7 +287,7 @@ impl Supervisor {
             let (rec, child) = self.spawn_one(color, version, replica as u32, *port)?;
             {
                 let mut colors = self.lock();
-                let c = &mut colors[idx(color)];
+                let c = &mut colors[color.index()];
                 if c.epoch == epoch {
                     c.procs.push(rec.clone());
                 }
@@ -369,7 +361,7 @@ impl Supervisor {
         Ok((
             ProcessRecord {
                 service: service.into(),
-                color: stored(color),
+                color,
                 replica,
                 port,
                 pid,
@@ -422,7 +414,7 @@ impl Supervisor {
 
     fn is_current(&self, color: Color, epoch: u64, replica: u32, pid: u32) -> bool {
         let colors = self.lock();
-        let c = &colors[idx(color)];
+        let c = &colors[color.index()];
         c.epoch == epoch && c.procs.get(replica as usize).is_some_and(|p| p.pid == pid)
     }
 
@@ -433,7 +425,7 @@ impl Supervisor {
         }
         let epoch = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.renew(role);
             let mut procs = records.clone();
             procs.sort_by_key(|p| p.replica);
@@ -467,7 +459,7 @@ impl Supervisor {
         let service = self.service.clone();
         let (exit, next) = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let Some(rec) = c
                 .procs
                 .get(replica as usize)
@@ -547,7 +539,7 @@ impl Supervisor {
         let permit = self.pause.enter().await;
         let started = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             let Some(old) = c
                 .procs
                 .get(replica as usize)
@@ -633,14 +625,14 @@ impl Supervisor {
         let _permit = self.pause.enter().await;
         let procs = {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.stopping = true;
             c.procs.clone()
         };
         // Also whatever the store still lists (a process from before adoption was possible).
         let name = self.service.clone();
         let stored_procs = match blocking(&self.store, move |s| s.processes(&name)).await {
-            Ok(r) => r.into_iter().filter(|p| p.color == stored(color)).collect(),
+            Ok(r) => r.into_iter().filter(|p| p.color == color).collect(),
             Err(e) => {
                 tracing::error!(service = %self.service, error = %e, "cannot read managed processes from the store");
                 Vec::new()
@@ -655,14 +647,14 @@ impl Supervisor {
         stop(&all, self.run().stop_timeout.get()).await;
         {
             let mut colors = self.lock();
-            let c = &mut colors[idx(color)];
+            let c = &mut colors[color.index()];
             c.procs.clear();
             c.role = Role::Idle;
             c.stopping = false;
         }
         let name = self.service.clone();
         record(&self.store, "the stopped processes", &self.service, move |s| {
-            s.remove_processes(&name, stored(color))
+            s.remove_processes(&name, color)
         })
         .await;
     }
@@ -670,7 +662,7 @@ impl Supervisor {
     /// `color`'s processes as `status` shows them.
     pub fn status(&self, color: Color) -> ColorProcesses {
         let colors = self.lock();
-        let c = &colors[idx(color)];
+        let c = &colors[color.index()];
         ColorProcesses {
             role: c.role,
             running: c
@@ -722,7 +714,7 @@ pub(crate) async fn process_event(
             &EventRecord {
                 service: &name,
                 kind,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: Some(&version),
                 actor: "supervisor",
                 reason: &reason,

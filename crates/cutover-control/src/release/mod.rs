@@ -15,7 +15,6 @@ use cutover_proxy::Color;
 use cutover_release::{Outcome, Phase, Plan};
 use cutover_store::{now_rfc3339, EventRecord, HistoryKind, Store};
 
-use crate::base::colors::stored;
 use crate::base::error::{ReleaseError, StoreFailure};
 use crate::base::store_call::{blocking, record};
 use crate::service::fleet::Fleet;
@@ -288,7 +287,7 @@ impl Releases {
             s.record_event(&EventRecord {
                 service: &service,
                 kind: HistoryKind::ReleaseAborted,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: Some(&version),
                 actor: &actor,
                 reason: &reason,
@@ -378,7 +377,7 @@ async fn insert(store: &Arc<Store>, mut d: ReleaseDoc, min_id: i64) -> Result<i6
         s.record_event(&EventRecord {
             service: &d.service,
             kind: HistoryKind::ReleaseStarted,
-            color: Some(stored(d.color)),
+            color: Some(d.color),
             version: Some(&d.version),
             actor: &d.actor,
             reason: &format!("release #{id} of {} into {}", d.version, d.color),
@@ -404,7 +403,7 @@ async fn record_end(store: &Arc<Store>, d: &ReleaseDoc, actor: &str) {
         s.record_event(&EventRecord {
             service: &d.service,
             kind,
-            color: Some(stored(d.color)),
+            color: Some(d.color),
             version: Some(&d.version),
             actor: &actor,
             reason: d.reason.as_deref().unwrap_or_default(),
@@ -439,7 +438,7 @@ pub(crate) fn interrupted_event(
     store.record_event(&EventRecord {
         service: &doc.service,
         kind: HistoryKind::ReleaseInterrupted,
-        color: Some(stored(doc.color)),
+        color: Some(doc.color),
         version: Some(&doc.version),
         actor: "controller",
         reason,

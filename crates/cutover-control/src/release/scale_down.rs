@@ -13,7 +13,6 @@ use std::time::Duration;
 use cutover_proxy::Color;
 use cutover_store::{EventRecord, HistoryKind};
 
-use crate::base::colors::stored;
 use crate::base::store_call::record;
 use crate::service::{ColorState, ServiceCtl};
 
@@ -164,7 +163,7 @@ async fn scale_down(svc: &ServiceCtl, color: Color, release_id: i64) {
         s.record_event(&EventRecord {
             service: &n,
             kind: HistoryKind::ScaledDown,
-            color: Some(stored(color)),
+            color: Some(color),
             version: None,
             actor: "controller",
             reason: &reason,

@@ -24,14 +24,12 @@ use bytes::Bytes;
 use cutover_config::{EndpointSpec, Environments, HealthConfig, ProbeConfig, ServiceConfig, UpstreamProtocol};
 use cutover_proxy::health::{self, HealthSpec};
 use cutover_proxy::probe::{Generation, Probe};
-use cutover_proxy::Protocol;
 use cutover_proxy::{Color, ColorRoute, Endpoint, RouteTable, Service, ServiceSettings, TrustedProxies};
 use cutover_store::Store;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::base::colors::stored;
 use crate::base::error::StoreFailure;
 use crate::base::pause::Pause;
 use crate::base::store_call::blocking;
@@ -162,21 +160,11 @@ fn outcome_index(o: cutover_release::Outcome) -> usize {
     OUTCOMES.iter().position(|x| *x == o).unwrap_or(0)
 }
 
-fn idx(c: Color) -> usize {
-    match c {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
-}
-
 /// The data plane's settings for a service, from its config.
 pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
     let l = &cfg.limits;
     ServiceSettings {
-        protocol: match cfg.upstream_protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1,
-            UpstreamProtocol::H2c => Protocol::H2c,
-        },
+        protocol: cfg.upstream_protocol,
         // The test suite's and benchmarks' switch, read where the config becomes settings.
         http1_engine: match std::env::var("CUTOVER_HTTP1_ENGINE").as_deref() {
             Ok("hyper") => cutover_proxy::Http1Engine::Hyper,
@@ -309,10 +297,7 @@ pub fn health_spec(cfg: &ServiceConfig) -> HealthSpec {
         timeout: cfg.health.timeout.get(),
         healthy_threshold: cfg.health.healthy_threshold,
         unhealthy_threshold: cfg.health.unhealthy_threshold,
-        protocol: match cfg.upstream_protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1,
-            UpstreamProtocol::H2c => Protocol::H2c,
-        },
+        protocol: cfg.upstream_protocol,
         passive_window: cfg.health.passive_window.get(),
     }
 }
@@ -424,15 +409,15 @@ impl ServiceCtl {
     }
 
     pub(crate) fn set_state(&self, c: Color, state: Option<ColorState>) {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)] = state;
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[c.index()] = state;
     }
 
     pub(crate) fn state(&self, c: Color) -> Option<ColorState> {
-        self.states.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
+        self.states.lock().unwrap_or_else(|p| p.into_inner())[c.index()]
     }
 
     pub(crate) fn route(&self, c: Color) -> Option<Arc<ColorRoute>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(c)]
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[c.index()]
             .as_ref()
             .map(|s| s.route.clone())
     }
@@ -450,7 +435,7 @@ impl ServiceCtl {
     /// from before switches recorded versions).
     pub(crate) async fn last_live_version(&self, c: Color) -> Result<Option<String>, StoreFailure> {
         let name = self.name.clone();
-        let v = blocking(&self.store, move |s| s.last_live_version(&name, stored(c))).await?;
+        let v = blocking(&self.store, move |s| s.last_live_version(&name, c)).await?;
         Ok(v.or_else(|| self.version_of(c)))
     }
 
@@ -464,7 +449,7 @@ impl ServiceCtl {
         let _op = self.op.lock().await;
         let _permit = self.pause.enter().await;
         let (name, v) = (self.name.clone(), version.clone());
-        blocking(&self.store, move |s| s.set_version(&name, stored(color), v.as_deref())).await?;
+        blocking(&self.store, move |s| s.set_version(&name, color, v.as_deref())).await?;
         self.install(color, version);
         // Nothing runs there: its checks would only report a planned stop.
         self.unwatch(color);
@@ -486,7 +471,7 @@ impl ServiceCtl {
             .collect();
         let route = ColorRoute::with_endpoints(color, version, endpoints);
         let checks = checked.then(|| health::spawn(&self.name, &route, &self.health()));
-        slots[idx(color)] = Some(Slot {
+        slots[color.index()] = Some(Slot {
             route: route.clone(),
             checks,
         });
@@ -521,7 +506,7 @@ impl ServiceCtl {
     /// Starts `color`'s health checks if they are not running (it is about to serve).
     pub(crate) fn watch(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots[idx(color)].as_mut().filter(|s| s.checks.is_none()) {
+        if let Some(slot) = slots[color.index()].as_mut().filter(|s| s.checks.is_none()) {
             slot.checks = Some(health::spawn(&self.name, &slot.route, &self.health()));
         }
     }
@@ -530,7 +515,7 @@ impl ServiceCtl {
     /// their verdicts, so status shows "not checked" rather than a stale or alarming result.
     pub(crate) fn unwatch(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots[idx(color)].as_mut() {
+        if let Some(slot) = slots[color.index()].as_mut() {
             slot.checks = None;
             for e in slot.route.endpoints().iter() {
                 e.set_health(cutover_proxy::Health::Unknown);
@@ -540,7 +525,7 @@ impl ServiceCtl {
 
     /// True while `color`'s health checks run.
     pub fn watched(&self, color: Color) -> bool {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())[idx(color)]
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[color.index()]
             .as_ref()
             .is_some_and(|s| s.checks.is_some())
     }

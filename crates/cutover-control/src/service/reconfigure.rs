@@ -155,7 +155,7 @@ impl ServiceCtl {
     /// New health checks for `color` if it is checked (new probe settings or endpoints).
     fn restart_checks(&self, color: Color) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots[super::idx(color)].as_mut().filter(|s| s.checks.is_some()) {
+        if let Some(slot) = slots[color.index()].as_mut().filter(|s| s.checks.is_some()) {
             slot.checks = Some(health::spawn(&self.name, &slot.route, &self.health()));
         }
     }

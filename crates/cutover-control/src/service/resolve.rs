@@ -17,7 +17,7 @@ use std::time::Duration;
 use cutover_config::EndpointSpec;
 use cutover_proxy::{health, Color, Endpoint};
 
-use super::{idx, ServiceCtl};
+use super::ServiceCtl;
 
 /// How long one lookup may take; a hung resolver must not stall the others.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,7 +173,7 @@ impl ServiceCtl {
             health::check_endpoints(&self.name, &route, &fresh, &self.health()).await;
         }
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = slots[idx(color)].as_mut().filter(|s| Arc::ptr_eq(&s.route, &route)) else {
+        let Some(slot) = slots[color.index()].as_mut().filter(|s| Arc::ptr_eq(&s.route, &route)) else {
             // A new route was installed meanwhile; it was built from the same answers.
             return;
         };

@@ -6,7 +6,6 @@ use cutover_store::{EventRecord, HistoryKind};
 use serde::Serialize;
 
 use super::{ColorState, ServiceCtl};
-use crate::base::colors::stored;
 use crate::base::error::StopError;
 use crate::base::store_call::record;
 use crate::procs::supervisor::Role;
@@ -85,7 +84,7 @@ impl ServiceCtl {
             s.record_event(&EventRecord {
                 service: &n,
                 kind: HistoryKind::Stopped,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: v.as_deref(),
                 actor: &actor,
                 reason: &reason,

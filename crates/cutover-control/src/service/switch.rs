@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use super::status::endpoint_line;
 use super::{ColorState, ServiceCtl};
-use crate::base::colors::{fleet_color, stored};
 use crate::base::error::SwitchError;
 use crate::base::store_call::blocking;
 use crate::service::fleet::Fleet;
@@ -257,7 +256,7 @@ impl ServiceCtl {
             let rec = SwitchRecord {
                 service: &service,
                 expected_generation: generation,
-                to: stored(change.subject),
+                to: change.subject,
                 kind,
                 actor: &actor,
                 reason: &reason,
@@ -286,7 +285,7 @@ impl ServiceCtl {
         let next = generation + 1;
         let doc = ServiceDoc {
             generation: next,
-            live: Some(fleet_color(live_after)),
+            live: Some(live_after),
             weight: change.weight,
             versions: Versions {
                 blue: self.version_of(Color::Blue),
@@ -300,9 +299,9 @@ impl ServiceCtl {
         };
         let history = HistoryRecord {
             at: doc.updated_at.clone(),
-            kind: cutover_store::HistoryKind::from(req.kind).as_str().to_string(),
-            from: self.live().map(fleet_color),
-            to: fleet_color(to),
+            kind: cutover_store::HistoryKind::from(req.kind),
+            from: self.live(),
+            to,
             generation: next,
             version: self.version_of(to),
             actor: req.actor.clone(),
@@ -315,7 +314,7 @@ impl ServiceCtl {
         let (kind, actor, reason, release_id) = (req.kind, req.actor.clone(), req.reason.clone(), req.release_id);
         let state = cutover_store::ServiceState {
             name: service.clone(),
-            live: Some(stored(live_after)),
+            live: Some(live_after),
             generation: next,
             blue_version: doc.versions.blue.clone(),
             green_version: doc.versions.green.clone(),
@@ -324,7 +323,7 @@ impl ServiceCtl {
             let rec = SwitchRecord {
                 service: &service,
                 expected_generation: generation,
-                to: stored(to),
+                to,
                 kind,
                 actor: &actor,
                 reason: &reason,

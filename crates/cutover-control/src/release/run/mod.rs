@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::active::Active;
 use super::doc::{ReleaseDoc, StepRecord};
-use crate::base::error::{ReleaseError, StepError, StoreFailure};
+use crate::base::error::{FailureKind, ReleaseError, StepError, StepFailure, StoreFailure};
 use crate::base::store_call::blocking;
 use crate::procs::supervisor::Exit;
 use crate::release::scale_down::ScaleDowns;
@@ -250,9 +250,13 @@ impl ReleaseRun {
     /// `transition` inside the pipeline: a transition that cannot be made stops the run.
     async fn step(&mut self, event: Event, detail: String) -> Result<Phase, Stop> {
         let phase = self.machine.phase;
-        self.transition(event, detail)
-            .await
-            .map_err(|e| Stop::Failed(StepError::new(phase, e.to_string())))
+        self.transition(event, detail).await.map_err(|e| {
+            let kind = match e {
+                TransitionError::Refused(_) => FailureKind::Refused,
+                TransitionError::Store(_) => FailureKind::Store,
+            };
+            Stop::Failed(StepError::new(phase, kind, e.to_string()))
+        })
     }
 
     /// An exit of one of this release's processes, if one happened.
@@ -285,7 +289,7 @@ impl ReleaseRun {
         &mut self,
         deadline: Option<Duration>,
         what: &str,
-        fut: impl Future<Output = Result<T, String>>,
+        fut: impl Future<Output = Result<T, StepFailure>>,
     ) -> Result<T, Stop> {
         let phase = self.machine.phase;
         let mut abort = self.abort_rx.clone();
@@ -293,21 +297,19 @@ impl ReleaseRun {
         let work = async {
             match deadline {
                 Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
-                    Err(format!(
-                        "{what} did not finish within its deadline of {}",
-                        deadline_text(d)
-                    ))
+                    let reason = format!("{what} did not finish within its deadline of {}", deadline_text(d));
+                    Err(StepFailure::new(FailureKind::Deadline, reason))
                 }),
                 None => fut.await,
             }
         };
         tokio::select! {
-            r = work => r.map_err(|reason| Stop::Failed(StepError::new(phase, reason))),
+            r = work => r.map_err(|failure| Stop::Failed(StepError::during(phase, failure))),
             r = abort.wait_for(|v| v.is_some()) => {
                 let why = r.ok().and_then(|v| v.clone()).unwrap_or_else(|| "aborted".into());
                 Err(Stop::Aborted(why))
             }
-            e = exit => Err(Stop::Failed(StepError::new(phase, self.exit_reason(&e)))),
+            e = exit => Err(Stop::Failed(StepError::new(phase, FailureKind::Exited, self.exit_reason(&e)))),
         }
     }
 }

@@ -10,7 +10,7 @@ use cutover_release::{Event, Outcome, Phase};
 use cutover_store::{EventRecord, HistoryKind};
 
 use super::{ReleaseRun, Stop};
-use crate::base::colors::stored;
+use crate::base::error::{FailureKind, StepFailure};
 use crate::base::store_call::record;
 use crate::release::steps;
 use crate::service::ColorState;
@@ -84,6 +84,7 @@ impl ReleaseRun {
         if let Some(e) = self.exited() {
             return Err(Stop::Failed(crate::base::error::StepError::new(
                 self.machine.phase,
+                FailureKind::Exited,
                 self.exit_reason(&e),
             )));
         }
@@ -107,11 +108,11 @@ impl ReleaseRun {
         let wait = async move {
             match tokio::time::timeout(limit, p.wait_connected(color)).await {
                 Ok(()) => Ok(()),
-                Err(_) => Err(format!(
+                Err(_) => Err(StepFailure::new(FailureKind::Deadline, format!(
                     "host agent {} away (not connected to the fleet) through the switch's hold of {}: a color whose hosts have no supervisor is not switched to",
                     p.away(color).join(", "),
                     steps::deadline_text(limit)
-                )),
+                ))),
             }
         };
         self.guard(None, "the hold for host agents", wait).await?;
@@ -135,7 +136,7 @@ impl ReleaseRun {
                 }
                 None => signals.approve.notified().await,
             }
-            Ok::<_, String>(())
+            Ok::<_, StepFailure>(())
         };
         // The approval webhook, if any, approves through the same signal a person's does.
         let _poller = self.approval_webhook();
@@ -168,7 +169,7 @@ impl ReleaseRun {
             s.record_event(&EventRecord {
                 service: &svc,
                 kind: HistoryKind::ReleaseApproved,
-                color: Some(stored(color)),
+                color: Some(color),
                 version: Some(&version),
                 actor: &by,
                 reason: &format!("release #{id} of {version} approved"),
@@ -185,7 +186,7 @@ impl ReleaseRun {
         }
         match &stop {
             Stop::Failed(e) => {
-                tracing::warn!(service = %self.svc.name, release = self.active.id, phase = %e.phase, reason = %e.reason, "release step failed")
+                tracing::warn!(service = %self.svc.name, release = self.active.id, phase = %e.phase, kind = %e.kind, reason = %e.reason, "release step failed")
             }
             Stop::Aborted(why) => {
                 tracing::info!(service = %self.svc.name, release = self.active.id, phase = %self.machine.phase, reason = %why, "release aborted")

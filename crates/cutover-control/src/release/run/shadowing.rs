@@ -12,7 +12,7 @@ use cutover_release::GateResult;
 use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
-use crate::base::error::StepError;
+use crate::base::error::{FailureKind, StepError, StepFailure, StepResult};
 use crate::release::shadow::{self, Shadow};
 
 /// How often the verdict is read (and abort and exits checked).
@@ -21,7 +21,7 @@ const TICK: Duration = Duration::from_millis(250);
 const PERSIST_EVERY: Duration = Duration::from_secs(2);
 
 /// Whether the reading settles the phase now: `Some(Ok)` passes, `Some(Err)` fails.
-pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Option<Result<String, String>> {
+pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Option<StepResult> {
     let t = cfg.thresholds();
     // A deterministic class with too few baseline pairs yet would be judged on fixed
     // thresholds, which two noisy answers of the same version can fail: wait for the
@@ -36,7 +36,7 @@ pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Op
     let enough = unjudged.is_none() && r.pairs >= t.min_pairs;
     match r.result {
         GateResult::Failing if !waiting_for_baseline || time_up => {
-            Some(Err(format!("shadow comparison failed: {}", r.reason)))
+            Some(Err(gate_failed(format!("shadow comparison failed: {}", r.reason))))
         }
         GateResult::Passing if enough && (!waiting_for_baseline || time_up) => Some(Ok(format!(
             "shadow comparison passed over {} pairs ({} baseline): {}",
@@ -57,12 +57,12 @@ pub(crate) fn decide(r: &ShadowReading, cfg: &ShadowConfig, time_up: bool) -> Op
 }
 
 /// The end of `duration` without a verdict: what `on_inconclusive` says.
-fn inconclusive(cfg: &ShadowConfig, why: String) -> Result<String, String> {
+fn inconclusive(cfg: &ShadowConfig, why: String) -> StepResult {
     match cfg.on_inconclusive {
-        ShadowInconclusive::Abort => Err(format!(
+        ShadowInconclusive::Abort => Err(gate_failed(format!(
             "shadow comparison inconclusive after {} (aborted as configured, on_inconclusive = \"abort\"): {why}",
             cfg.duration
-        )),
+        ))),
         ShadowInconclusive::Continue => Ok(format!(
             "shadow comparison inconclusive after {}, continued as configured: {why}",
             cfg.duration
@@ -70,23 +70,27 @@ fn inconclusive(cfg: &ShadowConfig, why: String) -> Result<String, String> {
     }
 }
 
+fn gate_failed(reason: String) -> StepFailure {
+    StepFailure::new(FailureKind::Gate, reason)
+}
+
 impl ReleaseRun {
     /// Runs the phase; `Ok` is the phase's detail.
     pub(super) async fn shadowing(&mut self, candidate: &Arc<ColorRoute>) -> Result<String, Stop> {
         let phase = self.machine.phase;
-        let fail = |reason: String| Stop::Failed(StepError::new(phase, reason));
+        let fail = |kind: FailureKind, reason: String| Stop::Failed(StepError::new(phase, kind, reason));
         let cfg = self
             .svc
             .cfg()
             .release
             .shadow
             .clone()
-            .ok_or_else(|| fail("the shadowing phase needs release.shadow".into()))?;
+            .ok_or_else(|| fail(FailureKind::Refused, "the shadowing phase needs release.shadow".into()))?;
         let live = self
             .svc
             .live()
             .and_then(|c| self.svc.route(c))
-            .ok_or_else(|| fail("nothing is live to mirror".into()))?;
+            .ok_or_else(|| fail(FailureKind::Refused, "nothing is live to mirror".into()))?;
         // The pause compares live latency with what it was just before mirroring began.
         let before = live.stats.snapshot();
         tokio::time::sleep(shadow::REFERENCE_WINDOW).await;
@@ -101,7 +105,7 @@ impl ReleaseRun {
                 return Err(Stop::Aborted(why));
             }
             if let Some(e) = self.exited() {
-                return Err(fail(self.exit_reason(&e)));
+                return Err(fail(FailureKind::Exited, self.exit_reason(&e)));
             }
             let reading = shadow.reading();
             let end = decide(&reading, &cfg, Instant::now() >= until);
@@ -116,7 +120,7 @@ impl ReleaseRun {
             }
             match end {
                 Some(Ok(detail)) => return Ok(detail),
-                Some(Err(reason)) => return Err(fail(reason)),
+                Some(Err(failure)) => return Err(Stop::Failed(StepError::during(phase, failure))),
                 None => {}
             }
         }
@@ -172,7 +176,7 @@ mod tests {
         );
         let e = decide(&partly, &c, true).unwrap().unwrap_err();
         assert!(
-            e.contains("json has only 3 of min_pairs 10"),
+            e.reason.contains("json has only 3 of min_pairs 10"),
             "no pass at the end either: {e}"
         );
         let cont = cfg(0.0, "continue");
@@ -198,7 +202,7 @@ mod tests {
         );
         let ready = reading(GateResult::Failing, vec![class("deterministic_chat", 50, 25, true)]);
         let e = decide(&ready, &cfg(0.25, "abort"), false).unwrap().unwrap_err();
-        assert!(e.starts_with("shadow comparison failed: "), "{e}");
+        assert!(e.reason.starts_with("shadow comparison failed: "), "{e}");
     }
 
     #[test]
@@ -206,7 +210,7 @@ mod tests {
         let r = reading(GateResult::Inconclusive, vec![class("sampled_chat", 4, 0, false)]);
         assert!(decide(&r, &cfg(0.0, "abort"), false).is_none());
         let e = decide(&r, &cfg(0.0, "abort"), true).unwrap().unwrap_err();
-        assert!(e.contains("inconclusive"), "{e}");
+        assert!(e.reason.contains("inconclusive"), "{e}");
         assert!(matches!(decide(&r, &cfg(0.0, "continue"), true), Some(Ok(_))));
     }
 }

@@ -14,7 +14,7 @@ use cutover_store::{now_rfc3339, SwitchKind};
 use super::verify::Halt;
 use super::StepRecord;
 use super::{ReleaseRun, Stop};
-use crate::base::error::StepError;
+use crate::base::error::{FailureKind, StepError};
 use crate::service::switch::StepRequest;
 use crate::service::ColorState;
 
@@ -72,7 +72,10 @@ impl ReleaseRun {
                 release_id: Some(id),
             })
             .await
-            .map_err(|e| Stop::Failed(StepError::new(phase, format!("step {n}/{of} refused: {e}"))))?;
+            .map_err(|e| {
+                let reason = format!("step {n}/{of} refused: {e}");
+                Stop::Failed(StepError::new(phase, FailureKind::Refused, reason))
+            })?;
         let sync = match self.svc.fleet.get() {
             Some(link) => Some(
                 link.await_acks(&self.svc.name, out.generation, tokio::time::Instant::now())

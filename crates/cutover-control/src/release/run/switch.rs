@@ -10,7 +10,7 @@ use cutover_store::SwitchKind;
 use tokio::time::Instant;
 
 use super::{ReleaseRun, Stop};
-use crate::base::error::StepError;
+use crate::base::error::{FailureKind, StepError};
 use crate::procs::supervisor::Role;
 use crate::release::steps;
 use crate::service::switch::{RollbackRequest, SwitchRequest};
@@ -43,7 +43,13 @@ impl ReleaseRun {
                 release_id: Some(id),
             })
             .await
-            .map_err(|e| Stop::Failed(StepError::new(phase, format!("switch refused: {e}"))))?;
+            .map_err(|e| {
+                Stop::Failed(StepError::new(
+                    phase,
+                    FailureKind::Refused,
+                    format!("switch refused: {e}"),
+                ))
+            })?;
         let switch_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.env.scale_downs.cancel(&self.svc.name);
         self.svc.set_state(color, None);

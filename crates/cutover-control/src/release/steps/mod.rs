@@ -1,5 +1,6 @@
 //! The release steps before the switch, each a plain async function that either returns a
-//! detail for the release document or a reason it failed: [`provision`], [`wait_healthy`],
+//! detail for the release document or a [`StepFailure`](crate::error::StepFailure), the kind
+//! of failure and its reason: [`provision`], [`wait_healthy`],
 //! [`warm_up`], [`smoke`], and the [`hooks`] of every stage. The run (`release::run`) puts
 //! deadlines, abort and the state machine around them.
 

@@ -9,19 +9,22 @@ use std::sync::Arc;
 use cutover_proxy::Color;
 
 use super::plural;
-use crate::base::colors::stored;
+use crate::base::error::{FailureKind, StepFailure, StepResult};
 use crate::base::store_call::blocking;
 pub use crate::procs::supervisor::Dirs;
 use crate::procs::Procs;
 use crate::service::{ColorState, ServiceCtl};
 
-pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> Result<String, String> {
+pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> StepResult {
     if svc.procs.is_none() && svc.state(color) == Some(ColorState::Sleeping) {
         // A static color asleep since the last release: nobody restarts it, so wake it.
         let _op = svc.op.lock().await;
-        svc.wake_locked(color)
-            .await
-            .map_err(|e| format!("{color} is asleep and did not wake: {e}"))?;
+        svc.wake_locked(color).await.map_err(|e| {
+            StepFailure::new(
+                FailureKind::Processes,
+                format!("{color} is asleep and did not wake: {e}"),
+            )
+        })?;
     }
     svc.set_state(color, Some(ColorState::Provisioning));
     let name = svc.name.clone();
@@ -37,9 +40,9 @@ pub async fn provision(svc: Arc<ServiceCtl>, color: Color, version: String) -> R
     }
     let v = version.clone();
     let permit = svc.pause.enter().await;
-    blocking(&svc.store, move |s| s.set_version(&name, stored(color), Some(&v)))
+    blocking(&svc.store, move |s| s.set_version(&name, color, Some(&v)))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StepFailure::new(FailureKind::Store, e.to_string()))?;
     drop(permit);
     if matches!(svc.procs, Some(Procs::Remote(_))) {
         // The hosts' addresses come from their agents' registrations: the new route is built
@@ -68,7 +71,7 @@ fn provision_env(svc: &ServiceCtl, color: Color, version: &str) -> Vec<(String, 
 }
 
 /// Drains and stops whatever runs at `color`, starts its processes and records them.
-async fn start_managed(svc: &ServiceCtl, procs: &Procs, color: Color, version: &str) -> Result<String, String> {
+async fn start_managed(svc: &ServiceCtl, procs: &Procs, color: Color, version: &str) -> StepResult {
     let mut detail = String::new();
     if procs.has_processes(color) {
         let drained = svc.drain(color).await;
@@ -78,7 +81,10 @@ async fn start_managed(svc: &ServiceCtl, procs: &Procs, color: Color, version: &
         // Nothing watched, but the store may list processes a previous cutover left.
         svc.stop_processes(procs, color).await;
     }
-    let records = procs.start(color, version).await?;
+    let records = procs
+        .start(color, version)
+        .await
+        .map_err(StepFailure::of(FailureKind::Processes))?;
     let pids: Vec<String> = records.iter().map(|r| r.pid.to_string()).collect();
     let logs: Vec<String> = records.iter().filter_map(|r| r.log.clone()).collect();
     let n = records.len();

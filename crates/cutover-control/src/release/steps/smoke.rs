@@ -7,9 +7,10 @@ use cutover_config::Expect;
 use cutover_proxy::ColorRoute;
 
 use super::{call, client, excerpt, plural, Answer};
+use crate::base::error::{FailureKind, StepFailure, StepResult};
 use crate::service::ServiceCtl;
 
-pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
+pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> StepResult {
     let checks = &svc.cfg().release.smoke;
     if checks.is_empty() {
         return Ok("no smoke checks configured".into());
@@ -24,16 +25,18 @@ pub async fn smoke(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<Strin
                 } else {
                     String::new()
                 };
-                let a = call(&c, &check.request, ep.addr)
-                    .await
-                    .map_err(|e| format!("smoke check {:?} failed on {}{at}: request failed: {e}", check.name, ep))?;
+                let a = call(&c, &check.request, ep.addr).await.map_err(|e| {
+                    let reason = format!("smoke check {:?} failed on {}{at}: request failed: {e}", check.name, ep);
+                    StepFailure::new(FailureKind::Answers, reason)
+                })?;
                 if let Err(why) = check_expect(&check.expect, &a) {
-                    return Err(format!(
+                    let reason = format!(
                         "smoke check {:?} failed on {}{at}: {why}; body: {}",
                         check.name,
                         ep,
                         excerpt(&a.body)
-                    ));
+                    );
+                    return Err(StepFailure::new(FailureKind::Answers, reason));
                 }
                 n += 1;
             }

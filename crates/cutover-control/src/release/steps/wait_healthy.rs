@@ -10,13 +10,14 @@ use cutover_proxy::{ColorRoute, Health};
 use tokio::time::Instant;
 
 use super::{deadline_text, plural};
+use crate::base::error::{FailureKind, StepFailure, StepResult};
 use crate::service::status::endpoint_line;
 use crate::service::ServiceCtl;
 
 /// How often the health verdicts are read (the checks themselves run on their own interval).
 const POLL: Duration = Duration::from_millis(100);
 
-pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Result<String, String> {
+pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> StepResult {
     let started = Instant::now();
     let limit = svc.cfg().release.health_timeout.get();
     // The run's own deadline on this phase is the same `health_timeout`; ending one poll
@@ -32,7 +33,7 @@ pub async fn wait_healthy(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>) -> Resul
             ));
         }
         if Instant::now() >= give_up {
-            return Err(not_healthy(&route, limit));
+            return Err(StepFailure::new(FailureKind::Unhealthy, not_healthy(&route, limit)));
         }
         tokio::time::sleep(POLL.min(give_up.saturating_duration_since(Instant::now()))).await;
     }

@@ -11,12 +11,13 @@ use cutover_config::WarmupConfig;
 use cutover_proxy::ColorRoute;
 
 use super::{call, client};
+use crate::base::error::{FailureKind, StepFailure, StepResult};
 use crate::service::ServiceCtl;
 
 /// Each request's index and its latency or why it failed.
 type Results = Vec<(u32, Result<Duration, String>)>;
 
-pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConfig) -> Result<String, String> {
+pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConfig) -> StepResult {
     let mut details = Vec::new();
     let mut failed_total = 0;
     for ep in route.endpoints().iter() {
@@ -29,12 +30,13 @@ pub async fn warm_up(svc: Arc<ServiceCtl>, route: Arc<ColorRoute>, w: WarmupConf
                 .iter()
                 .find_map(|(_, r)| r.as_ref().err().cloned())
                 .unwrap_or_default();
-            return Err(format!(
+            let reason = format!(
                 "warm-up of {}: {failed} of {} requests failed, more than warmup.max_failures = {} (first: {first_err})",
                 ep,
                 res.len(),
                 w.max_failures
-            ));
+            );
+            return Err(StepFailure::new(FailureKind::Answers, reason));
         }
         details.push(format!("{ep}: {}", latencies(res.len(), &ok)));
     }
