@@ -133,6 +133,7 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let g = lead.ctl.service("chat")?.proxy.table().generation;
+        lead.link.refresh_routers().await;
         let r = lead.link.report("chat", g);
         if r.synced == o.watchers {
             break;

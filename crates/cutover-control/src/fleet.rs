@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_fleet::doc::{Ack, HistoryRecord, ServiceDoc, Versions};
+use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 use cutover_fleet::etcd::{Compare, Event, Kv, Op, Txn, WatchMsg};
 use cutover_fleet::EtcdError;
 use cutover_proxy::Color;
@@ -21,11 +21,16 @@ use crate::store_call::blocking;
 
 /// A router's ack lives this long after its last renewal (its lease's TTL, seconds).
 pub const ACK_TTL: i64 = 5;
-/// No watch message (event or progress) for this long: read everything again. etcd sends
-/// progress notifications only as often as `--experimental-watch-progress-notify-interval`
-/// (10 minutes by default), so this is what bounds how long a silently dead stream is
-/// believed.
+/// No watch message (event or progress) for this long: ask the watch's member whether it
+/// is up and in a quorum (one linearizable read of one key, counted, not sent), and read
+/// everything again only if it is not. etcd sends progress notifications only as often as
+/// `--experimental-watch-progress-notify-interval` (10 minutes by default), so this is what
+/// bounds how long a member that died or left its quorum is believed.
 pub const WATCH_SILENCE: Duration = Duration::from_secs(10);
+/// No watch message for this long, however well the member answers: read everything again.
+/// The probe rides another connection than the stream, so a stream whose own connection
+/// died silently (a middlebox that forgot it) is believed at most this long.
+pub const WATCH_RESYNC: Duration = Duration::from_secs(60);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -65,6 +70,7 @@ enum Rewatch {
     Canceled(String),
     Backwards { seen: i64, applied: i64 },
     Silence,
+    MemberSilent(EtcdError),
     Resync,
     Broken(EtcdError),
 }
@@ -80,7 +86,13 @@ impl std::fmt::Display for Rewatch {
                     "revision went backwards ({seen} < {applied}): etcd restored from a backup?"
                 )
             }
-            Rewatch::Silence => write!(f, "no watch message for {WATCH_SILENCE:?}"),
+            Rewatch::Silence => write!(f, "no watch message for {WATCH_RESYNC:?}"),
+            Rewatch::MemberSilent(e) => {
+                write!(
+                    f,
+                    "no watch message for {WATCH_SILENCE:?} and the member does not answer: {e}"
+                )
+            }
             Rewatch::Resync => f.write_str("a service was added"),
             Rewatch::Broken(e) => write!(f, "watch stream failed: {e}"),
         }
@@ -100,17 +112,18 @@ async fn sync(ctl: Arc<Controller>, link: Arc<FleetLink>) {
         backoff = Duration::from_millis(100);
         let why = watch(&ctl, &link, link.revision() + 1).await;
         match &why {
-            Rewatch::Broken(_) => tracing::warn!(why = %why, "fleet: reading everything again"),
+            Rewatch::Broken(_) | Rewatch::MemberSilent(_) => {
+                tracing::warn!(why = %why, "fleet: reading everything again")
+            }
             _ => tracing::info!(why = %why, "fleet: reading everything again"),
         }
     }
 }
 
-/// Reads every service document and ack, applies them, creates the documents etcd does not
+/// Reads every service document (not the acks: whoever waits for them reads them), applies them, creates the documents etcd does not
 /// have yet from the local state, and sets the revision the watch starts after.
 async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
     let services = link.etcd.range_prefix(&link.keys.services()).await?;
-    let routers = link.etcd.range_prefix(&link.keys.routers()).await?;
     let releases = link.etcd.range_prefix(&link.keys.releases()).await?;
     let mut agent_kvs = Vec::new();
     for prefix in [
@@ -154,14 +167,8 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
             None => create(link, svc).await?,
         }
     }
-    let acks = routers
-        .kvs
-        .iter()
-        .filter_map(|kv| Some((link.keys.router_id(&kv.key)?.to_string(), Ack::parse(&kv.value).ok()?)))
-        .collect();
-    link.routers_read(acks);
-    // The services' read is the older of the two: the watch replays what followed it, and
-    // replaying an ack or a document already applied changes nothing.
+    // The services' read is the oldest: the watch replays what followed it, and replaying a
+    // document already applied changes nothing.
     link.set_revision(services.revision);
     link.ack_due.notify_one();
     Ok(())
@@ -368,22 +375,31 @@ fn reject(link: &FleetLink, svc: &ServiceCtl, generation: Option<u64>, reason: S
     link.record_rejected(&svc.name, generation, reason);
 }
 
-/// Follows the fleet's prefix from `from` until the stream must be replaced.
+/// Follows the fleet's keys (all but the acks and the history: `Keys::watched`) from
+/// `from` until the stream must be replaced.
 async fn watch(ctl: &Controller, link: &FleetLink, from: i64) -> Rewatch {
-    let mut w = match link.etcd.watch(link.keys.prefix(), from, true).await {
+    let mut w = match link.etcd.watch_ranges(&link.keys.watched(), from, true).await {
         Ok(w) => w,
         Err(e) => return Rewatch::Broken(e),
     };
+    let mut heard = tokio::time::Instant::now();
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(WATCH_SILENCE, w.next()) => m,
             _ = link.resync.notified() => return Rewatch::Resync,
         };
         let msg = match msg {
-            Err(_) => return Rewatch::Silence,
+            Err(_) if heard.elapsed() >= WATCH_RESYNC => return Rewatch::Silence,
+            // Silence is the normal state of an idle fleet: one cheap question to the
+            // member instead of reading everything again.
+            Err(_) => match link.etcd.probe(w.member(), &link.keys.leader()).await {
+                Ok(_) => continue,
+                Err(e) => return Rewatch::MemberSilent(e),
+            },
             Ok(Err(e)) => return Rewatch::Broken(e),
             Ok(Ok(m)) => m,
         };
+        heard = tokio::time::Instant::now();
         match msg {
             WatchMsg::Created { .. } => {}
             WatchMsg::Compacted { compact_revision } => return Rewatch::Compacted(compact_revision),
@@ -451,22 +467,6 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
                 }
             }
         }
-    } else if let Some(id) = link.keys.router_id(key) {
-        match e {
-            Event::Put(kv) => match Ack::parse(&kv.value) {
-                Ok(ack) => {
-                    // Our own ack as etcd holds it: a put that was retried through another
-                    // member can land after a newer one. What etcd shows behind what this
-                    // router applied is written again.
-                    if id == link.router_id && ack.generations != link.own_ack().generations {
-                        link.ack_due.notify_one();
-                    }
-                    link.router_acked(id, ack)
-                }
-                Err(reason) => tracing::warn!(router = %id, %reason, "fleet: unreadable ack"),
-            },
-            Event::Delete(_) => link.router_gone(id),
-        }
     }
 }
 
@@ -484,6 +484,8 @@ async fn acks(link: Arc<FleetLink>) {
     let period = Duration::from_millis(ACK_TTL as u64 * 1000 / 3);
     let mut lease: Option<i64> = None;
     let mut due = true;
+    // The `mod_revision` of the ack as this router last wrote or read it (0: absent).
+    let mut written = 0;
     let mut renew_at = tokio::time::Instant::now() + period;
     loop {
         let id = match lease {
@@ -504,8 +506,15 @@ async fn acks(link: Arc<FleetLink>) {
             },
         };
         if due {
-            match link.etcd.put(&key, &link.own_ack().to_bytes(), id).await {
-                Ok(_) => due = false,
+            match write_ack(&link, &key, id, written).await {
+                Ok(AckWrite::Done(rev)) => {
+                    written = rev;
+                    due = false;
+                }
+                Ok(AckWrite::Again(rev)) => {
+                    written = rev;
+                    continue;
+                }
                 Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => {
                     lease = None;
                     continue;
@@ -528,6 +537,42 @@ async fn acks(link: Arc<FleetLink>) {
             },
         }
     }
+}
+
+enum AckWrite {
+    /// The ack etcd holds is this one, written at this revision.
+    Done(i64),
+    /// etcd holds another (at this revision, 0: none): write again, comparing on it.
+    Again(i64),
+}
+
+/// Writes this router's ack if etcd still holds the one written last (`written`): a put of
+/// an older ack that timed out and landed late (retried through another member) can then
+/// never overwrite a newer one; its compare fails. No router watches the acks all the time,
+/// so this router would not see its own ack go back, as it did when it watched them all.
+async fn write_ack(link: &FleetLink, key: &str, lease: i64, written: i64) -> Result<AckWrite, EtcdError> {
+    let value = bytes::Bytes::from(link.own_ack().to_bytes());
+    let r = link
+        .etcd
+        .txn(&Txn {
+            compare: vec![Compare::ModRevision(key.to_string(), written)],
+            success: vec![Op::Put {
+                key: key.to_string(),
+                value: value.clone(),
+                lease,
+            }],
+            failure: vec![Op::Get { key: key.to_string() }],
+        })
+        .await?;
+    if r.succeeded {
+        return Ok(AckWrite::Done(r.revision));
+    }
+    Ok(match r.gets.first().and_then(|g| g.first()) {
+        // The same attempt, retried through another member after it had landed.
+        Some(kv) if kv.value == value => AckWrite::Done(kv.mod_revision),
+        Some(kv) => AckWrite::Again(kv.mod_revision),
+        None => AckWrite::Again(0),
+    })
 }
 
 enum Renewal {

@@ -71,7 +71,7 @@ impl EtcdError {
 pub type Result<T> = std::result::Result<T, EtcdError>;
 
 /// One key-value pair as etcd stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Kv {
     pub key: String,
     pub value: Bytes,
