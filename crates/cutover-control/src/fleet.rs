@@ -249,97 +249,222 @@ fn superseded(applied: Option<Applied>, mod_revision: i64, seen: Seen) -> bool {
     }
 }
 
-/// Applies a stored document to a service if it is newer than what the service serves;
-/// a document it cannot apply is rejected (the ack says why) and the old state kept.
-async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
-    let doc = match ServiceDoc::parse(&kv.value) {
+/// What this router serves of a service, as far as applying a document goes.
+#[derive(Debug, Clone)]
+struct Served {
+    generation: u64,
+    weight: u8,
+    versions: Versions,
+    /// The colors with endpoints in this router's configuration.
+    with_endpoints: Vec<Color>,
+}
+
+/// What applying a stored document to a service comes to, decided before anything is
+/// touched ([`plan`]); [`apply`] carries it out.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// Old news: a document this router already replaced.
+    Nothing,
+    /// Served already: only the document's revision is remembered.
+    Record(Applied),
+    /// etcd holds an older generation than this router serves: ours is kept, and reported.
+    Ahead {
+        applied: Applied,
+        stored: u64,
+        serving: u64,
+    },
+    /// Cannot be applied: the ack says why, the old state stays.
+    Reject {
+        generation: Option<u64>,
+        reason: String,
+    },
+    Install(Install),
+}
+
+#[derive(Debug, PartialEq)]
+struct Install {
+    applied: Applied,
+    live: Color,
+    weight: u8,
+    /// The colors whose version changes, with the new one.
+    versions: Vec<(Color, Option<String>)>,
+    /// The local snapshot's new state.
+    state: cutover_store::ServiceState,
+    /// The generation served before (what the local history's switch line compares).
+    previous: u64,
+    /// This router wrote the document (its id is on it) and had not published it: a switch
+    /// whose answer was not confirmed but which committed. Its history line comes from etcd.
+    own: bool,
+    actor: String,
+}
+
+fn version(v: &Versions, c: Color) -> &Option<String> {
+    match c {
+        Color::Blue => &v.blue,
+        Color::Green => &v.green,
+    }
+}
+
+/// Decides what a stored document (`parsed`, at `mod_revision`) does to a service that
+/// serves `served`. Only ever a higher generation applies; the same generation only when
+/// its weight differs (a router restarted during a step: a snapshot keeps no weight).
+fn plan(
+    name: &str,
+    parsed: Result<ServiceDoc, String>,
+    mod_revision: i64,
+    served: &Served,
+    previous: Option<Applied>,
+    seen: Seen,
+    me: &str,
+) -> Plan {
+    let doc = match parsed {
         Ok(d) => d,
-        Err(reason) => return reject(link, svc, None, reason),
+        Err(reason) => {
+            return Plan::Reject {
+                generation: None,
+                reason,
+            }
+        }
     };
-    let _op = svc.op.lock().await;
-    let table = svc.proxy.table();
     let applied = Applied {
-        generation: doc.generation.max(table.generation),
-        mod_revision: kv.mod_revision,
+        generation: doc.generation.max(served.generation),
+        mod_revision,
     };
-    if doc.generation < table.generation {
-        if superseded(link.applied(&svc.name), kv.mod_revision, seen) {
-            tracing::debug!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: an older document arrived after this router's newer one; nothing to do");
-            return;
+    if doc.generation < served.generation {
+        if superseded(previous, mod_revision, seen) {
+            return Plan::Nothing;
         }
         // Never apply an older generation. The next switch here compares this document's
         // revision and writes a higher generation over it.
-        tracing::warn!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: etcd holds an older generation than this router serves; keeping ours");
-        link.record_applied(&svc.name, applied);
-        link.record_ahead(&svc.name, doc.generation, table.generation);
-        return;
-    }
-    // The same generation with another weight: this router restarted during a step (a
-    // local snapshot keeps no weight), so the stored document is applied again.
-    if doc.generation == table.generation && doc.weight == table.weight {
-        link.record_applied(&svc.name, applied);
-        return;
-    }
-    let Some(live) = doc.live.map(from_fleet) else {
-        return reject(link, svc, Some(doc.generation), "nothing live".into());
-    };
-    let endpoints = svc.route(live).map(|r| r.endpoints().len()).unwrap_or(0);
-    if endpoints == 0 {
-        return reject(
-            link,
-            svc,
-            Some(doc.generation),
-            format!(
-                "generation {} makes {live} live, which has no endpoints in this router's configuration",
-                doc.generation
-            ),
-        );
-    }
-    for c in Color::ALL {
-        let want = match c {
-            Color::Blue => &doc.versions.blue,
-            Color::Green => &doc.versions.green,
+        return Plan::Ahead {
+            applied,
+            stored: doc.generation,
+            serving: served.generation,
         };
-        if *want != svc.version_of(c) {
-            svc.install(c, want.clone());
+    }
+    if doc.generation == served.generation && doc.weight == served.weight {
+        return Plan::Record(applied);
+    }
+    let generation = doc.generation;
+    let reject = |reason: String| Plan::Reject {
+        generation: Some(generation),
+        reason,
+    };
+    let Some(live) = doc.live.map(from_fleet) else {
+        return reject("nothing live".into());
+    };
+    if !served.with_endpoints.contains(&live) {
+        return reject(format!(
+            "generation {generation} makes {live} live, which has no endpoints in this router's configuration"
+        ));
+    }
+    let versions = Color::ALL
+        .into_iter()
+        .filter(|c| version(&doc.versions, *c) != version(&served.versions, *c))
+        .map(|c| (c, version(&doc.versions, c).clone()))
+        .collect();
+    Plan::Install(Install {
+        applied,
+        live,
+        weight: doc.weight,
+        versions,
+        state: cutover_store::ServiceState {
+            name: name.to_string(),
+            live: Some(stored(live)),
+            generation,
+            blue_version: doc.versions.blue,
+            green_version: doc.versions.green,
+        },
+        previous: served.generation,
+        own: doc.router == me,
+        actor: doc.actor,
+    })
+}
+
+/// Applies a stored document to a service as [`plan`] decides, under the service's lock.
+async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
+    let parsed = ServiceDoc::parse(&kv.value);
+    let _op = svc.op.lock().await;
+    let table = svc.proxy.table();
+    let served = Served {
+        generation: table.generation,
+        weight: table.weight,
+        versions: versions(svc),
+        with_endpoints: Color::ALL
+            .into_iter()
+            .filter(|c| svc.route(*c).is_some_and(|r| !r.endpoints().is_empty()))
+            .collect(),
+    };
+    let previous = link.applied(&svc.name);
+    match plan(
+        &svc.name,
+        parsed,
+        kv.mod_revision,
+        &served,
+        previous,
+        seen,
+        &link.router_id,
+    ) {
+        Plan::Nothing => {
+            tracing::debug!(service = %svc.name, serving = served.generation, "fleet: an older document arrived after this router's newer one; nothing to do");
+        }
+        Plan::Record(applied) => link.record_applied(&svc.name, applied),
+        Plan::Ahead {
+            applied,
+            stored,
+            serving,
+        } => {
+            tracing::warn!(service = %svc.name, stored, serving, "fleet: etcd holds an older generation than this router serves; keeping ours");
+            link.record_applied(&svc.name, applied);
+            link.record_ahead(&svc.name, stored, serving);
+        }
+        Plan::Reject { generation, reason } => reject(link, svc, generation, reason),
+        Plan::Install(i) => install(link, svc, i).await,
+    }
+}
+
+/// Publishes the planned routing, then writes the local snapshot (and history line).
+async fn install(link: &FleetLink, svc: &ServiceCtl, i: Install) {
+    for (c, v) in i.versions {
+        svc.install(c, v);
+    }
+    svc.watch(i.live);
+    svc.publish_weighted(Some(i.live), i.state.generation, i.weight);
+    tracing::info!(service = %svc.name, live = %i.live, weight = i.weight, generation = i.state.generation, actor = %i.actor, "fleet: applied");
+    let own = match i.own {
+        true => own_record(link, &svc.name, i.state.generation).await,
+        false => None,
+    };
+    write_snapshot(svc, i.state, i.previous, own).await;
+    link.record_applied(&svc.name, i.applied);
+}
+
+/// A switch this router made whose answer could not be confirmed (etcd changing leaders)
+/// but which committed: its line in this router's history, from etcd's record of it. A
+/// confirmed one was published before the watch brought it back, so it never gets here.
+/// The record is read without a quorum (serializable): such a commit is typically seen
+/// while etcd is just losing or regaining one, and the record never changes once written.
+async fn own_record(link: &FleetLink, service: &str, generation: u64) -> Option<HistoryRecord> {
+    let key = link.keys.history(service, generation);
+    for _ in 0..3 {
+        match link.etcd.get_serializable(&key).await {
+            Ok((Some(kv), _)) => return serde_json::from_slice::<HistoryRecord>(&kv.value).ok(),
+            // A member behind the one the document came from: ask again shortly.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    svc.watch(live);
-    svc.publish_weighted(Some(live), doc.generation, doc.weight);
-    tracing::info!(service = %svc.name, live = %live, weight = doc.weight, generation = doc.generation, actor = %doc.actor, "fleet: applied");
-    let state = cutover_store::ServiceState {
-        name: svc.name.clone(),
-        live: Some(stored(live)),
-        generation: doc.generation,
-        blue_version: doc.versions.blue.clone(),
-        green_version: doc.versions.green.clone(),
-    };
-    // A switch this router made whose answer could not be confirmed (etcd changing leaders)
-    // but which committed: its line in this router's history, from etcd's record of it. A
-    // confirmed one was published before the watch brought it back, so it never gets here.
-    // The record is read without a quorum (serializable): such a commit is typically seen
-    // while etcd is just losing or regaining one, and the record never changes once written.
-    let own = if doc.router == link.router_id {
-        let key = link.keys.history(&svc.name, doc.generation);
-        let mut found = None;
-        for _ in 0..3 {
-            match link.etcd.get_serializable(&key).await {
-                Ok((Some(kv), _)) => {
-                    found = serde_json::from_slice::<HistoryRecord>(&kv.value).ok();
-                    break;
-                }
-                // A member behind the one the document came from: ask again shortly.
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        if found.is_none() {
-            tracing::warn!(service = %svc.name, generation = doc.generation, "fleet: a switch of this router committed after an unconfirmed answer, but its history record could not be read; the local history misses its line");
-        }
-        found
-    } else {
-        None
-    };
-    let expected = table.generation;
+    tracing::warn!(service, generation, "fleet: a switch of this router committed after an unconfirmed answer, but its history record could not be read; the local history misses its line");
+    None
+}
+
+/// The local snapshot (the state a restart serves while etcd is away), with this router's
+/// own history line when `own` is its record of the switch.
+async fn write_snapshot(
+    svc: &ServiceCtl,
+    state: cutover_store::ServiceState,
+    expected: u64,
+    own: Option<HistoryRecord>,
+) {
     let name = svc.name.clone();
     let written = blocking(&svc.store, move |s| {
         let Some(h) = own else {
@@ -367,7 +492,6 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
     if let Err(e) = written {
         tracing::error!(service = %svc.name, error = %e, "fleet: cannot write the local snapshot; a restart while etcd is away would serve an older state");
     }
-    link.record_applied(&svc.name, applied);
 }
 
 fn reject(link: &FleetLink, svc: &ServiceCtl, generation: Option<u64>, reason: String) {
@@ -653,6 +777,133 @@ const FIRST_READ: Duration = Duration::from_secs(3);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cutover_fleet::doc::Color as DocColor;
+
+    fn served() -> Served {
+        Served {
+            generation: 5,
+            weight: 0,
+            versions: Versions {
+                blue: Some("v1".into()),
+                green: Some("v2".into()),
+            },
+            with_endpoints: vec![Color::Blue, Color::Green],
+        }
+    }
+
+    fn doc(generation: u64, live: Option<DocColor>) -> ServiceDoc {
+        ServiceDoc {
+            generation,
+            live,
+            versions: Versions {
+                blue: Some("v1".into()),
+                green: Some("v3".into()),
+            },
+            weight: 0,
+            config_hash: String::new(),
+            updated_at: String::new(),
+            actor: "alice".into(),
+            router: "edge-2".into(),
+        }
+    }
+
+    fn plan_of(d: Result<ServiceDoc, String>, served: &Served, seen: Seen) -> Plan {
+        plan("chat", d, 120, served, Some(APPLIED), seen, "edge-1")
+    }
+
+    #[test]
+    fn a_newer_generation_installs_only_the_versions_that_changed() {
+        let Plan::Install(i) = plan_of(Ok(doc(6, Some(DocColor::Green))), &served(), Seen::Event) else {
+            panic!("not installed");
+        };
+        assert_eq!(i.live, Color::Green);
+        assert_eq!(i.versions, vec![(Color::Green, Some("v3".to_string()))]);
+        assert_eq!((i.state.generation, i.previous), (6, 5));
+        assert_eq!(i.state.live, Some(cutover_store::Color::Green));
+        assert_eq!(i.applied.mod_revision, 120);
+        assert!(!i.own, "written by another router");
+        let mut mine = doc(6, Some(DocColor::Green));
+        mine.router = "edge-1".into();
+        let Plan::Install(i) = plan_of(Ok(mine), &served(), Seen::Event) else {
+            panic!("not installed");
+        };
+        assert!(
+            i.own,
+            "this router's unconfirmed switch: its history line comes from etcd"
+        );
+    }
+
+    #[test]
+    fn the_same_generation_is_only_recorded_unless_its_weight_differs() {
+        let same = plan_of(Ok(doc(5, Some(DocColor::Blue))), &served(), Seen::Event);
+        assert_eq!(
+            same,
+            Plan::Record(Applied {
+                generation: 5,
+                mod_revision: 120
+            })
+        );
+        let mut stepped = doc(5, Some(DocColor::Blue));
+        stepped.weight = 10;
+        assert!(matches!(plan_of(Ok(stepped), &served(), Seen::Event), Plan::Install(i) if i.weight == 10));
+    }
+
+    #[test]
+    fn an_older_generation_is_old_news_or_reported_as_etcd_behind_never_applied() {
+        let mut s = served();
+        s.generation = 12;
+        let late_event = plan(
+            "chat",
+            Ok(doc(10, Some(DocColor::Blue))),
+            100,
+            &s,
+            Some(APPLIED),
+            Seen::Event,
+            "edge-1",
+        );
+        assert_eq!(late_event, Plan::Nothing);
+        let restored = Seen::Read {
+            revision: 80,
+            went_back: true,
+        };
+        assert_eq!(
+            plan_of(Ok(doc(10, Some(DocColor::Blue))), &s, restored),
+            Plan::Ahead {
+                applied: Applied {
+                    generation: 12,
+                    mod_revision: 120
+                },
+                stored: 10,
+                serving: 12
+            }
+        );
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_served_is_rejected_with_why() {
+        let bad = plan_of(Err("invalid JSON".into()), &served(), Seen::Event);
+        assert_eq!(
+            bad,
+            Plan::Reject {
+                generation: None,
+                reason: "invalid JSON".into()
+            }
+        );
+        assert_eq!(
+            plan_of(Ok(doc(6, None)), &served(), Seen::Event),
+            Plan::Reject {
+                generation: Some(6),
+                reason: "nothing live".into()
+            }
+        );
+        let mut s = served();
+        s.with_endpoints = vec![Color::Blue];
+        let Plan::Reject { generation, reason } = plan_of(Ok(doc(6, Some(DocColor::Green))), &s, Seen::Event) else {
+            panic!("applied a color without endpoints");
+        };
+        assert_eq!(generation, Some(6));
+        assert!(reason.contains("makes green live, which has no endpoints"), "{reason}");
+    }
 
     const APPLIED: Applied = Applied {
         generation: 11,

@@ -42,7 +42,7 @@ fn not_confirmed(e: &cutover_fleet::EtcdError) -> String {
 }
 
 /// The document a router applied for one service, and the etcd revision it carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub generation: u64,
     /// The document's `mod_revision`: what this router's next switch compares.
