@@ -100,7 +100,7 @@ struct LinkState {
     /// Every live router's ack (this one's included), as last read or watched by a wait.
     routers: BTreeMap<String, Ack>,
     /// The `mod_revision` of each router's ack (or of its delete) the link last took: two
-    /// waits' watches may bring them out of order.
+    /// waits' watches may bring them out of order. Reset by every read of all the acks.
     ack_revisions: BTreeMap<String, i64>,
     /// Routers whose ack key went away (lease expired), with their last ack, until they
     /// come back.

@@ -122,7 +122,7 @@ impl<'l> AckFeed<'l> {
     async fn open(&mut self) -> Result<(), EtcdError> {
         let prefix = self.link.keys.routers();
         let range = self.link.etcd.range_prefix(&prefix).await?;
-        self.link.routers_read(&range.kvs, range.revision);
+        self.link.routers_read(&range.kvs);
         self.fresh = true;
         self.watch = Some(self.link.etcd.watch(&prefix, range.revision + 1, false).await?);
         Ok(())
@@ -216,28 +216,21 @@ impl FleetLink {
         }
     }
 
-    /// Every ack as a read at `revision` found them: routers missing from it are lost,
-    /// unless the link heard from them after that revision.
-    pub(crate) fn routers_read(&self, kvs: &[Kv], revision: i64) {
+    /// Every ack as a read found them: etcd's state, which replaces what the link knew
+    /// (after etcd was restored from a backup the revisions go back; only the watch events
+    /// that follow a read are compared with it). Routers missing from it are lost.
+    pub(crate) fn routers_read(&self, kvs: &[Kv]) {
         let acks = self.parse_acks(kvs);
         let mut s = self.st();
-        let newer = |s: &super::LinkState, id: &str| s.ack_revisions.get(id).is_some_and(|r| *r > revision);
-        let gone: Vec<String> = s
-            .routers
-            .keys()
-            .filter(|k| !acks.contains_key(*k) && !newer(&s, k))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = s.routers.keys().filter(|k| !acks.contains_key(*k)).cloned().collect();
         for id in gone {
             if let Some(ack) = s.routers.remove(&id) {
                 lost_log(&id, &ack, "its ack is missing from a fresh read of etcd");
                 s.lost.insert(id, ack);
             }
         }
+        s.ack_revisions.clear();
         for (id, (ack, rev)) in acks {
-            if newer(&s, &id) {
-                continue;
-            }
             s.lost.remove(&id);
             s.ack_revisions.insert(id.clone(), rev);
             s.routers.insert(id, ack);
@@ -247,7 +240,7 @@ impl FleetLink {
     /// Reads every ack once (`GET /v1/fleet`): no router watches them all the time.
     pub async fn refresh_routers(&self) {
         match self.etcd.range_prefix(&self.keys.routers()).await {
-            Ok(range) => self.routers_read(&range.kvs, range.revision),
+            Ok(range) => self.routers_read(&range.kvs),
             Err(e) => tracing::debug!(error = %e, "fleet: cannot read the acks"),
         }
     }
@@ -395,15 +388,16 @@ mod tests {
         l.router_acked("b", ack(5, AckStatus::Synced), 50);
         l.router_acked("b", ack(4, AckStatus::Synced), 40);
         assert_eq!(l.report("chat", 5).synced, 1, "an event from a lagging watch");
-        l.routers_read(&[kv(&l, "b", &ack(3, AckStatus::Synced), 30)], 45);
+        l.routers_read(&[kv(&l, "b", &ack(3, AckStatus::Synced), 30)]);
         assert_eq!(
             l.report("chat", 5).routers[0].generation,
-            Some(5),
-            "a read older than the event"
+            Some(3),
+            "a read is etcd's state, even behind (etcd restored from a backup)"
         );
-        l.router_gone("b", 45);
+        l.router_acked("b", ack(4, AckStatus::Synced), 35);
+        l.router_gone("b", 33);
         assert_eq!(
-            l.report("chat", 5).routers[0].state,
+            l.report("chat", 4).routers[0].state,
             AckState::Synced,
             "a delete before the newer put"
         );
@@ -412,16 +406,13 @@ mod tests {
     #[test]
     fn a_router_missing_from_a_read_is_lost_and_back_when_it_acks_again() {
         let l = link();
-        l.routers_read(
-            &[
-                kv(&l, "me", &ack(2, AckStatus::Synced), 10),
-                kv(&l, "b", &ack(2, AckStatus::Synced), 11),
-            ],
-            11,
-        );
+        l.routers_read(&[
+            kv(&l, "me", &ack(2, AckStatus::Synced), 10),
+            kv(&l, "b", &ack(2, AckStatus::Synced), 11),
+        ]);
         let r = l.report("chat", 2);
         assert!(r.all_live_synced("me"), "{r:?}");
-        l.routers_read(&[kv(&l, "me", &ack(3, AckStatus::Synced), 20)], 21);
+        l.routers_read(&[kv(&l, "me", &ack(3, AckStatus::Synced), 20)]);
         let r = l.report("chat", 3);
         assert_eq!((r.synced, r.of), (1, 2));
         assert_eq!(r.routers[0].state, AckState::Lost);
