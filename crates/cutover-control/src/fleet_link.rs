@@ -558,37 +558,43 @@ impl FleetLink {
                 detail: not_confirmed(&e),
             })?
         };
-        if r.succeeded {
-            self.record_applied(
-                service,
-                Applied {
-                    generation: doc.generation,
-                    mod_revision: r.revision,
-                },
-            );
-            return Ok(r.revision);
-        }
-        let current = r.gets.first().and_then(|g| g.first());
-        match current {
+        self.switch_outcome(service, expected, doc.generation, &value, r)
+    }
+
+    /// What a switch's transaction result means: committed (this router applied it), a
+    /// first attempt that had landed (the same bytes: ours), or another writer's document.
+    fn switch_outcome(
+        &self,
+        service: &str,
+        expected: u64,
+        generation: u64,
+        value: &[u8],
+        r: TxnResult,
+    ) -> Result<i64, SwitchError> {
+        let mod_revision = match r.gets.first().and_then(|g| g.first()) {
+            _ if r.succeeded => r.revision,
             // A first attempt that timed out on a member that had applied it: it is ours.
-            Some(kv) if kv.value == value => {
-                self.record_applied(
-                    service,
-                    Applied {
-                        generation: doc.generation,
-                        mod_revision: kv.mod_revision,
-                    },
-                );
-                Ok(kv.mod_revision)
+            Some(kv) if kv.value == value => kv.mod_revision,
+            Some(kv) => {
+                return Err(SwitchError::StaleGeneration {
+                    expected,
+                    actual: ServiceDoc::parse(&kv.value).map(|d| d.generation).unwrap_or(expected),
+                })
             }
-            Some(kv) => Err(SwitchError::StaleGeneration {
-                expected,
-                actual: ServiceDoc::parse(&kv.value).map(|d| d.generation).unwrap_or(expected),
-            }),
-            None => Err(SwitchError::Fleet {
-                detail: format!("the document of service {service} was deleted from etcd; nothing changed"),
-            }),
-        }
+            None => {
+                return Err(SwitchError::Fleet {
+                    detail: format!("the document of service {service} was deleted from etcd; nothing changed"),
+                })
+            }
+        };
+        self.record_applied(
+            service,
+            Applied {
+                generation,
+                mod_revision,
+            },
+        );
+        Ok(mod_revision)
     }
 }
 

@@ -100,9 +100,9 @@ impl SyncReport {
     }
 }
 
-/// The acks of one wait: a read of `routers/`, then a watch on it from the read's revision
-/// + 1, so no ack written after the read is missed. The watch lives as long as the feed:
-/// a router that waits for nothing watches no ack.
+/// The acks of one wait: a read of `routers/`, then a watch on it from the revision after
+/// the read's, so no ack written after the read is missed. The watch lives as long as the
+/// feed: a router that waits for nothing watches no ack.
 struct AckFeed<'l> {
     link: &'l FleetLink,
     watch: Option<Watch>,
