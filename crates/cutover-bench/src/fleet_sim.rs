@@ -107,7 +107,8 @@ async fn watcher(o: &Opts, i: usize, port: u16) -> anyhow::Result<Watcher> {
     let store = cutover_store::Store::open(&dir.join("cutover.db"))?;
     let ctl = Arc::new(Controller::build(config, store)?);
     let link = Arc::new(FleetLink::new(
-        cutover_fleet::Etcd::new(o.members.clone()),
+        // Spread over the members as `serve` does (a hash of the router id).
+        cutover_fleet::Etcd::new(o.members.clone()).spread_by(&format!("sim-{i}")),
         &o.fleet,
         format!("sim-{i}"),
         format!("sim://{i}"),
