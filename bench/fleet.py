@@ -172,14 +172,15 @@ def main():
     secs = 1 if a.quick else 5
     if not os.path.exists("/usr/bin/etcd"):
         sys.exit("needs /usr/bin/etcd: apt-get install etcd-server")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "cutover", "--bin", "mock-model", "--bin", "cutover-bench"], cwd=ROOT, check=True)
+    bins = ["cutover-bench"] if a.sim_only else ["cutover", "mock-model", "cutover-bench"]
+    subprocess.run(["cargo", "build", "--release", "--quiet", *[x for b in bins for x in ("--bin", b)]], cwd=ROOT, check=True)
     binp = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
     work = tempfile.mkdtemp(prefix="cutover-fleet-bench-")
     members = ",".join(f"127.0.0.1:{c}" for c, _ in ETCD)
     out = []
     try:
         start_etcd(work)
-        for port, v in zip(MOCK, ["v1", "v2"]):
+        for port, v in zip(MOCK if not a.sim_only else [], ["v1", "v2"]):
             start([f"{binp}/mock-model", "--port", str(port), "--model-version", v, "--token-interval", "0s"], f"{work}/mock-{v}.log")
         tokens = []
         for i in range(0 if a.sim_only else ROUTERS):

@@ -100,9 +100,9 @@ impl SyncReport {
     }
 }
 
-/// The acks of one wait: a read of `routers/`, then a watch on it from the revision after
-/// the read's, so no ack written after the read is missed. The watch lives as long as the
-/// feed: a router that waits for nothing watches no ack.
+/// The acks of one wait: a watch on `routers/` from now, then a read of it, so no ack
+/// written after the read is missed. The watch lives as long as the feed: a router that
+/// waits for nothing watches no ack.
 struct AckFeed<'l> {
     link: &'l FleetLink,
     watch: Option<Watch>,
@@ -119,12 +119,26 @@ impl<'l> AckFeed<'l> {
         }
     }
 
+    /// The watch first, from now, then the read: a watch from a past revision (the read's
+    /// + 1, once acks were written since) is one etcd catches up in a loop every 100 ms,
+    /// which was most of a switch's wait. Events the read already holds are older than or
+    /// as old as its acks, and `router_acked` never takes an older one.
     async fn open(&mut self) -> Result<(), EtcdError> {
         let prefix = self.link.keys.routers();
+        let mut w = self.link.etcd.watch(&prefix, 0, false).await?;
+        match w.next().await? {
+            WatchMsg::Created { .. } => {}
+            other => {
+                return Err(EtcdError::Protocol {
+                    member: w.member().to_string(),
+                    detail: format!("a watch's first message was not `created`: {other:?}"),
+                })
+            }
+        }
         let range = self.link.etcd.range_prefix(&prefix).await?;
         self.link.routers_read(&range.kvs);
         self.fresh = true;
-        self.watch = Some(self.link.etcd.watch(&prefix, range.revision + 1, false).await?);
+        self.watch = Some(w);
         Ok(())
     }
 
