@@ -119,9 +119,9 @@ impl<'l> AckFeed<'l> {
         }
     }
 
-    /// The watch first, from now, then the read: a watch from a past revision (the read's
-    /// + 1, once acks were written since) is one etcd catches up in a loop every 100 ms,
-    /// which was most of a switch's wait. Events the read already holds are older than or
+    /// The watch first, from now, then the read: a watch from a past revision (the one
+    /// after the read's, once acks were written since) is one etcd catches up in a loop
+    /// every 100 ms, which was most of a switch's wait. Events the read already holds are older than or
     /// as old as its acks, and `router_acked` never takes an older one.
     async fn open(&mut self) -> Result<(), EtcdError> {
         let prefix = self.link.keys.routers();
