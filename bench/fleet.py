@@ -9,9 +9,10 @@ the script works). Prints markdown tables and writes them to bench/results/fleet
    (commit -> last ack) is read too, as bucket bounds.
 2. Data plane: `cutover-bench rate` on one fleet-mode router and on the same configuration
    with SQLite alone, side by side (fleet mode does nothing per request: same figures expected).
-3. Past two cores: `cutover-bench fleet-sim` with 10, 30, 100 watchers (the routers' sync code,
-   no listeners) on the same etcd: convergence and etcd calls per switch, read from the
-   members' /metrics.
+3. Scale (issue #24): `cutover-bench fleet-sim` with 10, 100 and 1,000 simulated routers (the
+   routers' sync code, no listeners) on the same etcd, side by side: p50/p99 switch -> last ack,
+   watch events per switch (against N), etcd calls per switch and etcd requests per idle router
+   per minute, read from the members' /metrics. `--sim-only` runs this part alone.
 
 Needs /usr/bin/etcd (apt-get install etcd-server). Bounded: every loop has a count, every
 process is stopped at the end; traffic only to 127.0.0.1.
@@ -124,34 +125,73 @@ def loadgen(binp, *args):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def simulated(a, binp, members, work):
+    """Part 3: fleet-sim at each size, on the same etcd, one row each."""
+    out = [f"### Simulated fleets (cutover-bench fleet-sim: the routers' sync code, no listeners)", "",
+           "| routers N | switches | p50 ms | p99 ms | max ms | not all acked | watch events per switch | per N | "
+           "etcd calls per switch | idle etcd requests per router per minute | load average before / after |",
+           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for n in [int(x) for x in a.sim.split(",")]:
+        switches = a.sim_switches if n <= 100 else max(10, a.sim_switches // 4)
+        load0 = os.getloadavg()[0]
+        s = loadgen(binp, "fleet-sim", "--members", members, "--watchers", n, "--switches", switches,
+                    "--fleet", f"sim{n}-{int(time.time())}", "--dir", f"{work}/sim{n}", "--idle", "10s")
+        load1 = os.getloadavg()[0]
+        ev = s["watch_events_per_switch"]
+        out.append(f"| {n} | {switches} | {s['p50_us'] / 1000:.1f} | {s['p99_us'] / 1000:.1f} | {s['max_us'] / 1000:.1f} | "
+                   f"{s['not_all_acked']} | {ev:.0f} | {ev / n:.2f} | {s['etcd_calls_per_switch']} | "
+                   f"{s['idle_calls_per_router_per_min']} | {load0:.1f} / {load1:.1f} |")
+        print(out[-1], flush=True)
+    out += ["", "Targets (issue #24) at N = 100: p99 <= 250 ms, watch events per switch <= 3 x N. The load average "
+            "(1 min, 2 cores) says how much else ran on the machine.", ""]
+    return out
+
+
+def report(a, out):
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    etcd_v = subprocess.run(["/usr/bin/etcd", "--version"], text=True, capture_output=True).stdout.splitlines()[0]
+    head = [f"Machine: {cpu}, {os.cpu_count()} cores, {etcd_v}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+            f"{' (QUICK run: not for quoting)' if a.quick else ''}", ""]
+    text = "\n".join(head + out)
+    print(text)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    name = "fleet-sim.md" if a.sim_only else "fleet.md"
+    open(os.path.join(ROOT, "bench", "results", name), "w").write(text + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny counts, to check the script works")
     ap.add_argument("--switches", type=int, default=1000)
-    ap.add_argument("--sim", default="10,30,100", help="watcher counts for fleet-sim")
-    ap.add_argument("--sim-switches", type=int, default=200)
+    ap.add_argument("--sim", default="10,100,1000", help="simulated router counts for fleet-sim")
+    ap.add_argument("--sim-switches", type=int, default=200, help="switches per fleet-sim run (a quarter past 100 routers)")
+    ap.add_argument("--sim-only", action="store_true", help="only the simulated fleets (part 3)")
     a = ap.parse_args()
     if a.quick:
         a.switches, a.sim, a.sim_switches = 20, "3", 10
     secs = 1 if a.quick else 5
     if not os.path.exists("/usr/bin/etcd"):
         sys.exit("needs /usr/bin/etcd: apt-get install etcd-server")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "cutover", "--bin", "mock-model", "--bin", "cutover-bench"], cwd=ROOT, check=True)
+    bins = ["cutover-bench"] if a.sim_only else ["cutover", "mock-model", "cutover-bench"]
+    subprocess.run(["cargo", "build", "--release", "--quiet", *[x for b in bins for x in ("--bin", b)]], cwd=ROOT, check=True)
     binp = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
     work = tempfile.mkdtemp(prefix="cutover-fleet-bench-")
     members = ",".join(f"127.0.0.1:{c}" for c, _ in ETCD)
     out = []
     try:
         start_etcd(work)
-        for port, v in zip(MOCK, ["v1", "v2"]):
+        for port, v in zip(MOCK if not a.sim_only else [], ["v1", "v2"]):
             start([f"{binp}/mock-model", "--port", str(port), "--model-version", v, "--token-interval", "0s"], f"{work}/mock-{v}.log")
         tokens = []
-        for i in range(ROUTERS):
+        for i in range(0 if a.sim_only else ROUTERS):
             c = ETCD[i % 3][0]
             d = router_config(work, f"r{i}", ADMIN0 + i, LISTEN0 + i,
                               f'url = "etcd://127.0.0.1:{c}"\nfleet = "bench"\nrouter_id = "r{i}"\nack_timeout = "2s"')
             tokens.append(start_router(binp, d, ADMIN0 + i))
         r0 = f"http://127.0.0.1:{ADMIN0}"
+        if a.sim_only:
+            out += simulated(a, binp, members, work)
+            return report(a, out)
         wait("5 routers synced", lambda: sum(r["state"] == "SYNCED" for r in json.loads(http(f"{r0}/v1/fleet", token=tokens[0]))["routers"]) == ROUTERS)
 
         # 1. Convergence.
@@ -194,23 +234,8 @@ def main():
         out += ["", "Each mode twice, alternating, while the 5 fleet routers and etcd run (the SQLite router too). Flat out, "
                 "the generator and the router share the 2 cores; the done rate compares the two, its latency is queueing (not shown).", ""]
 
-        # 3. Simulated fleets on the same etcd.
-        out += [f"### Simulated fleets (cutover-bench fleet-sim: the routers' sync code, no listeners), {a.sim_switches} switches each", "",
-                "| watchers | p50 ms | p99 ms | max ms | not all acked | etcd calls per switch | watch events sent per switch | idle etcd calls/s (keepalives) |",
-                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for n in [int(x) for x in a.sim.split(",")]:
-            s = loadgen(binp, "fleet-sim", "--members", members, "--watchers", n, "--switches", a.sim_switches,
-                        "--fleet", f"sim{n}", "--dir", f"{work}/sim{n}")
-            out.append(f"| {n} | {s['p50_us'] / 1000:.1f} | {s['p99_us'] / 1000:.1f} | {s['max_us'] / 1000:.1f} | {s['not_all_acked']} | "
-                       f"{s['etcd_calls_per_switch']} | {s['watch_events_per_switch']:.0f} | {s['idle_etcd_calls_per_s']} |")
-        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-        etcd_v = subprocess.run(["/usr/bin/etcd", "--version"], text=True, capture_output=True).stdout.splitlines()[0]
-        head = [f"Machine: {cpu}, {os.cpu_count()} cores, {etcd_v}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-                f"{' (QUICK run: not for quoting)' if a.quick else ''}", ""]
-        text = "\n".join(head + out)
-        print(text)
-        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-        open(os.path.join(ROOT, "bench", "results", "fleet.md"), "w").write(text + "\n")
+        out += simulated(a, binp, members, work)
+        report(a, out)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

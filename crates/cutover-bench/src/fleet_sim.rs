@@ -107,7 +107,8 @@ async fn watcher(o: &Opts, i: usize, port: u16) -> anyhow::Result<Watcher> {
     let store = cutover_store::Store::open(&dir.join("cutover.db"))?;
     let ctl = Arc::new(Controller::build(config, store)?);
     let link = Arc::new(FleetLink::new(
-        cutover_fleet::Etcd::new(o.members.clone()),
+        // Spread over the members as `serve` does (a hash of the router id).
+        cutover_fleet::Etcd::new(o.members.clone()).spread_by(&format!("sim-{i}")),
         &o.fleet,
         format!("sim-{i}"),
         format!("sim://{i}"),
@@ -122,6 +123,65 @@ async fn watcher(o: &Opts, i: usize, port: u16) -> anyhow::Result<Watcher> {
     })
 }
 
+/// Waits until watcher 0 reads every watcher's ack of the generation it serves.
+async fn all_synced(lead: &Watcher, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let g = lead.ctl.service("chat")?.proxy.table().generation;
+        lead.link.refresh_routers().await;
+        let r = lead.link.report("chat", g);
+        if r.synced == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {}/{n} watchers synced after 120 s",
+            r.synced
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// etcd calls and watch events per second while nothing happens.
+async fn idle_rates(o: &Opts) -> anyhow::Result<(f64, f64)> {
+    let (calls0, events0) = etcd_calls(&o.members).await?;
+    tokio::time::sleep(o.idle).await;
+    let (calls1, events1) = etcd_calls(&o.members).await?;
+    let secs = o.idle.as_secs_f64();
+    Ok(((calls1 - calls0) / secs, (events1 - events0) / secs))
+}
+
+/// `switches` switches through watcher 0, each waiting for every ack as the admin API's
+/// answer does: the latencies (µs) and how many answers counted fewer than `n` synced.
+async fn switch_loop(lead: &Watcher, switches: u64, n: usize) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut lat = Vec::new();
+    let mut short = 0u64;
+    for k in 0..switches {
+        let to = if k % 2 == 0 { Color::Green } else { Color::Blue };
+        let t0 = tokio::time::Instant::now();
+        let req = SwitchRequest {
+            to: Some(to),
+            if_generation: None,
+            force: true,
+            kind: cutover_store::SwitchKind::Switched,
+            actor: "fleet-sim".into(),
+            reason: format!("switch {k}"),
+            release_id: None,
+        };
+        let out = lead
+            .ctl
+            .switch("chat", req)
+            .await
+            .map_err(|e| anyhow::anyhow!("switch {k}: {e}"))?;
+        let r = lead.link.await_acks("chat", out.generation, t0).await;
+        lat.push(t0.elapsed().as_micros() as u64);
+        if r.synced != n {
+            short += 1;
+        }
+    }
+    Ok((lat, short))
+}
+
 pub async fn run(o: Opts) -> anyhow::Result<()> {
     let port = health_server().await?;
     let mut ws = Vec::new();
@@ -130,68 +190,25 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
     }
     let lead = &ws[0];
     // Everyone acked the state read at start before anything is measured.
-    let start = Instant::now();
-    loop {
-        let g = lead.ctl.service("chat")?.proxy.table().generation;
-        let r = lead.link.report("chat", g);
-        if r.synced == o.watchers {
-            break;
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(60),
-            "only {}/{} watchers synced after 60 s",
-            r.synced,
-            o.watchers
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (idle0, idle_events0) = etcd_calls(&o.members).await?;
-    tokio::time::sleep(o.idle).await;
-    let (idle1, idle_events1) = etcd_calls(&o.members).await?;
-    let idle_rate = (idle1 - idle0) / o.idle.as_secs_f64();
-    let idle_events = (idle_events1 - idle_events0) / o.idle.as_secs_f64();
-
+    all_synced(lead, o.watchers).await?;
+    let (idle_rate, idle_events) = idle_rates(&o).await?;
     let (before, events_before) = etcd_calls(&o.members).await?;
     let began = Instant::now();
-    let mut lat = Vec::new();
-    let mut short = 0u64;
-    for k in 0..o.switches {
-        let to = if k % 2 == 0 { Color::Green } else { Color::Blue };
-        let t0 = tokio::time::Instant::now();
-        let out = lead
-            .ctl
-            .switch(
-                "chat",
-                SwitchRequest {
-                    to: Some(to),
-                    if_generation: None,
-                    force: true,
-                    kind: cutover_store::SwitchKind::Switched,
-                    actor: "fleet-sim".into(),
-                    reason: format!("switch {k}"),
-                    release_id: None,
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("switch {k}: {e}"))?;
-        let r = lead.link.await_acks("chat", out.generation, t0).await;
-        lat.push(t0.elapsed().as_micros() as u64);
-        if r.synced != o.watchers {
-            short += 1;
-        }
-    }
+    let (mut lat, short) = switch_loop(lead, o.switches, o.watchers).await?;
     let spent = began.elapsed().as_secs_f64();
     let (after, events_after) = etcd_calls(&o.members).await?;
     let per_switch = (after - before - idle_rate * spent) / o.switches as f64;
     let events = (events_after - events_before - idle_events * spent) / o.switches as f64;
     lat.sort_unstable();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
     println!(
         "{}",
         json!({"watchers": o.watchers, "switches": o.switches, "not_all_acked": short,
                "p50_us": percentile(&lat, 0.5), "p99_us": percentile(&lat, 0.99), "max_us": lat.last().copied().unwrap_or(0),
-               "etcd_calls_per_switch": (per_switch * 10.0).round() / 10.0,
+               "etcd_calls_per_switch": round(per_switch),
                "watch_events_per_switch": events.round(),
-               "idle_etcd_calls_per_s": (idle_rate * 10.0).round() / 10.0})
+               "idle_etcd_calls_per_s": round(idle_rate),
+               "idle_calls_per_router_per_min": round(idle_rate * 60.0 / o.watchers as f64)})
     );
     Ok(())
 }

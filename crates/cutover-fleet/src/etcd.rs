@@ -23,15 +23,17 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 use crate::access::{chain, explain, Access, Connector};
+
+mod watch;
+pub use watch::Watch;
 
 /// How long one call to one member may take before the next member is tried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,7 +71,7 @@ impl EtcdError {
 pub type Result<T> = std::result::Result<T, EtcdError>;
 
 /// One key-value pair as etcd stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Kv {
     pub key: String,
     pub value: Bytes,
@@ -542,6 +544,10 @@ impl Etcd {
     }
 
     fn request(&self, member: &str, path: &str, body: &Value, token: Option<&str>) -> Request<Full<Bytes>> {
+        self.request_text(member, path, body.to_string(), token)
+    }
+
+    fn request_text(&self, member: &str, path: &str, body: String, token: Option<&str>) -> Request<Full<Bytes>> {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(format!("{}://{member}{path}", self.access.scheme()))
@@ -555,8 +561,7 @@ impl Etcd {
         if let Some(t) = token.filter(|t| !t.is_empty()) {
             req = req.header(http::header::AUTHORIZATION, t);
         }
-        req.body(Full::new(Bytes::from(body.to_string())))
-            .expect("a valid request")
+        req.body(Full::new(Bytes::from(body))).expect("a valid request")
     }
 
     /// The pair at `key`, if any, and the store's revision.
@@ -691,163 +696,22 @@ impl Etcd {
         })
     }
 
+    /// Whether `member` answers a linearizable read now: it is up and in a quorum (a read
+    /// through the leader). No failover: the question is about that member. One key,
+    /// counted, not sent: as cheap as an etcd call gets.
+    pub async fn probe(&self, member: &str, key: &str) -> Result<i64> {
+        let token = self.token().await?;
+        let body = json!({"key": b64(key.as_bytes()), "count_only": true});
+        let v = self.call_one(member, "/v3/kv/range", &body, token.as_deref()).await?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
     fn current(&self) -> String {
         let n = self.members.len().max(1);
         self.members
             .get(self.preferred.load(Relaxed) % n)
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// Watches every key under `prefix` from `start_revision` on (0: from now). The first
-    /// message is `Created` (or `Compacted` right after it when the start was compacted).
-    /// Opening fails over like any call; once open, the stream ends with the member.
-    pub async fn watch(&self, prefix: &str, start_revision: i64, progress_notify: bool) -> Result<Watch> {
-        let body = json!({"create_request": {
-            "key": b64(prefix.as_bytes()),
-            "range_end": b64(&prefix_end(prefix)),
-            "start_revision": start_revision.to_string(),
-            "progress_notify": progress_notify,
-        }});
-        let token = self.token().await?;
-        let n = self.members.len();
-        let first = self.preferred.load(Relaxed) % n.max(1);
-        let mut tried = Vec::new();
-        for i in 0..n {
-            let idx = (first + i) % n;
-            let member = &self.members[idx];
-            let req = self.request(member, "/v3/watch", &body, token.as_deref());
-            match tokio::time::timeout(self.timeout, self.http.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    self.preferred.store(idx, Relaxed);
-                    return Ok(Watch {
-                        member: member.clone(),
-                        body: resp.into_body(),
-                        buf: BytesMut::new(),
-                    });
-                }
-                Ok(Ok(resp)) => tried.push(format!("{member}: HTTP {}", resp.status())),
-                Ok(Err(e)) => tried.push(format!("{member}: {}", explain(chain(&e), &self.access))),
-                Err(_) => tried.push(format!("{member}: no answer within {:?}", self.timeout)),
-            }
-        }
-        Err(EtcdError::Unreachable { tried })
-    }
-}
-
-/// An open watch stream: one JSON object per message.
-pub struct Watch {
-    member: String,
-    body: Incoming,
-    buf: BytesMut,
-}
-
-impl Watch {
-    /// The member this stream is open on.
-    pub fn member(&self) -> &str {
-        &self.member
-    }
-
-    /// The next message; `Err` when the stream ended or broke (watch again after a re-read).
-    /// Cancel-safe: a message half read stays buffered.
-    pub async fn next(&mut self) -> Result<WatchMsg> {
-        loop {
-            if let Some(v) = self.take_message()? {
-                return self.message(&v);
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                        if self.buf.len() > MAX_WATCH_MESSAGE {
-                            return Err(EtcdError::protocol(&self.member, "a watch message over 16 MiB"));
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(EtcdError::Unreachable {
-                        tried: vec![format!("{}: watch stream broke: {e}", self.member)],
-                    })
-                }
-                None => {
-                    return Err(EtcdError::Unreachable {
-                        tried: vec![format!("{}: watch stream ended", self.member)],
-                    })
-                }
-            }
-        }
-    }
-
-    /// One whole JSON value from the front of the buffer, if one has arrived.
-    fn take_message(&mut self) -> Result<Option<Value>> {
-        let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
-        let Some(start) = start else {
-            self.buf.clear();
-            return Ok(None);
-        };
-        self.buf.advance(start);
-        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-        match it.next() {
-            Some(Ok(v)) => {
-                let used = it.byte_offset();
-                self.buf.advance(used);
-                Ok(Some(v))
-            }
-            Some(Err(e)) if e.is_eof() => Ok(None),
-            Some(Err(e)) => Err(EtcdError::protocol(&self.member, format!("watch message: {e}"))),
-            None => Ok(None),
-        }
-    }
-
-    fn message(&self, v: &Value) -> Result<WatchMsg> {
-        let member = &self.member;
-        if let Some(err) = v.get("error") {
-            return Err(EtcdError::Server {
-                member: member.clone(),
-                code: int(&err["grpc_code"]),
-                message: err["message"].as_str().unwrap_or("watch error").to_string(),
-            });
-        }
-        let r = v
-            .get("result")
-            .ok_or_else(|| EtcdError::protocol(member, format!("watch message without result: {v}")))?;
-        let revision = int(&r["header"]["revision"]);
-        let compact = int(&r["compact_revision"]);
-        if compact > 0 {
-            return Ok(WatchMsg::Compacted {
-                compact_revision: compact,
-            });
-        }
-        if r["canceled"].as_bool().unwrap_or(false) {
-            let reason = r["cancel_reason"].as_str().unwrap_or("").to_string();
-            if reason.contains("auth token") {
-                // The caller reads again, and that call renews the token.
-                return Err(EtcdError::Server {
-                    member: member.clone(),
-                    code: 16,
-                    message: reason,
-                });
-            }
-            return Ok(WatchMsg::Canceled { reason });
-        }
-        if r["created"].as_bool().unwrap_or(false) {
-            return Ok(WatchMsg::Created { revision });
-        }
-        let mut events = Vec::new();
-        if let Value::Array(evs) = &r["events"] {
-            for e in evs {
-                let kv = kv_of(member, &e["kv"])?;
-                events.push(match e["type"].as_str() {
-                    Some("DELETE") => Event::Delete(kv),
-                    _ => Event::Put(kv),
-                });
-            }
-        }
-        if events.is_empty() {
-            Ok(WatchMsg::Progress { revision })
-        } else {
-            Ok(WatchMsg::Events { revision, events })
-        }
     }
 }
 

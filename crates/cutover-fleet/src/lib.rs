@@ -49,6 +49,26 @@ impl Keys {
         &self.prefix
     }
 
+    /// What a router watches: everything of the fleet but the routers' acks and the switches'
+    /// history records, as `[key, range_end)` ranges. Every router watching every ack made
+    /// the events per switch grow as N²; the acks are read by whoever waits for them.
+    pub fn watched(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let p = &self.prefix;
+        let end = |k: &str| {
+            let mut e = k.as_bytes().to_vec();
+            // The keys are ASCII and end in '/': the next byte value bounds the prefix.
+            *e.last_mut().expect("not empty") += 1;
+            e
+        };
+        let history = format!("{p}history/");
+        let routers = self.routers();
+        vec![
+            (p.as_bytes().to_vec(), history.as_bytes().to_vec()),
+            (end(&history), routers.as_bytes().to_vec()),
+            (end(&routers), end(p)),
+        ]
+    }
+
     pub fn services(&self) -> String {
         format!("{}services/", self.prefix)
     }
@@ -247,6 +267,36 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_router_watches_every_key_of_the_fleet_but_the_acks_and_the_history() {
+        let k = Keys::new("prod");
+        let ranges = k.watched();
+        let watched = |key: &str| {
+            ranges
+                .iter()
+                .any(|(a, b)| a.as_slice() <= key.as_bytes() && key.as_bytes() < b.as_slice())
+        };
+        for key in [
+            k.service("chat"),
+            k.leader(),
+            k.release("chat", 7),
+            k.host("gpu-a"),
+            k.agent("gpu-a"),
+            k.desired_of("chat", doc::Color::Blue),
+            k.report("chat", doc::Color::Green, "gpu-b"),
+        ] {
+            assert!(watched(&key), "{key} is not watched");
+        }
+        for key in [
+            k.router("edge-1"),
+            k.history("chat", 3),
+            "/cutover/prod0".to_string(),
+            "/cutover/pro/x".into(),
+        ] {
+            assert!(!watched(&key), "{key} is watched");
+        }
+    }
 
     #[test]
     fn jitter_stays_within_half_and_one_and_a_half() {

@@ -116,6 +116,53 @@ async fn a_watch_sees_puts_and_deletes_under_its_prefix_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_watches_several_ranges_in_revision_order_and_nothing_between_them() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let keys = cutover_fleet::Keys::new("w");
+    let from = c.put("/other", b"0", 0).await.unwrap() + 1;
+    let ranges = keys.watched();
+    let mut w = c.watch_ranges(&ranges, from, false).await.unwrap();
+    for _ in &ranges {
+        assert!(matches!(next(&mut w).await, WatchMsg::Created { .. }));
+    }
+    // Written in this order: the acks and history between the watched ranges are not sent.
+    let written = [
+        keys.service("chat"),
+        keys.router("edge-1"),
+        keys.leader(),
+        keys.history("chat", 2),
+        keys.host("gpu-a"),
+        keys.router("edge-2"),
+        keys.service("chat"),
+    ];
+    for k in &written {
+        c.put(k, b"x", 0).await.unwrap();
+    }
+    let want = [
+        keys.service("chat"),
+        keys.leader(),
+        keys.host("gpu-a"),
+        keys.service("chat"),
+    ];
+    let mut seen = Vec::new();
+    let mut last = 0;
+    while seen.len() < want.len() {
+        let WatchMsg::Events { events, .. } = next(&mut w).await else {
+            continue;
+        };
+        for e in events {
+            assert!(e.kv().mod_revision > last, "out of revision order: {e:?}");
+            last = e.kv().mod_revision;
+            seen.push(e.kv().key.clone());
+        }
+    }
+    assert_eq!(seen, want);
+    // The member the stream is on answers the silence question.
+    assert!(c.probe(w.member(), &keys.leader()).await.unwrap() >= last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_with_progress_notify_hears_the_revision_while_nothing_changes() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();

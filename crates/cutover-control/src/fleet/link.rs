@@ -1,8 +1,8 @@
 //! This router's link to its fleet in etcd: the client, the service documents it applied
-//! (with the revision a switch compares), every router's ack as the watch last saw it, and
-//! the switch transaction itself. The task that reads, applies, acknowledges and watches is
-//! the `fleet` module, above the controller; this one sits below `service` so a switch can
-//! commit through it.
+//! (with the revision a switch compares), every router's ack as its last read of them saw
+//! it, and the switch transaction itself. The task that reads, applies, acknowledges and
+//! watches is `sync`. A switch commits through this link by way of the
+//! `service::fleet::Fleet` trait, which `seams` implements for it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,10 +12,11 @@ use cutover_fleet::doc::{Ack, AckStatus, HistoryRecord, LeaderDoc, ServiceDoc};
 use cutover_fleet::etcd::{Compare, Kv, Op, Txn, TxnResult};
 use cutover_fleet::{Etcd, Keys};
 use cutover_proxy::stats::Histogram;
-use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::base::error::SwitchError;
+
+mod acks;
+pub use acks::{AckState, RouterSync, SyncReport};
 
 /// The hash of a service's configuration that documents carry (`config_hash`): its
 /// environments (endpoints, versions as configured, or the managed run).
@@ -40,54 +41,8 @@ fn not_confirmed(e: &cutover_fleet::EtcdError) -> String {
     }
 }
 
-/// A router's state with respect to a generation (`sync.routers[].state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum AckState {
-    /// Acked the generation (or a later one).
-    Synced,
-    /// Acked an older generation.
-    Stale,
-    /// Could not apply a document; keeps serving its previous state.
-    Rejected,
-    /// Its lease expired: its ack key is gone.
-    Lost,
-}
-
-impl AckState {
-    pub const ALL: [AckState; 4] = [AckState::Synced, AckState::Stale, AckState::Rejected, AckState::Lost];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckState::Synced => "SYNCED",
-            AckState::Stale => "STALE",
-            AckState::Rejected => "REJECTED",
-            AckState::Lost => "LOST",
-        }
-    }
-}
-
-/// One router in a sync report.
-#[derive(Debug, Clone, Serialize)]
-pub struct RouterSync {
-    pub id: String,
-    pub state: AckState,
-    /// The generation of the service it last acked, if any.
-    pub generation: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// How far a switch got across the fleet when its answer was sent (`"sync"`).
-#[derive(Debug, Clone, Serialize)]
-pub struct SyncReport {
-    pub synced: usize,
-    pub of: usize,
-    pub routers: Vec<RouterSync>,
-}
-
 /// The document a router applied for one service, and the etcd revision it carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub generation: u64,
     /// The document's `mod_revision`: what this router's next switch compares.
@@ -142,8 +97,11 @@ struct LinkState {
     /// as new as the served one is read or written, so the router never looks in sync
     /// with a state etcd does not hold.
     ahead: BTreeMap<String, (u64, u64)>,
-    /// Every live router's ack (this one's included).
+    /// Every live router's ack (this one's included), as last read or watched by a wait.
     routers: BTreeMap<String, Ack>,
+    /// The `mod_revision` of each router's ack (or of its delete) the link last took: two
+    /// waits' watches may bring them out of order. Reset by every read of all the acks.
+    ack_revisions: BTreeMap<String, i64>,
     /// Routers whose ack key went away (lease expired), with their last ack, until they
     /// come back.
     lost: BTreeMap<String, Ack>,
@@ -167,8 +125,6 @@ pub struct FleetLink {
     pub admin_url: String,
     pub ack_timeout: Duration,
     state: Mutex<LinkState>,
-    /// Wakes switches waiting for acks: an ack arrived or went.
-    acks_changed: tokio::sync::Notify,
     /// Wakes the ack writer: what this router applied changed.
     pub(crate) ack_due: tokio::sync::Notify,
     /// Wakes the sync: read everything again (a reload added a service).
@@ -195,7 +151,6 @@ impl FleetLink {
                 since: cutover_store::now_rfc3339(),
                 ..LinkState::default()
             }),
-            acks_changed: tokio::sync::Notify::new(),
             ack_due: tokio::sync::Notify::new(),
             resync: tokio::sync::Notify::new(),
             convergence: Histogram::default(),
@@ -337,163 +292,6 @@ impl FleetLink {
             admin_url: self.admin_url.clone(),
             revision: s.revision,
             at: cutover_store::now_rfc3339(),
-        }
-    }
-
-    /// A router's ack arrived (a put under `routers/`).
-    pub(crate) fn router_acked(&self, id: &str, ack: Ack) {
-        let mut s = self.st();
-        s.lost.remove(id);
-        s.routers.insert(id.to_string(), ack);
-        drop(s);
-        self.acks_changed.notify_waiters();
-    }
-
-    /// A router's ack key went away: its lease expired (or it stopped cleanly).
-    pub(crate) fn router_gone(&self, id: &str) {
-        let mut s = self.st();
-        if let Some(ack) = s.routers.remove(id) {
-            lost_log(
-                id,
-                &ack,
-                "its ack's key was deleted: its lease ran out (no renewal within the TTL) or it stopped cleanly",
-            );
-            s.lost.insert(id.to_string(), ack);
-        }
-        drop(s);
-        self.acks_changed.notify_waiters();
-    }
-
-    /// Every ack as a fresh read found them: routers missing from it are lost.
-    pub(crate) fn routers_read(&self, acks: BTreeMap<String, Ack>) {
-        let mut s = self.st();
-        let gone: Vec<String> = s.routers.keys().filter(|k| !acks.contains_key(*k)).cloned().collect();
-        for id in gone {
-            if let Some(ack) = s.routers.remove(&id) {
-                lost_log(&id, &ack, "its ack is missing from a fresh read of etcd");
-                s.lost.insert(id, ack);
-            }
-        }
-        for id in acks.keys() {
-            s.lost.remove(id);
-        }
-        s.routers = acks;
-        drop(s);
-        self.acks_changed.notify_waiters();
-    }
-
-    fn classify(ack: &Ack, lost: bool, service: &str, generation: u64) -> RouterSync {
-        let acked = ack.generations.get(service).copied();
-        let state = if lost {
-            AckState::Lost
-        } else if acked.is_some_and(|g| g >= generation) {
-            AckState::Synced
-        } else if ack.status == AckStatus::Rejected {
-            AckState::Rejected
-        } else {
-            AckState::Stale
-        };
-        RouterSync {
-            id: String::new(),
-            state,
-            generation: acked,
-            reason: if state == AckState::Rejected {
-                ack.reason.clone()
-            } else {
-                None
-            },
-        }
-    }
-
-    /// Where every known router stands with respect to `service` at `generation`.
-    pub fn report(&self, service: &str, generation: u64) -> SyncReport {
-        let s = self.st();
-        let mut routers = Vec::new();
-        for (lost, map) in [(false, &s.routers), (true, &s.lost)] {
-            for (id, ack) in map {
-                let mut r = Self::classify(ack, lost, service, generation);
-                r.id = id.clone();
-                routers.push(r);
-            }
-        }
-        routers.sort_by(|a, b| a.id.cmp(&b.id));
-        SyncReport {
-            synced: routers.iter().filter(|r| r.state == AckState::Synced).count(),
-            of: routers.len(),
-            routers,
-        }
-    }
-
-    /// Waits until every live router acked `generation` of `service`, at most `ack_timeout`
-    /// from `since`; then reads the acks once from etcd (the watch may lag) and reports.
-    pub async fn await_acks(&self, service: &str, generation: u64, since: Instant) -> SyncReport {
-        let deadline = since + self.ack_timeout;
-        loop {
-            let waiting = self.acks_changed.notified();
-            let r = self.report(service, generation);
-            let live_unsynced = r
-                .routers
-                .iter()
-                .any(|x| x.state != AckState::Synced && x.state != AckState::Lost);
-            if !live_unsynced && r.routers.iter().any(|x| x.id == self.router_id) {
-                self.convergence.observe(since.elapsed());
-                return r;
-            }
-            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
-                break;
-            }
-        }
-        // The deadline passed: one direct read is the honest answer.
-        if let Ok(range) = self.etcd.range_prefix(&self.keys.routers()).await {
-            let acks = range
-                .kvs
-                .iter()
-                .filter_map(|kv| Some((self.keys.router_id(&kv.key)?.to_string(), Ack::parse(&kv.value).ok()?)))
-                .collect();
-            self.routers_read(acks);
-        }
-        self.report(service, generation)
-    }
-
-    /// Waits, as long as it takes, until no live router is behind `generation` of `service`
-    /// (STALE or REJECTED; LOST ones are not waited for: their lease is gone, and they
-    /// re-read everything when they come back). The old color's scale-down waits here: a
-    /// router that still routes to it must not lose it. Says once why it waits.
-    pub async fn await_all_acked(&self, service: &str, generation: u64) {
-        let mut said = false;
-        loop {
-            let waiting = self.acks_changed.notified();
-            let r = self.report(service, generation);
-            let behind: Vec<String> = r
-                .routers
-                .iter()
-                .filter(|x| matches!(x.state, AckState::Stale | AckState::Rejected))
-                .map(|x| {
-                    format!(
-                        "{} {} at generation {}",
-                        x.id,
-                        x.state.as_str(),
-                        x.generation.unwrap_or(0)
-                    )
-                })
-                .collect();
-            if behind.is_empty() {
-                if said {
-                    tracing::info!(
-                        service,
-                        generation,
-                        "fleet: every live router acked; the scale-down goes on"
-                    );
-                }
-                return;
-            }
-            if !said {
-                tracing::warn!(service, generation, behind = %behind.join(", "), "fleet: the old color's scale-down waits until every live router acked the switch");
-                said = true;
-            }
-            // Acks arrive through the watch; the timer re-checks a router that went away
-            // without its delete being seen yet.
-            let _ = tokio::time::timeout(Duration::from_secs(1), waiting).await;
         }
     }
 
@@ -760,37 +558,43 @@ impl FleetLink {
                 detail: not_confirmed(&e),
             })?
         };
-        if r.succeeded {
-            self.record_applied(
-                service,
-                Applied {
-                    generation: doc.generation,
-                    mod_revision: r.revision,
-                },
-            );
-            return Ok(r.revision);
-        }
-        let current = r.gets.first().and_then(|g| g.first());
-        match current {
+        self.switch_outcome(service, expected, doc.generation, &value, r)
+    }
+
+    /// What a switch's transaction result means: committed (this router applied it), a
+    /// first attempt that had landed (the same bytes: ours), or another writer's document.
+    fn switch_outcome(
+        &self,
+        service: &str,
+        expected: u64,
+        generation: u64,
+        value: &[u8],
+        r: TxnResult,
+    ) -> Result<i64, SwitchError> {
+        let mod_revision = match r.gets.first().and_then(|g| g.first()) {
+            _ if r.succeeded => r.revision,
             // A first attempt that timed out on a member that had applied it: it is ours.
-            Some(kv) if kv.value == value => {
-                self.record_applied(
-                    service,
-                    Applied {
-                        generation: doc.generation,
-                        mod_revision: kv.mod_revision,
-                    },
-                );
-                Ok(kv.mod_revision)
+            Some(kv) if kv.value == value => kv.mod_revision,
+            Some(kv) => {
+                return Err(SwitchError::StaleGeneration {
+                    expected,
+                    actual: ServiceDoc::parse(&kv.value).map(|d| d.generation).unwrap_or(expected),
+                })
             }
-            Some(kv) => Err(SwitchError::StaleGeneration {
-                expected,
-                actual: ServiceDoc::parse(&kv.value).map(|d| d.generation).unwrap_or(expected),
-            }),
-            None => Err(SwitchError::Fleet {
-                detail: format!("the document of service {service} was deleted from etcd; nothing changed"),
-            }),
-        }
+            None => {
+                return Err(SwitchError::Fleet {
+                    detail: format!("the document of service {service} was deleted from etcd; nothing changed"),
+                })
+            }
+        };
+        self.record_applied(
+            service,
+            Applied {
+                generation,
+                mod_revision,
+            },
+        );
+        Ok(mod_revision)
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_fleet::doc::{Ack, HistoryRecord, ServiceDoc, Versions};
+use cutover_fleet::doc::{HistoryRecord, ServiceDoc, Versions};
 use cutover_fleet::etcd::{Compare, Event, Kv, Op, Txn, WatchMsg};
 use cutover_fleet::EtcdError;
 use cutover_proxy::Color;
@@ -20,11 +20,16 @@ use crate::service::ServiceCtl;
 
 /// A router's ack lives this long after its last renewal (its lease's TTL, seconds).
 pub const ACK_TTL: i64 = 5;
-/// No watch message (event or progress) for this long: read everything again. etcd sends
-/// progress notifications only as often as `--experimental-watch-progress-notify-interval`
-/// (10 minutes by default), so this is what bounds how long a silently dead stream is
-/// believed.
+/// No watch message (event or progress) for this long: ask the watch's member whether it
+/// is up and in a quorum (one linearizable read of one key, counted, not sent), and read
+/// everything again only if it is not. etcd sends progress notifications only as often as
+/// `--experimental-watch-progress-notify-interval` (10 minutes by default), so this is what
+/// bounds how long a member that died or left its quorum is believed.
 pub const WATCH_SILENCE: Duration = Duration::from_secs(10);
+/// No watch message for this long, however well the member answers: read everything again.
+/// The probe rides another connection than the stream, so a stream whose own connection
+/// died silently (a middlebox that forgot it) is believed at most this long.
+pub const WATCH_RESYNC: Duration = Duration::from_secs(60);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -64,6 +69,7 @@ enum Rewatch {
     Canceled(String),
     Backwards { seen: i64, applied: i64 },
     Silence,
+    MemberSilent(EtcdError),
     Resync,
     Broken(EtcdError),
 }
@@ -79,7 +85,13 @@ impl std::fmt::Display for Rewatch {
                     "revision went backwards ({seen} < {applied}): etcd restored from a backup?"
                 )
             }
-            Rewatch::Silence => write!(f, "no watch message for {WATCH_SILENCE:?}"),
+            Rewatch::Silence => write!(f, "no watch message for {WATCH_RESYNC:?}"),
+            Rewatch::MemberSilent(e) => {
+                write!(
+                    f,
+                    "no watch message for {WATCH_SILENCE:?} and the member does not answer: {e}"
+                )
+            }
             Rewatch::Resync => f.write_str("a service was added"),
             Rewatch::Broken(e) => write!(f, "watch stream failed: {e}"),
         }
@@ -99,17 +111,18 @@ async fn sync(ctl: Arc<Controller>, link: Arc<FleetLink>) {
         backoff = Duration::from_millis(100);
         let why = watch(&ctl, &link, link.revision() + 1).await;
         match &why {
-            Rewatch::Broken(_) => tracing::warn!(why = %why, "fleet: reading everything again"),
+            Rewatch::Broken(_) | Rewatch::MemberSilent(_) => {
+                tracing::warn!(why = %why, "fleet: reading everything again")
+            }
             _ => tracing::info!(why = %why, "fleet: reading everything again"),
         }
     }
 }
 
-/// Reads every service document and ack, applies them, creates the documents etcd does not
+/// Reads every service document (not the acks: whoever waits for them reads them), applies them, creates the documents etcd does not
 /// have yet from the local state, and sets the revision the watch starts after.
 async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
     let services = link.etcd.range_prefix(&link.keys.services()).await?;
-    let routers = link.etcd.range_prefix(&link.keys.routers()).await?;
     let releases = link.etcd.range_prefix(&link.keys.releases()).await?;
     let mut agent_kvs = Vec::new();
     for prefix in [
@@ -153,14 +166,8 @@ async fn read_all(ctl: &Controller, link: &FleetLink) -> Result<(), EtcdError> {
             None => create(link, svc).await?,
         }
     }
-    let acks = routers
-        .kvs
-        .iter()
-        .filter_map(|kv| Some((link.keys.router_id(&kv.key)?.to_string(), Ack::parse(&kv.value).ok()?)))
-        .collect();
-    link.routers_read(acks);
-    // The services' read is the older of the two: the watch replays what followed it, and
-    // replaying an ack or a document already applied changes nothing.
+    // The services' read is the oldest: the watch replays what followed it, and replaying a
+    // document already applied changes nothing.
     link.set_revision(services.revision);
     link.ack_due.notify_one();
     Ok(())
@@ -219,119 +226,93 @@ fn versions(svc: &ServiceCtl) -> Versions {
     }
 }
 
-/// How a document was seen: a watch event, or a full read at a revision (one that went
-/// behind what the watch had reached means etcd was restored from an older state).
-#[derive(Debug, Clone, Copy)]
-enum Seen {
-    Event,
-    Read { revision: i64, went_back: bool },
-}
+mod plan;
+use plan::{plan, Install, Plan, Seen, Served};
 
-/// A document older than the one this router applied last is old news, not a restore,
-/// when it was already superseded where it was seen: a watch event from before this
-/// router's own newer write (two quick switches here: the watch brings the first after
-/// the second was published), or a read taken before that write. A read that went back
-/// in revisions, or one taken after the write, that still shows an older generation is
-/// a restore.
-fn superseded(applied: Option<Applied>, mod_revision: i64, seen: Seen) -> bool {
-    let Some(applied) = applied else { return false };
-    match seen {
-        Seen::Event => mod_revision < applied.mod_revision,
-        Seen::Read { revision, went_back } => !went_back && revision < applied.mod_revision,
-    }
-}
-
-/// Applies a stored document to a service if it is newer than what the service serves;
-/// a document it cannot apply is rejected (the ack says why) and the old state kept.
+/// Applies a stored document to a service as [`plan`] decides, under the service's lock.
 async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
-    let doc = match ServiceDoc::parse(&kv.value) {
-        Ok(d) => d,
-        Err(reason) => return reject(link, svc, None, reason),
-    };
+    let parsed = ServiceDoc::parse(&kv.value);
     let _op = svc.op.lock().await;
     let table = svc.proxy.table();
-    let applied = Applied {
-        generation: doc.generation.max(table.generation),
-        mod_revision: kv.mod_revision,
+    let served = Served {
+        generation: table.generation,
+        weight: table.weight,
+        versions: versions(svc),
+        with_endpoints: Color::ALL
+            .into_iter()
+            .filter(|c| svc.route(*c).is_some_and(|r| !r.endpoints().is_empty()))
+            .collect(),
     };
-    if doc.generation < table.generation {
-        if superseded(link.applied(&svc.name), kv.mod_revision, seen) {
-            tracing::debug!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: an older document arrived after this router's newer one; nothing to do");
-            return;
+    let previous = link.applied(&svc.name);
+    match plan(
+        &svc.name,
+        parsed,
+        kv.mod_revision,
+        &served,
+        previous,
+        seen,
+        &link.router_id,
+    ) {
+        Plan::Nothing => {
+            tracing::debug!(service = %svc.name, serving = served.generation, "fleet: an older document arrived after this router's newer one; nothing to do");
         }
-        // Never apply an older generation. The next switch here compares this document's
-        // revision and writes a higher generation over it.
-        tracing::warn!(service = %svc.name, stored = doc.generation, serving = table.generation, "fleet: etcd holds an older generation than this router serves; keeping ours");
-        link.record_applied(&svc.name, applied);
-        link.record_ahead(&svc.name, doc.generation, table.generation);
-        return;
+        Plan::Record(applied) => link.record_applied(&svc.name, applied),
+        Plan::Ahead {
+            applied,
+            stored,
+            serving,
+        } => {
+            tracing::warn!(service = %svc.name, stored, serving, "fleet: etcd holds an older generation than this router serves; keeping ours");
+            link.record_applied(&svc.name, applied);
+            link.record_ahead(&svc.name, stored, serving);
+        }
+        Plan::Reject { generation, reason } => reject(link, svc, generation, reason),
+        Plan::Install(i) => install(link, svc, i).await,
     }
-    // The same generation with another weight: this router restarted during a step (a
-    // local snapshot keeps no weight), so the stored document is applied again.
-    if doc.generation == table.generation && doc.weight == table.weight {
-        link.record_applied(&svc.name, applied);
-        return;
+}
+
+/// Publishes the planned routing, then writes the local snapshot (and history line).
+async fn install(link: &FleetLink, svc: &ServiceCtl, i: Install) {
+    for (c, v) in i.versions {
+        svc.install(c, v);
     }
-    let Some(live) = doc.live else {
-        return reject(link, svc, Some(doc.generation), "nothing live".into());
+    svc.watch(i.live);
+    svc.publish_weighted(Some(i.live), i.state.generation, i.weight);
+    tracing::info!(service = %svc.name, live = %i.live, weight = i.weight, generation = i.state.generation, actor = %i.actor, "fleet: applied");
+    let own = match i.own {
+        true => own_record(link, &svc.name, i.state.generation).await,
+        false => None,
     };
-    let endpoints = svc.route(live).map(|r| r.endpoints().len()).unwrap_or(0);
-    if endpoints == 0 {
-        return reject(
-            link,
-            svc,
-            Some(doc.generation),
-            format!(
-                "generation {} makes {live} live, which has no endpoints in this router's configuration",
-                doc.generation
-            ),
-        );
-    }
-    for c in Color::ALL {
-        let want = match c {
-            Color::Blue => &doc.versions.blue,
-            Color::Green => &doc.versions.green,
-        };
-        if *want != svc.version_of(c) {
-            svc.install(c, want.clone());
+    write_snapshot(svc, i.state, i.previous, own).await;
+    link.record_applied(&svc.name, i.applied);
+}
+
+/// A switch this router made whose answer could not be confirmed (etcd changing leaders)
+/// but which committed: its line in this router's history, from etcd's record of it. A
+/// confirmed one was published before the watch brought it back, so it never gets here.
+/// The record is read without a quorum (serializable): such a commit is typically seen
+/// while etcd is just losing or regaining one, and the record never changes once written.
+async fn own_record(link: &FleetLink, service: &str, generation: u64) -> Option<HistoryRecord> {
+    let key = link.keys.history(service, generation);
+    for _ in 0..3 {
+        match link.etcd.get_serializable(&key).await {
+            Ok((Some(kv), _)) => return serde_json::from_slice::<HistoryRecord>(&kv.value).ok(),
+            // A member behind the one the document came from: ask again shortly.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    svc.watch(live);
-    svc.publish_weighted(Some(live), doc.generation, doc.weight);
-    tracing::info!(service = %svc.name, live = %live, weight = doc.weight, generation = doc.generation, actor = %doc.actor, "fleet: applied");
-    let state = cutover_store::ServiceState {
-        name: svc.name.clone(),
-        live: Some(live),
-        generation: doc.generation,
-        blue_version: doc.versions.blue.clone(),
-        green_version: doc.versions.green.clone(),
-    };
-    // A switch this router made whose answer could not be confirmed (etcd changing leaders)
-    // but which committed: its line in this router's history, from etcd's record of it. A
-    // confirmed one was published before the watch brought it back, so it never gets here.
-    // The record is read without a quorum (serializable): such a commit is typically seen
-    // while etcd is just losing or regaining one, and the record never changes once written.
-    let own = if doc.router == link.router_id {
-        let key = link.keys.history(&svc.name, doc.generation);
-        let mut found = None;
-        for _ in 0..3 {
-            match link.etcd.get_serializable(&key).await {
-                Ok((Some(kv), _)) => {
-                    found = serde_json::from_slice::<HistoryRecord>(&kv.value).ok();
-                    break;
-                }
-                // A member behind the one the document came from: ask again shortly.
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        if found.is_none() {
-            tracing::warn!(service = %svc.name, generation = doc.generation, "fleet: a switch of this router committed after an unconfirmed answer, but its history record could not be read; the local history misses its line");
-        }
-        found
-    } else {
-        None
-    };
-    let expected = table.generation;
+    tracing::warn!(service, generation, "fleet: a switch of this router committed after an unconfirmed answer, but its history record could not be read; the local history misses its line");
+    None
+}
+
+/// The local snapshot (the state a restart serves while etcd is away), with this router's
+/// own history line when `own` is its record of the switch.
+async fn write_snapshot(
+    svc: &ServiceCtl,
+    state: cutover_store::ServiceState,
+    expected: u64,
+    own: Option<HistoryRecord>,
+) {
     let name = svc.name.clone();
     let written = blocking(&svc.store, move |s| {
         let Some(h) = own else {
@@ -359,7 +340,6 @@ async fn apply(link: &FleetLink, svc: &ServiceCtl, kv: &Kv, seen: Seen) {
     if let Err(e) = written {
         tracing::error!(service = %svc.name, error = %e, "fleet: cannot write the local snapshot; a restart while etcd is away would serve an older state");
     }
-    link.record_applied(&svc.name, applied);
 }
 
 fn reject(link: &FleetLink, svc: &ServiceCtl, generation: Option<u64>, reason: String) {
@@ -367,22 +347,31 @@ fn reject(link: &FleetLink, svc: &ServiceCtl, generation: Option<u64>, reason: S
     link.record_rejected(&svc.name, generation, reason);
 }
 
-/// Follows the fleet's prefix from `from` until the stream must be replaced.
+/// Follows the fleet's keys (all but the acks and the history: `Keys::watched`) from
+/// `from` until the stream must be replaced.
 async fn watch(ctl: &Controller, link: &FleetLink, from: i64) -> Rewatch {
-    let mut w = match link.etcd.watch(link.keys.prefix(), from, true).await {
+    let mut w = match link.etcd.watch_ranges(&link.keys.watched(), from, true).await {
         Ok(w) => w,
         Err(e) => return Rewatch::Broken(e),
     };
+    let mut heard = tokio::time::Instant::now();
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(WATCH_SILENCE, w.next()) => m,
             _ = link.resync.notified() => return Rewatch::Resync,
         };
         let msg = match msg {
-            Err(_) => return Rewatch::Silence,
+            Err(_) if heard.elapsed() >= WATCH_RESYNC => return Rewatch::Silence,
+            // Silence is the normal state of an idle fleet: one cheap question to the
+            // member instead of reading everything again.
+            Err(_) => match link.etcd.probe(w.member(), &link.keys.leader()).await {
+                Ok(_) => continue,
+                Err(e) => return Rewatch::MemberSilent(e),
+            },
             Ok(Err(e)) => return Rewatch::Broken(e),
             Ok(Ok(m)) => m,
         };
+        heard = tokio::time::Instant::now();
         match msg {
             WatchMsg::Created { .. } => {}
             WatchMsg::Compacted { compact_revision } => return Rewatch::Compacted(compact_revision),
@@ -450,22 +439,6 @@ async fn event(ctl: &Controller, link: &FleetLink, e: &Event) {
                 }
             }
         }
-    } else if let Some(id) = link.keys.router_id(key) {
-        match e {
-            Event::Put(kv) => match Ack::parse(&kv.value) {
-                Ok(ack) => {
-                    // Our own ack as etcd holds it: a put that was retried through another
-                    // member can land after a newer one. What etcd shows behind what this
-                    // router applied is written again.
-                    if id == link.router_id && ack.generations != link.own_ack().generations {
-                        link.ack_due.notify_one();
-                    }
-                    link.router_acked(id, ack)
-                }
-                Err(reason) => tracing::warn!(router = %id, %reason, "fleet: unreadable ack"),
-            },
-            Event::Delete(_) => link.router_gone(id),
-        }
     }
 }
 
@@ -483,6 +456,8 @@ async fn acks(link: Arc<FleetLink>) {
     let period = Duration::from_millis(ACK_TTL as u64 * 1000 / 3);
     let mut lease: Option<i64> = None;
     let mut due = true;
+    // The `mod_revision` of the ack as this router last wrote or read it (0: absent).
+    let mut written = 0;
     let mut renew_at = tokio::time::Instant::now() + period;
     loop {
         let id = match lease {
@@ -503,8 +478,15 @@ async fn acks(link: Arc<FleetLink>) {
             },
         };
         if due {
-            match link.etcd.put(&key, &link.own_ack().to_bytes(), id).await {
-                Ok(_) => due = false,
+            match write_ack(&link, &key, id, written).await {
+                Ok(AckWrite::Done(rev)) => {
+                    written = rev;
+                    due = false;
+                }
+                Ok(AckWrite::Again(rev)) => {
+                    written = rev;
+                    continue;
+                }
                 Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => {
                     lease = None;
                     continue;
@@ -527,6 +509,42 @@ async fn acks(link: Arc<FleetLink>) {
             },
         }
     }
+}
+
+enum AckWrite {
+    /// The ack etcd holds is this one, written at this revision.
+    Done(i64),
+    /// etcd holds another (at this revision, 0: none): write again, comparing on it.
+    Again(i64),
+}
+
+/// Writes this router's ack if etcd still holds the one written last (`written`): a put of
+/// an older ack that timed out and landed late (retried through another member) can then
+/// never overwrite a newer one; its compare fails. No router watches the acks all the time,
+/// so this router would not see its own ack go back, as it did when it watched them all.
+async fn write_ack(link: &FleetLink, key: &str, lease: i64, written: i64) -> Result<AckWrite, EtcdError> {
+    let value = bytes::Bytes::from(link.own_ack().to_bytes());
+    let r = link
+        .etcd
+        .txn(&Txn {
+            compare: vec![Compare::ModRevision(key.to_string(), written)],
+            success: vec![Op::Put {
+                key: key.to_string(),
+                value: value.clone(),
+                lease,
+            }],
+            failure: vec![Op::Get { key: key.to_string() }],
+        })
+        .await?;
+    if r.succeeded {
+        return Ok(AckWrite::Done(r.revision));
+    }
+    Ok(match r.gets.first().and_then(|g| g.first()) {
+        // The same attempt, retried through another member after it had landed.
+        Some(kv) if kv.value == value => AckWrite::Done(kv.mod_revision),
+        Some(kv) => AckWrite::Again(kv.mod_revision),
+        None => AckWrite::Again(0),
+    })
 }
 
 enum Renewal {
@@ -603,48 +621,3 @@ pub use crate::fleet::link::etcd_access;
 
 /// How long `serve` waits for the first read from etcd before serving its snapshot.
 const FIRST_READ: Duration = Duration::from_secs(3);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const APPLIED: Applied = Applied {
-        generation: 11,
-        mod_revision: 101,
-    };
-
-    #[test]
-    fn a_late_event_of_a_document_this_router_already_replaced_is_old_news() {
-        assert!(superseded(Some(APPLIED), 100, Seen::Event));
-        assert!(
-            !superseded(Some(APPLIED), 102, Seen::Event),
-            "a newer write with an older generation"
-        );
-        assert!(!superseded(None, 100, Seen::Event), "nothing applied yet");
-    }
-
-    #[test]
-    fn a_read_is_old_news_only_if_taken_before_this_routers_write_and_not_behind_the_watch() {
-        let before_write = Seen::Read {
-            revision: 100,
-            went_back: false,
-        };
-        let after_write = Seen::Read {
-            revision: 120,
-            went_back: false,
-        };
-        let restored = Seen::Read {
-            revision: 80,
-            went_back: true,
-        };
-        assert!(superseded(Some(APPLIED), 95, before_write));
-        assert!(
-            !superseded(Some(APPLIED), 95, after_write),
-            "restored with bumped revisions"
-        );
-        assert!(
-            !superseded(Some(APPLIED), 70, restored),
-            "restored to an older revision"
-        );
-    }
-}

@@ -435,7 +435,11 @@ async fn with_sync(st: &AdminState, svc: &str, out: &crate::service::switch::Swi
 /// `GET /v1/fleet`: this router's link and every router's ack.
 async fn fleet(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
     match crate::fleet::link_of(&st.ctl) {
-        Some(link) => Ok(Json(link.view())),
+        Some(link) => {
+            // No router watches the acks all the time: read them for this answer.
+            link.refresh_routers().await;
+            Ok(Json(link.view()))
+        }
         None => Err(ApiError::not_found(
             "this router is not in fleet mode (no `[store] url = \"etcd://...\"`)",
         )),
