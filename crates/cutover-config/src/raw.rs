@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Expect, LimitsConfig, ProbeKind, ReleaseConfig, RequestSpec, RunConfig, UpstreamProtocol};
+use crate::model::{
+    Expect, Http1Engine, LimitsConfig, ProbeKind, ReleaseConfig, RequestSpec, RunConfig, UpstreamProtocol,
+};
 use crate::value::{Duration, StatusSet};
 
 #[derive(Deserialize, Default)]
@@ -111,6 +113,8 @@ pub(crate) struct RawService {
     pub(crate) allow_shared_endpoints: bool,
     #[serde(default)]
     pub(crate) upstream_protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub(crate) http1_engine: Http1Engine,
     #[serde(default)]
     pub(crate) access_log: bool,
     pub(crate) response_headers: Option<bool>,

@@ -9,16 +9,7 @@ use crate::tls::UpstreamTls;
 /// The upstream protocol of a service's endpoints: the workspace's one protocol type.
 pub use cutover_types::Protocol;
 
-/// Which engine serves HTTP/1.1 clients of a service whose upstreams are plain HTTP/1.1 (every
-/// other client or upstream takes hyper whatever this says).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Http1Engine {
-    /// The own engine (`h1`): one task per connection, no hyper in between.
-    #[default]
-    Own,
-    /// hyper's HTTP/1.1 server and client, as for TLS clients.
-    Hyper,
-}
+pub use cutover_types::Http1Engine;
 
 /// Limits and timeouts of one service, fixed at start.
 #[derive(Debug, Clone)]

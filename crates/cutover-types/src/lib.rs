@@ -79,6 +79,19 @@ pub enum Protocol {
     H2c,
 }
 
+/// Which engine serves a service's HTTP/1.1 clients when its upstreams are plain HTTP/1.1
+/// (`http1_engine`; every other client or upstream takes hyper whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// cutover's own engine: one task per connection, no hyper in between.
+    #[default]
+    Own,
+    /// hyper's HTTP/1.1 server and client, as for TLS clients: for comparisons, or as an
+    /// escape hatch should the own engine misbehave with some client.
+    Hyper,
+}
+
 /// Whether a managed process that exits without being asked to is started again
 /// (`[services.NAME.run] restart`, and the template fleet agents are sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -264,6 +277,14 @@ mod tests {
             assert_eq!(from_json::<RestartPolicy>(text), p);
         }
         assert_eq!(RestartPolicy::default(), RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn http1_engines_read_the_config_spellings() {
+        assert_eq!(from_json::<Http1Engine>("own"), Http1Engine::Own);
+        assert_eq!(from_json::<Http1Engine>("hyper"), Http1Engine::Hyper);
+        assert_eq!(Http1Engine::default(), Http1Engine::Own);
+        assert!(serde_json::from_str::<Http1Engine>("\"h2\"").is_err());
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub struct EtcdUser {
 /// The upstream protocol a service's model servers speak (`"http1"`, `"h2c"` or `"h2"`).
 pub use cutover_types::Protocol as UpstreamProtocol;
 
+/// `http1_engine`: `"own"` or `"hyper"`.
+pub use cutover_types::Http1Engine;
+
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub name: String,
@@ -178,6 +181,8 @@ pub struct ServiceConfig {
     /// The endpoints are `https://` (all of them: TLS to upstreams is per service).
     pub upstream_tls: Option<UpstreamTls>,
     pub upstream_protocol: UpstreamProtocol,
+    /// The engine of HTTP/1.1 clients over HTTP/1.1 upstreams: cutover's own (default) or hyper.
+    pub http1_engine: Http1Engine,
     /// One log line per request; off by default.
     pub access_log: bool,
     /// `x-cutover-color` and `x-cutover-version` on every answer to a client; on by default

@@ -346,3 +346,16 @@ fn shared_listener_mistakes_name_their_line_and_key() {
     let text = SHARED.replacen("listener = \"api\"\n", "", 1);
     assert_eq!(check(&text).unwrap_err().key, "services.chat.listen");
 }
+
+#[test]
+fn the_http1_engine_is_a_setting_with_the_own_engine_by_default() {
+    assert_eq!(check(GOOD).unwrap().services["chat"].http1_engine, Http1Engine::Own);
+    let at = "preview_listen = \"127.0.0.1:8081\"";
+    let c = check(&GOOD.replace(at, &format!("{at}\nhttp1_engine = \"hyper\""))).unwrap();
+    assert_eq!(c.services["chat"].http1_engine, Http1Engine::Hyper);
+    let text = GOOD.replace(at, &format!("{at}\nhttp1_engine = \"nginx\""));
+    let e = check(&text).unwrap_err();
+    assert_eq!(e.key, "services.chat.http1_engine", "{e}");
+    assert_eq!(e.line, line_with(&text, "http1_engine"), "{e}");
+    assert!(e.message.contains("own") && e.message.contains("hyper"), "{e}");
+}

@@ -94,6 +94,7 @@ impl Source<'_> {
             tls: net.tls,
             upstream_tls,
             upstream_protocol: svc.upstream_protocol,
+            http1_engine: svc.http1_engine,
             access_log: svc.access_log,
             response_headers: svc.response_headers.unwrap_or(ServiceConfig::RESPONSE_HEADERS),
             trusted_proxies: net.trusted_proxies,

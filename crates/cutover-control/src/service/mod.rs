@@ -165,11 +165,7 @@ pub fn settings_from(cfg: &ServiceConfig) -> ServiceSettings {
     let l = &cfg.limits;
     ServiceSettings {
         protocol: cfg.upstream_protocol,
-        // The test suite's and benchmarks' switch, read where the config becomes settings.
-        http1_engine: match std::env::var("CUTOVER_HTTP1_ENGINE").as_deref() {
-            Ok("hyper") => cutover_proxy::Http1Engine::Hyper,
-            _ => cutover_proxy::Http1Engine::Own,
-        },
+        http1_engine: cfg.http1_engine,
         max_header_bytes: l.max_header_bytes,
         header_read_timeout: l.header_read_timeout.get(),
         max_body_bytes: l.max_body_bytes,

@@ -530,7 +530,7 @@ async fn run_all(engine: &str) {
          [services.chat.blue]\nendpoints = [\"{addr}\"]\nversion = \"v1\"\n\n\
          [services.chat.green]\nendpoints = [\"{IDLE}\"]\nversion = \"v2\"\n"
     );
-    let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+    let r = Router::start(&on_engine(&services, engine)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let cases = cases();
     assert!(cases.len() >= 80, "the table shrank to {}", cases.len());
@@ -618,7 +618,7 @@ async fn reused_connection_rule(engine: &str, retry_non_idempotent: bool) {
          health = {{ path = \"/health\", interval = \"1h\" }}\n\
          [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
     );
-    let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+    let r = Router::start(&on_engine(&services, engine)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let what = format!("{engine} engine, retry_non_idempotent = {retry_non_idempotent}");
     // One client connection for all: the proxy handles its requests in order, so the
@@ -703,7 +703,7 @@ async fn a_trusted_proxy_keeps_its_forwarding_headers_on_both_engines() {
              health = {{ path = \"/health\", interval = \"1h\" }}\n\
              [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
         );
-        let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+        let r = Router::start(&on_engine(&services, engine)).await;
         assert_eq!(r.switch("blue").await.status, 200);
         rec.reset(None);
         let v = client(
@@ -742,7 +742,7 @@ async fn answers_without_a_generation_are_counted_on_both_engines() {
             "[services.chat]\nlisten = \"{{listen}}\"\nhealth = {{ path = \"/health\", interval = \"1h\" }}\n\
              [services.chat.blue]\nendpoints = [\"{addr}\"]\n\n[services.chat.green]\nendpoints = [\"{IDLE}\"]\n"
         );
-        let r = Router::start_with_env(&services, &[("CUTOVER_HTTP1_ENGINE", engine)]).await;
+        let r = Router::start(&on_engine(&services, engine)).await;
         assert_eq!(r.switch("blue").await.status, 200);
         let sse = |body: &str| {
             format!(

@@ -212,10 +212,10 @@ async fn a_release_on_two_host_agents_goes_from_v1_to_v2_under_load_with_no_fail
     let mut routers = vec![
         Router::start(&hosted_service(&ports, &fleet_lines(&etcd.url_of(0), fleet, "r0"), "")).await,
         // r1 on the hyper engine: the hosts' endpoints are the same route on both engines.
-        Router::start_with_env(
+        Router::start(&on_engine(
             &hosted_service(&ports, &fleet_lines(&etcd.url_of(2), fleet, "r1"), ""),
-            &[("CUTOVER_HTTP1_ENGINE", "hyper")],
-        )
+            "hyper",
+        ))
         .await,
     ];
     share_operator_token(&mut routers).await;

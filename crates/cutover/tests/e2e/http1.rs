@@ -295,11 +295,7 @@ async fn large_close_delimited_chunked_and_head_responses_from_another_server() 
 async fn the_hyper_engine_stays_available_as_an_escape_hatch() {
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
-    let r = Router::start_with_env(
-        &static_service(&[&blue], &[&green], ""),
-        &[("CUTOVER_HTTP1_ENGINE", "hyper")],
-    )
-    .await;
+    let r = Router::start(&on_engine(&static_service(&[&blue], &[&green], ""), "hyper")).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let resp = get(&r.url("/mock/echo")).await.unwrap();
     assert_eq!(resp.status, 200);

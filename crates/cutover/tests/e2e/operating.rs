@@ -179,10 +179,10 @@ async fn token_delete_revokes_a_named_token_of_a_running_router() {
 async fn headers_off(engine: &str) {
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
-    let r = Router::start_with_env(
+    let r = Router::start(&on_engine(
         &static_service(&[&blue], &[&green], "response_headers = false"),
-        &[("CUTOVER_HTTP1_ENGINE", engine)],
-    )
+        engine,
+    ))
     .await;
     let before = get(&r.url("/v1/models")).await.unwrap();
     assert_eq!(before.status, 503, "nothing live yet: the proxy's own error");
@@ -209,7 +209,7 @@ async fn headers_off(engine: &str) {
 
 #[tokio::test]
 async fn response_headers_false_hides_color_and_version_on_the_http1_engine() {
-    headers_off("http1").await;
+    headers_off("own").await;
 }
 
 #[tokio::test]

@@ -187,11 +187,11 @@ async fn a_candidate_is_compared_on_mirrored_live_traffic_and_each_kind_of_regre
 }
 
 /// A static pair of colors: blue live (v1), green the candidate (v2) with `green_args`.
-async fn static_pair(green_args: &[&str], shadow: &str, env: &[(&str, &str)]) -> (Router, Mock, Mock) {
+async fn static_pair(green_args: &[&str], shadow: &str, engine: &str) -> (Router, Mock, Mock) {
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", green_args).await;
     let svc = static_service(&[&blue], &[&green], "");
-    let r = Router::start_with_env(&format!("{svc}\n[services.chat.release]\n{shadow}"), env).await;
+    let r = Router::start(&on_engine(&format!("{svc}\n[services.chat.release]\n{shadow}"), engine)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     (r, blue, green)
 }
@@ -206,7 +206,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_hanging_shadow_never_slows_live_traffic_and_its_memory_stays_bounded() {
     // The candidate takes a minute to its first token: every mirror hangs.
     let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"6s\"\nmax_in_flight = 2\nqueue = 4\nmax_body_bytes = 65536\ntimeout = \"60s\"\n";
-    let (r, _blue, green) = static_pair(&["--ttft-shift", "60s"], shadow, &[]).await;
+    let (r, _blue, green) = static_pair(&["--ttft-shift", "60s"], shadow, "own").await;
     let id = r.release("v2").await;
     wait_mirroring(&r, id).await;
     let pid = r.proc.pid();
@@ -292,7 +292,7 @@ async fn send_n(r: &Router, n: usize, method: Method, path: &str, body: &str) {
 async fn only_eligible_requests_reach_the_shadow_and_every_other_one_is_counted_by_reason() {
     // Only chat completions are mirrored here; the phase waits (min_pairs) until aborted.
     let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"120s\"\nmin_pairs = 100000\nbaseline = 0\npaths = [\"/v1/chat/completions\"]\n";
-    let (r, blue, green) = static_pair(&[], shadow, &[("CUTOVER_HTTP1_ENGINE", "hyper")]).await;
+    let (r, blue, green) = static_pair(&[], shadow, "hyper").await;
     let id = r.release("v2").await;
     wait_mirroring(&r, id).await;
     let chat = |extra: Value| {
@@ -359,7 +359,7 @@ async fn only_eligible_requests_reach_the_shadow_and_every_other_one_is_counted_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mirrored_share_of_10k_requests_at_5_percent_lies_within_binomial_bounds() {
     let shadow = "[services.chat.release.shadow]\nsample = 0.05\nduration = \"120s\"\nmin_pairs = 100000\nbaseline = 0\nqueue = 2048\nmax_in_flight = 32\n";
-    let (r, _blue, green) = static_pair(&[], shadow, &[]).await;
+    let (r, _blue, green) = static_pair(&[], shadow, "own").await;
     let id = r.release("v2").await;
     wait_mirroring(&r, id).await;
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).to_string();
@@ -408,7 +408,7 @@ async fn the_reverse_comparison_during_the_bake_judges_the_new_version_and_rolls
     let shadow = "[services.chat.release.shadow]\nsample = 1.0\nduration = \"3s\"\nmin_pairs = 20\nbaseline = 0\n\
                   on_inconclusive = \"continue\"\nreverse = true\n\
                   [services.chat.release.verify]\nbake = \"60s\"\nmin_requests = 1\n";
-    let (r, _blue, _green) = static_pair(&["--refusal-rate", "0.3"], shadow, &[]).await;
+    let (r, _blue, _green) = static_pair(&["--refusal-rate", "0.3"], shadow, "own").await;
     let id = r.release("v2").await;
     r.wait_phase(id, "verifying", Duration::from_secs(30)).await;
     let traffic = Mixed::start(&r, 2);

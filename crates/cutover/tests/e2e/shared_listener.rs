@@ -20,12 +20,12 @@ fn python() -> String {
     std::env::var("CUTOVER_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// The engine's environment: the own HTTP/1.1 engine by default, hyper on request.
-fn engine(hyper: bool) -> Vec<(&'static str, &'static str)> {
+/// The engine of HTTP/1.1 clients: the own one by default, hyper on request.
+fn engine(hyper: bool) -> &'static str {
     if hyper {
-        vec![("CUTOVER_HTTP1_ENGINE", "hyper")]
+        "hyper"
     } else {
-        Vec::new()
+        "own"
     }
 }
 
@@ -66,7 +66,7 @@ async fn start_with(hyper: bool, chat_match: &str, embed_match: &str, listener_e
     ];
     let text = config([&mocks[0], &mocks[1]], [&mocks[2], &mocks[3]], chat_match, embed_match);
     let text = text.replacen("[listeners.api]\n", &format!("[listeners.api]\n{listener_extra}\n"), 1);
-    let r = Router::start_with_env(&text, &engine(hyper)).await;
+    let r = Router::start(&on_engine(&text, engine(hyper))).await;
     for svc in ["chat", "embed"] {
         let s = r
             .api(

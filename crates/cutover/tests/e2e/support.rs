@@ -28,6 +28,24 @@ use serde_json::Value;
 pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
 pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-model");
 
+/// `services` with every `[services.NAME]` table set to serve HTTP/1.1 clients on `engine`
+/// (`http1_engine`: "own" or "hyper"), for the tests that run one case on both engines.
+pub fn on_engine(services: &str, engine: &str) -> String {
+    let mut out = String::with_capacity(services.len() + 64);
+    for line in services.split_inclusive('\n') {
+        out.push_str(line);
+        let t = line.trim();
+        let table = t.strip_prefix("[services.").and_then(|r| r.strip_suffix(']'));
+        if table.is_some_and(|name| !name.contains('.')) {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("http1_engine = \"{engine}\"\n"));
+        }
+    }
+    out
+}
+
 /// A port for a server this test starts on a fixed port (a model server, a managed color),
 /// free on every address when handed out and not handed out again.
 ///

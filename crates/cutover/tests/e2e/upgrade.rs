@@ -548,11 +548,7 @@ async fn keep_alive_clients_across_an_upgrade(engine: &str) {
     use std::io::BufRead;
     let blue = Mock::start("v1", &[]).await;
     let green = Mock::start("v2", &[]).await;
-    let mut r = Router::start_with_env(
-        &static_service(&[&blue], &[&green], ""),
-        &[("CUTOVER_HTTP1_ENGINE", engine)],
-    )
-    .await;
+    let mut r = Router::start(&on_engine(&static_service(&[&blue], &[&green], ""), engine)).await;
     assert_eq!(r.switch("blue").await.status, 200);
     let (n1, n2) = (20, 5);
     let mut py = std::process::Command::new("python3")
