@@ -11,8 +11,11 @@ mock-model for streams.
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-P = dict(upstream=18901, mock_a=18902, mock_b=18903, cutover=18910, cutover_stream=18912, admin=18911,
-         nginx=18920, nginx_stream=18922, haproxy=18930, haproxy_stream=18932)
+P = dict(upstream=18901, mock_a=18902, mock_b=18903, mock_c=18904, cutover=18910, cutover_stream=18912, cutover_scale=18913,
+         admin=18911, nginx=18920, nginx_stream=18922, nginx_scale=18923, haproxy=18930, haproxy_stream=18932, haproxy_scale=18933)
+# Many concurrent streams (issue #24): a token every 50 ms (the slow end of LLM token rates, so
+# one mock-model on the load generator's core can feed 8,000 streams), 100 tokens each.
+SCALE_INTERVAL, SCALE_TOKENS = "50ms", 100
 PROXY_CPU, LOAD_CPU = "0", "1"
 procs = []
 
@@ -88,20 +91,23 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{P['upstream']} backlog=4096; default_type application/json;
     location / {{ return 200 '{body}'; }} }} }}
 """)
+    # 8,000 streams hold 16,000 sockets in a proxy: every proxy gets room for 20,000.
     open(os.path.join(WORK, "nginx.conf"), "w").write(f"""
-worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log /dev/null; 
-events {{ worker_connections 9000; }}
+worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log /dev/null; worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
 http {{ access_log off; keepalive_requests 1000000;
   upstream u {{ server 127.0.0.1:{P['upstream']}; keepalive 64; keepalive_requests 1000000; }}
   upstream s {{ server 127.0.0.1:{P['mock_a']}; keepalive 64; }}
   server {{ listen 127.0.0.1:{P['nginx']} backlog=4096; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }} }}
+  upstream sc {{ server 127.0.0.1:{P['mock_c']}; keepalive 64; }}
   server {{ listen 127.0.0.1:{P['nginx_stream']} backlog=4096; location / {{ proxy_pass http://s; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; proxy_read_timeout 300s; }} }}
+  server {{ listen 127.0.0.1:{P['nginx_scale']} backlog=4096; location / {{ proxy_pass http://sc; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; proxy_read_timeout 300s; }} }}
 }}
 """)
     open(os.path.join(WORK, "haproxy.cfg"), "w").write(f"""
 global
   nbthread 1
-  maxconn 9000
+  maxconn 9500
 defaults
   mode http
   timeout connect 5s
@@ -116,10 +122,15 @@ frontend f
 frontend fs
   bind 127.0.0.1:{P['haproxy_stream']}
   default_backend s
+frontend fsc
+  bind 127.0.0.1:{P['haproxy_scale']}
+  default_backend sc
 backend u
   server s1 127.0.0.1:{P['upstream']}
 backend s
   server s1 127.0.0.1:{P['mock_a']}
+backend sc
+  server s1 127.0.0.1:{P['mock_c']}
 """)
     open(os.path.join(WORK, "cutover.toml"), "w").write(f"""
 [admin]
@@ -145,15 +156,27 @@ version = "a"
 [services.stream.green]
 endpoints = ["127.0.0.1:{P['mock_b']}"]
 version = "b"
+[services.scale]
+listen = "127.0.0.1:{P['cutover_scale']}"
+allow_shared_endpoints = true
+health = {{ path = "/health", interval = "1s" }}
+limits = {{ max_connections = 20000 }}
+[services.scale.blue]
+endpoints = ["127.0.0.1:{P['mock_c']}"]
+version = "a"
+[services.scale.green]
+endpoints = ["127.0.0.1:{P['mock_c']}"]
+version = "b"
 """)
     start(["nginx", "-c", os.path.join(WORK, "upstream.conf")], LOAD_CPU)
     for port, v in [(P["mock_a"], "a"), (P["mock_b"], "b")]:
         start([f"{binp}/mock-model", "--port", str(port), "--model-version", v, "--token-interval", "20ms"], LOAD_CPU)
+    start([f"{binp}/mock-model", "--port", str(P["mock_c"]), "--model-version", "c", "--token-interval", SCALE_INTERVAL], LOAD_CPU)
     pids = {}
     pids["cutover"] = [start([f"{binp}/cutover", "serve", "--config", os.path.join(WORK, "cutover.toml"), "--threads", "1"], PROXY_CPU, env=dict(os.environ, RUST_LOG="warn")).pid]
     ng = start(["nginx", "-c", os.path.join(WORK, "nginx.conf")], PROXY_CPU)
     hp = start(["haproxy", "-f", os.path.join(WORK, "haproxy.cfg")], PROXY_CPU)
-    for port in [P["upstream"], P["mock_a"], P["mock_b"], P["cutover"], P["admin"], P["nginx"], P["haproxy"]]:
+    for port in [P["upstream"], P["mock_a"], P["mock_b"], P["mock_c"], P["cutover"], P["admin"], P["nginx"], P["haproxy"]]:
         wait_port(port)
     time.sleep(0.5)
     for _ in range(100):  # the nginx master forks its worker after it binds
@@ -164,6 +187,7 @@ version = "b"
     pids["haproxy"] = [hp.pid] + children(hp.pid)
     admin("/v1/services/bench/switch", {"to": "blue"})
     admin("/v1/services/stream/switch", {"to": "blue"})
+    admin("/v1/services/scale/switch", {"to": "blue"})
     return pids
 
 
@@ -180,6 +204,63 @@ def wrk(port, secs):
 def loadgen(binp, *args):
     out = sh("taskset", "-c", LOAD_CPU, f"{binp}/cutover-bench", *[str(a) for a in args])
     return json.loads(out.strip().splitlines()[-1])
+
+
+def listen_overflows():
+    """The kernel's count of connections dropped because a listen queue was full (any socket
+    on the machine: a SYN dropped there costs its client a 1 s retransmit)."""
+    out = sh("nstat", "-az", "TcpExtListenOverflows")
+    m = re.search(r"TcpExtListenOverflows\s+(\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def scale_run(binp, path, port, watch, n, tokens):
+    """N streams opened at once through one path: the client's figures, plus the proxy's peak
+    RSS growth per stream, its CPU per relayed event and the listen-queue overflows meanwhile."""
+    import threading
+    idle = rss_kib(watch) if watch else 0
+    peak = [idle]
+    done = threading.Event()
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_kib(watch))
+    th = threading.Thread(target=sample)
+    if watch:
+        th.start()
+    before, ov = (cpu_ticks(watch) if watch else (0, 0)), listen_overflows()
+    x = loadgen(binp, "stream", f"127.0.0.1:{port}", "--streams", n, "--tokens", tokens)
+    after, ov2 = (cpu_ticks(watch) if watch else (0, 0)), listen_overflows()
+    done.set()
+    if watch:
+        th.join()
+    hz = os.sysconf("SC_CLK_TCK")
+    events = max(1, (x["streams"] - x["broken"]) * tokens)
+    x["rss_per_stream_kib"] = (peak[0] - idle) / n if watch else None
+    x["cpu_us_per_event"] = ((after[0] + after[1]) - (before[0] + before[1])) / hz * 1e6 / events if watch else None
+    x["overflows"] = ov2 - ov
+    time.sleep(2)  # let the closed sockets leave TIME_WAIT-free paths settle before the next path
+    return x
+
+
+def syscalls_per_request(pids, port, secs):
+    """System calls per request of one proxy process during a wrk run, counted by the kernel's
+    syscall tracepoints (`perf stat`), split by kind. None when perf is missing or refused."""
+    if not shutil.which("perf"):
+        return None
+    out = os.path.join(WORK, f"perf-{port}.txt")
+    st = subprocess.Popen(["perf", "stat", "-x,", "-e", "syscalls:sys_enter_*", "-p", ",".join(map(str, pids)), "-o", out],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    _, total, _ = wrk(port, secs)
+    time.sleep(0.2)
+    st.send_signal(signal.SIGINT)
+    st.wait()
+    kinds = {}
+    for line in open(out) if os.path.exists(out) else []:
+        f = line.strip().split(",")
+        if len(f) > 3 and f[0].isdigit() and int(f[0]) > 0:
+            kinds[f[2].replace("syscalls:sys_enter_", "")] = int(f[0]) / max(1, total)
+    return kinds or None
 
 
 def main():
@@ -234,6 +315,15 @@ def main():
         for t, port in stream_targets.items():
             streams[(n, t)] = loadgen(binp, "stream", f"127.0.0.1:{port}", "--streams", n, "--tokens", tokens)
 
+    scale = {}
+    scale_targets = {"direct": P["mock_c"], "cutover": P["cutover_scale"], "nginx": P["nginx_scale"], "haproxy": P["haproxy_scale"]}
+    scale_tokens = 20 if a.quick else SCALE_TOKENS
+    for n in ((200, 1000) if a.quick else (500, 4000, 8000)):
+        for t, port in scale_targets.items():
+            scale[(n, t)] = scale_run(binp, t, port, pids.get(t, []), n, scale_tokens)
+
+    calls = {t: syscalls_per_request(pids[t], targets[t], secs) for t in ["cutover", "nginx", "haproxy"]}
+
     # Switch storm: fixed-rate load at 50% plus 200 open streams, 100 switches of each service.
     import threading
     storm = {}
@@ -271,7 +361,30 @@ def main():
             time.sleep(1)
         mem[t] = row
 
-    report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, a.quick)
+    report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, a.quick, scale, scale_tokens, calls)
+    features(a.quick)
+
+
+def features(quick):
+    """The request path's cost with progressive weights and with shadowing on against off:
+    bench/weights.py and bench/shadow.py, run here after this script's processes are gone."""
+    for p in procs:
+        for c in children(p.pid):
+            try:
+                os.kill(c, signal.SIGKILL)
+            except OSError:
+                pass
+        p.kill()
+        p.wait()
+    time.sleep(1)
+    out = os.path.join(ROOT, "bench", "results", "latest.md")
+    for script, title in [("weights.py", "### Weighted route table (progressive steps): CPU per request"),
+                          ("shadow.py", "### Shadowing on against off: CPU per live request")]:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)] + (["--quick"] if quick else []),
+                           capture_output=True, text=True)
+        text = f"{title}\n\n" + (r.stdout.strip() if r.returncode == 0 else f"({script} failed: {r.stderr.strip()[-300:]})") + "\n"
+        print(text)
+        open(out, "a").write("\n" + text)
 
 
 def f(x, nd=1):
@@ -296,7 +409,7 @@ def generator_ceiling(binp, lowest, quick):
     return base
 
 
-def report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, quick):
+def report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, quick, scale, scale_tokens, calls):
     cpu = sh("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     lines = [f"Machine: {cpu}, {os.cpu_count()} cores, kernel {os.uname().release}. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{' (QUICK run: not for quoting)' if quick else ''}", ""]
     lines += ["### Capacity and CPU cost (wrk -c32, POST, 1 KiB upstream; median of runs)", "",
@@ -327,13 +440,34 @@ def report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, qu
         for t in ["direct", "cutover", "nginx", "haproxy"]:
             x = streams[(n, t)]
             lines.append(f"| {n} | {t} | {x['ttfb_p50_us']} | {x['ttfb_p99_us']} | {x['max_gap_p99_us']} | {x['broken']} |")
+    lines += ["", f"### Many streams opened at once (SSE, {scale_tokens} tokens {SCALE_INTERVAL} apart, each on a new connection)", "",
+              "Added = over the direct path in the same run. RSS per stream: the proxy's peak RSS growth over idle / streams. "
+              "CPU per event: the proxy's user+system time / relayed chunks. Overflows: listen-queue drops counted by the kernel "
+              "during the run (any listener; each costs a client a 1 s SYN retransmit).", "",
+              "| streams | path | TTFB p50 ms | TTFB p99 ms | added p99 ms | max gap p99 ms | added gap ms | broken | RSS/stream KiB | CPU µs/event | overflows |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in sorted({k[0] for k in scale}):
+        d = scale[(n, "direct")]
+        for t in ["direct", "cutover", "nginx", "haproxy"]:
+            x = scale[(n, t)]
+            added = "-" if t == "direct" else f"{(x['ttfb_p99_us'] - d['ttfb_p99_us']) / 1000:.1f}"
+            gap = "-" if t == "direct" else f"{(x['max_gap_p99_us'] - d['max_gap_p99_us']) / 1000:.1f}"
+            lines.append(f"| {n} | {t} | {x['ttfb_p50_us'] / 1000:.1f} | {x['ttfb_p99_us'] / 1000:.1f} | {added} | {x['max_gap_p99_us'] / 1000:.1f} | {gap} | "
+                         f"{x['broken']} | {f(x['rss_per_stream_kib'], 2)} | {f(x['cpu_us_per_event'], 2)} | {x['overflows']} |")
+    if any(calls.values()):
+        lines += ["", "### System calls per request (wrk -c32, counted by `perf stat` on the syscall tracepoints)", "",
+                  "| proxy | total | by kind (≥ 0.01 per request) |", "|---|---:|---|"]
+        for t, k in calls.items():
+            if k:
+                kinds = ", ".join(f"{n} {v:.2f}" for n, v in sorted(k.items(), key=lambda i: -i[1]) if v >= 0.01)
+                lines.append(f"| {t} | {sum(k.values()):.2f} | {kinds} |")
     r = storm["rate"]; s = storm["streams"]; steady = lat[(50, "cutover")]
     lines += ["", f"### Switch under load ({switches} switches in {storm_secs:.1f} s, fixed rate at 50% + 200 streams)", "",
               f"Failed requests: **{r['failed']}** of {r['requests'] + r['failed']}; broken streams: **{s['broken']}** of {s['streams']}; "
               f"p99 during the storm {r['p99_us']} µs vs steady {steady['p99_us']} µs.", ""]
-    lines += ["### Memory (RSS)", "", "| proxy | idle KiB | KiB per idle keep-alive conn @1k | @5k |", "|---|---:|---:|---:|"]
+    lines += ["### Memory (RSS)", "", "| proxy | idle KiB | bytes per idle keep-alive conn @1k | @5k |", "|---|---:|---:|---:|"]
     for t, m in mem.items():
-        lines.append(f"| {t} | {m['idle_kib']} | {m[1000][0]:.2f} ({m[1000][1]} open) | {m[5000][0]:.2f} ({m[5000][1]} open) |")
+        lines.append(f"| {t} | {m['idle_kib']} | {m[1000][0] * 1024:.0f} ({m[1000][1]} open) | {m[5000][0] * 1024:.0f} ({m[5000][1]} open) |")
     text = "\n".join(lines) + "\n"
     print(text)
     out = os.path.join(ROOT, "bench", "results")

@@ -299,10 +299,29 @@ pub async fn run(args: Args) -> std::io::Result<()> {
     if !args.startup_delay.is_zero() {
         tokio::time::sleep(args.startup_delay).await;
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let listener = bind(&args.host, args.port).await?;
     let addr = listener.local_addr()?;
     println!("mock-model {} listening on {addr}", args.version);
     serve(listener, args).await
+}
+
+/// A listen backlog as deep as the proxies' (4096): std's and tokio's `bind` listen with
+/// 128, so thousands of streams opened at once overflowed this server's accept queue and each
+/// dropped SYN cost its client a 1 s retransmit, which benchmarks then charged to the proxy in
+/// front (issue #24's 4,000-stream p99).
+async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("{host}: no address")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// A random number without a random-number crate: std's hasher keys are random per process.
