@@ -135,7 +135,7 @@ def simulated(a, binp, members, work):
         switches = a.sim_switches if n <= 100 else max(10, a.sim_switches // 4)
         load0 = os.getloadavg()[0]
         s = loadgen(binp, "fleet-sim", "--members", members, "--watchers", n, "--switches", switches,
-                    "--fleet", f"sim{n}-{int(time.time())}", "--dir", f"{work}/sim{n}", "--idle", "10s")
+                    "--fleet", f"sim{n}-{int(time.time())}", "--dir", f"{a.sim_dir or work}/sim{n}", "--idle", "10s")
         load1 = os.getloadavg()[0]
         ev = s["watch_events_per_switch"]
         out.append(f"| {n} | {switches} | {s['p50_us'] / 1000:.1f} | {s['p99_us'] / 1000:.1f} | {s['max_us'] / 1000:.1f} | "
@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--sim", default="10,100,1000", help="simulated router counts for fleet-sim")
     ap.add_argument("--sim-switches", type=int, default=200, help="switches per fleet-sim run (a quarter past 100 routers)")
     ap.add_argument("--sim-only", action="store_true", help="only the simulated fleets (part 3)")
+    ap.add_argument("--sim-dir", help="where the simulated routers keep their SQLite snapshots (default: beside etcd's "
+                    "data); e.g. /dev/shm, to see what one disk's fsyncs for every router cost the simulation")
     a = ap.parse_args()
     if a.quick:
         a.switches, a.sim, a.sim_switches = 20, "3", 10
