@@ -484,7 +484,10 @@ async fn acks(link: Arc<FleetLink>) {
                     due = false;
                 }
                 Ok(AckWrite::Again(rev)) => {
+                    // Someone else wrote this router's key (two processes given one
+                    // `router_id`?): retry on the new revision, but not in a tight loop.
                     written = rev;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 Err(EtcdError::Server { message, .. }) if message.contains("lease not found") => {

@@ -13,7 +13,11 @@ use cutover_fleet::EtcdError;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{lost_log, FleetLink};
+use super::{lost_log, FleetLink, LinkState};
+
+/// How long a wait's watch on the acks may say nothing before it is opened again (as the
+/// sync's own watch, `sync::WATCH_SILENCE`).
+const FEED_SILENCE: Duration = Duration::from_secs(10);
 
 /// A router's state with respect to a generation (`sync.routers[].state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -106,6 +110,11 @@ impl SyncReport {
 struct AckFeed<'l> {
     link: &'l FleetLink,
     watch: Option<Watch>,
+    /// When the watch last said anything: one silent for [`FEED_SILENCE`] is opened again
+    /// (watch, then read). A watch on a member cut off from its quorum, or on a connection
+    /// that died without a reset, is created and then says nothing; a wait with no deadline
+    /// (the scale-down's) would otherwise wait on it for ever.
+    heard: Instant,
     /// A read of every ack succeeded during this wait (what the link knew before may be old).
     fresh: bool,
 }
@@ -115,14 +124,15 @@ impl<'l> AckFeed<'l> {
         AckFeed {
             link,
             watch: None,
+            heard: Instant::now(),
             fresh: false,
         }
     }
 
     /// The watch first, from now, then the read: a watch from a past revision (the one
     /// after the read's, once acks were written since) is one etcd catches up in a loop
-    /// every 100 ms, which was most of a switch's wait. Events the read already holds are older than or
-    /// as old as its acks, and `router_acked` never takes an older one.
+    /// every 100 ms, which was most of a switch's wait. Events the read already holds are
+    /// older than or as old as its acks, and `router_acked` never takes an older one.
     async fn open(&mut self) -> Result<(), EtcdError> {
         let prefix = self.link.keys.routers();
         let mut w = self.link.etcd.watch(&prefix, 0, false).await?;
@@ -135,9 +145,11 @@ impl<'l> AckFeed<'l> {
                 })
             }
         }
+        let before = self.link.ack_high();
         let range = self.link.etcd.range_prefix(&prefix).await?;
-        self.link.routers_read(&range.kvs);
+        self.link.routers_read(&range.kvs, range.revision, before);
         self.fresh = true;
+        self.heard = Instant::now();
         self.watch = Some(w);
         Ok(())
     }
@@ -162,15 +174,23 @@ impl<'l> AckFeed<'l> {
                     }
                 }
             };
-            match tokio::time::timeout_at(until, w.next()).await {
-                Err(_) => return false,
+            let silent_at = self.heard + FEED_SILENCE;
+            match tokio::time::timeout_at(until.min(silent_at), w.next()).await {
+                Err(_) if until <= silent_at => return false,
+                Err(_) => {
+                    tracing::debug!(
+                        "fleet: the acks' watch said nothing for {FEED_SILENCE:?}; watching and reading again"
+                    );
+                    self.watch = None;
+                }
                 Ok(Ok(WatchMsg::Events { events, .. })) => {
+                    self.heard = Instant::now();
                     for e in &events {
                         self.link.ack_event(e);
                     }
                     return true;
                 }
-                Ok(Ok(WatchMsg::Created { .. } | WatchMsg::Progress { .. })) => {}
+                Ok(Ok(WatchMsg::Created { .. } | WatchMsg::Progress { .. })) => self.heard = Instant::now(),
                 Ok(Ok(WatchMsg::Compacted { .. } | WatchMsg::Canceled { .. }) | Err(_)) => self.watch = None,
             }
         }
@@ -230,21 +250,40 @@ impl FleetLink {
         }
     }
 
-    /// Every ack as a read found them: etcd's state, which replaces what the link knew
-    /// (after etcd was restored from a backup the revisions go back; only the watch events
-    /// that follow a read are compared with it). Routers missing from it are lost.
-    pub(crate) fn routers_read(&self, kvs: &[Kv]) {
+    /// The newest ack revision the link knows: taken before a read, it tells a read that
+    /// raced a newer event from a read of an etcd restored from a backup.
+    pub(crate) fn ack_high(&self) -> i64 {
+        self.st().ack_revisions.values().copied().max().unwrap_or(0)
+    }
+
+    /// Every ack as a read at `revision` found them, `before` being [`Self::ack_high`] when
+    /// the read was asked for. Two waits (or a wait and `GET /v1/fleet`) run at once: a read
+    /// can land after another wait's watch brought a newer event, and what the link learnt
+    /// after the read was asked for is kept. A read behind what the link knew before asking
+    /// is etcd restored from a backup (revisions went back): it replaces what the link knew.
+    /// Routers missing from it are lost.
+    pub(crate) fn routers_read(&self, kvs: &[Kv], revision: i64, before: i64) {
         let acks = self.parse_acks(kvs);
         let mut s = self.st();
+        let restored = revision < before;
+        let newer = |s: &LinkState, id: &str| !restored && s.ack_revisions.get(id).is_some_and(|r| *r > revision);
         let gone: Vec<String> = s.routers.keys().filter(|k| !acks.contains_key(*k)).cloned().collect();
         for id in gone {
+            if newer(&s, &id) {
+                continue;
+            }
             if let Some(ack) = s.routers.remove(&id) {
                 lost_log(&id, &ack, "its ack is missing from a fresh read of etcd");
                 s.lost.insert(id, ack);
             }
         }
-        s.ack_revisions.clear();
+        if restored {
+            s.ack_revisions.clear();
+        }
         for (id, (ack, rev)) in acks {
+            if newer(&s, &id) {
+                continue;
+            }
             s.lost.remove(&id);
             s.ack_revisions.insert(id.clone(), rev);
             s.routers.insert(id, ack);
@@ -253,8 +292,9 @@ impl FleetLink {
 
     /// Reads every ack once (`GET /v1/fleet`): no router watches them all the time.
     pub async fn refresh_routers(&self) {
+        let before = self.ack_high();
         match self.etcd.range_prefix(&self.keys.routers()).await {
-            Ok(range) => self.routers_read(&range.kvs),
+            Ok(range) => self.routers_read(&range.kvs, range.revision, before),
             Err(e) => tracing::debug!(error = %e, "fleet: cannot read the acks"),
         }
     }
@@ -402,7 +442,7 @@ mod tests {
         l.router_acked("b", ack(5, AckStatus::Synced), 50);
         l.router_acked("b", ack(4, AckStatus::Synced), 40);
         assert_eq!(l.report("chat", 5).synced, 1, "an event from a lagging watch");
-        l.routers_read(&[kv(&l, "b", &ack(3, AckStatus::Synced), 30)]);
+        l.routers_read(&[kv(&l, "b", &ack(3, AckStatus::Synced), 30)], 31, l.ack_high());
         assert_eq!(
             l.report("chat", 5).routers[0].generation,
             Some(3),
@@ -420,13 +460,17 @@ mod tests {
     #[test]
     fn a_router_missing_from_a_read_is_lost_and_back_when_it_acks_again() {
         let l = link();
-        l.routers_read(&[
-            kv(&l, "me", &ack(2, AckStatus::Synced), 10),
-            kv(&l, "b", &ack(2, AckStatus::Synced), 11),
-        ]);
+        l.routers_read(
+            &[
+                kv(&l, "me", &ack(2, AckStatus::Synced), 10),
+                kv(&l, "b", &ack(2, AckStatus::Synced), 11),
+            ],
+            11,
+            0,
+        );
         let r = l.report("chat", 2);
         assert!(r.all_live_synced("me"), "{r:?}");
-        l.routers_read(&[kv(&l, "me", &ack(3, AckStatus::Synced), 20)]);
+        l.routers_read(&[kv(&l, "me", &ack(3, AckStatus::Synced), 20)], 20, l.ack_high());
         let r = l.report("chat", 3);
         assert_eq!((r.synced, r.of), (1, 2));
         assert_eq!(r.routers[0].state, AckState::Lost);
@@ -439,6 +483,40 @@ mod tests {
         assert!(
             !l.report("chat", 3).all_live_synced("other"),
             "this router's own ack must be there"
+        );
+    }
+
+    #[test]
+    fn a_read_that_raced_a_newer_event_keeps_the_event() {
+        let l = link();
+        l.routers_read(
+            &[
+                kv(&l, "me", &ack(2, AckStatus::Synced), 10),
+                kv(&l, "b", &ack(2, AckStatus::Synced), 11),
+            ],
+            11,
+            0,
+        );
+        let before = l.ack_high();
+        // While the read is in flight, another wait's watch brings b's ack of 3 (at 13) and
+        // the deletion of me's key (its lease ran out, at 14); the read answers at 12.
+        l.router_acked("b", ack(3, AckStatus::Synced), 13);
+        l.router_gone("me", 14);
+        l.routers_read(
+            &[
+                kv(&l, "me", &ack(2, AckStatus::Synced), 10),
+                kv(&l, "b", &ack(2, AckStatus::Synced), 11),
+            ],
+            12,
+            before,
+        );
+        let r = l.report("chat", 3);
+        let state = |id: &str| r.routers.iter().find(|x| x.id == id).map(|x| x.state);
+        assert_eq!(state("b"), Some(AckState::Synced), "{r:?}");
+        assert_eq!(
+            state("me"),
+            Some(AckState::Lost),
+            "a lost router does not come back from an older read: {r:?}"
         );
     }
 }
