@@ -313,6 +313,15 @@ fn serve(config: &Path, threads: Option<usize>, opts: cutover_control::serve::Se
             return ExitCode::from(2);
         }
     };
+    if let Some(v) = std::env::var_os("CUTOVER_HTTP1_ENGINE") {
+        // It used to choose the engine; an operator relying on it as an escape hatch must hear
+        // that it no longer does.
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: CUTOVER_HTTP1_ENGINE={} is no longer read; set http1_engine = \"hyper\" in a service's table instead",
+            v.to_string_lossy()
+        );
+    }
     let rt = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()

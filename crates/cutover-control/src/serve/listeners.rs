@@ -286,15 +286,19 @@ impl Serving {
 /// The settings of a shared listener's connections: the first service's (by name), since a
 /// connection's limits are read before its requests pick a service. The own HTTP/1.1 engine
 /// dials plain HTTP/1.1 upstreams only: when any service has h2c or TLS upstreams, the
-/// listener's connections take the hyper engine, which serves every kind.
+/// listener's connections take the hyper engine, which serves every kind; so they do when
+/// any service asks for it (`http1_engine = "hyper"`, an escape hatch that must hold).
 pub(super) fn shared_front(on: &[Arc<ServiceConfig>]) -> Option<ServiceSettings> {
     let mut front = crate::service::settings_from(on.first()?);
-    if on
+    let all: Vec<ServiceSettings> = on.iter().map(|c| crate::service::settings_from(c)).collect();
+    if all
         .iter()
-        .map(|c| crate::service::settings_from(c))
         .any(|s| s.protocol != Protocol::Http1 || s.upstream_tls.is_some())
     {
         front.protocol = Protocol::H2c;
+    }
+    if all.iter().any(|s| s.http1_engine == cutover_proxy::Http1Engine::Hyper) {
+        front.http1_engine = cutover_proxy::Http1Engine::Hyper;
     }
     Some(front)
 }
