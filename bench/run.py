@@ -302,6 +302,22 @@ def main():
     lowest = min(med[t]["rps"] for t in ["cutover", "nginx", "haproxy"])
     base = generator_ceiling(binp, lowest, a.quick)
 
+    # Memory first: thousands of streams later leave the allocators' pages resident, and
+    # growth per idle connection measured after them would reuse those pages (too low).
+    mem = {}
+    for t in ["cutover", "nginx", "haproxy"]:
+        idle = rss_kib(pids[t])
+        row = {"idle_kib": idle}
+        for n in (1000, 5000):
+            p = subprocess.Popen(["taskset", "-c", LOAD_CPU, f"{binp}/cutover-bench", "idle", f"127.0.0.1:{targets[t]}", "--connections", str(n), "--hold", "4s"], stdout=subprocess.PIPE, text=True)
+            line = p.stdout.readline()
+            time.sleep(1)
+            grown = rss_kib(pids[t]) - idle
+            row[n] = (grown / n, json.loads(line)["open"])
+            p.wait()
+            time.sleep(1)
+        mem[t] = row
+
     lat = {}
     for pct in (25, 50, 75):
         rate = int(base * pct / 100)
@@ -347,19 +363,6 @@ def main():
     for x in th:
         x.join()
 
-    mem = {}
-    for t in ["cutover", "nginx", "haproxy"]:
-        idle = rss_kib(pids[t])
-        row = {"idle_kib": idle}
-        for n in (1000, 5000):
-            p = subprocess.Popen(["taskset", "-c", LOAD_CPU, f"{binp}/cutover-bench", "idle", f"127.0.0.1:{targets[t]}", "--connections", str(n), "--hold", "4s"], stdout=subprocess.PIPE, text=True)
-            line = p.stdout.readline()
-            time.sleep(1)
-            grown = rss_kib(pids[t]) - idle
-            row[n] = (grown / n, json.loads(line)["open"])
-            p.wait()
-            time.sleep(1)
-        mem[t] = row
 
     report(med, lat, streams, storm, switches, storm_secs, mem, lowest, base, a.quick, scale, scale_tokens, calls)
     features(a.quick)

@@ -126,6 +126,15 @@ impl Out {
         &mut self.0
     }
 
+    /// Keep what was written in an allocation of its size, the pooled buffer going back to
+    /// the pool: for bytes held across a long wait.
+    pub(crate) fn shrink(&mut self) {
+        if self.0.capacity() == BUF_SIZE {
+            let exact = self.0.as_slice().to_vec();
+            give_vec(std::mem::replace(&mut self.0, exact));
+        }
+    }
+
     /// Give the memory back while there is nothing to send (a stream between events).
     pub(crate) fn release(&mut self) {
         if self.0.is_empty() && self.0.capacity() > 0 {
@@ -171,6 +180,19 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shrunk_output_keeps_its_bytes_in_an_allocation_of_their_size() {
+        let mut o = Out::new();
+        o.vec()
+            .extend_from_slice(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n{}");
+        assert_eq!(o.0.capacity(), BUF_SIZE);
+        o.shrink();
+        assert_eq!(&o.0[..], b"POST /v1/chat/completions HTTP/1.1\r\n\r\n{}");
+        assert!(o.0.capacity() < 64, "{}", o.0.capacity());
+        o.shrink();
+        assert_eq!(o.0.len(), 40, "shrinking again changes nothing");
+    }
 
     #[test]
     fn idle_buffers_hold_no_memory_and_grow_only_to_the_limit() {

@@ -360,6 +360,12 @@ impl Sender<'_> {
         if !req.body.done() {
             self.stream_body(&mut up.stream, &mut req.body, endpoint).await?;
         }
+        // The request is out; a model may think for seconds before its first byte, and
+        // thousands of streams can wait at once: the client's read buffer goes back to the
+        // pool (unless pipelined bytes wait in it), and the copy kept for a resend shrinks
+        // to its size (a pooled buffer would hold a whole page per waiting stream).
+        self.inbuf.release();
+        req.bytes.shrink();
         self.response_head(up, endpoint, rcx).await
     }
 
