@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    cutover_control::admin::fuzz_admin_bodies(data);
+    cutover_control::api::admin::fuzz_admin_bodies(data);
 });
