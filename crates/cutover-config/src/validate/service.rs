@@ -35,14 +35,7 @@ impl Source<'_> {
     ) -> Result<ServiceConfig, Vec<ConfigError>> {
         let span = svc.span();
         let mut svc = svc.into_inner();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(vec![ConfigError {
-                file: self.path.to_path_buf(),
-                line: self.line_of(span.start),
-                key: format!("services.{name}"),
-                message: "service names may use only letters, digits, '-' and '_'".into(),
-            }]);
-        }
+        self.service_name(name, &span)?;
         let mut errors = Vec::new();
         let net = self.service_net(name, &svc, claims, &span, &mut errors);
         let raw_health = std::mem::take(&mut svc.health);
@@ -107,6 +100,19 @@ impl Source<'_> {
             environments,
             release: self.release_paths(svc.release),
         })
+    }
+
+    /// A service's name is a word: it appears in metrics labels, etcd keys and URLs.
+    fn service_name(&self, name: &str, span: &std::ops::Range<usize>) -> Result<(), Vec<ConfigError>> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(vec![ConfigError {
+                file: self.path.to_path_buf(),
+                line: self.line_of(span.start),
+                key: format!("services.{name}"),
+                message: "service names may use only letters, digits, '-' and '_'".into(),
+            }]);
+        }
+        Ok(())
     }
 
     /// Where the service is reached: its listeners (claimed), their TLS and the proxies
