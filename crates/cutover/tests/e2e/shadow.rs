@@ -120,9 +120,13 @@ async fn a_candidate_is_compared_on_mirrored_live_traffic_and_each_kind_of_regre
     // This test is about what the versions answer; their speed is the same. On a loaded CI
     // machine mirrors (8 in flight, behind the live answers) can take 1.5x the live time,
     // which the default timing ratios would call a regression: they are loosened here. The
-    // timing verdict has its own test (cutover-release `a_slower_first_token_fails`).
+    // timing verdict has its own test (cutover-release `a_slower_first_token_fails`). So is
+    // the exact-match drop: the batch noise two processes share depends on when a request
+    // lands, and a mirror lands later than its baseline copy (a clean candidate read 63% vs
+    // 85% over 46 pairs in one CI run); the faulty versions here are caught by their own
+    // figures, v3 by ROUGE-L.
     let release = format!(
-        "health_timeout = \"20s\"\n{SHADOW}thresholds = {{ ttft_ratio = 4.0, total_time_ratio = 4.0 }}\n\n[services.chat.release.verify]\nbake = \"2s\"\nmin_requests = 1\n"
+        "health_timeout = \"20s\"\n{SHADOW}thresholds = {{ ttft_ratio = 4.0, total_time_ratio = 4.0, exact_match_drop = 0.35 }}\n\n[services.chat.release.verify]\nbake = \"2s\"\nmin_requests = 1\n"
     );
     let svc = managed_service(&ports, &knobs, &release);
     let r = Router::start(&svc).await;
