@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Counters of one listener, for metrics and logs.
 #[derive(Default)]
@@ -40,16 +40,50 @@ pub trait Connections {
     fn spawn(&mut self, stream: TcpStream, peer: SocketAddr, held: Held);
 }
 
-/// One open connection: its place under the cap and in the gauge, and the drain's wait.
-pub struct Held {
+/// A cap on open connections, and what every connection under it shares. A reload that
+/// changes the cap makes a new one; connections keep theirs until they close.
+struct Cap {
+    places: Semaphore,
     stats: Arc<ListenerStats>,
-    _permit: OwnedSemaphorePermit,
+    /// Dropped with the last connection under this cap: the drain waits for every sender.
     _drain: mpsc::Sender<()>,
+}
+
+/// One open connection: its place under the cap and in the gauge, and the drain's wait.
+/// One pointer, as every connection's task holds it for as long as it lives.
+pub struct Held(Arc<Cap>);
+
+impl Held {
+    /// Take a place now, or None if the cap is reached.
+    fn try_take(cap: &Arc<Cap>) -> Option<Held> {
+        cap.places.try_acquire().ok()?.forget();
+        Some(Held(cap.clone()))
+    }
+
+    async fn take(cap: &Arc<Cap>) -> Held {
+        cap.places.acquire().await.expect("semaphore never closed").forget();
+        Held(cap.clone())
+    }
+}
+
+#[cfg(test)]
+impl Held {
+    /// A place under a cap of one, for tests of what a connection's task holds.
+    pub(crate) fn for_test() -> Held {
+        let (tx, _) = mpsc::channel(1);
+        let cap = Arc::new(Cap {
+            places: Semaphore::new(1),
+            stats: Arc::default(),
+            _drain: tx,
+        });
+        Held::try_take(&cap).expect("one place")
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Relaxed);
+        self.0.stats.open.fetch_sub(1, Relaxed);
+        self.0.places.add_permits(1);
     }
 }
 
@@ -68,8 +102,15 @@ pub struct Accept {
 /// accepting and wait (at most `grace`) for the open connections to end.
 pub async fn serve(listener: TcpListener, conns: &mut impl Connections, mut a: Accept) {
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let new_cap = |max| {
+        Arc::new(Cap {
+            places: Semaphore::new(max),
+            stats: a.stats.clone(),
+            _drain: drain_tx.clone(),
+        })
+    };
     let mut max = conns.refresh();
-    let mut cap = Arc::new(Semaphore::new(max));
+    let mut cap = new_cap(max);
     let addr = listener.local_addr().ok();
     loop {
         // The connections open before a new cap hold places under the old one, counted
@@ -77,9 +118,9 @@ pub async fn serve(listener: TcpListener, conns: &mut impl Connections, mut a: A
         // add up).
         let now = conns.refresh();
         if now != max {
-            (max, cap) = (now, Arc::new(Semaphore::new(now)));
+            (max, cap) = (now, new_cap(now));
         }
-        let Some(permit) = next_permit(&cap, max, &a, addr).await else {
+        let Some(held) = next_place(&cap, max, &a, addr).await else {
             break;
         };
         let (stream, peer) = tokio::select! {
@@ -97,14 +138,10 @@ pub async fn serve(listener: TcpListener, conns: &mut impl Connections, mut a: A
         let _ = stream.set_nodelay(true);
         a.stats.accepted.fetch_add(1, Relaxed);
         a.stats.open.fetch_add(1, Relaxed);
-        let held = Held {
-            stats: a.stats.clone(),
-            _permit: permit,
-            _drain: drain_tx.clone(),
-        };
         conns.spawn(stream, peer, held);
     }
     drop(listener);
+    drop(cap);
     drop(drain_tx);
     if tokio::time::timeout(a.grace, drain_rx.recv()).await.is_err() {
         tracing::warn!(listener = %a.name, address = ?addr, "grace period over: closing connections still open");
@@ -113,14 +150,9 @@ pub async fn serve(listener: TcpListener, conns: &mut impl Connections, mut a: A
 
 /// A place under the cap, waiting (new connections stay in the listen backlog) while it is
 /// reached. None: shutdown came first.
-async fn next_permit(
-    cap: &Arc<Semaphore>,
-    max: usize,
-    a: &Accept,
-    addr: Option<SocketAddr>,
-) -> Option<OwnedSemaphorePermit> {
-    if let Ok(p) = cap.clone().try_acquire_owned() {
-        return Some(p);
+async fn next_place(cap: &Arc<Cap>, max: usize, a: &Accept, addr: Option<SocketAddr>) -> Option<Held> {
+    if let Some(h) = Held::try_take(cap) {
+        return Some(h);
     }
     // Logged at the first wait and every 1000th after, not once per waiting connection.
     let waits = a.stats.at_cap.fetch_add(1, Relaxed);
@@ -134,7 +166,7 @@ async fn next_permit(
     }
     let mut shutdown = a.shutdown.clone();
     tokio::select! {
-        p = cap.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+        h = Held::take(cap) => Some(h),
         _ = shutdown.changed() => None,
     }
 }

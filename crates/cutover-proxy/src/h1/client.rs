@@ -1,20 +1,20 @@
 //! The client side of the HTTP/1.1 engine: read request heads (idle connections hold no
 //! buffer), answer refusals and errors, and run one exchange per request.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant as Deadline};
+use tokio::time::Instant as Deadline;
 
 use super::buf::{self, Buf, Out};
-use super::io::{poll_now, read_ready, wait_true, write_by};
+use super::io::{poll_now, read_ready, write_by, ReadableBy};
 use super::pick::{self, Picked};
 use super::relay::error_response;
 use super::request::{self, HeadError, RequestHead};
@@ -126,68 +126,47 @@ impl ClientConn {
     ///
     /// The output buffer is taken only once bytes have arrived, so a connection waiting for
     /// its next request holds no buffer.
-    pub(super) async fn read_head(&mut self, first: bool) -> Result<(RequestHead, Out), Stop> {
-        let max = self.settings.max_header_bytes;
-        let mut deadline: Option<Deadline> = None;
-        loop {
-            if !self.inbuf.is_empty() {
-                if let Some(h) = self.try_head(first)? {
-                    return Ok(h);
+    #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+    pub(super) fn read_head(
+        &mut self,
+        first: bool,
+    ) -> impl Future<Output = Result<(RequestHead, Out), Stop>> + Send + '_ {
+        // A block, not an async fn, whose arguments would be kept twice (rustc#62958): this
+        // future is most of what an idle connection's task holds.
+        async move {
+            let max = self.settings.max_header_bytes;
+            let mut deadline: Option<Deadline> = None;
+            loop {
+                if !self.inbuf.is_empty() {
+                    if let Some(h) = self.try_head(first)? {
+                        return Ok(h);
+                    }
+                    if self.inbuf.len() >= max {
+                        return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
+                    }
                 }
-                if self.inbuf.len() >= max {
+                // Wait for the socket to turn readable holding no buffer when none is needed
+                // yet: between requests, this is where idle keep-alive connections spend
+                // their time.
+                if self.inbuf.is_empty() {
+                    self.inbuf.release();
+                }
+                if poll_now(pin!(read_ready(&self.client))).is_pending() {
+                    let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
+                    if !ReadableBy::new(&self.client, d).await {
+                        return Err(Stop::Closed);
+                    }
+                }
+                if !self.inbuf.reserve(max) {
                     return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
                 }
-            }
-            if self.inbuf.is_empty() {
-                // Between requests: wait for the socket to turn readable without holding a
-                // buffer (this is where idle keep-alive connections spend their time).
-                self.inbuf.release();
-                let mut ready = pin!(read_ready(&self.client));
-                if poll_now(ready.as_mut()).is_pending() {
-                    let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
-                    tokio::select! {
-                        biased;
-                        r = ready.as_mut() => if r.is_err() { return Err(Stop::Closed) },
-                        _ = sleep_until(d) => return Err(Stop::Closed),
-                        _ = wait_true(&mut self.shutdown) => {
-                            // Draining. Closed now, an idle connection would meet the request
-                            // a client may be sending on it right now (a reset, and a POST the
-                            // client cannot know whether to send again). It stays open for the
-                            // rest of its idle time (the drain window, within the listener's
-                            // grace): a request that comes is answered with `Connection:
-                            // close`, and the connection closes after that answer.
-                            tokio::select! {
-                                biased;
-                                r = ready => if r.is_err() { return Err(Stop::Closed) },
-                                _ = sleep_until(d) => return Err(Stop::Closed),
-                            }
-                        }
-                    }
+                match self.client.try_read_buf(&mut self.inbuf.data) {
+                    Ok(0) => return Err(Stop::Closed),
+                    Ok(_) => {}
+                    // Readiness was stale: back to waiting (without a buffer if none held).
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Stop::Closed),
                 }
-            }
-            if !self.inbuf.reserve(max) {
-                return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
-            }
-            let partial = !self.inbuf.is_empty();
-            let r = {
-                let mut fut = pin!(self.client.read_buf(&mut self.inbuf.data));
-                match poll_now(fut.as_mut()) {
-                    Poll::Ready(r) => r,
-                    // Readiness was stale: back to waiting without a buffer.
-                    Poll::Pending if !partial => continue,
-                    Poll::Pending => {
-                        let d = *deadline.get_or_insert_with(|| Deadline::now() + self.settings.header_read_timeout);
-                        tokio::select! {
-                            biased;
-                            r = fut => r,
-                            _ = sleep_until(d) => return Err(Stop::Closed),
-                        }
-                    }
-                }
-            };
-            match r {
-                Ok(0) | Err(_) => return Err(Stop::Closed),
-                Ok(_) => {}
             }
         }
     }

@@ -37,7 +37,9 @@ mod request;
 mod response;
 mod send;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -101,77 +103,63 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// How a connection ended.
-pub(crate) enum Outcome {
-    Closed,
-    /// The client speaks HTTP/2 (prior knowledge): its first bytes, to be replayed to hyper.
-    Http2(TcpStream, Vec<u8>),
-}
+/// A client connection of this engine, from accept to close.
+pub(crate) struct Connection(ClientConn);
 
-/// Serve one client connection until it closes, the listener shuts down, or it turns out
-/// to be HTTP/2.
-pub(crate) async fn serve_connection(
-    client: TcpStream,
-    peer: SocketAddr,
-    fwd: Arc<Forwarder>,
-    shutdown: watch::Receiver<bool>,
-) -> Outcome {
-    let mut c = ClientConn::new(client, peer, fwd, shutdown);
-    let mut first = true;
-    loop {
-        let (head, out) = match c.read_head(first).await {
-            Ok(h) => h,
-            Err(Stop::Closed) => return Outcome::Closed,
-            Err(Stop::Http2) => {
-                let pre = c.inbuf.bytes().to_vec();
-                return Outcome::Http2(c.client, pre);
-            }
-            Err(Stop::Refuse(e)) => {
-                Box::pin(async {
-                    c.refuse(e, None).await;
-                    c.linger().await;
-                })
-                .await;
-                return Outcome::Closed;
-            }
-        };
-        first = false;
-        // Boxed: the exchange's state (timers, both sockets' futures) is several KiB, and an
-        // idle connection's task would otherwise carry it while it waits for a request.
-        match Box::pin(c.exchange(head, out)).await {
-            After::KeepAlive => {}
-            After::Close => return Outcome::Closed,
-            After::LingerClose => {
-                Box::pin(c.linger()).await;
-                return Outcome::Closed;
-            }
-        }
-        // A drain that began after this answer's head went out (it said keep-alive) does
-        // not close the connection here: the client may already be sending its next request,
-        // which `read_head` waits for and which is answered with `Connection: close`.
-        // Idle connections hold no buffer.
-        c.inbuf.release();
+impl Connection {
+    pub(crate) fn new(
+        client: TcpStream,
+        peer: SocketAddr,
+        fwd: Arc<Forwarder>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Connection {
+        Connection(ClientConn::new(client, peer, fwd, shutdown))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::route::{RouteTable, Service};
-    use crate::settings::ServiceSettings;
+    /// Serve requests until the connection closes or the listener shuts down (false), or
+    /// until it turns out to be HTTP/2 (prior knowledge): true, and [`Self::into_parts`]
+    /// gives its first bytes, to be replayed to hyper.
+    ///
+    /// It borrows the connection rather than taking it: a future that owns what it is given
+    /// keeps room for it even once moved, and this one is what every idle connection's task
+    /// holds.
+    pub(crate) async fn serve(&mut self) -> bool {
+        let c = &mut self.0;
+        let mut first = true;
+        loop {
+            // What comes next is boxed before any await, out of the task's own state: the
+            // exchange (timers, both sockets' futures: several KiB) or a refusal. Bound in
+            // this scope, the head would keep a place in every idle connection's task.
+            let next: Pin<Box<dyn Future<Output = After> + Send + '_>> = match c.read_head(first).await {
+                Ok((head, out)) => Box::pin(c.exchange(head, out)),
+                Err(Stop::Closed) => return false,
+                Err(Stop::Http2) => return true,
+                Err(Stop::Refuse(e)) => Box::pin(async {
+                    c.refuse(e, None).await;
+                    After::LingerClose
+                }),
+            };
+            first = false;
+            match next.await {
+                After::KeepAlive => {}
+                After::Close => return false,
+                After::LingerClose => {
+                    Box::pin(c.linger()).await;
+                    return false;
+                }
+            }
+            // A drain that began after this answer's head went out (it said keep-alive) does
+            // not close the connection here: the client may already be sending its next
+            // request, which `read_head` waits for and which is answered with `Connection:
+            // close`. Idle connections hold no buffer.
+            c.inbuf.release();
+        }
+    }
 
-    #[tokio::test]
-    async fn a_connection_task_is_small() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let svc = Service::new("t", ServiceSettings::default(), RouteTable::default());
-        let fwd = Arc::new(Forwarder::new(svc, false));
-        let (_tx, rx) = watch::channel(false);
-        let peer = client.local_addr().unwrap();
-        let fut = serve_connection(client, peer, fwd, rx);
-        // What every open connection costs while it waits for its next request (plus the
-        // socket's registration): hyper's connections kept 10-19 KiB of buffers instead.
-        let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1024, "the connection future grew to {size} bytes");
+    /// The socket, the bytes read from it, and what hyper needs to go on with it (HTTP/2).
+    pub(crate) fn into_parts(self) -> (TcpStream, Vec<u8>, SocketAddr, Arc<Forwarder>, watch::Receiver<bool>) {
+        let c = self.0;
+        let pre = c.inbuf.bytes().to_vec();
+        (c.client, pre, c.peer, c.fwd, c.shutdown)
     }
 }
