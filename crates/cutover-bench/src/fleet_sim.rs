@@ -153,7 +153,8 @@ async fn idle_rates(o: &Opts) -> anyhow::Result<(f64, f64)> {
 
 /// `switches` switches through watcher 0, each waiting for every ack as the admin API's
 /// answer does: the latencies (µs) and how many answers counted fewer than `n` synced.
-async fn switch_loop(lead: &Watcher, switches: u64, n: usize) -> anyhow::Result<(Vec<u64>, u64)> {
+async fn switch_loop(ws: &[Watcher], switches: u64, n: usize) -> anyhow::Result<(Vec<u64>, u64)> {
+    let lead = &ws[0];
     let mut lat = Vec::new();
     let mut short = 0u64;
     for k in 0..switches {
@@ -176,10 +177,30 @@ async fn switch_loop(lead: &Watcher, switches: u64, n: usize) -> anyhow::Result<
         let r = lead.link.await_acks("chat", out.generation, t0).await;
         lat.push(t0.elapsed().as_micros() as u64);
         if r.synced != n {
+            if short == 0 {
+                behind(ws, out.generation);
+            }
             short += 1;
         }
     }
     Ok((lat, short))
+}
+
+/// The first switch some watcher did not ack in time: what each one that is behind serves,
+/// and what its link has seen, to standard error (a simulated router has no admin API).
+fn behind(ws: &[Watcher], generation: u64) {
+    for (i, w) in ws.iter().enumerate() {
+        let Ok(svc) = w.ctl.service("chat") else { continue };
+        let serving = svc.proxy.table().generation;
+        if serving < generation {
+            eprintln!(
+                "fleet-sim: watcher {i} serves generation {serving} of {generation}: revision {}, connected {:?}, applied {:?}",
+                w.link.revision(),
+                w.link.connected(),
+                w.link.applied("chat"),
+            );
+        }
+    }
 }
 
 pub async fn run(o: Opts) -> anyhow::Result<()> {
@@ -194,7 +215,7 @@ pub async fn run(o: Opts) -> anyhow::Result<()> {
     let (idle_rate, idle_events) = idle_rates(&o).await?;
     let (before, events_before) = etcd_calls(&o.members).await?;
     let began = Instant::now();
-    let (mut lat, short) = switch_loop(lead, o.switches, o.watchers).await?;
+    let (mut lat, short) = switch_loop(&ws, o.switches, o.watchers).await?;
     let spent = began.elapsed().as_secs_f64();
     let (after, events_after) = etcd_calls(&o.members).await?;
     let per_switch = (after - before - idle_rate * spent) / o.switches as f64;

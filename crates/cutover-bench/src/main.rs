@@ -260,6 +260,11 @@ fn main() {
         idle,
     } = cli.mode
     {
+        // What the simulated routers log (their fleet warnings), to standard error.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_writer(std::io::stderr)
+            .init();
         // Many watchers' syncs, health checks and SQLite writes: both cores, like routers.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
