@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -160,12 +161,15 @@ impl ClientConn {
                 if !self.inbuf.reserve(max) {
                     return Err(Stop::Refuse(head_error(HeadError::TooLarge)));
                 }
-                match self.client.try_read_buf(&mut self.inbuf.data) {
-                    Ok(0) => return Err(Stop::Closed),
-                    Ok(_) => {}
+                // `read_buf`, not `try_read_buf`: a read that leaves room in the buffer drained
+                // the socket, and only `AsyncRead` then clears tokio's readiness; with
+                // `try_read_buf` the next wait found stale readiness and paid a `recvfrom`
+                // that returned EAGAIN (3 per request instead of 2, measured).
+                match poll_now(pin!(self.client.read_buf(&mut self.inbuf.data))) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Stop::Closed),
+                    Poll::Ready(Ok(_)) => {}
                     // Readiness was stale: back to waiting (without a buffer if none held).
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(Stop::Closed),
+                    Poll::Pending => {}
                 }
             }
         }
