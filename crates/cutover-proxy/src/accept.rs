@@ -190,3 +190,40 @@ pub async fn until_drained<C: GracefulConnection>(conn: C, mut shutdown: watch::
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+/// Half-close, then read and drop what the client still sends until it closes, goes quiet
+/// for a second, or five seconds have passed (nginx's lingering close, with shorter times).
+///
+/// For a connection closed with part of a request unread (a body past its limit, a refused
+/// head): closing with unread bytes makes the kernel answer them with a reset, which can
+/// destroy the response before the client reads it, and a client still uploading (curl
+/// stops once it sees the answer) needs time, not a byte count. The connection keeps its
+/// place under the cap meanwhile.
+pub(crate) async fn linger(stream: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// [`linger`] on the second handle of a socket that hyper let go of, if the client's bytes
+/// are waiting unread (hyper closes a connection whose request body was not read to its
+/// end); a socket with nothing unread closes at once.
+pub(crate) async fn linger_if_unread(spare: std::net::TcpStream) {
+    let mut one = [0u8; 1];
+    // The handle shares the socket's non-blocking mode: nothing unread is WouldBlock.
+    if !matches!(spare.peek(&mut one), Ok(n) if n > 0) {
+        return;
+    }
+    if let Ok(mut stream) = TcpStream::from_std(spare) {
+        linger(&mut stream).await;
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,13 +158,22 @@ impl Connections for Plane {
             let (stats, timeout) = (self.stats.clone(), self.settings.header_read_timeout);
             tokio::spawn(async move {
                 let _held = held;
+                let Ok((stream, spare)) = second_handle(stream) else {
+                    return;
+                };
                 let Some(tls) = handshake(&acceptor, stream, timeout).await else {
                     stats.tls_handshake_failed.fetch_add(1, Relaxed);
                     return;
                 };
-                let svc = hyper_service(fwd, peer, true, shutdown.clone(), None);
+                let tunneled = Arc::new(AtomicBool::new(false));
+                let svc = hyper_service(fwd, peer, true, shutdown.clone(), None, Some(tunneled.clone()));
                 let conn = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
                 accept::until_drained(conn, shutdown, window).await;
+                // Raw bytes are drained: what is left of a refused request is dropped unread
+                // anyway, decrypted or not.
+                if !tunneled.load(Relaxed) {
+                    accept::linger_if_unread(spare).await;
+                }
             });
             return;
         }
@@ -230,9 +239,23 @@ impl HyperConn {
             if sniff_h2(&stream, self.timeout).await {
                 Box::pin(serve_h2(&h2, stream, Vec::new(), self.peer, self.fwd, self.shutdown)).await;
             } else {
-                let svc = hyper_service(self.fwd, self.peer, false, self.shutdown.clone(), None);
+                let Ok((stream, spare)) = second_handle(stream) else {
+                    return;
+                };
+                let tunneled = Arc::new(AtomicBool::new(false));
+                let svc = hyper_service(
+                    self.fwd,
+                    self.peer,
+                    false,
+                    self.shutdown.clone(),
+                    None,
+                    Some(tunneled.clone()),
+                );
                 let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 accept::until_drained(conn, self.shutdown, self.window).await;
+                if !tunneled.load(Relaxed) {
+                    accept::linger_if_unread(spare).await;
+                }
             }
         }
     }
@@ -326,12 +349,14 @@ async fn plain_http(mut stream: TcpStream) -> std::io::Error {
 /// The hyper service of one connection: every request through the hyper request path.
 /// Once `draining`, an HTTP/1.x answer says `Connection: close` (hyper closes the connection
 /// after it); on an HTTP/2 connection, `streams` counts the streams in flight for its drain.
+/// `tunneled` turns true when a request is answered `101 Switching Protocols`.
 fn hyper_service(
     fwd: Arc<Forwarder>,
     peer: std::net::SocketAddr,
     https: bool,
     draining: watch::Receiver<bool>,
     streams: Option<Arc<H2Streams>>,
+    tunneled: Option<Arc<AtomicBool>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::body::RespBody>,
@@ -344,6 +369,7 @@ fn hyper_service(
     let peer = Arc::new(peer);
     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (fwd, peer, draining, streams) = (fwd.clone(), peer.clone(), draining.clone(), streams.clone());
+        let tunneled = tunneled.clone();
         async move {
             let hold = match &streams {
                 Some(s) => match s.enter() {
@@ -365,6 +391,11 @@ fn hyper_service(
             }
             if let Some(h) = hold {
                 resp.body_mut().hold(h);
+            }
+            // hyper's connection future ends when the connection is upgraded, while the
+            // tunnel goes on with the socket: no lingering close then.
+            if let (Some(t), http::StatusCode::SWITCHING_PROTOCOLS) = (&tunneled, resp.status()) {
+                t.store(true, Relaxed);
             }
             Ok::<_, Infallible>(resp)
         }
@@ -389,7 +420,7 @@ async fn serve_h2(
         return;
     };
     let streams = Arc::new(H2Streams::default());
-    let svc = hyper_service(fwd, peer, false, shutdown.clone(), Some(streams.clone()));
+    let svc = hyper_service(fwd, peer, false, shutdown.clone(), Some(streams.clone()), None);
     let io = TokioIo::new(Prefixed {
         pre,
         pos: 0,
@@ -421,7 +452,8 @@ async fn serve_h2(
     crate::h2drain::goaway_and_close(spare, &streams).await;
 }
 
-/// The socket as tokio's, and a second handle on it (a `dup`) that outlives the first.
+/// The socket as tokio's, and a second handle on it (a `dup`) that outlives the first: the
+/// socket stays open once hyper has dropped its handle, for a GOAWAY or a lingering close.
 fn second_handle(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
     let std = stream.into_std()?;
     let spare = std.try_clone()?;

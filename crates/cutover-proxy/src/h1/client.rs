@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant as Deadline;
@@ -184,21 +184,9 @@ impl ClientConn {
         let _ = write_by(&mut self.client, &out.0, deadline).await;
     }
 
-    /// Half-close, then drain what the client still sends for up to a second (64 KiB at
-    /// most), so the response is read before the socket goes away.
+    /// See [`crate::accept::linger`].
     pub(super) async fn linger(&mut self) {
-        let _ = self.client.shutdown().await;
-        let mut sink = [0u8; 4096];
-        let mut left = 64 * 1024;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            while left > 0 {
-                match self.client.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left -= n.min(left),
-                }
-            }
-        })
-        .await;
+        crate::accept::linger(&mut self.client).await;
     }
 
     /// One request: forward it, stream the response back, record it.
