@@ -7,11 +7,16 @@ Short streams (2 tokens, 50 ms apart) so the figures are the set-up (accept, req
 upstream connect, response head) and the close, not the relaying `bench/run.py` measures. Each
 proxy runs one worker pinned to CPU 0; the client and mock-model share CPU 1, as in run.py.
 System calls are counted by the kernel's tracepoints (`perf stat`), per stream, by kind.
+
+`--baseline BIN` adds a second cutover (another build, e.g. main's before a change) as the
+path `baseline`, measured in the same rounds: an A/B of a change inside one run, since runs
+on this machine differ by more than most changes do.
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP, ADMIN, CUTOVER, HAPROXY, NGINX = 18971, 18972, 18973, 18974, 18975
+BASE, BASE_ADMIN = 18976, 18977
 PROXY_CPU, LOAD_CPU = "0", "1"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import cpu_ticks, ensure_tools, wait_port  # noqa: E402
@@ -32,12 +37,12 @@ def children(pid):
         return []
 
 
-def configs(work):
-    open(f"{work}/cutover.toml", "w").write(f"""
+def cutover_toml(path, admin, listen):
+    open(path, "w").write(f"""
 [admin]
-listen = "127.0.0.1:{ADMIN}"
+listen = "127.0.0.1:{admin}"
 [services.s]
-listen = "127.0.0.1:{CUTOVER}"
+listen = "127.0.0.1:{listen}"
 allow_shared_endpoints = true
 health = {{ path = "/health", interval = "1s" }}
 limits = {{ max_connections = 20000 }}
@@ -48,6 +53,12 @@ version = "a"
 endpoints = ["127.0.0.1:{UP}"]
 version = "b"
 """)
+
+
+def configs(work):
+    cutover_toml(f"{work}/cutover.toml", ADMIN, CUTOVER)
+    os.makedirs(f"{work}/base", exist_ok=True)
+    cutover_toml(f"{work}/base/cutover.toml", BASE_ADMIN, BASE)
     open(f"{work}/haproxy.cfg", "w").write(f"""
 global
   nbthread 1
@@ -108,6 +119,7 @@ def main():
     ap.add_argument("--streams", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=2)
+    ap.add_argument("--baseline", metavar="BIN", help="another cutover binary, measured beside this tree's")
     a = ap.parse_args()
     ensure_tools()
     if not subprocess.run(["which", "perf"], capture_output=True).returncode == 0:
@@ -122,16 +134,22 @@ def main():
         wait_port(UP)
         cut = start([f"{binp}/cutover", "serve", "--config", f"{work}/cutover.toml", "--threads", "1"], PROXY_CPU, work,
                     env=dict(os.environ, RUST_LOG="warn"))
+        base = a.baseline and start([a.baseline, "serve", "--config", f"{work}/base/cutover.toml", "--threads", "1"],
+                                    PROXY_CPU, f"{work}/base", env=dict(os.environ, RUST_LOG="warn"))
         hp = start(["haproxy", "-f", f"{work}/haproxy.cfg"], PROXY_CPU, work)
         ng = start(["nginx", "-c", f"{work}/nginx.conf"], PROXY_CPU, work)
-        for p in (CUTOVER, HAPROXY, NGINX, ADMIN):
+        for p in (CUTOVER, HAPROXY, NGINX, ADMIN) + ((BASE, BASE_ADMIN) if base else ()):
             wait_port(p)
         time.sleep(1)
-        tok = open(f"{work}/admin.token").read().strip()
-        subprocess.run(["curl", "-fsS", "-XPOST", "-H", f"authorization: Bearer {tok}", "-H", "content-type: application/json",
-                        f"http://127.0.0.1:{ADMIN}/v1/services/s/switch", "-d", '{"to":"blue"}'], check=True, stdout=subprocess.DEVNULL)
-        paths = {"direct": (UP, []), "cutover": (CUTOVER, [cut.pid]), "haproxy": (HAPROXY, [hp.pid] + children(hp.pid)),
-                 "nginx": (NGINX, children(ng.pid))}
+        for d, admin in [(work, ADMIN)] + ([(f"{work}/base", BASE_ADMIN)] if base else []):
+            tok = open(f"{d}/admin.token").read().strip()
+            subprocess.run(["curl", "-fsS", "-XPOST", "-H", f"authorization: Bearer {tok}", "-H", "content-type: application/json",
+                            f"http://127.0.0.1:{admin}/v1/services/s/switch", "-d", '{"to":"blue"}'], check=True,
+                           stdout=subprocess.DEVNULL)
+        paths = {"direct": (UP, []), "cutover": (CUTOVER, [cut.pid])}
+        if base:
+            paths["baseline"] = (BASE, [base.pid])
+        paths.update({"haproxy": (HAPROXY, [hp.pid] + children(hp.pid)), "nginx": (NGINX, children(ng.pid))})
         res = {t: [] for t in paths}
         for _ in range(a.rounds):
             for t, (port, pids) in paths.items():

@@ -2,14 +2,14 @@
 //! framing the client's connection needs, event streams counted, the drain deadline and
 //! the request timeout enforced; and the proxy's own error answers on the wire.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant as Deadline};
+use tokio::time::{sleep_until, Instant as Deadline, Sleep};
 
 use super::buf::{self, Buf, Out, BUF_SIZE};
 use super::chunked::{chunk, last_chunk, Chunked};
@@ -57,6 +57,10 @@ struct Progress {
     /// A close-delimited body saw its end.
     eof: bool,
 }
+
+/// Resolves when the color's drain deadline closes its streams (polled again after that, it
+/// would panic: a wait that sees it ends the response).
+type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Why waiting for more of the body stopped.
 enum Wait {
@@ -123,7 +127,10 @@ impl Relay<'_> {
             last_nl: false,
             eof: false,
         };
-        let mut closed_rx: Option<watch::Receiver<bool>> = None;
+        // Made once per response, not per wait: a stream waits once per token, and a new
+        // timer or watch registration each time is work every token would pay for.
+        let mut timer = pin!(sleep_until(self.deadline));
+        let mut closing: Option<Closing> = None;
         loop {
             let done = match self.take(&rh, &mut p, &mut upbuf, &mut cout) {
                 Ok(done) => done,
@@ -155,7 +162,7 @@ impl Relay<'_> {
             // a stream between two tokens costs its socket and little else.
             upbuf.release();
             cout.release();
-            match self.wait(&up.stream, &mut closed_rx).await {
+            match self.wait(&up.stream, timer.as_mut(), &mut closing).await {
                 Wait::Readable => {}
                 Wait::ClientGone => return false,
                 Wait::Cut(why) => return self.fail(&rh, cout, why).await,
@@ -253,17 +260,20 @@ impl Relay<'_> {
 
     /// Wait for the upstream to send more, the deadline, the drain deadline's cut, or the
     /// client going away, whichever comes first.
-    async fn wait(&mut self, up: &TcpStream, closed_rx: &mut Option<watch::Receiver<bool>>) -> Wait {
+    async fn wait(&mut self, up: &TcpStream, timer: Pin<&mut Sleep>, closing: &mut Option<Closing>) -> Wait {
         let mut ready = pin!(read_ready(up));
         if poll_now(ready.as_mut()).is_ready() {
             return Wait::Readable;
         }
-        let rx = closed_rx.get_or_insert_with(|| self.route.close_signal.subscribe());
+        let closing = closing.get_or_insert_with(|| {
+            let mut rx = self.route.close_signal.subscribe();
+            Box::pin(async move { wait_true(&mut rx).await })
+        });
         tokio::select! {
             biased;
             _ = ready => Wait::Readable,
-            _ = sleep_until(self.deadline) => Wait::Cut(TIMED_OUT),
-            _ = wait_true(rx) => {
+            _ = timer => Wait::Cut(TIMED_OUT),
+            _ = closing.as_mut() => {
                 self.route.stats.drain_closed.fetch_add(1, Relaxed);
                 Wait::Cut(DRAIN_CLOSED)
             }

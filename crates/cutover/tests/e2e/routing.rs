@@ -518,3 +518,39 @@ impl hyper::body::Body for Chunks {
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![b'z'; size])))))
     }
 }
+
+/// `limits.request_timeout` bounds a live stream too: cut where it stands, with an error
+/// event the client can read, on both engines (the relay's one timer per response).
+#[tokio::test]
+async fn a_stream_past_request_timeout_is_cut_with_an_error_event_on_both_engines() {
+    let blue = Mock::start("v1", &["--token-interval", "100ms"]).await;
+    let green = Mock::start("v2", &[]).await;
+    for engine in ["own", "hyper"] {
+        let extra = format!("http1_engine = \"{engine}\"\nlimits = {{ request_timeout = \"1s\" }}");
+        let r = Router::start(&static_service(&[&blue], &[&green], &extra)).await;
+        assert_eq!(r.switch("blue").await.status, 200);
+        let out = Command::new("curl")
+            .args([
+                "-sN",
+                "--max-time",
+                "20",
+                "-X",
+                "POST",
+                "-d",
+                r#"{"stream":true,"max_tokens":40}"#,
+            ])
+            .arg(r.url("/v1/chat/completions"))
+            .output()
+            .expect("curl is installed (.ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let chunks = text.matches("chat.completion.chunk").count();
+        // 40 tokens 100 ms apart take 4 s: cut after about 10, never run to the end.
+        assert!((1..40).contains(&chunks), "{engine}: {chunks} chunks: {text}");
+        assert!(!text.contains("[DONE]"), "{engine}: {text}");
+        assert!(
+            text.contains("event: error") && text.contains("request timeout"),
+            "{engine}: {text}"
+        );
+        assert!(!out.status.success(), "{engine}: curl sees the transfer cut: {text}");
+    }
+}
