@@ -1049,3 +1049,49 @@ async fn serve_upgrade_hands_a_tls_listener_over_and_its_open_streams_finish() {
     assert_eq!(stream_versions(&events).unwrap().len(), 151);
     assert_eq!(crate::upgrade::exit_code(&mut old), Some(0));
 }
+
+/// A TLS client that sends all of a 32 MiB upload past `max_body_bytes` before it reads
+/// still reads its 413: the proxy drains the rest of the raw bytes after hyper answers,
+/// instead of closing on them (a reset). Python's `ssl` is the client.
+#[tokio::test]
+async fn a_tls_upload_past_the_limit_is_answered_413_not_reset() {
+    let pki = Pki::new();
+    let blue = Mock::start("v1", &[]).await;
+    let green = Mock::start("v2", &[]).await;
+    let r = tls_router(&pki, &blue, &green, "limits = { max_body_bytes = 65536 }").await;
+    assert_eq!(r.switch("blue").await.status, 200);
+    const PY: &str = r#"
+import json, socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20), server_hostname="localhost")
+chunk = b"4000\r\n" + b"x" * 16384 + b"\r\n"
+wrote = "ok"
+try:
+    s.sendall(b"POST /mock/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(2048):
+        s.sendall(chunk)
+    s.sendall(b"0\r\n\r\n")
+except OSError as e:
+    wrote = repr(e)
+answer = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        answer += d
+except (OSError, ssl.SSLError) as e:
+    pass
+print(json.dumps({"wrote": wrote, "answer": answer.decode("latin-1")}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", PY, &r.listen.to_string(), pki.ca.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["wrote"], "ok", "the proxy reset the connection mid-upload: {v}");
+    let answer = v["answer"].as_str().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{v}");
+    assert!(answer.contains("body_too_large"), "{v}");
+}
