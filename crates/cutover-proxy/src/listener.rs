@@ -165,15 +165,7 @@ impl Connections for Plane {
                     stats.tls_handshake_failed.fetch_add(1, Relaxed);
                     return;
                 };
-                let tunneled = Arc::new(AtomicBool::new(false));
-                let svc = hyper_service(fwd, peer, true, shutdown.clone(), None, Some(tunneled.clone()));
-                let conn = auto.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                accept::until_drained(conn, shutdown, window).await;
-                // Raw bytes are drained: what is left of a refused request is dropped unread
-                // anyway, decrypted or not.
-                if !tunneled.load(Relaxed) {
-                    accept::linger_if_unread(spare).await;
-                }
+                serve_hyper(&auto, tls, spare, fwd, peer, true, shutdown, window).await;
             });
             return;
         }
@@ -242,22 +234,36 @@ impl HyperConn {
                 let Ok((stream, spare)) = second_handle(stream) else {
                     return;
                 };
-                let tunneled = Arc::new(AtomicBool::new(false));
-                let svc = hyper_service(
-                    self.fwd,
-                    self.peer,
-                    false,
-                    self.shutdown.clone(),
-                    None,
-                    Some(tunneled.clone()),
-                );
-                let conn = auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                accept::until_drained(conn, self.shutdown, self.window).await;
-                if !tunneled.load(Relaxed) {
-                    accept::linger_if_unread(spare).await;
-                }
+                let (fwd, peer, shutdown) = (self.fwd, self.peer, self.shutdown);
+                serve_hyper(&auto, stream, spare, fwd, peer, false, shutdown, self.window).await;
             }
         }
+    }
+}
+
+/// Serve a client through hyper (HTTP/1.1, or HTTP/2 negotiated by ALPN) until it ends or
+/// the drain closes it; then, unless it became a tunnel, linger on `spare` (the socket's
+/// second handle) if the client's bytes wait unread. Over TLS the raw bytes are drained:
+/// what is left of a refused request is dropped anyway, decrypted or not.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<I>(
+    auto: &auto::Builder<TokioExecutor>,
+    io: I,
+    spare: std::net::TcpStream,
+    fwd: Arc<Forwarder>,
+    peer: std::net::SocketAddr,
+    https: bool,
+    shutdown: watch::Receiver<bool>,
+    window: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tunneled = Arc::new(AtomicBool::new(false));
+    let svc = hyper_service(fwd, peer, https, shutdown.clone(), None, Some(tunneled.clone()));
+    let conn = auto.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    accept::until_drained(conn, shutdown, window).await;
+    if !tunneled.load(Relaxed) {
+        accept::linger_if_unread(spare).await;
     }
 }
 

@@ -184,11 +184,6 @@ impl ClientConn {
         let _ = write_by(&mut self.client, &out.0, deadline).await;
     }
 
-    /// See [`crate::accept::linger`].
-    pub(super) async fn linger(&mut self) {
-        crate::accept::linger(&mut self.client).await;
-    }
-
     /// One request: forward it, stream the response back, record it.
     pub(super) async fn exchange(&mut self, mut head: RequestHead, out: Out) -> After {
         let fwd = match self.fwd.shared.clone() {

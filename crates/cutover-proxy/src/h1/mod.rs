@@ -144,7 +144,7 @@ impl Connection {
                 After::KeepAlive => {}
                 After::Close => return false,
                 After::LingerClose => {
-                    Box::pin(c.linger()).await;
+                    Box::pin(crate::accept::linger(&mut c.client)).await;
                     return false;
                 }
             }
