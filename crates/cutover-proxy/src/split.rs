@@ -246,8 +246,10 @@ mod tests {
     fn keyless_requests_are_drawn_per_request() {
         let n = 100_000;
         let idle = (0..n).filter(|_| weighted(10, None, &NoView) == Side::Idle).count();
-        // 3σ of Binomial(100000, 0.1) is about 285.
-        assert!((idle as i64 - 10_000).abs() < 285, "{idle}");
+        // σ of Binomial(100000, 0.1) is about 95. The draw is unseeded: 3σ failed CI about
+        // once in 370 runs (9,705 once), so 5σ (one in 1.7 million); a share off by one
+        // point (9,000 or 11,000) still fails.
+        assert!((idle as i64 - 10_000).abs() < 475, "{idle}");
     }
 
     #[test]

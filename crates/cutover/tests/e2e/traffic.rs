@@ -69,8 +69,9 @@ async fn a_10_percent_canary_splits_10k_requests_within_binomial_bounds_and_abor
     for t in tasks {
         green += t.await.unwrap();
     }
-    // Binomial(10000, 0.1): mean 1000, σ = 30; 3σ either side.
-    assert!((910..=1090).contains(&green), "{green} of {n} on green");
+    // Binomial(10000, 0.1): mean 1000, σ = 30. The draw is unseeded: 5σ either side, so
+    // chance fails it one run in 1.7 million (3σ: one in 370); 8% or 12% still fail.
+    assert!((850..=1150).contains(&green), "{green} of {n} on green");
     let doc = r.release_doc(id).await;
     assert_eq!(
         (doc["phase"].as_str(), doc["weight"].as_u64()),
